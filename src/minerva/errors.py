@@ -1,0 +1,23 @@
+"""Errors a user can cause. Each message names the problem and the fix; the CLI prints it
+without a traceback and the server maps it to its API's error shape."""
+
+
+class MinervaError(Exception):
+    """Base class of every error Minerva raises on purpose."""
+
+
+class ConfigError(MinervaError):
+    """An unknown config key or a bad value (names the key, the value and what is allowed)."""
+
+
+class ModelLoadError(MinervaError):
+    """A model folder or file is missing, corrupt or unsupported (names the file)."""
+
+
+class RequestError(MinervaError, ValueError):
+    """A request the engine refuses, e.g. a prompt longer than max_model_len."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param

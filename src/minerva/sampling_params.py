@@ -1,0 +1,108 @@
+"""SamplingParams: how one request turns logits into tokens and when it stops. No torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class SamplingParams:
+    """Per-request decoding settings (names follow the OpenAI / vLLM vocabulary)."""
+
+    n: int = 1
+    """Number of completions to generate for the prompt."""
+    temperature: float = 1.0
+    """0 means greedy (argmax); higher values flatten the distribution."""
+    top_k: int = 0
+    """Keep only the k most likely tokens; 0 or -1 disables."""
+    top_p: float = 1.0
+    """Keep the smallest set of tokens whose probability mass reaches top_p; 1.0 disables."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p times the top token's; 0 disables."""
+    repetition_penalty: float = 1.0
+    """>1 discourages tokens already in the prompt or output (CTRL-style, divides positive logits)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it appears in the output."""
+    presence_penalty: float = 0.0
+    """Subtracted from a token's logit if it appears in the output at all."""
+    logit_bias: dict[int, float] | None = None
+    """Token id -> value added to its logit before sampling."""
+    seed: int | None = None
+    """Same seed, same prompt, same tokens, whatever else runs in the batch."""
+    stop: list[str] | str | None = None
+    """Strings that end generation; they are not included in the output text."""
+    stop_token_ids: list[int] | None = None
+    """Token ids that end generation (in addition to the model's EOS tokens)."""
+    ignore_eos: bool = False
+    """Keep generating past EOS tokens (benchmarks)."""
+    min_tokens: int = 0
+    """EOS and stop tokens are masked until this many tokens were generated."""
+    max_tokens: int | None = 16
+    """Most tokens to generate; None means up to the model's context length."""
+    logprobs: int | None = None
+    """Return the sampled token's logprob and this many top alternatives (0 = sampled only)."""
+    skip_special_tokens: bool = True
+    """Leave special tokens out of the detokenized text."""
+    include_stop_str_in_output: bool = False
+    """Keep the matched stop string at the end of the text."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.top_k is None or self.top_k < 0:
+            self.top_k = 0
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field and the accepted range."""
+        checks = [
+            (self.n >= 1, f"n must be at least 1, got {self.n}"),
+            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
+            (self.top_k >= 0, f"top_k must be >= 0 (0 disables), got {self.top_k}"),
+            (
+                self.repetition_penalty > 0,
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+            ),
+            (
+                -2 <= self.frequency_penalty <= 2,
+                f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}",
+            ),
+            (
+                -2 <= self.presence_penalty <= 2,
+                f"presence_penalty must be in [-2, 2], got {self.presence_penalty}",
+            ),
+            (self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}"),
+            (
+                self.max_tokens is None or self.max_tokens >= 1,
+                f"max_tokens must be at least 1, got {self.max_tokens}",
+            ),
+            (
+                self.max_tokens is None or self.min_tokens <= self.max_tokens,
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+            ),
+            (
+                self.logprobs is None or 0 <= self.logprobs <= 20,
+                f"logprobs must be between 0 and 20, got {self.logprobs}",
+            ),
+            (all(s for s in self.stop), "stop strings must not be empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def greedy(self) -> bool:
+        """True when sampling reduces to argmax."""
+        return self.temperature < 1e-5 or self.top_k == 1
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
