@@ -34,7 +34,7 @@ class RequestStatus(enum.IntEnum):
         }.get(self)
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     """One sequence being generated. The engine owns it; scheduler and runner read it."""
 

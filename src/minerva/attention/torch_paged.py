@@ -1,0 +1,120 @@
+"""Paged attention in plain torch: runs on any device and is the oracle for every fast kernel.
+
+Decode rows are batched (one gather of their blocks, one masked matmul); each prefill chunk
+attends with scaled_dot_product_attention over its gathered context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from minerva.attention.metadata import AttentionMetadata
+
+
+def write_kv(
+    kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store k, v [num_tokens, num_kv_heads, head_dim] at their slots of kv_cache
+    [2, num_blocks, block_size, num_kv_heads, head_dim]."""
+    flat = kv_cache.view(2, -1, kv_cache.shape[-2], kv_cache.shape[-1])
+    flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
+    flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+
+
+def _context(
+    kv_cache: torch.Tensor, block_table: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the first `length` cached K and V of one sequence: [length, num_kv_heads, head_dim]."""
+    block_size = kv_cache.shape[2]
+    num_blocks = -(-length // block_size)
+    blocks = kv_cache[:, block_table[:num_blocks]]  # [2, nb, bs, kvh, d]
+    blocks = blocks.reshape(2, num_blocks * block_size, *kv_cache.shape[3:])
+    return blocks[0, :length], blocks[1, :length]
+
+
+def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
+    # Built once per step and window, then shared by all layers: [num_decodes, max_ctx].
+    key = ("decode_mask", window)
+    cached = meta.extras.get(key)
+    if cached is not None:
+        return cached
+    seq_lens = meta.seq_lens[: meta.num_decodes].unsqueeze(1)
+    max_ctx = max(meta.seq_lens_cpu[: meta.num_decodes])
+    pos = torch.arange(max_ctx, device=seq_lens.device).unsqueeze(0)
+    mask = pos < seq_lens
+    if window is not None:
+        mask &= pos >= seq_lens - window
+    meta.extras[key] = mask
+    return mask
+
+
+def _decode(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor:
+    n, num_heads, head_dim = q.shape  # [num_decodes, H, D]
+    num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
+    mask = _decode_mask(meta, window)
+    max_ctx = mask.shape[1]
+    num_blocks = -(-max_ctx // block_size)
+    kv = kv_cache[:, meta.block_tables[:n, :num_blocks]]  # [2, n, nb, bs, KV, D]
+    kv = kv.reshape(2, n, num_blocks * block_size, num_kv_heads, head_dim)[:, :, :max_ctx]
+    k = kv[0].permute(0, 2, 3, 1)  # [n, KV, D, L]
+    v = kv[1].transpose(1, 2)  # [n, KV, L, D]
+    qg = q.view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    scores = torch.matmul(qg, k.to(q.dtype)).float() * scale  # [n, KV, G, L]
+    scores.masked_fill_(~mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1).to(q.dtype)
+    out = torch.matmul(probs, v.to(q.dtype))  # [n, KV, G, D]
+    return out.reshape(n, num_heads, head_dim)
+
+
+def _prefill(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_len: int,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor:
+    query_len, num_heads, _ = q.shape
+    k, v = _context(kv_cache, block_table, seq_len)  # [L, KV, D]
+    group = num_heads // k.shape[1]
+    k = k.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)  # [H, L, D]
+    v = v.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)
+    qt = q.transpose(0, 1)  # [H, Q, D]
+    if window is None and query_len == seq_len:
+        out = F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale)
+    else:
+        q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device).unsqueeze(1)
+        k_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)
+        mask = k_pos <= q_pos
+        if window is not None:
+            mask &= k_pos > q_pos - window
+        out = F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)  # [Q, H, D]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """q [num_tokens, H, D] against the cache (this step's K/V already written) -> [num_tokens, H, D]."""
+    out = torch.empty_like(q)
+    nd = meta.num_decodes
+    if nd:
+        out[:nd] = _decode(q[:nd], kv_cache, meta, scale, sliding_window)
+    starts = meta.query_start_loc_cpu
+    for i in range(nd, meta.num_seqs):
+        s, e = starts[i], starts[i + 1]
+        out[s:e] = _prefill(
+            q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window
+        )
+    return out

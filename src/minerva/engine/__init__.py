@@ -1,0 +1,1 @@
+"""The engine: LLMEngine (sync step loop), LLM (offline API), outputs."""

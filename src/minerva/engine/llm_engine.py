@@ -1,0 +1,194 @@
+"""LLMEngine: the synchronous engine. add_request() queues; step() = schedule -> run -> update."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from minerva.cache import KVCacheManager
+from minerva.config import EngineConfig
+from minerva.engine.model_loading import LoadedModel, load_model
+from minerva.engine.output_processor import OutputProcessor
+from minerva.engine.outputs import RequestOutput
+from minerva.errors import RequestError
+from minerva.request import Request, RequestStatus
+from minerva.runner import ModelRunner
+from minerva.sampling_params import SamplingParams
+from minerva.scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_kv_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+class LLMEngine:
+    """Owns the model, KV cache, scheduler and runner. Not thread-safe: one owner steps it."""
+
+    def __init__(self, config: EngineConfig, progress: bool = True) -> None:
+        self.config = config
+        loaded: LoadedModel = load_model(config, progress=progress)
+        self.loaded = loaded
+        self.platform = loaded.platform
+        self.tokenizer = loaded.tokenizer
+        self.model_config = loaded.hf_config
+        self.max_model_len = loaded.max_model_len
+        self.generation_defaults = loaded.generation_defaults
+        self.eos_token_ids = loaded.eos_token_ids
+        self.kv_cache_manager = KVCacheManager(
+            loaded.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.kv_cache_manager,
+            max_num_seqs=config.scheduler.max_num_seqs,
+            max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
+        )
+        self.runner = ModelRunner(
+            loaded.model,
+            loaded.kv_caches,
+            config.cache.block_size,
+            loaded.hf_config.vocab_size,
+            self.platform.device,
+        )
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._seed_rng = random.Random(config.model.seed)
+        self._ids = itertools.count()
+        self._children: dict[str, list[Request]] = {}
+
+    # -- requests ---------------------------------------------------------------------
+    def default_sampling_params(self, **overrides) -> SamplingParams:
+        """SamplingParams with the model's generation_config.json defaults applied."""
+        values = {k: v for k, v in self.generation_defaults.items() if v is not None}
+        values.update(overrides)
+        return SamplingParams(**values)
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise RequestError("this model has no tokenizer: pass token ids instead of text")
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        arrival_time: float | None = None,
+    ) -> str:
+        """Queue a prompt (text or token ids); returns its request id. Raises RequestError."""
+        params = params or self.default_sampling_params()
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self._children:
+            raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
+        ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
+        max_tokens = self._validate(ids, params)
+        seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
+        eos = frozenset(self.eos_token_ids)
+        arrival = arrival_time or time.monotonic()
+        children = [
+            Request(
+                request_id=request_id if params.n == 1 else f"{request_id}#{i}",
+                prompt_token_ids=ids,
+                sampling_params=params,
+                eos_token_ids=eos,
+                max_tokens=max_tokens,
+                seed=(seed + i * 0x9E3779B97F4A7C15) % (1 << 63),
+                arrival_time=arrival,
+            )
+            for i in range(params.n)
+        ]
+        self.output_processor.add(
+            prompt if isinstance(prompt, str) else None, ids, children, request_id
+        )
+        self._children[request_id] = children
+        for child in children:
+            self.scheduler.add_request(child)
+        return request_id
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> int:
+        if not ids:
+            raise RequestError("the prompt is empty: give at least one token", param="prompt")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise RequestError(
+                f"prompt token id {bad} is outside the vocabulary [0, {vocab})", param="prompt"
+            )
+        n, limit = len(ids), self.max_model_len
+        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
+        if n + max_tokens > limit or max_tokens < 1:
+            raise RequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{n + max(max_tokens, 1)} tokens ({n} in the prompt, {max(max_tokens, 1)} for the "
+                "completion). Shorten the prompt or lower max_tokens.",
+                code="context_length_exceeded",
+                param="max_tokens" if n < limit else "prompt",
+            )
+        return max_tokens
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """Finish requests at once (queued, prefilling or decoding); their blocks are freed."""
+        for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
+            children = self._children.pop(rid, None)
+            if children is None:
+                continue
+            live = [c.request_id for c in children if not c.is_finished]
+            for child in self.scheduler.finish_requests(live, RequestStatus.FINISHED_ABORTED):
+                self.output_processor.on_finished(child)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- the step ---------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one step of the engine; returns the outputs that changed."""
+        scheduled = self.scheduler.schedule()
+        if not scheduled.is_empty:
+            result = self.runner.execute(scheduled)
+            self._update(scheduled, result)
+        return self._collect()
+
+    def _update(self, scheduled, result) -> None:
+        logprobs = dict(zip(result.request_ids, result.logprobs))
+        for req in self.scheduler.update(scheduled, result.sampled_token_ids):
+            stop = self.output_processor.on_token(
+                req, req.output_token_ids[-1], logprobs.get(req.request_id)
+            )
+            if stop is not None and not req.is_finished:
+                self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
+            if req.is_finished:
+                self.output_processor.on_finished(req, stop)
+
+    def _collect(self) -> list[RequestOutput]:
+        outputs = self.output_processor.collect()
+        for out in outputs:
+            if out.finished:
+                self._children.pop(out.request_id, None)
+        return outputs
+
+    def stats(self) -> EngineStats:
+        kv = self.kv_cache_manager
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=kv.usage,
+            num_kv_blocks=kv.num_blocks,
+            prefix_cache_queries=kv.prefix_cache_queries,
+            prefix_cache_hits=kv.prefix_cache_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )

@@ -1,0 +1,149 @@
+"""From an EngineConfig to a ready model: platform, config, tokenizer, weights, KV cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from minerva.config import EngineConfig
+from minerva.errors import ConfigError, ModelLoadError
+from minerva.loader import iter_checkpoint_tensors, load_generation_config, load_model_config
+from minerva.models import build_model
+from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
+from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_blocks
+from minerva.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    platform: Platform
+    dtype: torch.dtype
+    hf_config: object
+    tokenizer: Tokenizer | None
+    generation_defaults: dict
+    eos_token_ids: list[int]
+    max_model_len: int
+    model: torch.nn.Module
+    kv_caches: list[torch.Tensor]
+    num_kv_blocks: int
+    weight_bytes: int
+
+
+def resolve_model_path(config: EngineConfig) -> Path:
+    path = config.model.model
+    if path is None:
+        from minerva.demo import demo_model_path  # noqa: PLC0415 - optional bundled model
+
+        path = demo_model_path()
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise ModelLoadError(
+            f"model path {str(p)!r} does not exist: pass --model with a local Hugging Face "
+            "folder (config.json, *.safetensors, tokenizer.json)"
+        )
+    return p
+
+
+def _load_tokenizer(config: EngineConfig, model_path: Path) -> Tokenizer | None:
+    folder = Path(config.model.tokenizer) if config.model.tokenizer else model_path
+    if not (folder / "tokenizer.json").exists() and config.model.tokenizer is None:
+        logger.warning("%s has no tokenizer.json: only token-id prompts will work", folder)
+        return None
+    return Tokenizer.from_folder(folder)
+
+
+def _generation_defaults(gen) -> dict:
+    values = {
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "top_k": gen.top_k,
+        "repetition_penalty": gen.repetition_penalty,
+    }
+    if gen.do_sample is False:
+        values["temperature"] = 0.0
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
+    """Load everything the engine needs; every user-caused failure is a MinervaError."""
+    platform = resolve_platform(config.device.device)
+    if platform.kind == "cpu":
+        set_num_threads(config.device.num_threads)
+    path = resolve_model_path(config)
+    hf = load_model_config(path)
+    gen = load_generation_config(path)
+    tokenizer = _load_tokenizer(config, path)
+    dtype = resolve_dtype(platform, config.model.dtype, getattr(hf, "torch_dtype", None))
+    max_model_len = config.model.max_model_len or hf.max_position_embeddings
+    if max_model_len < 2:
+        raise ConfigError(f"max_model_len={max_model_len} is too small")
+    sched = config.scheduler
+    if not sched.enable_chunked_prefill and sched.max_num_batched_tokens < max_model_len:
+        raise ConfigError(
+            f"max_num_batched_tokens={sched.max_num_batched_tokens} is below max_model_len="
+            f"{max_model_len} with chunked prefill off (a whole prompt must fit one step): "
+            "raise max_num_batched_tokens, lower max_model_len or enable chunked prefill"
+        )
+
+    model = build_model(hf, dtype, platform.device, max_positions=max_model_len)
+    model.load_weights(
+        iter_checkpoint_tensors(path, device=platform.device, dtype=dtype, progress=progress)
+    )
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
+    spec = KVCacheSpec(
+        num_layers=hf.num_hidden_layers,
+        num_kv_heads=hf.num_key_value_heads,
+        head_dim=hf.head_dim,
+        block_size=config.cache.block_size,
+        dtype=kv_dtype,
+    )
+    num_blocks = plan_num_blocks(
+        spec,
+        platform,
+        max_model_len=max_model_len,
+        max_num_seqs=config.scheduler.max_num_seqs,
+        num_kv_blocks=config.cache.num_kv_blocks,
+        kv_cache_memory=config.cache.kv_cache_memory,
+        memory_fraction=config.cache.memory_fraction,
+        activation_reserve=_activation_reserve(hf, config, dtype),
+    )
+    kv_caches = allocate_kv_caches(spec, num_blocks, platform.device)
+
+    eos = list(gen.eos_token_id or []) or list(hf.eos_token_id or [])
+    if (
+        tokenizer is not None
+        and tokenizer.eos_token_id is not None
+        and tokenizer.eos_token_id not in eos
+    ):
+        eos.append(tokenizer.eos_token_id)
+    return LoadedModel(
+        platform=platform,
+        dtype=dtype,
+        hf_config=hf,
+        tokenizer=tokenizer,
+        generation_defaults=_generation_defaults(gen),
+        eos_token_ids=eos,
+        max_model_len=max_model_len,
+        model=model,
+        kv_caches=kv_caches,
+        num_kv_blocks=num_blocks,
+        weight_bytes=weight_bytes,
+    )
+
+
+def _activation_reserve(hf, config: EngineConfig, dtype: torch.dtype) -> int:
+    # Rough peak of one step's activations: a few hidden-sized and FFN-sized buffers per
+    # token plus float32 logits for every sequence.
+    tokens = config.scheduler.max_num_batched_tokens
+    elem = torch.tensor([], dtype=dtype).element_size()
+    per_token = (6 * hf.hidden_size + 3 * hf.intermediate_size) * elem
+    logits = config.scheduler.max_num_seqs * hf.vocab_size * 4 * 3
+    return tokens * per_token + logits + (256 << 20)

@@ -1,0 +1,163 @@
+"""Turns sampled tokens into RequestOutputs: incremental detokenization, stop strings, n > 1."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from minerva.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from minerva.request import Logprobs, Request
+from minerva.tokenizer import IncrementalDetokenizer, Tokenizer
+
+
+@dataclass
+class ParentState:
+    """A user request: its n child sequences and their text so far."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    children: list[Request]
+    detokenizers: list[IncrementalDetokenizer]
+    completions: list[CompletionOutput]
+    metrics: RequestMetrics
+    num_finished: int = 0
+    dirty: set[int] = field(default_factory=set)
+
+    @property
+    def finished(self) -> bool:
+        return self.num_finished == len(self.children)
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Tokenizer | None) -> None:
+        self.tokenizer = tokenizer
+        self.parents: dict[str, ParentState] = {}
+        self.child_to_parent: dict[str, tuple[ParentState, int]] = {}
+
+    def add(
+        self,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        children: list[Request],
+        parent_id: str,
+    ) -> None:
+        detoks = []
+        for child in children:
+            p = child.sampling_params
+            detoks.append(
+                IncrementalDetokenizer(
+                    self.tokenizer,
+                    prompt_token_ids,
+                    skip_special_tokens=p.skip_special_tokens,
+                    stop=p.stop,
+                    include_stop_str_in_output=p.include_stop_str_in_output,
+                )
+                if self.tokenizer is not None
+                else None
+            )
+        state = ParentState(
+            request_id=parent_id,
+            prompt=prompt,
+            prompt_token_ids=prompt_token_ids,
+            children=children,
+            detokenizers=detoks,
+            completions=[
+                CompletionOutput(
+                    index=i, logprobs=[] if c.sampling_params.logprobs is not None else None
+                )
+                for i, c in enumerate(children)
+            ],
+            metrics=RequestMetrics(arrival_time=children[0].arrival_time),
+        )
+        self.parents[parent_id] = state
+        for i, child in enumerate(children):
+            self.child_to_parent[child.request_id] = (state, i)
+
+    def on_token(self, child: Request, token: int, logprobs: Logprobs | None) -> str | None:
+        """Record a new token; returns the stop string it completed, if any."""
+        state, i = self.child_to_parent[child.request_id]
+        comp = state.completions[i]
+        now = time.monotonic()
+        if state.metrics.first_token_time is None:
+            state.metrics.first_token_time = now
+            state.metrics.first_scheduled_time = child.first_scheduled_time
+        if child.first_token_time is None:
+            child.first_token_time = now
+        comp.token_ids.append(token)
+        comp.delta_token_ids.append(token)
+        if logprobs is not None and comp.logprobs is not None:
+            comp.logprobs.append(logprobs)
+        state.dirty.add(i)
+        detok = state.detokenizers[i]
+        if detok is None:
+            return None
+        delta, stop = detok.update([token])
+        comp.delta_text += delta
+        comp.text += delta
+        return stop
+
+    def on_finished(self, child: Request, stop_string: str | None = None) -> None:
+        state, i = self.child_to_parent.pop(child.request_id)
+        comp = state.completions[i]
+        detok = state.detokenizers[i]
+        if detok is not None and stop_string is None:
+            tail = detok.flush()
+            comp.delta_text += tail
+            comp.text += tail
+        comp.finish_reason = child.status.finish_reason
+        comp.stop_reason = stop_string if stop_string is not None else child.stop_reason
+        state.num_finished += 1
+        state.dirty.add(i)
+        if state.finished:
+            state.metrics.finished_time = time.monotonic()
+
+    def collect(self) -> list[RequestOutput]:
+        """One RequestOutput per request that changed since the last call (deltas reset)."""
+        outputs = []
+        for parent_id in [pid for pid, s in self.parents.items() if s.dirty]:
+            state = self.parents[parent_id]
+            comps = []
+            for i in sorted(state.dirty):
+                c = state.completions[i]
+                comps.append(
+                    CompletionOutput(
+                        index=c.index,
+                        text=c.text,
+                        token_ids=list(c.token_ids),
+                        finish_reason=c.finish_reason,
+                        stop_reason=c.stop_reason,
+                        logprobs=list(c.logprobs) if c.logprobs is not None else None,
+                        delta_text=c.delta_text,
+                        delta_token_ids=c.delta_token_ids,
+                    )
+                )
+                c.delta_text, c.delta_token_ids = "", []
+            state.dirty.clear()
+            outputs.append(
+                RequestOutput(
+                    request_id=parent_id,
+                    prompt=state.prompt,
+                    prompt_token_ids=state.prompt_token_ids,
+                    outputs=comps,
+                    finished=state.finished,
+                    num_cached_tokens=max(state.children[0].num_cached_tokens, 0),
+                    metrics=state.metrics,
+                )
+            )
+            if state.finished:
+                del self.parents[parent_id]
+        return outputs
+
+    def final_output(self, parent_id: str) -> RequestOutput | None:
+        state = self.parents.get(parent_id)
+        if state is None:
+            return None
+        return RequestOutput(
+            request_id=parent_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            outputs=state.completions,
+            finished=state.finished,
+            metrics=state.metrics,
+        )

@@ -1,0 +1,63 @@
+"""What the engine hands back: per-request outputs with cumulative and delta text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minerva.request import Logprobs
+
+
+@dataclass
+class CompletionOutput:
+    """One of the n completions of a request."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    """'stop' | 'length' | 'abort' once finished, else None."""
+    stop_reason: int | str | None = None
+    """The stop token id or stop string that ended it (None for EOS or length)."""
+    logprobs: list[Logprobs] | None = None
+    delta_text: str = ""
+    """Text added since the previous output of this request (for streaming)."""
+    delta_token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RequestMetrics:
+    arrival_time: float
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass
+class RequestOutput:
+    """Outputs of one request (its n completions) so far."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool = False
+    num_cached_tokens: int = 0
+    """Prompt tokens served from the prefix cache."""
+    metrics: RequestMetrics | None = None
+
+    # The common n == 1 case reads like a completion.
+    @property
+    def text(self) -> str:
+        return self.outputs[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.outputs[0].token_ids
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.outputs[0].finish_reason

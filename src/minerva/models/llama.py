@@ -1,0 +1,197 @@
+"""The Llama family: LlamaForCausalLM, MistralForCausalLM (sliding window), Qwen2ForCausalLM (qkv bias).
+
+Parameter names follow Hugging Face, except that q/k/v and gate/up are fused into one matmul
+each (`qkv_proj`, `gate_up_proj`); `load_weights` copies the checkpoint's pieces into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from minerva.attention import AttentionMetadata, paged_attention, write_kv
+from minerva.errors import ModelLoadError
+from minerva.models.layers import GatedMLP, RMSNorm
+from minerva.models.rope import apply_rope, rope_cos_sin
+
+
+def layer_sliding_windows(config) -> list[int | None]:
+    """Per-layer attention window (None = full attention), from the loader's layer_types."""
+    window = config.sliding_window
+    return [window if t == "sliding_attention" else None for t in config.layer_types]
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx: int, window: int | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.scale = self.head_dim**-0.5
+        self.window = window
+        self.layer_idx = layer_idx
+        h = config.hidden_size
+        self.qkv_proj = nn.Linear(
+            h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias, dtype=dtype
+        )
+        self.o_proj = nn.Linear(self.q_size, h, bias=config.o_proj_bias, dtype=dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, k, cos, sin)
+        write_kv(kv_cache, k, v, meta.slot_mapping)
+        out = paged_attention(q, kv_cache, meta, self.scale, self.window)
+        return self.o_proj(out.view(num_tokens, self.q_size))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx: int, window: int | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.self_attn = Attention(config, layer_idx, window, dtype)
+        mlp_bias = config.mlp_bias
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, mlp_bias, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward(self, x, residual, cos, sin, kv_cache, meta):
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos, sin, kv_cache, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        windows = layer_sliding_windows(config)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i, windows[i], dtype) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    """One model class for Llama, Mistral and Qwen2 checkpoints."""
+
+    _stacked = {  # checkpoint piece -> (fused parameter, shard index)
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config, dtype: torch.dtype, max_positions: int) -> None:
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.max_positions = max_positions
+        self.model = LlamaModel(config, dtype)
+        self.tie_word_embeddings = config.tie_word_embeddings
+        if self.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def init_rope(self, device: torch.device) -> None:
+        """Build the cos/sin tables once, on the device, in the model dtype."""
+        c = self.config
+        cos, sin = rope_cos_sin(
+            c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings, self.max_positions
+        )
+        self.cos, self.sin = cos.to(device, self.dtype), sin.to(device, self.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        meta: AttentionMetadata,
+        logits_indices: torch.Tensor,
+    ) -> torch.Tensor:
+        """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
+        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
+        cos, sin = self.cos[positions], self.sin[positions]
+        residual = None
+        for layer, kv_cache in zip(self.model.layers, kv_caches):
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+        # Only the rows that sample need the final norm and the vocab projection.
+        x, _ = self.model.norm(x[logits_indices], residual[logits_indices])
+        return self.compute_logits(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy checkpoint tensors into the (possibly fused) parameters; error on gaps."""
+        params = dict(self.named_parameters())
+        pending = {
+            n: set(range(3 if "qkv_proj" in n else 2))
+            for n in params
+            if "qkv_proj" in n or "gate_up_proj" in n
+        }
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb" in name or (name == "lm_head.weight" and self.lm_head is None):
+                continue
+            target, shard = name, None
+            for piece, (fused, index) in self._stacked.items():
+                if f".{piece}." in name:
+                    target, shard = name.replace(piece, fused), index
+                    break
+            param = params.get(target)
+            if param is None:
+                raise ModelLoadError(
+                    f"checkpoint tensor {name!r} does not belong to this model architecture"
+                )
+            dest = param.data if shard is None else self._shard_view(param.data, target, shard)
+            if tuple(dest.shape) != tuple(tensor.shape):
+                raise ModelLoadError(
+                    f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                    f"but config.json implies {tuple(dest.shape)}"
+                )
+            dest.copy_(tensor)
+            if shard is None:
+                loaded.add(target)
+            else:
+                pending[target].discard(shard)
+                if not pending[target]:
+                    loaded.add(target)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ModelLoadError(f"checkpoint is missing {len(missing)} tensors: {shown}")
+
+    def _shard_view(self, data: torch.Tensor, target: str, shard: int) -> torch.Tensor:
+        c = self.config
+        if "qkv_proj" in target:
+            q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+            starts, sizes = [0, q, q + kv], [q, kv, kv]
+        else:
+            i = c.intermediate_size
+            starts, sizes = [0, i], [i, i]
+        return data.narrow(0, starts[shard], sizes[shard])

@@ -1,0 +1,160 @@
+"""The only hardware probe: which device, which dtype, how much memory, how to synchronize.
+
+Everything else receives these answers; no other module asks torch what the hardware is.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psutil
+import torch
+
+from minerva.errors import ConfigError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class Platform:
+    """What the chosen device is and can do."""
+
+    device: torch.device
+
+    @property
+    def kind(self) -> str:
+        return self.device.type
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def name(self) -> str:
+        if self.is_cuda:
+            return torch.cuda.get_device_name(self.device)
+        if self.kind == "mps":
+            return "Apple MPS"
+        return f"CPU ({os.cpu_count()} cores)"
+
+    def supports_dtype(self, dtype: torch.dtype) -> bool:
+        if self.is_cuda:
+            return dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()
+        if self.kind == "mps":
+            return dtype in (torch.float16, torch.float32) or _mps_bf16_ok()
+        return True
+
+    def default_dtype(self, checkpoint_dtype: torch.dtype | None) -> torch.dtype:
+        """dtype="auto": bf16 on CUDA, fp16 on MPS, fp32 on CPU; the checkpoint's where fitting."""
+        if self.is_cuda:
+            if checkpoint_dtype in (torch.float16, torch.bfloat16):
+                return checkpoint_dtype if self.supports_dtype(checkpoint_dtype) else torch.float16
+            return torch.bfloat16 if self.supports_dtype(torch.bfloat16) else torch.float16
+        if self.kind == "mps":
+            return torch.float16
+        return torch.float32
+
+    def memory(self) -> tuple[int, int]:
+        """(free, total) bytes of the device's memory (host RAM for CPU)."""
+        if self.is_cuda:
+            free, total = torch.cuda.mem_get_info(self.device)
+            return int(free), int(total)
+        vm = psutil.virtual_memory()
+        if self.kind == "mps":
+            # Unified memory: the GPU shares host RAM; recommended max is the practical cap.
+            total = int(torch.mps.recommended_max_memory())
+            return min(int(vm.available), total), total
+        return int(vm.available), int(vm.total)
+
+    def memory_used(self) -> int:
+        """Bytes in use by this process on the device (RSS on CPU)."""
+        if self.is_cuda:
+            return int(torch.cuda.memory_allocated(self.device))
+        if self.kind == "mps":
+            return int(torch.mps.current_allocated_memory())
+        return int(psutil.Process().memory_info().rss)
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+        elif self.kind == "mps":
+            torch.mps.synchronize()
+
+
+def _mps_bf16_ok() -> bool:
+    try:
+        torch.zeros(1, dtype=torch.bfloat16, device="mps")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means unsupported
+        return False
+
+
+def resolve_platform(device: str = "auto") -> Platform:
+    """device="auto" picks CUDA, then Apple MPS, then CPU."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return Platform(torch.device("cuda", torch.cuda.current_device()))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return Platform(torch.device("mps"))
+        return Platform(torch.device("cpu"))
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"device={device!r} is not a device: use auto, cpu, cuda, cuda:N or mps"
+        ) from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device!r} but this torch build sees no CUDA GPU; use device=cpu "
+            "or install a CUDA build of torch"
+        )
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r} but MPS is not available here; use device=cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
+    return Platform(dev)
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    """'bf16' / 'bfloat16' / torch.bfloat16 -> torch.bfloat16; 'auto' / None -> None."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    key = str(name).lower().removeprefix("torch.")
+    if key == "auto":
+        return None
+    if key not in _DTYPES:
+        raise ConfigError(
+            f"dtype={name!r} is not supported: use auto, float32, float16 or bfloat16"
+        )
+    return _DTYPES[key]
+
+
+def resolve_dtype(platform: Platform, requested: str | None, checkpoint: str | None) -> torch.dtype:
+    """Pick the compute dtype; an explicit choice the device cannot run is an error."""
+    dtype = parse_dtype(requested)
+    if dtype is None:
+        ckpt = parse_dtype(checkpoint) if checkpoint and checkpoint.lower() != "auto" else None
+        return platform.default_dtype(ckpt)
+    if not platform.supports_dtype(dtype):
+        raise ConfigError(
+            f"dtype={requested} is not supported on {platform.name}; use float16 or float32"
+        )
+    return dtype
+
+
+def set_num_threads(num_threads: int | None) -> None:
+    if num_threads:
+        torch.set_num_threads(num_threads)

@@ -1,0 +1,83 @@
+"""Size the paged KV cache from a memory budget and allocate it once, one tensor per layer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from minerva.errors import ConfigError
+from minerva.platform import Platform
+
+CPU_DEFAULT_FRACTION = 0.1  # of available RAM
+CPU_DEFAULT_CAP = 4 << 30  # bytes
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_block(self) -> int:
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def plan_num_blocks(
+    spec: KVCacheSpec,
+    platform: Platform,
+    *,
+    max_model_len: int,
+    max_num_seqs: int,
+    num_kv_blocks: int | None,
+    kv_cache_memory: int | None,
+    memory_fraction: float,
+    activation_reserve: int = 0,
+) -> int:
+    """Number of blocks (including the reserved null block 0) the budget allows."""
+    needed_one = math.ceil(max_model_len / spec.block_size)
+    useful = math.ceil(max_num_seqs * max_model_len / spec.block_size)
+    if num_kv_blocks is not None:
+        usable = num_kv_blocks - 1
+        source = f"num_kv_blocks={num_kv_blocks}"
+    else:
+        if kv_cache_memory is not None:
+            budget, source = kv_cache_memory, f"kv_cache_memory={_fmt(kv_cache_memory)}"
+        elif platform.kind == "cpu":
+            free, _ = platform.memory()
+            budget = min(int(free * CPU_DEFAULT_FRACTION), CPU_DEFAULT_CAP)
+            source = f"the CPU default ({CPU_DEFAULT_FRACTION:.0%} of free RAM, at most {_fmt(CPU_DEFAULT_CAP)})"
+        else:
+            free, total = platform.memory()
+            used = total - free
+            budget = int(total * memory_fraction) - used - activation_reserve
+            source = (
+                f"memory_fraction={memory_fraction} of {_fmt(total)} ({_fmt(used)} already in use)"
+            )
+        # No point holding more than every sequence at full length.
+        usable = min(budget // spec.bytes_per_block, useful)
+    if usable < needed_one:
+        raise ConfigError(
+            f"the KV cache from {source} holds {max(usable, 0) * spec.block_size} tokens "
+            f"({_fmt(max(usable, 0) * spec.bytes_per_block)}), less than one sequence of "
+            f"max_model_len={max_model_len} tokens ({_fmt(needed_one * spec.bytes_per_block)}): "
+            "raise kv_cache_memory / memory_fraction / num_kv_blocks or lower max_model_len"
+        )
+    return usable + 1
+
+
+def allocate_kv_caches(
+    spec: KVCacheSpec, num_blocks: int, device: torch.device
+) -> list[torch.Tensor]:
+    """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer."""
+    shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+    return [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]

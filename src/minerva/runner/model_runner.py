@@ -1,0 +1,90 @@
+"""ModelRunner: SchedulerOutput -> tensors -> forward -> sample on device -> RunnerOutput.
+
+The only host sync of a step is reading the sampled ids (and logprobs, when asked) once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
+from minerva.runner.input_batch import StepInputs, prepare_inputs
+from minerva.sampler import Sampler, SamplingMetadata
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: nn.Module,
+        kv_caches: list[torch.Tensor],
+        block_size: int,
+        vocab_size: int,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+        self.device = device
+        self.sampler = Sampler()
+        self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        inputs = prepare_inputs(out, self.block_size, self.device)
+        logits = self.model(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, inputs.logits_indices
+        )  # [num_sampling, vocab]
+        if self.captured_logits is not None:
+            self.captured_logits.append(logits.detach().cpu().clone())
+        sampled: list[int | None] = [None] * len(out.requests)
+        logprobs: list[Logprobs | None] = [None] * len(out.requests)
+        if inputs.sampling_requests:
+            self._sample(logits, inputs, sampled, logprobs)
+        return RunnerOutput(
+            request_ids=[r.request_id for r in out.requests],
+            sampled_token_ids=sampled,
+            logprobs=logprobs,
+        )
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        inputs: StepInputs,
+        sampled: list[int | None],
+        logprobs: list[Logprobs | None],
+    ) -> None:
+        reqs = inputs.sampling_requests
+        meta = SamplingMetadata.build(
+            params=[r.sampling_params for r in reqs],
+            seeds=[r.seed for r in reqs],
+            token_indices=[r.num_output_tokens for r in reqs],
+            prompt_token_ids=[r.prompt_token_ids for r in reqs],
+            output_token_ids=[r.output_token_ids for r in reqs],
+            vocab_size=logits.shape[-1],
+            device=self.device,
+            eos_token_ids=[r.eos_token_ids for r in reqs],
+        )
+        result = self.sampler(logits, meta)
+        token_ids = result.token_ids.tolist()  # the step's one host sync
+        want = [r.sampling_params.logprobs for r in reqs]
+        lp_rows = None
+        if result.logprobs is not None:
+            lp_rows = (
+                result.logprobs.tolist(),
+                result.logprob_token_ids.tolist(),
+                result.ranks.tolist(),
+            )
+        for j, row in enumerate(inputs.sampling_rows):
+            sampled[row] = token_ids[j]
+            if lp_rows is not None and want[j] is not None:
+                values, ids, ranks = lp_rows[0][j], lp_rows[1][j], lp_rows[2][j]
+                k = want[j]
+                logprobs[row] = Logprobs(
+                    token_id=ids[0],
+                    logprob=values[0],
+                    rank=ranks,
+                    top_token_ids=ids[1 : 1 + k],
+                    top_logprobs=values[1 : 1 + k],
+                )

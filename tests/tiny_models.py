@@ -1,0 +1,69 @@
+"""Tiny random Llama / Mistral / Qwen2 checkpoints built with transformers, for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+VOCAB = 256
+
+BASE = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    bos_token_id=1,
+    eos_token_id=2,
+    initializer_range=0.1,
+)
+
+
+def make_config(arch: str, **overrides):
+    import transformers
+
+    kwargs = {**BASE, **overrides}
+    if arch == "llama":
+        return transformers.LlamaConfig(**kwargs)
+    if arch == "mistral":
+        kwargs.setdefault("sliding_window", 8)
+        return transformers.MistralConfig(**kwargs)
+    if arch == "qwen2":
+        return transformers.Qwen2Config(**kwargs)
+    raise ValueError(arch)
+
+
+def build_tiny_model(
+    path: Path, arch: str = "llama", seed: int = 0, dtype=torch.float32, **overrides
+):
+    """Save a random model into `path`; returns the transformers model (eval, fp32)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = make_config(arch, **overrides)
+    cls = {
+        "llama": transformers.LlamaForCausalLM,
+        "mistral": transformers.MistralForCausalLM,
+        "qwen2": transformers.Qwen2ForCausalLM,
+    }[arch]
+    model = cls(config).to(dtype).eval()
+    model.save_pretrained(path)
+    return model
+
+
+@torch.no_grad()
+def hf_greedy(
+    model, prompt: list[int], max_new_tokens: int
+) -> tuple[list[int], list[torch.Tensor]]:
+    """The slow twin: full forward without a cache at every step; returns tokens and logits."""
+    ids = list(prompt)
+    logits_per_step = []
+    for _ in range(max_new_tokens):
+        logits = model(torch.tensor([ids])).logits[0, -1].float()
+        logits_per_step.append(logits)
+        ids.append(int(logits.argmax()))
+    return ids[len(prompt) :], logits_per_step
