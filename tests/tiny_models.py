@@ -57,13 +57,20 @@ def build_tiny_model(
 
 @torch.no_grad()
 def hf_greedy(
-    model, prompt: list[int], max_new_tokens: int
+    model, prompt: list[int], max_new_tokens: int, repetition_penalty: float = 1.0
 ) -> tuple[list[int], list[torch.Tensor]]:
-    """The slow twin: full forward without a cache at every step; returns tokens and logits."""
+    """The slow twin: full forward without a cache at every step; returns tokens and logits.
+
+    repetition_penalty follows the CTRL / transformers definition over prompt + output."""
     ids = list(prompt)
     logits_per_step = []
     for _ in range(max_new_tokens):
         logits = model(torch.tensor([ids])).logits[0, -1].float()
         logits_per_step.append(logits)
+        if repetition_penalty != 1.0:
+            seen = torch.zeros_like(logits, dtype=torch.bool)
+            seen[torch.tensor(ids)] = True
+            pen = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+            logits = torch.where(seen, pen, logits)
         ids.append(int(logits.argmax()))
     return ids[len(prompt) :], logits_per_step

@@ -165,7 +165,7 @@ def compute_logprobs(
     """Sampled token's logprob and rank, then the num_logprobs best (sorted descending)."""
     sampled = raw_logprobs.gather(-1, token_ids[:, None])  # [n, 1]
     ranks = (raw_logprobs > sampled).sum(dim=-1) + 1  # [n]
-    top_logprobs, top_ids = raw_logprobs.topk(num_logprobs, dim=-1)  # [n, k]
+    top_logprobs, top_ids = raw_logprobs.topk(num_logprobs, dim=-1, sorted=False)  # [n, k]
     return SamplerOutput(
         token_ids=token_ids,
         logprobs=torch.cat([sampled, top_logprobs], dim=-1),

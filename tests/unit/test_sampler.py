@@ -280,9 +280,9 @@ def test_noise_depends_only_on_seed_index_and_position():
         for b in range(a):
             assert not torch.equal(noise[a], noise[b])
     # Python seeds count by their low 64 bits; the metadata carries exactly these keys.
-    assert noise_keys(2**64 + 5, 3) == noise_keys(5, 3) and noise_keys(-1, 3) == noise_keys(
-        2**64 - 1, 3
-    )
+    assert noise_keys(2**64 + 5, 3) == noise_keys(5, 3)
+    assert noise_keys(-1, 3) == noise_keys(2**64 - 1, 3)
+    assert noise_keys(5 + 2**40, 3) != noise_keys(5, 3)  # the high half of the seed counts
     meta = build([SP(), SP(temperature=0.0)], 10, seeds=[2**64 + 5, 8], indices=[3, 4])
     assert meta.noise_keys.tolist() == [list(noise_keys(5, 3)), list(noise_keys(8, 4))]
 
@@ -343,6 +343,27 @@ def test_uniform_noise_statistics():
     assert corr(seq[1:], seq[:-1]) < 0.006  # consecutive token indices of one request
     q = exponential_noise(keys(range(n), [0] * n), vocab)
     assert q.min() > 0 and abs(q.double().mean().item() - 1.0) < 0.005
+
+
+def unmix32(y: int) -> int:
+    """Inverse of mix32 (xorshifts undone, multiplies by their inverses mod 2**32)."""
+    from minerva.sampling_metadata import _MULS
+
+    y ^= y >> 16
+    y = (y * pow(_MULS[1], -1, 2**32)) & 0xFFFFFFFF
+    y ^= (y >> 15) ^ (y >> 30)
+    y = (y * pow(_MULS[0], -1, 2**32)) & 0xFFFFFFFF
+    return y ^ (y >> 16)
+
+
+def test_noise_edges_stay_inside_open_interval():
+    # Position 0 under key1 = 0 hashes to 0, so key2 picks the final hash: 0 and 2**32 - 1.
+    assert all(unmix32(mix32(v)) == v for v in (0, 1, 2**32 - 1, 987654321))
+    edges = torch.tensor([[0, 0], [0, unmix32(2**32 - 1)]])
+    u = uniform_noise(edges, 4)[:, 0]
+    assert 0.0 < u[0] < 1e-9 and 1.0 - 1e-7 < u[1] < 1.0
+    q = exponential_noise(edges, 4)[:, 0]
+    assert (q > 0).all() and torch.isfinite(q).all()
 
 
 def test_mix32_avalanche():
