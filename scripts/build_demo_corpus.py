@@ -1,13 +1,18 @@
 """Build the demo model's English corpus from documentation that Debian ships as HTML.
 
 Sources (all free to redistribute; install them with
-``apt-get install python3.11-doc postgresql-doc-15 sqlite3-doc python-django-doc nodejs-doc``):
+``apt-get install python3.11-doc postgresql-doc-15 sqlite3-doc python-django-doc nodejs-doc
+rust-doc cmake-doc python-sqlalchemy-doc sphinx-doc``, Debian 12):
 
-    python     /usr/share/doc/python3.11/html       PSF License 2.0
-    postgresql /usr/share/doc/postgresql-doc-15/html PostgreSQL License (BSD-style)
-    sqlite     /usr/share/doc/sqlite3               public domain
-    django     /usr/share/doc/python-django-doc/html BSD-3-Clause
-    nodejs     /usr/share/doc/nodejs/api            MIT (Expat)
+    python     /usr/share/doc/python3.11/html           PSF License 2.0
+    postgresql /usr/share/doc/postgresql-doc-15/html    PostgreSQL License (BSD-style)
+    sqlite     /usr/share/doc/sqlite3                   public domain
+    django     /usr/share/doc/python-django-doc/html    BSD-3-Clause
+    nodejs     /usr/share/doc/nodejs/api                MIT (Expat)
+    rust       /usr/share/doc/rust-doc/html (books, std) MIT OR Apache-2.0
+    cmake      /usr/share/doc/cmake-data/html           BSD-3-Clause
+    sqlalchemy /usr/share/doc/python-sqlalchemy-doc/html MIT (Expat)
+    sphinx     /usr/share/doc/sphinx-doc/html           BSD-2-Clause
 
 Each HTML page becomes one document of prose paragraphs: code blocks, tables, navigation and
 scripts are dropped, short or symbol-heavy fragments filtered out, and every paragraph is kept
@@ -40,11 +45,22 @@ SOURCES: dict[str, tuple[str, str]] = {
     "sqlite": ("/usr/share/doc/sqlite3", "public-domain"),
     "django": ("/usr/share/doc/python-django-doc/html", "BSD-3-Clause"),
     "nodejs": ("/usr/share/doc/nodejs/api", "MIT"),
+    "rust": ("/usr/share/doc/rust-doc/html", "MIT OR Apache-2.0"),
+    "cmake": ("/usr/share/doc/cmake-data/html", "BSD-3-Clause"),
+    "sqlalchemy": ("/usr/share/doc/python-sqlalchemy-doc/html", "MIT"),
+    "sphinx": ("/usr/share/doc/sphinx-doc/html", "BSD-2-Clause"),
+}
+# Only these folders of a source (the Rust books and std; core/alloc repeat std's text).
+INCLUDE_PATH = {
+    "rust": re.compile(
+        r"^(book|reference|nomicon|rust-by-example|embedded-book|edition-guide|rustc|rustdoc|std)/"
+    ),
 }
 # Pages that are indexes, changelogs, generated source listings or duplicates of other pages.
 SKIP_PATH = re.compile(
     r"(^|/)(_modules|_sources|_static|genindex|py-modindex|search|changelog|releasenotes|"
-    r"release-|all\.html|releases/|whatsnew/changelog|bugs\.html|license\.html|copyright)"
+    r"release-|all\.html|print\.html|releases/|whatsnew/changelog|bugs\.html|license\.html|"
+    r"copyright|404\.html)"
 )
 DROP_TAGS = {"script", "style", "pre", "table", "nav", "head", "title", "svg", "code-block"}
 DROP_CLASSES = {
@@ -163,7 +179,8 @@ def extract(path: Path) -> list[Block]:
 def iter_pages(source: str, root: Path) -> Iterator[tuple[str, Path]]:
     for path in sorted(root.rglob("*.html")):
         rel = path.relative_to(root).as_posix()
-        if not SKIP_PATH.search(rel):
+        include = INCLUDE_PATH.get(source)
+        if not SKIP_PATH.search(rel) and (include is None or include.search(rel)):
             yield f"{source}/{rel}", path
 
 

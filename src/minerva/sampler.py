@@ -60,7 +60,7 @@ class Sampler:
 
 
 def process_logits(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-    """logit_bias, min_tokens and penalties; returns a new fp32 [n, V] tensor."""
+    """logit_bias, min_tokens and penalties → fp32 [n, V]; the input itself is never changed."""
     if meta.no_logit_bias and meta.no_min_tokens and meta.no_penalties:
         return logits.float()
     logits = logits.to(torch.float32, copy=True).contiguous()
@@ -165,7 +165,7 @@ def compute_logprobs(
     """Sampled token's logprob and rank, then the num_logprobs best (sorted descending)."""
     sampled = raw_logprobs.gather(-1, token_ids[:, None])  # [n, 1]
     ranks = (raw_logprobs > sampled).sum(dim=-1) + 1  # [n]
-    top_logprobs, top_ids = raw_logprobs.topk(num_logprobs, dim=-1, sorted=False)  # [n, k]
+    top_logprobs, top_ids = raw_logprobs.topk(num_logprobs, dim=-1)  # [n, k]
     return SamplerOutput(
         token_ids=token_ids,
         logprobs=torch.cat([sampled, top_logprobs], dim=-1),

@@ -33,20 +33,27 @@ def _context(
     return blocks[0, :length], blocks[1, :length]
 
 
-def _decode_mask(meta: AttentionMetadata, window: int | None) -> torch.Tensor:
-    # Built once per step and window, then shared by all layers: [num_decodes, max_ctx].
-    key = ("decode_mask", window)
-    cached = meta.extras.get(key)
-    if cached is not None:
-        return cached
-    seq_lens = meta.seq_lens[: meta.num_decodes].unsqueeze(1)
-    max_ctx = max(meta.seq_lens_cpu[: meta.num_decodes])
-    pos = torch.arange(max_ctx, device=seq_lens.device).unsqueeze(0)
-    mask = pos < seq_lens
+def _decode_plan(meta: AttentionMetadata, block_size: int, window: int | None):
+    """Per step and window, shared by all layers: the cache slots of every decode row's
+    context [n, max_ctx] and an additive mask [n, 1, 1, max_ctx] (0 or -inf)."""
+    key = ("decode_plan", window)
+    plan = meta.extras.get(key)
+    if plan is not None:
+        return plan
+    n = meta.num_decodes
+    seq_lens = meta.seq_lens[:n].unsqueeze(1)
+    max_ctx = max(meta.seq_lens_cpu[:n])
+    pos = torch.arange(max_ctx, device=seq_lens.device).unsqueeze(0)  # [1, L]
+    blocks = meta.block_tables[:n].long().gather(1, (pos // block_size).expand(n, -1))
+    slots = blocks * block_size + pos % block_size  # [n, L]
+    allowed = pos < seq_lens
     if window is not None:
-        mask &= pos >= seq_lens - window
-    meta.extras[key] = mask
-    return mask
+        allowed &= pos >= seq_lens - window
+    bias = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+    bias.masked_fill_(~allowed, float("-inf"))
+    plan = (slots, bias[:, None, None, :])
+    meta.extras[key] = plan
+    return plan
 
 
 def _decode(
@@ -57,20 +64,18 @@ def _decode(
     window: int | None,
 ) -> torch.Tensor:
     n, num_heads, head_dim = q.shape  # [num_decodes, H, D]
-    num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
-    mask = _decode_mask(meta, window)
-    max_ctx = mask.shape[1]
-    num_blocks = -(-max_ctx // block_size)
-    kv = kv_cache[:, meta.block_tables[:n, :num_blocks]]  # [2, n, nb, bs, KV, D]
-    kv = kv.reshape(2, n, num_blocks * block_size, num_kv_heads, head_dim)[:, :, :max_ctx]
+    num_kv_heads = kv_cache.shape[3]
+    slots, bias = _decode_plan(meta, kv_cache.shape[2], window)
+    flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
+    kv = flat[:, slots]  # [2, n, L, KV, D]
+    if kv.dtype != q.dtype:
+        kv = kv.to(q.dtype)
     k = kv[0].permute(0, 2, 3, 1)  # [n, KV, D, L]
     v = kv[1].transpose(1, 2)  # [n, KV, L, D]
     qg = q.view(n, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    scores = torch.matmul(qg, k.to(q.dtype)).float() * scale  # [n, KV, G, L]
-    scores.masked_fill_(~mask[:, None, None, :], float("-inf"))
+    scores = torch.matmul(qg, k).float() * scale + bias  # [n, KV, G, L]
     probs = scores.softmax(dim=-1).to(q.dtype)
-    out = torch.matmul(probs, v.to(q.dtype))  # [n, KV, G, D]
-    return out.reshape(n, num_heads, head_dim)
+    return torch.matmul(probs, v).view(n, num_heads, head_dim)
 
 
 def _prefill(

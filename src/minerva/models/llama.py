@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minerva.attention import AttentionMetadata, paged_attention, write_kv
 from minerva.errors import ModelLoadError
 from minerva.models.layers import GatedMLP, RMSNorm
-from minerva.models.rope import apply_rope, rope_cos_sin
+from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
 
 
 def layer_sliding_windows(config) -> list[int | None]:
@@ -49,14 +50,13 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, self.num_heads, self.head_dim)
-        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = apply_rope(q, k, cos, sin)
-        write_kv(kv_cache, k, v, meta.slot_mapping)
+        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
+        qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
+        write_kv(kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping)
         out = paged_attention(q, kv_cache, meta, self.scale, self.window)
-        return self.o_proj(out.view(num_tokens, self.q_size))
+        return F.linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -121,7 +121,8 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = rope_cos_sin(
             c.head_dim, c.rope_theta, c.rope_scaling, c.max_position_embeddings, self.max_positions
         )
-        self.cos, self.sin = cos.to(device, self.dtype), sin.to(device, self.dtype)
+        self.cos = cos.to(device, self.dtype)
+        self.sin = fold_sin(sin).to(device, self.dtype)
 
     def forward(
         self,
@@ -133,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
         x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
-        cos, sin = self.cos[positions], self.sin[positions]
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
             x, residual = layer(x, residual, cos, sin, kv_cache, meta)

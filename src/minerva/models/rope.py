@@ -109,14 +109,15 @@ def _dynamic_cos_sin(
     return emb.cos(), emb.sin()
 
 
-def apply_rope(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q [T, Hq, D] and k [T, Hk, D] by cos/sin [T, D] (rotate-half layout, as HF)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate x [T, heads, D] by cos / sign-folded sin [T, 1, D] (HF's rotate-half layout).
 
-    def rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi], so one roll replaces the
+    slice-negate-concat of the textbook form."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
 
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+def fold_sin(sin: torch.Tensor) -> torch.Tensor:
+    """[..., D] sin table -> [-sin[:D/2], sin[D/2:]] for apply_rope."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)

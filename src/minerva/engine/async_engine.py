@@ -1,0 +1,394 @@
+"""AsyncEngine: one background thread owns an LLMEngine and steps it; asyncio code adds requests
+and reads each request's outputs from its own queue.
+
+The engine is not thread-safe, so only the engine thread touches it. The event loop hands it
+commands (add, abort) through a list guarded by a condition; the thread applies them between
+steps, sleeps on the condition when there is nothing to do (never spins) and sends each step's
+outputs back with ``loop.call_soon_threadsafe``. Everything on the loop side (streams, the
+in-flight count) is touched only by the loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from minerva.engine.llm_engine import EngineStats, LLMEngine
+from minerva.engine.outputs import RequestOutput
+from minerva.errors import MinervaError, RequestError
+from minerva.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineUnavailableError(MinervaError):
+    """The engine takes no new requests right now (HTTP 503); ``retry_after`` is a hint."""
+
+    reason = "unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFullError(EngineUnavailableError):
+    """Every running slot and every place in the waiting queue is taken."""
+
+    reason = "queue_full"
+
+
+class EngineDrainingError(EngineUnavailableError):
+    """The server is shutting down and finishes only the requests it already has."""
+
+    reason = "draining"
+
+
+class EngineDeadError(EngineUnavailableError):
+    """The engine thread stopped (shut down or crashed); nothing more can run."""
+
+    reason = "dead"
+
+
+@dataclass
+class StepInfo:
+    """What one engine step did, for metrics."""
+
+    duration: float
+    """Wall seconds of ``step()`` (it ends with the host sync of the sampled ids)."""
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_seqs: int
+    """Sequences in the batch."""
+
+
+class EngineObserver(Protocol):
+    def on_step(self, info: StepInfo | None, outputs: list[RequestOutput], stats: EngineStats):
+        """Called on the engine thread after each step (info None when nothing was scheduled)."""
+
+
+class RequestStream:
+    """The outputs of one request, in order. ``async for`` over it; ``abort()`` cancels it."""
+
+    def __init__(self, request_id: str, num_seqs: int, on_abort: Callable[[RequestStream], None]):
+        self.request_id = request_id
+        self.num_seqs = num_seqs
+        self.finished = False
+        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._on_abort = on_abort
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        self._queue.put_nowait(item)
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        self.finished = self.finished or item.finished
+        return item
+
+    def abort(self) -> None:
+        """Stop generating (no-op once finished); the KV blocks are freed between steps."""
+        if not self.finished:
+            self.finished = True
+            self._on_abort(self)
+
+
+class AsyncEngine:
+    """Drives an LLMEngine from a background thread for asyncio callers.
+
+    Admission control: at most ``max_num_seqs`` sequences run and ``max_queued_requests``
+    more wait; past that ``add_request`` raises QueueFullError at once.
+    """
+
+    def __init__(
+        self,
+        engine: LLMEngine,
+        max_queued_requests: int = 256,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.max_model_len = engine.max_model_len
+        self.vocab_size: int = engine.model_config.vocab_size
+        self.max_num_seqs = engine.config.scheduler.max_num_seqs
+        self.max_queued_requests = max_queued_requests
+        self.observer = observer
+        self._cond = threading.Condition()
+        self._commands: list[tuple[str, Any]] = []  # guarded by _cond
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stats = engine.stats()  # replaced (never mutated) by the engine thread
+        self._error: BaseException | None = None
+        # Loop-thread state.
+        self._streams: dict[str, RequestStream] = {}
+        self._num_seqs_in_flight = 0
+        self._draining = False
+        self._idle: asyncio.Event | None = None
+        self._last_schedule = None
+        self._watch_schedule()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine thread; call from the event loop that will use this engine."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="minerva-engine", daemon=True)
+        self._thread.start()
+
+    async def drain(self, timeout: float) -> int:
+        """Refuse new requests, let in-flight ones finish for up to ``timeout`` seconds, then
+        abort the rest (their streams end with finish_reason "abort"). Returns how many."""
+        self._draining = True
+        if not await self._wait_idle(timeout):
+            remaining = list(self._streams)
+            logger.warning("shutdown timeout: aborting %d request(s)", len(remaining))
+            self._submit("abort", remaining)  # streams stay registered: they get the final output
+            await self._wait_idle(10.0)
+            return len(remaining)
+        return 0
+
+    async def shutdown(self) -> None:
+        """Stop the engine thread; requests still in flight end with EngineDeadError."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30.0)
+        self._fail_all(EngineDeadError("the engine was shut down"))
+
+    async def _wait_idle(self, timeout: float) -> bool:
+        assert self._idle is not None, "AsyncEngine.start() was not called"
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self._error is None
+
+    @property
+    def is_draining(self) -> bool:
+        return self._draining
+
+    @property
+    def num_requests_in_flight(self) -> int:
+        return len(self._streams)
+
+    def stats(self) -> EngineStats:
+        """The engine's counters as of the end of the last step (safe from any thread)."""
+        return self._stats
+
+    def default_sampling_params(self, **overrides: Any) -> SamplingParams:
+        """SamplingParams with the model's generation_config.json defaults applied."""
+        return self.engine.default_sampling_params(**overrides)
+
+    # -- requests ---------------------------------------------------------------------
+    async def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        arrival_time: float | None = None,
+    ) -> RequestStream:
+        """Queue a request; returns its output stream once the engine accepted it.
+
+        Raises QueueFullError / EngineDrainingError / EngineDeadError (all 503) at once, and
+        RequestError (400, e.g. context_length_exceeded) when the engine refuses it.
+        """
+        self._check_admission(params.n)
+        request_id = request_id or f"req-{uuid.uuid4().hex}"
+        if request_id in self._streams:
+            raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
+        stream = RequestStream(request_id, params.n, self._abort_stream)
+        self._register(stream)
+        accepted = self._loop.create_future()  # type: ignore[union-attr]
+        arrival = arrival_time or time.monotonic()
+        self._submit("add", (prompt, params, request_id, prompt_token_ids, arrival, accepted))
+        try:
+            await accepted
+        except asyncio.CancelledError:
+            self._release(stream)
+            self._submit("abort", [request_id])  # the engine may have taken it meanwhile
+            raise
+        except BaseException:
+            self._release(stream)
+            raise
+        return stream
+
+    async def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Add a request and yield its outputs; closing or cancelling the iterator aborts it."""
+        stream = await self.add_request(prompt, params, request_id, prompt_token_ids)
+        try:
+            async for out in stream:
+                yield out
+        finally:
+            stream.abort()
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request by id (loop thread); its stream is dropped at once."""
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.abort()
+
+    def _check_admission(self, num_seqs: int) -> None:
+        if self._error is not None or self._thread is None:
+            raise EngineDeadError("the engine is not running", retry_after=None)
+        if self._draining:
+            raise EngineDrainingError("the server is shutting down; retry on another instance")
+        capacity = self.max_num_seqs + self.max_queued_requests
+        if num_seqs > capacity:
+            raise RequestError(
+                f"n={num_seqs} sequences are more than this server runs and queues at once "
+                f"({capacity}); lower n",
+                param="n",
+            )
+        if self._num_seqs_in_flight + num_seqs > capacity:
+            raise QueueFullError(
+                f"the server is at capacity ({self.max_num_seqs} running, "
+                f"{self.max_queued_requests} queued); retry later",
+                retry_after=1,
+            )
+
+    def _register(self, stream: RequestStream) -> None:
+        self._streams[stream.request_id] = stream
+        self._num_seqs_in_flight += stream.num_seqs
+        self._idle.clear()  # type: ignore[union-attr]
+
+    def _release(self, stream: RequestStream) -> None:
+        if self._streams.pop(stream.request_id, None) is not None:
+            self._num_seqs_in_flight -= stream.num_seqs
+        if not self._streams:
+            self._idle.set()  # type: ignore[union-attr]
+
+    def _abort_stream(self, stream: RequestStream) -> None:
+        self._release(stream)
+        self._submit("abort", [stream.request_id])
+
+    def _submit(self, kind: str, payload: Any) -> None:
+        with self._cond:
+            self._commands.append((kind, payload))
+            self._cond.notify()
+
+    # -- loop side of the hand-off -------------------------------------------------------
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:  # aborted by its client: nobody listens
+                continue
+            stream.put(out)
+            if out.finished:
+                self._release(stream)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for stream in list(self._streams.values()):
+            stream.put(error)
+            self._release(stream)
+
+    def _call_soon(self, fn: Callable, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop is closed: the process is exiting
+            pass
+
+    # -- engine thread ----------------------------------------------------------------
+    def _run(self) -> None:
+        busy = False
+        try:
+            while True:
+                with self._cond:
+                    while not (self._commands or busy or self._stopping):
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                    commands, self._commands = self._commands, []
+                aborted = self._apply(commands)
+                if busy or aborted or self.engine.has_unfinished_requests():
+                    self._step()
+                busy = self.engine.has_unfinished_requests()
+        except BaseException as e:  # noqa: BLE001 - the thread must report, never die silently
+            logger.exception("the engine thread failed; no more requests can run")
+            self._error = e
+            self._call_soon(self._fail_all, EngineDeadError(f"the engine failed: {e!r}"))
+
+    def _apply(self, commands: list[tuple[str, Any]]) -> bool:
+        """Apply queued adds and aborts in order; True if anything was aborted."""
+        aborted = False
+        for kind, payload in commands:
+            if kind == "abort":
+                self.engine.abort_request(payload)
+                aborted = True
+                continue
+            prompt, params, request_id, ids, arrival, accepted = payload
+            try:
+                self.engine.add_request(prompt, params, request_id, ids, arrival)
+            except Exception as e:  # noqa: BLE001 - RequestError and friends go to the caller
+                self._call_soon(_settle, accepted, e)
+            else:
+                self._call_soon(_settle, accepted, None)
+        return aborted
+
+    def _step(self) -> None:
+        self._last_schedule = None
+        start = time.perf_counter()
+        outputs = self.engine.step()
+        duration = time.perf_counter() - start
+        self._stats = self.engine.stats()
+        if outputs:
+            self._call_soon(self._dispatch, outputs)
+        if self.observer is not None:
+            sched, info = self._last_schedule, None
+            if sched is not None and not sched.is_empty:
+                info = StepInfo(
+                    duration, sched.num_prefill_tokens, sched.num_decode_tokens, len(sched.requests)
+                )
+            try:
+                self.observer.on_step(info, outputs, self._stats)
+            except Exception:  # noqa: BLE001 - metrics must never stop generation
+                logger.exception("engine observer failed")
+
+    def _watch_schedule(self) -> None:
+        # LLMEngine.step() does not return its SchedulerOutput; remember it (per-step prefill and
+        # decode token counts and the batch size feed the step metrics).
+        scheduler = self.engine.scheduler
+        schedule = scheduler.schedule
+
+        def schedule_and_remember():
+            self._last_schedule = schedule()
+            return self._last_schedule
+
+        scheduler.schedule = schedule_and_remember
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -1,0 +1,196 @@
+"""The FastAPI app: state, middlewares, error handlers, /health, /metrics and the API routers.
+
+The engine loads in the background after the server starts, so /health can say 503 "loading"
+(and later "draining") while the port is already open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from minerva import __version__
+from minerva.engine.async_engine import AsyncEngine, EngineDrainingError, EngineUnavailableError
+from minerva.engine.llm_engine import LLMEngine
+from minerva.errors import MinervaError
+from minerva.server.api_errors import APIError, error_response, model_not_found, to_api_error
+from minerva.server.config import ServerConfig
+from minerva.server.generation import ClientDisconnected
+from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
+from minerva.server.security import (
+    APIKeyMiddleware,
+    BodySizeLimitMiddleware,
+    CORSMiddleware,
+    cors_middleware_options,
+)
+
+logger = logging.getLogger(__name__)
+
+UNGATED_PATHS = frozenset({"/health", "/metrics"})
+"""Routes that keep answering while the server drains."""
+
+
+@dataclass
+class ServerState:
+    """What the routes share: settings, metrics and the engine once it is loaded."""
+
+    config: ServerConfig
+    metrics: ServerMetrics
+    engine: AsyncEngine | None = None
+    model_path: str = ""
+    draining: bool = False
+    load_error: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_name
+
+    def ready_engine(self) -> AsyncEngine:
+        """The engine, or 503 while loading, draining or after a failure."""
+        if self.draining:
+            raise EngineDrainingError("the server is shutting down; retry on another instance")
+        if self.load_error is not None:
+            raise EngineUnavailableError(f"the model failed to load: {self.load_error}")
+        if self.engine is None:
+            raise EngineUnavailableError("the model is still loading; retry shortly", retry_after=5)
+        return self.engine
+
+    def check_model(self, name: str) -> None:
+        """404 model_not_found unless ``name`` is the served model (":latest" tag allowed)."""
+        if name not in (self.model_name, f"{self.model_name}:latest"):
+            raise model_not_found(name, self.model_name)
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.minerva
+
+
+class DrainGateMiddleware:
+    """While draining, new requests get 503 (in-flight ones were admitted before)."""
+
+    def __init__(self, app, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.state.draining and scope["path"] not in UNGATED_PATHS:
+            self.state.metrics.requests_rejected.labels("draining").inc()
+            err = APIError(503, "the server is shutting down", code="draining")
+            await error_response(scope["path"], err)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _error_handler(state: ServerState):
+    async def handle(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, ClientDisconnected):
+            return Response(status_code=499)  # nobody reads it; the status shows in metrics
+        if isinstance(exc, EngineUnavailableError):
+            state.metrics.requests_rejected.labels(exc.reason).inc()
+        if isinstance(exc, StarletteHTTPException):
+            err = APIError(
+                exc.status_code,
+                str(exc.detail),
+                code="not_found" if exc.status_code == 404 else None,
+            )
+        else:
+            err = to_api_error(exc)
+        return error_response(request.url.path, err)
+
+    return handle
+
+
+def build_app(
+    config: ServerConfig,
+    engine: AsyncEngine | None = None,
+    load_engine: Callable[[], LLMEngine] | None = None,
+    model_path: str = "",
+    on_load_error: Callable[[BaseException], None] | None = None,
+) -> FastAPI:
+    """The app over a running ``engine``, or one that loads it with ``load_engine`` at startup."""
+    metrics = ServerMetrics()
+    state = ServerState(config=config, metrics=metrics, model_path=model_path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = None
+        if engine is not None:
+            _install(state, engine)
+        elif load_engine is not None:
+            loader = asyncio.create_task(_load(state, load_engine, on_load_error))
+        try:
+            yield
+        finally:
+            if loader is not None and not loader.done():
+                loader.cancel()
+            if state.engine is not None:
+                await state.engine.shutdown()
+
+    app = FastAPI(title="Minerva", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
+    app.state.minerva = state
+    handler = _error_handler(state)
+    for exc_class in (APIError, MinervaError, ValidationError, ValueError, ClientDisconnected, StarletteHTTPException):  # fmt: skip
+        app.add_exception_handler(exc_class, handler)
+
+    # add_middleware puts each one outside the previous: the last added runs first.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
+    if config.api_key:
+        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(DrainGateMiddleware, state=state)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, **cors_middleware_options(config.cors_origins))
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+
+    from minerva.server.ollama_routes import router as ollama_router
+    from minerva.server.openai_routes import router as openai_router
+
+    app.include_router(openai_router)
+    app.include_router(ollama_router)
+
+    @app.get("/health")
+    async def health() -> Response:
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if state.load_error is not None:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        if state.engine is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        if not state.engine.is_running:
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _install(state: ServerState, engine: AsyncEngine) -> None:
+    engine.observer = state.metrics
+    state.metrics.attach(engine)
+    engine.start()
+    state.engine = engine
+
+
+async def _load(state: ServerState, load_engine: Callable[[], LLMEngine], on_error) -> None:
+    try:
+        llm_engine = await asyncio.to_thread(load_engine)
+    except Exception as e:  # noqa: BLE001 - reported on /health and by the CLI
+        state.load_error = str(e)
+        logger.error("loading the model failed: %s", e)
+        if on_error is not None:
+            on_error(e)
+        return
+    _install(state, AsyncEngine(llm_engine, state.config.max_queued_requests))
+    logger.info("model loaded; serving %r", state.model_name)

@@ -1,0 +1,175 @@
+"""What the OpenAI and Ollama routes share: body parsing, adding prompts to the engine,
+merging their streams, collecting a whole answer, and aborting when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from minerva.engine.async_engine import AsyncEngine, RequestStream
+from minerva.engine.outputs import RequestOutput
+from minerva.errors import RequestError
+from minerva.sampling_params import SamplingParams
+from minerva.server.api_errors import APIError
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything else (never a 500)."""
+    body = await request.body()
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"The body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "The body must be a JSON object", code="invalid_json")
+    return data
+
+
+async def encode_prompts(
+    engine: AsyncEngine, prompts: Sequence[str | list[int]]
+) -> list[list[int]]:
+    """Token ids of each prompt, tokenized off the event loop (long prompts take a while)."""
+    tokenizer = engine.tokenizer
+    if tokenizer is None and any(isinstance(p, str) for p in prompts):
+        raise RequestError(
+            "this model has no tokenizer: send token ids as the prompt", param="prompt"
+        )
+    return await asyncio.to_thread(
+        lambda: [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    )
+
+
+async def encode_chat(engine: AsyncEngine, messages: list[dict], add_generation_prompt=True):
+    """Prompt ids of a conversation rendered with the model's chat template."""
+    tokenizer = engine.tokenizer
+    if tokenizer is None:
+        raise RequestError(
+            "this model has no tokenizer, so chat is not available", param="messages"
+        )
+    return await asyncio.to_thread(tokenizer.encode_chat, messages, add_generation_prompt)
+
+
+async def add_prompts(
+    engine: AsyncEngine,
+    prompts: Sequence[str | list[int]],
+    ids: Sequence[list[int]],
+    params: SamplingParams,
+    request_id: str,
+    arrival_time: float,
+) -> list[RequestStream]:
+    """Add every prompt (ids ``{request_id}-{i}`` for a batch); all or none are added."""
+    streams: list[RequestStream] = []
+    try:
+        for i, (prompt, prompt_ids) in enumerate(zip(prompts, ids)):
+            rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            streams.append(await engine.add_request(prompt, params, rid, prompt_ids, arrival_time))
+    except BaseException:
+        abort_all(streams)
+        raise
+    return streams
+
+
+def abort_all(streams: Sequence[RequestStream]) -> None:
+    for stream in streams:
+        stream.abort()
+
+
+async def merge_streams(
+    streams: Sequence[RequestStream],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(prompt index, output) from all streams as they come; aborts them all on exit."""
+    try:
+        if len(streams) == 1:
+            async for out in streams[0]:
+                yield 0, out
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i: int, stream: RequestStream) -> None:
+            try:
+                async for out in stream:
+                    queue.put_nowait((i, out))
+                queue.put_nowait((i, None))
+            except Exception as e:  # noqa: BLE001 - handed to the consumer
+                queue.put_nowait((i, e))
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+        try:
+            remaining = len(streams)
+            while remaining:
+                i, item = await queue.get()
+                if item is None:
+                    remaining -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for task in tasks:
+                task.cancel()
+    finally:
+        abort_all(streams)
+
+
+async def collect(streams: Sequence[RequestStream]) -> list[RequestOutput]:
+    """The final output of each stream, with all its completions in index order."""
+    finals: list[RequestOutput | None] = [None] * len(streams)
+    completions: list[dict] = [{} for _ in streams]
+    async for i, out in merge_streams(streams):
+        for comp in out.outputs:
+            completions[i][comp.index] = comp
+        if out.finished:
+            finals[i] = out
+    results = []
+    for final, comps in zip(finals, completions):
+        assert final is not None, "a stream ended without a finished output"
+        final.outputs = [comps[k] for k in sorted(comps)]
+        results.append(final)
+    return results
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work``; cancel it (which aborts its requests) if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        watcher.cancel()
+        raise
+    watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # its finally blocks abort the engine requests
+    raise ClientDisconnected()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    # The body was read already: the next ASGI message is http.disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sse(data: dict | str) -> str:
+    """One server-sent event."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n"
+
+
+def finite(x: float) -> float:
+    """JSON has no -inf: OpenAI reports impossible tokens as -9999."""
+    return x if x > -9999.0 else -9999.0

@@ -1,0 +1,255 @@
+"""Prometheus metrics (prometheus-client), one CollectorRegistry per app.
+
+Request and step histograms are fed on the engine thread by ``on_step`` (the AsyncEngine's
+observer hook); gauges and the engine's own counters are read from its latest stats when
+scraped; HTTP counts and durations come from a pure ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from minerva.engine.async_engine import AsyncEngine, StepInfo
+from minerva.engine.llm_engine import EngineStats
+from minerva.engine.outputs import RequestOutput
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class _EngineCollector(Collector):
+    """Gauges and cumulative engine counters, read at scrape time."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.metrics.engine_stats()
+        used, total = self.metrics.device_memory()
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield gauge(
+            "minerva_requests_running", "Sequences running in the engine.", stats.num_running
+        )
+        yield gauge(
+            "minerva_requests_waiting", "Sequences waiting to be scheduled.", stats.num_waiting
+        )
+        yield gauge(
+            "minerva_kv_cache_usage_ratio",
+            "Fraction of KV cache blocks in use (0..1).",
+            stats.kv_cache_usage,
+        )
+        yield gauge(
+            "minerva_kv_cache_blocks_total",
+            "KV cache blocks allocated at start.",
+            stats.num_kv_blocks,
+        )
+        yield counter(
+            "minerva_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache.",
+            stats.prefix_cache_queries,
+        )
+        yield counter(
+            "minerva_prefix_cache_hits",
+            "Prompt tokens served from the prefix cache.",
+            stats.prefix_cache_hits,
+        )
+        yield counter(
+            "minerva_preemptions",
+            "Requests preempted (KV blocks taken back) so far.",
+            stats.num_preemptions,
+        )
+        yield gauge(
+            "minerva_device_memory_used_bytes",
+            "Device memory this process uses (CUDA/MPS allocated, or RSS on CPU).",
+            used,
+        )
+        yield gauge("minerva_device_memory_total_bytes", "Device memory in total (host RAM on CPU).", total)  # fmt: skip
+
+
+class ServerMetrics:
+    """Every metric of the server, registered in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests_rejected = Counter(
+            "minerva_requests_rejected", "Requests refused with 503 (queue full, draining, not ready).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.requests_finished = Counter(
+            "minerva_requests_finished",
+            "Requests finished, by finish reason.",
+            ["finish_reason"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "minerva_prompt_tokens",
+            "Prompt tokens of requests that started generating.",
+            registry=r,
+        )
+        self.generation_tokens = Counter(
+            "minerva_generation_tokens", "Tokens generated.", registry=r
+        )
+        self.ttft = Histogram(
+            "minerva_time_to_first_token_seconds",
+            "From arrival to the first generated token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "minerva_inter_token_latency_seconds",
+            "Between two outputs of a request.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e = Histogram(
+            "minerva_e2e_request_latency_seconds",
+            "From arrival to the last token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "minerva_request_queue_time_seconds",
+            "From arrival to first being scheduled.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prefill_duration = Histogram(
+            "minerva_prefill_duration_seconds",
+            "Engine steps that ran prompt tokens (prefill or mixed).",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.decode_duration = Histogram(
+            "minerva_decode_duration_seconds",
+            "Engine steps that ran only decode tokens.",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "minerva_batch_size", "Sequences per engine step.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.http_requests = Counter(
+            "minerva_http_requests",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram("minerva_http_request_duration_seconds", "HTTP request time (whole stream for streaming responses).", ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        r.register(_EngineCollector(self))
+        self._stats: Callable[[], EngineStats] | None = None
+        self._memory: Callable[[], tuple[int, int]] | None = None
+        self._last_token_time: dict[str, float] = {}  # engine thread only
+
+    def attach(self, engine: AsyncEngine) -> None:
+        """Read gauges from this engine from now on (it calls ``on_step`` itself)."""
+        platform = engine.engine.platform
+        self._stats = engine.stats
+        self._memory = lambda: (platform.memory_used(), platform.memory()[1])
+
+    def engine_stats(self) -> EngineStats:
+        if self._stats is None:  # still loading: everything is zero
+            return EngineStats(0, 0, 0.0, 0, 0, 0, 0)
+        return self._stats()
+
+    def device_memory(self) -> tuple[int, int]:
+        return self._memory() if self._memory is not None else (0, 0)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def on_step(
+        self, info: StepInfo | None, outputs: list[RequestOutput], stats: EngineStats
+    ) -> None:
+        """Engine-thread hook: step timings and per-request latencies."""
+        now = time.monotonic()
+        if info is not None:
+            hist = self.prefill_duration if info.num_prefill_tokens else self.decode_duration
+            hist.observe(info.duration)
+            self.batch_size.observe(info.num_seqs)
+        for out in outputs:
+            self._on_output(out, now)
+
+    def _on_output(self, out: RequestOutput, now: float) -> None:
+        rid, m = out.request_id, out.metrics
+        new_tokens = sum(len(c.delta_token_ids) for c in out.outputs)
+        if new_tokens:
+            self.generation_tokens.inc(new_tokens)
+            last = self._last_token_time.get(rid)
+            if last is None and m is not None:
+                first = m.first_token_time or now
+                self.ttft.observe(max(first - m.arrival_time, 0.0))
+                scheduled = m.first_scheduled_time or first
+                self.queue_time.observe(max(scheduled - m.arrival_time, 0.0))
+                self.prompt_tokens.inc(len(out.prompt_token_ids))
+            elif last is not None:
+                self.itl.observe(now - last)
+            self._last_token_time[rid] = now
+        if out.finished:
+            self._last_token_time.pop(rid, None)
+            if m is not None:
+                self.e2e.observe(max((m.finished_time or now) - m.arrival_time, 0.0))
+            reasons = {c.finish_reason for c in out.outputs if c.finish_reason}
+            self.requests_finished.labels(
+                finish_reason=min(reasons) if reasons else "unknown"
+            ).inc()
+
+
+class HTTPMetricsMiddleware:
+    """Counts requests and times them by route template (pure ASGI: streams stay streams)."""
+
+    def __init__(self, app, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"  # bounded label values
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(method, path, str(status)).inc()
+            self.metrics.http_duration.labels(method, path).observe(time.perf_counter() - start)

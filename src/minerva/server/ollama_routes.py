@@ -1,0 +1,308 @@
+"""Ollama routes: /api/generate, /api/chat (NDJSON streams), /api/tags, /api/show, /api/ps,
+/api/version and ``GET /``. Durations are nanoseconds, as Ollama reports them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from minerva.engine.async_engine import AsyncEngine, RequestStream
+from minerva.engine.outputs import RequestOutput
+from minerva.server.api_errors import to_api_error
+from minerva.server.app import ServerState, get_state
+from minerva.server.generation import (
+    add_prompts,
+    collect,
+    encode_chat,
+    encode_prompts,
+    finite,
+    merge_streams,
+    read_json_object,
+    until_disconnect,
+)
+from minerva.server.ollama_protocol import OLLAMA_API_VERSION, ChatRequest, GenerateRequest
+from minerva.server.openai_responses import token_text
+
+router = APIRouter()
+
+
+def _now() -> str:
+    return (
+        dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    )
+
+
+def _ns(seconds: float) -> int:
+    return max(int(seconds * 1e9), 0)
+
+
+@router.get("/")
+@router.head("/")
+async def root() -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+@router.get("/api/version")
+async def version() -> JSONResponse:
+    return JSONResponse({"version": OLLAMA_API_VERSION})
+
+
+# -- model listing ---------------------------------------------------------------------------
+def _details(engine: AsyncEngine) -> dict:
+    loaded = engine.engine.loaded
+    num_params = loaded.weight_bytes // max(loaded.dtype.itemsize, 1)
+    family = getattr(engine.engine.model_config, "model_type", "llama")
+    return {
+        "parent_model": "",
+        "format": "safetensors",
+        "family": family,
+        "families": [family],
+        "parameter_size": _human(num_params),
+        "quantization_level": str(loaded.dtype).removeprefix("torch.").upper(),
+    }
+
+
+def _human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _model_entry(state: ServerState, engine: AsyncEngine) -> dict:
+    path = Path(state.model_path) if state.model_path else None
+    config = path / "config.json" if path else None
+    stamp = config.stat().st_mtime if config and config.is_file() else state.created
+    digest_src = config.read_bytes() if config and config.is_file() else state.model_name.encode()
+    return {
+        "name": state.model_name,
+        "model": state.model_name,
+        "modified_at": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(),
+        "size": engine.engine.loaded.weight_bytes,
+        "digest": hashlib.sha256(digest_src).hexdigest(),  # of config.json: stable per model
+        "details": _details(engine),
+    }
+
+
+@router.get("/api/tags")
+async def tags(request: Request) -> JSONResponse:
+    state = get_state(request)
+    engine = state.ready_engine()
+    return JSONResponse({"models": [_model_entry(state, engine)]})
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> JSONResponse:
+    state = get_state(request)
+    engine = state.ready_engine()
+    entry = _model_entry(state, engine)
+    platform = engine.engine.platform
+    entry.update(
+        expires_at="2999-01-01T00:00:00Z",  # loaded for the server's lifetime
+        size_vram=platform.memory_used() if platform.kind != "cpu" else 0,
+        context_length=engine.max_model_len,
+    )
+    return JSONResponse({"models": [entry]})
+
+
+@router.post("/api/show")
+async def show(request: Request) -> JSONResponse:
+    state = get_state(request)
+    data = await read_json_object(request)
+    name = data.get("model") or data.get("name")
+    if not isinstance(name, str):
+        raise ValueError("model must be given as a string")
+    engine = state.ready_engine()
+    state.check_model(name)
+    hf = engine.engine.model_config
+    details = _details(engine)
+    family = details["family"]
+    template = engine.tokenizer.chat_template if engine.tokenizer is not None else None
+    if isinstance(template, dict):
+        template = template.get("default", next(iter(template.values()), None))
+    entry = _model_entry(state, engine)
+    return JSONResponse(
+        {
+            "license": "",
+            "modelfile": f"# Served by Minerva\nFROM {state.model_path or state.model_name}\n",
+            "parameters": "",
+            "template": template or "",
+            "details": details,
+            "model_info": {
+                "general.architecture": family,
+                "general.parameter_count": engine.engine.loaded.weight_bytes
+                // max(engine.engine.loaded.dtype.itemsize, 1),
+                f"{family}.context_length": engine.max_model_len,
+                f"{family}.embedding_length": getattr(hf, "hidden_size", None),
+                f"{family}.block_count": getattr(hf, "num_hidden_layers", None),
+                f"{family}.attention.head_count": getattr(hf, "num_attention_heads", None),
+                f"{family}.attention.head_count_kv": getattr(hf, "num_key_value_heads", None),
+                f"{family}.vocab_size": engine.vocab_size,
+            },
+            "capabilities": ["completion"],
+            "modified_at": entry["modified_at"],
+        }
+    )
+
+
+# -- generation ------------------------------------------------------------------------------
+@router.post("/api/generate")
+async def generate(request: Request) -> Response:
+    arrival = time.monotonic()
+    state = get_state(request)
+    body = GenerateRequest.model_validate(await read_json_object(request))
+    body.check_supported()
+    engine = state.ready_engine()
+    state.check_model(body.model)
+    if not body.prompt and not body.context:  # Ollama: an empty prompt just loads the model
+        return JSONResponse(_done_load(body.model, "response"))
+
+    async def encode() -> list[int]:
+        prompt = body.prompt or ""
+        if body.raw or engine.tokenizer is None or engine.tokenizer.chat_template is None:
+            ids = (await encode_prompts(engine, [prompt]))[0]
+        else:
+            messages = [{"role": "system", "content": body.system}] if body.system else []
+            messages.append({"role": "user", "content": prompt})
+            ids = await encode_chat(engine, messages)
+        return list(body.context or []) + ids
+
+    return await _run(request, state, engine, body, encode, arrival, chat=False)
+
+
+@router.post("/api/chat")
+async def chat(request: Request) -> Response:
+    arrival = time.monotonic()
+    state = get_state(request)
+    body = ChatRequest.model_validate(await read_json_object(request))
+    body.check_supported()
+    engine = state.ready_engine()
+    state.check_model(body.model)
+    if not body.messages:
+        return JSONResponse(_done_load(body.model, "message"))
+
+    async def encode() -> list[int]:
+        return await encode_chat(engine, [m.plain() for m in body.messages])
+
+    return await _run(request, state, engine, body, encode, arrival, chat=True)
+
+
+def _done_load(model: str, key: str) -> dict:
+    value = {"role": "assistant", "content": ""} if key == "message" else ""
+    return {"model": model, "created_at": _now(), key: value, "done": True, "done_reason": "load"}
+
+
+async def _run(request, state, engine, body, encode, arrival: float, chat: bool) -> Response:
+    request_id = f"ollama-{uuid.uuid4().hex}"
+
+    async def start() -> RequestStream:
+        ids = await encode()
+        _check_ids(engine, ids)
+        params = body.to_sampling_params(_defaults(engine), len(ids), engine.max_model_len)
+        (stream,) = await add_prompts(engine, [ids], [ids], params, request_id, arrival)
+        return stream
+
+    if body.stream:
+        stream = await until_disconnect(request, start())
+        lines = _ndjson(engine, stream, body.model, arrival, chat)
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    async def run() -> dict:
+        (out,) = await collect([await start()])
+        c = out.outputs[0]
+        final = _chunk(body.model, chat, c.text, _logprobs(engine, c.logprobs or []) if c.logprobs is not None else None)  # fmt: skip
+        final.update(_final_fields(out, arrival, chat))
+        return final
+
+    return JSONResponse(await until_disconnect(request, run()))
+
+
+def _check_ids(engine: AsyncEngine, ids: list[int]) -> None:
+    from minerva.server.openai_protocol import check_token_ids
+
+    check_token_ids(ids, engine.vocab_size, "context")
+
+
+def _chunk(model: str, chat: bool, text: str, logprobs: list | None = None) -> dict:
+    chunk = {"model": model, "created_at": _now()}
+    if chat:
+        chunk["message"] = {"role": "assistant", "content": text}
+    else:
+        chunk["response"] = text
+    chunk["done"] = False
+    if logprobs:
+        chunk["logprobs"] = logprobs
+    return chunk
+
+
+def _final_fields(out: RequestOutput, arrival: float, chat: bool) -> dict:
+    c, m = out.outputs[0], out.metrics
+    now = time.monotonic()
+    first_token = (m.first_token_time if m else None) or now
+    scheduled = (m.first_scheduled_time if m else None) or first_token
+    finished = (m.finished_time if m else None) or now
+    fields = {
+        "done": True,
+        "done_reason": c.finish_reason,
+        "total_duration": _ns(now - arrival),
+        "load_duration": 0,  # the model stays loaded
+        "prompt_eval_count": len(out.prompt_token_ids) - out.num_cached_tokens,
+        "prompt_eval_duration": _ns(first_token - scheduled),
+        "eval_count": len(c.token_ids),
+        "eval_duration": _ns(finished - first_token),
+    }
+    if not chat:
+        fields["context"] = list(out.prompt_token_ids) + list(c.token_ids)
+    return fields
+
+
+def _logprobs(engine: AsyncEngine, entries: list) -> list[dict]:
+    tok = engine.tokenizer
+    return [
+        {
+            "token": token_text(tok, lp.token_id),
+            "logprob": finite(lp.logprob),
+            "top_logprobs": [
+                {"token": token_text(tok, t), "logprob": finite(v)}
+                for t, v in zip(lp.top_token_ids, lp.top_logprobs)
+            ],
+        }
+        for lp in entries
+    ]
+
+
+async def _ndjson(
+    engine: AsyncEngine, stream: RequestStream, model: str, arrival: float, chat: bool
+) -> AsyncIterator[str]:
+    try:
+        async for _, out in merge_streams([stream]):
+            c = out.outputs[0]
+            new = c.logprobs[-len(c.delta_token_ids) :] if c.logprobs and c.delta_token_ids else []
+            if c.delta_text or new:
+                yield json.dumps(_chunk(model, chat, c.delta_text, _logprobs(engine, new))) + "\n"
+            if out.finished:
+                final = _chunk(model, chat, "")
+                final.update(_final_fields(out, arrival, chat))
+                yield json.dumps(final) + "\n"
+    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
+        yield json.dumps({"error": to_api_error(e).message}) + "\n"
+    finally:
+        stream.abort()
+
+
+def _defaults(engine: AsyncEngine) -> dict:
+    params = engine.default_sampling_params()
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "repetition_penalty": params.repetition_penalty,
+    }

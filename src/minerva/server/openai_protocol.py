@@ -1,0 +1,228 @@
+"""OpenAI request models (/v1/chat/completions, /v1/completions) and their SamplingParams.
+
+Unknown fields are refused (400) and known-but-unsupported ones (``tools``, json_schema
+``response_format``...) get a 400 that names them: nothing is silently ignored. No torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from minerva.errors import RequestError
+from minerva.sampling_params import SamplingParams
+
+MAX_N = 32
+MAX_PROMPTS = 64
+MAX_STOP = 16
+
+# field -> (value that means "off" and is accepted, what the field is)
+_UNSUPPORTED: dict[str, tuple[Any, str]] = {
+    "tools": ([], "tool calling"),
+    "tool_choice": ("none", "tool calling"),
+    "functions": ([], "function calling"),
+    "function_call": ("none", "function calling"),
+    "parallel_tool_calls": (None, "tool calling"),
+    "response_format": ({"type": "text"}, "structured output (response_format other than text)"),
+    "audio": (None, "audio output"),
+    "modalities": (["text"], "modalities other than text"),
+    "prediction": (None, "predicted outputs"),
+    "reasoning_effort": (None, "reasoning_effort"),
+    "web_search_options": (None, "web search"),
+    "echo": (False, "echo"),
+    "suffix": (None, "suffix (insertion)"),
+}
+
+
+def check_unsupported(body: dict[str, Any]) -> None:
+    """RequestError (400) for a field this server knows but cannot honour."""
+    for name, (off_value, what) in _UNSUPPORTED.items():
+        value = body.get(name)
+        if value is None or value == off_value:
+            continue
+        raise RequestError(
+            f"{name!r} is not supported by this server ({what}); remove it from the request",
+            code="unsupported_field",
+            param=name,
+        )
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = False
+
+
+class _SamplingRequest(_Strict):
+    """Fields shared by chat and completions (OpenAI names, then common extensions)."""
+
+    model: str
+    n: int = Field(1, ge=1, le=MAX_N)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = Field(None, max_length=MAX_STOP)
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    # Unsupported unless "off" (check_unsupported): declared so they are not "unknown".
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    # Extensions (vLLM names).
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool = False
+    min_tokens: int = Field(0, ge=0)
+    stop_token_ids: list[int] | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+    def base_sampling_kwargs(self, vocab_size: int) -> dict[str, Any]:
+        """The SamplingParams fields set by this request (None values left to the defaults)."""
+        if self.stream_options is not None and not self.stream:
+            raise RequestError(
+                "stream_options is only allowed with stream=true", param="stream_options"
+            )
+        values = {
+            "n": self.n,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "seed": self.seed,
+            "stop": self.stop,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "logit_bias": parse_logit_bias(self.logit_bias, vocab_size),
+            "stop_token_ids": check_token_ids(self.stop_token_ids, vocab_size, "stop_token_ids"),
+            "ignore_eos": self.ignore_eos,
+            "min_tokens": self.min_tokens,
+            "skip_special_tokens": self.skip_special_tokens,
+            "include_stop_str_in_output": self.include_stop_str_in_output,
+        }
+        return {k: v for k, v in values.items() if v is not None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
+    """OpenAI sends {"token id as string": bias in [-100, 100]}."""
+    if not bias:
+        return None
+    out = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise RequestError(
+                f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+            ) from None
+        if not 0 <= token < vocab_size:
+            raise RequestError(
+                f"logit_bias token id {token} is outside the vocabulary [0, {vocab_size})",
+                param="logit_bias",
+            )
+        if not -100 <= value <= 100:
+            raise RequestError(
+                f"logit_bias values must be in [-100, 100], got {value}", param="logit_bias"
+            )
+        out[token] = float(value)
+    return out
+
+
+def check_token_ids(ids: list[int] | None, vocab_size: int, param: str) -> list[int] | None:
+    bad = next((t for t in ids or () if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise RequestError(
+            f"token id {bad} is outside the vocabulary [0, {vocab_size})", param=param
+        )
+    return ids
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def plain(self) -> dict[str, Any]:
+        """The message as chat templates expect it: role and string content."""
+        content = self.content
+        if isinstance(content, list):
+            content = "\n".join(part.text for part in content)
+        role = "system" if self.role == "developer" else self.role
+        message = {"role": role, "content": content or ""}
+        if self.name is not None:
+            message["name"] = self.name
+        return message
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    add_generation_prompt: bool = True
+
+    def to_sampling_params(self, defaults: dict[str, Any], vocab_size: int) -> SamplingParams:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError("top_logprobs requires logprobs=true", param="top_logprobs")
+        values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
+        values["max_tokens"] = self.max_completion_tokens or self.max_tokens  # None: to the context
+        values["logprobs"] = (self.top_logprobs or 0) if self.logprobs else None
+        return SamplingParams(**values)
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self, vocab_size: int) -> list[str | list[int]]:
+        """The prompt(s): text or token ids; a list of them is a batch."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            prompts = [prompt]
+        else:
+            prompts = list(prompt)
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise RequestError(
+                f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}", param="prompt"
+            )
+        for p in prompts:
+            if not isinstance(p, str):
+                check_token_ids(p, vocab_size, "prompt")
+        return prompts
+
+    def to_sampling_params(self, defaults: dict[str, Any], vocab_size: int) -> SamplingParams:
+        if self.best_of is not None and self.best_of != self.n:
+            raise RequestError("best_of other than n is not supported", param="best_of")
+        values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
+        values["max_tokens"] = self.max_tokens
+        values["logprobs"] = self.logprobs
+        return SamplingParams(**values)

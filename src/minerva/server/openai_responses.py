@@ -1,0 +1,125 @@
+"""OpenAI response bodies: chat.completion(.chunk), text_completion, logprobs and usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minerva.request import Logprobs
+from minerva.server.generation import finite
+from minerva.tokenizer import Tokenizer
+
+
+def token_text(tokenizer: Tokenizer | None, token_id: int) -> str:
+    """The text of one token as OpenAI shows it (special tokens included)."""
+    if tokenizer is None:
+        return f"token_id:{token_id}"
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _entry(tokenizer: Tokenizer | None, token_id: int, logprob: float) -> dict[str, Any]:
+    text = token_text(tokenizer, token_id)
+    return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(tokenizer: Tokenizer | None, entries: list[Logprobs]) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a chat completion: one item per generated token."""
+    content = []
+    for lp in entries:
+        item = _entry(tokenizer, lp.token_id, lp.logprob)
+        item["top_logprobs"] = [
+            _entry(tokenizer, t, v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)
+        ]
+        content.append(item)
+    return {"content": content}
+
+
+def completion_logprobs(
+    tokenizer: Tokenizer | None, entries: list[Logprobs], text_offset: int = 0
+) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a legacy completion (tokens, token_logprobs, top_logprobs)."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    for lp in entries:
+        text = token_text(tokenizer, lp.token_id)
+        tokens.append(text)
+        token_logprobs.append(finite(lp.logprob))
+        top = {
+            token_text(tokenizer, t): finite(v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)
+        }
+        tops.append(top)
+        offsets.append(text_offset)
+        text_offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
+
+
+def chat_chunk(
+    request_id: str,
+    created: int,
+    model: str,
+    index: int,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+    with_usage: bool = False,
+) -> dict[str, Any]:
+    chunk = {
+        "id": request_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
+    }
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def completion_chunk(
+    request_id: str,
+    created: int,
+    model: str,
+    index: int,
+    text: str,
+    finish_reason: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+    with_usage: bool = False,
+) -> dict[str, Any]:
+    chunk = {
+        "id": request_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+        ],
+    }
+    if with_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(request_id: str, created: int, model: str, obj: str, usage_: dict) -> dict:
+    """The last chunk when ``stream_options.include_usage``: no choices, the totals."""
+    return {
+        "id": request_id,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_,
+    }

@@ -1,0 +1,251 @@
+"""OpenAI routes: /v1/models, /v1/chat/completions and /v1/completions (SSE streaming too)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from minerva.engine.async_engine import AsyncEngine, RequestStream
+from minerva.engine.outputs import CompletionOutput
+from minerva.server import openai_responses as R
+from minerva.server.api_errors import to_api_error
+from minerva.server.app import ServerState, get_state
+from minerva.server.generation import (
+    abort_all,
+    add_prompts,
+    collect,
+    encode_chat,
+    encode_prompts,
+    merge_streams,
+    read_json_object,
+    sse,
+    until_disconnect,
+)
+from minerva.server.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    check_unsupported,
+)
+
+router = APIRouter()
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _model_card(state: ServerState) -> dict:
+    engine = state.engine
+    return {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "minerva",
+        "root": state.model_path or state.model_name,
+        "max_model_len": engine.max_model_len if engine is not None else None,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    state = get_state(request)
+    state.ready_engine()
+    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+
+
+@router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
+    state = get_state(request)
+    state.ready_engine()
+    state.check_model(model_id)
+    return JSONResponse(_model_card(state))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state = get_state(request)
+    data = await read_json_object(request)
+    check_unsupported(data)
+    body = ChatCompletionRequest.model_validate(data)
+    engine = state.ready_engine()
+    state.check_model(body.model)
+    params = body.to_sampling_params(_defaults(engine), engine.vocab_size)
+    messages = [m.plain() for m in body.messages]
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+    async def start() -> list[RequestStream]:
+        ids = await encode_chat(engine, messages, body.add_generation_prompt)
+        return await add_prompts(engine, [ids], [ids], params, request_id, arrival)
+
+    if body.stream:
+        streams = await until_disconnect(request, start())
+        events = _chat_events(engine, streams[0], body, request_id, state.model_name)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def run() -> dict:
+        (out,) = await collect(await start())
+        choices = [_chat_choice(engine, c) for c in out.outputs]
+        n_out = sum(len(c.token_ids) for c in out.outputs)
+        return {
+            "id": request_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": state.model_name,
+            "choices": choices,
+            "usage": R.usage(len(out.prompt_token_ids), n_out, out.num_cached_tokens),
+        }
+
+    return JSONResponse(await until_disconnect(request, run()))
+
+
+def _chat_choice(engine: AsyncEngine, c: CompletionOutput) -> dict:
+    logprobs = R.chat_logprobs(engine.tokenizer, c.logprobs) if c.logprobs is not None else None
+    return {
+        "index": c.index,
+        "message": {"role": "assistant", "content": c.text},
+        "logprobs": logprobs,
+        "finish_reason": c.finish_reason,
+    }
+
+
+async def _chat_events(
+    engine: AsyncEngine,
+    stream: RequestStream,
+    body: ChatCompletionRequest,
+    request_id: str,
+    model: str,
+) -> AsyncIterator[str]:
+    created, with_usage = int(time.time()), body.include_usage
+
+    def chunk(index: int, delta: dict, finish_reason=None, logprobs=None) -> str:
+        return sse(R.chat_chunk(request_id, created, model, index, delta, finish_reason, logprobs, with_usage))  # fmt: skip
+
+    num_out, num_prompt, num_cached = 0, 0, 0
+    try:
+        for i in range(body.n):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for _, out in merge_streams([stream]):
+            num_prompt, num_cached = len(out.prompt_token_ids), out.num_cached_tokens
+            for c in out.outputs:
+                num_out += len(c.delta_token_ids)
+                logprobs = _delta_logprobs(c)
+                if c.delta_text or logprobs:
+                    lp = R.chat_logprobs(engine.tokenizer, logprobs) if logprobs else None
+                    yield chunk(c.index, {"content": c.delta_text}, logprobs=lp)
+                if c.finish_reason is not None:
+                    yield chunk(c.index, {}, finish_reason=c.finish_reason)
+        if with_usage:
+            totals = R.usage(num_prompt, num_out, num_cached)
+            yield sse(R.usage_chunk(request_id, created, model, "chat.completion.chunk", totals))
+    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
+        yield sse(to_api_error(e).openai_body())
+    finally:
+        stream.abort()  # client gone (cancelled or closed mid-yield): free the KV blocks
+    yield sse("[DONE]")
+
+
+def _delta_logprobs(c: CompletionOutput) -> list:
+    if c.logprobs is None or not c.delta_token_ids:
+        return []
+    return c.logprobs[-len(c.delta_token_ids) :]
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    arrival = time.monotonic()
+    state = get_state(request)
+    data = await read_json_object(request)
+    check_unsupported(data)
+    body = CompletionRequest.model_validate(data)
+    engine = state.ready_engine()
+    state.check_model(body.model)
+    prompts = body.prompts(engine.vocab_size)
+    params = body.to_sampling_params(_defaults(engine), engine.vocab_size)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+
+    async def start() -> list[RequestStream]:
+        ids = await encode_prompts(engine, prompts)
+        return await add_prompts(engine, prompts, ids, params, request_id, arrival)
+
+    if body.stream:
+        streams = await until_disconnect(request, start())
+        events = _completion_events(engine, streams, body, request_id, state.model_name)
+        return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def run() -> dict:
+        outs = await collect(await start())
+        choices, n_prompt, n_out, n_cached = [], 0, 0, 0
+        for p, out in enumerate(outs):
+            n_prompt += len(out.prompt_token_ids)
+            n_cached += out.num_cached_tokens
+            for c in out.outputs:
+                n_out += len(c.token_ids)
+                logprobs = R.completion_logprobs(engine.tokenizer, c.logprobs) if c.logprobs is not None else None  # fmt: skip
+                choices.append(
+                    {
+                        "index": p * body.n + c.index,
+                        "text": c.text,
+                        "logprobs": logprobs,
+                        "finish_reason": c.finish_reason,
+                    }  # fmt: skip
+                )
+        return {
+            "id": request_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": state.model_name,
+            "choices": choices,
+            "usage": R.usage(n_prompt, n_out, n_cached),
+        }
+
+    return JSONResponse(await until_disconnect(request, run()))
+
+
+async def _completion_events(
+    engine: AsyncEngine,
+    streams: list[RequestStream],
+    body: CompletionRequest,
+    request_id: str,
+    model: str,
+) -> AsyncIterator[str]:
+    created, with_usage = int(time.time()), body.include_usage
+    n_out = 0
+    prompt_tokens: dict[int, tuple[int, int]] = {}
+    offsets: dict[int, int] = {}
+    try:
+        async for p, out in merge_streams(streams):
+            prompt_tokens[p] = (len(out.prompt_token_ids), out.num_cached_tokens)
+            for c in out.outputs:
+                n_out += len(c.delta_token_ids)
+                index = p * body.n + c.index
+                logprobs = _delta_logprobs(c)
+                lp = None
+                if c.logprobs is not None:
+                    lp = R.completion_logprobs(engine.tokenizer, logprobs, offsets.get(index, 0))
+                    offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lp["tokens"])
+                if c.delta_text or logprobs or c.finish_reason is not None:
+                    yield sse(R.completion_chunk(request_id, created, model, index, c.delta_text, c.finish_reason, lp, with_usage))  # fmt: skip
+        if with_usage:
+            n_prompt = sum(n for n, _ in prompt_tokens.values())
+            n_cached = sum(c for _, c in prompt_tokens.values())
+            totals = R.usage(n_prompt, n_out, n_cached)
+            yield sse(R.usage_chunk(request_id, created, model, "text_completion", totals))
+    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
+        yield sse(to_api_error(e).openai_body())
+    finally:
+        abort_all(streams)  # client gone (cancelled or closed mid-yield): free the KV blocks
+    yield sse("[DONE]")
+
+
+def _defaults(engine: AsyncEngine) -> dict:
+    """The model's generation_config defaults, as SamplingParams fields."""
+    params = engine.default_sampling_params()
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "repetition_penalty": params.repetition_penalty,
+    }

@@ -1,0 +1,117 @@
+"""Scheduler rules without a model: token budget, chunking, FCFS, preemption order, stops."""
+
+from __future__ import annotations
+
+from minerva.cache import KVCacheManager
+from minerva.request import Request, RequestStatus
+from minerva.sampling_params import SamplingParams
+from minerva.scheduler import Scheduler
+
+
+def make(num_blocks=64, block_size=4, max_num_seqs=8, budget=32, chunked=True, max_model_len=256):
+    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=True)
+    return Scheduler(kv, max_num_seqs, budget, max_model_len, enable_chunked_prefill=chunked)
+
+
+def req(rid, n_prompt, max_tokens=8, start=0, **params):
+    return Request(
+        request_id=rid,
+        prompt_token_ids=list(range(start, start + n_prompt)),
+        sampling_params=SamplingParams(max_tokens=max_tokens, **params),
+        eos_token_ids=frozenset({2}),
+        max_tokens=max_tokens,
+    )
+
+
+def run_step(s: Scheduler, token=7):
+    """Schedule, then pretend the model sampled `token` for every request that caught up."""
+    out = s.schedule()
+    sampled = [
+        token if r.num_computed_tokens + n == r.num_tokens else None
+        for r, n in zip(out.requests, out.num_scheduled_tokens)
+    ]
+    s.update(out, sampled)
+    return out
+
+
+def test_budget_chunks_prefill_and_decodes_go_first():
+    s = make(budget=16)
+    a, b = req("a", 10), req("b", 30, start=100)
+    s.add_request(a)
+    s.add_request(b)
+    out = run_step(s)
+    assert out.num_scheduled_tokens == [10, 6]  # a whole, b chunked to the remaining budget
+    out = run_step(s)
+    # a now decodes (1 token, listed first); b gets the rest of the budget
+    assert [r.request_id for r in out.requests] == ["a", "b"]
+    assert out.num_scheduled_tokens == [1, 15]
+    assert b.num_computed_tokens == 21 and b.num_output_tokens == 0
+    assert out.total_num_scheduled_tokens <= 16
+
+
+def test_no_chunking_waits_for_a_whole_prompt():
+    s = make(budget=16, chunked=False)
+    s.add_request(req("a", 10))
+    s.add_request(req("b", 12, start=50))
+    out = run_step(s)
+    assert [r.request_id for r in out.requests] == ["a"]  # b (12) does not fit the 6 left
+
+
+def test_max_num_seqs_and_fcfs():
+    s = make(max_num_seqs=2, budget=100)
+    for i in range(4):
+        s.add_request(req(f"r{i}", 5, start=10 * i))
+    out = run_step(s)
+    assert [r.request_id for r in out.requests] == ["r0", "r1"]
+    assert s.num_waiting == 2
+
+
+def test_preempts_newest_first_and_recomputes():
+    # 9 usable blocks of 4 tokens; three requests of 8 prompt tokens grow until blocks run out.
+    s = make(num_blocks=10, block_size=4, budget=64, max_num_seqs=8)
+    reqs = [req(f"r{i}", 8, max_tokens=20, start=20 * i) for i in range(3)]
+    for r in reqs:
+        s.add_request(r)
+    preempted = []
+    for _ in range(300):
+        if not s.has_unfinished():
+            break
+        out = run_step(s)
+        preempted += out.preempted_request_ids
+    assert preempted and preempted[0] == "r2"  # the newest goes first
+    assert all(r.status == RequestStatus.FINISHED_LENGTH for r in reqs)
+    assert all(r.num_output_tokens == 20 for r in reqs)
+    assert s.kv.num_free_blocks == s.kv.num_blocks - 1
+
+
+def test_stop_conditions():
+    s = make()
+    eos = req("eos", 4, max_tokens=10)
+    s.add_request(eos)
+    run_step(s, token=2)
+    assert eos.status == RequestStatus.FINISHED_STOPPED
+    held = req("min", 4, max_tokens=10, min_tokens=3)
+    s.add_request(held)
+    run_step(s, token=2)
+    assert not held.is_finished  # EOS ignored under min_tokens
+    ign = req("ign", 4, max_tokens=3, ignore_eos=True)
+    s.add_request(ign)
+    for _ in range(3):
+        run_step(s, token=2)
+    assert ign.status == RequestStatus.FINISHED_LENGTH and ign.num_output_tokens == 3
+    st = req("stoptok", 4, max_tokens=10, stop_token_ids=[9])
+    s.add_request(st)
+    run_step(s, token=9)
+    assert st.status == RequestStatus.FINISHED_STOPPED and st.stop_reason == 9
+
+
+def test_abort_frees_waiting_and_running():
+    s = make(max_num_seqs=1)
+    a, b = req("a", 6), req("b", 6, start=40)
+    s.add_request(a)
+    s.add_request(b)
+    run_step(s)
+    s.finish_requests(["a", "b"], RequestStatus.FINISHED_ABORTED)
+    assert not s.has_unfinished()
+    assert a.status == b.status == RequestStatus.FINISHED_ABORTED
+    assert s.kv.num_free_blocks == s.kv.num_blocks - 1
