@@ -57,7 +57,6 @@ def build_checkpoint(shape: str, folder: Path) -> int:
         model = transformers.LlamaForCausalLM(cfg)
     model.save_pretrained(folder)
     n = sum(p.numel() for p in model.parameters())
-    del model
     gc.collect()
     return n
 
@@ -91,7 +90,6 @@ def bench_minerva(folder: Path, dtype: str, prompt: list[int], n: int, repeats: 
         )
 
     t1, tn = timed(run(1), repeats), timed(run(1 + n), repeats)
-    del llm
     gc.collect()
     return {"prefill_s": t1, "decode_s": tn - t1}
 
@@ -119,7 +117,6 @@ def bench_transformers(folder: Path, dtype: str, prompt: list[int], n: int, repe
         return go
 
     t1, tn = timed(run(1), repeats), timed(run(1 + n), repeats)
-    del model
     gc.collect()
     return {"prefill_s": t1, "decode_s": tn - t1}
 

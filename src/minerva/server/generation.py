@@ -173,3 +173,14 @@ def sse(data: dict | str) -> str:
 def finite(x: float) -> float:
     """JSON has no -inf: OpenAI reports impossible tokens as -9999."""
     return x if x > -9999.0 else -9999.0
+
+
+def model_defaults(engine: AsyncEngine) -> dict[str, Any]:
+    """The model's generation_config.json defaults, as SamplingParams fields."""
+    params = engine.default_sampling_params()
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "repetition_penalty": params.repetition_penalty,
+    }

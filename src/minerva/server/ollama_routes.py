@@ -25,10 +25,12 @@ from minerva.server.generation import (
     encode_prompts,
     finite,
     merge_streams,
+    model_defaults,
     read_json_object,
     until_disconnect,
 )
 from minerva.server.ollama_protocol import OLLAMA_API_VERSION, ChatRequest, GenerateRequest
+from minerva.server.openai_protocol import check_token_ids
 from minerva.server.openai_responses import token_text
 
 router = APIRouter()
@@ -205,8 +207,8 @@ async def _run(request, state, engine, body, encode, arrival: float, chat: bool)
 
     async def start() -> RequestStream:
         ids = await encode()
-        _check_ids(engine, ids)
-        params = body.to_sampling_params(_defaults(engine), len(ids), engine.max_model_len)
+        check_token_ids(ids, engine.vocab_size, "context")
+        params = body.to_sampling_params(model_defaults(engine), len(ids), engine.max_model_len)
         (stream,) = await add_prompts(engine, [ids], [ids], params, request_id, arrival)
         return stream
 
@@ -223,12 +225,6 @@ async def _run(request, state, engine, body, encode, arrival: float, chat: bool)
         return final
 
     return JSONResponse(await until_disconnect(request, run()))
-
-
-def _check_ids(engine: AsyncEngine, ids: list[int]) -> None:
-    from minerva.server.openai_protocol import check_token_ids
-
-    check_token_ids(ids, engine.vocab_size, "context")
 
 
 def _chunk(model: str, chat: bool, text: str, logprobs: list | None = None) -> dict:
@@ -254,7 +250,7 @@ def _final_fields(out: RequestOutput, arrival: float, chat: bool) -> dict:
         "done_reason": c.finish_reason,
         "total_duration": _ns(now - arrival),
         "load_duration": 0,  # the model stays loaded
-        "prompt_eval_count": len(out.prompt_token_ids) - out.num_cached_tokens,
+        "prompt_eval_count": len(out.prompt_token_ids),  # prefix-cache hits included
         "prompt_eval_duration": _ns(first_token - scheduled),
         "eval_count": len(c.token_ids),
         "eval_duration": _ns(finished - first_token),
@@ -297,12 +293,3 @@ async def _ndjson(
     finally:
         stream.abort()
 
-
-def _defaults(engine: AsyncEngine) -> dict:
-    params = engine.default_sampling_params()
-    return {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "repetition_penalty": params.repetition_penalty,
-    }

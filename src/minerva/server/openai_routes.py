@@ -21,6 +21,7 @@ from minerva.server.generation import (
     encode_chat,
     encode_prompts,
     merge_streams,
+    model_defaults,
     read_json_object,
     sse,
     until_disconnect,
@@ -72,7 +73,7 @@ async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(data)
     engine = state.ready_engine()
     state.check_model(body.model)
-    params = body.to_sampling_params(_defaults(engine), engine.vocab_size)
+    params = body.to_sampling_params(model_defaults(engine), engine.vocab_size)
     messages = [m.plain() for m in body.messages]
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
 
@@ -163,7 +164,7 @@ async def completions(request: Request) -> Response:
     engine = state.ready_engine()
     state.check_model(body.model)
     prompts = body.prompts(engine.vocab_size)
-    params = body.to_sampling_params(_defaults(engine), engine.vocab_size)
+    params = body.to_sampling_params(model_defaults(engine), engine.vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
 
     async def start() -> list[RequestStream]:
@@ -239,13 +240,3 @@ async def _completion_events(
         abort_all(streams)  # client gone (cancelled or closed mid-yield): free the KV blocks
     yield sse("[DONE]")
 
-
-def _defaults(engine: AsyncEngine) -> dict:
-    """The model's generation_config defaults, as SamplingParams fields."""
-    params = engine.default_sampling_params()
-    return {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "repetition_penalty": params.repetition_penalty,
-    }
