@@ -15,6 +15,7 @@ from minerva.config import (
     overrides_from_args,
 )
 from minerva.errors import MinervaError
+from minerva.server.serve import add_serve_subcommand
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,14 +30,18 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         "--min-p", type=float, default=None, help="drop tokens below min_p x the top one"
     )
     g.add_argument("--repetition-penalty", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None, help="same seed, same text")
+    g.add_argument(
+        "--seed", dest="sampling_seed", type=int, default=None, help="same seed, same text"
+    )
     g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
 
 
 def _sampling_params(engine, args: argparse.Namespace):
-    fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "stop")
+    fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop")
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    if args.sampling_seed is not None:
+        overrides["seed"] = args.sampling_seed
     return engine.default_sampling_params(
         max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, **overrides
     )
@@ -45,7 +50,9 @@ def _sampling_params(engine, args: argparse.Namespace):
 def _build_llm(args: argparse.Namespace):
     from minerva.engine.llm import LLM
 
-    config, _ = load_config(getattr(args, "config", None), overrides_from_args(args))
+    config, _ = load_config(
+        getattr(args, "config", None), overrides_from_args(args), override_source="cli"
+    )
     if config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     return LLM(config=config, progress=sys.stderr.isatty())
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.set_defaults(func=cmd_chat)
 
     add_config_subcommand(sub)
+    add_serve_subcommand(sub)
     return parser
 
 

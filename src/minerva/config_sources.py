@@ -34,7 +34,7 @@ else:  # pragma: no cover
 ENV_PREFIX = "MINERVA_"
 CONFIG_ENV_VAR = "MINERVA_CONFIG"
 """Names a TOML file ``load_config`` reads when it is given none."""
-NON_CONFIG_ENV_VARS = {CONFIG_ENV_VAR, "MINERVA_API_KEY"}
+NON_CONFIG_ENV_VARS = {CONFIG_ENV_VAR, "MINERVA_API_KEY", "MINERVA_HOST", "MINERVA_PORT", "MINERVA_CORS_ORIGINS", "MINERVA_MAX_QUEUED_REQUESTS", "MINERVA_MAX_BODY_BYTES", "MINERVA_SHUTDOWN_TIMEOUT"}  # fmt: skip
 """MINERVA_* variables that are not config fields (add new ones here; others get a warning)."""
 DEFAULT_CONFIG_FILE = "minerva.toml"
 

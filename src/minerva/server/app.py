@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,7 +186,7 @@ def _install(state: ServerState, engine: AsyncEngine) -> None:
 
 async def _load(state: ServerState, load_engine: Callable[[], LLMEngine], on_error) -> None:
     try:
-        llm_engine = await asyncio.to_thread(load_engine)
+        llm_engine = await _in_daemon_thread(load_engine)
     except Exception as e:  # noqa: BLE001 - reported on /health and by the CLI
         state.load_error = str(e)
         logger.error("loading the model failed: %s", e)
@@ -194,3 +195,25 @@ async def _load(state: ServerState, load_engine: Callable[[], LLMEngine], on_err
         return
     _install(state, AsyncEngine(llm_engine, state.config.max_queued_requests))
     logger.info("model loaded; serving %r", state.model_name)
+
+
+async def _in_daemon_thread(fn: Callable[[], LLMEngine]) -> LLMEngine:
+    # A daemon thread, unlike asyncio.to_thread's pool, does not hold up exiting on SIGTERM
+    # in the middle of a long model load.
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(value, error) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(value)
+
+    def work() -> None:
+        try:
+            value, error = fn(), None
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            value, error = None, e
+        with contextlib.suppress(RuntimeError):  # the loop closed while loading
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="minerva-load", daemon=True).start()
+    return await future

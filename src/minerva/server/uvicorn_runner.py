@@ -1,0 +1,57 @@
+"""uvicorn with a graceful SIGTERM: drain the engine first, then let uvicorn close up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from minerva.server.app import ServerState
+
+logger = logging.getLogger("minerva.server")
+
+
+class DrainingServer(uvicorn.Server):
+    """The first SIGTERM/SIGINT drains (503 for new requests, in-flight ones run for up to
+    ``shutdown_timeout`` s, the rest are aborted), then exits 0; a second one exits at once."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, shutdown_timeout: float):
+        super().__init__(config)
+        self.state = state
+        self.shutdown_timeout = shutdown_timeout
+        self.exit_code = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def startup(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._draining or self._loop is None:
+            super().handle_exit(sig, frame)  # a second signal, or not started yet: stop now
+            return
+        # Not super(): uvicorn would re-raise the signal at exit and the exit code be -15.
+        self._draining = True
+        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain()))
+
+    async def _drain(self) -> None:
+        self.state.draining = True
+        engine = self.state.engine
+        busy = engine.num_requests_in_flight if engine is not None else 0
+        logger.info("shutting down: draining %d request(s), up to %ss", busy, self.shutdown_timeout)
+        if engine is not None:
+            aborted = await engine.drain(self.shutdown_timeout)
+            if aborted:
+                logger.info("aborted %d request(s) at the shutdown timeout", aborted)
+        self.should_exit = True  # uvicorn then waits for the responses to finish sending
+
+    def fail(self, error: BaseException) -> None:
+        """The model failed to load: stop with exit code 1."""
+        self.exit_code = 1
+        self.should_exit = True
+
+    def run_until_exit(self) -> int:
+        self.run()
+        return self.exit_code
