@@ -165,6 +165,10 @@ class ServerMetrics:
             registry=r,
         )
         self.http_duration = Histogram("minerva_http_request_duration_seconds", "HTTP request time (whole stream for streaming responses).", ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        for reason in ("queue_full", "draining", "unavailable", "dead"):  # export zeros too
+            self.requests_rejected.labels(reason)
+        for reason in ("stop", "length", "abort"):
+            self.requests_finished.labels(reason)
         r.register(_EngineCollector(self))
         self._stats: Callable[[], EngineStats] | None = None
         self._memory: Callable[[], tuple[int, int]] | None = None
