@@ -154,3 +154,26 @@ def test_prefix_cache_hits_and_same_output(mistral):
         else:
             assert kv.prefix_cache_hits == 0
     assert outs[True] == outs[False]
+
+
+def test_sharded_checkpoint_and_bf16_kv_cache(tmp_path):
+    """A sharded save gives the same tokens; a bfloat16 KV cache stays close to fp32 logits."""
+    hf = build_tiny_model(tmp_path / "one", "llama", seed=4)
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    prompt = _prompts(1, seed=3)[0]
+    expected, ref_logits = hf_greedy(hf, prompt, 6)
+    sharded = LLM(model=str(tmp_path / "sharded"), device="cpu", dtype="float32", progress=False)
+    assert sharded.generate([prompt], GREEDY)[0].token_ids[:6] == expected
+    bf16_kv = LLM(
+        model=str(tmp_path / "one"),
+        device="cpu",
+        dtype="float32",
+        kv_cache_dtype="bfloat16",
+        progress=False,
+    )
+    assert bf16_kv.engine.runner.kv_caches[0].dtype == torch.bfloat16
+    bf16_kv.engine.runner.captured_logits = []
+    bf16_kv.generate([prompt], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
+    for ours, ref in zip(bf16_kv.engine.runner.captured_logits, ref_logits):
+        torch.testing.assert_close(ours[0], ref, atol=2e-2, rtol=0)

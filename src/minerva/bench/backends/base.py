@@ -1,0 +1,65 @@
+"""OfflineBackend: what the offline benchmarks need from an engine, and nothing more.
+
+All generation is greedy. Token ids go in and come out (the benchmark tokenizes once, with the
+model folder's tokenizer, so every backend sees the same ids); outputs end at the first EOS,
+which is kept, unless ``ignore_eos``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+
+class OfflineBackend(ABC):
+    """One loaded model in this process."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        num_threads: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_path = model
+        self.options = dict(options or {})
+
+    weight_bytes: int = 0
+    """Bytes of weights read per forward step (for the memory-bandwidth figure)."""
+    max_model_len: int = 0
+    device_type: str = "cpu"
+
+    @abstractmethod
+    def stream_timings(self, prompt_ids: list[int], max_tokens: int) -> list[float]:
+        """Generate exactly ``max_tokens`` tokens for one prompt (EOS ignored); returns the
+        ``time.perf_counter()`` at which each token was ready on the host."""
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[list[int]], max_tokens: list[int], ignore_eos: bool = True
+    ) -> list[list[int]]:
+        """Generate for all prompts at once (the engine batches as it likes); output ids."""
+
+    @abstractmethod
+    def token_logprobs(self, token_ids: list[int]) -> list[float]:
+        """log p(token_ids[i+1] | token_ids[:i+1]) for every i: ``len(token_ids) - 1`` values."""
+
+    def reset_peak_memory(self) -> None:
+        if self.device_type == "cuda":
+            import torch  # noqa: PLC0415
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gpu_bytes(self) -> int | None:
+        """Peak device memory allocated by torch since the last reset (None off CUDA)."""
+        if self.device_type != "cuda":
+            return None
+        import torch  # noqa: PLC0415
+
+        return int(torch.cuda.max_memory_allocated())
+
+    def close(self) -> None:
+        """Free the model (the next backend gets the memory)."""

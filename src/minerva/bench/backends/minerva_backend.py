@@ -1,0 +1,78 @@
+"""Minerva itself as an offline backend: ``LLM`` in this process.
+
+Prefix caching is off unless asked for (``enable_prefix_caching=true`` in options): the latency
+benchmark repeats one prompt, and a cache hit would measure the cache, not the prefill.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from minerva.bench.backends.base import OfflineBackend
+from minerva.request import Request, SchedulerOutput
+from minerva.runner.input_batch import prepare_inputs
+from minerva.sampling_params import SamplingParams
+
+
+class MinervaBackend(OfflineBackend):
+    name = "minerva"
+
+    def __init__(self, model, device="auto", dtype="auto", num_threads=None, options=None):
+        super().__init__(model, device, dtype, num_threads, options)
+        from minerva.engine.llm import LLM  # noqa: PLC0415
+
+        kwargs = {"enable_prefix_caching": False, **self.options}
+        self.llm = LLM(model=model, device=device, dtype=dtype, num_threads=num_threads,
+                       progress=False, **kwargs)  # fmt: skip
+        self.engine = self.llm.engine
+        self.weight_bytes = self.engine.loaded.weight_bytes
+        self.max_model_len = self.engine.max_model_len
+        self.device_type = self.engine.platform.kind
+
+    @staticmethod
+    def _params(max_tokens: int, ignore_eos: bool = True) -> SamplingParams:
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
+
+    def stream_timings(self, prompt_ids: list[int], max_tokens: int) -> list[float]:
+        rid = self.engine.add_request(prompt_ids, self._params(max_tokens))
+        times: list[float] = []
+        try:
+            while self.engine.has_unfinished_requests():
+                for out in self.engine.step():  # the step ends with the host sync of the ids
+                    if out.request_id == rid:
+                        times += [time.perf_counter()] * len(out.outputs[0].delta_token_ids)
+        finally:
+            self.engine.abort_request(rid)
+        return times
+
+    def generate(self, prompts, max_tokens, ignore_eos=True):
+        params = [self._params(n, ignore_eos) for n in max_tokens]
+        return [list(out.token_ids) for out in self.llm.generate(prompts, params)]
+
+    @torch.inference_mode()
+    def token_logprobs(self, token_ids: list[int]) -> list[float]:
+        # A one-off prefill that keeps the logits of every position (the engine only computes
+        # them for the last one): blocks from the engine's pool, freed right after.
+        n = len(token_ids)
+        req = Request("bench-score", list(token_ids), SamplingParams(max_tokens=1))
+        kv = self.engine.kv_cache_manager
+        if not kv.allocate_slots(req, n):
+            raise RuntimeError(f"not enough KV cache blocks to score a {n}-token window")
+        try:
+            step = SchedulerOutput(requests=[req], num_scheduled_tokens=[n], num_prefill_tokens=n)
+            runner = self.engine.runner
+            inputs = prepare_inputs(step, kv.block_size, runner.device)
+            every = torch.arange(n, device=runner.device)
+            logits = runner.model(
+                inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta, every
+            )  # [n, vocab] float32
+            logprobs = torch.log_softmax(logits[:-1], dim=-1)
+            targets = inputs.input_ids[1:].unsqueeze(1)  # [n - 1, 1]
+            return logprobs.gather(1, targets).squeeze(1).tolist()
+        finally:
+            kv.free(req)
+
+    def close(self) -> None:
+        del self.llm, self.engine
