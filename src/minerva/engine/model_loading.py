@@ -96,8 +96,6 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         iter_checkpoint_tensors(path, device=platform.device, dtype=dtype, progress=progress)
     )
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if platform.kind == "cpu":
-        model.use_transposed_layout()
 
     kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
     spec = KVCacheSpec(

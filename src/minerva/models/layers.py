@@ -31,28 +31,6 @@ class RMSNorm(nn.Module):
         return self._norm(residual), residual
 
 
-class Linear(nn.Linear):
-    """nn.Linear that can switch to a transposed [in, out] weight after loading.
-
-    On the CPU, `x @ W_t` streams the weight about twice as fast as `F.linear(x, W)` at batch 1
-    in bfloat16 (and a little faster in float32), and decode is bound by that stream."""
-
-    transposed = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.transposed:
-            return F.linear(x, self.weight, self.bias)
-        if self.bias is None:
-            return torch.matmul(x, self.weight)
-        return torch.addmm(self.bias, x, self.weight) if x.dim() == 2 else x @ self.weight + self.bias
-
-    def use_transposed_layout(self) -> None:
-        """Store the weight as [in, out] (call once, after weights are loaded)."""
-        if not self.transposed:
-            self.weight = nn.Parameter(self.weight.data.t().contiguous(), requires_grad=False)
-            self.transposed = True
-
-
 class GatedMLP(nn.Module):
     """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
 
@@ -61,9 +39,10 @@ class GatedMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
-        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
+        self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = F.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)
+        return F.linear(F.silu(gate) * up, self.down_proj.weight, self.down_proj.bias)

@@ -14,7 +14,7 @@ from torch import nn
 
 from minerva.attention import AttentionMetadata, paged_attention, write_kv
 from minerva.errors import ModelLoadError
-from minerva.models.layers import GatedMLP, Linear, RMSNorm
+from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
 
 
@@ -36,10 +36,10 @@ class Attention(nn.Module):
         self.window = window
         self.layer_idx = layer_idx
         h = config.hidden_size
-        self.qkv_proj = Linear(
+        self.qkv_proj = nn.Linear(
             h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias, dtype=dtype
         )
-        self.o_proj = Linear(self.q_size, h, bias=config.o_proj_bias, dtype=dtype)
+        self.o_proj = nn.Linear(self.q_size, h, bias=config.o_proj_bias, dtype=dtype)
 
     def forward(
         self,
@@ -50,13 +50,13 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = self.qkv_proj(x)
+        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         write_kv(kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping)
         out = paged_attention(q, kv_cache, meta, self.scale, self.window)
-        return self.o_proj(out.view(num_tokens, self.q_size))
+        return F.linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -111,8 +111,7 @@ class LlamaForCausalLM(nn.Module):
         if self.tie_word_embeddings:
             self.lm_head = None
         else:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
-        self.embed_t: torch.Tensor | None = None  # tied weights stored [hidden, vocab] (CPU layout)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
 
@@ -134,10 +133,7 @@ class LlamaForCausalLM(nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
-        if self.embed_t is None:
-            x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
-        else:
-            x = self.embed_t.index_select(1, input_ids).t().contiguous()
+        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
@@ -147,21 +143,8 @@ class LlamaForCausalLM(nn.Module):
         return self.compute_logits(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.lm_head is not None:
-            return self.lm_head(hidden).float()
-        if self.embed_t is not None:
-            return torch.matmul(hidden, self.embed_t).float()
-        return F.linear(hidden, self.model.embed_tokens.weight).float()
-
-    def use_transposed_layout(self) -> None:
-        """Switch every projection to the [in, out] layout (faster matmuls on the CPU)."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.use_transposed_layout()
-        if self.lm_head is None:
-            # Tied: keep one copy, as [hidden, vocab]; embedding lookups gather its columns.
-            self.embed_t = self.model.embed_tokens.weight.data.t().contiguous()
-            self.model.embed_tokens.weight = nn.Parameter(torch.empty(0, dtype=self.dtype), requires_grad=False)
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden, weight).float()
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
