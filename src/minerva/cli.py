@@ -8,6 +8,7 @@ import sys
 import time
 
 from minerva import __version__
+from minerva.bench.cli import add_bench_subcommand
 from minerva.config import (
     add_config_arguments,
     add_config_subcommand,
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_config_subcommand(sub)
     add_serve_subcommand(sub)
+    add_bench_subcommand(sub)
     return parser
 
 

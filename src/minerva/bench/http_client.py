@@ -50,8 +50,13 @@ class Target:
         return urlparse(self.url).hostname in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
 
     def describe(self) -> dict:
-        return {"name": self.name, "url": self.url, "api": self.api, "model": self.model,
-                "pid": self.pid}  # fmt: skip
+        return {
+            "name": self.name,
+            "url": self.url,
+            "api": self.api,
+            "model": self.model,
+            "pid": self.pid,
+        }
 
 
 def parse_target(spec: str, api_key: str | None = None) -> Target:
@@ -146,6 +151,9 @@ async def send_request(
         return record
     except json.JSONDecodeError:
         record.error = "malformed stream (a line is not JSON)"
+        return record
+    except Exception as e:  # noqa: BLE001 - one odd server reply must not end the benchmark
+        record.error = f"malformed stream ({type(e).__name__}: {e})"
         return record
     finally:
         record.output_text = "".join(text)

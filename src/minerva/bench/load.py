@@ -69,9 +69,7 @@ def parse_levels(
         ) from None
 
 
-def arrival_offsets(
-    num: int, rate: float, burstiness: float = 1.0, seed: int = 0
-) -> list[float]:
+def arrival_offsets(num: int, rate: float, burstiness: float = 1.0, seed: int = 0) -> list[float]:
     """Send time (s after the run starts) of each request: the first at 0, then gaps drawn from
     a gamma distribution with mean ``1/rate`` and shape ``burstiness`` (1 = Poisson process;
     below 1 burstier, above 1 more regular). ``rate=inf`` sends everything at once."""
@@ -174,5 +172,7 @@ async def run_benchmark(
                     records, duration = await run_level(
                         client, target, requests, level, params, repeat, seed, burstiness, on_done
                     )
-                results.append(RunResult(target.name, level, repeat, duration, records, mon.summary))
+                results.append(
+                    RunResult(target.name, level, repeat, duration, records, mon.summary)
+                )
     return results

@@ -39,6 +39,15 @@ def _axis_label(summaries: list[dict]) -> str:
     return "request rate (req/s)" if summaries[0]["request_rate"] is not None else "concurrency"
 
 
+def _style_x(ax, summaries: list[dict]) -> None:
+    ax.set_xlabel(_axis_label(summaries))
+    xs = sorted({s["x"] for s in summaries})
+    if summaries[0]["request_rate"] is None and len(xs) > 2:
+        ax.set_xscale("log", base=2)  # concurrency sweeps double: 1, 2, 4, ... 64
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.grid(alpha=0.3)
+
+
 def _series(rows: list[dict], key: str, stat: str | None = None) -> tuple[list, list]:
     xs = [r["x"] for r in rows]
     ys = [(r[key] or {}).get(stat) if stat else r[key] for r in rows]
@@ -51,8 +60,8 @@ def plot_throughput(plt, summaries: list[dict], path: Path) -> None:
         axes[0].plot(*_series(rows, "output_throughput"), marker="o", label=target)
         axes[1].plot(*_series(rows, "request_throughput"), marker="o", label=target)
     for ax, title in zip(axes, ("output tokens/s", "requests/s")):
-        ax.set(xlabel=_axis_label(summaries), title=title)
-        ax.grid(alpha=0.3)
+        ax.set_title(title)
+        _style_x(ax, summaries)
         ax.legend()
     _save(plt, fig, path)
 
@@ -65,10 +74,12 @@ def plot_latency(plt, summaries: list[dict], path: Path) -> None:
         color = colors[i % len(colors)]
         for ax, (key, _) in zip(axes, metrics):
             ax.plot(*_series(rows, key, "median"), marker="o", color=color, label=f"{target} p50")
-            ax.plot(*_series(rows, key, "p99"), marker="x", ls="--", color=color, label=f"{target} p99")  # fmt: skip
+            ax.plot(
+                *_series(rows, key, "p99"), marker="x", ls="--", color=color, label=f"{target} p99"
+            )
     for ax, (_, title) in zip(axes, metrics):
-        ax.set(xlabel=_axis_label(summaries), title=title)
-        ax.grid(alpha=0.3)
+        ax.set_title(title)
+        _style_x(ax, summaries)
         ax.legend(fontsize="small")
     _save(plt, fig, path)
 
@@ -84,7 +95,8 @@ def plot_cdf(plt, requests: list[dict], metric: str, path: Path) -> None:
             values = _values(requests, target, level, metric)
             if values:
                 ax.step(np.sort(values), np.arange(1, len(values) + 1) / len(values), label=target)
-        ax.set(title=level, xlabel=f"{metric.upper()} (ms)", ylabel="fraction of requests")
+        unit = "requests" if metric == "ttft" else "gaps between chunks"
+        ax.set(title=level, xlabel=f"{metric.upper()} (ms)", ylabel=f"fraction of {unit}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(levels) :]:

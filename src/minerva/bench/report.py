@@ -11,50 +11,85 @@ from pathlib import Path
 # benchmark -> columns of its results table: (key, header, format)
 OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "latency": [
-        ("backend", "backend", "s"), ("prompt_len", "prompt", "d"), ("output_len", "output", "d"),
-        ("ttft_ms", "TTFT ms", ".1f"), ("prefill_tok_s", "prefill tok/s", ".1f"),
-        ("decode_tok_s", "decode tok/s", ".2f"), ("tpot_ms", "TPOT ms", ".2f"),
-        ("e2e_ms", "E2E ms", ".1f"), ("bandwidth_gb_s", "weights GB/s", ".2f"),
-        ("peak_rss_bytes", "peak RSS", "bytes"), ("peak_gpu_bytes", "peak GPU", "bytes"),
+        ("backend", "backend", "s"),
+        ("prompt_len", "prompt", "d"),
+        ("output_len", "output", "d"),
+        ("ttft_ms", "TTFT ms", ".1f"),
+        ("prefill_tok_s", "prefill tok/s", ".1f"),
+        ("decode_tok_s", "decode tok/s", ".2f"),
+        ("tpot_ms", "TPOT ms", ".2f"),
+        ("e2e_ms", "E2E ms", ".1f"),
+        ("bandwidth_gb_s", "weights GB/s", ".2f"),
+        ("peak_rss_bytes", "peak RSS", "bytes"),
+        ("peak_gpu_bytes", "peak GPU", "bytes"),
     ],
     "throughput": [
-        ("backend", "backend", "s"), ("num_requests", "requests", "d"),
-        ("total_input_tokens", "in tokens", "d"), ("total_output_tokens", "out tokens", "d"),
-        ("duration_s", "time s", ".2f"), ("request_throughput", "req/s", ".2f"),
-        ("output_throughput", "out tok/s", ".1f"), ("total_token_throughput", "total tok/s", ".1f"),
-        ("peak_rss_bytes", "peak RSS", "bytes"), ("peak_gpu_bytes", "peak GPU", "bytes"),
+        ("backend", "backend", "s"),
+        ("num_requests", "requests", "d"),
+        ("total_input_tokens", "in tokens", "d"),
+        ("total_output_tokens", "out tokens", "d"),
+        ("duration_s", "time s", ".2f"),
+        ("request_throughput", "req/s", ".2f"),
+        ("output_throughput", "out tok/s", ".1f"),
+        ("total_token_throughput", "total tok/s", ".1f"),
+        ("peak_rss_bytes", "peak RSS", "bytes"),
+        ("peak_gpu_bytes", "peak GPU", "bytes"),
     ],
     "perplexity": [
-        ("backend", "backend", "s"), ("model", "model", "s"), ("num_tokens", "tokens", "d"),
-        ("perplexity", "perplexity", ".4f"), ("duration_s", "time s", ".2f"),
+        ("backend", "backend", "s"),
+        ("model", "model", "s"),
+        ("num_tokens", "tokens", "d"),
+        ("perplexity", "perplexity", ".4f"),
+        ("duration_s", "time s", ".2f"),
     ],
     "consistency": [
-        ("a", "A", "s"), ("b", "B", "s"), ("unit", "unit", "s"),
-        ("token_agreement", "token agreement", ".3f"), ("prefix_agreement", "prefix agreement", ".3f"),
-        ("exact_match", "exact match", ".3f"), ("num_prompts", "prompts", "d"),
+        ("a", "A", "s"),
+        ("b", "B", "s"),
+        ("unit", "unit", "s"),
+        ("token_agreement", "token agreement", ".3f"),
+        ("prefix_agreement", "prefix agreement", ".3f"),
+        ("exact_match", "exact match", ".3f"),
+        ("num_prompts", "prompts", "d"),
     ],
-}  # fmt: skip
+}
 # benchmark -> metrics compared to the first row: (key, header)
 OFFLINE_RATIOS: dict[str, list[tuple[str, str]]] = {
-    "latency": [("decode_tok_s", "decode tok/s"), ("prefill_tok_s", "prefill tok/s"),
-                ("ttft_ms", "TTFT")],
+    "latency": [
+        ("decode_tok_s", "decode tok/s"),
+        ("prefill_tok_s", "prefill tok/s"),
+        ("ttft_ms", "TTFT"),
+    ],
     "throughput": [("output_throughput", "out tok/s"), ("request_throughput", "req/s")],
-}  # fmt: skip
+}
 SERVE_COLUMNS = [
-    ("target", "target", "s"), ("level", "load", "s"), ("completed", "ok", "d"),
-    ("failed", "failed", "d"), ("request_throughput", "req/s", ".2f"),
-    ("output_throughput", "out tok/s", ".1f"), ("total_token_throughput", "total tok/s", ".1f"),
-    ("ttft_ms.median", "TTFT p50", ".1f"), ("ttft_ms.p90", "TTFT p90", ".1f"),
-    ("ttft_ms.p99", "TTFT p99", ".1f"), ("tpot_ms.median", "TPOT p50", ".2f"),
-    ("tpot_ms.p99", "TPOT p99", ".2f"), ("itl_ms.median", "ITL p50", ".2f"),
-    ("itl_ms.p99", "ITL p99", ".2f"), ("e2e_ms.median", "E2E p50", ".0f"),
-    ("e2e_ms.p99", "E2E p99", ".0f"), ("goodput", "goodput req/s", ".2f"),
-    ("peak_rss_bytes", "peak RSS", "bytes"), ("mean_cpu_percent", "CPU %", ".0f"),
+    ("target", "target", "s"),
+    ("level", "load", "s"),
+    ("completed", "ok", "d"),
+    ("failed", "failed", "d"),
+    ("request_throughput", "req/s", ".2f"),
+    ("output_throughput", "out tok/s", ".1f"),
+    ("total_token_throughput", "total tok/s", ".1f"),
+    ("ttft_ms.median", "TTFT p50", ".1f"),
+    ("ttft_ms.p90", "TTFT p90", ".1f"),
+    ("ttft_ms.p99", "TTFT p99", ".1f"),
+    ("tpot_ms.median", "TPOT p50", ".2f"),
+    ("tpot_ms.p99", "TPOT p99", ".2f"),
+    ("itl_ms.median", "ITL p50", ".2f"),
+    ("itl_ms.p99", "ITL p99", ".2f"),
+    ("e2e_ms.median", "E2E p50", ".0f"),
+    ("e2e_ms.p99", "E2E p99", ".0f"),
+    ("goodput", "goodput req/s", ".2f"),
+    ("peak_rss_bytes", "peak RSS", "bytes"),
+    ("mean_cpu_percent", "CPU %", ".0f"),
     ("peak_gpu_memory_bytes", "peak GPU mem", "bytes"),
-]  # fmt: skip
-SERVE_RATIOS = [("output_throughput", "out tok/s"), ("request_throughput", "req/s"),
-                ("ttft_ms.median", "TTFT p50"), ("tpot_ms.median", "TPOT p50"),
-                ("e2e_ms.median", "E2E p50")]  # fmt: skip
+]
+SERVE_RATIOS = [
+    ("output_throughput", "out tok/s"),
+    ("request_throughput", "req/s"),
+    ("ttft_ms.median", "TTFT p50"),
+    ("tpot_ms.median", "TPOT p50"),
+    ("e2e_ms.median", "E2E p50"),
+]
 
 
 def lookup(row: dict, key: str):
@@ -82,13 +117,17 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def system_section(system: dict) -> str:
-    rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else fmt(v, "s")]
-            for k, v in system.items()]  # fmt: skip
+    rows = [
+        [k, ", ".join(map(str, v)) if isinstance(v, list) else fmt(v, "s")]
+        for k, v in system.items()
+    ]
     return "## System\n\n" + md_table(["", ""], rows)
 
 
 def _table(rows: list[dict], columns) -> str:
-    return md_table([h for _, h, _ in columns], [[fmt(lookup(r, k), f) for k, _, f in columns] for r in rows])  # fmt: skip
+    return md_table(
+        [h for _, h, _ in columns], [[fmt(lookup(r, k), f) for k, _, f in columns] for r in rows]
+    )
 
 
 def _ratio(a, b) -> str:
@@ -97,41 +136,67 @@ def _ratio(a, b) -> str:
 
 def serve_markdown(doc: dict) -> str:
     summaries = doc["summaries"]
-    parts = [f"# minerva bench serve\n\n{doc['date']}\n\n`{doc['command']}`", system_section(doc["system"])]
+    parts = [
+        f"# minerva bench serve\n\n{doc['date']}\n\n`{doc['command']}`",
+        system_section(doc["system"]),
+    ]
     cfg = "\n".join(f"- {k}: {v}" for k, v in doc["config"].items())
-    tgts = "\n".join(f"- **{t['name']}**: {t['url']} ({t['api']}, model {t['model']})" for t in doc["targets"])
+    tgts = "\n".join(
+        f"- **{t['name']}**: {t['url']} ({t['api']}, model {t['model']})" for t in doc["targets"]
+    )
     parts.append(f"## Setup\n\n{cfg}\n\nTargets:\n\n{tgts}")
-    parts.append("## Results\n\nLatencies in ms; throughput per second of wall time.\n\n"
-                 + _table(summaries, SERVE_COLUMNS))  # fmt: skip
+    parts.append(
+        "## Results\n\nLatencies in ms; throughput per second of wall time.\n\n"
+        + _table(summaries, SERVE_COLUMNS)
+    )
     names = list(dict.fromkeys(s["target"] for s in summaries))
     if len(names) > 1:
         base = {s["level"]: s for s in summaries if s["target"] == names[0]}
         rows = [
-            [s["target"], s["level"]] + [_ratio(lookup(s, k), lookup(base[s["level"]], k)) for k, _ in SERVE_RATIOS]
-            for s in summaries if s["target"] != names[0] and s["level"] in base
-        ]  # fmt: skip
+            [s["target"], s["level"]]
+            + [_ratio(lookup(s, k), lookup(base[s["level"]], k)) for k, _ in SERVE_RATIOS]
+            for s in summaries
+            if s["target"] != names[0] and s["level"] in base
+        ]
         parts.append(
             f"## Ratios to {names[0]}\n\nAbove 1x: more throughput, or longer latency.\n\n"
             + md_table(["target", "load"] + [h for _, h in SERVE_RATIOS], rows)
         )
-    failures = [(s["target"], s["level"], why, n) for s in summaries for why, n in s["failure_reasons"].items()]  # fmt: skip
+    failures = [
+        (s["target"], s["level"], why, n)
+        for s in summaries
+        for why, n in s["failure_reasons"].items()
+    ]
     if failures:
-        parts.append("## Failures\n\n" + md_table(["target", "load", "reason", "count"],
-                     [[t, lv, why.replace("|", "/"), str(n)] for t, lv, why, n in failures]))  # fmt: skip
+        parts.append(
+            "## Failures\n\n"
+            + md_table(
+                ["target", "load", "reason", "count"],
+                [[t, lv, why.replace("|", "/"), str(n)] for t, lv, why, n in failures],
+            )
+        )
     return "\n\n".join(parts) + "\n"
 
 
 def offline_markdown(doc: dict) -> str:
     kind = doc["benchmark"]
     rows = doc["results"]
-    parts = [f"# minerva bench {kind}\n\n{doc['date']}\n\n`{doc['command']}`", system_section(doc["system"])]  # fmt: skip
+    parts = [
+        f"# minerva bench {kind}\n\n{doc['date']}\n\n`{doc['command']}`",
+        system_section(doc["system"]),
+    ]
     parts.append("## Setup\n\n" + "\n".join(f"- {k}: {v}" for k, v in doc["config"].items()))
     parts.append("## Results\n\n" + _table(rows, OFFLINE_COLUMNS[kind]))
     ratios = OFFLINE_RATIOS.get(kind)
     if ratios and len(rows) > 1:
         base = rows[0]
-        table = [[r["backend"]] + [_ratio(r.get(k), base.get(k)) for k, _ in ratios] for r in rows[1:]]
-        parts.append(f"## Ratios to {base['backend']}\n\n" + md_table(["backend"] + [h for _, h in ratios], table))  # fmt: skip
+        table = [
+            [r["backend"]] + [_ratio(r.get(k), base.get(k)) for k, _ in ratios] for r in rows[1:]
+        ]
+        parts.append(
+            f"## Ratios to {base['backend']}\n\n"
+            + md_table(["backend"] + [h for _, h in ratios], table)
+        )
     return "\n\n".join(parts) + "\n"
 
 

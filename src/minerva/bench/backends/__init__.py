@@ -23,7 +23,13 @@ def backend_class(name: str) -> type[OfflineBackend]:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)}")
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise ConfigError(
+            f"backend {name!r} needs the package {e.name!r}, which is not installed: "
+            f"pip install {e.name}, or leave {name} out of --backend"
+        ) from None
 
 
 def load_backend(name: str, model: str, **kwargs) -> OfflineBackend:

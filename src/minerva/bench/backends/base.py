@@ -61,5 +61,6 @@ class OfflineBackend(ABC):
 
         return int(torch.cuda.max_memory_allocated())
 
+    @abstractmethod
     def close(self) -> None:
         """Free the model (the next backend gets the memory)."""

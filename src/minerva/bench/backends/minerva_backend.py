@@ -24,8 +24,14 @@ class MinervaBackend(OfflineBackend):
         from minerva.engine.llm import LLM  # noqa: PLC0415
 
         kwargs = {"enable_prefix_caching": False, **self.options}
-        self.llm = LLM(model=model, device=device, dtype=dtype, num_threads=num_threads,
-                       progress=False, **kwargs)  # fmt: skip
+        self.llm = LLM(
+            model=model,
+            device=device,
+            dtype=dtype,
+            num_threads=num_threads,
+            progress=False,
+            **kwargs,
+        )
         self.engine = self.llm.engine
         self.weight_bytes = self.engine.loaded.weight_bytes
         self.max_model_len = self.engine.max_model_len

@@ -1,0 +1,126 @@
+"""Offline benchmarks (in-process, no HTTP): batch-1 latency and batched throughput.
+
+Latency (one prompt of ``prompt_len`` tokens, ``output_len`` tokens out, EOS ignored), the
+median over repeats of:
+
+* TTFT: call to first token on the host (prefill + first sample);
+* prefill tokens/s = prompt_len / TTFT;
+* decode tokens/s = (output_len - 1) / (last token - first token);
+* achieved memory bandwidth = weight bytes x decode tokens/s (each decode step reads every
+  weight once; the KV cache is left out, so this is a lower bound).
+
+Throughput: all requests submitted at once; output, total (prompt + output) tokens and
+requests per second of wall time. Peak RSS of this process is sampled during each benchmark;
+peak GPU memory comes from torch.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+from minerva.bench.backends import OfflineBackend
+from minerva.bench.monitor import ResourceMonitor
+from minerva.errors import ConfigError
+
+
+def check_fits(backend: OfflineBackend, prompt_len: int, output_len: int) -> None:
+    limit = backend.max_model_len
+    if limit and prompt_len + output_len > limit:
+        raise ConfigError(
+            f"{backend.name}: {prompt_len} prompt + {output_len} output tokens exceed the "
+            f"model's length of {limit}; lower --input-len / --output-len"
+        )
+
+
+def _one_latency(backend: OfflineBackend, prompt_ids: list[int], output_len: int) -> dict:
+    start = time.perf_counter()
+    times = backend.stream_timings(prompt_ids, output_len)
+    if len(times) != output_len:
+        raise RuntimeError(f"{backend.name} produced {len(times)} tokens, asked for {output_len}")
+    ttft = times[0] - start
+    decode = (output_len - 1) / (times[-1] - times[0]) if output_len > 1 else None
+    return {"ttft_s": ttft, "decode_tok_s": decode, "e2e_s": times[-1] - start}
+
+
+def run_latency(
+    backend: OfflineBackend,
+    prompt_ids: list[int],
+    output_len: int,
+    repeats: int = 3,
+    warmup: int = 1,
+) -> dict:
+    """Batch-1 latency figures (medians over ``repeats``) plus each repeat's raw numbers."""
+    check_fits(backend, len(prompt_ids), output_len)
+    for _ in range(warmup):
+        _one_latency(backend, prompt_ids, min(output_len, 4))
+    backend.reset_peak_memory()
+    with ResourceMonitor(os.getpid(), interval=0.05) as mon:
+        runs = [_one_latency(backend, prompt_ids, output_len) for _ in range(max(repeats, 1))]
+    ttft = statistics.median(r["ttft_s"] for r in runs)
+    e2e = statistics.median(r["e2e_s"] for r in runs)
+    decodes = [r["decode_tok_s"] for r in runs if r["decode_tok_s"] is not None]
+    decode = statistics.median(decodes) if decodes else None
+    return {
+        "backend": backend.name,
+        "prompt_len": len(prompt_ids),
+        "output_len": output_len,
+        "ttft_ms": ttft * 1e3,
+        "prefill_tok_s": len(prompt_ids) / ttft,
+        "decode_tok_s": decode,
+        "tpot_ms": 1e3 / decode if decode else None,
+        "e2e_ms": e2e * 1e3,
+        "weight_bytes": backend.weight_bytes,
+        "bandwidth_gb_s": backend.weight_bytes * decode / 1e9 if decode else None,
+        "peak_rss_bytes": mon.summary.peak_rss_bytes,
+        "peak_gpu_bytes": backend.peak_gpu_bytes(),
+        "runs": runs,
+    }
+
+
+def run_throughput(
+    backend: OfflineBackend,
+    prompts: list[list[int]],
+    output_lens: list[int],
+    warmup: bool = True,
+) -> dict:
+    """Every prompt submitted at once (EOS ignored); tokens and requests per second."""
+    for p, n in zip(prompts, output_lens):
+        check_fits(backend, len(p), n)
+    if warmup:
+        backend.generate(prompts[:2], [min(n, 4) for n in output_lens[:2]])
+    backend.reset_peak_memory()
+    with ResourceMonitor(os.getpid(), interval=0.05) as mon:
+        start = time.perf_counter()
+        outputs = backend.generate(prompts, output_lens, ignore_eos=True)
+        duration = time.perf_counter() - start
+    num_out = sum(len(o) for o in outputs)
+    num_in = sum(len(p) for p in prompts)
+    return {
+        "backend": backend.name,
+        "num_requests": len(prompts),
+        "total_input_tokens": num_in,
+        "total_output_tokens": num_out,
+        "requested_output_tokens": sum(output_lens),
+        "duration_s": duration,
+        "request_throughput": len(prompts) / duration,
+        "output_throughput": num_out / duration,
+        "total_token_throughput": (num_in + num_out) / duration,
+        "peak_rss_bytes": mon.summary.peak_rss_bytes,
+        "peak_gpu_bytes": backend.peak_gpu_bytes(),
+    }
+
+
+def offline_document(
+    kind: str, results: list[dict], config: dict, system: dict, command: str
+) -> dict:
+    """The JSON result document of an offline benchmark (latency, throughput, ...)."""
+    return {
+        "benchmark": kind,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": command,
+        "system": system,
+        "config": config,
+        "results": results,
+    }
