@@ -2,7 +2,7 @@
 
 Sources (all free to redistribute; install them with
 ``apt-get install python3.11-doc postgresql-doc-15 sqlite3-doc python-django-doc nodejs-doc
-rust-doc cmake-doc python-sqlalchemy-doc sphinx-doc``, Debian 12):
+rust-doc cmake-doc python-sqlalchemy-doc sphinx-doc erlang-doc``, Debian 12):
 
     python     /usr/share/doc/python3.11/html           PSF License 2.0
     postgresql /usr/share/doc/postgresql-doc-15/html    PostgreSQL License (BSD-style)
@@ -13,6 +13,7 @@ rust-doc cmake-doc python-sqlalchemy-doc sphinx-doc``, Debian 12):
     cmake      /usr/share/doc/cmake-data/html           BSD-3-Clause
     sqlalchemy /usr/share/doc/python-sqlalchemy-doc/html MIT (Expat)
     sphinx     /usr/share/doc/sphinx-doc/html           BSD-2-Clause
+    erlang     /usr/share/doc/erlang-doc (guides, manuals) Apache-2.0
 
 Each HTML page becomes one document of prose paragraphs: code blocks, tables, navigation and
 scripts are dropped, short or symbol-heavy fragments filtered out, and every paragraph is kept
@@ -49,12 +50,15 @@ SOURCES: dict[str, tuple[str, str]] = {
     "cmake": ("/usr/share/doc/cmake-data/html", "BSD-3-Clause"),
     "sqlalchemy": ("/usr/share/doc/python-sqlalchemy-doc/html", "MIT"),
     "sphinx": ("/usr/share/doc/sphinx-doc/html", "BSD-2-Clause"),
+    "erlang": ("/usr/share/doc/erlang-doc", "Apache-2.0"),
 }
-# Only these folders of a source (the Rust books and std; core/alloc repeat std's text).
+# Only these folders of a source (Rust: the books and std; core/alloc repeat std's text).
 INCLUDE_PATH = {
     "rust": re.compile(
         r"^(book|reference|nomicon|rust-by-example|embedded-book|edition-guide|rustc|rustdoc|std)/"
     ),
+    # Erlang/OTP: the guides, ERTS and the applications' manuals; not the wx and Java API stubs.
+    "erlang": re.compile(r"^(doc|erts-[\d.]+|lib/(?!wx-|jinterface-)[^/]+)/"),
 }
 # Pages that are indexes, changelogs, generated source listings or duplicates of other pages.
 SKIP_PATH = re.compile(
