@@ -62,6 +62,10 @@ class ModelConfig:
     served_model_name: str | None = _field(
         None, "Model name the API reports and accepts (default: derived from the model path)."
     )
+    load_format: str = _field(
+        "auto",
+        "auto = the checkpoint's weights; dummy = random weights of the same shapes (benchmarks).",
+    )
 
 
 @dataclass
@@ -285,6 +289,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": _NON_EMPTY,
     "tokenizer": _NON_EMPTY,
     "served_model_name": _NON_EMPTY,
+    "load_format": (lambda v: v in ("auto", "dummy"), "auto or dummy"),
     "dtype": (lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
     "kv_cache_dtype": (lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
     "max_model_len": _POSITIVE,

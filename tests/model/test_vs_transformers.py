@@ -172,3 +172,12 @@ def test_sharded_checkpoint_and_bf16_kv_cache(tmp_path):
     bf16_kv.generate([prompt], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     for ours, ref in zip(bf16_kv.engine.runner.captured_logits, ref_logits):
         torch.testing.assert_close(ours[0], ref, atol=2e-2, rtol=0)
+
+
+def test_dummy_load_format_needs_only_config_json(tmp_path):
+    build_tiny_model(tmp_path, "llama", seed=0)
+    for f in tmp_path.glob("*.safetensors"):
+        f.unlink()
+    llm = LLM(model=str(tmp_path), device="cpu", load_format="dummy", progress=False)
+    out = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))[0]
+    assert len(out.token_ids) == 4

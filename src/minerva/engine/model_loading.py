@@ -92,9 +92,12 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         )
 
     model = build_model(hf, dtype, platform.device, max_positions=max_model_len)
-    model.load_weights(
-        iter_checkpoint_tensors(path, device=platform.device, dtype=dtype, progress=progress)
-    )
+    if config.model.load_format == "dummy":
+        init_dummy_weights(model, seed=config.model.seed)
+    else:
+        model.load_weights(
+            iter_checkpoint_tensors(path, device=platform.device, dtype=dtype, progress=progress)
+        )
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
@@ -137,6 +140,17 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         num_kv_blocks=num_blocks,
         weight_bytes=weight_bytes,
     )
+
+
+@torch.no_grad()
+def init_dummy_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Random weights in place (norm weights 1): speed does not depend on the values."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=gen)
 
 
 def _activation_reserve(hf, config: EngineConfig, dtype: torch.dtype) -> int:

@@ -1,0 +1,154 @@
+"""Minerva on one NVIDIA GPU: a Mistral-7B-shaped model with random bf16 weights.
+
+    PYTHONPATH=src python3 benchmarks/gpu_bench.py [--shape mistral-7b] [--batches 8 32 64]
+        [--output DIR]
+
+Measures the copy-bandwidth roofline, engine start time, batch-1 decode tokens/s (after a
+128-token prompt), prefill of a 512-token prompt (time to first token), decode throughput at
+several concurrencies (128 in / 128 out), and peak GPU memory. Writes gpu_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    "mistral-7b": dict(
+        architectures=["MistralForCausalLM"],
+        model_type="mistral",
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        vocab_size=32000,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "tinyllama-1.1b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_size=2048,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=5632,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+}
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, bytes read + written per second (the decode roofline)."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    bw = 2 * a.numel() * 20 / (time.perf_counter() - t)
+    del a, b
+    torch.cuda.empty_cache()
+    return bw
+
+
+def timed_generate(llm, prompts, params) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    llm.generate(prompts, params)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    from minerva import LLM, SamplingParams
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="mistral-7b", choices=list(SHAPES))
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
+    ap.add_argument("--output", default="benchmarks/results")
+    args = ap.parse_args()
+
+    roofline_bw = copy_bandwidth()
+    folder = Path(tempfile.mkdtemp())
+    (folder / "config.json").write_text(json.dumps({**SHAPES[args.shape], "dtype": "bfloat16"}))
+    t0 = time.perf_counter()
+    llm = LLM(
+        model=str(folder),
+        load_format="dummy",
+        dtype="bfloat16",
+        max_model_len=4096,
+        max_num_batched_tokens=4096,
+        progress=False,
+    )
+    start_s = time.perf_counter() - t0
+    weight_bytes = llm.engine.loaded.weight_bytes
+    g = torch.Generator().manual_seed(0)
+
+    def prompts(n, length):
+        return [torch.randint(3, 32000, (length,), generator=g).tolist() for _ in range(n)]
+
+    def greedy(k):
+        return SamplingParams(max_tokens=k, temperature=0, ignore_eos=True)
+
+    p128 = prompts(1, 128)
+    timed_generate(llm, p128, greedy(8))  # warm-up
+    t1 = timed_generate(llm, p128, greedy(1))
+    tn = timed_generate(llm, p128, greedy(129))
+    decode_tok_s = 128 / (tn - t1)
+    p512 = prompts(1, 512)
+    timed_generate(llm, p512, greedy(1))
+    ttft512 = min(timed_generate(llm, p512, greedy(1)) for _ in range(3))
+    throughput = {}
+    for b in args.batches:
+        ps = prompts(b, 128)
+        dt = timed_generate(llm, ps, greedy(128))
+        throughput[b] = b * 128 / dt
+    roofline_tok_s = roofline_bw / 2 / weight_bytes
+    result = {
+        "benchmark": "gpu_bench",
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "shape": args.shape,
+        "weight_bytes": weight_bytes,
+        "copy_bandwidth_gb_s": roofline_bw / 1e9,
+        "roofline_decode_tok_s": roofline_tok_s,
+        "engine_start_s": start_s,
+        "decode_batch1_tok_s": decode_tok_s,
+        "decode_fraction_of_roofline": decode_tok_s / roofline_tok_s,
+        "prefill512_ttft_s": ttft512,
+        "prefill512_tok_s": 512 / ttft512,
+        "throughput_128in_128out_tok_s": throughput,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "num_kv_blocks": llm.engine.kv_cache_manager.num_blocks,
+    }
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"gpu_bench_{args.shape}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The engine on a CUDA GPU against transformers (skipped without one; run on the device)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from minerva import LLM, SamplingParams
+from tests.tiny_models import VOCAB, build_tiny_model, hf_greedy
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cuda_tiny")
+    hf = build_tiny_model(path, "mistral", seed=2, sliding_window=12)
+    return path, hf
+
+
+def _prompts(n, seed=0):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, VOCAB) for _ in range(rng.randrange(5, 40))] for _ in range(n)]
+
+
+def test_fp32_logits_match_transformers(tiny):
+    path, hf = tiny
+    prompt = _prompts(1, 5)[0] + list(range(3, 20))
+    llm = LLM(model=str(path), device="cuda", dtype="float32", block_size=16, progress=False)
+    llm.engine.runner.captured_logits = []
+    out = llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
+    ref_tokens, ref_logits = hf_greedy(hf, prompt, 8)
+    assert out.token_ids == ref_tokens
+    for ours, ref in zip(llm.engine.runner.captured_logits, ref_logits):
+        torch.testing.assert_close(ours[0], ref, atol=1e-3, rtol=0)
+
+
+def test_batch_equals_single_fp32(tiny):
+    path, hf = tiny
+    prompts = _prompts(8, 9)
+    llm = LLM(
+        model=str(path), device="cuda", dtype="float32", max_num_batched_tokens=32, progress=False
+    )
+    outs = llm.generate(prompts, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))
+    assert [o.token_ids for o in outs] == [hf_greedy(hf, p, 10)[0] for p in prompts]
+
+
+def test_bf16_close_to_fp32_reference(tiny):
+    path, hf = tiny
+    prompt = _prompts(1, 3)[0]
+    llm = LLM(model=str(path), device="cuda", dtype="bfloat16", progress=False)
+    llm.engine.runner.captured_logits = []
+    llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
+    ref = hf_greedy(hf, prompt, 1)[1][0]
+    torch.testing.assert_close(llm.engine.runner.captured_logits[0][0], ref, atol=5e-2, rtol=5e-2)
+
+
+def test_seeded_sampling_same_alone_and_batched(tiny):
+    path, _ = tiny
+    llm = LLM(model=str(path), device="cuda", dtype="float32", progress=False)
+    p = SamplingParams(max_tokens=12, temperature=1.0, top_k=50, seed=42, ignore_eos=True)
+    prompts = _prompts(5, 1)
+    alone = llm.generate([prompts[0]], p)[0].token_ids
+    batch = llm.generate(prompts, [p] + [SamplingParams(max_tokens=12, seed=i) for i in range(4)])
+    assert batch[0].token_ids == alone
