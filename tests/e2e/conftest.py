@@ -45,7 +45,9 @@ class Server:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(**{"base_url": self.url, "headers": self.headers, "timeout": 60, **kwargs})
+        return httpx.Client(
+            **{"base_url": self.url, "headers": self.headers, "timeout": 60, **kwargs}
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -4,6 +4,7 @@ streaming shapes, usage counts against the tokenizer, seeds, logprobs, prefix-ca
 from __future__ import annotations
 
 import math
+import re
 
 import openai
 import pytest
@@ -54,7 +55,9 @@ def test_chat_stream_equals_non_stream_with_exact_usage(client, n_prompt):
         assert full.usage.completion_tokens == 12
 
     chunks = list(
-        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
     )
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -114,9 +117,7 @@ def test_completions_batch_n_usage_and_stream(client, model_dir):
     assert texts[0] == texts[1] and texts[2] == texts[3]  # greedy: n copies agree
 
     streamed: dict[int, str] = {}
-    chunks = list(
-        client.completions.create(**kwargs, stream=True, extra_body={"ignore_eos": True})
-    )
+    chunks = list(client.completions.create(**kwargs, stream=True, extra_body={"ignore_eos": True}))
     for chunk in chunks:
         for c in chunk.choices:
             streamed[c.index] = streamed.get(c.index, "") + c.text
@@ -184,3 +185,18 @@ def test_error_classes(client, n_prompt):
         chat(max_tokens=10_000)
     assert e.value.code == "context_length_exceeded"
     assert "2048" in e.value.message and f"{n_prompt} in the prompt" in e.value.message
+
+
+def test_stop_strings_cut_the_text(client):
+    kwargs = dict(model=MODEL_NAME, prompt="Hello world", max_tokens=24, temperature=0)
+    full = client.completions.create(**kwargs, extra_body={"ignore_eos": True}).choices[0].text
+    match = re.search(r"[A-Za-z]{3}", full)  # an ASCII run: decodes the same at any cut
+    assert match, full
+    stop = match.group()
+    cut = client.completions.create(**kwargs, stop=[stop], extra_body={"ignore_eos": True})
+    assert cut.choices[0].text == full[: full.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    kept = client.completions.create(
+        **kwargs, stop=stop, extra_body={"ignore_eos": True, "include_stop_str_in_output": True}
+    )
+    assert kept.choices[0].text == full[: full.index(stop) + len(stop)]

@@ -65,7 +65,15 @@ CORPUS = [
     (CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400),
     (CHAT, _chat(tool_choice="auto"), 400),
     (CHAT, _chat(response_format={"type": "json_object"}), 400),
-    (CHAT, _chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]), 400),  # fmt: skip
+    (
+        CHAT,
+        _chat(
+            messages=[
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+        ),
+        400,
+    ),  # fmt: skip
     (CHAT, _chat(messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]), 400),
     (CHAT, _chat(messages=[{"role": "wizard", "content": "x"}]), 400),
     (CHAT, _chat(model="no-such-model"), 404),
@@ -210,7 +218,8 @@ def test_metrics_exposition_has_every_metric(server):
         assert {f"{name}_bucket", f"{name}_count", f"{name}_sum"} <= names, name
         assert m[f"{name}_count"] > 0, name
     assert m['minerva_http_requests_total{method="POST",route="/v1/completions",status="400"}'] >= 1
-    assert m['minerva_http_request_duration_seconds_count{method="POST",route="/v1/completions"}'] >= 2  # fmt: skip
+    duration = 'minerva_http_request_duration_seconds_count{method="POST",route="/v1/completions"}'
+    assert m[duration] >= 2
     assert m["minerva_kv_cache_blocks_total"] == 1024
     assert m["minerva_device_memory_used_bytes"] > 0 and m["minerva_device_memory_total_bytes"] > 0
     assert m['minerva_requests_rejected_total{reason="queue_full"}'] == 0
@@ -247,3 +256,30 @@ def test_non_streaming_client_timeout_aborts_the_request(server):
     assert _aborts(server) == aborts + 1
     m = server.wait_idle()
     assert m["minerva_requests_running"] == 0 and m["minerva_kv_cache_usage_ratio"] == 0
+
+
+def test_grafana_dashboard_uses_only_exported_metrics(server):
+    import re
+    from pathlib import Path
+
+    dashboard = (Path(__file__).parents[2] / "deploy" / "grafana-dashboard.json").read_text()
+    used = set(re.findall(r"minerva_[a-z0-9_]+", dashboard)) - {"minerva_server"}
+    exported = {k.split("{")[0] for k in server.metrics()}
+    assert used and used <= exported, used - exported
+    for name in ISSUE_METRICS + [f"{h}_bucket" for h in ISSUE_HISTOGRAMS]:
+        assert name in used, name
+
+
+def test_a_model_that_fails_to_load_exits_1(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT, free_port
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "minerva.cli", "serve", "--model", str(tmp_path / "missing"),
+           "--port", str(free_port()), "--device", "cpu"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr

@@ -66,8 +66,10 @@ def reference_chat_ids(model_dir: Path, messages: list[dict]) -> list[int]:
     from tokenizers import Tokenizer
 
     config = json.loads((model_dir / "tokenizer_config.json").read_text())
-    text = jinja2.Environment().from_string(config["chat_template"]).render(
-        messages=messages, add_generation_prompt=True, bos_token=config["bos_token"]
+    text = (
+        jinja2.Environment()
+        .from_string(config["chat_template"])
+        .render(messages=messages, add_generation_prompt=True, bos_token=config["bos_token"])
     )
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     return tok.encode(text, add_special_tokens=False).ids

@@ -55,7 +55,7 @@ def write(tmp_path: Path, text: str, name: str = "minerva.toml") -> str:
 
 def test_every_field_has_one_line_help_and_default_matches_its_section():
     expected = {
-        "model": {"model", "tokenizer", "dtype", "max_model_len", "seed", "served_model_name"},
+        "model": {"model", "tokenizer", "dtype", "max_model_len", "seed", "served_model_name", "load_format"},
         "device": {"device", "num_threads"},
         "cache": {"block_size", "memory_fraction", "kv_cache_memory", "num_kv_blocks"}
         | {"kv_cache_dtype", "enable_prefix_caching"},

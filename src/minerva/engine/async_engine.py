@@ -134,6 +134,7 @@ class AsyncEngine:
         self._error: BaseException | None = None
         # Loop-thread state.
         self._streams: dict[str, RequestStream] = {}
+        self._pending: dict[str, asyncio.Future] = {}  # adds the engine has not answered yet
         self._num_seqs_in_flight = 0
         self._draining = False
         self._idle: asyncio.Event | None = None
@@ -183,7 +184,8 @@ class AsyncEngine:
     # -- state ------------------------------------------------------------------------
     @property
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and self._error is None
+        alive = self._thread is not None and self._thread.is_alive()
+        return alive and not self._stopping and self._error is None
 
     @property
     def is_draining(self) -> bool:
@@ -222,6 +224,7 @@ class AsyncEngine:
         stream = RequestStream(request_id, params.n, self._abort_stream)
         self._register(stream)
         accepted = self._loop.create_future()  # type: ignore[union-attr]
+        self._pending[request_id] = accepted
         arrival = arrival_time or time.monotonic()
         self._submit("add", (prompt, params, request_id, prompt_token_ids, arrival, accepted))
         try:
@@ -233,6 +236,8 @@ class AsyncEngine:
         except BaseException:
             self._release(stream)
             raise
+        finally:
+            self._pending.pop(request_id, None)
         return stream
 
     async def generate(
@@ -257,8 +262,8 @@ class AsyncEngine:
             stream.abort()
 
     def _check_admission(self, num_seqs: int) -> None:
-        if self._error is not None or self._thread is None:
-            raise EngineDeadError("the engine is not running", retry_after=None)
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running")
         if self._draining:
             raise EngineDrainingError("the server is shutting down; retry on another instance")
         capacity = self.max_num_seqs + self.max_queued_requests
@@ -306,6 +311,8 @@ class AsyncEngine:
                 self._release(stream)
 
     def _fail_all(self, error: BaseException) -> None:
+        for future in list(self._pending.values()):
+            _settle(future, error)
         for stream in list(self._streams.values()):
             stream.put(error)
             self._release(stream)

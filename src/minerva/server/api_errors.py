@@ -1,5 +1,6 @@
 """Errors as each API shapes them: OpenAI ``{"error": {message, type, param, code}}`` under /v1,
-Ollama ``{"error": "..."}`` under /api. Every error a client can cause is a 4xx, never a 500."""
+Ollama ``{"error": "..."}`` under /api. Every error a client can cause is a 4xx, never a 500.
+No torch at import (the security middlewares and protocol tests stay light)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import logging
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from minerva.engine.async_engine import EngineUnavailableError
 from minerva.errors import MinervaError, RequestError
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ def model_not_found(name: str, available: str) -> APIError:
 
 def to_api_error(e: BaseException) -> APIError:
     """Map an exception from validation or the engine to its HTTP error."""
+    from minerva.engine.async_engine import EngineUnavailableError  # torch: import when needed
+
     if isinstance(e, APIError):
         return e
     if isinstance(e, EngineUnavailableError):
@@ -93,10 +95,6 @@ def to_api_error(e: BaseException) -> APIError:
         return validation_error(e)
     if isinstance(e, json.JSONDecodeError):
         return APIError(400, f"The body is not valid JSON: {e}", code="invalid_json")
-    if isinstance(e, ValueError):  # SamplingParams.validate: "top_p must be in (0, 1], got 2"
-        message = str(e)
-        param = message.split(" ", 1)[0] if message else None
-        return APIError(400, message, param=param if param and param.isidentifier() else None)
     if isinstance(e, MinervaError):
         return APIError(500, str(e), code="internal_error")
     logger.error("unexpected error", exc_info=e)

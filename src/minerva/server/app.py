@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -137,10 +138,14 @@ def build_app(
             if state.engine is not None:
                 await state.engine.shutdown()
 
-    app = FastAPI(title="Minerva", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)  # fmt: skip
+    app = FastAPI(
+        title="Minerva", version=__version__, lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,  # no unauthenticated schema pages
+    )  # fmt: skip
     app.state.minerva = state
     handler = _error_handler(state)
-    for exc_class in (APIError, MinervaError, ValidationError, ValueError, ClientDisconnected, StarletteHTTPException):  # fmt: skip
+    handled = (APIError, MinervaError, ValidationError, ClientDisconnected)
+    for exc_class in (*handled, StarletteHTTPException):
         app.add_exception_handler(exc_class, handler)
 
     # add_middleware puts each one outside the previous: the last added runs first.
@@ -172,7 +177,7 @@ def build_app(
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -189,9 +194,10 @@ async def _load(state: ServerState, load_engine: Callable[[], LLMEngine], on_err
         llm_engine = await _in_daemon_thread(load_engine)
     except Exception as e:  # noqa: BLE001 - reported on /health and by the CLI
         state.load_error = str(e)
-        logger.error("loading the model failed: %s", e)
         if on_error is not None:
             on_error(e)
+        else:
+            logger.error("loading the model failed: %s", e)
         return
     _install(state, AsyncEngine(llm_engine, state.config.max_queued_requests))
     logger.info("model loaded; serving %r", state.model_name)

@@ -18,26 +18,43 @@ from minerva.engine.async_engine import AsyncEngine, StepInfo
 from minerva.engine.llm_engine import EngineStats
 from minerva.engine.outputs import RequestOutput
 
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-)
+# fmt: off
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 120.0)
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# Read from the engine's latest EngineStats at scrape time: (name, help, EngineStats field).
+ENGINE_GAUGES = [
+    ("minerva_requests_running", "Sequences running in the engine.", "num_running"),
+    ("minerva_requests_waiting", "Sequences waiting to be scheduled.", "num_waiting"),
+    ("minerva_kv_cache_usage_ratio", "Fraction of KV cache blocks in use (0..1).",
+     "kv_cache_usage"),
+    ("minerva_kv_cache_blocks_total", "KV cache blocks allocated at start.", "num_kv_blocks"),
+]
+ENGINE_COUNTERS = [  # exported with a _total suffix
+    ("minerva_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+     "prefix_cache_queries"),
+    ("minerva_prefix_cache_hits", "Prompt tokens served from the prefix cache.",
+     "prefix_cache_hits"),
+    ("minerva_preemptions", "Requests preempted (KV blocks taken back).", "num_preemptions"),
+]
+# ServerMetrics attribute -> (name, help, buckets)
+HISTOGRAMS = {
+    "ttft": ("minerva_time_to_first_token_seconds", "Arrival to the first generated token.",
+             LATENCY_BUCKETS),
+    "itl": ("minerva_inter_token_latency_seconds", "Between two outputs of a request.",
+            LATENCY_BUCKETS),
+    "e2e": ("minerva_e2e_request_latency_seconds", "Arrival to the last token.", LATENCY_BUCKETS),
+    "queue_time": ("minerva_request_queue_time_seconds", "Arrival to first being scheduled.",
+                   LATENCY_BUCKETS),
+    "prefill_duration": ("minerva_prefill_duration_seconds",
+                         "Engine steps that ran prompt tokens (prefill or mixed).", STEP_BUCKETS),
+    "decode_duration": ("minerva_decode_duration_seconds",
+                        "Engine steps that ran only decode tokens.", STEP_BUCKETS),
+    "batch_size": ("minerva_batch_size", "Sequences per engine step.", BATCH_BUCKETS),
+}
+# fmt: on
 
 
 class _EngineCollector(Collector):
@@ -48,123 +65,62 @@ class _EngineCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         stats = self.metrics.engine_stats()
+        for name, doc, attr in ENGINE_GAUGES:
+            yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
+        for name, doc, attr in ENGINE_COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         used, total = self.metrics.device_memory()
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, value=value)
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, value=value)
-
-        yield gauge(
-            "minerva_requests_running", "Sequences running in the engine.", stats.num_running
-        )
-        yield gauge(
-            "minerva_requests_waiting", "Sequences waiting to be scheduled.", stats.num_waiting
-        )
-        yield gauge(
-            "minerva_kv_cache_usage_ratio",
-            "Fraction of KV cache blocks in use (0..1).",
-            stats.kv_cache_usage,
-        )
-        yield gauge(
-            "minerva_kv_cache_blocks_total",
-            "KV cache blocks allocated at start.",
-            stats.num_kv_blocks,
-        )
-        yield counter(
-            "minerva_prefix_cache_queries",
-            "Prompt tokens looked up in the prefix cache.",
-            stats.prefix_cache_queries,
-        )
-        yield counter(
-            "minerva_prefix_cache_hits",
-            "Prompt tokens served from the prefix cache.",
-            stats.prefix_cache_hits,
-        )
-        yield counter(
-            "minerva_preemptions",
-            "Requests preempted (KV blocks taken back) so far.",
-            stats.num_preemptions,
-        )
-        yield gauge(
+        yield GaugeMetricFamily(
             "minerva_device_memory_used_bytes",
             "Device memory this process uses (CUDA/MPS allocated, or RSS on CPU).",
-            used,
+            value=used,
         )
-        yield gauge("minerva_device_memory_total_bytes", "Device memory in total (host RAM on CPU).", total)  # fmt: skip
+        yield GaugeMetricFamily(
+            "minerva_device_memory_total_bytes", "Device memory (host RAM on CPU).", value=total
+        )
 
 
 class ServerMetrics:
     """Every metric of the server, registered in its own registry."""
 
+    ttft: Histogram
+    itl: Histogram
+    e2e: Histogram
+    queue_time: Histogram
+    prefill_duration: Histogram
+    decode_duration: Histogram
+    batch_size: Histogram
+
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.registry = r = CollectorRegistry()
         self.requests_rejected = Counter(
-            "minerva_requests_rejected", "Requests refused with 503 (queue full, draining, not ready).",
-            ["reason"], registry=r,
-        )  # fmt: skip
+            "minerva_requests_rejected",
+            "Requests refused with 503 (queue full, draining, not ready), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.requests_finished = Counter(
-            "minerva_requests_finished",
-            "Requests finished, by finish reason.",
-            ["finish_reason"],
+            "minerva_requests_finished", "Requests finished, by reason.", ["finish_reason"],
             registry=r,
-        )
+        )  # fmt: skip
         self.prompt_tokens = Counter(
-            "minerva_prompt_tokens",
-            "Prompt tokens of requests that started generating.",
+            "minerva_prompt_tokens", "Prompt tokens of requests that started generating.",
             registry=r,
-        )
+        )  # fmt: skip
         self.generation_tokens = Counter(
             "minerva_generation_tokens", "Tokens generated.", registry=r
         )
-        self.ttft = Histogram(
-            "minerva_time_to_first_token_seconds",
-            "From arrival to the first generated token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.itl = Histogram(
-            "minerva_inter_token_latency_seconds",
-            "Between two outputs of a request.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.e2e = Histogram(
-            "minerva_e2e_request_latency_seconds",
-            "From arrival to the last token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.queue_time = Histogram(
-            "minerva_request_queue_time_seconds",
-            "From arrival to first being scheduled.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.prefill_duration = Histogram(
-            "minerva_prefill_duration_seconds",
-            "Engine steps that ran prompt tokens (prefill or mixed).",
-            buckets=STEP_BUCKETS,
-            registry=r,
-        )
-        self.decode_duration = Histogram(
-            "minerva_decode_duration_seconds",
-            "Engine steps that ran only decode tokens.",
-            buckets=STEP_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "minerva_batch_size", "Sequences per engine step.", buckets=BATCH_BUCKETS, registry=r
-        )
+        for attr, (name, doc, buckets) in HISTOGRAMS.items():
+            setattr(self, attr, Histogram(name, doc, buckets=buckets, registry=r))
         self.http_requests = Counter(
-            "minerva_http_requests",
-            "HTTP requests by route and status.",
-            ["method", "route", "status"],
-            registry=r,
-        )
-        self.http_duration = Histogram("minerva_http_request_duration_seconds", "HTTP request time (whole stream for streaming responses).", ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+            "minerva_http_requests", "HTTP requests by route and status.",
+            ["method", "route", "status"], registry=r,
+        )  # fmt: skip
+        self.http_duration = Histogram(
+            "minerva_http_request_duration_seconds",
+            "HTTP request time (the whole stream for streaming responses).",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         for reason in ("queue_full", "draining", "unavailable", "dead"):  # export zeros too
             self.requests_rejected.labels(reason)
         for reason in ("stop", "length", "abort"):

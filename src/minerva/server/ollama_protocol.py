@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
+from minerva.server.openai_protocol import sampling_params
 
 OLLAMA_API_VERSION = "0.12.0"
 """The Ollama release whose API these routes follow (what /api/version reports)."""
@@ -132,7 +133,7 @@ class _Request(BaseModel):
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs requires logprobs=true", param="top_logprobs")
         values["logprobs"] = (self.top_logprobs or 0) if self.logprobs else None
-        return SamplingParams(**values)
+        return sampling_params(values)
 
 
 class GenerateRequest(_Request):

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from minerva.engine.async_engine import AsyncEngine, RequestStream
 from minerva.engine.outputs import RequestOutput
-from minerva.server.api_errors import to_api_error
+from minerva.server.api_errors import APIError, to_api_error
 from minerva.server.app import ServerState, get_state
 from minerva.server.generation import (
     add_prompts,
@@ -121,7 +121,7 @@ async def show(request: Request) -> JSONResponse:
     data = await read_json_object(request)
     name = data.get("model") or data.get("name")
     if not isinstance(name, str):
-        raise ValueError("model must be given as a string")
+        raise APIError(400, "'model' must be given as a string", param="model")
     engine = state.ready_engine()
     state.check_model(name)
     hf = engine.engine.model_config
@@ -220,7 +220,8 @@ async def _run(request, state, engine, body, encode, arrival: float, chat: bool)
     async def run() -> dict:
         (out,) = await collect([await start()])
         c = out.outputs[0]
-        final = _chunk(body.model, chat, c.text, _logprobs(engine, c.logprobs or []) if c.logprobs is not None else None)  # fmt: skip
+        logprobs = _logprobs(engine, c.logprobs) if c.logprobs is not None else None
+        final = _chunk(body.model, chat, c.text, logprobs)
         final.update(_final_fields(out, arrival, chat))
         return final
 
@@ -292,4 +293,3 @@ async def _ndjson(
         yield json.dumps({"error": to_api_error(e).message}) + "\n"
     finally:
         stream.abort()
-

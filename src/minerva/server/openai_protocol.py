@@ -123,6 +123,16 @@ class _SamplingRequest(_Strict):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+def sampling_params(values: dict[str, Any]) -> SamplingParams:
+    """SamplingParams, its range checks turned into a 400 naming the field."""
+    try:
+        return SamplingParams(**values)
+    except ValueError as e:  # "top_p must be in (0, 1], got 2": the first word is the field
+        message = str(e)
+        param = message.split(" ", 1)[0]
+        raise RequestError(message, param=param if param.isidentifier() else None) from None
+
+
 def parse_logit_bias(bias: dict[str, float] | None, vocab_size: int) -> dict[int, float] | None:
     """OpenAI sends {"token id as string": bias in [-100, 100]}."""
     if not bias:
@@ -192,7 +202,7 @@ class ChatCompletionRequest(_SamplingRequest):
         values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
         values["max_tokens"] = self.max_completion_tokens or self.max_tokens  # None: to the context
         values["logprobs"] = (self.top_logprobs or 0) if self.logprobs else None
-        return SamplingParams(**values)
+        return sampling_params(values)
 
 
 class CompletionRequest(_SamplingRequest):
@@ -225,4 +235,4 @@ class CompletionRequest(_SamplingRequest):
         values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
         values["max_tokens"] = self.max_tokens
         values["logprobs"] = self.logprobs
-        return SamplingParams(**values)
+        return sampling_params(values)

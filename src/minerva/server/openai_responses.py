@@ -73,9 +73,8 @@ def chat_chunk(
     delta: dict[str, Any],
     finish_reason: str | None = None,
     logprobs: dict[str, Any] | None = None,
-    with_usage: bool = False,
 ) -> dict[str, Any]:
-    chunk = {
+    return {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
@@ -84,9 +83,6 @@ def chat_chunk(
             {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         ],
     }
-    if with_usage:
-        chunk["usage"] = None
-    return chunk
 
 
 def completion_chunk(
@@ -97,9 +93,8 @@ def completion_chunk(
     text: str,
     finish_reason: str | None = None,
     logprobs: dict[str, Any] | None = None,
-    with_usage: bool = False,
 ) -> dict[str, Any]:
-    chunk = {
+    return {
         "id": request_id,
         "object": "text_completion",
         "created": created,
@@ -108,9 +103,6 @@ def completion_chunk(
             {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
         ],
     }
-    if with_usage:
-        chunk["usage"] = None
-    return chunk
 
 
 def usage_chunk(request_id: str, created: int, model: str, obj: str, usage_: dict) -> dict:

@@ -122,7 +122,8 @@ async def _chat_events(
     created, with_usage = int(time.time()), body.include_usage
 
     def chunk(index: int, delta: dict, finish_reason=None, logprobs=None) -> str:
-        return sse(R.chat_chunk(request_id, created, model, index, delta, finish_reason, logprobs, with_usage))  # fmt: skip
+        payload = R.chat_chunk(request_id, created, model, index, delta, finish_reason, logprobs)
+        return sse(payload | ({"usage": None} if with_usage else {}))
 
     num_out, num_prompt, num_cached = 0, 0, 0
     try:
@@ -184,7 +185,9 @@ async def completions(request: Request) -> Response:
             n_cached += out.num_cached_tokens
             for c in out.outputs:
                 n_out += len(c.token_ids)
-                logprobs = R.completion_logprobs(engine.tokenizer, c.logprobs) if c.logprobs is not None else None  # fmt: skip
+                logprobs = None
+                if c.logprobs is not None:
+                    logprobs = R.completion_logprobs(engine.tokenizer, c.logprobs)
                 choices.append(
                     {
                         "index": p * body.n + c.index,
@@ -228,7 +231,10 @@ async def _completion_events(
                     lp = R.completion_logprobs(engine.tokenizer, logprobs, offsets.get(index, 0))
                     offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lp["tokens"])
                 if c.delta_text or logprobs or c.finish_reason is not None:
-                    yield sse(R.completion_chunk(request_id, created, model, index, c.delta_text, c.finish_reason, lp, with_usage))  # fmt: skip
+                    chunk = R.completion_chunk(
+                        request_id, created, model, index, c.delta_text, c.finish_reason, lp
+                    )
+                    yield sse(chunk | ({"usage": None} if with_usage else {}))
         if with_usage:
             n_prompt = sum(n for n, _ in prompt_tokens.values())
             n_cached = sum(c for _, c in prompt_tokens.values())
@@ -239,4 +245,3 @@ async def _completion_events(
     finally:
         abort_all(streams)  # client gone (cancelled or closed mid-yield): free the KV blocks
     yield sse("[DONE]")
-

@@ -31,7 +31,10 @@ _FLAG_HELP = {
     "aborted. Default: 30.",
 }
 
-_METAVARS = {"cors_origins": "ORIGINS", "max_queued_requests": "N", "max_body_bytes": "SIZE", "shutdown_timeout": "SECONDS"}  # fmt: skip
+_METAVARS = {
+    "host": "HOST", "port": "PORT", "api_key": "KEY", "cors_origins": "ORIGINS",
+    "max_queued_requests": "N", "max_body_bytes": "SIZE", "shutdown_timeout": "SECONDS",
+}  # fmt: skip
 
 
 def _flag_type(name: str):
@@ -58,7 +61,7 @@ def add_serve_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         env = ENV_VARS[name]
         group.add_argument(
             flag_name(name), dest=f"server_{name}", type=_flag_type(name), default=None,
-            metavar=_METAVARS.get(name, name.rsplit("_", 1)[-1].upper()), help=f"{help_text} Env: {env}.",
+            metavar=_METAVARS[name], help=f"{help_text} Env: {env}.",
         )  # fmt: skip
     group.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
@@ -99,7 +102,8 @@ def run_serve(args: argparse.Namespace) -> int:
         engine_config.model.served_model_name, model_path
     )
     server_config: ServerConfig = load_server_config(flags)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")  # fmt: skip
+    log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
+    logging.basicConfig(level=args.log_level.upper(), format=log_format)
     if warning := server_config.bind_warning():
         print(f"\n{'!' * 80}\n{warning}\n{'!' * 80}\n", file=sys.stderr, flush=True)
 

@@ -1,0 +1,139 @@
+"""A server with 2 running slots and a queue of 8, started with default bind and no API key:
+overload gives exactly the excess 503s, a queued request whose client leaves is dropped, and
+SIGTERM drains (in-flight requests finish or end with finish_reason "abort", exit code 0)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import start_server
+from tests.e2e.tiny_server_model import MODEL_NAME
+
+SLOTS, QUEUE = 2, 8
+
+
+@pytest.fixture(scope="module")
+def small_server(model_dir, tmp_path_factory):
+    srv = start_server(
+        model_dir, tmp_path_factory.mktemp("logs") / "small.log",
+        "--max-num-seqs", str(SLOTS), "--max-queued-requests", str(QUEUE),
+        "--shutdown-timeout", "1.5",
+    )  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+def _body(max_tokens: int, **kw) -> dict:
+    return {"model": MODEL_NAME, "prompt": [1, 20, 30, 40], "max_tokens": max_tokens,
+            "ignore_eos": True, "temperature": 0, "stream": True, **kw}  # fmt: skip
+
+
+async def _read_events(response: httpx.Response) -> list:
+    events = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            events.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+    return events
+
+
+def test_default_bind_is_loopback_without_key(small_server):
+    log = small_server.log()
+    assert f"Uvicorn running on http://127.0.0.1:{small_server.port}" in log
+    assert "WARNING: binding" not in log
+    assert httpx.get(small_server.url + "/v1/models").status_code == 200
+
+
+def test_overload_gives_exactly_the_excess_503s(small_server):
+    async def one(client: httpx.AsyncClient):
+        body = _body(200, stream_options={"include_usage": True})
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return r.status_code, r.headers.get("retry-after"), r.json()
+            return 200, None, await _read_events(r)
+
+    async def run():
+        limits = httpx.Limits(max_connections=40)
+        async with httpx.AsyncClient(base_url=small_server.url, timeout=60, limits=limits) as c:
+            return await asyncio.gather(*(one(c) for _ in range(20)))
+
+    results = asyncio.run(run())
+    rejected = [r for r in results if r[0] == 503]
+    served = [r for r in results if r[0] == 200]
+    assert len(rejected) == 20 - SLOTS - QUEUE and len(served) == SLOTS + QUEUE
+    for _, retry_after, body in rejected:
+        assert int(retry_after) >= 1 and body["error"]["code"] == "queue_full"
+    for _, _, events in served:
+        assert events[-1] == "[DONE]"
+        assert events[-2]["usage"]["completion_tokens"] == 200
+        assert [c["finish_reason"] for e in events[:-2] for c in e["choices"]][-1] == "length"
+    m = small_server.wait_idle()
+    assert m['minerva_requests_rejected_total{reason="queue_full"}'] == 20 - SLOTS - QUEUE
+
+
+def test_queued_request_whose_client_leaves_is_dropped(small_server):
+    with httpx.Client(base_url=small_server.url, timeout=60) as client:
+        streams = [client.stream("POST", "/v1/completions", json=_body(1900)) for _ in range(3)]
+        running = [s.__enter__() for s in streams[:2]]
+        readers = [r.iter_lines() for r in running]
+        for lines in readers:  # both produce tokens: the two slots are taken
+            assert next(line for line in lines if line.startswith("data: "))
+        queued = streams[2].__enter__()
+        assert queued.status_code == 200
+        m = small_server.metrics()
+        assert m["minerva_requests_running"] == SLOTS and m["minerva_requests_waiting"] == 1
+        streams[2].__exit__(None, None, None)  # the client leaves while still queued
+        deadline = time.monotonic() + 5
+        while small_server.metrics()["minerva_requests_waiting"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        m = small_server.metrics()
+        assert m["minerva_requests_waiting"] == 0 and m["minerva_requests_running"] == SLOTS
+        for s in streams[:2]:
+            s.__exit__(None, None, None)
+    m = small_server.wait_idle()
+    assert m["minerva_requests_running"] == 0 and m["minerva_kv_cache_usage_ratio"] == 0
+
+
+def test_sigterm_drains_then_exits_zero(small_server):
+    async def stream(client, max_tokens: int, started: asyncio.Event):
+        body = _body(max_tokens, stream_options={"include_usage": True})
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            events = []
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    started.set()
+                    events.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+            return events
+
+    async def run():
+        async with httpx.AsyncClient(base_url=small_server.url, timeout=60) as client:
+            long_started, short_started = asyncio.Event(), asyncio.Event()
+            long = asyncio.create_task(stream(client, 1900, long_started))
+            short = asyncio.create_task(stream(client, 40, short_started))
+            await asyncio.wait_for(asyncio.gather(long_started.wait(), short_started.wait()), 30)
+            small_server.proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            late = await client.post("/v1/completions", json={**_body(4), "stream": False})
+            health = await client.get("/health")
+            return await long, await short, late, health
+
+    long, short, late, health = asyncio.run(run())
+    assert late.status_code == 503 and health.status_code == 503
+    assert health.json() == {"status": "draining"}
+    # The short request finished inside the shutdown timeout; the long one was cut at it.
+    for events, reason in ((short, "length"), (long, "abort")):
+        assert events[-1] == "[DONE]"
+        choices = [c for e in events[:-2] for c in e["choices"]]
+        assert choices[-1]["finish_reason"] == reason
+        assert all(c["finish_reason"] is None for c in choices[:-1])
+    assert short[-2]["usage"]["completion_tokens"] == 40
+    assert 0 < long[-2]["usage"]["completion_tokens"] < 1900
+    assert small_server.proc.wait(timeout=20) == 0
+    assert "aborted 1 request(s) at the shutdown timeout" in small_server.log()
