@@ -68,7 +68,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
             assert FIELDS[f.name].section == section
             assert field_help(f.name) and "\n" not in field_help(f.name)
     flat = EngineConfig().flat()
-    assert len(flat) == 17
+    assert len(flat) == 18
     assert flat["block_size"] == 16 and flat["memory_fraction"] == 0.9
     assert flat["max_num_seqs"] == 256 and flat["max_num_batched_tokens"] == 2048
     assert flat["enable_prefix_caching"] is True and flat["model"] is None
