@@ -7,11 +7,20 @@ importable without loading torch.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "LLMEngine", "SamplingParams", "EngineConfig", "RequestOutput", "__version__"]
+__all__ = [
+    "LLM",
+    "LLMEngine",
+    "AsyncEngine",
+    "SamplingParams",
+    "EngineConfig",
+    "RequestOutput",
+    "__version__",
+]
 
 _LAZY = {
     "LLM": "minerva.engine.llm",
     "LLMEngine": "minerva.engine.llm_engine",
+    "AsyncEngine": "minerva.engine.async_engine",
     "RequestOutput": "minerva.engine.outputs",
     "SamplingParams": "minerva.sampling_params",
     "EngineConfig": "minerva.config",

@@ -138,8 +138,6 @@ class AsyncEngine:
         self._num_seqs_in_flight = 0
         self._draining = False
         self._idle: asyncio.Event | None = None
-        self._last_schedule = None
-        self._watch_schedule()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -361,7 +359,6 @@ class AsyncEngine:
         return aborted
 
     def _step(self) -> None:
-        self._last_schedule = None
         start = time.perf_counter()
         outputs = self.engine.step()
         duration = time.perf_counter() - start
@@ -369,7 +366,7 @@ class AsyncEngine:
         if outputs:
             self._call_soon(self._dispatch, outputs)
         if self.observer is not None:
-            sched, info = self._last_schedule, None
+            sched, info = self.engine.last_scheduler_output, None
             if sched is not None and not sched.is_empty:
                 info = StepInfo(
                     duration, sched.num_prefill_tokens, sched.num_decode_tokens, len(sched.requests)
@@ -378,18 +375,6 @@ class AsyncEngine:
                 self.observer.on_step(info, outputs, self._stats)
             except Exception:  # noqa: BLE001 - metrics must never stop generation
                 logger.exception("engine observer failed")
-
-    def _watch_schedule(self) -> None:
-        # LLMEngine.step() does not return its SchedulerOutput; remember it (per-step prefill and
-        # decode token counts and the batch size feed the step metrics).
-        scheduler = self.engine.scheduler
-        schedule = scheduler.schedule
-
-        def schedule_and_remember():
-            self._last_schedule = schedule()
-            return self._last_schedule
-
-        scheduler.schedule = schedule_and_remember
 
 
 def _settle(future: asyncio.Future, error: BaseException | None) -> None:

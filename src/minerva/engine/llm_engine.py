@@ -14,7 +14,7 @@ from minerva.engine.model_loading import LoadedModel, load_model
 from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
 from minerva.errors import RequestError
-from minerva.request import Request, RequestStatus
+from minerva.request import Request, RequestStatus, SchedulerOutput
 from minerva.runner import ModelRunner
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
@@ -67,6 +67,8 @@ class LLMEngine:
         self._seed_rng = random.Random(config.model.seed)
         self._ids = itertools.count()
         self._children: dict[str, list[Request]] = {}
+        self.last_scheduler_output: SchedulerOutput | None = None
+        """What the latest step() ran (for step metrics); None before the first step."""
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:
@@ -158,6 +160,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Run one step of the engine; returns the outputs that changed."""
         scheduled = self.scheduler.schedule()
+        self.last_scheduler_output = scheduled
         if not scheduled.is_empty:
             result = self.runner.execute(scheduled)
             self._update(scheduled, result)
