@@ -98,6 +98,8 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     flags = {name: getattr(args, f"server_{name}", None) for name in _FLAG_HELP}
     model_path = engine_config.model.model
+    if model_path is None:
+        print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     flags["served_model_name"] = served_model_name(
         engine_config.model.served_model_name, model_path
     )
