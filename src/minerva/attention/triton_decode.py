@@ -209,7 +209,9 @@ def decode_attention(
         part_out = torch.empty(
             (num_seqs, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
         )
-        part_lse = torch.empty((num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(
+            (num_seqs, num_heads, num_splits), dtype=torch.float32, device=q.device
+        )
     else:
         part_out, part_lse = out, out  # unused by the kernel
     k_cache, v_cache = kv_cache[0], kv_cache[1]  # [num_blocks, block_size, kvh, d]
