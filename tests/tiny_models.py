@@ -74,3 +74,16 @@ def hf_greedy(
             logits = torch.where(seen, pen, logits)
         ids.append(int(logits.argmax()))
     return ids[len(prompt) :], logits_per_step
+
+
+def build_tiny_text_model(path: Path, seed: int = 0, arch: str = "llama") -> Path:
+    """A tiny random model with a real byte-level BPE tokenizer (vocab 500) and chat template."""
+    from minerva.tokenizer import Tokenizer
+    from tests.tokenizer_fixtures import build_byte_level
+
+    build_byte_level(path, vocab_size=500)
+    tok = Tokenizer.from_folder(path)
+    build_tiny_model(
+        path, arch, seed=seed, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id
+    )
+    return path

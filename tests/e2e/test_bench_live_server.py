@@ -22,8 +22,7 @@ pytest.importorskip("matplotlib")
 from minerva import LLM, SamplingParams  # noqa: E402
 from minerva.bench.workloads import build_workload  # noqa: E402
 from minerva.tokenizer import Tokenizer  # noqa: E402
-from tests.tiny_models import build_tiny_model  # noqa: E402
-from tests.tokenizer_fixtures import build_byte_level  # noqa: E402
+from tests.tiny_models import build_tiny_text_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {
@@ -36,13 +35,7 @@ MAX_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def bench_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("bench_live_model")
-    build_byte_level(path, vocab_size=500)
-    tok = Tokenizer.from_folder(path)
-    build_tiny_model(
-        path, "llama", seed=3, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id
-    )
-    return path
+    return build_tiny_text_model(tmp_path_factory.mktemp("bench_live_model"), seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -17,19 +17,12 @@ from minerva.bench.workloads import build_workload
 from minerva.cli import main
 from minerva.errors import ConfigError
 from minerva.tokenizer import Tokenizer
-from tests.tiny_models import build_tiny_model
-from tests.tokenizer_fixtures import build_byte_level
+from tests.tiny_models import build_tiny_text_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench_model")
-    build_byte_level(path, vocab_size=500)
-    tok = Tokenizer.from_folder(path)
-    build_tiny_model(
-        path, "llama", seed=5, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id
-    )
-    return path
+    return build_tiny_text_model(tmp_path_factory.mktemp("bench_model"), seed=5)
 
 
 @pytest.fixture(scope="module")

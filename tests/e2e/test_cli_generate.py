@@ -9,20 +9,12 @@ import sys
 import pytest
 
 from minerva import LLM, SamplingParams
-from minerva.tokenizer import Tokenizer
-from tests.tiny_models import build_tiny_model
-from tests.tokenizer_fixtures import build_byte_level
+from tests.tiny_models import build_tiny_text_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli_model")
-    build_byte_level(path, vocab_size=500)
-    tok = Tokenizer.from_folder(path)
-    build_tiny_model(
-        path, "llama", seed=9, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id
-    )
-    return path
+    return build_tiny_text_model(tmp_path_factory.mktemp("cli_model"), seed=9)
 
 
 def minerva(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
