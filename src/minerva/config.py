@@ -74,6 +74,12 @@ class DeviceConfig:
 
     device: str = _field("auto", "Device: auto|cpu|cuda|cuda:N|mps.", normalize=str.lower)
     num_threads: int | None = _field(None, "CPU threads for torch (default: torch's own choice).")
+    attention_backend: str = _field(
+        "auto",
+        "Attention kernels: auto (Triton on CUDA, else torch) | triton | torch.",
+        normalize=str.lower,
+    )
+    enforce_eager: bool = _field(False, "Never use CUDA graphs (slower decode; for debugging).")
 
 
 @dataclass
@@ -296,6 +302,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)"),
     "device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, cuda, cuda:N or mps"),
     "num_threads": _POSITIVE,
+    "attention_backend": (lambda v: v in ("auto", "triton", "torch"), "auto, triton or torch"),
     "block_size": (_is_block_size, "a power of two from 1 to 256"),
     "memory_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "kv_cache_memory": (lambda v: v > 0, "a positive byte size"),

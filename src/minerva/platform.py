@@ -47,6 +47,13 @@ class Platform:
             return "Apple MPS"
         return f"CPU ({os.cpu_count()} cores)"
 
+    @property
+    def num_sms(self) -> int | None:
+        """Streaming multiprocessors of a CUDA GPU (kernel launch grids are sized from it)."""
+        if not self.is_cuda:
+            return None
+        return torch.cuda.get_device_properties(self.device).multi_processor_count
+
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         if self.is_cuda:
             return dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()

@@ -68,3 +68,33 @@ def test_seeded_sampling_same_alone_and_batched(tiny):
     alone = llm.generate([prompts[0]], p)[0].token_ids
     batch = llm.generate(prompts, [p] + [SamplingParams(max_tokens=12, seed=i) for i in range(4)])
     assert batch[0].token_ids == alone
+
+
+def _run_capturing(llm, prompts, params):
+    llm.engine.runner.captured_logits = []
+    outs = llm.generate(prompts, params)
+    return [o.token_ids for o in outs], llm.engine.runner.captured_logits
+
+
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 3e-2)])
+def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
+    """Graph replay (Triton) vs eager Triton vs the torch reference attention, same batches."""
+    path, _ = tiny
+    prompts = _prompts(6, 17)
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    runs = {}
+    for name, kw in {
+        "graphs": {},
+        "eager": dict(enforce_eager=True),
+        "torch": dict(attention_backend="torch"),
+    }.items():
+        llm = LLM(model=str(path), device="cuda", dtype=dtype, max_num_seqs=8, progress=False, **kw)
+        assert (llm.engine.runner.graphs is not None) == (name == "graphs")
+        runs[name] = _run_capturing(llm, prompts, params)
+    tokens, logits = runs["graphs"]
+    for other in ("eager", "torch"):
+        if dtype == "float32":
+            assert runs[other][0] == tokens
+        for a, b in zip(logits, runs[other][1]):
+            if a.shape == b.shape:
+                torch.testing.assert_close(a, b, atol=atol, rtol=0)

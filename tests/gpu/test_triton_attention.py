@@ -163,6 +163,18 @@ def test_decode_long_context_split_k(dtype, window):
         check(out[i], ref[i], dtype)
 
 
+def test_decode_large_batch_matches_reference():
+    """Enough (sequence, KV head) programs for the deeper-pipelined tile config."""
+    gen = seed("large-batch")
+    lens = torch.randint(1, 300, (64,), generator=gen).tolist()
+    kv_cache, meta = make_batch([1] * 64, lens, 64, 16, 8, 128, BF16, gen)
+    q = rand((64, 32, 128), BF16, gen, mult=2.0)
+    assert choose_num_splits(64, 8, max(lens), 132) == 1
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens, 128**-0.5, None, 1, out=out)
+    check(out, reference(q, kv_cache, meta, 128**-0.5, None), BF16)
+
+
 @pytest.mark.parametrize("num_splits", [1, 4])
 def test_decode_padded_rows_output_zeros(num_splits):
     gen = torch.Generator().manual_seed(3)
@@ -314,6 +326,7 @@ def test_backend_mixed_batch_matches_reference(dtype, window, forced_splits):
 def test_choose_num_splits():
     assert choose_num_splits(1, 8, 4096, 132) == 16  # 8 programs: split to fill the GPU
     assert choose_num_splits(8, 8, 1024, 132) == 4  # capped by >= 256 tokens per split
+    assert choose_num_splits(8, 8, 4096, 132) == 8  # towards four programs per SM
     assert choose_num_splits(64, 8, 4096, 132) == 1  # 512 programs already fill it
     assert choose_num_splits(1, 8, 100, 132) == 1  # short context: one split
     for n in (1, 2, 3, 5, 8):

@@ -41,6 +41,9 @@ def _kernels():
 class TritonAttention:
     """Paged attention through Triton kernels (CUDA). Stateless apart from the SM count."""
 
+    name = "triton"
+    graph_safe = True  # decode-only steps read no host values (see the module docstring)
+
     def __init__(self, num_sms: int | None = None) -> None:
         self.num_sms = num_sms
 
@@ -59,6 +62,12 @@ class TritonAttention:
         """k, v [num_tokens, KVH, D] into kv_cache [2, num_blocks, block_size, KVH, D];
         slot -1 (padding) is skipped."""
         _kernels()[2].write_kv(kv_cache, k, v, slot_mapping)
+
+    def splits_for(self, num_seqs: int, num_kv_heads: int, max_seq_len: int, device) -> int:
+        """Split-K count for a decode batch whose contexts may reach max_seq_len (graph buckets)."""
+        return _kernels()[0].choose_num_splits(
+            num_seqs, num_kv_heads, max_seq_len, self._sm_count(device)
+        )
 
     def decode_splits(self, meta: AttentionMetadata, num_kv_heads: int, device) -> int:
         """Splits for this step's decode rows, computed once per step and shared by all layers."""

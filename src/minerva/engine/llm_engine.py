@@ -16,6 +16,7 @@ from minerva.engine.outputs import RequestOutput
 from minerva.errors import RequestError
 from minerva.request import Request, RequestStatus, SchedulerOutput
 from minerva.runner import ModelRunner
+from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
 
@@ -62,6 +63,7 @@ class LLMEngine:
             config.cache.block_size,
             loaded.hf_config.vocab_size,
             self.platform.device,
+            graphs=self._capture_graphs(loaded) if self._use_graphs(loaded) else None,
         )
         self.output_processor = OutputProcessor(self.tokenizer)
         self._seed_rng = random.Random(config.model.seed)
@@ -69,6 +71,25 @@ class LLMEngine:
         self._children: dict[str, list[Request]] = {}
         self.last_scheduler_output: SchedulerOutput | None = None
         """What the latest step() ran (for step metrics); None before the first step."""
+
+    def _use_graphs(self, loaded: LoadedModel) -> bool:
+        backend = loaded.attention_backend
+        return self.platform.is_cuda and backend.graph_safe and not self.config.device.enforce_eager
+
+    def _capture_graphs(self, loaded: LoadedModel) -> CudaGraphRunner:
+        backend, device = loaded.attention_backend, self.platform.device
+        kv_heads = loaded.hf_config.num_key_value_heads
+        graphs = CudaGraphRunner(
+            loaded.model,
+            loaded.kv_caches,
+            self.config.cache.block_size,
+            self.config.scheduler.max_num_seqs,
+            self.max_model_len,
+            device,
+            num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
+        )
+        graphs.capture()
+        return graphs
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:

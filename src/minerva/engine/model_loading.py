@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from minerva.attention import select_attention_backend
 from minerva.config import EngineConfig
 from minerva.errors import ConfigError, ModelLoadError
 from minerva.loader import iter_checkpoint_tensors, load_generation_config, load_model_config
@@ -33,6 +34,7 @@ class LoadedModel:
     kv_caches: list[torch.Tensor]
     num_kv_blocks: int
     weight_bytes: int
+    attention_backend: object
 
 
 def resolve_model_path(config: EngineConfig) -> Path:
@@ -99,6 +101,10 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
             iter_checkpoint_tensors(path, device=platform.device, dtype=dtype, progress=progress)
         )
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    backend = select_attention_backend(
+        config.device.attention_backend, platform.kind, platform.num_sms
+    )
+    model.set_attention_backend(backend)
 
     kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
     spec = KVCacheSpec(
@@ -139,6 +145,7 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         kv_caches=kv_caches,
         num_kv_blocks=num_blocks,
         weight_bytes=weight_bytes,
+        attention_backend=backend,
     )
 
 

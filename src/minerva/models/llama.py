@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minerva.attention import AttentionMetadata, paged_attention, write_kv
+from minerva.attention import AttentionMetadata, TorchAttention
 from minerva.errors import ModelLoadError
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
@@ -35,6 +35,7 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.window = window
         self.layer_idx = layer_idx
+        self.backend = TorchAttention()  # replaced by set_attention_backend
         h = config.hidden_size
         self.qkv_proj = nn.Linear(
             h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias, dtype=dtype
@@ -54,8 +55,10 @@ class Attention(nn.Module):
         qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        write_kv(kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping)
-        out = paged_attention(q, kv_cache, meta, self.scale, self.window)
+        self.backend.write_kv(
+            kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping
+        )
+        out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
         return F.linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
@@ -114,6 +117,11 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
+
+    def set_attention_backend(self, backend) -> None:
+        """Use `backend` (torch reference or Triton) in every attention layer."""
+        for layer in self.model.layers:
+            layer.self_attn.backend = backend
 
     def init_rope(self, device: torch.device) -> None:
         """Build the cos/sin tables once, on the device, in the model dtype."""

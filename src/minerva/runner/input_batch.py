@@ -1,4 +1,8 @@
-"""SchedulerOutput -> the flat tensors of one forward step (ids, positions, attention metadata)."""
+"""SchedulerOutput -> the flat arrays of one forward step (ids, positions, attention metadata).
+
+Built on the host with numpy (`HostInputs`), then moved to the device in one copy per array
+(`to_device`), or copied into a captured CUDA graph's static buffers.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,37 @@ from minerva.request import Request, SchedulerOutput
 
 
 @dataclass
-class StepInputs:
-    input_ids: torch.Tensor  # [num_tokens] int64
-    positions: torch.Tensor  # [num_tokens] int64
-    meta: AttentionMetadata
-    logits_indices: torch.Tensor  # [num_sampling] int64: last token of each sampling request
+class HostInputs:
+    input_ids: np.ndarray  # [num_tokens] int64
+    positions: np.ndarray  # [num_tokens] int64
+    slot_mapping: np.ndarray  # [num_tokens] int64
+    block_tables: np.ndarray  # [num_seqs, max_blocks] int32
+    seq_lens: np.ndarray  # [num_seqs] int32
+    query_start_loc: np.ndarray  # [num_seqs + 1] int32
+    logits_indices: np.ndarray  # [num_sampling] int64: last token of each sampling request
+    num_decodes: int
     sampling_requests: list[Request]  # the requests that sample this step, in logits order
     sampling_rows: list[int]  # their row in the SchedulerOutput
 
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens)
 
-def prepare_inputs(out: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
-    """Build the step's tensors on the host with numpy, then move them in one go per tensor."""
+    @property
+    def is_pure_decode(self) -> bool:
+        """Every sequence computes one token and samples (the CUDA-graph case)."""
+        return self.num_decodes == self.num_seqs == len(self.sampling_requests)
+
+
+@dataclass
+class StepInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor
+
+
+def build_host_inputs(out: SchedulerOutput, block_size: int) -> HostInputs:
     num_seqs = len(out.requests)
     total = out.total_num_scheduled_tokens
     input_ids = np.empty(total, dtype=np.int64)
@@ -55,30 +79,46 @@ def prepare_inputs(out: SchedulerOutput, block_size: int, device: torch.device) 
             logits_indices.append(offset - 1)
             sampling_requests.append(req)
             sampling_rows.append(i)
+    return HostInputs(
+        input_ids=input_ids,
+        positions=positions,
+        slot_mapping=slot_mapping,
+        block_tables=block_tables,
+        seq_lens=seq_lens,
+        query_start_loc=query_start_loc,
+        logits_indices=np.asarray(logits_indices, dtype=np.int64),
+        num_decodes=num_decodes,
+        sampling_requests=sampling_requests,
+        sampling_rows=sampling_rows,
+    )
 
-    def to_dev(a: np.ndarray) -> torch.Tensor:
+
+def to_device(host: HostInputs, device: torch.device) -> StepInputs:
+    def move(a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
         if device.type == "cuda":
             return t.pin_memory().to(device, non_blocking=True)
         return t.to(device)
 
-    query_lens = [int(x) for x in out.num_scheduled_tokens]
     meta = AttentionMetadata(
-        slot_mapping=to_dev(slot_mapping),
-        block_tables=to_dev(block_tables),
-        seq_lens=to_dev(seq_lens),
-        query_start_loc=to_dev(query_start_loc),
-        num_decodes=num_decodes,
-        max_query_len=max(query_lens),
-        max_seq_len=int(seq_lens.max()),
-        seq_lens_cpu=seq_lens.tolist(),
-        query_start_loc_cpu=query_start_loc.tolist(),
+        slot_mapping=move(host.slot_mapping),
+        block_tables=move(host.block_tables),
+        seq_lens=move(host.seq_lens),
+        query_start_loc=move(host.query_start_loc),
+        num_decodes=host.num_decodes,
+        max_query_len=int(np.diff(host.query_start_loc).max()),
+        max_seq_len=int(host.seq_lens.max()),
+        seq_lens_cpu=host.seq_lens.tolist(),
+        query_start_loc_cpu=host.query_start_loc.tolist(),
     )
     return StepInputs(
-        input_ids=to_dev(input_ids),
-        positions=to_dev(positions),
+        input_ids=move(host.input_ids),
+        positions=move(host.positions),
         meta=meta,
-        logits_indices=to_dev(np.asarray(logits_indices, dtype=np.int64)),
-        sampling_requests=sampling_requests,
-        sampling_rows=sampling_rows,
+        logits_indices=move(host.logits_indices),
     )
+
+
+def prepare_inputs(out: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
+    """Host arrays and their device copies in one call (eager steps, scoring)."""
+    return to_device(build_host_inputs(out, block_size), device)

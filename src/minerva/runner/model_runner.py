@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
-from minerva.runner.input_batch import StepInputs, prepare_inputs
+from minerva.runner.cuda_graphs import CudaGraphRunner
+from minerva.runner.input_batch import HostInputs, build_host_inputs, to_device
 from minerva.sampler import Sampler, SamplingMetadata
 
 
@@ -21,27 +22,41 @@ class ModelRunner:
         block_size: int,
         vocab_size: int,
         device: torch.device,
+        graphs: CudaGraphRunner | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.vocab_size = vocab_size
         self.device = device
+        self.graphs = graphs
         self.sampler = Sampler()
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
-        inputs = prepare_inputs(out, self.block_size, self.device)
-        logits = self.model(
-            inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, inputs.logits_indices
-        )  # [num_sampling, vocab]
+        host = build_host_inputs(out, self.block_size)
+        if (
+            self.graphs is not None
+            and host.is_pure_decode
+            and self.graphs.bucket_for(host.num_seqs)
+        ):
+            logits = self.graphs.run(host)
+        else:
+            inputs = to_device(host, self.device)
+            logits = self.model(
+                inputs.input_ids,
+                inputs.positions,
+                self.kv_caches,
+                inputs.meta,
+                inputs.logits_indices,
+            )  # [num_sampling, vocab]
         if self.captured_logits is not None:
             self.captured_logits.append(logits.detach().cpu().clone())
         sampled: list[int | None] = [None] * len(out.requests)
         logprobs: list[Logprobs | None] = [None] * len(out.requests)
-        if inputs.sampling_requests:
-            self._sample(logits, inputs, sampled, logprobs)
+        if host.sampling_requests:
+            self._sample(logits, host, sampled, logprobs)
         return RunnerOutput(
             request_ids=[r.request_id for r in out.requests],
             sampled_token_ids=sampled,
@@ -51,7 +66,7 @@ class ModelRunner:
     def _sample(
         self,
         logits: torch.Tensor,
-        inputs: StepInputs,
+        inputs: HostInputs,
         sampled: list[int | None],
         logprobs: list[Logprobs | None],
     ) -> None:

@@ -1,0 +1,134 @@
+"""CUDA graphs for decode steps: one graph per batch-size bucket, all sharing one memory pool.
+
+A decode step launches hundreds of small kernels; replaying a captured graph removes their
+launch cost. Inputs go into static buffers (padding rows get seq_len 0 and slot -1, which the
+Triton kernels skip); the graph writes logits into a static output. Prefill and mixed steps
+run eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from minerva.attention import AttentionMetadata
+from minerva.attention.triton_backend import DECODE_SPLITS_KEY
+from minerva.runner.input_batch import HostInputs
+
+logger = logging.getLogger(__name__)
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+
+
+def graph_buckets(max_num_seqs: int) -> list[int]:
+    buckets = [b for b in BUCKETS if b < max_num_seqs]
+    return buckets + [max_num_seqs]
+
+
+class CudaGraphRunner:
+    """Captures the model's decode forward for each bucket; `run` replays the smallest that fits."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        kv_caches: list[torch.Tensor],
+        block_size: int,
+        max_num_seqs: int,
+        max_model_len: int,
+        device: torch.device,
+        num_decode_splits,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.device = device
+        self.buckets = graph_buckets(max_num_seqs)
+        self.num_decode_splits = num_decode_splits  # bucket -> splits for max_model_len contexts
+        n, max_blocks = self.buckets[-1], math.ceil(max_model_len / block_size)
+        # Static device buffers and pinned host staging of the same shapes.
+        self.static = {
+            "input_ids": torch.zeros(n, dtype=torch.int64, device=device),
+            "positions": torch.zeros(n, dtype=torch.int64, device=device),
+            "slot_mapping": torch.full((n,), -1, dtype=torch.int64, device=device),
+            "seq_lens": torch.zeros(n, dtype=torch.int32, device=device),
+            "block_tables": torch.zeros(n, max_blocks, dtype=torch.int32, device=device),
+        }
+        self.staging = {
+            k: torch.empty_like(v, device="cpu").pin_memory() for k, v in self.static.items()
+        }
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.pool = None
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        s = self.static
+        meta = AttentionMetadata(
+            slot_mapping=s["slot_mapping"][:b],
+            block_tables=s["block_tables"][:b],
+            seq_lens=s["seq_lens"][:b],
+            query_start_loc=self.query_start_loc[: b + 1],
+            num_decodes=b,
+            max_query_len=1,
+            max_seq_len=s["block_tables"].shape[1],
+            seq_lens_cpu=[0] * b,  # only its length is read on this path
+            query_start_loc_cpu=list(range(b + 1)),
+        )
+        meta.extras[DECODE_SPLITS_KEY] = self.num_decode_splits(b)
+        return meta
+
+    def _forward(self, b: int) -> torch.Tensor:
+        return self.model(
+            self.static["input_ids"][:b],
+            self.static["positions"][:b],
+            self.kv_caches,
+            self._meta(b),
+            self.logits_indices[:b],
+        )
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every bucket, largest first so smaller graphs reuse its pool."""
+        for b in reversed(self.buckets):
+            self._forward(b)  # warm-up: compiles kernels, settles the allocator
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                out = self._forward(b)
+            if self.pool is None:
+                self.pool = graph.pool()
+            self.graphs[b], self.outputs[b] = graph, out
+        torch.cuda.synchronize(self.device)
+        logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
+
+    def bucket_for(self, num_seqs: int) -> int | None:
+        return next((b for b in self.buckets if b >= num_seqs), None)
+
+    def run(self, host: HostInputs) -> torch.Tensor:
+        """Replay the graph for a pure-decode step; returns logits [num_seqs, vocab]."""
+        n = host.num_seqs
+        b = self.bucket_for(n)
+        width = host.block_tables.shape[1]
+        stage, static = self.staging, self.static
+        _fill(stage["input_ids"], host.input_ids, b, 0)
+        _fill(stage["positions"], host.positions, b, 0)
+        _fill(stage["slot_mapping"], host.slot_mapping, b, -1)
+        _fill(stage["seq_lens"], host.seq_lens, b, 0)
+        stage["block_tables"][:n, :width].numpy()[:] = host.block_tables
+        for key in ("input_ids", "positions", "slot_mapping", "seq_lens"):
+            static[key][:b].copy_(stage[key][:b], non_blocking=True)
+        static["block_tables"][:n, :width].copy_(
+            stage["block_tables"][:n, :width], non_blocking=True
+        )
+        self.graphs[b].replay()
+        return self.outputs[b][:n]
+
+
+def _fill(buffer: torch.Tensor, values: np.ndarray, size: int, pad: int) -> None:
+    view = buffer[:size].numpy()
+    view[: len(values)] = values
+    view[len(values) :] = pad
