@@ -82,6 +82,35 @@ def timed_generate(llm, prompts, params) -> float:
     return time.perf_counter() - t
 
 
+def transformers_decode(folder: Path, prompt: list[int], n: int = 64) -> dict:
+    """transformers generate, batch 1, dynamic cache: decode tok/s = n / (t(1+n) - t(1))."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    ids = torch.tensor([prompt], device="cuda")
+
+    def run(k: int) -> float:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                ids,
+                max_new_tokens=k,
+                min_new_tokens=k,
+                do_sample=False,
+                attention_mask=torch.ones_like(ids),
+                pad_token_id=0,
+            )
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(4)
+    t1, tn = run(1), run(1 + n)
+    return {"decode_tok_s": n / (tn - t1), "ttft_s": t1, "cache": "dynamic", "attn": "sdpa"}
+
+
 def main() -> None:
     from minerva import LLM, SamplingParams
 
@@ -89,6 +118,12 @@ def main() -> None:
     ap.add_argument("--shape", default="mistral-7b", choices=list(SHAPES))
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
     ap.add_argument("--output", default="benchmarks/results")
+    ap.add_argument(
+        "--transformers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time transformers generate (bf16, sdpa, dynamic cache) at batch 1",
+    )
     args = ap.parse_args()
 
     roofline_bw = copy_bandwidth()
@@ -127,6 +162,11 @@ def main() -> None:
         dt = timed_generate(llm, ps, greedy(128))
         throughput[b] = b * 128 / dt
     roofline_tok_s = roofline_bw / 2 / weight_bytes
+    graphs = llm.engine.runner.graphs is not None
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    del llm
+    torch.cuda.empty_cache()
+    hf = transformers_decode(folder, p128[0]) if args.transformers else None
     result = {
         "benchmark": "gpu_bench",
         "gpu": torch.cuda.get_device_name(),
@@ -141,8 +181,10 @@ def main() -> None:
         "prefill512_ttft_s": ttft512,
         "prefill512_tok_s": 512 / ttft512,
         "throughput_128in_128out_tok_s": throughput,
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "num_kv_blocks": llm.engine.kv_cache_manager.num_blocks,
+        "peak_memory_gib": peak_gib,
+        "cuda_graphs": graphs,
+        "transformers": hf,
+        "decode_ratio_to_transformers": decode_tok_s / hf["decode_tok_s"] if hf else None,
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
