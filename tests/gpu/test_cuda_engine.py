@@ -76,7 +76,7 @@ def _run_capturing(llm, prompts, params):
     return [o.token_ids for o in outs], llm.engine.runner.captured_logits
 
 
-@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 3e-2)])
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 6e-2)])
 def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
     """Graph replay (Triton) vs eager Triton vs the torch reference attention, same batches."""
     path, _ = tiny
