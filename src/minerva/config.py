@@ -92,7 +92,7 @@ class CacheConfig:
     )
     kv_cache_memory: int | None = _field(
         None,
-        "KV cache size in bytes, e.g. 4GiB, 512MB, 1.5G (default: from memory_fraction).",
+        "KV cache bytes, e.g. 4GiB, 512MB (default: memory_fraction on GPU; on CPU 5% of free RAM, at most 2 GiB).",
         byte_size=True,
     )
     num_kv_blocks: int | None = _field(

@@ -10,8 +10,8 @@ import torch
 from minerva.errors import ConfigError
 from minerva.platform import Platform
 
-CPU_DEFAULT_FRACTION = 0.1  # of available RAM
-CPU_DEFAULT_CAP = 4 << 30  # bytes
+CPU_DEFAULT_FRACTION = 0.05  # of available RAM
+CPU_DEFAULT_CAP = 2 << 30  # bytes
 
 
 @dataclass(frozen=True)
