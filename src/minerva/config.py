@@ -80,6 +80,9 @@ class DeviceConfig:
         normalize=str.lower,
     )
     enforce_eager: bool = _field(False, "Never use CUDA graphs (slower decode; for debugging).")
+    fused_kernels: bool = _field(
+        True, "Fused Triton kernels for add+RMSNorm, SiLU*mul and RoPE on CUDA (off = torch ops)."
+    )
 
 
 @dataclass

@@ -14,6 +14,7 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype))
         self.eps = eps
+        self.fused = None  # models.triton_ops on CUDA (set by use_fused_kernels)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
@@ -25,6 +26,9 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.fused is not None:
+            out, new_residual = self.fused.add_rms_norm(x, residual, self.weight, self.eps)
+            return out if residual is None else (out, new_residual)
         if residual is None:
             return self._norm(x)
         residual = x + residual  # the new residual stream
@@ -39,6 +43,7 @@ class GatedMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.intermediate_size = intermediate_size
+        self.fused = None  # models.triton_ops on CUDA (set by use_fused_kernels)
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
 

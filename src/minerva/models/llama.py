@@ -36,6 +36,7 @@ class Attention(nn.Module):
         self.window = window
         self.layer_idx = layer_idx
         self.backend = TorchAttention()  # replaced by set_attention_backend
+        self.rope = apply_rope  # models.triton_ops.apply_rope on CUDA (use_fused_kernels)
         h = config.hidden_size
         self.qkv_proj = nn.Linear(
             h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias, dtype=dtype
@@ -53,7 +54,7 @@ class Attention(nn.Module):
         num_tokens = x.shape[0]
         qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        qk = apply_rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
+        qk = self.rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
         self.backend.write_kv(
             kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping
@@ -122,6 +123,16 @@ class LlamaForCausalLM(nn.Module):
         """Use `backend` (torch reference or Triton) in every attention layer."""
         for layer in self.model.layers:
             layer.self_attn.backend = backend
+
+    def use_fused_kernels(self) -> None:
+        """Swap the torch glue (add + RMSNorm, SiLU * mul, RoPE) for fused Triton kernels."""
+        from minerva.models import triton_ops  # noqa: PLC0415 - needs triton (CUDA only)
+
+        for module in self.modules():
+            if hasattr(module, "fused"):
+                module.fused = triton_ops
+            if isinstance(module, Attention):
+                module.rope = triton_ops.apply_rope
 
     def init_rope(self, device: torch.device) -> None:
         """Build the cos/sin tables once, on the device, in the model dtype."""

@@ -1,0 +1,100 @@
+"""Fused Triton kernels for the layer glue on CUDA: add + RMSNorm, SiLU * mul, RoPE.
+
+Each replaces several small torch kernels whose launch and latency cost dominates a batch-1
+decode step. The torch code in layers.py / rope.py is the slow twin (tests/gpu compare them).
+Rounding follows transformers: the residual sum is rounded to the model dtype before it is
+normalised, and the normalised value is rounded before the weight multiplies it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
+    HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        x = x + tl.load(res_ptr + row * n_cols + cols, mask=mask, other=0.0)
+        tl.store(res_out_ptr + row * n_cols + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+    normed = (xf * inv).to(x.dtype)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * n_cols + cols, (w * normed).to(x.dtype), mask=mask)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rms_norm(x + residual) * weight, x + residual) for contiguous [T, H] tensors."""
+    x = x.contiguous()
+    rows, cols = x.shape
+    out = torch.empty_like(x)
+    res_out = torch.empty_like(x) if residual is not None else None
+    block = triton.next_power_of_2(cols)
+    _add_rms_norm_kernel[(rows,)](
+        x, residual.contiguous() if residual is not None else x, weight, out,
+        res_out if res_out is not None else out, cols, eps,
+        HAS_RES=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 16),
+    )  # fmt: skip
+    return out, res_out
+
+
+@triton.jit
+def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < inter
+    gate = tl.load(x_ptr + row * 2 * inter + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_ptr + row * 2 * inter + inter + cols, mask=mask, other=0.0)
+    silu = (gate / (1.0 + tl.exp(-gate))).to(up.dtype)  # rounded like F.silu's output
+    tl.store(out_ptr + row * inter + cols, silu * up, mask=mask)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] (gate | up) -> silu(gate) * up, [T, I]."""
+    gate_up = gate_up.contiguous()
+    rows, two_i = gate_up.shape
+    inter = two_i // 2
+    out = torch.empty(rows, inter, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block)
+    return out
+
+
+@triton.jit
+def _rope_kernel(
+    x_ptr, cos_ptr, sin_ptr, out_ptr, x_stride_t, x_stride_h, num_heads, D: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    half: tl.constexpr = D // 2
+    d = tl.arange(0, D)
+    rolled = (d + half) % D  # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi]
+    base = x_ptr + t * x_stride_t + h * x_stride_h
+    x = tl.load(base + d)
+    xr = tl.load(base + rolled)
+    c = tl.load(cos_ptr + t * D + d)
+    s = tl.load(sin_ptr + t * D + d)
+    y = x * c + xr * s  # in the model dtype, like the torch path
+    tl.store(out_ptr + (t * num_heads + h) * D + d, y)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] (last dim contiguous, any row stride) -> rotated copy [T, heads, D];
+    cos / sign-folded sin [T, 1, D] as in rope.apply_rope."""
+    t, heads, d = x.shape
+    out = torch.empty(t, heads, d, dtype=x.dtype, device=x.device)
+    cos = cos.reshape(t, d).contiguous()
+    sin_signed = sin_signed.reshape(t, d).contiguous()
+    _rope_kernel[(t, heads)](x, cos, sin_signed, out, x.stride(0), x.stride(1), heads, D=d)
+    return out

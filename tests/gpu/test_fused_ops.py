@@ -1,0 +1,67 @@
+"""Fused Triton glue kernels against their torch twins (CUDA only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@pytest.fixture(params=[torch.float32, torch.bfloat16, torch.float16], ids=str)
+def dtype(request):
+    return request.param
+
+
+@pytest.mark.parametrize("rows, hidden", [(1, 64), (7, 576), (33, 4096), (5, 2050)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_add_rms_norm(dtype, rows, hidden, with_residual):
+    from minerva.models.layers import RMSNorm
+    from minerva.models.triton_ops import add_rms_norm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(hidden, 1e-5, dtype).cuda()
+    norm.weight.data.normal_(1.0, 0.1)
+    x = torch.randn(rows, hidden, dtype=dtype, device="cuda") * 3
+    res = torch.randn(rows, hidden, dtype=dtype, device="cuda") if with_residual else None
+    out, new_res = add_rms_norm(x, res, norm.weight, 1e-5)
+    if with_residual:
+        ref, ref_res = norm(x, res)
+        torch.testing.assert_close(new_res, ref_res, atol=0, rtol=0)
+    else:
+        ref = norm(x)
+    torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("rows, inter", [(1, 128), (9, 1536), (64, 14336), (3, 1000)])
+def test_silu_and_mul(dtype, rows, inter):
+    from minerva.models.triton_ops import silu_and_mul
+
+    x = torch.randn(rows, 2 * inter, dtype=dtype, device="cuda") * 4
+    gate, up = x.split(inter, dim=-1)
+    ref = F.silu(gate) * up
+    torch.testing.assert_close(
+        silu_and_mul(x).float(), ref.float(), atol=TOL[dtype] * 4, rtol=TOL[dtype]
+    )
+
+
+@pytest.mark.parametrize("tokens, heads, head_dim", [(1, 40, 128), (17, 12, 64), (300, 3, 32)])
+def test_rope_matches_torch_on_strided_q_k(dtype, tokens, heads, head_dim):
+    from minerva.models import triton_ops
+    from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+
+    cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
+    pos = torch.randint(0, 4096, (tokens,))
+    cos = cos[pos].to("cuda", dtype).unsqueeze(1)
+    sin = fold_sin(sin)[pos].to("cuda", dtype).unsqueeze(1)
+    qkv = torch.randn(tokens, heads + 8, head_dim, dtype=dtype, device="cuda")
+    x = qkv[:, :heads]  # a strided view, as in the model
+    ref = apply_rope(x, cos, sin)
+    out = triton_ops.apply_rope(x, cos, sin)
+    torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype] * 4, rtol=TOL[dtype])
