@@ -78,10 +78,13 @@ def _run_capturing(llm, prompts, params):
 
 @pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 6e-2)])
 def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
-    """Graph replay (Triton) vs eager Triton vs the torch reference attention, same batches."""
+    """Graph replay + fused kernels vs eager vs the torch reference (attention and glue)."""
     path, _ = tiny
     prompts = _prompts(6, 17)
-    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    # bf16 runs may pick different tokens at near-ties, after which logits are not comparable:
+    # compare the prefill and the first (graph-replayed) decode step there.
+    steps = 12 if dtype == "float32" else 2
+    params = SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True)
     runs = {}
     for name, kw in {
         "graphs": {},
@@ -93,8 +96,11 @@ def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
         runs[name] = _run_capturing(llm, prompts, params)
     tokens, logits = runs["graphs"]
     for other in ("eager", "torch"):
+        other_tokens, other_logits = runs[other]
         if dtype == "float32":
-            assert runs[other][0] == tokens
-        for a, b in zip(logits, runs[other][1]):
-            if a.shape == b.shape:
-                torch.testing.assert_close(a, b, atol=atol, rtol=0)
+            assert other_tokens == tokens
+        elif [t[0] for t in other_tokens] != [t[0] for t in tokens]:
+            other_logits = other_logits[:1]  # first tokens differ: only the prefill compares
+        for a, b in zip(logits, other_logits):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=atol, rtol=0)
