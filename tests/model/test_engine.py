@@ -177,3 +177,18 @@ def test_abort_frees_blocks_at_any_point(llm):
     assert not engine.has_unfinished_requests()
     assert kv.num_free_blocks == free_before
     assert {o.finish_reason for o in outs if o.finished} <= {"abort"}
+
+
+def test_score_matches_transformers_and_frees_blocks(llm, model_dir):
+    _, hf, tok = model_dir
+    ids = tok.encode(PROMPTS[4] + " " + PROMPTS[1])
+    kv = llm.engine.kv_cache_manager
+    free = kv.num_free_blocks
+    ours = torch.tensor(llm.engine.score(ids))
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    ref = ref.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    assert kv.num_free_blocks == free
+    with pytest.raises(RequestError):
+        llm.engine.score(ids[:1])

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from minerva import LLM, SamplingParams
 from minerva.demo import DEMO_MODEL_FILES, demo_model_path
 from minerva.errors import ModelLoadError
-from minerva.request import Request, SchedulerOutput
-from minerva.runner.input_batch import prepare_inputs
 from minerva.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,27 +115,14 @@ def test_greedy_generation_matches_transformers(llm: LLM, hf_model) -> None:
 
 
 def _minerva_heldout_nll(llm: LLM, ids: list[int], bos_id: int) -> tuple[float, int]:
-    """The model card's protocol (scripts/train_demo_model.py: heldout_nll) run through
-    Minerva's model: each chunk is one prefill on fresh KV blocks; logits at every position."""
-    runner = llm.engine.runner
+    """The model card's protocol (scripts/train_demo_model.py: heldout_nll) through Minerva:
+    each chunk of context - 1 tokens after a BOS is scored in one prefill (LLMEngine.score)."""
     context = llm.engine.max_model_len
-    block_size = runner.block_size
-    num_blocks = -(-context // block_size) + 1  # + the null block 0
-    kv_caches = [torch.zeros_like(c[:, :num_blocks]) for c in runner.kv_caches]
     total, count = 0.0, 0
     for start in range(0, len(ids), context - 1):
         chunk = ids[start : start + context - 1]
-        tokens = [bos_id, *chunk]
-        request = Request("ppl", tokens, SamplingParams())
-        request.block_ids = list(range(1, -(-len(tokens) // block_size) + 1))
-        batch = SchedulerOutput(requests=[request], num_scheduled_tokens=[len(tokens)])
-        inputs = prepare_inputs(batch, block_size, runner.device)
-        rows = torch.arange(len(chunk))  # logits at position i predict token i + 1
-        with torch.inference_mode():
-            logits = runner.model(
-                inputs.input_ids, inputs.positions, kv_caches, inputs.meta, rows
-            )  # [len(chunk), vocab]
-        total += F.cross_entropy(logits, torch.tensor(chunk), reduction="sum").item()
+        logprobs = llm.engine.score([bos_id, *chunk])  # logprob of each chunk token
+        total -= sum(logprobs)
         count += len(chunk)
     return total, count
 

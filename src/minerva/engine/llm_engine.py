@@ -164,6 +164,22 @@ class LLMEngine:
             )
         return max_tokens
 
+    def score(self, token_ids: list[int]) -> list[float]:
+        """Log-probabilities of tokens 1..n-1 given their prefixes (perplexity, bench checks).
+
+        Runs between steps as one prefill on blocks borrowed from the KV pool."""
+        n = len(token_ids)
+        if not 2 <= n <= self.max_model_len:
+            raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {n}")
+        self._validate(token_ids[:1], SamplingParams(max_tokens=1))
+        req = Request(f"score-{next(self._ids)}", list(token_ids), SamplingParams(max_tokens=1))
+        if not self.kv_cache_manager.allocate_slots(req, n):
+            raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
+        try:
+            return self.runner.score(req)
+        finally:
+            self.kv_cache_manager.free(req)
+
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Finish requests at once (queued, prefilling or decoding); their blocks are freed."""
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
+from minerva.request import Logprobs, Request, RunnerOutput, SchedulerOutput
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import HostInputs, build_host_inputs, to_device
 from minerva.sampler import Sampler, SamplingMetadata
@@ -62,6 +62,18 @@ class ModelRunner:
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+    @torch.inference_mode()
+    def score(self, request: Request) -> list[float]:
+        """Log-probability of each token of `request` given the ones before it (one prefill;
+        the request's blocks must be allocated). Returns num_tokens - 1 values."""
+        n = request.num_tokens
+        step = SchedulerOutput(requests=[request], num_scheduled_tokens=[n], num_prefill_tokens=n)
+        inputs = to_device(build_host_inputs(step, self.block_size), self.device)
+        every = torch.arange(n - 1, device=self.device)
+        logits = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, every)
+        logprobs = torch.log_softmax(logits, dim=-1)  # [n - 1, vocab]
+        return logprobs.gather(1, inputs.input_ids[1:].unsqueeze(1)).squeeze(1).tolist()
 
     def _sample(
         self,

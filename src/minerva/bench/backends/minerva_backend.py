@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from minerva.bench.backends.base import OfflineBackend
-from minerva.request import Request, SchedulerOutput
-from minerva.runner.input_batch import prepare_inputs
 from minerva.sampling_params import SamplingParams
 
 
@@ -57,28 +53,8 @@ class MinervaBackend(OfflineBackend):
         params = [self._params(n, ignore_eos) for n in max_tokens]
         return [list(out.token_ids) for out in self.llm.generate(prompts, params)]
 
-    @torch.inference_mode()
     def token_logprobs(self, token_ids: list[int]) -> list[float]:
-        # A one-off prefill that keeps the logits of every position (the engine only computes
-        # them for the last one): blocks from the engine's pool, freed right after.
-        n = len(token_ids)
-        req = Request("bench-score", list(token_ids), SamplingParams(max_tokens=1))
-        kv = self.engine.kv_cache_manager
-        if not kv.allocate_slots(req, n):
-            raise RuntimeError(f"not enough KV cache blocks to score a {n}-token window")
-        try:
-            step = SchedulerOutput(requests=[req], num_scheduled_tokens=[n], num_prefill_tokens=n)
-            runner = self.engine.runner
-            inputs = prepare_inputs(step, kv.block_size, runner.device)
-            every = torch.arange(n, device=runner.device)
-            logits = runner.model(
-                inputs.input_ids, inputs.positions, runner.kv_caches, inputs.meta, every
-            )  # [n, vocab] float32
-            logprobs = torch.log_softmax(logits[:-1], dim=-1)
-            targets = inputs.input_ids[1:].unsqueeze(1)  # [n - 1, 1]
-            return logprobs.gather(1, targets).squeeze(1).tolist()
-        finally:
-            kv.free(req)
+        return self.engine.score(list(token_ids))
 
     def close(self) -> None:
         del self.llm, self.engine
