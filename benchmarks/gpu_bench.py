@@ -210,7 +210,9 @@ def main() -> None:
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"gpu_bench_{args.shape}.json").write_text(json.dumps(result, indent=2))
+    gpu = torch.cuda.get_device_name().lower()
+    slug = next((g for g in ("h100", "h200", "a100", "l40s", "l4", "4090") if g in gpu), "gpu")
+    (out / f"gpu_bench_{args.shape}_{slug}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
