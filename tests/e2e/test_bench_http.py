@@ -63,7 +63,9 @@ def test_measured_ttft_and_itl_match_the_injected_delays(server, api):
     assert s["itl_ms"]["median"] == pytest.approx(ITL_MS, abs=3)
     assert s["tpot_ms"]["median"] == pytest.approx(ITL_MS, abs=2)
     # 8 tokens: E2E = X + 7 Y.
-    assert s["e2e_ms"]["median"] == pytest.approx(TTFT_MS + 7 * ITL_MS, abs=20)  # 8 chunk timings of jitter on 2 shared cores
+    assert s["e2e_ms"]["median"] == pytest.approx(
+        TTFT_MS + 7 * ITL_MS, abs=20
+    )  # 8 chunk timings of jitter on 2 shared cores
     assert all(len(r.chunk_times) == 8 and r.ttft <= r.e2e for r in run.records)
     assert {r.output_text for r in run.records} == {"".join(f" tok{i}" for i in range(8))}
     assert server.bodies[-1]["model"] == MODEL  # the first listed model was picked
