@@ -87,6 +87,7 @@ class LLMEngine:
             self.max_model_len,
             device,
             num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
+            fused_kernels=self.config.device.fused_kernels,
         )
         graphs.capture()
         return graphs

@@ -105,8 +105,6 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         config.device.attention_backend, platform.kind, platform.num_sms
     )
     model.set_attention_backend(backend)
-    if backend.name == "triton" and config.device.fused_kernels:
-        model.use_fused_kernels()
 
     kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
     spec = KVCacheSpec(

@@ -124,15 +124,15 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.backend = backend
 
-    def use_fused_kernels(self) -> None:
-        """Swap the torch glue (add + RMSNorm, SiLU * mul, RoPE) for fused Triton kernels."""
-        from minerva.models import triton_ops  # noqa: PLC0415 - needs triton (CUDA only)
-
+    def use_fused_kernels(self, enabled: bool = True) -> None:
+        """Swap the torch glue (add + RMSNorm, SiLU * mul, RoPE) for fused Triton kernels, or back."""
+        if enabled:
+            from minerva.models import triton_ops  # noqa: PLC0415 - needs triton (CUDA only)
         for module in self.modules():
             if hasattr(module, "fused"):
-                module.fused = triton_ops
+                module.fused = triton_ops if enabled else None
             if isinstance(module, Attention):
-                module.rope = triton_ops.apply_rope
+                module.rope = triton_ops.apply_rope if enabled else apply_rope
 
     def init_rope(self, device: torch.device) -> None:
         """Build the cos/sin tables once, on the device, in the model dtype."""
