@@ -65,6 +65,7 @@ class LLMEngine:
             self.platform.device,
             graphs=self._capture_graphs(loaded) if self._use_graphs(loaded) else None,
         )
+        self.runner.warm_up(min(16, self.max_model_len - 1))
         self.output_processor = OutputProcessor(self.tokenizer)
         self._seed_rng = random.Random(config.model.seed)
         self._ids = itertools.count()

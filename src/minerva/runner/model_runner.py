@@ -12,6 +12,7 @@ from minerva.request import Logprobs, Request, RunnerOutput, SchedulerOutput
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import HostInputs, build_host_inputs, to_device
 from minerva.sampler import Sampler, SamplingMetadata
+from minerva.sampling_params import SamplingParams
 
 
 class ModelRunner:
@@ -62,6 +63,17 @@ class ModelRunner:
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+    def warm_up(self, num_tokens: int = 16) -> None:
+        """One prefill and one decode step on the reserved null block, so the first real request
+        does not pay for first-call initialisation (kernels, allocator, thread pools)."""
+        params = SamplingParams(max_tokens=2, temperature=1.0, top_p=0.9, seed=0)
+        req = Request("warm-up", [0] * num_tokens, params)
+        req.block_ids = [0] * -(-(num_tokens + 1) // self.block_size)  # block 0 holds no real data
+        first = self.execute(SchedulerOutput(requests=[req], num_scheduled_tokens=[num_tokens]))
+        req.num_computed_tokens = num_tokens
+        req.output_token_ids.append(first.sampled_token_ids[0])
+        self.execute(SchedulerOutput(requests=[req], num_scheduled_tokens=[1]))
 
     @torch.inference_mode()
     def score(self, request: Request) -> list[float]:
