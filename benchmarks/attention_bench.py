@@ -93,7 +93,6 @@ def decode_meta(tables: torch.Tensor, ctx: int) -> AttentionMetadata:
         query_start_loc=torch.tensor(qsl, dtype=torch.int32, device="cuda"),
         num_decodes=n,
         max_query_len=1,
-        max_seq_len=ctx,
         seq_lens_cpu=[ctx] * n,
         query_start_loc_cpu=qsl,
     )
@@ -153,7 +152,6 @@ def bench_prefill(num_tokens: int, quick: bool) -> dict:
         query_start_loc=torch.tensor(qsl, dtype=torch.int32, device="cuda"),
         num_decodes=0,
         max_query_len=num_tokens,
-        max_seq_len=num_tokens,
         seq_lens_cpu=[num_tokens],
         query_start_loc_cpu=qsl,
     )

@@ -106,6 +106,14 @@ def _mps_bf16_ok() -> bool:
         return False
 
 
+def copy_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device. On CUDA through pinned memory, so the copy runs asynchronously
+    instead of blocking the host."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def resolve_platform(device: str = "auto") -> Platform:
     """device="auto" picks CUDA, then Apple MPS, then CPU."""
     device = (device or "auto").lower()

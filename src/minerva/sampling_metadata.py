@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from minerva.platform import copy_to_device as _to_device
 from minerva.sampling_params import SamplingParams
 
 _M32 = 0xFFFFFFFF
@@ -189,13 +190,6 @@ def noise_keys(seed: int, token_index: int) -> tuple[int, int]:
 def _seed_key(seed: int) -> int:
     # A request keeps its seed for every token: hash it once, not once per step.
     return mix32(mix32((seed & _M32) ^ _KEY_SALTS[0]) ^ (seed >> 32))
-
-
-def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # Pinned memory lets the copy run asynchronously instead of blocking the host on CUDA.
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
 
 
 def _maybe_tensor(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

@@ -91,7 +91,6 @@ def make_batch(
         query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
         num_decodes=num_decodes,
         max_query_len=max(query_lens),
-        max_seq_len=max(seq_lens),
         seq_lens_cpu=list(seq_lens),
         query_start_loc_cpu=qsl,
     )
@@ -194,7 +193,6 @@ def test_decode_padded_rows_output_zeros(num_splits):
         query_start_loc=torch.arange(3, dtype=torch.int32, device=DEVICE),
         num_decodes=2,
         max_query_len=1,
-        max_seq_len=300,
         seq_lens_cpu=[5, 300],
         query_start_loc_cpu=[0, 1, 2],
     )

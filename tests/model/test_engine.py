@@ -192,3 +192,6 @@ def test_score_matches_transformers_and_frees_blocks(llm, model_dir):
     assert kv.num_free_blocks == free
     with pytest.raises(RequestError):
         llm.engine.score(ids[:1])
+    with pytest.raises(RequestError, match="outside the vocabulary"):
+        llm.engine.score([ids[0], 10**6])  # every id is checked, not only the first
+    assert kv.num_free_blocks == free

@@ -24,7 +24,6 @@ class AttentionMetadata:
     num_decodes: int
     """The first num_decodes sequences have exactly one query token."""
     max_query_len: int
-    max_seq_len: int
     seq_lens_cpu: list[int]
     query_start_loc_cpu: list[int]
     extras: dict = field(default_factory=dict)

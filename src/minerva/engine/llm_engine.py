@@ -61,7 +61,6 @@ class LLMEngine:
             loaded.model,
             loaded.kv_caches,
             config.cache.block_size,
-            loaded.hf_config.vocab_size,
             self.platform.device,
             graphs=self._capture_graphs(loaded) if self._use_graphs(loaded) else None,
         )
@@ -145,7 +144,7 @@ class LLMEngine:
             self.scheduler.add_request(child)
         return request_id
 
-    def _validate(self, ids: list[int], params: SamplingParams) -> int:
+    def _check_token_ids(self, ids: list[int]) -> None:
         if not ids:
             raise RequestError("the prompt is empty: give at least one token", param="prompt")
         vocab = self.model_config.vocab_size
@@ -154,6 +153,9 @@ class LLMEngine:
             raise RequestError(
                 f"prompt token id {bad} is outside the vocabulary [0, {vocab})", param="prompt"
             )
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> int:
+        self._check_token_ids(ids)
         n, limit = len(ids), self.max_model_len
         max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
         if n + max_tokens > limit or max_tokens < 1:
@@ -173,7 +175,7 @@ class LLMEngine:
         n = len(token_ids)
         if not 2 <= n <= self.max_model_len:
             raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {n}")
-        self._validate(token_ids[:1], SamplingParams(max_tokens=1))
+        self._check_token_ids(token_ids)
         req = Request(f"score-{next(self._ids)}", list(token_ids), SamplingParams(max_tokens=1))
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")

@@ -76,7 +76,6 @@ class CudaGraphRunner:
             query_start_loc=self.query_start_loc[: b + 1],
             num_decodes=b,
             max_query_len=1,
-            max_seq_len=s["block_tables"].shape[1],
             seq_lens_cpu=[0] * b,  # only its length is read on this path
             query_start_loc_cpu=list(range(b + 1)),
         )

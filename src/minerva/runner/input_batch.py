@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from minerva.attention import AttentionMetadata
+from minerva.platform import copy_to_device
 from minerva.request import Request, SchedulerOutput
 
 
@@ -95,10 +96,7 @@ def build_host_inputs(out: SchedulerOutput, block_size: int) -> HostInputs:
 
 def to_device(host: HostInputs, device: torch.device) -> StepInputs:
     def move(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        if device.type == "cuda":
-            return t.pin_memory().to(device, non_blocking=True)
-        return t.to(device)
+        return copy_to_device(torch.from_numpy(a), device)
 
     meta = AttentionMetadata(
         slot_mapping=move(host.slot_mapping),
@@ -107,7 +105,6 @@ def to_device(host: HostInputs, device: torch.device) -> StepInputs:
         query_start_loc=move(host.query_start_loc),
         num_decodes=host.num_decodes,
         max_query_len=int(np.diff(host.query_start_loc).max()),
-        max_seq_len=int(host.seq_lens.max()),
         seq_lens_cpu=host.seq_lens.tolist(),
         query_start_loc_cpu=host.query_start_loc.tolist(),
     )
@@ -117,8 +114,3 @@ def to_device(host: HostInputs, device: torch.device) -> StepInputs:
         meta=meta,
         logits_indices=move(host.logits_indices),
     )
-
-
-def prepare_inputs(out: SchedulerOutput, block_size: int, device: torch.device) -> StepInputs:
-    """Host arrays and their device copies in one call (eager steps, scoring)."""
-    return to_device(build_host_inputs(out, block_size), device)

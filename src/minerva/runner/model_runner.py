@@ -21,14 +21,12 @@ class ModelRunner:
         model: nn.Module,
         kv_caches: list[torch.Tensor],
         block_size: int,
-        vocab_size: int,
         device: torch.device,
         graphs: CudaGraphRunner | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
-        self.vocab_size = vocab_size
         self.device = device
         self.graphs = graphs
         self.sampler = Sampler()
