@@ -25,27 +25,7 @@ from pathlib import Path
 
 import psutil
 import torch
-
-SHAPES = {
-    "smollm-135m": dict(
-        hidden_size=576,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        intermediate_size=1536,
-        vocab_size=32000,
-        tie_word_embeddings=True,
-    ),
-    "tinyllama-1.1b": dict(
-        hidden_size=2048,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        intermediate_size=5632,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    ),
-}
+from shapes import SHAPES
 
 
 def build_checkpoint(shape: str, folder: Path) -> int:
@@ -125,7 +105,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    cpu_shapes = ["smollm-135m", "tinyllama-1.1b"]
+    ap.add_argument("--shapes", nargs="+", default=cpu_shapes, choices=list(SHAPES))
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=32)

@@ -17,44 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-
-SHAPES = {
-    "mistral-7b": dict(
-        architectures=["MistralForCausalLM"],
-        model_type="mistral",
-        hidden_size=4096,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=14336,
-        vocab_size=32000,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        sliding_window=None,
-        tie_word_embeddings=False,
-        hidden_act="silu",
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-    "tinyllama-1.1b": dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        hidden_size=2048,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        intermediate_size=5632,
-        vocab_size=32000,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        hidden_act="silu",
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-}
+from shapes import SHAPES, hf_config
 
 
 def copy_bandwidth() -> float:
@@ -149,7 +112,7 @@ def main() -> None:
 
     roofline_bw = copy_bandwidth()
     folder = Path(tempfile.mkdtemp())
-    (folder / "config.json").write_text(json.dumps({**SHAPES[args.shape], "dtype": "bfloat16"}))
+    (folder / "config.json").write_text(json.dumps(hf_config(args.shape, dtype="bfloat16")))
     t0 = time.perf_counter()
     llm = LLM(
         model=str(folder),
