@@ -25,6 +25,32 @@ MAX_SPLITS = 32
 
 
 @triton.jit
+def attend_paged_tile(
+    q, m_i, l_i, acc, table, pos, in_range, score_mask,
+    k_cache_ptr, v_cache_ptr, kv_head, offs_d, stride_cb, stride_cs, stride_ch, scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over the keys at `pos` [BLOCK_N] of a paged sequence (block
+    table at `table`): q [R, BLOCK_D] attends where score_mask [R or 1, BLOCK_N] holds.
+    Shared by the decode and prefill kernels; returns the updated (m_i, l_i, acc)."""
+    block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
+    row = block * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
+    kv_mask = in_range[:, None] & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(k_cache_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PREC) * scale_log2
+    s = tl.where(score_mask, s, float("-inf"))  # [R, BLOCK_N]
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # A row may see nothing in this tile (window start): keep its exp2 free of inf - inf.
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_cache_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
+    pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
+    return m_new, l_i, acc * alpha[:, None] + pv
+
+
+@triton.jit
 def _decode_kernel(
     q_ptr,
     k_cache_ptr,
@@ -90,21 +116,11 @@ def _decode_kernel(
     for n0 in range(start, end, BLOCK_N):
         pos = n0 + offs_n  # [BLOCK_N] token positions
         valid = (pos >= lo) & (pos < end)
-        block = tl.load(table + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        row = block * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
-        kv_mask = valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(k_cache_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PREC) * scale_log2
-        s = tl.where(valid[None, :], s, float("-inf"))  # [GROUP_PAD, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_paged_tile(
+            q, m_i, l_i, acc, table, pos, valid, valid[None, :],
+            k_cache_ptr, v_cache_ptr, kv_head, offs_d, stride_cb, stride_cs, stride_ch,
+            scale_log2, HEAD_DIM, BLOCK_SIZE, DOT_PREC,
+        )  # fmt: skip
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # empty context -> zeros
     if SPLIT:

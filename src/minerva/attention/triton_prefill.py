@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minerva.attention.triton_decode import NO_WINDOW
+from minerva.attention.triton_decode import NO_WINDOW, attend_paged_tile
 
 
 @triton.jit
@@ -81,23 +81,12 @@ def _prefill_kernel(
     for n0 in range(lo, end, BLOCK_N):
         pos = n0 + offs_n  # [BLOCK_N]
         in_range = pos < end
-        block = tl.load(table + pos // BLOCK_SIZE, mask=in_range, other=0).to(tl.int64)
-        row = block * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
-        kv_mask = in_range[:, None] & (offs_d[None, :] < HEAD_DIM)
-        k = tl.load(k_cache_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=DOT_PREC) * scale_log2
         visible = (pos[None, :] <= q_pos[:, None]) & (pos[None, :] > q_pos[:, None] - window)
-        s = tl.where(visible & in_range[None, :], s, float("-inf"))  # [BLOCK_M, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row may see nothing in this tile (window start): keep its exp2 free of inf - inf.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=DOT_PREC)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_paged_tile(
+            q, m_i, l_i, acc, table, pos, in_range, visible & in_range[None, :],
+            k_cache_ptr, v_cache_ptr, kv_head, offs_d, stride_cb, stride_cs, stride_ch,
+            scale_log2, HEAD_DIM, BLOCK_SIZE, DOT_PREC,
+        )  # fmt: skip
 
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     dst = out_ptr + tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
