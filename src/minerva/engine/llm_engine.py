@@ -68,7 +68,6 @@ class LLMEngine:
         self.output_processor = OutputProcessor(self.tokenizer)
         self._seed_rng = random.Random(config.model.seed)
         self._ids = itertools.count()
-        self._children: dict[str, list[Request]] = {}
         self.last_scheduler_output: SchedulerOutput | None = None
         """What the latest step() ran (for step metrics); None before the first step."""
 
@@ -117,7 +116,7 @@ class LLMEngine:
         """Queue a prompt (text or token ids); returns its request id. Raises RequestError."""
         params = params or self.default_sampling_params()
         request_id = request_id or f"req-{next(self._ids)}"
-        if request_id in self._children:
+        if request_id in self.output_processor:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
         max_tokens = self._validate(ids, params)
@@ -139,7 +138,6 @@ class LLMEngine:
         self.output_processor.add(
             prompt if isinstance(prompt, str) else None, ids, children, request_id
         )
-        self._children[request_id] = children
         for child in children:
             self.scheduler.add_request(child)
         return request_id
@@ -187,9 +185,7 @@ class LLMEngine:
     def abort_request(self, request_ids: str | list[str]) -> None:
         """Finish requests at once (queued, prefilling or decoding); their blocks are freed."""
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
-            children = self._children.pop(rid, None)
-            if children is None:
-                continue
+            children = self.output_processor.children(rid)
             live = [c.request_id for c in children if not c.is_finished]
             for child in self.scheduler.finish_requests(live, RequestStatus.FINISHED_ABORTED):
                 self.output_processor.on_finished(child)
@@ -205,7 +201,7 @@ class LLMEngine:
         if not scheduled.is_empty:
             result = self.runner.execute(scheduled)
             self._update(scheduled, result)
-        return self._collect()
+        return self.output_processor.collect()
 
     def _update(self, scheduled, result) -> None:
         logprobs = dict(zip(result.request_ids, result.logprobs))
@@ -217,13 +213,6 @@ class LLMEngine:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
-
-    def _collect(self) -> list[RequestOutput]:
-        outputs = self.output_processor.collect()
-        for out in outputs:
-            if out.finished:
-                self._children.pop(out.request_id, None)
-        return outputs
 
     def stats(self) -> EngineStats:
         kv = self.kv_cache_manager

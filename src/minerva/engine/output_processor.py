@@ -149,15 +149,11 @@ class OutputProcessor:
                 del self.parents[parent_id]
         return outputs
 
-    def final_output(self, parent_id: str) -> RequestOutput | None:
+    def __contains__(self, parent_id: str) -> bool:
+        """True until the request's final output has been collected."""
+        return parent_id in self.parents
+
+    def children(self, parent_id: str) -> list[Request]:
+        """The sequences of a request still being tracked (empty once collected)."""
         state = self.parents.get(parent_id)
-        if state is None:
-            return None
-        return RequestOutput(
-            request_id=parent_id,
-            prompt=state.prompt,
-            prompt_token_ids=state.prompt_token_ids,
-            outputs=state.completions,
-            finished=state.finished,
-            metrics=state.metrics,
-        )
+        return state.children if state is not None else []
