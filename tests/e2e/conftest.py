@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,10 @@ import httpx
 import pytest
 
 from tests.e2e.tiny_server_model import MODEL_NAME, build_server_model
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -21,6 +21,7 @@ from minerva.bench.metrics import summarize
 from minerva.bench.protocols import GenParams
 from minerva.bench.workloads import build_workload
 from tests.bench_fake_server import MODEL, FakeLLMServer
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TTFT_MS, ITL_MS = 60.0, 15.0
@@ -103,7 +104,7 @@ def test_failures_are_counted_with_their_reasons():
 
 
 def test_connection_refused_is_a_failure_not_a_crash(server):
-    target = parse_target(f"down=http://127.0.0.1:{_free_port()},model=m")
+    target = parse_target(f"down=http://127.0.0.1:{free_port()},model=m")
     (run,) = bench(
         server, "openai", ("fixed:in=4,out=2", 2), LoadLevel(1), warmup=0, targets=[target]
     )
@@ -151,14 +152,6 @@ def test_targets_are_interleaved_and_warmed_up_once(server):
     )
     assert [(r.target, r.repeat) for r in runs] == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
     assert len(server.arrivals) == 2 * 2 + 4 * 2  # warm-up once per target, then 4 runs of 2
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_bench_serve_writes_every_output(server, tmp_path):

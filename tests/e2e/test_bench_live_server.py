@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ pytest.importorskip("matplotlib")
 from minerva import LLM, SamplingParams  # noqa: E402
 from minerva.bench.workloads import build_workload  # noqa: E402
 from minerva.tokenizer import Tokenizer  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 from tests.tiny_models import build_tiny_text_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +40,7 @@ def bench_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def live_server(bench_model, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [

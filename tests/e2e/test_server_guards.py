@@ -275,7 +275,8 @@ def test_a_model_that_fails_to_load_exits_1(tmp_path):
     import subprocess
     import sys
 
-    from tests.e2e.conftest import ROOT, free_port
+    from tests.e2e.conftest import ROOT
+    from tests.ports import free_port
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cmd = [sys.executable, "-m", "minerva.cli", "serve", "--model", str(tmp_path / "missing"),
