@@ -116,6 +116,11 @@ class SchedulerConfig:
     max_num_seqs: int = _field(256, "Most requests running in one step.")
     max_num_batched_tokens: int = _field(2048, "Most tokens (prefill + decode) run in one step.")
     enable_chunked_prefill: bool = _field(True, "Split long prompts over several steps.")
+    async_scheduling: str = _field(
+        "auto",
+        "Launch step N+1 before reading step N's tokens: auto (on for CUDA) | on | off.",
+        normalize=str.lower,
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -312,6 +317,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_kv_blocks": _POSITIVE,
     "max_num_seqs": _POSITIVE,
     "max_num_batched_tokens": _POSITIVE,
+    "async_scheduling": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
 }
 
 
