@@ -103,6 +103,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
     ap.add_argument("--output", default="benchmarks/results")
     ap.add_argument(
+        "--compare-sync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure batch-1 decode and throughput with async scheduling off",
+    )
+    ap.add_argument(
         "--transformers",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -134,27 +140,49 @@ def main() -> None:
 
     p128 = prompts(1, 128)
     timed_generate(llm, p128, greedy(8))  # warm-up
-    t1 = timed_generate(llm, p128, greedy(1))
-    tn = timed_generate(llm, p128, greedy(129))
-    decode_tok_s = 128 / (tn - t1)
+
+    def decode_batch1() -> float:
+        t1 = min(timed_generate(llm, p128, greedy(1)) for _ in range(2))
+        tn = min(timed_generate(llm, p128, greedy(129)) for _ in range(2))
+        return 128 / (tn - t1)
+
+    def throughputs() -> tuple[dict, dict, dict]:
+        total, decode_only, steps = {}, {}, {}
+        for b in args.batches:
+            run_batch(llm.engine, prompts(b, 128), greedy(4))  # warm-up: kernels, shapes
+            dt, steps[b] = run_batch(llm.engine, prompts(b, 128), greedy(128))
+            total[b] = b * 128 / dt
+            decode_only[b] = b * steps[b]["decode_steps"] / steps[b]["decode_s"]
+        return total, decode_only, steps
+
+    decode_tok_s = decode_batch1()
     p512 = prompts(1, 512)
     timed_generate(llm, p512, greedy(1))
     ttft512 = min(timed_generate(llm, p512, greedy(1)) for _ in range(3))
-    throughput, steps = {}, {}
-    for b in args.batches:
-        run_batch(llm.engine, prompts(b, 128), greedy(4))  # warm-up: kernels for these shapes
-        dt, steps[b] = run_batch(llm.engine, prompts(b, 128), greedy(128))
-        throughput[b] = b * 128 / dt
+    throughput, decode_only, steps = throughputs()
+    sync = None
+    if args.compare_sync and llm.engine.async_scheduling:
+        llm.engine.async_scheduling = False  # safe between generate calls: nothing in flight
+        sync_total, sync_decode, _ = throughputs()
+        sync = {
+            "decode_batch1_tok_s": decode_batch1(),
+            "throughput_128in_128out_tok_s": sync_total,
+            "decode_only_tok_s": sync_decode,
+        }
+        llm.engine.async_scheduling = True
     roofline_tok_s = roofline_bw / weight_bytes
     graphs = llm.engine.runner.graphs is not None
+    llm_async = llm.engine.async_scheduling
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    del llm
+    llm = None  # free the engine before transformers loads its copy
     torch.cuda.empty_cache()
     hf = transformers_decode(folder, p128[0]) if args.transformers else None
     result = {
         "benchmark": "gpu_bench",
         "gpu": torch.cuda.get_device_name(),
+        "driver": _driver_version(),
         "torch": torch.__version__,
+        "triton": _triton_version(),
         "shape": args.shape,
         "weight_bytes": weight_bytes,
         "copy_bandwidth_gb_s": roofline_bw / 1e9,
@@ -165,7 +193,10 @@ def main() -> None:
         "prefill512_ttft_s": ttft512,
         "prefill512_tok_s": 512 / ttft512,
         "throughput_128in_128out_tok_s": throughput,
+        "decode_only_tok_s": decode_only,
         "throughput_steps": steps,
+        "async_scheduling": llm_async,
+        "sync_scheduling": sync,
         "peak_memory_gib": peak_gib,
         "cuda_graphs": graphs,
         "transformers": hf,
@@ -175,8 +206,70 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name().lower()
     slug = next((g for g in ("h100", "h200", "a100", "l40s", "l4", "4090") if g in gpu), "gpu")
-    (out / f"gpu_bench_{args.shape}_{slug}.json").write_text(json.dumps(result, indent=2))
+    name = f"gpu_bench_{args.shape}_{slug}"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.md").write_text(markdown_table(result))
     print(json.dumps(result, indent=2))
+    print(markdown_table(result))
+
+
+def markdown_table(r: dict) -> str:
+    """The headline figures with their ratios to the roofline and to transformers."""
+    hf = r["transformers"]
+    rows = [
+        ("GPU", f"{r['gpu']} (driver {r['driver']}, torch {r['torch']}, triton {r['triton']})"),
+        ("shape", f"{r['shape']}, {r['weight_bytes'] / 1e9:.2f} GB of bf16 weights"),
+        ("roofline (copy bandwidth / weights)", f"{r['roofline_decode_tok_s']:.0f} tok/s"),
+        (
+            "batch-1 decode",
+            f"{r['decode_batch1_tok_s']:.1f} tok/s = {r['decode_fraction_of_roofline']:.0%} of "
+            "roofline" + (f", {r['decode_ratio_to_transformers']:.1f}x transformers" if hf else ""),
+        ),
+        (
+            "prefill 512",
+            f"{r['prefill512_tok_s']:.0f} tok/s (TTFT {r['prefill512_ttft_s'] * 1e3:.1f} ms)",
+        ),
+        ("engine start", f"{r['engine_start_s']:.1f} s"),
+        ("peak GPU memory", f"{r['peak_memory_gib']:.1f} GiB"),
+    ]
+    for b, tok_s in r["throughput_128in_128out_tok_s"].items():
+        rows.append(
+            (
+                f"{b} concurrent, 128 in / 128 out",
+                f"{tok_s:.0f} tok/s generated ({r['decode_only_tok_s'][b]:.0f} in decode steps)",
+            )
+        )
+    sync = r.get("sync_scheduling")
+    if sync:
+        rows.append(
+            ("batch-1 decode, async scheduling off", f"{sync['decode_batch1_tok_s']:.1f} tok/s")
+        )
+    lines = ["| measure | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _driver_version() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+
+        return triton.__version__
+    except ImportError:
+        return None
 
 
 if __name__ == "__main__":

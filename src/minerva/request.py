@@ -2,6 +2,9 @@
 
 The one rule: a request's ``num_computed_tokens`` catches up with ``num_tokens`` (prompt plus
 output). A step computes some of the missing tokens; when it catches up, the request samples.
+The scheduler advances ``num_computed_tokens`` when it schedules a step; a token sampled by a
+step whose results the host has not read yet is *pending*: the next step can already compute it
+(the runner feeds it from the device), which lets the engine launch step N+1 before reading N.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    num_pending_tokens: int = 0
+    """Tokens sampled on the device by scheduled steps but not yet appended (0, 1 or 2)."""
     status: RequestStatus = RequestStatus.WAITING
     block_ids: list[int] = field(default_factory=list)
     """The block table: KV blocks holding this request's tokens, in order."""
@@ -96,11 +101,15 @@ class Request:
 
 @dataclass
 class SchedulerOutput:
-    """What to run this step: each request computes tokens
-    ``[num_computed_tokens, num_computed_tokens + num_scheduled_tokens[i])``."""
+    """What to run this step: request i computes tokens
+    ``[num_computed_tokens[i], num_computed_tokens[i] + num_scheduled_tokens[i])`` and samples
+    its next token when that range reaches past its known tokens."""
 
     requests: list[Request] = field(default_factory=list)
     num_scheduled_tokens: list[int] = field(default_factory=list)
+    num_computed_tokens: list[int] = field(default_factory=list)
+    """Each request's computed tokens before this step: where its scheduled tokens start
+    (empty: read ``request.num_computed_tokens``, for hand-built steps)."""
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     preempted_request_ids: list[str] = field(default_factory=list)
@@ -112,6 +121,12 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.requests
+
+    def start(self, i: int) -> int:
+        """Where request i's scheduled tokens start."""
+        if self.num_computed_tokens:
+            return self.num_computed_tokens[i]
+        return self.requests[i].num_computed_tokens
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Continuous batching on a token budget. No torch.
 
-One rule: each step, requests catch `num_computed_tokens` up towards `num_tokens`. Running
-requests go first (decodes and unfinished prefill chunks), then waiting ones in arrival order.
-When KV blocks run out, the newest running request is preempted and later recomputed.
+One rule: each step, requests catch `num_computed_tokens` up towards `num_tokens` (plus the
+tokens still pending on the device). Running requests go first (decodes and unfinished prefill
+chunks), then waiting ones in arrival order. When KV blocks run out, the newest running request
+is preempted and later recomputed. `schedule` advances `num_computed_tokens` (and marks the
+token a caught-up request will sample as pending); `update` appends the sampled tokens.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
-            if num_new <= 0:
+            num_new = min(req.num_tokens + req.num_pending_tokens - req.num_computed_tokens, budget)
+            if num_new <= 0 or self._pending_is_last(req):
                 i += 1
                 continue
             while not self.kv.allocate_slots(req, num_new):
@@ -102,17 +104,32 @@ class Scheduler:
         for req, n in scheduled:
             out.requests.append(req)
             out.num_scheduled_tokens.append(n)
+            out.num_computed_tokens.append(req.num_computed_tokens)
             if req.num_computed_tokens + n <= req.num_prompt_tokens:
                 out.num_prefill_tokens += n
             else:
                 out.num_decode_tokens += n
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
+            req.num_computed_tokens += n
+            if req.num_computed_tokens == req.num_tokens + req.num_pending_tokens:
+                req.num_pending_tokens += 1  # caught up: this step samples its next token
         return out
+
+    def _pending_is_last(self, req: Request) -> bool:
+        """A pending token that will end the request by length needs no step of its own."""
+        if not req.num_pending_tokens:
+            return False
+        total = req.num_tokens + req.num_pending_tokens
+        return req.num_output_tokens + req.num_pending_tokens >= req.max_tokens or (
+            total >= self.max_model_len
+        )
 
     def _admit_waiting(self, scheduled: list[tuple[Request, int]], budget: int) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
+            if req.num_pending_tokens:
+                break  # preempted while a token was in flight: resume once it has arrived
             blocks, num_cached = self.kv.get_computed_blocks(req)
             num_new = req.num_tokens - num_cached
             if num_new > budget:
@@ -140,16 +157,14 @@ class Scheduler:
         self.waiting.appendleft(req)
 
     def update(self, out: SchedulerOutput, sampled_token_ids: list[int | None]) -> list[Request]:
-        """Advance computed tokens, append sampled ones, finish requests that stop.
+        """Append the step's sampled tokens (no longer pending), finish requests that stop.
 
         Returns the requests that got a new token this step (finished ones included)."""
         updated = []
-        for req, n, token in zip(out.requests, out.num_scheduled_tokens, sampled_token_ids):
-            if req.is_finished or req.request_id not in self.requests:
-                continue  # finished meanwhile (abort)
-            req.num_computed_tokens += n
-            if token is None:
-                continue
+        for req, token in zip(out.requests, sampled_token_ids):
+            if token is None or req.is_finished or req.request_id not in self.requests:
+                continue  # no token, or finished meanwhile (abort, stop one step earlier)
+            req.num_pending_tokens -= 1
             req.output_token_ids.append(token)
             updated.append(req)
             status = self._check_stop(req, token)

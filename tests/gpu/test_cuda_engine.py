@@ -104,3 +104,26 @@ def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
         for a, b in zip(logits, other_logits):
             assert a.shape == b.shape
             torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_async_scheduling_equals_transformers(tiny, mode):
+    """Queue step N+1 before reading N (graphs, chunked prefill, requests ending at different
+    steps so the batch keeps changing) and still equal transformers token for token."""
+    path, hf = tiny
+    prompts = _prompts(8, 23)
+    lengths = [3, 14, 7, 1, 10, 5, 12, 2]
+    params = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in lengths]
+    llm = LLM(
+        model=str(path),
+        device="cuda",
+        dtype="float32",
+        max_num_batched_tokens=32,
+        async_scheduling=mode,
+        progress=False,
+    )
+    assert llm.engine.async_scheduling == (mode == "on")
+    outs = llm.generate(prompts, params)
+    assert [o.token_ids for o in outs] == [hf_greedy(hf, p, n)[0] for p, n in zip(prompts, lengths)]
+    kv = llm.engine.kv_cache_manager
+    assert kv.num_free_blocks == kv.num_blocks - 1

@@ -32,10 +32,18 @@ def model_dir(tmp_path_factory):
     return path, hf, tok
 
 
-@pytest.fixture(scope="module")
-def llm(model_dir):
+@pytest.fixture(scope="module", params=["off", "on"], ids=["sync", "async"])
+def llm(model_dir, request):
+    """Every engine test runs with and without async scheduling (queue N+1, then read N)."""
     path, _, _ = model_dir
-    return LLM(model=str(path), device="cpu", dtype="float32", block_size=4, progress=False)
+    return LLM(
+        model=str(path),
+        device="cpu",
+        dtype="float32",
+        block_size=4,
+        async_scheduling=request.param,
+        progress=False,
+    )
 
 
 def greedy(max_tokens=16, **kw):

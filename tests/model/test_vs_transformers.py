@@ -108,8 +108,21 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
         dict(enable_prefix_caching=False),
         dict(max_num_seqs=2),
         dict(num_kv_blocks=40, block_size=4),  # too small for all at once: preemption
+        dict(async_scheduling="on"),
+        dict(async_scheduling="on", max_num_batched_tokens=16, max_num_seqs=3),
+        dict(async_scheduling="on", num_kv_blocks=40, block_size=4),
     ],
-    ids=["default", "chunked", "unchunked", "no_prefix_cache", "max_seqs_2", "preemption"],
+    ids=[
+        "default",
+        "chunked",
+        "unchunked",
+        "no_prefix_cache",
+        "max_seqs_2",
+        "preemption",
+        "async",
+        "async_chunked",
+        "async_preemption",
+    ],
 )
 def test_batch_equals_single(mistral, engine_kwargs):
     """Continuous batching of prompts of different lengths equals each prompt alone in transformers."""

@@ -27,8 +27,8 @@ def run_step(s: Scheduler, token=7):
     """Schedule, then pretend the model sampled `token` for every request that caught up."""
     out = s.schedule()
     sampled = [
-        token if r.num_computed_tokens + n == r.num_tokens else None
-        for r, n in zip(out.requests, out.num_scheduled_tokens)
+        token if out.start(i) + n >= r.num_tokens else None
+        for i, (r, n) in enumerate(zip(out.requests, out.num_scheduled_tokens))
     ]
     s.update(out, sampled)
     return out
@@ -115,3 +115,57 @@ def test_abort_frees_waiting_and_running():
     assert not s.has_unfinished()
     assert a.status == b.status == RequestStatus.FINISHED_ABORTED
     assert s.kv.num_free_blocks == s.kv.num_blocks - 1
+
+
+def test_pipelined_steps_compute_the_pending_token_and_skip_the_last_one():
+    # Async scheduling: step N+1 is scheduled before step N's token reaches the host.
+    s = make()
+    a = req("a", 5, max_tokens=3)
+    s.add_request(a)
+    out1 = s.schedule()
+    assert out1.num_scheduled_tokens == [5] and a.num_computed_tokens == 5
+    assert a.num_pending_tokens == 1  # the token step 1 samples
+    out2 = s.schedule()  # computes that pending token (position 5) before it is known
+    assert out2.num_computed_tokens == [5] and out2.num_scheduled_tokens == [1]
+    assert a.num_pending_tokens == 2
+    s.update(out1, [7])
+    assert a.output_token_ids == [7] and a.num_pending_tokens == 1
+    out3 = s.schedule()
+    assert out3.num_computed_tokens == [6]
+    s.update(out2, [8])
+    # Its pending token (step 3's) is the third and last: no step computes it.
+    assert s.schedule().is_empty
+    s.update(out3, [9])
+    assert a.status == RequestStatus.FINISHED_LENGTH and a.output_token_ids == [7, 8, 9]
+    assert s.kv.num_free_blocks == s.kv.num_blocks - 1
+
+
+def test_pipelined_results_of_finished_requests_are_dropped():
+    s = make()
+    a = req("a", 4, max_tokens=10)
+    s.add_request(a)
+    out1 = s.schedule()
+    out2 = s.schedule()
+    s.update(out1, [2])  # EOS: finished while step 2 still computes for it
+    assert a.status == RequestStatus.FINISHED_STOPPED
+    s.update(out2, [5])
+    assert a.output_token_ids == [2] and not s.has_unfinished()
+    assert s.kv.num_free_blocks == s.kv.num_blocks - 1
+
+
+def test_preempted_request_waits_for_its_pending_token():
+    # 3 usable blocks of 4 tokens: b's growth preempts a while a's token is still pending.
+    s = make(num_blocks=4, block_size=4, budget=64)
+    a, b = req("a", 4, max_tokens=8), req("b", 4, max_tokens=8, start=50)
+    s.add_request(a)
+    s.add_request(b)
+    out1 = s.schedule()  # a and b: 4 tokens (1 block) each; both sample a pending token
+    out2 = s.schedule()  # both need a 2nd block for their pending token; only one is free
+    assert out2.requests == [a] and out2.preempted_request_ids == ["b"]
+    assert b.num_pending_tokens == 1 and b.num_computed_tokens == 0
+    # A free block is there again, but b is not resumed while its token is in flight.
+    assert b not in s.schedule().requests and s.num_waiting == 1
+    s.update(out1, [7, 8])
+    assert b.output_token_ids == [8] and b.num_pending_tokens == 0
+    s.update(out2, [9])
+    assert a.output_token_ids == [7, 9]

@@ -1,4 +1,8 @@
-"""LLMEngine: the synchronous engine. add_request() queues; step() = schedule -> run -> update."""
+"""LLMEngine: the synchronous engine. add_request() queues; step() = schedule -> run -> update.
+
+With async scheduling (on CUDA) a step queues its GPU work and then reads the *previous* step's
+tokens, so the host's scheduling, input building and output processing overlap the GPU.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from minerva.errors import RequestError
 from minerva.request import Request, RequestStatus, SchedulerOutput
 from minerva.runner import ModelRunner
 from minerva.runner.cuda_graphs import CudaGraphRunner
+from minerva.runner.model_runner import LaunchedStep
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
 
@@ -65,6 +70,9 @@ class LLMEngine:
             graphs=self._capture_graphs(loaded) if self._use_graphs(loaded) else None,
         )
         self.runner.warm_up(min(16, self.max_model_len - 1))
+        mode = config.scheduler.async_scheduling
+        self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
+        self._inflight: LaunchedStep | None = None  # launched, tokens not read yet
         self.output_processor = OutputProcessor(self.tokenizer)
         self._seed_rng = random.Random(config.model.seed)
         self._ids = itertools.count()
@@ -191,17 +199,33 @@ class LLMEngine:
                 self.output_processor.on_finished(child)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._inflight is not None
 
     # -- the step ---------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Run one step of the engine; returns the outputs that changed."""
+        """Run one step of the engine; returns the outputs that changed.
+
+        Async scheduling: queue this step, then read the previous one's tokens while the GPU
+        runs. Requests with penalties need every token on the host first (no overlap then)."""
+        if self._inflight is not None and self._needs_known_tokens():
+            self._finish(self._inflight)
+            self._inflight = None
         scheduled = self.scheduler.schedule()
         self.last_scheduler_output = scheduled
-        if not scheduled.is_empty:
-            result = self.runner.execute(scheduled)
-            self._update(scheduled, result)
+        launched = None if scheduled.is_empty else self.runner.launch(scheduled)
+        if self._inflight is not None:
+            self._finish(self._inflight)
+        self._inflight = launched
+        if launched is not None and not self.async_scheduling:
+            self._finish(launched)
+            self._inflight = None
         return self.output_processor.collect()
+
+    def _needs_known_tokens(self) -> bool:
+        return any(r.sampling_params.has_penalties for r in self.scheduler.running)
+
+    def _finish(self, launched: LaunchedStep) -> None:
+        self._update(launched.out, self.runner.wait(launched))
 
     def _update(self, scheduled, result) -> None:
         logprobs = dict(zip(result.request_ids, result.logprobs))

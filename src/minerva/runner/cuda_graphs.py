@@ -58,9 +58,13 @@ class CudaGraphRunner:
             "seq_lens": torch.zeros(n, dtype=torch.int32, device=device),
             "block_tables": torch.zeros(n, max_blocks, dtype=torch.int32, device=device),
         }
-        self.staging = {
-            k: torch.empty_like(v, device="cpu").pin_memory() for k, v in self.static.items()
-        }
+        # Two sets, used in turn: a step's host writes never touch buffers whose copy to the
+        # device may still be queued (the engine queues step N+1 before step N has finished).
+        self.staging = [
+            {k: torch.empty_like(v, device="cpu").pin_memory() for k, v in self.static.items()}
+            for _ in range(2)
+        ]
+        self._turn = 0
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -119,12 +123,17 @@ class CudaGraphRunner:
     def bucket_for(self, num_seqs: int) -> int | None:
         return next((b for b in self.buckets if b >= num_seqs), None)
 
-    def run(self, host: HostInputs) -> torch.Tensor:
-        """Replay the graph for a pure-decode step; returns logits [num_seqs, vocab]."""
+    def run(
+        self, host: HostInputs, pending: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Replay the graph for a pure-decode step; returns logits [num_seqs, vocab].
+
+        pending: (input positions, token ids on the device) to fill in before the replay."""
         n = host.num_seqs
         b = self.bucket_for(n)
         width = host.block_tables.shape[1]
-        stage, static = self.staging, self.static
+        stage, static = self.staging[self._turn], self.static
+        self._turn ^= 1
         _fill(stage["input_ids"], host.input_ids, b, 0)
         _fill(stage["positions"], host.positions, b, 0)
         _fill(stage["slot_mapping"], host.slot_mapping, b, -1)
@@ -135,6 +144,8 @@ class CudaGraphRunner:
         static["block_tables"][:n, :width].copy_(
             stage["block_tables"][:n, :width], non_blocking=True
         )
+        if pending is not None:
+            static["input_ids"].index_copy_(0, *pending)
         self.graphs[b].replay()
         return self.outputs[b][:n]
 

@@ -1,7 +1,9 @@
 """SchedulerOutput -> the flat arrays of one forward step (ids, positions, attention metadata).
 
 Built on the host with numpy (`HostInputs`), then moved to the device in one copy per array
-(`to_device`), or copied into a captured CUDA graph's static buffers.
+(`to_device`), or copied into a captured CUDA graph's static buffers. A token the previous
+step sampled but the host has not read yet is left as a hole (`pending_indices`) that the
+runner fills on the device.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class HostInputs:
     num_decodes: int
     sampling_requests: list[Request]  # the requests that sample this step, in logits order
     sampling_rows: list[int]  # their row in the SchedulerOutput
+    pending_indices: list[int]  # input_ids slots whose token the previous step sampled
+    pending_requests: list[Request]  # whose pending token goes there (same order)
 
     @property
     def num_seqs(self) -> int:
@@ -50,7 +54,7 @@ class StepInputs:
 def build_host_inputs(out: SchedulerOutput, block_size: int) -> HostInputs:
     num_seqs = len(out.requests)
     total = out.total_num_scheduled_tokens
-    input_ids = np.empty(total, dtype=np.int64)
+    input_ids = np.zeros(total, dtype=np.int64)
     positions = np.empty(total, dtype=np.int64)
     slot_mapping = np.empty(total, dtype=np.int64)
     max_blocks = max(len(r.block_ids) for r in out.requests)
@@ -60,23 +64,42 @@ def build_host_inputs(out: SchedulerOutput, block_size: int) -> HostInputs:
     logits_indices: list[int] = []
     sampling_requests: list[Request] = []
     sampling_rows: list[int] = []
+    pending_indices: list[int] = []
+    pending_requests: list[Request] = []
     num_decodes = 0
     offset = 0
     for i, (req, n) in enumerate(zip(out.requests, out.num_scheduled_tokens)):
-        start = req.num_computed_tokens
+        start = out.start(i)
         end = start + n
-        input_ids[offset : offset + n] = req.token_slice(start, end)
-        pos = np.arange(start, end, dtype=np.int64)
-        positions[offset : offset + n] = pos
-        table = np.asarray(req.block_ids, dtype=np.int64)
-        slot_mapping[offset : offset + n] = table[pos // block_size] * block_size + pos % block_size
-        block_tables[i, : len(req.block_ids)] = table
+        known = req.num_tokens
+        block_ids = req.block_ids
+        block_tables[i, : len(block_ids)] = block_ids
+        if n == 1:  # decode (or a one-token chunk): scalar work, no temporaries
+            if start < known:
+                input_ids[offset] = req.token_at(start)
+            else:  # sampled by the previous step, still on the device
+                pending_indices.append(offset)
+                pending_requests.append(req)
+            positions[offset] = start
+            slot_mapping[offset] = block_ids[start // block_size] * block_size + start % block_size
+        else:
+            ids = req.token_slice(start, min(end, known))
+            input_ids[offset : offset + len(ids)] = ids
+            if end > known:
+                pending_indices.append(offset + n - 1)
+                pending_requests.append(req)
+            pos = np.arange(start, end, dtype=np.int64)
+            positions[offset : offset + n] = pos
+            table = block_tables[i].astype(np.int64)
+            slot_mapping[offset : offset + n] = table[pos // block_size] * block_size + (
+                pos % block_size
+            )
         seq_lens[i] = end
         offset += n
         query_start_loc[i + 1] = offset
         if n == 1 and num_decodes == i:
             num_decodes += 1
-        if end == req.num_tokens:  # caught up: this request samples its next token
+        if end >= known:  # caught up: this request samples its next token
             logits_indices.append(offset - 1)
             sampling_requests.append(req)
             sampling_rows.append(i)
@@ -91,6 +114,8 @@ def build_host_inputs(out: SchedulerOutput, block_size: int) -> HostInputs:
         num_decodes=num_decodes,
         sampling_requests=sampling_requests,
         sampling_rows=sampling_rows,
+        pending_indices=pending_indices,
+        pending_requests=pending_requests,
     )
 
 
