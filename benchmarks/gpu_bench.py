@@ -66,14 +66,17 @@ def run_batch(engine, prompts, params) -> tuple[float, dict]:
     return time.perf_counter() - start, split
 
 
-def transformers_decode(folder: Path, prompt: list[int], n: int = 64) -> dict:
-    """transformers generate, batch 1, dynamic cache: decode tok/s = n / (t(1+n) - t(1))."""
+def transformers_decode(folder: Path, prompt: list[int], static: bool, n: int = 64) -> dict:
+    """transformers generate, batch 1, bf16, sdpa: decode tok/s = n / (t(1+n) - t(1)).
+
+    static=True uses the static cache, with which generate compiles the forward itself."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(folder)
     with torch.device("cuda"):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     ids = torch.tensor([prompt], device="cuda")
+    extra = {"cache_implementation": "static"} if static else {}
 
     def run(k: int) -> float:
         torch.cuda.synchronize()
@@ -86,13 +89,26 @@ def transformers_decode(folder: Path, prompt: list[int], n: int = 64) -> dict:
                 do_sample=False,
                 attention_mask=torch.ones_like(ids),
                 pad_token_id=0,
+                **extra,
             )
         torch.cuda.synchronize()
         return time.perf_counter() - t
 
+    t = time.perf_counter()
     run(4)
-    t1, tn = run(1), run(1 + n)
-    return {"decode_tok_s": n / (tn - t1), "ttft_s": t1, "cache": "dynamic", "attn": "sdpa"}
+    run(1 + n)  # static: compiles for the decode shapes
+    warm_s = time.perf_counter() - t
+    t1, tn = min(run(1) for _ in range(2)), min(run(1 + n) for _ in range(2))
+    model = None  # free it before the next measurement
+    torch.cuda.empty_cache()
+    return {
+        "decode_tok_s": n / (tn - t1),
+        "ttft_s": t1,
+        "cache": "static" if static else "dynamic",
+        "compiled": static,
+        "attn": "sdpa",
+        "warm_up_s": warm_s,
+    }
 
 
 def main() -> None:
@@ -156,9 +172,21 @@ def main() -> None:
         return total, decode_only, steps
 
     decode_tok_s = decode_batch1()
-    p512 = prompts(1, 512)
-    timed_generate(llm, p512, greedy(1))
-    ttft512 = min(timed_generate(llm, p512, greedy(1)) for _ in range(3))
+
+    def ttft512() -> float:
+        # A fresh prompt each time: a repeated one would be served from the prefix cache.
+        timed_generate(llm, prompts(1, 512), greedy(1))
+        return min(timed_generate(llm, prompts(1, 512), greedy(1)) for _ in range(3))
+
+    ttft512_s = ttft512()
+    # For comparison: the eager prefill with torch's glue ops instead of the fused Triton ones.
+    model = llm.engine.loaded.model
+    if llm.engine.runner.graphs is not None and llm.engine.config.device.fused_kernels:
+        model.use_fused_kernels(False)  # captured graphs keep their fused kernels
+        ttft512_torch_glue = ttft512()
+        model.use_fused_kernels(True)
+    else:
+        ttft512_torch_glue = None
     throughput, decode_only, steps = throughputs()
     sync = None
     if args.compare_sync and llm.engine.async_scheduling:
@@ -173,10 +201,15 @@ def main() -> None:
     roofline_tok_s = roofline_bw / weight_bytes
     graphs = llm.engine.runner.graphs is not None
     llm_async = llm.engine.async_scheduling
+    kv_bytes = llm.engine.loaded.kv_cache_bytes
+    reserve = llm.engine.loaded.activation_reserve
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     llm = None  # free the engine before transformers loads its copy
     torch.cuda.empty_cache()
-    hf = transformers_decode(folder, p128[0]) if args.transformers else None
+    hf = hf_static = None
+    if args.transformers:
+        hf = transformers_decode(folder, p128[0], static=False)
+        hf_static = transformers_decode(folder, p128[0], static=True)
     result = {
         "benchmark": "gpu_bench",
         "gpu": torch.cuda.get_device_name(),
@@ -190,17 +223,25 @@ def main() -> None:
         "engine_start_s": start_s,
         "decode_batch1_tok_s": decode_tok_s,
         "decode_fraction_of_roofline": decode_tok_s / roofline_tok_s,
-        "prefill512_ttft_s": ttft512,
-        "prefill512_tok_s": 512 / ttft512,
+        "prefill512_ttft_s": ttft512_s,
+        "prefill512_tok_s": 512 / ttft512_s,
+        "prefill512_ttft_s_torch_glue": ttft512_torch_glue,
         "throughput_128in_128out_tok_s": throughput,
         "decode_only_tok_s": decode_only,
         "throughput_steps": steps,
         "async_scheduling": llm_async,
         "sync_scheduling": sync,
         "peak_memory_gib": peak_gib,
+        "kv_cache_gib": kv_bytes / 2**30,
+        "activation_reserve_gib": reserve / 2**30,
+        "peak_over_weights_and_kv": peak_gib * 2**30 / (weight_bytes + kv_bytes) - 1,
         "cuda_graphs": graphs,
         "transformers": hf,
+        "transformers_static_compiled": hf_static,
         "decode_ratio_to_transformers": decode_tok_s / hf["decode_tok_s"] if hf else None,
+        "decode_ratio_to_transformers_static": (
+            decode_tok_s / hf_static["decode_tok_s"] if hf_static else None
+        ),
     }
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,14 +264,26 @@ def markdown_table(r: dict) -> str:
         (
             "batch-1 decode",
             f"{r['decode_batch1_tok_s']:.1f} tok/s = {r['decode_fraction_of_roofline']:.0%} of "
-            "roofline" + (f", {r['decode_ratio_to_transformers']:.1f}x transformers" if hf else ""),
+            "roofline"
+            + (
+                f", {r['decode_ratio_to_transformers']:.1f}x transformers dynamic cache "
+                f"({hf['decode_tok_s']:.1f} tok/s), "
+                f"{r['decode_ratio_to_transformers_static']:.2f}x transformers static cache + "
+                f"compile ({r['transformers_static_compiled']['decode_tok_s']:.1f} tok/s)"
+                if hf
+                else ""
+            ),
         ),
         (
             "prefill 512",
             f"{r['prefill512_tok_s']:.0f} tok/s (TTFT {r['prefill512_ttft_s'] * 1e3:.1f} ms)",
         ),
         ("engine start", f"{r['engine_start_s']:.1f} s"),
-        ("peak GPU memory", f"{r['peak_memory_gib']:.1f} GiB"),
+        (
+            "peak GPU memory",
+            f"{r['peak_memory_gib']:.1f} GiB = weights + KV cache ({r['kv_cache_gib']:.1f} GiB) "
+            f"+ {r['peak_over_weights_and_kv']:.1%}",
+        ),
     ]
     for b, tok_s in r["throughput_128in_128out_tok_s"].items():
         rows.append(

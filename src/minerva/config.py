@@ -81,7 +81,7 @@ class DeviceConfig:
     )
     enforce_eager: bool = _field(False, "Never use CUDA graphs (slower decode; for debugging).")
     fused_kernels: bool = _field(
-        True, "Fused Triton add+RMSNorm, SiLU*mul and RoPE inside CUDA graphs (off = torch ops)."
+        True, "Fused Triton add+RMSNorm, SiLU*mul and RoPE on CUDA (off = torch ops)."
     )
 
 

@@ -6,6 +6,8 @@ Everything else receives these answers; no other module asks torch what the hard
 from __future__ import annotations
 
 import os
+import platform as _host
+import sys
 from dataclasses import dataclass
 
 import psutil
@@ -91,6 +93,18 @@ class Platform:
             return int(torch.mps.current_allocated_memory())
         return int(psutil.Process().memory_info().rss)
 
+    def reset_peak_memory(self) -> None:
+        """Start a new peak for `peak_memory` (CUDA only; a no-op elsewhere)."""
+        if self.is_cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> int:
+        """Most bytes this process held on the device since `reset_peak_memory` (CUDA; else 0)."""
+        if self.is_cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return 0
+
     def synchronize(self) -> None:
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
@@ -173,3 +187,33 @@ def resolve_dtype(platform: Platform, requested: str | None, checkpoint: str | N
 def set_num_threads(num_threads: int | None) -> None:
     if num_threads:
         torch.set_num_threads(num_threads)
+
+
+def native_kernel_arch() -> str | None:
+    """The CPU family the C kernels (models/cpu_gemv.c) build for on this host: "x86_64" or
+    "aarch64" on Linux; None elsewhere (macOS torch ships libomp, and the kernel would start a
+    second OpenMP thread pool next to torch's)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    machine = _host.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return "x86_64"
+    if machine in ("aarch64", "arm64"):
+        return "aarch64"
+    return None
+
+
+def cpu_signature() -> str:
+    """What a -march=native build depends on (CPU model and feature flags), to key caches."""
+    lines = [_host.machine()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU implementer", "CPU part"):
+                    lines.append(line.strip())
+                elif not line.strip() and len(lines) > 1:
+                    break  # the first core describes them all
+    except OSError:
+        lines.append(_host.processor())
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -127,3 +128,29 @@ def test_async_scheduling_equals_transformers(tiny, mode):
     assert [o.token_ids for o in outs] == [hf_greedy(hf, p, n)[0] for p, n in zip(prompts, lengths)]
     kv = llm.engine.kv_cache_manager
     assert kv.num_free_blocks == kv.num_blocks - 1
+
+
+def test_measured_activation_reserve_bounds_the_peak(tiny):
+    """The KV cache is sized after profiling a step at the scheduler's limits: running such
+    steps never holds more than weights + KV cache + that reserve."""
+    path, _ = tiny
+    gc.collect()  # engines of earlier tests still hold memory: measure above what is there
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    llm = LLM(
+        model=str(path),
+        device="cuda",
+        dtype="bfloat16",
+        max_num_batched_tokens=512,
+        max_num_seqs=32,
+        max_model_len=256,
+        progress=False,
+    )
+    loaded = llm.engine.loaded
+    assert loaded.activation_reserve > 0
+    torch.cuda.reset_peak_memory_stats()
+    params = SamplingParams(max_tokens=40, temperature=0.8, top_p=0.9, logprobs=3, seed=1)
+    llm.generate([[5 + i % 200] * 200 for i in range(32)], params)
+    peak = torch.cuda.max_memory_allocated() - base
+    bound = loaded.weight_bytes + loaded.kv_cache_bytes + loaded.activation_reserve
+    assert peak <= bound + (32 << 20), (peak, bound)

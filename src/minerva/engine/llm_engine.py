@@ -62,6 +62,9 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
         )
+        if self.platform.is_cuda and loaded.attention_backend.graph_safe:
+            # Fewer launches per layer: the eager prefill is bound by the host's launch rate.
+            loaded.model.use_fused_kernels(config.device.fused_kernels)
         self.runner = ModelRunner(
             loaded.model,
             loaded.kv_caches,
@@ -94,7 +97,6 @@ class LLMEngine:
             self.max_model_len,
             device,
             num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
-            fused_kernels=self.config.device.fused_kernels,
         )
         graphs.capture()
         return graphs

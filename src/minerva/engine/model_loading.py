@@ -14,8 +14,10 @@ from minerva.config import EngineConfig
 from minerva.errors import ConfigError, ModelLoadError
 from minerva.loader import iter_checkpoint_tensors, load_generation_config, load_model_config
 from minerva.models import build_model
+from minerva.models.registry import count_weight_bytes
 from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
 from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_blocks
+from minerva.runner.memory_profile import profile_activation_memory
 from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ class LoadedModel:
     num_kv_blocks: int
     weight_bytes: int
     attention_backend: object
+    kv_cache_bytes: int = 0
+    activation_reserve: int = 0
+    """Bytes kept free for one step's activations (measured on CUDA) when sizing the KV cache."""
 
 
 def resolve_model_path(config: EngineConfig) -> Path:
@@ -93,6 +98,16 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
             "raise max_num_batched_tokens, lower max_model_len or enable chunked prefill"
         )
 
+    kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
+    spec = KVCacheSpec(
+        num_layers=hf.num_hidden_layers,
+        num_kv_heads=hf.num_key_value_heads,
+        head_dim=hf.head_dim,
+        block_size=config.cache.block_size,
+        dtype=kv_dtype,
+    )
+    if platform.is_cuda:
+        check_model_fits(hf, dtype, spec, platform, config, max_model_len)
     model = build_model(hf, dtype, platform.device, max_positions=max_model_len)
     if config.model.load_format == "dummy":
         init_dummy_weights(model, seed=config.model.seed)
@@ -106,14 +121,18 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
     )
     model.set_attention_backend(backend)
 
-    kv_dtype = parse_dtype(config.cache.kv_cache_dtype) or dtype
-    spec = KVCacheSpec(
-        num_layers=hf.num_hidden_layers,
-        num_kv_heads=hf.num_key_value_heads,
-        head_dim=hf.head_dim,
-        block_size=config.cache.block_size,
-        dtype=kv_dtype,
-    )
+    if platform.is_cuda:
+        reserve = profile_activation_memory(
+            model,
+            spec,
+            platform,
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            max_num_seqs=sched.max_num_seqs,
+            max_model_len=max_model_len,
+            include_decode_graphs=not config.device.enforce_eager,
+        )
+    else:
+        reserve = _activation_reserve(hf, config, dtype)
     num_blocks = plan_num_blocks(
         spec,
         platform,
@@ -122,9 +141,17 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         num_kv_blocks=config.cache.num_kv_blocks,
         kv_cache_memory=config.cache.kv_cache_memory,
         memory_fraction=config.cache.memory_fraction,
-        activation_reserve=_activation_reserve(hf, config, dtype),
+        activation_reserve=reserve,
     )
     kv_caches = allocate_kv_caches(spec, num_blocks, platform.device)
+    logger.info(
+        "weights %.2f GiB, KV cache %d blocks = %d tokens (%.2f GiB), activations reserve %.2f GiB",
+        weight_bytes / 2**30,
+        num_blocks,
+        (num_blocks - 1) * spec.block_size,
+        num_blocks * spec.bytes_per_block / 2**30,
+        reserve / 2**30,
+    )
 
     eos = list(gen.eos_token_id or []) or list(hf.eos_token_id or [])
     if (
@@ -146,7 +173,36 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         num_kv_blocks=num_blocks,
         weight_bytes=weight_bytes,
         attention_backend=backend,
+        kv_cache_bytes=num_blocks * spec.bytes_per_block,
+        activation_reserve=reserve,
     )
+
+
+def check_model_fits(hf, dtype, spec, platform, config: EngineConfig, max_model_len: int) -> None:
+    """Refuse, before any allocation, a model whose weights plus one full-length sequence's KV
+    cache plus estimated activations exceed the memory budget; the message has the numbers."""
+    cache = config.cache
+    if cache.num_kv_blocks is not None:
+        kv = cache.num_kv_blocks * spec.bytes_per_block
+    elif cache.kv_cache_memory is not None:
+        kv = cache.kv_cache_memory
+    else:
+        kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
+    weights = count_weight_bytes(hf, dtype)
+    activations = _activation_reserve(hf, config, dtype)
+    free, total = platform.memory()
+    budget = int(total * cache.memory_fraction) - (total - free)
+    if weights + kv + activations > budget:
+        gib = 2**30
+        raise ConfigError(
+            f"the model does not fit: {weights / gib:.2f} GiB of {str(dtype).removeprefix('torch.')} "
+            f"weights + {kv / gib:.2f} GiB of KV cache (at least one sequence of "
+            f"max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of activations, but "
+            f"memory_fraction={cache.memory_fraction} of {total / gib:.2f} GiB leaves "
+            f"{budget / gib:.2f} GiB ({(total - free) / gib:.2f} GiB already in use): use a GPU "
+            "with more memory, a smaller model or dtype, lower max_model_len / "
+            "max_num_batched_tokens, or raise memory_fraction"
+        )
 
 
 @torch.no_grad()

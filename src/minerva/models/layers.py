@@ -49,5 +49,9 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = F.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
-        gate, up = gate_up.split(self.intermediate_size, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down_proj.weight, self.down_proj.bias)
+        if self.fused is not None:
+            h = self.fused.silu_and_mul(gate_up)  # one kernel instead of silu, then mul
+        else:
+            gate, up = gate_up.split(self.intermediate_size, dim=-1)
+            h = F.silu(gate) * up
+        return F.linear(h, self.down_proj.weight, self.down_proj.bias)

@@ -41,14 +41,12 @@ class CudaGraphRunner:
         max_model_len: int,
         device: torch.device,
         num_decode_splits,
-        fused_kernels: bool = True,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.device = device
         self.buckets = graph_buckets(max_num_seqs)
         self.num_decode_splits = num_decode_splits  # bucket -> splits for max_model_len contexts
-        self.fused_kernels = fused_kernels
         n, max_blocks = self.buckets[-1], math.ceil(max_model_len / block_size)
         # Static device buffers and pinned host staging of the same shapes.
         self.static = {
@@ -97,17 +95,7 @@ class CudaGraphRunner:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every bucket, largest first so smaller graphs reuse its pool.
-
-        The fused Triton glue kernels are used inside the graphs only: replay makes their
-        launch cost vanish, while eager steps launch torch's cheaper-to-launch kernels."""
-        self.model.use_fused_kernels(self.fused_kernels)
-        try:
-            self._capture_all()
-        finally:
-            self.model.use_fused_kernels(False)
-
-    def _capture_all(self) -> None:
+        """Capture every bucket, largest first so smaller graphs reuse its pool."""
         for b in reversed(self.buckets):
             self._forward(b)  # warm-up: compiles kernels, settles the allocator
             torch.cuda.synchronize(self.device)

@@ -1,0 +1,78 @@
+"""Measure one step's activation memory before the KV cache is sized (CUDA).
+
+The KV cache takes what `memory_fraction` leaves after the weights and the activations, so the
+activations are measured, not guessed: a dummy step at the scheduler's limits (every batched
+token, every sequence sampling with the costliest sampler settings) runs on a throw-away KV
+cache, and the allocator's peak above the weights is the reserve. Decode steps replayed from
+CUDA graphs keep their activations in a separate pool, so the decode step at max_num_seqs is
+measured too and reserved on top.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from minerva.platform import Platform
+from minerva.request import Request, SchedulerOutput
+from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches
+from minerva.sampling_params import SamplingParams
+
+# The costliest sampler path: temperature + top_p sort + top logprobs over the whole vocab.
+_PROFILE_PARAMS = SamplingParams(max_tokens=2, temperature=1.0, top_p=0.9, top_k=50, logprobs=5)
+
+
+def profile_activation_memory(
+    model: nn.Module,
+    spec: KVCacheSpec,
+    platform: Platform,
+    *,
+    max_num_batched_tokens: int,
+    max_num_seqs: int,
+    max_model_len: int,
+    include_decode_graphs: bool,
+) -> int:
+    """Peak bytes one step needs beyond the weights (plus the decode graph pool if asked)."""
+    from minerva.runner.model_runner import ModelRunner  # noqa: PLC0415 - avoids a cycle
+
+    num_seqs = max(1, min(max_num_seqs, max_num_batched_tokens))
+    # Every batched token in num_seqs sequences (each at most max_model_len - 1 long).
+    per_seq = min(max_model_len - 1, max(1, max_num_batched_tokens // num_seqs))
+    lengths = [per_seq] * num_seqs
+    blocks = sum(math.ceil((n + 1) / spec.block_size) for n in lengths) + 1
+    kv_caches = allocate_kv_caches(spec, blocks, platform.device)
+    runner = ModelRunner(model, kv_caches, spec.block_size, platform.device)
+    try:
+        platform.reset_peak_memory()
+        base = platform.memory_used()
+        requests = _dummy_requests(lengths, spec.block_size)
+        prefill = SchedulerOutput(requests=requests, num_scheduled_tokens=list(lengths))
+        runner.execute(prefill)
+        platform.synchronize()
+        prefill_peak = platform.peak_memory() - base
+        decode_peak = 0
+        if include_decode_graphs:
+            for r, n in zip(requests, lengths):
+                r.num_computed_tokens = n
+                r.output_token_ids.append(0)
+            platform.reset_peak_memory()
+            runner.execute(SchedulerOutput(requests=requests, num_scheduled_tokens=[1] * num_seqs))
+            platform.synchronize()
+            decode_peak = platform.peak_memory() - base
+        return max(prefill_peak, 0) + max(decode_peak, 0)
+    finally:
+        del runner, kv_caches
+        platform.reset_peak_memory()
+
+
+def _dummy_requests(lengths: list[int], block_size: int) -> list[Request]:
+    requests, next_block = [], 1  # block 0 is the null block
+    for i, n in enumerate(lengths):
+        r = Request(f"profile-{i}", [0] * n, _PROFILE_PARAMS, max_tokens=2)
+        count = math.ceil((n + 1) / block_size)
+        r.block_ids = list(range(next_block, next_block + count))
+        r.num_pending_tokens = 1  # each samples, as the scheduler would mark it
+        next_block += count
+        requests.append(r)
+    return requests

@@ -1,0 +1,102 @@
+"""KV cache sizing from a memory budget, and the refusal of models that cannot fit (no GPU:
+a stand-in platform reports the device's memory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from minerva.config import EngineConfig
+from minerva.engine.model_loading import check_model_fits
+from minerva.errors import ConfigError
+from minerva.loader.hf_config import _parse_config
+from minerva.models.registry import count_weight_bytes
+from minerva.runner.kv_cache import KVCacheSpec, plan_num_blocks
+
+GIB = 2**30
+
+
+class FakeGPU:
+    """The two things the budget reads from a platform: its kind and (free, total) memory."""
+
+    kind = "cuda"
+    is_cuda = True
+
+    def __init__(self, free: int, total: int) -> None:
+        self._memory = (free, total)
+
+    def memory(self) -> tuple[int, int]:
+        return self._memory
+
+
+SPEC = KVCacheSpec(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16, dtype=torch.bfloat16)
+
+
+def test_bytes_per_block_of_a_mistral_7b_shape():
+    # K and V x 32 layers x 16 tokens x 8 heads x 128 dims x 2 bytes
+    assert SPEC.bytes_per_block == 2 * 32 * 16 * 8 * 128 * 2 == 2 * 2**20
+
+
+def test_kv_blocks_take_the_fraction_left_after_weights_and_activations():
+    total, used, reserve = 80 * GIB, 15 * GIB, 3 * GIB
+    blocks = plan_num_blocks(
+        SPEC,
+        FakeGPU(free=total - used, total=total),
+        max_model_len=4096,
+        max_num_seqs=10_000,
+        num_kv_blocks=None,
+        kv_cache_memory=None,
+        memory_fraction=0.9,
+        activation_reserve=reserve,
+    )
+    budget = int(0.9 * total) - used - reserve
+    assert blocks - 1 == budget // SPEC.bytes_per_block  # + the null block
+
+
+def test_kv_blocks_capped_at_every_sequence_at_full_length():
+    blocks = plan_num_blocks(
+        SPEC,
+        FakeGPU(free=80 * GIB, total=80 * GIB),
+        max_model_len=256,
+        max_num_seqs=4,
+        num_kv_blocks=None,
+        kv_cache_memory=None,
+        memory_fraction=0.9,
+    )
+    assert blocks == 4 * 256 // 16 + 1
+
+
+def _mistral_7b():
+    return _parse_config(
+        {
+            "architectures": ["MistralForCausalLM"],
+            "model_type": "mistral",
+            "hidden_size": 4096,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "intermediate_size": 14336,
+            "vocab_size": 32000,
+            "max_position_embeddings": 32768,
+            "rms_norm_eps": 1e-5,
+        },
+        Path("config.json"),
+    )
+
+
+def test_weight_bytes_counted_without_memory():
+    # 7.24 B parameters in bf16 (the published Mistral-7B count)
+    assert count_weight_bytes(_mistral_7b(), torch.bfloat16) == 14_483_464_192
+
+
+def test_a_model_that_cannot_fit_is_refused_with_the_numbers():
+    hf, config = _mistral_7b(), EngineConfig.from_kwargs(max_model_len=4096)
+    small = FakeGPU(free=16 * GIB, total=16 * GIB)  # 0.9 x 16 GiB < 13.5 GiB + KV + activations
+    with pytest.raises(ConfigError) as err:
+        check_model_fits(hf, torch.bfloat16, SPEC, small, config, 4096)
+    message = str(err.value)
+    assert "13.49 GiB of bfloat16 weights" in message and "14.40 GiB" in message
+    assert "memory_fraction=0.9 of 16.00 GiB" in message
+    check_model_fits(hf, torch.bfloat16, SPEC, FakeGPU(80 * GIB, 80 * GIB), config, 4096)
