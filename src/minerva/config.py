@@ -83,6 +83,9 @@ class DeviceConfig:
     fused_kernels: bool = _field(
         True, "Fused Triton add+RMSNorm, SiLU*mul and RoPE on CUDA (off = torch ops)."
     )
+    cpu_kernels: bool = _field(
+        True, "C matrix-vector kernels for CPU decode, built at first use (off = torch's linear)."
+    )
 
 
 @dataclass

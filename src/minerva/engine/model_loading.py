@@ -120,6 +120,8 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         config.device.attention_backend, platform.kind, platform.num_sms
     )
     model.set_attention_backend(backend)
+    if platform.kind == "cpu":
+        model.use_cpu_kernels(config.device.cpu_kernels)
 
     if platform.is_cuda:
         reserve = profile_activation_memory(

@@ -44,14 +44,15 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.intermediate_size = intermediate_size
         self.fused = None  # models.triton_ops on CUDA (set by use_fused_kernels)
+        self.linear = F.linear  # models.cpu_linear.linear on CPU (set by use_cpu_kernels)
         self.gate_up_proj = nn.Linear(hidden_size, 2 * intermediate_size, bias=bias, dtype=dtype)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias, dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = F.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
+        gate_up = self.linear(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
         if self.fused is not None:
             h = self.fused.silu_and_mul(gate_up)  # one kernel instead of silu, then mul
         else:
             gate, up = gate_up.split(self.intermediate_size, dim=-1)
             h = F.silu(gate) * up
-        return F.linear(h, self.down_proj.weight, self.down_proj.bias)
+        return self.linear(h, self.down_proj.weight, self.down_proj.bias)

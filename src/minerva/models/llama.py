@@ -14,6 +14,7 @@ from torch import nn
 
 from minerva.attention import AttentionMetadata, TorchAttention
 from minerva.errors import ModelLoadError
+from minerva.models import cpu_linear
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
 
@@ -37,6 +38,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.backend = TorchAttention()  # replaced by set_attention_backend
         self.rope = apply_rope  # models.triton_ops.apply_rope on CUDA (use_fused_kernels)
+        self.linear = F.linear  # models.cpu_linear.linear on CPU (use_cpu_kernels)
         h = config.hidden_size
         self.qkv_proj = nn.Linear(
             h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias, dtype=dtype
@@ -52,7 +54,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = F.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        qkv = self.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
         qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk = self.rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
@@ -60,7 +62,7 @@ class Attention(nn.Module):
             kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping
         )
         out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
-        return F.linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
+        return self.linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
 
 
 class DecoderLayer(nn.Module):
@@ -118,6 +120,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
+        self.linear = F.linear  # for the vocab projection; see use_cpu_kernels
 
     def set_attention_backend(self, backend) -> None:
         """Use `backend` (torch reference or Triton) in every attention layer."""
@@ -133,6 +136,15 @@ class LlamaForCausalLM(nn.Module):
                 module.fused = triton_ops if enabled else None
             if isinstance(module, Attention):
                 module.rope = triton_ops.apply_rope if enabled else apply_rope
+
+    def use_cpu_kernels(self, enabled: bool = True) -> bool:
+        """Run the linear layers through models.cpu_linear (C matrix-vector kernels for decode on
+        the CPU), or through F.linear. Returns whether the kernels are on (they may fail to build)."""
+        on = enabled and cpu_linear.load()
+        for module in self.modules():
+            if hasattr(module, "linear"):
+                module.linear = cpu_linear.linear if on else F.linear
+        return on
 
     def init_rope(self, device: torch.device) -> None:
         """Build the cos/sin tables once, on the device, in the model dtype."""
@@ -163,7 +175,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return torch.nn.functional.linear(hidden, weight).float()
+        return self.linear(hidden, weight).float()
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

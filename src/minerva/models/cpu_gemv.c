@@ -1,0 +1,298 @@
+// Matrix-vector products for CPU decode: y[m, n] = dot(W[n, :], x[m, :]) + bias[n].
+//
+// W is [N, K] row-major (torch Linear layout), x is [M, K], y is [M, N]; all share one dtype:
+// fp32, bf16 or fp16. Sums run in fp32 and each output is rounded once, like torch. Each thread
+// takes a contiguous range of output rows (static split) and streams its part of W once: the
+// rows are cut into L2-sized tiles and every chunk of up to 4 rows of x passes over a tile
+// while it is cached, each loaded W vector feeding 4 W rows x 4 x rows of accumulators.
+//
+// Three builds of the same code: AVX-512 (F/BW/VL) and AVX2+FMA+F16C intrinsics, and a plain-C
+// fallback the compiler vectorises (NEON). models/cpu_linear.py compiles it at first use with
+// -O2 -march=native -fopenmp; loaded after torch, it shares torch's OpenMP runtime and threads.
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define MAX_ROWS 4  // rows of x per pass over a tile of W (register blocking)
+#define TILE_BYTES (128 << 10)  // W bytes per tile: fits L2 with room for x
+#define PASS_ROWS 256  // rows of x per pass over all of W
+// Prefetch this far ahead in each W row: +40% GB/s for bf16 rows of 576 (SmolLM) on a Xeon
+// whose hardware prefetcher starts too late on short rows; neutral on long rows.
+#define PREFETCH_BYTES 4096
+#define ROWS_PER_BLOCK 4
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 8")
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define PATH "avx512"
+#define VL 16  // floats per vector
+#define HAVE_F16 1
+typedef __m512 vec;
+INLINE vec vzero(void) { return _mm512_setzero_ps(); }
+INLINE vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+INLINE float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+INLINE vec load_f32(const float *p) { return _mm512_loadu_ps(p); }
+INLINE vec load_bf16(const uint16_t *p) {  // bf16 is the top half of an fp32
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+INLINE vec load_f16(const uint16_t *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define PATH "avx2"
+#define VL 8
+#define HAVE_F16 1
+typedef __m256 vec;
+INLINE vec vzero(void) { return _mm256_setzero_ps(); }
+INLINE vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+INLINE float vsum(vec v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+INLINE vec load_f32(const float *p) { return _mm256_loadu_ps(p); }
+INLINE vec load_bf16(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+INLINE vec load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+#else  // plain C: small fixed-size arrays the compiler maps onto its vector registers
+#define PATH "generic"
+#define VL 8
+#if defined(__FLT16_MAX__) || defined(__ARM_FP16_FORMAT_IEEE)
+#define HAVE_F16 1
+#else
+#define HAVE_F16 0
+#endif
+typedef struct {
+    float v[VL];
+} vec;
+INLINE vec vzero(void) {
+    vec r = {{0}};
+    return r;
+}
+INLINE vec vfma(vec a, vec b, vec c) {
+    for (int i = 0; i < VL; i++) c.v[i] += a.v[i] * b.v[i];
+    return c;
+}
+INLINE float vsum(vec a) {
+    float s = 0.0f;
+    for (int i = 0; i < VL; i++) s += a.v[i];
+    return s;
+}
+INLINE vec load_f32(const float *p) {
+    vec r;
+    memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+INLINE vec load_bf16(const uint16_t *p) {
+    vec r;
+    for (int i = 0; i < VL; i++) {
+        uint32_t u = (uint32_t)p[i] << 16;
+        memcpy(&r.v[i], &u, 4);
+    }
+    return r;
+}
+#if HAVE_F16
+#if defined(__FLT16_MAX__)
+typedef _Float16 half_t;
+#else
+typedef __fp16 half_t;
+#endif
+INLINE vec load_f16(const uint16_t *p) {
+    vec r;
+    for (int i = 0; i < VL; i++) {
+        half_t h;
+        memcpy(&h, p + i, 2);
+        r.v[i] = (float)h;
+    }
+    return r;
+}
+#endif
+#endif
+
+// ---- scalar conversions (once per output element) -----------------------------------------
+
+INLINE float f32_of_f32(float v) { return v; }
+INLINE float f32_to_f32(float v) { return v; }
+INLINE float f32_of_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+INLINE uint16_t f32_to_bf16(float f) {  // round to nearest even; NaNs stay quiet NaNs
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+#if HAVE_F16
+#if defined(__F16C__)
+INLINE float f32_of_f16(uint16_t h) { return _cvtsh_ss(h); }
+INLINE uint16_t f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
+#else
+INLINE float f32_of_f16(uint16_t h) {
+    half_t v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+INLINE uint16_t f32_to_f16(float f) {
+    half_t v = (half_t)f;
+    uint16_t h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+#endif
+#endif
+
+// ---- per-thread scratch: x in fp32, each row zero-padded to a whole number of vectors -------
+
+static float *scratch(int64_t n) {
+    static __thread float *buf = NULL;
+    static __thread int64_t cap = 0;
+    if (n > cap) {
+        free(buf);
+        buf = (float *)malloc((size_t)n * sizeof(float));
+        cap = buf ? n : 0;
+    }
+    return buf;
+}
+
+// Work below this many weight elements runs on the calling thread (a fork costs microseconds).
+#define PARALLEL_MIN (1 << 16)
+
+// ---- the kernel, once per weight type -----------------------------------------------------
+// block: ROWS_PER_BLOCK rows of W against M rows of xf (row stride KP, zero padded); M is a
+// constant at every call site, so after inlining the accumulators live in registers. The last
+// partial vector of each W row is copied into a zeroed buffer (the padded x is zero there too).
+
+#define DEFINE_GEMV(T, SUFFIX)                                                                 \
+    INLINE void block_##SUFFIX(const T *w[ROWS_PER_BLOCK], int64_t K, const float *xf,        \
+                               int64_t KP, const int M, float out[ROWS_PER_BLOCK][MAX_ROWS]) { \
+        enum { R = ROWS_PER_BLOCK };                                                           \
+        vec acc[R][MAX_ROWS];                                                                  \
+        UNROLL for (int r = 0; r < R; r++)                                                            \
+            UNROLL for (int m = 0; m < M; m++) acc[r][m] = vzero();                                   \
+        int64_t k = 0;                                                                         \
+        for (; k + VL <= K; k += VL) {                                                         \
+            vec xv[MAX_ROWS];                                                                  \
+            UNROLL for (int m = 0; m < M; m++) xv[m] = load_f32(xf + m * KP + k);                     \
+            UNROLL for (int r = 0; r < R; r++) {                                                      \
+                __builtin_prefetch((const char *)(w[r] + k) + PREFETCH_BYTES);                 \
+                vec wv = load_##SUFFIX(w[r] + k);                                              \
+                UNROLL for (int m = 0; m < M; m++) acc[r][m] = vfma(wv, xv[m], acc[r][m]);            \
+            }                                                                                  \
+        }                                                                                      \
+        if (k < K) {                                                                           \
+            UNROLL for (int r = 0; r < R; r++) {                                                      \
+                T tail[VL];                                                                    \
+                memset(tail, 0, sizeof tail);                                                  \
+                memcpy(tail, w[r] + k, (size_t)(K - k) * sizeof(T));                           \
+                vec wv = load_##SUFFIX(tail);                                                  \
+                UNROLL for (int m = 0; m < M; m++)                                                    \
+                    acc[r][m] = vfma(wv, load_f32(xf + m * KP + k), acc[r][m]);                \
+            }                                                                                  \
+        }                                                                                      \
+        UNROLL for (int r = 0; r < R; r++)                                                            \
+            UNROLL for (int m = 0; m < M; m++) out[r][m] = vsum(acc[r][m]);                           \
+    }                                                                                          \
+                                                                                               \
+    INLINE void rows_##SUFFIX(const T *W, const float *xf, const T *bias, T *y, int64_t N,      \
+                              int64_t K, int64_t KP, int64_t n0, int64_t n1, const int M) {     \
+        float out[ROWS_PER_BLOCK][MAX_ROWS];                                                   \
+        for (int64_t n = n0; n < n1; n += ROWS_PER_BLOCK) {                                    \
+            /* past the last row, repeat it: the extra sums are computed and dropped */        \
+            const T *w[ROWS_PER_BLOCK];                                                        \
+            UNROLL for (int r = 0; r < ROWS_PER_BLOCK; r++) w[r] = W + (n + r < n1 ? n + r : n1 - 1) * K; \
+            block_##SUFFIX(w, K, xf, KP, M, out);                                              \
+            for (int r = 0; r < ROWS_PER_BLOCK && n + r < n1; r++) {                           \
+                float b = bias ? f32_of_##SUFFIX(bias[n + r]) : 0.0f;                          \
+                UNROLL for (int m = 0; m < M; m++) y[m * N + n + r] = f32_to_##SUFFIX(out[r][m] + b); \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    INLINE void chunk_##SUFFIX(const T *W, const float *xf, const T *bias, T *y, int64_t N,     \
+                               int64_t K, int64_t KP, int64_t n0, int64_t n1, int64_t M) {      \
+        switch (M) {                                                                           \
+        case 1: rows_##SUFFIX(W, xf, bias, y, N, K, KP, n0, n1, 1); break;                     \
+        case 2: rows_##SUFFIX(W, xf, bias, y, N, K, KP, n0, n1, 2); break;                     \
+        case 3: rows_##SUFFIX(W, xf, bias, y, N, K, KP, n0, n1, 3); break;                     \
+        default: rows_##SUFFIX(W, xf, bias, y, N, K, KP, n0, n1, 4); break;                    \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    static void pass_##SUFFIX(const T *W, const T *x, const T *bias, T *y, int64_t M, int64_t N, \
+                              int64_t K, float *xf, int threads) {                             \
+        int64_t KP = (K + VL - 1) / VL * VL;                                                   \
+        /* W rows per tile: a tile stays in L2 while every chunk of x rows passes over it */   \
+        int64_t tile = TILE_BYTES / (K * (int64_t)sizeof(T)) / ROWS_PER_BLOCK * ROWS_PER_BLOCK; \
+        if (tile < ROWS_PER_BLOCK) tile = ROWS_PER_BLOCK;                                      \
+        int direct = sizeof(T) == sizeof(float) && KP == K; /* fp32 x needs no copy */         \
+        if (direct) xf = (float *)(void *)x;                                                   \
+        _Pragma("omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)") {                               \
+            if (!direct) {                                                                     \
+                _Pragma("omp for schedule(static)") for (int64_t m = 0; m < M; m++) {          \
+                    float *row = xf + m * KP;                                                  \
+                    for (int64_t k = 0; k < K; k++) row[k] = f32_of_##SUFFIX(x[m * K + k]);    \
+                    for (int64_t k = K; k < KP; k++) row[k] = 0.0f;                            \
+                }                                                                              \
+            }                                                                                  \
+            int t = 0, nt = 1;                                                                 \
+            THREAD_ID(t, nt);                                                                  \
+            /* split on block boundaries so only the last thread has a row tail */             \
+            int64_t blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;                        \
+            int64_t n0 = blocks * t / nt * ROWS_PER_BLOCK;                                     \
+            int64_t n1 = blocks * (t + 1) / nt * ROWS_PER_BLOCK;                               \
+            if (n1 > N) n1 = N;                                                                \
+            for (int64_t t0 = n0; t0 < n1; t0 += tile) {                                       \
+                int64_t t1 = t0 + tile < n1 ? t0 + tile : n1;                                  \
+                for (int64_t m = 0; m < M; m += MAX_ROWS)                                      \
+                    chunk_##SUFFIX(W, xf + m * KP, bias, y + m * N, N, K, KP, t0, t1,          \
+                                   M - m < MAX_ROWS ? M - m : MAX_ROWS);                       \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    int minerva_gemv_##SUFFIX(const T *W, const T *x, const T *bias, T *y, int64_t M,           \
+                              int64_t N, int64_t K, int threads) {                             \
+        if (M < 1 || N < 1 || K < 1 || threads < 1) return -1;                                 \
+        int64_t KP = (K + VL - 1) / VL * VL;                                                   \
+        int64_t pass = M < PASS_ROWS ? M : PASS_ROWS; /* bounds the scratch for long inputs */ \
+        float *xf = scratch(pass * KP);                                                        \
+        if (!xf) return -1;                                                                    \
+        for (int64_t m = 0; m < M; m += pass) {                                                \
+            int64_t rows = M - m < pass ? M - m : pass;                                        \
+            pass_##SUFFIX(W, x + m * K, bias, y + m * N, rows, N, K, xf, threads);                      \
+        }                                                                                      \
+        return 0;                                                                              \
+    }
+
+#ifdef _OPENMP
+#define THREAD_ID(t, nt) (t = omp_get_thread_num(), nt = omp_get_num_threads())
+#else
+#define THREAD_ID(t, nt) ((void)0)
+#endif
+
+DEFINE_GEMV(float, f32)
+DEFINE_GEMV(uint16_t, bf16)
+#if HAVE_F16
+DEFINE_GEMV(uint16_t, f16)
+#endif
+
+int minerva_gemv_has_f16(void) { return HAVE_F16; }
+const char *minerva_gemv_path(void) { return PATH; }
