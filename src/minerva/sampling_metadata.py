@@ -111,7 +111,7 @@ class SamplingMetadata:
             temperature, top_p, min_p = (1.0, 1.0, 0.0) if g else (p.temperature, p.top_p, p.min_p)
             penalties = [p.repetition_penalty, p.frequency_penalty, p.presence_penalty]
             floats.append([temperature, top_p, min_p, *penalties])
-            ints.append([k, *noise_keys(seed, index)])
+            ints.append([k, 0, 0] if g else [k, *noise_keys(seed, index)])  # greedy: no noise
         # Two host-to-device copies carry every per-row scalar (noise keys included).
         f = _to_device(torch.tensor(floats, dtype=torch.float32).reshape(n, 6), device)
         i = _to_device(torch.tensor(ints, dtype=torch.int64).reshape(n, 3), device)

@@ -115,6 +115,15 @@ class KVCacheManager:
         to an empty block table and referenced. Returns False, changing nothing, when the free
         pool cannot cover the new blocks plus the free cached blocks the hits take out of it.
         """
+        if not new_computed_blocks:  # the common decode step: room left, nothing to register
+            num_total = request.num_computed_tokens + num_new_tokens
+            if num_total <= len(request.block_ids) * self.block_size:
+                if not self.enable_prefix_caching:
+                    return True
+                state = self._req_cached.get(request.request_id)
+                full = min(num_total, request.num_tokens) // self.block_size
+                if state is not None and full <= state[1]:
+                    return True
         if new_computed_blocks and request.block_ids:
             raise RuntimeError(
                 f"allocate_slots({request.request_id!r}): computed blocks go to an empty table"
