@@ -28,7 +28,8 @@ def _context(
     """Gather the first `length` cached K and V of one sequence: [length, num_kv_heads, head_dim]."""
     block_size = kv_cache.shape[2]
     num_blocks = -(-length // block_size)
-    blocks = kv_cache[:, block_table[:num_blocks]]  # [2, nb, bs, kvh, d]
+    # index_select, not kv_cache[:, ids]: the same gather, several times faster on CPU
+    blocks = kv_cache.index_select(1, block_table[:num_blocks])  # [2, nb, bs, kvh, d]
     blocks = blocks.reshape(2, num_blocks * block_size, *kv_cache.shape[3:])
     return blocks[0, :length], blocks[1, :length]
 
@@ -67,7 +68,8 @@ def _decode(
     num_kv_heads = kv_cache.shape[3]
     slots, bias = _decode_plan(meta, kv_cache.shape[2], window)
     flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
-    kv = flat[:, slots]  # [2, n, L, KV, D]
+    kv = flat.index_select(1, slots.view(-1)).view(2, *slots.shape, num_kv_heads, head_dim)
+    # [2, n, L, KV, D]
     if kv.dtype != q.dtype:
         kv = kv.to(q.dtype)
     k = kv[0].permute(0, 2, 3, 1)  # [n, KV, D, L]
