@@ -154,3 +154,27 @@ def test_measured_activation_reserve_bounds_the_peak(tiny):
     peak = torch.cuda.max_memory_allocated() - base
     bound = loaded.weight_bytes + loaded.kv_cache_bytes + loaded.activation_reserve
     assert peak <= bound + (32 << 20), (peak, bound)
+
+
+def test_one_sequence_prefill_graphs_equal_transformers(tiny):
+    """Single-prompt steps replay the prefill graphs (whole prompt, chunks of it, the tail after
+    a prefix-cache hit) and still equal transformers token for token."""
+    path, hf = tiny
+    llm = LLM(
+        model=str(path),
+        device="cuda",
+        dtype="float32",
+        block_size=8,
+        max_num_batched_tokens=64,  # a 90-token prompt prefills in two chunks
+        progress=False,
+    )
+    prefill = llm.engine.runner.prefill_graphs
+    assert prefill is not None and prefill.buckets == [64]
+    base = list(range(3, 93))
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    for prompt in ([5, 6, 7], base, base[:60] + [9, 9, 9]):  # the last one hits the cache
+        before = prefill.num_replays
+        out = llm.generate([prompt], params)[0]
+        assert out.token_ids == hf_greedy(hf, prompt, 6)[0]
+        assert prefill.num_replays > before
+    assert llm.engine.kv_cache_manager.prefix_cache_hits > 0

@@ -22,6 +22,7 @@ from minerva.request import Request, RequestStatus, SchedulerOutput
 from minerva.runner import ModelRunner
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.model_runner import LaunchedStep
+from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
 
@@ -65,12 +66,14 @@ class LLMEngine:
         if self.platform.is_cuda and loaded.attention_backend.graph_safe:
             # Fewer launches per layer: the eager prefill is bound by the host's launch rate.
             loaded.model.use_fused_kernels(config.device.fused_kernels)
+        graphs = self._capture_graphs(loaded) if self._use_graphs(loaded) else (None, None)
         self.runner = ModelRunner(
             loaded.model,
             loaded.kv_caches,
             config.cache.block_size,
             self.platform.device,
-            graphs=self._capture_graphs(loaded) if self._use_graphs(loaded) else None,
+            graphs=graphs[0],
+            prefill_graphs=graphs[1],
         )
         self.runner.warm_up(min(16, self.max_model_len - 1))
         mode = config.scheduler.async_scheduling
@@ -86,7 +89,7 @@ class LLMEngine:
         backend = loaded.attention_backend
         return self.platform.is_cuda and backend.graph_safe and not self.config.device.enforce_eager
 
-    def _capture_graphs(self, loaded: LoadedModel) -> CudaGraphRunner:
+    def _capture_graphs(self, loaded: LoadedModel) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
         backend, device = loaded.attention_backend, self.platform.device
         kv_heads = loaded.hf_config.num_key_value_heads
         graphs = CudaGraphRunner(
@@ -99,7 +102,17 @@ class LLMEngine:
             num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
         )
         graphs.capture()
-        return graphs
+        prefill = PrefillGraphRunner(
+            loaded.model,
+            loaded.kv_caches,
+            self.config.cache.block_size,
+            self.config.scheduler.max_num_batched_tokens,
+            self.max_model_len,
+            device,
+            pool=graphs.pool,
+        )
+        prefill.capture()
+        return graphs, prefill
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:

@@ -131,7 +131,7 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
             max_num_batched_tokens=sched.max_num_batched_tokens,
             max_num_seqs=sched.max_num_seqs,
             max_model_len=max_model_len,
-            include_decode_graphs=not config.device.enforce_eager,
+            include_graphs=not config.device.enforce_eager,
         )
     else:
         reserve = _activation_reserve(hf, config, dtype)

@@ -73,20 +73,23 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _rope_kernel(
-    x_ptr, cos_ptr, sin_ptr, out_ptr, x_stride_t, x_stride_h, num_heads, D: tl.constexpr,
+    x_ptr, cos_ptr, sin_ptr, out_ptr, x_stride_t, x_stride_h, num_heads,
+    D: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
+    # One program per token, all its heads at once: cos / sin are loaded once per token.
     t = tl.program_id(0)
-    h = tl.program_id(1)
     half: tl.constexpr = D // 2
     d = tl.arange(0, D)
+    h = tl.arange(0, BLOCK_H)
+    mask = (h < num_heads)[:, None]
     rolled = (d + half) % D  # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi]
-    base = x_ptr + t * x_stride_t + h * x_stride_h
-    x = tl.load(base + d)
-    xr = tl.load(base + rolled)
-    c = tl.load(cos_ptr + t * D + d)
-    s = tl.load(sin_ptr + t * D + d)
+    rows = x_ptr + t * x_stride_t + h[:, None] * x_stride_h
+    x = tl.load(rows + d[None, :], mask=mask)
+    xr = tl.load(rows + rolled[None, :], mask=mask)
+    c = tl.load(cos_ptr + t * D + d)[None, :]
+    s = tl.load(sin_ptr + t * D + d)[None, :]
     y = x * c + xr * s  # in the model dtype, like the torch path
-    tl.store(out_ptr + (t * num_heads + h) * D + d, y)
+    tl.store(out_ptr + (t * num_heads + h[:, None]) * D + d[None, :], y, mask=mask)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
@@ -96,5 +99,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     out = torch.empty(t, heads, d, dtype=x.dtype, device=x.device)
     cos = cos.reshape(t, d).contiguous()
     sin_signed = sin_signed.reshape(t, d).contiguous()
-    _rope_kernel[(t, heads)](x, cos, sin_signed, out, x.stride(0), x.stride(1), heads, D=d)
+    block_h = triton.next_power_of_2(heads)
+    _rope_kernel[(t,)](
+        x, cos, sin_signed, out, x.stride(0), x.stride(1), heads,
+        D=d, BLOCK_H=block_h, num_warps=min(max(block_h * d // 1024, 1), 8),
+    )  # fmt: skip
     return out

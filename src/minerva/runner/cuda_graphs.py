@@ -122,10 +122,10 @@ class CudaGraphRunner:
         width = host.block_tables.shape[1]
         stage, static = self.staging[self._turn], self.static
         self._turn ^= 1
-        _fill(stage["input_ids"], host.input_ids, b, 0)
-        _fill(stage["positions"], host.positions, b, 0)
-        _fill(stage["slot_mapping"], host.slot_mapping, b, -1)
-        _fill(stage["seq_lens"], host.seq_lens, b, 0)
+        fill_padded(stage["input_ids"], host.input_ids, b, 0)
+        fill_padded(stage["positions"], host.positions, b, 0)
+        fill_padded(stage["slot_mapping"], host.slot_mapping, b, -1)
+        fill_padded(stage["seq_lens"], host.seq_lens, b, 0)
         stage["block_tables"][:n, :width].numpy()[:] = host.block_tables
         for key in ("input_ids", "positions", "slot_mapping", "seq_lens"):
             static[key][:b].copy_(stage[key][:b], non_blocking=True)
@@ -138,7 +138,8 @@ class CudaGraphRunner:
         return self.outputs[b][:n]
 
 
-def _fill(buffer: torch.Tensor, values: np.ndarray, size: int, pad: int) -> None:
+def fill_padded(buffer: torch.Tensor, values: np.ndarray, size: int, pad: int) -> None:
+    """buffer[:size] = values, then `pad` up to size (pinned host staging of a graph input)."""
     view = buffer[:size].numpy()
     view[: len(values)] = values
     view[len(values) :] = pad

@@ -5,7 +5,8 @@ activations are measured, not guessed: a dummy step at the scheduler's limits (e
 token, every sequence sampling with the costliest sampler settings) runs on a throw-away KV
 cache, and the allocator's peak above the weights is the reserve. Decode steps replayed from
 CUDA graphs keep their activations in a separate pool, so the decode step at max_num_seqs is
-measured too and reserved on top.
+measured too and reserved on top, with room for the one-sequence prefill graphs (at most the
+prefill step's peak).
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def profile_activation_memory(
     max_num_batched_tokens: int,
     max_num_seqs: int,
     max_model_len: int,
-    include_decode_graphs: bool,
+    include_graphs: bool,
 ) -> int:
-    """Peak bytes one step needs beyond the weights (plus the decode graph pool if asked)."""
+    """Peak bytes one step needs beyond the weights (plus the graph pool if asked)."""
     from minerva.runner.model_runner import ModelRunner  # noqa: PLC0415 - avoids a cycle
 
     num_seqs = max(1, min(max_num_seqs, max_num_batched_tokens))
@@ -52,7 +53,7 @@ def profile_activation_memory(
         platform.synchronize()
         prefill_peak = platform.peak_memory() - base
         decode_peak = 0
-        if include_decode_graphs:
+        if include_graphs:
             for r, n in zip(requests, lengths):
                 r.num_computed_tokens = n
                 r.output_token_ids.append(0)
@@ -60,7 +61,9 @@ def profile_activation_memory(
             runner.execute(SchedulerOutput(requests=requests, num_scheduled_tokens=[1] * num_seqs))
             platform.synchronize()
             decode_peak = platform.peak_memory() - base
-        return max(prefill_peak, 0) + max(decode_peak, 0)
+        prefill_peak = max(prefill_peak, 0)
+        graph_pool = prefill_peak + max(decode_peak, 0) if include_graphs else 0
+        return prefill_peak + graph_pool
     finally:
         del runner, kv_caches
         platform.reset_peak_memory()

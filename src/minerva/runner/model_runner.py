@@ -17,6 +17,7 @@ from minerva.platform import copy_to_device
 from minerva.request import Logprobs, Request, RunnerOutput, SchedulerOutput
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import HostInputs, build_host_inputs, to_device
+from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
 
@@ -40,12 +41,14 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         graphs: CudaGraphRunner | None = None,
+        prefill_graphs: PrefillGraphRunner | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
         self.graphs = graphs
+        self.prefill_graphs = prefill_graphs
         self.sampler = Sampler()
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
         # The latest launch's sampled ids (on the device) and the requests they belong to:
@@ -69,6 +72,9 @@ class ModelRunner:
             and self.graphs.bucket_for(host.num_seqs)
         ):
             logits = self.graphs.run(host, pending)
+        elif self.prefill_graphs is not None and self.prefill_graphs.bucket_for(host):
+            logits = self.prefill_graphs.run(host, pending)
+            logits = logits if host.sampling_requests else logits[:0]  # as eager: sampling rows
         else:
             inputs = to_device(host, self.device)
             if pending is not None:
