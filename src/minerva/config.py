@@ -76,7 +76,7 @@ class DeviceConfig:
     num_threads: int | None = _field(None, "CPU threads for torch (default: torch's own choice).")
     attention_backend: str = _field(
         "auto",
-        "Attention kernels: auto (Triton on CUDA, else torch) | triton | torch.",
+        "Attention kernels: auto (Triton on CUDA, C decode kernels on CPU, else torch) | triton | torch.",
         normalize=str.lower,
     )
     enforce_eager: bool = _field(False, "Never use CUDA graphs (slower decode; for debugging).")
@@ -84,7 +84,9 @@ class DeviceConfig:
         True, "Fused Triton add+RMSNorm, SiLU*mul and RoPE on CUDA (off = torch ops)."
     )
     cpu_kernels: bool = _field(
-        True, "C matrix-vector kernels for CPU decode, built at first use (off = torch's linear)."
+        True,
+        "C kernels on the CPU (linear layers, add+RMSNorm, RoPE, decode attention), built at "
+        "first use (off = torch ops).",
     )
 
 

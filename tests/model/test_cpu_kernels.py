@@ -34,10 +34,10 @@ def tiny(tmp_path_factory):
 
 def _llm(path, dtype: str, cpu_kernels: bool) -> LLM:
     llm = LLM(model=str(path), device="cpu", dtype=dtype, cpu_kernels=cpu_kernels, progress=False)
+    model = llm.engine.runner.model
     wanted = cpu_linear.linear if cpu_kernels else F.linear
-    assert all(
-        m.linear is wanted for m in llm.engine.runner.model.modules() if hasattr(m, "linear")
-    )
+    assert all(m.linear is wanted for m in model.modules() if hasattr(m, "linear"))
+    assert model.model.layers[0].self_attn.backend.name == ("cpu" if cpu_kernels else "torch")
     return llm
 
 
@@ -81,6 +81,8 @@ def test_switch_off_by_env(tiny):
     )
     model = LLM(config=config, progress=False).engine.runner.model
     assert all(m.linear is F.linear for m in model.modules() if hasattr(m, "linear"))
+    assert all(m.fused is None for m in model.modules() if hasattr(m, "fused"))
+    assert model.model.layers[0].self_attn.backend.name == "torch"
 
 
 def test_every_linear_layer_runs_the_kernel(tiny, monkeypatch):

@@ -103,28 +103,3 @@ def test_falls_back_where_the_kernel_does_not_apply(kernel):
     assert y.requires_grad
     y.sum().backward()
     assert wg.grad is not None
-
-
-def test_build_is_cached_and_atomic(kernel, tmp_path, monkeypatch):
-    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
-    assert cpu_linear._load() == "ok"
-    built = list((tmp_path / "kernels").glob("*/*"))
-    assert [p.name for p in built] == ["libminerva_gemv.so"]  # no temp file left behind
-    mtime = built[0].stat().st_mtime_ns
-    assert cpu_linear._load() == "ok"  # second load: from the cache, not rebuilt
-    assert built[0].stat().st_mtime_ns == mtime
-
-
-def test_build_failures_mean_torch(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cpu_linear, "_compiler", lambda: None)
-    assert "no C compiler" in cpu_linear._load()
-    monkeypatch.undo()
-    if native_kernel_arch() is None or not shutil.which("cc"):
-        return
-    broken = tmp_path / "broken.c"
-    broken.write_text("this is not C\n")
-    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cpu_linear, "SOURCE", broken)
-    assert cpu_linear._load().startswith("compiling failed")
-    assert not list((tmp_path / "kernels").glob("*/*.so"))

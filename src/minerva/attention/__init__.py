@@ -1,10 +1,12 @@
 """Attention backends over the paged KV cache. The torch reference runs everywhere; Triton
-kernels run on CUDA. Both offer `write_kv(kv_cache, k, v, slot_mapping)` and
-`paged_attention(q, kv_cache, meta, scale, sliding_window)`."""
+kernels run on CUDA; C kernels take the decode rows on the CPU. All offer
+`write_kv(kv_cache, k, v, slot_mapping)` and `paged_attention(q, kv_cache, meta, scale,
+sliding_window)`."""
 
 from __future__ import annotations
 
-from minerva.attention import torch_paged
+from minerva.attention import cpu_backend, torch_paged
+from minerva.attention.cpu_backend import CPUAttention
 from minerva.attention.metadata import AttentionMetadata
 from minerva.attention.torch_paged import paged_attention, write_kv
 from minerva.attention.triton_backend import TritonAttention, triton_available
@@ -21,8 +23,13 @@ class TorchAttention:
     paged_attention = staticmethod(torch_paged.paged_attention)
 
 
-def select_attention_backend(requested: str, device_type: str, num_sms: int | None):
-    """auto: Triton on CUDA when triton is installed, else the torch reference."""
+def select_attention_backend(
+    requested: str, device_type: str, num_sms: int | None, cpu_kernels: bool = False
+):
+    """auto: Triton on CUDA when triton is installed; on the CPU the C decode kernels when
+    cpu_kernels is on and they build; else the torch reference."""
+    if requested == "auto" and device_type == "cpu" and cpu_kernels and cpu_backend.load():
+        return CPUAttention()
     if requested == "torch" or (requested == "auto" and device_type != "cuda"):
         return TorchAttention()
     if device_type == "cuda" and triton_available():
@@ -37,6 +44,7 @@ def select_attention_backend(requested: str, device_type: str, num_sms: int | No
 
 __all__ = [
     "AttentionMetadata",
+    "CPUAttention",
     "TorchAttention",
     "TritonAttention",
     "paged_attention",

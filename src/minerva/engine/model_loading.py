@@ -117,7 +117,10 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         )
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     backend = select_attention_backend(
-        config.device.attention_backend, platform.kind, platform.num_sms
+        config.device.attention_backend,
+        platform.kind,
+        platform.num_sms,
+        cpu_kernels=config.device.cpu_kernels,
     )
     model.set_attention_backend(backend)
     if platform.kind == "cpu":

@@ -10,12 +10,11 @@
 // fallback the compiler vectorises (NEON). models/cpu_linear.py compiles it at first use with
 // -O2 -march=native -fopenmp; loaded after torch, it shares torch's OpenMP runtime and threads.
 
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "simd.h"
 
 #define MAX_ROWS 4  // rows of x per pass over a tile of W (register blocking)
 #define TILE_BYTES (128 << 10)  // W bytes per tile: fits L2 with room for x
@@ -24,153 +23,6 @@
 // whose hardware prefetcher starts too late on short rows; neutral on long rows.
 #define PREFETCH_BYTES 4096
 #define ROWS_PER_BLOCK 4
-#define INLINE static inline __attribute__((always_inline))
-#define UNROLL _Pragma("GCC unroll 8")
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
-#define PATH "avx512"
-#define VL 16  // floats per vector
-#define HAVE_F16 1
-typedef __m512 vec;
-INLINE vec vzero(void) { return _mm512_setzero_ps(); }
-INLINE vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-INLINE float vsum(vec v) { return _mm512_reduce_add_ps(v); }
-INLINE vec load_f32(const float *p) { return _mm512_loadu_ps(p); }
-INLINE vec load_bf16(const uint16_t *p) {  // bf16 is the top half of an fp32
-    __m256i h = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-INLINE vec load_f16(const uint16_t *p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-}
-
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#include <immintrin.h>
-#define PATH "avx2"
-#define VL 8
-#define HAVE_F16 1
-typedef __m256 vec;
-INLINE vec vzero(void) { return _mm256_setzero_ps(); }
-INLINE vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-INLINE float vsum(vec v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-INLINE vec load_f32(const float *p) { return _mm256_loadu_ps(p); }
-INLINE vec load_bf16(const uint16_t *p) {
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-INLINE vec load_f16(const uint16_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-
-#else  // plain C: small fixed-size arrays the compiler maps onto its vector registers
-#define PATH "generic"
-#define VL 8
-#if defined(__FLT16_MAX__) || defined(__ARM_FP16_FORMAT_IEEE)
-#define HAVE_F16 1
-#else
-#define HAVE_F16 0
-#endif
-typedef struct {
-    float v[VL];
-} vec;
-INLINE vec vzero(void) {
-    vec r = {{0}};
-    return r;
-}
-INLINE vec vfma(vec a, vec b, vec c) {
-    for (int i = 0; i < VL; i++) c.v[i] += a.v[i] * b.v[i];
-    return c;
-}
-INLINE float vsum(vec a) {
-    float s = 0.0f;
-    for (int i = 0; i < VL; i++) s += a.v[i];
-    return s;
-}
-INLINE vec load_f32(const float *p) {
-    vec r;
-    memcpy(r.v, p, sizeof r.v);
-    return r;
-}
-INLINE vec load_bf16(const uint16_t *p) {
-    vec r;
-    for (int i = 0; i < VL; i++) {
-        uint32_t u = (uint32_t)p[i] << 16;
-        memcpy(&r.v[i], &u, 4);
-    }
-    return r;
-}
-#if HAVE_F16
-#if defined(__FLT16_MAX__)
-typedef _Float16 half_t;
-#else
-typedef __fp16 half_t;
-#endif
-INLINE vec load_f16(const uint16_t *p) {
-    vec r;
-    for (int i = 0; i < VL; i++) {
-        half_t h;
-        memcpy(&h, p + i, 2);
-        r.v[i] = (float)h;
-    }
-    return r;
-}
-#endif
-#endif
-
-// ---- scalar conversions (once per output element) -----------------------------------------
-
-INLINE float f32_of_f32(float v) { return v; }
-INLINE float f32_to_f32(float v) { return v; }
-INLINE float f32_of_bf16(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-INLINE uint16_t f32_to_bf16(float f) {  // round to nearest even; NaNs stay quiet NaNs
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-#if HAVE_F16
-#if defined(__F16C__)
-INLINE float f32_of_f16(uint16_t h) { return _cvtsh_ss(h); }
-INLINE uint16_t f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-#else
-INLINE float f32_of_f16(uint16_t h) {
-    half_t v;
-    memcpy(&v, &h, 2);
-    return (float)v;
-}
-INLINE uint16_t f32_to_f16(float f) {
-    half_t v = (half_t)f;
-    uint16_t h;
-    memcpy(&h, &v, 2);
-    return h;
-}
-#endif
-#endif
-
-// ---- per-thread scratch: x in fp32, each row zero-padded to a whole number of vectors -------
-
-static float *scratch(int64_t n) {
-    static __thread float *buf = NULL;
-    static __thread int64_t cap = 0;
-    if (n > cap) {
-        free(buf);
-        buf = (float *)malloc((size_t)n * sizeof(float));
-        cap = buf ? n : 0;
-    }
-    return buf;
-}
 
 // Work below this many weight elements runs on the calling thread (a fork costs microseconds).
 #define PARALLEL_MIN (1 << 16)
@@ -273,7 +125,7 @@ static float *scratch(int64_t n) {
         if (M < 1 || N < 1 || K < 1 || threads < 1) return -1;                                 \
         int64_t KP = (K + VL - 1) / VL * VL;                                                   \
         int64_t pass = M < PASS_ROWS ? M : PASS_ROWS; /* bounds the scratch for long inputs */ \
-        float *xf = scratch(pass * KP);                                                        \
+        float *xf = thread_scratch(pass * KP);                                                        \
         if (!xf) return -1;                                                                    \
         for (int64_t m = 0; m < M; m += pass) {                                                \
             int64_t rows = M - m < pass ? M - m : pass;                                        \
@@ -295,4 +147,4 @@ DEFINE_GEMV(uint16_t, f16)
 #endif
 
 int minerva_gemv_has_f16(void) { return HAVE_F16; }
-const char *minerva_gemv_path(void) { return PATH; }
+const char *minerva_gemv_path(void) { return SIMD_PATH; }

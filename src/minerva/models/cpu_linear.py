@@ -1,39 +1,23 @@
-"""A faster `F.linear` for CPU decode: cpu_gemv.c, compiled at first use with the system compiler.
+"""A faster `F.linear` for CPU decode: cpu_gemv.c, compiled at first use (minerva.native).
 
 torch's CPU matrix-vector product streams bf16/fp16 weights at about half the memory bandwidth
 (it has no fast path without AVX512_BF16) and slows down further for 2-64 rows. The kernel
-streams the weights once in their own dtype and sums in fp32. `load()` builds it into a cache
-folder keyed by source, flags, compiler and CPU; `linear` falls back to F.linear wherever the
-kernel does not apply (other devices, autograd, unsupported dtypes, non-contiguous inputs) or
-could not be built.
-
-The library is built with -fopenmp and loaded after torch, so it binds to the OpenMP runtime
-torch already loaded (the CPU wheels ship libgomp.so.1) and shares torch's thread pool; it runs
-with torch.get_num_threads() threads.
+streams the weights once in their own dtype and sums in fp32, with torch.get_num_threads()
+threads of torch's own OpenMP pool. `linear` falls back to F.linear wherever the kernel does not
+apply (other devices, autograd, unsupported dtypes, non-contiguous inputs) or could not be built.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from minerva.platform import cpu_signature, native_kernel_arch
-
-logger = logging.getLogger(__name__)
+from minerva import native
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
-_ARCH_FLAGS = {"x86_64": ["-march=native"], "aarch64": ["-mcpu=native"]}
-_FLAGS = ["-O2", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
 # Most rows of x the kernel takes; above, torch's GEMM is faster (fp32) or about as fast.
@@ -43,29 +27,30 @@ MAX_ROWS = {torch.float32: 32, torch.bfloat16: 1 << 30, torch.float16: 1 << 30}
 
 _kernels: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
 _max_rows: dict[torch.dtype, int] = {}
-_state: str | None = None  # None = not tried; "ok"; or why the kernel is off
-_lock = threading.Lock()
 
 
 def load() -> bool:
-    """Build (once per cache key) and load the kernel; False, logged once, when it cannot be."""
-    global _state
-    with _lock:
-        if _state is None:
-            try:
-                _state = _load()
-            except Exception as e:  # noqa: BLE001 - any failure means: use torch
-                _state = f"{type(e).__name__}: {e}"
-            if _state == "ok":
-                logger.debug("CPU GEMV kernel loaded for %s", sorted(map(str, _kernels)))
-            else:
-                logger.info("CPU GEMV kernel off (%s); using torch's linear", _state)
-    return _state == "ok"
+    """Build (once per cache key) and bind the kernel; False, logged once, when it cannot be."""
+    lib = native.load(SOURCE)
+    if lib is not None and not _kernels:
+        bind(lib)
+    return lib is not None
 
 
 def status() -> str | None:
-    """None before load(); "ok"; or why the kernel is off."""
-    return _state
+    """None when the kernel is loaded (or not yet tried), else why it is off."""
+    return native.problem(SOURCE)
+
+
+def bind(lib: ctypes.CDLL) -> None:
+    sig = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    for dtype, suffix in _SUFFIX.items():
+        if suffix == "f16" and not lib.minerva_gemv_has_f16():
+            continue
+        fn = getattr(lib, f"minerva_gemv_{suffix}")
+        fn.argtypes, fn.restype = sig, ctypes.c_int
+        _kernels[dtype] = fn
+    _max_rows.update(MAX_ROWS)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -110,84 +95,3 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     b = None if bias is None else bias.contiguous().data_ptr()
     fn(weight.data_ptr(), x.data_ptr(), b, y.data_ptr(), m, n, k, torch.get_num_threads())
     return y
-
-
-# ---- building and loading ------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """$MINERVA_CACHE_DIR/kernels, else ~/.cache/minerva/kernels."""
-    root = os.environ.get("MINERVA_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "minerva"
-    return base / "kernels"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _load() -> str:
-    arch = native_kernel_arch()
-    if arch is None:
-        return "no kernel build for this OS / CPU"
-    cc = _compiler()
-    if cc is None:
-        return "no C compiler (cc, gcc, clang) on PATH"
-    flags = _ARCH_FLAGS[arch] + _FLAGS
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join(
-            [source, " ".join(flags).encode(), version.stdout.encode(), cpu_signature().encode()]
-        )
-    ).hexdigest()[:16]
-    path = cache_dir() / key / "libminerva_gemv.so"
-    if not path.exists():
-        problem = _compile(cc, flags, path)
-        if problem:
-            return problem
-    lib = ctypes.CDLL(str(path))
-    if _second_openmp_runtime():
-        return "it would load a second OpenMP runtime next to torch's"
-    sig = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    for dtype, suffix in _SUFFIX.items():
-        if suffix == "f16" and not lib.minerva_gemv_has_f16():
-            continue
-        fn = getattr(lib, f"minerva_gemv_{suffix}")
-        fn.argtypes, fn.restype = sig, ctypes.c_int
-        _kernels[dtype] = fn
-    _max_rows.update(MAX_ROWS)
-    return "ok"
-
-
-def _compile(cc: str, flags: list[str], path: Path) -> str | None:
-    """Compile into a temp file next to `path`, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-        cmd = [cc, *flags, "-o", tmp, str(SOURCE)]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            logger.debug("%s failed:\n%s", " ".join(cmd), result.stderr)
-            err = result.stderr.strip().splitlines()
-            return f"compiling failed: {err[0] if err else result.returncode}"
-        os.replace(tmp, path)
-        return None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _second_openmp_runtime() -> bool:
-    """True when more than one OpenMP runtime file is mapped into this process."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-    names = ("libgomp", "libomp", "libiomp")
-    files = {line.split()[-1] for line in maps.splitlines() if any(n in line for n in names)}
-    return len(files) > 1

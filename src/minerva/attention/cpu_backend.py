@@ -1,0 +1,145 @@
+"""Attention on the CPU: decode rows and the KV write through C (cpu_decode.c), prefill chunks
+through the torch reference. torch_paged.py is the slow twin and the fallback for whatever the
+kernel does not take (a KV cache dtype other than the model's, autograd, odd strides)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from minerva import native
+from minerva.attention import torch_paged
+from minerva.attention.metadata import AttentionMetadata
+
+SOURCE = Path(__file__).with_name("cpu_decode.c")
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+_attend: dict[torch.dtype, object] = {}
+_write: dict[torch.dtype, object] = {}
+
+
+def load() -> bool:
+    """Build (once per cache key) and bind the kernels; False, logged once, when impossible."""
+    lib = native.load(SOURCE)
+    if lib is not None and not _attend:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        for dtype, suffix in _SUFFIX.items():
+            if suffix == "f16" and not lib.minerva_attention_has_f16():
+                continue
+            attend = getattr(lib, f"minerva_decode_attention_{suffix}")
+            attend.argtypes = [p, i64, p] + [i64] * 4 + [p, i64, p, i64, i64]
+            attend.argtypes += [ctypes.c_float, i64, p, ctypes.c_int]
+            write = getattr(lib, f"minerva_write_kv_{suffix}")
+            write.argtypes = [p, i64, p, i64, p, i64, i64, p, i64]
+            _attend[dtype], _write[dtype] = attend, write
+    return lib is not None
+
+
+def write_kv(
+    kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """torch_paged.write_kv in one C call (rows of k / v may be any distance apart)."""
+    fn = _write.get(kv_cache.dtype)
+    rows, kv_heads, dim = k.shape
+    if (
+        fn is None
+        or k.dtype != kv_cache.dtype
+        or v.dtype != kv_cache.dtype
+        or k.stride()[1:] != (dim, 1)
+        or v.stride()[1:] != (dim, 1)
+        or not kv_cache.is_contiguous()
+        or slot_mapping.dtype != torch.int64
+        or torch.is_grad_enabled()
+    ):
+        return torch_paged.write_kv(kv_cache, k, v, slot_mapping)
+    num_slots = kv_cache.shape[1] * kv_cache.shape[2]
+    rc = fn(
+        k.data_ptr(),
+        k.stride(0),
+        v.data_ptr(),
+        v.stride(0),
+        kv_cache.data_ptr(),
+        num_slots,
+        kv_heads * dim,
+        slot_mapping.data_ptr(),
+        rows,
+    )
+    if rc != 0:
+        raise IndexError("slot_mapping points outside the KV cache")
+
+
+def _decode(q, kv_cache, meta: AttentionMetadata, scale, window) -> torch.Tensor | None:
+    """Attention of the decode rows q [n, H, D] in C, or None where the kernel does not apply."""
+    fn = _attend.get(q.dtype)
+    n, heads, dim = q.shape
+    if (
+        fn is None
+        or kv_cache.dtype != q.dtype
+        or q.stride()[1:] != (dim, 1)
+        or not kv_cache.is_contiguous()
+        or torch.is_grad_enabled()
+    ):
+        return None
+    _, num_blocks, block_size, kv_heads, _ = kv_cache.shape
+    tables = meta.block_tables
+    out = torch.empty(n, heads, dim, dtype=q.dtype)
+    fn(
+        q.data_ptr(),
+        q.stride(0),
+        kv_cache.data_ptr(),
+        num_blocks,
+        block_size,
+        kv_heads,
+        dim,
+        tables.data_ptr(),
+        tables.stride(0),
+        meta.seq_lens.data_ptr(),
+        n,
+        heads,
+        scale,
+        window or 0,
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def paged_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """torch_paged.paged_attention with the decode rows in C."""
+    nd = meta.num_decodes
+    if nd == 0 or meta.block_tables.dtype != torch.int32 or meta.seq_lens.dtype != torch.int32:
+        return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
+    if nd == meta.num_seqs:  # a pure decode step: no prefill rows to fill in
+        out = _decode(q, kv_cache, meta, scale, sliding_window)
+        if out is not None:
+            return out
+        return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
+    decoded = _decode(q[:nd], kv_cache, meta, scale, sliding_window)
+    if decoded is None:
+        return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
+    out = torch.empty_like(q)
+    out[:nd] = decoded
+    starts = meta.query_start_loc_cpu
+    for i in range(nd, meta.num_seqs):
+        s, e = starts[i], starts[i + 1]
+        out[s:e] = torch_paged._prefill(
+            q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window
+        )
+    return out
+
+
+class CPUAttention:
+    """Decode attention and the KV write in C on the CPU (torch reference for prefill)."""
+
+    name = "cpu"
+    graph_safe = False
+
+    write_kv = staticmethod(write_kv)
+    paged_attention = staticmethod(paged_attention)

@@ -1,0 +1,169 @@
+// Paged attention for decode rows on the CPU, and the KV-cache write, in one C call each.
+//
+// The torch reference (torch_paged.py) spends ~10 small ops per layer on a decode step (gather,
+// two batched matmuls, scale, mask, softmax, casts): 100-200 us on a CPU that streams a whole
+// SmolLM layer's weights in ~700 us. This does the same arithmetic with the same roundings:
+// scores are rounded to the model dtype (torch's matmul output), scaled and soft-maxed in fp32,
+// the probabilities rounded to the model dtype, and the weighted sum of V summed in fp32.
+// Built and loaded by minerva.native (see attention/cpu_backend.py).
+
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "simd.h"
+
+// Work below this many multiply-adds runs on the calling thread (a fork costs microseconds).
+#define PARALLEL_MIN (1 << 17)
+
+// x[0:n] = softmax(x[0:n]) in place, in fp32.
+static void softmax(float *x, int64_t n) {
+    vec topv = vset1(-INFINITY);
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) topv = vmax(topv, load_f32(x + j));
+    float top = -INFINITY, lanes[VL];
+    store_f32(lanes, topv);
+    for (int l = 0; l < VL; l++) top = lanes[l] > top ? lanes[l] : top;
+    for (; j < n; j++) top = x[j] > top ? x[j] : top;
+    vec minus_top = vset1(-top), sum = vzero();
+    for (j = 0; j + VL <= n; j += VL) {
+        vec e = vexp_neg(vadd(load_f32(x + j), minus_top));
+        store_f32(x + j, e);
+        sum = vadd(sum, e);
+    }
+    float total = vsum(sum);
+    if (j < n) {  // the tail through one padded vector
+        float tail[VL];
+        for (int l = 0; l < VL; l++) tail[l] = j + l < n ? x[j + l] - top : 0.0f;
+        store_f32(tail, vexp_neg(load_f32(tail)));
+        for (int l = 0; j < n; j++, l++) x[j] = tail[l], total += tail[l];
+    }
+    vec inv = vset1(1.0f / total);
+    for (j = 0; j + VL <= n; j += VL) store_f32(x + j, vmul(load_f32(x + j), inv));
+    for (; j < n; j++) x[j] *= 1.0f / total;
+}
+
+#define DEFINE_ATTENTION(T, SUFFIX, IS_F32)                                                        \
+    INLINE float dot_##SUFFIX(const float *q, const T *k, int64_t dim) {                          \
+        vec a = vzero(), b = vzero();                                                             \
+        int64_t d = 0;                                                                            \
+        for (; d + 2 * VL <= dim; d += 2 * VL) {                                                  \
+            a = vfma(load_f32(q + d), load_##SUFFIX(k + d), a);                                   \
+            b = vfma(load_f32(q + d + VL), load_##SUFFIX(k + d + VL), b);                         \
+        }                                                                                         \
+        for (; d + VL <= dim; d += VL) a = vfma(load_f32(q + d), load_##SUFFIX(k + d), a);        \
+        float s = vsum(vadd(a, b));                                                               \
+        for (; d < dim; d++) s += q[d] * f32_of_##SUFFIX(k[d]);                                   \
+        return s;                                                                                 \
+    }                                                                                             \
+                                                                                                  \
+    INLINE void axpy_##SUFFIX(float *acc, float w, const T *v, int64_t dim) { /* acc += w v */    \
+        vec wv = vset1(w);                                                                        \
+        int64_t d = 0;                                                                            \
+        for (; d + VL <= dim; d += VL)                                                            \
+            store_f32(acc + d, vfma(wv, load_##SUFFIX(v + d), load_f32(acc + d)));                \
+        for (; d < dim; d++) acc[d] += w * f32_of_##SUFFIX(v[d]);                                 \
+    }                                                                                             \
+                                                                                                  \
+    /* One (decode row, KV head) and its `group` query heads: out = softmax(q . K * scale) V  */  \
+    /* over context positions [start, len). kv points at this KV head in the K plane (V is   */  \
+    /* `plane` further); each K and V row is loaded once for the whole group.               */   \
+    /* scores: group * (len - start) floats; qf, acc: group * dim floats.                   */   \
+    INLINE void group_##SUFFIX(const T *q, int64_t group, const T *kv, int64_t plane,             \
+                               int64_t token_stride, int64_t block_size,                          \
+                               const int32_t *block_table, int64_t start, int64_t len,            \
+                               int64_t dim, float scale, float *scores, float *qf, float *acc,    \
+                               T *out) {                                                          \
+        int64_t n = len - start;                                                                  \
+        for (int64_t g = 0; g < group * dim; g++) qf[g] = f32_of_##SUFFIX(q[g]), acc[g] = 0.0f;   \
+        for (int64_t p = start; p < len;) { /* block by block: no division per position */        \
+            int64_t blk = p / block_size, stop = (blk + 1) * block_size;                          \
+            stop = stop < len ? stop : len;                                                       \
+            const T *k = kv + ((int64_t)block_table[blk] * block_size + p % block_size) *         \
+                                  token_stride;                                                   \
+            for (; p < stop; p++, k += token_stride)                                              \
+                for (int64_t g = 0; g < group; g++) {                                             \
+                    float s = dot_##SUFFIX(qf + g * dim, k, dim);                                 \
+                    if (!IS_F32) s = f32_of_##SUFFIX(f32_to_##SUFFIX(s)); /* matmul output */     \
+                    scores[g * n + p - start] = s * scale;                                        \
+                }                                                                                 \
+        }                                                                                         \
+        for (int64_t g = 0; g < group; g++) {                                                     \
+            float *sc = scores + g * n;                                                           \
+            softmax(sc, n);                                                                       \
+            if (!IS_F32) /* probabilities in the model dtype, as torch's .to(q.dtype) */          \
+                for (int64_t j = 0; j < n; j++) sc[j] = f32_of_##SUFFIX(f32_to_##SUFFIX(sc[j]));  \
+        }                                                                                         \
+        for (int64_t p = start; p < len;) {                                                       \
+            int64_t blk = p / block_size, stop = (blk + 1) * block_size;                          \
+            stop = stop < len ? stop : len;                                                       \
+            const T *v = kv + plane +                                                             \
+                         ((int64_t)block_table[blk] * block_size + p % block_size) * token_stride; \
+            for (; p < stop; p++, v += token_stride)                                              \
+                for (int64_t g = 0; g < group; g++)                                               \
+                    axpy_##SUFFIX(acc + g * dim, scores[g * n + p - start], v, dim);              \
+        }                                                                                         \
+        for (int64_t g = 0; g < group * dim; g++) out[g] = f32_to_##SUFFIX(acc[g]);               \
+    }                                                                                             \
+                                                                                                  \
+    /* q [rows, heads, dim] (rows q_row apart, heads dim apart); kv_cache [2, blocks,        */   \
+    /* block_size, kv_heads, dim]; block_tables [rows, bt_stride] and seq_lens [rows] int32; */   \
+    /* window 0 = full attention; out [rows, heads, dim] contiguous.                         */   \
+    int minerva_decode_attention_##SUFFIX(                                                        \
+        const T *q, int64_t q_row, const T *kv_cache, int64_t num_blocks, int64_t block_size,     \
+        int64_t kv_heads, int64_t dim, const int32_t *block_tables, int64_t bt_stride,            \
+        const int32_t *seq_lens, int64_t rows, int64_t heads, float scale, int64_t window,        \
+        T *out, int threads) {                                                                    \
+        if (rows < 0 || dim < 1 || kv_heads < 1 || heads % kv_heads || threads < 1) return -1;    \
+        int64_t longest = 1, work = 0;                                                            \
+        for (int64_t i = 0; i < rows; i++) {                                                      \
+            longest = seq_lens[i] > longest ? seq_lens[i] : longest;                              \
+            work += seq_lens[i];                                                                  \
+        }                                                                                         \
+        work *= heads * dim;                                                                      \
+        int64_t group = heads / kv_heads;                                                         \
+        int64_t plane = num_blocks * block_size * kv_heads * dim; /* K to V */                    \
+        int failed = 0;                                                                           \
+        _Pragma("omp parallel num_threads(threads) if (work >= PARALLEL_MIN)") {                  \
+            float *buf = thread_scratch(group * (longest + 2 * dim));                             \
+            if (!buf) {                                                                           \
+                _Pragma("omp atomic write") failed = 1;                                           \
+            }                                                                                     \
+            _Pragma("omp for schedule(static)") for (int64_t u = 0; u < rows * kv_heads; u++) {   \
+                int64_t i = u / kv_heads, h = u % kv_heads;                                       \
+                int64_t len = seq_lens[i];                                                        \
+                int64_t start = window > 0 && len > window ? len - window : 0;                    \
+                if (buf)                                                                          \
+                    group_##SUFFIX(q + i * q_row + h * group * dim, group, kv_cache + h * dim,    \
+                                   plane, kv_heads * dim, block_size,                             \
+                                   block_tables + i * bt_stride, start, len, dim, scale,          \
+                                   buf + 2 * group * dim, buf, buf + group * dim,                 \
+                                   out + (i * heads + h * group) * dim);                          \
+            }                                                                                     \
+        }                                                                                         \
+        return failed ? -1 : 0;                                                                   \
+    }                                                                                             \
+                                                                                                  \
+    /* kv_cache[0 / 1, slot] = k / v rows ([rows, width], rows k_row / v_row apart). */          \
+    int minerva_write_kv_##SUFFIX(const T *k, int64_t k_row, const T *v, int64_t v_row,           \
+                                  T *kv_cache, int64_t num_slots, int64_t width,                  \
+                                  const int64_t *slots, int64_t rows) {                           \
+        for (int64_t i = 0; i < rows; i++)                                                        \
+            if (slots[i] < 0 || slots[i] >= num_slots) return -1;                                 \
+        for (int64_t i = 0; i < rows; i++) {                                                      \
+            memcpy(kv_cache + slots[i] * width, k + i * k_row, (size_t)width * sizeof(T));        \
+            memcpy(kv_cache + (num_slots + slots[i]) * width, v + i * v_row,                      \
+                   (size_t)width * sizeof(T));                                                    \
+        }                                                                                         \
+        return 0;                                                                                 \
+    }
+
+DEFINE_ATTENTION(float, f32, 1)
+DEFINE_ATTENTION(uint16_t, bf16, 0)
+#if HAVE_F16
+DEFINE_ATTENTION(uint16_t, f16, 0)
+#endif
+
+int minerva_attention_has_f16(void) { return HAVE_F16; }

@@ -1,0 +1,89 @@
+// The layer glue of a CPU decode step in one call each: residual add + RMSNorm, and RoPE.
+//
+// torch spends 5-10 us per small op on the CPU; a decode step of a 30-layer model runs hundreds
+// of them. These do the same arithmetic in one pass with the same roundings as the torch path
+// in layers.py / rope.py (which follows transformers): in bf16/fp16 the residual sum is rounded
+// before it is normalised, the normalised value before the weight multiplies it, and x * cos
+// before the rotated half is added. The sum of squares runs on
+// simd.h vectors.
+// Built and loaded by minerva.native (see models/cpu_ops.py).
+
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "simd.h"
+
+// Work below this many elements runs on the calling thread (a fork costs microseconds).
+#define PARALLEL_MIN (1 << 15)
+
+// IS_F32: fp32 keeps every intermediate in fp32 (no rounding steps to emulate).
+#define DEFINE_GLUE(T, SUFFIX, IS_F32)                                                           \
+    /* out = w * norm(x + res); res_out = x + res. res / res_out may be NULL (no residual). */   \
+    int minerva_add_rms_norm_##SUFFIX(const T *x, const T *res, const T *w, T *out, T *res_out,  \
+                                      int64_t rows, int64_t cols, float eps, int threads) {      \
+        if (rows < 0 || cols < 1 || threads < 1) return -1;                                     \
+        _Pragma("omp parallel for num_threads(threads) if (rows * cols >= PARALLEL_MIN)")       \
+        for (int64_t i = 0; i < rows; i++) {                                                    \
+            const T *xr = x + i * cols;                                                         \
+            T *o = out + i * cols;                                                              \
+            int64_t j = 0;                                                                      \
+            if (res) {                                                                          \
+                const T *rr = res + i * cols;                                                   \
+                T *ro = res_out + i * cols;                                                     \
+                for (; j < cols; j++) {                                                         \
+                    T s = f32_to_##SUFFIX(f32_of_##SUFFIX(xr[j]) + f32_of_##SUFFIX(rr[j]));    \
+                    ro[j] = s;                                                                  \
+                }                                                                               \
+                xr = ro; /* normalise the new residual stream */                                \
+            }                                                                                   \
+            vec squares = vzero();                                                              \
+            for (j = 0; j + VL <= cols; j += VL) {                                              \
+                vec v = load_##SUFFIX(xr + j);                                                  \
+                squares = vfma(v, v, squares);                                                  \
+            }                                                                                   \
+            float sum = vsum(squares);                                                          \
+            for (; j < cols; j++) sum += f32_of_##SUFFIX(xr[j]) * f32_of_##SUFFIX(xr[j]);      \
+            float inv = 1.0f / sqrtf(sum / (float)cols + eps);                                  \
+            for (j = 0; j < cols; j++) {                                                        \
+                float h = f32_of_##SUFFIX(xr[j]) * inv;                                         \
+                if (!IS_F32) h = f32_of_##SUFFIX(f32_to_##SUFFIX(h));                           \
+                o[j] = f32_to_##SUFFIX(f32_of_##SUFFIX(w[j]) * h);                              \
+            }                                                                                   \
+        }                                                                                       \
+        return 0;                                                                               \
+    }                                                                                           \
+                                                                                                \
+    /* out[t, h] = x[t, h] * cos[t] + roll(x[t, h], D / 2) * sin[t] (sin sign-folded), with x   \
+       rows `x_row` apart and heads `x_head` apart; cos, sin [T, D]; out [T, H, D]. */          \
+    int minerva_rope_##SUFFIX(const T *x, const T *cos, const T *sin, T *out, int64_t tokens,    \
+                              int64_t heads, int64_t dim, int64_t x_row, int64_t x_head,         \
+                              int threads) {                                                    \
+        if (tokens < 0 || heads < 1 || dim < 2 || dim % 2 || threads < 1) return -1;           \
+        int64_t half = dim / 2;                                                                 \
+        _Pragma("omp parallel for num_threads(threads) if (tokens * heads * dim >= PARALLEL_MIN)") \
+        for (int64_t t = 0; t < tokens; t++) {                                                  \
+            const T *c = cos + t * dim, *s = sin + t * dim;                                     \
+            for (int64_t h = 0; h < heads; h++) {                                               \
+                const T *xv = x + t * x_row + h * x_head;                                       \
+                T *o = out + (t * heads + h) * dim;                                             \
+                for (int64_t d = 0; d < dim; d++) {                                             \
+                    float a = f32_of_##SUFFIX(xv[d]) * f32_of_##SUFFIX(c[d]);                   \
+                    if (!IS_F32) a = f32_of_##SUFFIX(f32_to_##SUFFIX(a));                       \
+                    float r = f32_of_##SUFFIX(xv[d < half ? d + half : d - half]);              \
+                    o[d] = f32_to_##SUFFIX(a + r * f32_of_##SUFFIX(s[d]));                      \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        return 0;                                                                               \
+    }
+
+DEFINE_GLUE(float, f32, 1)
+DEFINE_GLUE(uint16_t, bf16, 0)
+#if HAVE_F16
+DEFINE_GLUE(uint16_t, f16, 0)
+#endif
+
+int minerva_glue_has_f16(void) { return HAVE_F16; }

@@ -1,0 +1,128 @@
+"""The layer glue on the CPU in one C call each (cpu_glue.c): add + RMSNorm and RoPE.
+
+The same interface as models.triton_ops, so `use_cpu_kernels` plugs it into the same hooks
+(RMSNorm.fused, GatedMLP.fused, Attention.rope). The torch code in layers.py / rope.py is the
+slow twin and the fallback for whatever the kernels do not take (other devices, autograd,
+non-contiguous tensors, mixed dtypes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from minerva import native
+from minerva.models.rope import apply_rope as torch_rope
+
+SOURCE = Path(__file__).with_name("cpu_glue.c")
+_SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+_norm: dict[torch.dtype, object] = {}
+_rope: dict[torch.dtype, object] = {}
+
+
+def load() -> bool:
+    """Build (once per cache key) and bind the kernels; False, logged once, when impossible."""
+    lib = native.load(SOURCE)
+    if lib is not None and not _norm:
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        for dtype, suffix in _SUFFIX.items():
+            if suffix == "f16" and not lib.minerva_glue_has_f16():
+                continue
+            norm = getattr(lib, f"minerva_add_rms_norm_{suffix}")
+            norm.argtypes = [p] * 5 + [i64, i64, ctypes.c_float, ctypes.c_int]
+            rope = getattr(lib, f"minerva_rope_{suffix}")
+            rope.argtypes = [p] * 4 + [i64] * 5 + [ctypes.c_int]
+            _norm[dtype], _rope[dtype] = norm, rope
+    return lib is not None
+
+
+def _torch_add_rms_norm(x, residual, weight, eps):
+    if residual is not None:
+        x = residual = x + residual
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps), residual
+    h = F.rms_norm(x.float(), weight.shape, None, eps)
+    return weight * h.to(x.dtype), residual
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rms_norm(x + residual) * weight, x + residual) for [T, H] tensors."""
+    fn = _norm.get(x.dtype)
+    if (
+        fn is None
+        or not x.is_cpu
+        or x.dim() != 2
+        or weight.dtype != x.dtype
+        or not x.is_contiguous()
+        or torch.is_grad_enabled()
+        or (residual is not None and (residual.dtype != x.dtype or not residual.is_contiguous()))
+        or residual is not None
+        and residual.shape != x.shape
+    ):
+        return _torch_add_rms_norm(x, residual, weight, eps)
+    rows, cols = x.shape
+    if residual is None:
+        out, res_out, res_ptr, res_out_ptr = torch.empty_like(x), None, None, None
+    else:
+        both = torch.empty(2, rows, cols, dtype=x.dtype)  # one allocation for the two outputs
+        out, res_out = both[0], both[1]
+        res_ptr, res_out_ptr = residual.data_ptr(), res_out.data_ptr()
+    fn(
+        x.data_ptr(),
+        res_ptr,
+        weight.data_ptr(),
+        out.data_ptr(),
+        res_out_ptr,
+        rows,
+        cols,
+        eps,
+        torch.get_num_threads(),
+    )
+    return out, res_out
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] (gate | up) -> silu(gate) * up, [T, I] (torch: already two cheap ops)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] (last dim contiguous, any row / head stride) -> rotated copy
+    [T, heads, D]; cos / sign-folded sin [T, 1, D] as in rope.apply_rope."""
+    fn = _rope.get(x.dtype)
+    if (
+        fn is None
+        or not x.is_cpu
+        or x.dim() != 3
+        or x.stride(-1) != 1
+        or cos.dtype != x.dtype
+        or sin_signed.dtype != x.dtype
+        or not cos.is_contiguous()
+        or not sin_signed.is_contiguous()
+        or torch.is_grad_enabled()
+    ):
+        return torch_rope(x, cos, sin_signed)
+    t, heads, d = x.shape
+    if cos.numel() != t * d or sin_signed.numel() != t * d:
+        return torch_rope(x, cos, sin_signed)
+    out = torch.empty(t, heads, d, dtype=x.dtype)
+    row, head = x.stride(0), x.stride(1)
+    fn(
+        x.data_ptr(),
+        cos.data_ptr(),
+        sin_signed.data_ptr(),
+        out.data_ptr(),
+        t,
+        heads,
+        d,
+        row,
+        head,
+        torch.get_num_threads(),
+    )
+    return out

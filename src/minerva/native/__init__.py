@@ -1,0 +1,137 @@
+"""Build and load Minerva's small C kernels (models/cpu_gemv.c, ...) with the system compiler.
+
+Each source is compiled once per (source, flags, compiler, CPU) into
+$MINERVA_CACHE_DIR/kernels/<hash>/ (default ~/.cache/minerva), through a temp file and a rename
+so that two processes never load half a file, and loaded with ctypes. Where that cannot work
+(no compiler, a failed build, an OS/CPU without a build recipe) `load` returns None and the
+caller keeps its torch path; the reason is logged once.
+
+The kernels use OpenMP. Loaded after torch (this module imports it first), a library built
+with -fopenmp binds to the runtime torch already loaded (the CPU wheels ship libgomp.so.1), so
+it shares torch's thread pool; if a second OpenMP runtime appears anyway, the library is refused.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch  # noqa: F401 - loaded first, so the kernels bind to torch's OpenMP runtime
+
+from minerva.platform import cpu_signature, native_kernel_arch
+
+INCLUDE = Path(__file__).parent  # simd.h, shared by the kernels
+
+logger = logging.getLogger(__name__)
+
+ARCH_FLAGS = {"x86_64": ["-march=native"], "aarch64": ["-mcpu=native"]}
+FLAGS = ["-O2", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-lm"]
+
+_libraries: dict[Path, ctypes.CDLL | None] = {}
+_problems: dict[Path, str] = {}
+_lock = threading.Lock()
+
+
+class BuildError(Exception):
+    """Why a kernel library is not available (the caller falls back to torch)."""
+
+
+def load(source: Path) -> ctypes.CDLL | None:
+    """The compiled library of `source`, built on first use; None (logged once) if impossible."""
+    source = Path(source)
+    with _lock:
+        if source not in _libraries:
+            try:
+                _libraries[source] = build_and_load(source)
+                logger.debug("loaded C kernels %s", source.name)
+            except BuildError as e:
+                _libraries[source], _problems[source] = None, str(e)
+                logger.info("C kernels %s off (%s); using torch", source.name, e)
+        return _libraries[source]
+
+
+def problem(source: Path) -> str | None:
+    """Why `load(source)` returned None, if it did."""
+    return _problems.get(Path(source))
+
+
+def cache_dir() -> Path:
+    """$MINERVA_CACHE_DIR/kernels, else ~/.cache/minerva/kernels."""
+    root = os.environ.get("MINERVA_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "minerva"
+    return base / "kernels"
+
+
+def compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def build_and_load(source: Path) -> ctypes.CDLL:
+    """Compile (unless cached) and load `source`; raises BuildError with the reason."""
+    arch = native_kernel_arch()
+    if arch is None:
+        raise BuildError("no kernel build for this OS / CPU")
+    cc = compiler()
+    if cc is None:
+        raise BuildError("no C compiler (cc, gcc, clang) on PATH")
+    flags = ARCH_FLAGS[arch] + FLAGS
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        text = source.read_bytes() + (INCLUDE / "simd.h").read_bytes()
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(str(e)) from e
+    parts = [text, " ".join(flags).encode(), version.stdout.encode(), cpu_signature().encode()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    path = cache_dir() / key / f"lib{source.stem}.so"
+    if not path.exists():
+        _compile(cc, flags, source, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise BuildError(f"loading {path} failed: {e}") from e
+    if _openmp_runtimes() > 1:
+        raise BuildError("it would load a second OpenMP runtime next to torch's")
+    return lib
+
+
+def _compile(cc: str, flags: list[str], source: Path, path: Path) -> None:
+    """Compile into a temp file next to `path`, then rename: a reader never sees half a file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise BuildError(f"cannot write to {path.parent}: {e}") from e
+    try:
+        cmd = [cc, str(source), f"-I{INCLUDE}", *flags, "-o", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            logger.debug("%s failed:\n%s", " ".join(cmd), result.stderr)
+            lines = result.stderr.strip().splitlines()
+            raise BuildError(f"compiling failed: {lines[0] if lines else result.returncode}")
+        os.replace(tmp, path)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"compiling failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _openmp_runtimes() -> int:
+    """How many OpenMP runtime files are mapped into this process (0 where unknown)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return 0
+    names = ("libgomp", "libomp", "libiomp")
+    return len({line.split()[-1] for line in maps.splitlines() if any(n in line for n in names)})

@@ -1,0 +1,96 @@
+"""attention.cpu_backend (C decode attention and KV write) against the torch reference."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from minerva.attention import AttentionMetadata, cpu_backend, torch_paged
+from minerva.platform import native_kernel_arch
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# fp32: the same sums in another order; half: probabilities rounded to the dtype may land one
+# ulp apart after a slightly different exp, so the outputs differ by about an ulp.
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (3e-3, 3e-3)}
+
+
+@pytest.fixture(scope="module")
+def backend():
+    if not cpu_backend.load():
+        if native_kernel_arch() and shutil.which("cc"):
+            pytest.fail("the attention kernels should build here")
+        pytest.skip("no CPU kernels here")
+    return cpu_backend
+
+
+def _step(seq_lens, query_lens, block_size, num_blocks, gen):
+    """Metadata of one step: decode rows (query_len 1) first, blocks scattered at random."""
+    max_blocks = max(-(-s // block_size) for s in seq_lens)
+    perm = torch.randperm(num_blocks - 1, generator=gen) + 1  # block 0 is the null block
+    tables = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int32)
+    used = 0
+    for i, s in enumerate(seq_lens):
+        n = -(-s // block_size)
+        tables[i, :n] = perm[used : used + n]
+        used += n
+    starts = [0]
+    for q in query_lens:
+        starts.append(starts[-1] + q)
+    slots = []
+    for i, (s, q) in enumerate(zip(seq_lens, query_lens)):
+        for p in range(s - q, s):
+            slots.append(int(tables[i, p // block_size]) * block_size + p % block_size)
+    return AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64),
+        block_tables=tables,
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32),
+        num_decodes=sum(q == 1 for q in query_lens),
+        max_query_len=max(query_lens),
+        seq_lens_cpu=list(seq_lens),
+        query_start_loc_cpu=starts,
+    )
+
+
+CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
+    ([130], [1], 9, 3, 64, None),
+    ([1, 17, 300, 64], [1, 1, 1, 1], 8, 2, 32, None),
+    ([40, 50], [1, 1], 4, 4, 80, 8),
+    ([33, 20, 12], [1, 1, 12], 8, 1, 64, None),  # decode rows + a prefill chunk
+    ([25, 30], [1, 10], 6, 2, 16, 7),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_the_torch_reference(backend, dtype, case):
+    seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    block_size, num_blocks = 16, 64
+    meta = _step(seq_lens, query_lens, block_size, num_blocks, gen)
+    tokens = sum(query_lens)
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen).to(dtype)
+    q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
+    ref_cache = cache.clone()
+    with torch.inference_mode():
+        backend.write_kv(cache, k, v, meta.slot_mapping)
+        torch_paged.write_kv(ref_cache, k, v, meta.slot_mapping)
+        assert torch.equal(cache, ref_cache)
+        ours = backend.paged_attention(q, cache, meta, dim**-0.5, window)
+        ref = torch_paged.paged_attention(q, cache, meta, dim**-0.5, window)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(ours, ref, rtol=rtol, atol=atol)
+
+
+def test_kv_cache_of_another_dtype_uses_the_reference(backend):
+    gen = torch.Generator().manual_seed(9)
+    meta = _step([20], [1], 16, 8, gen)
+    cache = torch.randn(2, 8, 16, 2, 32, generator=gen).bfloat16()
+    q = torch.randn(1, 4, 32, generator=gen)  # fp32 model, bf16 cache
+    with torch.inference_mode():
+        out = backend.paged_attention(q, cache, meta, 0.2, None)
+        ref = torch_paged.paged_attention(q, cache, meta, 0.2, None)
+    assert torch.equal(out, ref)

@@ -1,0 +1,51 @@
+"""minerva.native: building C kernels into the cache, and every way that can fail."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from minerva import native
+from minerva.models import cpu_linear
+from minerva.platform import native_kernel_arch
+
+can_build = native_kernel_arch() is not None and shutil.which("cc") is not None
+
+
+@pytest.mark.skipif(not can_build, reason="no C kernel build on this host")
+def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
+    native.build_and_load(cpu_linear.SOURCE)
+    built = list((tmp_path / "kernels").glob("*/*"))
+    assert [p.name for p in built] == ["libcpu_gemv.so"]  # no temp file left behind
+    mtime = built[0].stat().st_mtime_ns
+    native.build_and_load(cpu_linear.SOURCE)  # second load: from the cache, not rebuilt
+    assert built[0].stat().st_mtime_ns == mtime
+
+
+def test_no_compiler_means_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setattr(native, "native_kernel_arch", lambda: "x86_64")
+    with pytest.raises(native.BuildError, match="no C compiler"):
+        native.build_and_load(cpu_linear.SOURCE)
+
+
+def test_unsupported_platform_means_torch(monkeypatch):
+    monkeypatch.setattr(native, "native_kernel_arch", lambda: None)
+    with pytest.raises(native.BuildError, match="no kernel build"):
+        native.build_and_load(cpu_linear.SOURCE)
+
+
+@pytest.mark.skipif(not can_build, reason="no C kernel build on this host")
+def test_failed_build_is_logged_once_and_returns_none(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
+    broken = tmp_path / "broken.c"
+    broken.write_text("this is not C\n")
+    with caplog.at_level("INFO", logger="minerva.native"):
+        assert native.load(broken) is None
+        assert native.load(broken) is None
+    assert native.problem(broken).startswith("compiling failed")
+    assert len([r for r in caplog.records if "broken.c" in r.getMessage()]) == 1
+    assert not list((tmp_path / "kernels").glob("*/*"))  # neither a library nor a temp file
