@@ -50,6 +50,7 @@ def write_kv(
         or v.stride()[1:] != (dim, 1)
         or not kv_cache.is_contiguous()
         or slot_mapping.dtype != torch.int64
+        or not slot_mapping.is_contiguous()
         or torch.is_grad_enabled()
     ):
         return torch_paged.write_kv(kv_cache, k, v, slot_mapping)
@@ -73,18 +74,20 @@ def _decode(q, kv_cache, meta: AttentionMetadata, scale, window) -> torch.Tensor
     """Attention of the decode rows q [n, H, D] in C, or None where the kernel does not apply."""
     fn = _attend.get(q.dtype)
     n, heads, dim = q.shape
+    tables = meta.block_tables
     if (
         fn is None
         or kv_cache.dtype != q.dtype
         or q.stride()[1:] != (dim, 1)
         or not kv_cache.is_contiguous()
+        or tables.stride(1) != 1
+        or not meta.seq_lens.is_contiguous()
         or torch.is_grad_enabled()
     ):
         return None
     _, num_blocks, block_size, kv_heads, _ = kv_cache.shape
-    tables = meta.block_tables
     out = torch.empty(n, heads, dim, dtype=q.dtype)
-    fn(
+    rc = fn(
         q.data_ptr(),
         q.stride(0),
         kv_cache.data_ptr(),
@@ -102,7 +105,7 @@ def _decode(q, kv_cache, meta: AttentionMetadata, scale, window) -> torch.Tensor
         out.data_ptr(),
         torch.get_num_threads(),
     )
-    return out
+    return out if rc == 0 else None  # None: the reference computes it
 
 
 def paged_attention(

@@ -81,7 +81,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     else:
         return F.linear(x, weight, bias)
     y = torch.empty(m, n, dtype=x.dtype)
-    fn(weight.data_ptr(), x.data_ptr(), bias_ptr, y.data_ptr(), m, n, k, torch.get_num_threads())
+    if fn(
+        weight.data_ptr(), x.data_ptr(), bias_ptr, y.data_ptr(), m, n, k, torch.get_num_threads()
+    ):
+        return F.linear(x, weight, bias)  # the kernel could not get scratch memory
     return y
 
 
@@ -93,5 +96,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     assert weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)
     y = torch.empty(m, n, dtype=x.dtype)
     b = None if bias is None else bias.contiguous().data_ptr()
-    fn(weight.data_ptr(), x.data_ptr(), b, y.data_ptr(), m, n, k, torch.get_num_threads())
+    rc = fn(weight.data_ptr(), x.data_ptr(), b, y.data_ptr(), m, n, k, torch.get_num_threads())
+    assert rc == 0
     return y

@@ -48,6 +48,12 @@ def _torch_add_rms_norm(x, residual, weight, eps):
     return weight * h.to(x.dtype), residual
 
 
+def _same_layout(residual: torch.Tensor | None, x: torch.Tensor) -> bool:
+    if residual is None:
+        return True
+    return residual.dtype == x.dtype and residual.shape == x.shape and residual.is_contiguous()
+
+
 def add_rms_norm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,12 +63,11 @@ def add_rms_norm(
         fn is None
         or not x.is_cpu
         or x.dim() != 2
-        or weight.dtype != x.dtype
         or not x.is_contiguous()
+        or weight.dtype != x.dtype
+        or weight.shape != x.shape[1:]
         or torch.is_grad_enabled()
-        or (residual is not None and (residual.dtype != x.dtype or not residual.is_contiguous()))
-        or residual is not None
-        and residual.shape != x.shape
+        or not _same_layout(residual, x)
     ):
         return _torch_add_rms_norm(x, residual, weight, eps)
     rows, cols = x.shape
@@ -72,7 +77,7 @@ def add_rms_norm(
         both = torch.empty(2, rows, cols, dtype=x.dtype)  # one allocation for the two outputs
         out, res_out = both[0], both[1]
         res_ptr, res_out_ptr = residual.data_ptr(), res_out.data_ptr()
-    fn(
+    rc = fn(
         x.data_ptr(),
         res_ptr,
         weight.data_ptr(),
@@ -83,6 +88,8 @@ def add_rms_norm(
         eps,
         torch.get_num_threads(),
     )
+    if rc != 0:
+        return _torch_add_rms_norm(x, residual, weight, eps)
     return out, res_out
 
 
@@ -113,7 +120,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
         return torch_rope(x, cos, sin_signed)
     out = torch.empty(t, heads, d, dtype=x.dtype)
     row, head = x.stride(0), x.stride(1)
-    fn(
+    rc = fn(
         x.data_ptr(),
         cos.data_ptr(),
         sin_signed.data_ptr(),
@@ -125,4 +132,4 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
         head,
         torch.get_num_threads(),
     )
-    return out
+    return out if rc == 0 else torch_rope(x, cos, sin_signed)
