@@ -65,3 +65,24 @@ def test_rope_matches_torch_on_strided_q_k(dtype, tokens, heads, head_dim):
     ref = apply_rope(x, cos, sin)
     out = triton_ops.apply_rope(x, cos, sin)
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype] * 4, rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("n, k", [(1, 64), (1000, 777), (4096, 4096), (32000, 2048)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_matches_float64_reference(dtype, n, k, with_bias):
+    """The batch-1 linear layer (tails in N and K included) against float64, and the dispatch:
+    one row through the GEMV, more rows through F.linear."""
+    from minerva.models.triton_gemv import gemv
+    from minerva.models.triton_ops import linear
+
+    torch.manual_seed(0)
+    w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    b = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
+    ref = x.double() @ w.double().t() + (b.double() if with_bias else 0)
+    out = gemv(x, w, b)
+    assert out.shape == (1, n) and out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, atol=TOL[dtype] * 4, rtol=TOL[dtype])
+    assert torch.equal(linear(x, w, b), out)
+    x3 = torch.randn(3, k, device="cuda", dtype=dtype)
+    assert torch.equal(linear(x3, w, b), F.linear(x3, w, b))

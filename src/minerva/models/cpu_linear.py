@@ -20,9 +20,9 @@ from minerva import native
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
-# Most rows of x the kernel takes; above, torch's GEMM is faster (fp32) or about as fast.
-# Measured on a 2-core AVX-512 Xeon (benchmarks/cpu_gemv.py): in fp32 the kernel wins up to
-# ~32 rows; in bf16/fp16, where torch has no fast path without AVX512_BF16, at every length.
+# Most rows of x the kernel takes. Measured on a 2-core AVX-512 Xeon (benchmarks/cpu_gemv.py
+# --rows ...): in fp32 torch's GEMM wins from 64 rows on; in bf16/fp16, where torch has no fast
+# path without AVX512_BF16, the kernel won at every length tried (2-8x at 8-512 rows).
 MAX_ROWS = {torch.float32: 32, torch.bfloat16: 1 << 30, torch.float16: 1 << 30}
 
 _kernels: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()

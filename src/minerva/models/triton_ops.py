@@ -1,4 +1,6 @@
-"""Fused Triton kernels for the layer glue on CUDA: add + RMSNorm, SiLU * mul, RoPE.
+"""Fused Triton kernels for the layer glue on CUDA: add + RMSNorm, SiLU * mul, RoPE; and the
+linear-layer dispatch (one token: the Triton GEMV, which streams weights faster than cuBLAS
+at batch 1 in benchmarks/gemv_bench.py; more: cuBLAS).
 
 Each replaces several small torch kernels whose launch and latency cost dominates a batch-1
 decode step. The torch code in layers.py / rope.py is the slow twin (tests/gpu compare them).
@@ -9,8 +11,18 @@ normalised, and the normalised value is rounded before the weight multiplies it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from minerva.models.triton_gemv import gemv
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, with one-row inputs through the Triton GEMV."""
+    if x.shape[0] == 1 and x.dim() == 2:
+        return gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 @triton.jit

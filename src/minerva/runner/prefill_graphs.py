@@ -41,7 +41,9 @@ class PrefillGraphRunner:
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
-        self.buckets = [b for b in PREFILL_BUCKETS if b <= min(max_num_batched_tokens, 2048)]
+        # A bucket never exceeds max_model_len: capture reads the block table up to its length.
+        limit = min(max_num_batched_tokens, max_model_len, PREFILL_BUCKETS[-1])
+        self.buckets = [b for b in PREFILL_BUCKETS if b <= limit]
         n, max_blocks = (
             self.buckets[-1] if self.buckets else 0,
             math.ceil(max_model_len / block_size),
