@@ -14,7 +14,7 @@ from torch import nn
 
 from minerva.attention import AttentionMetadata, TorchAttention
 from minerva.errors import ModelLoadError
-from minerva.models import cpu_linear
+from minerva.models import cpu_linear, cpu_ops
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
 
@@ -141,12 +141,17 @@ class LlamaForCausalLM(nn.Module):
                 module.rope = triton_ops.apply_rope if enabled else apply_rope
 
     def use_cpu_kernels(self, enabled: bool = True) -> bool:
-        """Run the linear layers through models.cpu_linear (C matrix-vector kernels for decode on
-        the CPU), or through F.linear. Returns whether the kernels are on (they may fail to build)."""
-        on = enabled and cpu_linear.load()
+        """Run the linear layers through models.cpu_linear (C matrix-vector kernels) and the
+        glue (add + RMSNorm, RoPE) through models.cpu_ops, or all through torch. Returns
+        whether the kernels are on (they may fail to build: then torch, logged once)."""
+        on = enabled and cpu_linear.load() and cpu_ops.load()
         for module in self.modules():
             if hasattr(module, "linear"):
                 module.linear = cpu_linear.linear if on else F.linear
+            if hasattr(module, "fused"):
+                module.fused = cpu_ops if on else None
+            if isinstance(module, Attention):
+                module.rope = cpu_ops.apply_rope if on else apply_rope
         return on
 
     def init_rope(self, device: torch.device) -> None:
