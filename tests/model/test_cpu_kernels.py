@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from minerva import LLM, SamplingParams
 from minerva.config import load_config
-from minerva.models import cpu_linear
+from minerva.models import cpu_linear, cpu_ops
+from minerva.models.rope import apply_rope
 from tests.tiny_models import build_tiny_model, hf_greedy
 
 # Odd sizes (vector and row tails) and matrices big enough for the threaded path.
@@ -38,6 +39,10 @@ def _llm(path, dtype: str, cpu_kernels: bool) -> LLM:
     wanted = cpu_linear.linear if cpu_kernels else F.linear
     assert all(m.linear is wanted for m in model.modules() if hasattr(m, "linear"))
     assert model.model.layers[0].self_attn.backend.name == ("cpu" if cpu_kernels else "torch")
+    glue = cpu_ops if cpu_kernels else None
+    assert all(m.fused is glue for m in model.modules() if hasattr(m, "fused"))
+    rope = cpu_ops.apply_rope if cpu_kernels else apply_rope
+    assert all(layer.self_attn.rope is rope for layer in model.model.layers)
     return llm
 
 
