@@ -86,3 +86,72 @@ def test_gemv_matches_float64_reference(dtype, n, k, with_bias):
     assert torch.equal(linear(x, w, b), out)
     x3 = torch.randn(3, k, device="cuda", dtype=dtype)
     assert torch.equal(linear(x3, w, b), F.linear(x3, w, b))
+
+
+@pytest.mark.parametrize("n, k", [(64, 64), (1000, 776), (4096, 4096)])
+def test_gemv_residual_epilogue_and_norm_prologue_match_torch(dtype, n, k):
+    """gemv_add_residual = residual + linear (and the sum of squares it leaves behind);
+    gemv_rms_norm = RMSNorm then linear, with the same roundings as the layered path."""
+    from minerva.models.layers import RMSNorm
+    from minerva.models.triton_gemv import gemv_add_residual, gemv_rms_norm
+
+    torch.manual_seed(0)
+    w1 = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
+    b1 = torch.randn(n, device="cuda", dtype=dtype)
+    x = torch.randn(1, k, device="cuda", dtype=dtype)
+    residual = torch.randn(1, n, device="cuda", dtype=dtype)
+    h, partials = gemv_add_residual(x, w1, b1, residual)
+    ref_h = F.linear(x, w1, b1) + residual
+    torch.testing.assert_close(h.float(), ref_h.float(), atol=TOL[dtype] * 8, rtol=TOL[dtype])
+    ss = partials.sum()
+    torch.testing.assert_close(ss, (h.float() ** 2).sum(), rtol=1e-5, atol=0)
+
+    norm = RMSNorm(n, 1e-5, dtype).cuda()
+    norm.weight.data.normal_(1.0, 0.1)
+    w2 = torch.randn(257, n, device="cuda", dtype=dtype) / n**0.5
+    out = gemv_rms_norm(h, partials, norm.weight, norm.eps, w2)
+    ref = F.linear(norm(h), w2)
+    torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype] * 8, rtol=TOL[dtype] * 2)
+
+
+def test_one_token_path_equals_layered_path():
+    """The batch-1 forward with the glue folded into the GEMVs against the layered forward of
+    the same model (fp32: the same math, summed in another order)."""
+    import transformers
+
+    from minerva.attention import AttentionMetadata, TritonAttention
+    from minerva.loader.hf_config import _parse_config
+    from minerva.models import build_model
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    from pathlib import Path
+
+    hf = _parse_config({**cfg.to_dict(), "architectures": ["LlamaForCausalLM"]}, Path("x"))
+    torch.manual_seed(0)
+    model = build_model(hf, torch.float32, torch.device("cuda"), max_positions=128)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    model.set_attention_backend(TritonAttention())
+    kv = [torch.randn(2, 4, 16, 2, 64, device="cuda") for _ in range(3)]
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor([53], device="cuda"),  # block 3 (table slot 2), offset 5
+        block_tables=torch.tensor([[1, 2, 3]], dtype=torch.int32, device="cuda"),
+        seq_lens=torch.tensor([38], dtype=torch.int32, device="cuda"),
+        query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device="cuda"),
+        num_decodes=1,
+        max_query_len=1,
+        seq_lens_cpu=[38],
+        query_start_loc_cpu=[0, 1],
+    )
+    ids, pos, idx = (torch.tensor([v], device="cuda") for v in (7, 37, 0))
+    model.use_fused_kernels(True)
+    fused = model(ids, pos, [c.clone() for c in kv], meta, idx)
+    model.one_token = None  # same kernels, layered: add + RMSNorm as their own kernels
+    layered = model(ids, pos, [c.clone() for c in kv], meta, idx)
+    model.use_fused_kernels(False)
+    torch_glue = model(ids, pos, [c.clone() for c in kv], meta, idx)
+    torch.testing.assert_close(fused, layered, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused, torch_glue, atol=1e-4, rtol=1e-4)

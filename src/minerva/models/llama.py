@@ -53,8 +53,20 @@ class Attention(nn.Module):
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        num_tokens = x.shape[0]
         qkv = self.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        out = self.attend(qkv, cos, sin, kv_cache, meta)
+        return self.linear(out, self.o_proj.weight, self.o_proj.bias)
+
+    def attend(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Projected qkv [T, q + 2 kv] -> RoPE, K/V into the cache, attention: [T, q_size]."""
+        num_tokens = qkv.shape[0]
         qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk = self.rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
@@ -62,7 +74,7 @@ class Attention(nn.Module):
             kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping
         )
         out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
-        return self.linear(out.view(num_tokens, self.q_size), self.o_proj.weight, self.o_proj.bias)
+        return out.view(num_tokens, self.q_size)
 
 
 class DecoderLayer(nn.Module):
@@ -120,6 +132,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
+        self.one_token = None  # models.triton_gemv on CUDA: the fused batch-1 path
         self.linear = F.linear  # for the vocab projection; see use_cpu_kernels
 
     def set_attention_backend(self, backend) -> None:
@@ -131,7 +144,7 @@ class LlamaForCausalLM(nn.Module):
         """Swap the torch glue (add + RMSNorm, SiLU * mul, RoPE) for fused Triton kernels and
         one-token linear layers for the Triton GEMV, or back."""
         if enabled:
-            from minerva.models import triton_ops  # noqa: PLC0415 - needs triton (CUDA only)
+            from minerva.models import triton_gemv, triton_ops  # noqa: PLC0415 - needs triton
         for module in self.modules():
             if hasattr(module, "fused"):
                 module.fused = triton_ops if enabled else None
@@ -139,6 +152,7 @@ class LlamaForCausalLM(nn.Module):
                 module.linear = triton_ops.linear if enabled else F.linear
             if isinstance(module, Attention):
                 module.rope = triton_ops.apply_rope if enabled else apply_rope
+        self.one_token = triton_gemv if enabled else None
 
     def use_cpu_kernels(self, enabled: bool = True) -> bool:
         """Run the linear layers through models.cpu_linear (C matrix-vector kernels) and the
@@ -174,12 +188,42 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
         x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
+        if self.one_token is not None and x.shape[0] == 1 and logits_indices.shape[0] == 1:
+            return self._forward_one_token(x, cos, sin, kv_caches, meta)
         residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
             x, residual = layer(x, residual, cos, sin, kv_cache, meta)
         # Only the rows that sample need the final norm and the vocab projection.
         x, _ = self.model.norm(x[logits_indices], residual[logits_indices])
         return self.compute_logits(x)
+
+    def _forward_one_token(self, x, cos, sin, kv_caches, meta) -> torch.Tensor:
+        """Batch-1 decode on CUDA with the glue folded into the GEMVs: each linear layer that
+        ends a block adds the residual stream in its epilogue, and each one that starts a block
+        applies the RMSNorm while loading its input (the same roundings as the layered path)."""
+        g = self.one_token
+        layers = self.model.layers
+        h, partials = x, None  # the residual stream and its sum-of-squares partials
+        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+            attn, mlp = layer.self_attn, layer.mlp
+            norm = layer.input_layernorm
+            if i == 0:
+                qkv = g.gemv(norm(x), attn.qkv_proj.weight, attn.qkv_proj.bias)
+            else:
+                qkv = g.gemv_rms_norm(
+                    h, partials, norm.weight, norm.eps, attn.qkv_proj.weight, attn.qkv_proj.bias
+                )
+            out = attn.attend(qkv, cos, sin, kv_cache, meta)
+            h, partials = g.gemv_add_residual(out, attn.o_proj.weight, attn.o_proj.bias, h)
+            norm = layer.post_attention_layernorm
+            gate_up = g.gemv_rms_norm(
+                h, partials, norm.weight, norm.eps, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias
+            )
+            act = mlp.fused.silu_and_mul(gate_up)
+            h, partials = g.gemv_add_residual(act, mlp.down_proj.weight, mlp.down_proj.bias, h)
+        norm = self.model.norm
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return g.gemv_rms_norm(h, partials, norm.weight, norm.eps, weight).float()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight

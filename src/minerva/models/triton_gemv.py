@@ -4,7 +4,10 @@ At one token per step a linear layer is a stream of its weight through the SMs: 
 the fraction of memory bandwidth the kernel reaches. Each program owns BLOCK_N output rows and
 walks K in BLOCK_K slices, keeping a [BLOCK_N, BLOCK_K] fp32 partial product in registers and
 reducing it once at the end; the loop is software-pipelined (num_stages), so several slices
-are in flight per SM. Imports triton: load only on CUDA.
+are in flight per SM. With one token the glue around the linear layers can ride along: `gemv_add_residual` adds
+the residual stream in the epilogue and leaves per-program sums of squares, and
+`gemv_rms_norm` applies the next RMSNorm while loading its input, so a decoder layer at batch
+1 needs no separate add + RMSNorm kernels. Imports triton: load only on CUDA.
 """
 
 from __future__ import annotations
@@ -17,23 +20,42 @@ import triton.language as tl
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    part_in_ptr, num_part_in, norm_w_ptr, eps, res_ptr, part_out_ptr,
+    HAS_BIAS: tl.constexpr, NORM_IN: tl.constexpr, RES_OUT: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
+    if NORM_IN:
+        # x is a residual stream whose sum of squares the producing GEMV left in partials.
+        p = tl.arange(0, BLOCK_P)
+        ss = tl.zeros([BLOCK_P], tl.float32)
+        for p0 in range(0, num_part_in, BLOCK_P):
+            ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         k_ok = k < K
-        x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
+        if NORM_IN:  # RMSNorm with add_rms_norm's roundings: normalise, round, scale, round
+            normed = (x.to(tl.float32) * rstd).to(x.dtype)
+            x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
         w = tl.load(w_rows + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=row_ok)
+    y = y.to(out_ptr.dtype.element_ty)
+    if RES_OUT:  # the new residual stream: round(linear) + residual, and its sum of squares
+        y = y.to(tl.float32) + tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        y = y.to(out_ptr.dtype.element_ty)
+        yf = tl.where(row_ok, y.to(tl.float32), 0.0)
+        tl.store(part_out_ptr + pid, tl.sum(yf * yf, axis=0))
+    tl.store(out_ptr + rows, y, mask=row_ok)
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
@@ -50,6 +72,34 @@ def gemv(
     config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """x [1, K] @ weight[N, K].T (+ bias) -> [1, N] in x's dtype, fp32 accumulation."""
+    return _launch(x, weight, bias, config)
+
+
+def gemv_add_residual(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(residual + x @ weight.T (+ bias), per-program partial sums of its squares): the new
+    residual stream [1, N] and what `gemv_rms_norm` needs to normalise it."""
+    n = weight.shape[0]
+    block_n = gemv_config(n, weight.shape[1])[0]
+    partials = torch.empty(triton.cdiv(n, block_n), dtype=torch.float32, device=x.device)
+    return _launch(x, weight, bias, None, residual=residual, partials_out=partials), partials
+
+
+def gemv_rms_norm(
+    h: torch.Tensor,
+    partials: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RMSNorm(h) * norm_weight @ weight.T (+ bias), the norm folded into the GEMV's loads;
+    h [1, K] and partials come from `gemv_add_residual`."""
+    return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps))
+
+
+def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None):
     n, k = weight.shape
     if weight.stride(1) != 1:
         weight = weight.contiguous()
@@ -58,9 +108,14 @@ def gemv(
         x = x.contiguous()
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
     block_n, block_k, num_warps, num_stages = config or gemv_config(n, k)
+    part_in, norm_w, eps = norm if norm is not None else (out, out, 0.0)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k,
+        part_in, part_in.numel(), norm_w, eps,
+        residual.contiguous() if residual is not None else out,
+        partials_out if partials_out is not None else out,
+        HAS_BIAS=bias is not None, NORM_IN=norm is not None, RES_OUT=residual is not None,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=1024,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out
