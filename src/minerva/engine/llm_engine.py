@@ -92,24 +92,18 @@ class LLMEngine:
     def _capture_graphs(self, loaded: LoadedModel) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
         backend, device = loaded.attention_backend, self.platform.device
         kv_heads = loaded.hf_config.num_key_value_heads
+        common = (loaded.model, loaded.kv_caches, self.config.cache.block_size)
+        sched = self.config.scheduler
         graphs = CudaGraphRunner(
-            loaded.model,
-            loaded.kv_caches,
-            self.config.cache.block_size,
-            self.config.scheduler.max_num_seqs,
+            *common,
+            sched.max_num_seqs,
             self.max_model_len,
             device,
             num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
         )
         graphs.capture()
         prefill = PrefillGraphRunner(
-            loaded.model,
-            loaded.kv_caches,
-            self.config.cache.block_size,
-            self.config.scheduler.max_num_batched_tokens,
-            self.max_model_len,
-            device,
-            pool=graphs.pool,
+            *common, sched.max_num_batched_tokens, self.max_model_len, device, pool=graphs.pool
         )
         prefill.capture()
         return graphs, prefill
