@@ -113,8 +113,10 @@ class SamplingMetadata:
             floats.append([temperature, top_p, min_p, *penalties])
             ints.append([k, 0, 0] if g else [k, *noise_keys(seed, index)])  # greedy: no noise
         # Two host-to-device copies carry every per-row scalar (noise keys included).
-        f = _to_device(torch.tensor(floats, dtype=torch.float32).reshape(n, 6), device)
-        i = _to_device(torch.tensor(ints, dtype=torch.int64).reshape(n, 3), device)
+        # numpy builds the arrays from the row lists several times faster than torch.tensor
+        # numpy builds the arrays from the row lists several times faster than torch.tensor
+        f = _to_device(torch.from_numpy(np.array(floats, dtype=np.float32).reshape(n, 6)), device)
+        i = _to_device(torch.from_numpy(np.array(ints, dtype=np.int64).reshape(n, 3)), device)
         use_top_k = any(row[0] != vocab_size for row in ints)
         use_top_p = any(row[1] < 1.0 for row in floats)
         use_min_p = any(row[2] > 0.0 for row in floats)

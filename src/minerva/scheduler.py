@@ -77,8 +77,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            num_new = min(req.num_tokens + req.num_pending_tokens - req.num_computed_tokens, budget)
-            if num_new <= 0 or self._pending_is_last(req):
+            pending = req.num_pending_tokens
+            num_new = min(req.num_tokens + pending - req.num_computed_tokens, budget)
+            if num_new <= 0 or (pending and self._pending_is_last(req)):
                 i += 1
                 continue
             while not self.kv.allocate_slots(req, num_new):
@@ -101,18 +102,20 @@ class Scheduler:
         scheduled.sort(key=lambda item: item[1] != 1)
         out = SchedulerOutput(preempted_request_ids=preempted)
         now = time.monotonic()
+        requests, counts, starts = out.requests, out.num_scheduled_tokens, out.num_computed_tokens
         for req, n in scheduled:
-            out.requests.append(req)
-            out.num_scheduled_tokens.append(n)
-            out.num_computed_tokens.append(req.num_computed_tokens)
-            if req.num_computed_tokens + n <= req.num_prompt_tokens:
+            start = req.num_computed_tokens
+            requests.append(req)
+            counts.append(n)
+            starts.append(start)
+            if start + n <= len(req.prompt_token_ids):
                 out.num_prefill_tokens += n
             else:
                 out.num_decode_tokens += n
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
-            req.num_computed_tokens += n
-            if req.num_computed_tokens == req.num_tokens + req.num_pending_tokens:
+            req.num_computed_tokens = start + n
+            if start + n == req.num_tokens + req.num_pending_tokens:
                 req.num_pending_tokens += 1  # caught up: this step samples its next token
         return out
 

@@ -237,11 +237,11 @@ class LLMEngine:
         self._update(launched.out, self.runner.wait(launched))
 
     def _update(self, scheduled, result) -> None:
-        logprobs = dict(zip(result.request_ids, result.logprobs))
+        has_logprobs = any(lp is not None for lp in result.logprobs)
+        logprobs = dict(zip(result.request_ids, result.logprobs)) if has_logprobs else {}
+        on_token = self.output_processor.on_token
         for req in self.scheduler.update(scheduled, result.sampled_token_ids):
-            stop = self.output_processor.on_token(
-                req, req.output_token_ids[-1], logprobs.get(req.request_id)
-            )
+            stop = on_token(req, req.output_token_ids[-1], logprobs.get(req.request_id))
             if stop is not None and not req.is_finished:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:

@@ -34,6 +34,7 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.parents: dict[str, ParentState] = {}
         self.child_to_parent: dict[str, tuple[ParentState, int]] = {}
+        self._dirty: dict[str, ParentState] = {}  # parents with news since the last collect
 
     def add(
         self,
@@ -89,6 +90,7 @@ class OutputProcessor:
         if logprobs is not None and comp.logprobs is not None:
             comp.logprobs.append(logprobs)
         state.dirty.add(i)
+        self._dirty[state.request_id] = state
         detok = state.detokenizers[i]
         if detok is None:
             return None
@@ -109,16 +111,17 @@ class OutputProcessor:
         comp.stop_reason = stop_string if stop_string is not None else child.stop_reason
         state.num_finished += 1
         state.dirty.add(i)
+        self._dirty[state.request_id] = state
         if state.finished:
             state.metrics.finished_time = time.monotonic()
 
     def collect(self) -> list[RequestOutput]:
         """One RequestOutput per request that changed since the last call (deltas reset)."""
         outputs = []
-        for parent_id in [pid for pid, s in self.parents.items() if s.dirty]:
-            state = self.parents[parent_id]
+        dirty, self._dirty = self._dirty, {}
+        for parent_id, state in dirty.items():
             comps = []
-            for i in sorted(state.dirty):
+            for i in sorted(state.dirty) if len(state.dirty) > 1 else state.dirty:
                 c = state.completions[i]
                 comps.append(
                     CompletionOutput(

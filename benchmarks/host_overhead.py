@@ -1,0 +1,96 @@
+"""The engine's own work per decode step (scheduling, inputs, sampling metadata, output
+processing), measured on the CPU with a model so small that its forward costs next to nothing.
+
+On a GPU this host work runs beside the device under async scheduling; once it is longer than
+the GPU's step (small models, many sequences) it sets the speed. Time per decode step at each
+batch size, median over the steps:
+
+    PYTHONPATH=src python3 benchmarks/host_overhead.py [--batches 1 64 256] [--tokens 64]
+
+Writes benchmarks/results/host_overhead_cpu.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.tiny_models import build_tiny_model  # noqa: E402
+
+
+def step_times(engine, prompts, max_tokens: int) -> list[float]:
+    """Wall time of each engine.step() whose batch is all decodes."""
+    from minerva import SamplingParams
+
+    params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+    for p in prompts:
+        engine.add_request(p, params)
+    times = []
+    while engine.has_unfinished_requests():
+        t = time.perf_counter()
+        engine.step()
+        dt = time.perf_counter() - t
+        if set(engine.last_scheduler_output.num_scheduled_tokens) == {1}:
+            times.append(dt)
+    return times
+
+
+def main() -> None:
+    from minerva import LLM
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--output", default="benchmarks/results/host_overhead_cpu.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)  # the forward is negligible; keep the second core quiet
+    folder = Path(tempfile.mkdtemp())
+    build_tiny_model(folder, hidden_size=64, num_hidden_layers=1, max_position_embeddings=512)
+    llm = LLM(
+        model=str(folder),
+        device="cpu",
+        dtype="float32",
+        max_num_seqs=max(args.batches),
+        max_num_batched_tokens=8192,
+        max_model_len=256,
+        async_scheduling="on",
+        progress=False,
+    )
+    rows = []
+    for b in args.batches:
+        prompts = [[3 + (i % 200)] * 64 for i in range(b)]
+        step_times(llm.engine, prompts[: min(b, 4)], 4)  # warm-up
+        times = step_times(llm.engine, prompts, args.tokens)
+        med = statistics.median(times)
+        rows.append({"batch": b, "decode_step_ms": med * 1e3, "per_request_us": med / b * 1e6})
+        print(
+            f"batch {b:4d}: {med * 1e3:7.2f} ms per decode step, {med / b * 1e6:6.1f} us per request"
+        )
+    out = {
+        "benchmark": "host_overhead",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+        },
+        "command": "PYTHONPATH=src python3 benchmarks/host_overhead.py --batches "
+        + " ".join(map(str, args.batches))
+        + f" --tokens {args.tokens}",
+        "results": rows,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
