@@ -1,9 +1,9 @@
 """The engine's own work per decode step (scheduling, inputs, sampling metadata, output
-processing), measured on the CPU with a model so small that its forward costs next to nothing.
+processing), measured on the CPU with a tiny model; the model's forward is timed apart.
 
 On a GPU this host work runs beside the device under async scheduling; once it is longer than
 the GPU's step (small models, many sequences) it sets the speed. Time per decode step at each
-batch size, median over the steps:
+batch size and the part of it outside the forward, medians over the steps:
 
     PYTHONPATH=src python3 benchmarks/host_overhead.py [--batches 1 64 256] [--tokens 64]
 
@@ -28,21 +28,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 
-def step_times(engine, prompts, max_tokens: int) -> list[float]:
-    """Wall time of each engine.step() whose batch is all decodes."""
+def step_times(engine, prompts, max_tokens: int) -> tuple[list[float], list[float]]:
+    """(wall time, time outside the model's forward) of each engine.step() whose batch is all
+    decodes. The forward (attention over every context on the CPU) is the part a GPU takes."""
     from minerva import SamplingParams
 
+    model, forward_s = engine.runner.model, [0.0]
+    forward = model.forward
+
+    def timed_forward(*args, **kwargs):
+        t = time.perf_counter()
+        out = forward(*args, **kwargs)
+        forward_s[0] += time.perf_counter() - t
+        return out
+
+    model.forward = timed_forward
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     for p in prompts:
         engine.add_request(p, params)
-    times = []
+    walls, hosts = [], []
     while engine.has_unfinished_requests():
+        forward_s[0] = 0.0
         t = time.perf_counter()
         engine.step()
         dt = time.perf_counter() - t
         if set(engine.last_scheduler_output.num_scheduled_tokens) == {1}:
-            times.append(dt)
-    return times
+            walls.append(dt)
+            hosts.append(dt - forward_s[0])
+    del model.forward
+    return walls, hosts
 
 
 def main() -> None:
@@ -70,11 +84,19 @@ def main() -> None:
     for b in args.batches:
         prompts = [[3 + (i % 200)] * 64 for i in range(b)]
         step_times(llm.engine, prompts[: min(b, 4)], 4)  # warm-up
-        times = step_times(llm.engine, prompts, args.tokens)
-        med = statistics.median(times)
-        rows.append({"batch": b, "decode_step_ms": med * 1e3, "per_request_us": med / b * 1e6})
+        walls, hosts = step_times(llm.engine, prompts, args.tokens)
+        med, host = statistics.median(walls), statistics.median(hosts)
+        rows.append(
+            {
+                "batch": b,
+                "decode_step_ms": med * 1e3,
+                "host_ms": host * 1e3,
+                "host_per_request_us": host / b * 1e6,
+            }
+        )
         print(
-            f"batch {b:4d}: {med * 1e3:7.2f} ms per decode step, {med / b * 1e6:6.1f} us per request"
+            f"batch {b:4d}: {med * 1e3:7.2f} ms per decode step, of which {host * 1e3:6.2f} ms "
+            f"outside the forward ({host / b * 1e6:6.1f} us per request)"
         )
     out = {
         "benchmark": "host_overhead",
