@@ -102,6 +102,8 @@ class SamplingMetadata:
         if any(len(x) != n for x in lists):
             raise ValueError("SamplingMetadata.build: every per-row list needs one entry per row")
         device = torch.device(device)
+        if all(p.plain_greedy for p in params):
+            return cls._plain_greedy(n, vocab_size, device)
         greedy = [p.greedy for p in params]
         all_greedy, all_random = all(greedy), not any(greedy)
         floats, ints = [], []
@@ -160,6 +162,37 @@ class SamplingMetadata:
             max_num_logprobs=max(wanted) if wanted else None,
             vocab_size=vocab_size,
         )
+
+    @classmethod
+    def _plain_greedy(cls, n: int, vocab_size: int, device: torch.device) -> SamplingMetadata:
+        """Every row takes the argmax of its raw logits: no per-row work, no copies."""
+        temperature, keys = _neutral_rows(n, device)
+        return cls(
+            temperature=temperature,
+            greedy_mask=None,
+            all_greedy=True,
+            all_random=False,
+            noise_keys=keys,
+            top_k=None,
+            top_p=None,
+            min_p=None,
+            repetition_penalties=None,
+            frequency_penalties=None,
+            presence_penalties=None,
+            prompt_mask=None,
+            output_token_counts=None,
+            logit_bias_indices=None,
+            logit_bias_values=None,
+            min_tokens_indices=None,
+            max_num_logprobs=None,
+            vocab_size=vocab_size,
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _neutral_rows(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # Read by nothing on the all-greedy path (the sampler never changes its metadata).
+    return torch.ones(n, device=device), torch.zeros(n, 2, dtype=torch.int64, device=device)
 
 
 def mix32(x: IntOrTensor) -> IntOrTensor:

@@ -100,6 +100,17 @@ class SamplingParams:
         return self.temperature < 1e-5 or self.top_k == 1
 
     @property
+    def plain_greedy(self) -> bool:
+        """Argmax of the raw logits: greedy, no penalties, bias, min_tokens or logprobs."""
+        return (
+            self.greedy
+            and not self.has_penalties
+            and not self.logit_bias
+            and self.min_tokens == 0
+            and self.logprobs is None
+        )
+
+    @property
     def has_penalties(self) -> bool:
         return (
             self.repetition_penalty != 1.0

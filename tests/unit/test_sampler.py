@@ -501,3 +501,21 @@ def test_call_never_syncs_on_cuda():
     )  # fmt: skip
     cpu_out = Sampler()(logits.cpu(), cpu_meta)
     assert torch.equal(out.token_ids.cpu(), cpu_out.token_ids)  # same noise, same tokens
+
+
+def test_plain_greedy_batches_skip_the_per_row_work_and_still_take_the_argmax():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 40)
+    plain = build([SP(temperature=0.0)] * 5, 40)
+    assert plain.all_greedy and plain.no_penalties and plain.max_num_logprobs is None
+    assert torch.equal(Sampler()(logits, plain).token_ids, logits.argmax(dim=-1))
+    # Anything that changes a greedy row's result (or adds to it) takes the general path.
+    for extra in (
+        dict(repetition_penalty=1.3),
+        dict(logit_bias={3: 5.0}),
+        dict(min_tokens=2),
+        dict(logprobs=2),
+    ):
+        assert not SP(temperature=0.0, **extra).plain_greedy
+    biased = build([SP(temperature=0.0)] * 4 + [SP(temperature=0.0, logit_bias={7: 100.0})], 40)
+    assert Sampler()(logits, biased).token_ids[4].item() == 7
