@@ -121,12 +121,13 @@ class Scheduler:
 
     def _pending_is_last(self, req: Request) -> bool:
         """A pending token that will end the request by length needs no step of its own."""
-        if not req.num_pending_tokens:
-            return False
-        total = req.num_tokens + req.num_pending_tokens
-        return req.num_output_tokens + req.num_pending_tokens >= req.max_tokens or (
-            total >= self.max_model_len
+        pending = req.num_pending_tokens
+        return bool(pending) and self._length_reached(
+            req, req.num_output_tokens + pending, req.num_tokens + pending
         )
+
+    def _length_reached(self, req: Request, num_output_tokens: int, num_tokens: int) -> bool:
+        return num_output_tokens >= req.max_tokens or num_tokens >= self.max_model_len
 
     def _admit_waiting(self, scheduled: list[tuple[Request, int]], budget: int) -> int:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -184,6 +185,6 @@ class Scheduler:
             if token in params.stop_token_ids:
                 req.stop_reason = token
                 return RequestStatus.FINISHED_STOPPED
-        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len:
+        if self._length_reached(req, req.num_output_tokens, req.num_tokens):
             return RequestStatus.FINISHED_LENGTH
         return None
