@@ -18,6 +18,7 @@ from torch import nn
 from minerva.platform import Platform
 from minerva.request import Request, SchedulerOutput
 from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches
+from minerva.runner.model_runner import ModelRunner
 from minerva.sampling_params import SamplingParams
 
 # The costliest sampler path: temperature + top_p sort + top logprobs over the whole vocab.
@@ -35,8 +36,6 @@ def profile_activation_memory(
     include_graphs: bool,
 ) -> int:
     """Peak bytes one step needs beyond the weights (plus the graph pool if asked)."""
-    from minerva.runner.model_runner import ModelRunner  # noqa: PLC0415 - avoids a cycle
-
     num_seqs = max(1, min(max_num_seqs, max_num_batched_tokens))
     # Every batched token in num_seqs sequences (each at most max_model_len - 1 long).
     per_seq = min(max_model_len - 1, max(1, max_num_batched_tokens // num_seqs))
