@@ -14,14 +14,12 @@ Writes benchmarks/results/cpu_gemv.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from record import write_results
 from shapes import SHAPES
 
 from minerva.models import cpu_linear
@@ -108,25 +106,7 @@ def main() -> None:
                         f"{r['kernel_gb_s']:11.1f}  {r['torch_gb_s']:10.1f}  ({r['speedup']:.2f}x)",
                         flush=True,
                     )
-    out = {
-        "benchmark": "cpu_gemv",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
-        "command": "PYTHONPATH=src python3 benchmarks/cpu_gemv.py "
-        + " ".join(
-            f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k != "output"
-        ),
-        "results": results,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2))
+    write_results("cpu_gemv", "cpu_gemv.py", args, results, args.output)
     print(f"wrote {args.output}")
 
 

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
+from record import write_results
 from shapes import SHAPES
 
 
@@ -148,27 +145,7 @@ def main() -> None:
                 row["prefill_ratio"] = m["prefill_tok_s"] / t["prefill_tok_s"]
                 results.append(row)
 
-    out = {
-        "benchmark": "cpu_generate",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "command": "PYTHONPATH=src python3 benchmarks/cpu_generate.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-            if k != "output"
-        ),
-        "results": results,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2))
+    write_results("cpu_generate", "cpu_generate.py", args, results, args.output)
     print(
         f"\n{'shape':16} {'dtype':9} {'decode tok/s (minerva / hf = ratio)':38} prefill tok/s (minerva / hf = ratio)"
     )

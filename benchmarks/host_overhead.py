@@ -13,8 +13,6 @@ Writes benchmarks/results/host_overhead_cpu.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -98,20 +97,7 @@ def main() -> None:
             f"batch {b:4d}: {med * 1e3:7.2f} ms per decode step, of which {host * 1e3:6.2f} ms "
             f"outside the forward ({host / b * 1e6:6.1f} us per request)"
         )
-    out = {
-        "benchmark": "host_overhead",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
-        "command": "PYTHONPATH=src python3 benchmarks/host_overhead.py --batches "
-        + " ".join(map(str, args.batches))
-        + f" --tokens {args.tokens}",
-        "results": rows,
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(out, indent=2))
+    write_results("host_overhead", "host_overhead.py", args, rows, args.output)
 
 
 if __name__ == "__main__":
