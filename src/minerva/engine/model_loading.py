@@ -16,7 +16,12 @@ from minerva.loader import iter_checkpoint_tensors, load_generation_config, load
 from minerva.models import build_model
 from minerva.models.registry import count_weight_bytes
 from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
-from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_blocks
+from minerva.runner.kv_cache import (
+    KVCacheSpec,
+    allocate_kv_caches,
+    memory_budget,
+    plan_num_blocks,
+)
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.tokenizer import Tokenizer
 
@@ -195,8 +200,7 @@ def check_model_fits(hf, dtype, spec, platform, config: EngineConfig, max_model_
         kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
     weights = count_weight_bytes(hf, dtype)
     activations = _activation_reserve(hf, config, dtype)
-    free, total = platform.memory()
-    budget = int(total * cache.memory_fraction) - (total - free)
+    budget, total, used = memory_budget(platform, cache.memory_fraction)
     if weights + kv + activations > budget:
         gib = 2**30
         raise ConfigError(
@@ -204,7 +208,7 @@ def check_model_fits(hf, dtype, spec, platform, config: EngineConfig, max_model_
             f"weights + {kv / gib:.2f} GiB of KV cache (at least one sequence of "
             f"max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of activations, but "
             f"memory_fraction={cache.memory_fraction} of {total / gib:.2f} GiB leaves "
-            f"{budget / gib:.2f} GiB ({(total - free) / gib:.2f} GiB already in use): use a GPU "
+            f"{budget / gib:.2f} GiB ({used / gib:.2f} GiB already in use): use a GPU "
             "with more memory, a smaller model or dtype, lower max_model_len / "
             "max_num_batched_tokens, or raise memory_fraction"
         )

@@ -32,6 +32,13 @@ def _fmt(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def memory_budget(platform: Platform, memory_fraction: float) -> tuple[int, int, int]:
+    """(bytes memory_fraction leaves for this engine, total device bytes, bytes already used)."""
+    free, total = platform.memory()
+    used = total - free
+    return int(total * memory_fraction) - used, total, used
+
+
 def plan_num_blocks(
     spec: KVCacheSpec,
     platform: Platform,
@@ -57,9 +64,8 @@ def plan_num_blocks(
             budget = min(int(free * CPU_DEFAULT_FRACTION), CPU_DEFAULT_CAP)
             source = f"the CPU default ({CPU_DEFAULT_FRACTION:.0%} of free RAM, at most {_fmt(CPU_DEFAULT_CAP)})"
         else:
-            free, total = platform.memory()
-            used = total - free
-            budget = int(total * memory_fraction) - used - activation_reserve
+            budget, total, used = memory_budget(platform, memory_fraction)
+            budget -= activation_reserve
             source = (
                 f"memory_fraction={memory_fraction} of {_fmt(total)} ({_fmt(used)} already in use)"
             )
