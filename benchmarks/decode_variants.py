@@ -2,18 +2,21 @@
 so that small differences (a few percent) are not lost in the spread between lent machines.
 
     PYTHONPATH=src python3 benchmarks/decode_variants.py --shape tinyllama-1.1b
-        [--variants folded folded-8 layered torch-glue] [--output DIR]
+        [--variants default no-pdl session2 layered torch-glue] [--profile]
 
 Variants:
-- folded: the default (batch-1 GEMVs add the residual and apply the RMSNorm themselves);
-- folded-8: the same with 8 output rows per program in the norm-applying GEMVs (half as many
-  programs re-read the input, its norm weight and the partial sums);
-- layered: batch-1 GEMVs, but add + RMSNorm as their own kernels (`model.one_token = None`);
+- default: what the engine does (GEMVs with the add + RMSNorm and SiLU * mul folded in, RoPE +
+  KV write in one kernel, programmatic dependent launch);
+- no-pdl: plain launches (config pdl=false);
+- session2: plain launches, separate RoPE / KV-write / SiLU * mul kernels (the previous path);
+- layered: session2 with add + RMSNorm as their own kernels too (`model.one_token = None`);
 - torch-glue: `fused_kernels=False` (cuBLAS and torch's glue ops).
 
 Each variant gets a fresh engine (the graphs are captured with it). Decode tok/s as in
 gpu_bench: 128 / (t(1 + 128 tokens) - t(1 token)) after a 128-token prompt, best of 3.
-Writes decode_variants_<shape>_<gpu>.json and prints a table.
+--profile adds, for the first variant, the GPU kernels of a decode step (torch.profiler over
+the graph replays): count and time per step by kernel. Writes
+decode_variants_<shape>_<gpu>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -23,42 +26,91 @@ import gc
 import json
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 from shapes import SHAPES, hf_config
 
-VARIANTS = ("folded", "folded-8", "layered", "torch-glue")
+VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue")
 
 
 def _patch(variant: str):
     """Install the variant's hooks; returns a function that removes them."""
     from minerva.models import llama, triton_gemv
 
-    use_fused, rms_norm = llama.LlamaForCausalLM.use_fused_kernels, triton_gemv.gemv_rms_norm
-    if variant == "layered":
+    use_fused = llama.LlamaForCausalLM.use_fused_kernels
+    add_residual = triton_gemv.gemv_add_residual
+    if variant in ("session2", "layered"):
 
-        def layered(self, enabled=True):
+        def separate(self, enabled=True):
             use_fused(self, enabled)
-            self.one_token = None
+            for module in self.modules():
+                if isinstance(module, llama.Attention):
+                    module.rope_write_kv = None
+            if variant == "layered":
+                self.one_token = None
 
-        llama.LlamaForCausalLM.use_fused_kernels = layered
-    elif variant == "folded-8":
+        def silu_then_down(x, weight, bias, residual, gated=False):
+            if gated:
+                from minerva.models.triton_ops import silu_and_mul
 
-        def rows8(h, partials, norm_weight, eps, weight, bias=None):
-            config = (8, *triton_gemv.gemv_config(*weight.shape)[1:])
-            return triton_gemv._launch(h, weight, bias, config, norm=(partials, norm_weight, eps))
+                x = silu_and_mul(x)
+            return add_residual(x, weight, bias, residual)
 
-        triton_gemv.gemv_rms_norm = rows8
+        llama.LlamaForCausalLM.use_fused_kernels = separate
+        triton_gemv.gemv_add_residual = silu_then_down
 
     def undo() -> None:
         llama.LlamaForCausalLM.use_fused_kernels = use_fused
-        triton_gemv.gemv_rms_norm = rms_norm
+        triton_gemv.gemv_add_residual = add_residual
 
     return undo
 
 
-def decode_tok_s(folder: Path, variant: str) -> float:
+def _profile(llm, prompt: list[int], steps: int = 32) -> dict:
+    """GPU kernels of `steps` graph-replayed decode steps: per kernel name, launches and
+    microseconds per step; with the summed kernel time and the wall time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from minerva import SamplingParams
+
+    def run(k: int) -> None:
+        llm.generate([prompt], SamplingParams(max_tokens=k, temperature=0, ignore_eos=True))
+
+    run(steps + 1)  # warm
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run(1)
+    prefill = {e.name for e in prof.events() if e.device_type.name == "CUDA"}
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        run(steps + 1)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t
+    per_kernel = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type.name == "CUDA" and e.device_time > 0:
+            per_kernel[e.name][0] += 1
+            per_kernel[e.name][1] += e.device_time
+    rows = sorted(
+        (
+            {"kernel": name[:90], "per_step": n / steps, "us_per_step": us / steps}
+            for name, (n, us) in per_kernel.items()
+            if n >= steps or name not in prefill
+        ),
+        key=lambda r: -r["us_per_step"],
+    )
+    return {
+        "steps": steps,
+        "wall_us_per_step_incl_prefill": wall / steps * 1e6,
+        "kernel_us_per_step": sum(r["us_per_step"] for r in rows),
+        "launches_per_step": sum(r["per_step"] for r in rows),
+        "kernels": rows,
+    }
+
+
+def decode_tok_s(folder: Path, variant: str, profile: bool = False) -> tuple[float, dict | None]:
     from minerva import LLM, SamplingParams
 
     undo = _patch(variant)
@@ -69,6 +121,7 @@ def decode_tok_s(folder: Path, variant: str) -> float:
             dtype="bfloat16",
             max_model_len=4096,
             fused_kernels=variant != "torch-glue",
+            pdl=variant not in ("no-pdl", "session2", "layered"),
             progress=False,
         )
         prompt = [torch.randint(3, 32000, (128,), generator=torch.Generator().manual_seed(0))]
@@ -82,7 +135,8 @@ def decode_tok_s(folder: Path, variant: str) -> float:
             return time.perf_counter() - t
 
         timed(8)
-        return max(128 / (timed(129) - timed(1)) for _ in range(3))
+        tok_s = max(128 / (timed(129) - timed(1)) for _ in range(3))
+        return tok_s, (_profile(llm, prompt[0].tolist()) if profile else None)
     finally:
         undo()
         llm = None  # free the engine (weights, KV cache, graphs) before the next one
@@ -94,15 +148,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="tinyllama-1.1b", choices=list(SHAPES))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--profile", action="store_true", help="kernel table of the first variant")
     ap.add_argument("--output", default="benchmarks/results")
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp())
     (folder / "config.json").write_text(json.dumps(hf_config(args.shape, dtype="bfloat16")))
-    results = {}
-    for variant in args.variants:
-        results[variant] = decode_tok_s(folder, variant)
+    results, profile = {}, None
+    for i, variant in enumerate(args.variants):
+        results[variant], prof = decode_tok_s(folder, variant, args.profile and i == 0)
+        profile = profile or prof
         print(
-            f"{args.shape} {variant:10s} batch-1 decode {results[variant]:7.1f} tok/s", flush=True
+            f"{args.shape} {variant:12s} batch-1 decode {results[variant]:7.1f} tok/s", flush=True
         )
     gpu = torch.cuda.get_device_name()
     slug = next((g for g in ("h100", "h200") if g in gpu.lower()), "gpu")
@@ -110,6 +166,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "decode_variants", "gpu": gpu, "torch": torch.__version__}
     doc |= {"shape": args.shape, "decode_batch1_tok_s": results}
+    if profile:
+        doc["profile_" + args.variants[0]] = profile
+        print(f"\nkernels of one decode step ({args.variants[0]}):")
+        for r in profile["kernels"][:25]:
+            print(f"{r['us_per_step']:8.1f} us {r['per_step']:6.1f}x  {r['kernel']}")
+        print(
+            f"sum {profile['kernel_us_per_step']:.1f} us in {profile['launches_per_step']:.0f} "
+            f"launches; wall {profile['wall_us_per_step_incl_prefill']:.1f} us per step"
+        )
     (out / f"decode_variants_{args.shape}_{slug}.json").write_text(json.dumps(doc, indent=2))
 
 

@@ -83,6 +83,11 @@ class DeviceConfig:
     fused_kernels: bool = _field(
         True, "Fused Triton add+RMSNorm, SiLU*mul and RoPE on CUDA (off = torch ops)."
     )
+    pdl: bool = _field(
+        True,
+        "Programmatic dependent launch of the fused Triton kernels on Hopper and newer GPUs: "
+        "each kernel starts while the previous one drains (off = plain launches).",
+    )
     cpu_kernels: bool = _field(
         True,
         "C kernels on the CPU (linear layers, add+RMSNorm, RoPE, decode attention), built at "

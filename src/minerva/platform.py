@@ -56,6 +56,18 @@ class Platform:
             return None
         return torch.cuda.get_device_properties(self.device).multi_processor_count
 
+    @property
+    def supports_pdl(self) -> bool:
+        """Programmatic dependent launch: CUDA compute capability 9.0 (Hopper) or newer, and a
+        triton that can launch with it (attention/pdl.py)."""
+        if not self.is_cuda or torch.cuda.get_device_capability(self.device)[0] < 9:
+            return False
+        try:
+            from triton.language.extra import cuda  # noqa: PLC0415 - optional dependency
+        except ImportError:
+            return False
+        return hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")
+
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         if self.is_cuda:
             return dtype != torch.bfloat16 or torch.cuda.is_bf16_supported()

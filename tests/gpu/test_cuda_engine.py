@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from minerva import LLM, SamplingParams
+from minerva.attention import pdl
 from tests.tiny_models import VOCAB, build_tiny_model, hf_greedy
 
 pytestmark = [
@@ -89,14 +90,17 @@ def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
     runs = {}
     for name, kw in {
         "graphs": {},
+        "graphs-plain-launch": dict(pdl=False),
         "eager": dict(enforce_eager=True),
         "torch": dict(attention_backend="torch"),
     }.items():
         llm = LLM(model=str(path), device="cuda", dtype=dtype, max_num_seqs=8, progress=False, **kw)
-        assert (llm.engine.runner.graphs is not None) == (name == "graphs")
+        assert (llm.engine.runner.graphs is not None) == name.startswith("graphs")
+        if name.startswith("graphs"):  # PDL (Hopper) in the graphs unless switched off
+            assert pdl.enabled() == (name == "graphs" and llm.engine.platform.supports_pdl)
         runs[name] = _run_capturing(llm, prompts, params)
     tokens, logits = runs["graphs"]
-    for other in ("eager", "torch"):
+    for other in ("graphs-plain-launch", "eager", "torch"):
         other_tokens, other_logits = runs[other]
         if dtype == "float32":
             assert other_tokens == tokens

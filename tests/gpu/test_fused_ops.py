@@ -114,12 +114,69 @@ def test_gemv_residual_epilogue_and_norm_prologue_match_torch(dtype, n, k):
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype] * 8, rtol=TOL[dtype] * 2)
 
 
-def test_one_token_path_equals_layered_path():
+@pytest.mark.parametrize("tokens, heads, kv_heads, head_dim", [(1, 32, 4, 64), (19, 12, 3, 128)])
+def test_rope_write_kv_equals_rope_then_write_kv(dtype, tokens, heads, kv_heads, head_dim):
+    """The fused RoPE + KV-cache write against the two kernels it replaces (exactly: same
+    arithmetic) and the torch reference; padding slots (-1) leave the cache alone."""
+    from minerva.attention import torch_paged
+    from minerva.attention.triton_kv_write import rope_write_kv
+    from minerva.models import triton_ops
+    from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+
+    torch.manual_seed(0)
+    cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
+    pos = torch.randint(0, 4096, (tokens,))
+    cos = cos[pos].to("cuda", dtype).unsqueeze(1)
+    sin = fold_sin(sin)[pos].to("cuda", dtype).unsqueeze(1)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, device="cuda")
+    cache = torch.randn(2, 9, 16, kv_heads, head_dim, dtype=dtype, device="cuda")
+    slots = torch.randperm(9 * 16, device="cuda")[:tokens]
+    slots[tokens // 2] = -1  # a padding row
+    fused_cache = cache.clone()
+    q = rope_write_kv(qkv, cos, sin, fused_cache, slots, heads, kv_heads)
+
+    view = qkv.view(tokens, heads + 2 * kv_heads, head_dim)
+    qk = triton_ops.apply_rope(view[:, : heads + kv_heads], cos, sin)
+    assert torch.equal(q, qk[:, :heads])
+    ref_cache, real = cache.clone(), slots >= 0  # the torch twin has no padding rule
+    k, v = qk[:, heads:], view[:, heads + kv_heads :]
+    torch_paged.write_kv(ref_cache, k[real], v[real], slots[real])
+    assert torch.equal(fused_cache, ref_cache)
+    ref_q = apply_rope(view[:, :heads], cos, sin)
+    torch.testing.assert_close(q.float(), ref_q.float(), atol=TOL[dtype] * 4, rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("n, inter", [(64, 128), (1000, 1000), (2048, 5632)])
+def test_gated_down_gemv_equals_silu_and_mul_then_gemv(dtype, n, inter):
+    """The down projection with silu(gate) * up computed while loading its input."""
+    from minerva.models.triton_gemv import gemv_add_residual
+    from minerva.models.triton_ops import silu_and_mul
+
+    torch.manual_seed(0)
+    gate_up = torch.randn(1, 2 * inter, device="cuda", dtype=dtype) * 3
+    w = torch.randn(n, inter, device="cuda", dtype=dtype) / inter**0.5
+    residual = torch.randn(1, n, device="cuda", dtype=dtype)
+    h, partials = gemv_add_residual(gate_up, w, None, residual, gated=True)
+    ref_h, ref_partials = gemv_add_residual(silu_and_mul(gate_up), w, None, residual)
+    torch.testing.assert_close(h, ref_h, atol=TOL[dtype], rtol=TOL[dtype])
+    torch.testing.assert_close(partials, ref_partials, atol=0, rtol=TOL[dtype] * 4)
+
+
+def _pdl_modes():
+    from minerva.platform import Platform
+
+    supported = torch.cuda.is_available() and Platform(torch.device("cuda")).supports_pdl
+    return [False, True] if supported else [False]
+
+
+@pytest.mark.parametrize("pdl_on", _pdl_modes(), ids=lambda on: "pdl" if on else "plain")
+def test_one_token_path_equals_layered_path(pdl_on):
     """The batch-1 forward with the glue folded into the GEMVs against the layered forward of
-    the same model (fp32: the same math, summed in another order)."""
+    the same model and the torch glue (fp32: the same math, summed in another order), with
+    kernels launched plainly and, on Hopper, with programmatic dependent launch."""
     import transformers
 
-    from minerva.attention import AttentionMetadata, TritonAttention
+    from minerva.attention import AttentionMetadata, TritonAttention, pdl
     from minerva.loader.hf_config import _parse_config
     from minerva.models import build_model
 
@@ -147,11 +204,19 @@ def test_one_token_path_equals_layered_path():
         query_start_loc_cpu=[0, 1],
     )
     ids, pos, idx = (torch.tensor([v], device="cuda") for v in (7, 37, 0))
-    model.use_fused_kernels(True)
-    fused = model(ids, pos, [c.clone() for c in kv], meta, idx)
-    model.one_token = None  # same kernels, layered: add + RMSNorm as their own kernels
-    layered = model(ids, pos, [c.clone() for c in kv], meta, idx)
+    caches = {name: [c.clone() for c in kv] for name in ("fused", "layered", "torch")}
+    pdl.set_enabled(pdl_on)
+    try:
+        model.use_fused_kernels(True)
+        fused = model(ids, pos, caches["fused"], meta, idx)
+        model.one_token = None  # same kernels, layered: add + RMSNorm as their own kernels
+        layered = model(ids, pos, caches["layered"], meta, idx)
+    finally:
+        pdl.set_enabled(False)
     model.use_fused_kernels(False)
-    torch_glue = model(ids, pos, [c.clone() for c in kv], meta, idx)
+    torch_glue = model(ids, pos, caches["torch"], meta, idx)
     torch.testing.assert_close(fused, layered, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused, torch_glue, atol=1e-4, rtol=1e-4)
+    for name in ("layered", "torch"):  # this token's K/V went to slot 53 in every layer
+        for ours, ref in zip(caches["fused"], caches[name]):
+            torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

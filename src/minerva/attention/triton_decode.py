@@ -17,6 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
+from minerva.attention import pdl
+
 NO_WINDOW = 1 << 30
 """Window used when attention is full: larger than any context, so the window mask is a no-op."""
 
@@ -84,7 +86,11 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -150,7 +156,11 @@ def _merge_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
@@ -275,6 +285,8 @@ def decode_attention(
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or cfg_warps,
         num_stages=num_stages or cfg_stages,
+        USE_PDL=pdl.enabled(),
+        **pdl.launch_kwargs(),
     )
     if split:
         _merge_kernel[(num_seqs, num_heads)](
@@ -293,5 +305,7 @@ def decode_attention(
             BLOCK_D=block_d,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
             num_warps=4,
+            USE_PDL=pdl.enabled(),
+            **pdl.launch_kwargs(),
         )
     return out

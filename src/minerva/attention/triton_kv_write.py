@@ -2,7 +2,8 @@
 
 One program per token copies all of its KV heads at once (one row of the cache slot). Tokens
 whose slot is -1 (padding rows of a CUDA-graph batch) are skipped, so a captured graph can run
-with fewer real tokens than it was captured for. Imports triton: load through triton_backend.
+with fewer real tokens than it was captured for. `rope_write_kv` does RoPE on q and k in the
+same pass (one kernel per layer instead of two). Imports triton: load through triton_backend.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from minerva.attention import pdl
 
 
 @triton.jit
@@ -31,7 +34,11 @@ def _kv_write_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
@@ -86,4 +93,79 @@ def write_kv(
         BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size,
         num_warps=4,
+        USE_PDL=pdl.enabled(),
+        **pdl.launch_kwargs(),
     )
+
+
+@triton.jit
+def _rope_write_kv_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
+    stride_t, stride_cb, stride_cs, stride_ch, num_heads, num_kv_heads,
+    D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):  # fmt: skip
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    t = tl.program_id(0).to(tl.int64)
+    half: tl.constexpr = D // 2
+    d = tl.arange(0, D)
+    rolled = (d + half) % D  # rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi]
+    h = tl.arange(0, BLOCK_H)  # the q heads, then the k heads
+    rows = qkv_ptr + t * stride_t + h[:, None] * D
+    qk = (h < num_heads + num_kv_heads)[:, None]
+    x = tl.load(rows + d[None, :], mask=qk)
+    xr = tl.load(rows + rolled[None, :], mask=qk)
+    c = tl.load(cos_ptr + t * D + d)[None, :]
+    s = tl.load(sin_ptr + t * D + d)[None, :]
+    y = x * c + xr * s  # in the model dtype, like models.triton_ops.apply_rope
+    is_q = (h < num_heads)[:, None]
+    tl.store(q_out_ptr + (t * num_heads + h[:, None]) * D + d[None, :], y, mask=is_q)
+    # slot -1 marks a padding token: q is still written, the cache is not touched.
+    slot = tl.load(slot_mapping_ptr + t).to(tl.int64)
+    safe_slot = tl.maximum(slot, 0)
+    base = (safe_slot // BLOCK_SIZE) * stride_cb + (safe_slot % BLOCK_SIZE) * stride_cs
+    kh = tl.maximum(h - num_heads, 0)
+    k_mask = qk & (h >= num_heads)[:, None] & (slot >= 0)
+    k_dst = k_cache_ptr + base + kh[:, None] * stride_ch + d[None, :]
+    tl.store(k_dst, y.to(k_cache_ptr.dtype.element_ty), mask=k_mask)
+    vh = tl.arange(0, BLOCK_KV)
+    v_mask = (vh < num_kv_heads)[:, None] & (slot >= 0)
+    v_src = qkv_ptr + t * stride_t + (num_heads + num_kv_heads + vh[:, None]) * D + d[None, :]
+    v = tl.load(v_src, mask=v_mask)
+    v_dst = v_cache_ptr + base + vh[:, None] * stride_ch + d[None, :]
+    tl.store(v_dst, v.to(v_cache_ptr.dtype.element_ty), mask=v_mask)
+
+
+def rope_write_kv(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin_signed: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+) -> torch.Tensor:
+    """qkv [T, (H + 2 KVH) * D] -> rotated q [T, H, D]; rotated k and v go to their slots of
+    kv_cache (slot -1 skipped). cos / sign-folded sin [T, 1, D] as in models.rope.apply_rope.
+    Same result as apply_rope on q and k followed by write_kv."""
+    t = qkv.shape[0]
+    d = kv_cache.shape[-1]
+    qkv = qkv.reshape(t, -1)
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    q = torch.empty(t, num_heads, d, dtype=qkv.dtype, device=qkv.device)
+    if t == 0:
+        return q
+    k_cache, v_cache = kv_cache[0], kv_cache[1]  # [num_blocks, block_size, kvh, d]
+    block_h = triton.next_power_of_2(num_heads + num_kv_heads)
+    _rope_write_kv_kernel[(t,)](
+        qkv, cos.reshape(t, d).contiguous(), sin_signed.reshape(t, d).contiguous(), q,
+        k_cache, v_cache, slot_mapping, qkv.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_heads, num_kv_heads,
+        D=d, BLOCK_H=block_h, BLOCK_KV=triton.next_power_of_2(num_kv_heads),
+        BLOCK_SIZE=kv_cache.shape[2], num_warps=min(max(block_h * d // 1024, 1), 8),
+        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
+    )  # fmt: skip
+    return q

@@ -12,6 +12,7 @@ import random
 import time
 from dataclasses import dataclass
 
+from minerva.attention import pdl
 from minerva.cache import KVCacheManager
 from minerva.config import EngineConfig
 from minerva.engine.model_loading import LoadedModel, load_model
@@ -66,6 +67,9 @@ class LLMEngine:
         if self.platform.is_cuda and loaded.attention_backend.graph_safe:
             # Fewer launches per layer: the eager prefill is bound by the host's launch rate.
             loaded.model.use_fused_kernels(config.device.fused_kernels)
+            pdl.set_enabled(
+                config.device.fused_kernels and config.device.pdl and self.platform.supports_pdl
+            )
         graphs = self._capture_graphs(loaded) if self._use_graphs(loaded) else (None, None)
         self.runner = ModelRunner(
             loaded.model,

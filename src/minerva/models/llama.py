@@ -38,6 +38,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.backend = TorchAttention()  # replaced by set_attention_backend
         self.rope = apply_rope  # models.triton_ops.apply_rope on CUDA (use_fused_kernels)
+        self.rope_write_kv = None  # RoPE + KV write in one kernel on CUDA (use_fused_kernels)
         self.linear = F.linear  # models.cpu_linear.linear on CPU (use_cpu_kernels)
         h = config.hidden_size
         self.qkv_proj = nn.Linear(
@@ -67,6 +68,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Projected qkv [T, q + 2 kv] -> RoPE, K/V into the cache, attention: [T, q_size]."""
         num_tokens = qkv.shape[0]
+        if self.rope_write_kv is not None:
+            q = self.rope_write_kv(
+                qkv, cos, sin, kv_cache, meta.slot_mapping, self.num_heads, self.num_kv_heads
+            )
+            out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
+            return out.view(num_tokens, self.q_size)
         qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         qk = self.rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
@@ -142,8 +149,10 @@ class LlamaForCausalLM(nn.Module):
 
     def use_fused_kernels(self, enabled: bool = True) -> None:
         """Swap the torch glue (add + RMSNorm, SiLU * mul, RoPE) for fused Triton kernels and
-        one-token linear layers for the Triton GEMV, or back."""
+        one-token linear layers for the Triton GEMV, or back. RoPE and the KV-cache write
+        become one kernel (the cache layout is the same for every attention backend)."""
         if enabled:
+            from minerva.attention import triton_kv_write  # noqa: PLC0415 - needs triton
             from minerva.models import triton_gemv, triton_ops  # noqa: PLC0415 - needs triton
         for module in self.modules():
             if hasattr(module, "fused"):
@@ -152,6 +161,7 @@ class LlamaForCausalLM(nn.Module):
                 module.linear = triton_ops.linear if enabled else F.linear
             if isinstance(module, Attention):
                 module.rope = triton_ops.apply_rope if enabled else apply_rope
+                module.rope_write_kv = triton_kv_write.rope_write_kv if enabled else None
         self.one_token = triton_gemv if enabled else None
 
     def use_cpu_kernels(self, enabled: bool = True) -> bool:
@@ -199,8 +209,9 @@ class LlamaForCausalLM(nn.Module):
 
     def _forward_one_token(self, x, cos, sin, kv_caches, meta) -> torch.Tensor:
         """Batch-1 decode on CUDA with the glue folded into the GEMVs: each linear layer that
-        ends a block adds the residual stream in its epilogue, and each one that starts a block
-        applies the RMSNorm while loading its input (the same roundings as the layered path)."""
+        ends a block adds the residual stream in its epilogue, each one that starts a block
+        applies the RMSNorm while loading its input, and the down projection computes
+        silu(gate) * up while loading (the same roundings as the layered path)."""
         g = self.one_token
         layers = self.model.layers
         h, partials = x, None  # the residual stream and its sum-of-squares partials
@@ -219,8 +230,8 @@ class LlamaForCausalLM(nn.Module):
             gate_up = g.gemv_rms_norm(
                 h, partials, norm.weight, norm.eps, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias
             )
-            act = mlp.fused.silu_and_mul(gate_up)
-            h, partials = g.gemv_add_residual(act, mlp.down_proj.weight, mlp.down_proj.bias, h)
+            down = mlp.down_proj  # its input is silu(gate) * up, computed while loading
+            h, partials = g.gemv_add_residual(gate_up, down.weight, down.bias, h, gated=True)
         norm = self.model.norm
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return g.gemv_rms_norm(h, partials, norm.weight, norm.eps, weight).float()

@@ -16,18 +16,28 @@ import torch
 import triton
 import triton.language as tl
 
+from minerva.attention import pdl
+
 
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
     part_in_ptr, num_part_in, norm_w_ptr, eps, res_ptr, part_out_ptr,
-    HAS_BIAS: tl.constexpr, NORM_IN: tl.constexpr, RES_OUT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_BIAS: tl.constexpr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr,
+    RES_OUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_P: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
+    # An L2 prefetch of the weight rows before this wait was slower on the H100 (TinyLlama
+    # batch-1 decode 894 vs 925 tok/s in
+    # benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json).
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     if NORM_IN:
         # x is a residual stream whose sum of squares the producing GEMV left in partials.
         p = tl.arange(0, BLOCK_P)
@@ -35,7 +45,6 @@ def _gemv_kernel(
         for p0 in range(0, num_part_in, BLOCK_P):
             ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
-    w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
@@ -44,6 +53,10 @@ def _gemv_kernel(
         if NORM_IN:  # RMSNorm with add_rms_norm's roundings: normalise, round, scale, round
             normed = (x.to(tl.float32) * rstd).to(x.dtype)
             x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
+        if GATED_IN:  # x is [gate | up] of 2K: silu(gate) * up, rounded like silu_and_mul
+            up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
+            gate = x.to(tl.float32)
+            x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
         w = tl.load(w_rows + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)
@@ -76,14 +89,21 @@ def gemv(
 
 
 def gemv_add_residual(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    gated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual + x @ weight.T (+ bias), per-program partial sums of its squares): the new
-    residual stream [1, N] and what `gemv_rms_norm` needs to normalise it."""
+    residual stream [1, N] and what `gemv_rms_norm` needs to normalise it. gated: x is
+    [gate | up] of twice the weight's width and the input is silu(gate) * up (the MLP's down
+    projection, with its activation folded in)."""
     n = weight.shape[0]
     block_n = gemv_config(n, weight.shape[1])[0]
     partials = torch.empty(triton.cdiv(n, block_n), dtype=torch.float32, device=x.device)
-    return _launch(x, weight, bias, None, residual=residual, partials_out=partials), partials
+    out = _launch(x, weight, bias, None, residual=residual, partials_out=partials, gated=gated)
+    return out, partials
 
 
 def gemv_rms_norm(
@@ -99,7 +119,7 @@ def gemv_rms_norm(
     return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps))
 
 
-def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None):
+def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None, gated=False):
     n, k = weight.shape
     if weight.stride(1) != 1:
         weight = weight.contiguous()
@@ -114,8 +134,9 @@ def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None
         part_in, part_in.numel(), norm_w, eps,
         residual.contiguous() if residual is not None else out,
         partials_out if partials_out is not None else out,
-        HAS_BIAS=bias is not None, NORM_IN=norm is not None, RES_OUT=residual is not None,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=1024,
-        num_warps=num_warps, num_stages=num_stages,
+        HAS_BIAS=bias is not None, NORM_IN=norm is not None, GATED_IN=gated,
+        RES_OUT=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=1024,
+        USE_PDL=pdl.enabled(),
+        num_warps=num_warps, num_stages=num_stages, **pdl.launch_kwargs(),
     )  # fmt: skip
     return out

@@ -29,7 +29,58 @@ def graph_buckets(max_num_seqs: int) -> list[int]:
     return buckets + [max_num_seqs]
 
 
-class CudaGraphRunner:
+class StagedGraphs:
+    """What both graph runners share: static device inputs, two sets of pinned host staging
+    used in turn, and graphs captured into one memory pool and replayed with those inputs."""
+
+    def __init__(self, static: dict[str, torch.Tensor], pool=None) -> None:
+        self.static = static
+        # Two sets, used in turn: a step's host writes never touch buffers whose copy to the
+        # device may still be queued (the engine queues step N+1 before step N has finished).
+        self.staging = [
+            {k: torch.empty_like(v, device="cpu").pin_memory() for k, v in static.items()}
+            for _ in range(2)
+        ]
+        self._turn = 0
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.pool = pool
+
+    def next_stage(self) -> dict[str, torch.Tensor]:
+        """The pinned staging set for this step (the other one may still be in flight)."""
+        stage = self.staging[self._turn]
+        self._turn ^= 1
+        return stage
+
+    def capture_one(self, key: int, forward) -> None:
+        """Warm forward(key) up (compiles kernels, settles the allocator), then capture it."""
+        forward(key)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = forward(key)
+        if self.pool is None:
+            self.pool = graph.pool()
+        self.graphs[key], self.outputs[key] = graph, out
+
+    def replay(
+        self,
+        key: int,
+        stage: dict[str, torch.Tensor],
+        regions: dict[str, tuple],
+        pending: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Copy stage[name][region] to the static inputs (non-blocking), put the pending
+        tokens (input positions, ids on the device) into input_ids, replay graph `key`."""
+        for name, region in regions.items():
+            self.static[name][region].copy_(stage[name][region], non_blocking=True)
+        if pending is not None:
+            self.static["input_ids"].index_copy_(0, *pending)
+        self.graphs[key].replay()
+        return self.outputs[key]
+
+
+class CudaGraphRunner(StagedGraphs):
     """Captures the model's decode forward for each bucket; `run` replays the smallest that fits."""
 
     def __init__(
@@ -48,26 +99,17 @@ class CudaGraphRunner:
         self.buckets = graph_buckets(max_num_seqs)
         self.num_decode_splits = num_decode_splits  # bucket -> splits for max_model_len contexts
         n, max_blocks = self.buckets[-1], math.ceil(max_model_len / block_size)
-        # Static device buffers and pinned host staging of the same shapes.
-        self.static = {
-            "input_ids": torch.zeros(n, dtype=torch.int64, device=device),
-            "positions": torch.zeros(n, dtype=torch.int64, device=device),
-            "slot_mapping": torch.full((n,), -1, dtype=torch.int64, device=device),
-            "seq_lens": torch.zeros(n, dtype=torch.int32, device=device),
-            "block_tables": torch.zeros(n, max_blocks, dtype=torch.int32, device=device),
-        }
-        # Two sets, used in turn: a step's host writes never touch buffers whose copy to the
-        # device may still be queued (the engine queues step N+1 before step N has finished).
-        self.staging = [
-            {k: torch.empty_like(v, device="cpu").pin_memory() for k, v in self.static.items()}
-            for _ in range(2)
-        ]
-        self._turn = 0
+        super().__init__(
+            {
+                "input_ids": torch.zeros(n, dtype=torch.int64, device=device),
+                "positions": torch.zeros(n, dtype=torch.int64, device=device),
+                "slot_mapping": torch.full((n,), -1, dtype=torch.int64, device=device),
+                "seq_lens": torch.zeros(n, dtype=torch.int32, device=device),
+                "block_tables": torch.zeros(n, max_blocks, dtype=torch.int32, device=device),
+            }
+        )
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(n, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None
 
     def _meta(self, b: int) -> AttentionMetadata:
         s = self.static
@@ -97,14 +139,7 @@ class CudaGraphRunner:
     def capture(self) -> None:
         """Capture every bucket, largest first so smaller graphs reuse its pool."""
         for b in reversed(self.buckets):
-            self._forward(b)  # warm-up: compiles kernels, settles the allocator
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self._forward(b)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[b], self.outputs[b] = graph, out
+            self.capture_one(b, self._forward)
         torch.cuda.synchronize(self.device)
         logger.info("captured CUDA graphs for decode batch sizes %s", self.buckets)
 
@@ -112,30 +147,25 @@ class CudaGraphRunner:
         return next((b for b in self.buckets if b >= num_seqs), None)
 
     def run(
-        self, host: HostInputs, pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        host: HostInputs,
+        bucket: int,
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Replay the graph for a pure-decode step; returns logits [num_seqs, vocab].
-
-        pending: (input positions, token ids on the device) to fill in before the replay."""
-        n = host.num_seqs
-        b = self.bucket_for(n)
+        """Replay the graph of `bucket` (bucket_for) for a pure-decode step; returns logits
+        [num_seqs, vocab]. pending: (input positions, token ids on the device) to fill in."""
+        n, b = host.num_seqs, bucket
         width = host.block_tables.shape[1]
-        stage, static = self.staging[self._turn], self.static
-        self._turn ^= 1
+        stage = self.next_stage()
         fill_padded(stage["input_ids"], host.input_ids, b, 0)
         fill_padded(stage["positions"], host.positions, b, 0)
         fill_padded(stage["slot_mapping"], host.slot_mapping, b, -1)
         fill_padded(stage["seq_lens"], host.seq_lens, b, 0)
         stage["block_tables"][:n, :width].numpy()[:] = host.block_tables
-        for key in ("input_ids", "positions", "slot_mapping", "seq_lens"):
-            static[key][:b].copy_(stage[key][:b], non_blocking=True)
-        static["block_tables"][:n, :width].copy_(
-            stage["block_tables"][:n, :width], non_blocking=True
-        )
-        if pending is not None:
-            static["input_ids"].index_copy_(0, *pending)
-        self.graphs[b].replay()
-        return self.outputs[b][:n]
+        rows = (slice(0, b),)
+        regions = dict.fromkeys(("input_ids", "positions", "slot_mapping", "seq_lens"), rows)
+        regions["block_tables"] = (slice(0, n), slice(0, width))
+        return self.replay(b, stage, regions, pending)[:n]
 
 
 def fill_padded(buffer: torch.Tensor, values: np.ndarray, size: int, pad: int) -> None:

@@ -66,14 +66,15 @@ class ModelRunner:
         """Queue one step's forward and sampling on the device; returns before it finishes."""
         host = build_host_inputs(out, self.block_size)
         pending = self._pending_inputs(host)
-        if (
-            self.graphs is not None
-            and host.is_pure_decode
-            and self.graphs.bucket_for(host.num_seqs)
-        ):
-            logits = self.graphs.run(host, pending)
-        elif self.prefill_graphs is not None and self.prefill_graphs.bucket_for(host):
-            logits = self.prefill_graphs.run(host, pending)
+        decode_bucket = prefill_bucket = None
+        if self.graphs is not None and host.is_pure_decode:
+            decode_bucket = self.graphs.bucket_for(host.num_seqs)
+        if decode_bucket is None and self.prefill_graphs is not None:
+            prefill_bucket = self.prefill_graphs.bucket_for(host)
+        if decode_bucket is not None:
+            logits = self.graphs.run(host, decode_bucket, pending)
+        elif prefill_bucket is not None:
+            logits = self.prefill_graphs.run(host, prefill_bucket, pending)
             logits = logits if host.sampling_requests else logits[:0]  # as eager: sampling rows
         else:
             inputs = to_device(host, self.device)

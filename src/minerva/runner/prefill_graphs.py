@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from minerva.attention import AttentionMetadata
-from minerva.runner.cuda_graphs import fill_padded
+from minerva.runner.cuda_graphs import StagedGraphs, fill_padded
 from minerva.runner.input_batch import HostInputs
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 PREFILL_BUCKETS = (64, 128, 256, 512, 1024, 2048)
 
 
-class PrefillGraphRunner:
+class PrefillGraphRunner(StagedGraphs):
     """Captures the model's one-sequence prefill for each bucket; `run` replays the best fit."""
 
     def __init__(
@@ -44,11 +44,9 @@ class PrefillGraphRunner:
         # A bucket never exceeds max_model_len: capture reads the block table up to its length.
         limit = min(max_num_batched_tokens, max_model_len, PREFILL_BUCKETS[-1])
         self.buckets = [b for b in PREFILL_BUCKETS if b <= limit]
-        n, max_blocks = (
-            self.buckets[-1] if self.buckets else 0,
-            math.ceil(max_model_len / block_size),
-        )
-        self.static = {
+        n = self.buckets[-1] if self.buckets else 0
+        max_blocks = math.ceil(max_model_len / block_size)
+        static = {
             "input_ids": torch.zeros(n, dtype=torch.int64, device=device),
             "positions": torch.zeros(n, dtype=torch.int64, device=device),
             "slot_mapping": torch.full((n,), -1, dtype=torch.int64, device=device),
@@ -57,15 +55,7 @@ class PrefillGraphRunner:
             "query_start_loc": torch.zeros(2, dtype=torch.int32, device=device),
             "logits_indices": torch.zeros(1, dtype=torch.int64, device=device),
         }
-        # Two pinned sets used in turn, as for decode graphs (async scheduling).
-        self.staging = [
-            {k: torch.empty_like(v, device="cpu").pin_memory() for k, v in self.static.items()}
-            for _ in range(2)
-        ]
-        self._turn = 0
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = pool
+        super().__init__(static, pool)
         self.num_replays = 0
 
     def _forward(self, t: int) -> torch.Tensor:
@@ -91,14 +81,7 @@ class PrefillGraphRunner:
         for t in reversed(self.buckets):
             s["seq_lens"].fill_(t)  # reads the null block: harmless, nothing is written
             s["query_start_loc"][1] = t
-            self._forward(t)  # warm-up: compiles kernels for this shape
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                out = self._forward(t)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[t], self.outputs[t] = graph, out
+            self.capture_one(t, self._forward)
         torch.cuda.synchronize()
         logger.info("captured CUDA graphs for one-sequence prefill of %s tokens", self.buckets)
 
@@ -110,13 +93,15 @@ class PrefillGraphRunner:
         return next((b for b in self.buckets if b >= n), None)
 
     def run(
-        self, host: HostInputs, pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self,
+        host: HostInputs,
+        bucket: int,
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Replay for a one-sequence step; returns logits [1, vocab] of its last token."""
-        n = len(host.input_ids)
-        t = self.bucket_for(host)
-        stage, static = self.staging[self._turn], self.static
-        self._turn ^= 1
+        """Replay the graph of `bucket` (bucket_for) for a one-sequence step; returns logits
+        [1, vocab] of its last token."""
+        n, t = len(host.input_ids), bucket
+        stage = self.next_stage()
         fill_padded(stage["input_ids"], host.input_ids, t, 0)
         fill_padded(stage["positions"], host.positions, t, 0)
         fill_padded(stage["slot_mapping"], host.slot_mapping, t, -1)
@@ -125,13 +110,9 @@ class PrefillGraphRunner:
         stage["seq_lens"].numpy()[:] = host.seq_lens
         stage["query_start_loc"].numpy()[:] = host.query_start_loc
         stage["logits_indices"][0] = n - 1
-        for key in ("input_ids", "positions", "slot_mapping"):
-            static[key][:t].copy_(stage[key][:t], non_blocking=True)
-        static["block_tables"][:, :width].copy_(stage["block_tables"][:, :width], non_blocking=True)
-        for key in ("seq_lens", "query_start_loc", "logits_indices"):
-            static[key].copy_(stage[key], non_blocking=True)
-        if pending is not None:
-            static["input_ids"].index_copy_(0, *pending)
-        self.graphs[t].replay()
+        rows, whole = (slice(0, t),), (slice(None),)
+        regions = dict.fromkeys(("input_ids", "positions", "slot_mapping"), rows)
+        regions |= dict.fromkeys(("seq_lens", "query_start_loc", "logits_indices"), whole)
+        regions["block_tables"] = (slice(None), slice(0, width))
         self.num_replays += 1
-        return self.outputs[t]
+        return self.replay(t, stage, regions, pending)
