@@ -3,7 +3,9 @@ processing), measured on the CPU with a tiny model; the model's forward is timed
 
 On a GPU this host work runs beside the device under async scheduling; once it is longer than
 the GPU's step (small models, many sequences) it sets the speed. Time per decode step at each
-batch size and the part of it outside the forward, medians over the steps:
+batch size and the part of it outside the forward, medians over the steps, for requests that
+stream (an output per step, as the server asks) and for requests reported once when finished
+(as LLM.generate asks):
 
     PYTHONPATH=src python3 benchmarks/host_overhead.py [--batches 1 64 256] [--tokens 64]
 
@@ -27,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
 
-def step_times(engine, prompts, max_tokens: int) -> tuple[list[float], list[float]]:
+def step_times(
+    engine, prompts, max_tokens: int, stream: bool = True
+) -> tuple[list[float], list[float]]:
     """(wall time, time outside the model's forward) of each engine.step() whose batch is all
     decodes. The forward (attention over every context on the CPU) is the part a GPU takes."""
     from minerva import SamplingParams
@@ -44,7 +48,7 @@ def step_times(engine, prompts, max_tokens: int) -> tuple[list[float], list[floa
     model.forward = timed_forward
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     for p in prompts:
-        engine.add_request(p, params)
+        engine.add_request(p, params, stream=stream)
     walls, hosts = [], []
     while engine.has_unfinished_requests():
         forward_s[0] = 0.0
@@ -83,20 +87,24 @@ def main() -> None:
     for b in args.batches:
         prompts = [[3 + (i % 200)] * 64 for i in range(b)]
         step_times(llm.engine, prompts[: min(b, 4)], 4)  # warm-up
-        walls, hosts = step_times(llm.engine, prompts, args.tokens)
-        med, host = statistics.median(walls), statistics.median(hosts)
-        rows.append(
-            {
-                "batch": b,
-                "decode_step_ms": med * 1e3,
-                "host_ms": host * 1e3,
-                "host_per_request_us": host / b * 1e6,
-            }
-        )
-        print(
-            f"batch {b:4d}: {med * 1e3:7.2f} ms per decode step, of which {host * 1e3:6.2f} ms "
-            f"outside the forward ({host / b * 1e6:6.1f} us per request)"
-        )
+        # stream: an output per request per step (the server); not: one at the end (generate)
+        for stream in (True, False):
+            walls, hosts = step_times(llm.engine, prompts, args.tokens, stream)
+            med, host = statistics.median(walls), statistics.median(hosts)
+            rows.append(
+                {
+                    "batch": b,
+                    "stream": stream,
+                    "decode_step_ms": med * 1e3,
+                    "host_ms": host * 1e3,
+                    "host_per_request_us": host / b * 1e6,
+                }
+            )
+            print(
+                f"batch {b:4d} {'streamed' if stream else 'final only':10s}: {med * 1e3:7.2f} ms "
+                f"per decode step, of which {host * 1e3:6.2f} ms outside the forward "
+                f"({host / b * 1e6:6.1f} us per request)"
+            )
     write_results("host_overhead", "host_overhead.py", args, rows, args.output)
 
 

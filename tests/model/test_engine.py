@@ -143,6 +143,39 @@ def test_n_completions_differ_and_are_reproducible(llm):
     assert [tuple(c.token_ids) for c in llm.generate(PROMPTS[3], params)[0].outputs] == seqs
 
 
+def test_unstreamed_request_reports_once_what_the_stream_adds_up_to(llm):
+    """stream=False (what generate() uses): step() reports the request once, finished, with
+    every completion as the streamed twin ends (n > 1 finishing at different steps, a stop
+    string, different lengths)."""
+    engine = llm.engine
+    cases = [
+        SamplingParams(n=3, max_tokens=12, temperature=1.0, seed=7),
+        SamplingParams(max_tokens=20, temperature=0.0, stop=["e"]),
+        greedy(5, ignore_eos=True),
+    ]
+    pairs = [
+        (engine.add_request(PROMPTS[i], p), engine.add_request(PROMPTS[i], p, stream=False))
+        for i, p in enumerate(cases)
+    ]
+    reports: dict[str, list] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            reports.setdefault(out.request_id, []).append(out)
+    for streamed_id, quiet_id in pairs:
+        (quiet,) = reports[quiet_id]
+        assert quiet.finished
+        final = {}
+        for out in reports[streamed_id]:
+            final |= {c.index: c for c in out.outputs}
+        assert [c.index for c in quiet.outputs] == sorted(final)
+        for c in quiet.outputs:
+            ref = final[c.index]
+            assert (c.token_ids, c.text, c.finish_reason) == (
+                ref.token_ids, ref.text, ref.finish_reason
+            )  # fmt: skip
+            assert c.delta_text == c.text and c.delta_token_ids == c.token_ids
+
+
 def test_logprobs_match_transformers(llm, model_dir):
     _, hf, tok = model_dir
     ids = tok.encode(PROMPTS[5])

@@ -52,7 +52,7 @@ class LLM:
         """Run all prompts together under continuous batching; outputs in prompt order."""
         prompt_list = _as_prompt_list(prompts)
         params = self._params_list(sampling_params, len(prompt_list))
-        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompt_list, params)]
+        ids = [self.engine.add_request(p, sp, stream=False) for p, sp in zip(prompt_list, params)]
         return self._run(ids)
 
     def chat(
@@ -92,20 +92,13 @@ class LLM:
         return list(sp)
 
     def _run(self, request_ids: list[str]) -> list[RequestOutput]:
+        """Step until these (stream=False) requests have finished; each reports once."""
         final: dict[str, RequestOutput] = {}
-        completions: dict[str, dict[int, CompletionOutput]] = {rid: {} for rid in request_ids}
         try:
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
-                    for c in out.outputs:
-                        completions[out.request_id][c.index] = c
                     if out.finished:
                         final[out.request_id] = out
         finally:
             self.engine.abort_request([r for r in request_ids if r not in final])
-        results = []
-        for rid in request_ids:
-            out = final[rid]
-            out.outputs = [completions[rid][i] for i in sorted(completions[rid])]
-            results.append(out)
-        return results
+        return [final[rid] for rid in request_ids]

@@ -133,8 +133,10 @@ class LLMEngine:
         request_id: str | None = None,
         prompt_token_ids: list[int] | None = None,
         arrival_time: float | None = None,
+        stream: bool = True,
     ) -> str:
-        """Queue a prompt (text or token ids); returns its request id. Raises RequestError."""
+        """Queue a prompt (text or token ids); returns its request id. Raises RequestError.
+        stream=False: step() reports the request once, when it has finished."""
         params = params or self.default_sampling_params()
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.output_processor:
@@ -157,7 +159,7 @@ class LLMEngine:
             for i in range(params.n)
         ]
         self.output_processor.add(
-            prompt if isinstance(prompt, str) else None, ids, children, request_id
+            prompt if isinstance(prompt, str) else None, ids, children, request_id, stream
         )
         for child in children:
             self.scheduler.add_request(child)
