@@ -2,16 +2,13 @@
 so that small differences (a few percent) are not lost in the spread between lent machines.
 
     PYTHONPATH=src python3 benchmarks/decode_variants.py --shape tinyllama-1.1b
-        [--variants default merge-kernel no-pdl session2 layered torch-glue] [--profile]
+        [--variants default no-pdl session2 layered torch-glue] [--profile]
 
 Variants:
 - default: what the engine does (GEMVs with the add + RMSNorm and SiLU * mul folded in, RoPE +
-  KV write in one kernel, programmatic dependent launch, split-K attention merged by the
-  last split to finish);
-- merge-kernel: the same with split-K partials merged by a second kernel;
+  KV write in one kernel, programmatic dependent launch);
 - no-pdl: plain launches (config pdl=false);
-- session2: plain launches, separate RoPE / KV-write / SiLU * mul / merge kernels (the
-  previous path);
+- session2: plain launches, separate RoPE / KV-write / SiLU * mul kernels (the previous path);
 - layered: session2 with add + RMSNorm as their own kernels too (`model.one_token = None`);
 - torch-glue: `fused_kernels=False` (cuBLAS and torch's glue ops).
 
@@ -35,12 +32,11 @@ from pathlib import Path
 import torch
 from shapes import SHAPES, hf_config
 
-VARIANTS = ("default", "merge-kernel", "no-pdl", "session2", "layered", "torch-glue")
+VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue")
 
 
 def _patch(variant: str):
     """Install the variant's hooks; returns a function that removes them."""
-    from minerva.attention import triton_decode
     from minerva.models import llama, triton_gemv
 
     use_fused = llama.LlamaForCausalLM.use_fused_kernels
@@ -64,12 +60,10 @@ def _patch(variant: str):
 
         llama.LlamaForCausalLM.use_fused_kernels = separate
         triton_gemv.gemv_add_residual = silu_then_down
-    triton_decode.separate_merge = variant in ("merge-kernel", "session2", "layered")
 
     def undo() -> None:
         llama.LlamaForCausalLM.use_fused_kernels = use_fused
         triton_gemv.gemv_add_residual = add_residual
-        triton_decode.separate_merge = False
 
     return undo
 

@@ -162,30 +162,6 @@ def test_decode_long_context_split_k(dtype, window):
         check(out[i], ref[i], dtype)
 
 
-def test_split_k_merged_by_the_last_program_equals_the_merge_kernel():
-    """The last split to arrive merges (counter per sequence and KV head): same result as the
-    separate merge kernel, every time over repeated launches (a race would show as a
-    mismatch), and the counters are back at zero after each launch."""
-    from minerva.attention import triton_decode
-
-    gen = torch.Generator().manual_seed(13)
-    lens = [4096, 1500, 257, 1, 33, 3000]
-    kv_cache, meta = make_batch([1] * 6, lens, 6, 16, 4, 64, BF16, gen)
-    q = rand((6, 32, 64), BF16, gen, mult=2.0)
-    args = (q, kv_cache, meta.block_tables, meta.seq_lens, 0.125, None, 32)
-    triton_decode.separate_merge = True
-    try:
-        expected = decode_attention(*args)
-    finally:
-        triton_decode.separate_merge = False
-    counters = triton_decode.split_counters(6 * 4, q.device)
-    for _ in range(50):
-        out = decode_attention(*args)
-        torch.testing.assert_close(out, expected, atol=1e-2, rtol=1e-2)
-        assert not counters.any()
-    check(out, reference(q, kv_cache, meta, 0.125, None), BF16)
-
-
 def test_decode_large_batch_matches_reference():
     """Enough (sequence, KV head) programs for the deeper-pipelined tile config."""
     gen = seed("large-batch")

@@ -3,9 +3,7 @@
 Grid (num_seqs, num_kv_heads, num_splits). A program owns one KV head and computes every query
 head of that GQA group at once, so each K/V tile is read from memory once. Long contexts are
 split over num_splits programs (flash-decoding): each writes a partial output and its
-log-sum-exp, then counts itself in on a per-(sequence, KV head) counter; the program that
-arrives last merges the partials and resets the counter to zero. No second kernel: at batch 1
-its launch cost as much as the merge (benchmarks/decode_variants.py).
+log-sum-exp, and a second kernel merges them.
 
 CUDA-graph friendly: the host never reads seq_lens. num_splits is a launch parameter; each
 program derives its share of the context from seq_lens on the device, so a graph captured with
@@ -64,8 +62,6 @@ def _decode_kernel(
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
-    counters_ptr,
-    num_kv_heads,
     scale_log2,
     window,
     num_splits,
@@ -89,7 +85,6 @@ def _decode_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
-    SEPARATE_MERGE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
@@ -136,54 +131,13 @@ def _decode_kernel(
     o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # empty context -> zeros
     if SPLIT:
         lse = tl.where(l_i > 0, m_i + tl.log2(l_i), float("-inf"))
-        part = part_out_ptr + seq * stride_pt + heads[:, None] * stride_ph + offs_d[None, :]
-        tl.store(part + split * stride_ps, o, mask=mask_gd)
-        lse_ptr = part_lse_ptr + seq * stride_lt + heads * stride_lh
-        tl.store(lse_ptr + split, lse, mask=offs_g < GROUP)
-        if not SEPARATE_MERGE:
-            # Publish the partials (every thread fences its own stores), then count in; the last
-            # program to arrive sees all of them.
-            _fence_gpu()
-            tl.debug_barrier()
-            counter = counters_ptr + seq * num_kv_heads + kv_head
-            if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-                _fence_gpu()
-                valid_g = offs_g < GROUP
-                m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-                for s in range(num_splits):
-                    lse_s = tl.load(
-                        lse_ptr + s, mask=valid_g, other=float("-inf"), cache_modifier=".cg"
-                    )
-                    m = tl.maximum(m, lse_s)
-                m_safe = tl.where(m == float("-inf"), 0.0, m)
-                denom = tl.zeros([GROUP_PAD], tl.float32)
-                merged = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-                for s in range(num_splits):  # empty splits have lse -inf: weight 0
-                    lse_s = tl.load(
-                        lse_ptr + s, mask=valid_g, other=float("-inf"), cache_modifier=".cg"
-                    )
-                    w = tl.exp2(lse_s - m_safe)
-                    denom += w
-                    o_s = tl.load(
-                        part + s * stride_ps, mask=mask_gd, other=0.0, cache_modifier=".cg"
-                    )
-                    merged += o_s * w[:, None]
-                res = merged / tl.where(denom > 0, denom, 1.0)[:, None]
-                dst = out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
-                tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=mask_gd)
-                tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # ready for the next launch
+        part = part_out_ptr + seq * stride_pt + split * stride_ps
+        tl.store(part + heads[:, None] * stride_ph + offs_d[None, :], o, mask=mask_gd)
+        lse_ptr = part_lse_ptr + seq * stride_lt + heads * stride_lh + split
+        tl.store(lse_ptr, lse, mask=offs_g < GROUP)
     else:
         dst = out_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :]
         tl.store(dst, o.to(out_ptr.dtype.element_ty), mask=mask_gd)
-
-
-@triton.jit
-def _fence_gpu():
-    """fence.acq_rel.gpu in every thread: orders its global stores / loads against the
-    counter's atomic as seen from other SMs."""
-    tl.inline_asm_elementwise(
-        "fence.acq_rel.gpu; // dummy $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1
-    )
 
 
 @triton.jit
@@ -226,25 +180,6 @@ def _merge_kernel(
     res = tl.sum(o * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
     dst = out_ptr + seq * stride_ot + head * stride_oh + offs_d
     tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
-
-
-separate_merge = False
-"""Merge split-K partials in a second kernel instead of in the last program (benchmarks)."""
-
-_counters: dict[torch.device, torch.Tensor] = {}
-_retired: list[torch.Tensor] = []  # outgrown counters: captured graphs may still point at them
-
-
-def split_counters(n: int, device: torch.device) -> torch.Tensor:
-    """At least n zeroed int32 arrival counters on `device`, shared by every split-K launch
-    (launches on one stream never overlap, and each leaves its counters at zero)."""
-    buf = _counters.get(device)
-    if buf is None or buf.numel() < n:
-        if buf is not None:
-            _retired.append(buf)
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _counters[device] = buf
-    return buf
 
 
 def choose_num_splits(
@@ -324,8 +259,6 @@ def decode_attention(
         out,
         part_out,
         part_lse,
-        split_counters(num_seqs * num_kv_heads, q.device) if split else out,
-        num_kv_heads,
         scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
         window,
         num_splits,
@@ -349,14 +282,13 @@ def decode_attention(
         BLOCK_SIZE=block_size,
         BLOCK_N=block_n,
         SPLIT=split,
-        SEPARATE_MERGE=split and separate_merge,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or cfg_warps,
         num_stages=num_stages or cfg_stages,
         USE_PDL=pdl.enabled(),
         **pdl.launch_kwargs(),
     )
-    if split and separate_merge:
+    if split:
         _merge_kernel[(num_seqs, num_heads)](
             part_out,
             part_lse,
