@@ -3,7 +3,10 @@
 Grid (num_seqs, num_kv_heads, num_splits). A program owns one KV head and computes every query
 head of that GQA group at once, so each K/V tile is read from memory once. Long contexts are
 split over num_splits programs (flash-decoding): each writes a partial output and its
-log-sum-exp, and a second kernel merges them.
+log-sum-exp, and a second kernel merges them. (Merging in the last split to arrive, behind an
+arrival counter, was tried: the fences and its serial loop over the splits made TinyLlama
+batch-1 decode slower, 830 vs 923 tok/s on the H100 in
+benchmarks/results/decode_variants_tinyllama-1.1b_h100_merge_in_kernel.json.)
 
 CUDA-graph friendly: the host never reads seq_lens. num_splits is a launch parameter; each
 program derives its share of the context from seq_lens on the device, so a graph captured with
