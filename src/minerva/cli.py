@@ -15,6 +15,7 @@ from minerva.config import (
     load_config,
     overrides_from_args,
 )
+from minerva.doctor import add_doctor_subcommand
 from minerva.errors import MinervaError
 from minerva.server.serve import add_serve_subcommand
 
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_subcommand(sub)
     add_serve_subcommand(sub)
     add_bench_subcommand(sub)
+    add_doctor_subcommand(sub)
     return parser
 
 

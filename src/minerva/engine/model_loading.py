@@ -142,7 +142,7 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
             include_graphs=not config.device.enforce_eager,
         )
     else:
-        reserve = _activation_reserve(hf, config, dtype)
+        reserve = estimate_activation_bytes(hf, config, dtype)
     num_blocks = plan_num_blocks(
         spec,
         platform,
@@ -199,7 +199,7 @@ def check_model_fits(hf, dtype, spec, platform, config: EngineConfig, max_model_
     else:
         kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
     weights = count_weight_bytes(hf, dtype)
-    activations = _activation_reserve(hf, config, dtype)
+    activations = estimate_activation_bytes(hf, config, dtype)
     budget, total, used = memory_budget(platform, cache.memory_fraction)
     if weights + kv + activations > budget:
         gib = 2**30
@@ -225,7 +225,8 @@ def init_dummy_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02)
             param.normal_(0.0, std, generator=gen)
 
 
-def _activation_reserve(hf, config: EngineConfig, dtype: torch.dtype) -> int:
+def estimate_activation_bytes(hf, config: EngineConfig, dtype: torch.dtype) -> int:
+    """One step's activation peak, estimated from the shapes (the CUDA path measures it)."""
     # Rough peak of one step's activations: a few hidden-sized and FFN-sized buffers per
     # token plus float32 logits for every sequence.
     tokens = config.scheduler.max_num_batched_tokens

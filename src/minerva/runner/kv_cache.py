@@ -39,6 +39,27 @@ def memory_budget(platform: Platform, memory_fraction: float) -> tuple[int, int,
     return int(total * memory_fraction) - used, total, used
 
 
+def kv_cache_budget(
+    platform: Platform,
+    memory_fraction: float,
+    kv_cache_memory: int | None,
+    activation_reserve: int = 0,
+) -> tuple[int, str]:
+    """(bytes for the KV cache, where that figure comes from). On a GPU: what
+    memory_fraction leaves after what is already in use (the weights, once loaded) and the
+    activation reserve; on the CPU a share of free RAM; kv_cache_memory overrides both."""
+    if kv_cache_memory is not None:
+        return kv_cache_memory, f"kv_cache_memory={_fmt(kv_cache_memory)}"
+    if platform.kind == "cpu":
+        free, _ = platform.memory()
+        budget = min(int(free * CPU_DEFAULT_FRACTION), CPU_DEFAULT_CAP)
+        cap = _fmt(CPU_DEFAULT_CAP)
+        return budget, f"the CPU default ({CPU_DEFAULT_FRACTION:.0%} of free RAM, at most {cap})"
+    budget, total, used = memory_budget(platform, memory_fraction)
+    source = f"memory_fraction={memory_fraction} of {_fmt(total)} ({_fmt(used)} already in use)"
+    return budget - activation_reserve, source
+
+
 def plan_num_blocks(
     spec: KVCacheSpec,
     platform: Platform,
@@ -57,18 +78,9 @@ def plan_num_blocks(
         usable = num_kv_blocks - 1
         source = f"num_kv_blocks={num_kv_blocks}"
     else:
-        if kv_cache_memory is not None:
-            budget, source = kv_cache_memory, f"kv_cache_memory={_fmt(kv_cache_memory)}"
-        elif platform.kind == "cpu":
-            free, _ = platform.memory()
-            budget = min(int(free * CPU_DEFAULT_FRACTION), CPU_DEFAULT_CAP)
-            source = f"the CPU default ({CPU_DEFAULT_FRACTION:.0%} of free RAM, at most {_fmt(CPU_DEFAULT_CAP)})"
-        else:
-            budget, total, used = memory_budget(platform, memory_fraction)
-            budget -= activation_reserve
-            source = (
-                f"memory_fraction={memory_fraction} of {_fmt(total)} ({_fmt(used)} already in use)"
-            )
+        budget, source = kv_cache_budget(
+            platform, memory_fraction, kv_cache_memory, activation_reserve
+        )
         # No point holding more than every sequence at full length.
         usable = min(budget // spec.bytes_per_block, useful)
     if usable < needed_one:

@@ -1,0 +1,319 @@
+"""`minerva doctor`: what this machine can do for Minerva, and what to set.
+
+Reports the software (torch, triton, the optional packages), each device Minerva could run on
+(CPU with its SIMD features and C-kernel build, CUDA GPUs with the features the fast path
+uses, Apple MPS), a measured memory bandwidth, and for a model (the bundled demo model unless
+--model is given) what it costs on the chosen device: weight bytes, KV cache per token, how
+many tokens of KV fit in `memory_fraction`, and the batch-1 decode ceiling that the bandwidth
+sets (every weight is read once per token). Ends with the settings to use.
+
+    minerva doctor [--model PATH] [--device auto] [--dtype auto] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform as host
+import sys
+import time
+from typing import Any
+
+import psutil
+import torch
+
+from minerva import __version__
+from minerva.config import EngineConfig
+from minerva.config_sources import add_config_arguments, load_config, overrides_from_args
+from minerva.errors import MinervaError
+from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
+
+OPTIONAL = ("triton", "transformers", "fastapi", "uvicorn", "prometheus_client", "matplotlib")
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "asimd", "sve")
+GIB = 2**30
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def software() -> dict[str, Any]:
+    return {
+        "minerva": __version__,
+        "python": host.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "optional": {name: _version(name) for name in OPTIONAL},
+    }
+
+
+def measure_bandwidth(device: torch.device, mib: int = 256, repeats: int = 5) -> float:
+    """Best GB/s over `mib` MiB: on a GPU a device-to-device copy, bytes read + written (the
+    measure gpu_bench's roofline uses); on the CPU a sum, bytes read (a copy's writes cost
+    more than its reads there). Batch-1 decode reads each weight once per token."""
+    n = mib * 2**20 // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src) if device.type != "cpu" else None
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        if dst is None:
+            src.sum()
+        else:
+            dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    moved = src.numel() * 4 * (1 if dst is None else 2)
+    return moved / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def cpu_info() -> dict[str, Any]:
+    from minerva.models import cpu_linear  # noqa: PLC0415 - builds C kernels on first use
+    from minerva.native import compiler  # noqa: PLC0415
+
+    sig = cpu_signature()
+    name = next(
+        (line.split(":", 1)[1].strip() for line in sig.splitlines() if "model name" in line),
+        host.processor() or host.machine(),
+    )
+    flags = set(
+        next(
+            (
+                line.split(":", 1)[1].split()
+                for line in sig.splitlines()
+                if line.startswith(("flags", "Features"))
+            ),
+            [],
+        )
+    )
+    vm = psutil.virtual_memory()
+    arch = native_kernel_arch()
+    kernels = arch is not None and cpu_linear.load()
+    return {
+        "name": name,
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_total_gib": vm.total / GIB,
+        "ram_available_gib": vm.available / GIB,
+        "simd": [f for f in SIMD_FLAGS if f in flags],
+        "c_compiler": compiler(),
+        "c_kernels": kernels,
+        "c_kernels_problem": None
+        if kernels
+        else (cpu_linear.status() or f"no C kernels for {host.machine()} on {sys.platform}"),
+    }
+
+
+def cuda_info(index: int) -> dict[str, Any]:
+    p = Platform(torch.device("cuda", index))
+    props = torch.cuda.get_device_properties(index)
+    free, total = p.memory()
+    from minerva.attention import triton_available  # noqa: PLC0415
+
+    return {
+        "name": props.name,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "sms": props.multi_processor_count,
+        "memory_total_gib": total / GIB,
+        "memory_free_gib": free / GIB,
+        "bf16": torch.cuda.is_bf16_supported(),
+        "triton_kernels": triton_available(),
+        "pdl": p.supports_pdl,
+    }
+
+
+def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -> dict[str, Any]:
+    """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
+    memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
+    from minerva.engine import model_loading  # noqa: PLC0415
+    from minerva.loader.hf_config import load_model_config  # noqa: PLC0415
+    from minerva.models.registry import count_weight_bytes  # noqa: PLC0415
+    from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
+    from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
+
+    path = model_loading.resolve_model_path(config)
+    hf = load_model_config(path)
+    dtype = resolve_dtype(platform, config.model.dtype, getattr(hf, "torch_dtype", None))
+    spec = KVCacheSpec(
+        num_layers=hf.num_hidden_layers,
+        num_kv_heads=hf.num_key_value_heads,
+        head_dim=hf.head_dim,
+        block_size=config.cache.block_size,
+        dtype=parse_dtype(config.cache.kv_cache_dtype) or dtype,
+    )
+    weights = count_weight_bytes(hf, dtype)
+    kv_per_token = spec.bytes_per_block // spec.block_size
+    activations = model_loading.estimate_activation_bytes(hf, config, dtype)
+    cache = config.cache
+    kv_room, _ = kv_cache_budget(platform, cache.memory_fraction, cache.kv_cache_memory)
+    if platform.kind != "cpu" and cache.kv_cache_memory is None:
+        kv_room -= weights + activations  # not loaded yet: the engine measures after loading
+    budget = memory_budget(platform, cache.memory_fraction)[0]
+    max_model_len = config.model.max_model_len or hf.max_position_embeddings
+    return {
+        "path": str(path),
+        "architecture": hf.architectures[0],
+        "dtype": str(dtype).removeprefix("torch."),
+        "weight_gib": weights / GIB,
+        "kv_bytes_per_token": kv_per_token,
+        "kv_tokens": max(kv_room, 0) // kv_per_token,
+        "max_model_len": max_model_len,
+        "fits": weights + kv_per_token * max_model_len + activations <= budget,
+        "decode_ceiling_tok_s": bandwidth_gb_s * 1e9 / weights,
+        "memory_fraction": config.cache.memory_fraction,
+    }
+
+
+def advice(report: dict[str, Any]) -> list[str]:
+    """The settings to use, from what the report found."""
+    out = []
+    dev, fit = report["device"], report.get("model")
+    if dev["kind"] == "cpu" and report["software"]["torch_cuda"]:
+        out.append("torch is a CUDA build but sees no GPU: check the driver (nvidia-smi)")
+    if gpu := dev.get("gpu"):
+        if not gpu["triton_kernels"]:
+            out.append("install triton (CUDA builds of torch ship it) for the fast kernels")
+        if not gpu["pdl"]:
+            out.append("programmatic dependent launch needs sm_90+ (Hopper): off on this GPU")
+        if not gpu["bf16"]:
+            out.append("this GPU has no bf16: set dtype=float16")
+    cpu = dev["cpu"]
+    if dev["kind"] == "cpu" and not cpu["c_kernels"]:
+        why = cpu["c_kernels_problem"]
+        out.append(f"C kernels are off ({why}): install a C compiler (gcc) for faster decode")
+    if not fit:
+        return out
+    if dev["kind"] == "cpu" and fit["dtype"] == "float32":
+        out.append("dtype=bfloat16 halves the bytes read per token (decode is bandwidth-bound)")
+    n = fit["max_model_len"]
+    if not fit["fits"]:
+        out.append(
+            f"{fit['weight_gib']:.2f} GiB of weights + one {n}-token sequence do not fit in "
+            f"memory_fraction={fit['memory_fraction']}: lower max_model_len, or use a smaller "
+            "dtype or model"
+        )
+    else:
+        seqs = fit["kv_tokens"] // max(n, 1)
+        out.append(
+            f"the KV cache holds {fit['kv_tokens']:,} tokens = {seqs} sequences of "
+            f"max_model_len={n}; a lower max_model_len lets more requests run at once"
+        )
+    ceiling = fit["decode_ceiling_tok_s"]
+    out.append(f"batch-1 decode cannot beat {ceiling:.0f} tok/s here (bandwidth / weight bytes)")
+    return out
+
+
+def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
+    """The whole report as plain data (what --json prints)."""
+    platform = resolve_platform(config.device.device)
+    device: dict[str, Any] = {"kind": platform.kind, "name": platform.name}
+    device["cpu"] = cpu_info()
+    if platform.is_cuda:
+        device["gpu"] = cuda_info(platform.device.index or 0)
+    device["bandwidth_gb_s"] = measure_bandwidth(platform.device)
+    report: dict[str, Any] = {"software": software(), "device": device}
+    report["cuda_devices"] = [
+        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+    ]
+    report["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if with_model:
+        report["model"] = model_fit(config, platform, device["bandwidth_gb_s"])
+    report["advice"] = advice(report)
+    return report
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report as (label, value) lines for the table."""
+    sw, dev = report["software"], report["device"]
+    cpu = dev["cpu"]
+    out = [
+        ("minerva / python", f"{sw['minerva']} / {sw['python']}"),
+        ("torch", f"{sw['torch']} (CUDA {sw['torch_cuda'] or 'none'})"),
+        ("optional packages", ", ".join(f"{k} {v or '-'}" for k, v in sw["optional"].items())),
+        ("CPU", f"{cpu['name']}: {cpu['physical_cores']} cores / {cpu['logical_cores']} threads"),
+        ("SIMD", " ".join(cpu["simd"]) or "-"),
+        ("RAM", f"{cpu['ram_available_gib']:.1f} of {cpu['ram_total_gib']:.1f} GiB available"),
+        ("C kernels", "on" if cpu["c_kernels"] else f"off: {cpu['c_kernels_problem']}"),
+        ("GPUs", ", ".join(report["cuda_devices"]) or ("Apple MPS" if report["mps"] else "none")),
+    ]
+    if "gpu" in dev:
+        g = dev["gpu"]
+        sm = g["compute_capability"].replace(".", "")
+        free = f"{g['memory_free_gib']:.1f} of {g['memory_total_gib']:.1f} GiB free"
+        out.append(("chosen GPU", f"{g['name']} (sm_{sm}, {g['sms']} SMs), {free}"))
+        out.append(("Triton kernels / bf16", f"{_yes(g['triton_kernels'])} / {_yes(g['bf16'])}"))
+        out.append(("dependent launch (PDL)", _yes(g["pdl"])))
+    how = "sum: bytes read" if dev["kind"] == "cpu" else "copy: bytes read + written"
+    out.append((f"{dev['kind']} memory bandwidth", f"{dev['bandwidth_gb_s']:.1f} GB/s ({how})"))
+    if fit := report.get("model"):
+        kv_kib = fit["kv_bytes_per_token"] / 1024
+        out += [
+            ("model", f"{fit['path']} ({fit['architecture']}, {fit['dtype']})"),
+            ("weights / KV per token", f"{fit['weight_gib']:.2f} GiB / {kv_kib:.1f} KiB"),
+            ("KV cache room", f"{fit['kv_tokens']:,} tokens"),
+            ("batch-1 decode ceiling", f"{fit['decode_ceiling_tok_s']:.0f} tok/s"),
+        ]
+    return out
+
+
+def render(report: dict[str, Any]) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title="minerva doctor", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in rows(report):
+        table.add_row(label, value)
+    console = Console()
+    console.print(table)
+    for line in report["advice"]:
+        console.print(f"- {line}", markup=False)
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    try:
+        config, _ = load_config(
+            getattr(args, "config", None), overrides_from_args(args), override_source="cli"
+        )
+        report = collect(config, with_model=not args.no_model)
+    except MinervaError as e:
+        print(f"minerva doctor: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report)
+    return 0
+
+
+def add_doctor_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "doctor",
+        help="what this machine can do for Minerva, and what to set",
+        description="Report the software, the devices (features, memory, measured bandwidth) "
+        "and what a model costs here (default: the bundled demo model), then advice.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-model", action="store_true", help="skip the model estimate")
+    parser.set_defaults(func=run_doctor)
+    return parser
