@@ -212,8 +212,8 @@ def advice(report: dict[str, Any]) -> list[str]:
             f"the KV cache holds {fit['kv_tokens']:,} tokens = {seqs} sequences of "
             f"max_model_len={n}; a lower max_model_len lets more requests run at once"
         )
-    ceiling = fit["decode_ceiling_tok_s"]
-    out.append(f"batch-1 decode cannot beat {ceiling:.0f} tok/s here (bandwidth / weight bytes)")
+    ceiling = _rate(fit["decode_ceiling_tok_s"])
+    out.append(f"batch-1 decode cannot beat {ceiling} tok/s here (bandwidth / weight bytes)")
     return out
 
 
@@ -234,6 +234,10 @@ def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
         report["model"] = model_fit(config, platform, device["bandwidth_gb_s"])
     report["advice"] = advice(report)
     return report
+
+
+def _rate(tok_s: float) -> str:
+    return f"{tok_s:.0f}" if tok_s >= 10 else f"{tok_s:.2f}"
 
 
 def _yes(flag: bool) -> str:
@@ -269,7 +273,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             ("model", f"{fit['path']} ({fit['architecture']}, {fit['dtype']})"),
             ("weights / KV per token", f"{fit['weight_gib']:.2f} GiB / {kv_kib:.1f} KiB"),
             ("KV cache room", f"{fit['kv_tokens']:,} tokens"),
-            ("batch-1 decode ceiling", f"{fit['decode_ceiling_tok_s']:.0f} tok/s"),
+            ("batch-1 decode ceiling", f"{_rate(fit['decode_ceiling_tok_s'])} tok/s"),
         ]
     return out
 
