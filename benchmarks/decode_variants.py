@@ -2,12 +2,11 @@
 so that small differences (a few percent) are not lost in the spread between lent machines.
 
     PYTHONPATH=src python3 benchmarks/decode_variants.py --shape tinyllama-1.1b
-        [--variants default rope-write no-pdl session2 layered torch-glue] [--profile]
+        [--variants default no-pdl session2 layered torch-glue] [--profile]
 
 Variants:
 - default: what the engine does (GEMVs with the add + RMSNorm and SiLU * mul folded in, RoPE +
-  KV write done by the decode attention kernel itself, programmatic dependent launch);
-- rope-write: the same with RoPE + KV write as their own kernel before the attention;
+  KV write in one kernel, programmatic dependent launch);
 - no-pdl: plain launches (config pdl=false);
 - session2: plain launches, separate RoPE / KV-write / SiLU * mul kernels (the previous path);
 - layered: session2 with add + RMSNorm as their own kernels too (`model.one_token = None`);
@@ -33,19 +32,15 @@ from pathlib import Path
 import torch
 from shapes import SHAPES, hf_config
 
-VARIANTS = ("default", "rope-write", "no-pdl", "session2", "layered", "torch-glue")
+VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue")
 
 
 def _patch(variant: str):
     """Install the variant's hooks; returns a function that removes them."""
-    from minerva.attention import TritonAttention
     from minerva.models import llama, triton_gemv
 
     use_fused = llama.LlamaForCausalLM.use_fused_kernels
     add_residual = triton_gemv.gemv_add_residual
-    decode_rope = TritonAttention.decode_rope
-    if variant != "default":  # every other variant predates the fused decode kernel
-        TritonAttention.decode_rope = None
     if variant in ("session2", "layered"):
 
         def separate(self, enabled=True):
@@ -69,7 +64,6 @@ def _patch(variant: str):
     def undo() -> None:
         llama.LlamaForCausalLM.use_fused_kernels = use_fused
         triton_gemv.gemv_add_residual = add_residual
-        TritonAttention.decode_rope = decode_rope
 
     return undo
 

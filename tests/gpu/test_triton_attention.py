@@ -162,44 +162,6 @@ def test_decode_long_context_split_k(dtype, window):
         check(out[i], ref[i], dtype)
 
 
-@pytest.mark.parametrize("dtype", [BF16, FP32, torch.float16], ids=str)
-@pytest.mark.parametrize("num_splits", [1, 4])
-@pytest.mark.parametrize("kvh, group", [(2, 4), (4, 8)])
-def test_decode_attention_rope_equals_rope_write_kv_then_decode(dtype, num_splits, kvh, group):
-    """The fused decode kernel (RoPE on q and the new k, the KV write, attention) against the
-    two kernels it replaces: the same cache afterwards, the same output; padding rows (slot -1,
-    seq_len 0) write nothing."""
-    from minerva.attention.triton_decode import decode_attention_rope
-    from minerva.attention.triton_kv_write import rope_write_kv
-    from minerva.models.rope import fold_sin, rope_cos_sin
-
-    gen = seed("rope-decode", dtype, num_splits, kvh, group)
-    head_dim, heads = 64, kvh * group
-    lens = [700, 1, 0, 33, 64, 0]
-    n = len(lens)
-    kv_cache, meta = make_batch([1] * n, lens, n, 16, kvh, head_dim, dtype, gen)
-    tables = meta.block_tables
-    # this step's token sits at position seq_len - 1: its slot from the block table
-    pos = torch.tensor([max(x - 1, 0) for x in lens], device=DEVICE)
-    slots = tables[torch.arange(n, device=DEVICE), pos // 16].long() * 16 + pos % 16
-    slots[meta.seq_lens == 0] = -1
-    cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
-    cos = cos[pos.cpu()].to(DEVICE, dtype).unsqueeze(1)
-    sin = fold_sin(sin)[pos.cpu()].to(DEVICE, dtype).unsqueeze(1)
-    qkv = rand((n, (heads + 2 * kvh) * head_dim), dtype, gen, mult=2.0)
-
-    ref_cache = kv_cache.clone()
-    q = rope_write_kv(qkv, cos, sin, ref_cache, slots, heads, kvh)
-    ref = decode_attention(q, ref_cache, tables, meta.seq_lens, 0.125, None, num_splits)
-    out = decode_attention_rope(
-        qkv, cos, sin, slots, kv_cache, tables, meta.seq_lens, 0.125, heads, None, num_splits
-    )
-    # a wrong or missing write would differ by O(1): random values everywhere
-    torch.testing.assert_close(kv_cache, ref_cache, atol=TOL[dtype], rtol=TOL[dtype])
-    torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype])
-    assert (out[meta.seq_lens == 0] == 0).all()
-
-
 def test_decode_large_batch_matches_reference():
     """Enough (sequence, KV head) programs for the deeper-pipelined tile config."""
     gen = seed("large-batch")

@@ -81,25 +81,6 @@ class TritonAttention:
             meta.extras[DECODE_SPLITS_KEY] = splits
         return splits
 
-    def decode_rope(
-        self,
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin_signed: torch.Tensor,
-        kv_cache: torch.Tensor,
-        meta: AttentionMetadata,
-        scale: float,
-        sliding_window: int | None,
-        num_heads: int,
-    ) -> torch.Tensor:
-        """A pure decode step (one token per sequence) from the projected qkv: RoPE, the KV
-        write and attention in one kernel -> [num_seqs, num_heads, head_dim]."""
-        splits = self.decode_splits(meta, kv_cache.shape[3], qkv.device)
-        return _kernels()[0].decode_attention_rope(
-            qkv, cos, sin_signed, meta.slot_mapping, kv_cache, meta.block_tables,
-            meta.seq_lens, scale, num_heads, sliding_window, splits,
-        )  # fmt: skip
-
     def paged_attention(
         self,
         q: torch.Tensor,

@@ -65,11 +65,6 @@ def _decode_kernel(
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
-    cos_ptr,
-    sin_ptr,
-    slot_mapping_ptr,
-    k_new_offset,
-    v_new_offset,
     scale_log2,
     window,
     num_splits,
@@ -93,7 +88,6 @@ def _decode_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
-    FUSE_ROPE: tl.constexpr,
     DOT_PREC: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
@@ -110,14 +104,11 @@ def _decode_kernel(
     mask_gd = (offs_g[:, None] < GROUP) & (offs_d[None, :] < HEAD_DIM)
 
     # [GROUP_PAD, BLOCK_D]; padded rows are zero and never stored.
-    q_rows = q_ptr + seq * stride_qt + heads[:, None] * stride_qh
-    q = tl.load(q_rows + offs_d[None, :], mask=mask_gd, other=0.0)
-    if FUSE_ROPE:  # q_ptr is the projected qkv row: rotate q here, as rope_write_kv would
-        rolled = (offs_d + BLOCK_D // 2) % BLOCK_D  # BLOCK_D == HEAD_DIM on this path
-        cos = tl.load(cos_ptr + seq * BLOCK_D + offs_d)[None, :]
-        sin = tl.load(sin_ptr + seq * BLOCK_D + offs_d)[None, :]
-        q_rolled = tl.load(q_rows + rolled[None, :], mask=mask_gd, other=0.0)
-        q = q * cos + q_rolled * sin
+    q = tl.load(
+        q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=mask_gd,
+        other=0.0,
+    )
 
     # Visible keys [lo, seq_len); this split takes a BLOCK_N-aligned slice of them.
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -126,23 +117,6 @@ def _decode_kernel(
     per_split = tl.cdiv(tl.cdiv(seq_len - lo_aligned, num_splits), BLOCK_N) * BLOCK_N
     start = lo_aligned + split * per_split
     end = tl.minimum(start + per_split, seq_len)
-
-    if FUSE_ROPE:
-        # The program whose slice holds the new token (position seq_len - 1) rotates its K,
-        # stores K and V in the cache, and reads them back in its loop below.
-        slot = tl.load(slot_mapping_ptr + seq)
-        if (start <= seq_len - 1) & (seq_len - 1 < end) & (slot >= 0):
-            new_row = q_ptr + seq * stride_qt + kv_head * BLOCK_D
-            k = tl.load(new_row + k_new_offset + offs_d)
-            k_rolled = tl.load(new_row + k_new_offset + rolled)
-            k = k * tl.reshape(cos, [BLOCK_D]) + k_rolled * tl.reshape(sin, [BLOCK_D])
-            v = tl.load(new_row + v_new_offset + offs_d)
-            slot = slot.to(tl.int64)
-            dst = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
-            dst += kv_head * stride_ch + offs_d
-            tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty))
-            tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty))
-        tl.debug_barrier()  # this program's stores before its own loads of them
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -237,38 +211,6 @@ def _config(head_dim: int, dtype: torch.dtype, programs: int) -> tuple[int, int,
     return 64, 4, (3 if programs >= 256 else 2)
 
 
-def decode_attention_rope(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin_signed: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    kv_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    seq_lens: torch.Tensor,
-    scale: float,
-    num_heads: int,
-    sliding_window: int | None = None,
-    num_splits: int = 1,
-) -> torch.Tensor:
-    """A decode step's attention straight from the projected qkv [num_seqs, (H + 2 KVH) * D]:
-    RoPE on q and the new k (cos / sign-folded sin [num_seqs, 1, D], as in models.rope), the
-    new k and v into their slots (slot_mapping; -1 skips), and attention as decode_attention
-    -> out [num_seqs, H, D]. One kernel where rope_write_kv + decode_attention are two."""
-    num_seqs, head_dim = qkv.shape[0], kv_cache.shape[4]
-    q = qkv.reshape(num_seqs, -1, head_dim)
-    if q.stride(-1) != 1 or q.stride(1) != head_dim:
-        q = q.contiguous()
-    rope = (
-        cos.reshape(num_seqs, head_dim).contiguous(),
-        sin_signed.reshape(num_seqs, head_dim).contiguous(),
-        slot_mapping,
-    )
-    out = torch.empty(num_seqs, num_heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-    return decode_attention(
-        q, kv_cache, block_tables, seq_lens, scale, sliding_window, num_splits, out, rope=rope
-    )
-
-
 def decode_attention(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
@@ -281,24 +223,19 @@ def decode_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """q [num_seqs, H, D] (one token per sequence, at position seq_len - 1) against kv_cache
     [2, num_blocks, block_size, KVH, D] through block_tables [num_seqs, max_blocks] int32 and
     seq_lens [num_seqs] int32 -> out [num_seqs, H, D]. block_n/num_warps/num_stages override
-    the tile config (benchmarks). rope: see decode_attention_rope (q is then the qkv rows)."""
-    num_seqs, _, head_dim = q.shape
+    the tile config (benchmarks)."""
+    num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     if out is None:
         out = torch.empty_like(q)
-    num_heads = out.shape[1]
     if num_seqs == 0:
         return out
     if q.stride(-1) != 1:
         q = q.contiguous()
-    if rope is not None and head_dim != triton.next_power_of_2(head_dim):
-        raise ValueError(f"decode_attention_rope needs a power-of-two head_dim, got {head_dim}")
-    cos, sin, slots = rope if rope is not None else (q, q, seq_lens)  # unused without rope
     group = num_heads // num_kv_heads
     split = num_splits > 1
     programs = num_seqs * num_kv_heads if not split else 0
@@ -325,11 +262,6 @@ def decode_attention(
         out,
         part_out,
         part_lse,
-        cos,
-        sin,
-        slots,
-        num_heads * head_dim,  # where the new k and v start in a qkv row
-        (num_heads + num_kv_heads) * head_dim,
         scale * 1.4426950408889634,  # log2(e): the kernel uses exp2
         window,
         num_splits,
@@ -353,7 +285,6 @@ def decode_attention(
         BLOCK_SIZE=block_size,
         BLOCK_N=block_n,
         SPLIT=split,
-        FUSE_ROPE=rope is not None,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or cfg_warps,
         num_stages=num_stages or cfg_stages,

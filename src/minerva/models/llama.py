@@ -31,7 +31,6 @@ class Attention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.pow2_head = self.head_dim & (self.head_dim - 1) == 0  # the fused decode kernel's
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.scale = self.head_dim**-0.5
@@ -69,13 +68,6 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Projected qkv [T, q + 2 kv] -> RoPE, K/V into the cache, attention: [T, q_size]."""
         num_tokens = qkv.shape[0]
-        fused_decode = getattr(self.backend, "decode_rope", None) if self.pow2_head else None
-        if self.rope_write_kv is not None and fused_decode and meta.num_decodes == num_tokens:
-            # Pure decode: RoPE, the KV write and attention in one kernel.
-            out = fused_decode(
-                qkv, cos, sin, kv_cache, meta, self.scale, self.window, self.num_heads
-            )
-            return out.view(num_tokens, self.q_size)
         if self.rope_write_kv is not None:
             q = self.rope_write_kv(
                 qkv, cos, sin, kv_cache, meta.slot_mapping, self.num_heads, self.num_kv_heads
