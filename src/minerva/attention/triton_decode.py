@@ -6,9 +6,10 @@ split over num_splits programs (flash-decoding): each writes a partial output an
 log-sum-exp, and a second kernel merges them. (Merging in the last split to arrive, behind an
 arrival counter, was tried: the fences and its serial loop over the splits made TinyLlama
 batch-1 decode slower, 830 vs 923 tok/s on the H100 in
-benchmarks/results/decode_variants_tinyllama-1.1b_h100_merge_in_kernel.json. So was doing
-RoPE and the KV write inside this kernel for pure decode steps: 902 vs 926 tok/s there, 181.3
-vs 180.9 at the 7B shape, in decode_variants_*_h100_rope_in_decode.json.)
+benchmarks/results/decode_variants_tinyllama-1.1b_h100_merge_in_kernel.json. Doing RoPE and
+the KV write inside this kernel for pure decode steps was also tried: slower there, 902 vs 926
+tok/s, and no different at the 7B shape, 181.3 vs 180.9, in
+decode_variants_*_h100_rope_in_decode.json.)
 
 CUDA-graph friendly: the host never reads seq_lens. num_splits is a launch parameter; each
 program derives its share of the context from seq_lens on the device, so a graph captured with
