@@ -5,7 +5,9 @@
 
 Measures the copy-bandwidth roofline, engine start time, batch-1 decode tokens/s (after a
 128-token prompt), prefill of a 512-token prompt (time to first token), decode throughput at
-several concurrencies (128 in / 128 out), and peak GPU memory. Writes gpu_bench.json.
+several concurrencies (128 in / 128 out; with an output per request per step as the server
+asks, and with one output per request as LLM.generate asks), and peak GPU memory; transformers
+in the same run (--no-transformers skips it). Writes gpu_bench_<shape>_<gpu>.json and .md.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ def timed_generate(llm, prompts, params) -> float:
     return time.perf_counter() - t
 
 
-def run_batch(engine, prompts, params) -> tuple[float, dict]:
-    """All prompts at once through the engine; wall time and where the steps' time went."""
+def run_batch(engine, prompts, params, stream: bool = True) -> tuple[float, dict]:
+    """All prompts at once through the engine; wall time and where the steps' time went.
+    stream: an output per request per step (as the server asks); else one at the end (as
+    LLM.generate asks)."""
     for p in prompts:
-        engine.add_request(p, params)
+        engine.add_request(p, params, stream=stream)
     split = {"decode_steps": 0, "decode_s": 0.0, "other_steps": 0, "other_s": 0.0}
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -162,11 +166,11 @@ def main() -> None:
         tn = min(timed_generate(llm, p128, greedy(129)) for _ in range(2))
         return 128 / (tn - t1)
 
-    def throughputs() -> tuple[dict, dict, dict]:
+    def throughputs(stream: bool = True) -> tuple[dict, dict, dict]:
         total, decode_only, steps = {}, {}, {}
         for b in args.batches:
             run_batch(llm.engine, prompts(b, 128), greedy(4))  # warm-up: kernels, shapes
-            dt, steps[b] = run_batch(llm.engine, prompts(b, 128), greedy(128))
+            dt, steps[b] = run_batch(llm.engine, prompts(b, 128), greedy(128), stream)
             total[b] = b * 128 / dt
             decode_only[b] = b * steps[b]["decode_steps"] / steps[b]["decode_s"]
         return total, decode_only, steps
@@ -188,6 +192,7 @@ def main() -> None:
     else:
         ttft512_torch_glue = None
     throughput, decode_only, steps = throughputs()
+    final_total, final_decode, _ = throughputs(stream=False)
     sync = None
     if args.compare_sync and llm.engine.async_scheduling:
         llm.engine.async_scheduling = False  # safe between generate calls: nothing in flight
@@ -229,6 +234,8 @@ def main() -> None:
         "throughput_128in_128out_tok_s": throughput,
         "decode_only_tok_s": decode_only,
         "throughput_steps": steps,
+        "final_only_throughput_128in_128out_tok_s": final_total,
+        "final_only_decode_only_tok_s": final_decode,
         "async_scheduling": llm_async,
         "sync_scheduling": sync,
         "peak_memory_gib": peak_gib,
@@ -285,13 +292,13 @@ def markdown_table(r: dict) -> str:
             f"+ {r['peak_over_weights_and_kv']:.1%}",
         ),
     ]
+    final = r.get("final_only_throughput_128in_128out_tok_s") or {}
     for b, tok_s in r["throughput_128in_128out_tok_s"].items():
-        rows.append(
-            (
-                f"{b} concurrent, 128 in / 128 out",
-                f"{tok_s:.0f} tok/s generated ({r['decode_only_tok_s'][b]:.0f} in decode steps)",
-            )
-        )
+        value = f"{tok_s:.0f} tok/s generated ({r['decode_only_tok_s'][b]:.0f} in decode steps)"
+        if b in final:
+            decode = r["final_only_decode_only_tok_s"][b]
+            value += f"; final-only outputs: {final[b]:.0f} ({decode:.0f})"
+        rows.append((f"{b} concurrent, 128 in / 128 out", value))
     sync = r.get("sync_scheduling")
     if sync:
         rows.append(
