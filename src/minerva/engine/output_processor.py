@@ -139,10 +139,13 @@ class OutputProcessor:
                     CompletionOutput(
                         index=c.index,
                         text=c.text,
-                        token_ids=list(c.token_ids),
+                        # The completion's own lists, not copies: a copy per request per
+                        # step grew with the output (quadratic in its length). Unfinished
+                        # outputs therefore see them grow; delta_* is what is new.
+                        token_ids=c.token_ids,
                         finish_reason=c.finish_reason,
                         stop_reason=c.stop_reason,
-                        logprobs=list(c.logprobs) if c.logprobs is not None else None,
+                        logprobs=c.logprobs,
                         delta_text=c.delta_text,
                         delta_token_ids=c.delta_token_ids,
                     )

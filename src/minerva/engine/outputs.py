@@ -14,11 +14,14 @@ class CompletionOutput:
     index: int
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
+    """Every token so far. In an unfinished output this is the live list, which keeps growing
+    while the request runs: copy it to keep a snapshot; delta_token_ids is what is new."""
     finish_reason: str | None = None
     """'stop' | 'length' | 'abort' once finished, else None."""
     stop_reason: int | str | None = None
     """The stop token id or stop string that ended it (None for EOS or length)."""
     logprobs: list[Logprobs] | None = None
+    """Per token, when asked for; live like token_ids."""
     delta_text: str = ""
     """Text added since the previous output of this request (for streaming)."""
     delta_token_ids: list[int] = field(default_factory=list)
