@@ -2,14 +2,11 @@
 so that small differences (a few percent) are not lost in the spread between lent machines.
 
     PYTHONPATH=src python3 benchmarks/decode_variants.py --shape tinyllama-1.1b
-        [--variants default no-preload late-trigger no-pdl session2 layered torch-glue] [--profile]
+        [--variants default no-pdl session2 layered torch-glue] [--profile]
 
 Variants:
 - default: what the engine does (GEMVs with the add + RMSNorm and SiLU * mul folded in, RoPE +
-  KV write in one kernel, programmatic dependent launch in which each kernel lets the next
-  launch at once and the GEMVs load their first weight tile before waiting);
-- no-preload: the same without the early first tile;
-- late-trigger: each kernel lets the next launch only after its own wait, no early tile;
+  KV write in one kernel, programmatic dependent launch);
 - no-pdl: plain launches (config pdl=false);
 - session2: plain launches, separate RoPE / KV-write / SiLU * mul kernels (the previous path);
 - layered: session2 with add + RMSNorm as their own kernels too (`model.one_token = None`);
@@ -35,18 +32,15 @@ from pathlib import Path
 import torch
 from shapes import SHAPES, hf_config
 
-VARIANTS = ("default", "no-preload", "late-trigger", "no-pdl", "session2", "layered", "torch-glue")
+VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue")
 
 
 def _patch(variant: str):
     """Install the variant's hooks; returns a function that removes them."""
-    from minerva.attention import pdl
     from minerva.models import llama, triton_gemv
 
     use_fused = llama.LlamaForCausalLM.use_fused_kernels
     add_residual = triton_gemv.gemv_add_residual
-    pdl.early_trigger = variant != "late-trigger"
-    triton_gemv.preload_first_tile = variant not in ("no-preload", "late-trigger")
     if variant in ("session2", "layered"):
 
         def separate(self, enabled=True):
@@ -70,7 +64,6 @@ def _patch(variant: str):
     def undo() -> None:
         llama.LlamaForCausalLM.use_fused_kernels = use_fused
         triton_gemv.gemv_add_residual = add_residual
-        pdl.early_trigger, triton_gemv.preload_first_tile = True, True
 
     return undo
 

@@ -4,18 +4,16 @@ A batch-1 decode step is a chain of ~200 small kernels; between two of them the 
 the first grid, then launches the second (a few microseconds each, even inside a CUDA graph).
 With PDL a kernel is launched while its predecessor still runs: its programs are scheduled,
 set up, and wait at `griddepcontrol.wait` until the predecessor's writes are visible. Each
-kernel also signals `launch_dependents`, so the next one can be scheduled into SM slots its
-own programs leave free. (Prefetching a GEMV's weight rows into L2 before the wait was
+kernel also signals `launch_dependents` as soon as it has waited, so the next one can be
+scheduled into SM slots its own last wave leaves free. (Prefetching a GEMV's weight rows into L2 before the wait was
 tried and was slower: benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json.)
 
 Rule that keeps it correct: every kernel launched with PDL calls `wait` in every program before
 it reads anything an earlier kernel wrote, or writes anything at all. Then kernel N+1 passing
 its wait implies kernel N finished, which passed its own wait, and so on down the chain.
 
-Kernels take `PDL: tl.constexpr` (= `mode()`), call attention/triton_pdl.py's helpers, and are
-launched with `**launch_kwargs()`; off (the default, and on GPUs before sm_90, where the
-instructions do not exist) they are unchanged. When the next kernel may launch does not
-change correctness, only scheduling: each kernel still waits for the previous one to finish.
+Kernels take `USE_PDL: tl.constexpr` and are launched with `**launch_kwargs()`; off (the
+default, and on GPUs before sm_90, where the instructions do not exist) they are unchanged.
 Set once per process, before CUDA graphs are captured (LLMEngine does this from the config).
 The flag is global, and either setting is safe for any kernel: a graph keeps the launches it
 captured, and a kernel launched plainly ignores the wait.
@@ -35,17 +33,6 @@ def set_enabled(enabled: bool) -> None:
 def enabled() -> bool:
     """Whether kernels are launched with PDL (their USE_PDL constexpr)."""
     return _enabled
-
-
-early_trigger = True
-"""Let the next kernel launch as soon as this one starts (mode 2), so a chain of small kernels
-schedules ahead and GEMVs load their first weight tile early; else after this one's wait
-(mode 1). benchmarks/decode_variants.py measures both."""
-
-
-def mode() -> int:
-    """The kernels' PDL constexpr (attention/triton_pdl.py): 0 off, 1 or 2 (early_trigger)."""
-    return (2 if early_trigger else 1) if _enabled else 0
 
 
 def launch_kwargs() -> dict:

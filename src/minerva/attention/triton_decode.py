@@ -24,7 +24,6 @@ import triton
 import triton.language as tl
 
 from minerva.attention import pdl
-from minerva.attention.triton_pdl import pdl_sync
 
 NO_WINDOW = 1 << 30
 """Window used when attention is full: larger than any context, so the window mask is a no-op."""
@@ -93,9 +92,11 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
-    PDL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    pdl_sync(PDL)  # see attention/pdl.py
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -161,9 +162,11 @@ def _merge_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
-    PDL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    pdl_sync(PDL)  # see attention/pdl.py
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS_PAD)
@@ -288,7 +291,7 @@ def decode_attention(
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or cfg_warps,
         num_stages=num_stages or cfg_stages,
-        PDL=pdl.mode(),
+        USE_PDL=pdl.enabled(),
         **pdl.launch_kwargs(),
     )
     if split:
@@ -308,7 +311,7 @@ def decode_attention(
             BLOCK_D=block_d,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
             num_warps=4,
-            PDL=pdl.mode(),
+            USE_PDL=pdl.enabled(),
             **pdl.launch_kwargs(),
         )
     return out

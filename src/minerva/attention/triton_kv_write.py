@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from minerva.attention import pdl
-from minerva.attention.triton_pdl import pdl_sync
 
 
 @triton.jit
@@ -35,9 +34,11 @@ def _kv_write_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
-    PDL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    pdl_sync(PDL)  # see attention/pdl.py
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     offs_h = tl.arange(0, BLOCK_H)
@@ -92,7 +93,7 @@ def write_kv(
         BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size,
         num_warps=4,
-        PDL=pdl.mode(),
+        USE_PDL=pdl.enabled(),
         **pdl.launch_kwargs(),
     )
 
@@ -102,9 +103,11 @@ def _rope_write_kv_kernel(
     qkv_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
     stride_t, stride_cb, stride_cs, stride_ch, num_heads, num_kv_heads,
     D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    PDL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    pdl_sync(PDL)  # see attention/pdl.py
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     half: tl.constexpr = D // 2
     d = tl.arange(0, D)
@@ -163,6 +166,6 @@ def rope_write_kv(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_heads, num_kv_heads,
         D=d, BLOCK_H=block_h, BLOCK_KV=triton.next_power_of_2(num_kv_heads),
         BLOCK_SIZE=kv_cache.shape[2], num_warps=min(max(block_h * d // 1024, 1), 8),
-        PDL=pdl.mode(), **pdl.launch_kwargs(),
+        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
     )  # fmt: skip
     return q

@@ -17,21 +17,6 @@ import triton
 import triton.language as tl
 
 from minerva.attention import pdl
-from minerva.attention.triton_pdl import pdl_launch_next, pdl_wait
-
-
-@triton.jit
-def _gemv_input(x_ptr, k, k_ok, K, rstd, norm_w_ptr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr):
-    """The input slice x[k] as the linear layer sees it (normalised, or gated)."""
-    x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
-    if NORM_IN:  # RMSNorm with add_rms_norm's roundings: normalise, round, scale, round
-        normed = (x.to(tl.float32) * rstd).to(x.dtype)
-        x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
-    if GATED_IN:  # x is [gate | up] of 2K: silu(gate) * up, rounded like silu_and_mul
-        up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
-        gate = x.to(tl.float32)
-        x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
-    return x.to(tl.float32)
 
 
 @triton.jit
@@ -40,22 +25,19 @@ def _gemv_kernel(
     part_in_ptr, num_part_in, norm_w_ptr, eps, res_ptr, part_out_ptr,
     HAS_BIAS: tl.constexpr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr,
     RES_OUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_P: tl.constexpr, PDL: tl.constexpr, PRELOAD: tl.constexpr,
+    BLOCK_P: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_K)
     row_ok = rows < N
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * stride_wn
-    # The weight does not depend on the previous kernel: with PRELOAD the first tile is loaded
-    # before waiting for it. (An L2 prefetch of every row there was slower on the H100:
-    # benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json.)
-    pdl_launch_next(PDL)
-    if PRELOAD:
-        first_ok = row_ok[:, None] & (cols < K)[None, :]
-        w_first = tl.load(w_rows + cols[None, :], mask=first_ok, other=0.0)
-    pdl_wait(PDL)
-    rstd = 0.0
+    # An L2 prefetch of the weight rows before this wait was slower on the H100 (TinyLlama
+    # batch-1 decode 894 vs 925 tok/s in
+    # benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json).
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     if NORM_IN:
         # x is a residual stream whose sum of squares the producing GEMV left in partials.
         p = tl.arange(0, BLOCK_P)
@@ -64,17 +46,19 @@ def _gemv_kernel(
             ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    k_start = 0
-    if PRELOAD:
-        x = _gemv_input(x_ptr, cols, cols < K, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
-        acc += w_first.to(tl.float32) * x[None, :]
-        k_start = BLOCK_K
-    for k0 in range(k_start, K, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
         k_ok = k < K
-        x = _gemv_input(x_ptr, k, k_ok, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
+        x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
+        if NORM_IN:  # RMSNorm with add_rms_norm's roundings: normalise, round, scale, round
+            normed = (x.to(tl.float32) * rstd).to(x.dtype)
+            x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
+        if GATED_IN:  # x is [gate | up] of 2K: silu(gate) * up, rounded like silu_and_mul
+            up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
+            gate = x.to(tl.float32)
+            x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
         w = tl.load(w_rows + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
@@ -135,11 +119,6 @@ def gemv_rms_norm(
     return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps))
 
 
-preload_first_tile = True
-"""Under PDL, load each program's first weight tile before waiting for the previous kernel
-(benchmarks/decode_variants.py measures it off)."""
-
-
 def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None, gated=False):
     n, k = weight.shape
     if weight.stride(1) != 1:
@@ -157,7 +136,7 @@ def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None
         partials_out if partials_out is not None else out,
         HAS_BIAS=bias is not None, NORM_IN=norm is not None, GATED_IN=gated,
         RES_OUT=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=1024,
-        PDL=pdl.mode(), PRELOAD=pdl.mode() != 0 and preload_first_tile,
+        USE_PDL=pdl.enabled(),
         num_warps=num_warps, num_stages=num_stages, **pdl.launch_kwargs(),
     )  # fmt: skip
     return out

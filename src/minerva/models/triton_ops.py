@@ -16,7 +16,6 @@ import triton
 import triton.language as tl
 
 from minerva.attention import pdl
-from minerva.attention.triton_pdl import pdl_sync
 from minerva.models.triton_gemv import gemv
 
 
@@ -30,9 +29,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 @triton.jit
 def _add_rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    HAS_RES: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    pdl_sync(PDL)  # see attention/pdl.py
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -60,14 +61,16 @@ def add_rms_norm(
         x, residual.contiguous() if residual is not None else x, weight, out,
         res_out if res_out is not None else out, cols, eps,
         HAS_RES=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 16),
-        PDL=pdl.mode(), **pdl.launch_kwargs(),
+        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
     )  # fmt: skip
     return out, res_out
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    pdl_sync(PDL)  # see attention/pdl.py
+def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -85,7 +88,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, inter, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
-        gate_up, out, inter, BLOCK=block, PDL=pdl.mode(), **pdl.launch_kwargs()
+        gate_up, out, inter, BLOCK=block, USE_PDL=pdl.enabled(), **pdl.launch_kwargs()
     )
     return out
 
@@ -93,9 +96,11 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def _rope_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr, x_stride_t, x_stride_h, num_heads,
-    D: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr,
+    D: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    pdl_sync(PDL)  # see attention/pdl.py
+    if USE_PDL:  # see attention/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     # One program per token, all its heads at once: cos / sin are loaded once per token.
     t = tl.program_id(0)
     half: tl.constexpr = D // 2
@@ -123,6 +128,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     _rope_kernel[(t,)](
         x, cos, sin_signed, out, x.stride(0), x.stride(1), heads,
         D=d, BLOCK_H=block_h, num_warps=min(max(block_h * d // 1024, 1), 8),
-        PDL=pdl.mode(), **pdl.launch_kwargs(),
+        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
     )  # fmt: skip
     return out
