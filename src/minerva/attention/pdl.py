@@ -5,8 +5,11 @@ the first grid, then launches the second (a few microseconds each, even inside a
 With PDL a kernel is launched while its predecessor still runs: its programs are scheduled,
 set up, and wait at `griddepcontrol.wait` until the predecessor's writes are visible. Each
 kernel also signals `launch_dependents` as soon as it has waited, so the next one can be
-scheduled into SM slots its own last wave leaves free. (Prefetching a GEMV's weight rows into L2 before the wait was
-tried and was slower: benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json.)
+scheduled into SM slots its own last wave leaves free. Tried and slower on the H100: GEMVs
+prefetching their weight rows into L2 before the wait
+(benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json), and signalling before
+the wait with GEMVs loading their first weight tile early (7B 176.4 vs 181.1 tok/s in one
+session; see the README and decode_variants_*_h100_pdl_modes.json).
 
 Rule that keeps it correct: every kernel launched with PDL calls `wait` in every program before
 it reads anything an earlier kernel wrote, or writes anything at all. Then kernel N+1 passing
