@@ -124,10 +124,13 @@ def test_poisson_arrivals_reach_the_server_on_schedule(server):
 
     records, _ = asyncio.run(go())
     schedule = arrival_offsets(n, rate, seed=11)
+    assert schedule[-1] > 0.3  # ~0.6 s of arrivals: a burst or a wrong rate cannot hide
+    # Each send within 40 ms of its slot: an event-loop hiccup on a busy 2-core machine fits,
+    # a burst (all at ~0) or a wrong rate (slots drifting by 100s of ms) does not.
     sent = sorted(r.start for r in records)
-    assert max(abs(a - b) for a, b in zip(sent, schedule)) < 0.015
+    assert max(abs(a - b) for a, b in zip(sent, schedule)) < 0.04
     seen = [t - server.arrivals[0] for t in server.arrivals]
-    assert max(abs(a - b) for a, b in zip(seen, schedule)) < 0.02
+    assert max(abs(a - b) for a, b in zip(seen, schedule)) < 0.05
 
 
 def test_concurrency_caps_requests_in_flight(server):

@@ -47,8 +47,8 @@ class OutputProcessor:
         stream: bool = True,
     ) -> None:
         """Track a request. stream=False (offline generate) skips the per-step outputs that
-        nobody reads: at 256 running requests building them was a sixth of the engine's host
-        work per step (benchmarks/host_overhead.py)."""
+        nobody reads: at 256 running requests building them was about a fifth of the engine's
+        host work per step on a 2-core VM (benchmarks/host_overhead.py)."""
         detoks = []
         for child in children:
             p = child.sampling_params
