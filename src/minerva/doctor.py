@@ -120,6 +120,17 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
+def triton_cache_files() -> tuple[str, int]:
+    """(Triton's kernel cache folder, how many files it holds). An empty cache means the next
+    engine start compiles every kernel first (a 7B start on a fresh H100 took 20.5 s:
+    benchmarks/results/gpu_bench_mistral-7b_h100_pdl_modes.json)."""
+    from pathlib import Path  # noqa: PLC0415
+
+    folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+    count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+    return str(folder), count
+
+
 def cuda_info(index: int) -> dict[str, Any]:
     p = Platform(torch.device("cuda", index))
     props = torch.cuda.get_device_properties(index)
@@ -135,6 +146,7 @@ def cuda_info(index: int) -> dict[str, Any]:
         "bf16": torch.cuda.is_bf16_supported(),
         "triton_kernels": triton_available(),
         "pdl": p.supports_pdl,
+        "triton_cache": dict(zip(("path", "files"), triton_cache_files())),
     }
 
 
@@ -193,6 +205,12 @@ def advice(report: dict[str, Any]) -> list[str]:
             out.append("programmatic dependent launch needs sm_90+ (Hopper): off on this GPU")
         if not gpu["bf16"]:
             out.append("this GPU has no bf16: set dtype=float16")
+        if gpu["triton_kernels"] and not gpu["triton_cache"]["files"]:
+            path = gpu["triton_cache"]["path"]
+            out.append(
+                f"the Triton kernel cache ({path}) is empty: the first engine start compiles "
+                "the kernels and takes longer; later starts reuse them (keep that folder)"
+            )
     cpu = dev["cpu"]
     if dev["kind"] == "cpu" and not cpu["c_kernels"]:
         why = cpu["c_kernels_problem"]
@@ -267,6 +285,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("chosen GPU", f"{g['name']} (sm_{sm}, {g['sms']} SMs), {free}"))
         out.append(("Triton kernels / bf16", f"{_yes(g['triton_kernels'])} / {_yes(g['bf16'])}"))
         out.append(("dependent launch (PDL)", _yes(g["pdl"])))
+        cache = g["triton_cache"]
+        out.append(("Triton kernel cache", f"{cache['files']} files in {cache['path']}"))
     how = "sum: bytes read" if dev["kind"] == "cpu" else "copy: bytes read + written"
     out.append((f"{dev['kind']} memory bandwidth", f"{dev['bandwidth_gb_s']:.1f} GB/s ({how})"))
     if fit := report.get("model"):

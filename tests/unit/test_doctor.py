@@ -60,6 +60,25 @@ def test_advice_follows_the_findings():
     assert "C kernels" in labels and "model" not in labels
 
 
+def test_empty_triton_cache_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "cache"))
+    assert doctor.triton_cache_files() == (str(tmp_path / "cache"), 0)
+    (tmp_path / "cache" / "ab").mkdir(parents=True)
+    for name in ("k.cubin", "k.json"):
+        (tmp_path / "cache" / "ab" / name).write_text("x")
+    assert doctor.triton_cache_files()[1] == 2
+    report = doctor.collect(_config(), with_model=False)
+    gpu = {"name": "G", "compute_capability": "9.0", "sms": 132, "memory_free_gib": 70.0}
+    gpu |= {"memory_total_gib": 80.0, "triton_kernels": True, "pdl": True, "bf16": True}
+    report["device"]["gpu"] = gpu | {"triton_cache": {"path": "/c", "files": 0}}
+    assert any("kernel cache (/c) is empty" in line for line in doctor.advice(report))
+    rows = dict(doctor.rows(report))
+    assert rows["chosen GPU"] == "G (sm_90, 132 SMs), 70.0 of 80.0 GiB free"
+    assert rows["Triton kernel cache"] == "0 files in /c"
+    report["device"]["gpu"]["triton_cache"]["files"] = 7
+    assert not any("kernel cache" in line for line in doctor.advice(report))
+
+
 def test_cli_json_and_errors(capsys, tmp_path):
     assert main(["doctor", "--json", "--device", "cpu", "--no-model"]) == 0
     report = json.loads(capsys.readouterr().out)
