@@ -19,6 +19,7 @@ import os
 import platform as host
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -52,55 +53,36 @@ def software() -> dict[str, Any]:
     }
 
 
-def measure_bandwidth(device: torch.device, mib: int | None = None, repeats: int = 5) -> float:
+def measure_bandwidth(platform: Platform, mib: int | None = None, repeats: int = 5) -> float:
     """Best GB/s over `mib` MiB: on a GPU a device-to-device copy, bytes read + written (the
     measure gpu_bench's roofline uses); on the CPU a sum, bytes read (a copy's writes cost
     more than its reads there). Batch-1 decode reads each weight once per token. Default size:
     1 GiB on a GPU (256 MiB copies read 7% slower on an H100), 256 MiB elsewhere."""
-    mib = mib or (1024 if device.type == "cuda" else 256)
-    n = mib * 2**20 // 4
-    src = torch.ones(n, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src) if device.type != "cpu" else None
+    mib = mib or (1024 if platform.is_cuda else 256)
+    src = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=platform.device)
+    dst = torch.empty_like(src) if platform.kind != "cpu" else None
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        platform.synchronize()
         t = time.perf_counter()
         if dst is None:
             src.sum()
         else:
             dst.copy_(src)
-        _sync(device)
+        platform.synchronize()
         best = min(best, time.perf_counter() - t)
     moved = src.numel() * 4 * (1 if dst is None else 2)
     return moved / best / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def cpu_info() -> dict[str, Any]:
     from minerva.models import cpu_linear  # noqa: PLC0415 - builds C kernels on first use
     from minerva.native import compiler  # noqa: PLC0415
 
-    sig = cpu_signature()
-    name = next(
-        (line.split(":", 1)[1].strip() for line in sig.splitlines() if "model name" in line),
-        host.processor() or host.machine(),
-    )
-    flags = set(
-        next(
-            (
-                line.split(":", 1)[1].split()
-                for line in sig.splitlines()
-                if line.startswith(("flags", "Features"))
-            ),
-            [],
-        )
-    )
+    lines = (line.split(":", 1) for line in cpu_signature().splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in lines}
+    name = fields.get("model name") or host.processor() or host.machine()
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
     vm = psutil.virtual_memory()
     arch = native_kernel_arch()
     kernels = arch is not None and cpu_linear.load()
@@ -124,8 +106,6 @@ def triton_cache_files() -> tuple[str, int]:
     """(Triton's kernel cache folder, how many files it holds). An empty cache means the next
     engine start compiles every kernel first (a 7B start on a fresh H100 took 20.5 s:
     benchmarks/results/gpu_bench_mistral-7b_h100_pdl_modes.json)."""
-    from pathlib import Path  # noqa: PLC0415
-
     folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
     count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
     return str(folder), count
@@ -244,7 +224,7 @@ def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
     device["cpu"] = cpu_info()
     if platform.is_cuda:
         device["gpu"] = cuda_info(platform.device.index or 0)
-    device["bandwidth_gb_s"] = measure_bandwidth(platform.device)
+    device["bandwidth_gb_s"] = measure_bandwidth(platform)
     report: dict[str, Any] = {"software": software(), "device": device}
     report["cuda_devices"] = [
         torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
