@@ -46,10 +46,15 @@ class StagedGraphs:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = pool
 
-    def next_stage(self) -> dict[str, torch.Tensor]:
-        """The pinned staging set for this step (the other one may still be in flight)."""
+    def stage_tokens(self, host: HostInputs, size: int) -> dict[str, torch.Tensor]:
+        """The pinned staging set for this step (the other one may still be in flight), its
+        per-token inputs filled up to `size` rows; padding rows get token 0, position 0 and
+        slot -1 (no KV write)."""
         stage = self.staging[self._turn]
         self._turn ^= 1
+        fill_padded(stage["input_ids"], host.input_ids, size, 0)
+        fill_padded(stage["positions"], host.positions, size, 0)
+        fill_padded(stage["slot_mapping"], host.slot_mapping, size, -1)
         return stage
 
     def capture_one(self, key: int, forward) -> None:
@@ -156,10 +161,7 @@ class CudaGraphRunner(StagedGraphs):
         [num_seqs, vocab]. pending: (input positions, token ids on the device) to fill in."""
         n, b = host.num_seqs, bucket
         width = host.block_tables.shape[1]
-        stage = self.next_stage()
-        fill_padded(stage["input_ids"], host.input_ids, b, 0)
-        fill_padded(stage["positions"], host.positions, b, 0)
-        fill_padded(stage["slot_mapping"], host.slot_mapping, b, -1)
+        stage = self.stage_tokens(host, b)
         fill_padded(stage["seq_lens"], host.seq_lens, b, 0)
         stage["block_tables"][:n, :width].numpy()[:] = host.block_tables
         rows = (slice(0, b),)

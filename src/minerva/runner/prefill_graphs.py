@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from minerva.attention import AttentionMetadata
-from minerva.runner.cuda_graphs import StagedGraphs, fill_padded
+from minerva.runner.cuda_graphs import StagedGraphs
 from minerva.runner.input_batch import HostInputs
 
 logger = logging.getLogger(__name__)
@@ -101,10 +101,7 @@ class PrefillGraphRunner(StagedGraphs):
         """Replay the graph of `bucket` (bucket_for) for a one-sequence step; returns logits
         [1, vocab] of its last token."""
         n, t = len(host.input_ids), bucket
-        stage = self.next_stage()
-        fill_padded(stage["input_ids"], host.input_ids, t, 0)
-        fill_padded(stage["positions"], host.positions, t, 0)
-        fill_padded(stage["slot_mapping"], host.slot_mapping, t, -1)
+        stage = self.stage_tokens(host, t)
         width = host.block_tables.shape[1]
         stage["block_tables"][:, :width].numpy()[:] = host.block_tables
         stage["seq_lens"].numpy()[:] = host.seq_lens
