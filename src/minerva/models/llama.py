@@ -68,18 +68,14 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Projected qkv [T, q + 2 kv] -> RoPE, K/V into the cache, attention: [T, q_size]."""
         num_tokens = qkv.shape[0]
-        if self.rope_write_kv is not None:
-            q = self.rope_write_kv(
-                qkv, cos, sin, kv_cache, meta.slot_mapping, self.num_heads, self.num_kv_heads
-            )
-            out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
-            return out.view(num_tokens, self.q_size)
-        qkv = qkv.view(num_tokens, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
-        qk = self.rope(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)  # q and k at once
-        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]
-        self.backend.write_kv(
-            kv_cache, k, qkv[:, self.num_heads + self.num_kv_heads :], meta.slot_mapping
-        )
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        if self.rope_write_kv is not None:  # one kernel for RoPE and the KV write
+            q = self.rope_write_kv(qkv, cos, sin, kv_cache, meta.slot_mapping, heads, kv_heads)
+        else:
+            qkv = qkv.view(num_tokens, heads + 2 * kv_heads, self.head_dim)
+            qk = self.rope(qkv[:, : heads + kv_heads], cos, sin)  # q and k at once
+            q, k = qk[:, :heads], qk[:, heads:]
+            self.backend.write_kv(kv_cache, k, qkv[:, heads + kv_heads :], meta.slot_mapping)
         out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
         return out.view(num_tokens, self.q_size)
 
