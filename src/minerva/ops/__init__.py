@@ -1,0 +1,1 @@
+"""Low-level compute kernels (C, built at first use) shared by the layers above."""

@@ -1,0 +1,468 @@
+// GGUF block matmuls for CPU: y[m, n] = dot(W[n, :], x[m, :]) with W kept in its GGUF blocks.
+//
+// W is [N, row_bytes] (Q8_0, Q4_0, Q4_K, Q5_K or Q6_K blocks), x float32 [M, K], y float32
+// [M, N]. As in llama.cpp, each row of x is first quantized to 8-bit blocks (Q8_0-style blocks
+// of 32 with an fp16-rounded scale for Q8_0 / Q4_0; Q8_K super-blocks of 256 with an fp32 scale
+// and sums of 16 codes for the K types) so that every block product is an integer dot product
+// (AVX2 maddubs, or VNNI dpbusd where the CPU has it), scaled once per block in fp32.
+// Threads (torch's OpenMP pool) split the rows of W; each streams its part once, in L2-sized
+// tiles that every chunk of up to MAX_ROWS rows of x passes over while they are cached.
+// ops/cpu_quant.py builds it at first use (minerva's native module); quant/gguf.py keeps the
+// dequantize-then-matmul twin it is tested against.
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>  // simd.h's plain-C branch uses F16C conversions without including it
+#endif
+#include "simd.h"
+
+#define QK 32
+#define QK_K 256
+#define MAX_ROWS 4              // rows of x per pass over a tile of W
+#define TILE_BYTES (256 << 10)  // W bytes per tile
+#define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
+
+enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+
+typedef struct {  // one quantized row of x
+    const float *d;       // [blocks] scale of each block (32 or 256 values)
+    const int8_t *q;      // [K] codes
+    const int16_t *bsum;  // [K / 16] sums of 16 codes (K types only)
+} act_row;
+
+INLINE float f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return f32_of_f16(h);
+}
+
+// ---- quantization of the rows of x ------------------------------------------------------
+
+// llama.cpp's quantize_row_q8_0_ref: d = amax / 127 kept as fp16, codes roundf(x / d).
+static void quantize_act_q8_0(const float *x, int64_t K, float *d, int8_t *q) {
+    for (int64_t b = 0; b < K / QK; b++) {
+        const float *xb = x + b * QK;
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
+        const float db = amax / 127.0f;
+        const float id = db != 0.0f ? 1.0f / db : 0.0f;
+        d[b] = f32_of_f16(f32_to_f16(db));
+        for (int j = 0; j < QK; j++) q[b * QK + j] = (int8_t)roundf(xb[j] * id);
+    }
+}
+
+// llama.cpp's quantize_row_q8_K_ref: the value of largest magnitude maps to -127, fp32 scale.
+static void quantize_act_q8_k(const float *x, int64_t K, float *d, int8_t *q, int16_t *bsum) {
+    for (int64_t b = 0; b < K / QK_K; b++) {
+        const float *xb = x + b * QK_K;
+        int8_t *qb = q + b * QK_K;
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            const float ax = fabsf(xb[j]);
+            if (ax > amax) {
+                amax = ax;
+                max = xb[j];
+            }
+        }
+        if (amax == 0.0f) {
+            d[b] = 0.0f;
+            memset(qb, 0, QK_K);
+            memset(bsum + b * 16, 0, 16 * sizeof(int16_t));
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            const int v = (int)rintf(iscale * xb[j]);
+            qb[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += qb[g * 16 + j];
+            bsum[b * 16 + g] = (int16_t)s;
+        }
+        d[b] = 1.0f / iscale;
+    }
+}
+
+// ---- scale decoding shared by both builds -----------------------------------------------
+
+// Q4_K / Q5_K: 12 bytes -> 8 six-bit scales and 8 six-bit mins.
+INLINE void k4_scales(const uint8_t *s, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0xF) | ((s[j] >> 6) << 4);
+        mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+}
+
+// sum over the 8 sub-blocks of 32 of min * (sum of the 32 activation codes)
+INLINE int k4_min_dot(const uint8_t mn[8], const int16_t *bsum) {
+    int s = 0;
+    for (int j = 0; j < 8; j++) s += mn[j] * (bsum[2 * j] + bsum[2 * j + 1]);
+    return s;
+}
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+// acc + per-lane sums of 4 products of unsigned bytes u and signed bytes s (no overflow here:
+// |u| <= 128 and |s| <= 127 keep maddubs' int16 pairs unsaturated, so both paths agree)
+INLINE __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+INLINE float hsum_f32(__m256 v) {  // simd.h's vsum is 512-bit wide on AVX-512 builds
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INLINE int hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// signed weight codes w (32 int8) against M activation blocks at offset off
+#define SIGNED_BLOCK(wq, wd)                                                               \
+    do {                                                                                   \
+        const __m256i ax = _mm256_sign_epi8(wq, wq);                                       \
+        UNROLL for (int m = 0; m < M; m++) {                                               \
+            const __m256i aq = _mm256_loadu_si256((const __m256i *)(a[m].q + ib * QK));    \
+            const __m256i p = dot_u8s8(_mm256_setzero_si256(), ax, _mm256_sign_epi8(aq, wq)); \
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[m].d[ib]), acc[m]); \
+        }                                                                                  \
+    } while (0)
+
+INLINE void dot_q8_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    __m256 acc[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    for (int64_t ib = 0; ib < nb; ib++) {
+        const uint8_t *blk = w + ib * 34;
+        __builtin_prefetch(blk + 1024);
+        const __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+        SIGNED_BLOCK(wq, f16_at(blk));
+    }
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
+}
+
+INLINE void dot_q4_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    __m256 acc[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    for (int64_t ib = 0; ib < nb; ib++) {
+        const uint8_t *blk = w + ib * 18;
+        __builtin_prefetch(blk + 1024);
+        const __m128i t = _mm_loadu_si128((const __m128i *)(blk + 2));
+        __m256i wq = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);  // values 0-15 | 16-31
+        wq = _mm256_sub_epi8(_mm256_and_si256(wq, low4), eight);
+        SIGNED_BLOCK(wq, f16_at(blk));
+    }
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
+}
+
+// Q4_K / Q5_K: codes 0-15 (0-31) per 64 values in qs (and bit planes of qh), sub-block scales
+INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
+                   const int five) {
+    const int bytes = five ? 176 : 144;
+    float acc[MAX_ROWS] = {0};
+    const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * bytes;
+        const uint8_t *qs = blk + (five ? 48 : 16);
+        __builtin_prefetch(blk + 2048);
+        uint8_t sc[8], mn[8];
+        k4_scales(blk + 4, sc, mn);
+        const __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : one;
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, low4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            if (five) {
+                const __m256i b0 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
+                const __m256i b1 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(b0, 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(b1, 4));
+            }
+            const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 64 * c;
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)aq);
+                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(aq + 32));
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), s0);
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), s1);
+                sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(p0, p1));
+            }
+        }
+        const float d = f16_at(blk), dmin = f16_at(blk + 2);
+        UNROLL for (int m = 0; m < M; m++) {
+            const float da = a[m].d[i];
+            const int mins = k4_min_dot(mn, a[m].bsum + i * 16);
+            acc[m] += d * da * (float)hsum_i32(sumi[m]) - dmin * da * (float)mins;
+        }
+    }
+    UNROLL for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
+INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    float acc[MAX_ROWS] = {0};
+    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * 210;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        __builtin_prefetch(blk + 2048);
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int h = 0; h < 2; h++) {
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h + 32));
+            __m256i q[4];  // codes 0-63 of values 128h + 32k ...
+            q[0] = _mm256_and_si256(l0, low4);
+            q[1] = _mm256_and_si256(l1, low4);
+            q[2] = _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4);
+            q[3] = _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4);
+            UNROLL for (int k = 0; k < 4; k++) {
+                const __m256i top = _mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), three);
+                q[k] = _mm256_or_si256(q[k], _mm256_slli_epi16(top, 4));
+            }
+            UNROLL for (int k = 0; k < 4; k++) {
+                const int g = 8 * h + 2 * k;  // the two 16-value groups of this vector
+                const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+                UNROLL for (int m = 0; m < M; m++) {
+                    const __m256i av = _mm256_loadu_si256(
+                        (const __m256i *)(a[m].q + i * QK_K + 128 * h + 32 * k));
+                    sumi[m] = _mm256_add_epi32(
+                        sumi[m], _mm256_madd_epi16(_mm256_maddubs_epi16(q[k], av), s));
+                }
+            }
+        }
+        const float d = f16_at(blk + 208);
+        UNROLL for (int m = 0; m < M; m++) {
+            const int16_t *bs = a[m].bsum + i * 16;
+            int offset = 0;  // the codes are stored +32
+            for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
+            acc[m] += d * a[m].d[i] * (float)(hsum_i32(sumi[m]) - 32 * offset);
+        }
+    }
+    UNROLL for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
+#else  // plain C: the same integer sums, element by element
+
+INLINE int dot32(const int8_t *w, const int8_t *x, int n) {
+    int s = 0;
+    for (int j = 0; j < n; j++) s += w[j] * x[j];
+    return s;
+}
+
+INLINE void dot_legacy(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
+                       const int four) {
+    float acc[MAX_ROWS] = {0};
+    int8_t q[QK];
+    for (int64_t ib = 0; ib < nb; ib++) {
+        const uint8_t *blk = w + ib * (four ? 18 : 34);
+        if (four) {
+            for (int j = 0; j < 16; j++) {
+                q[j] = (int8_t)((blk[2 + j] & 0xF) - 8);
+                q[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
+            }
+        } else {
+            memcpy(q, blk + 2, QK);
+        }
+        const float wd = f16_at(blk);
+        for (int m = 0; m < M; m++) acc[m] += (float)dot32(q, a[m].q + ib * QK, QK) * (wd * a[m].d[ib]);
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
+INLINE void dot_q8_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    dot_legacy(w, a, M, nb, out, 0);
+}
+
+INLINE void dot_q4_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    dot_legacy(w, a, M, nb, out, 1);
+}
+
+INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
+                   const int five) {
+    float acc[MAX_ROWS] = {0};
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * (five ? 176 : 144);
+        const uint8_t *qs = blk + (five ? 48 : 16), *qh = blk + 16;
+        uint8_t sc[8], mn[8];
+        k4_scales(blk + 4, sc, mn);
+        for (int c = 0; c < 4; c++)
+            for (int l = 0; l < 32; l++) {
+                q[64 * c + l] = (int8_t)(qs[32 * c + l] & 0xF);
+                q[64 * c + 32 + l] = (int8_t)(qs[32 * c + l] >> 4);
+                if (five) {
+                    q[64 * c + l] |= (int8_t)(((qh[l] >> (2 * c)) & 1) << 4);
+                    q[64 * c + 32 + l] |= (int8_t)(((qh[l] >> (2 * c + 1)) & 1) << 4);
+                }
+            }
+        const float d = f16_at(blk), dmin = f16_at(blk + 2);
+        for (int m = 0; m < M; m++) {
+            int s = 0;
+            for (int j = 0; j < 8; j++) s += sc[j] * dot32(q + 32 * j, a[m].q + i * QK_K + 32 * j, 32);
+            const float da = a[m].d[i];
+            acc[m] += d * da * (float)s - dmin * da * (float)k4_min_dot(mn, a[m].bsum + i * 16);
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
+INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    float acc[MAX_ROWS] = {0};
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * 210, *ql = blk, *qh = blk + 128;
+        const int8_t *sc = (const int8_t *)(blk + 192);
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t hb = qh[32 * h + l], b0 = ql[64 * h + l], b1 = ql[64 * h + 32 + l];
+                q[128 * h + l] = (int8_t)(((b0 & 0xF) | ((hb & 3) << 4)) - 32);
+                q[128 * h + 32 + l] = (int8_t)(((b1 & 0xF) | (((hb >> 2) & 3) << 4)) - 32);
+                q[128 * h + 64 + l] = (int8_t)(((b0 >> 4) | (((hb >> 4) & 3) << 4)) - 32);
+                q[128 * h + 96 + l] = (int8_t)(((b1 >> 4) | (((hb >> 6) & 3) << 4)) - 32);
+            }
+        const float d = f16_at(blk + 208);
+        for (int m = 0; m < M; m++) {
+            int s = 0;
+            for (int g = 0; g < 16; g++) s += sc[g] * dot32(q + 16 * g, a[m].q + i * QK_K + 16 * g, 16);
+            acc[m] += d * a[m].d[i] * (float)s;
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+#endif
+
+INLINE void dot_q4_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    dot_k4(w, a, M, nb, out, 0);
+}
+INLINE void dot_q5_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    dot_k4(w, a, M, nb, out, 1);
+}
+
+// ---- the driver, once per type ----------------------------------------------------------
+// rows n0..n1 of W against M (a compile-time constant after inlining) rows of x
+
+#define DEFINE_ROWS(NAME)                                                                   \
+    INLINE void rows_m_##NAME(const uint8_t *W, int64_t rb, int64_t nb, const act_row *a,   \
+                              float *y, int64_t N, int64_t n0, int64_t n1, const int M) {    \
+        float out[MAX_ROWS];                                                                \
+        for (int64_t n = n0; n < n1; n++) {                                                 \
+            dot_##NAME(W + n * rb, a, M, nb, out);                                          \
+            UNROLL for (int m = 0; m < M; m++) y[m * N + n] = out[m];                       \
+        }                                                                                   \
+    }                                                                                       \
+    static void rows_##NAME(const uint8_t *W, int64_t rb, int64_t nb, const act_row *a,     \
+                            float *y, int64_t N, int64_t n0, int64_t n1, int64_t M) {        \
+        switch (M) {                                                                        \
+        case 1: rows_m_##NAME(W, rb, nb, a, y, N, n0, n1, 1); break;                        \
+        case 2: rows_m_##NAME(W, rb, nb, a, y, N, n0, n1, 2); break;                        \
+        case 3: rows_m_##NAME(W, rb, nb, a, y, N, n0, n1, 3); break;                        \
+        default: rows_m_##NAME(W, rb, nb, a, y, N, n0, n1, 4); break;                       \
+        }                                                                                   \
+    }
+
+DEFINE_ROWS(q8_0)
+DEFINE_ROWS(q4_0)
+DEFINE_ROWS(q4_k)
+DEFINE_ROWS(q5_k)
+DEFINE_ROWS(q6_k)
+
+typedef void (*rows_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
+                        int64_t, int64_t, int64_t);
+
+static int geometry(int type, rows_fn *fn, int *block, int *bytes) {
+    switch (type) {
+    case T_Q8_0: *fn = rows_q8_0, *block = QK, *bytes = 34; return 0;
+    case T_Q4_0: *fn = rows_q4_0, *block = QK, *bytes = 18; return 0;
+    case T_Q4_K: *fn = rows_q4_k, *block = QK_K, *bytes = 144; return 0;
+    case T_Q5_K: *fn = rows_q5_k, *block = QK_K, *bytes = 176; return 0;
+    case T_Q6_K: *fn = rows_q6_k, *block = QK_K, *bytes = 210; return 0;
+    default: return -1;
+    }
+}
+
+int minerva_qgemm_supports(int type) {
+    rows_fn fn;
+    int block, bytes;
+    return geometry(type, &fn, &block, &bytes) == 0;
+}
+
+// y [M, N] = x [M, K] @ W^T for W [N, K] in `type` blocks; 0 on success, -1 on bad arguments
+// or no memory (the caller then takes its torch path).
+int minerva_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N,
+                  int64_t K, int threads) {
+    rows_fn rows;
+    int block, bytes;
+    if (geometry(type, &rows, &block, &bytes) || M < 1 || N < 1 || K < 1 || K % block ||
+        threads < 1)
+        return -1;
+    const int ktype = block == QK_K;
+    const int64_t nb = K / block, rb = nb * bytes;
+    // per row of x: scales [nb] floats, codes [K] bytes, sums [K / 16] int16 (K types)
+    const int64_t row_floats = nb + (K + 3) / 4 + (ktype ? K / 32 : 0);
+    float *scratch = thread_scratch(M * row_floats);
+    if (!scratch) return -1;
+    act_row *a = (act_row *)malloc((size_t)M * sizeof(act_row));
+    if (!a) return -1;
+    for (int64_t m = 0; m < M; m++) {
+        float *base = scratch + m * row_floats;
+        a[m].d = base;
+        a[m].q = (const int8_t *)(base + nb);
+        a[m].bsum = ktype ? (const int16_t *)(base + nb + (K + 3) / 4) : NULL;
+    }
+    int64_t tile = TILE_BYTES / rb;
+    if (tile < 1) tile = 1;
+#pragma omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)
+    {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) {
+            if (ktype)
+                quantize_act_q8_k(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q, (int16_t *)a[m].bsum);
+            else
+                quantize_act_q8_0(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q);
+        }
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t n0 = N * t / nt, n1 = N * (t + 1) / nt;
+        for (int64_t t0 = n0; t0 < n1; t0 += tile) {
+            const int64_t t1 = t0 + tile < n1 ? t0 + tile : n1;
+            for (int64_t m = 0; m < M; m += MAX_ROWS)
+                rows(W, rb, nb, a + m, y + m * N, N, t0, t1, M - m < MAX_ROWS ? M - m : MAX_ROWS);
+        }
+    }
+    free(a);
+    return 0;
+}
+
+const char *minerva_qgemm_path(void) {
+#if defined(__AVX2__) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+    return "avx2+vnni";
+#elif defined(__AVX2__)
+    return "avx2";
+#else
+    return "generic";
+#endif
+}

@@ -1,0 +1,79 @@
+"""y = x @ W^T on the CPU with W kept in its GGUF blocks: cpu_quant.c, compiled at first use.
+
+The kernel quantizes each row of x to 8-bit blocks as llama.cpp does and sums integer block
+products (AVX2 / VNNI where the CPU has them), with torch's OpenMP threads. `matmul` returns
+None where it does not apply (a type without a kernel, no compiler, other devices, autograd),
+and the caller (quant/gguf.py) takes its dequantize-then-matmul path instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+
+from minerva import native  # the one import of the kernel builder (moving to minerva.ops.native)
+
+SOURCE = Path(__file__).with_name("cpu_quant.c")
+KERNEL_TYPES = frozenset({2, 8, 12, 13, 14})  # Q4_0, Q8_0, Q4_K, Q5_K, Q6_K (GGML type ids)
+
+_fn: list = []  # [ctypes function] once bound
+
+
+def load() -> bool:
+    """Build (once per cache key) and bind the kernel; False, logged once, when it cannot be."""
+    lib = native.load(SOURCE)
+    if lib is not None and not _fn:
+        fn = lib.minerva_qgemm
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        fn.argtypes += [ctypes.c_int64] * 3 + [ctypes.c_int]
+        fn.restype = ctypes.c_int
+        lib.minerva_qgemm_path.restype = ctypes.c_char_p
+        _fn.append(fn)
+        _fn.append(lib.minerva_qgemm_path().decode())
+    return lib is not None
+
+
+def status() -> str | None:
+    """None when the kernel is loaded (or not yet tried), else why it is off."""
+    return native.problem(SOURCE)
+
+
+def simd_path() -> str | None:
+    """'avx2+vnni', 'avx2' or 'generic' once loaded."""
+    return _fn[1] if _fn else None
+
+
+def has_kernel(ggml_type: int) -> bool:
+    return int(ggml_type) in KERNEL_TYPES and load()
+
+
+def matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, out_features: int):
+    """x float32 [M, K] @ W^T for W = `data` (uint8 [N, row_bytes] blocks of `ggml_type`) ->
+    float32 [M, N]; None where the kernel does not apply."""
+    if (
+        int(ggml_type) not in KERNEL_TYPES
+        or not load()
+        or x.dtype != torch.float32
+        or x.dim() != 2
+        or not x.is_cpu
+        or not data.is_cpu
+        or torch.is_grad_enabled() and x.requires_grad
+    ):
+        return None
+    x = x.contiguous()
+    data = data.contiguous()
+    m, k = x.shape
+    y = torch.empty(m, out_features, dtype=torch.float32)
+    rc = _fn[0](
+        int(ggml_type),
+        data.data_ptr(),
+        x.data_ptr(),
+        y.data_ptr(),
+        m,
+        out_features,
+        k,
+        torch.get_num_threads(),
+    )
+    return None if rc else y
