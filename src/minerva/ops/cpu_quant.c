@@ -173,18 +173,35 @@ INLINE void dot_q4_0(const uint8_t *w, const act_row *a, const int M, int64_t nb
     UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
 }
 
+// Q4_K / Q5_K scales and mins as uint32 words: bytes 0-7 the 8 scales, 8-15 the 8 mins
+// (the 12-byte packing of k4_scales, unpacked four at a time)
+INLINE void k4_scale_words(const uint8_t *s, uint32_t u[4]) {
+    uint32_t w[3];
+    memcpy(w, s, 12);
+    u[0] = w[0] & 0x3f3f3f3fu;
+    u[1] = (w[2] & 0x0f0f0f0fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    u[2] = w[1] & 0x3f3f3f3fu;
+    u[3] = ((w[2] >> 4) & 0x0f0f0f0fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+}
+
 // Q4_K / Q5_K: codes 0-15 (0-31) per 64 values in qs (and bit planes of qh), sub-block scales
 INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
                    const int five) {
     const int bytes = five ? 176 : 144;
-    float acc[MAX_ROWS] = {0};
+    __m256 acc[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const __m256i ones16 = _mm256_set1_epi16(1);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *blk = w + i * bytes;
         const uint8_t *qs = blk + (five ? 48 : 16);
         __builtin_prefetch(blk + 2048);
-        uint8_t sc[8], mn[8];
-        k4_scales(blk + 4, sc, mn);
+        uint32_t u[4];
+        k4_scale_words(blk + 4, u);
+        // int16 scales: 8 scales then 8 mins, each 128-bit lane holding all 16
+        const __m128i sm = _mm_cvtepu8_epi16(_mm_set_epi32(0, 0, (int)u[1], (int)u[0]));
+        const __m256i scales = _mm256_broadcastsi128_si256(sm);
+        const __m256i mins = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, (int)u[3], (int)u[2]));
         const __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(blk + 16)) : one;
         __m256i sumi[MAX_ROWS];
         UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
@@ -193,12 +210,14 @@ INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, 
             __m256i lo = _mm256_and_si256(q, low4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
             if (five) {
-                const __m256i b0 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c)), one);
-                const __m256i b1 = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c + 1)), one);
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(b0, 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(b1, 4));
+                const __m128i s0 = _mm_cvtsi32_si128(2 * c), s1 = _mm_cvtsi32_si128(2 * c + 1);
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, s0), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, s1), one), 4));
             }
-            const __m256i s0 = _mm256_set1_epi16(sc[2 * c]), s1 = _mm256_set1_epi16(sc[2 * c + 1]);
+            // broadcast int16 scale 2c (bytes 4c, 4c+1) and 2c+1 (bytes 4c+2, 4c+3)
+            const __m256i k0 = _mm256_set1_epi16((short)(((4 * c + 1) << 8) | (4 * c)));
+            const __m256i k1 = _mm256_set1_epi16((short)(((4 * c + 3) << 8) | (4 * c + 2)));
+            const __m256i s0 = _mm256_shuffle_epi8(scales, k0), s1 = _mm256_shuffle_epi8(scales, k1);
             UNROLL for (int m = 0; m < M; m++) {
                 const int8_t *aq = a[m].q + i * QK_K + 64 * c;
                 const __m256i a0 = _mm256_loadu_si256((const __m256i *)aq);
@@ -211,22 +230,34 @@ INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, 
         const float d = f16_at(blk), dmin = f16_at(blk + 2);
         UNROLL for (int m = 0; m < M; m++) {
             const float da = a[m].d[i];
-            const int mins = k4_min_dot(mn, a[m].bsum + i * 16);
-            acc[m] += d * da * (float)hsum_i32(sumi[m]) - dmin * da * (float)mins;
+            // sums of the activation codes per sub-block of 32, times the mins
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            const __m256i mdot = _mm256_mullo_epi32(_mm256_madd_epi16(bs, ones16), mins);
+            acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(sumi[m]), acc[m]);
+            acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(-dmin * da), _mm256_cvtepi32_ps(mdot), acc[m]);
         }
     }
-    UNROLL for (int m = 0; m < M; m++) out[m] = acc[m];
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
 }
 
 INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
-    float acc[MAX_ROWS] = {0};
+    __m256 acc[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    // picks int16 lane 0 into the low 128 bits and lane 1 into the high ones
+    const __m256i pair = _mm256_set_epi8(3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
+                                         1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *blk = w + i * 210;
-        const int8_t *sc = (const int8_t *)(blk + 192);
         __builtin_prefetch(blk + 2048);
+        // the 16 scales as int16, and 32 * scales for the +32 offset of the codes
+        const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 192)));
+        const __m256i sc32 = _mm256_slli_epi16(sc, 5);
         __m256i sumi[MAX_ROWS];
-        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            sumi[m] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(bs, sc32));
+        }
         UNROLL for (int h = 0; h < 2; h++) {
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h));
             const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk + 64 * h));
@@ -241,8 +272,9 @@ INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb
                 q[k] = _mm256_or_si256(q[k], _mm256_slli_epi16(top, 4));
             }
             UNROLL for (int k = 0; k < 4; k++) {
-                const int g = 8 * h + 2 * k;  // the two 16-value groups of this vector
-                const __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc[g + 1]), _mm_set1_epi16(sc[g]));
+                // groups g = 8h + 2k and g + 1: int32 lane 4h + k of sc holds both
+                const __m256i both = _mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32(4 * h + k));
+                const __m256i s = _mm256_shuffle_epi8(both, pair);
                 UNROLL for (int m = 0; m < M; m++) {
                     const __m256i av = _mm256_loadu_si256(
                         (const __m256i *)(a[m].q + i * QK_K + 128 * h + 32 * k));
@@ -252,15 +284,12 @@ INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb
             }
         }
         const float d = f16_at(blk + 208);
-        UNROLL for (int m = 0; m < M; m++) {
-            const int16_t *bs = a[m].bsum + i * 16;
-            int offset = 0;  // the codes are stored +32
-            for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
-            acc[m] += d * a[m].d[i] * (float)(hsum_i32(sumi[m]) - 32 * offset);
-        }
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[m].d[i]), _mm256_cvtepi32_ps(sumi[m]), acc[m]);
     }
-    UNROLL for (int m = 0; m < M; m++) out[m] = acc[m];
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
 }
+
 
 #else  // plain C: the same integer sums, element by element
 
