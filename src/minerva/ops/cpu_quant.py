@@ -59,7 +59,8 @@ def matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, out_features: in
         or x.dim() != 2
         or not x.is_cpu
         or not data.is_cpu
-        or torch.is_grad_enabled() and x.requires_grad
+        or torch.is_grad_enabled()
+        and x.requires_grad
     ):
         return None
     x = x.contiguous()

@@ -1,0 +1,207 @@
+"""The LinearMethod for GGUF blocks: weights stay quantized (uint8 blocks) in memory.
+
+A layer's parameters are its blocks, uint8 [rows, row_bytes], so weight_bytes is what the file
+holds. The pieces of a fused layer (q | k | v, gate | up) may come in different types (Q4_K_M
+keeps attn_v in Q6_K): consecutive pieces of one type are concatenated into one parameter,
+`weight`, then `weight_g1`, `weight_g2`... Float checkpoint tensors are quantized while loading
+(in-situ quantization) to the type `target_type(layer, shard_id)` chooses. `apply` runs the C
+kernel (ops/cpu_quant.c) where it exists and wins, else the torch twin: dequantize a tile of
+rows, matmul, next tile.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from minerva.errors import ModelLoadError
+from minerva.ops import cpu_quant
+from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
+from minerva.quant.gguf_dequant import dequantize
+from minerva.quant.gguf_mix import base_type, mix_type
+from minerva.quant.gguf_quantize import quantize_tensor
+from minerva.quant.gguf_types import (
+    SUPPORTED_WEIGHT_TYPES,
+    GGMLType,
+    QuantizedTensor,
+    row_bytes,
+    type_name,
+)
+
+# Most rows of x the C kernel takes; above, dequantize + torch matmul is faster
+# (benchmarks/cpu_quant_kernels.py, results in benchmarks/results/cpu_quant_kernels.json).
+KERNEL_MAX_ROWS = 16
+TILE_ELEMENTS = 1 << 22  # weight values dequantized at a time by the torch twin
+
+ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
+
+
+class GGUFLinearMethod(LinearMethod):
+    name = "gguf"
+
+    def __init__(self, kernels=None, target_type: GGMLType | ShardTypes | None = None) -> None:
+        """`target_type`: the type float tensors are quantized to (a GGMLType, or a function of
+        (layer, shard_id)); None accepts only tensors that are already blocks."""
+        self.kernels = kernels
+        self.target_type = target_type
+
+    def create_weights(self, layer, in_features, output_sizes, bias, params_dtype) -> None:
+        # a placeholder the loader can address; the blocks replace it in process_after_loading
+        layer.weight = nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
+        if bias:
+            out = sum(output_sizes)
+            layer.bias = nn.Parameter(torch.zeros(out, dtype=params_dtype), requires_grad=False)
+        else:
+            layer.register_parameter("bias", None)
+        layer.gguf_pending = {}  # first output row -> QuantizedTensor
+        layer.gguf_groups = []  # [(parameter name, GGMLType, rows)]
+
+    def load_weight(self, layer, param, tensor, shard_id) -> None:
+        start, size = (
+            layer.shard_rows(shard_id) if shard_id is not None else (0, layer.out_features)
+        )
+        if param is layer.bias and param is not None:
+            if tuple(tensor.shape) != (size,):
+                raise shape_mismatch(tensor.shape, (size,))
+            param.data.narrow(0, start, size).copy_(torch.as_tensor(tensor))
+            return
+        blocks = self._blocks(layer, tensor, shard_id)
+        want = (size, layer.in_features)
+        if tuple(blocks.shape) != want:
+            raise shape_mismatch(blocks.shape, want)
+        layer.gguf_pending[start] = blocks
+
+    def _blocks(self, layer, tensor, shard_id) -> QuantizedTensor:
+        """The tensor as checked GGUF blocks (float tensors quantized to the target type)."""
+        if not isinstance(tensor, QuantizedTensor):
+            target = self.target_type
+            if target is None:
+                raise ModelLoadError("is a float tensor, but this layer takes GGUF blocks")
+            ggml_type = target if isinstance(target, GGMLType) else target(layer, shard_id)
+            return quantize_tensor(torch.as_tensor(tensor), ggml_type)
+        if tensor.ggml_type not in SUPPORTED_WEIGHT_TYPES:
+            names = ", ".join(t.name for t in sorted(SUPPORTED_WEIGHT_TYPES))
+            raise ModelLoadError(
+                f"has type {type_name(tensor.ggml_type)}, which Minerva does not support "
+                f"(supported: {names}); use a GGUF file quantized to one of these"
+            )
+        rows, cols = tensor.shape
+        data = tensor.data
+        if isinstance(data, np.ndarray):
+            data = torch.from_numpy(np.array(data, dtype=np.uint8, copy=not data.flags.writeable))
+        try:
+            nbytes = row_bytes(tensor.ggml_type, cols)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+        if data.numel() != rows * nbytes:
+            raise ModelLoadError(
+                f"holds {data.numel()} bytes, but {rows} rows of {cols} {tensor.ggml_type.name} "
+                f"values take {rows * nbytes}; the file is truncated or corrupt"
+            )
+        return QuantizedTensor(data.reshape(rows, nbytes), tensor.ggml_type, (rows, cols))
+
+    def process_after_loading(self, layer) -> None:
+        pending = layer.gguf_pending
+        if not pending:
+            return
+        starts = sorted(pending)
+        covered = sum(pending[s].shape[0] for s in starts)
+        if covered != layer.out_features:
+            raise ModelLoadError(f"has {covered} of its {layer.out_features} output rows")
+        groups: list[list[QuantizedTensor]] = []
+        for s in starts:
+            if groups and groups[-1][0].ggml_type == pending[s].ggml_type:
+                groups[-1].append(pending[s])
+            else:
+                groups.append([pending[s]])
+        layer.gguf_groups = []
+        for i, group in enumerate(groups):
+            name = "weight" if i == 0 else f"weight_g{i}"
+            data = torch.cat([g.data for g in group]) if len(group) > 1 else group[0].data
+            setattr(layer, name, nn.Parameter(data.contiguous(), requires_grad=False))
+            layer.gguf_groups.append((name, group[0].ggml_type, int(data.shape[0])))
+        layer.gguf_pending = {}
+
+    def apply(self, layer, x: torch.Tensor) -> torch.Tensor:
+        if layer.gguf_pending:
+            self.process_after_loading(layer)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])  # [T, K]
+        outs = [
+            gguf_matmul(x2, getattr(layer, name), ggml_type, rows)
+            for name, ggml_type, rows in layer.gguf_groups
+        ]
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        if layer.bias is not None:
+            y = y + layer.bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*lead, y.shape[-1])
+
+
+def gguf_matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType, rows: int):
+    """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, row_bytes]) -> [T, rows]: the C kernel
+    for small T on the CPU, else the torch twin."""
+    if x.is_cpu and x.shape[0] <= KERNEL_MAX_ROWS and cpu_quant.has_kernel(ggml_type):
+        y = cpu_quant.matmul(x.float(), data, ggml_type, rows)
+        if y is not None:
+            return y
+    return dequant_matmul(x, data, ggml_type)
+
+
+def dequant_matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType) -> torch.Tensor:
+    """The torch twin: dequantize W a tile of rows at a time and matmul ([T, rows], float32 on
+    the CPU, x's dtype elsewhere)."""
+    dtype = torch.float32 if x.is_cpu else x.dtype
+    rows, k = data.shape[0], x.shape[-1]
+    x = x.to(dtype)
+    tile = max(1, TILE_ELEMENTS // k)
+    if tile >= rows:
+        return x @ dequantize(data, ggml_type).to(dtype).T
+    y = torch.empty(x.shape[0], rows, dtype=dtype, device=x.device)
+    for r in range(0, rows, tile):
+        w = dequantize(data[r : r + tile], ggml_type).to(dtype)  # [tile, K]
+        torch.matmul(x, w.T, out=y[:, r : r + w.shape[0]])
+    return y
+
+
+# ---- in-situ quantization: which type each piece of each layer gets -----------------------
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+_SHARD_NAMES = {
+    ("qkv_proj", "q"): "q_proj",
+    ("qkv_proj", "k"): "k_proj",
+    ("qkv_proj", "v"): "v_proj",
+    ("gate_up_proj", 0): "gate_proj",
+    ("gate_up_proj", 1): "up_proj",
+}
+
+
+def checkpoint_name(prefix: str, shard_id: str | int | None) -> str:
+    """The Hugging Face weight name of one piece of a (fused) layer, for the mix rules."""
+    head, _, last = prefix.rpartition(".")
+    piece = _SHARD_NAMES.get((last, shard_id), last)
+    return f"{head}.{piece}.weight" if head else f"{piece}.weight"
+
+
+class GGUFQuantConfig(QuantConfig):
+    """In-situ quantization of a float checkpoint to `mix` (q4_k_m, q8_0, Q4K ...) following
+    llama.cpp's per-tensor rules (quant/gguf_mix.py)."""
+
+    def __init__(self, mix: str, num_layers: int, kernels=None) -> None:
+        self.mix, self.num_layers, self.kernels = mix, num_layers, kernels
+        self.name = f"gguf-{mix.lower()}"
+        base_type(mix)  # a ConfigError names the choices
+
+    def get_method(self, prefix: str) -> LinearMethod:
+        found = _LAYER.search(prefix)
+        index = int(found.group(1)) if found else None
+
+        def target(module: nn.Module, shard_id: str | int | None) -> GGMLType:
+            name = checkpoint_name(prefix, shard_id)
+            cols = module.in_features
+            return mix_type(self.mix, name, index, self.num_layers, cols=cols)
+
+        return GGUFLinearMethod(self.kernels, target)

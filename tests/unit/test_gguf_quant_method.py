@@ -1,0 +1,110 @@
+"""quant/gguf.py: the GGUF LinearMethod keeps blocks, loads fused pieces of mixed types,
+quantizes float checkpoints in situ, and computes what the dequantized dense layer computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("minerva.quant.base")  # the LinearMethod protocol (seams issue)
+
+from minerva.errors import ModelLoadError  # noqa: E402
+from minerva.models.linear import Linear, QKVLinear  # noqa: E402
+from minerva.quant import gguf as gguf_method  # noqa: E402
+from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig, checkpoint_name  # noqa: E402
+from minerva.quant.gguf_dequant import dequantize  # noqa: E402
+from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
+from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
+
+
+def blocks(rows: int, cols: int, ggml_type: GGMLType, seed: int = 0) -> QuantizedTensor:
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+    return quantize_tensor(w, ggml_type)
+
+
+def dense_twin(*pieces: QuantizedTensor) -> torch.Tensor:
+    return torch.cat([dequantize(p.data, p.ggml_type) for p in pieces])
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])  # kernel rows and the torch twin's
+@pytest.mark.parametrize(
+    "ggml_type", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0, GGMLType.Q3_K, GGMLType.Q5_1]
+)
+def test_qkv_of_mixed_types_matches_the_dequantized_layer(ggml_type, rows):
+    layer = QKVLinear(256, 32, 4, 2, True, GGUFLinearMethod(), torch.float32)
+    q, k = blocks(128, 256, ggml_type, 1), blocks(64, 256, ggml_type, 2)
+    v = blocks(64, 256, GGMLType.Q6_K, 3)  # Q4_K_M keeps attn_v wider
+    for shard, piece in zip("qkv", (q, k, v), strict=True):
+        layer.weight_loader(layer.weight, piece, shard)
+    bias = torch.randn(256)
+    layer.weight_loader(layer.bias, bias[:128], "q")
+    layer.weight_loader(layer.bias, bias[128:192], "k")
+    layer.weight_loader(layer.bias, bias[192:], "v")
+    layer.method.process_after_loading(layer)
+    # kept quantized: uint8 parameters whose bytes are the blocks' bytes
+    assert layer.weight.dtype == torch.uint8
+    groups = 1 if ggml_type == GGMLType.Q6_K else 2
+    assert len(layer.gguf_groups) == groups
+    assert layer.method.weight_bytes(layer) == q.nbytes + k.nbytes + v.nbytes + 256 * 4
+    x = torch.randn(rows, 256)
+    ref = x.double() @ dense_twin(q, k, v).double().T + bias.double()
+    y = layer(x)
+    assert y.shape == (rows, 256) and y.dtype == torch.float32
+    # the C kernel quantizes x to 8 bits per block: 1% of the sum of |x| |w|
+    scale = x.double().abs() @ dense_twin(q, k, v).double().abs().T
+    assert bool(((y.double() - ref).abs() <= 1e-2 * scale + 1e-4).all())
+
+
+def test_kernel_and_twin_agree_within_activation_rounding():
+    data = blocks(64, 512, GGMLType.Q4_K)
+    x = torch.randn(4, 512)
+    fast = gguf_method.gguf_matmul(x, data.data, GGMLType.Q4_K, 64)
+    twin = gguf_method.dequant_matmul(x, data.data, GGMLType.Q4_K)
+    w = dequantize(data.data, GGMLType.Q4_K)
+    assert bool(((fast - twin).abs() <= 1e-2 * (x.abs() @ w.abs().T)).all())
+
+
+def test_twin_tiles_give_the_same_result(monkeypatch):
+    data = blocks(50, 256, GGMLType.Q5_K)
+    x = torch.randn(20, 256)
+    whole = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
+    monkeypatch.setattr(gguf_method, "TILE_ELEMENTS", 256 * 7)
+    tiled = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
+    assert torch.allclose(tiled, whole, rtol=1e-5, atol=1e-4)  # fp32 GEMM blocking differs
+
+
+def test_in_situ_quantization_follows_the_mix():
+    config = GGUFQuantConfig("q4_k_m", num_layers=8)
+    layer = QKVLinear(
+        256, 32, 4, 2, False, config.get_method("model.layers.0.self_attn.qkv_proj"), torch.float32
+    )
+    w = torch.randn(256, 256)
+    for shard, piece in zip("qkv", (w[:128], w[128:192], w[192:]), strict=True):
+        layer.weight_loader(layer.weight, piece, shard)
+    layer.method.process_after_loading(layer)
+    assert [g[1] for g in layer.gguf_groups] == [GGMLType.Q4_K, GGMLType.Q6_K]
+    x = torch.randn(2, 256)
+    rel = (layer(x) - x @ w.T).norm() / (x @ w.T).norm()
+    assert rel < 0.1
+    assert (
+        checkpoint_name("model.layers.3.mlp.gate_up_proj", 1) == "model.layers.3.mlp.up_proj.weight"
+    )
+    assert checkpoint_name("lm_head", None) == "lm_head.weight"
+
+
+def test_bad_tensors_raise_model_load_errors():
+    layer = Linear(256, 64, False, GGUFLinearMethod(), torch.float32)
+    with pytest.raises(ModelLoadError, match="float tensor"):
+        layer.weight_loader(layer.weight, torch.randn(64, 256))
+    unsupported = QuantizedTensor(np.zeros((64, 100), np.uint8), 16, (64, 256))  # IQ2_XXS
+    with pytest.raises(ModelLoadError, match="type 16.*supported: F32"):
+        layer.method.load_weight(layer, layer.weight, unsupported, None)
+    short = QuantizedTensor(np.zeros((64, 100), np.uint8), GGMLType.Q4_K, (64, 256))
+    with pytest.raises(ModelLoadError, match="truncated"):
+        layer.weight_loader(layer.weight, short)
+    with pytest.raises(ModelLoadError, match="shape"):
+        layer.weight_loader(layer.weight, blocks(32, 256, GGMLType.Q8_0))
+    layer.gguf_pending = {0: blocks(32, 256, GGMLType.Q8_0)}
+    with pytest.raises(ModelLoadError, match="32 of its 64"):
+        layer.method.process_after_loading(layer)
