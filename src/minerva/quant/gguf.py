@@ -32,10 +32,10 @@ from minerva.quant.gguf_types import (
     type_name,
 )
 
-# Most rows of x the C kernel takes; above, dequantize + torch matmul is faster
-# (benchmarks/cpu_quant_kernels.py, results in benchmarks/results/cpu_quant_kernels.json).
-KERNEL_MAX_ROWS = 16
-TILE_ELEMENTS = 1 << 22  # weight values dequantized at a time by the torch twin
+# Most rows of x the C kernel takes: it beat dequantize + torch matmul (and dense fp32 torch)
+# at every row count measured, 1-128 (benchmarks/results/cpu_quant_kernels.json).
+KERNEL_MAX_ROWS = 1 << 30
+TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
