@@ -1,6 +1,7 @@
 // GGUF block matmuls for CPU: y[m, n] = dot(W[n, :], x[m, :]) with W kept in its GGUF blocks.
 //
-// W is [N, row_bytes] (Q8_0, Q4_0, Q4_K, Q5_K or Q6_K blocks), x float32 [M, K], y float32
+// W is [N, row_bytes] (Q8_0, Q8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K blocks; Q2_K and
+// Q3_K take the torch twin), x float32 [M, K], y float32
 // [M, N]. As in llama.cpp, each row of x is first quantized to 8-bit blocks (Q8_0-style blocks
 // of 32 with an fp16-rounded scale for Q8_0 / Q4_0; Q8_K super-blocks of 256 with an fp32 scale
 // and sums of 16 codes for the K types) so that every block product is an integer dot product
@@ -25,12 +26,14 @@
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 
-enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9 };
+enum { T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
 typedef struct {  // one quantized row of x
     const float *d;       // [blocks] scale of each block (32 or 256 values)
     const int8_t *q;      // [K] codes
     const int16_t *bsum;  // [K / 16] sums of 16 codes (K types only)
+    const float *s;       // [K / 32] d * sum of the block's codes (32-value types only)
 } act_row;
 
 INLINE float f16_at(const uint8_t *p) {
@@ -42,7 +45,7 @@ INLINE float f16_at(const uint8_t *p) {
 // ---- quantization of the rows of x ------------------------------------------------------
 
 // llama.cpp's quantize_row_q8_0_ref: d = amax / 127 kept as fp16, codes roundf(x / d).
-static void quantize_act_q8_0(const float *x, int64_t K, float *d, int8_t *q) {
+static void quantize_act_q8_0(const float *x, int64_t K, float *d, int8_t *q, float *s) {
     for (int64_t b = 0; b < K / QK; b++) {
         const float *xb = x + b * QK;
         float amax = 0.0f;
@@ -50,7 +53,12 @@ static void quantize_act_q8_0(const float *x, int64_t K, float *d, int8_t *q) {
         const float db = amax / 127.0f;
         const float id = db != 0.0f ? 1.0f / db : 0.0f;
         d[b] = f32_of_f16(f32_to_f16(db));
-        for (int j = 0; j < QK; j++) q[b * QK + j] = (int8_t)roundf(xb[j] * id);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) {
+            q[b * QK + j] = (int8_t)roundf(xb[j] * id);
+            sum += q[b * QK + j];
+        }
+        s[b] = d[b] * (float)sum;  // for the offset of Q4_1 / Q5_1 weights
     }
 }
 
@@ -135,42 +143,54 @@ INLINE int hsum_i32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
-// signed weight codes w (32 int8) against M activation blocks at offset off
-#define SIGNED_BLOCK(wq, wd)                                                               \
-    do {                                                                                   \
-        const __m256i ax = _mm256_sign_epi8(wq, wq);                                       \
-        UNROLL for (int m = 0; m < M; m++) {                                               \
-            const __m256i aq = _mm256_loadu_si256((const __m256i *)(a[m].q + ib * QK));    \
-            const __m256i p = dot_u8s8(_mm256_setzero_si256(), ax, _mm256_sign_epi8(aq, wq)); \
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[m].d[ib]), acc[m]); \
-        }                                                                                  \
-    } while (0)
-
-INLINE void dot_q8_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
-    __m256 acc[MAX_ROWS];
-    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (int64_t ib = 0; ib < nb; ib++) {
-        const uint8_t *blk = w + ib * 34;
-        __builtin_prefetch(blk + 1024);
-        const __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
-        SIGNED_BLOCK(wq, f16_at(blk));
-    }
-    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
+// the 32 high bits of Q5_0 / Q5_1 (a little-endian uint32) as bytes 0x10 or 0
+INLINE __m256i high_bits_x16(const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(  // byte j <- byte j / 8 of the word
+        _mm256_set1_epi32((int)bits),
+        _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    return _mm256_and_si256(set, _mm256_set1_epi8(0x10));
 }
 
-INLINE void dot_q4_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+// one 32-value block of type T as int8 codes (0-15 / 0-31 for the _1 types, else signed)
+INLINE __m256i legacy_codes(const uint8_t *blk, const int T) {
+    if (T == T_Q8_0 || T == T_Q8_1)
+        return _mm256_loadu_si256((const __m256i *)(blk + (T == T_Q8_0 ? 2 : 4)));
+    const int off = T == T_Q4_0 ? 2 : T == T_Q4_1 ? 4 : T == T_Q5_0 ? 6 : 8;
+    const __m128i t = _mm_loadu_si128((const __m128i *)(blk + off));
+    __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+    if (T == T_Q5_0 || T == T_Q5_1) q = _mm256_or_si256(q, high_bits_x16(blk + off - 4));
+    if (T == T_Q4_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    if (T == T_Q5_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+    return q;
+}
+
+// 32-value types: signed codes use the sign trick (|w| . sign(a, w)); the _1 types' unsigned
+// codes go straight into maddubs, and their offset m adds m * (d_a * sum of a's codes)
+INLINE void dot_legacy(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
+                       const int T, const int bytes) {
+    const int offset = T == T_Q4_1 || T == T_Q5_1;
     __m256 acc[MAX_ROWS];
-    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    float accm[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps(), accm[m] = 0.0f;
     for (int64_t ib = 0; ib < nb; ib++) {
-        const uint8_t *blk = w + ib * 18;
+        const uint8_t *blk = w + ib * bytes;
         __builtin_prefetch(blk + 1024);
-        const __m128i t = _mm_loadu_si128((const __m128i *)(blk + 2));
-        __m256i wq = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);  // values 0-15 | 16-31
-        wq = _mm256_sub_epi8(_mm256_and_si256(wq, low4), eight);
-        SIGNED_BLOCK(wq, f16_at(blk));
+        const __m256i wq = legacy_codes(blk, T);
+        const float wd = f16_at(blk);
+        const __m256i ax = offset ? wq : _mm256_sign_epi8(wq, wq);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i aq = _mm256_loadu_si256((const __m256i *)(a[m].q + ib * QK));
+            const __m256i sy = offset ? aq : _mm256_sign_epi8(aq, wq);
+            const __m256i p = dot_u8s8(_mm256_setzero_si256(), ax, sy);
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * a[m].d[ib]), acc[m]);
+            if (offset) accm[m] += f16_at(blk + 2) * a[m].s[ib];
+        }
     }
-    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]) + accm[m];
 }
 
 // Q4_K / Q5_K scales and mins as uint32 words: bytes 0-7 the 8 scales, 8-15 the 8 mins
@@ -300,31 +320,34 @@ INLINE int dot32(const int8_t *w, const int8_t *x, int n) {
 }
 
 INLINE void dot_legacy(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
-                       const int four) {
+                       const int T, const int bytes) {
+    const int offset = T == T_Q4_1 || T == T_Q5_1;
     float acc[MAX_ROWS] = {0};
     int8_t q[QK];
     for (int64_t ib = 0; ib < nb; ib++) {
-        const uint8_t *blk = w + ib * (four ? 18 : 34);
-        if (four) {
-            for (int j = 0; j < 16; j++) {
-                q[j] = (int8_t)((blk[2 + j] & 0xF) - 8);
-                q[j + 16] = (int8_t)((blk[2 + j] >> 4) - 8);
-            }
+        const uint8_t *blk = w + ib * bytes;
+        if (T == T_Q8_0 || T == T_Q8_1) {
+            memcpy(q, blk + (T == T_Q8_0 ? 2 : 4), QK);
         } else {
-            memcpy(q, blk + 2, QK);
+            const int off = T == T_Q4_0 ? 2 : T == T_Q4_1 ? 4 : T == T_Q5_0 ? 6 : 8;
+            const int five = T == T_Q5_0 || T == T_Q5_1;
+            const int zero = T == T_Q4_0 ? 8 : T == T_Q5_0 ? 16 : 0;
+            uint32_t qh = 0;
+            if (five) memcpy(&qh, blk + off - 4, 4);
+            for (int j = 0; j < 16; j++) {
+                const int h0 = five ? (int)((qh >> j) & 1) << 4 : 0;
+                const int h1 = five ? (int)((qh >> (j + 16)) & 1) << 4 : 0;
+                q[j] = (int8_t)(((blk[off + j] & 0xF) | h0) - zero);
+                q[j + 16] = (int8_t)(((blk[off + j] >> 4) | h1) - zero);
+            }
         }
         const float wd = f16_at(blk);
-        for (int m = 0; m < M; m++) acc[m] += (float)dot32(q, a[m].q + ib * QK, QK) * (wd * a[m].d[ib]);
+        for (int m = 0; m < M; m++) {
+            acc[m] += (float)dot32(q, a[m].q + ib * QK, QK) * (wd * a[m].d[ib]);
+            if (offset) acc[m] += f16_at(blk + 2) * a[m].s[ib];
+        }
     }
     for (int m = 0; m < M; m++) out[m] = acc[m];
-}
-
-INLINE void dot_q8_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
-    dot_legacy(w, a, M, nb, out, 0);
-}
-
-INLINE void dot_q4_0(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
-    dot_legacy(w, a, M, nb, out, 1);
 }
 
 INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
@@ -381,6 +404,17 @@ INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb
 }
 #endif
 
+#define LEGACY(NAME, T, BYTES)                                                                   \
+    INLINE void dot_##NAME(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) { \
+        dot_legacy(w, a, M, nb, out, T, BYTES);                                                  \
+    }
+LEGACY(q8_0, T_Q8_0, 34)
+LEGACY(q8_1, T_Q8_1, 36)
+LEGACY(q4_0, T_Q4_0, 18)
+LEGACY(q4_1, T_Q4_1, 20)
+LEGACY(q5_0, T_Q5_0, 22)
+LEGACY(q5_1, T_Q5_1, 24)
+
 INLINE void dot_q4_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
     dot_k4(w, a, M, nb, out, 0);
 }
@@ -411,7 +445,11 @@ INLINE void dot_q5_k(const uint8_t *w, const act_row *a, const int M, int64_t nb
     }
 
 DEFINE_ROWS(q8_0)
+DEFINE_ROWS(q8_1)
 DEFINE_ROWS(q4_0)
+DEFINE_ROWS(q4_1)
+DEFINE_ROWS(q5_0)
+DEFINE_ROWS(q5_1)
 DEFINE_ROWS(q4_k)
 DEFINE_ROWS(q5_k)
 DEFINE_ROWS(q6_k)
@@ -422,7 +460,11 @@ typedef void (*rows_fn)(const uint8_t *, int64_t, int64_t, const act_row *, floa
 static int geometry(int type, rows_fn *fn, int *block, int *bytes) {
     switch (type) {
     case T_Q8_0: *fn = rows_q8_0, *block = QK, *bytes = 34; return 0;
+    case T_Q8_1: *fn = rows_q8_1, *block = QK, *bytes = 36; return 0;
     case T_Q4_0: *fn = rows_q4_0, *block = QK, *bytes = 18; return 0;
+    case T_Q4_1: *fn = rows_q4_1, *block = QK, *bytes = 20; return 0;
+    case T_Q5_0: *fn = rows_q5_0, *block = QK, *bytes = 22; return 0;
+    case T_Q5_1: *fn = rows_q5_1, *block = QK, *bytes = 24; return 0;
     case T_Q4_K: *fn = rows_q4_k, *block = QK_K, *bytes = 144; return 0;
     case T_Q5_K: *fn = rows_q5_k, *block = QK_K, *bytes = 176; return 0;
     case T_Q6_K: *fn = rows_q6_k, *block = QK_K, *bytes = 210; return 0;
@@ -448,7 +490,7 @@ int minerva_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t 
     const int ktype = block == QK_K;
     const int64_t nb = K / block, rb = nb * bytes;
     // per row of x: scales [nb] floats, codes [K] bytes, sums [K / 16] int16 (K types)
-    const int64_t row_floats = nb + (K + 3) / 4 + (ktype ? K / 32 : 0);
+    const int64_t row_floats = 2 * nb + (K + 3) / 4 + (ktype ? K / 32 : 0);
     float *scratch = thread_scratch(M * row_floats);
     if (!scratch) return -1;
     act_row *a = (act_row *)malloc((size_t)M * sizeof(act_row));
@@ -457,7 +499,8 @@ int minerva_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t 
         float *base = scratch + m * row_floats;
         a[m].d = base;
         a[m].q = (const int8_t *)(base + nb);
-        a[m].bsum = ktype ? (const int16_t *)(base + nb + (K + 3) / 4) : NULL;
+        a[m].s = base + nb + (K + 3) / 4;
+        a[m].bsum = ktype ? (const int16_t *)(base + 2 * nb + (K + 3) / 4) : NULL;
     }
     int64_t tile = TILE_BYTES / rb;
     if (tile < 1) tile = 1;
@@ -468,7 +511,7 @@ int minerva_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t 
             if (ktype)
                 quantize_act_q8_k(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q, (int16_t *)a[m].bsum);
             else
-                quantize_act_q8_0(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q);
+                quantize_act_q8_0(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q, (float *)a[m].s);
         }
         int t = 0, nt = 1;
 #ifdef _OPENMP
