@@ -9,8 +9,9 @@ import torch
 
 pytest.importorskip("minerva.quant.base")  # the LinearMethod protocol (seams issue)
 
-from minerva.errors import ModelLoadError  # noqa: E402
 from minerva.models.linear import Linear, QKVLinear  # noqa: E402
+
+from minerva.errors import ModelLoadError  # noqa: E402
 from minerva.quant import gguf as gguf_method  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig, checkpoint_name  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize  # noqa: E402

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from minerva.ops import cpu_quantize
 from minerva.quant.gguf_quantize_k import K_QUANTIZERS
 from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor, row_bytes
 
@@ -111,8 +112,9 @@ BLOCK_QUANTIZERS: dict[GGMLType, Callable[[np.ndarray], np.ndarray]] = {
 QUANTIZABLE = frozenset(BLOCK_QUANTIZERS) | {GGMLType.F32, GGMLType.F16, GGMLType.BF16}
 
 
-def quantize_array(values: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
-    """float [rows, cols] -> uint8 [rows, row_bytes] in `ggml_type`'s encoding."""
+def quantize_array(values: np.ndarray, ggml_type: GGMLType, native: bool = True) -> np.ndarray:
+    """float [rows, cols] -> uint8 [rows, row_bytes] in `ggml_type`'s encoding; the K types go
+    through the C quantizer (ops/cpu_quantize.c) unless `native` is False or it is unavailable."""
     ggml_type = GGMLType(ggml_type)
     values = np.ascontiguousarray(values, dtype=F32)
     rows, cols = values.shape
@@ -128,6 +130,10 @@ def quantize_array(values: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
     if quantizer is None:
         raise NotImplementedError(f"no quantizer for {ggml_type.name}")
     block, size = BLOCK_GEOMETRY[ggml_type]
+    if native and ggml_type in K_QUANTIZERS:
+        fast = cpu_quantize.quantize_k(values.reshape(-1, block), ggml_type)
+        if fast is not None:
+            return fast.reshape(rows, nbytes)
     out = np.empty((rows, nbytes), dtype=np.uint8)
     step = max(1, CHUNK_ELEMENTS // cols)
     for r in range(0, rows, step):

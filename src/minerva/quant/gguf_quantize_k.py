@@ -54,7 +54,8 @@ def make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep, use_mad):
     L = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax).astype(F32)
     best = _weighted_error(w, scale, mn, L, x, use_mad)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        for step in range(nstep + 1):
+        for step in range(nstep + 1):  # the min found so far moves the candidates' grid
+            span = np.where(flat, F32(1), mx - mn)
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / span
             La = np.clip(nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax).astype(F32)
             sum_l, sum_l2 = (w * La).sum(axis=1), (w * La * La).sum(axis=1)
