@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from record import write_results
 
 from minerva.ops import cpu_quant
-from minerva.quant.gguf import dequant_matmul
+from minerva.quant.gguf_matmul import dequant_matmul
 from minerva.quant.gguf_quantize import quantize_array
 from minerva.quant.gguf_types import GGMLType
 

@@ -12,7 +12,8 @@ import torch
 from minerva.ops import cpu_quant
 from minerva.platform import native_kernel_arch
 from minerva.quant.gguf_dequant import dequantize
-from minerva.quant.gguf_quantize import quantize_array
+from minerva.quant import gguf_matmul as gguf_method
+from minerva.quant.gguf_quantize import quantize_array, quantize_tensor
 from minerva.quant.gguf_types import GGMLType
 
 KERNEL_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
@@ -95,3 +96,21 @@ def test_types_without_a_kernel_fall_back(kernel):
     x, data, wd = case(GGMLType.Q3_K, 2, k=256)
     assert kernel.matmul(x, data, GGMLType.Q3_K, wd.shape[0]) is None
     assert kernel.matmul(x.double(), data, GGMLType.Q8_0, wd.shape[0]) is None
+
+
+def test_kernel_and_twin_agree_within_activation_rounding():
+    data = quantize_tensor(torch.randn(64, 512), GGMLType.Q4_K)
+    x = torch.randn(4, 512)
+    fast = gguf_method.gguf_matmul(x, data.data, GGMLType.Q4_K, 64)
+    twin = gguf_method.dequant_matmul(x, data.data, GGMLType.Q4_K)
+    w = dequantize(data.data, GGMLType.Q4_K)
+    assert bool(((fast - twin).abs() <= 1e-2 * (x.abs() @ w.abs().T)).all())
+
+
+def test_twin_tiles_give_the_same_result(monkeypatch):
+    data = quantize_tensor(torch.randn(50, 256), GGMLType.Q5_K)
+    x = torch.randn(20, 256)
+    whole = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
+    monkeypatch.setattr(gguf_method, "TILE_ELEMENTS", 256 * 7)
+    tiled = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
+    assert torch.allclose(tiled, whole, rtol=1e-5, atol=1e-4)  # fp32 GEMM blocking differs

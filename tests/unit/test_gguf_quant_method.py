@@ -12,7 +12,6 @@ pytest.importorskip("minerva.quant.base")  # the LinearMethod protocol (seams is
 from minerva.models.linear import Linear, QKVLinear  # noqa: E402
 
 from minerva.errors import ModelLoadError  # noqa: E402
-from minerva.quant import gguf as gguf_method  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig, checkpoint_name  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize  # noqa: E402
 from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
@@ -55,24 +54,6 @@ def test_qkv_of_mixed_types_matches_the_dequantized_layer(ggml_type, rows):
     # the C kernel quantizes x to 8 bits per block: 1% of the sum of |x| |w|
     scale = x.double().abs() @ dense_twin(q, k, v).double().abs().T
     assert bool(((y.double() - ref).abs() <= 1e-2 * scale + 1e-4).all())
-
-
-def test_kernel_and_twin_agree_within_activation_rounding():
-    data = blocks(64, 512, GGMLType.Q4_K)
-    x = torch.randn(4, 512)
-    fast = gguf_method.gguf_matmul(x, data.data, GGMLType.Q4_K, 64)
-    twin = gguf_method.dequant_matmul(x, data.data, GGMLType.Q4_K)
-    w = dequantize(data.data, GGMLType.Q4_K)
-    assert bool(((fast - twin).abs() <= 1e-2 * (x.abs() @ w.abs().T)).all())
-
-
-def test_twin_tiles_give_the_same_result(monkeypatch):
-    data = blocks(50, 256, GGMLType.Q5_K)
-    x = torch.randn(20, 256)
-    whole = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
-    monkeypatch.setattr(gguf_method, "TILE_ELEMENTS", 256 * 7)
-    tiled = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
-    assert torch.allclose(tiled, whole, rtol=1e-5, atol=1e-4)  # fp32 GEMM blocking differs
 
 
 def test_in_situ_quantization_follows_the_mix():

@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from minerva.errors import ModelLoadError
-from minerva.ops import cpu_quant
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
-from minerva.quant.gguf_dequant import dequantize
+from minerva.quant.gguf_matmul import gguf_matmul
 from minerva.quant.gguf_mix import base_type, mix_type
 from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import (
@@ -31,11 +30,6 @@ from minerva.quant.gguf_types import (
     row_bytes,
     type_name,
 )
-
-# Most rows of x the C kernel takes: it beat dequantize + torch matmul (and dense fp32 torch)
-# at every row count measured, 1-128 (benchmarks/results/cpu_quant_kernels.json).
-KERNEL_MAX_ROWS = 1 << 30
-TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
@@ -139,32 +133,6 @@ class GGUFLinearMethod(LinearMethod):
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*lead, y.shape[-1])
-
-
-def gguf_matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType, rows: int):
-    """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, row_bytes]) -> [T, rows]: the C kernel
-    for small T on the CPU, else the torch twin."""
-    if x.is_cpu and x.shape[0] <= KERNEL_MAX_ROWS and cpu_quant.has_kernel(ggml_type):
-        y = cpu_quant.matmul(x.float(), data, ggml_type, rows)
-        if y is not None:
-            return y
-    return dequant_matmul(x, data, ggml_type)
-
-
-def dequant_matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType) -> torch.Tensor:
-    """The torch twin: dequantize W a tile of rows at a time and matmul ([T, rows], float32 on
-    the CPU, x's dtype elsewhere)."""
-    dtype = torch.float32 if x.is_cpu else x.dtype
-    rows, k = data.shape[0], x.shape[-1]
-    x = x.to(dtype)
-    tile = max(1, TILE_ELEMENTS // k)
-    if tile >= rows:
-        return x @ dequantize(data, ggml_type).to(dtype).T
-    y = torch.empty(x.shape[0], rows, dtype=dtype, device=x.device)
-    for r in range(0, rows, tile):
-        w = dequantize(data[r : r + tile], ggml_type).to(dtype)  # [tile, K]
-        torch.matmul(x, w.T, out=y[:, r : r + w.shape[0]])
-    return y
 
 
 # ---- in-situ quantization: which type each piece of each layer gets -----------------------
