@@ -11,8 +11,8 @@ import torch
 
 from minerva.ops import cpu_quant
 from minerva.platform import native_kernel_arch
-from minerva.quant.gguf_dequant import dequantize
 from minerva.quant import gguf_matmul as gguf_method
+from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_quantize import quantize_array, quantize_tensor
 from minerva.quant.gguf_types import GGMLType
 
