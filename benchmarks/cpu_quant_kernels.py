@@ -17,6 +17,7 @@ Writes benchmarks/results/cpu_quant_kernels.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from minerva.quant.gguf_types import GGMLType
 
 TINYLLAMA_LINEAR_WEIGHTS = 1.034e9  # 22 x (qkv + o + gate_up + down) + lm_head
 COPY_BYTES = 96 << 20
-ALL_TYPES = ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k"]
+ALL_TYPES = ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q2_k", "q3_k", "q4_1", "q5_0", "q5_1", "q8_1"]
 
 
 def copies_of(t: torch.Tensor) -> list[torch.Tensor]:
@@ -91,6 +92,7 @@ def bench_type(name: str, n: int, k: int, dense: dict, args) -> list[dict]:
                         "weight_gb_s": nbytes / best / 1e9,
                         "tok_s_equiv": m * n * k / best / TINYLLAMA_LINEAR_WEIGHTS,
                         "round_ms": [round(t * 1e3, 3) for t in times[key]],
+                        "load_avg_1m": os.getloadavg()[0],  # other processes on the machine
                     }
                 )
                 r = results[-1]

@@ -18,6 +18,7 @@ from minerva.quant.gguf_types import GGMLType
 
 KERNEL_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
 KERNEL_TYPES += [GGMLType.Q8_1, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1]
+KERNEL_TYPES += [GGMLType.Q2_K, GGMLType.Q3_K]
 F32 = np.float32
 
 
@@ -94,7 +95,7 @@ def test_threads_do_not_change_the_result(kernel):
 
 def test_types_without_a_kernel_fall_back(kernel):
     x, data, wd = case(GGMLType.Q3_K, 2, k=256)
-    assert kernel.matmul(x, data, GGMLType.Q3_K, wd.shape[0]) is None
+    assert kernel.matmul(x, data, GGMLType.BF16, wd.shape[0]) is None
     assert kernel.matmul(x.double(), data, GGMLType.Q8_0, wd.shape[0]) is None
 
 

@@ -1,15 +1,15 @@
 // GGUF block matmuls for CPU: y[m, n] = dot(W[n, :], x[m, :]) with W kept in its GGUF blocks.
 //
-// W is [N, row_bytes] (Q8_0, Q8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K blocks; Q2_K and
-// Q3_K take the torch twin), x float32 [M, K], y float32
-// [M, N]. As in llama.cpp, each row of x is first quantized to 8-bit blocks (Q8_0-style blocks
-// of 32 with an fp16-rounded scale for Q8_0 / Q4_0; Q8_K super-blocks of 256 with an fp32 scale
+// W is [N, row_bytes] in the blocks of any of the 11 quantized types (Q8_0, Q8_1, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q2_K .. Q6_K), x float32 [M, K], y float32 [M, N]. As in llama.cpp, each row of
+// x is first quantized to 8-bit blocks (Q8_0-style blocks of 32 with an fp16-rounded scale for
+// the 32-value types; Q8_K super-blocks of 256 with an fp32 scale
 // and sums of 16 codes for the K types) so that every block product is an integer dot product
 // (AVX2 maddubs, or VNNI dpbusd where the CPU has it), scaled once per block in fp32.
 // Threads (torch's OpenMP pool) split the rows of W; each streams its part once, in L2-sized
 // tiles that every chunk of up to MAX_ROWS rows of x passes over while they are cached.
-// ops/cpu_quant.py builds it at first use (minerva's native module); quant/gguf.py keeps the
-// dequantize-then-matmul twin it is tested against.
+// ops/cpu_quant.py builds it at first use (minerva's native module); quant/gguf_matmul.py keeps
+// the dequantize-then-matmul twin it is tested against.
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -27,7 +27,7 @@
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 
 enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9 };
-enum { T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
 typedef struct {  // one quantized row of x
     const float *d;       // [blocks] scale of each block (32 or 256 values)
@@ -260,6 +260,81 @@ INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, 
     UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
 }
 
+// Q2_K / Q3_K: 16 scales of 16 values; code vector k of half h covers groups 8h+2k, 8h+2k+1
+INLINE __m256i group_scales(__m256i sc16, const int h, const int k) {
+    const __m256i pair = _mm256_set_epi8(3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2,
+                                         1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+    return _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(4 * h + k)), pair);
+}
+
+// the 16 signed scales of a Q3_K block (6 bits, stored +32)
+INLINE void q3_scales(const uint8_t *s, int8_t out[16]) {
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? s[j] & 0xF : s[j - 8] >> 4;
+        out[j] = (int8_t)((lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+    }
+}
+
+// Q2_K: codes 0-3, value d * sc * q - dmin * m; Q3_K: codes 0-7 (2 bits + hmask), value
+// d * s * (q - 4); the offsets come out through the activation sums of 16
+INLINE void dot_k23(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
+                    const int three) {
+    const int bytes = three ? 110 : 84;
+    __m256 acc[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * bytes;
+        const uint8_t *qs = blk + (three ? 32 : 16);
+        __builtin_prefetch(blk + 1024);
+        __m256i sc16, off16;  // int16 scales, and what multiplies the sums of 16 codes
+        if (three) {
+            int8_t s[16];
+            q3_scales(blk + 96, s);
+            sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)s));
+            off16 = _mm256_slli_epi16(sc16, 2);  // 4 * s
+        } else {
+            const __m128i raw = _mm_loadu_si128((const __m128i *)blk);
+            sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, _mm_set1_epi8(0x0F)));
+            off16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0F)));
+        }
+        const __m256i hm = three ? _mm256_loadu_si256((const __m256i *)blk) : one;
+        __m256i sumi[MAX_ROWS], offs[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            offs[m] = _mm256_madd_epi16(bs, off16);
+            sumi[m] = _mm256_setzero_si256();
+        }
+        UNROLL for (int h = 0; h < 2; h++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(qs + 32 * h));
+            UNROLL for (int k = 0; k < 4; k++) {
+                __m256i q = _mm256_and_si256(_mm256_srli_epi16(qv, 2 * k), m3);
+                if (three) {
+                    const __m128i sh = _mm_cvtsi32_si128(4 * h + k);
+                    q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hm, sh), one), 2));
+                }
+                const __m256i s = group_scales(sc16, h, k);
+                UNROLL for (int m = 0; m < M; m++) {
+                    const __m256i av = _mm256_loadu_si256(
+                        (const __m256i *)(a[m].q + i * QK_K + 128 * h + 32 * k));
+                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), s));
+                }
+            }
+        }
+        const float d = f16_at(blk + (three ? 108 : 80));
+        UNROLL for (int m = 0; m < M; m++) {
+            const float da = a[m].d[i];
+            if (three) {
+                acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[m], offs[m])), acc[m]);
+            } else {
+                acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(d * da), _mm256_cvtepi32_ps(sumi[m]), acc[m]);
+                acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(-f16_at(blk + 82) * da), _mm256_cvtepi32_ps(offs[m]), acc[m]);
+            }
+        }
+    }
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
+}
+
 INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
     __m256 acc[MAX_ROWS];
     UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
@@ -379,6 +454,49 @@ INLINE void dot_k4(const uint8_t *w, const act_row *a, const int M, int64_t nb, 
     for (int m = 0; m < M; m++) out[m] = acc[m];
 }
 
+INLINE void q3_scales(const uint8_t *s, int8_t out[16]) {
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? s[j] & 0xF : s[j - 8] >> 4;
+        out[j] = (int8_t)((lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+    }
+}
+
+INLINE void dot_k23(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out,
+                    const int three) {
+    float acc[MAX_ROWS] = {0};
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * (three ? 110 : 84);
+        const uint8_t *qs = blk + (three ? 32 : 16);
+        int sc[16], off[16];
+        if (three) {
+            int8_t s[16];
+            q3_scales(blk + 96, s);
+            for (int g = 0; g < 16; g++) sc[g] = s[g], off[g] = 4 * s[g];
+        } else {
+            for (int g = 0; g < 16; g++) sc[g] = blk[g] & 0xF, off[g] = blk[g] >> 4;
+        }
+        for (int h = 0; h < 2; h++)
+            for (int k = 0; k < 4; k++)
+                for (int l = 0; l < 32; l++) {
+                    int v = (qs[32 * h + l] >> (2 * k)) & 3;
+                    if (three) v |= ((blk[l] >> (4 * h + k)) & 1) << 2;
+                    q[128 * h + 32 * k + l] = (int8_t)v;
+                }
+        const float d = f16_at(blk + (three ? 108 : 80)), dmin = three ? 0.0f : f16_at(blk + 82);
+        for (int m = 0; m < M; m++) {
+            int s = 0, o = 0;
+            for (int g = 0; g < 16; g++) {
+                s += sc[g] * dot32(q + 16 * g, a[m].q + i * QK_K + 16 * g, 16);
+                o += off[g] * a[m].bsum[i * 16 + g];
+            }
+            const float da = a[m].d[i];
+            acc[m] += three ? d * da * (float)(s - o) : d * da * (float)s - dmin * da * (float)o;
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
+
 INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
     float acc[MAX_ROWS] = {0};
     int8_t q[QK_K];
@@ -415,6 +533,12 @@ LEGACY(q4_1, T_Q4_1, 20)
 LEGACY(q5_0, T_Q5_0, 22)
 LEGACY(q5_1, T_Q5_1, 24)
 
+INLINE void dot_q2_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    dot_k23(w, a, M, nb, out, 0);
+}
+INLINE void dot_q3_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    dot_k23(w, a, M, nb, out, 1);
+}
 INLINE void dot_q4_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
     dot_k4(w, a, M, nb, out, 0);
 }
@@ -450,6 +574,8 @@ DEFINE_ROWS(q4_0)
 DEFINE_ROWS(q4_1)
 DEFINE_ROWS(q5_0)
 DEFINE_ROWS(q5_1)
+DEFINE_ROWS(q2_k)
+DEFINE_ROWS(q3_k)
 DEFINE_ROWS(q4_k)
 DEFINE_ROWS(q5_k)
 DEFINE_ROWS(q6_k)
@@ -465,6 +591,8 @@ static int geometry(int type, rows_fn *fn, int *block, int *bytes) {
     case T_Q4_1: *fn = rows_q4_1, *block = QK, *bytes = 20; return 0;
     case T_Q5_0: *fn = rows_q5_0, *block = QK, *bytes = 22; return 0;
     case T_Q5_1: *fn = rows_q5_1, *block = QK, *bytes = 24; return 0;
+    case T_Q2_K: *fn = rows_q2_k, *block = QK_K, *bytes = 84; return 0;
+    case T_Q3_K: *fn = rows_q3_k, *block = QK_K, *bytes = 110; return 0;
     case T_Q4_K: *fn = rows_q4_k, *block = QK_K, *bytes = 144; return 0;
     case T_Q5_K: *fn = rows_q5_k, *block = QK_K, *bytes = 176; return 0;
     case T_Q6_K: *fn = rows_q6_k, *block = QK_K, *bytes = 210; return 0;

@@ -16,8 +16,8 @@ import torch
 from minerva import native  # the one import of the kernel builder (moving to minerva.ops.native)
 
 SOURCE = Path(__file__).with_name("cpu_quant.c")
-# GGML type ids: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q4_K, Q5_K, Q6_K (Q2_K, Q3_K: torch twin)
-KERNEL_TYPES = frozenset({2, 3, 6, 7, 8, 9, 12, 13, 14})
+# GGML type ids: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
+KERNEL_TYPES = frozenset({2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14})
 
 _fn: list = []  # [ctypes function] once bound
 
