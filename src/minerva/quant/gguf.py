@@ -21,7 +21,7 @@ from torch import nn
 from minerva.errors import ModelLoadError
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
 from minerva.quant.gguf_matmul import gguf_matmul
-from minerva.quant.gguf_mix import base_type, mix_type
+from minerva.quant.gguf_mix import base_type, fit_type, mix_type
 from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import (
     SUPPORTED_WEIGHT_TYPES,
@@ -63,11 +63,10 @@ class GGUFLinearMethod(LinearMethod):
                 raise shape_mismatch(tensor.shape, (size,))
             param.data.narrow(0, start, size).copy_(torch.as_tensor(tensor))
             return
-        blocks = self._blocks(layer, tensor, shard_id)
         want = (size, layer.in_features)
-        if tuple(blocks.shape) != want:
-            raise shape_mismatch(blocks.shape, want)
-        layer.gguf_pending[start] = blocks
+        if tuple(tensor.shape) != want:
+            raise shape_mismatch(tensor.shape, want)
+        layer.gguf_pending[start] = self._blocks(layer, tensor, shard_id)
 
     def _blocks(self, layer, tensor, shard_id) -> QuantizedTensor:
         """The tensor as checked GGUF blocks (float tensors quantized to the target type)."""
@@ -76,6 +75,7 @@ class GGUFLinearMethod(LinearMethod):
             if target is None:
                 raise ModelLoadError("is a float tensor, but this layer takes GGUF blocks")
             ggml_type = target if isinstance(target, GGMLType) else target(layer, shard_id)
+            ggml_type = fit_type(ggml_type, layer.in_features)  # rows of whole blocks
             return quantize_tensor(torch.as_tensor(tensor), ggml_type)
         if tensor.ggml_type not in SUPPORTED_WEIGHT_TYPES:
             names = ", ".join(t.name for t in sorted(SUPPORTED_WEIGHT_TYPES))
