@@ -9,8 +9,8 @@ from minerva.ops import cpu_quant
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_types import GGMLType
 
-# Most rows of x the C kernel takes: it beat dequantize + torch matmul (and dense fp32 torch)
-# at every row count measured, 1-128 (benchmarks/results/cpu_quant_kernels.json).
+# Most rows of x the C kernel takes: it beat the dequantize + matmul twin at every row count
+# measured, 1-128 (benchmarks/results/cpu_quant_kernels.json), so it takes them all.
 KERNEL_MAX_ROWS = 1 << 30
 TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
