@@ -115,3 +115,11 @@ def test_twin_tiles_give_the_same_result(monkeypatch):
     monkeypatch.setattr(gguf_method, "TILE_ELEMENTS", 256 * 7)
     tiled = gguf_method.dequant_matmul(x, data.data, GGMLType.Q5_K)
     assert torch.allclose(tiled, whole, rtol=1e-5, atol=1e-4)  # fp32 GEMM blocking differs
+
+
+def test_mismatched_shapes_raise_instead_of_reading_past_the_weight(kernel):
+    x, data, wd = case(GGMLType.Q4_K, 2, k=512)
+    with pytest.raises(ValueError, match="does not match"):
+        kernel.matmul(torch.randn(2, 768), data, GGMLType.Q4_K, wd.shape[0])
+    with pytest.raises(ValueError, match="does not match"):
+        kernel.matmul(x, data, GGMLType.Q4_K, wd.shape[0] + 1)

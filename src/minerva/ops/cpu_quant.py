@@ -16,8 +16,11 @@ import torch
 from minerva import native  # the one import of the kernel builder (moving to minerva.ops.native)
 
 SOURCE = Path(__file__).with_name("cpu_quant.c")
-# GGML type ids: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-KERNEL_TYPES = frozenset({2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14})
+# GGML type id -> (values, bytes) per block: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K .. Q6_K
+# (the file format's; quant/gguf_types.py holds the same table, a layer above this one)
+GEOMETRY = {2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36)}
+GEOMETRY |= {10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210)}
+KERNEL_TYPES = frozenset(GEOMETRY)
 
 _fn: list = []  # [ctypes function] once bound
 
@@ -67,6 +70,15 @@ def matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, out_features: in
     x = x.contiguous()
     data = data.contiguous()
     m, k = x.shape
+    block, nbytes = GEOMETRY[int(ggml_type)]
+    if (
+        k % block
+        or data.dtype != torch.uint8
+        or tuple(data.shape) != (out_features, k // block * nbytes)
+    ):
+        raise ValueError(
+            f"x has {k} columns, which does not match weight blocks of shape {tuple(data.shape)}"
+        )
     y = torch.empty(m, out_features, dtype=torch.float32)
     rc = _fn[0](
         int(ggml_type),
