@@ -50,7 +50,7 @@ def simd_path() -> str | None:
 
 
 def has_kernel(ggml_type: int) -> bool:
-    return int(ggml_type) in KERNEL_TYPES and load()
+    return int(ggml_type) in KERNEL_TYPES and (bool(_fn) or load())
 
 
 def matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, out_features: int):
@@ -58,7 +58,7 @@ def matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: int, out_features: in
     float32 [M, N]; None where the kernel does not apply."""
     if (
         int(ggml_type) not in KERNEL_TYPES
-        or not load()
+        or not (_fn or load())  # bound once: no lock on the per-token path
         or x.dtype != torch.float32
         or x.dim() != 2
         or not x.is_cpu
