@@ -1,0 +1,189 @@
+"""Minerva's own engine as a Backend: an adapter over AsyncEngine.
+
+An adapter rather than AsyncEngine itself: the engine layer sits below backends/ and cannot
+name ModelInfo or BackendStats, and the facts ModelInfo needs (weight format, digest, platform)
+are the loaded model's, not the step loop's. Requests pass straight through to AsyncEngine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from minerva.backends.base import BackendStats, ModelInfo, StepObserver
+from minerva.config import EngineConfig
+from minerva.engine.async_engine import AsyncEngine, RequestStream
+from minerva.engine.llm_engine import EngineStats, LLMEngine
+from minerva.engine.model_loading import resolve_model_path
+from minerva.engine.outputs import RequestOutput, StepInfo
+from minerva.errors import ModelLoadError, RequestError
+from minerva.loader import find_checkpoint_files
+from minerva.sampling_params import SamplingParams
+
+
+def load(
+    config: EngineConfig, *, max_queued_requests: int = 256, progress: bool = False
+) -> MinervaBackend:
+    """Load the model of ``config`` (blocking: weights, KV cache, graphs, warm-up)."""
+    return MinervaBackend(LLMEngine(config, progress=progress), max_queued_requests)
+
+
+class _StepBridge:
+    """AsyncEngine's observer hook, forwarded without the engine's own stats type."""
+
+    def __init__(self, observer: StepObserver) -> None:
+        self.observer = observer
+
+    def on_step(self, info: StepInfo | None, outputs: list[RequestOutput], stats: EngineStats):
+        self.observer.on_step(info, outputs)
+
+
+class MinervaBackend:
+    """Implements backends.base.Backend over an LLMEngine driven by an AsyncEngine."""
+
+    def __init__(self, engine: LLMEngine, max_queued_requests: int = 256) -> None:
+        self._engine = AsyncEngine(engine, max_queued_requests)
+        self._platform = engine.platform
+        self._tokenizer = engine.tokenizer
+        self._eos_token_ids = list(engine.eos_token_ids)
+        self._info = _model_info(engine)
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        self._engine.start()
+
+    async def drain(self, timeout: float) -> int:
+        return await self._engine.drain(timeout)
+
+    async def shutdown(self) -> None:
+        await self._engine.shutdown()
+
+    @property
+    def is_running(self) -> bool:
+        return self._engine.is_running
+
+    # -- requests ---------------------------------------------------------------------
+    async def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        prompt_token_ids: list[int] | None = None,
+        arrival_time: float | None = None,
+        stream: bool = True,
+    ) -> RequestStream:
+        return await self._engine.add_request(
+            prompt, params, request_id, prompt_token_ids, arrival_time, stream
+        )
+
+    def abort(self, request_id: str) -> None:
+        self._engine.abort(request_id)
+
+    async def score(self, token_ids: list[int]) -> list[float]:
+        return await self._engine.score(token_ids)
+
+    def set_observer(self, observer: StepObserver | None) -> None:
+        self._engine.observer = _StepBridge(observer) if observer is not None else None
+
+    # -- what it serves ---------------------------------------------------------------
+    def stats(self) -> BackendStats:
+        s = self._engine.stats()
+        return BackendStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            num_requests_in_flight=self._engine.num_requests_in_flight,
+            kv_cache_usage=s.kv_cache_usage,
+            num_kv_blocks=s.num_kv_blocks,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
+            num_preemptions=s.num_preemptions,
+            device_memory_used=self._platform.memory_used(),
+            device_memory_total=self._platform.memory()[1],
+        )
+
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    # -- tokenizer and chat template --------------------------------------------------
+    @property
+    def has_tokenizer(self) -> bool:
+        return self._tokenizer is not None
+
+    @property
+    def chat_template(self) -> str | None:
+        template = self._tokenizer.chat_template if self._tokenizer is not None else None
+        if isinstance(template, dict):  # named templates: the default one, else the first
+            template = template.get("default", next(iter(template.values()), None))
+        return template
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return list(self._eos_token_ids)
+
+    def encode(self, text: str) -> list[int]:
+        return self._need_tokenizer("send token ids as the prompt", "prompt").encode(text)
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        tokenizer = self._need_tokenizer("read the output token ids instead", "prompt")
+        return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(
+        self, messages: list[dict], add_generation_prompt: bool = True
+    ) -> list[int]:
+        tokenizer = self._need_tokenizer("so chat is not available", "messages")
+        return tokenizer.encode_chat(messages, add_generation_prompt)
+
+    def default_sampling_params(self, **overrides: Any) -> SamplingParams:
+        return self._engine.default_sampling_params(**overrides)
+
+    def _need_tokenizer(self, fix: str, param: str):
+        if self._tokenizer is None:
+            raise RequestError(f"this model has no tokenizer: {fix}", param=param)
+        return self._tokenizer
+
+
+def _model_info(engine: LLMEngine) -> ModelInfo:
+    """The loaded model's facts, from what the engine exposes today."""
+    loaded, hf = engine.loaded, engine.model_config
+    path = resolve_model_path(engine.config)
+    config_file = path / "config.json" if path.is_dir() else path
+    dtype = str(loaded.dtype).removeprefix("torch.")
+    architectures = getattr(hf, "architectures", None) or ["unknown"]
+    return ModelInfo(
+        name=path.name,
+        source=str(path),
+        format=_weight_format(path, engine.config.model.load_format),
+        quantization=dtype.upper(),  # dense weights in the load dtype
+        dtype=dtype,
+        parameter_count=sum(p.numel() for p in loaded.model.parameters()),
+        weight_bytes=loaded.weight_bytes,
+        digest=_digest(config_file, path.name),
+        context_length=engine.max_model_len,
+        vocab_size=hf.vocab_size,
+        architecture=architectures[0],
+        family=getattr(hf, "model_type", None) or "llama",
+        device=engine.platform.kind,
+        modified_at=config_file.stat().st_mtime if config_file.is_file() else None,
+        hidden_size=hf.hidden_size,
+        num_layers=hf.num_hidden_layers,
+        num_attention_heads=hf.num_attention_heads,
+        num_kv_heads=hf.num_key_value_heads,
+    )
+
+
+def _weight_format(path: Path, load_format: str) -> str:
+    if load_format == "dummy":
+        return "dummy"  # random weights: nothing was read from disk
+    try:
+        files = find_checkpoint_files(path)
+    except ModelLoadError:
+        return "unknown"
+    return "pytorch" if files.format == "bin" else files.format
+
+
+def _digest(config_file: Path, fallback: str) -> str:
+    # Of config.json: stable per model and cheap (hashing the weights would take seconds).
+    data = config_file.read_bytes() if config_file.is_file() else fallback.encode()
+    return hashlib.sha256(data).hexdigest()
