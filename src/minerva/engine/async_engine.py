@@ -2,7 +2,7 @@
 and reads each request's outputs from its own queue.
 
 The engine is not thread-safe, so only the engine thread touches it. The event loop hands it
-commands (add, abort) through a list guarded by a condition; the thread applies them between
+commands (add, abort, score) through a list guarded by a condition; the thread applies them between
 steps, sleeps on the condition when there is nothing to do (never spins) and sends each step's
 outputs back with ``loop.call_soon_threadsafe``. Everything on the loop side (streams, the
 in-flight count) is touched only by the loop thread.
@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, Protocol
 
 from minerva.engine.llm_engine import EngineStats, LLMEngine
@@ -23,6 +24,7 @@ from minerva.engine.outputs import RequestOutput, StepInfo
 from minerva.errors import (
     EngineDeadError,
     EngineDrainingError,
+    EngineUnavailableError,
     QueueFullError,
     RequestError,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "EngineDeadError",
     "EngineDrainingError",
     "EngineObserver",
+    "EngineUnavailableError",
     "QueueFullError",
     "RequestStream",
     "StepInfo",
@@ -200,8 +203,10 @@ class AsyncEngine:
         accepted = self._loop.create_future()  # type: ignore[union-attr]
         self._pending[request_id] = accepted
         arrival = arrival_time or time.monotonic()
-        add = (prompt, params, request_id, prompt_token_ids, arrival, stream)
-        self._submit("add", (add, accepted))
+        add = partial(
+            self.engine.add_request, prompt, params, request_id, prompt_token_ids, arrival, stream
+        )
+        self._submit("call", (add, accepted))
         try:
             await accepted
         except asyncio.CancelledError:
@@ -333,18 +338,14 @@ class AsyncEngine:
             self._call_soon(self._fail_all, EngineDeadError(f"the engine failed: {e!r}"))
 
     def _apply(self, commands: list[tuple[str, Any]]) -> bool:
-        """Apply queued adds and aborts in order; True if anything was aborted."""
+        """Apply queued aborts and calls in order; True if anything was aborted."""
         aborted = False
         for kind, payload in commands:
             if kind == "abort":
                 self.engine.abort_request(payload)
                 aborted = True
                 continue
-            if kind == "add":
-                args, future = payload
-                fn = lambda args=args: self.engine.add_request(*args)  # noqa: E731
-            else:  # "call"
-                fn, future = payload
+            fn, future = payload  # "call": an add, or a score between steps
             try:
                 result = fn()
             except Exception as e:  # noqa: BLE001 - RequestError and friends go to the caller
