@@ -44,10 +44,18 @@ class BackendDriver(OfflineDriver):
         return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
 
     def stream_timings(self, prompt_ids: list[int], max_tokens: int) -> list[float]:
+        return self.runner.run(self._timed(prompt_ids, max_tokens))
+
+    async def _timed(self, prompt_ids: list[int], max_tokens: int) -> list[float]:
+        # One coroutine for the whole request: each output is stamped as soon as the loop
+        # receives it, right after the engine step's host sync of its ids.
         times: list[float] = []
-        for out in self.runner.stream(prompt_ids, self._params(max_tokens)):
-            # An output reaches this thread right after the step's host sync of its ids.
-            times += [time.perf_counter()] * len(out.outputs[0].delta_token_ids)
+        stream = await self.runner.backend.add_request(prompt_ids, self._params(max_tokens))
+        try:
+            async for out in stream:
+                times += [time.perf_counter()] * len(out.outputs[0].delta_token_ids)
+        finally:
+            stream.abort()
         return times
 
     def generate(self, prompts, max_tokens, ignore_eos=True):
