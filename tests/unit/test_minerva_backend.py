@@ -18,6 +18,7 @@ from minerva.backends.minerva import MinervaBackend
 from minerva.config import EngineConfig
 from minerva.engine.llm_engine import LLMEngine
 from minerva.errors import ConfigError, RequestError
+from minerva.loader import open_model
 from minerva.sampling_params import SamplingParams
 from minerva.tokenizer import Tokenizer
 from tests.e2e.tiny_server_model import MAX_LEN, build_server_model
@@ -61,8 +62,14 @@ def test_model_info_comes_from_the_checkpoint(model_dir, bin_dir):
     info = backend.model_info()
     assert (info.format, info.quantization, info.dtype) == ("safetensors", "FLOAT32", "float32")
     assert info.parameter_count == num_params and info.weight_bytes == 4 * num_params
-    assert info.digest == hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()
+    files = [model_dir / "config.json", model_dir / "model.safetensors"]  # in the source's order
+    assert (
+        info.digest
+        == "sha256:" + hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    )
+    assert info.digest == open_model(model_dir).digest() and backend.model_info() is info
     assert (info.context_length, info.vocab_size) == (512, tensors["lm_head.weight"].shape[0])
+    assert (backend.max_model_len, backend.vocab_size) == (512, info.vocab_size)
     assert (info.architecture, info.family, info.device) == ("LlamaForCausalLM", "llama", "cpu")
     assert (info.hidden_size, info.num_layers, info.num_attention_heads, info.num_kv_heads) == (
         64, 2, 4, 2,
@@ -71,9 +78,11 @@ def test_model_info_comes_from_the_checkpoint(model_dir, bin_dir):
     assert info.modified_at == (model_dir / "config.json").stat().st_mtime
     from_bin = load_backend("minerva", config(bin_dir)).model_info()
     assert from_bin.format == "pytorch" and from_bin.context_length == MAX_LEN
-    assert from_bin.parameter_count == num_params and from_bin.digest == info.digest
+    assert from_bin.parameter_count == num_params and from_bin.digest != info.digest
+    assert from_bin.quantization == "FLOAT32" and from_bin.name == bin_dir.name
     dummy = load_backend("minerva", config(model_dir, load_format="dummy")).model_info()
-    assert dummy.format == "dummy"
+    config_digest = hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()
+    assert dummy.format == "dummy" and dummy.digest == "sha256:" + config_digest
 
 
 def test_an_unknown_backend_is_a_config_error(model_dir):

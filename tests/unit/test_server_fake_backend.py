@@ -130,6 +130,9 @@ class FakeBackend:
     def model_info(self) -> ModelInfo:
         return INFO
 
+    max_model_len = INFO.context_length
+    vocab_size = INFO.vocab_size
+
     has_tokenizer = True
     chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
     eos_token_ids = [VOCAB.index("<eos>")]

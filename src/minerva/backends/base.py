@@ -46,7 +46,7 @@ class ModelInfo:
     weight_bytes: int
     """Bytes the weights take in memory (a quantized layout is not numel x element size)."""
     digest: str
-    """sha256 hex that identifies this model (stable across restarts)."""
+    """``sha256:<hex>`` of the model's files (for one file, its ``sha256sum``)."""
     context_length: int
     """Longest sequence (prompt + output) this backend serves: max_model_len."""
     vocab_size: int
@@ -109,8 +109,8 @@ class StepObserver(Protocol):
 @runtime_checkable
 class Backend(Protocol):
     """One loaded model behind one engine. ``start()`` from the event loop that will use it;
-    everything async runs on that loop; ``model_info`` and the tokenizer calls are safe from
-    any thread."""
+    everything async runs on that loop; ``model_info``, ``stats`` and the tokenizer calls are
+    safe from any thread."""
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,9 +151,20 @@ class Backend(Protocol):
         """Call ``observer.on_step`` after every step (metrics); None stops it."""
 
     # -- what it serves -------------------------------------------------------------------
-    def stats(self) -> BackendStats: ...
+    def stats(self) -> BackendStats:
+        """Cheap: queues as of the last step, device memory now."""
 
-    def model_info(self) -> ModelInfo: ...
+    def model_info(self) -> ModelInfo:
+        """May block the first time (the digest reads every weight byte): call it off the
+        event loop. Later calls return the same object."""
+
+    @property
+    def max_model_len(self) -> int:
+        """Longest prompt + output (cheap; ``model_info().context_length``)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are in [0, vocab_size) (cheap; ``model_info().vocab_size``)."""
 
     # -- tokenizer and chat template ------------------------------------------------------
     @property

@@ -1,25 +1,27 @@
 """Minerva's own engine as a Backend: an adapter over AsyncEngine.
 
 An adapter rather than AsyncEngine itself: the engine layer sits below backends/ and cannot
-name ModelInfo or BackendStats, and the facts ModelInfo needs (weight format, digest, platform)
-are the loaded model's, not the step loop's. Requests pass straight through to AsyncEngine.
+name ModelInfo or BackendStats, and the facts ModelInfo needs (the ModelSource's format,
+quantization and digest, the platform) are the loaded model's, not the step loop's. Requests
+pass straight through to AsyncEngine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from minerva.backends.base import BackendStats, ModelInfo, StepObserver
 from minerva.config import EngineConfig
 from minerva.engine.async_engine import AsyncEngine, RequestStream
 from minerva.engine.llm_engine import EngineStats, LLMEngine
-from minerva.engine.model_loading import resolve_model_path
 from minerva.engine.outputs import RequestOutput, StepInfo
-from minerva.errors import ModelLoadError, RequestError
-from minerva.loader import find_checkpoint_files
+from minerva.errors import RequestError
+from minerva.loader import ModelSource
+from minerva.loader.hf_config import CONFIG_FILE
 from minerva.sampling_params import SamplingParams
 
 
@@ -48,7 +50,10 @@ class MinervaBackend:
         self._platform = engine.platform
         self._tokenizer = engine.tokenizer
         self._eos_token_ids = list(engine.eos_token_ids)
-        self._info = _model_info(engine)
+        self._source = engine.loaded.source
+        self._dummy = engine.config.model.load_format == "dummy"
+        self._info = _model_info(engine)  # all but the digest, which reads every weight byte
+        self._info_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -104,7 +109,19 @@ class MinervaBackend:
         )
 
     def model_info(self) -> ModelInfo:
-        return self._info
+        with self._info_lock:  # one hash, however many threads ask
+            if not self._info.digest:
+                digest = _digest(self._source, self._dummy)
+                self._info = dataclasses.replace(self._info, digest=digest)
+            return self._info
+
+    @property
+    def max_model_len(self) -> int:
+        return self._info.context_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._info.vocab_size
 
     # -- tokenizer and chat template --------------------------------------------------
     @property
@@ -145,27 +162,28 @@ class MinervaBackend:
 
 
 def _model_info(engine: LLMEngine) -> ModelInfo:
-    """The loaded model's facts, from what the engine exposes today."""
-    loaded, hf = engine.loaded, engine.model_config
-    path = resolve_model_path(engine.config)
-    config_file = path / "config.json" if path.is_dir() else path
+    """The loaded model's facts, from its ModelSource; the digest is left for later."""
+    loaded, hf, source = engine.loaded, engine.model_config, engine.loaded.source
+    assert source is not None, "the engine loads every model through a ModelSource"
     dtype = str(loaded.dtype).removeprefix("torch.")
     architectures = getattr(hf, "architectures", None) or ["unknown"]
+    stamp_file = source.path / CONFIG_FILE if source.path.is_dir() else source.path
+    dummy = engine.config.model.load_format == "dummy"  # random weights: nothing read from disk
     return ModelInfo(
-        name=path.name,
-        source=str(path),
-        format=_weight_format(path, engine.config.model.load_format),
-        quantization=dtype.upper(),  # dense weights in the load dtype
+        name=source.path.name if source.path.is_dir() else source.path.stem,
+        source=str(source.path),
+        format="dummy" if dummy else source.format,
+        quantization=source.quantization or dtype.upper(),  # dense: the load dtype
         dtype=dtype,
         parameter_count=sum(p.numel() for p in loaded.model.parameters()),
         weight_bytes=loaded.weight_bytes,
-        digest=_digest(config_file, path.name),
+        digest="",
         context_length=engine.max_model_len,
         vocab_size=hf.vocab_size,
         architecture=architectures[0],
         family=getattr(hf, "model_type", None) or "llama",
         device=engine.platform.kind,
-        modified_at=config_file.stat().st_mtime if config_file.is_file() else None,
+        modified_at=stamp_file.stat().st_mtime if stamp_file.is_file() else None,
         hidden_size=hf.hidden_size,
         num_layers=hf.num_hidden_layers,
         num_attention_heads=hf.num_attention_heads,
@@ -173,17 +191,8 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
     )
 
 
-def _weight_format(path: Path, load_format: str) -> str:
-    if load_format == "dummy":
-        return "dummy"  # random weights: nothing was read from disk
-    try:
-        files = find_checkpoint_files(path)
-    except ModelLoadError:
-        return "unknown"
-    return "pytorch" if files.format == "bin" else files.format
-
-
-def _digest(config_file: Path, fallback: str) -> str:
-    # Of config.json: stable per model and cheap (hashing the weights would take seconds).
-    data = config_file.read_bytes() if config_file.is_file() else fallback.encode()
-    return hashlib.sha256(data).hexdigest()
+def _digest(source: ModelSource, dummy: bool) -> str:
+    if dummy:  # the weight files may not exist: name the config the shapes came from
+        config = source.path / CONFIG_FILE
+        return "sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()
+    return source.digest()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import Callable
 
 from fastapi import FastAPI, Request
@@ -22,6 +21,7 @@ from minerva import __version__
 from minerva.backends.base import Backend
 from minerva.errors import EngineUnavailableError, MinervaError
 from minerva.server.api_errors import APIError, error_response, to_api_error
+from minerva.server.background import in_daemon_thread
 from minerva.server.config import ServerConfig
 from minerva.server.generation import ClientDisconnected
 from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
@@ -148,11 +148,12 @@ def _install(state: ServerState, backend: Backend) -> None:
     state.metrics.attach(backend)
     backend.start()
     state.backend = backend
+    state.start_model_info()
 
 
 async def _load(state: ServerState, load_backend: Callable[[], Backend], on_error) -> None:
     try:
-        backend = await _in_daemon_thread(load_backend)
+        backend = await in_daemon_thread(load_backend)
     except Exception as e:  # noqa: BLE001 - reported on /health and by the CLI
         state.load_error = str(e)
         if on_error is not None:
@@ -162,25 +163,3 @@ async def _load(state: ServerState, load_backend: Callable[[], Backend], on_erro
         return
     _install(state, backend)
     logger.info("model loaded; serving %r", state.model_name)
-
-
-async def _in_daemon_thread(fn: Callable[[], Backend]) -> Backend:
-    # A daemon thread, unlike asyncio.to_thread's pool, does not hold up exiting on SIGTERM
-    # in the middle of a long model load.
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def settle(value, error) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(value)
-
-    def work() -> None:
-        try:
-            value, error = fn(), None
-        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
-            value, error = None, e
-        with contextlib.suppress(RuntimeError):  # the loop closed while loading
-            loop.call_soon_threadsafe(settle, value, error)
-
-    threading.Thread(target=work, name="minerva-load", daemon=True).start()
-    return await future

@@ -88,7 +88,7 @@ def _model_entry(state: ServerState, info: ModelInfo) -> dict:
 @router.get("/api/tags")
 async def tags(request: Request) -> JSONResponse:
     state = get_state(request)
-    info = state.ready_backend().model_info()
+    info = await state.model_info()
     return JSONResponse({"models": [_model_entry(state, info)]})
 
 
@@ -96,7 +96,7 @@ async def tags(request: Request) -> JSONResponse:
 async def ps(request: Request) -> JSONResponse:
     state = get_state(request)
     backend = state.ready_backend()
-    info = backend.model_info()
+    info = await state.model_info()
     entry = _model_entry(state, info)
     entry.update(
         expires_at="2999-01-01T00:00:00Z",  # loaded for the server's lifetime
@@ -115,7 +115,7 @@ async def show(request: Request) -> JSONResponse:
         raise APIError(400, "'model' must be given as a string", param="model")
     backend = state.ready_backend()
     state.check_model(name)
-    info = backend.model_info()
+    info = await state.model_info()
     family = info.family
     return JSONResponse(
         {
@@ -189,12 +189,11 @@ def _done_load(model: str, key: str) -> dict:
 
 async def _run(request, state, backend, body, encode, arrival: float, chat: bool) -> Response:
     request_id = f"ollama-{uuid.uuid4().hex}"
-    info = backend.model_info()
 
     async def start() -> OutputStream:
         ids = await encode()
-        check_token_ids(ids, info.vocab_size, "context")
-        params = body.to_sampling_params(model_defaults(backend), len(ids), info.context_length)
+        check_token_ids(ids, backend.vocab_size, "context")
+        params = body.to_sampling_params(model_defaults(backend), len(ids), backend.max_model_len)
         (stream,) = await add_prompts(backend, [ids], [ids], params, request_id, arrival)
         return stream
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from minerva.backends.base import Backend, CompletionOutput, OutputStream
+from minerva.backends.base import Backend, CompletionOutput, ModelInfo, OutputStream
 from minerva.server import openai_responses as R
 from minerva.server.api_errors import to_api_error
 from minerva.server.generation import (
@@ -36,8 +36,7 @@ router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _model_card(state: ServerState, backend: Backend) -> dict:
-    info = backend.model_info()
+def _model_card(state: ServerState, info: ModelInfo) -> dict:
     return {
         "id": state.model_name,
         "object": "model",
@@ -54,16 +53,16 @@ def _model_card(state: ServerState, backend: Backend) -> dict:
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     state = get_state(request)
-    card = _model_card(state, state.ready_backend())
+    card = _model_card(state, await state.model_info())
     return JSONResponse({"object": "list", "data": [card]})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
-    backend = state.ready_backend()
+    state.ready_backend()
     state.check_model(model_id)
-    return JSONResponse(_model_card(state, backend))
+    return JSONResponse(_model_card(state, await state.model_info()))
 
 
 @router.post("/v1/chat/completions")
@@ -75,7 +74,7 @@ async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(data)
     backend = state.ready_backend()
     state.check_model(body.model)
-    vocab_size = backend.model_info().vocab_size
+    vocab_size = backend.vocab_size
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     messages = [m.plain() for m in body.messages]
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -167,7 +166,7 @@ async def completions(request: Request) -> Response:
     body = CompletionRequest.model_validate(data)
     backend = state.ready_backend()
     state.check_model(body.model)
-    vocab_size = backend.model_info().vocab_size
+    vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
