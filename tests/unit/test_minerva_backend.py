@@ -59,6 +59,7 @@ def test_model_info_comes_from_the_checkpoint(model_dir, bin_dir):
     num_params = sum(t.size for t in tensors.values())
     backend = load_backend("minerva", config(model_dir, max_model_len=512))
     assert isinstance(backend, Backend)
+    assert backend.model_info(digest=False).digest == ""  # cheap: not hashed yet
     info = backend.model_info()
     assert (info.format, info.quantization, info.dtype) == ("safetensors", "FLOAT32", "float32")
     assert info.parameter_count == num_params and info.weight_bytes == 4 * num_params
@@ -68,6 +69,7 @@ def test_model_info_comes_from_the_checkpoint(model_dir, bin_dir):
         == "sha256:" + hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
     )
     assert info.digest == open_model(model_dir).digest() and backend.model_info() is info
+    assert backend.model_info(digest=False) is info  # known now: no reason to drop it
     assert (info.context_length, info.vocab_size) == (512, tensors["lm_head.weight"].shape[0])
     assert (backend.max_model_len, backend.vocab_size) == (512, info.vocab_size)
     assert (info.architecture, info.family, info.device) == ("LlamaForCausalLM", "llama", "cpu")

@@ -127,7 +127,7 @@ class FakeBackend:
     def stats(self) -> BackendStats:
         return STATS
 
-    def model_info(self) -> ModelInfo:
+    def model_info(self, digest: bool = True) -> ModelInfo:
         return INFO
 
     max_model_len = INFO.context_length

@@ -154,9 +154,9 @@ class Backend(Protocol):
     def stats(self) -> BackendStats:
         """Cheap: queues as of the last step, device memory now."""
 
-    def model_info(self) -> ModelInfo:
+    def model_info(self, digest: bool = True) -> ModelInfo:
         """May block the first time (the digest reads every weight byte): call it off the
-        event loop. Later calls return the same object."""
+        event loop. digest=False never blocks: ``digest`` is "" unless already known."""
 
     @property
     def max_model_len(self) -> int:

@@ -108,7 +108,9 @@ class MinervaBackend:
             device_memory_total=self._platform.memory()[1],
         )
 
-    def model_info(self) -> ModelInfo:
+    def model_info(self, digest: bool = True) -> ModelInfo:
+        if not digest:
+            return self._info
         with self._info_lock:  # one hash, however many threads ask
             if not self._info.digest:
                 digest = _digest(self._source, self._dummy)

@@ -34,7 +34,7 @@ class BackendDriver(OfflineDriver):
         )
         backend = load_backend(name, config, max_queued_requests=UNBOUNDED_QUEUE)
         self.runner = BlockingBackend(backend)
-        info = backend.model_info()
+        info = backend.model_info(digest=False)  # hashing the weights would only add load time
         self.weight_bytes = info.weight_bytes
         self.max_model_len = info.context_length
         self.device_type = info.device
