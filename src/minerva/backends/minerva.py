@@ -132,7 +132,7 @@ class MinervaBackend:
 
     @property
     def chat_template(self) -> str | None:
-        template = self._tokenizer.chat_template if self._tokenizer is not None else None
+        template = self._source.chat_template  # the tokenizer's, or the file's own (GGUF)
         if isinstance(template, dict):  # named templates: the default one, else the first
             template = template.get("default", next(iter(template.values()), None))
         return template
