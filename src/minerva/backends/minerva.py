@@ -14,6 +14,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from minerva.backends.base import BackendStats, ModelInfo, StepObserver
 from minerva.config import EngineConfig
 from minerva.engine.async_engine import AsyncEngine, RequestStream
@@ -22,6 +24,7 @@ from minerva.engine.outputs import RequestOutput, StepInfo
 from minerva.errors import RequestError
 from minerva.loader import ModelSource
 from minerva.loader.hf_config import CONFIG_FILE
+from minerva.models.registry import count_weight_bytes
 from minerva.sampling_params import SamplingParams
 
 
@@ -50,7 +53,7 @@ class MinervaBackend:
         self._platform = engine.platform
         self._tokenizer = engine.tokenizer
         self._eos_token_ids = list(engine.eos_token_ids)
-        self._source = engine.loaded.source
+        self._source = _device_side(engine).source
         self._dummy = engine.config.model.load_format == "dummy"
         self._info = _model_info(engine)  # all but the digest, which reads every weight byte
         self._info_lock = threading.Lock()
@@ -165,7 +168,8 @@ class MinervaBackend:
 
 def _model_info(engine: LLMEngine) -> ModelInfo:
     """The loaded model's facts, from its ModelSource; the digest is left for later."""
-    loaded, hf, source = engine.loaded, engine.model_config, engine.loaded.source
+    loaded = _device_side(engine)
+    hf, source = engine.model_config, loaded.source
     assert source is not None, "the engine loads every model through a ModelSource"
     dtype = str(loaded.dtype).removeprefix("torch.")
     architectures = getattr(hf, "architectures", None) or ["unknown"]
@@ -177,7 +181,8 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
         format="dummy" if dummy else source.format,
         quantization=source.quantization or dtype.upper(),  # dense: the load dtype
         dtype=dtype,
-        parameter_count=sum(p.numel() for p in loaded.model.parameters()),
+        # Of the dense architecture: a quantized layout's numel is not its parameter count.
+        parameter_count=count_weight_bytes(hf, torch.float32) // 4,
         weight_bytes=loaded.weight_bytes,
         digest="",
         context_length=engine.max_model_len,
@@ -191,6 +196,12 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
         num_attention_heads=hf.num_attention_heads,
         num_kv_heads=hf.num_key_value_heads,
     )
+
+
+def _device_side(engine: LLMEngine) -> Any:
+    """What built the model: the engine's Worker (issue 11), or its LoadedModel before the
+    Worker lands; both carry source, dtype, weight_bytes. Drop the fallback after the merge."""
+    return getattr(engine, "worker", None) or engine.loaded
 
 
 def _digest(source: ModelSource, dummy: bool) -> str:
