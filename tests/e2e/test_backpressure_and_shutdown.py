@@ -117,7 +117,7 @@ def test_overload_gives_exactly_the_excess_503s(small_server):
         assert events[-1] == "[DONE]"
         assert events[-2]["usage"]["completion_tokens"] == 200
         assert [c["finish_reason"] for e in events[:-2] for c in e["choices"]][-1] == "length"
-    m = small_server.wait_idle(timeout=60)
+    m = small_server.wait_idle()
     assert m['minerva_requests_rejected_total{reason="queue_full"}'] == 20 - SLOTS - QUEUE
 
 
@@ -140,7 +140,7 @@ def test_queued_request_whose_client_leaves_is_dropped(small_server):
         assert m["minerva_requests_waiting"] == 0 and m["minerva_requests_running"] == SLOTS
         for s in streams[:2]:
             s.__exit__(None, None, None)
-    m = small_server.wait_idle(timeout=60)
+    m = small_server.wait_idle()
     assert m["minerva_requests_running"] == 0 and m["minerva_kv_cache_usage_ratio"] == 0
 
 
