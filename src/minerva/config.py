@@ -43,7 +43,6 @@ ALIASES: dict[str, str] = {"gpu_memory_utilization": "memory_fraction"}
 engines spell the knob), UPPER_CASE keys other environment variables (MINERVA_* wins)."""
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_NON_EMPTY = {"check": lambda v: v.strip() != "", "allowed": "a non-empty string"}
 
 
 def _is_power_of_two(v: int) -> bool:
@@ -55,10 +54,10 @@ class ModelConfig:
     """Which model to run and how its numbers are stored."""
 
     model: str | None = Field(
-        None, "Path to a Hugging Face model folder (default: the demo model).", **_NON_EMPTY
+        None, "Path to a Hugging Face model folder (default: the demo model).", non_empty=True
     )
     tokenizer: str | None = Field(
-        None, "Path to the tokenizer folder (default: the model path).", **_NON_EMPTY
+        None, "Path to the tokenizer folder (default: the model path).", non_empty=True
     )
     dtype: str = Field(
         "auto", "Weight/activation dtype (auto: the checkpoint's where the device runs it).",
@@ -75,7 +74,7 @@ class ModelConfig:
     served_model_name: str | None = Field(
         None,
         "Model name the API reports and accepts (default: derived from the model path).",
-        **_NON_EMPTY,
+        non_empty=True,
     )
     load_format: str = Field(
         "auto",
@@ -273,9 +272,7 @@ def load_config(
     ``config_file`` the file named by $MINERVA_CONFIG is read, if set. ``env`` defaults to
     os.environ. Raises ConfigError listing every bad value with its source.
     """
-    return config_sources.load(
-        SCHEMA, config_file, overrides, env, override_source=override_source
-    )
+    return config_sources.load(SCHEMA, config_file, overrides, env, override_source=override_source)
 
 
 def check_config_file(path: str) -> list[str]:

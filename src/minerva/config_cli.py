@@ -69,9 +69,9 @@ def add_arguments(
     *,
     dest_prefix: str = "",
     show_env: bool = False,
-) -> None:
+) -> dict[str, Any]:
     """One ``--<field>`` flag per field of ``schema`` (dest ``<dest_prefix><field>``), grouped
-    by section as '<section> options'.
+    by section as '<section> options'; returns those groups by section.
 
     Fields named in ``exclude`` get no flag. Flags default to argparse.SUPPRESS, so only the
     flags given become overrides (see ``overrides_from_args``); booleans get ``--x/--no-x``.
@@ -91,6 +91,7 @@ def add_arguments(
         else:
             kwargs.update(type=_arg_type(spec), metavar=_metavar(spec))
         groups[spec.section].add_argument(flag_name(name), **kwargs)
+    return groups
 
 
 def add_config_file_argument(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ class FieldRules:
     gt: Number | None = None
     le: Number | None = None
     lt: Number | None = None
+    non_empty: bool = False  # a string with more than blanks
     check: Callable[[Any], bool] | None = None  # a rule ranges and choices cannot say...
     allowed: str | None = None  # ...and its words ('a power of two')
     normalize: Callable[[str], str] | None = None  # applied to every string value
@@ -88,7 +89,12 @@ def format_byte_size(num_bytes: int) -> str:
 # ---- one field ----------------------------------------------------------------------------
 
 _TRUE, _FALSE, _NONE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}, {"none", "null", ""}
-_NOUNS = {bool: "true or false", int: "an integer", float: "a number", list: "a comma-separated list"}
+_NOUNS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    list: "a comma-separated list",
+}
 
 
 @dataclass(frozen=True)
@@ -143,12 +149,28 @@ class FieldSpec:
 
     def _bounds(self) -> dict[str, Number]:
         r = self.rules
-        return {k: v for k, v in (("ge", r.ge), ("gt", r.gt), ("le", r.le), ("lt", r.lt)) if v is not None}
+        return {
+            k: v
+            for k, v in (("ge", r.ge), ("gt", r.gt), ("le", r.le), ("lt", r.lt))
+            if v is not None
+        }
 
     def _range_words(self, bounds: dict[str, Number]) -> str:
         show = self._show_bound
-        low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
-        high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+        low = (
+            ("[", bounds["ge"])
+            if "ge" in bounds
+            else ("(", bounds["gt"])
+            if "gt" in bounds
+            else None
+        )
+        high = (
+            ("]", bounds["le"])
+            if "le" in bounds
+            else (")", bounds["lt"])
+            if "lt" in bounds
+            else None
+        )
         if low and high:
             if low[0] == "[" and high[0] == "]" and self.type is not float:
                 return f"from {show(low[1])} to {show(high[1])}"
@@ -220,6 +242,8 @@ class FieldSpec:
             return None if self.optional else f"must be {self.kind}"
         if not self.type_ok(value):
             return f"must be {self.kind}"
+        if self.rules.non_empty and not value.strip():
+            return "must be a non-empty string"
         return None if self._accepts(value) else f"must be {self.allowed}"
 
     def _accepts(self, value: Any) -> bool:
@@ -273,6 +297,7 @@ class Schema:
     flatten: Callable[[Any], dict[str, Any]]  # the config -> every value by flat name
     aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
     header: str = "Invalid config"  # how its ConfigErrors start
+    toml: bool = True  # whether a TOML file ($MINERVA_CONFIG) may set it
 
     def resolve(self, name: str) -> str | None:
         """The flat field a kwarg names, aliases included; None when it names none."""

@@ -193,7 +193,7 @@ def load(
     values = {name: spec.default for name, spec in schema.fields.items()}
     sources = dict.fromkeys(schema.fields, "default")
     layers: list[tuple[dict[str, Any], list[str], dict[str, str]]] = []
-    path = config_file or env.get(CONFIG_ENV_VAR) or None
+    path = config_file or (env.get(CONFIG_ENV_VAR) if schema.toml else None) or None
     if path is not None:
         file_values, file_problems = file_layer(schema, path, read_toml(path))
         layers.append((file_values, file_problems, dict.fromkeys(file_values, f"file:{path}")))
