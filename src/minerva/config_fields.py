@@ -139,7 +139,8 @@ class FieldSpec:
         if rules.choices is not None:
             return "one of " + ", ".join(str(c) for c in rules.choices)
         bounds = self._bounds()
-        noun = rules.allowed or ("a byte size" if self.byte_size else _NOUNS.get(self.type, ""))
+        noun = rules.allowed or ("a byte size" if self.byte_size else _NOUNS.get(self.type))
+        noun = noun or ("a non-empty string" if rules.non_empty else "a string")
         positive = bounds == {"gt": 0} or (bounds == {"ge": 1} and self.type is int)
         if positive and rules.allowed is None:  # 'a positive integer', 'a positive byte size'
             return f"a positive {noun.removeprefix('an ').removeprefix('a ')}"
