@@ -117,11 +117,16 @@ class FieldSpec:
         return self.rules.byte_size
 
     @property
+    def constrained(self) -> bool:
+        """Whether choices, a check or a range narrow the values the type allows."""
+        return (
+            self.rules.choices is not None or self.rules.check is not None or bool(self._bounds())
+        )
+
+    @property
     def help(self) -> str:
         """The one-line help: the doc, then what is allowed when the type alone does not say."""
-        if self.rules.choices is None and self.rules.check is None and not self._bounds():
-            return self.doc
-        return f"{self.doc} Allowed: {self.allowed}."
+        return f"{self.doc} Allowed: {self.allowed}." if self.constrained else self.doc
 
     @property
     def kind(self) -> str:
@@ -157,23 +162,12 @@ class FieldSpec:
         }
 
     def _range_words(self, bounds: dict[str, Number]) -> str:
+        """'from 1 to 256', 'in (0, 1]', '>= 0', '< 2**64'."""
         show = self._show_bound
-        low = (
-            ("[", bounds["ge"])
-            if "ge" in bounds
-            else ("(", bounds["gt"])
-            if "gt" in bounds
-            else None
-        )
-        high = (
-            ("]", bounds["le"])
-            if "le" in bounds
-            else (")", bounds["lt"])
-            if "lt" in bounds
-            else None
-        )
+        low = next(((b, bounds[k]) for k, b in (("ge", "["), ("gt", "(")) if k in bounds), None)
+        high = next(((b, bounds[k]) for k, b in (("le", "]"), ("lt", ")")) if k in bounds), None)
         if low and high:
-            if low[0] == "[" and high[0] == "]" and self.type is not float:
+            if (low[0], high[0]) == ("[", "]") and self.type is not float:
                 return f"from {show(low[1])} to {show(high[1])}"
             return f"in {low[0]}{show(low[1])}, {show(high[1])}{high[0]}"
         if low:
