@@ -296,7 +296,7 @@ class Schema:
 
     def resolve(self, name: str) -> str | None:
         """The flat field a kwarg names, aliases included; None when it names none."""
-        key = self.aliases.get(name, name)
+        key = name if name.isupper() else self.aliases.get(name, name)  # UPPER: env var aliases
         return key if key in self.fields else None
 
     def unknown(self, name: str) -> str:
