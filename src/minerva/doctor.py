@@ -26,8 +26,7 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig
-from minerva.config_sources import add_config_arguments, load_config, overrides_from_args
+from minerva.config import EngineConfig, add_config_arguments, load_config, overrides_from_args
 from minerva.errors import MinervaError
 from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
 
