@@ -28,7 +28,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from minerva.errors import ModelLoadError
 from minerva.tokenizer.gguf_pretokenizers import PreTokenizerSpec, pre_tokenizer_spec
-from minerva.tokenizer.gguf_spm_merges import spm_merges
+from minerva.tokenizer.gguf_spm import SpmSplitter, spm_merges
 from minerva.tokenizer.hf_tokenizer import Tokenizer
 
 # llama.cpp's token types (tokenizer.ggml.token_type).
@@ -191,8 +191,13 @@ def _spm_backend(
 ) -> RustTokenizer:
     vocab = {t: i for i, t in enumerate(tokens)}
     unk = next((t for t, k in zip(tokens, types) if k == UNKNOWN), None)
+    merges, exact = spm_merges(tokens, scores)
     bpe = models.BPE(
-        vocab=vocab, merges=spm_merges(tokens, scores), unk_token=unk, byte_fallback=True
+        vocab=vocab,
+        merges=merges if exact else [],
+        unk_token=unk,
+        byte_fallback=True,
+        ignore_merges=not exact,  # SpmSplitter's pieces are whole tokens
     )
     backend = RustTokenizer(bpe)
     steps: list[normalizers.Normalizer] = []
@@ -201,6 +206,8 @@ def _spm_backend(
         steps.append(normalizers.Prepend(_SPACE))
     steps.append(normalizers.Replace(" ", _SPACE))
     backend.normalizer = normalizers.Sequence(steps)
+    if not exact:  # tied scores: llama.cpp's merge order, in Python
+        backend.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(SpmSplitter(tokens, scores))
     backend.decoder = _spm_decoder(strip_first_space=add_space_prefix)
     return backend
 
