@@ -27,6 +27,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as RustTokenizer
 
 from minerva.errors import ModelLoadError
+from minerva.tokenizer.gguf_eog import EOG_TEXTS
 from minerva.tokenizer.gguf_pretokenizers import PreTokenizerSpec, pre_tokenizer_spec
 from minerva.tokenizer.gguf_spm import SpmSplitter, spm_merges
 from minerva.tokenizer.hf_tokenizer import Tokenizer
@@ -59,6 +60,8 @@ def tokenizer_from_gguf_metadata(
     model = fields.get("tokenizer.ggml.model")
     tokens = _tokens(fields, name)
     types = _int_list(fields, "tokenizer.ggml.token_type", len(tokens), default=NORMAL)
+    # llama.cpp makes end-of-generation markers control tokens whatever the file says.
+    types = [CONTROL if t in EOG_TEXTS else k for t, k in zip(tokens, types)]
     if model == "llama":
         scores = _float_list(fields, "tokenizer.ggml.scores", len(tokens))
         backend, spec = _spm_backend(tokens, types, scores, fields), None
@@ -73,8 +76,7 @@ def tokenizer_from_gguf_metadata(
         backend = _bpe_backend(tokens, fields, spec, name)
     elif model is None:
         raise ModelLoadError(
-            f"{name or 'this GGUF file'} has no tokenizer (tokenizer.ggml.model is missing); "
-            f"{_FIX}"
+            f"{name or 'this GGUF file'} has no tokenizer (tokenizer.ggml.model is missing); {_FIX}"
         )
     else:
         raise ModelLoadError(
@@ -92,11 +94,15 @@ def tokenizer_from_gguf_metadata(
 
 
 def tokenizer_from_gguf_file(path: str | Path, parse_special: bool = True) -> Tokenizer:
-    """Read the ``tokenizer.*`` metadata of a GGUF file with the ``gguf`` package."""
+    """Read the ``tokenizer.*`` metadata of a GGUF file with the ``gguf`` package (its reader
+    indexes every array element: seconds for a large vocabulary; the model loader passes the
+    metadata it has already read to :func:`tokenizer_from_gguf_metadata` instead)."""
     try:
         from gguf import GGUFReader
     except ImportError:  # pragma: no cover - gguf is a dependency of the GGUF loader
-        raise ModelLoadError("reading GGUF files needs the gguf package: pip install gguf") from None
+        raise ModelLoadError(
+            "reading GGUF files needs the gguf package: pip install gguf"
+        ) from None
     try:
         reader = GGUFReader(str(path), "r")
     except (OSError, ValueError) as e:
@@ -110,7 +116,11 @@ def tokenizer_from_gguf_file(path: str | Path, parse_special: bool = True) -> To
 
 def _tokens(fields: Mapping[str, Any], name: str) -> list[str]:
     tokens = fields.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, Sequence) or not tokens or not all(isinstance(t, str) for t in tokens):
+    if (
+        not isinstance(tokens, Sequence)
+        or not tokens
+        or not all(isinstance(t, str) for t in tokens)
+    ):
         raise ModelLoadError(
             f"{name or 'this GGUF file'} has no token list (tokenizer.ggml.tokens); {_FIX}"
         )
