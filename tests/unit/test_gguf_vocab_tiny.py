@@ -214,3 +214,11 @@ def test_bad_metadata_is_a_model_load_error(change, message):
     fields = {**_bpe_fields(), **change}
     with pytest.raises(ModelLoadError, match=message):
         tokenizer_from_gguf_metadata({k: v for k, v in fields.items() if v is not None})
+
+
+def test_pad_id_on_an_ordinary_token_stays_ordinary():
+    fields = {**_bpe_fields(), "tokenizer.ggml.padding_token_id": ord("!")}
+    tok = tokenizer_from_gguf_metadata(fields)
+    assert tok.pad_token_id is None
+    assert tok.encode("hello!", add_special_tokens=False) == [HELLO, ord("!")]
+    assert tok.decode([HELLO, ord("!")]) == "hello!"

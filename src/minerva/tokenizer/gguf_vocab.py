@@ -85,7 +85,7 @@ def tokenizer_from_gguf_metadata(
             "Face folder (tokenizer.json) instead"
         )
     _add_special_tokens(backend, tokens, types)
-    config = _special_token_config(fields, tokens, model, spec)
+    config = _special_token_config(fields, tokens, types, model, spec)
     add_bos = _flag(fields, "add_bos_token", _default_add_bos(model, spec))
     add_eos = _flag(fields, "add_eos_token", False)
     backend.post_processor = _post_processor(config, tokens, add_bos, add_eos, name)
@@ -176,9 +176,15 @@ def _chat_template(fields: Mapping[str, Any]) -> str | dict[str, str] | None:
 
 
 def _special_token_config(
-    fields: Mapping[str, Any], tokens: list[str], model: str, spec: PreTokenizerSpec | None
+    fields: Mapping[str, Any],
+    tokens: list[str],
+    types: list[int],
+    model: str,
+    spec: PreTokenizerSpec | None,
 ) -> dict[str, Any]:
-    """tokenizer_config-style names -> token texts, from the ``*_token_id`` keys."""
+    """tokenizer_config-style names -> token texts, from the ``*_token_id`` keys. The wrapper
+    makes these special tokens, so a pad/unk/... id that points at an ordinary token (some
+    files pad with "!") is left out rather than turning that text special."""
     ids: dict[str, Any] = dict(_SPM_DEFAULT_IDS) if model == "llama" else {}
     for suffix, attr in _SPECIAL_IDS.items():
         value = fields.get(f"tokenizer.ggml.{suffix}")
@@ -188,8 +194,10 @@ def _special_token_config(
         ids.pop("bos_token", None)
     config: dict[str, Any] = {"clean_up_tokenization_spaces": False}
     for attr, token_id in ids.items():
-        if isinstance(token_id, int) and 0 <= token_id < len(tokens):
-            config[attr] = tokens[token_id]  # out-of-range ids are ignored, as llama.cpp does
+        if not isinstance(token_id, int) or not 0 <= token_id < len(tokens):
+            continue  # out-of-range ids are ignored, as llama.cpp does
+        if attr in ("bos_token", "eos_token") or types[token_id] in (CONTROL, UNKNOWN):
+            config[attr] = tokens[token_id]
     return config
 
 
