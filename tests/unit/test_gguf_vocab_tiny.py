@@ -222,3 +222,21 @@ def test_pad_id_on_an_ordinary_token_stays_ordinary():
     assert tok.pad_token_id is None
     assert tok.encode("hello!", add_special_tokens=False) == [HELLO, ord("!")]
     assert tok.decode([HELLO, ord("!")]) == "hello!"
+
+
+def test_token_that_is_not_utf8_is_renamed():
+    fields = _bpe_fields()
+    tokens = list(fields["tokenizer.ggml.tokens"])
+    tokens[255] = "\udcff"  # a reader's surrogate escape for a stray byte
+    tok = tokenizer_from_gguf_metadata({**fields, "tokenizer.ggml.tokens": tokens})
+    assert tok.convert_ids_to_tokens([255]) == ["[EMPTY_255]"]
+    assert tok.encode("hello world", add_special_tokens=False) == [HELLO, G_WORLD]
+
+
+def test_unreadable_file_is_a_model_load_error(tmp_path):
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 20)
+    with pytest.raises(ModelLoadError, match="broken.gguf"):
+        tokenizer_from_gguf_file(path)
+    with pytest.raises(ModelLoadError, match="missing.gguf"):
+        tokenizer_from_gguf_file(tmp_path / "missing.gguf")

@@ -105,9 +105,11 @@ def tokenizer_from_gguf_file(path: str | Path, parse_special: bool = True) -> To
         ) from None
     try:
         reader = GGUFReader(str(path), "r")
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read the GGUF file {path}: {e}") from None
-    fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+        fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    except Exception as e:  # the reader raises many kinds on corrupt files, UTF-8 ones too
+        raise ModelLoadError(
+            f"cannot read the GGUF file {path}: {e}; re-download or re-convert it"
+        ) from None
     return tokenizer_from_gguf_metadata(fields, parse_special=parse_special, name=str(path))
 
 
@@ -124,11 +126,20 @@ def _tokens(fields: Mapping[str, Any], name: str) -> list[str]:
         raise ModelLoadError(
             f"{name or 'this GGUF file'} has no token list (tokenizer.ggml.tokens); {_FIX}"
         )
-    # llama.cpp renames empty tokens so every text maps to one id.
-    tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    # llama.cpp renames empty tokens so every text maps to one id; text that is not UTF-8
+    # (surrogate escapes from the reader) cannot be typed, so it gets such a name too.
+    tokens = [_valid_text(t) or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     if len(set(tokens)) != len(tokens):
         raise ModelLoadError(f"{name or 'this GGUF file'} has duplicate tokens; {_FIX}")
     return tokens
+
+
+def _valid_text(token: str) -> str:
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        return ""
+    return token
 
 
 def _int_list(fields: Mapping[str, Any], key: str, n: int, default: int) -> list[int]:
