@@ -240,3 +240,22 @@ def test_unreadable_file_is_a_model_load_error(tmp_path):
         tokenizer_from_gguf_file(path)
     with pytest.raises(ModelLoadError, match="missing.gguf"):
         tokenizer_from_gguf_file(tmp_path / "missing.gguf")
+
+
+def test_phi3_special_tokens_swallow_following_spaces():
+    fields = _spm_fields()
+    assert tokenizer_from_gguf_metadata(fields).encode("<tool> a", add_special_tokens=False) == [
+        TOOL,
+        259,
+        262,
+    ]  # "▁" prefix + " a"
+    phi3 = tokenizer_from_gguf_metadata({**fields, "general.name": "Phi-3 mini 4k"})
+    assert phi3.encode("<tool> a", add_special_tokens=False) == [TOOL, 262]
+    assert phi3.encode("<s> a", add_special_tokens=False) == [1, 259, 262]  # <s> keeps it
+
+
+def test_spm_without_space_prefix():
+    tok = tokenizer_from_gguf_metadata({**_spm_fields(), "tokenizer.ggml.add_space_prefix": False})
+    assert tok.encode("ab", add_special_tokens=False) == [263]
+    assert tok.encode(" ab", add_special_tokens=False) == [264]
+    assert tok.decode([264]) == " ab"

@@ -46,12 +46,14 @@ _SPECIAL_IDS = {  # GGUF key suffix -> tokenizer_config attribute
 _SPM_DEFAULT_IDS = {"bos_token": 1, "eos_token": 2, "unk_token": 0}
 _FIX = "re-convert the model with llama.cpp's convert_hf_to_gguf.py, or use the HF model folder"
 _SPACE = "▁"
+_PHI3_KEEP_SPACE = ("<unk>", "<s>", "<|endoftext|>")
 
 
 def tokenizer_from_gguf_metadata(
     fields: Mapping[str, Any], parse_special: bool = True, name: str = ""
 ) -> Tokenizer:
-    """A :class:`Tokenizer` from decoded GGUF metadata (python str/int/float/list by key).
+    """A :class:`Tokenizer` from decoded GGUF metadata (python str/int/float/list by key):
+    the ``tokenizer.*`` keys, and ``general.name`` (llama.cpp keys one quirk on it).
 
     ``parse_special``: control tokens written in the text (e.g. "<|im_start|>" from a chat
     template) become their ids, as llama.cpp's server does; False tokenizes them as text, as
@@ -84,7 +86,7 @@ def tokenizer_from_gguf_metadata(
             "'llama' (SentencePiece) and 'gpt2' (BPE) vocabularies. Use the model's Hugging "
             "Face folder (tokenizer.json) instead"
         )
-    _add_special_tokens(backend, tokens, types)
+    _add_special_tokens(backend, tokens, types, _strips_after_special(fields))
     config = _special_token_config(fields, tokens, types, model, spec)
     add_bos = _flag(fields, "add_bos_token", _default_add_bos(model, spec))
     add_eos = _flag(fields, "add_eos_token", False)
@@ -105,7 +107,11 @@ def tokenizer_from_gguf_file(path: str | Path, parse_special: bool = True) -> To
         ) from None
     try:
         reader = GGUFReader(str(path), "r")
-        fields = {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+        fields = {
+            key: field.contents()
+            for key, field in reader.fields.items()
+            if key.startswith("tokenizer.") or key == "general.name"
+        }
     except Exception as e:  # the reader raises many kinds on corrupt files, UTF-8 ones too
         raise ModelLoadError(
             f"cannot read the GGUF file {path}: {e}; re-download or re-convert it"
@@ -291,17 +297,26 @@ def _merges(fields: Mapping[str, Any], vocab: dict[str, int], name: str) -> list
     return merges
 
 
-def _add_special_tokens(backend: RustTokenizer, tokens: list[str], types: list[int]) -> None:
-    """Control/unknown tokens: special; user-defined: matched in text as is, never split."""
+def _add_special_tokens(
+    backend: RustTokenizer, tokens: list[str], types: list[int], rstrip: bool
+) -> None:
+    """Control/unknown tokens: special; user-defined: matched in text as is, never split.
+    ``rstrip``: they swallow the whitespace after them (llama.cpp does so for Phi-3)."""
     added = []
     for token, kind in zip(tokens, types):
-        if kind in (CONTROL, UNKNOWN):
-            added.append(AddedToken(token, special=True, normalized=False))
-        elif kind == USER_DEFINED:
-            added.append(AddedToken(token, special=False, normalized=False))
+        if kind in (CONTROL, UNKNOWN, USER_DEFINED):
+            strip = rstrip and token not in _PHI3_KEEP_SPACE
+            special = kind != USER_DEFINED
+            added.append(AddedToken(token, special=special, normalized=False, rstrip=strip))
     if added:
         backend.add_special_tokens([t for t in added if t.special])
         backend.add_tokens([t for t in added if not t.special])
+
+
+def _strips_after_special(fields: Mapping[str, Any]) -> bool:
+    """llama.cpp picks this by the model's name, not by a tokenizer key."""
+    name = fields.get("general.name")
+    return isinstance(name, str) and any(n in name.lower() for n in ("phi-3", "phi3"))
 
 
 def _post_processor(
