@@ -3,6 +3,8 @@ are worked out by hand from llama.cpp's algorithms (no download needed)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from minerva.errors import ModelLoadError
@@ -259,3 +261,25 @@ def test_spm_without_space_prefix():
     assert tok.encode("ab", add_special_tokens=False) == [263]
     assert tok.encode(" ab", add_special_tokens=False) == [264]
     assert tok.decode([264]) == " ab"
+
+
+@pytest.mark.parametrize("make", [_spm_fields, _bpe_fields])
+def test_mutated_metadata_gives_a_tokenizer_or_a_model_load_error(make):
+    """Every outcome of a wrong-typed or cut value is a clean error or a working tokenizer."""
+    rng = random.Random(0)
+    junk = [None, "x", -1, 10**12, 1.5, [], ["a b"], [1, 2], [None], "<s>", True, [[1]]]
+    base = make()
+    for _ in range(150):
+        fields = dict(base)
+        for key in rng.sample(sorted(fields), rng.randint(1, 3)):
+            value = fields[key]
+            if isinstance(value, list) and value and rng.random() < 0.5:
+                fields[key] = value[: rng.randint(0, len(value) - 1)]  # cut short
+            else:
+                fields[key] = rng.choice(junk)
+        try:
+            tok = tokenizer_from_gguf_metadata({k: v for k, v in fields.items() if v is not None})
+        except ModelLoadError:
+            continue
+        ids = tok.encode("hello ab é <s>")
+        assert isinstance(tok.decode(ids), str)

@@ -69,7 +69,7 @@ def tokenizer_from_gguf_metadata(
         backend, spec = _spm_backend(tokens, types, scores, fields), None
     elif model in ("gpt2", "gemma4"):
         pre = "gemma4" if model == "gemma4" else fields.get("tokenizer.ggml.pre")
-        spec = pre_tokenizer_spec(pre)
+        spec = pre_tokenizer_spec(pre) if pre is None or isinstance(pre, str) else None
         if spec is None:
             raise ModelLoadError(
                 f"{name or 'this GGUF file'} uses the BPE pre-tokenizer {pre!r}, which Minerva "
@@ -152,18 +152,23 @@ def _int_list(fields: Mapping[str, Any], key: str, n: int, default: int) -> list
     values = fields.get(key)
     if values is None:
         return [default] * n
-    if not isinstance(values, Sequence) or len(values) < n:
-        raise ModelLoadError(f"{key} must be a list of {n} integers; {_FIX}")
-    return [int(v) for v in values[:n]]
+    return _numbers(values, key, n, int)
 
 
 def _float_list(fields: Mapping[str, Any], key: str, n: int) -> list[float]:
     values = fields.get(key)
     if values is None:
         return [0.0] * n
-    if not isinstance(values, Sequence) or len(values) < n:
-        raise ModelLoadError(f"{key} must be a list of {n} numbers; {_FIX}")
-    return [float(v) for v in values[:n]]
+    return _numbers(values, key, n, float)
+
+
+def _numbers(values: Any, key: str, n: int, kind: type) -> list:
+    if isinstance(values, Sequence) and not isinstance(values, str) and len(values) >= n:
+        try:
+            return [kind(v) for v in values[:n]]
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise ModelLoadError(f"{key} must be a list of {n} numbers (one per token); {_FIX}")
 
 
 def _flag(fields: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -281,7 +286,7 @@ def _merges(fields: Mapping[str, Any], vocab: dict[str, int], name: str) -> list
     """``tokenizer.ggml.merges`` ("a b" strings) as pairs; pairs whose parts or result are not
     tokens are dropped (llama.cpp could never use their result as a token either)."""
     raw = fields.get("tokenizer.ggml.merges")
-    if not isinstance(raw, Sequence) or not all(isinstance(m, str) for m in raw):
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(m, str) for m in raw):
         raise ModelLoadError(
             f"{name or 'this GGUF file'} is a BPE vocabulary without merges "
             f"(tokenizer.ggml.merges); {_FIX}"
