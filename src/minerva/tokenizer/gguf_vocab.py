@@ -3,18 +3,19 @@
 The vocabulary becomes a Hugging Face ``tokenizers`` object so the :class:`Tokenizer` wrapper and
 the streaming detokenizer work unchanged:
 
-- ``llama`` (SentencePiece BPE): a BPE model whose merges come from the token scores (a pair
-  merges into a token, the higher its score the earlier; ties go to the lower id, where
-  llama.cpp takes the leftmost pair), byte fallback to ``<0xNN>``, "▁" for spaces and a "▁"
-  prepended to each text piece (llama.cpp's add_space_prefix).
+- ``llama`` (SentencePiece): a BPE model whose merges are ranked by the score of the token they
+  make, byte fallback to ``<0xNN>``, "▁" for spaces and a "▁" prepended to each text piece
+  (add_space_prefix). Where scores tie in a way no merge ranking can express, llama.cpp's merge
+  loop runs in Python as a pre-tokenizer (gguf_spm.py): the one hand-written tokenizer part.
 - ``gpt2`` (byte-level BPE): the file's merges, the regex pre-tokenizer that
   ``tokenizer.ggml.pre`` names (gguf_pretokenizers.py), GPT-2's byte-to-unicode mapping.
 - ``gemma4`` (SentencePiece-style BPE): the file's merges on raw UTF-8 with "▁" for spaces.
 
 Control and unknown tokens are special (matched in text only with parse_special, dropped by
 ``decode(skip_special_tokens=True)``); user-defined tokens are always matched and decoded.
-Not reproduced: llama.cpp's decode-time space clean-up for some BPE vocabularies (" ." -> "."),
-which would break decode(encode(text)) == text.
+Not reproduced, on purpose: llama.cpp's decode-time space clean-up for some BPE vocabularies
+(" ." -> ".", it breaks decode(encode(text)) == text); decoding "unused" tokens as nothing; the
+made-up BOS/EOS id 11 of gpt2 vocabularies that name none.
 """
 
 from __future__ import annotations
