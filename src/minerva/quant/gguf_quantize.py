@@ -3,8 +3,9 @@
 The 32-element types (Q8_0, Q8_1, Q4_0, Q4_1, Q5_0, Q5_1) follow llama.cpp's
 `quantize_row_*_ref` with the same float32 operations as the `gguf` package's numpy quantizer,
 so the bytes are equal to `gguf.quants.quantize` (tests/unit/test_gguf_quant_quantize.py). The
-K types live in gguf_quantize_k.py. Everything is numpy, vectorised over blocks, in chunks of
-rows so the temporaries of a big matrix stay small.
+K types run in C (ops/cpu_quantize.c) with the numpy searches of gguf_quantize_k.py as their
+twin and fallback. The numpy code is vectorised over blocks, in chunks of rows so the
+temporaries of a big matrix stay small.
 """
 
 from __future__ import annotations

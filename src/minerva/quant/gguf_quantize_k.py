@@ -3,9 +3,9 @@
 These are the `quantize_row_q*_K_ref` searches that `llama-quantize` runs without an importance
 matrix, written here from their description: per sub-block a scale (and min) search, the
 sub-block scales quantized to 4/6/8 bits against one fp16 super-scale, then every value re-coded
-against the stored scales. Each search step runs over all sub-blocks at once. gguf-py has no
-K quantizers to compare bytes with, so the tests bound the round-trip error per type and check
-that re-quantizing is stable. Sums are numpy's (pairwise) where llama.cpp's are sequential, so a
+against the stored scales. Each search step runs over all sub-blocks at once. This is the twin
+of the C quantizer (ops/cpu_quantize.c). gguf-py has no K quantizers to compare bytes with, so
+the tests bound the round-trip error per type and check that re-quantizing is stable. Sums are numpy's (pairwise) where llama.cpp's are sequential, so a
 rare tie may resolve differently; the format and the error are the same.
 """
 
