@@ -53,7 +53,7 @@ def _patch(variant: str):
 
         def silu_then_down(x, weight, bias, residual, gated=False):
             if gated:
-                from minerva.models.triton_ops import silu_and_mul
+                from minerva.ops.triton_ops import silu_and_mul
 
                 x = silu_and_mul(x)
             return add_residual(x, weight, bias, residual)

@@ -149,7 +149,7 @@ def main() -> None:
         progress=False,
     )
     start_s = time.perf_counter() - t0
-    weight_bytes = llm.engine.loaded.weight_bytes
+    weight_bytes = llm.engine.worker.weight_bytes
     g = torch.Generator().manual_seed(0)
 
     def prompts(n, length):
@@ -184,8 +184,8 @@ def main() -> None:
 
     ttft512_s = ttft512()
     # For comparison: the eager prefill with torch's glue ops instead of the fused Triton ones.
-    model = llm.engine.loaded.model
-    if llm.engine.runner.graphs is not None and llm.engine.config.device.fused_kernels:
+    model = llm.engine.worker.model
+    if llm.engine.worker.runner.graphs is not None and llm.engine.config.device.fused_kernels:
         model.use_fused_kernels(False)  # captured graphs keep their fused kernels
         ttft512_torch_glue = ttft512()
         model.use_fused_kernels(True)
@@ -204,10 +204,10 @@ def main() -> None:
         }
         llm.engine.async_scheduling = True
     roofline_tok_s = roofline_bw / weight_bytes
-    graphs = llm.engine.runner.graphs is not None
+    graphs = llm.engine.worker.runner.graphs is not None
     llm_async = llm.engine.async_scheduling
-    kv_bytes = llm.engine.loaded.kv_cache_bytes
-    reserve = llm.engine.loaded.activation_reserve
+    kv_bytes = llm.engine.worker.kv_cache_bytes
+    reserve = llm.engine.worker.activation_reserve
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     llm = None  # free the engine before transformers loads its copy
     torch.cuda.empty_cache()

@@ -76,8 +76,8 @@ def measure_bandwidth(platform: Platform, mib: int | None = None, repeats: int =
 
 
 def cpu_info() -> dict[str, Any]:
-    from minerva.models import cpu_linear  # noqa: PLC0415 - builds C kernels on first use
-    from minerva.native import compiler  # noqa: PLC0415
+    from minerva.ops import cpu_linear  # noqa: PLC0415 - builds C kernels on first use
+    from minerva.ops.native import compiler  # noqa: PLC0415
 
     lines = (line.split(":", 1) for line in cpu_signature().splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in lines}
@@ -133,10 +133,10 @@ def cuda_info(index: int) -> dict[str, Any]:
 def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -> dict[str, Any]:
     """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
     memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
-    from minerva.engine import model_loading  # noqa: PLC0415
     from minerva.loader.hf_config import load_model_config  # noqa: PLC0415
     from minerva.models.registry import count_weight_bytes  # noqa: PLC0415
     from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
+    from minerva.runner import model_loading  # noqa: PLC0415
     from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
 
     path = model_loading.resolve_model_path(config)

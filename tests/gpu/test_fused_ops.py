@@ -23,7 +23,7 @@ def dtype(request):
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_add_rms_norm(dtype, rows, hidden, with_residual):
     from minerva.models.layers import RMSNorm
-    from minerva.models.triton_ops import add_rms_norm
+    from minerva.ops.triton_ops import add_rms_norm
 
     torch.manual_seed(0)
     norm = RMSNorm(hidden, 1e-5, dtype).cuda()
@@ -41,7 +41,7 @@ def test_add_rms_norm(dtype, rows, hidden, with_residual):
 
 @pytest.mark.parametrize("rows, inter", [(1, 128), (9, 1536), (64, 14336), (3, 1000)])
 def test_silu_and_mul(dtype, rows, inter):
-    from minerva.models.triton_ops import silu_and_mul
+    from minerva.ops.triton_ops import silu_and_mul
 
     x = torch.randn(rows, 2 * inter, dtype=dtype, device="cuda") * 4
     gate, up = x.split(inter, dim=-1)
@@ -53,8 +53,9 @@ def test_silu_and_mul(dtype, rows, inter):
 
 @pytest.mark.parametrize("tokens, heads, head_dim", [(1, 40, 128), (17, 12, 64), (300, 3, 32)])
 def test_rope_matches_torch_on_strided_q_k(dtype, tokens, heads, head_dim):
-    from minerva.models import triton_ops
-    from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+    from minerva.models.rope import fold_sin, rope_cos_sin
+    from minerva.ops import triton_ops
+    from minerva.ops.torch_ops import apply_rope
 
     cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
     pos = torch.randint(0, 4096, (tokens,))
@@ -72,8 +73,8 @@ def test_rope_matches_torch_on_strided_q_k(dtype, tokens, heads, head_dim):
 def test_gemv_matches_float64_reference(dtype, n, k, with_bias):
     """The batch-1 linear layer (tails in N and K included) against float64, and the dispatch:
     one row through the GEMV, more rows through F.linear."""
-    from minerva.models.triton_gemv import gemv
-    from minerva.models.triton_ops import linear
+    from minerva.ops.triton_gemv import gemv
+    from minerva.ops.triton_ops import linear
 
     torch.manual_seed(0)
     w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
@@ -93,7 +94,7 @@ def test_gemv_residual_epilogue_and_norm_prologue_match_torch(dtype, n, k):
     """gemv_add_residual = residual + linear (and the sum of squares it leaves behind);
     gemv_rms_norm = RMSNorm then linear, with the same roundings as the layered path."""
     from minerva.models.layers import RMSNorm
-    from minerva.models.triton_gemv import gemv_add_residual, gemv_rms_norm
+    from minerva.ops.triton_gemv import gemv_add_residual, gemv_rms_norm
 
     torch.manual_seed(0)
     w1 = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
@@ -120,8 +121,9 @@ def test_rope_write_kv_equals_rope_then_write_kv(dtype, tokens, heads, kv_heads,
     arithmetic) and the torch reference; padding slots (-1) leave the cache alone."""
     from minerva.attention import torch_paged
     from minerva.attention.triton_kv_write import rope_write_kv
-    from minerva.models import triton_ops
-    from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+    from minerva.models.rope import fold_sin, rope_cos_sin
+    from minerva.ops import triton_ops
+    from minerva.ops.torch_ops import apply_rope
 
     torch.manual_seed(0)
     cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
@@ -149,8 +151,8 @@ def test_rope_write_kv_equals_rope_then_write_kv(dtype, tokens, heads, kv_heads,
 @pytest.mark.parametrize("n, inter", [(64, 128), (1000, 1000), (2048, 5632)])
 def test_gated_down_gemv_equals_silu_and_mul_then_gemv(dtype, n, inter):
     """The down projection with silu(gate) * up computed while loading its input."""
-    from minerva.models.triton_gemv import gemv_add_residual
-    from minerva.models.triton_ops import silu_and_mul
+    from minerva.ops.triton_gemv import gemv_add_residual
+    from minerva.ops.triton_ops import silu_and_mul
 
     torch.manual_seed(0)
     gate_up = torch.randn(1, 2 * inter, device="cuda", dtype=dtype) * 3

@@ -12,18 +12,14 @@ import random
 import time
 from dataclasses import dataclass
 
-from minerva.attention import pdl
 from minerva.cache import KVCacheManager
 from minerva.config import EngineConfig
-from minerva.engine.model_loading import LoadedModel, load_model
 from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
 from minerva.errors import RequestError
 from minerva.request import Request, RequestStatus, SchedulerOutput
-from minerva.runner import ModelRunner
-from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.model_runner import LaunchedStep
-from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
 
@@ -42,20 +38,21 @@ class EngineStats:
 
 
 class LLMEngine:
-    """Owns the model, KV cache, scheduler and runner. Not thread-safe: one owner steps it."""
+    """Owns the scheduler and a Worker (the model, KV cache and graphs on the device), which
+    it drives through the step contract. Not thread-safe: one owner steps it."""
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         self.config = config
-        loaded: LoadedModel = load_model(config, progress=progress)
-        self.loaded = loaded
-        self.platform = loaded.platform
-        self.tokenizer = loaded.tokenizer
-        self.model_config = loaded.hf_config
-        self.max_model_len = loaded.max_model_len
-        self.generation_defaults = loaded.generation_defaults
-        self.eos_token_ids = loaded.eos_token_ids
+        self.worker = Worker(config, progress=progress)
+        worker = self.worker
+        self.platform = worker.platform
+        self.tokenizer = worker.tokenizer
+        self.model_config = worker.model_config
+        self.max_model_len = worker.max_model_len
+        self.generation_defaults = worker.generation_defaults
+        self.eos_token_ids = worker.eos_token_ids
         self.kv_cache_manager = KVCacheManager(
-            loaded.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+            worker.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
         )
         self.scheduler = Scheduler(
             self.kv_cache_manager,
@@ -64,22 +61,6 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
         )
-        if self.platform.is_cuda and loaded.attention_backend.graph_safe:
-            # Fewer launches per layer: the eager prefill is bound by the host's launch rate.
-            loaded.model.use_fused_kernels(config.device.fused_kernels)
-            pdl.set_enabled(
-                config.device.fused_kernels and config.device.pdl and self.platform.supports_pdl
-            )
-        graphs = self._capture_graphs(loaded) if self._use_graphs(loaded) else (None, None)
-        self.runner = ModelRunner(
-            loaded.model,
-            loaded.kv_caches,
-            config.cache.block_size,
-            self.platform.device,
-            graphs=graphs[0],
-            prefill_graphs=graphs[1],
-        )
-        self.runner.warm_up(min(16, self.max_model_len - 1))
         mode = config.scheduler.async_scheduling
         self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
         self._inflight: LaunchedStep | None = None  # launched, tokens not read yet
@@ -88,29 +69,6 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_scheduler_output: SchedulerOutput | None = None
         """What the latest step() ran (for step metrics); None before the first step."""
-
-    def _use_graphs(self, loaded: LoadedModel) -> bool:
-        backend = loaded.attention_backend
-        return self.platform.is_cuda and backend.graph_safe and not self.config.device.enforce_eager
-
-    def _capture_graphs(self, loaded: LoadedModel) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
-        backend, device = loaded.attention_backend, self.platform.device
-        kv_heads = loaded.hf_config.num_key_value_heads
-        common = (loaded.model, loaded.kv_caches, self.config.cache.block_size)
-        sched = self.config.scheduler
-        graphs = CudaGraphRunner(
-            *common,
-            sched.max_num_seqs,
-            self.max_model_len,
-            device,
-            num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
-        )
-        graphs.capture()
-        prefill = PrefillGraphRunner(
-            *common, sched.max_num_batched_tokens, self.max_model_len, device, pool=graphs.pool
-        )
-        prefill.capture()
-        return graphs, prefill
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:
@@ -201,7 +159,7 @@ class LLMEngine:
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
         try:
-            return self.runner.score(req)
+            return self.worker.score(req)
         finally:
             self.kv_cache_manager.free(req)
 
@@ -227,7 +185,7 @@ class LLMEngine:
             self._inflight = None
         scheduled = self.scheduler.schedule()
         self.last_scheduler_output = scheduled
-        launched = None if scheduled.is_empty else self.runner.launch(scheduled)
+        launched = None if scheduled.is_empty else self.worker.launch(scheduled)
         if self._inflight is not None:
             self._finish(self._inflight)
         self._inflight = launched
@@ -240,7 +198,7 @@ class LLMEngine:
         return any(r.sampling_params.has_penalties for r in self.scheduler.running)
 
     def _finish(self, launched: LaunchedStep) -> None:
-        self._update(launched.out, self.runner.wait(launched))
+        self._update(launched.out, self.worker.wait(launched))
 
     def _update(self, scheduled, result) -> None:
         has_logprobs = any(lp is not None for lp in result.logprobs)

@@ -59,7 +59,7 @@ async def version() -> JSONResponse:
 
 # -- model listing ---------------------------------------------------------------------------
 def _details(engine: AsyncEngine) -> dict:
-    loaded = engine.engine.loaded
+    loaded = engine.engine.worker
     num_params = loaded.weight_bytes // max(loaded.dtype.itemsize, 1)
     family = getattr(engine.engine.model_config, "model_type", "llama")
     return {
@@ -88,7 +88,7 @@ def _model_entry(state: ServerState, engine: AsyncEngine) -> dict:
         "name": state.model_name,
         "model": state.model_name,
         "modified_at": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(),
-        "size": engine.engine.loaded.weight_bytes,
+        "size": engine.engine.worker.weight_bytes,
         "digest": hashlib.sha256(digest_src).hexdigest(),  # of config.json: stable per model
         "details": _details(engine),
     }
@@ -140,8 +140,8 @@ async def show(request: Request) -> JSONResponse:
             "details": details,
             "model_info": {
                 "general.architecture": family,
-                "general.parameter_count": engine.engine.loaded.weight_bytes
-                // max(engine.engine.loaded.dtype.itemsize, 1),
+                "general.parameter_count": engine.engine.worker.weight_bytes
+                // max(engine.engine.worker.dtype.itemsize, 1),
                 f"{family}.context_length": engine.max_model_len,
                 f"{family}.embedding_length": getattr(hf, "hidden_size", None),
                 f"{family}.block_count": getattr(hf, "num_hidden_layers", None),

@@ -29,7 +29,7 @@ class MinervaBackend(OfflineBackend):
             **kwargs,
         )
         self.engine = self.llm.engine
-        self.weight_bytes = self.engine.loaded.weight_bytes
+        self.weight_bytes = self.engine.worker.weight_bytes
         self.max_model_len = self.engine.max_model_len
         self.device_type = self.engine.platform.kind
 

@@ -1,0 +1,22 @@
+"""Quantization method name -> LinearMethod class. A new format is one file plus one line."""
+
+from __future__ import annotations
+
+from minerva.errors import ConfigError
+from minerva.ops.kernels import KernelSet
+from minerva.quant.base import LinearMethod, QuantConfig, UniformQuantConfig
+from minerva.quant.dense import DenseLinearMethod
+
+LINEAR_METHODS: dict[str, type[LinearMethod]] = {
+    "dense": DenseLinearMethod,
+}
+
+
+def build_quant_config(name: str | None, kernels: KernelSet) -> QuantConfig:
+    """The QuantConfig of a checkpoint whose weights are all `name` (None: dense)."""
+    name = name or "dense"
+    if name not in LINEAR_METHODS:
+        raise ConfigError(
+            f"quantization {name!r} is not supported; supported: {', '.join(LINEAR_METHODS)}"
+        )
+    return UniformQuantConfig(LINEAR_METHODS[name](kernels))

@@ -1,0 +1,139 @@
+"""What the worker reads before it builds anything: the model folder, its config, tokenizer and
+generation defaults; whether the model fits the memory budget; dummy weights for benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from minerva.config import EngineConfig
+from minerva.errors import ConfigError, ModelLoadError
+from minerva.models.options import ModelOptions
+from minerva.models.registry import count_weight_bytes
+from minerva.runner.kv_cache import memory_budget
+from minerva.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(config: EngineConfig) -> Path:
+    path = config.model.model
+    if path is None:
+        from minerva.demo import demo_model_path  # noqa: PLC0415 - optional bundled model
+
+        path = demo_model_path()
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise ModelLoadError(
+            f"model path {str(p)!r} does not exist: pass --model with a local Hugging Face "
+            "folder (config.json, *.safetensors, tokenizer.json)"
+        )
+    return p
+
+
+def load_tokenizer(config: EngineConfig, model_path: Path) -> Tokenizer | None:
+    folder = Path(config.model.tokenizer) if config.model.tokenizer else model_path
+    if not (folder / "tokenizer.json").exists() and config.model.tokenizer is None:
+        logger.warning("%s has no tokenizer.json: only token-id prompts will work", folder)
+        return None
+    return Tokenizer.from_folder(folder)
+
+
+def generation_defaults(gen) -> dict:
+    values = {
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "top_k": gen.top_k,
+        "repetition_penalty": gen.repetition_penalty,
+    }
+    if gen.do_sample is False:
+        values["temperature"] = 0.0
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def eos_token_ids(hf, gen, tokenizer: Tokenizer | None) -> list[int]:
+    """generation_config.json's eos ids, else config.json's, plus the tokenizer's eos token."""
+    eos = list(gen.eos_token_id or []) or list(hf.eos_token_id or [])
+    if (
+        tokenizer is not None
+        and tokenizer.eos_token_id is not None
+        and tokenizer.eos_token_id not in eos
+    ):
+        eos.append(tokenizer.eos_token_id)
+    return eos
+
+
+def check_lengths(config: EngineConfig, hf) -> int:
+    """max_model_len (the config's, else the model's), checked against the scheduler's limits."""
+    max_model_len = config.model.max_model_len or hf.max_position_embeddings
+    if max_model_len < 2:
+        raise ConfigError(f"max_model_len={max_model_len} is too small")
+    sched = config.scheduler
+    if not sched.enable_chunked_prefill and sched.max_num_batched_tokens < max_model_len:
+        raise ConfigError(
+            f"max_num_batched_tokens={sched.max_num_batched_tokens} is below max_model_len="
+            f"{max_model_len} with chunked prefill off (a whole prompt must fit one step): "
+            "raise max_num_batched_tokens, lower max_model_len or enable chunked prefill"
+        )
+    return max_model_len
+
+
+def check_model_fits(
+    hf,
+    dtype,
+    spec,
+    platform,
+    config: EngineConfig,
+    max_model_len: int,
+    options: ModelOptions | None = None,
+) -> None:
+    """Refuse, before any allocation, a model whose weights (as its linear methods count them)
+    plus one full-length sequence's KV cache plus estimated activations exceed the memory
+    budget; the message has the numbers."""
+    cache = config.cache
+    if cache.num_kv_blocks is not None:
+        kv = cache.num_kv_blocks * spec.bytes_per_block
+    elif cache.kv_cache_memory is not None:
+        kv = cache.kv_cache_memory
+    else:
+        kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
+    weights = count_weight_bytes(hf, dtype, options)
+    activations = estimate_activation_bytes(hf, config, dtype)
+    budget, total, used = memory_budget(platform, cache.memory_fraction)
+    if weights + kv + activations > budget:
+        gib = 2**30
+        raise ConfigError(
+            f"the model does not fit: {weights / gib:.2f} GiB of {str(dtype).removeprefix('torch.')} "
+            f"weights + {kv / gib:.2f} GiB of KV cache (at least one sequence of "
+            f"max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of activations, but "
+            f"memory_fraction={cache.memory_fraction} of {total / gib:.2f} GiB leaves "
+            f"{budget / gib:.2f} GiB ({used / gib:.2f} GiB already in use): use a GPU "
+            "with more memory, a smaller model or dtype, lower max_model_len / "
+            "max_num_batched_tokens, or raise memory_fraction"
+        )
+
+
+@torch.no_grad()
+def init_dummy_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Random weights in place (norm weights 1): speed does not depend on the values."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=gen)
+    model.process_weights_after_loading()
+
+
+def estimate_activation_bytes(hf, config: EngineConfig, dtype: torch.dtype) -> int:
+    """One step's activation peak, estimated from the shapes (the CUDA path measures it)."""
+    # Rough peak of one step's activations: a few hidden-sized and FFN-sized buffers per
+    # token plus float32 logits for every sequence.
+    tokens = config.scheduler.max_num_batched_tokens
+    elem = torch.tensor([], dtype=dtype).element_size()
+    per_token = (6 * hf.hidden_size + 3 * hf.intermediate_size) * elem
+    logits = config.scheduler.max_num_seqs * hf.vocab_size * 4 * 3
+    return tokens * per_token + logits + (256 << 20)
