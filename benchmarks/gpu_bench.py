@@ -129,6 +129,12 @@ def main() -> None:
         help="also measure batch-1 decode and throughput with async scheduling off",
     )
     ap.add_argument(
+        "--torch-glue",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also time the 512-token prefill on a second engine with fused_kernels=false",
+    )
+    ap.add_argument(
         "--transformers",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -183,14 +189,6 @@ def main() -> None:
         return min(timed_generate(llm, prompts(1, 512), greedy(1)) for _ in range(3))
 
     ttft512_s = ttft512()
-    # For comparison: the eager prefill with torch's glue ops instead of the fused Triton ones.
-    model = llm.engine.worker.model
-    if llm.engine.worker.runner.graphs is not None and llm.engine.config.device.fused_kernels:
-        model.use_fused_kernels(False)  # captured graphs keep their fused kernels
-        ttft512_torch_glue = ttft512()
-        model.use_fused_kernels(True)
-    else:
-        ttft512_torch_glue = None
     throughput, decode_only, steps = throughputs()
     final_total, final_decode, _ = throughputs(stream=False)
     sync = None
@@ -211,6 +209,20 @@ def main() -> None:
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     llm = None  # free the engine before transformers loads its copy
     torch.cuda.empty_cache()
+    ttft512_torch_glue = None
+    if args.torch_glue:  # the kernel set is chosen at construction: a second engine
+        llm = LLM(
+            model=str(folder),
+            load_format="dummy",
+            dtype="bfloat16",
+            max_model_len=4096,
+            max_num_batched_tokens=4096,
+            fused_kernels=False,
+            progress=False,
+        )
+        ttft512_torch_glue = ttft512()
+        llm = None
+        torch.cuda.empty_cache()
     hf = hf_static = None
     if args.transformers:
         hf = transformers_decode(folder, p128[0], static=False)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from minerva import LLM, SamplingParams
-from minerva.attention import pdl
 from tests.tiny_models import VOCAB, build_tiny_model, hf_greedy
 
 pytestmark = [
@@ -99,7 +98,10 @@ def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
         llm = LLM(model=str(path), device="cuda", dtype=dtype, max_num_seqs=8, progress=False, **kw)
         assert (llm.engine.worker.runner.graphs is not None) == name.startswith("graphs")
         if name.startswith("graphs"):  # PDL (Hopper) in the graphs unless switched off
-            assert pdl.enabled() == (name == "graphs" and llm.engine.platform.supports_pdl)
+            worker = llm.engine.worker
+            pdl = name == "graphs" and llm.engine.platform.supports_pdl
+            assert worker.kernels.pdl == worker.attention.pdl == pdl
+            assert worker.kernels.name == "triton" and worker.model.one_token
         runs[name] = _run_capturing(llm, prompts, params)
     tokens, logits = runs["graphs"]
     for other in ("graphs-plain-launch", "eager", "torch"):

@@ -176,11 +176,15 @@ def test_one_token_path_equals_layered_path(pdl_on):
     """The batch-1 forward with the glue folded into the GEMVs against the layered forward of
     the same model and the torch glue (fp32: the same math, summed in another order), with
     kernels launched plainly and, on Hopper, with programmatic dependent launch."""
+    import dataclasses
+
     import transformers
 
-    from minerva.attention import AttentionMetadata, TritonAttention, pdl
+    from minerva.attention import AttentionMetadata, TritonAttention
     from minerva.loader.hf_config import _parse_config
     from minerva.models import build_model
+    from minerva.models.options import ModelOptions
+    from minerva.ops.kernels import torch_kernels, triton_kernels
 
     cfg = transformers.LlamaConfig(
         vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
@@ -189,11 +193,25 @@ def test_one_token_path_equals_layered_path(pdl_on):
     from pathlib import Path
 
     hf = _parse_config({**cfg.to_dict(), "architectures": ["LlamaForCausalLM"]}, Path("x"))
+    fused_kernels = triton_kernels(pdl=pdl_on)
+    # same kernels, layered: add + RMSNorm as their own kernels (no one-token GEMV hooks)
+    layered_kernels = dataclasses.replace(fused_kernels, gemv_rms_norm=None, gemv_add_residual=None)
+    options = {
+        "fused": ModelOptions(fused_kernels, TritonAttention(pdl=pdl_on)),
+        "layered": ModelOptions(layered_kernels, TritonAttention(pdl=pdl_on)),
+        "torch": ModelOptions(torch_kernels(), TritonAttention()),
+    }
     torch.manual_seed(0)
-    model = build_model(hf, torch.float32, torch.device("cuda"), max_positions=128)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    model.set_attention_backend(TritonAttention())
+    models, state = {}, None
+    for name, opts in options.items():
+        model = build_model(hf, torch.float32, torch.device("cuda"), 128, options=opts)
+        if state is None:
+            for p in model.parameters():
+                p.data.normal_(0, 0.05)
+            state = model.state_dict()
+        model.load_state_dict(state)
+        models[name] = model
+    assert models["fused"].one_token and not models["layered"].one_token
     kv = [torch.randn(2, 4, 16, 2, 64, device="cuda") for _ in range(3)]
     meta = AttentionMetadata(
         slot_mapping=torch.tensor([53], device="cuda"),  # block 3 (table slot 2), offset 5
@@ -206,17 +224,10 @@ def test_one_token_path_equals_layered_path(pdl_on):
         query_start_loc_cpu=[0, 1],
     )
     ids, pos, idx = (torch.tensor([v], device="cuda") for v in (7, 37, 0))
-    caches = {name: [c.clone() for c in kv] for name in ("fused", "layered", "torch")}
-    pdl.set_enabled(pdl_on)
-    try:
-        model.use_fused_kernels(True)
-        fused = model(ids, pos, caches["fused"], meta, idx)
-        model.one_token = None  # same kernels, layered: add + RMSNorm as their own kernels
-        layered = model(ids, pos, caches["layered"], meta, idx)
-    finally:
-        pdl.set_enabled(False)
-    model.use_fused_kernels(False)
-    torch_glue = model(ids, pos, caches["torch"], meta, idx)
+    caches = {name: [c.clone() for c in kv] for name in options}
+    fused, layered, torch_glue = (
+        models[name](ids, pos, caches[name], meta, idx) for name in options
+    )
     torch.testing.assert_close(fused, layered, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused, torch_glue, atol=1e-4, rtol=1e-4)
     for name in ("layered", "torch"):  # this token's K/V went to slot 53 in every layer

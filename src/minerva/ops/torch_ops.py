@@ -39,3 +39,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi], so one roll replaces the
     slice-negate-concat of the textbook form."""
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
+
+
+def gemv_add_residual(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    gated: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of triton_gemv.gemv_add_residual: (residual + linear(x), partials [1] float32 whose
+    sum is the new residual stream's sum of squares); gated: x is [gate | up]."""
+    if gated:
+        x = silu_and_mul(x)
+    h = F.linear(x, weight, bias) + residual
+    return h, h.float().square().sum().reshape(1)
+
+
+def gemv_rms_norm(
+    h: torch.Tensor,
+    partials: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Twin of triton_gemv.gemv_rms_norm: RMSNorm(h) from the producer's partials, then linear."""
+    rstd = torch.rsqrt(partials.sum() / h.shape[-1] + eps)
+    normed = (h.float() * rstd).to(h.dtype)
+    return F.linear((norm_weight * normed).to(h.dtype), weight, bias)
