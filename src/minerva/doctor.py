@@ -133,14 +133,13 @@ def cuda_info(index: int) -> dict[str, Any]:
 def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -> dict[str, Any]:
     """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
     memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
-    from minerva.loader.hf_config import load_model_config  # noqa: PLC0415
     from minerva.models.registry import count_weight_bytes  # noqa: PLC0415
     from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
     from minerva.runner import model_loading  # noqa: PLC0415
     from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
 
-    path = model_loading.resolve_model_path(config)
-    hf = load_model_config(path)
+    source = model_loading.open_model_source(config)
+    hf = source.config
     dtype = resolve_dtype(platform, config.model.dtype, getattr(hf, "torch_dtype", None))
     spec = KVCacheSpec(
         num_layers=hf.num_hidden_layers,
@@ -159,7 +158,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
     budget = memory_budget(platform, cache.memory_fraction)[0]
     max_model_len = config.model.max_model_len or hf.max_position_embeddings
     return {
-        "path": str(path),
+        "path": str(source.path),
         "architecture": hf.architectures[0],
         "dtype": str(dtype).removeprefix("torch."),
         "weight_gib": weights / GIB,

@@ -13,7 +13,8 @@ LINEAR_METHODS: dict[str, type[LinearMethod]] = {
 
 
 def build_quant_config(name: str | None, kernels: KernelSet) -> QuantConfig:
-    """The QuantConfig of a checkpoint whose weights are all `name` (None: dense)."""
+    """The QuantConfig of a checkpoint whose weights are all `name` (None: dense; the
+    ModelSource's `quantization`). A per-tensor format (GGUF) returns its own QuantConfig."""
     name = name or "dense"
     if name not in LINEAR_METHODS:
         raise ConfigError(

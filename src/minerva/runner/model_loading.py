@@ -1,5 +1,5 @@
-"""What the worker reads before it builds anything: the model folder, its config, tokenizer and
-generation defaults; whether the model fits the memory budget; dummy weights for benchmarks."""
+"""What the worker checks before it builds anything: which model to open, whether its lengths
+and its weights fit the limits and the memory budget; dummy weights for benchmarks."""
 
 from __future__ import annotations
 
@@ -10,60 +10,29 @@ from pathlib import Path
 import torch
 
 from minerva.config import EngineConfig
-from minerva.errors import ConfigError, ModelLoadError
+from minerva.errors import ConfigError
+from minerva.loader import ModelSource, open_model
 from minerva.models.options import ModelOptions
 from minerva.models.registry import count_weight_bytes
 from minerva.runner.kv_cache import memory_budget
-from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(config: EngineConfig) -> Path:
+    """The configured model path, or the bundled demo model when none is set."""
     path = config.model.model
     if path is None:
         from minerva.demo import demo_model_path  # noqa: PLC0415 - optional bundled model
 
         path = demo_model_path()
-    p = Path(os.path.expanduser(str(path)))
-    if not p.exists():
-        raise ModelLoadError(
-            f"model path {str(p)!r} does not exist: pass --model with a local Hugging Face "
-            "folder (config.json, *.safetensors, tokenizer.json)"
-        )
-    return p
+    return Path(os.path.expanduser(str(path)))
 
 
-def load_tokenizer(config: EngineConfig, model_path: Path) -> Tokenizer | None:
-    folder = Path(config.model.tokenizer) if config.model.tokenizer else model_path
-    if not (folder / "tokenizer.json").exists() and config.model.tokenizer is None:
-        logger.warning("%s has no tokenizer.json: only token-id prompts will work", folder)
-        return None
-    return Tokenizer.from_folder(folder)
-
-
-def generation_defaults(gen) -> dict:
-    values = {
-        "temperature": gen.temperature,
-        "top_p": gen.top_p,
-        "top_k": gen.top_k,
-        "repetition_penalty": gen.repetition_penalty,
-    }
-    if gen.do_sample is False:
-        values["temperature"] = 0.0
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def eos_token_ids(hf, gen, tokenizer: Tokenizer | None) -> list[int]:
-    """generation_config.json's eos ids, else config.json's, plus the tokenizer's eos token."""
-    eos = list(gen.eos_token_id or []) or list(hf.eos_token_id or [])
-    if (
-        tokenizer is not None
-        and tokenizer.eos_token_id is not None
-        and tokenizer.eos_token_id not in eos
-    ):
-        eos.append(tokenizer.eos_token_id)
-    return eos
+def open_model_source(config: EngineConfig) -> ModelSource:
+    """The configured model (HF folder or GGUF file) as a ModelSource: config, tokenizer,
+    generation defaults, eos ids and the weight iterator."""
+    return open_model(resolve_model_path(config), config.model.tokenizer)
 
 
 def check_lengths(config: EngineConfig, hf) -> int:

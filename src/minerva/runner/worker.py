@@ -18,7 +18,7 @@ import torch
 from minerva.attention import AttentionBackend, select_attention_backend
 from minerva.config import EngineConfig
 from minerva.errors import ConfigError
-from minerva.loader import iter_checkpoint_tensors, load_generation_config, load_model_config
+from minerva.loader import ModelSource
 from minerva.models import build_model
 from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
@@ -55,12 +55,12 @@ class Worker:
         self.platform: Platform = resolve_platform(config.device.device)
         if self.platform.kind == "cpu":
             set_num_threads(config.device.num_threads)
-        self._read_model_folder()
+        self._open_model()
         self.attention, self.kernels = self._choose_kernels()
         self.options = ModelOptions(
             kernels=self.kernels,
             attention=self.attention,
-            quant=build_quant_config(None, self.kernels),
+            quant=build_quant_config(self.source.quantization, self.kernels),
         )
         spec = self._kv_cache_spec()
         if self.platform.is_cuda:
@@ -112,16 +112,16 @@ class Worker:
         )
 
     # -- construction, in order ----------------------------------------------------------
-    def _read_model_folder(self) -> None:
-        """The model's config, tokenizer, generation defaults and eos ids; dtype and length."""
+    def _open_model(self) -> None:
+        """The model's source (config, tokenizer, generation defaults, eos ids, weights);
+        the dtype and max_model_len it runs with."""
         config = self.config
-        self.model_path = model_loading.resolve_model_path(config)
-        hf = load_model_config(self.model_path)
-        gen = load_generation_config(self.model_path)
+        self.source: ModelSource = model_loading.open_model_source(config)
+        hf = self.source.config
         self.model_config = hf
-        self.tokenizer: Tokenizer | None = model_loading.load_tokenizer(config, self.model_path)
-        self.generation_defaults = model_loading.generation_defaults(gen)
-        self.eos_token_ids = model_loading.eos_token_ids(hf, gen, self.tokenizer)
+        self.tokenizer: Tokenizer | None = self.source.tokenizer
+        self.generation_defaults = self.source.generation_defaults
+        self.eos_token_ids = self.source.eos_token_ids
         checkpoint_dtype = getattr(hf, "torch_dtype", None)
         self.dtype = resolve_dtype(self.platform, config.model.dtype, checkpoint_dtype)
         self.max_model_len = model_loading.check_lengths(config, hf)
@@ -162,9 +162,7 @@ class Worker:
             model_loading.init_dummy_weights(model, seed=model_cfg.seed)
         else:
             model.load_weights(
-                iter_checkpoint_tensors(
-                    self.model_path, device=device, dtype=self.dtype, progress=progress
-                )
+                self.source.iter_weights(device=device, dtype=self.dtype, progress=progress)
             )
         return model
 
