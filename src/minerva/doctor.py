@@ -133,7 +133,6 @@ def cuda_info(index: int) -> dict[str, Any]:
 def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -> dict[str, Any]:
     """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
     memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
-    from minerva.models.registry import count_weight_bytes  # noqa: PLC0415
     from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
     from minerva.runner import model_loading  # noqa: PLC0415
     from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
@@ -148,7 +147,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
         block_size=config.cache.block_size,
         dtype=parse_dtype(config.cache.kv_cache_dtype) or dtype,
     )
-    weights = count_weight_bytes(hf, dtype)
+    weights = model_loading.weight_bytes_of(source, dtype)
     kv_per_token = spec.bytes_per_block // spec.block_size
     activations = model_loading.estimate_activation_bytes(hf, config, dtype)
     cache = config.cache

@@ -14,6 +14,8 @@ from minerva.errors import ConfigError
 from minerva.loader import ModelSource, open_model
 from minerva.models.options import ModelOptions
 from minerva.models.registry import count_weight_bytes
+from minerva.ops.kernels import torch_kernels
+from minerva.quant.registry import build_quant_config
 from minerva.runner.kv_cache import memory_budget
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,12 @@ def open_model_source(config: EngineConfig) -> ModelSource:
     """The configured model (HF folder or GGUF file) as a ModelSource: config, tokenizer,
     generation defaults, eos ids and the weight iterator."""
     return open_model(resolve_model_path(config), config.model.tokenizer)
+
+
+def weight_bytes_of(source: ModelSource, dtype: torch.dtype) -> int:
+    """Bytes the source's weights will take, as its linear methods count them (no memory)."""
+    quant = build_quant_config(source.quantization, torch_kernels())
+    return count_weight_bytes(source.config, dtype, ModelOptions(quant=quant))
 
 
 def check_lengths(config: EngineConfig, hf) -> int:
