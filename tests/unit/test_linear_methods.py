@@ -129,7 +129,12 @@ class F32Blocks(LinearMethod):
         dest = param.data
         if shard_id is not None:
             dest = dest.narrow(0, *layer.shard_rows(shard_id))
-        data = tensor.data if isinstance(tensor, QuantizedTensor) else tensor
+        if isinstance(tensor, QuantizedTensor):
+            data = tensor.data
+        elif param.dtype == torch.uint8:  # a float weight (the embedding's, for a tied head)
+            data = tensor.contiguous().view(torch.uint8)
+        else:  # the bias
+            data = tensor
         if dest.shape != data.shape:
             raise shape_mismatch(data.shape, dest.shape)
         dest.copy_(data)
@@ -230,3 +235,19 @@ def test_load_weights_names_the_misshapen_checkpoint_tensor():
     missing = [(n, t) for n, t in _checkpoint(model, hf) if "layers.2.mlp.up_proj" not in n]
     with pytest.raises(ModelLoadError, match="missing 1 tensors: model.layers.2.mlp.gate_up"):
         model.load_weights(missing)
+
+
+def test_tied_head_with_its_own_layout_is_loaded_from_the_embedding():
+    """Tied embeddings and a head method that keeps its own layout: the head is not the
+    embedding's tensor, the loader fills it from the embedding's checkpoint tensor."""
+    hf = _hf(tie_word_embeddings=True)
+    dense = _models(hf, dense=ModelOptions())["dense"]
+    assert dense.shares_embedding and "lm_head.weight" not in dict(dense.named_parameters())
+    blocks = build_model(
+        hf, torch.float32, torch.device("cpu"), 64, options=ModelOptions(quant=Uniform())
+    )
+    assert not blocks.shares_embedding and blocks.lm_head.weight.dtype == torch.uint8
+    # a tied checkpoint has no lm_head.weight (state_dict lists the shared tensor twice)
+    ckpt = [(n, _as_blocks(n, t)) for n, t in _checkpoint(dense, hf) if n != "lm_head.weight"]
+    blocks.load_weights(ckpt)
+    _assert_same(_decode_one(blocks, hf), _decode_one(dense, hf))

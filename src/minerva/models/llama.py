@@ -196,9 +196,15 @@ class LlamaForCausalLM(nn.Module):
         self.one_token = options.kernels.one_token
 
     def tie_weights(self) -> None:
-        """With tied embeddings the lm_head's weight is the embedding table (after to_empty too)."""
-        if self.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        """With tied embeddings the lm_head's weight is the embedding table (after to_empty too)
+        where its method keeps a dense layout; a method with its own layout keeps its weight,
+        which the loader fills from the embedding's tensor."""
+        head, embed = self.lm_head.weight, self.model.embed_tokens.weight
+        self.shares_embedding = (
+            self.tie_word_embeddings and head.shape == embed.shape and head.dtype == embed.dtype
+        )
+        if self.shares_embedding:
+            self.lm_head.weight = embed
 
     def weight_bytes(self) -> int:
         """Bytes of the weights as stored (linear layers as their methods count them)."""
@@ -269,27 +275,25 @@ class LlamaForCausalLM(nn.Module):
         layers = _linear_layers_by_param(self, params)
         pending = {n: set(m.shard_ids) for n, m in layers.items() if len(m.shard_ids) > 1}
         loaded: set[str] = set()
+        head_of_its_own = self.tie_word_embeddings and not self.shares_embedding
         for name, tensor in weights:
-            if "rotary_emb" in name or (name == "lm_head.weight" and self.tie_word_embeddings):
+            if "rotary_emb" in name or (name == "lm_head.weight" and self.shares_embedding):
                 continue
             target, shard = self._target(name)
-            param = params.get(target)
-            if param is None:
+            if target not in params:
                 raise ModelLoadError(
                     f"checkpoint tensor {name!r} does not belong to this model architecture"
                 )
-            try:
-                if target in layers:
-                    layers[target].weight_loader(param, tensor, shard)
-                else:
-                    _copy_into(param, tensor)
-            except ModelLoadError as e:
-                raise ModelLoadError(f"checkpoint tensor {name!r} {e}") from None
-            if shard is not None and target in pending:
-                pending[target].discard(shard)
-                if pending[target]:
-                    continue
-            loaded.add(target)
+            targets = [target]
+            if head_of_its_own and target == "model.embed_tokens.weight":
+                targets.append("lm_head.weight")  # tied, in the lm_head method's own layout
+            for target in targets:
+                _load_one(name, tensor, params[target], layers.get(target), shard)
+                if shard is not None and target in pending:
+                    pending[target].discard(shard)
+                    if pending[target]:
+                        continue
+                loaded.add(target)
         missing = sorted(set(params) - loaded)
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -320,6 +324,17 @@ def _linear_layers_by_param(model: nn.Module, params: dict) -> dict[str, Linear]
                 if name in params:  # a tied lm_head's weight is listed as the embedding's
                     owners[name] = module
     return owners
+
+
+def _load_one(name: str, tensor, param: nn.Parameter, layer: Linear | None, shard) -> None:
+    """One checkpoint tensor into `param`: through its linear layer's weight_loader, or copied."""
+    try:
+        if layer is not None:
+            layer.weight_loader(param, tensor, shard)
+        else:
+            _copy_into(param, tensor)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"checkpoint tensor {name!r} {e}") from None
 
 
 def _copy_into(param: nn.Parameter, tensor: torch.Tensor) -> None:
