@@ -16,7 +16,9 @@ launched with programmatic dependent launch (ops/pdl.py).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -66,20 +68,12 @@ class TritonAttention:
         slot -1 (padding) is skipped."""
         _kernels()[2].write_kv(kv_cache, k, v, slot_mapping, pdl=self.pdl)
 
-    def rope_write_kv(
-        self,
-        qkv: torch.Tensor,
-        cos: torch.Tensor,
-        sin_signed: torch.Tensor,
-        kv_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-        num_heads: int,
-        num_kv_heads: int,
-    ) -> torch.Tensor:
-        """RoPE on q and k and the KV write in one kernel (triton_kv_write.rope_write_kv)."""
-        return _kernels()[2].rope_write_kv(
-            qkv, cos, sin_signed, kv_cache, slot_mapping, num_heads, num_kv_heads, pdl=self.pdl
-        )
+    @property
+    def rope_write_kv(self) -> Callable:
+        """RoPE on q and k and the KV write in one kernel (triton_kv_write.rope_write_kv), with
+        this backend's PDL setting bound in; the model keeps it from construction on."""
+        fn = _kernels()[2].rope_write_kv
+        return functools.partial(fn, pdl=True) if self.pdl else fn
 
     def splits_for(self, num_seqs: int, num_kv_heads: int, max_seq_len: int, device) -> int:
         """Split-K count for a decode batch whose contexts may reach max_seq_len (graph buckets)."""
