@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 import pytest
 
+from minerva.backends.base import Backend
+from minerva.backends.minerva import MinervaBackend
 from minerva.config import EngineConfig
 from minerva.engine.llm_engine import LLMEngine
 from minerva.errors import ModelLoadError
@@ -22,11 +25,11 @@ def model_dir(tmp_path_factory):
     return build_server_model(tmp_path_factory.mktemp("tiny"))
 
 
-def _engine(model_dir) -> LLMEngine:
+def _backend(model_dir) -> Backend:
     config = EngineConfig.from_kwargs(
         model=str(model_dir), device="cpu", dtype="float32", num_kv_blocks=256, num_threads=1
     )
-    return LLMEngine(config, progress=False)
+    return MinervaBackend(LLMEngine(config, progress=False))
 
 
 async def _with_app(app, fn):
@@ -39,21 +42,20 @@ async def _with_app(app, fn):
 def test_health_is_503_while_loading_then_200(model_dir):
     release = threading.Event()
 
-    def slow_load() -> LLMEngine:
-        release.wait(10)
-        return _engine(model_dir)
+    def slow_load() -> Backend:
+        assert release.wait(60)  # the test releases it after its checks
+        return _backend(model_dir)
 
-    app = build_app(ServerConfig(served_model_name=MODEL_NAME), load_engine=slow_load)
+    app = build_app(ServerConfig(served_model_name=MODEL_NAME), load_backend=slow_load)
 
     async def check(client):
         loading = await client.get("/health")
         models = await client.get("/v1/models")
         tags = await client.get("/api/tags")
         release.set()
-        for _ in range(200):
-            ready = await client.get("/health")
-            if ready.status_code == 200:
-                break
+        deadline = time.monotonic() + 60  # a hang guard, not a speed check
+        while (ready := await client.get("/health")).status_code != 200:
+            assert time.monotonic() < deadline, ready.json()
             await asyncio.sleep(0.02)
         after = await client.get("/v1/models")
         return loading, models, tags, ready, after
@@ -69,15 +71,14 @@ def test_health_is_503_while_loading_then_200(model_dir):
 def test_a_failed_load_is_reported():
     errors = []
 
-    def broken() -> LLMEngine:
+    def broken() -> Backend:
         raise ModelLoadError("model path '/nope' does not exist")
 
-    app = build_app(ServerConfig(served_model_name="m"), load_engine=broken, on_load_error=errors.append)  # fmt: skip
+    app = build_app(ServerConfig(served_model_name="m"), load_backend=broken, on_load_error=errors.append)  # fmt: skip
 
     async def check(client):
-        for _ in range(100):
-            if errors:
-                break
+        deadline = time.monotonic() + 60  # a hang guard, not a speed check
+        while not errors and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return await client.get("/health")
 
