@@ -159,7 +159,7 @@ class LLMEngine:
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
         try:
-            return self.worker.score(req)
+            return self.worker.score(req.prompt_token_ids, req.block_ids)
         finally:
             self.kv_cache_manager.free(req)
 

@@ -31,6 +31,7 @@ from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_bl
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.sampling_params import SamplingParams
 from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,11 @@ class Worker:
     def execute(self, scheduled: SchedulerOutput) -> RunnerOutput:
         return self.runner.wait(self.runner.launch(scheduled))
 
-    def score(self, request: Request) -> list[float]:
-        """Log-probabilities of the request's tokens 1..n-1 (its blocks must be allocated)."""
+    def score(self, token_ids: list[int], block_ids: list[int]) -> list[float]:
+        """Log-probabilities of tokens 1..n-1 given their prefixes, computed in one prefill
+        on the KV blocks `block_ids` (allocated by the caller)."""
+        request = Request("score", list(token_ids), SamplingParams(max_tokens=1))
+        request.block_ids = list(block_ids)
         return self.runner.score(request)
 
     @property
