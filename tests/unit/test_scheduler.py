@@ -27,11 +27,18 @@ def run_step(s: Scheduler, token=7):
     """Schedule, then pretend the model sampled `token` for every request that caught up."""
     out = s.schedule()
     sampled = [
-        token if out.start(i) + n >= r.num_tokens else None
-        for i, (r, n) in enumerate(zip(out.requests, out.num_scheduled_tokens))
+        [token] if s.requests[rid].num_computed_tokens >= s.requests[rid].num_tokens else []
+        for rid in out.request_ids
     ]
     s.update(out, sampled)
     return out
+
+
+def starts(out) -> dict[str, int]:
+    """Where each scheduled request's tokens start, from the output's plain data."""
+    new = {r.request_id: r.num_computed_tokens for r in out.new_requests}
+    cached = out.cached_requests
+    return new | dict(zip(cached.request_ids, cached.num_computed_tokens))
 
 
 def test_budget_chunks_prefill_and_decodes_go_first():
@@ -43,7 +50,7 @@ def test_budget_chunks_prefill_and_decodes_go_first():
     assert out.num_scheduled_tokens == [10, 6]  # a whole, b chunked to the remaining budget
     out = run_step(s)
     # a now decodes (1 token, listed first); b gets the rest of the budget
-    assert [r.request_id for r in out.requests] == ["a", "b"]
+    assert out.request_ids == ["a", "b"]
     assert out.num_scheduled_tokens == [1, 15]
     assert b.num_computed_tokens == 21 and b.num_output_tokens == 0
     assert out.total_num_scheduled_tokens <= 16
@@ -54,7 +61,7 @@ def test_no_chunking_waits_for_a_whole_prompt():
     s.add_request(req("a", 10))
     s.add_request(req("b", 12, start=50))
     out = run_step(s)
-    assert [r.request_id for r in out.requests] == ["a"]  # b (12) does not fit the 6 left
+    assert out.request_ids == ["a"]  # b (12) does not fit the 6 left
 
 
 def test_max_num_seqs_and_fcfs():
@@ -62,7 +69,7 @@ def test_max_num_seqs_and_fcfs():
     for i in range(4):
         s.add_request(req(f"r{i}", 5, start=10 * i))
     out = run_step(s)
-    assert [r.request_id for r in out.requests] == ["r0", "r1"]
+    assert out.request_ids == ["r0", "r1"]
     assert s.num_waiting == 2
 
 
@@ -126,16 +133,16 @@ def test_pipelined_steps_compute_the_pending_token_and_skip_the_last_one():
     assert out1.num_scheduled_tokens == [5] and a.num_computed_tokens == 5
     assert a.num_pending_tokens == 1  # the token step 1 samples
     out2 = s.schedule()  # computes that pending token (position 5) before it is known
-    assert out2.num_computed_tokens == [5] and out2.num_scheduled_tokens == [1]
+    assert starts(out2) == {"a": 5} and out2.num_scheduled_tokens == [1]
     assert a.num_pending_tokens == 2
-    s.update(out1, [7])
+    s.update(out1, [[7]])
     assert a.output_token_ids == [7] and a.num_pending_tokens == 1
     out3 = s.schedule()
-    assert out3.num_computed_tokens == [6]
-    s.update(out2, [8])
+    assert starts(out3) == {"a": 6}
+    s.update(out2, [[8]])
     # Its pending token (step 3's) is the third and last: no step computes it.
     assert s.schedule().is_empty
-    s.update(out3, [9])
+    s.update(out3, [[9]])
     assert a.status == RequestStatus.FINISHED_LENGTH and a.output_token_ids == [7, 8, 9]
     assert s.kv.num_free_blocks == s.kv.num_blocks - 1
 
@@ -146,9 +153,9 @@ def test_pipelined_results_of_finished_requests_are_dropped():
     s.add_request(a)
     out1 = s.schedule()
     out2 = s.schedule()
-    s.update(out1, [2])  # EOS: finished while step 2 still computes for it
+    s.update(out1, [[2]])  # EOS: finished while step 2 still computes for it
     assert a.status == RequestStatus.FINISHED_STOPPED
-    s.update(out2, [5])
+    s.update(out2, [[5]])
     assert a.output_token_ids == [2] and not s.has_unfinished()
     assert s.kv.num_free_blocks == s.kv.num_blocks - 1
 
@@ -161,11 +168,11 @@ def test_preempted_request_waits_for_its_pending_token():
     s.add_request(b)
     out1 = s.schedule()  # a and b: 4 tokens (1 block) each; both sample a pending token
     out2 = s.schedule()  # both need a 2nd block for their pending token; only one is free
-    assert out2.requests == [a] and out2.preempted_request_ids == ["b"]
+    assert out2.request_ids == ["a"] and out2.preempted_request_ids == ["b"]
     assert b.num_pending_tokens == 1 and b.num_computed_tokens == 0
     # A free block is there again, but b is not resumed while its token is in flight.
-    assert b not in s.schedule().requests and s.num_waiting == 1
-    s.update(out1, [7, 8])
+    assert "b" not in s.schedule().request_ids and s.num_waiting == 1
+    s.update(out1, [[7], [8]])
     assert b.output_token_ids == [8] and b.num_pending_tokens == 0
-    s.update(out2, [9])
+    s.update(out2, [[9]])
     assert a.output_token_ids == [7, 9]

@@ -369,7 +369,7 @@ class AsyncEngine:
             sched, info = self.engine.last_scheduler_output, None
             if sched is not None and not sched.is_empty:
                 info = StepInfo(
-                    duration, sched.num_prefill_tokens, sched.num_decode_tokens, len(sched.requests)
+                    duration, sched.num_prefill_tokens, sched.num_decode_tokens, sched.num_seqs
                 )
             try:
                 self.observer.on_step(info, outputs, self._stats)

@@ -1,9 +1,14 @@
-"""SchedulerOutput -> the flat arrays of one forward step (ids, positions, attention metadata).
+"""The runner's persistent batch, and one step's flat input arrays built from it.
 
-Built on the host with numpy (`HostInputs`), then moved to the device in one copy per array
-(`to_device`), or copied into a captured CUDA graph's static buffers. A token the previous
+`InputBatch` keeps the runner's own copy of every request it holds (token ids it knows, seed,
+sampling params) and their block tables as rows of one numpy array. A SchedulerOutput only
+carries what changed (new requests once, then computed counts and new block ids), so a decode
+step gathers its block tables in one numpy op instead of converting every request's list.
+
+`InputBatch.prepare` turns a step into `HostInputs` (numpy), moved to the device in one copy per
+array (`to_device`) or copied into a captured CUDA graph's static buffers. A token the previous
 step sampled but the host has not read yet is left as a hole (`pending_indices`) that the
-runner fills on the device.
+runner fills from the device (`pending_sources`: where in that step's sampled ids it is).
 """
 
 from __future__ import annotations
@@ -15,7 +20,25 @@ import torch
 
 from minerva.attention import AttentionMetadata
 from minerva.platform import copy_to_device
-from minerva.request import Request, SchedulerOutput
+from minerva.request import NewRequestData, SchedulerOutput, TokenSequence
+from minerva.sampling_params import SamplingParams
+
+
+@dataclass(eq=False)
+class CachedRequestState(TokenSequence):
+    """The runner's copy of one request; its block table is row `row` of the InputBatch."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    """Every token this runner sampled for it (appended when a step's ids are read)."""
+    sampling_params: SamplingParams
+    seed: int
+    eos_token_ids: frozenset[int]
+    num_computed_tokens: int
+    row: int
+    sample_index: int = -1
+    """Its row in the latest launch's sampled ids (where a pending token of it is)."""
 
 
 @dataclass
@@ -28,10 +51,10 @@ class HostInputs:
     query_start_loc: np.ndarray  # [num_seqs + 1] int32
     logits_indices: np.ndarray  # [num_sampling] int64: last token of each sampling request
     num_decodes: int
-    sampling_requests: list[Request]  # the requests that sample this step, in logits order
+    sampling_states: list[CachedRequestState]  # the requests that sample, in logits order
     sampling_rows: list[int]  # their row in the SchedulerOutput
     pending_indices: list[int]  # input_ids slots whose token the previous step sampled
-    pending_requests: list[Request]  # whose pending token goes there (same order)
+    pending_sources: list[int]  # where each is in the previous step's sampled ids
 
     @property
     def num_seqs(self) -> int:
@@ -40,7 +63,7 @@ class HostInputs:
     @property
     def is_pure_decode(self) -> bool:
         """Every sequence computes one token and samples (the CUDA-graph case)."""
-        return self.num_decodes == self.num_seqs == len(self.sampling_requests)
+        return self.num_decodes == self.num_seqs == len(self.sampling_states)
 
 
 @dataclass
@@ -51,72 +74,140 @@ class StepInputs:
     logits_indices: torch.Tensor
 
 
-def build_host_inputs(out: SchedulerOutput, block_size: int) -> HostInputs:
-    num_seqs = len(out.requests)
-    total = out.total_num_scheduled_tokens
-    input_ids = np.zeros(total, dtype=np.int64)
-    positions = np.empty(total, dtype=np.int64)
-    slot_mapping = np.empty(total, dtype=np.int64)
-    max_blocks = max(len(r.block_ids) for r in out.requests)
-    block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
-    seq_lens = np.empty(num_seqs, dtype=np.int32)
-    query_start_loc = np.zeros(num_seqs + 1, dtype=np.int32)
-    logits_indices: list[int] = []
-    sampling_requests: list[Request] = []
-    sampling_rows: list[int] = []
-    pending_indices: list[int] = []
-    pending_requests: list[Request] = []
-    num_decodes = 0
-    offset = 0
-    for i, (req, n) in enumerate(zip(out.requests, out.num_scheduled_tokens)):
-        start = out.start(i)
-        end = start + n
-        known = req.num_tokens
-        block_ids = req.block_ids
-        block_tables[i, : len(block_ids)] = block_ids
-        if n == 1:  # decode (or a one-token chunk): scalar work, no temporaries
-            if start < known:
-                input_ids[offset] = req.token_at(start)
-            else:  # sampled by the previous step, still on the device
-                pending_indices.append(offset)
-                pending_requests.append(req)
-            positions[offset] = start
-            slot_mapping[offset] = block_ids[start // block_size] * block_size + start % block_size
-        else:
-            ids = req.token_slice(start, min(end, known))
-            input_ids[offset : offset + len(ids)] = ids
-            if end > known:
+class InputBatch:
+    """Every request the runner holds, updated from each SchedulerOutput's deltas."""
+
+    def __init__(self, block_size: int, max_num_reqs: int = 64, max_num_blocks: int = 64) -> None:
+        self.block_size = block_size
+        self.requests: dict[str, CachedRequestState] = {}
+        # Grown (doubled) when a request or a block table outgrows them.
+        self.block_table = np.zeros((max_num_reqs, max_num_blocks), dtype=np.int32)
+        self.num_blocks = np.zeros(max_num_reqs, dtype=np.int32)  # [rows]
+        self._free_rows = list(range(max_num_reqs - 1, -1, -1))
+
+    def update(self, out: SchedulerOutput) -> None:
+        """Drop ended and preempted requests, add new ones, apply the per-step deltas."""
+        for request_id in out.finished_request_ids:
+            self.remove(request_id)
+        for request_id in out.preempted_request_ids:
+            self.remove(request_id)
+        for new in out.new_requests:
+            self.add(new)
+        cached, requests = out.cached_requests, self.requests
+        for request_id, start, block_ids in zip(
+            cached.request_ids, cached.num_computed_tokens, cached.new_block_ids
+        ):
+            state = requests[request_id]
+            state.num_computed_tokens = start
+            if block_ids:
+                self._append_blocks(state.row, block_ids)
+
+    def add(self, new: NewRequestData) -> CachedRequestState:
+        self.remove(new.request_id)  # a stale row (preempted in a step that never ran)
+        if not self._free_rows:
+            self._grow_rows()
+        row = self._free_rows.pop()
+        state = CachedRequestState(
+            request_id=new.request_id,
+            prompt_token_ids=new.prompt_token_ids,
+            output_token_ids=list(new.output_token_ids),
+            sampling_params=new.sampling_params,
+            seed=new.seed,
+            eos_token_ids=new.eos_token_ids,
+            num_computed_tokens=new.num_computed_tokens,
+            row=row,
+        )
+        self.requests[new.request_id] = state
+        self.num_blocks[row] = 0
+        self._append_blocks(row, new.block_ids)
+        return state
+
+    def remove(self, request_id: str) -> None:
+        """Forget a request (no-op if unknown); its row is reused."""
+        state = self.requests.pop(request_id, None)
+        if state is not None:
+            self.num_blocks[state.row] = 0
+            self._free_rows.append(state.row)
+
+    def _append_blocks(self, row: int, block_ids: list[int]) -> None:
+        n = int(self.num_blocks[row])
+        end = n + len(block_ids)
+        if end > self.block_table.shape[1]:
+            width = max(end, 2 * self.block_table.shape[1])
+            grown = np.zeros((self.block_table.shape[0], width), dtype=np.int32)
+            grown[:, : self.block_table.shape[1]] = self.block_table
+            self.block_table = grown
+        self.block_table[row, n:end] = block_ids
+        self.num_blocks[row] = end
+
+    def _grow_rows(self) -> None:
+        rows, width = self.block_table.shape
+        self.block_table = np.concatenate([self.block_table, np.zeros_like(self.block_table)])
+        self.num_blocks = np.concatenate([self.num_blocks, np.zeros_like(self.num_blocks)])
+        self._free_rows.extend(range(2 * rows - 1, rows - 1, -1))
+
+    def prepare(self, out: SchedulerOutput) -> HostInputs:
+        """The flat arrays of one step, in the SchedulerOutput's order (call `update` first)."""
+        requests = self.requests
+        states = [requests[request_id] for request_id in out.request_ids]
+        counts = out.num_scheduled_tokens
+        num_seqs, total = len(states), sum(counts)
+        input_ids = np.zeros(total, dtype=np.int64)
+        rows, starts = [], []
+        logits_indices, sampling_states, sampling_rows = [], [], []
+        pending_indices, pending_sources = [], []
+        num_decodes = offset = 0
+        for i, (state, n) in enumerate(zip(states, counts)):
+            start = state.num_computed_tokens
+            end, known = start + n, state.num_tokens
+            rows.append(state.row)
+            starts.append(start)
+            if end > known:  # the last input was sampled by the previous step, still on device
                 pending_indices.append(offset + n - 1)
-                pending_requests.append(req)
-            pos = np.arange(start, end, dtype=np.int64)
-            positions[offset : offset + n] = pos
-            table = block_tables[i].astype(np.int64)
-            slot_mapping[offset : offset + n] = table[pos // block_size] * block_size + (
-                pos % block_size
-            )
-        seq_lens[i] = end
-        offset += n
-        query_start_loc[i + 1] = offset
-        if n == 1 and num_decodes == i:
-            num_decodes += 1
-        if end >= known:  # caught up: this request samples its next token
-            logits_indices.append(offset - 1)
-            sampling_requests.append(req)
-            sampling_rows.append(i)
-    return HostInputs(
-        input_ids=input_ids,
-        positions=positions,
-        slot_mapping=slot_mapping,
-        block_tables=block_tables,
-        seq_lens=seq_lens,
-        query_start_loc=query_start_loc,
-        logits_indices=np.asarray(logits_indices, dtype=np.int64),
-        num_decodes=num_decodes,
-        sampling_requests=sampling_requests,
-        sampling_rows=sampling_rows,
-        pending_indices=pending_indices,
-        pending_requests=pending_requests,
-    )
+                pending_sources.append(state.sample_index)
+                if n > 1:
+                    input_ids[offset : offset + n - 1] = state.token_slice(start, end - 1)
+            elif n == 1:  # decode: scalar work, no temporaries
+                input_ids[offset] = state.token_at(start)
+            else:
+                input_ids[offset : offset + n] = state.token_slice(start, end)
+            offset += n
+            if n == 1 and num_decodes == i:
+                num_decodes += 1
+            if end >= known:  # caught up: this request samples its next token
+                logits_indices.append(offset - 1)
+                sampling_states.append(state)
+                sampling_rows.append(i)
+        rows_np, starts_np = np.array(rows, dtype=np.intp), np.array(starts, dtype=np.int64)
+        if total == num_seqs:  # one token per sequence
+            token_seq = np.arange(num_seqs)
+            positions = starts_np
+            query_start_loc = np.arange(num_seqs + 1, dtype=np.int32)
+        else:
+            counts_np = np.array(counts, dtype=np.int64)
+            query_start_loc = np.zeros(num_seqs + 1, dtype=np.int32)
+            np.cumsum(counts_np, out=query_start_loc[1:])
+            token_seq = np.repeat(np.arange(num_seqs), counts_np)
+            positions = starts_np[token_seq] + (np.arange(total) - query_start_loc[token_seq])
+        width = int(self.num_blocks[rows_np].max())
+        block_tables = self.block_table[rows_np, :width]  # [num_seqs, width], a copy
+        bs = self.block_size
+        slot_mapping = block_tables[token_seq, positions // bs].astype(np.int64) * bs
+        slot_mapping += positions % bs
+        return HostInputs(
+            input_ids=input_ids,
+            positions=positions,
+            slot_mapping=slot_mapping,
+            block_tables=block_tables,
+            seq_lens=(starts_np + np.array(counts)).astype(np.int32),
+            query_start_loc=query_start_loc,
+            logits_indices=np.asarray(logits_indices, dtype=np.int64),
+            num_decodes=num_decodes,
+            sampling_states=sampling_states,
+            sampling_rows=sampling_rows,
+            pending_indices=pending_indices,
+            pending_sources=pending_sources,
+        )
 
 
 def to_device(host: HostInputs, device: torch.device) -> StepInputs:
