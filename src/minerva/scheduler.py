@@ -218,7 +218,7 @@ class Scheduler:
 
     def update(
         self, out: SchedulerOutput, sampled_token_ids: Sequence[Sequence[int]]
-    ) -> list[tuple[Request, list[int]]]:
+    ) -> list[tuple[Request, Sequence[int]]]:
         """Append the step's sampled tokens (no longer pending), finish requests that stop.
 
         ``sampled_token_ids[i]`` are the tokens request ``out.request_ids[i]`` sampled: none,
@@ -237,19 +237,18 @@ class Scheduler:
                 if num_rejected < 0:
                     raise ValueError(f"{req.request_id}: more tokens than drafts + 1")
                 req.num_computed_tokens -= num_rejected
-            kept = self._append(req, tokens)
-            updated.append((req, kept))
+            updated.append((req, self._append(req, tokens)))
         return updated
 
-    def _append(self, req: Request, tokens: Sequence[int]) -> list[int]:
+    def _append(self, req: Request, tokens: Sequence[int]) -> Sequence[int]:
         """Append tokens up to the first that stops the request; returns those appended."""
         for k, token in enumerate(tokens):
             req.output_token_ids.append(token)
             status = self._check_stop(req, token)
             if status is not None:
                 self.finish_requests([req.request_id], status)
-                return list(tokens[: k + 1])
-        return tokens if isinstance(tokens, list) else list(tokens)
+                return tokens[: k + 1]
+        return tokens
 
     def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
         params = req.sampling_params

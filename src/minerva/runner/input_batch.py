@@ -13,7 +13,7 @@ runner fills from the device (`pending_sources`: where in that step's sampled id
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -39,6 +39,11 @@ class CachedRequestState(TokenSequence):
     row: int
     sample_index: int = -1
     """Its row in the latest launch's sampled ids (where a pending token of it is)."""
+    plain_greedy: bool = field(init=False)
+    """Argmax of the raw logits (SamplingParams.plain_greedy), fixed for its lifetime."""
+
+    def __post_init__(self) -> None:
+        self.plain_greedy = self.sampling_params.plain_greedy
 
 
 @dataclass

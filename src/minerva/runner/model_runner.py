@@ -24,7 +24,7 @@ from minerva.request import (
     SchedulerOutput,
 )
 from minerva.runner.cuda_graphs import CudaGraphRunner
-from minerva.runner.input_batch import HostInputs, InputBatch, to_device
+from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatch, to_device
 from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
@@ -148,23 +148,12 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, step: LaunchedStep) -> None:
         states, rows = step.host.sampling_states, step.host.sampling_rows
-        counts = step.out.num_scheduled_tokens
         for j, state in enumerate(states):
             state.sample_index = j
-        meta = SamplingMetadata.build(
-            params=[s.sampling_params for s in states],
-            seeds=[s.seed for s in states],
-            # The output index of the token sampled now: the position after the step's last.
-            token_indices=[
-                s.num_computed_tokens + counts[row] - len(s.prompt_token_ids)
-                for s, row in zip(states, rows)
-            ],
-            prompt_token_ids=[s.prompt_token_ids for s in states],
-            output_token_ids=[s.output_token_ids for s in states],
-            vocab_size=logits.shape[-1],
-            device=self.device,
-            eos_token_ids=[s.eos_token_ids for s in states],
-        )
+        if all(s.plain_greedy for s in states):  # the usual greedy batch: no per-row data
+            meta = SamplingMetadata.plain_greedy_rows(len(states), logits.shape[-1], self.device)
+        else:
+            meta = self._sampling_metadata(states, rows, step.out, logits.shape[-1])
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -177,6 +166,25 @@ class ModelRunner:
         if self.device.type == "cuda":
             step.done = torch.cuda.Event()
             step.done.record()
+
+    def _sampling_metadata(
+        self, states: list[CachedRequestState], rows: list[int], out: SchedulerOutput, vocab: int
+    ) -> SamplingMetadata:
+        counts = out.num_scheduled_tokens
+        return SamplingMetadata.build(
+            params=[s.sampling_params for s in states],
+            seeds=[s.seed for s in states],
+            # The output index of the token sampled now: the position after the step's last.
+            token_indices=[
+                s.num_computed_tokens + counts[row] - len(s.prompt_token_ids)
+                for s, row in zip(states, rows)
+            ],
+            prompt_token_ids=[s.prompt_token_ids for s in states],
+            output_token_ids=[s.output_token_ids for s in states],
+            vocab_size=vocab,
+            device=self.device,
+            eos_token_ids=[s.eos_token_ids for s in states],
+        )
 
     def wait(self, step: LaunchedStep) -> RunnerOutput:
         """Block until `step`'s sampled ids reach the host (the step's one sync); the runner's
