@@ -127,27 +127,34 @@ class Scheduler:
         out.finished_request_ids, self._finished_ids = self._finished_ids, []
         now = time.monotonic()
         ids, counts, cached = out.request_ids, out.num_scheduled_tokens, out.cached_requests
+        cached_ids, cached_starts = cached.request_ids, cached.num_computed_tokens
+        cached_blocks = cached.new_block_ids
+        num_prefill = num_decode = 0
         for req, n in scheduled:
-            start = req.num_computed_tokens
-            ids.append(req.request_id)
+            start, rid, block_ids = req.num_computed_tokens, req.request_id, req.block_ids
+            ids.append(rid)
             counts.append(n)
             if req.num_runner_blocks < 0:
                 out.new_requests.append(_new_request_data(req))
             else:
-                cached.request_ids.append(req.request_id)
-                cached.num_computed_tokens.append(start)
-                cached.new_block_ids.append(req.block_ids[req.num_runner_blocks :])
-            req.num_runner_blocks = len(req.block_ids)
-            if start + n <= len(req.prompt_token_ids):
-                out.num_prefill_tokens += n
+                cached_ids.append(rid)
+                cached_starts.append(start)
+                cached_blocks.append(block_ids[req.num_runner_blocks :])
+            req.num_runner_blocks = len(block_ids)
+            end = start + n
+            num_prompt = len(req.prompt_token_ids)
+            if end <= num_prompt:
+                num_prefill += n
             else:
-                out.num_decode_tokens += n
+                num_decode += n
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = now
-            req.num_computed_tokens = start + n
-            num_spec = len(spec.get(req.request_id, ())) if spec else 0
-            if start + n - num_spec == req.num_tokens + req.num_pending_tokens:
+            req.num_computed_tokens = end
+            if spec:
+                end -= len(spec.get(rid, ()))
+            if end == num_prompt + len(req.output_token_ids) + req.num_pending_tokens:
                 req.num_pending_tokens += 1  # caught up: this step samples its next token
+        out.num_prefill_tokens, out.num_decode_tokens = num_prefill, num_decode
         self._in_flight[out.step_id] = [req for req, _ in scheduled]
         return out
 
@@ -228,8 +235,9 @@ class Scheduler:
         requests = self._in_flight.pop(out.step_id, ())
         spec = out.scheduled_spec_token_ids
         updated = []
+        live = self.requests
         for req, tokens in zip(requests, sampled_token_ids):
-            if not tokens or req.is_finished or req.request_id not in self.requests:
+            if not tokens or req.is_finished or req.request_id not in live:
                 continue  # no token, or finished meanwhile (abort, stop one step earlier)
             req.num_pending_tokens -= 1
             if spec:
@@ -237,7 +245,15 @@ class Scheduler:
                 if num_rejected < 0:
                     raise ValueError(f"{req.request_id}: more tokens than drafts + 1")
                 req.num_computed_tokens -= num_rejected
-            updated.append((req, self._append(req, tokens)))
+            if len(tokens) == 1:  # the usual step: one token
+                token = tokens[0]
+                req.output_token_ids.append(token)
+                status = self._check_stop(req, token)
+                if status is not None:
+                    self.finish_requests([req.request_id], status)
+                updated.append((req, tokens))
+            else:
+                updated.append((req, self._append(req, tokens)))
         return updated
 
     def _append(self, req: Request, tokens: Sequence[int]) -> Sequence[int]:

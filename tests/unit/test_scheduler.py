@@ -176,3 +176,105 @@ def test_preempted_request_waits_for_its_pending_token():
     assert b.output_token_ids == [8] and b.num_pending_tokens == 0
     s.update(out2, [[9]])
     assert a.output_token_ids == [7, 9]
+
+
+def test_the_runner_gets_a_request_once_then_deltas_and_finished_ids():
+    # Blocks of 4 tokens: a's 6 prompt tokens take 2 blocks; its 9th token needs a third.
+    s = make(block_size=4)
+    a = req("a", 6, max_tokens=3)
+    s.add_request(a)
+    out = run_step(s)
+    assert [r.request_id for r in out.new_requests] == ["a"] and not out.cached_requests.request_ids
+    new = out.new_requests[0]
+    assert new.prompt_token_ids == a.prompt_token_ids and new.block_ids == a.block_ids[:2]
+    assert new.num_computed_tokens == 0 and new.output_token_ids == []
+    out = run_step(s)  # computes position 6: no new block
+    assert not out.new_requests and out.cached_requests.request_ids == ["a"]
+    assert out.cached_requests.num_computed_tokens == [6]
+    assert out.cached_requests.new_block_ids == [[]]
+    out = run_step(s)  # computes position 7; the token it samples (the 3rd) ends a by length
+    assert out.cached_requests.new_block_ids == [[]] and a.is_finished
+    b = req("b", 9, start=50)
+    s.add_request(b)
+    out = run_step(s)
+    assert out.finished_request_ids == ["a"] and out.request_ids == ["b"]
+    out = run_step(s)
+    assert out.finished_request_ids == [] and out.cached_requests.new_block_ids == [[]]
+    s.finish_requests(["b"], RequestStatus.FINISHED_ABORTED)
+    s.add_request(req("c", 2, start=90))
+    assert run_step(s).finished_request_ids == ["b"]
+
+
+def test_a_preempted_request_comes_back_as_new_with_its_outputs():
+    s = make(num_blocks=4, block_size=4, budget=64)
+    a, b = req("a", 4, max_tokens=8), req("b", 4, max_tokens=8, start=50)
+    s.add_request(a)
+    s.add_request(b)
+    run_step(s)  # both prefill (1 block each) and sample
+    out = run_step(s)  # both need a 2nd block; only one is free: b is preempted
+    assert out.preempted_request_ids == ["b"] and out.request_ids == ["a"]
+    for _ in range(50):
+        out = run_step(s)
+        if b in s.running:
+            break
+    resumed = next(r for r in out.new_requests if r.request_id == "b")
+    assert resumed.output_token_ids == [7] and resumed.block_ids == b.block_ids
+
+
+def test_draft_tokens_are_verified_and_rejected_ones_rolled_back():
+    s = make(block_size=4)
+    a = req("a", 4, max_tokens=10)
+    s.add_request(a)
+    run_step(s)  # prefill; samples 7
+    a.spec_token_ids = [11, 12, 13]  # a proposer's drafts for positions 5..7
+    out = s.schedule()
+    # Position 4 (the known token 7) plus the three drafts; each position samples a token.
+    assert out.num_scheduled_tokens == [4] and out.scheduled_spec_token_ids == {"a": [11, 12, 13]}
+    assert a.num_computed_tokens == 8 and a.spec_token_ids == []
+    assert s.schedule().is_empty  # nothing to compute until the verdict is in
+    # The verifier accepted 11 and 12, rejected 13 and sampled 9 in its place.
+    s.update(out, [[11, 12, 9]])
+    assert a.output_token_ids == [7, 11, 12, 9] and a.num_pending_tokens == 0
+    assert a.num_computed_tokens == 7  # position 7 held the rejected draft: recompute it
+    out = s.schedule()
+    assert out.cached_requests.num_computed_tokens == [7] and out.num_scheduled_tokens == [1]
+    s.update(out, [[5]])
+    a.spec_token_ids = [1, 2]
+    out = s.schedule()
+    s.update(out, [[4]])  # both rejected: only the verifier's own token
+    assert a.num_computed_tokens == 9 and a.num_tokens == 10
+
+
+def test_drafts_stop_at_max_tokens_and_a_stop_token_cuts_the_accepted_ones():
+    s = make(block_size=4)
+    a = req("a", 4, max_tokens=4)
+    s.add_request(a)
+    run_step(s)
+    a.spec_token_ids = [11, 12, 13, 14]
+    out = s.schedule()
+    assert out.scheduled_spec_token_ids == {"a": [11, 12]}  # 1 output + 1 + 2 drafts = 4
+    s.add_request(b := req("b", 4, max_tokens=10, start=40))
+    run_step(s)
+    b.spec_token_ids = [11, 2, 13]  # 2 is EOS
+    out_b = s.schedule()
+    assert out_b.scheduled_spec_token_ids == {"b": [11, 2, 13]}
+    updated = s.update(out_b, [[11, 2, 13, 6]])
+    assert updated == [(b, [11, 2])] and b.status == RequestStatus.FINISHED_STOPPED
+    assert b.output_token_ids == [7, 11, 2]
+    s.update(out, [[11, 12, 3]])
+    assert a.status == RequestStatus.FINISHED_LENGTH and a.output_token_ids == [7, 11, 12, 3]
+
+
+def test_a_request_that_needs_host_tokens_waits_for_its_pending_token():
+    s = make()
+    a = req("a", 4, max_tokens=5, repetition_penalty=1.3)
+    b = req("b", 4, max_tokens=5, start=40)
+    assert a.needs_host_tokens and not b.needs_host_tokens
+    s.add_request(a)
+    s.add_request(b)
+    out1 = s.schedule()
+    out2 = s.schedule()  # b computes its pending token from the device; a waits for its own
+    assert out2.request_ids == ["b"]
+    s.update(out1, [[7], [7]])
+    # a's token is known now; b computes step 2's token, still pending, from the device.
+    assert s.schedule().request_ids == ["a", "b"]

@@ -37,6 +37,8 @@ class CachedRequestState(TokenSequence):
     eos_token_ids: frozenset[int]
     num_computed_tokens: int
     row: int
+    block_ids: list[int] = field(default_factory=list)
+    """Its block table (also row `row` of InputBatch.block_table)."""
     sample_index: int = -1
     """Its row in the latest launch's sampled ids (where a pending token of it is)."""
     plain_greedy: bool = field(init=False)
@@ -87,7 +89,6 @@ class InputBatch:
         self.requests: dict[str, CachedRequestState] = {}
         # Grown (doubled) when a request or a block table outgrows them.
         self.block_table = np.zeros((max_num_reqs, max_num_blocks), dtype=np.int32)
-        self.num_blocks = np.zeros(max_num_reqs, dtype=np.int32)  # [rows]
         self._free_rows = list(range(max_num_reqs - 1, -1, -1))
 
     def update(self, out: SchedulerOutput) -> None:
@@ -105,7 +106,7 @@ class InputBatch:
             state = requests[request_id]
             state.num_computed_tokens = start
             if block_ids:
-                self._append_blocks(state.row, block_ids)
+                self._append_blocks(state, block_ids)
 
     def add(self, new: NewRequestData) -> CachedRequestState:
         self.remove(new.request_id)  # a stale row (preempted in a step that never ran)
@@ -123,19 +124,19 @@ class InputBatch:
             row=row,
         )
         self.requests[new.request_id] = state
-        self.num_blocks[row] = 0
-        self._append_blocks(row, new.block_ids)
+        self.block_table[row] = 0  # padding past its blocks, as a fresh table has
+        self._append_blocks(state, new.block_ids)
         return state
 
     def remove(self, request_id: str) -> None:
         """Forget a request (no-op if unknown); its row is reused."""
         state = self.requests.pop(request_id, None)
         if state is not None:
-            self.num_blocks[state.row] = 0
             self._free_rows.append(state.row)
 
-    def _append_blocks(self, row: int, block_ids: list[int]) -> None:
-        n = int(self.num_blocks[row])
+    def _append_blocks(self, state: CachedRequestState, block_ids: list[int]) -> None:
+        row, n = state.row, len(state.block_ids)
+        state.block_ids.extend(block_ids)
         end = n + len(block_ids)
         if end > self.block_table.shape[1]:
             width = max(end, 2 * self.block_table.shape[1])
@@ -143,12 +144,10 @@ class InputBatch:
             grown[:, : self.block_table.shape[1]] = self.block_table
             self.block_table = grown
         self.block_table[row, n:end] = block_ids
-        self.num_blocks[row] = end
 
     def _grow_rows(self) -> None:
-        rows, width = self.block_table.shape
+        rows = self.block_table.shape[0]
         self.block_table = np.concatenate([self.block_table, np.zeros_like(self.block_table)])
-        self.num_blocks = np.concatenate([self.num_blocks, np.zeros_like(self.num_blocks)])
         self._free_rows.extend(range(2 * rows - 1, rows - 1, -1))
 
     def prepare(self, out: SchedulerOutput) -> HostInputs:
@@ -156,17 +155,70 @@ class InputBatch:
         requests = self.requests
         states = [requests[request_id] for request_id in out.request_ids]
         counts = out.num_scheduled_tokens
+        if len(counts) == sum(counts):
+            return self._prepare_decode(states)
+        return self._prepare_mixed(states, counts)
+
+    def _block_tables(self, rows: list[int], width: int) -> np.ndarray:
+        """[len(rows), width] int32 (width: the widest of their tables), gathered in one op."""
+        return self.block_table[np.array(rows, dtype=np.intp), :width]
+
+    def _prepare_decode(self, states: list[CachedRequestState]) -> HostInputs:
+        """One token per sequence (the usual step): a few scalar operations per row, which
+        cost less than the fixed cost of numpy calls at small batches."""
+        bs, num_seqs, width = self.block_size, len(states), 0
+        ids, positions, slots, rows = [], [], [], []
+        pending_indices, pending_sources = [], []
+        logits_indices, sampling_states = [], []
+        for i, state in enumerate(states):
+            start = state.num_computed_tokens
+            known = len(state.prompt_token_ids) + len(state.output_token_ids)
+            rows.append(state.row)
+            positions.append(start)
+            block_ids = state.block_ids
+            slots.append(block_ids[start // bs] * bs + start % bs)
+            if len(block_ids) > width:
+                width = len(block_ids)
+            if start < known:
+                ids.append(state.token_at(start))
+            else:  # sampled by the previous step, still on the device
+                ids.append(0)
+                pending_indices.append(i)
+                pending_sources.append(state.sample_index)
+            if start + 1 >= known:  # caught up: this request samples its next token
+                logits_indices.append(i)
+                sampling_states.append(state)
+        # One conversion for the three per-token arrays (each row is contiguous).
+        ids_positions_slots = np.array([ids, positions, slots], dtype=np.int64)  # [3, num_seqs]
+        return HostInputs(
+            input_ids=ids_positions_slots[0],
+            positions=ids_positions_slots[1],
+            slot_mapping=ids_positions_slots[2],
+            block_tables=self._block_tables(rows, width),
+            seq_lens=np.array(positions, dtype=np.int32) + 1,
+            query_start_loc=np.arange(num_seqs + 1, dtype=np.int32),
+            logits_indices=np.array(logits_indices, dtype=np.int64),
+            num_decodes=num_seqs,
+            sampling_states=sampling_states,
+            sampling_rows=logits_indices,
+            pending_indices=pending_indices,
+            pending_sources=pending_sources,
+        )
+
+    def _prepare_mixed(self, states: list[CachedRequestState], counts: list[int]) -> HostInputs:
+        """Prefill chunks among the rows: positions and slots computed with numpy."""
         num_seqs, total = len(states), sum(counts)
         input_ids = np.zeros(total, dtype=np.int64)
         rows, starts = [], []
         logits_indices, sampling_states, sampling_rows = [], [], []
         pending_indices, pending_sources = [], []
-        num_decodes = offset = 0
+        num_decodes = offset = width = 0
         for i, (state, n) in enumerate(zip(states, counts)):
             start = state.num_computed_tokens
             end, known = start + n, state.num_tokens
             rows.append(state.row)
             starts.append(start)
+            width = max(width, len(state.block_ids))
             if end > known:  # the last input was sampled by the previous step, still on device
                 pending_indices.append(offset + n - 1)
                 pending_sources.append(state.sample_index)
@@ -183,19 +235,12 @@ class InputBatch:
                 logits_indices.append(offset - 1)
                 sampling_states.append(state)
                 sampling_rows.append(i)
-        rows_np, starts_np = np.array(rows, dtype=np.intp), np.array(starts, dtype=np.int64)
-        if total == num_seqs:  # one token per sequence
-            token_seq = np.arange(num_seqs)
-            positions = starts_np
-            query_start_loc = np.arange(num_seqs + 1, dtype=np.int32)
-        else:
-            counts_np = np.array(counts, dtype=np.int64)
-            query_start_loc = np.zeros(num_seqs + 1, dtype=np.int32)
-            np.cumsum(counts_np, out=query_start_loc[1:])
-            token_seq = np.repeat(np.arange(num_seqs), counts_np)
-            positions = starts_np[token_seq] + (np.arange(total) - query_start_loc[token_seq])
-        width = int(self.num_blocks[rows_np].max())
-        block_tables = self.block_table[rows_np, :width]  # [num_seqs, width], a copy
+        starts_np, counts_np = np.array(starts, dtype=np.int64), np.array(counts, dtype=np.int64)
+        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int32)
+        np.cumsum(counts_np, out=query_start_loc[1:])
+        token_seq = np.repeat(np.arange(num_seqs), counts_np)  # [total]: each token's row
+        positions = starts_np[token_seq] + (np.arange(total) - query_start_loc[token_seq])
+        block_tables = self._block_tables(rows, width)  # [num_seqs, width], a copy
         bs = self.block_size
         slot_mapping = block_tables[token_seq, positions // bs].astype(np.int64) * bs
         slot_mapping += positions % bs
@@ -204,7 +249,7 @@ class InputBatch:
             positions=positions,
             slot_mapping=slot_mapping,
             block_tables=block_tables,
-            seq_lens=(starts_np + np.array(counts)).astype(np.int32),
+            seq_lens=(starts_np + counts_np).astype(np.int32),
             query_start_loc=query_start_loc,
             logits_indices=np.asarray(logits_indices, dtype=np.int64),
             num_decodes=num_decodes,
