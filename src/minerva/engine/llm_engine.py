@@ -233,16 +233,22 @@ class LLMEngine:
         logprobs = dict(zip(result.request_ids, result.logprobs)) if has_logprobs else {}
         on_token = self.output_processor.on_token
         for req, tokens in self.scheduler.update(scheduled, result.sampled_token_ids):
-            token_logprobs = logprobs.get(req.request_id) if has_logprobs else None
-            stop = None
-            for k, token in enumerate(tokens):
-                stop = on_token(req, token, token_logprobs[k] if token_logprobs else None)
-                if stop is not None:
-                    break
+            if len(tokens) == 1 and not has_logprobs:  # the usual step
+                stop = on_token(req, tokens[0], None)
+            else:
+                stop = self._on_tokens(req, tokens, logprobs.get(req.request_id))
             if stop is not None and not req.is_finished:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+
+    def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
+        """Hand several tokens to the output processor; stops at the first stop string."""
+        for k, token in enumerate(tokens):
+            stop = self.output_processor.on_token(req, token, logprobs[k] if logprobs else None)
+            if stop is not None:
+                return stop
+        return None
 
     def stats(self) -> EngineStats:
         kv = self.kv_cache_manager

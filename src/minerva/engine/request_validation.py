@@ -31,16 +31,19 @@ def check_token_ids(ids: object, vocab_size: int, param: str, what: str) -> list
     """A list of ints in [0, vocab_size); raises RequestError naming `param`."""
     if not isinstance(ids, (list, tuple)):
         raise RequestError(f"{what} must be a list of token ids", param=param)
-    for t in ids:
-        if not _is_int(t):
-            raise RequestError(f"{what} must be integers, got {t!r}", param=param)
-        if not 0 <= t < vocab_size:
-            raise RequestError(
-                f"{what} id {t} is outside the vocabulary [0, {vocab_size}); "
-                "use ids from this model's tokenizer",
-                param=param,
-            )
-    return [int(t) for t in ids]
+    if not set(map(type, ids)) <= {int}:  # the usual case first: plain ints, one C loop
+        bad = next((t for t in ids if not _is_int(t)), None)
+        if bad is not None:
+            raise RequestError(f"{what} must be integers, got {bad!r}", param=param)
+        ids = [int(t) for t in ids]
+    if ids and not (min(ids) >= 0 and max(ids) < vocab_size):
+        bad = next(t for t in ids if not 0 <= t < vocab_size)
+        raise RequestError(
+            f"{what} id {bad} is outside the vocabulary [0, {vocab_size}); "
+            "use ids from this model's tokenizer",
+            param=param,
+        )
+    return list(ids)
 
 
 def validate_request(

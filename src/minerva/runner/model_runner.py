@@ -191,35 +191,47 @@ class ModelRunner:
         copy of each request that sampled gets its token."""
         out = step.out
         num_seqs = len(out.request_ids)
-        sampled: list[list[int]] = [[] for _ in range(num_seqs)]
         logprobs: list[list[Logprobs] | None] = [None] * num_seqs
-        if step.token_ids is not None:
+        if step.token_ids is None:
+            sampled: list[list[int]] = [[] for _ in range(num_seqs)]
+        else:
             if step.done is not None:
                 step.done.synchronize()
             token_ids = step.token_ids.tolist()
-            states = step.host.sampling_states
-            lp_rows = [t.tolist() for t in step.logprobs] if step.logprobs else None
-            for j, row in enumerate(step.host.sampling_rows):
-                token = token_ids[j]
-                sampled[row].append(token)
-                states[j].output_token_ids.append(token)
-                k = states[j].sampling_params.logprobs
-                if lp_rows is not None and k is not None:
-                    values, ids = lp_rows[0][j], lp_rows[1][j]
-                    logprobs[row] = [
-                        Logprobs(
-                            token_id=ids[0],
-                            logprob=values[0],
-                            rank=lp_rows[2][j],
-                            top_token_ids=ids[1 : 1 + k],
-                            top_logprobs=values[1 : 1 + k],
-                        )
-                    ]
+            states, rows = step.host.sampling_states, step.host.sampling_rows
+            for state, token in zip(states, token_ids):
+                state.output_token_ids.append(token)
+            if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
+                sampled = [[token] for token in token_ids]
+            else:
+                sampled = [[] for _ in range(num_seqs)]
+                for row, token in zip(rows, token_ids):
+                    sampled[row].append(token)
+            if step.logprobs is not None:
+                _read_logprobs(step, logprobs)
         return RunnerOutput(
             request_ids=out.request_ids,
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+
+def _read_logprobs(step: LaunchedStep, logprobs: list[list[Logprobs] | None]) -> None:
+    """Fill logprobs[row] for each sampling row that asked for them."""
+    values, ids, ranks = (t.tolist() for t in step.logprobs)
+    for j, (state, row) in enumerate(zip(step.host.sampling_states, step.host.sampling_rows)):
+        k = state.sampling_params.logprobs
+        if k is not None:
+            top_values, top_ids = values[j], ids[j]
+            logprobs[row] = [
+                Logprobs(
+                    token_id=top_ids[0],
+                    logprob=top_values[0],
+                    rank=ranks[j],
+                    top_token_ids=top_ids[1 : 1 + k],
+                    top_logprobs=top_values[1 : 1 + k],
+                )
+            ]
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:
