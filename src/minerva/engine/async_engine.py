@@ -215,6 +215,8 @@ class AsyncEngine:
         Raises QueueFullError / EngineDrainingError / EngineDeadError (all 503) at once, and
         RequestError (400, e.g. context_length_exceeded) when the engine refuses it.
         """
+        if not isinstance(params, SamplingParams):
+            raise RequestError(f"params must be a SamplingParams, got {type(params).__name__}")
         self._check_admission(params.n)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:

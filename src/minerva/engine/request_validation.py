@@ -17,6 +17,7 @@ from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
 
 _INT_FIELDS = ("n", "top_k", "min_tokens", "max_tokens", "logprobs", "seed")
+_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output")
 
 
 @dataclass
@@ -75,10 +76,14 @@ def _checked_params(params: SamplingParams, vocab_size: int) -> SamplingParams:
         value = getattr(params, name)
         if value is not None and not _is_int(value):
             raise RequestError(f"{name} must be an integer, got {value!r}", param=name)
+    for name in _BOOL_FIELDS:
+        if not isinstance(getattr(params, name), bool):
+            raise RequestError(f"{name} must be true or false", param=name)
     try:
         params.__post_init__()  # ranges, and list/str normalisation on the copy
     except (TypeError, ValueError) as e:
-        raise RequestError(str(e)) from None
+        name = str(e).split(" ", 1)[0]  # its messages start with the field's name
+        raise RequestError(str(e), param=name if hasattr(params, name) else None) from None
     if not all(isinstance(s, str) for s in params.stop):
         raise RequestError("stop must be a string or a list of strings", param="stop")
     params.stop = list(params.stop)
@@ -86,7 +91,7 @@ def _checked_params(params: SamplingParams, vocab_size: int) -> SamplingParams:
         params.stop_token_ids, vocab_size, "stop_token_ids", "stop token"
     )
     params.logit_bias = _checked_logit_bias(params.logit_bias, vocab_size)
-    if params.logprobs is not None and params.logprobs >= vocab_size:
+    if params.logprobs is not None and params.logprobs > vocab_size:
         raise RequestError(
             f"logprobs={params.logprobs} asks for more alternatives than the vocabulary's "
             f"{vocab_size} tokens; lower logprobs",
