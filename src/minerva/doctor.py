@@ -26,8 +26,7 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig
-from minerva.config_sources import add_config_arguments, load_config, overrides_from_args
+from minerva.config import EngineConfig, add_config_arguments, load_config, overrides_from_args
 from minerva.errors import MinervaError
 from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
 
@@ -57,7 +56,7 @@ def measure_bandwidth(platform: Platform, mib: int | None = None, repeats: int =
     """Best GB/s over `mib` MiB: on a GPU a device-to-device copy, bytes read + written (the
     measure gpu_bench's roofline uses); on the CPU a sum, bytes read (a copy's writes cost
     more than its reads there). Batch-1 decode reads each weight once per token. Default size:
-    1 GiB on a GPU (256 MiB copies read 7% slower on an H100), 256 MiB elsewhere."""
+    1 GiB on a GPU (smaller copies read below the full bandwidth there), 256 MiB elsewhere."""
     mib = mib or (1024 if platform.is_cuda else 256)
     src = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=platform.device)
     dst = torch.empty_like(src) if platform.kind != "cpu" else None
@@ -104,7 +103,7 @@ def cpu_info() -> dict[str, Any]:
 
 def triton_cache_files() -> tuple[str, int]:
     """(Triton's kernel cache folder, how many files it holds). An empty cache means the next
-    engine start compiles every kernel first (a 7B start on a fresh H100 took 20.5 s:
+    engine start compiles every kernel first (engine_start_s in
     benchmarks/results/gpu_bench_mistral-7b_h100_pdl_modes.json)."""
     folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
     count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
@@ -134,13 +133,12 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
     """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
     memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
     from minerva.engine import model_loading  # noqa: PLC0415
-    from minerva.loader.hf_config import load_model_config  # noqa: PLC0415
     from minerva.models.registry import count_weight_bytes  # noqa: PLC0415
     from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
     from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
 
-    path = model_loading.resolve_model_path(config)
-    hf = load_model_config(path)
+    source = model_loading.open_model_source(config)
+    hf = source.config
     dtype = resolve_dtype(platform, config.model.dtype, getattr(hf, "torch_dtype", None))
     spec = KVCacheSpec(
         num_layers=hf.num_hidden_layers,
@@ -159,7 +157,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
     budget = memory_budget(platform, cache.memory_fraction)[0]
     max_model_len = config.model.max_model_len or hf.max_position_embeddings
     return {
-        "path": str(path),
+        "path": str(source.path),
         "architecture": hf.architectures[0],
         "dtype": str(dtype).removeprefix("torch."),
         "weight_gib": weights / GIB,

@@ -11,8 +11,8 @@ import torch
 
 from minerva.attention import select_attention_backend
 from minerva.config import EngineConfig
-from minerva.errors import ConfigError, ModelLoadError
-from minerva.loader import iter_checkpoint_tensors, load_generation_config, load_model_config
+from minerva.errors import ConfigError
+from minerva.loader import ModelSource, open_model
 from minerva.models import build_model
 from minerva.models.registry import count_weight_bytes
 from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
@@ -45,41 +45,21 @@ class LoadedModel:
     kv_cache_bytes: int = 0
     activation_reserve: int = 0
     """Bytes kept free for one step's activations (measured on CUDA) when sizing the KV cache."""
+    source: ModelSource | None = None
 
 
 def resolve_model_path(config: EngineConfig) -> Path:
+    """The configured model path, or the bundled demo model when none is set."""
     path = config.model.model
     if path is None:
         from minerva.demo import demo_model_path  # noqa: PLC0415 - optional bundled model
 
         path = demo_model_path()
-    p = Path(os.path.expanduser(str(path)))
-    if not p.exists():
-        raise ModelLoadError(
-            f"model path {str(p)!r} does not exist: pass --model with a local Hugging Face "
-            "folder (config.json, *.safetensors, tokenizer.json)"
-        )
-    return p
+    return Path(os.path.expanduser(str(path)))
 
 
-def _load_tokenizer(config: EngineConfig, model_path: Path) -> Tokenizer | None:
-    folder = Path(config.model.tokenizer) if config.model.tokenizer else model_path
-    if not (folder / "tokenizer.json").exists() and config.model.tokenizer is None:
-        logger.warning("%s has no tokenizer.json: only token-id prompts will work", folder)
-        return None
-    return Tokenizer.from_folder(folder)
-
-
-def _generation_defaults(gen) -> dict:
-    values = {
-        "temperature": gen.temperature,
-        "top_p": gen.top_p,
-        "top_k": gen.top_k,
-        "repetition_penalty": gen.repetition_penalty,
-    }
-    if gen.do_sample is False:
-        values["temperature"] = 0.0
-    return {k: v for k, v in values.items() if v is not None}
+def open_model_source(config: EngineConfig) -> ModelSource:
+    return open_model(resolve_model_path(config), config.model.tokenizer)
 
 
 def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
@@ -87,10 +67,9 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
     platform = resolve_platform(config.device.device)
     if platform.kind == "cpu":
         set_num_threads(config.device.num_threads)
-    path = resolve_model_path(config)
-    hf = load_model_config(path)
-    gen = load_generation_config(path)
-    tokenizer = _load_tokenizer(config, path)
+    source = open_model_source(config)
+    hf = source.config
+    tokenizer = source.tokenizer
     dtype = resolve_dtype(platform, config.model.dtype, getattr(hf, "torch_dtype", None))
     max_model_len = config.model.max_model_len or hf.max_position_embeddings
     if max_model_len < 2:
@@ -118,7 +97,7 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         init_dummy_weights(model, seed=config.model.seed)
     else:
         model.load_weights(
-            iter_checkpoint_tensors(path, device=platform.device, dtype=dtype, progress=progress)
+            source.iter_weights(device=platform.device, dtype=dtype, progress=progress)
         )
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     backend = select_attention_backend(
@@ -163,20 +142,13 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         reserve / 2**30,
     )
 
-    eos = list(gen.eos_token_id or []) or list(hf.eos_token_id or [])
-    if (
-        tokenizer is not None
-        and tokenizer.eos_token_id is not None
-        and tokenizer.eos_token_id not in eos
-    ):
-        eos.append(tokenizer.eos_token_id)
     return LoadedModel(
         platform=platform,
         dtype=dtype,
         hf_config=hf,
         tokenizer=tokenizer,
-        generation_defaults=_generation_defaults(gen),
-        eos_token_ids=eos,
+        generation_defaults=source.generation_defaults,
+        eos_token_ids=source.eos_token_ids,
         max_model_len=max_model_len,
         model=model,
         kv_caches=kv_caches,
@@ -185,6 +157,7 @@ def load_model(config: EngineConfig, progress: bool = True) -> LoadedModel:
         attention_backend=backend,
         kv_cache_bytes=num_blocks * spec.bytes_per_block,
         activation_reserve=reserve,
+        source=source,
     )
 
 
