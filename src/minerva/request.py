@@ -5,6 +5,12 @@ output). A step computes some of the missing tokens; when it catches up, the req
 The scheduler advances ``num_computed_tokens`` when it schedules a step; a token sampled by a
 step whose results the host has not read yet is *pending*: the next step can already compute it
 (the runner feeds it from the device), which lets the engine launch step N+1 before reading N.
+
+Draft tokens (speculative decoding) are tokens to compute like any other: a caught-up request
+schedules its known last token plus k drafts and samples up to k + 1 tokens (the accepted
+drafts, then one more). The scheduler rolls ``num_computed_tokens`` back by the rejected
+drafts, whose K/V was computed from wrong inputs. The runner never reads a Request: it gets the
+plain data below (SchedulerOutput) and keeps its own copy.
 """
 
 from __future__ import annotations
