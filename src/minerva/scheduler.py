@@ -134,13 +134,14 @@ class Scheduler:
             start, rid, block_ids = req.num_computed_tokens, req.request_id, req.block_ids
             ids.append(rid)
             counts.append(n)
-            if req.num_runner_blocks < 0:
+            sent, num_blocks = req.num_runner_blocks, len(block_ids)
+            if sent < 0:
                 out.new_requests.append(_new_request_data(req))
             else:
                 cached_ids.append(rid)
                 cached_starts.append(start)
-                cached_blocks.append(block_ids[req.num_runner_blocks :])
-            req.num_runner_blocks = len(block_ids)
+                cached_blocks.append(block_ids[sent:])
+            req.num_runner_blocks = num_blocks
             end = start + n
             num_prompt = len(req.prompt_token_ids)
             if end <= num_prompt:
