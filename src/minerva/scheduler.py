@@ -86,13 +86,23 @@ class Scheduler:
         preempted: list[str] = []
         spec: dict[str, list[int]] = {}
 
-        i = 0
+        i, max_model_len = 0, self.max_model_len
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             pending = req.num_pending_tokens
-            num_new = min(req.num_tokens + pending - req.num_computed_tokens, budget)
-            # A request that needs its previous token on the host waits until it is read.
-            if num_new <= 0 or (pending and (req.needs_host_tokens or self._pending_is_last(req))):
+            num_outputs = len(req.output_token_ids) + pending  # counting the pending ones
+            num_tokens = len(req.prompt_token_ids) + num_outputs
+            num_new = min(num_tokens - req.num_computed_tokens, budget)
+            # A request that needs its previous token on the host waits until it is read; a
+            # pending token that ends the request by length needs no step of its own.
+            if num_new <= 0 or (
+                pending
+                and (
+                    req.needs_host_tokens
+                    or num_outputs >= req.max_tokens
+                    or num_tokens >= max_model_len
+                )
+            ):
                 i += 1
                 continue
             if req.spec_token_ids and not pending:
@@ -175,13 +185,6 @@ class Scheduler:
         if drafts:
             spec[req.request_id] = drafts
         return len(drafts)
-
-    def _pending_is_last(self, req: Request) -> bool:
-        """A pending token that will end the request by length needs no step of its own."""
-        pending = req.num_pending_tokens
-        return bool(pending) and self._length_reached(
-            req, req.num_output_tokens + pending, req.num_tokens + pending
-        )
 
     def _length_reached(self, req: Request, num_output_tokens: int, num_tokens: int) -> bool:
         return num_output_tokens >= req.max_tokens or num_tokens >= self.max_model_len
