@@ -67,7 +67,11 @@ class ModelSource(ABC):
             return Tokenizer.from_folder(self.tokenizer_path)
         tokenizer = self._own_tokenizer()
         if tokenizer is None:
-            logger.warning("%s has no tokenizer: only token-id prompts will work", self.path)
+            logger.warning(
+                "%s has no tokenizer: only token-id prompts will work (pass --tokenizer with a "
+                "Hugging Face tokenizer folder for text)",
+                self.path,
+            )
         return tokenizer
 
     @abstractmethod
