@@ -48,6 +48,8 @@ def write_gguf(
     quant_type: str | None = None,
     metadata: dict | None = None,
     chat_template: str | None = CHAT_TEMPLATE,
+    extra_tensors: dict[str, np.ndarray] | None = None,
+    split_max_tensors: int = 0,
 ) -> Path:
     """GGUF of ``model`` (a transformers Llama / Mistral / Qwen2) at ``path``. 2-D weights are
     stored as ``quant_type`` (e.g. "Q8_0") when given, else as ``float_type``; 1-D as F32."""
@@ -55,7 +57,7 @@ def write_gguf(
 
     cfg = model.config
     arch = "qwen2" if cfg.model_type == "qwen2" else "llama"
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf.GGUFWriter(path, arch, split_max_tensors=split_max_tensors)
     _write_metadata(writer, cfg, arch, float_type, quant_type)
     if chat_template is not None:
         writer.add_chat_template(chat_template)
@@ -69,6 +71,8 @@ def write_gguf(
             heads = cfg.num_attention_heads if ".q_proj." in name else cfg.num_key_value_heads
             data = permute(data, heads)
         _add_tensor(writer, gguf_name(name), data, float_type, quant_type)
+    for name, data in (extra_tensors or {}).items():
+        writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

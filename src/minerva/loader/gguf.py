@@ -23,7 +23,12 @@ from minerva.loader.gguf_config import (
     gguf_quantization,
 )
 from minerva.loader.gguf_file import GGUFFile, GGUFTensorInfo, read_gguf
-from minerva.loader.gguf_names import hf_tensor_name, permuted_heads, unpermute_rows
+from minerva.loader.gguf_names import (
+    check_shapes,
+    hf_tensor_name,
+    permuted_heads,
+    unpermute_rows,
+)
 from minerva.loader.source import ModelSource
 from minerva.quant.gguf_types import (
     BLOCK_GEOMETRY,
@@ -63,6 +68,9 @@ class GGUFSource(ModelSource):
             for name in self.tensors
             if (hf := hf_tensor_name(name, config.num_hidden_layers, path)) is not None
         }
+        check_shapes(
+            config, {hf: self.tensors[n][1].shape for n, hf in self.hf_names.items()}, path
+        )
         super().__init__(
             path=path,
             format="gguf",

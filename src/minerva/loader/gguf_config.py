@@ -18,6 +18,7 @@ GGUF_ARCHITECTURES: dict[str, str] = {"llama": "LlamaForCausalLM", "qwen2": "Qwe
 """GGUF ``general.architecture`` -> the HF architecture it loads as."""
 _DENSE_FILE_TYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
 _HF_DEFAULT_EPS = 1e-6
+_MAX_ROPE_BASE = 1e12
 _LLAMA3_OLD_CONTEXT = 8192  # llama.cpp's default original_max_position_embeddings
 
 
@@ -55,6 +56,10 @@ def gguf_model_config(
     has_q_bias = "blk.0.attn_q.bias" in tensor_names
     attention_bias = has_q_bias and arch == "llama"
     theta = meta.number("rope.freq_base", 10000.0)
+    if not 1.0 < theta <= _MAX_ROPE_BASE:
+        raise meta.bad(f"{arch}.rope.freq_base", theta, f"a number in (1, {_MAX_ROPE_BASE:g}]")
+    if num_layers > len(tensor_names):
+        raise meta.bad(f"{arch}.block_count", num_layers, "at most the file's tensor count")
     return HFModelConfig(
         architectures=["MistralForCausalLM" if window else GGUF_ARCHITECTURES[arch]],
         model_type=model_type,
@@ -167,24 +172,24 @@ class _Meta:
     def integer(self, key: str, default: int | None = None) -> int:
         value, full = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self._bad(full, value, "a non-negative integer")
+            raise self.bad(full, value, "a non-negative integer")
         return value
 
     def number(self, key: str, default: float | None = None) -> float:
         value, full = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._bad(full, value, "a number")
+            raise self.bad(full, value, "a number")
         if not math.isfinite(value) or value < 0:
-            raise self._bad(full, value, "a finite non-negative number")
+            raise self.bad(full, value, "a finite non-negative number")
         return float(value)
 
     def text(self, key: str, default: str) -> str:
         value, full = self._get(key, default)
         if not isinstance(value, str):
-            raise self._bad(full, value, "a string")
+            raise self.bad(full, value, "a string")
         return value
 
-    def _bad(self, key: str, value: Any, expected: str) -> ModelLoadError:
+    def bad(self, key: str, value: Any, expected: str) -> ModelLoadError:
         shown = repr(value) if not isinstance(value, list) else f"a list of {len(value)} values"
         return ModelLoadError(
             f"{self.path}: metadata {key} is {shown}, expected {expected}; the file is corrupt "

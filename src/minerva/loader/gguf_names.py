@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from minerva.errors import ModelLoadError
+from minerva.loader.hf_config import HFModelConfig
 
 GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -32,7 +33,7 @@ LAYER_NAMES = {
 }
 NOT_WEIGHTS = frozenset({"rope_freqs.weight"})
 """Tensors that configure the model (read into the config) rather than being loaded."""
-_LAYER = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+_LAYER = re.compile(r"blk\.(\d{1,7})\.(\w+)\.(weight|bias)")
 _OLD_ROTARY = re.compile(r"blk\.\d+\.attn_rot_embd")  # old converters' unused RoPE table
 
 
@@ -69,3 +70,62 @@ def unpermute_rows(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
     half = num_rows // num_heads // 2
     rest = rows.shape[1:]
     return rows.reshape(num_heads, half, 2, *rest).transpose(1, 2).reshape(num_rows, *rest)
+
+
+def expected_shapes(cfg: HFModelConfig) -> dict[str, tuple[int, ...]]:
+    """HF name -> shape of every weight the config implies (lm_head only when untied)."""
+    hidden, inter = cfg.hidden_size, cfg.intermediate_size
+    q_rows = cfg.num_attention_heads * cfg.head_dim
+    kv_rows = cfg.num_key_value_heads * cfg.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (cfg.vocab_size, hidden),
+        "model.norm.weight": (hidden,),
+    }
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, hidden)
+    layer: dict[str, tuple[int, ...]] = {
+        "input_layernorm.weight": (hidden,),
+        "self_attn.q_proj.weight": (q_rows, hidden),
+        "self_attn.k_proj.weight": (kv_rows, hidden),
+        "self_attn.v_proj.weight": (kv_rows, hidden),
+        "self_attn.o_proj.weight": (hidden, q_rows),
+        "post_attention_layernorm.weight": (hidden,),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+    }
+    if cfg.qkv_bias:
+        layer |= {
+            "self_attn.q_proj.bias": (q_rows,),
+            "self_attn.k_proj.bias": (kv_rows,),
+            "self_attn.v_proj.bias": (kv_rows,),
+        }
+    if cfg.o_proj_bias:
+        layer["self_attn.o_proj.bias"] = (hidden,)
+    if cfg.mlp_bias:
+        layer |= {
+            f"mlp.{p}_proj.bias": (n,)
+            for p, n in (("gate", inter), ("up", inter), ("down", hidden))
+        }
+    for i in range(cfg.num_hidden_layers):
+        shapes |= {f"model.layers.{i}.{name}": shape for name, shape in layer.items()}
+    return shapes
+
+
+def check_shapes(cfg: HFModelConfig, found: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Every weight the metadata implies is present with its shape, so the metadata can never
+    ask for more memory than the file holds."""
+    expected = expected_shapes(cfg)
+    missing = [name for name in expected if name not in found]
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise ModelLoadError(
+            f"{path} lacks {len(missing)} tensor(s) its metadata implies ({shown}); the file is "
+            "incomplete or its metadata is wrong: re-download or convert it again"
+        )
+    for name, shape in found.items():
+        if expected.get(name, shape) != shape:
+            raise ModelLoadError(
+                f"{path}: {name} has shape {shape}, but the metadata implies {expected[name]}; "
+                "the file is corrupt: re-download or convert it again"
+            )
