@@ -232,3 +232,26 @@ def test_same_greedy_tokens_as_the_hf_folder(tmp_path):
         llm = LLM(model=str(model), device="cpu", dtype="float32", progress=False)
         outs.append(llm.generate(prompt, params)[0].token_ids)
     assert outs[0] == outs[1] and len(outs[0]) == 8
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_round_trip_through_our_exporter(tmp_path, arch):
+    """loader/gguf_export writes, open_model reads: the config and weights come back."""
+    from minerva.loader.gguf_export import float_plan
+    from minerva.loader.gguf_export import write_gguf as export_gguf
+
+    build_tiny_model(tmp_path / "hf", arch, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    hf = open_model(tmp_path / "hf")
+    out = export_gguf(
+        hf.config,
+        hf.iter_weights(progress=False),
+        tmp_path / "out.gguf",
+        float_plan(GGMLType.F32),
+        file_type="f32",
+    )
+    gg = open_model(out)
+    ids = ("bos_token_id", "eos_token_id")  # written with the tokenizer, which has none here
+    drop = lambda fields: {k: v for k, v in fields.items() if k not in ids}  # noqa: E731
+    assert drop(config_fields(gg)) == drop(config_fields(hf))
+    ref, got = dict(hf.iter_weights(progress=False)), dict(gg.iter_weights(progress=False))
+    assert set(got) == set(ref) and all(torch.equal(got[n], ref[n]) for n in ref)

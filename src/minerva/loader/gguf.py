@@ -88,9 +88,14 @@ class GGUFSource(ModelSource):
         return [shard.path for shard in self.shards]
 
     def _own_tokenizer(self) -> Tokenizer | None:
-        # The GGUF vocabulary (tokenizer.ggml.*) becomes a Tokenizer once tokenizer/gguf_vocab
-        # exists; until then only --tokenizer (an HF tokenizer folder) gives text prompts.
-        return None
+        """The vocabulary in the file's ``tokenizer.ggml.*`` metadata, as llama.cpp reads it."""
+        if self.metadata.get("tokenizer.ggml.model") is None:
+            return None
+        try:
+            from minerva.tokenizer.gguf_vocab import tokenizer_from_gguf_metadata  # noqa: PLC0415
+        except ImportError:  # a build without the GGUF vocabulary reader: --tokenizer still works
+            return None
+        return tokenizer_from_gguf_metadata(self.metadata, name=str(self.path))
 
     def _own_chat_template(self) -> str | dict[str, str] | None:
         return gguf_chat_template(self.metadata)

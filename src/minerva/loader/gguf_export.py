@@ -160,6 +160,8 @@ def _encode(tensor: torch.Tensor, ggml_type: GGMLType, quantize: Quantizer | Non
 
 
 def _write_model_metadata(writer, config, arch: str, name: str, file_type: str | None) -> None:
+    import gguf  # noqa: PLC0415
+
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -177,7 +179,7 @@ def _write_model_metadata(writer, config, arch: str, name: str, file_type: str |
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type") or scaling.get("type")
     if kind in ("linear", "yarn"):
-        writer.add_rope_scaling_type(kind)
+        writer.add_rope_scaling_type(gguf.RopeScalingType(kind))
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         if "original_max_position_embeddings" in scaling:
             writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
