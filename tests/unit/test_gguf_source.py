@@ -255,3 +255,28 @@ def test_round_trip_through_our_exporter(tmp_path, arch):
     assert drop(config_fields(gg)) == drop(config_fields(hf))
     ref, got = dict(hf.iter_weights(progress=False)), dict(gg.iter_weights(progress=False))
     assert set(got) == set(ref) and all(torch.equal(got[n], ref[n]) for n in ref)
+
+
+def test_tokenizer_from_gguf_metadata_matches_the_hf_tokenizer(tmp_path):
+    """With tokenizer metadata (written by our exporter through gguf.vocab), the GGUF source's
+    own tokenizer encodes like the folder's tokenizer.json, and EOS comes from the file."""
+    pytest.importorskip("minerva.tokenizer.gguf_vocab")
+    from minerva.loader.gguf_export import float_plan
+    from minerva.loader.gguf_export import write_gguf as export_gguf
+    from tests.tiny_models import build_tiny_text_model
+
+    folder = build_tiny_text_model(tmp_path / "hf")
+    hf = open_model(folder)
+    out = export_gguf(
+        hf.config,
+        hf.iter_weights(progress=False),
+        tmp_path / "tok.gguf",
+        float_plan(GGMLType.F16),
+        tokenizer_dir=folder,
+        file_type="f16",
+    )
+    gg = open_model(out)
+    text = "Hello world, this is a test. 123 don't"
+    assert gg.tokenizer is not None
+    assert gg.tokenizer.encode(text) == hf.tokenizer.encode(text)
+    assert hf.tokenizer.eos_token_id in gg.eos_token_ids

@@ -97,6 +97,16 @@ class GGUFSource(ModelSource):
             return None
         return tokenizer_from_gguf_metadata(self.metadata, name=str(self.path))
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """EOS / EOT / EOM ids, plus every token llama.cpp ends generation on (e.g. <|im_end|>)."""
+        eos = super().eos_token_ids
+        try:
+            from minerva.tokenizer.gguf_eog import eog_token_ids  # noqa: PLC0415
+        except ImportError:  # a build without the GGUF vocabulary reader
+            return eos
+        return list(dict.fromkeys(eos + eog_token_ids(self.metadata)))
+
     def _own_chat_template(self) -> str | dict[str, str] | None:
         return gguf_chat_template(self.metadata)
 
@@ -126,15 +136,13 @@ class GGUFSource(ModelSource):
         dtype: torch.dtype | None,
     ) -> torch.Tensor | QuantizedTensor:
         ggml_type = GGMLType(info.ggml_type)
-        heads = None
-        if self._permuted:
-            cfg = self.config
-            heads = permuted_heads(hf_name, cfg.num_attention_heads, cfg.num_key_value_heads)
-            if heads is not None and info.shape[0] != heads * cfg.head_dim:
-                raise ModelLoadError(
-                    f"{self.path}: {hf_name} has {info.shape[0]} rows, but {heads} heads of "
-                    f"{cfg.head_dim} need {heads * cfg.head_dim}; {_FIX}"
-                )
+        cfg = self.config
+        # Shapes were checked at open: q/k rows are whole heads, so the un-permute reshapes.
+        heads = (
+            permuted_heads(hf_name, cfg.num_attention_heads, cfg.num_key_value_heads)
+            if self._permuted
+            else None
+        )
         if ggml_type in FLOAT_TYPES:
             tensor = raw.view(_TORCH_FLOATS[ggml_type]).reshape(info.shape)
             tensor = convert_tensor(tensor, device, dtype)
