@@ -221,10 +221,11 @@ def test_digest_is_the_files_sha256(tmp_path):
     assert gg.num_bytes == gg.path.stat().st_size
 
 
-def test_same_greedy_tokens_as_the_hf_folder(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+def test_same_greedy_tokens_as_the_hf_folder(tmp_path, arch):
     from minerva import LLM, SamplingParams
 
-    _, gg, _ = both(tmp_path, "llama")
+    _, gg, _ = both(tmp_path, arch)
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     prompt = [[5, 17, 99, 3, 42]]
     outs = []
