@@ -179,3 +179,13 @@ def test_fuzz_mutations_end_in_a_model_or_a_model_load_error(tmp_path, valid):
             assert str(path) in str(e)
             outcomes["error"] += 1
     assert outcomes["error"] > 100 and outcomes["model"] > 0, outcomes
+
+
+def test_vocabulary_only_file(tmp_path):
+    import gguf
+
+    writer = gguf.GGUFWriter(tmp_path / "vocab.gguf", "llama")
+    writer.add_tokenizer_model("llama")
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.close):
+        write()
+    expect_error(tmp_path / "vocab.gguf", "holds no tensors", "vocabulary-only")

@@ -58,6 +58,10 @@ class GGUFSource(ModelSource):
         self.tensors = _collect_tensors(self.shards)
         arch = gguf_architecture(self.metadata, path)
         embed = self.tensors.get("token_embd.weight")
+        if not self.tensors:
+            raise ModelLoadError(
+                f"{path} holds no tensors (a vocabulary-only GGUF?): pass a GGUF with weights"
+            )
         if embed is None or len(embed[1].shape) != 2:
             raise ModelLoadError(f"{path} has no 2-D token_embd.weight tensor; {_FIX}")
         config = gguf_model_config(
