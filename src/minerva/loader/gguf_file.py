@@ -42,6 +42,7 @@ _SCALARS: dict[int, tuple[str, int]] = {
     12: ("d", 8),
 }
 _STRING, _ARRAY, _FLOAT32 = 8, 9, 6
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,26 @@ class _Cursor:
             values = list(struct.unpack_from(f"<{count}{fmt}", self.buf, self.pos))
             self.pos += count * size
             return values
+        if elem_type == _STRING:
+            return self.strings(count, what)
         return [self.value(elem_type, f"{what}[{i}]", depth + 1) for i in range(count)]
+
+    def strings(self, count: int, what: str) -> list[str]:
+        """``count`` strings: the vocabulary's hot loop (~10^5 tokens and merges), inlined."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        for i in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"the length of {what}[{i}]")
+            (length,) = _U64.unpack_from(buf, pos)
+            pos += 8
+            if pos + length > size:
+                self.pos = pos
+                self.need(length, f"{what}[{i}] ({length} bytes)")
+            out.append(str(buf[pos : pos + length], "utf-8", "surrogateescape"))
+            pos += length
+        self.pos = pos
+        return out
 
 
 def read_gguf(path: Path) -> GGUFFile:
