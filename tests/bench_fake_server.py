@@ -5,7 +5,9 @@ leaves ``ttft_ms`` after the request arrived, then one every ``itl_ms`` (on an a
 schedule, so sleeps do not drift). Speaks /v1/completions, /v1/chat/completions (SSE) and
 /api/generate, /api/chat (NDJSON); every ``fail_every``-th generation request gets HTTP 500,
 every ``midstream_error_every``-th one an in-band error after two tokens. Token i is the word
-``tok{i}`` (``alt{i}`` from ``diverge_at`` on, to make two servers disagree).
+``tok{i}`` (``alt{i}`` from ``diverge_at`` on, to make two servers disagree). With
+``hold_until_in_flight=k`` no request streams until k requests were in flight at once, so a
+concurrency test sees its full first wave whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class FakeLLMServer:
         fail_every: int = 0,
         midstream_error_every: int = 0,
         diverge_at: int | None = None,
+        hold_until_in_flight: int = 0,
     ) -> None:
         self.ttft = ttft_ms / 1e3
         self.itl = itl_ms / 1e3
@@ -41,6 +44,8 @@ class FakeLLMServer:
         self.bodies: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hold_until_in_flight = hold_until_in_flight
+        self._wave: asyncio.Event | None = None  # made on the server's loop
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -122,6 +127,12 @@ class FakeLLMServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if self.hold_until_in_flight:
+                self._wave = self._wave or asyncio.Event()
+                if self.max_in_flight >= self.hold_until_in_flight:
+                    self._wave.set()
+                await self._wave.wait()
+                arrival = time.perf_counter()  # the injected delays count from the release
             midstream = bool(
                 self.midstream_error_every and number % self.midstream_error_every == 0
             )

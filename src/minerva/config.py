@@ -1,70 +1,85 @@
 """Typed engine configuration: one dataclass per concern, gathered in EngineConfig. No torch.
 
-Every field carries a one-line help (``field_help``) that becomes its CLI help, and every value
-is checked in one place (``field_problem`` + ``EngineConfig.problems``). Field names are unique
-across sections, so the flat name (``block_size``) is the key everywhere: kwargs, TOML, the
-``MINERVA_BLOCK_SIZE`` env var and the ``--block-size`` flag. Where values come from and in which
-order (defaults < TOML < env < overrides) lives in config_sources.py; its public functions are
-re-exported here.
+Every field is a ``Field(default, doc, **rules)``: its doc becomes its CLI help, and its choices
+and range (config_fields.py) are what validation, ``config show`` / ``check`` and ``--help``
+read. Field names are unique across sections, so the flat name (``block_size``) is the key
+everywhere: kwargs, TOML, the ``MINERVA_BLOCK_SIZE`` env var and the ``--block-size`` flag.
+Where values come from and in which order (defaults < TOML < env < overrides) is
+config_sources.py; this module binds it, and the CLI glue, to the engine's fields.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
+import argparse
 import re
-import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from minerva.errors import ConfigError
+from minerva import config_cli, config_sources
+from minerva.config_fields import (
+    Field,
+    FieldSpec,
+    Schema,
+    config_error,
+    format_byte_size,
+    parse_byte_size,
+    specs_of,
+    suggest,
+)
+from minerva.dtypes import DTYPES, canonical_dtype
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-_DTYPE_ALIASES = {
-    "fp32": "float32",
-    "float": "float32",
-    "fp16": "float16",
-    "half": "float16",
-    "bf16": "bfloat16",
-}
-# Names other engines use for the same knob; accepted in kwargs/overrides only.
-ALIASES = {"gpu_memory_utilization": "memory_fraction"}
+__all__ = [
+    "ALIASES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
+    "EngineConfig", "FieldSpec", "ModelConfig", "SchedulerConfig", "add_config_arguments",
+    "add_config_subcommand", "check_config_file", "coerce_value", "config_error",
+    "config_show_rows", "env_warnings", "field_help", "field_problem", "format_byte_size",
+    "load_config", "overrides_from_args", "parse_byte_size", "resolve_name",
+    "run_config_command", "suggest",
+]  # fmt: skip
+
+ALIASES: dict[str, str] = {"gpu_memory_utilization": "memory_fraction"}
+"""The one table of other names for fields: lower-case keys are kwarg / override names (as other
+engines spell the knob), UPPER_CASE keys other environment variables (MINERVA_* wins)."""
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def _normalize_dtype(value: str) -> str:
-    value = value.strip().lower()
-    return _DTYPE_ALIASES.get(value, value)
-
-
-def _field(default: Any, doc: str, **meta: Any) -> Any:
-    return field(default=default, metadata={"help": doc, **meta})
+def _is_power_of_two(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
 
 
 @dataclass
 class ModelConfig:
     """Which model to run and how its numbers are stored."""
 
-    model: str | None = _field(
-        None, "Path to a Hugging Face model folder (default: the demo model)."
+    model: str | None = Field(
+        None, "Path to a Hugging Face model folder (default: the demo model).", non_empty=True
     )
-    tokenizer: str | None = _field(None, "Path to the tokenizer folder (default: the model path).")
-    dtype: str = _field(
-        "auto",
-        "Weight/activation dtype: auto|float32|float16|bfloat16.",
-        normalize=_normalize_dtype,
+    tokenizer: str | None = Field(
+        None, "Path to the tokenizer folder (default: the model path).", non_empty=True
     )
-    max_model_len: int | None = _field(
-        None, "Longest sequence (prompt + output) in tokens (default: from the model's config)."
+    dtype: str = Field(
+        "auto", "Weight/activation dtype (auto: the checkpoint's where the device runs it).",
+        choices=DTYPES, normalize=canonical_dtype,
+    )  # fmt: skip
+    max_model_len: int | None = Field(
+        None,
+        "Longest sequence (prompt + output) in tokens (default: from the model's config).",
+        ge=1,
     )
-    seed: int = _field(0, "Seed for the sampling of requests that set no seed of their own.")
-    served_model_name: str | None = _field(
-        None, "Model name the API reports and accepts (default: derived from the model path)."
+    seed: int = Field(
+        0, "Seed for the sampling of requests that set no seed of their own.", ge=0, lt=2**64
     )
-    load_format: str = _field(
+    served_model_name: str | None = Field(
+        None,
+        "Model name the API reports and accepts (default: derived from the model path).",
+        non_empty=True,
+    )
+    load_format: str = Field(
         "auto",
         "auto = the checkpoint's weights; dummy = random weights of the same shapes (benchmarks).",
+        choices=("auto", "dummy"),
     )
 
 
@@ -72,23 +87,28 @@ class ModelConfig:
 class DeviceConfig:
     """Where the model runs."""
 
-    device: str = _field("auto", "Device: auto|cpu|cuda|cuda:N|mps.", normalize=str.lower)
-    num_threads: int | None = _field(None, "CPU threads for torch (default: torch's own choice).")
-    attention_backend: str = _field(
-        "auto",
-        "Attention kernels: auto (Triton on CUDA, C decode kernels on CPU, else torch) | triton | torch.",
-        normalize=str.lower,
+    device: str = Field(
+        "auto", "Device to run on.", normalize=str.lower,
+        check=lambda v: bool(_DEVICE_RE.match(v)), allowed="auto, cpu, cuda, cuda:N or mps",
+    )  # fmt: skip
+    num_threads: int | None = Field(
+        None, "CPU threads for torch (default: torch's own choice).", ge=1
     )
-    enforce_eager: bool = _field(False, "Never use CUDA graphs (slower decode; for debugging).")
-    fused_kernels: bool = _field(
+    attention_backend: str = Field(
+        "auto",
+        "Attention kernels (auto: Triton on CUDA, C decode kernels on CPU, else torch).",
+        choices=("auto", "triton", "torch"), normalize=str.lower,
+    )  # fmt: skip
+    enforce_eager: bool = Field(False, "Never use CUDA graphs (slower decode; for debugging).")
+    fused_kernels: bool = Field(
         True, "Fused Triton add+RMSNorm, SiLU*mul and RoPE on CUDA (off = torch ops)."
     )
-    pdl: bool = _field(
+    pdl: bool = Field(
         True,
         "Programmatic dependent launch of the fused Triton kernels on Hopper and newer GPUs: "
         "each kernel starts while the previous one drains (off = plain launches).",
     )
-    cpu_kernels: bool = _field(
+    cpu_kernels: bool = Field(
         True,
         "C kernels on the CPU (linear layers, add+RMSNorm, RoPE, decode attention), built at "
         "first use (off = torch ops).",
@@ -99,38 +119,42 @@ class DeviceConfig:
 class CacheConfig:
     """The paged KV cache: block geometry, memory budget, prefix caching."""
 
-    block_size: int = _field(16, "Tokens per KV cache block: a power of two from 1 to 256.")
-    memory_fraction: float = _field(
-        0.9, "Fraction of free device memory for weights + KV cache on GPU, in (0, 1]."
+    block_size: int = Field(
+        16, "Tokens per KV cache block.", ge=1, le=256,
+        check=_is_power_of_two, allowed="a power of two",
+    )  # fmt: skip
+    memory_fraction: float = Field(
+        0.9, "Fraction of free device memory for weights + KV cache on GPU.", gt=0, le=1
     )
-    kv_cache_memory: int | None = _field(
+    kv_cache_memory: int | None = Field(
         None,
-        "KV cache bytes, e.g. 4GiB, 512MB (default: memory_fraction on GPU; on CPU 5% of free RAM, at most 2 GiB).",
-        byte_size=True,
+        "KV cache bytes, e.g. 4GiB, 512MB (default: memory_fraction on GPU; on CPU 5% of free "
+        "RAM, at most 2 GiB).",
+        byte_size=True, gt=0,
+    )  # fmt: skip
+    num_kv_blocks: int | None = Field(
+        None, "Number of KV cache blocks; overrides the memory budget when set.", ge=1
     )
-    num_kv_blocks: int | None = _field(
-        None, "Number of KV cache blocks; overrides the memory budget when set."
-    )
-    kv_cache_dtype: str = _field(
-        "auto",
-        "KV cache dtype: auto|float32|float16|bfloat16 (auto = model dtype).",
-        normalize=_normalize_dtype,
-    )
-    enable_prefix_caching: bool = _field(True, "Reuse the KV blocks of shared prompt prefixes.")
+    kv_cache_dtype: str = Field(
+        "auto", "KV cache dtype (auto: the model's dtype).",
+        choices=DTYPES, normalize=canonical_dtype,
+    )  # fmt: skip
+    enable_prefix_caching: bool = Field(True, "Reuse the KV blocks of shared prompt prefixes.")
 
 
 @dataclass
 class SchedulerConfig:
     """Continuous batching on a token budget."""
 
-    max_num_seqs: int = _field(256, "Most requests running in one step.")
-    max_num_batched_tokens: int = _field(2048, "Most tokens (prefill + decode) run in one step.")
-    enable_chunked_prefill: bool = _field(True, "Split long prompts over several steps.")
-    async_scheduling: str = _field(
-        "auto",
-        "Launch step N+1 before reading step N's tokens: auto (on for CUDA) | on | off.",
-        normalize=str.lower,
+    max_num_seqs: int = Field(256, "Most requests running in one step.", ge=1)
+    max_num_batched_tokens: int = Field(
+        2048, "Most tokens (prefill + decode) run in one step.", ge=1
     )
+    enable_chunked_prefill: bool = Field(True, "Split long prompts over several steps.")
+    async_scheduling: str = Field(
+        "auto", "Launch step N+1 before reading step N's tokens (auto: on for CUDA).",
+        choices=("auto", "on", "off"), normalize=str.lower,
+    )  # fmt: skip
 
 
 SECTIONS: dict[str, type] = {
@@ -140,213 +164,29 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerConfig,
 }
 
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """What one flat config field is: its section, type, default and help."""
-
-    name: str
-    section: str
-    type: type  # bool | int | float | str (the non-None part of the annotation)
-    optional: bool
-    default: Any
-    help: str
-    byte_size: bool = False
-    normalize: Callable[[str], str] | None = None
-
-    @property
-    def kind(self) -> str:
-        """What values are allowed, in words ('an integer or none')."""
-        if self.byte_size:
-            kind = "a byte size (e.g. 4GiB, 512MB, 1.5G)"
-        else:
-            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(
-                self.type, "a string"
-            )
-        return kind + (" or none" if self.optional else "")
-
-
-def _build_fields() -> dict[str, FieldSpec]:
-    specs: dict[str, FieldSpec] = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in specs:  # flat names are the keys everywhere: they must stay unique
-                raise RuntimeError(f"config field {f.name!r} is defined in two sections")
-            args = typing.get_args(hints[f.name])
-            optional = type(None) in args
-            base = next(a for a in args if a is not type(None)) if optional else hints[f.name]
-            specs[f.name] = FieldSpec(
-                name=f.name, section=section, type=base, optional=optional, default=f.default,
-                help=f.metadata["help"], byte_size=f.metadata.get("byte_size", False),
-                normalize=f.metadata.get("normalize"),
-            )  # fmt: skip
-    return specs
-
-
-FIELDS: dict[str, FieldSpec] = _build_fields()
+FIELDS: dict[str, FieldSpec] = specs_of(SECTIONS)
 
 
 def field_help(name: str) -> str:
-    """The one-line help of a flat field (the text of its CLI flag)."""
+    """The one-line help of a flat field (the text of its CLI flag): doc, then what is allowed."""
     return FIELDS[name].help
 
 
-def suggest(name: str, candidates: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest candidate, or '' when nothing is close."""
-    by_key = {c.lower().replace("-", "_"): c for c in candidates}
-    key = name.lower().replace("-", "_")
-    close = difflib.get_close_matches(key, list(by_key), n=1, cutoff=0.6)
-    return f" (did you mean {by_key[close[0]]!r}?)" if close else ""
-
-
-def config_error(problems: list[str], header: str = "Invalid config") -> ConfigError:
-    """One ConfigError listing every problem; ``.problems`` keeps them as a list."""
-    if len(problems) == 1:
-        message = f"{header}: {problems[0]}"
-    else:
-        message = f"{header} ({len(problems)} problems):\n" + "\n".join(
-            f"  - {p}" for p in problems
-        )
-    err = ConfigError(message)
-    err.problems = list(problems)  # type: ignore[attr-defined]
-    return err
-
-
-# ---- byte sizes ---------------------------------------------------------------------------
-
-# K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024; KB/MB/GB/TB (SI) are powers of 1000.
-_BYTE_UNITS = {"": 1, "b": 1}
-for _i, _p in enumerate("kmgt", start=1):
-    _BYTE_UNITS.update({_p: 1024**_i, f"{_p}ib": 1024**_i, f"{_p}b": 1000**_i})
-_BYTE_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)$")
-
-
-def parse_byte_size(value: str | int | float) -> int:
-    """'4GiB' -> 4294967296, '512MB' -> 512000000, '1.5G' -> 1610612736; ints pass through."""
-    if isinstance(value, bool):
-        raise ValueError("must be a byte size (e.g. 4GiB, 512MB, 1.5G)")
-    if isinstance(value, (int, float)):
-        if value < 0 or value != value:
-            raise ValueError("must be a non-negative byte size")
-        return int(value)
-    match = _BYTE_RE.match(str(value).strip().lower())
-    if match is None or match.group(2) not in _BYTE_UNITS:
-        raise ValueError("must be a byte size such as 4GiB, 512MB, 1.5G or 1073741824")
-    try:  # Decimal keeps large plain integers exact
-        return int(Decimal(match.group(1)) * _BYTE_UNITS[match.group(2)])
-    except InvalidOperation as e:
-        raise ValueError("must be a byte size such as 4GiB, 512MB or 1.5G") from e
-
-
-def format_byte_size(num_bytes: int) -> str:
-    """4294967296 -> '4 GiB', 1536 -> '1.5 KiB'."""
-    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.2f}".rstrip("0").rstrip(".") + f" {unit}"
-    return f"{num_bytes} B"
-
-
-# ---- coercion and validation (the one place values are judged) ----------------------------
-
-_TRUE, _FALSE, _NONE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}, {"none", "null", ""}
-
-
-def _parse_text(spec: FieldSpec, text: str) -> Any:
-    """A string from env / CLI / kwargs → the field's type."""
-    text = text.strip()
-    if spec.optional and text.lower() in _NONE:
-        return None
-    if spec.byte_size:
-        return parse_byte_size(text)
-    if spec.type is bool:
-        if text.lower() in _TRUE | _FALSE:
-            return text.lower() in _TRUE
-        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
-    if spec.type in (int, float):
-        try:
-            return spec.type(text)
-        except ValueError:
-            raise ValueError(f"must be {spec.kind}") from None
-    return spec.normalize(text) if spec.normalize else text
-
-
 def coerce_value(name: str, value: Any, *, strict: bool = False) -> Any:
-    """Convert ``value`` to field ``name``'s type or raise ValueError saying what is allowed.
-
-    Strings are parsed ('32', 'false', 'none', '4GiB') unless ``strict`` (TOML, which has real
-    types); byte sizes accept strings everywhere.
-    """
-    spec = FIELDS[name]
-    if value is None:
-        if spec.optional:
-            return None
-        raise ValueError(f"must be {spec.kind}")
-    if isinstance(value, str) and (not strict or spec.byte_size):
-        return _parse_text(spec, value)
-    if spec.byte_size:
-        return parse_byte_size(value)
-    if not _type_ok(spec, value):
-        raise ValueError(f"must be {spec.kind}")
-    if spec.type is float:
-        return float(value)
-    return spec.normalize(value) if spec.normalize else value
-
-
-def _type_ok(spec: FieldSpec, value: Any) -> bool:
-    if spec.type is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if spec.type is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, spec.type)
-
-
-def _is_block_size(v: int) -> bool:
-    return 1 <= v <= 256 and v & (v - 1) == 0
-
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_NON_EMPTY = (lambda v: v.strip() != "", "a non-empty string")
-_POSITIVE = (lambda v: v >= 1, "a positive integer")
-# name -> (accepts the non-None value, what is allowed)
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "model": _NON_EMPTY,
-    "tokenizer": _NON_EMPTY,
-    "served_model_name": _NON_EMPTY,
-    "load_format": (lambda v: v in ("auto", "dummy"), "auto or dummy"),
-    "dtype": (lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
-    "kv_cache_dtype": (lambda v: v in DTYPES, "one of " + ", ".join(DTYPES)),
-    "max_model_len": _POSITIVE,
-    "seed": (lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)"),
-    "device": (lambda v: bool(_DEVICE_RE.match(v)), "auto, cpu, cuda, cuda:N or mps"),
-    "num_threads": _POSITIVE,
-    "attention_backend": (lambda v: v in ("auto", "triton", "torch"), "auto, triton or torch"),
-    "block_size": (_is_block_size, "a power of two from 1 to 256"),
-    "memory_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "kv_cache_memory": (lambda v: v > 0, "a positive byte size"),
-    "num_kv_blocks": _POSITIVE,
-    "max_num_seqs": _POSITIVE,
-    "max_num_batched_tokens": _POSITIVE,
-    "async_scheduling": (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
-}
+    """Convert ``value`` to field ``name``'s type or raise ValueError saying what is allowed."""
+    return FIELDS[name].coerce(value, strict=strict)
 
 
 def field_problem(name: str, value: Any) -> str | None:
     """What is wrong with a coerced value of field ``name`` ('must be in (0, 1]'), else None."""
-    spec = FIELDS[name]
-    if value is None:
-        return None if spec.optional else f"must be {spec.kind}"
-    if not _type_ok(spec, value):
-        return f"must be {spec.kind}"
-    accepts, allowed = _RULES.get(name, (lambda v: True, ""))
-    return None if accepts(value) else f"must be {allowed}"
+    return FIELDS[name].problem(value)
 
 
 def resolve_name(name: str) -> str:
     """The flat field a kwarg names (aliases included); ConfigError with a suggestion if none."""
-    key = ALIASES.get(name, name)
-    if key not in FIELDS:
-        raise config_error([f"unknown config field {name!r}{suggest(name, FIELDS)}"])
+    key = SCHEMA.resolve(name)
+    if key is None:
+        raise config_error([SCHEMA.unknown(name)])
     return key
 
 
@@ -366,18 +206,18 @@ class EngineConfig:
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
         """Build from flat field names (``block_size=32, dtype="bf16"``); strings are parsed."""
         per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-        problems = []
+        problems: list[str] = []
         for name, value in kwargs.items():
-            key = ALIASES.get(name, name)
-            if key not in FIELDS:
-                problems.append(f"unknown config field {name!r}{suggest(name, FIELDS)}")
+            key = SCHEMA.resolve(name)
+            if key is None:
+                problems.append(SCHEMA.unknown(name))
                 continue
             try:
-                coerced = coerce_value(key, value)
+                coerced = FIELDS[key].coerce(value)
             except ValueError as e:
                 problems.append(f"{name}={value!r}: {e}")
                 continue
-            if problem := field_problem(key, coerced):
+            if problem := FIELDS[key].problem(coerced):
                 problems.append(f"{name}={value!r}: {problem}")
             per_section[FIELDS[key].section][key] = coerced
         if problems:
@@ -391,12 +231,7 @@ class EngineConfig:
     def problems(self) -> list[str]:
         """Every invalid value ('block_size=24: must be ...') and every bad combination."""
         values = self.flat()
-        found = [
-            f"{name}={value!r}: {problem}"
-            for name, value in values.items()
-            if (problem := field_problem(name, value))
-        ]
-        if found:  # combinations are only meaningful between valid values
+        if found := SCHEMA.problems(values):  # combinations only matter between valid values
             return found
         max_len, budget = values["max_model_len"], values["max_num_batched_tokens"]
         if not values["enable_chunked_prefill"] and max_len is not None and budget < max_len:
@@ -413,16 +248,72 @@ class EngineConfig:
             raise config_error(found)
 
 
-_SOURCE_API = (
-    "load_config", "check_config_file", "env_warnings", "add_config_arguments",
-    "overrides_from_args", "config_show_rows", "run_config_command", "add_config_subcommand",
+SCHEMA = Schema(
+    fields=FIELDS, sections=SECTIONS, build=EngineConfig.from_kwargs,
+    flatten=EngineConfig.flat, aliases=ALIASES,
 )  # fmt: skip
+"""The engine config as the sources and the CLI glue see it."""
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy re-export: config_sources imports this module, so importing it eagerly would cycle.
-    if name in _SOURCE_API:
-        from minerva import config_sources
+# ---- the sources and the CLI glue, bound to the engine config ------------------------------
 
-        return getattr(config_sources, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def load_config(
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    override_source: str = "override",
+) -> tuple[EngineConfig, dict[str, str]]:
+    """Merge defaults < TOML file < MINERVA_* env < overrides into a validated EngineConfig.
+
+    Returns the config and, per flat field, its source: "default", "file:<path>",
+    "env:MINERVA_X" or ``override_source`` ("cli" from the command line). Without
+    ``config_file`` the file named by $MINERVA_CONFIG is read, if set. ``env`` defaults to
+    os.environ. Raises ConfigError listing every bad value with its source.
+    """
+    return config_sources.load(SCHEMA, config_file, overrides, env, override_source=override_source)
+
+
+def check_config_file(path: str) -> list[str]:
+    """Every problem in a TOML config file, one line each; empty when it is fine."""
+    return config_sources.check_file(SCHEMA, path)
+
+
+def env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
+    """MINERVA_* variables that are neither config fields nor known; load_config ignores them."""
+    return config_sources.env_warnings(SCHEMA, env)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> None:
+    """Add ``--config PATH`` (dest ``config``) and one ``--<field>`` flag per config field.
+
+    Fields (or "config") named in ``exclude`` get no flag. Flags default to argparse.SUPPRESS,
+    so only the flags given become overrides (see ``overrides_from_args``); booleans get
+    ``--x/--no-x``.
+    """
+    if "config" not in exclude:
+        config_cli.add_config_file_argument(parser)
+    config_cli.add_arguments(parser, SCHEMA, exclude)
+
+
+def overrides_from_args(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The config flags that were given on the command line, by flat field name."""
+    return config_cli.overrides_from_args(namespace, SCHEMA)
+
+
+def config_show_rows(
+    cfg: EngineConfig, sources: Mapping[str, str]
+) -> list[tuple[str, str, Any, str, str]]:
+    """(section, field, value, source, help) per field, in section order."""
+    return config_cli.show_rows(SCHEMA, cfg, sources)
+
+
+def run_config_command(args: argparse.Namespace) -> int:
+    """``minerva config show|check``: print the effective config or check a file; exit code."""
+    return config_cli.run_command(SCHEMA, args)
+
+
+def add_config_subcommand(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``config show|check`` on the CLI's subparsers; sets ``func``."""
+    return config_cli.add_subcommand(subparsers, SCHEMA)

@@ -26,8 +26,7 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig
-from minerva.config_sources import add_config_arguments, load_config, overrides_from_args
+from minerva.config import EngineConfig, add_config_arguments, load_config, overrides_from_args
 from minerva.errors import MinervaError
 from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
 
@@ -57,7 +56,7 @@ def measure_bandwidth(platform: Platform, mib: int | None = None, repeats: int =
     """Best GB/s over `mib` MiB: on a GPU a device-to-device copy, bytes read + written (the
     measure gpu_bench's roofline uses); on the CPU a sum, bytes read (a copy's writes cost
     more than its reads there). Batch-1 decode reads each weight once per token. Default size:
-    1 GiB on a GPU (256 MiB copies read 7% slower on an H100), 256 MiB elsewhere."""
+    1 GiB on a GPU (smaller copies read below the full bandwidth there), 256 MiB elsewhere."""
     mib = mib or (1024 if platform.is_cuda else 256)
     src = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=platform.device)
     dst = torch.empty_like(src) if platform.kind != "cpu" else None
@@ -104,7 +103,7 @@ def cpu_info() -> dict[str, Any]:
 
 def triton_cache_files() -> tuple[str, int]:
     """(Triton's kernel cache folder, how many files it holds). An empty cache means the next
-    engine start compiles every kernel first (a 7B start on a fresh H100 took 20.5 s:
+    engine start compiles every kernel first (engine_start_s in
     benchmarks/results/gpu_bench_mistral-7b_h100_pdl_modes.json)."""
     folder = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
     count = sum(1 for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0

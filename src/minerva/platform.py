@@ -13,18 +13,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from minerva.dtypes import DTYPES, canonical_dtype
 from minerva.errors import ConfigError
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 
 
 @dataclass(frozen=True)
@@ -170,17 +160,15 @@ def resolve_platform(device: str = "auto") -> Platform:
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    """'bf16' / 'bfloat16' / torch.bfloat16 -> torch.bfloat16; 'auto' / None -> None."""
+    """'bf16' / 'bfloat16' / torch.bfloat16 -> torch.bfloat16; 'auto' / None -> None.
+
+    The names are minerva.dtypes' table; each canonical name is the torch attribute."""
     if name is None or isinstance(name, torch.dtype):
         return name
-    key = str(name).lower().removeprefix("torch.")
-    if key == "auto":
-        return None
-    if key not in _DTYPES:
-        raise ConfigError(
-            f"dtype={name!r} is not supported: use auto, float32, float16 or bfloat16"
-        )
-    return _DTYPES[key]
+    key = canonical_dtype(name)
+    if key not in DTYPES:
+        raise ConfigError(f"dtype={name!r} is not supported: use {', '.join(DTYPES)}")
+    return None if key == "auto" else getattr(torch, key)
 
 
 def resolve_dtype(platform: Platform, requested: str | None, checkpoint: str | None) -> torch.dtype:

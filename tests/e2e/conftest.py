@@ -58,8 +58,9 @@ class Server:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return out
 
-    def wait_idle(self, timeout: float = 10.0) -> dict[str, float]:
-        """Poll /metrics until nothing runs or waits and no KV block is held."""
+    def wait_idle(self, timeout: float = 60.0) -> dict[str, float]:
+        """Poll /metrics until nothing runs or waits and no KV block is held (the timeout is a
+        hang guard, not a speed check)."""
         deadline = time.monotonic() + timeout
         while True:
             m = self.metrics()

@@ -1,12 +1,17 @@
 """AsyncEngine in-process: same tokens as the sync engine, abort frees KV blocks, admission
-control, drain, errors reach the caller, and an idle engine thread sleeps (no busy spin)."""
+control, drain, errors reach the caller, and an idle engine thread sleeps (no busy spin).
+
+No test depends on the machine's speed: a request that must still be running is held by a
+StepGate (the engine thread waits before its next step until an abort is submitted)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import time
+from collections.abc import Callable
 
-import psutil
 import pytest
 
 from minerva.config import EngineConfig
@@ -55,6 +60,44 @@ def run(coro):
     return asyncio.run(coro)
 
 
+class StepGate:
+    """Once ``hold(outputs)`` was true after a step, the engine thread runs one more step per
+    command the caller submits (so adds are still taken) and runs freely once an abort was
+    submitted: the requests in flight cannot run to their end before they are aborted."""
+
+    def __init__(self, engine: AsyncEngine, hold: Callable[[list], bool]) -> None:
+        self.outputs: list = []
+        self._holding = False
+        self._aborted = threading.Event()
+        self._tickets = threading.Semaphore(0)  # one step per submitted command
+        step, submit = engine.engine.step, engine._submit
+
+        def gated_step():
+            if self._holding and not self._aborted.is_set():
+                self._tickets.acquire(timeout=60)  # a hang guard; the tests always abort
+            outputs = step()
+            self.outputs.extend(outputs)
+            self._holding = self._holding or hold(outputs)
+            return outputs
+
+        def gated_submit(kind, payload):
+            submit(kind, payload)
+            if kind == "abort":
+                self._aborted.set()
+            self._tickets.release()
+
+        engine.engine.step = gated_step
+        engine._submit = gated_submit
+
+
+async def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition``; the 60 s bound is a hang guard, not a speed check."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.01)
+
+
 def test_streams_match_the_sync_engine_and_report_steps(model_dir):
     expected = make_engine(model_dir)
     expected.add_request(PROMPT, greedy(12), "ref")
@@ -83,6 +126,7 @@ def test_streams_match_the_sync_engine_and_report_steps(model_dir):
 def test_abort_frees_kv_and_admission_is_bounded(model_dir):
     async def main():
         engine = AsyncEngine(make_engine(model_dir), max_queued_requests=1)
+        StepGate(engine, hold=bool)  # nothing finishes before the aborts below
         engine.start()
         streams = [await engine.add_request(PROMPT, greedy(200), f"r{i}") for i in range(3)]
         with pytest.raises(QueueFullError) as e:  # 2 running + 1 queued: full
@@ -96,11 +140,13 @@ def test_abort_frees_kv_and_admission_is_bounded(model_dir):
             s.abort()
         added = await engine.add_request(PROMPT, greedy(2), "after")  # room again at once
         outs = [o async for o in added]
-        for _ in range(100):
+
+        def settled() -> bool:
             stats = engine.stats()
-            if stats.num_running == stats.num_waiting == 0:
-                break
-            await asyncio.sleep(0.01)
+            return stats.num_running == stats.num_waiting == 0
+
+        await wait_until(settled, "nothing runs or waits")
+        stats = engine.stats()
         await engine.shutdown()
         return outs, stats
 
@@ -127,64 +173,96 @@ def test_request_errors_reach_the_caller(model_dir):
 
 
 def test_drain_finishes_short_requests_and_aborts_long_ones(model_dir):
+    def short_finished(outputs) -> bool:
+        return any(o.request_id == "short" and o.finished for o in outputs)
+
     async def main():
         engine = AsyncEngine(make_engine(model_dir))
+        StepGate(engine, hold=short_finished)  # "long" cannot finish before it is aborted
         engine.start()
         short = await engine.add_request(PROMPT, greedy(3), "short")
         long = await engine.add_request(PROMPT, greedy(1500), "long")
-        drained = asyncio.create_task(engine.drain(timeout=0.3))
+        drained = asyncio.create_task(engine.drain(timeout=600))  # outlived by the one below
         await asyncio.sleep(0)
         with pytest.raises(EngineDrainingError):
             await engine.add_request(PROMPT, greedy(2), "late")
-        short_outs = [o async for o in short]
+        short_outs = [o async for o in short]  # finishes while the engine drains
+        still_draining = not drained.done()
+        # A drain whose timeout has run out (here at once) aborts what is still in flight.
+        aborted = await engine.drain(timeout=0)
         long_outs = [o async for o in long]
-        aborted = await drained
+        first_aborted = await drained
         await engine.shutdown()
-        return short_outs, long_outs, aborted
+        return short_outs, long_outs, still_draining, aborted, first_aborted
 
-    short_outs, long_outs, aborted = run(main())
+    short_outs, long_outs, still_draining, aborted, first_aborted = run(main())
     assert short_outs[-1].finish_reason == "length"
-    assert long_outs[-1].finish_reason == "abort" and aborted == 1
+    assert len(short_outs[-1].outputs[0].token_ids) == 3
+    assert still_draining  # the drain waited for "long"
+    assert long_outs[-1].finish_reason == "abort" and aborted == 1 and first_aborted == 0
     assert len(long_outs[-1].outputs[0].token_ids) < 1500
+
+
+def _parked_in_wait(thread: threading.Thread) -> bool:
+    """The thread's innermost Python frame is Condition.wait, called from the engine loop."""
+    frame = sys._current_frames().get(thread.ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return bool(names) and names[0] == "wait" and "_run" in names
 
 
 def test_idle_engine_thread_sleeps(model_dir):
     async def main():
-        engine = AsyncEngine(make_engine(model_dir))
+        llm = make_engine(model_dir)
+        loops = 0
+        has_unfinished = llm.has_unfinished_requests
+
+        def counted() -> bool:  # the engine loop asks once per turn
+            nonlocal loops
+            loops += 1
+            return has_unfinished()
+
+        llm.has_unfinished_requests = counted
+        engine = AsyncEngine(llm)
         engine.start()
         _ = [o async for o in engine.generate(PROMPT, greedy(2))]
-        proc = psutil.Process()
-        before = sum(proc.cpu_times()[:2])
-        await asyncio.sleep(0.5)
-        used = sum(proc.cpu_times()[:2]) - before
+        thread = next(t for t in threading.enumerate() if t.name == "minerva-engine")
+        await wait_until(lambda: _parked_in_wait(thread), "the engine thread waits")
+        before = loops
+        await asyncio.sleep(0.2)  # a spinning loop would turn here; a parked one cannot
+        after, parked = loops, _parked_in_wait(thread)
         await engine.shutdown()
-        return used
+        return before, after, parked
 
-    assert run(main()) < 0.1  # a spinning thread would burn ~0.5 s of CPU here
+    before, after, parked = run(main())
+    assert before > 0 and after == before and parked
 
 
 def test_cancelling_the_consumer_aborts_the_request(model_dir):
     async def main():
         engine = AsyncEngine(make_engine(model_dir))
+        gate = StepGate(engine, hold=bool)  # "c" cannot finish before it is aborted
         engine.start()
+        first = asyncio.Event()
 
         async def consume():
             async for _ in engine.generate(PROMPT, greedy(1500), "c"):
-                pass
+                first.set()
 
         task = asyncio.create_task(consume())
-        while engine.stats().num_running == 0:
-            await asyncio.sleep(0.01)
+        await first.wait()
+        assert engine.stats().num_running == 1
         task.cancel()
-        start = time.monotonic()
-        while engine.stats().num_running and time.monotonic() - start < 5:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: engine.stats().num_running == 0, "the request is gone")
         stats = engine.stats()
         await engine.shutdown()
-        return stats
+        return stats, gate.outputs
 
-    stats = run(main())
+    stats, outputs = run(main())
     assert stats.num_running == 0 and stats.kv_cache_usage == 0
+    assert all(o.finish_reason != "length" for o in outputs)  # aborted, never ran out
 
 
 def test_engine_failure_reaches_every_waiter(model_dir):

@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from minerva import doctor
 from minerva.cli import main
-from minerva.config_sources import load_config
+from minerva.config import load_config
 from minerva.demo import demo_model_path
 
 MIB = 2**20

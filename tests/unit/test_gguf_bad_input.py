@@ -42,6 +42,7 @@ def load(path):
     source = open_model(path)
     for _ in source.iter_weights(progress=False):
         pass
+    _ = source.eos_token_ids, source.chat_template, source.generation_defaults
     return source
 
 

@@ -261,7 +261,6 @@ def test_round_trip_through_our_exporter(tmp_path, arch):
 def test_tokenizer_from_gguf_metadata_matches_the_hf_tokenizer(tmp_path):
     """With tokenizer metadata (written by our exporter through gguf.vocab), the GGUF source's
     own tokenizer encodes like the folder's tokenizer.json, and EOS comes from the file."""
-    pytest.importorskip("minerva.tokenizer.gguf_vocab")
     from minerva.loader.gguf_export import float_plan
     from minerva.loader.gguf_export import write_gguf as export_gguf
     from tests.tiny_models import build_tiny_text_model

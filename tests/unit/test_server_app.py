@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import httpx
 import pytest
@@ -40,7 +41,7 @@ def test_health_is_503_while_loading_then_200(model_dir):
     release = threading.Event()
 
     def slow_load() -> LLMEngine:
-        release.wait(10)
+        assert release.wait(60)  # the test releases it after its checks
         return _engine(model_dir)
 
     app = build_app(ServerConfig(served_model_name=MODEL_NAME), load_engine=slow_load)
@@ -50,10 +51,9 @@ def test_health_is_503_while_loading_then_200(model_dir):
         models = await client.get("/v1/models")
         tags = await client.get("/api/tags")
         release.set()
-        for _ in range(200):
-            ready = await client.get("/health")
-            if ready.status_code == 200:
-                break
+        deadline = time.monotonic() + 60  # a hang guard, not a speed check
+        while (ready := await client.get("/health")).status_code != 200:
+            assert time.monotonic() < deadline, ready.json()
             await asyncio.sleep(0.02)
         after = await client.get("/v1/models")
         return loading, models, tags, ready, after
@@ -75,9 +75,8 @@ def test_a_failed_load_is_reported():
     app = build_app(ServerConfig(served_model_name="m"), load_engine=broken, on_load_error=errors.append)  # fmt: skip
 
     async def check(client):
-        for _ in range(100):
-            if errors:
-                break
+        deadline = time.monotonic() + 60  # a hang guard, not a speed check
+        while not errors and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         return await client.get("/health")
 

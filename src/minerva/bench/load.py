@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -104,21 +104,26 @@ async def run_level(
     seed: int = 0,
     burstiness: float = 1.0,
     on_done: Callable[[RequestRecord], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
 ) -> tuple[list[RequestRecord], float]:
-    """Send every request at this level; returns the records and the run's wall time."""
+    """Send every request at this level; returns the records and the run's wall time.
+
+    ``clock`` and ``sleep`` pace the arrivals (tests inject a virtual clock to check the pacing
+    without depending on the machine's speed)."""
     offsets = arrival_offsets(len(requests), level.request_rate, burstiness, seed + repeat)
     limit = asyncio.Semaphore(level.concurrency) if level.concurrency else None
-    start = time.perf_counter()
+    start = clock()
 
     async def one(i: int, req: BenchRequest) -> RequestRecord:
-        delay = offsets[i] - (time.perf_counter() - start)
+        delay = offsets[i] - (clock() - start)
         if delay > 0:
-            await asyncio.sleep(delay)
+            await sleep(delay)
         record = RequestRecord(target.name, level.label, repeat, i)
         if limit is not None:
             await limit.acquire()
         try:
-            record.start = time.perf_counter() - start
+            record.start = clock() - start
             await send_request(client, target, req, params, record)
         finally:
             if limit is not None:
@@ -128,7 +133,7 @@ async def run_level(
         return record
 
     records = await asyncio.gather(*(one(i, r) for i, r in enumerate(requests)))
-    return list(records), time.perf_counter() - start
+    return list(records), clock() - start
 
 
 async def warm_up(

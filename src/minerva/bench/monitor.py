@@ -122,6 +122,11 @@ class ResourceMonitor:
         )
         return self.summary
 
+    @property
+    def num_samples(self) -> int:
+        """Samples taken so far (the start's included)."""
+        return len(self._samples)
+
     def __enter__(self) -> ResourceMonitor:
         return self.start()
 

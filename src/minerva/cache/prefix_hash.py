@@ -6,7 +6,8 @@ tokens agree. That is what lets a request reuse another's KV blocks by hash alon
 
 The hash is 64 bits of BLAKE2b over a fixed little-endian encoding, so it is the same in every
 process and on every platform (Python's ``hash()`` is not guaranteed to be), and an adversarial
-prompt cannot cheaply collide with another user's prefix. Cost: ~1.5 us per 16-token block.
+prompt cannot cheaply collide with another user's prefix. It is cheap next to a step
+(per-block cost: benchmarks/results/host_costs_cpu.json).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from minerva.errors import ConfigError, ModelLoadError
+from minerva.errors import ModelLoadError
 from minerva.loader.hf_config import read_json
 from minerva.loader.safetensors_loader import (
     iter_safetensors_file,
@@ -25,6 +25,7 @@ from minerva.loader.safetensors_loader import (
     tensor_nbytes,
 )
 from minerva.loader.torch_bin_loader import iter_bin_file
+from minerva.platform import parse_dtype
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -171,7 +172,7 @@ def iter_checkpoint_tensors(
         else find_checkpoint_files(folder_or_files)
     )
     device = torch.device(device)
-    dtype = to_torch_dtype(dtype)
+    dtype = parse_dtype(dtype)
     wanted = _make_filter(names_filter)
     raw = _iter_safetensors(files, wanted) if files.format == "safetensors" else _iter_bin(files)
     with progress_bar(progress, files.total_bytes) as advance:
@@ -216,15 +217,6 @@ def convert_tensor(tensor: torch.Tensor, device: torch.device, dtype: torch.dtyp
             tensor = tensor.to(device)  # cast on the accelerator: far faster than on the host
         tensor = tensor.to(dtype)
     return tensor.to(device)
-
-
-def to_torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ConfigError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16' or 'float32'")
-    return resolved
 
 
 def _make_filter(names_filter: NamesFilter) -> Callable[[str], bool]:

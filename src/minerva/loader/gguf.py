@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from minerva.errors import ModelLoadError
-from minerva.loader.checkpoint import convert_tensor, progress_bar, to_torch_dtype
+from minerva.loader.checkpoint import convert_tensor, progress_bar
 from minerva.loader.gguf_config import (
     gguf_architecture,
     gguf_chat_template,
@@ -30,6 +30,7 @@ from minerva.loader.gguf_names import (
     unpermute_rows,
 )
 from minerva.loader.source import ModelSource
+from minerva.platform import parse_dtype
 from minerva.quant.gguf_types import (
     BLOCK_GEOMETRY,
     FLOAT_TYPES,
@@ -38,6 +39,8 @@ from minerva.quant.gguf_types import (
     QuantizedTensor,
 )
 from minerva.tokenizer import Tokenizer
+from minerva.tokenizer.gguf_eog import eog_token_ids
+from minerva.tokenizer.gguf_vocab import tokenizer_from_gguf_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +98,12 @@ class GGUFSource(ModelSource):
         """The vocabulary in the file's ``tokenizer.ggml.*`` metadata, as llama.cpp reads it."""
         if self.metadata.get("tokenizer.ggml.model") is None:
             return None
-        try:
-            from minerva.tokenizer.gguf_vocab import tokenizer_from_gguf_metadata  # noqa: PLC0415
-        except ImportError:  # a build without the GGUF vocabulary reader: --tokenizer still works
-            return None
         return tokenizer_from_gguf_metadata(self.metadata, name=str(self.path))
 
     @property
     def eos_token_ids(self) -> list[int]:
         """EOS / EOT / EOM ids, plus every token llama.cpp ends generation on (e.g. <|im_end|>)."""
-        eos = super().eos_token_ids
-        try:
-            from minerva.tokenizer.gguf_eog import eog_token_ids  # noqa: PLC0415
-        except ImportError:  # a build without the GGUF vocabulary reader
-            return eos
-        return list(dict.fromkeys(eos + eog_token_ids(self.metadata)))
+        return list(dict.fromkeys(super().eos_token_ids + eog_token_ids(self.metadata)))
 
     def _own_chat_template(self) -> str | dict[str, str] | None:
         return gguf_chat_template(self.metadata)
@@ -121,7 +115,7 @@ class GGUFSource(ModelSource):
         progress: bool = True,
     ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
         device = torch.device(device)
-        dtype = to_torch_dtype(dtype)
+        dtype = parse_dtype(dtype)
         maps = {shard.path: _open_map(shard.path) for shard in self.shards}
         total = sum(self.tensors[name][1].nbytes for name in self.hf_names)
         with progress_bar(progress, total) as advance:

@@ -1,65 +1,60 @@
 """ServerConfig: the HTTP side's settings (the engine's live in minerva.config). No torch.
 
+Declared with the same ``Field`` machinery as the engine config and read by the same env parser.
 Precedence: defaults < ``MINERVA_<FIELD>`` env vars < ``minerva serve`` flags.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import ipaddress
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from minerva.config import parse_byte_size
-from minerva.errors import ConfigError
+from minerva import config_cli, config_sources
+from minerva.config_fields import Field, Schema, config_error, specs_of
+
+_HEADER = "Invalid server config"
 
 
-def _field(default: Any, doc: str) -> Any:
-    if isinstance(default, list):  # mutable defaults need a factory
-        return field(default_factory=lambda: list(default), metadata={"help": doc})
-    return field(default=default, metadata={"help": doc})
+def _key_or_none(text: str) -> str | None:
+    return text or None  # an empty MINERVA_API_KEY means no key; "none" is a key like any other
 
 
 @dataclass
 class ServerConfig:
     """How ``minerva serve`` listens, whom it lets in and how it sheds load."""
 
-    host: str = _field("127.0.0.1", "Address to bind (loopback by default).")
-    port: int = _field(8000, "TCP port to listen on.")
-    served_model_name: str = _field(
-        "", "Model name the APIs report and accept (set from the engine config)."
+    host: str = Field("127.0.0.1", "Address to bind (loopback by default: this machine only).")
+    port: int = Field(8000, "TCP port to listen on.", ge=0, le=65535, metavar="PORT")
+    served_model_name: str = Field(
+        "", "Model name the APIs report and accept (set from the engine config).", env=False
     )
-    api_key: str | None = _field(
-        None, "Require 'Authorization: Bearer KEY' on every route but /health."
-    )
-    cors_origins: list[str] = _field(
+    api_key: str | None = Field(
+        None, "Require 'Authorization: Bearer KEY' on every route but /health.",
+        parse=_key_or_none, non_empty=True, metavar="KEY",
+    )  # fmt: skip
+    cors_origins: list[str] = Field(
         [], "Origins allowed by CORS, comma separated ('*' for any); none by default."
     )
-    max_queued_requests: int = _field(
-        256, "Requests that may wait beyond max_num_seqs running ones; past it, 503."
-    )
-    max_body_bytes: int = _field(
-        8 * 1024 * 1024, "Largest request body in bytes (e.g. 8MiB); larger ones get 413."
-    )
-    shutdown_timeout: float = _field(
-        30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted."
-    )
+    max_queued_requests: int = Field(
+        256, "Requests that may wait beyond max_num_seqs running ones; past it 503 + Retry-After.",
+        ge=0,
+    )  # fmt: skip
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, "Largest request body (e.g. 8MiB); larger ones get 413.",
+        byte_size=True, ge=1024,
+    )  # fmt: skip
+    shutdown_timeout: float = Field(
+        30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted.",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        problems = []
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port={self.port}: must be in [0, 65535]")
-        if self.max_queued_requests < 0:
-            problems.append(f"max_queued_requests={self.max_queued_requests}: must be >= 0")
-        if self.max_body_bytes < 1024:
-            problems.append(f"max_body_bytes={self.max_body_bytes}: must be at least 1KiB")
-        if self.shutdown_timeout < 0:
-            problems.append(f"shutdown_timeout={self.shutdown_timeout}: must be >= 0")
-        if self.api_key is not None and not self.api_key.strip():
-            problems.append("api_key is empty: give a real key or leave it unset")
-        if problems:
-            raise ConfigError("Invalid server config: " + "; ".join(problems))
+        if problems := SERVER_SCHEMA.problems(dataclasses.asdict(self)):
+            raise config_error(problems, _HEADER)
 
     @property
     def is_loopback(self) -> bool:
@@ -82,52 +77,33 @@ class ServerConfig:
         )
 
 
-ENV_VARS = {
-    "host": "MINERVA_HOST",
-    "port": "MINERVA_PORT",
-    "api_key": "MINERVA_API_KEY",
-    "cors_origins": "MINERVA_CORS_ORIGINS",
-    "max_queued_requests": "MINERVA_MAX_QUEUED_REQUESTS",
-    "max_body_bytes": "MINERVA_MAX_BODY_BYTES",
-    "shutdown_timeout": "MINERVA_SHUTDOWN_TIMEOUT",
-}
-"""Environment variable of each field (served_model_name comes from the engine config)."""
+SERVER_SCHEMA = Schema(
+    fields=specs_of({"server": ServerConfig}), sections={"server": ServerConfig},
+    build=ServerConfig, flatten=dataclasses.asdict, header=_HEADER, toml=False,
+)  # fmt: skip
+"""The server settings as the env parser and the CLI glue see them."""
+
+_DEST_PREFIX = "server_"
 
 
-def parse_server_value(name: str, text: str) -> Any:
-    """A string from env or CLI -> the field's type; ValueError saying what is allowed."""
-    text = text.strip()
-    if name == "cors_origins":
-        return [o.strip() for o in text.split(",") if o.strip()]
-    if name == "max_body_bytes":
-        return parse_byte_size(text)
-    if name in ("port", "max_queued_requests"):
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError("must be an integer") from None
-    if name == "shutdown_timeout":
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError("must be a number of seconds") from None
-    return text or None if name == "api_key" else text
+def add_server_arguments(parser: argparse.ArgumentParser) -> Any:
+    """One ``--<field>`` flag per server setting (served_model_name comes from the engine's), in
+    a 'server options' group, which is returned."""
+    return config_cli.add_arguments(
+        parser, SERVER_SCHEMA, exclude=("served_model_name",), dest_prefix=_DEST_PREFIX,
+        show_env=True,
+    )["server"]  # fmt: skip
+
+
+def server_overrides_from_args(namespace: argparse.Namespace) -> dict[str, Any]:
+    """The server flags given on the command line, by field name."""
+    return config_cli.overrides_from_args(namespace, SERVER_SCHEMA, _DEST_PREFIX)
 
 
 def load_server_config(
     overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> ServerConfig:
-    """Defaults < env vars < ``overrides`` (already typed, e.g. parsed flags)."""
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    problems = []
-    for name, var in ENV_VARS.items():
-        if var in env:
-            try:
-                values[name] = parse_server_value(name, env[var])
-            except ValueError as e:
-                problems.append(f"{var}={env[var]!r}: {e}")
-    if problems:
-        raise ConfigError("Invalid server config: " + "; ".join(problems))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return ServerConfig(**values)
+    """Defaults < env vars < ``overrides`` (flags; a None value means not given)."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config, _ = config_sources.load(SERVER_SCHEMA, None, given, env, override_source="flag")
+    return config

@@ -14,38 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from minerva.config import add_config_arguments, load_config, overrides_from_args
-from minerva.config_sources import flag_name
-from minerva.server.config import ENV_VARS, ServerConfig, load_server_config, parse_server_value
+from minerva.server.config import (
+    ServerConfig,
+    add_server_arguments,
+    load_server_config,
+    server_overrides_from_args,
+)
 
 logger = logging.getLogger("minerva.server")
-
-_FLAG_HELP = {
-    "host": "Address to bind. Default: 127.0.0.1 (this machine only).",
-    "port": "TCP port. Default: 8000.",
-    "api_key": "Require 'Authorization: Bearer KEY' on every route but /health.",
-    "cors_origins": "Comma-separated origins allowed by CORS ('*' for any). Default: no CORS.",
-    "max_queued_requests": "Requests that may wait beyond max_num_seqs running ones; "
-    "past it 503 + Retry-After. Default: 256.",
-    "max_body_bytes": "Largest request body (e.g. 8MiB); larger ones get 413. Default: 8MiB.",
-    "shutdown_timeout": "Seconds in-flight requests may run after SIGTERM before they are "
-    "aborted. Default: 30.",
-}
-
-_METAVARS = {
-    "host": "HOST", "port": "PORT", "api_key": "KEY", "cors_origins": "ORIGINS",
-    "max_queued_requests": "N", "max_body_bytes": "SIZE", "shutdown_timeout": "SECONDS",
-}  # fmt: skip
-
-
-def _flag_type(name: str):
-    def parse(text: str) -> Any:
-        try:
-            return parse_server_value(name, text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    parse.__name__ = name
-    return parse
 
 
 def add_serve_subcommand(subparsers: Any) -> argparse.ArgumentParser:
@@ -56,13 +32,7 @@ def add_serve_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         description="Serve a model over OpenAI (/v1/*) and Ollama (/api/*) HTTP APIs, with "
         "Prometheus metrics on /metrics and readiness on /health.",
     )
-    group = parser.add_argument_group("server options")
-    for name, help_text in _FLAG_HELP.items():
-        env = ENV_VARS[name]
-        group.add_argument(
-            flag_name(name), dest=f"server_{name}", type=_flag_type(name), default=None,
-            metavar=_METAVARS[name], help=f"{help_text} Env: {env}.",
-        )  # fmt: skip
+    group = add_server_arguments(parser)
     group.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"],
         help="Log level of the server. Default: info.",
@@ -96,7 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
     engine_config, _ = load_config(
         getattr(args, "config", None), overrides_from_args(args), override_source="cli"
     )
-    flags = {name: getattr(args, f"server_{name}", None) for name in _FLAG_HELP}
+    flags = server_overrides_from_args(args)
     model_path = engine_config.model.model
     if model_path is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
