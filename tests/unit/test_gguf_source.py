@@ -4,6 +4,7 @@ header parse equals the gguf package's GGUFReader; quantized weights equal gguf'
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -242,6 +243,8 @@ def test_round_trip_through_our_exporter(tmp_path, arch):
     from minerva.loader.gguf_export import write_gguf as export_gguf
 
     build_tiny_model(tmp_path / "hf", arch, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    gen = {"temperature": 0.6, "top_k": 30, "top_p": 0.9, "repetition_penalty": 1.1}
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps(gen))
     hf = open_model(tmp_path / "hf")
     out = export_gguf(
         hf.config,
@@ -249,8 +252,10 @@ def test_round_trip_through_our_exporter(tmp_path, arch):
         tmp_path / "out.gguf",
         float_plan(GGMLType.F32),
         file_type="f32",
+        generation=hf.generation,
     )
     gg = open_model(out)
+    assert gg.generation_defaults == pytest.approx(hf.generation_defaults)
     ids = ("bos_token_id", "eos_token_id")  # written with the tokenizer, which has none here
     drop = lambda fields: {k: v for k, v in fields.items() if k not in ids}  # noqa: E731
     assert drop(config_fields(gg)) == drop(config_fields(hf))
