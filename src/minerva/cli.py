@@ -39,45 +39,56 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
 
 
-def _sampling_params(engine, args: argparse.Namespace):
+def _sampling_params(backend, args: argparse.Namespace):
     fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop")
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if args.sampling_seed is not None:
         overrides["seed"] = args.sampling_seed
-    return engine.default_sampling_params(
+    return backend.default_sampling_params(
         max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, **overrides
     )
 
 
-def _build_llm(args: argparse.Namespace):
-    from minerva.engine.llm import LLM
+def _open_backend(args: argparse.Namespace):
+    """The model behind a BlockingBackend (the CLI is synchronous)."""
+    from minerva.backends import load_backend
+    from minerva.backends.blocking import BlockingBackend
 
     config, _ = load_config(
         getattr(args, "config", None), overrides_from_args(args), override_source="cli"
     )
     if config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
-    return LLM(config=config, progress=sys.stderr.isatty())
+    return BlockingBackend(load_backend("minerva", config, progress=sys.stderr.isatty()))
+
+
+def _stream_first(runner, prompt, params):
+    """The first completion's deltas of one request."""
+    for out in runner.stream(prompt, params):
+        yield from (c for c in out.outputs if c.index == 0)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    llm = _build_llm(args)
-    params = _sampling_params(llm.engine, args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    start = time.perf_counter()
-    first = None
-    n = 0
-    reason = None
-    for delta in llm.stream(prompt, params):
-        if first is None:
-            first = time.perf_counter()
-        n += len(delta.delta_token_ids)
-        sys.stdout.write(delta.delta_text)
-        sys.stdout.flush()
-        reason = delta.finish_reason or reason
-    end = time.perf_counter()
-    sys.stdout.write("\n")
-    _print_speed(n, start, first, end, reason)
+    runner = _open_backend(args)
+    try:
+        params = _sampling_params(runner.backend, args)
+        prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+        start = time.perf_counter()
+        first = None
+        n = 0
+        reason = None
+        for delta in _stream_first(runner, prompt, params):
+            if first is None and delta.delta_token_ids:
+                first = time.perf_counter()
+            n += len(delta.delta_token_ids)
+            sys.stdout.write(delta.delta_text)
+            sys.stdout.flush()
+            reason = delta.finish_reason or reason
+        end = time.perf_counter()
+        sys.stdout.write("\n")
+        _print_speed(n, start, first, end, reason)
+    finally:
+        runner.close()
     return 0
 
 
@@ -92,11 +103,16 @@ def _print_speed(n: int, start: float, first: float | None, end: float, reason: 
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    llm = _build_llm(args)
-    params = _sampling_params(llm.engine, args)
-    messages: list[dict] = []
-    if args.system:
-        messages.append({"role": "system", "content": args.system})
+    runner = _open_backend(args)
+    try:
+        _chat_loop(runner, _sampling_params(runner.backend, args), args.system)
+    finally:
+        runner.close()
+    return 0
+
+
+def _chat_loop(runner, params, system: str | None) -> None:
+    messages: list[dict] = [{"role": "system", "content": system}] if system else []
     print(
         "Chat with the model. Empty line or Ctrl-D to quit, /reset to start over.", file=sys.stderr
     )
@@ -108,13 +124,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             break
         if line.strip() == "/reset":
-            messages = messages[:1] if args.system else []
+            messages = messages[:1] if system else []
             continue
         messages.append({"role": "user", "content": line})
-        prompt = llm.encode_chat(messages)
+        prompt = runner.backend.apply_chat_template(messages)
         reply, n, start, first, reason = "", 0, time.perf_counter(), None, None
-        for delta in llm.stream(prompt, params):
-            first = first or time.perf_counter()
+        for delta in _stream_first(runner, prompt, params):
+            if first is None and delta.delta_token_ids:
+                first = time.perf_counter()
             n += len(delta.delta_token_ids)
             reply += delta.delta_text
             sys.stdout.write(delta.delta_text)
@@ -123,7 +140,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         _print_speed(n, start, first, time.perf_counter(), reason)
         messages.append({"role": "assistant", "content": reply})
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,3 +21,35 @@ class RequestError(MinervaError, ValueError):
         super().__init__(message)
         self.code = code
         self.param = param
+
+
+class EngineUnavailableError(MinervaError):
+    """The engine takes no new requests right now (HTTP 503); ``retry_after`` is a hint."""
+
+    reason = "unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFullError(EngineUnavailableError):
+    """Every running slot and every place in the waiting queue is taken."""
+
+    reason = "queue_full"
+
+
+class EngineDrainingError(EngineUnavailableError):
+    """The server is shutting down and finishes only the requests it already has."""
+
+    reason = "draining"
+
+
+class EngineDeadError(EngineUnavailableError):
+    """The engine thread stopped (shut down or crashed); nothing more can run."""
+
+    reason = "dead"
+
+
+class NotSupportedError(MinervaError):
+    """The backend serving this model cannot do what was asked (names what can)."""

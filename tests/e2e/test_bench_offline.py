@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from minerva.bench.backends import BACKENDS, load_backend
 from minerva.bench.consistency import compare_all
+from minerva.bench.drivers import DRIVERS, load_driver
 from minerva.bench.offline import run_latency, run_throughput
 from minerva.bench.perplexity import perplexity
 from minerva.bench.workloads import build_workload
@@ -28,8 +28,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backends(model_dir):
     loaded = {
-        name: load_backend(name, str(model_dir), device="cpu", dtype="float32", num_threads=1)
-        for name in BACKENDS
+        name: load_driver(name, str(model_dir), device="cpu", dtype="float32", num_threads=1)
+        for name in DRIVERS
     }
     yield loaded
     for b in loaded.values():
@@ -98,7 +98,7 @@ def test_perplexity_agrees_between_backends_and_with_one_full_forward(backends, 
 
 def test_unknown_backend_and_too_long_requests_are_user_errors(backends):
     with pytest.raises(ConfigError, match="choose from minerva, transformers"):
-        load_backend("llamacpp", "x")
+        load_driver("llamacpp", "x")
     with pytest.raises(ConfigError, match="exceed the model's length of 256"):
         run_latency(backends["minerva"], [5] * 250, 10)
 

@@ -285,3 +285,34 @@ def test_engine_failure_reaches_every_waiter(model_dir):
         await engine.shutdown()
 
     run(main())
+
+
+def test_score_runs_on_the_engine_thread_and_a_bad_one_does_not_kill_it(model_dir):
+    expected = make_engine(model_dir).score(PROMPT)
+
+    async def main():
+        engine = AsyncEngine(make_engine(model_dir))
+        engine.start()
+        scores = await engine.score(PROMPT)
+        with pytest.raises(RequestError):
+            await engine.score([1])  # too short to score
+        final = [out async for out in engine.generate(PROMPT, greedy(3))][-1]
+        await engine.shutdown()
+        return scores, final
+
+    scores, final = run(main())
+    assert scores == pytest.approx(expected, abs=1e-6) and final.finish_reason == "length"
+
+
+def test_stream_false_yields_only_the_final_output(model_dir):
+    async def main():
+        engine = AsyncEngine(make_engine(model_dir))
+        engine.start()
+        streamed = [o async for o in await engine.add_request(PROMPT, greedy(6), "s")]
+        once = [o async for o in await engine.add_request(PROMPT, greedy(6), "o", stream=False)]
+        await engine.shutdown()
+        return streamed, once
+
+    streamed, once = run(main())
+    assert len(streamed) == 6 and len(once) == 1 and once[0].finished
+    assert once[0].outputs[0].token_ids == streamed[-1].outputs[0].token_ids

@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from minerva.backends.base import Backend
+from minerva.backends.minerva import MinervaBackend
 from minerva.config import EngineConfig
 from minerva.engine.llm_engine import LLMEngine
 from minerva.errors import ModelLoadError
@@ -23,11 +25,11 @@ def model_dir(tmp_path_factory):
     return build_server_model(tmp_path_factory.mktemp("tiny"))
 
 
-def _engine(model_dir) -> LLMEngine:
+def _backend(model_dir) -> Backend:
     config = EngineConfig.from_kwargs(
         model=str(model_dir), device="cpu", dtype="float32", num_kv_blocks=256, num_threads=1
     )
-    return LLMEngine(config, progress=False)
+    return MinervaBackend(LLMEngine(config, progress=False))
 
 
 async def _with_app(app, fn):
@@ -40,11 +42,11 @@ async def _with_app(app, fn):
 def test_health_is_503_while_loading_then_200(model_dir):
     release = threading.Event()
 
-    def slow_load() -> LLMEngine:
+    def slow_load() -> Backend:
         assert release.wait(60)  # the test releases it after its checks
-        return _engine(model_dir)
+        return _backend(model_dir)
 
-    app = build_app(ServerConfig(served_model_name=MODEL_NAME), load_engine=slow_load)
+    app = build_app(ServerConfig(served_model_name=MODEL_NAME), load_backend=slow_load)
 
     async def check(client):
         loading = await client.get("/health")
@@ -69,10 +71,10 @@ def test_health_is_503_while_loading_then_200(model_dir):
 def test_a_failed_load_is_reported():
     errors = []
 
-    def broken() -> LLMEngine:
+    def broken() -> Backend:
         raise ModelLoadError("model path '/nope' does not exist")
 
-    app = build_app(ServerConfig(served_model_name="m"), load_engine=broken, on_load_error=errors.append)  # fmt: skip
+    app = build_app(ServerConfig(served_model_name="m"), load_backend=broken, on_load_error=errors.append)  # fmt: skip
 
     async def check(client):
         deadline = time.monotonic() + 60  # a hang guard, not a speed check

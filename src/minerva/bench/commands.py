@@ -205,10 +205,10 @@ def _engines(args: argparse.Namespace, models: list[str]):
 def _load(
     args: argparse.Namespace, console: Console, label: str, name: str, model: str, dtype: str
 ):
-    from minerva.bench.backends import load_backend  # noqa: PLC0415
+    from minerva.bench.drivers import load_driver  # noqa: PLC0415
 
     with console.status(f"{label}: loading {model}"):
-        return load_backend(
+        return load_driver(
             name,
             model,
             device=args.device,

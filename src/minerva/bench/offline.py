@@ -20,12 +20,12 @@ import os
 import statistics
 import time
 
-from minerva.bench.backends import OfflineBackend
+from minerva.bench.drivers import OfflineDriver
 from minerva.bench.monitor import ResourceMonitor
 from minerva.errors import ConfigError
 
 
-def check_fits(backend: OfflineBackend, prompt_len: int, output_len: int) -> None:
+def check_fits(backend: OfflineDriver, prompt_len: int, output_len: int) -> None:
     limit = backend.max_model_len
     if limit and prompt_len + output_len > limit:
         raise ConfigError(
@@ -34,7 +34,7 @@ def check_fits(backend: OfflineBackend, prompt_len: int, output_len: int) -> Non
         )
 
 
-def _one_latency(backend: OfflineBackend, prompt_ids: list[int], output_len: int) -> dict:
+def _one_latency(backend: OfflineDriver, prompt_ids: list[int], output_len: int) -> dict:
     start = time.perf_counter()
     times = backend.stream_timings(prompt_ids, output_len)
     if len(times) != output_len:
@@ -45,7 +45,7 @@ def _one_latency(backend: OfflineBackend, prompt_ids: list[int], output_len: int
 
 
 def run_latency(
-    backend: OfflineBackend,
+    backend: OfflineDriver,
     prompt_ids: list[int],
     output_len: int,
     repeats: int = 3,
@@ -80,7 +80,7 @@ def run_latency(
 
 
 def run_throughput(
-    backend: OfflineBackend,
+    backend: OfflineDriver,
     prompts: list[list[int]],
     output_lens: list[int],
     warmup: bool = True,

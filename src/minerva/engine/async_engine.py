@@ -2,7 +2,7 @@
 and reads each request's outputs from its own queue.
 
 The engine is not thread-safe, so only the engine thread touches it. The event loop hands it
-commands (add, abort) through a list guarded by a condition; the thread applies them between
+commands (add, abort, score) through a list guarded by a condition; the thread applies them between
 steps, sleeps on the condition when there is nothing to do (never spins) and sends each step's
 outputs back with ``loop.call_soon_threadsafe``. Everything on the loop side (streams, the
 in-flight count) is touched only by the loop thread.
@@ -16,55 +16,32 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from minerva.engine.llm_engine import EngineStats, LLMEngine
-from minerva.engine.outputs import RequestOutput
-from minerva.errors import MinervaError, RequestError
+from minerva.engine.outputs import RequestOutput, StepInfo
+from minerva.errors import (
+    EngineDeadError,
+    EngineDrainingError,
+    EngineUnavailableError,
+    QueueFullError,
+    RequestError,
+)
 from minerva.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
-
-class EngineUnavailableError(MinervaError):
-    """The engine takes no new requests right now (HTTP 503); ``retry_after`` is a hint."""
-
-    reason = "unavailable"
-
-    def __init__(self, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class QueueFullError(EngineUnavailableError):
-    """Every running slot and every place in the waiting queue is taken."""
-
-    reason = "queue_full"
-
-
-class EngineDrainingError(EngineUnavailableError):
-    """The server is shutting down and finishes only the requests it already has."""
-
-    reason = "draining"
-
-
-class EngineDeadError(EngineUnavailableError):
-    """The engine thread stopped (shut down or crashed); nothing more can run."""
-
-    reason = "dead"
-
-
-@dataclass
-class StepInfo:
-    """What one engine step did, for metrics."""
-
-    duration: float
-    """Wall seconds of ``step()`` (it ends with the host sync of the sampled ids)."""
-    num_prefill_tokens: int
-    num_decode_tokens: int
-    num_seqs: int
-    """Sequences in the batch."""
+__all__ = [
+    "AsyncEngine",
+    "EngineDeadError",
+    "EngineDrainingError",
+    "EngineObserver",
+    "EngineUnavailableError",
+    "QueueFullError",
+    "RequestStream",
+    "StepInfo",
+]
 
 
 class EngineObserver(Protocol):
@@ -209,8 +186,10 @@ class AsyncEngine:
         request_id: str | None = None,
         prompt_token_ids: list[int] | None = None,
         arrival_time: float | None = None,
+        stream: bool = True,
     ) -> RequestStream:
         """Queue a request; returns its output stream once the engine accepted it.
+        stream=False: the stream yields only the final output (no per-step detokenizing).
 
         Raises QueueFullError / EngineDrainingError / EngineDeadError (all 503) at once, and
         RequestError (400, e.g. context_length_exceeded) when the engine refuses it.
@@ -219,24 +198,41 @@ class AsyncEngine:
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
-        stream = RequestStream(request_id, params.n, self._abort_stream)
-        self._register(stream)
+        out = RequestStream(request_id, params.n, self._abort_stream)
+        self._register(out)
         accepted = self._loop.create_future()  # type: ignore[union-attr]
         self._pending[request_id] = accepted
         arrival = arrival_time or time.monotonic()
-        self._submit("add", (prompt, params, request_id, prompt_token_ids, arrival, accepted))
+        add = partial(
+            self.engine.add_request, prompt, params, request_id, prompt_token_ids, arrival, stream
+        )
+        self._submit("call", (add, accepted))
         try:
             await accepted
         except asyncio.CancelledError:
-            self._release(stream)
+            self._release(out)
             self._submit("abort", [request_id])  # the engine may have taken it meanwhile
             raise
         except BaseException:
-            self._release(stream)
+            self._release(out)
             raise
         finally:
             self._pending.pop(request_id, None)
-        return stream
+        return out
+
+    async def score(self, token_ids: list[int]) -> list[float]:
+        """log p(token i+1 | tokens ..i) for each i, computed on the engine thread between
+        steps (LLMEngine.score). Raises RequestError for a bad sequence."""
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running")
+        done = self._loop.create_future()  # type: ignore[union-attr]
+        key = f"#score-{id(done)}"  # in _pending so that a dying engine fails it too
+        self._pending[key] = done
+        self._submit("call", (lambda: self.engine.score(list(token_ids)), done))
+        try:
+            return await done
+        finally:
+            self._pending.pop(key, None)
 
     async def generate(
         self,
@@ -342,20 +338,20 @@ class AsyncEngine:
             self._call_soon(self._fail_all, EngineDeadError(f"the engine failed: {e!r}"))
 
     def _apply(self, commands: list[tuple[str, Any]]) -> bool:
-        """Apply queued adds and aborts in order; True if anything was aborted."""
+        """Apply queued aborts and calls in order; True if anything was aborted."""
         aborted = False
         for kind, payload in commands:
             if kind == "abort":
                 self.engine.abort_request(payload)
                 aborted = True
                 continue
-            prompt, params, request_id, ids, arrival, accepted = payload
+            fn, future = payload  # "call": an add, or a score between steps
             try:
-                self.engine.add_request(prompt, params, request_id, ids, arrival)
+                result = fn()
             except Exception as e:  # noqa: BLE001 - RequestError and friends go to the caller
-                self._call_soon(_settle, accepted, e)
+                self._call_soon(_settle, future, e)
             else:
-                self._call_soon(_settle, accepted, None)
+                self._call_soon(_settle, future, None, result)
         return aborted
 
     def _step(self) -> None:
@@ -377,10 +373,10 @@ class AsyncEngine:
                 logger.exception("engine observer failed")
 
 
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future, error: BaseException | None, result: Any = None) -> None:
     if future.done():  # the caller was cancelled meanwhile
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)

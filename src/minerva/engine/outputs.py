@@ -64,3 +64,15 @@ class RequestOutput:
     @property
     def finish_reason(self) -> str | None:
         return self.outputs[0].finish_reason
+
+
+@dataclass
+class StepInfo:
+    """What one engine step did, for metrics."""
+
+    duration: float
+    """Wall seconds of the step (it ends with the host sync of the sampled ids)."""
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_seqs: int
+    """Sequences in the batch."""

@@ -1,2 +1,2 @@
-"""The HTTP server: OpenAI- and Ollama-compatible routes over an AsyncEngine, Prometheus
-metrics, API-key auth and graceful shutdown. ``minerva serve`` lives in serve.py."""
+"""The HTTP server: OpenAI- and Ollama-compatible routes over a Backend, Prometheus metrics,
+API-key auth and graceful shutdown. ``minerva serve`` lives in serve.py."""

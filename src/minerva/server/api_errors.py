@@ -10,7 +10,7 @@ import logging
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from minerva.errors import MinervaError, RequestError
+from minerva.errors import EngineUnavailableError, MinervaError, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +82,6 @@ def model_not_found(name: str, available: str) -> APIError:
 
 def to_api_error(e: BaseException) -> APIError:
     """Map an exception from validation or the engine to its HTTP error."""
-    from minerva.engine.async_engine import EngineUnavailableError  # torch: import when needed
-
     if isinstance(e, APIError):
         return e
     if isinstance(e, EngineUnavailableError):

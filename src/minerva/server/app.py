@@ -1,6 +1,6 @@
-"""The FastAPI app: state, middlewares, error handlers, /health, /metrics and the API routers.
+"""The FastAPI app: middlewares, error handlers, /health, /metrics and the API routers.
 
-The engine loads in the background after the server starts, so /health can say 503 "loading"
+The backend loads in the background after the server starts, so /health can say 503 "loading"
 (and later "draining") while the port is already open.
 """
 
@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -21,60 +18,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from minerva import __version__
-from minerva.engine.async_engine import AsyncEngine, EngineDrainingError, EngineUnavailableError
-from minerva.engine.llm_engine import LLMEngine
-from minerva.errors import MinervaError
-from minerva.server.api_errors import APIError, error_response, model_not_found, to_api_error
+from minerva.backends.base import Backend
+from minerva.errors import EngineUnavailableError, MinervaError
+from minerva.server.api_errors import APIError, error_response, to_api_error
+from minerva.server.background import in_daemon_thread
 from minerva.server.config import ServerConfig
 from minerva.server.generation import ClientDisconnected
 from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
+from minerva.server.ollama_routes import router as ollama_router
+from minerva.server.openai_routes import router as openai_router
 from minerva.server.security import (
     APIKeyMiddleware,
     BodySizeLimitMiddleware,
     CORSMiddleware,
     cors_middleware_options,
 )
+from minerva.server.state import ServerState
 
 logger = logging.getLogger(__name__)
 
 UNGATED_PATHS = frozenset({"/health", "/metrics"})
 """Routes that keep answering while the server drains."""
-
-
-@dataclass
-class ServerState:
-    """What the routes share: settings, metrics and the engine once it is loaded."""
-
-    config: ServerConfig
-    metrics: ServerMetrics
-    engine: AsyncEngine | None = None
-    model_path: str = ""
-    draining: bool = False
-    load_error: str | None = None
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    @property
-    def model_name(self) -> str:
-        return self.config.served_model_name
-
-    def ready_engine(self) -> AsyncEngine:
-        """The engine, or 503 while loading, draining or after a failure."""
-        if self.draining:
-            raise EngineDrainingError("the server is shutting down; retry on another instance")
-        if self.load_error is not None:
-            raise EngineUnavailableError(f"the model failed to load: {self.load_error}")
-        if self.engine is None:
-            raise EngineUnavailableError("the model is still loading; retry shortly", retry_after=5)
-        return self.engine
-
-    def check_model(self, name: str) -> None:
-        """404 model_not_found unless ``name`` is the served model (":latest" tag allowed)."""
-        if name not in (self.model_name, f"{self.model_name}:latest"):
-            raise model_not_found(name, self.model_name)
-
-
-def get_state(request: Request) -> ServerState:
-    return request.app.state.minerva
 
 
 class DrainGateMiddleware:
@@ -114,29 +78,29 @@ def _error_handler(state: ServerState):
 
 def build_app(
     config: ServerConfig,
-    engine: AsyncEngine | None = None,
-    load_engine: Callable[[], LLMEngine] | None = None,
-    model_path: str = "",
+    backend: Backend | None = None,
+    load_backend: Callable[[], Backend] | None = None,
     on_load_error: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
-    """The app over a running ``engine``, or one that loads it with ``load_engine`` at startup."""
+    """The app over a loaded ``backend`` (started here), or one that loads it with
+    ``load_backend`` (blocking, run in a thread) at startup."""
     metrics = ServerMetrics()
-    state = ServerState(config=config, metrics=metrics, model_path=model_path)
+    state = ServerState(config=config, metrics=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loader = None
-        if engine is not None:
-            _install(state, engine)
-        elif load_engine is not None:
-            loader = asyncio.create_task(_load(state, load_engine, on_load_error))
+        if backend is not None:
+            _install(state, backend)
+        elif load_backend is not None:
+            loader = asyncio.create_task(_load(state, load_backend, on_load_error))
         try:
             yield
         finally:
             if loader is not None and not loader.done():
                 loader.cancel()
-            if state.engine is not None:
-                await state.engine.shutdown()
+            if state.backend is not None:
+                await state.backend.shutdown()
 
     app = FastAPI(
         title="Minerva", version=__version__, lifespan=lifespan,
@@ -157,9 +121,6 @@ def build_app(
         app.add_middleware(CORSMiddleware, **cors_middleware_options(config.cors_origins))
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
 
-    from minerva.server.ollama_routes import router as ollama_router
-    from minerva.server.openai_routes import router as openai_router
-
     app.include_router(openai_router)
     app.include_router(ollama_router)
 
@@ -169,9 +130,9 @@ def build_app(
             return JSONResponse({"status": "draining"}, status_code=503)
         if state.load_error is not None:
             return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
-        if state.engine is None:
+        if state.backend is None:
             return JSONResponse({"status": "loading"}, status_code=503)
-        if not state.engine.is_running:
+        if not state.backend.is_running:
             return JSONResponse({"status": "engine stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -182,16 +143,17 @@ def build_app(
     return app
 
 
-def _install(state: ServerState, engine: AsyncEngine) -> None:
-    engine.observer = state.metrics
-    state.metrics.attach(engine)
-    engine.start()
-    state.engine = engine
+def _install(state: ServerState, backend: Backend) -> None:
+    backend.set_observer(state.metrics)
+    state.metrics.attach(backend)
+    backend.start()
+    state.backend = backend
+    state.start_model_info()
 
 
-async def _load(state: ServerState, load_engine: Callable[[], LLMEngine], on_error) -> None:
+async def _load(state: ServerState, load_backend: Callable[[], Backend], on_error) -> None:
     try:
-        llm_engine = await _in_daemon_thread(load_engine)
+        backend = await in_daemon_thread(load_backend)
     except Exception as e:  # noqa: BLE001 - reported on /health and by the CLI
         state.load_error = str(e)
         if on_error is not None:
@@ -199,27 +161,5 @@ async def _load(state: ServerState, load_engine: Callable[[], LLMEngine], on_err
         else:
             logger.error("loading the model failed: %s", e)
         return
-    _install(state, AsyncEngine(llm_engine, state.config.max_queued_requests))
+    _install(state, backend)
     logger.info("model loaded; serving %r", state.model_name)
-
-
-async def _in_daemon_thread(fn: Callable[[], LLMEngine]) -> LLMEngine:
-    # A daemon thread, unlike asyncio.to_thread's pool, does not hold up exiting on SIGTERM
-    # in the middle of a long model load.
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def settle(value, error) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(value)
-
-    def work() -> None:
-        try:
-            value, error = fn(), None
-        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
-            value, error = None, e
-        with contextlib.suppress(RuntimeError):  # the loop closed while loading
-            loop.call_soon_threadsafe(settle, value, error)
-
-    threading.Thread(target=work, name="minerva-load", daemon=True).start()
-    return await future

@@ -1,4 +1,4 @@
-"""What the OpenAI and Ollama routes share: body parsing, adding prompts to the engine,
+"""What the OpenAI and Ollama routes share: body parsing, adding prompts to the backend,
 merging their streams, collecting a whole answer, and aborting when the client goes away."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
-from minerva.engine.async_engine import AsyncEngine, RequestStream
-from minerva.engine.outputs import RequestOutput
+from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
 from minerva.server.api_errors import APIError
@@ -38,57 +37,53 @@ async def read_json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-async def encode_prompts(
-    engine: AsyncEngine, prompts: Sequence[str | list[int]]
-) -> list[list[int]]:
+async def encode_prompts(backend: Backend, prompts: Sequence[str | list[int]]) -> list[list[int]]:
     """Token ids of each prompt, tokenized off the event loop (long prompts take a while)."""
-    tokenizer = engine.tokenizer
-    if tokenizer is None and any(isinstance(p, str) for p in prompts):
+    if not backend.has_tokenizer and any(isinstance(p, str) for p in prompts):
         raise RequestError(
             "this model has no tokenizer: send token ids as the prompt", param="prompt"
         )
     return await asyncio.to_thread(
-        lambda: [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+        lambda: [backend.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     )
 
 
-async def encode_chat(engine: AsyncEngine, messages: list[dict], add_generation_prompt=True):
+async def encode_chat(backend: Backend, messages: list[dict], add_generation_prompt=True):
     """Prompt ids of a conversation rendered with the model's chat template."""
-    tokenizer = engine.tokenizer
-    if tokenizer is None:
+    if not backend.has_tokenizer:
         raise RequestError(
             "this model has no tokenizer, so chat is not available", param="messages"
         )
-    return await asyncio.to_thread(tokenizer.encode_chat, messages, add_generation_prompt)
+    return await asyncio.to_thread(backend.apply_chat_template, messages, add_generation_prompt)
 
 
 async def add_prompts(
-    engine: AsyncEngine,
+    backend: Backend,
     prompts: Sequence[str | list[int]],
     ids: Sequence[list[int]],
     params: SamplingParams,
     request_id: str,
     arrival_time: float,
-) -> list[RequestStream]:
+) -> list[OutputStream]:
     """Add every prompt (ids ``{request_id}-{i}`` for a batch); all or none are added."""
-    streams: list[RequestStream] = []
+    streams: list[OutputStream] = []
     try:
         for i, (prompt, prompt_ids) in enumerate(zip(prompts, ids)):
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-            streams.append(await engine.add_request(prompt, params, rid, prompt_ids, arrival_time))
+            streams.append(await backend.add_request(prompt, params, rid, prompt_ids, arrival_time))
     except BaseException:
         abort_all(streams)
         raise
     return streams
 
 
-def abort_all(streams: Sequence[RequestStream]) -> None:
+def abort_all(streams: Sequence[OutputStream]) -> None:
     for stream in streams:
         stream.abort()
 
 
 async def merge_streams(
-    streams: Sequence[RequestStream],
+    streams: Sequence[OutputStream],
 ) -> AsyncIterator[tuple[int, RequestOutput]]:
     """(prompt index, output) from all streams as they come; aborts them all on exit."""
     try:
@@ -98,7 +93,7 @@ async def merge_streams(
             return
         queue: asyncio.Queue = asyncio.Queue()
 
-        async def pump(i: int, stream: RequestStream) -> None:
+        async def pump(i: int, stream: OutputStream) -> None:
             try:
                 async for out in stream:
                     queue.put_nowait((i, out))
@@ -124,7 +119,7 @@ async def merge_streams(
         abort_all(streams)
 
 
-async def collect(streams: Sequence[RequestStream]) -> list[RequestOutput]:
+async def collect(streams: Sequence[OutputStream]) -> list[RequestOutput]:
     """The final output of each stream, with all its completions in index order."""
     finals: list[RequestOutput | None] = [None] * len(streams)
     completions: list[dict] = [{} for _ in streams]
@@ -177,9 +172,9 @@ def finite(x: float) -> float:
     return x if x > -9999.0 else -9999.0
 
 
-def model_defaults(engine: AsyncEngine) -> dict[str, Any]:
-    """The model's generation_config.json defaults, as SamplingParams fields."""
-    params = engine.default_sampling_params()
+def model_defaults(backend: Backend) -> dict[str, Any]:
+    """The model's generation defaults, as SamplingParams fields."""
+    params = backend.default_sampling_params()
     return {
         "temperature": params.temperature,
         "top_p": params.top_p,

@@ -1,7 +1,7 @@
 """Prometheus metrics (prometheus-client), one CollectorRegistry per app.
 
-Request and step histograms are fed on the engine thread by ``on_step`` (the AsyncEngine's
-observer hook); gauges and the engine's own counters are read from its latest stats when
+Request and step histograms are fed on the engine thread by ``on_step`` (the Backend's step
+observer); gauges and the engine's own counters are read from ``Backend.stats()`` when
 scraped; HTTP counts and durations come from a pure ASGI middleware.
 """
 
@@ -14,9 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from minerva.engine.async_engine import AsyncEngine, StepInfo
-from minerva.engine.llm_engine import EngineStats
-from minerva.engine.outputs import RequestOutput
+from minerva.backends.base import Backend, BackendStats, RequestOutput, StepInfo
 
 # fmt: off
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -24,7 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-# Read from the engine's latest EngineStats at scrape time: (name, help, EngineStats field).
+# Read from Backend.stats() at scrape time: (name, help, BackendStats field).
 ENGINE_GAUGES = [
     ("minerva_requests_running", "Sequences running in the engine.", "num_running"),
     ("minerva_requests_waiting", "Sequences waiting to be scheduled.", "num_waiting"),
@@ -64,19 +62,20 @@ class _EngineCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        stats = self.metrics.engine_stats()
+        stats = self.metrics.backend_stats()
         for name, doc, attr in ENGINE_GAUGES:
             yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
         for name, doc, attr in ENGINE_COUNTERS:
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
-        used, total = self.metrics.device_memory()
         yield GaugeMetricFamily(
             "minerva_device_memory_used_bytes",
             "Device memory this process uses (CUDA/MPS allocated, or RSS on CPU).",
-            value=used,
+            value=stats.device_memory_used,
         )
         yield GaugeMetricFamily(
-            "minerva_device_memory_total_bytes", "Device memory (host RAM on CPU).", value=total
+            "minerva_device_memory_total_bytes",
+            "Device memory (host RAM on CPU).",
+            value=stats.device_memory_total,
         )
 
 
@@ -126,31 +125,21 @@ class ServerMetrics:
         for reason in ("stop", "length", "abort"):
             self.requests_finished.labels(reason)
         r.register(_EngineCollector(self))
-        self._stats: Callable[[], EngineStats] | None = None
-        self._memory: Callable[[], tuple[int, int]] | None = None
+        self._stats: Callable[[], BackendStats] | None = None
         self._last_token_time: dict[str, float] = {}  # engine thread only
 
-    def attach(self, engine: AsyncEngine) -> None:
-        """Read gauges from this engine from now on (it calls ``on_step`` itself)."""
-        platform = engine.engine.platform
-        self._stats = engine.stats
-        self._memory = lambda: (platform.memory_used(), platform.memory()[1])
+    def attach(self, backend: Backend) -> None:
+        """Read gauges from this backend from now on (it calls ``on_step`` itself)."""
+        self._stats = backend.stats
 
-    def engine_stats(self) -> EngineStats:
-        if self._stats is None:  # still loading: everything is zero
-            return EngineStats(0, 0, 0.0, 0, 0, 0, 0)
-        return self._stats()
-
-    def device_memory(self) -> tuple[int, int]:
-        return self._memory() if self._memory is not None else (0, 0)
+    def backend_stats(self) -> BackendStats:
+        return self._stats() if self._stats is not None else BackendStats()  # loading: zeros
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
 
-    def on_step(
-        self, info: StepInfo | None, outputs: list[RequestOutput], stats: EngineStats
-    ) -> None:
+    def on_step(self, info: StepInfo | None, outputs: list[RequestOutput]) -> None:
         """Engine-thread hook: step timings and per-request latencies."""
         now = time.monotonic()
         if info is not None:

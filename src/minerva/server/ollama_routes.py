@@ -4,20 +4,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from minerva.engine.async_engine import AsyncEngine, RequestStream
-from minerva.engine.outputs import RequestOutput
+from minerva.backends.base import Backend, ModelInfo, OutputStream, RequestOutput
 from minerva.server.api_errors import APIError, to_api_error
-from minerva.server.app import ServerState, get_state
 from minerva.server.generation import (
     add_prompts,
     collect,
@@ -32,6 +28,7 @@ from minerva.server.generation import (
 from minerva.server.ollama_protocol import OLLAMA_API_VERSION, ChatRequest, GenerateRequest
 from minerva.server.openai_protocol import check_token_ids
 from minerva.server.openai_responses import token_text
+from minerva.server.state import ServerState, get_state
 
 router = APIRouter()
 
@@ -58,17 +55,14 @@ async def version() -> JSONResponse:
 
 
 # -- model listing ---------------------------------------------------------------------------
-def _details(engine: AsyncEngine) -> dict:
-    loaded = engine.engine.loaded
-    num_params = loaded.weight_bytes // max(loaded.dtype.itemsize, 1)
-    family = getattr(engine.engine.model_config, "model_type", "llama")
+def _details(info: ModelInfo) -> dict:
     return {
         "parent_model": "",
-        "format": "safetensors",
-        "family": family,
-        "families": [family],
-        "parameter_size": _human(num_params),
-        "quantization_level": str(loaded.dtype).removeprefix("torch.").upper(),
+        "format": info.format,
+        "family": info.family,
+        "families": [info.family],
+        "parameter_size": _human(info.parameter_count),
+        "quantization_level": info.quantization,
     }
 
 
@@ -79,38 +73,35 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _model_entry(state: ServerState, engine: AsyncEngine) -> dict:
-    path = Path(state.model_path) if state.model_path else None
-    config = path / "config.json" if path else None
-    stamp = config.stat().st_mtime if config and config.is_file() else state.created
-    digest_src = config.read_bytes() if config and config.is_file() else state.model_name.encode()
+def _model_entry(state: ServerState, info: ModelInfo) -> dict:
+    stamp = info.modified_at if info.modified_at is not None else state.created
     return {
         "name": state.model_name,
         "model": state.model_name,
         "modified_at": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(),
-        "size": engine.engine.loaded.weight_bytes,
-        "digest": hashlib.sha256(digest_src).hexdigest(),  # of config.json: stable per model
-        "details": _details(engine),
+        "size": info.weight_bytes,
+        "digest": info.digest,
+        "details": _details(info),
     }
 
 
 @router.get("/api/tags")
 async def tags(request: Request) -> JSONResponse:
     state = get_state(request)
-    engine = state.ready_engine()
-    return JSONResponse({"models": [_model_entry(state, engine)]})
+    info = await state.model_info()
+    return JSONResponse({"models": [_model_entry(state, info)]})
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> JSONResponse:
     state = get_state(request)
-    engine = state.ready_engine()
-    entry = _model_entry(state, engine)
-    platform = engine.engine.platform
+    backend = state.ready_backend()
+    info = await state.model_info()
+    entry = _model_entry(state, info)
     entry.update(
         expires_at="2999-01-01T00:00:00Z",  # loaded for the server's lifetime
-        size_vram=platform.memory_used() if platform.kind != "cpu" else 0,
-        context_length=engine.max_model_len,
+        size_vram=backend.stats().device_memory_used if info.device != "cpu" else 0,
+        context_length=info.context_length,
     )
     return JSONResponse({"models": [entry]})
 
@@ -122,35 +113,29 @@ async def show(request: Request) -> JSONResponse:
     name = data.get("model") or data.get("name")
     if not isinstance(name, str):
         raise APIError(400, "'model' must be given as a string", param="model")
-    engine = state.ready_engine()
+    backend = state.ready_backend()
     state.check_model(name)
-    hf = engine.engine.model_config
-    details = _details(engine)
-    family = details["family"]
-    template = engine.tokenizer.chat_template if engine.tokenizer is not None else None
-    if isinstance(template, dict):
-        template = template.get("default", next(iter(template.values()), None))
-    entry = _model_entry(state, engine)
+    info = await state.model_info()
+    family = info.family
     return JSONResponse(
         {
             "license": "",
-            "modelfile": f"# Served by Minerva\nFROM {state.model_path or state.model_name}\n",
+            "modelfile": f"# Served by Minerva\nFROM {info.source or state.model_name}\n",
             "parameters": "",
-            "template": template or "",
-            "details": details,
+            "template": backend.chat_template or "",
+            "details": _details(info),
             "model_info": {
                 "general.architecture": family,
-                "general.parameter_count": engine.engine.loaded.weight_bytes
-                // max(engine.engine.loaded.dtype.itemsize, 1),
-                f"{family}.context_length": engine.max_model_len,
-                f"{family}.embedding_length": getattr(hf, "hidden_size", None),
-                f"{family}.block_count": getattr(hf, "num_hidden_layers", None),
-                f"{family}.attention.head_count": getattr(hf, "num_attention_heads", None),
-                f"{family}.attention.head_count_kv": getattr(hf, "num_key_value_heads", None),
-                f"{family}.vocab_size": engine.vocab_size,
+                "general.parameter_count": info.parameter_count,
+                f"{family}.context_length": info.context_length,
+                f"{family}.embedding_length": info.hidden_size,
+                f"{family}.block_count": info.num_layers,
+                f"{family}.attention.head_count": info.num_attention_heads,
+                f"{family}.attention.head_count_kv": info.num_kv_heads,
+                f"{family}.vocab_size": info.vocab_size,
             },
             "capabilities": ["completion"],
-            "modified_at": entry["modified_at"],
+            "modified_at": _model_entry(state, info)["modified_at"],
         }
     )
 
@@ -162,22 +147,22 @@ async def generate(request: Request) -> Response:
     state = get_state(request)
     body = GenerateRequest.model_validate(await read_json_object(request))
     body.check_supported()
-    engine = state.ready_engine()
+    backend = state.ready_backend()
     state.check_model(body.model)
     if not body.prompt and not body.context:  # Ollama: an empty prompt just loads the model
         return JSONResponse(_done_load(body.model, "response"))
 
     async def encode() -> list[int]:
         prompt = body.prompt or ""
-        if body.raw or engine.tokenizer is None or engine.tokenizer.chat_template is None:
-            ids = (await encode_prompts(engine, [prompt]))[0]
+        if body.raw or not backend.has_tokenizer or backend.chat_template is None:
+            ids = (await encode_prompts(backend, [prompt]))[0]
         else:
             messages = [{"role": "system", "content": body.system}] if body.system else []
             messages.append({"role": "user", "content": prompt})
-            ids = await encode_chat(engine, messages)
+            ids = await encode_chat(backend, messages)
         return list(body.context or []) + ids
 
-    return await _run(request, state, engine, body, encode, arrival, chat=False)
+    return await _run(request, state, backend, body, encode, arrival, chat=False)
 
 
 @router.post("/api/chat")
@@ -186,15 +171,15 @@ async def chat(request: Request) -> Response:
     state = get_state(request)
     body = ChatRequest.model_validate(await read_json_object(request))
     body.check_supported()
-    engine = state.ready_engine()
+    backend = state.ready_backend()
     state.check_model(body.model)
     if not body.messages:
         return JSONResponse(_done_load(body.model, "message"))
 
     async def encode() -> list[int]:
-        return await encode_chat(engine, [m.plain() for m in body.messages])
+        return await encode_chat(backend, [m.plain() for m in body.messages])
 
-    return await _run(request, state, engine, body, encode, arrival, chat=True)
+    return await _run(request, state, backend, body, encode, arrival, chat=True)
 
 
 def _done_load(model: str, key: str) -> dict:
@@ -202,25 +187,25 @@ def _done_load(model: str, key: str) -> dict:
     return {"model": model, "created_at": _now(), key: value, "done": True, "done_reason": "load"}
 
 
-async def _run(request, state, engine, body, encode, arrival: float, chat: bool) -> Response:
+async def _run(request, state, backend, body, encode, arrival: float, chat: bool) -> Response:
     request_id = f"ollama-{uuid.uuid4().hex}"
 
-    async def start() -> RequestStream:
+    async def start() -> OutputStream:
         ids = await encode()
-        check_token_ids(ids, engine.vocab_size, "context")
-        params = body.to_sampling_params(model_defaults(engine), len(ids), engine.max_model_len)
-        (stream,) = await add_prompts(engine, [ids], [ids], params, request_id, arrival)
+        check_token_ids(ids, backend.vocab_size, "context")
+        params = body.to_sampling_params(model_defaults(backend), len(ids), backend.max_model_len)
+        (stream,) = await add_prompts(backend, [ids], [ids], params, request_id, arrival)
         return stream
 
     if body.stream:
         stream = await until_disconnect(request, start())
-        lines = _ndjson(engine, stream, body.model, arrival, chat)
+        lines = _ndjson(backend, stream, body.model, arrival, chat)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     async def run() -> dict:
         (out,) = await collect([await start()])
         c = out.outputs[0]
-        logprobs = _logprobs(engine, c.logprobs) if c.logprobs is not None else None
+        logprobs = _logprobs(backend, c.logprobs) if c.logprobs is not None else None
         final = _chunk(body.model, chat, c.text, logprobs)
         final.update(_final_fields(out, arrival, chat))
         return final
@@ -261,14 +246,13 @@ def _final_fields(out: RequestOutput, arrival: float, chat: bool) -> dict:
     return fields
 
 
-def _logprobs(engine: AsyncEngine, entries: list) -> list[dict]:
-    tok = engine.tokenizer
+def _logprobs(backend: Backend, entries: list) -> list[dict]:
     return [
         {
-            "token": token_text(tok, lp.token_id),
+            "token": token_text(backend, lp.token_id),
             "logprob": finite(lp.logprob),
             "top_logprobs": [
-                {"token": token_text(tok, t), "logprob": finite(v)}
+                {"token": token_text(backend, t), "logprob": finite(v)}
                 for t, v in zip(lp.top_token_ids, lp.top_logprobs)
             ],
         }
@@ -277,14 +261,14 @@ def _logprobs(engine: AsyncEngine, entries: list) -> list[dict]:
 
 
 async def _ndjson(
-    engine: AsyncEngine, stream: RequestStream, model: str, arrival: float, chat: bool
+    backend: Backend, stream: OutputStream, model: str, arrival: float, chat: bool
 ) -> AsyncIterator[str]:
     try:
         async for _, out in merge_streams([stream]):
             c = out.outputs[0]
             new = c.logprobs[-len(c.delta_token_ids) :] if c.logprobs and c.delta_token_ids else []
             if c.delta_text or new:
-                yield json.dumps(_chunk(model, chat, c.delta_text, _logprobs(engine, new))) + "\n"
+                yield json.dumps(_chunk(model, chat, c.delta_text, _logprobs(backend, new))) + "\n"
             if out.finished:
                 final = _chunk(model, chat, "")
                 final.update(_final_fields(out, arrival, chat))

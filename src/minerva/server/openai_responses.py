@@ -4,47 +4,45 @@ from __future__ import annotations
 
 from typing import Any
 
+from minerva.backends.base import Backend
 from minerva.request import Logprobs
 from minerva.server.generation import finite
-from minerva.tokenizer import Tokenizer
 
 
-def token_text(tokenizer: Tokenizer | None, token_id: int) -> str:
+def token_text(backend: Backend, token_id: int) -> str:
     """The text of one token as OpenAI shows it (special tokens included)."""
-    if tokenizer is None:
+    if not backend.has_tokenizer:
         return f"token_id:{token_id}"
-    return tokenizer.decode([token_id], skip_special_tokens=False)
+    return backend.decode([token_id], skip_special_tokens=False)
 
 
-def _entry(tokenizer: Tokenizer | None, token_id: int, logprob: float) -> dict[str, Any]:
-    text = token_text(tokenizer, token_id)
+def _entry(backend: Backend, token_id: int, logprob: float) -> dict[str, Any]:
+    text = token_text(backend, token_id)
     return {"token": text, "logprob": finite(logprob), "bytes": list(text.encode("utf-8"))}
 
 
-def chat_logprobs(tokenizer: Tokenizer | None, entries: list[Logprobs]) -> dict[str, Any]:
+def chat_logprobs(backend: Backend, entries: list[Logprobs]) -> dict[str, Any]:
     """``choices[i].logprobs`` of a chat completion: one item per generated token."""
     content = []
     for lp in entries:
-        item = _entry(tokenizer, lp.token_id, lp.logprob)
+        item = _entry(backend, lp.token_id, lp.logprob)
         item["top_logprobs"] = [
-            _entry(tokenizer, t, v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)
+            _entry(backend, t, v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)
         ]
         content.append(item)
     return {"content": content}
 
 
 def completion_logprobs(
-    tokenizer: Tokenizer | None, entries: list[Logprobs], text_offset: int = 0
+    backend: Backend, entries: list[Logprobs], text_offset: int = 0
 ) -> dict[str, Any]:
     """``choices[i].logprobs`` of a legacy completion (tokens, token_logprobs, top_logprobs)."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
     for lp in entries:
-        text = token_text(tokenizer, lp.token_id)
+        text = token_text(backend, lp.token_id)
         tokens.append(text)
         token_logprobs.append(finite(lp.logprob))
-        top = {
-            token_text(tokenizer, t): finite(v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)
-        }
+        top = {token_text(backend, t): finite(v) for t, v in zip(lp.top_token_ids, lp.top_logprobs)}
         tops.append(top)
         offsets.append(text_offset)
         text_offset += len(text)

@@ -9,11 +9,9 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from minerva.engine.async_engine import AsyncEngine, RequestStream
-from minerva.engine.outputs import CompletionOutput
+from minerva.backends.base import Backend, CompletionOutput, ModelInfo, OutputStream
 from minerva.server import openai_responses as R
 from minerva.server.api_errors import to_api_error
-from minerva.server.app import ServerState, get_state
 from minerva.server.generation import (
     abort_all,
     add_prompts,
@@ -31,37 +29,40 @@ from minerva.server.openai_protocol import (
     CompletionRequest,
     check_unsupported,
 )
+from minerva.server.state import ServerState, get_state
 
 router = APIRouter()
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _model_card(state: ServerState) -> dict:
-    engine = state.engine
+def _model_card(state: ServerState, info: ModelInfo) -> dict:
     return {
         "id": state.model_name,
         "object": "model",
         "created": state.created,
         "owned_by": "minerva",
-        "root": state.model_path or state.model_name,
-        "max_model_len": engine.max_model_len if engine is not None else None,
+        "root": info.source or state.model_name,
+        "max_model_len": info.context_length,
+        "format": info.format,
+        "quantization": info.quantization,
+        "digest": info.digest,
     }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     state = get_state(request)
-    state.ready_engine()
-    return JSONResponse({"object": "list", "data": [_model_card(state)]})
+    card = _model_card(state, await state.model_info())
+    return JSONResponse({"object": "list", "data": [card]})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
-    state.ready_engine()
+    state.ready_backend()
     state.check_model(model_id)
-    return JSONResponse(_model_card(state))
+    return JSONResponse(_model_card(state, await state.model_info()))
 
 
 @router.post("/v1/chat/completions")
@@ -71,24 +72,25 @@ async def chat_completions(request: Request) -> Response:
     data = await read_json_object(request)
     check_unsupported(data)
     body = ChatCompletionRequest.model_validate(data)
-    engine = state.ready_engine()
+    backend = state.ready_backend()
     state.check_model(body.model)
-    params = body.to_sampling_params(model_defaults(engine), engine.vocab_size)
+    vocab_size = backend.vocab_size
+    params = body.to_sampling_params(model_defaults(backend), vocab_size)
     messages = [m.plain() for m in body.messages]
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
 
-    async def start() -> list[RequestStream]:
-        ids = await encode_chat(engine, messages, body.add_generation_prompt)
-        return await add_prompts(engine, [ids], [ids], params, request_id, arrival)
+    async def start() -> list[OutputStream]:
+        ids = await encode_chat(backend, messages, body.add_generation_prompt)
+        return await add_prompts(backend, [ids], [ids], params, request_id, arrival)
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _chat_events(engine, streams[0], body, request_id, state.model_name)
+        events = _chat_events(backend, streams[0], body, request_id, state.model_name)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
         (out,) = await collect(await start())
-        choices = [_chat_choice(engine, c) for c in out.outputs]
+        choices = [_chat_choice(backend, c) for c in out.outputs]
         n_out = sum(len(c.token_ids) for c in out.outputs)
         return {
             "id": request_id,
@@ -102,8 +104,8 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(await until_disconnect(request, run()))
 
 
-def _chat_choice(engine: AsyncEngine, c: CompletionOutput) -> dict:
-    logprobs = R.chat_logprobs(engine.tokenizer, c.logprobs) if c.logprobs is not None else None
+def _chat_choice(backend: Backend, c: CompletionOutput) -> dict:
+    logprobs = R.chat_logprobs(backend, c.logprobs) if c.logprobs is not None else None
     return {
         "index": c.index,
         "message": {"role": "assistant", "content": c.text},
@@ -113,8 +115,8 @@ def _chat_choice(engine: AsyncEngine, c: CompletionOutput) -> dict:
 
 
 async def _chat_events(
-    engine: AsyncEngine,
-    stream: RequestStream,
+    backend: Backend,
+    stream: OutputStream,
     body: ChatCompletionRequest,
     request_id: str,
     model: str,
@@ -135,7 +137,7 @@ async def _chat_events(
                 num_out += len(c.delta_token_ids)
                 logprobs = _delta_logprobs(c)
                 if c.delta_text or logprobs:
-                    lp = R.chat_logprobs(engine.tokenizer, logprobs) if logprobs else None
+                    lp = R.chat_logprobs(backend, logprobs) if logprobs else None
                     yield chunk(c.index, {"content": c.delta_text}, logprobs=lp)
                 if c.finish_reason is not None:
                     yield chunk(c.index, {}, finish_reason=c.finish_reason)
@@ -162,19 +164,20 @@ async def completions(request: Request) -> Response:
     data = await read_json_object(request)
     check_unsupported(data)
     body = CompletionRequest.model_validate(data)
-    engine = state.ready_engine()
+    backend = state.ready_backend()
     state.check_model(body.model)
-    prompts = body.prompts(engine.vocab_size)
-    params = body.to_sampling_params(model_defaults(engine), engine.vocab_size)
+    vocab_size = backend.vocab_size
+    prompts = body.prompts(vocab_size)
+    params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
 
-    async def start() -> list[RequestStream]:
-        ids = await encode_prompts(engine, prompts)
-        return await add_prompts(engine, prompts, ids, params, request_id, arrival)
+    async def start() -> list[OutputStream]:
+        ids = await encode_prompts(backend, prompts)
+        return await add_prompts(backend, prompts, ids, params, request_id, arrival)
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _completion_events(engine, streams, body, request_id, state.model_name)
+        events = _completion_events(backend, streams, body, request_id, state.model_name)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
@@ -187,7 +190,7 @@ async def completions(request: Request) -> Response:
                 n_out += len(c.token_ids)
                 logprobs = None
                 if c.logprobs is not None:
-                    logprobs = R.completion_logprobs(engine.tokenizer, c.logprobs)
+                    logprobs = R.completion_logprobs(backend, c.logprobs)
                 choices.append(
                     {
                         "index": p * body.n + c.index,
@@ -209,8 +212,8 @@ async def completions(request: Request) -> Response:
 
 
 async def _completion_events(
-    engine: AsyncEngine,
-    streams: list[RequestStream],
+    backend: Backend,
+    streams: list[OutputStream],
     body: CompletionRequest,
     request_id: str,
     model: str,
@@ -228,7 +231,7 @@ async def _completion_events(
                 logprobs = _delta_logprobs(c)
                 lp = None
                 if c.logprobs is not None:
-                    lp = R.completion_logprobs(engine.tokenizer, logprobs, offsets.get(index, 0))
+                    lp = R.completion_logprobs(backend, logprobs, offsets.get(index, 0))
                     offsets[index] = offsets.get(index, 0) + sum(len(t) for t in lp["tokens"])
                 if c.delta_text or logprobs or c.finish_reason is not None:
                     chunk = R.completion_chunk(

@@ -59,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """``minerva serve``: load the config, start the app, serve until SIGTERM; exit code."""
     import uvicorn
 
-    from minerva.engine.llm_engine import LLMEngine
+    from minerva.backends import load_backend
     from minerva.server.app import build_app
     from minerva.server.uvicorn_runner import DrainingServer
 
@@ -88,8 +88,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     app = build_app(
         server_config,
-        load_engine=lambda: LLMEngine(engine_config, progress=False),
-        model_path=model_path or "",
+        load_backend=lambda: load_backend(
+            "minerva", engine_config, max_queued_requests=server_config.max_queued_requests
+        ),
         on_load_error=on_load_error,
     )
     uv_config = uvicorn.Config(

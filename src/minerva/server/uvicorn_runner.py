@@ -1,4 +1,4 @@
-"""uvicorn with a graceful SIGTERM: drain the engine first, then let uvicorn close up."""
+"""uvicorn with a graceful SIGTERM: drain the backend first, then let uvicorn close up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import uvicorn
 
-from minerva.server.app import ServerState
+from minerva.server.state import ServerState
 
 logger = logging.getLogger("minerva.server")
 
@@ -38,11 +38,11 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         self.state.draining = True
-        engine = self.state.engine
-        busy = engine.num_requests_in_flight if engine is not None else 0
+        backend = self.state.backend
+        busy = backend.stats().num_requests_in_flight if backend is not None else 0
         logger.info("shutting down: draining %d request(s), up to %ss", busy, self.shutdown_timeout)
-        if engine is not None:
-            aborted = await engine.drain(self.shutdown_timeout)
+        if backend is not None:
+            aborted = await backend.drain(self.shutdown_timeout)
             if aborted:
                 logger.info("aborted %d request(s) at the shutdown timeout", aborted)
         self.should_exit = True  # uvicorn then waits for the responses to finish sending

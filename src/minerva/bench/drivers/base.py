@@ -1,4 +1,4 @@
-"""OfflineBackend: what the offline benchmarks need from an engine, and nothing more.
+"""OfflineDriver: what the offline benchmarks need from an engine, and nothing more.
 
 All generation is greedy. Token ids go in and come out (the benchmark tokenizes once, with the
 model folder's tokenizer, so every backend sees the same ids); outputs end at the first EOS,
@@ -8,13 +8,14 @@ which is kept, unless ``ignore_eos``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 
-class OfflineBackend(ABC):
+class OfflineDriver(ABC):
     """One loaded model in this process."""
 
-    name: ClassVar[str]
+    name: str
+    """The engine's name as --backend gives it (it labels the results)."""
 
     def __init__(
         self,
@@ -63,4 +64,4 @@ class OfflineBackend(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Free the model (the next backend gets the memory)."""
+        """Free the model (the next engine gets the memory)."""

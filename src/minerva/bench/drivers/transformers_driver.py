@@ -1,4 +1,4 @@
-"""Hugging Face transformers as an offline backend: the reference every engine is compared to.
+"""Hugging Face transformers as an offline driver: the reference every engine is compared to.
 
 ``generate`` batches up to ``max_batch_size`` prompts (option, default 16) of similar length,
 left-padded; each batch runs to its longest requested output, as static batching does.
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from minerva.bench.backends.base import OfflineBackend
+from minerva.bench.drivers.base import OfflineDriver
 from minerva.platform import resolve_dtype, resolve_platform, set_num_threads
 
 
@@ -33,7 +33,7 @@ class _TokenClock:
         pass
 
 
-class TransformersBackend(OfflineBackend):
+class TransformersDriver(OfflineDriver):
     name = "transformers"
 
     def __init__(self, model, device="auto", dtype="auto", num_threads=None, options=None):
