@@ -16,8 +16,9 @@ from minerva.cache import KVCacheManager
 from minerva.config import EngineConfig
 from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
+from minerva.engine.request_validation import check_token_ids, validate_request
 from minerva.errors import RequestError
-from minerva.request import Request, RequestStatus, SchedulerOutput
+from minerva.request import Request, RequestStatus, RunnerOutput, SchedulerOutput
 from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
@@ -94,13 +95,21 @@ class LLMEngine:
         stream: bool = True,
     ) -> str:
         """Queue a prompt (text or token ids); returns its request id. Raises RequestError.
-        stream=False: step() reports the request once, when it has finished."""
+        stream=False: step() reports the request once, when it has finished.
+
+        Every field is checked here (request_validation): nothing a request carries may raise
+        later, on the step."""
         params = params or self.default_sampling_params()
         request_id = request_id or f"req-{next(self._ids)}"
+        if not isinstance(request_id, str):
+            raise RequestError("request_id must be a string", param="request_id")
         if request_id in self.output_processor:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
+        if prompt_token_ids is None and not isinstance(prompt, (str, list, tuple)):
+            raise RequestError("the prompt must be text or a list of token ids", param="prompt")
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
-        max_tokens = self._validate(ids, params)
+        checked = validate_request(ids, params, self.model_config.vocab_size, self.max_model_len)
+        ids, params, max_tokens = checked.prompt_token_ids, checked.params, checked.max_tokens
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
         eos = frozenset(self.eos_token_ids)
         arrival = arrival_time or time.monotonic()
@@ -123,30 +132,6 @@ class LLMEngine:
             self.scheduler.add_request(child)
         return request_id
 
-    def _check_token_ids(self, ids: list[int]) -> None:
-        if not ids:
-            raise RequestError("the prompt is empty: give at least one token", param="prompt")
-        vocab = self.model_config.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise RequestError(
-                f"prompt token id {bad} is outside the vocabulary [0, {vocab})", param="prompt"
-            )
-
-    def _validate(self, ids: list[int], params: SamplingParams) -> int:
-        self._check_token_ids(ids)
-        n, limit = len(ids), self.max_model_len
-        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
-        if n + max_tokens > limit or max_tokens < 1:
-            raise RequestError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{n + max(max_tokens, 1)} tokens ({n} in the prompt, {max(max_tokens, 1)} for the "
-                "completion). Shorten the prompt or lower max_tokens.",
-                code="context_length_exceeded",
-                param="max_tokens" if n < limit else "prompt",
-            )
-        return max_tokens
-
     def score(self, token_ids: list[int]) -> list[float]:
         """Log-probabilities of tokens 1..n-1 given their prefixes (perplexity, bench checks).
 
@@ -154,8 +139,8 @@ class LLMEngine:
         n = len(token_ids)
         if not 2 <= n <= self.max_model_len:
             raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {n}")
-        self._check_token_ids(token_ids)
-        req = Request(f"score-{next(self._ids)}", list(token_ids), SamplingParams(max_tokens=1))
+        token_ids = check_token_ids(token_ids, self.model_config.vocab_size, "prompt", "token")
+        req = Request(f"score-{next(self._ids)}", token_ids, SamplingParams(max_tokens=1))
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
         try:
@@ -179,8 +164,9 @@ class LLMEngine:
         """Run one step of the engine; returns the outputs that changed.
 
         Async scheduling: queue this step, then read the previous one's tokens while the GPU
-        runs. Requests with penalties need every token on the host first (no overlap then)."""
-        if self._inflight is not None and self._needs_known_tokens():
+        runs. While a request needs its previous token on the host (`Request.needs_host_tokens`:
+        penalties today) the step reads it first, so that request keeps one token per step."""
+        if self._inflight is not None and self._needs_host_tokens():
             self._finish(self._inflight)
             self._inflight = None
         scheduled = self.scheduler.schedule()
@@ -194,22 +180,33 @@ class LLMEngine:
             self._inflight = None
         return self.output_processor.collect()
 
-    def _needs_known_tokens(self) -> bool:
-        return any(r.sampling_params.has_penalties for r in self.scheduler.running)
+    def _needs_host_tokens(self) -> bool:
+        return any(r.needs_host_tokens for r in self.scheduler.running)
 
     def _finish(self, launched: LaunchedStep) -> None:
         self._update(launched.out, self.worker.wait(launched))
 
-    def _update(self, scheduled, result) -> None:
+    def _update(self, scheduled: SchedulerOutput, result: RunnerOutput) -> None:
         has_logprobs = any(lp is not None for lp in result.logprobs)
         logprobs = dict(zip(result.request_ids, result.logprobs)) if has_logprobs else {}
         on_token = self.output_processor.on_token
-        for req in self.scheduler.update(scheduled, result.sampled_token_ids):
-            stop = on_token(req, req.output_token_ids[-1], logprobs.get(req.request_id))
+        for req, tokens in self.scheduler.update(scheduled, result.sampled_token_ids):
+            if len(tokens) == 1 and not has_logprobs:  # the usual step
+                stop = on_token(req, tokens[0], None)
+            else:
+                stop = self._on_tokens(req, tokens, logprobs.get(req.request_id))
             if stop is not None and not req.is_finished:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+
+    def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
+        """Hand several tokens to the output processor; stops at the first stop string."""
+        for k, token in enumerate(tokens):
+            stop = self.output_processor.on_token(req, token, logprobs[k] if logprobs else None)
+            if stop is not None:
+                return stop
+        return None
 
     def stats(self) -> EngineStats:
         kv = self.kv_cache_manager

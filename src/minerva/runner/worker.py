@@ -24,14 +24,13 @@ from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
 from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
 from minerva.quant.registry import build_quant_config
-from minerva.request import Request, RunnerOutput, SchedulerOutput
+from minerva.request import RunnerOutput, SchedulerOutput
 from minerva.runner import model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_blocks
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
-from minerva.sampling_params import SamplingParams
 from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -102,9 +101,7 @@ class Worker:
     def score(self, token_ids: list[int], block_ids: list[int]) -> list[float]:
         """Log-probabilities of tokens 1..n-1 given their prefixes, computed in one prefill
         on the KV blocks `block_ids` (allocated by the caller)."""
-        request = Request("score", list(token_ids), SamplingParams(max_tokens=1))
-        request.block_ids = list(block_ids)
-        return self.runner.score(request)
+        return self.runner.score(token_ids, block_ids)
 
     @property
     def use_graphs(self) -> bool:
