@@ -251,3 +251,11 @@ def test_tied_head_with_its_own_layout_is_loaded_from_the_embedding():
     ckpt = [(n, _as_blocks(n, t)) for n, t in _checkpoint(dense, hf) if n != "lm_head.weight"]
     blocks.load_weights(ckpt)
     _assert_same(_decode_one(blocks, hf), _decode_one(dense, hf))
+
+
+def test_an_unknown_quantization_names_what_runs():
+    from minerva.quant.registry import build_quant_config
+
+    assert build_quant_config(None, torch_kernels()).get_method("lm_head").name == "dense"
+    with pytest.raises(ModelLoadError, match="quantized as Q4_K_M.*float .*GGUF file"):
+        build_quant_config("Q4_K_M", torch_kernels())

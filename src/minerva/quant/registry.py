@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minerva.errors import ConfigError
+from minerva.errors import ModelLoadError
 from minerva.ops.kernels import KernelSet
 from minerva.quant.base import LinearMethod, QuantConfig, UniformQuantConfig
 from minerva.quant.dense import DenseLinearMethod
@@ -17,7 +17,9 @@ def build_quant_config(name: str | None, kernels: KernelSet) -> QuantConfig:
     ModelSource's `quantization`). A per-tensor format (GGUF) returns its own QuantConfig."""
     name = name or "dense"
     if name not in LINEAR_METHODS:
-        raise ConfigError(
-            f"quantization {name!r} is not supported; supported: {', '.join(LINEAR_METHODS)}"
+        raise ModelLoadError(
+            f"the model's weights are quantized as {name}, which this version cannot run "
+            f"(methods: {', '.join(LINEAR_METHODS)}): use a float (F32 / F16 / BF16) GGUF file "
+            "or a Hugging Face folder"
         )
     return UniformQuantConfig(LINEAR_METHODS[name](kernels))
