@@ -338,6 +338,11 @@ def _load_one(name: str, tensor, param: nn.Parameter, layer: Linear | None, shar
 
 
 def _copy_into(param: nn.Parameter, tensor: torch.Tensor) -> None:
+    """A float tensor into a parameter that is not a linear layer's (embedding, norms)."""
+    if not isinstance(tensor, torch.Tensor):  # e.g. GGUF blocks: only linear methods take them
+        raise ModelLoadError(
+            f"is stored as {type(tensor).__name__}, but this parameter takes floats"
+        )
     if tuple(param.shape) != tuple(tensor.shape):
         raise ModelLoadError(
             f"has shape {tuple(tensor.shape)}, but config.json implies {tuple(param.shape)}"
