@@ -1,4 +1,4 @@
-"""CPU matrix-vector products: Minerva's C kernel (models/cpu_linear.py) against torch's F.linear.
+"""CPU matrix-vector products: Minerva's C kernel (ops/cpu_linear.py) against torch's F.linear.
 
     PYTHONPATH=src python3 benchmarks/cpu_gemv.py [--dtypes bfloat16 float32 float16]
         [--rows 1 4] [--shapes smollm-135m tinyllama-1.1b] [--rounds 5]
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from record import write_results
 from shapes import SHAPES
 
-from minerva.models import cpu_linear
+from minerva.ops import cpu_linear
 
 
 def layer_shapes(shape: str) -> list[tuple[str, int, int]]:

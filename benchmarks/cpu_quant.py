@@ -142,6 +142,7 @@ def child_minerva(args) -> dict:
 
 def child_llama_cpp(args) -> dict:
     import numpy as np  # noqa: PLC0415
+    import llama_cpp  # noqa: PLC0415
     from llama_cpp import Llama  # noqa: PLC0415
 
     t = time.perf_counter()
@@ -157,12 +158,18 @@ def child_llama_cpp(args) -> dict:
     load_s = time.perf_counter() - t
     ids = prompt_ids(args.prompt_len)
 
+    n_vocab = llm.n_vocab()
+
+    def last_logits():  # Llama.scores is not filled without logits_all (which slows prefill)
+        ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
+
     def run(n: int):
         def go():
             llm.reset()
             llm.eval(ids)
             for _ in range(n - 1):  # greedy, as Minerva at temperature 0
-                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+                llm.eval([int(np.argmax(last_logits()))])
 
         return go
 

@@ -9,7 +9,7 @@ Variants:
   KV write in one kernel, programmatic dependent launch);
 - no-pdl: plain launches (config pdl=false);
 - session2: plain launches, separate RoPE / KV-write / SiLU * mul kernels (the previous path);
-- layered: session2 with add + RMSNorm as their own kernels too (`model.one_token = None`);
+- layered: session2 with add + RMSNorm as their own kernels too (no one-token GEMV hooks);
 - torch-glue: `fused_kernels=False` (cuBLAS and torch's glue ops).
 
 Each variant gets a fresh engine (the graphs are captured with it). Decode tok/s as in
@@ -36,34 +36,37 @@ VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue")
 
 
 def _patch(variant: str):
-    """Install the variant's hooks; returns a function that removes them."""
-    from minerva.models import llama, triton_gemv
+    """Install the variant's kernel set (the worker picks it once); returns a function that
+    removes it."""
+    import dataclasses
 
-    use_fused = llama.LlamaForCausalLM.use_fused_kernels
-    add_residual = triton_gemv.gemv_add_residual
+    from minerva.runner import worker
+
+    select = worker.select_kernels
     if variant in ("session2", "layered"):
 
-        def separate(self, enabled=True):
-            use_fused(self, enabled)
-            for module in self.modules():
-                if isinstance(module, llama.Attention):
-                    module.rope_write_kv = None
+        def separate(platform, **kw):
+            kernels = select(platform, **kw)
+            if kernels.name != "triton":
+                return kernels
+            add_residual = kernels.gemv_add_residual
+
+            def silu_then_down(x, weight, bias, residual, gated=False):
+                if gated:
+                    x = kernels.silu_and_mul(x)
+                return add_residual(x, weight, bias, residual)
+
+            kernels = dataclasses.replace(
+                kernels, fuse_rope_write_kv=False, gemv_add_residual=silu_then_down
+            )
             if variant == "layered":
-                self.one_token = None
+                kernels = dataclasses.replace(kernels, gemv_rms_norm=None, gemv_add_residual=None)
+            return kernels
 
-        def silu_then_down(x, weight, bias, residual, gated=False):
-            if gated:
-                from minerva.models.triton_ops import silu_and_mul
-
-                x = silu_and_mul(x)
-            return add_residual(x, weight, bias, residual)
-
-        llama.LlamaForCausalLM.use_fused_kernels = separate
-        triton_gemv.gemv_add_residual = silu_then_down
+        worker.select_kernels = separate
 
     def undo() -> None:
-        llama.LlamaForCausalLM.use_fused_kernels = use_fused
-        triton_gemv.gemv_add_residual = add_residual
+        worker.select_kernels = select
 
     return undo
 

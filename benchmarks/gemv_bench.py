@@ -1,5 +1,5 @@
 """Batch-1 linear layers on one GPU: cuBLAS (F.linear, and mm on a transposed copy) against the
-Triton GEMV of models/triton_gemv.py over a sweep of tile configs, for the weight shapes of the
+Triton GEMV of ops/triton_gemv.py over a sweep of tile configs, for the weight shapes of the
 Mistral-7B and TinyLlama-1.1B decode steps (bf16).
 
     PYTHONPATH=src python3 benchmarks/gemv_bench.py [--output DIR]
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minerva.models.triton_gemv import gemv
+from minerva.ops.triton_gemv import gemv
 
 SHAPES = {  # name -> (N, K)
     "7b.qkv": (6144, 4096),

@@ -129,6 +129,12 @@ def main() -> None:
         help="also measure batch-1 decode and throughput with async scheduling off",
     )
     ap.add_argument(
+        "--torch-glue",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also time the 512-token prefill on a second engine with fused_kernels=false",
+    )
+    ap.add_argument(
         "--transformers",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -149,7 +155,7 @@ def main() -> None:
         progress=False,
     )
     start_s = time.perf_counter() - t0
-    weight_bytes = llm.engine.loaded.weight_bytes
+    weight_bytes = llm.engine.worker.weight_bytes
     g = torch.Generator().manual_seed(0)
 
     def prompts(n, length):
@@ -183,14 +189,6 @@ def main() -> None:
         return min(timed_generate(llm, prompts(1, 512), greedy(1)) for _ in range(3))
 
     ttft512_s = ttft512()
-    # For comparison: the eager prefill with torch's glue ops instead of the fused Triton ones.
-    model = llm.engine.loaded.model
-    if llm.engine.runner.graphs is not None and llm.engine.config.device.fused_kernels:
-        model.use_fused_kernels(False)  # captured graphs keep their fused kernels
-        ttft512_torch_glue = ttft512()
-        model.use_fused_kernels(True)
-    else:
-        ttft512_torch_glue = None
     throughput, decode_only, steps = throughputs()
     final_total, final_decode, _ = throughputs(stream=False)
     sync = None
@@ -204,13 +202,27 @@ def main() -> None:
         }
         llm.engine.async_scheduling = True
     roofline_tok_s = roofline_bw / weight_bytes
-    graphs = llm.engine.runner.graphs is not None
+    graphs = llm.engine.worker.runner.graphs is not None
     llm_async = llm.engine.async_scheduling
-    kv_bytes = llm.engine.loaded.kv_cache_bytes
-    reserve = llm.engine.loaded.activation_reserve
+    kv_bytes = llm.engine.worker.kv_cache_bytes
+    reserve = llm.engine.worker.activation_reserve
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     llm = None  # free the engine before transformers loads its copy
     torch.cuda.empty_cache()
+    ttft512_torch_glue = None
+    if args.torch_glue:  # the kernel set is chosen at construction: a second engine
+        llm = LLM(
+            model=str(folder),
+            load_format="dummy",
+            dtype="bfloat16",
+            max_model_len=4096,
+            max_num_batched_tokens=4096,
+            fused_kernels=False,
+            progress=False,
+        )
+        ttft512_torch_glue = ttft512()
+        llm = None
+        torch.cuda.empty_cache()
     hf = hf_static = None
     if args.transformers:
         hf = transformers_decode(folder, p128[0], static=False)

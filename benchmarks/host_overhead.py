@@ -36,7 +36,7 @@ def step_times(
     decodes. The forward (attention over every context on the CPU) is the part a GPU takes."""
     from minerva import SamplingParams
 
-    model, forward_s = engine.runner.model, [0.0]
+    model, forward_s = engine.worker.runner.model, [0.0]
     forward = model.forward
 
     def timed_forward(*args, **kwargs):

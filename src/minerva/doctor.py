@@ -75,8 +75,8 @@ def measure_bandwidth(platform: Platform, mib: int | None = None, repeats: int =
 
 
 def cpu_info() -> dict[str, Any]:
-    from minerva.models import cpu_linear  # noqa: PLC0415 - builds C kernels on first use
-    from minerva.native import compiler  # noqa: PLC0415
+    from minerva.ops import cpu_linear  # noqa: PLC0415 - builds C kernels on first use
+    from minerva.ops.native import compiler  # noqa: PLC0415
 
     lines = (line.split(":", 1) for line in cpu_signature().splitlines() if ":" in line)
     fields = {key.strip(): value.strip() for key, value in lines}
@@ -132,9 +132,8 @@ def cuda_info(index: int) -> dict[str, Any]:
 def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -> dict[str, Any]:
     """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
     memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
-    from minerva.engine import model_loading  # noqa: PLC0415
-    from minerva.models.registry import count_weight_bytes  # noqa: PLC0415
     from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
+    from minerva.runner import model_loading  # noqa: PLC0415
     from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
 
     source = model_loading.open_model_source(config)
@@ -147,7 +146,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
         block_size=config.cache.block_size,
         dtype=parse_dtype(config.cache.kv_cache_dtype) or dtype,
     )
-    weights = count_weight_bytes(hf, dtype)
+    weights = model_loading.weight_bytes_of(source, dtype)
     kv_per_token = spec.bytes_per_block // spec.block_size
     activations = model_loading.estimate_activation_bytes(hf, config, dtype)
     cache = config.cache

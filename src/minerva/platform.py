@@ -49,7 +49,7 @@ class Platform:
     @property
     def supports_pdl(self) -> bool:
         """Programmatic dependent launch: CUDA compute capability 9.0 (Hopper) or newer, and a
-        triton that can launch with it (attention/pdl.py)."""
+        triton that can launch with it (ops/pdl.py)."""
         if not self.is_cuda or torch.cuda.get_device_capability(self.device)[0] < 9:
             return False
         try:
@@ -190,7 +190,7 @@ def set_num_threads(num_threads: int | None) -> None:
 
 
 def native_kernel_arch() -> str | None:
-    """The CPU family the C kernels (models/cpu_gemv.c) build for on this host: "x86_64" or
+    """The CPU family the C kernels (ops/cpu_gemv.c) build for on this host: "x86_64" or
     "aarch64" on Linux; None elsewhere (macOS torch ships libomp, and the kernel would start a
     second OpenMP thread pool next to torch's)."""
     if not sys.platform.startswith("linux"):

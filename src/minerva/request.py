@@ -5,6 +5,12 @@ output). A step computes some of the missing tokens; when it catches up, the req
 The scheduler advances ``num_computed_tokens`` when it schedules a step; a token sampled by a
 step whose results the host has not read yet is *pending*: the next step can already compute it
 (the runner feeds it from the device), which lets the engine launch step N+1 before reading N.
+
+Draft tokens (speculative decoding) are tokens to compute like any other: a caught-up request
+schedules its known last token plus k drafts and samples up to k + 1 tokens (the accepted
+drafts, then one more). The scheduler rolls ``num_computed_tokens`` back by the rejected
+drafts, whose K/V was computed from wrong inputs. The runner never reads a Request: it gets the
+plain data below (SchedulerOutput) and keeps its own copy.
 """
 
 from __future__ import annotations
@@ -37,34 +43,12 @@ class RequestStatus(enum.IntEnum):
         }.get(self)
 
 
-@dataclass(eq=False)
-class Request:
-    """One sequence being generated. The engine owns it; scheduler and runner read it."""
+class TokenSequence:
+    """Prompt plus output token ids, read by position (shared by the scheduler's Request and
+    the runner's copy of it)."""
 
-    request_id: str
     prompt_token_ids: list[int]
-    sampling_params: SamplingParams
-    eos_token_ids: frozenset[int] = frozenset()
-    max_tokens: int = 16
-    """Resolved from sampling_params.max_tokens and max_model_len by the engine."""
-    seed: int = 0
-    """Resolved seed for the counter-based sampling noise (distinct per child when n > 1)."""
-    arrival_time: float = field(default_factory=time.monotonic)
-    output_token_ids: list[int] = field(default_factory=list)
-    num_computed_tokens: int = 0
-    num_pending_tokens: int = 0
-    """Tokens sampled on the device by scheduled steps but not yet appended (0, 1 or 2)."""
-    status: RequestStatus = RequestStatus.WAITING
-    block_ids: list[int] = field(default_factory=list)
-    """The block table: KV blocks holding this request's tokens, in order."""
-    block_hashes: list[int] = field(default_factory=list)
-    """Chained hashes of this request's full blocks (filled by the KV cache manager)."""
-    num_cached_tokens: int = -1
-    """Prompt tokens served from the prefix cache on first schedule (-1 = not scheduled yet)."""
-    num_preemptions: int = 0
-    stop_reason: int | str | None = None
-    first_scheduled_time: float | None = None
-    first_token_time: float | None = None
+    output_token_ids: list[int]
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -94,39 +78,122 @@ class Request:
             return self.output_token_ids[start - n : end - n]
         return self.prompt_token_ids[start:] + self.output_token_ids[: end - n]
 
+
+def needs_host_tokens(params: SamplingParams) -> bool:
+    """True when a request's next input needs its previous sampled token on the host, so its
+    next step cannot be queued before the previous one is read (penalties count the output
+    tokens on the host; grammars and n-gram proposals will need them too)."""
+    return params.has_penalties
+
+
+@dataclass(eq=False)
+class Request(TokenSequence):
+    """One sequence being generated. The engine owns it; the scheduler reads and advances it.
+    The runner never sees it: it gets a NewRequestData once and per-step deltas after that."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    eos_token_ids: frozenset[int] = frozenset()
+    max_tokens: int = 16
+    """Resolved from sampling_params.max_tokens and max_model_len by the engine."""
+    seed: int = 0
+    """Resolved seed for the counter-based sampling noise (distinct per child when n > 1)."""
+    arrival_time: float = field(default_factory=time.monotonic)
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    num_pending_tokens: int = 0
+    """Tokens sampled on the device by scheduled steps but not yet appended (0, 1 or 2)."""
+    status: RequestStatus = RequestStatus.WAITING
+    block_ids: list[int] = field(default_factory=list)
+    """The block table: KV blocks holding this request's tokens, in order."""
+    block_hashes: list[int] = field(default_factory=list)
+    """Chained hashes of this request's full blocks (filled by the KV cache manager)."""
+    num_cached_tokens: int = -1
+    """Prompt tokens served from the prefix cache on first schedule (-1 = not scheduled yet)."""
+    num_preemptions: int = 0
+    stop_reason: int | str | None = None
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    spec_token_ids: list[int] = field(default_factory=list)
+    """Draft tokens proposed for the next step (a proposer fills it; empty today)."""
+    num_runner_blocks: int = -1
+    """Blocks of the block table the runner holds (-1: the runner does not hold the request)."""
+    needs_host_tokens: bool = field(init=False)
+    """See ``needs_host_tokens()``; fixed for the request's lifetime."""
+
+    def __post_init__(self) -> None:
+        self.needs_host_tokens = needs_host_tokens(self.sampling_params)
+
     @property
     def is_finished(self) -> bool:
         return self.status.is_finished
 
 
 @dataclass
-class SchedulerOutput:
-    """What to run this step: request i computes tokens
-    ``[num_computed_tokens[i], num_computed_tokens[i] + num_scheduled_tokens[i])`` and samples
-    its next token when that range reaches past its known tokens."""
+class NewRequestData:
+    """A request the runner does not hold yet (first schedule, or resumed after preemption):
+    everything it needs, sent once. The runner keeps its own copy from then on."""
 
-    requests: list[Request] = field(default_factory=list)
-    num_scheduled_tokens: list[int] = field(default_factory=list)
+    request_id: str
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    """Tokens already generated (a resumed request recomputes them)."""
+    sampling_params: SamplingParams
+    seed: int
+    eos_token_ids: frozenset[int]
+    block_ids: list[int]
+    num_computed_tokens: int
+    """Where this step's tokens start (past any prefix-cache hit)."""
+
+
+@dataclass
+class CachedRequestData:
+    """Per-step deltas of requests the runner already holds, one entry per request."""
+
+    request_ids: list[str] = field(default_factory=list)
     num_computed_tokens: list[int] = field(default_factory=list)
-    """Each request's computed tokens before this step: where its scheduled tokens start
-    (empty: read ``request.num_computed_tokens``, for hand-built steps)."""
+    """Where each request's tokens start this step (lower than the runner's count after a
+    rollback of rejected draft tokens)."""
+    new_block_ids: list[list[int]] = field(default_factory=list)
+    """Blocks appended to each block table since the last step (usually none)."""
+
+
+@dataclass
+class SchedulerOutput:
+    """What to run this step, as plain data: request ``request_ids[i]`` computes
+    ``num_scheduled_tokens[i]`` tokens from its ``num_computed_tokens`` on (decode rows first)
+    and samples when that range reaches past its known tokens. Its ``num_computed_tokens`` and
+    block table come from ``new_requests`` (first time) or ``cached_requests`` (every step)."""
+
+    request_ids: list[str] = field(default_factory=list)
+    num_scheduled_tokens: list[int] = field(default_factory=list)
+    new_requests: list[NewRequestData] = field(default_factory=list)
+    cached_requests: CachedRequestData = field(default_factory=CachedRequestData)
+    scheduled_spec_token_ids: dict[str, list[int]] = field(default_factory=dict)
+    """Draft tokens each request verifies this step (the last ones of its scheduled tokens);
+    empty when nothing is speculated."""
+    finished_request_ids: list[str] = field(default_factory=list)
+    """Requests that ended since the last step: the runner drops their rows."""
+    preempted_request_ids: list[str] = field(default_factory=list)
+    """Requests preempted by this step's schedule: the runner drops their rows too (they come
+    back as new requests)."""
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
-    preempted_request_ids: list[str] = field(default_factory=list)
+    step_id: int = -1
+    """The scheduler's number for this step (matches an output to its update)."""
 
     @property
     def total_num_scheduled_tokens(self) -> int:
         return sum(self.num_scheduled_tokens)
 
     @property
-    def is_empty(self) -> bool:
-        return not self.requests
+    def num_seqs(self) -> int:
+        return len(self.request_ids)
 
-    def start(self, i: int) -> int:
-        """Where request i's scheduled tokens start."""
-        if self.num_computed_tokens:
-            return self.num_computed_tokens[i]
-        return self.requests[i].num_computed_tokens
+    @property
+    def is_empty(self) -> bool:
+        return not self.request_ids
 
 
 @dataclass
@@ -142,8 +209,11 @@ class Logprobs:
 
 @dataclass
 class RunnerOutput:
-    """What one forward step produced: a sampled token (or None) per scheduled request."""
+    """What one step produced, in the SchedulerOutput's order: the tokens each request sampled
+    (none while a prefill is chunked; one per step today; up to 1 + its draft tokens when it
+    verifies drafts: the accepted drafts, then one more) and, if it asked, their logprobs."""
 
     request_ids: list[str] = field(default_factory=list)
-    sampled_token_ids: list[int | None] = field(default_factory=list)
-    logprobs: list[Logprobs | None] = field(default_factory=list)
+    sampled_token_ids: list[list[int]] = field(default_factory=list)
+    logprobs: list[list[Logprobs] | None] = field(default_factory=list)
+    """One Logprobs per sampled token where the request asked for logprobs, else None."""

@@ -103,7 +103,7 @@ class SamplingMetadata:
             raise ValueError("SamplingMetadata.build: every per-row list needs one entry per row")
         device = torch.device(device)
         if all(p.plain_greedy for p in params):
-            return cls._plain_greedy(n, vocab_size, device)
+            return cls.plain_greedy_rows(n, vocab_size, device)
         greedy = [p.greedy for p in params]
         all_greedy, all_random = all(greedy), not any(greedy)
         floats, ints = [], []
@@ -164,7 +164,7 @@ class SamplingMetadata:
         )
 
     @classmethod
-    def _plain_greedy(cls, n: int, vocab_size: int, device: torch.device) -> SamplingMetadata:
+    def plain_greedy_rows(cls, n: int, vocab_size: int, device: torch.device) -> SamplingMetadata:
         """Every row takes the argmax of its raw logits: no per-row work, no copies."""
         temperature, keys = _neutral_rows(n, device)
         return cls(

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from minerva import LLM, SamplingParams
-from minerva.attention import pdl
 from tests.tiny_models import VOCAB, build_tiny_model, hf_greedy
 
 pytestmark = [
@@ -34,11 +33,11 @@ def test_fp32_logits_match_transformers(tiny):
     path, hf = tiny
     prompt = _prompts(1, 5)[0] + list(range(3, 20))
     llm = LLM(model=str(path), device="cuda", dtype="float32", block_size=16, progress=False)
-    llm.engine.runner.captured_logits = []
+    llm.engine.worker.runner.captured_logits = []
     out = llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))[0]
     ref_tokens, ref_logits = hf_greedy(hf, prompt, 8)
     assert out.token_ids == ref_tokens
-    for ours, ref in zip(llm.engine.runner.captured_logits, ref_logits):
+    for ours, ref in zip(llm.engine.worker.runner.captured_logits, ref_logits):
         torch.testing.assert_close(ours[0], ref, atol=1e-3, rtol=0)
 
 
@@ -56,10 +55,12 @@ def test_bf16_close_to_fp32_reference(tiny):
     path, hf = tiny
     prompt = _prompts(1, 3)[0]
     llm = LLM(model=str(path), device="cuda", dtype="bfloat16", progress=False)
-    llm.engine.runner.captured_logits = []
+    llm.engine.worker.runner.captured_logits = []
     llm.generate([prompt], SamplingParams(max_tokens=1, temperature=0))
     ref = hf_greedy(hf, prompt, 1)[1][0]
-    torch.testing.assert_close(llm.engine.runner.captured_logits[0][0], ref, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(
+        llm.engine.worker.runner.captured_logits[0][0], ref, atol=5e-2, rtol=5e-2
+    )
 
 
 def test_seeded_sampling_same_alone_and_batched(tiny):
@@ -73,9 +74,9 @@ def test_seeded_sampling_same_alone_and_batched(tiny):
 
 
 def _run_capturing(llm, prompts, params):
-    llm.engine.runner.captured_logits = []
+    llm.engine.worker.runner.captured_logits = []
     outs = llm.generate(prompts, params)
-    return [o.token_ids for o in outs], llm.engine.runner.captured_logits
+    return [o.token_ids for o in outs], llm.engine.worker.runner.captured_logits
 
 
 @pytest.mark.parametrize("dtype, atol", [("float32", 1e-4), ("bfloat16", 6e-2)])
@@ -95,9 +96,12 @@ def test_cuda_graphs_equal_eager_and_torch_reference(tiny, dtype, atol):
         "torch": dict(attention_backend="torch"),
     }.items():
         llm = LLM(model=str(path), device="cuda", dtype=dtype, max_num_seqs=8, progress=False, **kw)
-        assert (llm.engine.runner.graphs is not None) == name.startswith("graphs")
+        assert (llm.engine.worker.runner.graphs is not None) == name.startswith("graphs")
         if name.startswith("graphs"):  # PDL (Hopper) in the graphs unless switched off
-            assert pdl.enabled() == (name == "graphs" and llm.engine.platform.supports_pdl)
+            worker = llm.engine.worker
+            pdl = name == "graphs" and llm.engine.platform.supports_pdl
+            assert worker.kernels.pdl == worker.attention.pdl == pdl
+            assert worker.kernels.name == "triton" and worker.model.one_token
         runs[name] = _run_capturing(llm, prompts, params)
     tokens, logits = runs["graphs"]
     for other in ("graphs-plain-launch", "eager", "torch"):
@@ -150,7 +154,7 @@ def test_measured_activation_reserve_bounds_the_peak(tiny):
         max_model_len=256,
         progress=False,
     )
-    loaded = llm.engine.loaded
+    loaded = llm.engine.worker
     assert loaded.activation_reserve > 0
     torch.cuda.reset_peak_memory_stats()
     params = SamplingParams(max_tokens=40, temperature=0.8, top_p=0.9, logprobs=3, seed=1)
@@ -172,7 +176,7 @@ def test_one_sequence_prefill_graphs_equal_transformers(tiny):
         max_num_batched_tokens=64,  # a 90-token prompt prefills in two chunks
         progress=False,
     )
-    prefill = llm.engine.runner.prefill_graphs
+    prefill = llm.engine.worker.runner.prefill_graphs
     assert prefill is not None and prefill.buckets == [64]
     base = list(range(3, 93))
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)

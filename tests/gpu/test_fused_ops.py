@@ -23,7 +23,7 @@ def dtype(request):
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_add_rms_norm(dtype, rows, hidden, with_residual):
     from minerva.models.layers import RMSNorm
-    from minerva.models.triton_ops import add_rms_norm
+    from minerva.ops.triton_ops import add_rms_norm
 
     torch.manual_seed(0)
     norm = RMSNorm(hidden, 1e-5, dtype).cuda()
@@ -41,7 +41,7 @@ def test_add_rms_norm(dtype, rows, hidden, with_residual):
 
 @pytest.mark.parametrize("rows, inter", [(1, 128), (9, 1536), (64, 14336), (3, 1000)])
 def test_silu_and_mul(dtype, rows, inter):
-    from minerva.models.triton_ops import silu_and_mul
+    from minerva.ops.triton_ops import silu_and_mul
 
     x = torch.randn(rows, 2 * inter, dtype=dtype, device="cuda") * 4
     gate, up = x.split(inter, dim=-1)
@@ -53,8 +53,9 @@ def test_silu_and_mul(dtype, rows, inter):
 
 @pytest.mark.parametrize("tokens, heads, head_dim", [(1, 40, 128), (17, 12, 64), (300, 3, 32)])
 def test_rope_matches_torch_on_strided_q_k(dtype, tokens, heads, head_dim):
-    from minerva.models import triton_ops
-    from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+    from minerva.models.rope import fold_sin, rope_cos_sin
+    from minerva.ops import triton_ops
+    from minerva.ops.torch_ops import apply_rope
 
     cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
     pos = torch.randint(0, 4096, (tokens,))
@@ -72,8 +73,8 @@ def test_rope_matches_torch_on_strided_q_k(dtype, tokens, heads, head_dim):
 def test_gemv_matches_float64_reference(dtype, n, k, with_bias):
     """The batch-1 linear layer (tails in N and K included) against float64, and the dispatch:
     one row through the GEMV, more rows through F.linear."""
-    from minerva.models.triton_gemv import gemv
-    from minerva.models.triton_ops import linear
+    from minerva.ops.triton_gemv import gemv
+    from minerva.ops.triton_ops import linear
 
     torch.manual_seed(0)
     w = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
@@ -93,7 +94,7 @@ def test_gemv_residual_epilogue_and_norm_prologue_match_torch(dtype, n, k):
     """gemv_add_residual = residual + linear (and the sum of squares it leaves behind);
     gemv_rms_norm = RMSNorm then linear, with the same roundings as the layered path."""
     from minerva.models.layers import RMSNorm
-    from minerva.models.triton_gemv import gemv_add_residual, gemv_rms_norm
+    from minerva.ops.triton_gemv import gemv_add_residual, gemv_rms_norm
 
     torch.manual_seed(0)
     w1 = torch.randn(n, k, device="cuda", dtype=dtype) / k**0.5
@@ -120,8 +121,9 @@ def test_rope_write_kv_equals_rope_then_write_kv(dtype, tokens, heads, kv_heads,
     arithmetic) and the torch reference; padding slots (-1) leave the cache alone."""
     from minerva.attention import torch_paged
     from minerva.attention.triton_kv_write import rope_write_kv
-    from minerva.models import triton_ops
-    from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+    from minerva.models.rope import fold_sin, rope_cos_sin
+    from minerva.ops import triton_ops
+    from minerva.ops.torch_ops import apply_rope
 
     torch.manual_seed(0)
     cos, sin = rope_cos_sin(head_dim, 10000.0, None, 4096, 4096)
@@ -149,8 +151,8 @@ def test_rope_write_kv_equals_rope_then_write_kv(dtype, tokens, heads, kv_heads,
 @pytest.mark.parametrize("n, inter", [(64, 128), (1000, 1000), (2048, 5632)])
 def test_gated_down_gemv_equals_silu_and_mul_then_gemv(dtype, n, inter):
     """The down projection with silu(gate) * up computed while loading its input."""
-    from minerva.models.triton_gemv import gemv_add_residual
-    from minerva.models.triton_ops import silu_and_mul
+    from minerva.ops.triton_gemv import gemv_add_residual
+    from minerva.ops.triton_ops import silu_and_mul
 
     torch.manual_seed(0)
     gate_up = torch.randn(1, 2 * inter, device="cuda", dtype=dtype) * 3
@@ -174,11 +176,15 @@ def test_one_token_path_equals_layered_path(pdl_on):
     """The batch-1 forward with the glue folded into the GEMVs against the layered forward of
     the same model and the torch glue (fp32: the same math, summed in another order), with
     kernels launched plainly and, on Hopper, with programmatic dependent launch."""
+    import dataclasses
+
     import transformers
 
-    from minerva.attention import AttentionMetadata, TritonAttention, pdl
+    from minerva.attention import AttentionMetadata, TritonAttention
     from minerva.loader.hf_config import _parse_config
     from minerva.models import build_model
+    from minerva.models.options import ModelOptions
+    from minerva.ops.kernels import torch_kernels, triton_kernels
 
     cfg = transformers.LlamaConfig(
         vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
@@ -187,11 +193,25 @@ def test_one_token_path_equals_layered_path(pdl_on):
     from pathlib import Path
 
     hf = _parse_config({**cfg.to_dict(), "architectures": ["LlamaForCausalLM"]}, Path("x"))
+    fused_kernels = triton_kernels(pdl=pdl_on)
+    # same kernels, layered: add + RMSNorm as their own kernels (no one-token GEMV hooks)
+    layered_kernels = dataclasses.replace(fused_kernels, gemv_rms_norm=None, gemv_add_residual=None)
+    options = {
+        "fused": ModelOptions(fused_kernels, TritonAttention(pdl=pdl_on)),
+        "layered": ModelOptions(layered_kernels, TritonAttention(pdl=pdl_on)),
+        "torch": ModelOptions(torch_kernels(), TritonAttention()),
+    }
     torch.manual_seed(0)
-    model = build_model(hf, torch.float32, torch.device("cuda"), max_positions=128)
-    for p in model.parameters():
-        p.data.normal_(0, 0.05)
-    model.set_attention_backend(TritonAttention())
+    models, state = {}, None
+    for name, opts in options.items():
+        model = build_model(hf, torch.float32, torch.device("cuda"), 128, options=opts)
+        if state is None:
+            for p in model.parameters():
+                p.data.normal_(0, 0.05)
+            state = model.state_dict()
+        model.load_state_dict(state)
+        models[name] = model
+    assert models["fused"].one_token and not models["layered"].one_token
     kv = [torch.randn(2, 4, 16, 2, 64, device="cuda") for _ in range(3)]
     meta = AttentionMetadata(
         slot_mapping=torch.tensor([53], device="cuda"),  # block 3 (table slot 2), offset 5
@@ -204,17 +224,10 @@ def test_one_token_path_equals_layered_path(pdl_on):
         query_start_loc_cpu=[0, 1],
     )
     ids, pos, idx = (torch.tensor([v], device="cuda") for v in (7, 37, 0))
-    caches = {name: [c.clone() for c in kv] for name in ("fused", "layered", "torch")}
-    pdl.set_enabled(pdl_on)
-    try:
-        model.use_fused_kernels(True)
-        fused = model(ids, pos, caches["fused"], meta, idx)
-        model.one_token = None  # same kernels, layered: add + RMSNorm as their own kernels
-        layered = model(ids, pos, caches["layered"], meta, idx)
-    finally:
-        pdl.set_enabled(False)
-    model.use_fused_kernels(False)
-    torch_glue = model(ids, pos, caches["torch"], meta, idx)
+    caches = {name: [c.clone() for c in kv] for name in options}
+    fused, layered, torch_glue = (
+        models[name](ids, pos, caches[name], meta, idx) for name in options
+    )
     torch.testing.assert_close(fused, layered, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused, torch_glue, atol=1e-4, rtol=1e-4)
     for name in ("layered", "torch"):  # this token's K/V went to slot 53 in every layer

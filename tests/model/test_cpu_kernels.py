@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from minerva import LLM, SamplingParams
 from minerva.config import load_config
-from minerva.models import cpu_linear, cpu_ops
-from minerva.models.rope import apply_rope
+from minerva.models.linear import Linear
+from minerva.ops import cpu_linear, cpu_ops, torch_ops
 from tests.tiny_models import build_tiny_model, hf_greedy
 
 # Odd sizes (vector and row tails) and matrices big enough for the threaded path.
@@ -35,21 +35,27 @@ def tiny(tmp_path_factory):
 
 def _llm(path, dtype: str, cpu_kernels: bool) -> LLM:
     llm = LLM(model=str(path), device="cpu", dtype=dtype, cpu_kernels=cpu_kernels, progress=False)
-    model = llm.engine.runner.model
-    wanted = cpu_linear.linear if cpu_kernels else F.linear
-    assert all(m.linear is wanted for m in model.modules() if hasattr(m, "linear"))
-    assert model.model.layers[0].self_attn.backend.name == ("cpu" if cpu_kernels else "torch")
-    glue = cpu_ops if cpu_kernels else None
-    assert all(m.fused is glue for m in model.modules() if hasattr(m, "fused"))
-    rope = cpu_ops.apply_rope if cpu_kernels else apply_rope
-    assert all(layer.self_attn.rope is rope for layer in model.model.layers)
+    _assert_kernels(llm.engine.worker.model, cpu_kernels)
     return llm
 
 
+def _assert_kernels(model, cpu_kernels: bool) -> None:
+    """Every linear layer, norm and RoPE runs the C kernels (or torch), chosen at construction."""
+    glue = cpu_ops if cpu_kernels else torch_ops
+    linear = cpu_linear.linear if cpu_kernels else F.linear
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    assert len(linears) == 4 * len(model.model.layers) + 1  # + the lm_head
+    assert all(m.method.linear is linear for m in linears)
+    assert model.model.layers[0].self_attn.backend.name == ("cpu" if cpu_kernels else "torch")
+    norms = [m for m in model.modules() if hasattr(m, "add_rms_norm")]
+    assert norms and all(m.add_rms_norm is glue.add_rms_norm for m in norms)
+    assert all(layer.self_attn.rope is glue.apply_rope for layer in model.model.layers)
+
+
 def _run(llm: LLM, prompt: list[int], n: int) -> tuple[list[int], list[torch.Tensor]]:
-    llm.engine.runner.captured_logits = []
+    llm.engine.worker.runner.captured_logits = []
     out = llm.generate([prompt], SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True))
-    return out[0].token_ids, [t[0] for t in llm.engine.runner.captured_logits]
+    return out[0].token_ids, [t[0] for t in llm.engine.worker.runner.captured_logits]
 
 
 def test_fp32_greedy_and_logits_match_transformers(tiny):
@@ -84,10 +90,7 @@ def test_switch_off_by_env(tiny):
     assert (
         config.device.cpu_kernels is False and sources["cpu_kernels"] == "env:MINERVA_CPU_KERNELS"
     )
-    model = LLM(config=config, progress=False).engine.runner.model
-    assert all(m.linear is F.linear for m in model.modules() if hasattr(m, "linear"))
-    assert all(m.fused is None for m in model.modules() if hasattr(m, "fused"))
-    assert model.model.layers[0].self_attn.backend.name == "torch"
+    _assert_kernels(LLM(config=config, progress=False).engine.worker.model, cpu_kernels=False)
 
 
 def test_every_linear_layer_runs_the_kernel(tiny, monkeypatch):

@@ -74,11 +74,11 @@ def test_logits_match_every_step(tiny):
     name, path, hf = tiny
     prompt = _prompts(1, seed=7)[0] + list(range(3, 20))  # longer than the sliding window
     llm = LLM(model=str(path), device="cpu", dtype="float32", block_size=4, progress=False)
-    llm.engine.runner.captured_logits = []
+    llm.engine.worker.runner.captured_logits = []
     out = llm.generate([prompt], SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True))[0]
     ref_tokens, ref_logits = hf_greedy(hf, prompt, 10)
     assert out.token_ids == ref_tokens
-    ours = llm.engine.runner.captured_logits
+    ours = llm.engine.worker.runner.captured_logits
     assert len(ours) == 10
     for step, (a, b) in enumerate(zip(ours, ref_logits)):
         torch.testing.assert_close(a[0], b, atol=1e-4, rtol=0, msg=f"{name} step {step}")
@@ -180,10 +180,10 @@ def test_sharded_checkpoint_and_bf16_kv_cache(tmp_path):
         kv_cache_dtype="bfloat16",
         progress=False,
     )
-    assert bf16_kv.engine.runner.kv_caches[0].dtype == torch.bfloat16
-    bf16_kv.engine.runner.captured_logits = []
+    assert bf16_kv.engine.worker.runner.kv_caches[0].dtype == torch.bfloat16
+    bf16_kv.engine.worker.runner.captured_logits = []
     bf16_kv.generate([prompt], SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
-    for ours, ref in zip(bf16_kv.engine.runner.captured_logits, ref_logits):
+    for ours, ref in zip(bf16_kv.engine.worker.runner.captured_logits, ref_logits):
         torch.testing.assert_close(ours[0], ref, atol=2e-2, rtol=0)
 
 

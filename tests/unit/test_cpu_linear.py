@@ -1,4 +1,4 @@
-"""models.cpu_linear: the C matrix-vector kernel against a float64 reference, and its fallbacks."""
+"""ops.cpu_linear: the C matrix-vector kernel against a float64 reference, and its fallbacks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minerva.models import cpu_linear
+from minerva.ops import cpu_linear
 from minerva.platform import native_kernel_arch
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -1,4 +1,4 @@
-"""models.cpu_ops (C add + RMSNorm and RoPE) against the torch twins in layers.py / rope.py."""
+"""ops.cpu_ops (C add + RMSNorm and RoPE) against the torch twins in ops/torch_ops.py."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import shutil
 import pytest
 import torch
 
-from minerva.models import cpu_ops
 from minerva.models.layers import RMSNorm
-from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+from minerva.models.rope import fold_sin, rope_cos_sin
+from minerva.ops import cpu_ops
+from minerva.ops.torch_ops import apply_rope
 from minerva.platform import native_kernel_arch
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

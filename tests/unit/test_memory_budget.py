@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from minerva.config import EngineConfig
-from minerva.engine.model_loading import check_model_fits
 from minerva.errors import ConfigError
 from minerva.loader.hf_config import _parse_config
 from minerva.models.registry import count_weight_bytes
 from minerva.runner.kv_cache import KVCacheSpec, plan_num_blocks
+from minerva.runner.model_loading import check_model_fits
 
 GIB = 2**30
 

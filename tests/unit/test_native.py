@@ -1,4 +1,4 @@
-"""minerva.native: building C kernels into the cache, and every way that can fail."""
+"""minerva.ops.native: building C kernels into the cache, and every way that can fail."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import shutil
 
 import pytest
 
-from minerva import native
-from minerva.models import cpu_linear
+from minerva.ops import cpu_linear, native
 from minerva.platform import native_kernel_arch
 
 can_build = native_kernel_arch() is not None and shutil.which("cc") is not None
@@ -43,7 +42,7 @@ def test_failed_build_is_logged_once_and_returns_none(tmp_path, monkeypatch, cap
     monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C\n")
-    with caplog.at_level("INFO", logger="minerva.native"):
+    with caplog.at_level("INFO", logger="minerva.ops.native"):
         assert native.load(broken) is None
         assert native.load(broken) is None
     assert native.problem(broken).startswith("compiling failed")

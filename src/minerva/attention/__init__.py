@@ -1,39 +1,34 @@
 """Attention backends over the paged KV cache. The torch reference runs everywhere; Triton
-kernels run on CUDA; C kernels take the decode rows on the CPU. All offer
-`write_kv(kv_cache, k, v, slot_mapping)` and `paged_attention(q, kv_cache, meta, scale,
-sliding_window)`."""
+kernels run on CUDA; C kernels take the decode rows on the CPU. All implement base.py's
+AttentionBackend protocol; `select_attention_backend` picks one."""
 
 from __future__ import annotations
 
-from minerva.attention import cpu_backend, torch_paged
+from minerva.attention import cpu_backend
+from minerva.attention.base import AttentionBackend
 from minerva.attention.cpu_backend import CPUAttention
 from minerva.attention.metadata import AttentionMetadata
-from minerva.attention.torch_paged import paged_attention, write_kv
+from minerva.attention.torch_paged import TorchAttention, paged_attention, write_kv
 from minerva.attention.triton_backend import TritonAttention, triton_available
 from minerva.errors import ConfigError
 
 
-class TorchAttention:
-    """The plain-torch reference behind the backend interface."""
-
-    name = "torch"
-    graph_safe = False  # reads host-side lengths every step
-
-    write_kv = staticmethod(torch_paged.write_kv)
-    paged_attention = staticmethod(torch_paged.paged_attention)
-
-
 def select_attention_backend(
-    requested: str, device_type: str, num_sms: int | None, cpu_kernels: bool = False
-):
+    requested: str,
+    device_type: str,
+    num_sms: int | None,
+    cpu_kernels: bool = False,
+    pdl: bool = False,
+) -> AttentionBackend:
     """auto: Triton on CUDA when triton is installed; on the CPU the C decode kernels when
-    cpu_kernels is on and they build; else the torch reference."""
+    cpu_kernels is on and they build; else the torch reference. pdl: Triton kernels launch
+    with programmatic dependent launch (ops/pdl.py)."""
     if requested == "auto" and device_type == "cpu" and cpu_kernels and cpu_backend.load():
         return CPUAttention()
     if requested == "torch" or (requested == "auto" and device_type != "cuda"):
         return TorchAttention()
     if device_type == "cuda" and triton_available():
-        return TritonAttention(num_sms=num_sms)
+        return TritonAttention(num_sms=num_sms, pdl=pdl)
     if requested == "triton":
         raise ConfigError(
             "attention_backend=triton needs a CUDA GPU and the triton package "
@@ -43,6 +38,7 @@ def select_attention_backend(
 
 
 __all__ = [
+    "AttentionBackend",
     "AttentionMetadata",
     "CPUAttention",
     "TorchAttention",

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from minerva import native
 from minerva.attention import torch_paged
 from minerva.attention.metadata import AttentionMetadata
+from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -143,6 +143,10 @@ class CPUAttention:
 
     name = "cpu"
     graph_safe = False
+    rope_write_kv = None
 
     write_kv = staticmethod(write_kv)
     paged_attention = staticmethod(paged_attention)
+
+    def plan_decode_graph(self, meta, num_kv_heads: int, max_seq_len: int) -> None:
+        """Not graph-safe: nothing to plan."""

@@ -5,7 +5,7 @@
 // SmolLM layer's weights in ~700 us. This does the same arithmetic with the same roundings:
 // scores are rounded to the model dtype (torch's matmul output), scaled and soft-maxed in fp32,
 // the probabilities rounded to the model dtype, and the weighted sum of V summed in fp32.
-// Built and loaded by minerva.native (see attention/cpu_backend.py).
+// Built and loaded by minerva.ops.native (see attention/cpu_backend.py).
 
 #include <stdint.h>
 #include <string.h>

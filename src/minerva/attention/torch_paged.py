@@ -125,3 +125,17 @@ def paged_attention(
             q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window
         )
     return out
+
+
+class TorchAttention:
+    """The plain-torch reference behind the AttentionBackend protocol."""
+
+    name = "torch"
+    graph_safe = False  # reads host-side lengths every step
+    rope_write_kv = None
+
+    write_kv = staticmethod(write_kv)
+    paged_attention = staticmethod(paged_attention)
+
+    def plan_decode_graph(self, meta, num_kv_heads: int, max_seq_len: int) -> None:
+        """Not graph-safe: nothing to plan."""

@@ -1,6 +1,6 @@
-"""TritonAttention: the CUDA fast path, with the same two calls as the torch reference.
+"""TritonAttention: the CUDA fast path, with the same calls as the torch reference.
 
-    attn = TritonAttention(num_sms=props.multi_processor_count)
+    attn = TritonAttention(num_sms=props.multi_processor_count, pdl=platform.supports_pdl)
     attn.write_kv(kv_cache, k, v, meta.slot_mapping)
     out = attn.paged_attention(q, kv_cache, meta, scale, sliding_window)
 
@@ -9,13 +9,16 @@ the rest to the varlen prefill kernel. triton is imported on first use, so impor
 costs nothing on machines without it.
 
 CUDA graphs: a decode-only step reads no host value except meta.num_decodes and the number of
-splits. Set meta.extras[DECODE_SPLITS_KEY] per graph bucket (choose_num_splits with the longest
-context the bucket may serve); without it the splits come from meta.seq_lens_cpu.
+splits. The graph runner calls plan_decode_graph per bucket (the splits for the longest context
+the bucket may serve); without it the splits come from meta.seq_lens_cpu. pdl: every kernel is
+launched with programmatic dependent launch (ops/pdl.py).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -39,13 +42,15 @@ def _kernels():
 
 
 class TritonAttention:
-    """Paged attention through Triton kernels (CUDA). Stateless apart from the SM count."""
+    """Paged attention through Triton kernels (CUDA). Stateless apart from the SM count and
+    the PDL setting."""
 
     name = "triton"
     graph_safe = True  # decode-only steps read no host values (see the module docstring)
 
-    def __init__(self, num_sms: int | None = None) -> None:
+    def __init__(self, num_sms: int | None = None, pdl: bool = False) -> None:
         self.num_sms = num_sms
+        self.pdl = pdl
 
     def _sm_count(self, device: torch.device) -> int:
         if self.num_sms is None:
@@ -61,12 +66,28 @@ class TritonAttention:
     ) -> None:
         """k, v [num_tokens, KVH, D] into kv_cache [2, num_blocks, block_size, KVH, D];
         slot -1 (padding) is skipped."""
-        _kernels()[2].write_kv(kv_cache, k, v, slot_mapping)
+        _kernels()[2].write_kv(kv_cache, k, v, slot_mapping, pdl=self.pdl)
+
+    @property
+    def rope_write_kv(self) -> Callable:
+        """RoPE on q and k and the KV write in one kernel (triton_kv_write.rope_write_kv), with
+        this backend's PDL setting bound in; the model keeps it from construction on."""
+        fn = _kernels()[2].rope_write_kv
+        return functools.partial(fn, pdl=True) if self.pdl else fn
 
     def splits_for(self, num_seqs: int, num_kv_heads: int, max_seq_len: int, device) -> int:
         """Split-K count for a decode batch whose contexts may reach max_seq_len (graph buckets)."""
         return _kernels()[0].choose_num_splits(
             num_seqs, num_kv_heads, max_seq_len, self._sm_count(device)
+        )
+
+    def plan_decode_graph(
+        self, meta: AttentionMetadata, num_kv_heads: int, max_seq_len: int
+    ) -> None:
+        """Fix the split count of a captured decode step: the one for max_seq_len contexts."""
+        device = meta.seq_lens.device
+        meta.extras[DECODE_SPLITS_KEY] = self.splits_for(
+            meta.num_seqs, num_kv_heads, max_seq_len, device
         )
 
     def decode_splits(self, meta: AttentionMetadata, num_kv_heads: int, device) -> int:
@@ -105,6 +126,7 @@ class TritonAttention:
                 sliding_window,
                 num_splits=splits,
                 out=out[:nd],
+                pdl=self.pdl,
             )
         if meta.num_seqs > nd:
             prefill.prefill_attention(

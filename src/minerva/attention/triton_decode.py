@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minerva.attention import pdl
+from minerva.ops import pdl as _pdl
 
 NO_WINDOW = 1 << 30
 """Window used when attention is full: larger than any context, so the window mask is a no-op."""
@@ -94,7 +94,7 @@ def _decode_kernel(
     DOT_PREC: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0).to(tl.int64)
@@ -164,7 +164,7 @@ def _merge_kernel(
     SPLITS_PAD: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     seq = tl.program_id(0).to(tl.int64)
@@ -226,6 +226,7 @@ def decode_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """q [num_seqs, H, D] (one token per sequence, at position seq_len - 1) against kv_cache
     [2, num_blocks, block_size, KVH, D] through block_tables [num_seqs, max_blocks] int32 and
@@ -291,8 +292,8 @@ def decode_attention(
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps or cfg_warps,
         num_stages=num_stages or cfg_stages,
-        USE_PDL=pdl.enabled(),
-        **pdl.launch_kwargs(),
+        USE_PDL=pdl,
+        **_pdl.launch_kwargs(pdl),
     )
     if split:
         _merge_kernel[(num_seqs, num_heads)](
@@ -311,7 +312,7 @@ def decode_attention(
             BLOCK_D=block_d,
             SPLITS_PAD=triton.next_power_of_2(num_splits),
             num_warps=4,
-            USE_PDL=pdl.enabled(),
-            **pdl.launch_kwargs(),
+            USE_PDL=pdl,
+            **_pdl.launch_kwargs(pdl),
         )
     return out

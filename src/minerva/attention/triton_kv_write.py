@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minerva.attention import pdl
+from minerva.ops import pdl as _pdl
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def _kv_write_kernel(
     BLOCK_SIZE: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0).to(tl.int64)
@@ -64,7 +64,11 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 def write_kv(
-    kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+    kv_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    pdl: bool = False,
 ) -> None:
     """Store k, v [num_tokens, num_kv_heads, head_dim] at slot_mapping [num_tokens] (int64,
     -1 = skip) of kv_cache [2, num_blocks, block_size, num_kv_heads, head_dim]. No host sync."""
@@ -93,8 +97,8 @@ def write_kv(
         BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size,
         num_warps=4,
-        USE_PDL=pdl.enabled(),
-        **pdl.launch_kwargs(),
+        USE_PDL=pdl,
+        **_pdl.launch_kwargs(pdl),
     )
 
 
@@ -105,7 +109,7 @@ def _rope_write_kv_kernel(
     D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
@@ -119,7 +123,7 @@ def _rope_write_kv_kernel(
     xr = tl.load(rows + rolled[None, :], mask=qk)
     c = tl.load(cos_ptr + t * D + d)[None, :]
     s = tl.load(sin_ptr + t * D + d)[None, :]
-    y = x * c + xr * s  # in the model dtype, like models.triton_ops.apply_rope
+    y = x * c + xr * s  # in the model dtype, like ops.triton_ops.apply_rope
     is_q = (h < num_heads)[:, None]
     tl.store(q_out_ptr + (t * num_heads + h[:, None]) * D + d[None, :], y, mask=is_q)
     # slot -1 marks a padding token: q is still written, the cache is not touched.
@@ -146,9 +150,10 @@ def rope_write_kv(
     slot_mapping: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """qkv [T, (H + 2 KVH) * D] -> rotated q [T, H, D]; rotated k and v go to their slots of
-    kv_cache (slot -1 skipped). cos / sign-folded sin [T, 1, D] as in models.rope.apply_rope.
+    kv_cache (slot -1 skipped). cos / sign-folded sin [T, 1, D] as in ops.torch_ops.apply_rope.
     Same result as apply_rope on q and k followed by write_kv."""
     t = qkv.shape[0]
     d = kv_cache.shape[-1]
@@ -166,6 +171,6 @@ def rope_write_kv(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_heads, num_kv_heads,
         D=d, BLOCK_H=block_h, BLOCK_KV=triton.next_power_of_2(num_kv_heads),
         BLOCK_SIZE=kv_cache.shape[2], num_warps=min(max(block_h * d // 1024, 1), 8),
-        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
+        USE_PDL=pdl, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return q

@@ -199,9 +199,8 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
 
 
 def _device_side(engine: LLMEngine) -> Any:
-    """What built the model: the engine's Worker (issue 11), or its LoadedModel before the
-    Worker lands; both carry source, dtype, weight_bytes. Drop the fallback after the merge."""
-    return getattr(engine, "worker", None) or engine.loaded
+    """What built the model: the engine's Worker (source, dtype, weight_bytes)."""
+    return engine.worker
 
 
 def _digest(source: ModelSource, dummy: bool) -> str:

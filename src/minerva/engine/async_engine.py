@@ -194,6 +194,8 @@ class AsyncEngine:
         Raises QueueFullError / EngineDrainingError / EngineDeadError (all 503) at once, and
         RequestError (400, e.g. context_length_exceeded) when the engine refuses it.
         """
+        if not isinstance(params, SamplingParams):
+            raise RequestError(f"params must be a SamplingParams, got {type(params).__name__}")
         self._check_admission(params.n)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:
@@ -365,7 +367,7 @@ class AsyncEngine:
             sched, info = self.engine.last_scheduler_output, None
             if sched is not None and not sched.is_empty:
                 info = StepInfo(
-                    duration, sched.num_prefill_tokens, sched.num_decode_tokens, len(sched.requests)
+                    duration, sched.num_prefill_tokens, sched.num_decode_tokens, sched.num_seqs
                 )
             try:
                 self.observer.on_step(info, outputs, self._stats)

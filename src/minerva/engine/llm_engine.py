@@ -12,18 +12,15 @@ import random
 import time
 from dataclasses import dataclass
 
-from minerva.attention import pdl
 from minerva.cache import KVCacheManager
 from minerva.config import EngineConfig
-from minerva.engine.model_loading import LoadedModel, load_model
 from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
+from minerva.engine.request_validation import check_token_ids, validate_request
 from minerva.errors import RequestError
-from minerva.request import Request, RequestStatus, SchedulerOutput
-from minerva.runner import ModelRunner
-from minerva.runner.cuda_graphs import CudaGraphRunner
+from minerva.request import Request, RequestStatus, RunnerOutput, SchedulerOutput
 from minerva.runner.model_runner import LaunchedStep
-from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
 
@@ -42,20 +39,21 @@ class EngineStats:
 
 
 class LLMEngine:
-    """Owns the model, KV cache, scheduler and runner. Not thread-safe: one owner steps it."""
+    """Owns the scheduler and a Worker (the model, KV cache and graphs on the device), which
+    it drives through the step contract. Not thread-safe: one owner steps it."""
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         self.config = config
-        loaded: LoadedModel = load_model(config, progress=progress)
-        self.loaded = loaded
-        self.platform = loaded.platform
-        self.tokenizer = loaded.tokenizer
-        self.model_config = loaded.hf_config
-        self.max_model_len = loaded.max_model_len
-        self.generation_defaults = loaded.generation_defaults
-        self.eos_token_ids = loaded.eos_token_ids
+        self.worker = Worker(config, progress=progress)
+        worker = self.worker
+        self.platform = worker.platform
+        self.tokenizer = worker.tokenizer
+        self.model_config = worker.model_config
+        self.max_model_len = worker.max_model_len
+        self.generation_defaults = worker.generation_defaults
+        self.eos_token_ids = worker.eos_token_ids
         self.kv_cache_manager = KVCacheManager(
-            loaded.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
+            worker.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
         )
         self.scheduler = Scheduler(
             self.kv_cache_manager,
@@ -64,22 +62,6 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
         )
-        if self.platform.is_cuda and loaded.attention_backend.graph_safe:
-            # Fewer launches per layer: the eager prefill is bound by the host's launch rate.
-            loaded.model.use_fused_kernels(config.device.fused_kernels)
-            pdl.set_enabled(
-                config.device.fused_kernels and config.device.pdl and self.platform.supports_pdl
-            )
-        graphs = self._capture_graphs(loaded) if self._use_graphs(loaded) else (None, None)
-        self.runner = ModelRunner(
-            loaded.model,
-            loaded.kv_caches,
-            config.cache.block_size,
-            self.platform.device,
-            graphs=graphs[0],
-            prefill_graphs=graphs[1],
-        )
-        self.runner.warm_up(min(16, self.max_model_len - 1))
         mode = config.scheduler.async_scheduling
         self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
         self._inflight: LaunchedStep | None = None  # launched, tokens not read yet
@@ -88,29 +70,6 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_scheduler_output: SchedulerOutput | None = None
         """What the latest step() ran (for step metrics); None before the first step."""
-
-    def _use_graphs(self, loaded: LoadedModel) -> bool:
-        backend = loaded.attention_backend
-        return self.platform.is_cuda and backend.graph_safe and not self.config.device.enforce_eager
-
-    def _capture_graphs(self, loaded: LoadedModel) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
-        backend, device = loaded.attention_backend, self.platform.device
-        kv_heads = loaded.hf_config.num_key_value_heads
-        common = (loaded.model, loaded.kv_caches, self.config.cache.block_size)
-        sched = self.config.scheduler
-        graphs = CudaGraphRunner(
-            *common,
-            sched.max_num_seqs,
-            self.max_model_len,
-            device,
-            num_decode_splits=lambda b: backend.splits_for(b, kv_heads, self.max_model_len, device),
-        )
-        graphs.capture()
-        prefill = PrefillGraphRunner(
-            *common, sched.max_num_batched_tokens, self.max_model_len, device, pool=graphs.pool
-        )
-        prefill.capture()
-        return graphs, prefill
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:
@@ -136,13 +95,21 @@ class LLMEngine:
         stream: bool = True,
     ) -> str:
         """Queue a prompt (text or token ids); returns its request id. Raises RequestError.
-        stream=False: step() reports the request once, when it has finished."""
+        stream=False: step() reports the request once, when it has finished.
+
+        Every field is checked here (request_validation): nothing a request carries may raise
+        later, on the step."""
         params = params or self.default_sampling_params()
         request_id = request_id or f"req-{next(self._ids)}"
+        if not isinstance(request_id, str):
+            raise RequestError("request_id must be a string", param="request_id")
         if request_id in self.output_processor:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
+        if prompt_token_ids is None and not isinstance(prompt, (str, list, tuple)):
+            raise RequestError("the prompt must be text or a list of token ids", param="prompt")
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
-        max_tokens = self._validate(ids, params)
+        checked = validate_request(ids, params, self.model_config.vocab_size, self.max_model_len)
+        ids, params, max_tokens = checked.prompt_token_ids, checked.params, checked.max_tokens
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
         eos = frozenset(self.eos_token_ids)
         arrival = arrival_time or time.monotonic()
@@ -165,30 +132,6 @@ class LLMEngine:
             self.scheduler.add_request(child)
         return request_id
 
-    def _check_token_ids(self, ids: list[int]) -> None:
-        if not ids:
-            raise RequestError("the prompt is empty: give at least one token", param="prompt")
-        vocab = self.model_config.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise RequestError(
-                f"prompt token id {bad} is outside the vocabulary [0, {vocab})", param="prompt"
-            )
-
-    def _validate(self, ids: list[int], params: SamplingParams) -> int:
-        self._check_token_ids(ids)
-        n, limit = len(ids), self.max_model_len
-        max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
-        if n + max_tokens > limit or max_tokens < 1:
-            raise RequestError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{n + max(max_tokens, 1)} tokens ({n} in the prompt, {max(max_tokens, 1)} for the "
-                "completion). Shorten the prompt or lower max_tokens.",
-                code="context_length_exceeded",
-                param="max_tokens" if n < limit else "prompt",
-            )
-        return max_tokens
-
     def score(self, token_ids: list[int]) -> list[float]:
         """Log-probabilities of tokens 1..n-1 given their prefixes (perplexity, bench checks).
 
@@ -196,12 +139,12 @@ class LLMEngine:
         n = len(token_ids)
         if not 2 <= n <= self.max_model_len:
             raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {n}")
-        self._check_token_ids(token_ids)
-        req = Request(f"score-{next(self._ids)}", list(token_ids), SamplingParams(max_tokens=1))
+        token_ids = check_token_ids(token_ids, self.model_config.vocab_size, "prompt", "token")
+        req = Request(f"score-{next(self._ids)}", token_ids, SamplingParams(max_tokens=1))
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
         try:
-            return self.runner.score(req)
+            return self.worker.score(req.prompt_token_ids, req.block_ids)
         finally:
             self.kv_cache_manager.free(req)
 
@@ -221,13 +164,14 @@ class LLMEngine:
         """Run one step of the engine; returns the outputs that changed.
 
         Async scheduling: queue this step, then read the previous one's tokens while the GPU
-        runs. Requests with penalties need every token on the host first (no overlap then)."""
-        if self._inflight is not None and self._needs_known_tokens():
+        runs. While a request needs its previous token on the host (`Request.needs_host_tokens`:
+        penalties today) the step reads it first, so that request keeps one token per step."""
+        if self._inflight is not None and self._needs_host_tokens():
             self._finish(self._inflight)
             self._inflight = None
         scheduled = self.scheduler.schedule()
         self.last_scheduler_output = scheduled
-        launched = None if scheduled.is_empty else self.runner.launch(scheduled)
+        launched = None if scheduled.is_empty else self.worker.launch(scheduled)
         if self._inflight is not None:
             self._finish(self._inflight)
         self._inflight = launched
@@ -236,22 +180,33 @@ class LLMEngine:
             self._inflight = None
         return self.output_processor.collect()
 
-    def _needs_known_tokens(self) -> bool:
-        return any(r.sampling_params.has_penalties for r in self.scheduler.running)
+    def _needs_host_tokens(self) -> bool:
+        return any(r.needs_host_tokens for r in self.scheduler.running)
 
     def _finish(self, launched: LaunchedStep) -> None:
-        self._update(launched.out, self.runner.wait(launched))
+        self._update(launched.out, self.worker.wait(launched))
 
-    def _update(self, scheduled, result) -> None:
+    def _update(self, scheduled: SchedulerOutput, result: RunnerOutput) -> None:
         has_logprobs = any(lp is not None for lp in result.logprobs)
         logprobs = dict(zip(result.request_ids, result.logprobs)) if has_logprobs else {}
         on_token = self.output_processor.on_token
-        for req in self.scheduler.update(scheduled, result.sampled_token_ids):
-            stop = on_token(req, req.output_token_ids[-1], logprobs.get(req.request_id))
+        for req, tokens in self.scheduler.update(scheduled, result.sampled_token_ids):
+            if len(tokens) == 1 and not has_logprobs:  # the usual step
+                stop = on_token(req, tokens[0], None)
+            else:
+                stop = self._on_tokens(req, tokens, logprobs.get(req.request_id))
             if stop is not None and not req.is_finished:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+
+    def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
+        """Hand several tokens to the output processor; stops at the first stop string."""
+        for k, token in enumerate(tokens):
+            stop = self.output_processor.on_token(req, token, logprobs[k] if logprobs else None)
+            if stop is not None:
+                return stop
+        return None
 
     def stats(self) -> EngineStats:
         kv = self.kv_cache_manager

@@ -175,12 +175,12 @@ def iter_checkpoint_tensors(
     dtype = parse_dtype(dtype)
     wanted = _make_filter(names_filter)
     raw = _iter_safetensors(files, wanted) if files.format == "safetensors" else _iter_bin(files)
-    with _progress_bar(progress, files.total_bytes) as advance:
+    with progress_bar(progress, files.total_bytes) as advance:
         for name, tensor in raw:
             if not wanted(name):
                 continue
             advance(tensor.nbytes)
-            tensor = _convert(tensor, device, dtype)
+            tensor = convert_tensor(tensor, device, dtype)
             yield name, tensor
 
 
@@ -211,7 +211,7 @@ def _iter_bin(files: CheckpointFiles):
                 )
 
 
-def _convert(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None):
+def convert_tensor(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None):
     if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
         if device.type != "cpu":
             tensor = tensor.to(device)  # cast on the accelerator: far faster than on the host
@@ -229,7 +229,7 @@ def _make_filter(names_filter: NamesFilter) -> Callable[[str], bool]:
 
 
 @contextlib.contextmanager
-def _progress_bar(enabled: bool, total_bytes: int) -> Iterator[Callable[[int], None]]:
+def progress_bar(enabled: bool, total_bytes: int) -> Iterator[Callable[[int], None]]:
     """A transient "Loading weights" bar on stderr; a no-op when disabled or not a terminal."""
     stderr = sys.stderr
     if not (enabled and stderr is not None and stderr.isatty()):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from minerva.errors import ModelLoadError
+from minerva.loader.hf_config import GenerationDefaults
 from minerva.quant.gguf_types import FLOAT_TYPES, GGMLType, QuantizedTensor
 
 logger = logging.getLogger(__name__)
@@ -98,12 +99,14 @@ def write_gguf(
     file_type: str | None = None,
     name: str | None = None,
     progress: Callable[[int], None] | None = None,
+    generation: GenerationDefaults | None = None,
 ) -> Path:
     """Write `tensors` (HF names, float) of a model with HF config `config` to `out_path`.
 
     `type_plan` picks each tensor's type (1-D tensors are always F32, as llama.cpp keeps them);
     `quantize` turns a float tensor into blocks of a quantized type. `progress` gets the count
-    of tensors written so far."""
+    of tensors written so far. `generation` (generation_config.json) becomes the
+    `general.sampling.*` keys, as llama.cpp's converter writes them."""
     import gguf  # noqa: PLC0415 - optional dependency
 
     arch = GGUF_ARCH.get(config.model_type)
@@ -117,6 +120,8 @@ def write_gguf(
     _write_model_metadata(writer, config, arch, name or out_path.stem, file_type)
     if tokenizer_dir is not None:
         write_tokenizer_metadata(writer, Path(tokenizer_dir), config.vocab_size)
+    if generation is not None:
+        _write_sampling_defaults(writer, generation)
     permute = arch in PERMUTED_ARCHS
     count = 0
     for hf_name, tensor in tensors:
@@ -160,6 +165,8 @@ def _encode(tensor: torch.Tensor, ggml_type: GGMLType, quantize: Quantizer | Non
 
 
 def _write_model_metadata(writer, config, arch: str, name: str, file_type: str | None) -> None:
+    import gguf  # noqa: PLC0415
+
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
@@ -177,7 +184,7 @@ def _write_model_metadata(writer, config, arch: str, name: str, file_type: str |
     scaling = config.rope_scaling or {}
     kind = scaling.get("rope_type") or scaling.get("type")
     if kind in ("linear", "yarn"):
-        writer.add_rope_scaling_type(kind)
+        writer.add_rope_scaling_type(gguf.RopeScalingType(kind))
         writer.add_rope_scaling_factor(float(scaling["factor"]))
         if "original_max_position_embeddings" in scaling:
             writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
@@ -188,6 +195,18 @@ def _write_model_metadata(writer, config, arch: str, name: str, file_type: str |
     if file_type is not None:
         writer.add_file_type(FILE_TYPES[file_type])
     writer.add_quantization_version(2)
+
+
+def _write_sampling_defaults(writer, gen: GenerationDefaults) -> None:
+    temperature = 0.0 if gen.do_sample is False else gen.temperature
+    for add, value in (
+        (writer.add_sampling_temp, temperature),
+        (writer.add_sampling_top_k, gen.top_k),
+        (writer.add_sampling_top_p, gen.top_p),
+        (writer.add_sampling_penalty_repeat, gen.repetition_penalty),
+    ):
+        if value is not None:
+            add(value)
 
 
 def write_tokenizer_metadata(writer, folder: Path, vocab_size: int) -> None:

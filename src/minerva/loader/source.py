@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from minerva.errors import ModelLoadError
+from minerva.loader.gguf_file import GGUF_MAGIC
 from minerva.loader.hf_config import GenerationDefaults, HFModelConfig
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ SUPPORTED_SOURCES = (
     "a Hugging Face model folder (config.json + *.safetensors or pytorch_model*.bin) "
     "or a .gguf file"
 )
-GGUF_MAGIC = b"GGUF"
 _HASH_CHUNK = 1 << 22
 
 
@@ -67,7 +67,11 @@ class ModelSource(ABC):
             return Tokenizer.from_folder(self.tokenizer_path)
         tokenizer = self._own_tokenizer()
         if tokenizer is None:
-            logger.warning("%s has no tokenizer: only token-id prompts will work", self.path)
+            logger.warning(
+                "%s has no tokenizer: only token-id prompts will work (pass --tokenizer with a "
+                "Hugging Face tokenizer folder for text)",
+                self.path,
+            )
         return tokenizer
 
     @abstractmethod
@@ -158,7 +162,7 @@ def open_model(path: str | Path, tokenizer_path: str | Path | None = None) -> Mo
 
         return open_hf_folder(p, tok)
     if p.is_file() and _is_gguf(p):
-        from minerva.loader.gguf import open_gguf  # noqa: PLC0415 - needs the gguf package
+        from minerva.loader.gguf import open_gguf  # noqa: PLC0415 - loaded for GGUF files only
 
         return open_gguf(p, tok)
     raise ModelLoadError(_not_a_model_message(p))

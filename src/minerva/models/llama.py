@@ -9,14 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from minerva.attention import AttentionMetadata, TorchAttention
+from minerva.attention import AttentionMetadata
 from minerva.errors import ModelLoadError
-from minerva.models import cpu_linear, cpu_ops
 from minerva.models.layers import GatedMLP, RMSNorm
-from minerva.models.rope import apply_rope, fold_sin, rope_cos_sin
+from minerva.models.linear import (
+    ColumnParallelLinear,
+    Linear,
+    QKVLinear,
+    RowParallelLinear,
+    count_weight_bytes,
+)
+from minerva.models.options import ModelOptions
+from minerva.models.rope import fold_sin, rope_cos_sin
 
 
 def layer_sliding_windows(config) -> list[int | None]:
@@ -26,7 +32,15 @@ def layer_sliding_windows(config) -> list[int | None]:
 
 
 class Attention(nn.Module):
-    def __init__(self, config, layer_idx: int, window: int | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config,
+        layer_idx: int,
+        window: int | None,
+        dtype: torch.dtype,
+        options: ModelOptions,
+        prefix: str,
+    ) -> None:
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -36,15 +50,27 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.window = window
         self.layer_idx = layer_idx
-        self.backend = TorchAttention()  # replaced by set_attention_backend
-        self.rope = apply_rope  # models.triton_ops.apply_rope on CUDA (use_fused_kernels)
-        self.rope_write_kv = None  # RoPE + KV write in one kernel on CUDA (use_fused_kernels)
-        self.linear = F.linear  # models.cpu_linear.linear on CPU (use_cpu_kernels)
+        self.backend = options.attention
+        self.rope = options.kernels.rope
+        fused = options.kernels.fuse_rope_write_kv
+        self.rope_write_kv = self.backend.rope_write_kv if fused else None  # one kernel, or None
         h = config.hidden_size
-        self.qkv_proj = nn.Linear(
-            h, self.q_size + 2 * self.kv_size, bias=config.qkv_bias, dtype=dtype
+        self.qkv_proj = QKVLinear(
+            h,
+            self.head_dim,
+            self.num_heads,
+            self.num_kv_heads,
+            config.qkv_bias,
+            options.linear_method(f"{prefix}.qkv_proj"),
+            dtype,
         )
-        self.o_proj = nn.Linear(self.q_size, h, bias=config.o_proj_bias, dtype=dtype)
+        self.o_proj = RowParallelLinear(
+            self.q_size,
+            h,
+            config.o_proj_bias,
+            options.linear_method(f"{prefix}.o_proj"),
+            dtype,
+        )
 
     def forward(
         self,
@@ -54,9 +80,10 @@ class Attention(nn.Module):
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        qkv = self.linear(x, self.qkv_proj.weight, self.qkv_proj.bias)
+        qkv_proj, o_proj = self.qkv_proj, self.o_proj
+        qkv = qkv_proj.method.apply(qkv_proj, x)
         out = self.attend(qkv, cos, sin, kv_cache, meta)
-        return self.linear(out, self.o_proj.weight, self.o_proj.bias)
+        return o_proj.method.apply(o_proj, out)
 
     def attend(
         self,
@@ -81,13 +108,30 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config, layer_idx: int, window: int | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config,
+        layer_idx: int,
+        window: int | None,
+        dtype: torch.dtype,
+        options: ModelOptions,
+        prefix: str,
+    ) -> None:
         super().__init__()
-        self.self_attn = Attention(config, layer_idx, window, dtype)
-        mlp_bias = config.mlp_bias
-        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, mlp_bias, dtype)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = Attention(config, layer_idx, window, dtype, options, f"{prefix}.self_attn")
+        mlp_bias, kernels = config.mlp_bias, options.kernels
+        self.mlp = GatedMLP(
+            config.hidden_size,
+            config.intermediate_size,
+            mlp_bias,
+            dtype,
+            kernels,
+            options.quant,
+            f"{prefix}.mlp",
+        )
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype, kernels)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype, kernels)
 
     def forward(self, x, residual, cos, sin, kv_cache, meta):
         if residual is None:
@@ -101,78 +145,70 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, dtype: torch.dtype) -> None:
+    def __init__(self, config, dtype: torch.dtype, options: ModelOptions) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
         windows = layer_sliding_windows(config)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, windows[i], dtype) for i in range(config.num_hidden_layers)
+            DecoderLayer(config, i, windows[i], dtype, options, f"model.layers.{i}")
+            for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, options.kernels)
 
 
 class LlamaForCausalLM(nn.Module):
     """One model class for Llama, Mistral and Qwen2 checkpoints."""
 
-    _stacked = {  # checkpoint piece -> (fused parameter, shard index)
-        "q_proj": ("qkv_proj", 0),
-        "k_proj": ("qkv_proj", 1),
-        "v_proj": ("qkv_proj", 2),
+    _stacked = {  # checkpoint piece -> (fused layer, shard id)
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, config, dtype: torch.dtype, max_positions: int) -> None:
+    def __init__(
+        self,
+        config,
+        dtype: torch.dtype,
+        max_positions: int,
+        options: ModelOptions | None = None,
+    ) -> None:
         super().__init__()
+        options = options or ModelOptions()
         self.config = config
         self.dtype = dtype
         self.max_positions = max_positions
-        self.model = LlamaModel(config, dtype)
+        self.options = options
+        self.model = LlamaModel(config, dtype, options)
         self.tie_word_embeddings = config.tie_word_embeddings
-        if self.tie_word_embeddings:
-            self.lm_head = None
-        else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = ColumnParallelLinear(
+            config.hidden_size,
+            config.vocab_size,
+            False,
+            options.linear_method("lm_head"),
+            dtype,
+        )
+        self.tie_weights()
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
-        self.one_token = None  # models.triton_gemv on CUDA: the fused batch-1 path
-        self.linear = F.linear  # for the vocab projection; see use_cpu_kernels
+        # Batch-1 steps with the glue folded into the GEMVs (the kernel set has them: CUDA).
+        self.one_token = options.kernels.one_token
 
-    def set_attention_backend(self, backend) -> None:
-        """Use `backend` (torch reference or Triton) in every attention layer."""
-        for layer in self.model.layers:
-            layer.self_attn.backend = backend
+    def tie_weights(self) -> None:
+        """With tied embeddings the lm_head's weight is the embedding table (after to_empty too)
+        where its method keeps a dense layout; a method with its own layout keeps its weight,
+        which the loader fills from the embedding's tensor."""
+        head, embed = self.lm_head.weight, self.model.embed_tokens.weight
+        self.shares_embedding = (
+            self.tie_word_embeddings and head.shape == embed.shape and head.dtype == embed.dtype
+        )
+        if self.shares_embedding:
+            self.lm_head.weight = embed
 
-    def use_fused_kernels(self, enabled: bool = True) -> None:
-        """Swap the torch glue (add + RMSNorm, SiLU * mul, RoPE) for fused Triton kernels and
-        one-token linear layers for the Triton GEMV, or back. RoPE and the KV-cache write
-        become one kernel (the cache layout is the same for every attention backend)."""
-        if enabled:
-            from minerva.attention import triton_kv_write  # noqa: PLC0415 - needs triton
-            from minerva.models import triton_gemv, triton_ops  # noqa: PLC0415 - needs triton
-        for module in self.modules():
-            if hasattr(module, "fused"):
-                module.fused = triton_ops if enabled else None
-            if hasattr(module, "linear"):
-                module.linear = triton_ops.linear if enabled else F.linear
-            if isinstance(module, Attention):
-                module.rope = triton_ops.apply_rope if enabled else apply_rope
-                module.rope_write_kv = triton_kv_write.rope_write_kv if enabled else None
-        self.one_token = triton_gemv if enabled else None
-
-    def use_cpu_kernels(self, enabled: bool = True) -> bool:
-        """Run the linear layers through models.cpu_linear (C matrix-vector kernels) and the
-        glue (add + RMSNorm, RoPE) through models.cpu_ops, or all through torch. Returns
-        whether the kernels are on (they may fail to build: then torch, logged once)."""
-        on = enabled and cpu_linear.load() and cpu_ops.load()
-        for module in self.modules():
-            if hasattr(module, "linear"):
-                module.linear = cpu_linear.linear if on else F.linear
-            if hasattr(module, "fused"):
-                module.fused = cpu_ops if on else None
-            if isinstance(module, Attention):
-                module.rope = cpu_ops.apply_rope if on else apply_rope
-        return on
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as stored (linear layers as their methods count them)."""
+        return count_weight_bytes(self)
 
     def init_rope(self, device: torch.device) -> None:
         """Build the cos/sin tables once, on the device, in the model dtype."""
@@ -194,7 +230,7 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
         x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
-        if self.one_token is not None and x.shape[0] == 1 and logits_indices.shape[0] == 1:
+        if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
             return self._forward_one_token(x, cos, sin, kv_caches, meta)
         residual = None
         for layer, kv_cache in zip(self.model.layers, kv_caches):
@@ -204,85 +240,111 @@ class LlamaForCausalLM(nn.Module):
         return self.compute_logits(x)
 
     def _forward_one_token(self, x, cos, sin, kv_caches, meta) -> torch.Tensor:
-        """Batch-1 decode on CUDA with the glue folded into the GEMVs: each linear layer that
-        ends a block adds the residual stream in its epilogue, each one that starts a block
-        applies the RMSNorm while loading its input, and the down projection computes
-        silu(gate) * up while loading (the same roundings as the layered path)."""
-        g = self.one_token
-        layers = self.model.layers
+        """Batch-1 decode with the glue folded into the linear layers' fused hooks (quant/base.py):
+        each layer that ends a block adds the residual stream in its epilogue, each one that
+        starts a block applies the RMSNorm while loading its input, and the down projection
+        computes silu(gate) * up while loading (the same roundings as the layered path)."""
         h, partials = x, None  # the residual stream and its sum-of-squares partials
-        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+        for i, (layer, kv_cache) in enumerate(zip(self.model.layers, kv_caches)):
             attn, mlp = layer.self_attn, layer.mlp
-            norm = layer.input_layernorm
+            norm, qkv_proj = layer.input_layernorm, attn.qkv_proj
             if i == 0:
-                qkv = g.gemv(norm(x), attn.qkv_proj.weight, attn.qkv_proj.bias)
+                qkv = qkv_proj.method.apply(qkv_proj, norm(x))
             else:
-                qkv = g.gemv_rms_norm(
-                    h, partials, norm.weight, norm.eps, attn.qkv_proj.weight, attn.qkv_proj.bias
-                )
+                qkv = qkv_proj.method.apply_norm_in(qkv_proj, h, partials, norm.weight, norm.eps)
             out = attn.attend(qkv, cos, sin, kv_cache, meta)
-            h, partials = g.gemv_add_residual(out, attn.o_proj.weight, attn.o_proj.bias, h)
-            norm = layer.post_attention_layernorm
-            gate_up = g.gemv_rms_norm(
-                h, partials, norm.weight, norm.eps, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias
-            )
+            o_proj = attn.o_proj
+            h, partials = o_proj.method.apply_add_residual(o_proj, out, h)
+            norm, gate_up = layer.post_attention_layernorm, mlp.gate_up_proj
+            x = gate_up.method.apply_norm_in(gate_up, h, partials, norm.weight, norm.eps)
             down = mlp.down_proj  # its input is silu(gate) * up, computed while loading
-            h, partials = g.gemv_add_residual(gate_up, down.weight, down.bias, h, gated=True)
-        norm = self.model.norm
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return g.gemv_rms_norm(h, partials, norm.weight, norm.eps, weight).float()
+            h, partials = down.method.apply_add_residual(down, x, h, gated=True)
+        norm, head = self.model.norm, self.lm_head
+        return head.method.apply_norm_in(head, h, partials, norm.weight, norm.eps).float()
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return self.linear(hidden, weight).float()
+        """hidden [T, hidden] (already normed) -> logits [T, vocab] in float32."""
+        head = self.lm_head
+        return head.method.apply(head, hidden).float()
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy checkpoint tensors into the (possibly fused) parameters; error on gaps."""
+    def load_weights(self, weights: Iterable[tuple[str, object]]) -> None:
+        """Hand each checkpoint tensor to its parameter (a linear layer's weight_loader puts
+        the pieces of q/k/v and gate/up in place); error on unknown, misshapen or missing ones."""
         params = dict(self.named_parameters())
-        pending = {
-            n: set(range(3 if "qkv_proj" in n else 2))
-            for n in params
-            if "qkv_proj" in n or "gate_up_proj" in n
-        }
+        layers = _linear_layers_by_param(self, params)
+        pending = {n: set(m.shard_ids) for n, m in layers.items() if len(m.shard_ids) > 1}
         loaded: set[str] = set()
+        head_of_its_own = self.tie_word_embeddings and not self.shares_embedding
         for name, tensor in weights:
-            if "rotary_emb" in name or (name == "lm_head.weight" and self.lm_head is None):
+            if "rotary_emb" in name or (name == "lm_head.weight" and self.shares_embedding):
                 continue
-            target, shard = name, None
-            for piece, (fused, index) in self._stacked.items():
-                if f".{piece}." in name:
-                    target, shard = name.replace(piece, fused), index
-                    break
-            param = params.get(target)
-            if param is None:
+            target, shard = self._target(name)
+            if target not in params:
                 raise ModelLoadError(
                     f"checkpoint tensor {name!r} does not belong to this model architecture"
                 )
-            dest = param.data if shard is None else self._shard_view(param.data, target, shard)
-            if tuple(dest.shape) != tuple(tensor.shape):
-                raise ModelLoadError(
-                    f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
-                    f"but config.json implies {tuple(dest.shape)}"
-                )
-            dest.copy_(tensor)
-            if shard is None:
+            targets = [target]
+            if head_of_its_own and target == "model.embed_tokens.weight":
+                targets.append("lm_head.weight")  # tied, in the lm_head method's own layout
+            for target in targets:
+                _load_one(name, tensor, params[target], layers.get(target), shard)
+                if shard is not None and target in pending:
+                    pending[target].discard(shard)
+                    if pending[target]:
+                        continue
                 loaded.add(target)
-            else:
-                pending[target].discard(shard)
-                if not pending[target]:
-                    loaded.add(target)
         missing = sorted(set(params) - loaded)
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ModelLoadError(f"checkpoint is missing {len(missing)} tensors: {shown}")
+        self.process_weights_after_loading()
 
-    def _shard_view(self, data: torch.Tensor, target: str, shard: int) -> torch.Tensor:
-        c = self.config
-        if "qkv_proj" in target:
-            q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-            starts, sizes = [0, q, q + kv], [q, kv, kv]
+    def process_weights_after_loading(self) -> None:
+        """Let every linear method repack what it loaded (after load_weights or dummy init)."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.method.process_after_loading(module)
+
+    def _target(self, name: str) -> tuple[str, str | int | None]:
+        """Checkpoint name -> (parameter name, shard id of a fused layer or None)."""
+        for piece, (fused, shard) in self._stacked.items():
+            if f".{piece}." in name:
+                return name.replace(piece, fused), shard
+        return name, None
+
+
+def _linear_layers_by_param(model: nn.Module, params: dict) -> dict[str, Linear]:
+    """Parameter name -> the linear layer that owns it (for its weight_loader)."""
+    owners = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Linear):
+            for pname, _ in module.named_parameters(recurse=False):
+                name = f"{prefix}.{pname}"
+                if name in params:  # a tied lm_head's weight is listed as the embedding's
+                    owners[name] = module
+    return owners
+
+
+def _load_one(name: str, tensor, param: nn.Parameter, layer: Linear | None, shard) -> None:
+    """One checkpoint tensor into `param`: through its linear layer's weight_loader, or copied."""
+    try:
+        if layer is not None:
+            layer.weight_loader(param, tensor, shard)
         else:
-            i = c.intermediate_size
-            starts, sizes = [0, i], [i, i]
-        return data.narrow(0, starts[shard], sizes[shard])
+            _copy_into(param, tensor)
+    except ModelLoadError as e:
+        raise ModelLoadError(f"checkpoint tensor {name!r} {e}") from None
+
+
+def _copy_into(param: nn.Parameter, tensor: torch.Tensor) -> None:
+    """A float tensor into a parameter that is not a linear layer's (embedding, norms)."""
+    if not isinstance(tensor, torch.Tensor):  # e.g. GGUF blocks: only linear methods take them
+        raise ModelLoadError(
+            f"is stored as {type(tensor).__name__}, but this parameter takes floats"
+        )
+    if tuple(param.shape) != tuple(tensor.shape):
+        raise ModelLoadError(
+            f"has shape {tuple(tensor.shape)}, but config.json implies {tuple(param.shape)}"
+        )
+    param.data.copy_(tensor)

@@ -7,6 +7,7 @@ from torch import nn
 
 from minerva.errors import ModelLoadError
 from minerva.models.llama import LlamaForCausalLM
+from minerva.models.options import ModelOptions
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
@@ -15,24 +16,33 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
 }
 
 
-def _meta_model(config, dtype: torch.dtype, max_positions: int) -> nn.Module:
+def _meta_model(
+    config, dtype: torch.dtype, max_positions: int, options: ModelOptions | None = None
+) -> nn.Module:
     arch = next((a for a in config.architectures if a in MODEL_REGISTRY), None)
     if arch is None:
         raise ModelLoadError(
             f"architecture {config.architectures} is not supported; supported: {', '.join(MODEL_REGISTRY)}"
         )
     with torch.device("meta"):
-        return MODEL_REGISTRY[arch](config, dtype=dtype, max_positions=max_positions)
+        return MODEL_REGISTRY[arch](config, dtype, max_positions, options)
 
 
-def count_weight_bytes(config, dtype: torch.dtype) -> int:
-    """Bytes the model's weights take in `dtype` (computed on the meta device: no memory)."""
-    model = _meta_model(config, dtype, max_positions=2)
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def count_weight_bytes(config, dtype: torch.dtype, options: ModelOptions | None = None) -> int:
+    """Bytes the model's weights take (`model.weight_bytes()` on the meta device: no memory)."""
+    return _meta_model(config, dtype, max_positions=2, options=options).weight_bytes()
 
 
-def build_model(config, dtype: torch.dtype, device: torch.device, max_positions: int) -> nn.Module:
-    """Create the model with uninitialised weights directly on `device` (load_weights fills them)."""
-    model = _meta_model(config, dtype, max_positions).to_empty(device=device)
+def build_model(
+    config,
+    dtype: torch.dtype,
+    device: torch.device,
+    max_positions: int,
+    options: ModelOptions | None = None,
+) -> nn.Module:
+    """Create the model with uninitialised weights directly on `device` (load_weights fills
+    them); options: its kernels, attention backend and linear methods (default: torch)."""
+    model = _meta_model(config, dtype, max_positions, options).to_empty(device=device)
+    model.tie_weights()  # to_empty may have given the tied lm_head its own tensor
     model.init_rope(device)
     return model.eval()

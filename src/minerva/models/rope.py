@@ -1,4 +1,5 @@
-"""Rotary position embeddings: inverse frequencies for each `rope_type`, a cos/sin table, apply.
+"""Rotary position embeddings: inverse frequencies for each `rope_type` and a cos/sin table
+(applying them is a kernel: ops/torch_ops.apply_rope and its fast twins).
 
 Frequencies follow the Hugging Face definitions (default, linear, dynamic NTK, yarn, llama3) so
 logits match transformers. The table is computed once for every position up to max_positions.
@@ -109,15 +110,7 @@ def _dynamic_cos_sin(
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """Rotate x [T, heads, D] by cos / sign-folded sin [T, 1, D] (HF's rotate-half layout).
-
-    rotate_half(x) * sin == roll(x, D/2) * [-sin_lo, sin_hi], so one roll replaces the
-    slice-negate-concat of the textbook form."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
-
-
 def fold_sin(sin: torch.Tensor) -> torch.Tensor:
-    """[..., D] sin table -> [-sin[:D/2], sin[D/2:]] for apply_rope."""
+    """[..., D] sin table -> [-sin[:D/2], sin[D/2:]] for ops.torch_ops.apply_rope."""
     half = sin.shape[-1] // 2
     return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)

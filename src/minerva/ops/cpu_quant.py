@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from minerva import native  # the one import of the kernel builder (moving to minerva.ops.native)
+from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_quant.c")
 # GGML type id -> (values, bytes) per block: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K .. Q6_K

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minerva import native  # the one import of the kernel builder (moving to minerva.ops.native)
+from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_quantize.c")
 BLOCK_BYTES = {10: 84, 11: 110, 12: 144, 13: 176, 14: 210}  # Q2_K .. Q6_K

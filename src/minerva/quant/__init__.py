@@ -1,1 +1,2 @@
-"""Weight formats and the methods that run linear layers over them (dense today; GGUF blocks next)."""
+"""Weight formats and the methods that run linear layers over them: base.py (the LinearMethod
+protocol and QuantConfig), dense.py (today's weights), registry.py (name -> method)."""

@@ -1,4 +1,5 @@
-"""Turns scheduled batches into forward passes on the device."""
+"""Turns scheduled batches into forward passes on the device: Worker builds everything
+device-side (worker.py); ModelRunner executes steps (model_runner.py)."""
 
 from minerva.runner.model_runner import ModelRunner
 

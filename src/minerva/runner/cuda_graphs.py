@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from minerva.attention import AttentionMetadata
-from minerva.attention.triton_backend import DECODE_SPLITS_KEY
+from minerva.attention import AttentionBackend, AttentionMetadata
 from minerva.runner.input_batch import HostInputs
 
 logger = logging.getLogger(__name__)
@@ -96,13 +95,14 @@ class CudaGraphRunner(StagedGraphs):
         max_num_seqs: int,
         max_model_len: int,
         device: torch.device,
-        num_decode_splits,
+        attention: AttentionBackend,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.device = device
         self.buckets = graph_buckets(max_num_seqs)
-        self.num_decode_splits = num_decode_splits  # bucket -> splits for max_model_len contexts
+        self.attention = attention  # asked to fix its per-step plan for each bucket
+        self.max_model_len = max_model_len
         n, max_blocks = self.buckets[-1], math.ceil(max_model_len / block_size)
         super().__init__(
             {
@@ -128,7 +128,8 @@ class CudaGraphRunner(StagedGraphs):
             seq_lens_cpu=[0] * b,  # only its length is read on this path
             query_start_loc_cpu=list(range(b + 1)),
         )
-        meta.extras[DECODE_SPLITS_KEY] = self.num_decode_splits(b)
+        num_kv_heads = self.kv_caches[0].shape[3]
+        self.attention.plan_decode_graph(meta, num_kv_heads, self.max_model_len)
         return meta
 
     def _forward(self, b: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ import math
 from torch import nn
 
 from minerva.platform import Platform
-from minerva.request import Request, SchedulerOutput
+from minerva.request import CachedRequestData, NewRequestData, SchedulerOutput
 from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches
 from minerva.runner.model_runner import ModelRunner
 from minerva.sampling_params import SamplingParams
@@ -47,17 +47,15 @@ def profile_activation_memory(
         platform.reset_peak_memory()
         base = platform.memory_used()
         requests = _dummy_requests(lengths, spec.block_size)
-        prefill = SchedulerOutput(requests=requests, num_scheduled_tokens=list(lengths))
-        runner.execute(prefill)
+        ids = [r.request_id for r in requests]
+        runner.execute(SchedulerOutput(ids, list(lengths), new_requests=requests))
         platform.synchronize()
         prefill_peak = platform.peak_memory() - base
         decode_peak = 0
         if include_graphs:
-            for r, n in zip(requests, lengths):
-                r.num_computed_tokens = n
-                r.output_token_ids.append(0)
+            cached = CachedRequestData(ids, list(lengths), [[] for _ in ids])
             platform.reset_peak_memory()
-            runner.execute(SchedulerOutput(requests=requests, num_scheduled_tokens=[1] * num_seqs))
+            runner.execute(SchedulerOutput(ids, [1] * num_seqs, cached_requests=cached))
             platform.synchronize()
             decode_peak = platform.peak_memory() - base
         prefill_peak = max(prefill_peak, 0)
@@ -68,13 +66,15 @@ def profile_activation_memory(
         platform.reset_peak_memory()
 
 
-def _dummy_requests(lengths: list[int], block_size: int) -> list[Request]:
+def _dummy_requests(lengths: list[int], block_size: int) -> list[NewRequestData]:
     requests, next_block = [], 1  # block 0 is the null block
     for i, n in enumerate(lengths):
-        r = Request(f"profile-{i}", [0] * n, _PROFILE_PARAMS, max_tokens=2)
         count = math.ceil((n + 1) / block_size)
-        r.block_ids = list(range(next_block, next_block + count))
-        r.num_pending_tokens = 1  # each samples, as the scheduler would mark it
+        block_ids = list(range(next_block, next_block + count))
+        requests.append(
+            NewRequestData(
+                f"profile-{i}", [0] * n, [], _PROFILE_PARAMS, i, frozenset(), block_ids, 0
+            )
+        )
         next_block += count
-        requests.append(r)
     return requests

@@ -1,6 +1,8 @@
 """ModelRunner: SchedulerOutput -> tensors -> forward -> sample on device -> RunnerOutput.
 
-The only host sync of a step is reading the sampled ids (and logprobs, when asked) once, in
+The runner never reads the scheduler's Request objects: it keeps its own copy of each request
+in a persistent `InputBatch`, built from the SchedulerOutput's new-request data and deltas,
+and appends the tokens it samples to it. The only host sync of a step is reading the sampled ids (and logprobs, when asked) once, in
 `wait`. `launch` queues a step and returns at once, so the engine can queue step N+1 before it
 reads step N's tokens; tokens the host has not read yet go into the next step's inputs straight
 from the device.
@@ -14,9 +16,15 @@ import torch
 from torch import nn
 
 from minerva.platform import copy_to_device
-from minerva.request import Logprobs, Request, RunnerOutput, SchedulerOutput
+from minerva.request import (
+    CachedRequestData,
+    Logprobs,
+    NewRequestData,
+    RunnerOutput,
+    SchedulerOutput,
+)
 from minerva.runner.cuda_graphs import CudaGraphRunner
-from minerva.runner.input_batch import HostInputs, build_host_inputs, to_device
+from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatch, to_device
 from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
@@ -50,12 +58,13 @@ class ModelRunner:
         self.graphs = graphs
         self.prefill_graphs = prefill_graphs
         self.sampler = Sampler()
+        self.input_batch = InputBatch(block_size)
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
-        # The latest launch's sampled ids (on the device) and the requests they belong to:
-        # the next step's inputs for tokens the host has not read yet.
+        # The latest launch's sampled ids (on the device): the next step's inputs for tokens
+        # the host has not read yet (each request's `sample_index` says which one).
         self._last_sampled: torch.Tensor | None = None
-        self._last_requests: list[Request] = []
         self._arange: torch.Tensor | None = None
+        self._range: list[int] = []
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its sampled tokens."""
@@ -64,7 +73,10 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput) -> LaunchedStep:
         """Queue one step's forward and sampling on the device; returns before it finishes."""
-        host = build_host_inputs(out, self.block_size)
+        if out.scheduled_spec_token_ids:
+            raise NotImplementedError("draft-token verification comes with speculative decoding")
+        self.input_batch.update(out)
+        host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
         decode_bucket = prefill_bucket = None
         if self.graphs is not None and host.is_pure_decode:
@@ -75,7 +87,7 @@ class ModelRunner:
             logits = self.graphs.run(host, decode_bucket, pending)
         elif prefill_bucket is not None:
             logits = self.prefill_graphs.run(host, prefill_bucket, pending)
-            logits = logits if host.sampling_requests else logits[:0]  # as eager: sampling rows
+            logits = logits if host.sampling_states else logits[:0]  # as eager: sampling rows
         else:
             inputs = to_device(host, self.device)
             if pending is not None:
@@ -90,65 +102,60 @@ class ModelRunner:
         if self.captured_logits is not None:
             self.captured_logits.append(logits.detach().cpu().clone())
         step = LaunchedStep(out, host)
-        if host.sampling_requests:
+        if host.sampling_states:
             self._sample(logits, step)
         return step
 
     def _pending_inputs(self, host: HostInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(input positions, their token ids on the device) for tokens still pending."""
-        if not host.pending_requests:
+        if not host.pending_indices:
             return None
-        last, reqs = self._last_sampled, host.pending_requests
-        n = len(reqs)
-        if reqs == self._last_requests[:n] and host.pending_indices[-1] == n - 1:
+        slots, sources = host.pending_indices, host.pending_sources
+        n = len(slots)
+        if len(self._range) < n:
+            self._range = list(range(max(n, 256)))
+            self._arange = torch.arange(len(self._range), device=self.device)
+        if slots == self._range[:n] and sources == slots:
             # The usual decode step: same requests, same order, one token each.
-            if self._arange is None or len(self._arange) < n:
-                self._arange = torch.arange(max(n, 256), device=self.device)
-            return self._arange[:n], last[:n]
-        rows = {id(r): j for j, r in enumerate(self._last_requests)}
-        where = torch.tensor([host.pending_indices, [rows[id(r)] for r in reqs]])
-        where = copy_to_device(where, self.device)
-        return where[0], last[where[1]]
+            return self._arange[:n], self._last_sampled[:n]
+        where = copy_to_device(torch.tensor([slots, sources]), self.device)
+        return where[0], self._last_sampled[where[1]]
 
     def warm_up(self, num_tokens: int = 16) -> None:
         """One prefill and one decode step on the reserved null block, so the first real request
         does not pay for first-call initialisation (kernels, allocator, thread pools)."""
         params = SamplingParams(max_tokens=2, temperature=1.0, top_p=0.9, seed=0)
-        req = Request("warm-up", [0] * num_tokens, params)
-        req.block_ids = [0] * -(-(num_tokens + 1) // self.block_size)  # block 0 holds no real data
-        req.num_pending_tokens = 1  # as the scheduler marks the token a step samples
-        first = self.execute(SchedulerOutput(requests=[req], num_scheduled_tokens=[num_tokens]))
-        req.num_computed_tokens = num_tokens
-        req.output_token_ids.append(first.sampled_token_ids[0])
-        self.execute(SchedulerOutput(requests=[req], num_scheduled_tokens=[1]))
+        blocks = [0] * -(-(num_tokens + 1) // self.block_size)  # block 0 holds no real data
+        new = NewRequestData("warm-up", [0] * num_tokens, [], params, 0, frozenset(), blocks, 0)
+        self.execute(SchedulerOutput(["warm-up"], [num_tokens], new_requests=[new]))
+        cached = CachedRequestData(["warm-up"], [num_tokens], [[]])
+        self.execute(SchedulerOutput(["warm-up"], [1], cached_requests=cached))
+        self.input_batch.remove("warm-up")
 
     @torch.inference_mode()
-    def score(self, request: Request) -> list[float]:
-        """Log-probability of each token of `request` given the ones before it (one prefill;
-        the request's blocks must be allocated). Returns num_tokens - 1 values."""
-        n = request.num_tokens
-        step = SchedulerOutput(requests=[request], num_scheduled_tokens=[n], num_prefill_tokens=n)
-        inputs = to_device(build_host_inputs(step, self.block_size), self.device)
+    def score(self, token_ids: list[int], block_ids: list[int]) -> list[float]:
+        """Log-probability of each of `token_ids` given the ones before it (one prefill into
+        the allocated `block_ids`; the runner keeps nothing). Returns len(token_ids) - 1 values."""
+        n = len(token_ids)
+        batch = InputBatch(self.block_size, 1, len(block_ids))  # apart from the running ones
+        params = SamplingParams()
+        batch.add(NewRequestData("score", token_ids, [], params, 0, frozenset(), block_ids, 0))
+        inputs = to_device(batch.prepare(SchedulerOutput(["score"], [n])), self.device)
         every = torch.arange(n - 1, device=self.device)
         logits = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, every)
         logprobs = torch.log_softmax(logits, dim=-1)  # [n - 1, vocab]
         return logprobs.gather(1, inputs.input_ids[1:].unsqueeze(1)).squeeze(1).tolist()
 
     def _sample(self, logits: torch.Tensor, step: LaunchedStep) -> None:
-        reqs = step.host.sampling_requests
-        meta = SamplingMetadata.build(
-            params=[r.sampling_params for r in reqs],
-            seeds=[r.seed for r in reqs],
-            # The output index of the token sampled now: known tokens + pending before it.
-            token_indices=[r.num_output_tokens + r.num_pending_tokens - 1 for r in reqs],
-            prompt_token_ids=[r.prompt_token_ids for r in reqs],
-            output_token_ids=[r.output_token_ids for r in reqs],
-            vocab_size=logits.shape[-1],
-            device=self.device,
-            eos_token_ids=[r.eos_token_ids for r in reqs],
-        )
+        states, rows = step.host.sampling_states, step.host.sampling_rows
+        for j, state in enumerate(states):
+            state.sample_index = j
+        if all(s.plain_greedy for s in states):  # the usual greedy batch: no per-row data
+            meta = SamplingMetadata.plain_greedy_rows(len(states), logits.shape[-1], self.device)
+        else:
+            meta = self._sampling_metadata(states, rows, step.out, logits.shape[-1])
         result = self.sampler(logits, meta)
-        self._last_sampled, self._last_requests = result.token_ids, reqs
+        self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
         if result.logprobs is not None:
             step.logprobs = (
@@ -160,34 +167,71 @@ class ModelRunner:
             step.done = torch.cuda.Event()
             step.done.record()
 
+    def _sampling_metadata(
+        self, states: list[CachedRequestState], rows: list[int], out: SchedulerOutput, vocab: int
+    ) -> SamplingMetadata:
+        counts = out.num_scheduled_tokens
+        return SamplingMetadata.build(
+            params=[s.sampling_params for s in states],
+            seeds=[s.seed for s in states],
+            # The output index of the token sampled now: the position after the step's last.
+            token_indices=[
+                s.num_computed_tokens + counts[row] - len(s.prompt_token_ids)
+                for s, row in zip(states, rows)
+            ],
+            prompt_token_ids=[s.prompt_token_ids for s in states],
+            output_token_ids=[s.output_token_ids for s in states],
+            vocab_size=vocab,
+            device=self.device,
+            eos_token_ids=[s.eos_token_ids for s in states],
+        )
+
     def wait(self, step: LaunchedStep) -> RunnerOutput:
-        """Block until `step`'s sampled ids reach the host (the step's one sync)."""
+        """Block until `step`'s sampled ids reach the host (the step's one sync); the runner's
+        copy of each request that sampled gets its token."""
         out = step.out
-        sampled: list[int | None] = [None] * len(out.requests)
-        logprobs: list[Logprobs | None] = [None] * len(out.requests)
-        if step.token_ids is not None:
+        num_seqs = len(out.request_ids)
+        logprobs: list[list[Logprobs] | None] = [None] * num_seqs
+        if step.token_ids is None:
+            sampled: list[list[int]] = [[] for _ in range(num_seqs)]
+        else:
             if step.done is not None:
                 step.done.synchronize()
             token_ids = step.token_ids.tolist()
-            reqs = step.host.sampling_requests
-            lp_rows = [t.tolist() for t in step.logprobs] if step.logprobs else None
-            for j, row in enumerate(step.host.sampling_rows):
-                sampled[row] = token_ids[j]
-                k = reqs[j].sampling_params.logprobs
-                if lp_rows is not None and k is not None:
-                    values, ids = lp_rows[0][j], lp_rows[1][j]
-                    logprobs[row] = Logprobs(
-                        token_id=ids[0],
-                        logprob=values[0],
-                        rank=lp_rows[2][j],
-                        top_token_ids=ids[1 : 1 + k],
-                        top_logprobs=values[1 : 1 + k],
-                    )
+            states, rows = step.host.sampling_states, step.host.sampling_rows
+            for state, token in zip(states, token_ids):
+                state.output_token_ids.append(token)
+            if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
+                sampled = [[token] for token in token_ids]
+            else:
+                sampled = [[] for _ in range(num_seqs)]
+                for row, token in zip(rows, token_ids):
+                    sampled[row].append(token)
+            if step.logprobs is not None:
+                _read_logprobs(step, logprobs)
         return RunnerOutput(
-            request_ids=[r.request_id for r in out.requests],
+            request_ids=out.request_ids,
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+
+
+def _read_logprobs(step: LaunchedStep, logprobs: list[list[Logprobs] | None]) -> None:
+    """Fill logprobs[row] for each sampling row that asked for them."""
+    values, ids, ranks = (t.tolist() for t in step.logprobs)
+    for j, (state, row) in enumerate(zip(step.host.sampling_states, step.host.sampling_rows)):
+        k = state.sampling_params.logprobs
+        if k is not None:
+            top_values, top_ids = values[j], ids[j]
+            logprobs[row] = [
+                Logprobs(
+                    token_id=top_ids[0],
+                    logprob=top_values[0],
+                    rank=ranks[j],
+                    top_token_ids=top_ids[1 : 1 + k],
+                    top_logprobs=top_values[1 : 1 + k],
+                )
+            ]
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

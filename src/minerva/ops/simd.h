@@ -1,6 +1,6 @@
 // Shared by Minerva's C kernels: one float vector type and the few operations they need, for
 // AVX-512 (F/BW/VL), AVX2+FMA+F16C, or plain C that the compiler vectorises (NEON); plus the
-// scalar conversions of bf16 / fp16 to and from fp32. minerva.native compiles each kernel with
+// scalar conversions of bf16 / fp16 to and from fp32. minerva.ops.native compiles each kernel with
 // -march=native (x86) / -mcpu=native (arm64), which picks the branch below.
 
 #ifndef MINERVA_SIMD_H

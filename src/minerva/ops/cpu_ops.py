@@ -1,8 +1,7 @@
 """The layer glue on the CPU in one C call each (cpu_glue.c): add + RMSNorm and RoPE.
 
-The same interface as models.triton_ops, so `use_cpu_kernels` plugs it into the same hooks
-(RMSNorm.fused, GatedMLP.fused, Attention.rope). The torch code in layers.py / rope.py is the
-slow twin and the fallback for whatever the kernels do not take (other devices, autograd,
+The same interface as ops.triton_ops, so the CPU kernel set (ops/kernels.py) plugs it into the
+same places. The torch code in ops/torch_ops.py is the slow twin and the fallback for whatever the kernels do not take (other devices, autograd,
 non-contiguous tensors, mixed dtypes).
 """
 
@@ -12,10 +11,12 @@ import ctypes
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from minerva import native
-from minerva.models.rope import apply_rope as torch_rope
+from minerva.ops import native, torch_ops
+from minerva.ops.torch_ops import apply_rope as torch_rope
+from minerva.ops.torch_ops import silu_and_mul  # torch: already two cheap ops
+
+__all__ = ["add_rms_norm", "apply_rope", "load", "silu_and_mul"]
 
 SOURCE = Path(__file__).with_name("cpu_glue.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -39,15 +40,6 @@ def load() -> bool:
     return lib is not None
 
 
-def _torch_add_rms_norm(x, residual, weight, eps):
-    if residual is not None:
-        x = residual = x + residual
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps), residual
-    h = F.rms_norm(x.float(), weight.shape, None, eps)
-    return weight * h.to(x.dtype), residual
-
-
 def _same_layout(residual: torch.Tensor | None, x: torch.Tensor) -> bool:
     if residual is None:
         return True
@@ -69,7 +61,7 @@ def add_rms_norm(
         or torch.is_grad_enabled()
         or not _same_layout(residual, x)
     ):
-        return _torch_add_rms_norm(x, residual, weight, eps)
+        return torch_ops.add_rms_norm(x, residual, weight, eps)
     rows, cols = x.shape
     if residual is None:
         out, res_out, res_ptr, res_out_ptr = torch.empty_like(x), None, None, None
@@ -89,19 +81,13 @@ def add_rms_norm(
         torch.get_num_threads(),
     )
     if rc != 0:
-        return _torch_add_rms_norm(x, residual, weight, eps)
+        return torch_ops.add_rms_norm(x, residual, weight, eps)
     return out, res_out
-
-
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """[T, 2I] (gate | up) -> silu(gate) * up, [T, I] (torch: already two cheap ops)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
     """x [T, heads, D] (last dim contiguous, any row / head stride) -> rotated copy
-    [T, heads, D]; cos / sign-folded sin [T, 1, D] as in rope.apply_rope."""
+    [T, heads, D]; cos / sign-folded sin [T, 1, D] as in torch_ops.apply_rope."""
     fn = _rope.get(x.dtype)
     if (
         fn is None

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minerva.attention import pdl
+from minerva.ops import pdl as _pdl
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def _gemv_kernel(
     # An L2 prefetch of the weight rows before this wait was slower on the H100 (TinyLlama
     # batch-1 decode 894 vs 925 tok/s in
     # benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json).
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     if NORM_IN:
@@ -83,9 +83,10 @@ def gemv(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: tuple[int, int, int, int] | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """x [1, K] @ weight[N, K].T (+ bias) -> [1, N] in x's dtype, fp32 accumulation."""
-    return _launch(x, weight, bias, config)
+    return _launch(x, weight, bias, config, pdl=pdl)
 
 
 def gemv_add_residual(
@@ -94,6 +95,7 @@ def gemv_add_residual(
     bias: torch.Tensor | None,
     residual: torch.Tensor,
     gated: bool = False,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual + x @ weight.T (+ bias), per-program partial sums of its squares): the new
     residual stream [1, N] and what `gemv_rms_norm` needs to normalise it. gated: x is
@@ -102,7 +104,9 @@ def gemv_add_residual(
     n = weight.shape[0]
     block_n = gemv_config(n, weight.shape[1])[0]
     partials = torch.empty(triton.cdiv(n, block_n), dtype=torch.float32, device=x.device)
-    out = _launch(x, weight, bias, None, residual=residual, partials_out=partials, gated=gated)
+    out = _launch(
+        x, weight, bias, None, residual=residual, partials_out=partials, gated=gated, pdl=pdl
+    )
     return out, partials
 
 
@@ -113,13 +117,17 @@ def gemv_rms_norm(
     eps: float,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """RMSNorm(h) * norm_weight @ weight.T (+ bias), the norm folded into the GEMV's loads;
-    h [1, K] and partials come from `gemv_add_residual`."""
-    return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps))
+    h [1, K] and partials (float32, any length: their sum is h's sum of squares) come from
+    `gemv_add_residual` or any producer that keeps that contract."""
+    return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps), pdl=pdl)
 
 
-def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None, gated=False):
+def _launch(
+    x, weight, bias, config, residual=None, partials_out=None, norm=None, gated=False, pdl=False
+):
     n, k = weight.shape
     if weight.stride(1) != 1:
         weight = weight.contiguous()
@@ -136,7 +144,7 @@ def _launch(x, weight, bias, config, residual=None, partials_out=None, norm=None
         partials_out if partials_out is not None else out,
         HAS_BIAS=bias is not None, NORM_IN=norm is not None, GATED_IN=gated,
         RES_OUT=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=1024,
-        USE_PDL=pdl.enabled(),
-        num_warps=num_warps, num_stages=num_stages, **pdl.launch_kwargs(),
+        USE_PDL=pdl,
+        num_warps=num_warps, num_stages=num_stages, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return out

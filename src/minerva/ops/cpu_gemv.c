@@ -7,7 +7,7 @@
 // while it is cached, each loaded W vector feeding 4 W rows x 4 x rows of accumulators.
 //
 // Three builds of the same code: AVX-512 (F/BW/VL) and AVX2+FMA+F16C intrinsics, and a plain-C
-// fallback the compiler vectorises (NEON). models/cpu_linear.py compiles it at first use with
+// fallback the compiler vectorises (NEON). ops/cpu_linear.py compiles it at first use with
 // -O2 -march=native -fopenmp; loaded after torch, it shares torch's OpenMP runtime and threads.
 
 #ifdef _OPENMP

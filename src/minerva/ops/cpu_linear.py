@@ -1,4 +1,4 @@
-"""A faster `F.linear` for CPU decode: cpu_gemv.c, compiled at first use (minerva.native).
+"""A faster `F.linear` for CPU decode: cpu_gemv.c, compiled at first use (ops/native.py).
 
 torch's CPU matrix-vector product streams bf16/fp16 weights at about half the memory bandwidth
 (it has no fast path without AVX512_BF16) and slows down further for 2-64 rows. The kernel
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minerva import native
+from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}

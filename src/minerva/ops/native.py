@@ -1,4 +1,4 @@
-"""Build and load Minerva's small C kernels (models/cpu_gemv.c, ...) with the system compiler.
+"""Build and load Minerva's small C kernels (ops/cpu_gemv.c, ...) with the system compiler.
 
 Each source is compiled once per (source, flags, compiler, CPU) into
 $MINERVA_CACHE_DIR/kernels/<hash>/ (default ~/.cache/minerva), through a temp file and a rename

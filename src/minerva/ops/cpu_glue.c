@@ -6,7 +6,7 @@
 // before it is normalised, the normalised value before the weight multiplies it, and x * cos
 // before the rotated half is added. The sum of squares runs on
 // simd.h vectors.
-// Built and loaded by minerva.native (see models/cpu_ops.py).
+// Built and loaded by minerva.ops.native (see ops/cpu_ops.py).
 
 #include <stdint.h>
 #include <string.h>

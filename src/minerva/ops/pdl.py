@@ -8,36 +8,26 @@ kernel also signals `launch_dependents` as soon as it has waited, so the next on
 scheduled into SM slots its own last wave leaves free. Tried and slower on the H100: GEMVs
 prefetching their weight rows into L2 before the wait
 (benchmarks/results/decode_variants_tinyllama-1.1b_h100_prefetch.json), and signalling before
-the wait with GEMVs loading their first weight tile early (7B 176.4 vs 181.1 tok/s in one
-session; see the README and decode_variants_*_h100_pdl_modes.json).
+the wait with GEMVs loading their first weight tile early (see the README and
+decode_variants_*_h100_pdl_modes.json).
 
 Rule that keeps it correct: every kernel launched with PDL calls `wait` in every program before
 it reads anything an earlier kernel wrote, or writes anything at all. Then kernel N+1 passing
 its wait implies kernel N finished, which passed its own wait, and so on down the chain.
 
-Kernels take `USE_PDL: tl.constexpr` and are launched with `**launch_kwargs()`; off (the
+Kernels take `USE_PDL: tl.constexpr` and are launched with `**launch_kwargs(pdl)`; off (the
 default, and on GPUs before sm_90, where the instructions do not exist) they are unchanged.
-Set once per process, before CUDA graphs are captured (LLMEngine does this from the config).
-The flag is global, and either setting is safe for any kernel: a graph keeps the launches it
-captured, and a kernel launched plainly ignores the wait.
+PDL is a per-runner setting: the kernel set (ops/kernels.py) and the Triton attention backend
+carry `pdl` and pass it to every launch; either setting is safe for any kernel (a graph keeps
+the launches it captured, and a kernel launched plainly ignores the wait).
 """
 
 from __future__ import annotations
 
-_enabled = False
+_PDL_KWARGS = {"launch_pdl": True}
+_PLAIN_KWARGS: dict = {}
 
 
-def set_enabled(enabled: bool) -> None:
-    """Turn PDL on or off for kernels launched from now on (graphs keep what they captured)."""
-    global _enabled
-    _enabled = bool(enabled)
-
-
-def enabled() -> bool:
-    """Whether kernels are launched with PDL (their USE_PDL constexpr)."""
-    return _enabled
-
-
-def launch_kwargs() -> dict:
+def launch_kwargs(pdl: bool) -> dict:
     """Extra launch arguments for a Triton kernel: `launch_pdl` when PDL is on."""
-    return {"launch_pdl": True} if _enabled else {}
+    return _PDL_KWARGS if pdl else _PLAIN_KWARGS

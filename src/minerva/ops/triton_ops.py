@@ -3,7 +3,7 @@ linear-layer dispatch (one token: the Triton GEMV, which streams weights faster 
 at batch 1 in benchmarks/gemv_bench.py; more: cuBLAS).
 
 Each replaces several small torch kernels whose launch and latency cost dominates a batch-1
-decode step. The torch code in layers.py / rope.py is the slow twin (tests/gpu compare them).
+decode step. The torch code in ops/torch_ops.py is the slow twin (tests/gpu compare them).
 Rounding follows transformers: the residual sum is rounded to the model dtype before it is
 normalised, and the normalised value is rounded before the weight multiplies it.
 """
@@ -15,14 +15,16 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from minerva.attention import pdl
-from minerva.models.triton_gemv import gemv
+from minerva.ops import pdl as _pdl
+from minerva.ops.triton_gemv import gemv
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, pdl: bool = False
+) -> torch.Tensor:
     """F.linear, with one-row inputs through the Triton GEMV."""
     if x.shape[0] == 1 and x.dim() == 2:
-        return gemv(x, weight, bias)
+        return gemv(x, weight, bias, pdl=pdl)
     return F.linear(x, weight, bias)
 
 
@@ -31,7 +33,7 @@ def _add_rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
     HAS_RES: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
@@ -49,7 +51,11 @@ def _add_rms_norm_kernel(
 
 
 def add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rms_norm(x + residual) * weight, x + residual) for contiguous [T, H] tensors."""
     x = x.contiguous()
@@ -61,14 +67,14 @@ def add_rms_norm(
         x, residual.contiguous() if residual is not None else x, weight, out,
         res_out if res_out is not None else out, cols, eps,
         HAS_RES=residual is not None, BLOCK=block, num_warps=min(max(block // 256, 1), 16),
-        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
+        USE_PDL=pdl, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return out, res_out
 
 
 @triton.jit
 def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
@@ -80,7 +86,7 @@ def _silu_mul_kernel(x_ptr, out_ptr, inter, BLOCK: tl.constexpr, USE_PDL: tl.con
     tl.store(out_ptr + row * inter + cols, silu * up, mask=mask)
 
 
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+def silu_and_mul(gate_up: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """[T, 2I] (gate | up) -> silu(gate) * up, [T, I]."""
     gate_up = gate_up.contiguous()
     rows, two_i = gate_up.shape
@@ -88,7 +94,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty(rows, inter, dtype=gate_up.dtype, device=gate_up.device)
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
-        gate_up, out, inter, BLOCK=block, USE_PDL=pdl.enabled(), **pdl.launch_kwargs()
+        gate_up, out, inter, BLOCK=block, USE_PDL=pdl, **_pdl.launch_kwargs(pdl)
     )
     return out
 
@@ -98,7 +104,7 @@ def _rope_kernel(
     x_ptr, cos_ptr, sin_ptr, out_ptr, x_stride_t, x_stride_h, num_heads,
     D: tl.constexpr, BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
-    if USE_PDL:  # see attention/pdl.py
+    if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     # One program per token, all its heads at once: cos / sin are loaded once per token.
@@ -117,9 +123,11 @@ def _rope_kernel(
     tl.store(out_ptr + (t * num_heads + h[:, None]) * D + d[None, :], y, mask=mask)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, pdl: bool = False
+) -> torch.Tensor:
     """x [T, heads, D] (last dim contiguous, any row stride) -> rotated copy [T, heads, D];
-    cos / sign-folded sin [T, 1, D] as in rope.apply_rope."""
+    cos / sign-folded sin [T, 1, D] as in torch_ops.apply_rope."""
     t, heads, d = x.shape
     out = torch.empty(t, heads, d, dtype=x.dtype, device=x.device)
     cos = cos.reshape(t, d).contiguous()
@@ -128,6 +136,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
     _rope_kernel[(t,)](
         x, cos, sin_signed, out, x.stride(0), x.stride(1), heads,
         D=d, BLOCK_H=block_h, num_warps=min(max(block_h * d // 1024, 1), 8),
-        USE_PDL=pdl.enabled(), **pdl.launch_kwargs(),
+        USE_PDL=pdl, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return out

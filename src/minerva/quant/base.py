@@ -1,0 +1,108 @@
+"""The LinearMethod protocol: how a linear layer's weights are stored, loaded and applied.
+
+A linear layer (models/linear.py) owns its parameters, but a LinearMethod creates them, copies
+checkpoint tensors into them and runs the product, so dense weights, GGUF blocks, int8/int4 and
+fp8 are one method each (quant/registry.py). A QuantConfig tells the model which method each
+layer gets, by the layer's name, so a file with different types per tensor works.
+
+The batch-1 decode path (LlamaForCausalLM._forward_one_token) calls two optional fused hooks:
+`apply_norm_in` (RMSNorm applied while loading the input) and `apply_add_residual` (residual
+added in the epilogue, optionally SiLU * mul on the input). The defaults here compute the same
+thing layer by layer with torch, so a method without fused kernels still works on that path.
+`partials` is a float32 tensor of any length whose sum is the residual stream's sum of squares;
+every producer and consumer keeps that contract, so methods can be mixed across layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minerva.errors import ModelLoadError
+from minerva.ops import torch_ops
+
+
+class LinearMethod:
+    """Base class with the layered defaults; subclasses override what they do faster."""
+
+    name = "linear"
+
+    def create_weights(
+        self,
+        layer: nn.Module,
+        in_features: int,
+        output_sizes: list[int],
+        bias: bool,
+        params_dtype: torch.dtype,
+    ) -> None:
+        """Register the layer's parameters (any names, dtypes and shapes: a quantized method
+        keeps uint8 blocks). The output is the concatenation of `output_sizes` (q | k | v,
+        gate | up); layer.shard_rows(shard_id) says where each piece starts."""
+        raise NotImplementedError
+
+    def load_weight(
+        self, layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
+    ) -> None:
+        """Copy a checkpoint tensor (a torch.Tensor, or a quant.gguf_types.QuantizedTensor for
+        a GGUF method) into `param`, the piece `shard_id` of a fused layer or (None) all of it.
+        Raises ModelLoadError (a message that reads after the tensor's name) on a mismatch."""
+        raise NotImplementedError
+
+    def process_after_loading(self, layer: nn.Module) -> None:
+        """Repack the loaded weights (a kernel's layout, scales); nothing by default."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """x [T, in_features] -> [T, out_features] in x's dtype."""
+        raise NotImplementedError
+
+    def weight_bytes(self, layer: nn.Module) -> int:
+        """Bytes the layer's weights take on the device (what streams through per token)."""
+        return sum(p.numel() * p.element_size() for p in layer.parameters(recurse=False))
+
+    # -- optional fused hooks of the batch-1 path (defaults: the layered computation) --------
+    def apply_norm_in(
+        self,
+        layer: nn.Module,
+        h: torch.Tensor,
+        partials: torch.Tensor,
+        norm_weight: torch.Tensor,
+        eps: float,
+    ) -> torch.Tensor:
+        """RMSNorm(h [1, K]) * norm_weight, then this layer: [1, out_features]."""
+        return self.apply(layer, torch_ops.rms_norm(h, norm_weight, eps))
+
+    def apply_add_residual(
+        self, layer: nn.Module, x: torch.Tensor, residual: torch.Tensor, gated: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(residual + this layer(x), partials of the new residual stream [1, out_features]).
+        gated: x is [gate | up] and the input is silu(gate) * up."""
+        if gated:
+            x = torch_ops.silu_and_mul(x)
+        h = self.apply(layer, x) + residual
+        return h, h.float().square().sum().reshape(1)
+
+
+class QuantConfig:
+    """Which LinearMethod each linear layer gets, asked by the layer's name (its prefix, e.g.
+    "model.layers.0.self_attn.qkv_proj")."""
+
+    name = "quant"
+
+    def get_method(self, prefix: str) -> LinearMethod:
+        raise NotImplementedError
+
+
+class UniformQuantConfig(QuantConfig):
+    """One method for every layer (dense checkpoints, a file quantized to one type)."""
+
+    def __init__(self, method: LinearMethod) -> None:
+        self.method = method
+        self.name = method.name
+
+    def get_method(self, prefix: str) -> LinearMethod:
+        return self.method
+
+
+def shape_mismatch(got: tuple, want: tuple) -> ModelLoadError:
+    """The loader error for a tensor whose shape the config does not imply."""
+    return ModelLoadError(f"has shape {tuple(got)}, but config.json implies {tuple(want)}")

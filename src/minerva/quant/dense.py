@@ -1,0 +1,60 @@
+"""Dense bf16 / fp16 / fp32 weights: the first LinearMethod. apply runs the kernel set's linear
+(torch, the C kernel or the Triton GEMV); the batch-1 hooks run the Triton GEMVs with the RMSNorm
+folded into the loads and the residual (and SiLU * mul) into the epilogue, where the kernel set
+has them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minerva.ops.kernels import KernelSet
+from minerva.quant.base import LinearMethod, shape_mismatch
+
+
+class DenseLinearMethod(LinearMethod):
+    name = "dense"
+
+    def __init__(self, kernels: KernelSet) -> None:
+        self.linear = kernels.linear
+        self.gemv_rms_norm = kernels.gemv_rms_norm
+        self.gemv_add_residual = kernels.gemv_add_residual
+
+    def create_weights(
+        self,
+        layer: nn.Module,
+        in_features: int,
+        output_sizes: list[int],
+        bias: bool,
+        params_dtype: torch.dtype,
+    ) -> None:
+        out = sum(output_sizes)
+        layer.weight = nn.Parameter(torch.empty(out, in_features, dtype=params_dtype), False)
+        if bias:
+            layer.bias = nn.Parameter(torch.empty(out, dtype=params_dtype), False)
+        else:
+            layer.register_parameter("bias", None)
+
+    def load_weight(
+        self, layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
+    ) -> None:
+        dest = param.data
+        if shard_id is not None:
+            start, size = layer.shard_rows(shard_id)
+            dest = dest.narrow(0, start, size)
+        if tuple(dest.shape) != tuple(tensor.shape):
+            raise shape_mismatch(tensor.shape, dest.shape)
+        dest.copy_(tensor)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x, layer.weight, layer.bias)
+
+    def apply_norm_in(self, layer, h, partials, norm_weight, eps) -> torch.Tensor:
+        if self.gemv_rms_norm is None:
+            return super().apply_norm_in(layer, h, partials, norm_weight, eps)
+        return self.gemv_rms_norm(h, partials, norm_weight, eps, layer.weight, layer.bias)
+
+    def apply_add_residual(self, layer, x, residual, gated=False):
+        if self.gemv_add_residual is None:
+            return super().apply_add_residual(layer, x, residual, gated)
+        return self.gemv_add_residual(x, layer.weight, layer.bias, residual, gated)

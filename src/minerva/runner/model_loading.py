@@ -1,0 +1,116 @@
+"""What the worker checks before it builds anything: which model to open, whether its lengths
+and its weights fit the limits and the memory budget; dummy weights for benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from minerva.config import EngineConfig
+from minerva.errors import ConfigError
+from minerva.loader import ModelSource, open_model
+from minerva.models.options import ModelOptions
+from minerva.models.registry import count_weight_bytes
+from minerva.ops.kernels import torch_kernels
+from minerva.quant.registry import build_quant_config
+from minerva.runner.kv_cache import memory_budget
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_path(config: EngineConfig) -> Path:
+    """The configured model path, or the bundled demo model when none is set."""
+    path = config.model.model
+    if path is None:
+        from minerva.demo import demo_model_path  # noqa: PLC0415 - optional bundled model
+
+        path = demo_model_path()
+    return Path(os.path.expanduser(str(path)))
+
+
+def open_model_source(config: EngineConfig) -> ModelSource:
+    """The configured model (HF folder or GGUF file) as a ModelSource: config, tokenizer,
+    generation defaults, eos ids and the weight iterator."""
+    return open_model(resolve_model_path(config), config.model.tokenizer)
+
+
+def weight_bytes_of(source: ModelSource, dtype: torch.dtype) -> int:
+    """Bytes the source's weights will take, as its linear methods count them (no memory)."""
+    quant = build_quant_config(source.quantization, torch_kernels())
+    return count_weight_bytes(source.config, dtype, ModelOptions(quant=quant))
+
+
+def check_lengths(config: EngineConfig, hf) -> int:
+    """max_model_len (the config's, else the model's), checked against the scheduler's limits."""
+    max_model_len = config.model.max_model_len or hf.max_position_embeddings
+    if max_model_len < 2:
+        raise ConfigError(f"max_model_len={max_model_len} is too small")
+    sched = config.scheduler
+    if not sched.enable_chunked_prefill and sched.max_num_batched_tokens < max_model_len:
+        raise ConfigError(
+            f"max_num_batched_tokens={sched.max_num_batched_tokens} is below max_model_len="
+            f"{max_model_len} with chunked prefill off (a whole prompt must fit one step): "
+            "raise max_num_batched_tokens, lower max_model_len or enable chunked prefill"
+        )
+    return max_model_len
+
+
+def check_model_fits(
+    hf,
+    dtype,
+    spec,
+    platform,
+    config: EngineConfig,
+    max_model_len: int,
+    options: ModelOptions | None = None,
+) -> None:
+    """Refuse, before any allocation, a model whose weights (as its linear methods count them)
+    plus one full-length sequence's KV cache plus estimated activations exceed the memory
+    budget; the message has the numbers."""
+    cache = config.cache
+    if cache.num_kv_blocks is not None:
+        kv = cache.num_kv_blocks * spec.bytes_per_block
+    elif cache.kv_cache_memory is not None:
+        kv = cache.kv_cache_memory
+    else:
+        kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
+    weights = count_weight_bytes(hf, dtype, options)
+    activations = estimate_activation_bytes(hf, config, dtype)
+    budget, total, used = memory_budget(platform, cache.memory_fraction)
+    if weights + kv + activations > budget:
+        gib = 2**30
+        raise ConfigError(
+            f"the model does not fit: {weights / gib:.2f} GiB of {str(dtype).removeprefix('torch.')} "
+            f"weights + {kv / gib:.2f} GiB of KV cache (at least one sequence of "
+            f"max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of activations, but "
+            f"memory_fraction={cache.memory_fraction} of {total / gib:.2f} GiB leaves "
+            f"{budget / gib:.2f} GiB ({used / gib:.2f} GiB already in use): use a GPU "
+            "with more memory, a smaller model or dtype, lower max_model_len / "
+            "max_num_batched_tokens, or raise memory_fraction"
+        )
+
+
+@torch.no_grad()
+def init_dummy_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.02) -> None:
+    """Random weights in place (norm weights 1): speed does not depend on the values."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, std, generator=gen)
+    model.process_weights_after_loading()
+
+
+def estimate_activation_bytes(hf, config: EngineConfig, dtype: torch.dtype) -> int:
+    """One step's activation peak, estimated from the shapes (the CUDA path measures it)."""
+    # Rough peak of one step's activations: a few hidden-sized and FFN-sized buffers per
+    # token plus float32 logits for every sequence.
+    tokens = config.scheduler.max_num_batched_tokens
+    elem = torch.tensor([], dtype=dtype).element_size()
+    per_token = (6 * hf.hidden_size + 3 * hf.intermediate_size) * elem
+    logits = config.scheduler.max_num_seqs * hf.vocab_size * 4 * 3
+    return tokens * per_token + logits + (256 << 20)

@@ -1,0 +1,223 @@
+"""Worker: everything device-side for one model on one device, built from an EngineConfig.
+
+    worker = Worker(config)                  # platform, model, weights, KV cache, graphs, warm-up
+    step = worker.launch(scheduler_output)   # queue a step; returns at once
+    result = worker.wait(step)               # RunnerOutput (the step's one host sync)
+
+The engine sees only that step contract and the facts below (tokenizer, max_model_len,
+num_kv_blocks, ...). Tensor parallelism is N workers (rank, world_size); a speculative draft
+is a second Worker over another model config with the same block tables (num_kv_blocks given).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from minerva.attention import AttentionBackend, select_attention_backend
+from minerva.config import EngineConfig
+from minerva.errors import ConfigError
+from minerva.loader import ModelSource
+from minerva.models import build_model
+from minerva.models.options import ModelOptions
+from minerva.ops.kernels import KernelSet, select_kernels
+from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
+from minerva.quant.registry import build_quant_config
+from minerva.request import RunnerOutput, SchedulerOutput
+from minerva.runner import model_loading
+from minerva.runner.cuda_graphs import CudaGraphRunner
+from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_blocks
+from minerva.runner.memory_profile import profile_activation_memory
+from minerva.runner.model_runner import LaunchedStep, ModelRunner
+from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Builds and owns the platform, model, attention backend, kernels, KV cache and graphs."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        progress: bool = True,
+        num_kv_blocks: int | None = None,
+    ) -> None:
+        """num_kv_blocks: size the KV cache to this many blocks instead of the memory budget
+        (a second model sharing the first one's block tables)."""
+        if world_size != 1 or rank != 0:
+            raise ConfigError("tensor parallelism is not supported yet: use one device")
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.platform: Platform = resolve_platform(config.device.device)
+        if self.platform.kind == "cpu":
+            set_num_threads(config.device.num_threads)
+        self._open_model()
+        self.attention, self.kernels = self._choose_kernels()
+        self.options = ModelOptions(
+            kernels=self.kernels,
+            attention=self.attention,
+            quant=build_quant_config(self.source.quantization, self.kernels),
+        )
+        spec = self._kv_cache_spec()
+        if self.platform.is_cuda:
+            model_loading.check_model_fits(
+                self.model_config, self.dtype, spec, self.platform, config,
+                self.max_model_len, self.options,
+            )  # fmt: skip
+        self.model = self._load_model(progress)
+        self.weight_bytes = self.model.weight_bytes()
+        self.activation_reserve = self._activation_reserve(spec)
+        self.num_kv_blocks = num_kv_blocks or self._plan_num_blocks(spec)
+        self.kv_caches = allocate_kv_caches(spec, self.num_kv_blocks, self.platform.device)
+        self.kv_cache_bytes = self.num_kv_blocks * spec.bytes_per_block
+        self._log_memory(spec)
+        graphs, prefill_graphs = self._capture_graphs() if self.use_graphs else (None, None)
+        self.runner = ModelRunner(
+            self.model,
+            self.kv_caches,
+            config.cache.block_size,
+            self.platform.device,
+            graphs=graphs,
+            prefill_graphs=prefill_graphs,
+        )
+        self.runner.warm_up(min(16, self.max_model_len - 1))
+
+    # -- the step contract --------------------------------------------------------------
+    def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
+        """Queue one step's forward and sampling on the device; returns before it finishes."""
+        return self.runner.launch(scheduled)
+
+    def wait(self, step: LaunchedStep) -> RunnerOutput:
+        """Block until `step`'s sampled tokens reach the host."""
+        return self.runner.wait(step)
+
+    def execute(self, scheduled: SchedulerOutput) -> RunnerOutput:
+        return self.runner.wait(self.runner.launch(scheduled))
+
+    def score(self, token_ids: list[int], block_ids: list[int]) -> list[float]:
+        """Log-probabilities of tokens 1..n-1 given their prefixes, computed in one prefill
+        on the KV blocks `block_ids` (allocated by the caller)."""
+        return self.runner.score(token_ids, block_ids)
+
+    @property
+    def use_graphs(self) -> bool:
+        """CUDA graphs: on CUDA, with a graph-safe attention backend, unless enforce_eager."""
+        return (
+            self.platform.is_cuda
+            and self.attention.graph_safe
+            and not self.config.device.enforce_eager
+        )
+
+    # -- construction, in order ----------------------------------------------------------
+    def _open_model(self) -> None:
+        """The model's source (config, tokenizer, generation defaults, eos ids, weights);
+        the dtype and max_model_len it runs with."""
+        config = self.config
+        self.source: ModelSource = model_loading.open_model_source(config)
+        hf = self.source.config
+        self.model_config = hf
+        self.tokenizer: Tokenizer | None = self.source.tokenizer
+        self.generation_defaults = self.source.generation_defaults
+        self.eos_token_ids = self.source.eos_token_ids
+        checkpoint_dtype = getattr(hf, "torch_dtype", None)
+        self.dtype = resolve_dtype(self.platform, config.model.dtype, checkpoint_dtype)
+        self.max_model_len = model_loading.check_lengths(config, hf)
+
+    def _choose_kernels(self) -> tuple[AttentionBackend, KernelSet]:
+        """The attention backend, then the kernel set: the fused Triton kernels only with a
+        graph-safe (Triton) backend, where the eager prefill is bound by the launch rate."""
+        device, platform = self.config.device, self.platform
+        pdl = device.fused_kernels and device.pdl and platform.supports_pdl
+        attention = select_attention_backend(
+            device.attention_backend,
+            platform.kind,
+            platform.num_sms,
+            cpu_kernels=device.cpu_kernels,
+            pdl=pdl,
+        )
+        fused = platform.is_cuda and attention.graph_safe and device.fused_kernels
+        kernels = select_kernels(platform, fused=fused, cpu=device.cpu_kernels, pdl=pdl)
+        return attention, kernels
+
+    def _kv_cache_spec(self) -> KVCacheSpec:
+        hf = self.model_config
+        return KVCacheSpec(
+            num_layers=hf.num_hidden_layers,
+            num_kv_heads=hf.num_key_value_heads,
+            head_dim=hf.head_dim,
+            block_size=self.config.cache.block_size,
+            dtype=parse_dtype(self.config.cache.kv_cache_dtype) or self.dtype,
+        )
+
+    def _load_model(self, progress: bool) -> torch.nn.Module:
+        device, model_cfg = self.platform.device, self.config.model
+        model = build_model(
+            self.model_config, self.dtype, device, max_positions=self.max_model_len,
+            options=self.options,
+        )  # fmt: skip
+        if model_cfg.load_format == "dummy":
+            model_loading.init_dummy_weights(model, seed=model_cfg.seed)
+        else:
+            model.load_weights(
+                self.source.iter_weights(device=device, dtype=self.dtype, progress=progress)
+            )
+        return model
+
+    def _activation_reserve(self, spec: KVCacheSpec) -> int:
+        """Bytes one step's activations need: measured on CUDA, estimated elsewhere."""
+        sched = self.config.scheduler
+        if not self.platform.is_cuda:
+            return model_loading.estimate_activation_bytes(
+                self.model_config, self.config, self.dtype
+            )
+        return profile_activation_memory(
+            self.model,
+            spec,
+            self.platform,
+            max_num_batched_tokens=sched.max_num_batched_tokens,
+            max_num_seqs=sched.max_num_seqs,
+            max_model_len=self.max_model_len,
+            include_graphs=not self.config.device.enforce_eager,
+        )
+
+    def _plan_num_blocks(self, spec: KVCacheSpec) -> int:
+        cache = self.config.cache
+        return plan_num_blocks(
+            spec,
+            self.platform,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.config.scheduler.max_num_seqs,
+            num_kv_blocks=cache.num_kv_blocks,
+            kv_cache_memory=cache.kv_cache_memory,
+            memory_fraction=cache.memory_fraction,
+            activation_reserve=self.activation_reserve,
+        )
+
+    def _log_memory(self, spec: KVCacheSpec) -> None:
+        logger.info(
+            "weights %.2f GiB, KV cache %d blocks = %d tokens (%.2f GiB), "
+            "activations reserve %.2f GiB",
+            self.weight_bytes / 2**30,
+            self.num_kv_blocks,
+            (self.num_kv_blocks - 1) * spec.block_size,
+            self.kv_cache_bytes / 2**30,
+            self.activation_reserve / 2**30,
+        )
+
+    def _capture_graphs(self) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
+        """Decode graphs per batch-size bucket, then one-sequence prefill graphs, one pool."""
+        device, sched = self.platform.device, self.config.scheduler
+        common = (self.model, self.kv_caches, self.config.cache.block_size)
+        graphs = CudaGraphRunner(
+            *common, sched.max_num_seqs, self.max_model_len, device, self.attention
+        )
+        graphs.capture()
+        prefill = PrefillGraphRunner(
+            *common, sched.max_num_batched_tokens, self.max_model_len, device, pool=graphs.pool
+        )
+        prefill.capture()
+        return graphs, prefill

@@ -1,0 +1,64 @@
+"""The same GGUF file in Minerva and in llama.cpp (llama-cpp-python, where installed): the first
+32 greedy tokens are equal, for an F16 file and for llama.cpp's own Q8_0 quantization of it.
+The demo model is trained, so its greedy choices are not near-ties that rounding could flip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from minerva import LLM, SamplingParams
+from minerva.demo import demo_model_path
+from minerva.loader.checkpoint import iter_checkpoint_tensors
+from minerva.loader.gguf_export import float_plan, write_gguf
+from minerva.loader.hf_config import load_model_config
+from minerva.quant.gguf_types import GGMLType
+
+llama_cpp = pytest.importorskip("llama_cpp")
+np = pytest.importorskip("numpy")
+
+PROMPT = "SQLite is a database that"
+NUM_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def gguf_files(tmp_path_factory):
+    folder = demo_model_path()
+    config = load_model_config(folder)
+    out = tmp_path_factory.mktemp("llama_cpp")
+    f16 = out / "demo-f16.gguf"
+    tensors = iter_checkpoint_tensors(folder, torch.device("cpu"), torch.float32, progress=False)
+    write_gguf(
+        config, tensors, f16, float_plan(GGMLType.F16), tokenizer_dir=folder, file_type="f16"
+    )
+    q8 = out / "demo-q8_0.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(q8).encode(), params) == 0
+    return {"f16": f16, "q8_0": q8}
+
+
+def llama_cpp_greedy(path, n: int) -> tuple[list[int], list[int]]:
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    ids = llm.tokenize(PROMPT.encode(), add_bos=True)
+    n_vocab = llm.n_vocab()
+    out: list[int] = []
+    llm.eval(ids)
+    for _ in range(n):
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)
+        )
+        out.append(int(np.argmax(logits)))
+        llm.eval([out[-1]])
+    return ids, out
+
+
+@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+def test_first_greedy_tokens_equal_llama_cpp(gguf_files, kind):
+    path = gguf_files[kind]
+    prompt_ids, expected = llama_cpp_greedy(path, NUM_TOKENS)
+    llm = LLM(model=str(path), device="cpu", dtype="float32", max_model_len=256)
+    assert llm.tokenizer.encode(PROMPT) == prompt_ids  # the GGUF's own vocabulary
+    params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0.0, ignore_eos=True)
+    out = llm.generate([prompt_ids], params)[0]
+    assert out.token_ids == expected
