@@ -3,15 +3,18 @@ quantizes float checkpoints in situ, and computes what the dequantized dense lay
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("minerva.quant.base")  # the LinearMethod protocol (seams issue)
 
-from minerva.models.linear import Linear, QKVLinear  # noqa: E402
-
 from minerva.errors import ModelLoadError  # noqa: E402
+from minerva.models.linear import Linear, QKVLinear  # noqa: E402
+from minerva.quant import gguf_matmul  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig, checkpoint_name  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize  # noqa: E402
 from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
@@ -90,3 +93,52 @@ def test_bad_tensors_raise_model_load_errors():
     layer.gguf_pending = {0: blocks(32, 256, GGMLType.Q8_0)}
     with pytest.raises(ModelLoadError, match="32 of its 64"):
         layer.method.process_after_loading(layer)
+
+
+def test_a_model_quantized_in_situ_matches_the_dense_model_of_its_dequantized_weights(
+    monkeypatch,
+):
+    """load_weights of a checkpoint through GGUFQuantConfig (names, fused pieces, mixed types,
+    the tied-output rule) against the dense model given the same quantized-dequantized weights."""
+    import transformers
+
+    from minerva.loader.hf_config import _parse_config
+    from minerva.models import build_model
+    from minerva.models.options import ModelOptions
+    from minerva.quant.gguf_mix import mix_type
+    from tests.tiny_models import make_config
+    from tests.unit.test_linear_methods import _decode_one
+
+    cfg = make_config("llama", hidden_size=256, intermediate_size=512, num_hidden_layers=2)
+    torch.manual_seed(0)
+    checkpoint = transformers.LlamaForCausalLM(cfg).state_dict()
+    hf = _parse_config({**cfg.to_dict(), "architectures": ["LlamaForCausalLM"]}, Path("x"))
+    quant = GGUFQuantConfig("q4_k_m", num_layers=2)
+    gguf_model = build_model(hf, torch.float32, torch.device("cpu"), 64, ModelOptions(quant=quant))
+    predicted = gguf_model.weight_bytes()
+    gguf_model.load_weights(checkpoint.items())
+    assert gguf_model.weight_bytes() == predicted  # known before loading (memory planning)
+
+    dense_weights = {}
+    for name, w in checkpoint.items():
+        if w.dim() == 2 and "embed_tokens" not in name:
+            found = re.search(r"layers\.(\d+)\.", name)
+            layer = int(found.group(1)) if found else None
+            t = mix_type("q4_k_m", name, layer, 2, cols=w.shape[1])
+            q = quantize_tensor(w, t)
+            w = dequantize(q.data, t)
+        dense_weights[name] = w
+    dense = build_model(hf, torch.float32, torch.device("cpu"), 64)
+    dense.load_weights(dense_weights.items())
+    head = gguf_model.lm_head
+    assert [g[1] for g in head.gguf_groups] == [GGMLType.Q6_K]  # llama.cpp's output rule
+    assert gguf_model.weight_bytes() < dense.weight_bytes() / 3
+    ref, _ = _decode_one(dense, hf)
+    # the torch twin: the same weights exactly, so the same logits up to fp32 rounding
+    monkeypatch.setattr(gguf_matmul, "KERNEL_MAX_ROWS", 0)
+    twin, _ = _decode_one(gguf_model, hf)
+    torch.testing.assert_close(twin, ref, atol=1e-4, rtol=1e-4)
+    # the C kernels round the activations to 8 bits per block (Q8_K): ~1% per layer here
+    monkeypatch.undo()
+    ours, _ = _decode_one(gguf_model, hf)
+    assert (ours - ref).abs().max() <= 0.08 * ref.abs().max()

@@ -53,6 +53,7 @@ class GGUFLinearMethod(LinearMethod):
             layer.register_parameter("bias", None)
         layer.gguf_pending = {}  # first output row -> QuantizedTensor
         layer.gguf_groups = []  # [(parameter name, GGMLType, rows)]
+        layer.gguf_shards = list(zip(layer.shard_ids, output_sizes, strict=True))
 
     def load_weight(self, layer, param, tensor, shard_id) -> None:
         start, size = (
@@ -113,12 +114,26 @@ class GGUFLinearMethod(LinearMethod):
             else:
                 groups.append([pending[s]])
         layer.gguf_groups = []
+        device = layer.weight.device  # the placeholder's: where the model was built
         for i, group in enumerate(groups):
             name = "weight" if i == 0 else f"weight_g{i}"
             data = torch.cat([g.data for g in group]) if len(group) > 1 else group[0].data
-            setattr(layer, name, nn.Parameter(data.contiguous(), requires_grad=False))
+            data = data.to(device).contiguous()
+            setattr(layer, name, nn.Parameter(data, requires_grad=False))
             layer.gguf_groups.append((name, group[0].ggml_type, int(data.shape[0])))
         layer.gguf_pending = {}
+
+    def weight_bytes(self, layer) -> int:
+        """The blocks' bytes; before loading, what the target types will take (0 without)."""
+        bias = 0 if layer.bias is None else layer.bias.numel() * layer.bias.element_size()
+        if layer.gguf_groups or self.target_type is None:
+            return super().weight_bytes(layer)
+        total = bias
+        for shard_id, rows in layer.gguf_shards:
+            target = self.target_type
+            ggml_type = target if isinstance(target, GGMLType) else target(layer, shard_id)
+            total += rows * row_bytes(fit_type(ggml_type, layer.in_features), layer.in_features)
+        return total
 
     def apply(self, layer, x: torch.Tensor) -> torch.Tensor:
         if layer.gguf_pending:
