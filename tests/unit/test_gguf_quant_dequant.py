@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from minerva.quant.gguf_dequant import dequantize
-from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType
+from minerva.quant.gguf_dequant import dequantize, dequantize_tensor
+from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor
 
 gguf = pytest.importorskip("gguf")
 
@@ -80,3 +80,11 @@ def test_float_types_decode_exactly(ggml_type):
 def test_bad_row_bytes_raise():
     with pytest.raises(ValueError, match="multiples of 34"):
         dequantize(torch.zeros(2, 35, dtype=torch.uint8), GGMLType.Q8_0)
+
+
+def test_dequantize_tensor_takes_read_only_numpy_blocks():
+    data = random_blocks(GGMLType.Q4_K, rows=3, blocks=2)
+    data.flags.writeable = False  # as a memory-mapped file hands it over
+    out = dequantize_tensor(QuantizedTensor(data, GGMLType.Q4_K, (3, 512)))
+    assert out.shape == (3, 512) and out.dtype == torch.float32
+    assert torch.equal(out, dequantize(torch.from_numpy(data.copy()), GGMLType.Q4_K))

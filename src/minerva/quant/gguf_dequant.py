@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType
+from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor
 
 QK_K = 256
 
@@ -183,3 +184,13 @@ def dequantize(data: torch.Tensor, ggml_type: GGMLType) -> torch.Tensor:
         raise ValueError(f"{ggml_type.name} rows hold multiples of {size} bytes")
     blocks = data.reshape(-1, size)  # [rows * blocks_per_row, size]
     return decode(blocks).reshape(rows, data.shape[1] // size * block)
+
+
+def dequantize_tensor(tensor: QuantizedTensor) -> torch.Tensor:
+    """A QuantizedTensor (data a torch tensor or a numpy array / memmap) -> float32 of its
+    logical shape, e.g. a quantized token embedding for a layer that takes floats."""
+    data = tensor.data
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.array(data, dtype=np.uint8, copy=not data.flags.writeable))
+    rows = tensor.shape[0]
+    return dequantize(data.reshape(rows, -1), tensor.ggml_type).reshape(tensor.shape)
