@@ -141,8 +141,8 @@ def child_minerva(args) -> dict:
 
 
 def child_llama_cpp(args) -> dict:
-    import numpy as np  # noqa: PLC0415
     import llama_cpp  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
     from llama_cpp import Llama  # noqa: PLC0415
 
     t = time.perf_counter()
