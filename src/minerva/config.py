@@ -28,6 +28,7 @@ from minerva.config_fields import (
     suggest,
 )
 from minerva.dtypes import DTYPES, canonical_dtype
+from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 
 __all__ = [
     "ALIASES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
@@ -62,6 +63,12 @@ class ModelConfig:
     dtype: str = Field(
         "auto", "Weight/activation dtype (auto: the checkpoint's where the device runs it).",
         choices=DTYPES, normalize=canonical_dtype,
+    )  # fmt: skip
+    quantization: str | None = Field(
+        None,
+        "Quantize a float model's linear layers to this GGUF type or mix while loading "
+        "(q8_0, q4_k_m ...; mistral.rs names like Q4K too); a GGUF file keeps its own.",
+        choices=QUANTIZATIONS, normalize=canonical_quantization,
     )  # fmt: skip
     max_model_len: int | None = Field(
         None,

@@ -146,7 +146,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
         block_size=config.cache.block_size,
         dtype=parse_dtype(config.cache.kv_cache_dtype) or dtype,
     )
-    weights = model_loading.weight_bytes_of(source, dtype)
+    weights = model_loading.weight_bytes_of(source, dtype, config.model.quantization)
     kv_per_token = spec.bytes_per_block // spec.block_size
     activations = model_loading.estimate_activation_bytes(hf, config, dtype)
     cache = config.cache
@@ -159,6 +159,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
         "path": str(source.path),
         "architecture": hf.architectures[0],
         "dtype": str(dtype).removeprefix("torch."),
+        "quantization": source.quantization or config.model.quantization,
         "weight_gib": weights / GIB,
         "kv_bytes_per_token": kv_per_token,
         "kv_tokens": max(kv_room, 0) // kv_per_token,
@@ -268,8 +269,9 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     out.append((f"{dev['kind']} memory bandwidth", f"{dev['bandwidth_gb_s']:.1f} GB/s ({how})"))
     if fit := report.get("model"):
         kv_kib = fit["kv_bytes_per_token"] / 1024
+        numbers = ", ".join(filter(None, (fit["dtype"], fit.get("quantization"))))
         out += [
-            ("model", f"{fit['path']} ({fit['architecture']}, {fit['dtype']})"),
+            ("model", f"{fit['path']} ({fit['architecture']}, {numbers})"),
             ("weights / KV per token", f"{fit['weight_gib']:.2f} GiB / {kv_kib:.1f} KiB"),
             ("KV cache room", f"{fit['kv_tokens']:,} tokens"),
             ("batch-1 decode ceiling", f"{_rate(fit['decode_ceiling_tok_s'])} tok/s"),

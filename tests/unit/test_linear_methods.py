@@ -257,5 +257,7 @@ def test_an_unknown_quantization_names_what_runs():
     from minerva.quant.registry import build_quant_config
 
     assert build_quant_config(None, torch_kernels()).get_method("lm_head").name == "dense"
-    with pytest.raises(ModelLoadError, match="quantized as Q4_K_M.*float .*GGUF file"):
-        build_quant_config("Q4_K_M", torch_kernels())
+    with pytest.raises(ModelLoadError, match="quantized as awq.*GGUF file or a float"):
+        build_quant_config("awq", torch_kernels())
+    for scheme in ("Q4_K_M", "Q8_0", "Q2_K", "Q4_K+Q6_K", "file_type 99"):
+        assert build_quant_config(scheme, torch_kernels()).get_method("lm_head").name == "gguf"

@@ -94,6 +94,10 @@ class GGUFSource(ModelSource):
     def files(self) -> list[Path]:
         return [shard.path for shard in self.shards]
 
+    @property
+    def tensor_types(self) -> dict[str, int]:
+        return {hf: int(self.tensors[name][1].ggml_type) for name, hf in self.hf_names.items()}
+
     def _own_tokenizer(self) -> Tokenizer | None:
         """The vocabulary in the file's ``tokenizer.ggml.*`` metadata, as llama.cpp reads it."""
         if self.metadata.get("tokenizer.ggml.model") is None:

@@ -121,6 +121,11 @@ class ModelSource(ABC):
         """Every file whose bytes make up the model (what ``digest`` hashes), in a fixed order."""
 
     @property
+    def tensor_types(self) -> dict[str, int] | None:
+        """Weight name -> GGML type id of a per-tensor quantized file (GGUF); None for others."""
+        return None
+
+    @property
     def num_bytes(self) -> int:
         """Size on disk of every file in ``files``."""
         return sum(p.stat().st_size for p in self.files)

@@ -23,6 +23,8 @@ from minerva.models.linear import (
 )
 from minerva.models.options import ModelOptions
 from minerva.models.rope import fold_sin, rope_cos_sin
+from minerva.quant.gguf_dequant import dequantize_tensor
+from minerva.quant.gguf_types import QuantizedTensor
 
 
 def layer_sliding_windows(config) -> list[int | None]:
@@ -337,9 +339,12 @@ def _load_one(name: str, tensor, param: nn.Parameter, layer: Linear | None, shar
         raise ModelLoadError(f"checkpoint tensor {name!r} {e}") from None
 
 
-def _copy_into(param: nn.Parameter, tensor: torch.Tensor) -> None:
-    """A float tensor into a parameter that is not a linear layer's (embedding, norms)."""
-    if not isinstance(tensor, torch.Tensor):  # e.g. GGUF blocks: only linear methods take them
+def _copy_into(param: nn.Parameter, tensor) -> None:
+    """A float tensor into a parameter that is not a linear layer's (embedding, norms); GGUF
+    blocks (a quantized token_embd) are dequantized: the lookup reads a few rows per step."""
+    if isinstance(tensor, QuantizedTensor):
+        tensor = dequantize_tensor(tensor)  # float32 [rows, cols]; copy_ casts to the dtype
+    if not isinstance(tensor, torch.Tensor):
         raise ModelLoadError(
             f"is stored as {type(tensor).__name__}, but this parameter takes floats"
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from minerva.errors import ConfigError
+from minerva.quant_names import canonical_quantization
 from minerva.quant.gguf_types import BLOCK_GEOMETRY, FLOAT_TYPES, GGMLType
 
 MIXES = {"q4_k_m": GGMLType.Q4_K, "q5_k_m": GGMLType.Q5_K}
@@ -34,8 +35,6 @@ PLAIN = {
     "q5_k": GGMLType.Q5_K,
     "q6_k": GGMLType.Q6_K,
 }
-# mistral.rs spellings (Q4K, Q8_0 ...) and upper case map onto the names above
-ALIASES = {"q2k": "q2_k", "q3k": "q3_k", "q4k": "q4_k", "q5k": "q5_k", "q6k": "q6_k"}
 K_FALLBACK = {
     GGMLType.Q2_K: GGMLType.Q5_0,
     GGMLType.Q3_K: GGMLType.Q5_0,
@@ -53,8 +52,7 @@ _FFN_DOWN = re.compile(r"(ffn_down|down_proj)\.weight$")
 
 def canonical_name(name: str) -> str:
     """'Q4K' / 'Q4_K_M' / 'q4_k_m' -> 'q4_k' / 'q4_k_m'; a ConfigError names the choices."""
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
+    key = canonical_quantization(name)  # mistral.rs spellings and upper case
     if key not in PLAIN and key not in MIXES:
         choices = ", ".join([*PLAIN, *MIXES])
         raise ConfigError(f"unknown quantization {name!r}; choose one of {choices}")

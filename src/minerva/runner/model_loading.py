@@ -14,8 +14,10 @@ from minerva.errors import ConfigError
 from minerva.loader import ModelSource, open_model
 from minerva.models.options import ModelOptions
 from minerva.models.registry import count_weight_bytes
-from minerva.ops.kernels import torch_kernels
-from minerva.quant.registry import build_quant_config
+from minerva.ops.kernels import KernelSet, torch_kernels
+from minerva.quant.base import QuantConfig
+from minerva.quant.registry import build_insitu_config, build_quant_config
+from minerva.quant_names import canonical_quantization
 from minerva.runner.kv_cache import memory_budget
 
 logger = logging.getLogger(__name__)
@@ -37,9 +39,36 @@ def open_model_source(config: EngineConfig) -> ModelSource:
     return open_model(resolve_model_path(config), config.model.tokenizer)
 
 
-def weight_bytes_of(source: ModelSource, dtype: torch.dtype) -> int:
-    """Bytes the source's weights will take, as its linear methods count them (no memory)."""
-    quant = build_quant_config(source.quantization, torch_kernels())
+def quant_config_for(
+    source: ModelSource, quantization: str | None, kernels: KernelSet
+) -> QuantConfig:
+    """The linear methods of `source`'s weights: the file's own (GGUF blocks), else in-situ
+    quantization to `quantization` (config `[model] quantization`), else dense. A file that is
+    already quantized refuses another type: requantizing blocks compounds their error."""
+    if source.quantization is not None:
+        if quantization is not None and not _same_scheme(quantization, source.quantization):
+            raise ConfigError(
+                f"{source.path} is already quantized as {source.quantization}, but "
+                f"quantization={quantization} was asked for: drop --quantization (or "
+                f"MINERVA_QUANTIZATION) to run the file as it is, or quantize its float "
+                "original instead"
+            )
+        return build_quant_config(source.quantization, kernels, source.tensor_types)
+    if quantization is not None:
+        return build_insitu_config(quantization, source.config.num_hidden_layers, kernels)
+    return build_quant_config(None, kernels)
+
+
+def _same_scheme(asked: str, file_scheme: str) -> bool:
+    return canonical_quantization(asked) == canonical_quantization(file_scheme)
+
+
+def weight_bytes_of(
+    source: ModelSource, dtype: torch.dtype, quantization: str | None = None
+) -> int:
+    """Bytes the source's weights will take (quantized to `quantization` if set), as its linear
+    methods count them (no memory)."""
+    quant = quant_config_for(source, quantization, torch_kernels())
     return count_weight_bytes(source.config, dtype, ModelOptions(quant=quant))
 
 

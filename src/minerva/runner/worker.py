@@ -23,7 +23,6 @@ from minerva.models import build_model
 from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
 from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
-from minerva.quant.registry import build_quant_config
 from minerva.request import RunnerOutput, SchedulerOutput
 from minerva.runner import model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
@@ -60,7 +59,9 @@ class Worker:
         self.options = ModelOptions(
             kernels=self.kernels,
             attention=self.attention,
-            quant=build_quant_config(self.source.quantization, self.kernels),
+            quant=model_loading.quant_config_for(
+                self.source, config.model.quantization, self.kernels
+            ),
         )
         spec = self._kv_cache_spec()
         if self.platform.is_cuda:
