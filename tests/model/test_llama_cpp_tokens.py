@@ -1,5 +1,6 @@
 """The same GGUF file in Minerva and in llama.cpp (llama-cpp-python, where installed): the first
-32 greedy tokens are equal, for an F16 file and for llama.cpp's own Q8_0 quantization of it.
+32 greedy tokens are equal, for an F16 file and for llama.cpp's own Q8_0
+quantization of it (token_embd, the tied output, quantized too).
 The demo model is trained, so its greedy choices are not near-ties that rounding could flip."""
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ np = pytest.importorskip("numpy")
 
 PROMPT = "SQLite is a database that"
 NUM_TOKENS = 32
+# llama.cpp's LLAMA_FTYPE_MOSTLY_*: its own quantizer writes these files. Q4_0 (2) and Q4_K_M
+# (15) are left out: both engines quantize activations to 8 bits, which makes the demo model's
+# logits move by ~0.05 with float-rounding differences, and at 4 bits its top two tokens come
+# within that of each other inside 32 steps (step 15 / step 3), so the greedy paths part.
+LLAMA_FTYPES = {"q8_0": 7}
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +37,16 @@ def gguf_files(tmp_path_factory):
     write_gguf(
         config, tensors, f16, float_plan(GGMLType.F16), tokenizer_dir=folder, file_type="f16"
     )
-    q8 = out / "demo-q8_0.gguf"
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
-    assert llama_cpp.llama_model_quantize(str(f16).encode(), str(q8).encode(), params) == 0
-    return {"f16": f16, "q8_0": q8}
+    files = {"f16": f16}
+    for kind, ftype in LLAMA_FTYPES.items():
+        files[kind] = out / f"demo-{kind}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = ftype
+        quantized = llama_cpp.llama_model_quantize(
+            str(f16).encode(), str(files[kind]).encode(), params
+        )
+        assert quantized == 0
+    return files
 
 
 def llama_cpp_greedy(path, n: int) -> tuple[list[int], list[int]]:
@@ -53,7 +64,7 @@ def llama_cpp_greedy(path, n: int) -> tuple[list[int], list[int]]:
     return ids, out
 
 
-@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+@pytest.mark.parametrize("kind", ["f16", *LLAMA_FTYPES])
 def test_first_greedy_tokens_equal_llama_cpp(gguf_files, kind):
     path = gguf_files[kind]
     prompt_ids, expected = llama_cpp_greedy(path, NUM_TOKENS)
