@@ -179,7 +179,7 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
         name=source.path.name if source.path.is_dir() else source.path.stem,
         source=str(source.path),
         format="dummy" if dummy else source.format,
-        quantization=source.quantization or dtype.upper(),  # dense: the load dtype
+        quantization=_quantization(source, engine.config.model.quantization, dtype),
         dtype=dtype,
         # Of the dense architecture: a quantized layout's numel is not its parameter count.
         parameter_count=count_weight_bytes(hf, torch.float32) // 4,
@@ -203,8 +203,13 @@ def _device_side(engine: LLMEngine) -> Any:
     return engine.worker
 
 
+def _quantization(source: ModelSource, in_situ: str | None, dtype: str) -> str:
+    """The file's scheme (Q4_K_M), else the one applied while loading, else the load dtype."""
+    return source.quantization or (in_situ.upper() if in_situ else dtype.upper())
+
+
 def _digest(source: ModelSource, dummy: bool) -> str:
-    if dummy:  # the weight files may not exist: name the config the shapes came from
+    if dummy and source.path.is_dir():  # weight files may not exist: hash the config instead
         config = source.path / CONFIG_FILE
         return "sha256:" + hashlib.sha256(config.read_bytes()).hexdigest()
-    return source.digest()
+    return source.digest()  # a GGUF file is its own config
