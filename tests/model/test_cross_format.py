@@ -22,6 +22,7 @@ from minerva.loader.hf_config import load_model_config  # noqa: E402
 from minerva.quant import gguf_matmul  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize_tensor  # noqa: E402
 from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
+from minerva.quant.gguf_mix import mix_type  # noqa: E402
 from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
 from minerva.runner.model_loading import weight_bytes_of  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402
@@ -131,4 +132,28 @@ def test_q8_0_gguf_equals_minerva_on_its_dequantized_weights(tmp_path, monkeypat
     assert tokens == ref_tokens
     torch.testing.assert_close(
         torch.tensor(logprobs), torch.tensor(ref_logprobs), atol=1e-4, rtol=0
+    )
+
+
+def test_in_situ_quantization_equals_the_same_mix_written_as_gguf(tmp_path):
+    """`quantization=q4_k_m` on a float folder gives the blocks a GGUF of the same mix holds
+    (token_embd kept float in both), so the two runs are the same arithmetic."""
+    folder = tmp_path / "st"
+    build_tiny_model(folder, hidden_size=256, intermediate_size=512, num_hidden_layers=4)
+    config = load_model_config(folder)
+
+    def plan(name: str, shape) -> GGMLType:
+        if name == "token_embd.weight":
+            return GGMLType.F32
+        layer = int(name.split(".")[1]) if name.startswith("blk.") else None
+        return mix_type("q4_k_m", name, layer, config.num_hidden_layers, cols=shape[1])
+
+    gguf = to_gguf(folder, tmp_path / "m.gguf", plan, "q4_k_m")
+    llm = LLM(model=str(folder), device="cpu", dtype="float32", max_model_len=128,
+              quantization="Q4_K_M")  # fmt: skip
+    out = llm.generate([PROMPT], GREEDY)[0].outputs[0]
+    tokens, logprobs, _ = greedy(gguf)
+    assert out.token_ids == tokens and [lp.logprob for lp in out.logprobs] == logprobs
+    assert llm.engine.worker.weight_bytes == weight_bytes_of(
+        open_model(folder), torch.float32, "q4_k_m"
     )

@@ -229,8 +229,10 @@ def _make_filter(names_filter: NamesFilter) -> Callable[[str], bool]:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, total_bytes: int) -> Iterator[Callable[[int], None]]:
-    """A transient "Loading weights" bar on stderr; a no-op when disabled or not a terminal."""
+def progress_bar(
+    enabled: bool, total_bytes: int, label: str = "Loading weights"
+) -> Iterator[Callable[[int], None]]:
+    """A transient `label` bar on stderr; a no-op when disabled or not a terminal."""
     stderr = sys.stderr
     if not (enabled and stderr is not None and stderr.isatty()):
         yield lambda nbytes: None
@@ -238,7 +240,7 @@ def progress_bar(enabled: bool, total_bytes: int) -> Iterator[Callable[[int], No
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("Loading weights"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    columns = (TextColumn(label), BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(file=stderr), transient=True) as bar:
         task = bar.add_task("load", total=total_bytes)
         yield lambda nbytes: bar.advance(task, nbytes)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from minerva.config import EngineConfig
 from minerva.errors import ConfigError
 from minerva.loader import ModelSource, open_model
+from minerva.loader.checkpoint import progress_bar
 from minerva.models.options import ModelOptions
 from minerva.models.registry import count_weight_bytes
 from minerva.ops.kernels import KernelSet, torch_kernels
@@ -70,6 +73,19 @@ def weight_bytes_of(
     methods count them (no memory)."""
     quant = quant_config_for(source, quantization, torch_kernels())
     return count_weight_bytes(source.config, dtype, ModelOptions(quant=quant))
+
+
+def quantizing_weights(
+    source: ModelSource, device, dtype: torch.dtype, mix: str, progress: bool
+) -> Iterator[tuple[str, Any]]:
+    """The source's weights with a "Quantizing to <mix>" bar: the model quantizes each one as
+    it arrives (load_weights), so the bar advances once a tensor has been taken and quantized."""
+    total = count_weight_bytes(source.config, dtype)  # the float bytes read, a tied head once
+    weights = source.iter_weights(device=device, dtype=dtype, progress=False)
+    with progress_bar(progress, total, f"Quantizing to {mix}") as advance:
+        for name, tensor in weights:
+            yield name, tensor
+            advance(tensor.numel() * tensor.element_size())
 
 
 def check_lengths(config: EngineConfig, hf) -> int:

@@ -161,7 +161,18 @@ class Worker:
             options=self.options,
         )  # fmt: skip
         if model_cfg.load_format == "dummy":
+            if self.source.quantization or model_cfg.quantization:
+                raise ConfigError(
+                    "load_format=dummy makes random float weights, not quantized ones: drop "
+                    "quantization (or use a float model) or use load_format=auto"
+                )
             model_loading.init_dummy_weights(model, seed=model_cfg.seed)
+        elif self.source.quantization is None and model_cfg.quantization is not None:
+            model.load_weights(
+                model_loading.quantizing_weights(
+                    self.source, device, self.dtype, model_cfg.quantization, progress
+                )
+            )
         else:
             model.load_weights(
                 self.source.iter_weights(device=device, dtype=self.dtype, progress=progress)
