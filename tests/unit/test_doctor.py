@@ -86,3 +86,34 @@ def test_cli_json_and_errors(capsys, tmp_path):
     assert main(["doctor", "--device", "cpu", "--model", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert "does not exist" in err and "--model" in err
+
+
+def test_quantized_weights_are_counted_as_stored(tmp_path):
+    """A Q8_0 GGUF (the embedding dequantized to float32, its blocks kept for the tied head)
+    and a folder quantized to Q8_0 while loading: the bytes the blocks and floats take."""
+    pytest.importorskip("gguf")
+    import torch
+
+    from minerva.loader.checkpoint import iter_checkpoint_tensors
+    from minerva.loader.gguf_export import write_gguf
+    from minerva.loader.hf_config import load_model_config
+    from minerva.quant.gguf_quantize import quantize_tensor
+    from minerva.quant.gguf_types import GGMLType
+
+    folder = demo_model_path()
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        sizes = {k: _numel(f, k) for k in f.keys()}
+    embed = sizes["model.embed_tokens.weight"]
+    vectors = sum(n for k, n in sizes.items() if "norm" in k)
+    matrices = sum(sizes.values()) - vectors - embed
+    path = tmp_path / "demo-q8_0.gguf"
+    tensors = iter_checkpoint_tensors(folder, "cpu", torch.float32, progress=False)
+    plan = lambda name, shape: GGMLType.Q8_0  # noqa: E731
+    write_gguf(load_model_config(folder), tensors, path, plan, quantize_tensor, file_type="q8_0")
+    q8 = 34 / 32  # bytes per weight of Q8_0 blocks
+    expected = (matrices + embed) * q8 + embed * 4 + vectors * 4  # blocks, float embed, norms
+    for overrides in ({"model": str(path)}, {"quantization": "Q8_0"}):
+        report = doctor.collect(_config(dtype="float32", kv_cache_memory="64MiB", **overrides))
+        fit = report["model"]
+        assert fit["quantization"].lower() == "q8_0"
+        assert fit["weight_gib"] * 2**30 == expected

@@ -100,3 +100,20 @@ def test_a_model_that_cannot_fit_is_refused_with_the_numbers():
     assert "13.49 GiB of bfloat16 weights" in message and "14.40 GiB" in message
     assert "memory_fraction=0.9 of 16.00 GiB" in message
     check_model_fits(hf, torch.bfloat16, SPEC, FakeGPU(80 * GIB, 80 * GIB), config, 4096)
+
+
+def test_the_plan_counts_quantized_weights():
+    """Mistral-7B quantized to q4_k_m while loading fits a 16 GiB GPU that refuses it in bf16;
+    the refusal on a smaller one names the quantized size."""
+    from minerva.models.options import ModelOptions
+    from minerva.quant.gguf import GGUFQuantConfig
+
+    hf, config = _mistral_7b(), EngineConfig.from_kwargs(max_model_len=4096)
+    options = ModelOptions(quant=GGUFQuantConfig("q4_k_m", hf.num_hidden_layers))
+    weights = count_weight_bytes(hf, torch.bfloat16, options)
+    # llama.cpp's Q4_K_M Mistral-7B holds 4.37e9 bytes, its embedding in Q4_K (74 MB); here the
+    # embedding stays bf16 (262 MB)
+    assert 4.3e9 < weights < 4.7e9
+    check_model_fits(hf, torch.bfloat16, SPEC, FakeGPU(16 * GIB, 16 * GIB), config, 4096, options)
+    with pytest.raises(ConfigError, match=r"of gguf-q4_k_m weights"):
+        check_model_fits(hf, torch.bfloat16, SPEC, FakeGPU(4 * GIB, 4 * GIB), config, 4096, options)

@@ -128,7 +128,7 @@ def check_model_fits(
     if weights + kv + activations > budget:
         gib = 2**30
         raise ConfigError(
-            f"the model does not fit: {weights / gib:.2f} GiB of {str(dtype).removeprefix('torch.')} "
+            f"the model does not fit: {weights / gib:.2f} GiB of {_weights_kind(dtype, options)} "
             f"weights + {kv / gib:.2f} GiB of KV cache (at least one sequence of "
             f"max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of activations, but "
             f"memory_fraction={cache.memory_fraction} of {total / gib:.2f} GiB leaves "
@@ -136,6 +136,12 @@ def check_model_fits(
             "with more memory, a smaller model or dtype, lower max_model_len / "
             "max_num_batched_tokens, or raise memory_fraction"
         )
+
+
+def _weights_kind(dtype: torch.dtype, options: ModelOptions | None) -> str:
+    """'bfloat16' for dense weights, else the quantization ('gguf-q4_k_m')."""
+    name = options.quant.name if options is not None else "dense"
+    return str(dtype).removeprefix("torch.") if name == "dense" else name
 
 
 @torch.no_grad()
