@@ -21,8 +21,8 @@ from minerva.loader.gguf_export import float_plan, write_gguf  # noqa: E402
 from minerva.loader.hf_config import load_model_config  # noqa: E402
 from minerva.quant import gguf_matmul  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize_tensor  # noqa: E402
-from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
 from minerva.quant.gguf_mix import mix_type  # noqa: E402
+from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
 from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
 from minerva.runner.model_loading import weight_bytes_of  # noqa: E402
 from tests.tiny_models import build_tiny_model  # noqa: E402

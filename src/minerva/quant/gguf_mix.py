@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 
 from minerva.errors import ConfigError
-from minerva.quant_names import canonical_quantization
 from minerva.quant.gguf_types import BLOCK_GEOMETRY, FLOAT_TYPES, GGMLType
+from minerva.quant_names import canonical_quantization
 
 MIXES = {"q4_k_m": GGMLType.Q4_K, "q5_k_m": GGMLType.Q5_K}
 PLAIN = {
