@@ -59,6 +59,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
             "model",
             "tokenizer",
             "dtype",
+            "quantization",
             "max_model_len",
             "seed",
             "served_model_name",

@@ -33,6 +33,8 @@ ALLOWED = {
     "dtype": "one of auto, float32, float16, bfloat16",
     "kv_cache_dtype": "one of auto, float32, float16, bfloat16",
     "load_format": "one of auto, dummy",
+    "quantization": "one of q8_0, q8_1, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, "
+    "q4_k_m, q5_k_m",
     "attention_backend": "one of auto, triton, torch",
     "async_scheduling": "one of auto, on, off",
     "device": "auto, cpu, cuda, cuda:N or mps",
@@ -54,7 +56,8 @@ SERVER_ALLOWED = {
 }
 # A value each constrained field refuses, as text (env / CLI) and typed (TOML / kwargs).
 BAD = {
-    "dtype": "int3", "kv_cache_dtype": "fp8", "load_format": "gguf", "attention_backend": "cuda",
+    "dtype": "int3", "kv_cache_dtype": "fp8", "load_format": "gguf", "quantization": "iq2_xs",
+    "attention_backend": "cuda",
     "async_scheduling": "maybe", "device": "tpu", "seed": 2**64, "block_size": 24,
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "max_num_seqs": 0, "max_num_batched_tokens": 0,
