@@ -158,3 +158,17 @@ def test_cpu_backend_over_fp8_matches_its_c_kernel_over_the_dequantized_values(
         assert "runs in torch for a float8_e4m3fn KV cache" in caplog.text
     tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[q_dtype]
     torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
+
+
+def test_doctor_reports_kv_bytes_per_token_of_the_chosen_dtype():
+    from minerva import doctor  # noqa: PLC0415
+    from minerva.config import load_config  # noqa: PLC0415
+
+    def fit(kv: str) -> dict:
+        config = load_config(None, {"device": "cpu", "kv_cache_dtype": kv}, env={})[0]
+        return doctor.model_fit(config, CPU, bandwidth_gb_s=10.0)
+
+    full, fp8 = fit("f32"), fit("fp8")
+    assert (full["kv_cache_dtype"], fp8["kv_cache_dtype"]) == ("float32", "float8_e4m3fn")
+    assert fp8["kv_bytes_per_token"] * 4 == full["kv_bytes_per_token"]
+    assert fp8["kv_bytes_per_token"] == 2 * 8 * 2 * 64  # the demo model: K+V x layers x heads x dim
