@@ -27,7 +27,7 @@ from minerva.config_fields import (
     specs_of,
     suggest,
 )
-from minerva.dtypes import DTYPES, canonical_dtype
+from minerva.dtypes import DTYPES, KV_CACHE_DTYPES, canonical_dtype, canonical_kv_cache_dtype
 from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 
 __all__ = [
@@ -143,8 +143,9 @@ class CacheConfig:
         None, "Number of KV cache blocks; overrides the memory budget when set.", ge=1
     )
     kv_cache_dtype: str = Field(
-        "auto", "KV cache dtype (auto: the model's dtype).",
-        choices=DTYPES, normalize=canonical_dtype,
+        "auto",
+        "KV cache dtype (auto: the model's dtype; fp8 / fp8_e5m2: 8-bit, half the memory).",
+        choices=KV_CACHE_DTYPES, normalize=canonical_kv_cache_dtype,
     )  # fmt: skip
     enable_prefix_caching: bool = Field(True, "Reuse the KV blocks of shared prompt prefixes.")
 

@@ -132,9 +132,14 @@ def cuda_info(index: int) -> dict[str, Any]:
 def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -> dict[str, Any]:
     """What the configured model costs on `platform`: weights, KV per token, tokens of KV the
     memory budget leaves, and the batch-1 decode ceiling the bandwidth sets."""
-    from minerva.platform import parse_dtype, resolve_dtype  # noqa: PLC0415
+    from minerva.platform import resolve_dtype  # noqa: PLC0415
     from minerva.runner import model_loading  # noqa: PLC0415
-    from minerva.runner.kv_cache import KVCacheSpec, kv_cache_budget, memory_budget  # noqa: PLC0415
+    from minerva.runner.kv_cache import (  # noqa: PLC0415
+        KVCacheSpec,
+        kv_cache_budget,
+        memory_budget,
+        resolve_kv_cache_dtype,
+    )
 
     source = model_loading.open_model_source(config)
     hf = source.config
@@ -144,7 +149,9 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
         num_kv_heads=hf.num_key_value_heads,
         head_dim=hf.head_dim,
         block_size=config.cache.block_size,
-        dtype=parse_dtype(config.cache.kv_cache_dtype) or dtype,
+        dtype=resolve_kv_cache_dtype(
+            config.cache.kv_cache_dtype, dtype, platform, config.device.attention_backend
+        ),
     )
     weights = model_loading.weight_bytes_of(source, dtype, config.model.quantization)
     kv_per_token = spec.bytes_per_block // spec.block_size
@@ -161,6 +168,7 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
         "dtype": str(dtype).removeprefix("torch."),
         "quantization": source.quantization or config.model.quantization,
         "weight_gib": weights / GIB,
+        "kv_cache_dtype": str(spec.dtype).removeprefix("torch."),
         "kv_bytes_per_token": kv_per_token,
         "kv_tokens": max(kv_room, 0) // kv_per_token,
         "max_model_len": max_model_len,
@@ -272,7 +280,10 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         numbers = ", ".join(filter(None, (fit["dtype"], fit.get("quantization"))))
         out += [
             ("model", f"{fit['path']} ({fit['architecture']}, {numbers})"),
-            ("weights / KV per token", f"{fit['weight_gib']:.2f} GiB / {kv_kib:.1f} KiB"),
+            (
+                "weights / KV per token",
+                f"{fit['weight_gib']:.2f} GiB / {kv_kib:.1f} KiB ({fit['kv_cache_dtype']})",
+            ),
             ("KV cache room", f"{fit['kv_tokens']:,} tokens"),
             ("batch-1 decode ceiling", f"{_rate(fit['decode_ceiling_tok_s'])} tok/s"),
         ]

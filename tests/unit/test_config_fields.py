@@ -31,7 +31,7 @@ from minerva.server.config import (
 # What each constrained field allows, in the words every message and --help must use.
 ALLOWED = {
     "dtype": "one of auto, float32, float16, bfloat16",
-    "kv_cache_dtype": "one of auto, float32, float16, bfloat16",
+    "kv_cache_dtype": "one of auto, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2",
     "load_format": "one of auto, dummy",
     "quantization": "one of q8_0, q8_1, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, "
     "q4_k_m, q5_k_m",
@@ -56,7 +56,7 @@ SERVER_ALLOWED = {
 }
 # A value each constrained field refuses, as text (env / CLI) and typed (TOML / kwargs).
 BAD = {
-    "dtype": "int3", "kv_cache_dtype": "fp8", "load_format": "gguf", "quantization": "iq2_xs",
+    "dtype": "int3", "kv_cache_dtype": "int8", "load_format": "gguf", "quantization": "iq2_xs",
     "attention_backend": "cuda",
     "async_scheduling": "maybe", "device": "tpu", "seed": 2**64, "block_size": 24,
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,

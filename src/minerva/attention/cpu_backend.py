@@ -1,10 +1,12 @@
 """Attention on the CPU: decode rows and the KV write through C (cpu_decode.c), prefill chunks
 through the torch reference. torch_paged.py is the slow twin and the fallback for whatever the
-kernel does not take (a KV cache dtype other than the model's, autograd, odd strides)."""
+kernel does not take (a KV cache dtype other than the model's, autograd, odd strides).
+An fp8 KV cache runs on the torch path: the C kernel reads only the model's dtype."""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 
 import torch
@@ -17,6 +19,8 @@ SOURCE = Path(__file__).with_name("cpu_decode.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 _attend: dict[torch.dtype, object] = {}
 _write: dict[torch.dtype, object] = {}
+_fallbacks_logged: set[tuple[torch.dtype, torch.dtype]] = set()
+logger = logging.getLogger(__name__)
 
 
 def load() -> bool:
@@ -70,6 +74,18 @@ def write_kv(
         raise IndexError("slot_mapping points outside the KV cache")
 
 
+def _log_dtype_fallback(q_dtype: torch.dtype, kv_dtype: torch.dtype) -> None:
+    """Say once per dtype pair why decode attention runs in torch, not C."""
+    if q_dtype != kv_dtype and (q_dtype, kv_dtype) not in _fallbacks_logged:
+        _fallbacks_logged.add((q_dtype, kv_dtype))
+        logger.info(
+            "CPU decode attention runs in torch for a %s KV cache under a %s model: "
+            "the C kernel reads only the model's dtype",
+            str(kv_dtype).removeprefix("torch."),
+            str(q_dtype).removeprefix("torch."),
+        )
+
+
 def _decode(q, kv_cache, meta: AttentionMetadata, scale, window) -> torch.Tensor | None:
     """Attention of the decode rows q [n, H, D] in C, or None where the kernel does not apply."""
     fn = _attend.get(q.dtype)
@@ -84,6 +100,7 @@ def _decode(q, kv_cache, meta: AttentionMetadata, scale, window) -> torch.Tensor
         or not meta.seq_lens.is_contiguous()
         or torch.is_grad_enabled()
     ):
+        _log_dtype_fallback(q.dtype, kv_cache.dtype)
         return None
     _, num_blocks, block_size, kv_heads, _ = kv_cache.shape
     out = torch.empty(n, heads, dim, dtype=q.dtype)

@@ -12,14 +12,31 @@ import torch.nn.functional as F
 from minerva.attention.metadata import AttentionMetadata
 
 
+def is_fp8(dtype: torch.dtype) -> bool:
+    """An 8-bit float KV cache: values stored as they are (scale 1.0), saturated at its range."""
+    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def to_cache_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in the cache's dtype; fp8 saturates at its largest finite value (a key beyond 448 in
+    e4m3 would otherwise turn NaN on some devices), as vLLM's fp8 conversion does."""
+    if is_fp8(dtype):
+        top = torch.finfo(dtype).max
+        return x.clamp(-top, top).to(dtype)
+    return x.to(dtype)
+
+
 def write_kv(
     kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Store k, v [num_tokens, num_kv_heads, head_dim] at their slots of kv_cache
     [2, num_blocks, block_size, num_kv_heads, head_dim]."""
     flat = kv_cache.view(2, -1, kv_cache.shape[-2], kv_cache.shape[-1])
-    flat[0].index_copy_(0, slot_mapping, k.to(kv_cache.dtype))
-    flat[1].index_copy_(0, slot_mapping, v.to(kv_cache.dtype))
+    k, v = to_cache_dtype(k, kv_cache.dtype), to_cache_dtype(v, kv_cache.dtype)
+    if is_fp8(kv_cache.dtype):  # index_copy_ has no fp8 kernel on the CPU: copy the bytes
+        flat, k, v = flat.view(torch.uint8), k.view(torch.uint8), v.view(torch.uint8)
+    flat[0].index_copy_(0, slot_mapping, k)
+    flat[1].index_copy_(0, slot_mapping, v)
 
 
 def _context(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minerva.dtypes import KV_CACHE_DTYPES, canonical_kv_cache_dtype
 from minerva.errors import ConfigError
 from minerva.platform import Platform
 
@@ -24,8 +25,44 @@ class KVCacheSpec:
 
     @property
     def bytes_per_block(self) -> int:
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        """K and V of every layer; an 8-bit cache stores no scales (its scale is 1.0)."""
+        elem = self.dtype.itemsize
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+"""8-bit KV cache dtypes: stored with a scale of 1.0, as vLLM's fp8 cache does by default."""
+
+
+def resolve_kv_cache_dtype(
+    name: str, model_dtype: torch.dtype, platform: Platform, attention: str
+) -> torch.dtype:
+    """The KV cache dtype for config's kv_cache_dtype ('auto': the model's); one the device or
+    the attention backend cannot run is a ConfigError naming the choices."""
+    key = canonical_kv_cache_dtype(name)
+    if key not in KV_CACHE_DTYPES:
+        raise ConfigError(f"kv_cache_dtype={name!r} is unknown: use {', '.join(KV_CACHE_DTYPES)}")
+    if key == "auto":
+        return model_dtype
+    dtype = getattr(torch, key)
+    if dtype in FP8_DTYPES:
+        if platform.kind not in ("cpu", "cuda"):
+            raise ConfigError(
+                f"kv_cache_dtype={name} needs a CPU or CUDA device ({platform.name} has no "
+                "8-bit floats): use kv_cache_dtype=auto, float16 or float32"
+            )
+        if attention == "triton":
+            # The Triton kernels are untested on fp8 pointers (sm89+); the torch path is not.
+            raise ConfigError(
+                f"kv_cache_dtype={name} is not supported by the Triton attention kernels yet: "
+                "use attention_backend=torch with it, or kv_cache_dtype=auto, float16 or bfloat16"
+            )
+    elif not platform.supports_dtype(dtype):
+        raise ConfigError(
+            f"kv_cache_dtype={name} is not supported on {platform.name}: "
+            "use auto, float16 or float32"
+        )
+    return dtype
 
 
 def _fmt(n: float) -> str:

@@ -22,11 +22,16 @@ from minerva.loader import ModelSource
 from minerva.models import build_model
 from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
-from minerva.platform import Platform, parse_dtype, resolve_dtype, resolve_platform, set_num_threads
+from minerva.platform import Platform, resolve_dtype, resolve_platform, set_num_threads
 from minerva.request import RunnerOutput, SchedulerOutput
 from minerva.runner import model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
-from minerva.runner.kv_cache import KVCacheSpec, allocate_kv_caches, plan_num_blocks
+from minerva.runner.kv_cache import (
+    KVCacheSpec,
+    allocate_kv_caches,
+    plan_num_blocks,
+    resolve_kv_cache_dtype,
+)
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
@@ -151,7 +156,9 @@ class Worker:
             num_kv_heads=hf.num_key_value_heads,
             head_dim=hf.head_dim,
             block_size=self.config.cache.block_size,
-            dtype=parse_dtype(self.config.cache.kv_cache_dtype) or self.dtype,
+            dtype=resolve_kv_cache_dtype(
+                self.config.cache.kv_cache_dtype, self.dtype, self.platform, self.attention.name
+            ),
         )
 
     def _load_model(self, progress: bool) -> torch.nn.Module:
