@@ -37,6 +37,8 @@ from minerva.models.options import ModelOptions  # noqa: E402
 from minerva.ops.kernels import cpu_kernels, torch_kernels  # noqa: E402
 from minerva.quant.base import QuantConfig  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig  # noqa: E402
+from minerva.quant.gguf_dequant import dequantize_tensor  # noqa: E402
+from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
 
 TYPES = [
     "q8_0", "q6_k", "q5_k_m", "q5_k", "q5_1", "q5_0",
@@ -49,12 +51,25 @@ BLOCK = 16  # KV cache block size of the one-sequence prefill
 
 
 class BlocksOnly(QuantConfig):
-    """Every linear layer takes the GGUF blocks it is given (a quantized GGUF file)."""
+    """Every linear layer takes the GGUF blocks it is given (a quantized GGUF file); a float
+    tensor for the tied head (the dequantized embedding) is a placeholder its blocks replace."""
 
     name = "gguf-file"
 
     def get_method(self, prefix: str):
-        return GGUFLinearMethod(torch_kernels())
+        return GGUFLinearMethod(torch_kernels(), GGMLType.F32 if prefix == "lm_head" else None)
+
+
+def file_weights(source, tied: bool):
+    """The file's tensors; a quantized token embedding as floats for the embedding layer, and
+    (tied) its blocks again as the head's, after it (main cannot load it quantized yet)."""
+    for name, tensor in source.iter_weights(progress=False):
+        if name == "model.embed_tokens.weight" and isinstance(tensor, QuantizedTensor):
+            yield name, dequantize_tensor(tensor)
+            if tied:
+                yield "lm_head.weight", tensor
+        else:
+            yield name, tensor
 
 
 @torch.inference_mode()
@@ -153,7 +168,6 @@ def llama_cpp_rows(hf, weights: dict, workdir: Path):
     import llama_cpp  # noqa: PLC0415 - optional peer
 
     from minerva.loader.gguf_export import float_plan, write_gguf  # noqa: PLC0415
-    from minerva.quant.gguf_types import GGMLType  # noqa: PLC0415
 
     f16 = workdir / "demo-f16.gguf"
     write_gguf(
@@ -170,7 +184,7 @@ def llama_cpp_rows(hf, weights: dict, workdir: Path):
             if llama_cpp.llama_model_quantize(str(f16).encode(), str(path).encode(), params):
                 raise RuntimeError(f"llama.cpp could not quantize to {name}")
             source = open_model(path)
-            model = build(source.config, source.iter_weights(progress=False), BlocksOnly())
+            model = build(source.config, file_weights(source, hf.tie_word_embeddings), BlocksOnly())
             bpw = linear_bits_per_weight(model)
             out.append(score(name, model, hf, chunks, refs, bpw, "llama.cpp file in minerva"))
             out.append(llama_cpp_score(llama_cpp, path, name, chunks, refs, bpw))
@@ -237,7 +251,7 @@ def _split_fused(weights: dict, hf) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-chunks", type=int, default=8, help="demo chunks of 511 tokens")
-    ap.add_argument("--big-layers", type=int, default=2, help="layers of the 1.1B-shaped model")
+    ap.add_argument("--big-layers", type=int, default=4, help="layers of the 1.1B-shaped model")
     ap.add_argument("--big-tokens", type=int, default=256)
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-llama-cpp", action="store_true")
@@ -251,8 +265,12 @@ def main() -> None:
             {"model": "demo", "rows": evaluate(hf, weights, chunks, TYPES, extra)},
         ]
     if not args.skip_big:
-        big = _parse_config(hf_config("tinyllama-1.1b", num_hidden_layers=args.big_layers), Path("x"))
-        ids = torch.randint(3, big.vocab_size, (args.big_tokens,), generator=torch.Generator().manual_seed(1))
+        big = _parse_config(
+            hf_config("tinyllama-1.1b", num_hidden_layers=args.big_layers), Path("x")
+        )
+        ids = torch.randint(
+            3, big.vocab_size, (args.big_tokens,), generator=torch.Generator().manual_seed(1)
+        )
         big_chunks = [[big.bos_token_id, *ids.tolist()]]
         rows = evaluate(big, random_weights(big, seed=0), big_chunks, TYPES)
         results.append({"model": f"tinyllama-1.1b widths, {args.big_layers} layers", "rows": rows})

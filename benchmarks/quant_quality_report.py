@@ -24,7 +24,7 @@ def write_markdown(results: list[dict], path: Path) -> None:
         for r in rows:
             line = (
                 f"| {r['type']} | {r['source']} | {r['bits_per_weight']:.2f} | "
-                f"{r['mean_kl']:.5f} | {100 * r['top1_agreement']:.1f}% |"
+                f"{max(r['mean_kl'], 0.0):.5f} | {100 * r['top1_agreement']:.1f}% |"
             )
             if demo:
                 line += f" {r['perplexity']:.3f} | {r['perplexity'] - ref:+.3f} |"
