@@ -27,7 +27,7 @@ from record import write_results  # noqa: E402
 from shapes import hf_config  # noqa: E402
 
 from minerva.attention.metadata import AttentionMetadata  # noqa: E402
-from minerva.bench.logit_metrics import LogitStats  # noqa: E402
+from minerva.bench.logit_metrics import LogitStats, paired_ppl_difference  # noqa: E402
 from minerva.demo import demo_model_path  # noqa: E402
 from minerva.loader import open_model  # noqa: E402
 from minerva.loader.hf_config import _parse_config  # noqa: E402
@@ -125,10 +125,31 @@ def score(name: str, model, hf, chunks, refs, bpw: float, source: str) -> dict:
     start = time.perf_counter()
     for ids, ref in zip(chunks, refs, strict=True):
         stats.add(ref, chunk_logprobs(model, hf, ids), torch.tensor(ids[1:]))
+    return finish_row(name, source, bpw, stats, start)
+
+
+def finish_row(name: str, source: str, bpw: float, stats: LogitStats, start: float) -> dict:
     row = {"type": name, "source": source, "bits_per_weight": bpw, **stats.result()}
     row["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(row), flush=True)
-    return row
+    return {**row, "_stats": stats}  # the per-token NLLs, for paired comparisons
+
+
+def compare_with_llama_cpp(rows: list[dict]) -> list[dict]:
+    """Per llama.cpp type: in-situ perplexity minus that of llama.cpp's file (both run by
+    Minerva) and minus llama.cpp's own run of its file, each with its paired standard error."""
+    by = {(r["type"], r["source"]): r["_stats"] for r in rows}
+    out = []
+    for name in LLAMA_CPP_TYPES:
+        ours = by.get((name, "minerva"))
+        if ours is None or (name, "llama.cpp") not in by:
+            continue
+        row = {"type": name}
+        for key, source in (("vs_file_in_minerva", "llama.cpp file in minerva"),
+                            ("vs_llama_cpp", "llama.cpp")):  # fmt: skip
+            row[key] = paired_ppl_difference(ours, by[(name, source)])
+        out.append(row)
+    return out
 
 
 def evaluate(hf, weights: dict, chunks, types, extra=()) -> list[dict]:
@@ -199,18 +220,14 @@ def llama_cpp_score(llama_cpp, path: Path, name: str, chunks, refs, bpw: float) 
         model_path=str(path), n_ctx=CHUNK, n_batch=CHUNK, n_threads=2, logits_all=True,
         verbose=False,
     )  # fmt: skip
-    stats = LogitStats()
-    start = time.perf_counter()
+    stats, start = LogitStats(), time.perf_counter()
     for ids, ref in zip(chunks, refs, strict=True):
         llm.reset()
         llm.eval(ids)
         logits = torch.from_numpy(llm.scores[: len(ids) - 1].copy()).float()  # [n - 1, vocab]
         stats.add(ref, torch.log_softmax(logits, -1), torch.tensor(ids[1:]))
     llm.close()
-    row = {"type": name, "source": "llama.cpp", "bits_per_weight": bpw, **stats.result()}
-    row["seconds"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(row), flush=True)
-    return row
+    return finish_row(name, "llama.cpp", bpw, stats, start)
 
 
 # ---- the 1.1B-shaped random model ------------------------------------------------------------
@@ -261,9 +278,8 @@ def main() -> None:
     hf, weights, chunks = demo_chunks(args.max_chunks)
     with tempfile.TemporaryDirectory() as tmp:
         extra = () if args.skip_llama_cpp else (llama_cpp_rows(hf, weights, Path(tmp)),)
-        results = [
-            {"model": "demo", "rows": evaluate(hf, weights, chunks, TYPES, extra)},
-        ]
+        rows = evaluate(hf, weights, chunks, TYPES, extra)
+        results = [{"model": "demo", "rows": rows, "vs_llama_cpp": compare_with_llama_cpp(rows)}]
     if not args.skip_big:
         big = _parse_config(
             hf_config("tinyllama-1.1b", num_hidden_layers=args.big_layers), Path("x")
@@ -274,6 +290,9 @@ def main() -> None:
         big_chunks = [[big.bos_token_id, *ids.tolist()]]
         rows = evaluate(big, random_weights(big, seed=0), big_chunks, TYPES)
         results.append({"model": f"tinyllama-1.1b widths, {args.big_layers} layers", "rows": rows})
+    for block in results:
+        for row in block["rows"]:
+            row.pop("_stats")
     write_results("quant_quality", "quant_quality.py", args, results, args.output)
     out = Path(args.output)
     write_markdown(results, out.with_suffix(".md"))

@@ -18,7 +18,7 @@ def write_markdown(results: list[dict], path: Path) -> None:
         head = "| type | source | bits/weight | mean KL | top-1 agree |"
         rule = "|---|---|---:|---:|---:|"
         if demo:
-            head += " perplexity | Δ ppl |"
+            head += " perplexity | Δ ppl ± s.e. |"
             rule += "---:|---:|"
         lines += [head, rule]
         for r in rows:
@@ -27,10 +27,33 @@ def write_markdown(results: list[dict], path: Path) -> None:
                 f"{max(r['mean_kl'], 0.0):.5f} | {100 * r['top1_agreement']:.1f}% |"
             )
             if demo:
-                line += f" {r['perplexity']:.3f} | {r['perplexity'] - ref:+.3f} |"
+                delta = f"{r['perplexity'] - ref:+.3f} ± {r['ppl_delta_stderr']:.3f}"
+                line += f" {r['perplexity']:.3f} | {delta} |"
             lines.append(line)
         lines.append("")
+        lines += _comparison(block.get("vs_llama_cpp", []))
     path.write_text("\n".join(lines))
+
+
+def _comparison(rows: list[dict]) -> list[str]:
+    """In-situ perplexity minus llama.cpp's quantization's (paired standard error)."""
+    if not rows:
+        return []
+    lines = [
+        "In-situ quantization vs llama.cpp's quantizer on the same weights: perplexity of "
+        "Minerva's in-situ model minus that of llama.cpp's file (run by Minerva, and by "
+        "llama.cpp), ± the paired standard error over the scored tokens.",
+        "",
+        "| type | in-situ − llama.cpp file in Minerva | in-situ − llama.cpp running its file |",
+        "|---|---:|---:|",
+    ]
+    for r in rows:
+        a, b = r["vs_file_in_minerva"], r["vs_llama_cpp"]
+        lines.append(
+            f"| {r['type']} | {a['ppl_difference']:+.3f} ± {a['stderr']:.3f} | "
+            f"{b['ppl_difference']:+.3f} ± {b['stderr']:.3f} |"
+        )
+    return [*lines, ""]
 
 
 def write_plot(results: list[dict], path: Path) -> None:
