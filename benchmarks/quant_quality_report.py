@@ -85,6 +85,7 @@ def write_plot(results: list[dict], path: Path) -> None:
                 for r in pts:
                     ax_kl.annotate(r["type"], (r["bits_per_weight"], r["mean_kl"]), fontsize=7)
     ax_kl.set(xlabel="bits per weight", ylabel="mean KL(f32 || quantized), nats", yscale="log")
+    ax_kl.set_ylim(bottom=1e-6)  # f16 / bf16 of the demo round to ~0: off the scale
     ax_kl.set_title("next-token KL divergence vs float32")
     ax_ppl.set(xlabel="bits per weight", ylabel="perplexity - f32 perplexity", yscale="symlog")
     ax_ppl.set_title("demo model: held-out perplexity delta")
