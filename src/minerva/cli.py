@@ -17,6 +17,7 @@ from minerva.config import (
 )
 from minerva.doctor import add_doctor_subcommand
 from minerva.errors import MinervaError
+from minerva.quantize import add_quantize_subcommand
 from minerva.server.serve import add_serve_subcommand
 
 
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_subcommand(sub)
     add_bench_subcommand(sub)
     add_doctor_subcommand(sub)
+    add_quantize_subcommand(sub)
     return parser
 
 
