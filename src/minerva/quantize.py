@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from minerva.errors import ConfigError, MinervaError
-from minerva.loader.gguf_export import FILE_TYPES, write_gguf
+from minerva.loader.gguf_export import write_gguf
 from minerva.loader.source import open_model
 from minerva.quant.gguf_mix import MIXES, PLAIN, canonical_name, mix_type
 from minerva.quant.gguf_quantize import quantize_tensor
@@ -70,7 +70,7 @@ def quantize_model(src: str | Path, out: str | Path, type_name: str, progress: b
             plan,
             quantize=lambda t, ggml_type: quantize_tensor(t, ggml_type),
             tokenizer_dir=_tokenizer_dir(Path(source.path)),
-            file_type=file_type if file_type in FILE_TYPES else None,
+            file_type=file_type,
             name=Path(str(src)).name,
             progress=advance,
         )

@@ -7,7 +7,8 @@ import torch
 
 from minerva.demo import demo_model_path
 from minerva.loader.checkpoint import iter_checkpoint_tensors
-from minerva.loader.gguf_export import float_plan, gguf_tensor_name, permute_qk, write_gguf
+from minerva.loader.gguf_export import float_plan, gguf_tensor_name, write_gguf
+from minerva.loader.gguf_names import permute_rows
 from minerva.loader.hf_config import load_model_config
 from minerva.quant.gguf_types import GGMLType
 
@@ -54,4 +55,4 @@ def test_names_and_permutation():
     assert gguf_tensor_name("model.layers.0.self_attn.rotary_emb.inv_freq") is None
     # Two heads of head_dim 4: rows [a0 a1 b0 b1] become [a0 b0 a1 b1] within each head.
     w = torch.arange(8).reshape(8, 1)
-    assert permute_qk(w, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert permute_rows(w, 2).flatten().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]

@@ -11,7 +11,8 @@ import torch
 from minerva.cli import main
 from minerva.demo import demo_model_path
 from minerva.loader.checkpoint import iter_checkpoint_tensors
-from minerva.loader.gguf_export import gguf_tensor_name, permute_qk
+from minerva.loader.gguf_export import gguf_tensor_name
+from minerva.loader.gguf_names import permute_rows
 from minerva.loader.hf_config import load_model_config
 from minerva.quant.gguf_mix import use_more_bits
 
@@ -28,9 +29,9 @@ def _reference_tensors() -> dict[str, np.ndarray]:
         if gname is None:
             continue
         if ".attn_q." in gname:
-            t = permute_qk(t, config.num_attention_heads)
+            t = permute_rows(t, config.num_attention_heads)
         elif ".attn_k." in gname:
-            t = permute_qk(t, config.num_key_value_heads)
+            t = permute_rows(t, config.num_key_value_heads)
         out[gname] = t.numpy()
     return out
 

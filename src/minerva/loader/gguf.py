@@ -24,6 +24,7 @@ from minerva.loader.gguf_config import (
 )
 from minerva.loader.gguf_file import GGUFFile, GGUFTensorInfo, read_gguf
 from minerva.loader.gguf_names import (
+    PERMUTED_ARCHS,
     check_shapes,
     hf_tensor_name,
     permuted_heads,
@@ -88,7 +89,7 @@ class GGUFSource(ModelSource):
                 self.metadata, {info.ggml_type for _, info in self.tensors.values()}
             ),
         )
-        self._permuted = arch == "llama"
+        self._permuted = arch in PERMUTED_ARCHS
 
     @property
     def files(self) -> list[Path]:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from minerva.errors import ModelLoadError
+from minerva.loader.gguf_names import GLOBAL_NAMES, LAYER_NAMES, PERMUTED_ARCHS, permute_rows
 from minerva.loader.hf_config import GenerationDefaults
 from minerva.quant.gguf_types import FLOAT_TYPES, GGMLType, QuantizedTensor
 
@@ -24,45 +25,22 @@ logger = logging.getLogger(__name__)
 
 # HF model_type -> llama.cpp architecture (Mistral checkpoints convert as "llama").
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
-# Architectures whose converter permutes the q/k rows (interleaved RoPE in ggml).
-PERMUTED_ARCHS = frozenset({"llama"})
 
-_LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
+# The loader's GGUF -> HF name tables, inverted.
+_GLOBAL_NAMES = {hf: gguf_name for gguf_name, hf in GLOBAL_NAMES.items()}
+_LAYER_NAMES = {hf: gguf_name for gguf_name, hf in LAYER_NAMES.items()}
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
-# file_type ids llama.cpp writes (llama_ftype) for the mixes and plain types.
-FILE_TYPES = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q8_0": 7,
-    "q5_0": 8,
-    "q5_1": 9,
-    "q2_k": 10,
-    "q3_k_m": 12,
-    "q4_k_s": 14,
-    "q4_k_m": 15,
-    "q5_k_s": 16,
-    "q5_k_m": 17,
-    "q6_k": 18,
-    "bf16": 32,
-}
+
+def llama_file_type(name: str) -> int | None:
+    """llama.cpp's `general.file_type` id for a type or mix name (q4_k_m -> 15); None for
+    names llama.cpp has no file type for (plain q4_k, q8_1 ...)."""
+    key = "ALL_F32" if name.lower() == "f32" else "MOSTLY_" + name.upper()
+    import gguf  # noqa: PLC0415 - optional dependency
+
+    member = gguf.LlamaFileType.__members__.get(key)
+    return None if member is None else int(member)
+
 
 TypePlan = Callable[[str, tuple[int, ...]], GGMLType]
 """(gguf tensor name, logical shape) -> the type to store it in."""
@@ -77,16 +55,6 @@ def gguf_tensor_name(hf_name: str) -> str | None:
     if m is None or m.group(2) not in _LAYER_NAMES:
         return None
     return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
-
-
-def permute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """HF's rotate-half row order -> ggml's interleaved pairs, per head (llama.cpp's converter)."""
-    rows = weight.shape[0]
-    return (
-        weight.reshape(num_heads, 2, rows // num_heads // 2, *weight.shape[1:])
-        .transpose(1, 2)
-        .reshape(weight.shape)
-    )
 
 
 def write_gguf(
@@ -129,9 +97,9 @@ def write_gguf(
         if gname is None:
             continue
         if permute and gname.endswith(("attn_q.weight", "attn_q.bias")):
-            tensor = permute_qk(tensor, config.num_attention_heads)
+            tensor = permute_rows(tensor, config.num_attention_heads)
         elif permute and gname.endswith(("attn_k.weight", "attn_k.bias")):
-            tensor = permute_qk(tensor, config.num_key_value_heads)
+            tensor = permute_rows(tensor, config.num_key_value_heads)
         ggml_type = GGMLType.F32 if tensor.dim() == 1 else type_plan(gname, tuple(tensor.shape))
         data, raw = _encode(tensor, ggml_type, quantize)
         writer.add_tensor(gname, data, raw_dtype=raw)
@@ -192,8 +160,9 @@ def _write_model_metadata(writer, config, arch: str, name: str, file_type: str |
         logger.warning("rope scaling %r is not written to GGUF: llama.cpp has no such key", kind)
     if config.sliding_window is not None and config.model_type != "qwen2":
         writer.add_sliding_window(config.sliding_window)
-    if file_type is not None:
-        writer.add_file_type(FILE_TYPES[file_type])
+    file_type_id = None if file_type is None else llama_file_type(file_type)
+    if file_type_id is not None:
+        writer.add_file_type(file_type_id)
     writer.add_quantization_version(2)
 
 

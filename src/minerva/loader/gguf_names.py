@@ -31,6 +31,8 @@ LAYER_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+PERMUTED_ARCHS = frozenset({"llama"})
+"""GGUF architectures whose converter permuted the q/k rows (ggml's interleaved RoPE)."""
 NOT_WEIGHTS = frozenset({"rope_freqs.weight"})
 """Tensors that configure the model (read into the config) rather than being loaded."""
 _LAYER = re.compile(r"blk\.(\d{1,7})\.(\w+)\.(weight|bias)")
@@ -70,6 +72,15 @@ def unpermute_rows(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
     half = num_rows // num_heads // 2
     rest = rows.shape[1:]
     return rows.reshape(num_heads, half, 2, *rest).transpose(1, 2).reshape(num_rows, *rest)
+
+
+def permute_rows(rows: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The converter's permutation, the inverse of ``unpermute_rows``: HF's rotate-half row
+    order -> ggml's interleaved pairs, per head (used when writing GGUF)."""
+    num_rows = rows.shape[0]
+    half = num_rows // num_heads // 2
+    rest = rows.shape[1:]
+    return rows.reshape(num_heads, 2, half, *rest).transpose(1, 2).reshape(num_rows, *rest)
 
 
 def expected_shapes(cfg: HFModelConfig) -> dict[str, tuple[int, ...]]:
