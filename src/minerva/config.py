@@ -32,8 +32,8 @@ from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 
 __all__ = [
     "ALIASES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
-    "EngineConfig", "FieldSpec", "ModelConfig", "SchedulerConfig", "add_config_arguments",
-    "add_config_subcommand", "check_config_file", "coerce_value", "config_error",
+    "EngineConfig", "FieldSpec", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
+    "add_config_arguments", "add_config_subcommand", "check_config_file", "coerce_value", "config_error",
     "config_show_rows", "env_warnings", "field_help", "field_problem", "format_byte_size",
     "load_config", "overrides_from_args", "parse_byte_size", "resolve_name",
     "run_config_command", "suggest",
@@ -165,11 +165,30 @@ class SchedulerConfig:
     )  # fmt: skip
 
 
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding: proposals the target model verifies in one pass (0 tokens: off)."""
+
+    speculative_method: str = Field(
+        "draft", "Where proposals come from: a draft model or n-grams of the request's own text.",
+        choices=("draft", "ngram"), normalize=str.lower,
+    )  # fmt: skip
+    draft_model: str | None = Field(
+        None, "Draft model (folder or .gguf) sharing the target's tokenizer.", metavar="PATH"
+    )
+    num_speculative_tokens: int = Field(
+        0, "Tokens proposed per step and verified at once (0: no speculation).", ge=0, le=16
+    )
+    ngram_min: int = Field(1, "Shortest n-gram matched for ngram proposals.", ge=1)
+    ngram_max: int = Field(4, "Longest n-gram matched for ngram proposals.", ge=1)
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "device": DeviceConfig,
     "cache": CacheConfig,
     "scheduler": SchedulerConfig,
+    "speculative": SpeculativeConfig,
 }
 
 FIELDS: dict[str, FieldSpec] = specs_of(SECTIONS)
@@ -206,6 +225,7 @@ class EngineConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
 
     def __post_init__(self) -> None:
         self.validate()

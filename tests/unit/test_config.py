@@ -71,6 +71,8 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
         | {"kv_cache_dtype", "enable_prefix_caching"},
         "scheduler": {"max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill"}
         | {"async_scheduling"},
+        "speculative": {"speculative_method", "draft_model", "num_speculative_tokens"}
+        | {"ngram_min", "ngram_max"},
     }
     for section, cls in SECTIONS.items():
         names = {f.name for f in dataclasses.fields(cls)}

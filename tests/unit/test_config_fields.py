@@ -47,6 +47,10 @@ ALLOWED = {
     "num_kv_blocks": "a positive integer",
     "max_num_seqs": "a positive integer",
     "max_num_batched_tokens": "a positive integer",
+    "speculative_method": "one of draft, ngram",
+    "num_speculative_tokens": "an integer from 0 to 16",
+    "ngram_min": "a positive integer",
+    "ngram_max": "a positive integer",
 }
 SERVER_ALLOWED = {
     "port": "an integer from 0 to 65535",
@@ -61,6 +65,7 @@ BAD = {
     "async_scheduling": "maybe", "device": "tpu", "seed": 2**64, "block_size": 24,
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "max_num_seqs": 0, "max_num_batched_tokens": 0,
+    "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
 }  # fmt: skip
 
 
