@@ -79,7 +79,7 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         required=not multi_model,
         default=[] if multi_model else None,
         metavar="PATH",
-        help="Hugging Face model folder"
+        help="Hugging Face model folder, or demo (the bundled demo model)"
         + (" (repeatable, e.g. two quantizations)." if multi_model else "."),
     )
     p.add_argument(

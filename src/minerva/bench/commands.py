@@ -190,6 +190,14 @@ def _backend_options(args: argparse.Namespace, backend: str) -> dict:
     return options
 
 
+def _model_paths(models: list[str] | str | None) -> list[str]:
+    """``--model`` values as paths (``demo``: the bundled demo model)."""
+    from minerva.demo import resolve_model_arg  # noqa: PLC0415
+
+    names = [models] if isinstance(models, str) else list(models or [])
+    return [str(resolve_model_arg(m)) for m in names]
+
+
 def _engines(args: argparse.Namespace, models: list[str]):
     """(label, backend name, model, dtype) for every combination asked for."""
     backends, dtypes = _names(args.backend), _names(args.dtype) or ["auto"]
@@ -262,6 +270,7 @@ def run_latency(args: argparse.Namespace) -> int:
     from minerva.bench import offline  # noqa: PLC0415
 
     _check_positive(input_len=args.input_len, output_len=args.output_len, repeats=args.repeats)
+    args.model = _model_paths(args.model)[0]
     spec = f"fixed:in={args.input_len},out={args.output_len}"
     prompt = build_workload(spec, 1, args.seed, vocab_size=_vocab_size(args.model))[0]
     console, results = _err_console(args), []
@@ -290,6 +299,7 @@ def run_throughput(args: argparse.Namespace) -> int:
     from minerva.bench import offline  # noqa: PLC0415
 
     _check_positive(num_prompts=args.num_prompts, max_tokens=args.max_tokens)
+    args.model = _model_paths(args.model)[0]
     spec = args.workload or f"fixed:in={args.input_len},out={args.output_len}"
     requests = build_workload(
         spec, args.num_prompts, args.seed, args.max_tokens, _vocab_size(args.model)
@@ -319,6 +329,7 @@ def run_consistency(args: argparse.Namespace) -> int:
     requests = build_workload(args.workload, args.num_prompts, args.seed, args.max_tokens or 32)
     console, ids, texts = _err_console(args), {}, {}
     backends = _names(args.backend)
+    args.model = _model_paths(args.model)
     if backends and not args.model:
         raise ConfigError("offline backends need --model PATH (repeatable)")
     for label, name, model, dtype in _engines(args, args.model) if backends else []:
@@ -383,6 +394,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from minerva.bench.perplexity import perplexity  # noqa: PLC0415
     from minerva.tokenizer import Tokenizer  # noqa: PLC0415
 
+    args.model = _model_paths(args.model)
     if not args.model:
         raise ConfigError("give at least one --model PATH")
     path = Path(args.file)
