@@ -17,7 +17,6 @@ from minerva.config import (
     load_config,
     overrides_from_args,
 )
-from minerva.doctor import add_doctor_subcommand
 from minerva.errors import ConfigError, MinervaError
 from minerva.quantize import add_quantize_subcommand
 from minerva.server.serve import add_serve_subcommand
@@ -168,6 +167,30 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_doctor_subcommand(subparsers) -> None:
+    """``minerva doctor``; doctor.py (torch) is imported only when it runs."""
+    parser = subparsers.add_parser(
+        "doctor",
+        help="what this machine can do for Minerva, and what to set",
+        description="Report the software, the devices (features, memory, measured bandwidth) "
+        "and what a model costs here (default: the bundled demo model), then advice.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="Print the report as JSON. Default: off."
+    )
+    parser.add_argument(
+        "--no-model", action="store_true", help="Skip the model estimate. Default: off."
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from minerva.doctor import run_doctor  # noqa: PLC0415
+
+        return run_doctor(args)
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="minerva", description="Minerva: fast local LLM inference"
@@ -190,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_subcommand(sub)
     add_serve_subcommand(sub)
     add_bench_subcommand(sub)
-    add_doctor_subcommand(sub)
+    _add_doctor_subcommand(sub)
     add_quantize_subcommand(sub)
     return parser
 

@@ -26,7 +26,7 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig, add_config_arguments, load_config, overrides_from_args
+from minerva.config import EngineConfig, load_config, overrides_from_args
 from minerva.errors import MinervaError
 from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
 
@@ -319,17 +319,3 @@ def run_doctor(args: argparse.Namespace) -> int:
     else:
         render(report)
     return 0
-
-
-def add_doctor_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="what this machine can do for Minerva, and what to set",
-        description="Report the software, the devices (features, memory, measured bandwidth) "
-        "and what a model costs here (default: the bundled demo model), then advice.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--no-model", action="store_true", help="skip the model estimate")
-    parser.set_defaults(func=run_doctor)
-    return parser

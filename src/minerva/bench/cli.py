@@ -18,7 +18,7 @@ def _common(p: argparse.ArgumentParser, output_kind: str) -> None:
         help="Folder for results.json, CSV, report.md (and plots). "
         f"Default: bench-results/{output_kind}-TIMESTAMP.",
     )
-    p.add_argument("--no-progress", action="store_true", help="No progress display.")
+    p.add_argument("--no-progress", action="store_true", help="No progress display. Default: off.")
     p.add_argument("--seed", type=int, default=0, help="Seed of prompts and arrivals. Default: 0.")
 
 
@@ -33,7 +33,9 @@ def _http(p: argparse.ArgumentParser, required: bool) -> None:
         "ollama|ollama-chat (default openai), model=M (default: the first the server lists), "
         "pid=N (server process, for memory; found automatically on this machine), key=API_KEY.",
     )
-    p.add_argument("--api-key", default=None, help="Bearer key sent to every target.")
+    p.add_argument(
+        "--api-key", default=None, help="Bearer key sent to every target. Default: none."
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -56,8 +58,12 @@ def _workload(p: argparse.ArgumentParser, default: str | None, num_prompts: int 
         type=int,
         default=num_prompts,
         metavar="N",
-        help="Requests per run (the workload's prompts are cycled)."
-        + (f" Default: {num_prompts}." if num_prompts else ""),
+        help="Requests per run (the workload's prompts are cycled). Default: "
+        + (
+            f"{num_prompts}."
+            if num_prompts
+            else "64 with --request-rate, else 2 x the widest concurrency (at least 8)."
+        ),
     )
     p.add_argument(
         "--max-tokens",
@@ -80,7 +86,7 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         default=[] if multi_model else None,
         metavar="PATH",
         help="Hugging Face model folder, or demo (the bundled demo model)"
-        + (" (repeatable, e.g. two quantizations)." if multi_model else "."),
+        + (" (repeatable, e.g. two quantizations). Default: none." if multi_model else "."),
     )
     p.add_argument(
         "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps. Default: auto."
@@ -91,7 +97,10 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         help="Comma-separated dtypes (auto, float32, bfloat16, ...). Default: auto.",
     )
     p.add_argument(
-        "--num-threads", type=int, default=None, help="torch CPU threads for every backend."
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads for every backend. Default: each backend's own choice.",
     )
     p.add_argument(
         "--backend-arg",
@@ -99,7 +108,7 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         default=[],
         metavar="[BACKEND.]KEY=VALUE",
         help="Option passed to the backends (repeatable), e.g. minerva.max_num_seqs=64 or "
-        "transformers.max_batch_size=8.",
+        "transformers.max_batch_size=8. Default: none.",
     )
 
 
@@ -121,10 +130,13 @@ def _add_serve(sub: Any) -> None:
         "--request-rate",
         default=None,
         help="Comma-separated Poisson arrival rates (req/s, or inf); "
-        "replaces the concurrency sweep.",
+        "replaces the concurrency sweep. Default: none (the concurrency sweep).",
     )
     p.add_argument(
-        "--max-concurrency", type=int, default=None, help="In-flight cap with --request-rate."
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="In-flight cap with --request-rate. Default: none (every arrival is sent at once).",
     )
     p.add_argument(
         "--burstiness",
@@ -141,15 +153,19 @@ def _add_serve(sub: Any) -> None:
         default=1,
         help="Runs per target and level (interleaved). Default: 1.",
     )
-    p.add_argument("--slo", default=None, help="Goodput SLOs, e.g. ttft=200ms,tpot=50ms,e2e=10s.")
+    p.add_argument(
+        "--slo",
+        default=None,
+        help="Goodput SLOs, e.g. ttft=200ms,tpot=50ms,e2e=10s. Default: none.",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="Default: 0 (greedy).")
     p.add_argument(
         "--ignore-eos",
         action="store_true",
         help="Ask servers to ignore EOS, for exact output lengths "
-        "(OpenAI APIs; an extension of vLLM, llama.cpp and Minerva).",
+        "(OpenAI APIs; an extension of vLLM, llama.cpp and Minerva). Default: off.",
     )
-    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots. Default: off.")
     _common(p, "serve")
     p.set_defaults(func=_lazy("run_serve"))
 
@@ -213,7 +229,10 @@ def _add_perplexity(sub: Any) -> None:
         help="Tokens between window starts. Default: window / 2.",
     )
     p.add_argument(
-        "--max-text-tokens", type=int, default=None, help="Score only the first N tokens."
+        "--max-text-tokens",
+        type=int,
+        default=None,
+        help="Score only the first N tokens. Default: all.",
     )
     _common(p, "perplexity")
     p.set_defaults(func=_lazy("run_perplexity"))
