@@ -23,14 +23,16 @@ from minerva.bench.http_client import Target, make_client, parse_target, resolve
 from minerva.bench.load import LoadLevel, parse_levels, run_benchmark
 from minerva.bench.metrics import parse_slo
 from minerva.bench.protocols import GenParams
+from minerva.bench.redact import Redactor
 from minerva.bench.report import fmt, lookup, write_report
 from minerva.bench.system import system_info
 from minerva.bench.workloads import BenchRequest, build_workload
 from minerva.errors import ConfigError, ModelLoadError
 
 
-def _command() -> str:
-    return "minerva " + shlex.join(sys.argv[1:])
+def _command(redactor: Redactor | None = None) -> str:
+    """The command line that ran, secrets masked."""
+    return "minerva " + shlex.join((redactor or Redactor()).argv(sys.argv[1:]))
 
 
 def _out_dir(args: argparse.Namespace, kind: str) -> Path:
@@ -60,19 +62,19 @@ def _check_positive(**values: int | None) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from minerva.bench.results import serve_document  # noqa: PLC0415
-
     targets = [parse_target(t, args.api_key) for t in args.target]
+    redactor = Redactor([args.api_key, *(t.api_key for t in targets)])
     if len({t.name for t in targets}) != len(targets):
         raise ConfigError("two --target entries share a NAME: give each target its own name")
     levels = parse_levels(args.concurrency, args.request_rate, args.max_concurrency)
     slo = parse_slo(args.slo)
     _check_positive(num_prompts=args.num_prompts, repeats=args.repeats, max_tokens=args.max_tokens)
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
     widest = max(lv.concurrency or 1 for lv in levels)
     num_prompts = args.num_prompts or (64 if args.request_rate else max(8, 2 * widest))
     requests = build_workload(args.workload, num_prompts, args.seed, args.max_tokens)
     params = GenParams(temperature=args.temperature, ignore_eos=args.ignore_eos)
-    runs = asyncio.run(_serve(args, targets, requests, levels, params))
     config = {
         "workload": args.workload,
         "num_prompts": num_prompts,
@@ -86,15 +88,16 @@ def run_serve(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "slo": args.slo,
     }
-    doc = serve_document(
-        runs, [t.describe() for t in targets], config, system_info(), slo, _command()
-    )
     out = _out_dir(args, "serve")
-    paths = write_report(doc, out)
-    if not args.no_plots:
-        from minerva.bench.plots import write_serve_plots  # noqa: PLC0415
-
-        paths += write_serve_plots(doc, out)
+    runs: list = []
+    try:
+        asyncio.run(_serve(args, targets, requests, levels, params, runs))
+    except BaseException:  # Ctrl-C or a failure mid-way: keep the runs that finished
+        if runs:
+            _write_serve(runs, targets, config, slo, out, redactor)
+            print(f"minerva: partial results ({len(runs)} runs) in {out}/", file=sys.stderr)
+        raise
+    doc, paths = _write_serve(runs, targets, config, slo, out, redactor)
     columns = [
         ("target", "target", "s"),
         ("level", "load", "s"),
@@ -106,8 +109,38 @@ def run_serve(args: argparse.Namespace) -> int:
         ("e2e_ms.p99", "E2E p99 ms", ".0f"),
     ]
     _print_table("minerva bench serve", doc["summaries"], columns)
+    code = 0
+    if not args.no_plots:
+        plotted, code = _serve_plots(doc, out)
+        paths += plotted
     print(f"results in {out}/ ({', '.join(p.name for p in paths)})")
-    return 0
+    return code
+
+
+def _write_serve(runs, targets: list[Target], config: dict, slo, out: Path, redactor: Redactor):
+    """results.json first (what was measured), then the report, CSVs; secrets redacted."""
+    from minerva.bench.results import serve_document  # noqa: PLC0415
+
+    system = system_info(server_urls=[t.url for t in targets])
+    doc = serve_document(
+        runs, [t.describe() for t in targets], config, system, slo, _command(redactor)
+    )
+    return doc, write_report(doc, out, redactor)
+
+
+def _serve_plots(doc: dict, out: Path) -> tuple[list[Path], int]:
+    """The PNGs, or a warning: a missing matplotlib skips them (exit 0), a crash says why
+    (exit 1); the results are written either way."""
+    try:
+        from minerva.bench.plots import write_serve_plots  # noqa: PLC0415
+
+        return write_serve_plots(doc, out), 0
+    except ConfigError as e:  # matplotlib is not installed
+        print(f"minerva: warning: no plots: {e}", file=sys.stderr)
+        return [], 0
+    except Exception as e:  # noqa: BLE001 - the measured results are already on disk
+        print(f"minerva: warning: the plots failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return [], 1
 
 
 async def _serve(
@@ -116,6 +149,7 @@ async def _serve(
     requests: list[BenchRequest],
     levels: list[LoadLevel],
     params: GenParams,
+    runs: list,
 ):
     from minerva.bench.monitor import find_server_pid  # noqa: PLC0415
 
@@ -159,6 +193,7 @@ async def _serve(
                 args.burstiness,
                 on_run_start=on_run_start,
                 on_done=on_done,
+                results=runs,
             )
 
 
@@ -254,13 +289,16 @@ def _prompt_ids(model: str, requests: list[BenchRequest]) -> list[list[int]]:
     return [r.prompt_token_ids or tok.encode(r.prompt) for r in requests]
 
 
-def _finish_offline(args, kind: str, results: list[dict], config: dict) -> int:
+def _finish_offline(
+    args, kind: str, results: list[dict], config: dict, redactor: Redactor | None = None
+) -> int:
     from minerva.bench.offline import offline_document  # noqa: PLC0415
     from minerva.bench.report import OFFLINE_COLUMNS  # noqa: PLC0415
 
-    doc = offline_document(kind, results, config, system_info(), _command())
+    urls = [t.split("=", 1)[-1].split(",")[0] for t in getattr(args, "target", None) or []]
+    doc = offline_document(kind, results, config, system_info(urls), _command(redactor))
     out = _out_dir(args, kind)
-    paths = write_report(doc, out)
+    paths = write_report(doc, out, redactor)
     _print_table(f"minerva bench {kind}", results, OFFLINE_COLUMNS[kind])
     print(f"results in {out}/ ({', '.join(p.name for p in paths)})")
     return 0
@@ -374,7 +412,8 @@ def run_consistency(args: argparse.Namespace) -> int:
     }
     for row in results:
         row["outputs"] = {"a": texts[row["a"]], "b": texts[row["b"]]}
-    return _finish_offline(args, "consistency", results, config)
+    redactor = Redactor([args.api_key, *(t.api_key for t in targets)])
+    return _finish_offline(args, "consistency", results, config, redactor)
 
 
 async def _texts(args, targets: list[Target], requests: list[BenchRequest]) -> dict[str, list[str]]:
