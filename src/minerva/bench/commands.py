@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from minerva.bench.drivers.base import GREEDY_SETTINGS
 from minerva.bench.http_client import Target, make_client, parse_target, resolve_model
 from minerva.bench.load import LoadLevel, parse_levels, run_benchmark
 from minerva.bench.metrics import parse_slo
-from minerva.bench.protocols import GenParams
+from minerva.bench.protocols import NEUTRAL_OLLAMA, NEUTRAL_OPENAI, GenParams
 from minerva.bench.redact import Redactor
 from minerva.bench.report import fmt, lookup, write_report
 from minerva.bench.system import system_info
@@ -233,9 +234,17 @@ def _model_paths(models: list[str] | str | None) -> list[str]:
     return [str(resolve_model_arg(m)) for m in names]
 
 
+def _backend_names(args: argparse.Namespace) -> list[str]:
+    """--backend as names; "installed" is every engine this install can run."""
+    from minerva.bench.drivers import installed_drivers  # noqa: PLC0415
+
+    names = _names(args.backend)
+    return installed_drivers() if names == ["installed"] else names
+
+
 def _engines(args: argparse.Namespace, models: list[str]):
     """(label, backend name, model, dtype) for every combination asked for."""
-    backends, dtypes = _names(args.backend), _names(args.dtype) or ["auto"]
+    backends, dtypes = _backend_names(args), _names(args.dtype) or ["auto"]
     for model, name, dtype in itertools.product(models, backends, dtypes):
         parts = (
             [name]
@@ -259,6 +268,34 @@ def _load(
             num_threads=args.num_threads,
             options=_backend_options(args, name),
         )
+
+
+def _measured(args, kind: str, models: list[str], measure, config: dict) -> list[dict]:
+    """``measure(backend, label)`` -> row for every engine; an engine whose package is missing
+    is skipped with a warning; on a failure the rows measured so far are written first."""
+    from minerva.bench.drivers import BackendNotInstalled  # noqa: PLC0415
+
+    console, results = _err_console(args), []
+    try:
+        for label, name, model, dtype in _engines(args, models):
+            try:
+                backend = _load(args, console, label, name, model, dtype)
+            except BackendNotInstalled as e:
+                print(f"minerva: warning: skipped {label}: {e}", file=sys.stderr)
+                continue
+            try:
+                with console.status(f"{label}: {kind}"):
+                    results.append({**measure(backend), "backend": label, "dtype": dtype})
+            finally:
+                _release(backend)
+    except BaseException:
+        if results:
+            print(f"minerva: writing the {len(results)} rows measured so far", file=sys.stderr)
+            _finish_offline(args, kind, results, config)
+        raise
+    if not results:
+        raise ConfigError(f"no backend could run: --backend {args.backend!r}")
+    return results
 
 
 def _release(backend) -> None:
@@ -311,15 +348,6 @@ def run_latency(args: argparse.Namespace) -> int:
     args.model = _model_paths(args.model)[0]
     spec = f"fixed:in={args.input_len},out={args.output_len}"
     prompt = build_workload(spec, 1, args.seed, vocab_size=_vocab_size(args.model))[0]
-    console, results = _err_console(args), []
-    for label, name, model, dtype in _engines(args, [args.model]):
-        backend = _load(args, console, label, name, model, dtype)
-        with console.status(f"{label}: latency"):
-            row = offline.run_latency(
-                backend, prompt.prompt_token_ids, args.output_len, args.repeats, args.warmup
-            )
-        results.append({**row, "backend": label, "dtype": dtype})
-        _release(backend)
     config = {
         "model": args.model,
         "device": args.device,
@@ -330,6 +358,13 @@ def run_latency(args: argparse.Namespace) -> int:
         "num_threads": args.num_threads,
         "seed": args.seed,
     }
+
+    def measure(backend) -> dict:
+        return offline.run_latency(
+            backend, prompt.prompt_token_ids, args.output_len, args.repeats, args.warmup
+        )
+
+    results = _measured(args, "latency", [args.model], measure, config)
     return _finish_offline(args, "latency", results, config)
 
 
@@ -343,13 +378,6 @@ def run_throughput(args: argparse.Namespace) -> int:
         spec, args.num_prompts, args.seed, args.max_tokens, _vocab_size(args.model)
     )
     prompts = _prompt_ids(args.model, requests)
-    console, results = _err_console(args), []
-    for label, name, model, dtype in _engines(args, [args.model]):
-        backend = _load(args, console, label, name, model, dtype)
-        with console.status(f"{label}: {len(prompts)} requests"):
-            row = offline.run_throughput(backend, prompts, [r.max_tokens for r in requests])
-        results.append({**row, "backend": label, "dtype": dtype})
-        _release(backend)
     config = {
         "model": args.model,
         "device": args.device,
@@ -358,6 +386,11 @@ def run_throughput(args: argparse.Namespace) -> int:
         "num_threads": args.num_threads,
         "seed": args.seed,
     }
+
+    def measure(backend) -> dict:
+        return offline.run_throughput(backend, prompts, [r.max_tokens for r in requests])
+
+    results = _measured(args, "throughput", [args.model], measure, config)
     return _finish_offline(args, "throughput", results, config)
 
 
@@ -408,7 +441,12 @@ def run_consistency(args: argparse.Namespace) -> int:
         "num_prompts": len(requests),
         "participants": list(texts),
         "max_tokens": requests[0].max_tokens,
-        "temperature": 0,
+        "sampling (offline backends)": GREEDY_SETTINGS if ids or backends else None,
+        "sampling (HTTP targets)": (
+            {"temperature": 0.0, "openai": NEUTRAL_OPENAI, "ollama": NEUTRAL_OLLAMA}
+            if targets
+            else None
+        ),
     }
     for row in results:
         row["outputs"] = {"a": texts[row["a"]], "b": texts[row["b"]]}
@@ -424,7 +462,7 @@ async def _texts(args, targets: list[Target], requests: list[BenchRequest]) -> d
         for target in targets:
             await resolve_model(client, target)
             out[target.name] = await http_outputs(
-                client, target, requests, GenParams(temperature=0.0)
+                client, target, requests, GenParams(temperature=0.0, neutral=True)
             )
     return out
 
