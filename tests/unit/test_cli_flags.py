@@ -68,6 +68,15 @@ def test_seed_is_fresh_per_run_and_printed_with_verbose():
     assert again.stdout == runs[0].stdout
 
 
+@pytest.mark.parametrize("command", [["generate"], ["bench", "latency"]])
+def test_a_plain_file_as_model_says_what_it_is(tmp_path, command):
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a model")
+    r = run_cli(*command, "--model", str(plain), *(["hi"] if command == ["generate"] else []))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "is a file (.txt, no GGUF header)" in r.stderr and ".gguf file" in r.stderr
+
+
 def test_demo_names_the_bundled_model(tmp_path, monkeypatch):
     assert resolve_model_arg("demo") == demo_model_path()
     assert resolve_model_arg(None) == demo_model_path()

@@ -304,6 +304,10 @@ def _release(backend) -> None:
 
 
 def _vocab_size(model: str) -> int:
+    if not Path(model).is_dir():  # a GGUF file, or not a model: the loader says which
+        from minerva.loader.source import open_model  # noqa: PLC0415
+
+        return int(open_model(model).config.vocab_size)
     path = Path(model) / "config.json"
     try:
         cfg = json.loads(path.read_text())
