@@ -106,7 +106,7 @@ def test_a_q4_k_m_file_with_quantized_embedding_and_output(tmp_path, monkeypatch
     )
     model = llm.engine.worker.model
     head = model.lm_head
-    assert [t for _, t, _ in head.gguf_groups] == [GGMLType.Q4_K if tied else GGMLType.Q6_K]
+    assert [g[1] for g in head.gguf_groups] == [GGMLType.Q4_K if tied else GGMLType.Q6_K]
     assert model.weight_bytes() == weight_bytes_of(source, torch.float32)  # planned = loaded
     file_bytes = sum(info.nbytes for _, info in source.tensors.values())
     embed = model.model.embed_tokens.weight
