@@ -78,8 +78,11 @@ def test_a_plain_file_as_model_says_what_it_is(tmp_path, command):
 
 
 def test_demo_names_the_bundled_model(tmp_path, monkeypatch):
+    from minerva.server.serve import served_model_name
+
     assert resolve_model_arg("demo") == demo_model_path()
     assert resolve_model_arg(None) == demo_model_path()
+    assert served_model_name(None, "demo") == served_model_name(None, None) == "minerva-demo"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").mkdir()  # a local folder named demo wins
     assert resolve_model_arg("demo") == Path("demo")
