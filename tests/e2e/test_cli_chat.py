@@ -5,6 +5,7 @@ asks first, Ctrl-D ends cleanly."""
 from __future__ import annotations
 
 import _thread
+import contextlib
 import io
 import os
 import subprocess
@@ -137,3 +138,40 @@ def test_ctrl_c_stops_the_reply_not_the_chat(runner):
     outs = list(runner.stream(prompt, params))
     assert second == "".join(c.delta_text for o in outs for c in o.outputs)
     assert len(runner.backend.encode(second)) >= 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty")
+def test_in_a_terminal_ctrl_c_at_the_prompt_and_ctrl_d_end_cleanly(tmp_path):
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: minerva chat on a terminal, history under tmp_path
+        os.environ.update(PYTHONPATH="src", XDG_STATE_HOME=str(tmp_path))
+        os.execv(sys.executable, [sys.executable, "-m", "minerva.cli", "chat", "--model", "demo"])
+    seen = b""
+
+    def wait_for(text: bytes, timeout: float = 120) -> None:
+        nonlocal seen
+        end = time.monotonic() + timeout
+        while text not in seen and time.monotonic() < end:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    return
+        assert text in seen, seen.decode(errors="replace")
+
+    wait_for(b">>> ")
+    os.write(fd, b"/help\n")
+    wait_for(b"/reset")
+    os.write(fd, b"\x03")  # Ctrl-C at the prompt: the chat goes on
+    wait_for(b"Ctrl-D or /exit to quit")
+    os.write(fd, b"\x04")  # Ctrl-D: a clean end
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):
+        seen += os.read(fd, 65536)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"Traceback" not in seen and b"Exception ignored" not in seen
+    assert (tmp_path / "minerva" / "chat_history").read_text().strip().endswith("/help")

@@ -117,8 +117,10 @@ def _flags(parser, path=()):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from _flags(sub, (*path, name))
-        elif action.option_strings and not action.required and not isinstance(
-            action, (argparse._HelpAction, argparse._VersionAction)
+        elif (
+            action.option_strings
+            and not action.required
+            and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
         ):
             yield " ".join(path), action.option_strings[-1], action.help or ""
 
