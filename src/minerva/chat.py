@@ -57,13 +57,8 @@ class ChatSession:
         out: TextIO | None = None,
         err: TextIO | None = None,
     ) -> None:
-        self.runner, self.make_params, self.system, self.verbose = (
-            runner,
-            make_params,
-            system,
-            verbose,
-        )
-        self.read = read
+        self.runner, self.make_params = runner, make_params
+        self.system, self.verbose, self.read = system, verbose, read
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.messages: list[dict[str, str]] = self._fresh()
 
