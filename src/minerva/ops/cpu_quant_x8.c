@@ -187,6 +187,103 @@ static void x8_block(int type, block_codes b[8], uint8_t *g, int dir) {
 #undef MOVE
 }
 
+// the same as x8_block(type, decoded rows, g, 1), straight from the 8 rows' file blocks
+static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restrict g) {
+    for (int r = 0; r < 8; r++) {
+        const uint8_t *restrict f = blk[r];
+        memcpy(g + 2 * r, f + (type == T_Q6_K ? 208 : 0), 2);
+        if (type == T_Q8_0) {
+            for (int k = 0; k < 8; k++) memcpy(g + 16 + 32 * k + 4 * r, f + 2 + 4 * k, 4);
+        } else if (type == T_Q4_0) {
+            const uint8_t *q = f + 2;  // byte l: codes l (low nibble) and l + 16 (high)
+            for (int t = 0; t < 4; t++) {
+                uint8_t *o = g + 16 + 4 * r + t;
+                o[0] = (uint8_t)((q[t] & 15) | (q[4 + t] << 4));
+                o[32] = (uint8_t)((q[8 + t] & 15) | (q[12 + t] << 4));
+                o[64] = (uint8_t)((q[t] >> 4) | (q[4 + t] & 0xF0));
+                o[96] = (uint8_t)((q[8 + t] >> 4) | (q[12 + t] & 0xF0));
+            }
+        } else if (type == T_Q4_K) {
+            const uint8_t *sk = f + 4;  // the 12-byte packing of 8 scales and 8 mins
+            uint8_t sc[8], mn[8];
+            for (int j = 0; j < 4; j++) {
+                sc[j] = sk[j] & 63, mn[j] = sk[j + 4] & 63;
+                sc[j + 4] = (sk[j + 8] & 15) | ((sk[j] >> 6) << 4);
+                mn[j + 4] = (sk[j + 8] >> 4) | ((sk[j + 4] >> 6) << 4);
+            }
+            memcpy(g + 16 + 2 * r, f + 2, 2);
+            for (int j = 0; j < 4; j++) {
+                g[32 + 8 * j + r] = (uint8_t)((sc[j] & 15) | ((mn[j] & 15) << 4));
+                g[64 + 8 * j + r] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+                g[96 + 8 * j + r] = (uint8_t)((sc[j] >> 4) | ((mn[j] >> 4) << 2) |
+                                              ((sc[j + 4] >> 4) << 4) | ((mn[j + 4] >> 4) << 6));
+            }
+            // chunk q of qs: codes 64q + l (low nibbles) and 64q + 32 + l (high)
+            for (int q = 0; q < 4; q++) {
+                const uint8_t *src = f + 16 + 32 * q;
+                uint8_t *lo = g + 128 + 256 * q + 4 * r, *hi = lo + 128;
+#if defined(__SSSE3__)
+                // a: bytes 8L + t, c: bytes 8L + 4 + t, as 16 lanes 4L + t
+                const __m128i pick = _mm_set_epi8(11, 10, 9, 8, 3, 2, 1, 0, 11, 10, 9, 8, 3, 2, 1, 0);
+                const __m128i x0 = _mm_loadu_si128((const __m128i *)src);
+                const __m128i x1 = _mm_loadu_si128((const __m128i *)(src + 16));
+                const __m128i a = _mm_unpacklo_epi64(_mm_shuffle_epi8(x0, pick), _mm_shuffle_epi8(x1, pick));
+                const __m128i c = _mm_unpacklo_epi64(_mm_shuffle_epi8(_mm_srli_si128(x0, 4), pick),
+                                                     _mm_shuffle_epi8(_mm_srli_si128(x1, 4), pick));
+                const __m128i m4 = _mm_set1_epi8(15), h4 = _mm_set1_epi8((char)0xF0);
+                const __m128i vl = _mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(c, m4), 4));
+                const __m128i vh = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_and_si128(c, h4));
+                uint8_t tl[16], th[16];
+                _mm_storeu_si128((__m128i *)tl, vl);
+                _mm_storeu_si128((__m128i *)th, vh);
+                for (int L = 0; L < 4; L++) memcpy(lo + 32 * L, tl + 4 * L, 4), memcpy(hi + 32 * L, th + 4 * L, 4);
+#else
+                for (int L = 0; L < 4; L++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t a = src[8 * L + t], c = src[8 * L + 4 + t];
+                        lo[32 * L + t] = (uint8_t)((a & 15) | (c << 4));
+                        hi[32 * L + t] = (uint8_t)((a >> 4) | (c & 0xF0));
+                    }
+#endif
+            }
+        } else {  // Q6_K: code 128h + 32k + l has its low bits in ql[64h + 32(k & 1) + l]
+            // (nibble k >> 1) and its top bits in qh[32h + l] (bits 2k, 2k + 1)
+            for (int r2 = 0; r2 < 16; r2++) g[16 + 8 * r2 + r] = f[192 + r2];
+            for (int s = 0; s < 16; s++) {
+                const int h = s / 8, k = (s / 2) % 4, l0 = 16 * (s % 2);
+                const uint8_t *ql = f + 64 * h + 32 * (k & 1) + l0, *qh = f + 128 + 32 * h + l0;
+                const int ls = 4 * (k >> 1), hs = 2 * k;
+#if defined(__SSSE3__)
+                // lanes 4u + t: the low and top bits of code 16s + 4u + t
+                const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3);
+                const __m128i v = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)ql), _mm_cvtsi32_si128(ls)), m4);
+                const __m128i y = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)qh), _mm_cvtsi32_si128(hs)), m2);
+                const __m128i w = _mm_or_si128(v, _mm_slli_epi16(_mm_srli_si128(v, 4), 4));  // lanes t, 8 + t
+                const __m128i z = _mm_or_si128(y, _mm_slli_epi16(_mm_srli_si128(y, 4), 2));
+                const __m128i z2 = _mm_or_si128(z, _mm_slli_epi16(_mm_srli_si128(z, 8), 4));  // lanes t
+                uint8_t tw[16], tz[16];
+                _mm_storeu_si128((__m128i *)tw, w);
+                _mm_storeu_si128((__m128i *)tz, z2);
+                memcpy(g + 144 + 64 * s + 4 * r, tw, 4);
+                memcpy(g + 176 + 64 * s + 4 * r, tw + 8, 4);
+                memcpy(g + 1168 + 32 * s + 4 * r, tz, 4);
+#else
+                for (int t = 0; t < 4; t++) {
+                    uint8_t c[4], top[4];
+                    for (int u = 0; u < 4; u++) {
+                        c[u] = (ql[4 * u + t] >> ls) & 15;
+                        top[u] = (qh[4 * u + t] >> hs) & 3;
+                    }
+                    g[144 + 64 * s + 4 * r + t] = (uint8_t)(c[0] | (c[1] << 4));
+                    g[176 + 64 * s + 4 * r + t] = (uint8_t)(c[2] | (c[3] << 4));
+                    g[1168 + 32 * s + 4 * r + t] = (uint8_t)(top[0] | (top[1] << 2) | (top[2] << 4) | (top[3] << 6));
+                }
+#endif
+            }
+        }
+    }
+}
+
 int minerva_x8_supports(int type) {
     int block, bytes;
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -209,8 +306,9 @@ static int x8_convert(int type, const uint8_t *src, uint8_t *dst, int64_t N, int
         block_codes b[8];
         for (int64_t i = 0; i < nb; i++) {
             if (dir) {
-                for (int r = 0; r < 8; r++) decode_block(type, src + (8 * gi + r) * rb + i * bytes, b + r);
-                x8_block(type, b, dst + gi * 8 * rb + i * gb, 1);
+                const uint8_t *rows[8];
+                for (int r = 0; r < 8; r++) rows[r] = src + (8 * gi + r) * rb + i * bytes;
+                x8_pack_block(type, rows, dst + gi * 8 * rb + i * gb);
             } else {
                 memset(b, 0, sizeof(b));
                 x8_block(type, b, (uint8_t *)src + gi * 8 * rb + i * gb, 0);

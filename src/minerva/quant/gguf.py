@@ -26,6 +26,7 @@ from minerva.quant.gguf_matmul import gguf_matmul
 from minerva.quant.gguf_mix import base_type, fit_type, mix_type
 from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import (
+    FLOAT_TYPES,
     SUPPORTED_WEIGHT_TYPES,
     GGMLType,
     QuantizedTensor,
@@ -212,6 +213,12 @@ class GGUFQuantConfig(QuantConfig):
         self.mix, self.num_layers, self.kernels = mix, num_layers, kernels
         self.name = f"gguf-{mix.lower()}"
         base_type(mix)  # a ConfigError names the choices
+
+    def embedding_type(self, vocab_size: int, hidden_size: int) -> int | None:
+        """The mix's type of token_embd, as llama-quantize chooses it (a float type: dense)."""
+        name = "model.embed_tokens.weight"
+        chosen = mix_type(self.mix, name, None, self.num_layers, cols=hidden_size)
+        return None if chosen in FLOAT_TYPES else chosen
 
     def get_method(self, prefix: str) -> LinearMethod:
         found = _LAYER.search(prefix)
