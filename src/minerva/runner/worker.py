@@ -90,7 +90,9 @@ class Worker:
             graphs=graphs,
             prefill_graphs=prefill_graphs,
         )
-        self.runner.warm_up(min(16, self.max_model_len - 1))
+        # a CPU has nothing to compile: two tokens take every code path (a prefill, a decode)
+        warm_tokens = 2 if self.platform.device.type == "cpu" else 16
+        self.runner.warm_up(min(warm_tokens, self.max_model_len - 1))
 
     # -- the step contract --------------------------------------------------------------
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
