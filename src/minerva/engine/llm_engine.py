@@ -199,6 +199,10 @@ class LLMEngine:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+        if result.pooled:
+            for req in self.scheduler.finish_pooled(result.pooled):
+                self.output_processor.on_pooled(req, result.pooled[req.request_id])
+                self.output_processor.on_finished(req)
 
     def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
         """Hand several tokens to the output processor; stops at the first stop string."""
