@@ -23,6 +23,7 @@ from minerva.errors import EngineUnavailableError, MinervaError
 from minerva.server.api_errors import APIError, error_response, to_api_error
 from minerva.server.background import in_daemon_thread
 from minerva.server.config import ServerConfig
+from minerva.server.embedding_routes import router as embedding_router
 from minerva.server.generation import ClientDisconnected
 from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
 from minerva.server.ollama_routes import router as ollama_router
@@ -123,6 +124,7 @@ def build_app(
 
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(embedding_router)
 
     @app.get("/health")
     async def health() -> Response:
