@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from minerva.engine.outputs import CompletionOutput, RequestOutput, StepInfo
+from minerva.request import Logprobs
 from minerva.sampling_params import SamplingParams
 
 __all__ = [
@@ -146,6 +147,10 @@ class Backend(Protocol):
     async def score(self, token_ids: list[int]) -> list[float]:
         """log p(token_ids[i+1] | token_ids[:i+1]) for every i (perplexity); a backend that
         cannot raises NotSupportedError."""
+
+    async def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
+        """score, with each token's rank and its ``num_top`` likeliest alternatives (OpenAI's
+        echo with logprobs); a backend that cannot raises NotSupportedError."""
 
     def set_observer(self, observer: StepObserver | None) -> None:
         """Call ``observer.on_step`` after every step (metrics); None stops it."""

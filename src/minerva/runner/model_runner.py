@@ -172,6 +172,31 @@ class ModelRunner:
     def score(self, token_ids: list[int], block_ids: list[int]) -> list[float]:
         """Log-probability of each of `token_ids` given the ones before it (one prefill into
         the allocated `block_ids`; the runner keeps nothing). Returns len(token_ids) - 1 values."""
+        logprobs, targets = self._prompt_log_softmax(token_ids, block_ids)
+        return logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+
+    @torch.inference_mode()
+    def prompt_logprobs(
+        self, token_ids: list[int], block_ids: list[int], num_top: int
+    ) -> list[Logprobs]:
+        """score, with each token's rank and the `num_top` most likely tokens at its place
+        (OpenAI's echo with logprobs). Returns len(token_ids) - 1 entries."""
+        logprobs, targets = self._prompt_log_softmax(token_ids, block_ids)  # [n - 1, vocab]
+        chosen = logprobs.gather(1, targets.unsqueeze(1))  # [n - 1, 1]
+        ranks = ((logprobs > chosen).sum(1) + 1).tolist()
+        top_values, top_ids = logprobs.topk(num_top, dim=-1)  # [n - 1, num_top]
+        return [
+            Logprobs(token, value, rank, ids, values)
+            for token, value, rank, ids, values in zip(
+                targets.tolist(), chosen.squeeze(1).tolist(), ranks,
+                top_ids.tolist(), top_values.tolist(),
+            )
+        ]  # fmt: skip
+
+    def _prompt_log_softmax(
+        self, token_ids: list[int], block_ids: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-softmax [n - 1, vocab] at each position but the last, the next ids [n - 1])."""
         n = len(token_ids)
         batch = InputBatch(self.block_size, 1, len(block_ids))  # apart from the running ones
         params = SamplingParams()
@@ -179,8 +204,7 @@ class ModelRunner:
         inputs = to_device(batch.prepare(SchedulerOutput(["score"], [n])), self.device)
         every = torch.arange(n - 1, device=self.device)
         logits = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, every)
-        logprobs = torch.log_softmax(logits, dim=-1)  # [n - 1, vocab]
-        return logprobs.gather(1, inputs.input_ids[1:].unsqueeze(1)).squeeze(1).tolist()
+        return torch.log_softmax(logits, dim=-1), inputs.input_ids[1:]
 
     def _sample(self, logits: torch.Tensor, step: LaunchedStep) -> None:
         states, rows = step.host.sampling_states, step.host.sampling_rows
