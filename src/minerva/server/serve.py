@@ -57,23 +57,33 @@ def served_model_name(configured: str | None, model_path: str | None) -> str:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``minerva serve``: load the config, start the app, serve until SIGTERM; exit code."""
-    import uvicorn
-
-    from minerva.backends import load_backend
-    from minerva.server.app import build_app
-    from minerva.server.uvicorn_runner import DrainingServer
+    from minerva.server.listen_socket import bind_listen_socket
 
     engine_config, _ = load_config(
         getattr(args, "config", None), overrides_from_args(args), override_source="cli"
     )
     flags = server_overrides_from_args(args)
     model_path = engine_config.model.model
-    if model_path is None:
-        print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     flags["served_model_name"] = served_model_name(
         engine_config.model.served_model_name, model_path
     )
     server_config: ServerConfig = load_server_config(flags)
+    # Before torch is imported or the model loads: a busy port is a one-line error.
+    sock = bind_listen_socket(server_config.host, server_config.port)
+    with sock:
+        return _serve(args, engine_config, server_config, sock)
+
+
+def _serve(args, engine_config, server_config: ServerConfig, sock) -> int:
+    """Build the app over the model loader and run uvicorn on the bound socket."""
+    import uvicorn
+
+    from minerva.backends import load_backend
+    from minerva.server.app import build_app
+    from minerva.server.uvicorn_runner import DrainingServer
+
+    if engine_config.model.model is None:
+        print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
     if warning := server_config.bind_warning():
@@ -103,4 +113,4 @@ def run_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     runner = DrainingServer(uv_config, app.state.minerva, server_config.shutdown_timeout)
-    return runner.run_until_exit()
+    return runner.run_until_exit(sockets=[sock])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import uvicorn
 
@@ -52,6 +53,7 @@ class DrainingServer(uvicorn.Server):
         self.exit_code = 1
         self.should_exit = True
 
-    def run_until_exit(self) -> int:
-        self.run()
+    def run_until_exit(self, sockets: list[socket.socket] | None = None) -> int:
+        """Serve (on ``sockets`` when given, already bound) until exit; the exit code."""
+        self.run(sockets=sockets)
         return self.exit_code
