@@ -47,31 +47,68 @@ def test_both_apis_sample_alike(clients, options):
     assert len(openai_tokens) >= 10 and openai_tokens == ollama_tokens
 
 
-def _reference(texts: list[str]) -> tuple[np.ndarray, list[int]]:
-    """transformers: the demo model's last hidden state (after the final norm), mean-pooled
-    and L2-normalised; and each text's token count."""
+@pytest.fixture(scope="module")
+def hf():
+    """transformers' model of the demo weights (float32) and the ``tokenizers`` tokenizer."""
     import torch
     from tokenizers import Tokenizer
-    from transformers import AutoModel
+    from transformers import AutoModelForCausalLM
 
     from minerva.demo import demo_model_path
 
     path = demo_model_path()
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def reference(hf):
+    """The last hidden state (after the final norm), mean-pooled and L2-normalised; and each
+    text's token count."""
+    import torch
+
+    model, tok = hf
     vectors, counts = [], []
     with torch.no_grad():
-        for text in texts:
+        for text in TEXTS:
             ids = tok.encode(text).ids
-            hidden = model(torch.tensor([ids])).last_hidden_state[0]  # [T, hidden]
+            hidden = model.model(torch.tensor([ids])).last_hidden_state[0]  # [T, hidden]
             vectors.append(torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy())
             counts.append(len(ids))
     return np.stack(vectors), counts
 
 
-@pytest.fixture(scope="module")
-def reference():
-    return _reference(TEXTS)
+def test_echo_scores_the_prompt_like_transformers(clients, hf):
+    """echo + logprobs: the prompt's token logprobs (the first has none) and top alternatives
+    are transformers' log-softmax; the completion after it is the one without echo."""
+    import torch
+
+    oai, _ = clients
+    model, tok = hf
+    prompt = TEXTS[2]
+    ids = tok.encode(prompt).ids
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].float(), -1)
+    kwargs = dict(model=DEMO_NAME, prompt=prompt, temperature=0, logprobs=2)
+    scored = oai.completions.create(**kwargs, max_tokens=0, echo=True).choices[0]
+    assert scored.text == prompt and scored.finish_reason == "length"
+    lp = scored.logprobs
+    assert (
+        len(lp.tokens) == len(ids) and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    )
+    expected = ref.gather(1, torch.tensor(ids[1:]).unsqueeze(1)).squeeze(1)
+    np.testing.assert_allclose(lp.token_logprobs[1:], expected.numpy(), atol=1e-4)
+    for top, row in zip(lp.top_logprobs[1:], ref):
+        np.testing.assert_allclose(sorted(top.values()), sorted(row.topk(2).values), atol=1e-4)
+    plain = oai.completions.create(**kwargs, max_tokens=6).choices[0]
+    echoed = oai.completions.create(**kwargs, max_tokens=6, echo=True).choices[0]
+    assert echoed.text == prompt + plain.text
+    assert echoed.logprobs.tokens == lp.tokens + plain.logprobs.tokens
+    assert echoed.logprobs.token_logprobs[len(ids) :] == pytest.approx(
+        plain.logprobs.token_logprobs
+    )
+    streamed = oai.completions.create(**kwargs, max_tokens=6, echo=True, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == echoed.text
 
 
 def test_openai_embeddings_match_transformers(clients, reference, demo_server):

@@ -147,7 +147,11 @@ class GenerateRequest(_Request):
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name in ("suffix", "template", "images"):
+        if self.images:
+            raise RequestError(
+                "images are not supported by this model (it reads text only)", param="images"
+            )
+        for name in ("suffix", "template"):
             if getattr(self, name):
                 raise RequestError(f"{name!r} is not supported by this server", param=name)
 
@@ -182,4 +186,7 @@ class ChatRequest(_Request):
                     param="messages",
                 )
             if m.images:
-                raise RequestError(f"messages[{i}]: images are not supported", param="messages")
+                raise RequestError(
+                    f"messages[{i}]: images are not supported by this model (it reads text only)",
+                    param="messages",
+                )
