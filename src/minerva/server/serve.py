@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def _serve(args, engine_config, server_config: ServerConfig, sock) -> int:
 
     from minerva.backends import load_backend
     from minerva.server.app import build_app
+    from minerva.server.background import LOAD_THREAD, is_running
     from minerva.server.uvicorn_runner import DrainingServer
 
     if engine_config.model.model is None:
@@ -113,4 +115,11 @@ def _serve(args, engine_config, server_config: ServerConfig, sock) -> int:
         lifespan="on",
     )
     runner = DrainingServer(uv_config, app.state.minerva, server_config.shutdown_timeout)
-    return runner.run_until_exit(sockets=[sock])
+    code = runner.run_until_exit(sockets=[sock])
+    if is_running(LOAD_THREAD):
+        # Stopped mid-load: finalizing the interpreter while the load thread is inside torch
+        # aborts (C++ terminate, exit 134). Nothing is left to clean up: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
