@@ -114,7 +114,10 @@ def test_echo_scores_the_prompt_like_transformers(clients, hf):
 def test_openai_embeddings_match_transformers(clients, reference, demo_server):
     oai, _ = clients
     ref, counts = reference
+    before = demo_server.wait_idle()["minerva_prompt_tokens_total"]
     batched = oai.embeddings.create(model=DEMO_NAME, input=TEXTS)  # the client asks for base64
+    after = demo_server.wait_idle()["minerva_prompt_tokens_total"]
+    assert after - before == sum(counts)  # the embedded inputs count as prompt tokens
     floats = oai.embeddings.create(model=DEMO_NAME, input=TEXTS, encoding_format="float")
     for r in (batched, floats):
         got = np.array([d.embedding for d in sorted(r.data, key=lambda d: d.index)])

@@ -139,6 +139,8 @@ class Backend(Protocol):
     ) -> OutputStream:
         """Queue a request once the engine accepts it. ``prompt`` is kept for the outputs;
         ``prompt_token_ids`` (when given) are what runs. stream=False: only the final output.
+        ``params.pooling`` set: the prompt runs, nothing is generated, and the final output's
+        ``embedding`` holds the pooled vector (a backend that cannot: NotSupportedError).
         Raises RequestError (400) or an EngineUnavailableError (503) at once."""
 
     def abort(self, request_id: str) -> None:
