@@ -262,12 +262,10 @@ class CompletionRequest(_SamplingRequest):
         return prompts
 
     def check_supported(self) -> None:
-        if self.suffix:
+        if self.suffix and self.echo:
             raise RequestError(
-                "'suffix' (fill-in-the-middle insertion) is not supported: this server has no "
-                "fill-in-the-middle template for this model; put the whole text in the prompt",
-                code="unsupported_field",
-                param="suffix",
+                "echo and suffix cannot be combined: the echo would not show the suffix",
+                param="echo",
             )
         if self.max_tokens == 0 and not self.echo:
             raise RequestError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from minerva.backends.base import Backend, CompletionOutput, ModelInfo, OutputSt
 from minerva.server import openai_responses as R
 from minerva.server.api_errors import to_api_error
 from minerva.server.completion_echo import Echo, PromptOnly, echo_prompts, join_logprobs
+from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     abort_all,
     add_prompts,
@@ -172,6 +174,8 @@ async def completions(request: Request) -> Response:
     state.check_model(body.model)
     vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
+    if body.suffix:
+        prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     echoes: list[Echo] = []
