@@ -113,6 +113,7 @@ CORPUS = [
     ("/api/generate", _gen(options={"num_ctx": 4}), 400),
     ("/api/generate", _gen(format="json"), 400),
     ("/api/generate", _gen(images=["aGk="]), 400),
+    ("/api/generate", _gen(suffix="tail"), 400),  # the tiny model has no FIM tokens
     ("/api/generate", _gen(context=[1, 10**8]), 400),
     ("/api/generate", _gen(model="no-such-model"), 404),
     ("/api/chat", {"model": MODEL_NAME, "messages": [{"role": "user", "content": 5}]}, 400),

@@ -151,7 +151,7 @@ class GenerateRequest(_Request):
             raise RequestError(
                 "images are not supported by this model (it reads text only)", param="images"
             )
-        for name in ("suffix", "template"):
+        for name in ("template",):
             if getattr(self, name):
                 raise RequestError(f"{name!r} is not supported by this server", param=name)
 
