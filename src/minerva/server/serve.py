@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minerva.config import add_config_arguments, load_config, overrides_from_args
 from minerva.server.config import (
@@ -21,6 +21,11 @@ from minerva.server.config import (
     load_server_config,
     server_overrides_from_args,
 )
+
+if TYPE_CHECKING:
+    import socket
+
+    from minerva.config import EngineConfig
 
 logger = logging.getLogger("minerva.server")
 
@@ -77,7 +82,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return _serve(args, engine_config, server_config, sock)
 
 
-def _serve(args, engine_config, server_config: ServerConfig, sock) -> int:
+def _serve(
+    args: argparse.Namespace,
+    engine_config: EngineConfig,
+    server_config: ServerConfig,
+    sock: socket.socket,
+) -> int:
     """Build the app over the model loader and run uvicorn on the bound socket."""
     import uvicorn
 
