@@ -121,9 +121,13 @@ class Request(TokenSequence):
     """Blocks of the block table the runner holds (-1: the runner does not hold the request)."""
     needs_host_tokens: bool = field(init=False)
     """See ``needs_host_tokens()``; fixed for the request's lifetime."""
+    pooling: bool = field(init=False)
+    """Samples nothing: the runner pools its prompt's hidden states (embeddings), which needs
+    every prompt token computed (no prefix-cache hits)."""
 
     def __post_init__(self) -> None:
         self.needs_host_tokens = needs_host_tokens(self.sampling_params)
+        self.pooling = self.sampling_params.pooling is not None
 
     @property
     def is_finished(self) -> bool:
@@ -211,9 +215,12 @@ class Logprobs:
 class RunnerOutput:
     """What one step produced, in the SchedulerOutput's order: the tokens each request sampled
     (none while a prefill is chunked; one per step today; up to 1 + its draft tokens when it
-    verifies drafts: the accepted drafts, then one more) and, if it asked, their logprobs."""
+    verifies drafts: the accepted drafts, then one more) and, if it asked, their logprobs;
+    a pooling request samples nothing and gets its vector once its whole prompt has run."""
 
     request_ids: list[str] = field(default_factory=list)
     sampled_token_ids: list[list[int]] = field(default_factory=list)
     logprobs: list[list[Logprobs] | None] = field(default_factory=list)
     """One Logprobs per sampled token where the request asked for logprobs, else None."""
+    pooled: dict[str, list[float]] = field(default_factory=dict)
+    """Pooling requests whose prompt this step finished: request id -> the pooled vector."""

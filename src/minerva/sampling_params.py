@@ -45,6 +45,9 @@ class SamplingParams:
     """Leave special tokens out of the detokenized text."""
     include_stop_str_in_output: bool = False
     """Keep the matched stop string at the end of the text."""
+    pooling: str | None = None
+    """'mean': generate nothing; run the prompt and return the mean of its final-norm hidden
+    states, L2-normalised (embeddings). None: an ordinary generation request."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,6 +92,14 @@ class SamplingParams:
                 f"logprobs must be between 0 and 20, got {self.logprobs}",
             ),
             (all(s for s in self.stop), "stop strings must not be empty"),
+            (
+                self.pooling in (None, "mean"),
+                f"pooling must be 'mean' or None, got {self.pooling!r}",
+            ),
+            (
+                self.pooling is None or (self.n == 1 and self.logprobs is None),
+                "pooling requests generate nothing: n must be 1 and logprobs None",
+            ),
         ]
         for ok, message in checks:
             if not ok:

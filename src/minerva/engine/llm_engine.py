@@ -18,7 +18,7 @@ from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
 from minerva.engine.request_validation import check_token_ids, validate_request
 from minerva.errors import RequestError
-from minerva.request import Request, RequestStatus, RunnerOutput, SchedulerOutput
+from minerva.request import Logprobs, Request, RequestStatus, RunnerOutput, SchedulerOutput
 from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
@@ -136,6 +136,17 @@ class LLMEngine:
         """Log-probabilities of tokens 1..n-1 given their prefixes (perplexity, bench checks).
 
         Runs between steps as one prefill on blocks borrowed from the KV pool."""
+        return self._on_borrowed_blocks(token_ids, self.worker.score)
+
+    def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
+        """score, with each token's rank and its `num_top` (0-20) likeliest alternatives."""
+        if not 0 <= num_top <= 20:
+            raise RequestError(f"logprobs must be between 0 and 20, got {num_top}")
+        run = lambda ids, blocks: self.worker.prompt_logprobs(ids, blocks, num_top)  # noqa: E731
+        return self._on_borrowed_blocks(token_ids, run)
+
+    def _on_borrowed_blocks(self, token_ids: list[int], run):
+        """run(token_ids, block_ids) on KV blocks allocated for one prefill, then freed."""
         n = len(token_ids)
         if not 2 <= n <= self.max_model_len:
             raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {n}")
@@ -144,7 +155,7 @@ class LLMEngine:
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
         try:
-            return self.worker.score(req.prompt_token_ids, req.block_ids)
+            return run(req.prompt_token_ids, req.block_ids)
         finally:
             self.kv_cache_manager.free(req)
 
@@ -199,6 +210,10 @@ class LLMEngine:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+        if result.pooled:
+            for req in self.scheduler.finish_pooled(result.pooled):
+                self.output_processor.on_pooled(req, result.pooled[req.request_id])
+                self.output_processor.on_finished(req)
 
     def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
         """Hand several tokens to the output processor; stops at the first stop string."""

@@ -116,8 +116,7 @@ class _Request(BaseModel):
                 f"num_predict must be a positive number of tokens or -1, got {o.num_predict}",
                 param="options.num_predict",
             )
-        values = {
-            **defaults,
+        requested = {
             "temperature": o.temperature,
             "top_k": o.top_k,
             "top_p": o.top_p,
@@ -128,7 +127,8 @@ class _Request(BaseModel):
             "presence_penalty": o.presence_penalty,
             "frequency_penalty": o.frequency_penalty,
         }
-        values = {k: v for k, v in values.items() if v is not None}
+        # Unset options keep the model's generation defaults, as on the OpenAI routes.
+        values = {**defaults, **{k: v for k, v in requested.items() if v is not None}}
         values["max_tokens"] = max_tokens
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs requires logprobs=true", param="top_logprobs")
@@ -147,7 +147,11 @@ class GenerateRequest(_Request):
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name in ("suffix", "template", "images"):
+        if self.images:
+            raise RequestError(
+                "images are not supported by this model (it reads text only)", param="images"
+            )
+        for name in ("template",):
             if getattr(self, name):
                 raise RequestError(f"{name!r} is not supported by this server", param=name)
 
@@ -182,4 +186,7 @@ class ChatRequest(_Request):
                     param="messages",
                 )
             if m.images:
-                raise RequestError(f"messages[{i}]: images are not supported", param="messages")
+                raise RequestError(
+                    f"messages[{i}]: images are not supported by this model (it reads text only)",
+                    param="messages",
+                )

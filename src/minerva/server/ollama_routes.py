@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from minerva.backends.base import Backend, ModelInfo, OutputStream, RequestOutput
 from minerva.server.api_errors import APIError, to_api_error
+from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     add_prompts,
     collect,
@@ -154,7 +156,10 @@ async def generate(request: Request) -> Response:
 
     async def encode() -> list[int]:
         prompt = body.prompt or ""
-        if body.raw or not backend.has_tokenizer or backend.chat_template is None:
+        if body.suffix:  # fill-in-the-middle: the model's FIM template, no chat template
+            (text,) = await asyncio.to_thread(fim_prompts, backend, [prompt], body.suffix)
+            ids = (await encode_prompts(backend, [text]))[0]
+        elif body.raw or not backend.has_tokenizer or backend.chat_template is None:
             ids = (await encode_prompts(backend, [prompt]))[0]
         else:
             messages = [{"role": "system", "content": body.system}] if body.system else []

@@ -30,8 +30,18 @@ _UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "prediction": (None, "predicted outputs"),
     "reasoning_effort": (None, "reasoning_effort"),
     "web_search_options": (None, "web search"),
-    "echo": (False, "echo"),
-    "suffix": (None, "suffix (insertion)"),
+}
+
+# content part type -> what it carries, for a 400 naming it (instead of a union dump)
+_MEDIA_PARTS = {
+    "image_url": "images",
+    "input_image": "images",
+    "image": "images",
+    "input_audio": "audio inputs",
+    "audio": "audio inputs",
+    "file": "files",
+    "input_file": "files",
+    "video_url": "videos",
 }
 
 
@@ -46,6 +56,23 @@ def check_unsupported(body: dict[str, Any]) -> None:
             code="unsupported_field",
             param=name,
         )
+
+
+def check_content_parts(body: dict[str, Any]) -> None:
+    """RequestError (400) for a message part the model cannot read (images, audio, files)."""
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            what = _MEDIA_PARTS.get(kind) if isinstance(kind, str) else None
+            if what is not None:
+                raise RequestError(
+                    f"messages[{i}].content[{j}]: {what} are not supported by this model "
+                    "(it reads text only); send text content parts",
+                    code="unsupported_content",
+                    param=f"messages.{i}.content.{j}",
+                )
 
 
 class _Strict(BaseModel):
@@ -82,6 +109,11 @@ class _SamplingRequest(_Strict):
     function_call: Any = None
     parallel_tool_calls: Any = None
     response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
     # Extensions (vLLM names).
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
@@ -207,7 +239,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0: only with echo (scores the prompt)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -229,10 +261,27 @@ class CompletionRequest(_SamplingRequest):
                 check_token_ids(p, vocab_size, "prompt")
         return prompts
 
+    def check_supported(self) -> None:
+        if self.suffix and self.echo:
+            raise RequestError(
+                "echo and suffix cannot be combined: the echo would not show the suffix",
+                param="echo",
+            )
+        if self.max_tokens == 0 and not self.echo:
+            raise RequestError(
+                "max_tokens=0 is only allowed with echo=true (it scores the prompt)",
+                param="max_tokens",
+            )
+
+    @property
+    def generates(self) -> bool:
+        """False for echo with max_tokens=0: the prompt is scored, nothing is generated."""
+        return self.max_tokens != 0
+
     def to_sampling_params(self, defaults: dict[str, Any], vocab_size: int) -> SamplingParams:
         if self.best_of is not None and self.best_of != self.n:
             raise RequestError("best_of other than n is not supported", param="best_of")
         values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
-        values["max_tokens"] = self.max_tokens
+        values["max_tokens"] = self.max_tokens or None  # 0 (echo only): never runs
         values["logprobs"] = self.logprobs
         return sampling_params(values)

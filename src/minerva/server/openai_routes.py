@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from minerva.backends.base import Backend, CompletionOutput, ModelInfo, OutputStream
 from minerva.server import openai_responses as R
 from minerva.server.api_errors import to_api_error
+from minerva.server.completion_echo import Echo, PromptOnly, echo_prompts, join_logprobs
+from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     abort_all,
     add_prompts,
@@ -27,6 +30,7 @@ from minerva.server.generation import (
 from minerva.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    check_content_parts,
     check_unsupported,
 )
 from minerva.server.state import ServerState, get_state
@@ -71,6 +75,7 @@ async def chat_completions(request: Request) -> Response:
     state = get_state(request)
     data = await read_json_object(request)
     check_unsupported(data)
+    check_content_parts(data)
     body = ChatCompletionRequest.model_validate(data)
     backend = state.ready_backend()
     state.check_model(body.model)
@@ -164,20 +169,29 @@ async def completions(request: Request) -> Response:
     data = await read_json_object(request)
     check_unsupported(data)
     body = CompletionRequest.model_validate(data)
+    body.check_supported()
     backend = state.ready_backend()
     state.check_model(body.model)
     vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
+    if body.suffix:
+        prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    echoes: list[Echo] = []
 
     async def start() -> list[OutputStream]:
         ids = await encode_prompts(backend, prompts)
+        if body.echo:
+            skip = body.skip_special_tokens
+            echoes.extend(await echo_prompts(backend, prompts, ids, body.logprobs, skip))
+        if not body.generates:
+            return [PromptOnly(x, body.n) for x in ids]
         return await add_prompts(backend, prompts, ids, params, request_id, arrival)
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _completion_events(backend, streams, body, request_id, state.model_name)
+        events = _completion_events(backend, streams, body, request_id, state.model_name, echoes)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
@@ -186,15 +200,19 @@ async def completions(request: Request) -> Response:
         for p, out in enumerate(outs):
             n_prompt += len(out.prompt_token_ids)
             n_cached += out.num_cached_tokens
+            echo = echoes[p] if echoes else None
             for c in out.outputs:
                 n_out += len(c.token_ids)
                 logprobs = None
                 if c.logprobs is not None:
-                    logprobs = R.completion_logprobs(backend, c.logprobs)
+                    offset = echo.text_end if echo else 0
+                    logprobs = R.completion_logprobs(backend, c.logprobs, offset)
+                if echo is not None and echo.logprobs is not None:
+                    logprobs = join_logprobs(echo.logprobs, logprobs)
                 choices.append(
                     {
                         "index": p * body.n + c.index,
-                        "text": c.text,
+                        "text": (echo.text if echo else "") + c.text,
                         "logprobs": logprobs,
                         "finish_reason": c.finish_reason,
                     }  # fmt: skip
@@ -217,12 +235,20 @@ async def _completion_events(
     body: CompletionRequest,
     request_id: str,
     model: str,
+    echoes: list[Echo],
 ) -> AsyncIterator[str]:
     created, with_usage = int(time.time()), body.include_usage
     n_out = 0
     prompt_tokens: dict[int, tuple[int, int]] = {}
     offsets: dict[int, int] = {}
     try:
+        for p, echo in enumerate(echoes):  # the prompts first, once per completion
+            for i in range(p * body.n, (p + 1) * body.n):
+                offsets[i] = echo.text_end
+                chunk = R.completion_chunk(
+                    request_id, created, model, i, echo.text, None, echo.logprobs
+                )
+                yield sse(chunk | ({"usage": None} if with_usage else {}))
         async for p, out in merge_streams(streams):
             prompt_tokens[p] = (len(out.prompt_token_ids), out.num_cached_tokens)
             for c in out.outputs:
