@@ -14,6 +14,7 @@ runner fills from the device (`pending_sources`: where in that step's sampled id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,8 @@ class CachedRequestState(TokenSequence):
     """Its row in the latest launch's sampled ids (where a pending token of it is)."""
     plain_greedy: bool = field(init=False)
     """Argmax of the raw logits (SamplingParams.plain_greedy), fixed for its lifetime."""
+    matcher: Any = None
+    """Its structured.TokenMatcher (grammar / token healing), None when unconstrained."""
 
     def __post_init__(self) -> None:
         self.plain_greedy = self.sampling_params.plain_greedy
@@ -123,6 +126,8 @@ class InputBatch:
             num_computed_tokens=new.num_computed_tokens,
             row=row,
         )
+        if new.structured is not None:
+            state.matcher = new.structured.new_matcher(state.output_token_ids)
         self.requests[new.request_id] = state
         self.block_table[row] = 0  # padding past its blocks, as a fresh table has
         self._append_blocks(state, new.block_ids)

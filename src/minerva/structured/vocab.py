@@ -31,7 +31,7 @@ def _byte_level_decoder() -> dict[str, int]:
     return chars
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: one per model, a cache key
 class Vocabulary:
     """Per token id its bytes (b"" for special and unused ids) and which ids are special."""
 
@@ -51,9 +51,7 @@ def vocabulary_of(
     decoder = str(tokenizer.backend.decoder)
     byte_level = "ByteLevel" in decoder
     special = set(tokenizer.all_special_ids)
-    special.update(
-        i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special
-    )
+    special.update(i for i, t in tokenizer.backend.get_added_tokens_decoder().items() if t.special)
     pieces = tokenizer.convert_ids_to_tokens(range(min(vocab_size, tokenizer.vocab_size)))
     table = _byte_level_decoder() if byte_level else {}
     token_bytes = []
