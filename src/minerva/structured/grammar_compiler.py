@@ -10,6 +10,7 @@ gets a deep copy of it.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -20,8 +21,12 @@ from minerva.structured.vocab import Vocabulary, encode_fragment
 from minerva.tokenizer import Tokenizer
 
 _ANY_JSON_OBJECT = {"type": "object"}
-# Whitespace between JSON tokens: flexible but bounded (a model can't pad forever).
-_JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,8}"}
+# JSON as json.dumps writes it (", " and ": ", no other whitespace): free whitespace lets a
+# small model pad forever; a schema's own "x-guidance" options win over these.
+JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+_GBNF_RULE = re.compile(r"^\s*[A-Za-z0-9_-]+\s*::=", re.MULTILINE)  # "root ::= ..." lines
 
 
 class StructuredOutputError(RequestError):
@@ -71,7 +76,10 @@ class GrammarCompiler:
     def _compile(self, spec: StructuredOutputs) -> CompiledGrammar:
         llguidance = _import_llguidance()
         grammar = _grammar_text(llguidance, spec)
-        matcher = llguidance.LLMatcher(self._llg_tokenizer(), grammar, log_level=0)
+        try:
+            matcher = llguidance.LLMatcher(self._llg_tokenizer(), grammar, log_level=0)
+        except Exception as e:  # documented never to raise; a bad grammar is still a 400
+            raise StructuredOutputError(_describe(spec, str(e)), _param(spec)) from None
         if matcher.is_error():
             raise StructuredOutputError(_describe(spec, matcher.get_error()), _param(spec))
         return CompiledGrammar(matcher, self.vocabulary.size)
@@ -122,7 +130,7 @@ def _grammar_text(llguidance: Any, spec: StructuredOutputs) -> str:
     try:
         if spec.json_object:
             return llguidance.LLMatcher.grammar_from_json_schema(
-                _ANY_JSON_OBJECT, defaults=_JSON_OPTIONS
+                _ANY_JSON_OBJECT, defaults=JSON_OPTIONS
             )
         if spec.json_schema is not None:
             schema = spec.json_schema
@@ -130,7 +138,7 @@ def _grammar_text(llguidance: Any, spec: StructuredOutputs) -> str:
                 schema = json.loads(schema)
             if not isinstance(schema, (dict, bool)):
                 raise ValueError("a JSON schema must be a JSON object")
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)
+            return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         if spec.regex is not None:
             return llguidance.LLMatcher.grammar_from_regex(spec.regex)
         if spec.choice is not None:
@@ -140,7 +148,7 @@ def _grammar_text(llguidance: Any, spec: StructuredOutputs) -> str:
         text = spec.grammar
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the grammar is empty")
-        return llguidance.grammar_from("gbnf" if "::=" in text else "lark", text)
+        return llguidance.grammar_from("gbnf" if _GBNF_RULE.search(text) else "lark", text)
     except (ValueError, TypeError, RecursionError) as e:
         raise StructuredOutputError(_describe(spec, str(e)), _param(spec)) from None
 
@@ -153,8 +161,8 @@ def _describe(spec: StructuredOutputs, error: str) -> str:
         "choice": "choice list",
         "grammar": "grammar (Lark or GBNF)",
     }[spec.kind]
-    error = error.strip().splitlines()[0] if error.strip() else "unknown error"
-    return f"invalid {what}: {error[:500]}"
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return f"invalid {what}: {' '.join(lines[:4])[:500] or 'unknown error'}"
 
 
 def _param(spec: StructuredOutputs) -> str:
