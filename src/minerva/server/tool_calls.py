@@ -155,6 +155,14 @@ def message_tool_calls(calls: list[ParsedToolCall]) -> list[dict[str, Any]]:
     ]
 
 
+def ollama_tool_calls(calls: list[ParsedToolCall]) -> list[dict[str, Any]]:
+    """Ollama's ``message.tool_calls``: arguments as an object."""
+    return [
+        {"function": {"index": i, "name": c.name, "arguments": arguments_object(c.arguments)}}
+        for i, c in enumerate(calls)
+    ]
+
+
 def delta_tool_calls(calls: list[ParsedToolCall]) -> list[list[dict[str, Any]]]:
     """The ``delta.tool_calls`` of the stream chunks announcing ``calls``: per call one chunk
     with its index, id, type, name and empty arguments, then one with the arguments."""
