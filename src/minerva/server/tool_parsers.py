@@ -155,6 +155,7 @@ class MistralToolParser(ToolParser):
 
     def grammar(self, tools: list[dict[str, Any]], parallel: bool) -> str:
         array = {"type": "array", "items": self.call_schema(tools), "minItems": 1}
+        array["x-guidance"] = JSON_OPTIONS
         if not parallel:
             array["maxItems"] = 1
         return f"start: %json {json.dumps(array)}\n"
