@@ -91,6 +91,7 @@ class _SamplingRequest(_Strict):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    token_healing: bool = False
 
     def structured_output(self) -> StructuredOutputs | None:
         """The constraint ``response_format`` asks for (None: free text)."""
@@ -119,6 +120,7 @@ class _SamplingRequest(_Strict):
             "min_tokens": self.min_tokens,
             "skip_special_tokens": self.skip_special_tokens,
             "include_stop_str_in_output": self.include_stop_str_in_output,
+            "token_healing": self.token_healing,
         }
         return {k: v for k, v in values.items() if v is not None}
 
