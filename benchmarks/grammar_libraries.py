@@ -5,7 +5,8 @@ per-step token-mask time, driving each matcher through a valid JSON instance tok
 
 Vocabularies: the demo model's (4096, byte-level BPE) and llama.cpp's Llama-2 SentencePiece
 test vocabulary (32000; scripts/fetch_vocab_vectors.py fetches it), plus Llama 3's (128256)
-when present. Both libraries run single-threaded on the CPU.
+when present. Both libraries run single-threaded on the CPU. xgrammar is not a Minerva
+dependency: ``pip install xgrammar`` (its torch / transformers requirements are met here) first.
 """
 
 from __future__ import annotations

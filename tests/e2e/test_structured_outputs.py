@@ -247,3 +247,11 @@ def test_ollama_format_schema_and_json(server):
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(MODEL_NAME, messages=MESSAGES, format={"type": "strin"})
     assert "strin" in str(e.value)
+
+
+def test_token_healing_extension_backs_up_the_prompt(client):
+    kwargs = dict(model=MODEL_NAME, prompt="def hello_wor", max_tokens=4, temperature=0)
+    plain = client.completions.create(**kwargs)
+    healed = client.completions.create(**kwargs, extra_body={"token_healing": True})
+    assert healed.usage.prompt_tokens < plain.usage.prompt_tokens
+    assert not healed.choices[0].text.startswith("wor")  # the backed-up text is not repeated
