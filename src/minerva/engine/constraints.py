@@ -4,6 +4,7 @@ with a request's grammar raises RequestError here, never on the step."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from minerva.errors import RequestError
@@ -35,18 +36,24 @@ class Constraints:
         self.eos_token_ids = list(eos_token_ids)
         self._vocabulary: Vocabulary | None = None
         self._compiler: GrammarCompiler | None = None
+        self._lock = threading.Lock()  # the async engine precompiles from worker threads
 
     @property
     def compiler(self) -> GrammarCompiler:
-        if self._compiler is None:
-            self._compiler = GrammarCompiler(self._tokenizer(), self.vocabulary)
-        return self._compiler
+        vocabulary = self.vocabulary
+        with self._lock:
+            if self._compiler is None:
+                self._compiler = GrammarCompiler(self._tokenizer(), vocabulary)
+            return self._compiler
 
     @property
     def vocabulary(self) -> Vocabulary:
-        if self._vocabulary is None:
-            self._vocabulary = vocabulary_of(self._tokenizer(), self.vocab_size, self.eos_token_ids)
-        return self._vocabulary
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = vocabulary_of(
+                    self._tokenizer(), self.vocab_size, self.eos_token_ids
+                )
+            return self._vocabulary
 
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
