@@ -204,3 +204,29 @@ def test_apply_token_bitmask_matches_a_slow_twin():
                 expected[r, t] = float("-inf")
     torch.testing.assert_close(masked, expected)
     assert apply_token_bitmask(logits, None) is logits
+
+
+def test_draft_masks_equal_masks_after_accepting_each_draft(compiler):
+    vocab = compiler.vocabulary
+    spec = StructuredOutputs(json_schema={"type": "object", "properties": {"k": {"enum": ["ab"]}}})
+    grammar = compiler.compile(spec)
+    good = compiler.tokenizer.encode('{"k": "ab"}', add_special_tokens=False)
+    bad = good[:2] + compiler.tokenizer.encode("zz", add_special_tokens=False)[:1] + good[3:]
+    for drafts in (good[:4], bad[:4]):
+        matcher = GrammarMatcher(grammar.new_matcher(), vocab.eos_token_ids)
+        matcher.accept(good[0])
+        words = bitmask_words(vocab.size)
+        at_once = np.zeros((len(drafts), words), np.int32)
+        matcher.fill_bitmask_with_drafts(at_once, 0, drafts[1:])
+        assert not matcher.failed
+        for j in range(len(drafts)):  # the slow twin: accept the drafts one by one
+            one = np.zeros((1, words), np.int32)
+            matcher.fill_bitmask(one, 0)
+            np.testing.assert_array_equal(at_once[j], one[0])
+            if j + 1 < len(drafts):
+                matcher.accept(drafts[j + 1])
+        if drafts is bad:
+            assert matcher.failed  # the refused draft: its row and later allow only EOS
+            assert _allowed(at_once, 3, vocab.size).tolist() == list(vocab.eos_token_ids)
+        else:
+            assert not matcher.failed

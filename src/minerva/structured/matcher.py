@@ -23,6 +23,13 @@ class TokenMatcher(Protocol):
     def accept(self, token_id: int) -> None:
         """Advance past a sampled token."""
 
+    def fill_bitmask_with_drafts(
+        self, bitmask: np.ndarray, row: int, draft_token_ids: list[int]
+    ) -> None:
+        """Rows ``row .. row + k``: what may follow each prefix of the k draft tokens (a
+        verification step); rows past a draft the grammar refuses allow only EOS, so the
+        draft is rejected there. The matcher itself does not advance."""
+
 
 def set_only(bitmask: np.ndarray, row: int, token_ids: list[int] | tuple[int, ...]) -> None:
     """Allow exactly ``token_ids`` in ``bitmask[row]``."""
@@ -61,6 +68,31 @@ class GrammarMatcher:
             ok = False
         if not ok:
             self._fail()
+
+    def fill_bitmask_with_drafts(
+        self, bitmask: np.ndarray, row: int, draft_token_ids: list[int]
+    ) -> None:
+        self.fill_bitmask(bitmask, row)
+        consumed = 0
+        for j, token in enumerate(draft_token_ids, start=1):
+            ok = not self.failed and self._try_consume(token)
+            if not ok:
+                for k in range(j, len(draft_token_ids) + 1):
+                    set_only(bitmask, row + k, self.eos_token_ids)
+                break
+            consumed += 1
+            self.fill_bitmask(bitmask, row + j)
+        if consumed:
+            self.matcher.rollback(consumed)
+
+    def _try_consume(self, token: int) -> bool:
+        """Advance by one token only if the grammar takes it (no error state otherwise)."""
+        if token in self.eos_token_ids:
+            return False
+        try:
+            return self.matcher.try_consume_tokens([token]) == 1
+        except Exception:
+            return False
 
     def _fail(self) -> None:
         if not self.failed:

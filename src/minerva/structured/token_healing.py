@@ -108,6 +108,16 @@ class HealingMatcher:
         else:
             set_only(bitmask, row, prefix_index(self.vocabulary).allowed(self.rest))
 
+    def fill_bitmask_with_drafts(
+        self, bitmask: np.ndarray, row: int, draft_token_ids: list[int]
+    ) -> None:
+        rest = self.rest
+        for j, token in enumerate([None, *draft_token_ids]):
+            if token is not None:
+                self.accept(token)
+            self.fill_bitmask(bitmask, row + j)
+        self.rest = rest
+
     def accept(self, token_id: int) -> None:
         spelled = self.vocabulary.token_bytes[token_id] if token_id < self.vocabulary.size else b""
         if spelled and self.rest.startswith(spelled):
