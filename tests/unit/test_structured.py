@@ -230,3 +230,13 @@ def test_draft_masks_equal_masks_after_accepting_each_draft(compiler):
             assert _allowed(at_once, 3, vocab.size).tolist() == list(vocab.eos_token_ids)
         else:
             assert not matcher.failed
+
+
+def test_detokenizer_drops_the_healed_prefix_once(demo_tokenizer):
+    from minerva.tokenizer import IncrementalDetokenizer
+
+    ids = demo_tokenizer.encode("hello world wide", add_special_tokens=False)
+    full = demo_tokenizer.decode(ids)
+    detok = IncrementalDetokenizer(demo_tokenizer, [], skip_prefix=full[:7])
+    streamed = "".join(detok.update([t])[0] for t in ids) + detok.flush()
+    assert streamed == full[7:]

@@ -94,7 +94,7 @@ def tool_plan(
     """The plan for a request's tool fields; None when no call can be made (no tools, or
     tool_choice "none")."""
     if tools is None or tools == []:
-        if tool_choice not in (None, "none", "auto"):
+        if tool_choice not in (None, "none"):  # as OpenAI: only allowed when tools are given
             raise _bad("tool_choice needs tools", "tool_choice")
         return None
     tools = check_tools(tools)
