@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from minerva.sampling_params import SamplingParams
 
@@ -82,8 +83,9 @@ class TokenSequence:
 def needs_host_tokens(params: SamplingParams) -> bool:
     """True when a request's next input needs its previous sampled token on the host, so its
     next step cannot be queued before the previous one is read (penalties count the output
-    tokens on the host; grammars and n-gram proposals will need them too)."""
-    return params.has_penalties
+    tokens on the host; a grammar matcher or token healing reads each token before the next
+    mask; n-gram proposals will need them too)."""
+    return params.has_penalties or params.structured is not None or params.token_healing
 
 
 @dataclass(eq=False)
@@ -119,6 +121,9 @@ class Request(TokenSequence):
     """Draft tokens proposed for the next step (a proposer fills it; empty today)."""
     num_runner_blocks: int = -1
     """Blocks of the block table the runner holds (-1: the runner does not hold the request)."""
+    structured: Any = None
+    """The engine's constraint plan (structured.StructuredPlan: compiled grammar, healed
+    prefix), handed to the runner opaquely; None for an unconstrained request."""
     needs_host_tokens: bool = field(init=False)
     """See ``needs_host_tokens()``; fixed for the request's lifetime."""
     pooling: bool = field(init=False)
@@ -149,6 +154,8 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int
     """Where this step's tokens start (past any prefix-cache hit)."""
+    structured: Any = None
+    """Request.structured: the runner builds the request's token matcher from it."""
 
 
 @dataclass

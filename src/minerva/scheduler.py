@@ -304,4 +304,5 @@ def _new_request_data(req: Request) -> NewRequestData:
         eos_token_ids=req.eos_token_ids,
         block_ids=list(req.block_ids),
         num_computed_tokens=req.num_computed_tokens,
+        structured=req.structured,
     )

@@ -173,14 +173,19 @@ def test_error_classes(client, n_prompt):
         {"n": 0},
         {"max_tokens": -1},
         {"top_p": 0},
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": 5}}]},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "strin"}},
+            }
+        },
     ):
         with pytest.raises(openai.BadRequestError):
             chat(**bad)
     with pytest.raises(openai.BadRequestError) as e:
-        chat(tools=[{"type": "function", "function": {"name": "f"}}])
-    assert e.value.code == "unsupported_field" and "tools" in e.value.message
+        chat(functions=[{"name": "f"}])
+    assert e.value.code == "unsupported_field" and "functions" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
         chat(max_tokens=10_000)
     assert e.value.code == "context_length_exceeded"

@@ -63,9 +63,9 @@ CORPUS = [
     (CHAT, _chat(logprobs=True, top_logprobs=50), 400),
     (CHAT, _chat(stream_options={"include_usage": True}), 400),
     (CHAT, _chat(foo=1), 400),
-    (CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400),
+    (CHAT, _chat(tools=[{"type": "function", "function": {"name": "a b"}}]), 400),
     (CHAT, _chat(tool_choice="auto"), 400),
-    (CHAT, _chat(response_format={"type": "json_object"}), 400),
+    (CHAT, _chat(response_format={"type": "yaml"}), 400),
     (
         CHAT,
         _chat(
@@ -75,7 +75,7 @@ CORPUS = [
         ),
         400,
     ),  # fmt: skip
-    (CHAT, _chat(messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]), 400),
+    (CHAT, _chat(messages=[{"role": "tool", "content": 5, "tool_call_id": "1"}]), 400),
     (CHAT, _chat(messages=[{"role": "wizard", "content": "x"}]), 400),
     (CHAT, _chat(model="no-such-model"), 404),
     (COMPLETIONS, _cmpl(prompt=[1, 2, 999_999]), 400),
@@ -111,7 +111,7 @@ CORPUS = [
     ("/api/generate", _gen(options={"temprature": 0.5}), 400),
     ("/api/generate", _gen(options={"mirostat": 2}), 400),
     ("/api/generate", _gen(options={"num_ctx": 4}), 400),
-    ("/api/generate", _gen(format="json"), 400),
+    ("/api/generate", _gen(format="yaml"), 400),
     ("/api/generate", _gen(images=["aGk="]), 400),
     ("/api/generate", _gen(suffix="tail"), 400),  # the tiny model has no FIM tokens
     ("/api/generate", _gen(context=[1, 10**8]), 400),

@@ -190,9 +190,13 @@ class Backend(Protocol):
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
     ) -> list[int]:
-        """Prompt ids of a conversation rendered with the model's chat template."""
+        """Prompt ids of a conversation rendered with the model's chat template (``tools``:
+        OpenAI function tools, for templates that render them)."""
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         """SamplingParams with the model's generation defaults, then ``overrides``, applied."""

@@ -156,10 +156,13 @@ class MinervaBackend:
         return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
     ) -> list[int]:
         tokenizer = self._need_tokenizer("so chat is not available", "messages")
-        return tokenizer.encode_chat(messages, add_generation_prompt)
+        return tokenizer.encode_chat(messages, add_generation_prompt, tools)
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return self._engine.default_sampling_params(**overrides)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from minerva.cache import KVCacheManager
 from minerva.config import EngineConfig
+from minerva.engine.constraints import Constraints
 from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
 from minerva.engine.request_validation import check_token_ids, validate_request
@@ -66,6 +67,9 @@ class LLMEngine:
         self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
         self._inflight: LaunchedStep | None = None  # launched, tokens not read yet
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.constraints = Constraints(
+            self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids)
+        )
         self._seed_rng = random.Random(config.model.seed)
         self._ids = itertools.count()
         self.last_scheduler_output: SchedulerOutput | None = None
@@ -110,6 +114,8 @@ class LLMEngine:
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
         checked = validate_request(ids, params, self.model_config.vocab_size, self.max_model_len)
         ids, params, max_tokens = checked.prompt_token_ids, checked.params, checked.max_tokens
+        constrained = self.constraints.prepare(ids, params)
+        ids = constrained.prompt_token_ids
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
         eos = frozenset(self.eos_token_ids)
         arrival = arrival_time or time.monotonic()
@@ -122,11 +128,17 @@ class LLMEngine:
                 max_tokens=max_tokens,
                 seed=(seed + i * 0x9E3779B97F4A7C15) % (1 << 63),
                 arrival_time=arrival,
+                structured=constrained.plan,
             )
             for i in range(params.n)
         ]
         self.output_processor.add(
-            prompt if isinstance(prompt, str) else None, ids, children, request_id, stream
+            prompt if isinstance(prompt, str) else None,
+            ids,
+            children,
+            request_id,
+            stream,
+            healed_text=constrained.healed_text,
         )
         for child in children:
             self.scheduler.add_request(child)

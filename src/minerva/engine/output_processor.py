@@ -47,8 +47,10 @@ class OutputProcessor:
         children: list[Request],
         parent_id: str,
         stream: bool = True,
+        healed_text: str = "",
     ) -> None:
-        """Track a request. stream=False (offline generate) skips the per-step outputs that
+        """Track a request (``healed_text``: prompt text token healing backed up, which the
+        output repeats first and the detokenizer drops). stream=False (offline generate) skips the per-step outputs that
         nobody reads: at 256 running requests building them was about a fifth of the engine's
         host work per step on a 2-core VM (benchmarks/host_overhead.py)."""
         detoks = []
@@ -61,6 +63,7 @@ class OutputProcessor:
                     skip_special_tokens=p.skip_special_tokens,
                     stop=p.stop,
                     include_stop_str_in_output=p.include_stop_str_in_output,
+                    skip_prefix=healed_text,
                 )
                 if self.tokenizer is not None and p.pooling is None
                 else None

@@ -14,6 +14,7 @@ runner fills from the device (`pending_sources`: where in that step's sampled id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ class CachedRequestState(TokenSequence):
     """Samples nothing: its prompt's final hidden states are summed into `pooled_sum`."""
     pooled_sum: torch.Tensor | None = None
     """[hidden] float32 on the device: the sum over the prompt chunks computed so far."""
+    matcher: Any = None
+    """Its structured.TokenMatcher (grammar / token healing), None when unconstrained."""
 
     def __post_init__(self) -> None:
         self.plain_greedy = self.sampling_params.plain_greedy
@@ -140,6 +143,8 @@ class InputBatch:
             num_computed_tokens=new.num_computed_tokens,
             row=row,
         )
+        if new.structured is not None:
+            state.matcher = new.structured.new_matcher(state.output_token_ids)
         self.requests[new.request_id] = state
         self.num_pooling += state.pooling
         self.block_table[row] = 0  # padding past its blocks, as a fresh table has

@@ -28,6 +28,7 @@ from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatc
 from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
+from minerva.structured import fill_bitmask
 
 
 @dataclass
@@ -214,6 +215,7 @@ class ModelRunner:
             meta = SamplingMetadata.plain_greedy_rows(len(states), logits.shape[-1], self.device)
         else:
             meta = self._sampling_metadata(states, rows, step.out, logits.shape[-1])
+            meta.token_bitmask = self._token_bitmask(states, logits.shape[-1])
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -226,6 +228,16 @@ class ModelRunner:
         if self.device.type == "cuda":
             step.done = torch.cuda.Event()
             step.done.record()
+
+    def _token_bitmask(
+        self, states: list[CachedRequestState], vocab_size: int
+    ) -> torch.Tensor | None:
+        """[num_sampling, ceil(vocab / 32)] int32 on the device from the rows' matchers; the
+        host work overlaps the forward already queued on a GPU."""
+        matchers = [s.matcher for s in states]
+        if all(m is None for m in matchers):
+            return None
+        return copy_to_device(torch.from_numpy(fill_bitmask(matchers, vocab_size)), self.device)
 
     def _sampling_metadata(
         self, states: list[CachedRequestState], rows: list[int], out: SchedulerOutput, vocab: int
@@ -261,6 +273,8 @@ class ModelRunner:
             states, rows = step.host.sampling_states, step.host.sampling_rows
             for state, token in zip(states, token_ids):
                 state.output_token_ids.append(token)
+                if state.matcher is not None:
+                    state.matcher.accept(token)
             if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
                 sampled = [[token] for token in token_ids]
             else:
