@@ -85,10 +85,14 @@ class ChatSession:
             text = line.strip()
             if not text:
                 continue
-            if not text.startswith("/"):
-                self.reply(line)
-            elif not self._command(text):
-                return
+            try:
+                if not text.startswith("/"):
+                    self.reply(line)
+                elif not self._command(text):
+                    return
+            except KeyboardInterrupt:  # landed outside the reply's stream (fitting, a command)
+                print(file=self.err)
+                self._notice("stopped; Ctrl-D or /exit to quit")
 
     def _command(self, text: str) -> bool:
         """Run a /command; False means end the chat."""
@@ -116,7 +120,16 @@ class ChatSession:
 
     # -- one reply --------------------------------------------------------------------
     def reply(self, text: str) -> str | None:
-        """Answer one user message; the reply (partial if stopped), or None if it cannot fit."""
+        """Answer one user message; the reply (partial if stopped), or None if it cannot fit.
+        A Ctrl-C before the reply streams (or after) leaves the conversation as it was."""
+        before = list(self.messages)
+        try:
+            return self._reply(text)
+        except KeyboardInterrupt:
+            self.messages = before
+            raise
+
+    def _reply(self, text: str) -> str | None:
         self.messages.append({"role": "user", "content": text})
         params = self.make_params()
         fitted = self.fit(params.max_tokens)
