@@ -207,6 +207,8 @@ def test_in_a_terminal_ctrl_c_at_the_prompt_and_ctrl_d_end_cleanly(tmp_path):
     asleep_in_readline()
     os.write(fd, b"\x03")  # Ctrl-C at the prompt: the chat goes on
     wait_for(b"Ctrl-D or /exit to quit")
+    wait_for(b">>> ", after=seen.index(b"Ctrl-D or /exit to quit"))
+    asleep_in_readline()  # a ^D before readline sets the terminal up is lost with cooked mode
     os.write(fd, b"\x04")  # Ctrl-D: a clean end
     _, status = os.waitpid(pid, 0)
     with contextlib.suppress(OSError):
