@@ -9,15 +9,11 @@ import time
 
 from minerva import __version__
 from minerva.bench.cli import add_bench_subcommand
-from minerva.config import (
-    add_config_arguments,
-    add_config_subcommand,
-    load_config,
-    overrides_from_args,
-)
+from minerva.config import add_config_arguments, add_config_subcommand, load_config_from_args
 from minerva.doctor import add_doctor_subcommand
 from minerva.errors import MinervaError
 from minerva.quantize import add_quantize_subcommand
+from minerva.server.config import SERVER_SCHEMA
 from minerva.server.serve import add_serve_subcommand
 
 
@@ -55,9 +51,7 @@ def _open_backend(args: argparse.Namespace):
     from minerva.backends import load_backend
     from minerva.backends.blocking import BlockingBackend
 
-    config, _ = load_config(
-        getattr(args, "config", None), overrides_from_args(args), override_source="cli"
-    )
+    config, _ = load_config_from_args(args)
     if config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     return BlockingBackend(load_backend("minerva", config, progress=sys.stderr.isatty()))
@@ -162,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(chat)
     chat.set_defaults(func=cmd_chat)
 
-    add_config_subcommand(sub)
+    add_config_subcommand(sub, extra_schemas=(SERVER_SCHEMA,))
     add_serve_subcommand(sub)
     add_bench_subcommand(sub)
     add_doctor_subcommand(sub)

@@ -26,7 +26,7 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig, add_config_arguments, load_config, overrides_from_args
+from minerva.config import EngineConfig, add_config_arguments, load_config_from_args
 from minerva.errors import MinervaError
 from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
 
@@ -307,9 +307,7 @@ def render(report: dict[str, Any]) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     try:
-        config, _ = load_config(
-            getattr(args, "config", None), overrides_from_args(args), override_source="cli"
-        )
+        config, _ = load_config_from_args(args)
         report = collect(config, with_model=not args.no_model)
     except MinervaError as e:
         print(f"minerva doctor: {e}", file=sys.stderr)

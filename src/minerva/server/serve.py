@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minerva.config import add_config_arguments, load_config, overrides_from_args
+from minerva.config import add_config_arguments, load_config_from_args
+from minerva.config_cli import env_file_of
 from minerva.server.config import (
     ServerConfig,
     add_server_arguments,
@@ -63,9 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from minerva.server.app import build_app
     from minerva.server.uvicorn_runner import DrainingServer
 
-    engine_config, _ = load_config(
-        getattr(args, "config", None), overrides_from_args(args), override_source="cli"
-    )
+    engine_config, _ = load_config_from_args(args)
     flags = server_overrides_from_args(args)
     model_path = engine_config.model.model
     if model_path is None:
@@ -73,7 +72,9 @@ def run_serve(args: argparse.Namespace) -> int:
     flags["served_model_name"] = served_model_name(
         engine_config.model.served_model_name, model_path
     )
-    server_config: ServerConfig = load_server_config(flags)
+    server_config: ServerConfig = load_server_config(
+        flags, config_file=getattr(args, "config", None), env_file=env_file_of(args)
+    )
     log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
     if warning := server_config.bind_warning():
