@@ -9,7 +9,8 @@ import time
 
 from minerva import __version__
 from minerva.bench.cli import add_bench_subcommand
-from minerva.config import add_config_arguments, add_config_subcommand, load_config_from_args
+from minerva.config import add_config_arguments, load_config_from_args
+from minerva.config_command import add_config_subcommand
 from minerva.doctor import add_doctor_subcommand
 from minerva.errors import MinervaError
 from minerva.quantize import add_quantize_subcommand

@@ -37,10 +37,10 @@ from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 __all__ = [
     "ALIASES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
     "EngineConfig", "FieldSpec", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
-    "add_config_arguments", "add_config_subcommand", "check_config_file", "load_config_from_args", "coerce_value", "config_error",
+    "add_config_arguments", "check_config_file", "load_config_from_args", "coerce_value", "config_error",
     "config_show_rows", "env_warnings", "field_help", "field_problem", "format_byte_size",
     "load_config", "overrides_from_args", "parse_byte_size", "resolve_name",
-    "run_config_command", "suggest",
+    "suggest",
 ]  # fmt: skip
 
 ALIASES: dict[str, str] = {"gpu_memory_utilization": "memory_fraction"}
@@ -409,18 +409,3 @@ def config_show_rows(
 ) -> list[tuple[str, str, Any, str, str]]:
     """(section, field, value, source, help) per field, in section order."""
     return config_cli.show_rows(SCHEMA, cfg, sources)
-
-
-def run_config_command(args: argparse.Namespace) -> int:
-    """``minerva config show|check``: print the effective config or check a file; exit code."""
-    from minerva import config_command  # noqa: PLC0415 - it builds on this module
-
-    return config_command.run_command(args)
-
-
-def add_config_subcommand(subparsers: Any, extra_schemas: Iterable[Schema] = ()) -> Any:
-    """Register ``config show|check`` on the CLI's subparsers (``extra_schemas``: the server's
-    settings, shown and checked beside the engine's); sets ``func``."""
-    from minerva import config_command  # noqa: PLC0415
-
-    return config_command.add_subcommand(subparsers, tuple(extra_schemas))

@@ -321,3 +321,7 @@ def _show(value: Any) -> str:
     if value is NO_EFFECT:
         return "no effect"
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+if __name__ == "__main__":  # python -m minerva.config_aliases > docs/config-aliases.md
+    print(render_markdown(), end="")

@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace, extra: Sequence[Schema]) -> int:
     return 0
 
 
-def run_command(args: argparse.Namespace, extra: Sequence[Schema] = ()) -> int:
+def run_config_command(args: argparse.Namespace, extra: Sequence[Schema] = ()) -> int:
     """``minerva config show|check``: print the effective config or check a file; exit code."""
     command = getattr(args, "config_command", None)
     if command == "show":
@@ -125,8 +125,12 @@ def run_command(args: argparse.Namespace, extra: Sequence[Schema] = ()) -> int:
     return 2
 
 
-def add_subcommand(subparsers: Any, extra: Sequence[Schema] = ()) -> argparse.ArgumentParser:
-    """Register ``config show|check`` on the CLI's subparsers; sets ``func``."""
+def add_config_subcommand(
+    subparsers: Any, extra_schemas: Sequence[Schema] = ()
+) -> argparse.ArgumentParser:
+    """Register ``config show|check`` on the CLI's subparsers (``extra_schemas``: the server's
+    settings, shown and checked beside the engine's); sets ``func``."""
+    extra = tuple(extra_schemas)
     parser = subparsers.add_parser(
         "config", help="Show the effective config or check a config file.",
         description="Show the effective config (and where each value came from) or check a file.",
@@ -160,5 +164,5 @@ def add_subcommand(subparsers: Any, extra: Sequence[Schema] = ()) -> argparse.Ar
         "--env-file", dest="env_file", metavar="PATH", default=None,
         help="KEY=VALUE file to check too (default: ./.env if present).",
     )  # fmt: skip
-    parser.set_defaults(func=functools.partial(run_command, extra=tuple(extra)))
+    parser.set_defaults(func=functools.partial(run_config_command, extra=extra))
     return parser

@@ -251,8 +251,11 @@ def env_warnings(schema: Schema, env: Mapping[str, str] | None = None,
     for var in sorted(env):
         if var in known or (where == "env" and not var.startswith(ours)):
             continue
-        family = BY_ENV if var.startswith(ALIAS_PREFIXES) else env_vars(schema)
-        hint = suggest(var, family) or _minerva_name_of_seed(var)
+        if var.startswith(ALIAS_PREFIXES):
+            hint = suggest(var, BY_ENV)
+        else:  # a seed name with Minerva's prefix: point at the field it would set
+            ours_only = [v for v in env_vars(schema) if v.startswith(ENV_PREFIX)]
+            hint = _minerva_name_of_seed(var) or suggest(var, ours_only)
         place = "" if where == "env" else f" (in {where})"
         out.append(f"{var}{place} is not a config field and is ignored{hint}")
     return out

@@ -17,7 +17,6 @@ from minerva.config import (
     EngineConfig,
     SchedulerConfig,
     add_config_arguments,
-    add_config_subcommand,
     check_config_file,
     coerce_value,
     config_show_rows,
@@ -28,6 +27,7 @@ from minerva.config import (
     overrides_from_args,
     parse_byte_size,
 )
+from minerva.config_command import add_config_subcommand
 from minerva.errors import ConfigError
 
 GiB = 1024**3

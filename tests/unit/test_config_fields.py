@@ -20,10 +20,10 @@ from minerva.config import (
     SCHEMA,
     EngineConfig,
     add_config_arguments,
-    add_config_subcommand,
     load_config,
 )
 from minerva.config_cli import add_arguments
+from minerva.config_command import add_config_subcommand
 from minerva.config_fields import Field, Schema, specs_of
 from minerva.dtypes import DTYPE_ALIASES, DTYPES
 from minerva.errors import ConfigError
