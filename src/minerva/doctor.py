@@ -157,10 +157,12 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
     kv_per_token = spec.bytes_per_block // spec.block_size
     activations = model_loading.estimate_activation_bytes(hf, config, dtype)
     cache = config.cache
-    kv_room, _ = kv_cache_budget(platform, cache.memory_fraction, cache.kv_cache_memory)
-    if platform.kind != "cpu" and cache.kv_cache_memory is None:
-        kv_room -= weights + activations  # not loaded yet: the engine measures after loading
-    budget = memory_budget(platform, cache.memory_fraction)[0]
+    # Not loaded yet: the weights count like the activations against the budget.
+    kv_room, _ = kv_cache_budget(
+        platform, cache.memory_fraction, cache.kv_cache_memory, weights + activations,
+        memory_limit=cache.memory_limit,
+    )  # fmt: skip
+    budget = memory_budget(platform, cache.memory_fraction, cache.memory_limit)[0]
     max_model_len = config.model.max_model_len or hf.max_position_embeddings
     return {
         "path": str(source.path),

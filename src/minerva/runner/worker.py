@@ -69,11 +69,10 @@ class Worker:
             ),
         )
         spec = self._kv_cache_spec()
-        if self.platform.is_cuda:
-            model_loading.check_model_fits(
-                self.model_config, self.dtype, spec, self.platform, config,
-                self.max_model_len, self.options,
-            )  # fmt: skip
+        model_loading.check_model_fits(
+            self.model_config, self.dtype, spec, self.platform, config,
+            self.max_model_len, self.options,
+        )  # fmt: skip
         self.model = self._load_model(progress)
         self.weight_bytes = self.model.weight_bytes()
         self.activation_reserve = self._activation_reserve(spec)
@@ -214,6 +213,9 @@ class Worker:
             kv_cache_memory=cache.kv_cache_memory,
             memory_fraction=cache.memory_fraction,
             activation_reserve=self.activation_reserve,
+            memory_limit=cache.memory_limit,
+            engine_bytes=self.weight_bytes,
+            kv_cache_tokens=cache.kv_cache_tokens,
         )
 
     def _log_memory(self, spec: KVCacheSpec) -> None:
