@@ -16,6 +16,7 @@ from minerva.errors import MinervaError
 from minerva.quantize import add_quantize_subcommand
 from minerva.server.config import SERVER_SCHEMA
 from minerva.server.serve import add_serve_subcommand
+from minerva.tune import add_tune_subcommand
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_subcommand(sub)
     add_doctor_subcommand(sub)
     add_quantize_subcommand(sub)
+    add_tune_subcommand(sub)
     return parser
 
 
