@@ -41,8 +41,9 @@ def _show(args: argparse.Namespace, extra: Sequence[Schema]) -> int:
         rows = config_cli.show_rows(SCHEMA, cfg, sources)
         for schema in extra:
             other, other_sources = config_sources.load(
-                schema, getattr(args, "config", None), env_file=config_cli.env_file_of(args)
-            )
+                schema, getattr(args, "config", None), env_file=config_cli.env_file_of(args),
+                notices=notices,
+            )  # fmt: skip
             rows += config_cli.show_rows(schema, other, other_sources)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,7 +5,8 @@ Reports the software (torch, triton, the optional packages), each device Minerva
 uses, Apple MPS), a measured memory bandwidth, and for a model (the bundled demo model unless
 --model is given) what it costs on the chosen device: weight bytes, KV cache per token, how
 many tokens of KV fit in `memory_fraction`, and the batch-1 decode ceiling that the bandwidth
-sets (every weight is read once per token). Ends with the settings to use.
+sets (every weight is read once per token). Ends with a recommended profile
+(config_profiles.py) and the settings to use.
 
     minerva doctor [--model PATH] [--device auto] [--dtype auto] [--json]
 """
@@ -27,6 +28,7 @@ import torch
 
 from minerva import __version__
 from minerva.config import EngineConfig, add_config_arguments, load_config_from_args
+from minerva.config_profiles import PROFILES
 from minerva.errors import MinervaError
 from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
 
@@ -225,6 +227,31 @@ def advice(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The profile (config_profiles.py) and settings for this device and model, and why."""
+    fit = report.get("model")
+    if not fit:
+        return None
+    n = max(fit["max_model_len"], 1)
+    seqs = fit["kv_tokens"] // n
+    kind = report["device"]["kind"]
+    if not fit["fits"] or seqs < 4:
+        profile = "memory-constrained"
+        why = f"the memory left holds {seqs} sequences of max_model_len={n}"
+    elif kind == "cuda" and seqs >= 64:
+        profile = "high-throughput"
+        why = f"a GPU with KV room for {seqs} sequences of max_model_len={n}: serve many at once"
+    else:
+        profile = "low-latency"
+        why = f"a {kind} device, where each step's time grows with the batch: keep it small"
+    settings = dict(PROFILES[profile].values)
+    if fit["fits"] and seqs >= 1:  # more running sequences than the KV holds only preempt
+        settings["max_num_seqs"] = min(settings["max_num_seqs"], seqs)
+    if not fit["fits"] and not fit.get("quantization"):
+        settings["quantization"] = "q4_k_m"  # about a third of bf16's bytes (quant_quality.md)
+    return {"profile": profile, "why": why, "settings": settings}
+
+
 def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
     """The whole report as plain data (what --json prints)."""
     platform = resolve_platform(config.device.device)
@@ -240,7 +267,13 @@ def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
     report["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if with_model:
         report["model"] = model_fit(config, platform, device["bandwidth_gb_s"])
+    report["recommendation"] = recommend(report)
     report["advice"] = advice(report)
+    if rec := report["recommendation"]:
+        shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in rec["settings"].items())
+        report["advice"].insert(
+            0, f"recommended: --profile {rec['profile']} ({rec['why']}), i.e. {shown}"
+        )
     return report
 
 

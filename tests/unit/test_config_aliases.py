@@ -263,3 +263,13 @@ def test_config_check_covers_the_server_settings(capsys, monkeypatch, tmp_path):
     path.write_text('[server]\nport = 7000\nhost = "0.0.0.0"\n')
     assert run_cli(["config", "check", str(path)]) == 0
     assert load_server_config(env={}, config_file=str(path)).port == 7000
+
+
+def test_server_seed_names_conflict_is_reported():
+    notices: list[str] = []
+    cfg = load_server_config(env={"MINERVA_PORT": "9000", "MISTRAL_PORT": "8080"}, notices=notices)
+    assert cfg.port == 9000
+    assert notices == [
+        "MISTRAL_PORT='8080' conflicts with env:MINERVA_PORT, which also sets port and wins: "
+        "port=9000"
+    ]

@@ -111,11 +111,14 @@ def load_server_config(
     *,
     config_file: str | None = None,
     env_file: str | None = None,
+    notices: list[str] | None = None,
 ) -> ServerConfig:
     """Defaults < the TOML file's [server] table < .env file < env vars < ``overrides`` (flags;
-    a None value means not given). Without ``config_file``, $MINERVA_CONFIG's file, if set."""
+    a None value means not given). Without ``config_file``, $MINERVA_CONFIG's file, if set.
+    Conflicts between MINERVA_HOST / _PORT and the seeds' names go to ``notices``."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     config, _ = config_sources.load(
-        SERVER_SCHEMA, config_file, given, env, override_source="flag", env_file=env_file
-    )
+        SERVER_SCHEMA, config_file, given, env, override_source="flag", env_file=env_file,
+        notices=notices,
+    )  # fmt: skip
     return config

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from minerva.config import add_config_arguments, load_config_from_args
-from minerva.config_cli import env_file_of
+from minerva.config_cli import env_file_of, print_notices
 from minerva.server.config import (
     ServerConfig,
     add_server_arguments,
@@ -72,9 +72,12 @@ def run_serve(args: argparse.Namespace) -> int:
     flags["served_model_name"] = served_model_name(
         engine_config.model.served_model_name, model_path
     )
+    notices: list[str] = []
     server_config: ServerConfig = load_server_config(
-        flags, config_file=getattr(args, "config", None), env_file=env_file_of(args)
-    )
+        flags, config_file=getattr(args, "config", None), env_file=env_file_of(args),
+        notices=notices,
+    )  # fmt: skip
+    print_notices(notices)
     log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
     if warning := server_config.bind_warning():
