@@ -139,8 +139,8 @@ class CacheConfig:
     )
     kv_cache_memory: int | None = Field(
         None,
-        "KV cache bytes, e.g. 4GiB, 512MB (default: what memory_fraction / memory_limit leave "
-        "on GPU; on CPU also at most 5% of free RAM and 2 GiB).",
+        "KV cache bytes, e.g. 4GiB, 512MB (default: what memory_fraction / memory_limit leave; "
+        "on CPU also at most 16 full-length sequences, 5% of free RAM and 2 GiB).",
         byte_size=True, gt=0,
     )  # fmt: skip
     num_kv_blocks: int | None = Field(

@@ -175,3 +175,13 @@ def test_a_model_beyond_memory_limit_is_refused_on_the_cpu_with_the_numbers():
     tight = FakeCPU(free=14 * GIB, total=16 * GIB)  # memory_fraction holds on the CPU too
     with pytest.raises(ConfigError, match=r"memory_fraction=0.9 of 16.00 GiB leaves 12.40 GiB"):
         check_model_fits(hf, torch.bfloat16, SPEC, tight, EngineConfig.from_kwargs(), 4096)
+
+
+def test_cpu_default_kv_cache_holds_a_few_full_length_sequences():
+    cpu = FakeCPU(free=60 * GIB, total=100 * GIB)
+    assert _cpu_blocks(cpu, max_num_seqs=256, max_model_len=512) == 16 * 512 // 16 + 1
+    sized = _cpu_blocks(cpu, max_num_seqs=256, max_model_len=512, kv_cache_memory=GIB)
+    assert sized == GIB // SPEC.bytes_per_block  # an explicit size is taken as given
+    gpu = FakeGPU(free=80 * GIB, total=80 * GIB)
+    args = dict(num_kv_blocks=None, kv_cache_memory=None, memory_fraction=0.9)
+    assert plan_num_blocks(SPEC, gpu, max_model_len=512, max_num_seqs=256, **args) == 8193

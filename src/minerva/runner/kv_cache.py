@@ -13,6 +13,9 @@ from minerva.platform import Platform
 
 CPU_DEFAULT_FRACTION = 0.05  # of available RAM
 CPU_DEFAULT_CAP = 2 << 30  # bytes
+CPU_DEFAULT_SEQUENCES = 16
+"""Full-length sequences the CPU's default KV cache holds at most: a CPU serves few requests at
+once, and a cache sized for max_num_seqs=256 made a 23 MB model take 1.4 GB of RAM."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,13 @@ def plan_num_blocks(
     kv_cache_tokens: int | None = None,
 ) -> int:
     """Number of blocks (including the reserved null block 0) the budget allows: never more
-    than every sequence at full length (max_num_seqs x max_model_len) or kv_cache_tokens."""
+    than every sequence at full length (max_num_seqs x max_model_len; on the CPU by default at
+    most CPU_DEFAULT_SEQUENCES of them) or kv_cache_tokens."""
     needed_one = math.ceil(max_model_len / spec.block_size)
-    useful = math.ceil(max_num_seqs * max_model_len / spec.block_size)
+    seqs = max_num_seqs
+    if platform.kind == "cpu" and kv_cache_memory is None and kv_cache_tokens is None:
+        seqs = min(seqs, CPU_DEFAULT_SEQUENCES)  # the CPU default: sized to the model
+    useful = math.ceil(seqs * max_model_len / spec.block_size)
     if num_kv_blocks is not None:
         usable = num_kv_blocks - 1
         source = f"num_kv_blocks={num_kv_blocks}"
