@@ -2,6 +2,7 @@
 machine and write the best one as a TOML config file.
 
     minerva tune --model M --goal latency|throughput [--memory-limit 8G] [--output FILE]
+    minerva tune --goal throughput --config FILE   # re-measure what a run wrote
 
 Each grid point loads the model with those settings (within --memory-limit) and runs the
 bench's batch-1 latency (goal latency: lowest end-to-end time) or batched throughput (goal
@@ -165,8 +166,8 @@ def run_tune(args: argparse.Namespace) -> int:
         for flag in ("input_len", "output_len", "num_prompts", "repeats"):
             if getattr(args, flag) < 1:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
-        points = grid_points(args)
         args.memory_limit = _memory_limit(args.memory_limit)
+        points = _from_file(args) if args.config else grid_points(args)
         vocab_size = _vocab_size(args)
     except MinervaError as e:
         print(f"minerva tune: error: {e}", file=sys.stderr)
@@ -191,7 +192,34 @@ def run_tune(args: argparse.Namespace) -> int:
     if best is None:
         print("minerva tune: no grid point could run (see the table)", file=sys.stderr)
         return 1
+    if args.config:  # a re-measure of a written file: compare, write nothing
+        recorded = _recorded(Path(args.config), args.goal)
+        then = f" (the file's run: {recorded:.2f})" if recorded is not None else ""
+        print(f"{args.config}: {best[key]:.2f} {label} now{then}")
+        return 0
     return _write(args, rows, best)
+
+
+def _from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The one point a written file sets; its model, device, dtype and limit become the run's."""
+    from minerva.config import load_config  # noqa: PLC0415
+
+    cfg, sources = load_config(args.config, env={})
+    values = cfg.flat()
+    for name in ("model", "device", "dtype", "num_threads", "memory_limit"):
+        if sources[name] != "default":
+            setattr(args, name, values[name])
+    return [{k: values[k] for k in GRID_FIELDS if sources[k] != "default"}]
+
+
+def _recorded(path: Path, goal: str) -> float | None:
+    """The best figure of the run that wrote ``path`` (its JSON rows), if they are there."""
+    try:
+        rows = json.loads(path.with_suffix(".json").read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return None
+    best = best_row(rows, goal)
+    return None if best is None else best[GOALS[goal][0]]
 
 
 def _write(args: argparse.Namespace, rows: list[dict], best: dict) -> int:
@@ -243,6 +271,11 @@ def add_tune_subcommand(subparsers: Any) -> argparse.ArgumentParser:
                         help="hard memory cap for every point, e.g. 8G (written to the file).")  # fmt: skip
     parser.add_argument("--output", default="minerva-tuned.toml", metavar="FILE",
                         help="the TOML file to write. Default: minerva-tuned.toml.")  # fmt: skip
+    parser.add_argument(
+        "--config", default=None, metavar="FILE",
+        help="re-measure the settings of a file tune wrote (beside its recorded figure) "
+        "instead of a grid; writes nothing.",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help="Default: auto.")
     parser.add_argument("--dtype", default="auto", help="Default: auto.")
     parser.add_argument("--num-threads", type=int, default=None, help="CPU threads.")

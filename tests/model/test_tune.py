@@ -33,6 +33,11 @@ def test_tune_writes_a_config_that_config_check_accepts(tmp_path, capsys, monkey
     assert (cfg.cache.memory_limit, cfg.device.device) == (2 * 2**30, "cpu")
     assert sources["max_num_seqs"] == f"file:{out}"
     assert main(["config", "check", str(out)]) == 0
+    capsys.readouterr()
+    again = ["tune", "--goal", "throughput", "--config", str(out), "--input-len", "8",
+             "--output-len", "4", "--num-prompts", "4"]  # fmt: skip
+    assert main(again) == 0  # the file's settings measured again, beside its recorded figure
+    assert "output tokens/s now (the file's run: " in capsys.readouterr().out
 
 
 def test_tune_rejects_a_bad_grid_before_loading(capsys):
