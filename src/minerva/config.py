@@ -103,7 +103,10 @@ class DeviceConfig:
         check=lambda v: bool(_DEVICE_RE.match(v)), allowed="auto, cpu, cuda, cuda:N or mps",
     )  # fmt: skip
     num_threads: int | None = Field(
-        None, "CPU threads for torch (default: torch's own choice).", ge=1
+        None,
+        "CPU threads for torch (default: physical cores less the busy ones; minerva doctor "
+        "measures what is best here).",
+        ge=1,
     )
     attention_backend: str = Field(
         "auto",
@@ -372,7 +375,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str]
             choices=tuple(PROFILES),
             help="Start from a named profile (explicit settings still win): "
             + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values())
-            + f". Env: {PROFILE_ENV_VAR}.",
+            + f". Default: none. Env: {PROFILE_ENV_VAR}.",
         )  # fmt: skip
     config_cli.add_arguments(parser, SCHEMA, exclude)
 

@@ -206,7 +206,7 @@ ALIAS_TABLE: tuple[Alias, ...] = (
             "1 only: one device per engine for now", "1", NO_EFFECT,
             _only_one("pipeline parallelism")),
     _mapped("MISTRAL_NUM_THREADS", "resources.num_threads", "num_threads",
-            "CPU threads; 0 = auto (torch's choice)", "0", None, _zero_is_auto),
+            "CPU threads; 0 = auto (the default thread count)", "0", None, _zero_is_auto),
     # -- prefix caching
     _mapped("MISTRAL_ENABLE_PREFIX_CACHING", "inference.enable_prefix_caching",
             "enable_prefix_caching", "true / false", "false", False),

@@ -49,6 +49,8 @@ def _flag_help(spec: FieldSpec, show_env: bool) -> str:
     elif spec.default not in (None, "", []):
         shown = format_byte_size(spec.default) if spec.byte_size else spec.default
         doc += f" Default: {shown}."
+    elif "default" not in doc.lower():  # unset unless given: say so
+        doc += " Default: none."
     if show_env and spec.rules.env:
         doc += f" Env: {env_var_name(spec.name)}."
     return doc

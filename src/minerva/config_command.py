@@ -144,12 +144,12 @@ def add_config_subcommand(
     )  # fmt: skip
     show.add_argument(
         "--verbose", "-v", action="store_true",
-        help="Also print each field's help: what it does and the values it allows.",
+        help="Also print each field's help: what it does and the values it allows. Default: off.",
     )  # fmt: skip
     show.add_argument(
         "--aliases", action="store_true",
         help="Print the table of the seeds' MISTRAL_* / MISTRALRS_* settings and TOML keys and "
-        "the Minerva field each one sets (or why it has no effect).",
+        "the Minerva field each one sets (or why it has no effect). Default: off.",
     )  # fmt: skip
     add_config_arguments(show)
     check = commands.add_parser(

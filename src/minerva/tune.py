@@ -268,21 +268,27 @@ def add_tune_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--goal", choices=tuple(GOALS), default="throughput",
                         help="what to optimise. Default: throughput.")  # fmt: skip
     parser.add_argument("--memory-limit", default=None, metavar="SIZE",
-                        help="hard memory cap for every point, e.g. 8G (written to the file).")  # fmt: skip
+                        help="hard memory cap for every point, e.g. 8G (written to the file). "
+                        "Default: none.")  # fmt: skip
     parser.add_argument("--output", default="minerva-tuned.toml", metavar="FILE",
                         help="the TOML file to write. Default: minerva-tuned.toml.")  # fmt: skip
     parser.add_argument(
         "--config", default=None, metavar="FILE",
         help="re-measure the settings of a file tune wrote (beside its recorded figure) "
-        "instead of a grid; writes nothing.",
+        "instead of a grid; writes nothing. Default: none (measure the grid).",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="Default: auto.")
     parser.add_argument("--dtype", default="auto", help="Default: auto.")
-    parser.add_argument("--num-threads", type=int, default=None, help="CPU threads.")
+    parser.add_argument(
+        "--num-threads", type=int, default=None, help="CPU threads. Default: the engine's."
+    )
     for name in GRID_FIELDS:
         parser.add_argument(
             f"--{name.replace('_', '-')}", dest=name, default=None, metavar="A,B",
-            help=f"values of {name} to try (comma separated). {FIELDS[name].doc}",
+            help=f"values of {name} to try (comma separated). {FIELDS[name].doc} Default: "
+            + ", ".join(f"{g}: {v[name]}" for g, v in DEFAULT_GRID.items() if name in v)
+            + ("" if any(name in v for v in DEFAULT_GRID.values()) else "not varied")
+            + ".",
         )  # fmt: skip
     parser.add_argument("--input-len", type=int, default=64, help="prompt tokens. Default: 64.")
     parser.add_argument("--output-len", type=int, default=32, help="tokens out. Default: 32.")
