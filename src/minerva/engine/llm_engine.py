@@ -23,6 +23,7 @@ from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
+from minerva.spec import NgramProposer, Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    spec_decode: dict | None = None
+    """SpecDecodeStats.as_dict() while speculative decoding is on."""
 
 
 class LLMEngine:
@@ -55,12 +58,14 @@ class LLMEngine:
         self.kv_cache_manager = KVCacheManager(
             worker.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
         )
+        self.speculator = self._build_speculator()
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             max_num_seqs=config.scheduler.max_num_seqs,
             max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
+            num_lookahead_tokens=worker.num_lookahead_tokens,
         )
         mode = config.scheduler.async_scheduling
         self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
@@ -70,6 +75,17 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_scheduler_output: SchedulerOutput | None = None
         """What the latest step() ran (for step metrics); None before the first step."""
+
+    def _build_speculator(self) -> Speculator | None:
+        """Speculative decoding's proposer: the worker's draft model or n-gram lookup."""
+        spec = self.config.speculative
+        if spec.num_speculative_tokens == 0:
+            return None
+        if spec.speculative_method == "ngram":
+            proposer = NgramProposer(spec.ngram_min, spec.ngram_max)
+        else:
+            proposer = self.worker.draft_proposer
+        return Speculator(proposer, spec.num_speculative_tokens, self.max_model_len)
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:
@@ -129,6 +145,8 @@ class LLMEngine:
             prompt if isinstance(prompt, str) else None, ids, children, request_id, stream
         )
         for child in children:
+            # Proposals are made from the request's tokens on the host: read each step first.
+            child.needs_host_tokens |= self.speculator is not None
             self.scheduler.add_request(child)
         return request_id
 
@@ -155,6 +173,8 @@ class LLMEngine:
             live = [c.request_id for c in children if not c.is_finished]
             for child in self.scheduler.finish_requests(live, RequestStatus.FINISHED_ABORTED):
                 self.output_processor.on_finished(child)
+            if self.speculator is not None:
+                self.speculator.forget(live)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._inflight is not None
@@ -169,7 +189,11 @@ class LLMEngine:
         if self._inflight is not None and self._needs_host_tokens():
             self._finish(self._inflight)
             self._inflight = None
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         scheduled = self.scheduler.schedule()
+        if self.speculator is not None and scheduled.preempted_request_ids:
+            self.speculator.forget(scheduled.preempted_request_ids)
         self.last_scheduler_output = scheduled
         launched = None if scheduled.is_empty else self.worker.launch(scheduled)
         if self._inflight is not None:
@@ -190,6 +214,9 @@ class LLMEngine:
         has_logprobs = any(lp is not None for lp in result.logprobs)
         logprobs = dict(zip(result.request_ids, result.logprobs)) if has_logprobs else {}
         on_token = self.output_processor.on_token
+        speculator = self.speculator
+        if speculator is not None:
+            speculator.observe(scheduled, result)
         for req, tokens in self.scheduler.update(scheduled, result.sampled_token_ids):
             if len(tokens) == 1 and not has_logprobs:  # the usual step
                 stop = on_token(req, tokens[0], None)
@@ -199,6 +226,8 @@ class LLMEngine:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+                if speculator is not None:
+                    speculator.forget([req.request_id])
 
     def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
         """Hand several tokens to the output processor; stops at the first stop string."""
@@ -218,4 +247,5 @@ class LLMEngine:
             prefix_cache_queries=kv.prefix_cache_queries,
             prefix_cache_hits=kv.prefix_cache_hits,
             num_preemptions=self.scheduler.num_preemptions,
+            spec_decode=self.speculator.stats.as_dict() if self.speculator else None,
         )

@@ -10,6 +10,7 @@ from the device.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,7 @@ from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatc
 from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
+from minerva.spec.rejection_sampler import accept_drafts
 
 
 @dataclass
@@ -73,15 +75,14 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput) -> LaunchedStep:
         """Queue one step's forward and sampling on the device; returns before it finishes."""
-        if out.scheduled_spec_token_ids:
-            raise NotImplementedError("draft-token verification comes with speculative decoding")
         self.input_batch.update(out)
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
         decode_bucket = prefill_bucket = None
         if self.graphs is not None and host.is_pure_decode:
             decode_bucket = self.graphs.bucket_for(host.num_seqs)
-        if decode_bucket is None and self.prefill_graphs is not None:
+        # A verify step needs several logits rows per sequence: never the one-row prefill graphs.
+        if decode_bucket is None and self.prefill_graphs is not None and host.num_logits is None:
             prefill_bucket = self.prefill_graphs.bucket_for(host)
         if decode_bucket is not None:
             logits = self.graphs.run(host, decode_bucket, pending)
@@ -148,12 +149,21 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, step: LaunchedStep) -> None:
         states, rows = step.host.sampling_states, step.host.sampling_rows
-        for j, state in enumerate(states):
-            state.sample_index = j
+        num_logits = step.host.num_logits
+        if num_logits is None:
+            for j, state in enumerate(states):
+                state.sample_index = j
+        else:  # its last logits row (a pending token is always a request's only one)
+            for state, end in zip(states, itertools.accumulate(num_logits)):
+                state.sample_index = end - 1
         if all(s.plain_greedy for s in states):  # the usual greedy batch: no per-row data
-            meta = SamplingMetadata.plain_greedy_rows(len(states), logits.shape[-1], self.device)
-        else:
+            meta = SamplingMetadata.plain_greedy_rows(
+                logits.shape[0], logits.shape[-1], self.device
+            )
+        elif num_logits is None:
             meta = self._sampling_metadata(states, rows, step.out, logits.shape[-1])
+        else:
+            meta = self._verify_metadata(step.host, step.out, logits.shape[-1])
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -186,6 +196,38 @@ class ModelRunner:
             eos_token_ids=[s.eos_token_ids for s in states],
         )
 
+    def _verify_metadata(
+        self, host: HostInputs, out: SchedulerOutput, vocab: int
+    ) -> SamplingMetadata:
+        """One sampling row per logits row: a request verifying k drafts gets k + 1, the j-th
+        sampling output token index t + j as if the drafts before it were already output
+        (penalties and min_tokens see them; the noise is the one plain decoding would use)."""
+        counts = out.num_scheduled_tokens
+        params, seeds, indices, prompts, outputs, eos = [], [], [], [], [], []
+        for s, row, drafts in zip(host.sampling_states, host.sampling_rows, host.draft_token_ids):
+            k = len(drafts)
+            first = s.num_computed_tokens + counts[row] - k - len(s.prompt_token_ids)
+            for j in range(k + 1):
+                params.append(s.sampling_params)
+                seeds.append(s.seed)
+                indices.append(first + j)
+                prompts.append(s.prompt_token_ids)
+                with_drafts = s.sampling_params.has_penalties and j
+                outputs.append(
+                    s.output_token_ids + drafts[:j] if with_drafts else s.output_token_ids
+                )
+                eos.append(s.eos_token_ids)
+        return SamplingMetadata.build(
+            params=params,
+            seeds=seeds,
+            token_indices=indices,
+            prompt_token_ids=prompts,
+            output_token_ids=outputs,
+            vocab_size=vocab,
+            device=self.device,
+            eos_token_ids=eos,
+        )
+
     def wait(self, step: LaunchedStep) -> RunnerOutput:
         """Block until `step`'s sampled ids reach the host (the step's one sync); the runner's
         copy of each request that sampled gets its token."""
@@ -199,6 +241,9 @@ class ModelRunner:
                 step.done.synchronize()
             token_ids = step.token_ids.tolist()
             states, rows = step.host.sampling_states, step.host.sampling_rows
+            if step.host.num_logits is not None:
+                sampled = _accepted(step, token_ids, num_seqs, logprobs)
+                return RunnerOutput(out.request_ids, sampled, logprobs)
             for state, token in zip(states, token_ids):
                 state.output_token_ids.append(token)
             if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
@@ -216,22 +261,51 @@ class ModelRunner:
         )
 
 
+def _accepted(
+    step: LaunchedStep, token_ids: list[int], num_seqs: int, logprobs: list[list[Logprobs] | None]
+) -> list[list[int]]:
+    """A verify step's tokens per row: each request's sampled tokens up to its first rejected
+    draft (accept_drafts); the runner's copy of each request gets them, logprobs[row] theirs."""
+    host = step.host
+    sampled: list[list[int]] = [[] for _ in range(num_seqs)]
+    read = step.logprobs is not None
+    values = ids = ranks = None
+    if read:
+        values, ids, ranks = (t.tolist() for t in step.logprobs)
+    first = 0
+    for state, row, n, drafts in zip(
+        host.sampling_states, host.sampling_rows, host.num_logits, host.draft_token_ids
+    ):
+        tokens = accept_drafts(token_ids[first : first + n], drafts)
+        state.output_token_ids.extend(tokens)
+        sampled[row] = tokens
+        k = state.sampling_params.logprobs
+        if read and k is not None:
+            logprobs[row] = [
+                _logprobs(values[j], ids[j], ranks[j], k) for j in range(first, first + len(tokens))
+            ]
+        first += n
+    return sampled
+
+
+def _logprobs(values: list[float], ids: list[int], rank: int, k: int) -> Logprobs:
+    """One position's Logprobs from its row of the sampler's [n, 1 + k] outputs."""
+    return Logprobs(
+        token_id=ids[0],
+        logprob=values[0],
+        rank=rank,
+        top_token_ids=ids[1 : 1 + k],
+        top_logprobs=values[1 : 1 + k],
+    )
+
+
 def _read_logprobs(step: LaunchedStep, logprobs: list[list[Logprobs] | None]) -> None:
     """Fill logprobs[row] for each sampling row that asked for them."""
     values, ids, ranks = (t.tolist() for t in step.logprobs)
     for j, (state, row) in enumerate(zip(step.host.sampling_states, step.host.sampling_rows)):
         k = state.sampling_params.logprobs
         if k is not None:
-            top_values, top_ids = values[j], ids[j]
-            logprobs[row] = [
-                Logprobs(
-                    token_id=top_ids[0],
-                    logprob=top_values[0],
-                    rank=ranks[j],
-                    top_token_ids=top_ids[1 : 1 + k],
-                    top_logprobs=top_values[1 : 1 + k],
-                )
-            ]
+            logprobs[row] = [_logprobs(values[j], ids[j], ranks[j], k)]
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

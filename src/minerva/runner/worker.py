@@ -91,6 +91,10 @@ class Worker:
             prefill_graphs=prefill_graphs,
         )
         self.runner.warm_up(min(16, self.max_model_len - 1))
+        self.draft_proposer = None
+        """The draft-model proposer (speculative_method=draft), sharing these block tables."""
+        self.num_lookahead_tokens = 0
+        """KV slots the scheduler keeps past each request's tokens for the draft's proposals."""
 
     # -- the step contract --------------------------------------------------------------
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:

@@ -1,0 +1,50 @@
+"""Speculator: asks a proposer for draft tokens before each schedule and counts what the
+verify steps accepted. The engine's one handle on speculative decoding. No torch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from minerva.request import Request, RunnerOutput, SchedulerOutput
+from minerva.spec.proposer import Proposer
+from minerva.spec.spec_stats import SpecDecodeStats
+
+
+class Speculator:
+    def __init__(self, proposer: Proposer, num_speculative_tokens: int, max_model_len: int):
+        self.proposer = proposer
+        self.num_speculative_tokens = num_speculative_tokens
+        self.max_model_len = max_model_len
+        self.stats = SpecDecodeStats()
+
+    def propose(self, running: Sequence[Request]) -> None:
+        """Fill ``spec_token_ids`` of every running request that samples next step (all its
+        tokens computed but the last, none pending) with up to K drafts, fewer near its
+        max_tokens or max_model_len (every draft could become an output token)."""
+        requests, num_tokens = [], []
+        k_max, max_len = self.num_speculative_tokens, self.max_model_len
+        for req in running:
+            num = req.num_tokens
+            if req.num_pending_tokens or req.num_computed_tokens != num - 1:
+                continue
+            k = min(k_max, req.max_tokens - req.num_output_tokens - 1, max_len - num - 1)
+            if k > 0:
+                requests.append(req)
+                num_tokens.append(k)
+        if not requests:
+            return
+        for req, drafts in zip(requests, self.proposer.propose(requests, num_tokens)):
+            req.spec_token_ids = drafts
+
+    def observe(self, scheduled: SchedulerOutput, result: RunnerOutput) -> None:
+        """Count each verify step's drafts and accepted tokens (before any stop cut them)."""
+        spec = scheduled.scheduled_spec_token_ids
+        if not spec:
+            return
+        for rid, tokens in zip(result.request_ids, result.sampled_token_ids):
+            drafts = spec.get(rid)
+            if drafts and tokens:
+                self.stats.observe(len(drafts), len(tokens) - 1, len(tokens))
+
+    def forget(self, request_ids: Iterable[str]) -> None:
+        self.proposer.forget(request_ids)
