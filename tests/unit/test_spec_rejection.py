@@ -32,9 +32,7 @@ def sample_rows(logits: torch.Tensor, seeds: list[int], index: int) -> list[int]
     """The sampler's token for each seed at output index `index` (temperature 1)."""
     params = [SamplingParams(temperature=1.0)] * len(seeds)
     n = len(seeds)
-    meta = SamplingMetadata.build(
-        params, seeds, [index] * n, [[]] * n, [[]] * n, VOCAB, CPU
-    )
+    meta = SamplingMetadata.build(params, seeds, [index] * n, [[]] * n, [[]] * n, VOCAB, CPU)
     return Sampler()(logits.expand(n, VOCAB), meta).token_ids.tolist()
 
 
