@@ -24,7 +24,7 @@ from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
 from minerva.platform import Platform, resolve_dtype, resolve_platform, set_num_threads
 from minerva.request import RunnerOutput, SchedulerOutput
-from minerva.runner import model_loading
+from minerva.runner import draft_model, model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.kv_cache import (
     KVCacheSpec,
@@ -35,6 +35,7 @@ from minerva.runner.kv_cache import (
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.spec import DraftModelProposer
 from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class Worker:
         if self.platform.kind == "cpu":
             set_num_threads(config.device.num_threads)
         self._open_model()
+        self.draft_config = self.draft_source = None
+        if draft_model.uses_draft_model(config):
+            self.draft_config, self.draft_source = draft_model.open_draft(
+                config, self.source, self.max_model_len
+            )
         self.attention, self.kernels = self._choose_kernels()
         self.options = ModelOptions(
             kernels=self.kernels,
@@ -91,10 +97,12 @@ class Worker:
             prefill_graphs=prefill_graphs,
         )
         self.runner.warm_up(min(16, self.max_model_len - 1))
-        self.draft_proposer = None
+        self.draft_proposer: DraftModelProposer | None = None
         """The draft-model proposer (speculative_method=draft), sharing these block tables."""
         self.num_lookahead_tokens = 0
         """KV slots the scheduler keeps past each request's tokens for the draft's proposals."""
+        if self.draft_config is not None:
+            self._build_draft(progress)
 
     # -- the step contract --------------------------------------------------------------
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
@@ -207,8 +215,34 @@ class Worker:
             include_graphs=not self.config.device.enforce_eager,
         )
 
+    def _build_draft(self, progress: bool) -> None:
+        """The draft model: a second Worker on the same device with a cache of as many blocks
+        (the block tables are the target's), and the proposer that drives it."""
+        self.draft_worker = Worker(
+            self.draft_config, progress=progress, num_kv_blocks=self.num_kv_blocks
+        )
+        draft = self.draft_worker
+        self.draft_proposer = DraftModelProposer(
+            draft.model,
+            draft.kv_caches,
+            self.config.cache.block_size,
+            self.platform.device,
+            self.model_config.vocab_size,
+        )
+        self.num_lookahead_tokens = self.config.speculative.num_speculative_tokens
+
+    def _draft_memory(self, spec: KVCacheSpec) -> tuple[int, int]:
+        """(draft weight bytes, draft KV bytes per block) the target's plan leaves room for."""
+        if self.draft_source is None:
+            return 0, 0
+        itemsize = spec.dtype.itemsize
+        kv = draft_model.draft_kv_bytes_per_block(self.draft_source, spec.block_size, itemsize)
+        weights = model_loading.weight_bytes_of(self.draft_source, self.dtype)
+        return weights, kv
+
     def _plan_num_blocks(self, spec: KVCacheSpec) -> int:
         cache = self.config.cache
+        draft_weights, draft_kv = self._draft_memory(spec)
         return plan_num_blocks(
             spec,
             self.platform,
@@ -217,7 +251,8 @@ class Worker:
             num_kv_blocks=cache.num_kv_blocks,
             kv_cache_memory=cache.kv_cache_memory,
             memory_fraction=cache.memory_fraction,
-            activation_reserve=self.activation_reserve,
+            activation_reserve=self.activation_reserve + draft_weights,
+            extra_bytes_per_block=draft_kv,
         )
 
     def _log_memory(self, spec: KVCacheSpec) -> None:
