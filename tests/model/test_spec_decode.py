@@ -71,7 +71,7 @@ def test_greedy_equals_plain_decoding_mixed_with_unspeculated_rows(model_dir, pl
     expected = [o.token_ids for o in plain.generate(PROMPTS, greedy())]
     tokens, steps = run_steps(llm, PROMPTS, greedy())
     assert list(tokens.values()) == expected
-    stats = llm.engine.stats().spec_decode
+    stats = llm.engine.stats().spec_decode.as_dict()
     assert stats["num_accepted_tokens"] > 0 and stats["num_draft_tokens"] > 0
     assert max(len(d) for s in steps for d in s.scheduled_spec_token_ids.values()) == k
     # Some step verified drafts of one request next to a request with none.
@@ -89,7 +89,8 @@ def test_seeded_sampling_equals_plain_alone_and_in_a_batch(plain, spec4):
     alone = [plain.generate(p, sp)[0].token_ids for p, sp in zip(prompts, params)]
     assert [o.token_ids for o in spec4.generate(prompts, params)] == alone
     assert [spec4.generate(p, sp)[0].token_ids for p, sp in zip(prompts, params)] == alone
-    stats = spec4.engine.stats().spec_decode  # low temperatures: drafts accepted and rejected
+    # Low temperatures: drafts both accepted and rejected.
+    stats = spec4.engine.stats().spec_decode.as_dict()
     assert 0 < stats["num_accepted_tokens"] < stats["num_draft_tokens"]
 
 

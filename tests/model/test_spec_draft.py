@@ -56,7 +56,7 @@ def test_random_draft_gives_the_targets_tokens(pair, plain, k):
     llm = make_llm(target, draft, k)
     expected = [o.token_ids for o in plain.generate(PROMPTS, greedy())]
     assert [o.token_ids for o in llm.generate(PROMPTS, greedy())] == expected
-    stats = llm.engine.stats().spec_decode
+    stats = llm.engine.stats().spec_decode.as_dict()
     assert stats["num_draft_tokens"] > 0 and stats["num_verify_steps"] > 0
 
 
@@ -66,7 +66,7 @@ def test_draft_equal_to_target_accepts_everything(pair, plain):
     params = [greedy(), SamplingParams(max_tokens=32, temperature=0.8, seed=3, ignore_eos=True)]
     expected = [plain.generate(PROMPTS[0], sp)[0].token_ids for sp in params]
     assert [llm.generate(PROMPTS[0], sp)[0].token_ids for sp in params[:1]] == expected[:1]
-    stats = llm.engine.stats().spec_decode
+    stats = llm.engine.stats().spec_decode.as_dict()
     assert stats["acceptance_rate"] == 1.0
     assert stats["mean_accepted_length"] > 4  # 5 per step but where max_tokens cut the drafts
     assert llm.generate(PROMPTS[0], params[1])[0].token_ids == expected[1]

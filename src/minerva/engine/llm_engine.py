@@ -23,7 +23,7 @@ from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
-from minerva.spec import NgramProposer, Speculator
+from minerva.spec import NgramProposer, SpecDecodeStats, Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
-    spec_decode: dict | None = None
-    """SpecDecodeStats.as_dict() while speculative decoding is on."""
+    spec_decode: SpecDecodeStats | None = None
+    """Speculative decoding's counters while it is on (the live object: read, don't keep)."""
 
 
 class LLMEngine:
@@ -247,5 +247,5 @@ class LLMEngine:
             prefix_cache_queries=kv.prefix_cache_queries,
             prefix_cache_hits=kv.prefix_cache_hits,
             num_preemptions=self.scheduler.num_preemptions,
-            spec_decode=self.speculator.stats.as_dict() if self.speculator else None,
+            spec_decode=self.speculator.stats if self.speculator else None,
         )
