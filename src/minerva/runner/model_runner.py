@@ -27,6 +27,7 @@ from minerva.request import (
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatch, to_device
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.verify_graphs import VerifyGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
 from minerva.spec.rejection_sampler import accept_drafts
@@ -52,6 +53,7 @@ class ModelRunner:
         device: torch.device,
         graphs: CudaGraphRunner | None = None,
         prefill_graphs: PrefillGraphRunner | None = None,
+        verify_graphs: VerifyGraphRunner | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -59,6 +61,7 @@ class ModelRunner:
         self.device = device
         self.graphs = graphs
         self.prefill_graphs = prefill_graphs
+        self.verify_graphs = verify_graphs
         self.sampler = Sampler()
         self.input_batch = InputBatch(block_size)
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
@@ -78,14 +81,19 @@ class ModelRunner:
         self.input_batch.update(out)
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
-        decode_bucket = prefill_bucket = None
+        decode_bucket = prefill_bucket = verify_bucket = None
         if self.graphs is not None and host.is_pure_decode:
             decode_bucket = self.graphs.bucket_for(host.num_seqs)
+        elif self.verify_graphs is not None and host.num_logits is not None:
+            verify_bucket = self.verify_graphs.bucket_for(host)
         # A verify step needs several logits rows per sequence: never the one-row prefill graphs.
         if decode_bucket is None and self.prefill_graphs is not None and host.num_logits is None:
+            # (a verify step without a verify graph bucket runs eagerly)
             prefill_bucket = self.prefill_graphs.bucket_for(host)
         if decode_bucket is not None:
             logits = self.graphs.run(host, decode_bucket, pending)
+        elif verify_bucket is not None:
+            logits = self.verify_graphs.run(host, verify_bucket)
         elif prefill_bucket is not None:
             logits = self.prefill_graphs.run(host, prefill_bucket, pending)
             logits = logits if host.sampling_states else logits[:0]  # as eager: sampling rows

@@ -35,6 +35,7 @@ from minerva.runner.kv_cache import (
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.verify_graphs import VerifyGraphRunner
 from minerva.spec import DraftModelProposer
 from minerva.tokenizer import Tokenizer
 
@@ -87,14 +88,15 @@ class Worker:
         self.kv_caches = allocate_kv_caches(spec, self.num_kv_blocks, self.platform.device)
         self.kv_cache_bytes = self.num_kv_blocks * spec.bytes_per_block
         self._log_memory(spec)
-        graphs, prefill_graphs = self._capture_graphs() if self.use_graphs else (None, None)
+        graphs = self._capture_graphs() if self.use_graphs else (None, None, None)
         self.runner = ModelRunner(
             self.model,
             self.kv_caches,
             config.cache.block_size,
             self.platform.device,
-            graphs=graphs,
-            prefill_graphs=prefill_graphs,
+            graphs=graphs[0],
+            prefill_graphs=graphs[1],
+            verify_graphs=graphs[2],
         )
         self.runner.warm_up(min(16, self.max_model_len - 1))
         self.draft_proposer: DraftModelProposer | None = None
@@ -266,8 +268,11 @@ class Worker:
             self.activation_reserve / 2**30,
         )
 
-    def _capture_graphs(self) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
-        """Decode graphs per batch-size bucket, then one-sequence prefill graphs, one pool."""
+    def _capture_graphs(
+        self,
+    ) -> tuple[CudaGraphRunner, PrefillGraphRunner, VerifyGraphRunner | None]:
+        """Decode graphs per batch-size bucket, then one-sequence prefill graphs, then (when
+        speculating) verify graphs of K + 1 tokens per row, one pool."""
         device, sched = self.platform.device, self.config.scheduler
         common = (self.model, self.kv_caches, self.config.cache.block_size)
         graphs = CudaGraphRunner(
@@ -278,4 +283,11 @@ class Worker:
             *common, sched.max_num_batched_tokens, self.max_model_len, device, pool=graphs.pool
         )
         prefill.capture()
-        return graphs, prefill
+        verify = None
+        k = self.config.speculative.num_speculative_tokens
+        if k > 0:
+            verify = VerifyGraphRunner(
+                *common, k + 1, sched.max_num_seqs, self.max_model_len, device, pool=graphs.pool
+            )
+            verify.capture()
+        return graphs, prefill, verify
