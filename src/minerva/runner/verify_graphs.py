@@ -104,28 +104,40 @@ class VerifyGraphRunner(StagedGraphs):
         """Replay bucket's graph for the step; returns the logits rows of host.logits_indices,
         [num_logits, vocab], as eager would."""
         n, b, q = host.num_seqs, bucket, self.q
-        qsl = host.query_start_loc
-        counts = np.diff(qsl)  # [n]
-        row = np.repeat(np.arange(n), counts)  # [num_tokens]: each token's row
-        padded = row * q + (np.arange(len(row)) - qsl[row])  # [num_tokens]: slot in b * q
+        rows = pad_rows(host, q, b)
         stage = self.staging[self._turn]
         self._turn ^= 1
-        for name, values, pad in (
-            ("input_ids", host.input_ids, 0),
-            ("positions", host.positions, 0),
-            ("slot_mapping", host.slot_mapping, -1),
-        ):
-            view = stage[name][: b * q].numpy()
-            view[:] = pad
-            view[padded] = values
-        seq_lens = stage["seq_lens"][:b].numpy()
-        seq_lens[:] = 0
-        seq_lens[:n] = host.seq_lens - counts + q  # each row's context plus q query tokens
+        for name in ("input_ids", "positions", "slot_mapping", "seq_lens"):
+            stage[name][: len(rows[name])].numpy()[:] = rows[name]
         width = host.block_tables.shape[1]
         stage["block_tables"][:n, :width].numpy()[:] = host.block_tables
         regions = dict.fromkeys(("input_ids", "positions", "slot_mapping"), (slice(0, b * q),))
         regions["seq_lens"] = (slice(0, b),)
         regions["block_tables"] = (slice(0, n), slice(0, width))
-        keep = copy_to_device(torch.from_numpy(padded[host.logits_indices]), self.device)
+        keep = copy_to_device(torch.from_numpy(rows["keep"]), self.device)
         self.num_replays += 1
         return self.replay(b, stage, regions, None)[keep]
+
+
+def pad_rows(host: HostInputs, q: int, b: int) -> dict[str, np.ndarray]:
+    """A step's flat inputs with each of its rows padded to q tokens and b - num_seqs padding
+    rows: input_ids, positions, slot_mapping [b * q] (padding: 0, 0, -1), seq_lens [b] (each
+    row's context plus q; padding rows 0) and keep [num_logits], the padded index of each of
+    host.logits_indices."""
+    n, qsl = host.num_seqs, host.query_start_loc
+    counts = np.diff(qsl)  # [n]
+    row = np.repeat(np.arange(n), counts)  # [num_tokens]: each token's row
+    padded = row * q + (np.arange(len(row)) - qsl[row])  # [num_tokens]: its index in b * q
+    out = {}
+    for name, values, pad in (
+        ("input_ids", host.input_ids, 0),
+        ("positions", host.positions, 0),
+        ("slot_mapping", host.slot_mapping, -1),
+    ):
+        out[name] = np.full(b * q, pad, dtype=np.int64)
+        out[name][padded] = values
+    seq_lens = np.zeros(b, dtype=np.int32)
+    seq_lens[:n] = host.seq_lens - counts + q
+    out["seq_lens"] = seq_lens
+    out["keep"] = padded[host.logits_indices]
+    return out
