@@ -60,6 +60,9 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
     ([40, 50], [1, 1], 4, 4, 80, 8),
     ([33, 20, 12], [1, 1, 12], 8, 1, 64, None),  # decode rows + a prefill chunk
     ([25, 30], [1, 10], 6, 2, 16, 7),
+    ([40, 9, 70], [5, 3, 9], 8, 2, 64, None),  # verify rows only: one C decode row per token
+    ([40, 33], [5, 5], 4, 2, 32, 6),  # verify rows under a sliding window
+    ([20, 60], [1, 17], 4, 2, 32, None),  # a query past SHORT_QUERY: the torch reference
 ]
 
 
