@@ -40,6 +40,9 @@ from shapes import SHAPES, hf_config  # noqa: E402
 
 from minerva import LLM, SamplingParams  # noqa: E402
 
+ALWAYS = {"speculative_adaptive": False}
+"""Speculate on every step (no governor): what the oracle and draft parts measure."""
+
 
 class OracleProposer:
     """Proposes the target's own greedy continuation (recorded by a plain run): every draft
@@ -192,7 +195,7 @@ def part_step_cost(make, prompt, k_values, n, device, repeats) -> dict:
     free(plain)
     rows = {}
     for k in k_values:
-        llm = make(speculative_method="ngram", num_speculative_tokens=k)
+        llm = make(speculative_method="ngram", num_speculative_tokens=k, **ALWAYS)
         llm.engine.speculator.proposer = oracle
         steps: dict = {}
         for _ in range(repeats):
@@ -213,7 +216,7 @@ def part_ceiling(make, folder, prompt, k, n, device, repeats, draft_folder) -> d
     """Batch-1 speed-up of a perfect draft: the oracle (free) and draft = target (real)."""
     plain = make()
     _, _, outs = run(plain.engine, [prompt], n + 16, device)
-    spec = make(speculative_method="ngram", num_speculative_tokens=k)
+    spec = make(speculative_method="ngram", num_speculative_tokens=k, **ALWAYS)
     spec.engine.speculator.proposer = OracleProposer({tuple(prompt): outs[0]})
     a, b = ab(
         lambda: decode_rate(plain, [prompt], n, device),
@@ -228,7 +231,9 @@ def part_ceiling(make, folder, prompt, k, n, device, repeats, draft_folder) -> d
         "oracle_spec": b[-1][1],
     }
     free(spec)
-    same = make(speculative_method="draft", draft_model=str(folder), num_speculative_tokens=k)
+    same = make(
+        speculative_method="draft", draft_model=str(folder), num_speculative_tokens=k, **ALWAYS
+    )
     a, b = ab(
         lambda: decode_rate(plain, [prompt], n, device),
         lambda: decode_rate(same, [prompt], n, device),
@@ -250,7 +255,10 @@ def draft_shape_cost(make, plain, draft_folder, prompt, k, n, device, repeats) -
     """A random draft of another shape: its cost per proposed token (timed around propose),
     the end-to-end speed (acceptance ~0 with random weights: the overhead), and the ceiling
     (K + 1) / (verify + K * draft token) of a perfect draft of that shape."""
-    llm = make(speculative_method="draft", draft_model=str(draft_folder), num_speculative_tokens=k)
+    llm = make(
+        speculative_method="draft", draft_model=str(draft_folder), num_speculative_tokens=k,
+        **ALWAYS,
+    )  # fmt: skip
     speculator = llm.engine.speculator
     propose, spent = speculator.proposer.propose, []
 
@@ -285,41 +293,46 @@ def draft_shape_cost(make, plain, draft_folder, prompt, k, n, device, repeats) -
 
 
 def part_ngram(make, prompts, k, n, device, repeats) -> dict:
-    plain, spec = make(), make(speculative_method="ngram", num_speculative_tokens=k)
-    a, b = ab(
-        lambda: decode_rate(plain, prompts[:1], n, device),
-        lambda: decode_rate(spec, prompts[:1], n, device),
-        repeats,
-    )
-    free(plain)
-    free(spec)
-    return {
-        "k": k,
-        "plain_tok_s": median_rate(a),
-        "ngram_tok_s": median_rate(b),
-        "speedup": median_rate(b) / median_rate(a),
-        "spec": b[-1][1],
-    }
+    """Batch 1: plain, n-gram with the governor (the default) and n-gram on every step."""
+    return _compare(make, k, repeats, lambda llm: decode_rate(llm, prompts[:1], n, device))
 
 
 def part_concurrency(make, prompts, k, n, device, repeats) -> dict:
-    plain, spec = make(), make(speculative_method="ngram", num_speculative_tokens=k)
-    throughput(plain, prompts[:2], 4, device)  # warm-up
-    throughput(spec, prompts[:2], 4, device)
-    a, b = ab(
-        lambda: throughput(plain, prompts, n, device),
-        lambda: throughput(spec, prompts, n, device),
-        repeats,
+    """All prompts at once: output tokens per second of the whole run."""
+
+    def measure(llm):
+        return throughput(llm, prompts, n, device)
+
+    result = _compare(
+        make, k, repeats, measure, warm=lambda llm: throughput(llm, prompts[:2], 4, device)
     )
-    free(plain)
-    free(spec)
+    return {"num_requests": len(prompts), **result}
+
+
+def _compare(make, k, repeats, measure, warm=None) -> dict:
+    """plain, adaptive n-gram, always n-gram, alternating; tokens/s medians and ratios."""
+    engines = {
+        "plain": make(),
+        "ngram": make(speculative_method="ngram", num_speculative_tokens=k),
+        "ngram_always": make(speculative_method="ngram", num_speculative_tokens=k, **ALWAYS),
+    }
+    if warm is not None:
+        for llm in engines.values():
+            warm(llm)
+    runs: dict = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, llm in engines.items():
+            runs[name].append(measure(llm))
+    for llm in list(engines.values()):
+        free(llm)
+    rates = {name: median_rate(r) for name, r in runs.items()}
     return {
         "k": k,
-        "num_requests": len(prompts),
-        "plain_tok_s": median_rate(a),
-        "ngram_tok_s": median_rate(b),
-        "ratio": median_rate(b) / median_rate(a),
-        "spec": b[-1][1],
+        **{f"{name}_tok_s": rate for name, rate in rates.items()},
+        "speedup": rates["ngram"] / rates["plain"],
+        "speedup_always": rates["ngram_always"] / rates["plain"],
+        "spec": runs["ngram"][-1][1],
+        "spec_always": runs["ngram_always"][-1][1],
     }
 
 

@@ -181,6 +181,11 @@ class SpeculativeConfig:
     )
     ngram_min: int = Field(1, "Shortest n-gram matched for ngram proposals.", ge=1)
     ngram_max: int = Field(4, "Longest n-gram matched for ngram proposals.", ge=1)
+    speculative_adaptive: bool = Field(
+        True,
+        "Time the steps and speculate only at batch sizes where it measured faster than "
+        "plain decoding (off: always speculate).",
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -10,7 +10,11 @@ from tests.tiny_models import build_tiny_text_model
 
 def test_reports_count_drafts_during_the_measurement(tmp_path):
     path = build_tiny_text_model(tmp_path / "m", seed=5)
-    options = {"speculative_method": "ngram", "num_speculative_tokens": 3}
+    options = {
+        "speculative_method": "ngram",
+        "num_speculative_tokens": 3,
+        "speculative_adaptive": False,
+    }
     driver = load_driver("minerva", str(path), device="cpu", dtype="float32", options=options)
     try:
         prompt = [5, 6, 7, 8] * 6

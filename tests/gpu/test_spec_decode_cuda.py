@@ -35,6 +35,7 @@ def tiny(tmp_path_factory):
 
 
 def make(path, **kw) -> LLM:
+    kw.setdefault("speculative_adaptive", False)  # speculate on every step
     return LLM(model=str(path), device="cuda", dtype="float32", block_size=16, progress=False, **kw)
 
 

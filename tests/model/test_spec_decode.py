@@ -33,6 +33,7 @@ def model_dir(tmp_path_factory):
 
 def make_llm(path, k=0, **kw) -> LLM:
     spec = dict(speculative_method="ngram", num_speculative_tokens=k) if k else {}
+    spec |= {"speculative_adaptive": False} if k else {}  # speculate on every step
     common = dict(device="cpu", dtype="float32", block_size=4, progress=False)
     return LLM(model=str(path), **common, **spec, **kw)
 

@@ -37,6 +37,7 @@ def pair(tmp_path_factory):
 
 def make_llm(target, draft=None, k=0, **kw) -> LLM:
     spec = dict(speculative_method="draft", draft_model=str(draft), num_speculative_tokens=k)
+    spec["speculative_adaptive"] = False  # speculate on every step
     common = dict(device="cpu", dtype="float32", block_size=4, progress=False)
     return LLM(model=str(target), **common, **(spec if k else {}), **kw)
 

@@ -46,6 +46,7 @@ def test_padded_verify_rows_give_the_eager_logits(tmp_path):
     llm = LLM(
         model=str(tmp_path), device="cpu", dtype="float32", block_size=4, progress=False,
         speculative_method="ngram", num_speculative_tokens=k, max_model_len=64,
+        speculative_adaptive=False,
     )  # fmt: skip
     runner = llm.engine.worker.runner
     launch, checked = runner.launch, []

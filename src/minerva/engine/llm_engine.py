@@ -23,7 +23,7 @@ from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
-from minerva.spec import NgramProposer, SpecDecodeStats, Speculator
+from minerva.spec import NgramProposer, SpecDecodeStats, SpeculationGovernor, Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ class LLMEngine:
             proposer = NgramProposer(spec.ngram_min, spec.ngram_max)
         else:
             proposer = self.worker.draft_proposer
-        return Speculator(proposer, spec.num_speculative_tokens, self.max_model_len)
+        governor = SpeculationGovernor() if spec.speculative_adaptive else None
+        return Speculator(proposer, spec.num_speculative_tokens, self.max_model_len, governor)
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:
@@ -189,8 +190,10 @@ class LLMEngine:
         if self._inflight is not None and self._needs_host_tokens():
             self._finish(self._inflight)
             self._inflight = None
-        if self.speculator is not None:
-            self.speculator.propose(self.scheduler.running)
+        speculator = self.speculator
+        if speculator is not None:
+            started = time.perf_counter()
+            speculator.propose(self.scheduler.running)
         scheduled = self.scheduler.schedule()
         if self.speculator is not None and scheduled.preempted_request_ids:
             self.speculator.forget(scheduled.preempted_request_ids)
@@ -202,6 +205,8 @@ class LLMEngine:
         if launched is not None and not self.async_scheduling:
             self._finish(launched)
             self._inflight = None
+        if speculator is not None:
+            speculator.end_step(time.perf_counter() - started)
         return self.output_processor.collect()
 
     def _needs_host_tokens(self) -> bool:

@@ -2,6 +2,7 @@
 verifies their proposals in one target forward pass (rejection_sampler)."""
 
 from minerva.spec.draft_proposer import DraftModelProposer
+from minerva.spec.governor import SpeculationGovernor
 from minerva.spec.ngram_proposer import NgramProposer
 from minerva.spec.proposer import Proposer
 from minerva.spec.rejection_sampler import accept_drafts
@@ -13,6 +14,7 @@ __all__ = [
     "NgramProposer",
     "Proposer",
     "SpecDecodeStats",
+    "SpeculationGovernor",
     "Speculator",
     "accept_drafts",
 ]
