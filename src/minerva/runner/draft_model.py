@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from minerva.config import EngineConfig
 from minerva.errors import ConfigError, MinervaError
 from minerva.loader import ModelSource
 from minerva.runner import model_loading
+from minerva.runner.cuda_graphs import CudaGraphRunner
+from minerva.runner.input_batch import HostInputs
 
 
 def uses_draft_model(config: EngineConfig) -> bool:
@@ -73,3 +77,32 @@ def draft_kv_bytes_per_block(source: ModelSource, block_size: int, itemsize: int
     """K and V of every draft layer for one block (its cache shares the target's block ids)."""
     hf = source.config
     return 2 * hf.num_hidden_layers * block_size * hf.num_key_value_heads * hf.head_dim * itemsize
+
+
+def decode_graph_of(graphs: CudaGraphRunner | None):
+    """The draft proposer's hook into the draft worker's decode graphs (None off CUDA)."""
+    if graphs is None:
+        return None
+
+    def replay(ids, positions, slots, tables, seq_lens):
+        n = len(ids)
+        bucket = graphs.bucket_for(n)
+        if bucket is None or len(tables[0]) > graphs.static["block_tables"].shape[1]:
+            return None
+        host = HostInputs(
+            input_ids=np.array(ids, dtype=np.int64),
+            positions=np.array(positions, dtype=np.int64),
+            slot_mapping=np.array(slots, dtype=np.int64),
+            block_tables=np.array(tables, dtype=np.int32),
+            seq_lens=np.array(seq_lens, dtype=np.int32),
+            query_start_loc=np.arange(n + 1, dtype=np.int32),
+            logits_indices=np.arange(n, dtype=np.int64),
+            num_decodes=n,
+            sampling_states=[],
+            sampling_rows=[],
+            pending_indices=[],
+            pending_sources=[],
+        )
+        return graphs.run(host, bucket)
+
+    return replay

@@ -230,6 +230,7 @@ class Worker:
             self.config.cache.block_size,
             self.platform.device,
             self.model_config.vocab_size,
+            decode_graph=draft_model.decode_graph_of(draft.runner.graphs),
         )
         self.num_lookahead_tokens = self.config.speculative.num_speculative_tokens
 

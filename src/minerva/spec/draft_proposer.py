@@ -10,7 +10,7 @@ proposals, which the verification rule (rejection_sampler) needs to be exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +19,12 @@ from torch import nn
 from minerva.attention import AttentionMetadata
 from minerva.platform import copy_to_device
 from minerva.request import Request
+
+DecodeGraph = Callable[
+    [list[int], list[int], list[int], list[list[int]], list[int]], "torch.Tensor | None"
+]
+"""(input_ids, positions, slots, block tables, seq_lens) of a one-token-per-row draft step ->
+its logits from a captured CUDA graph, or None where no graph fits (the step runs eagerly)."""
 
 
 @dataclass
@@ -46,8 +52,11 @@ class DraftModelProposer:
         block_size: int,
         device: torch.device,
         vocab_size: int,
+        decode_graph: DecodeGraph | None = None,
     ) -> None:
-        """vocab_size: the target's; the draft's argmax never picks an id past it."""
+        """vocab_size: the target's; the draft's argmax never picks an id past it.
+        decode_graph: replays the draft's decode graphs for its one-token steps (CUDA)."""
+        self.decode_graph = decode_graph
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -115,9 +124,23 @@ class DraftModelProposer:
             seq_lens.append(row.start + n)
             starts.append(starts[-1] + n)
             tables.append(row.block_ids)
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
+        # The blocks the context covers (a table may hold lookahead blocks past them).
+        width = -(-max(seq_lens) // bs)
+        padded = [t[:width] + [0] * (width - len(t[:width])) for t in tables]
         num_decodes = sum(1 for i in order if len(rows[i].token_ids) == 1)
+        logits = None
+        if num_decodes == len(rows) and self.decode_graph is not None:
+            logits = self.decode_graph(ids, positions, slots, padded, seq_lens)
+        if logits is None:
+            logits = self._eager(ids, positions, slots, padded, seq_lens, starts, num_decodes)
+        picked = logits[:, : self.vocab_size].argmax(dim=-1).tolist()
+        out = [0] * len(rows)
+        for k, i in enumerate(order):
+            out[i] = picked[k]
+        return out
+
+    def _eager(self, ids, positions, slots, padded, seq_lens, starts, num_decodes) -> torch.Tensor:
+        """One eager draft forward; logits after each row's last input [num_rows, vocab]."""
         move = self._move
         meta = AttentionMetadata(
             slot_mapping=move(slots, torch.int64),
@@ -125,19 +148,14 @@ class DraftModelProposer:
             seq_lens=move(seq_lens, torch.int32),
             query_start_loc=move(starts, torch.int32),
             num_decodes=num_decodes,
-            max_query_len=max(len(r.token_ids) for r in rows),
+            max_query_len=max(b - a for a, b in zip(starts, starts[1:])),
             seq_lens_cpu=seq_lens,
             query_start_loc_cpu=starts,
         )
         last = move([s - 1 for s in starts[1:]], torch.int64)
-        logits = self.model(
+        return self.model(
             move(ids, torch.int64), move(positions, torch.int64), self.kv_caches, meta, last
         )  # [num_rows, draft vocab]
-        picked = logits[:, : self.vocab_size].argmax(dim=-1).tolist()
-        out = [0] * len(rows)
-        for k, i in enumerate(order):
-            out[i] = picked[k]
-        return out
 
     def _move(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return copy_to_device(torch.tensor(values, dtype=dtype), self.device)
