@@ -111,7 +111,8 @@ class Scheduler:
                 continue
             if req.spec_token_ids and not pending:
                 num_new += self._take_spec_tokens(req, num_new, budget, spec)
-            while not self.kv.allocate_slots(req, num_new + self.num_lookahead_tokens):
+            lookahead = self._lookahead(req.num_computed_tokens + num_new)
+            while not self.kv.allocate_slots(req, num_new + lookahead):
                 victim = self.running.pop()  # newest first
                 self._preempt(victim)
                 preempted.append(victim.request_id)
@@ -190,6 +191,11 @@ class Scheduler:
             spec[req.request_id] = drafts
         return len(drafts)
 
+    def _lookahead(self, num_computed_after: int) -> int:
+        """Lookahead slots past a step's tokens, never past max_model_len (no block table
+        outgrows what the CUDA graphs hold)."""
+        return max(0, min(self.num_lookahead_tokens, self.max_model_len - num_computed_after))
+
     def _length_reached(self, req: Request, num_output_tokens: int, num_tokens: int) -> bool:
         return num_output_tokens >= req.max_tokens or num_tokens >= self.max_model_len
 
@@ -204,7 +210,7 @@ class Scheduler:
                 if not self.chunked_prefill:
                     break
                 num_new = budget
-            lookahead = self.num_lookahead_tokens
+            lookahead = self._lookahead(num_cached + num_new)
             if not self.kv.allocate_slots(req, num_new + lookahead, blocks, num_cached):
                 break
             self.waiting.popleft()

@@ -101,3 +101,12 @@ def test_preemption_drops_the_drafts_of_the_victim():
     assert out.preempted_request_ids == ["b"] and "b" not in out.scheduled_spec_token_ids
     assert b.spec_token_ids == [] and b.num_computed_tokens == 0
     assert out.scheduled_spec_token_ids == {"a": [1, 2, 3, 4]}
+
+
+def test_lookahead_never_reaches_past_max_model_len():
+    kv = KVCacheManager(64, BS, enable_prefix_caching=True)
+    s = Scheduler(kv, 8, 64, 12, num_lookahead_tokens=8)
+    a = req("a", [1, 2, 3, 4, 5, 6, 7, 8, 9], max_tokens=3)
+    s.add_request(a)
+    s.schedule()
+    assert len(a.block_ids) == 3  # 12 tokens, not 9 + 8
