@@ -18,7 +18,9 @@ Parts (--parts, all by default):
 - concurrency: throughput of --concurrency requests at once, n-gram K vs plain (the target's
   own workload: the demo rewrite prompts on the demo model; random prompts on a random model).
 Plain and speculative runs alternate (ABAB) and medians are reported. Writes
-spec_bench_<shape>_<device>.json under --output.
+spec_bench_<shape>_<device>[_<parts>].json under --output. On the GPU run the parts in
+separate commands (each builds several 7B engines): --parts step_cost, --parts ceiling,
+--parts ngram concurrency.
 """
 
 from __future__ import annotations
@@ -184,23 +186,22 @@ def random_prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[
 
 
 def part_step_cost(make, prompt, k_values, n, device, repeats) -> dict:
-    """Verify step (K + 1 tokens, batch 1) vs decode step, seconds (medians)."""
+    """Verify step (K + 1 tokens, batch 1) vs decode step, seconds (medians; the plain and
+    the speculative runs alternate)."""
     plain = make()
     _, _, outs = run(plain.engine, [prompt], n + 16, device)
     oracle = OracleProposer({tuple(prompt): outs[0]})
-    decode: dict = {}
-    for _ in range(repeats):
-        run(plain.engine, [prompt], n, device, decode)
-    decode_s = statistics.median(decode["decode"])
-    free(plain)
     rows = {}
     for k in k_values:
         llm = make(speculative_method="ngram", num_speculative_tokens=k, **ALWAYS)
         llm.engine.speculator.proposer = oracle
+        decode: dict = {}
         steps: dict = {}
         for _ in range(repeats):
+            run(plain.engine, [prompt], n, device, decode)
             run(llm.engine, [prompt], n, device, steps)
         verify_s = statistics.median(steps["verify"])
+        decode_s = statistics.median(decode["decode"])
         rows[k] = {
             "verify_step_s": verify_s,
             "decode_step_s": decode_s,
@@ -209,6 +210,7 @@ def part_step_cost(make, prompt, k_values, n, device, repeats) -> dict:
             "oracle_speedup_bound": (k + 1) * decode_s / verify_s,
         }
         free(llm)
+    free(plain)
     return rows
 
 
@@ -392,7 +394,8 @@ def main() -> None:
             many = random_prompts(args.concurrency, 128, vocab, seed=1)
             results["concurrency_random"] = part_concurrency(make, many, k, n, dev, reps)
     gpu = "_" + torch.cuda.get_device_name().split()[-1].lower() if dev == "cuda" else "_cpu"
-    out = Path(args.output) / f"spec_bench_{args.shape}{gpu}.json"
+    parts = "" if len(args.parts) == 4 else "_" + "_".join(args.parts)
+    out = Path(args.output) / f"spec_bench_{args.shape}{gpu}{parts}.json"
     write_results("spec_bench", "spec_bench.py", args, [results], out)
     print(json.dumps(results, indent=2))
 

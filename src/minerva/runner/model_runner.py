@@ -86,9 +86,9 @@ class ModelRunner:
             decode_bucket = self.graphs.bucket_for(host.num_seqs)
         elif self.verify_graphs is not None and host.num_logits is not None:
             verify_bucket = self.verify_graphs.bucket_for(host)
-        # A verify step needs several logits rows per sequence: never the one-row prefill graphs.
+        # A verify step needs several logits rows per sequence, which the one-row prefill graphs
+        # do not give: it replays a verify graph or runs eagerly.
         if decode_bucket is None and self.prefill_graphs is not None and host.num_logits is None:
-            # (a verify step without a verify graph bucket runs eagerly)
             prefill_bucket = self.prefill_graphs.bucket_for(host)
         if decode_bucket is not None:
             logits = self.graphs.run(host, decode_bucket, pending)
