@@ -4,56 +4,108 @@ clear line (no traceback) and exit 1; stdout carries only generated text."""
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import time
 
 from minerva import __version__
 from minerva.bench.cli import add_bench_subcommand
+from minerva.chat import ChatSession, ReplyStats, enable_line_editing
 from minerva.config import (
     add_config_arguments,
     add_config_subcommand,
     load_config,
     overrides_from_args,
 )
-from minerva.doctor import add_doctor_subcommand
-from minerva.errors import MinervaError
+from minerva.errors import ConfigError, MinervaError
 from minerva.quantize import add_quantize_subcommand
 from minerva.server.serve import add_serve_subcommand
+
+SAMPLING_FLAGS = {
+    "max_tokens": "--max-tokens",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "min_p": "--min-p",
+    "repetition_penalty": "--repetition-penalty",
+    "seed": "--seed",
+    "stop": "--stop",
+}
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate")
     g.add_argument(
-        "--temperature", type=float, default=None, help="0 = greedy (default: the model's)"
+        "--max-tokens", type=int, default=128, help="Most tokens to generate. Default: 128."
     )
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    g.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     g.add_argument(
-        "--min-p", type=float, default=None, help="drop tokens below min_p x the top one"
-    )
-    g.add_argument("--repetition-penalty", type=float, default=None)
+        "--temperature", type=float, default=None,
+        help="0 = greedy. Default: the model's (generation_config.json), else 1.",
+    )  # fmt: skip
     g.add_argument(
-        "--seed", dest="sampling_seed", type=int, default=None, help="same seed, same text"
+        "--top-p", type=float, default=None,
+        help="Nucleus sampling mass in (0, 1]. Default: the model's, else 1 (off).",
+    )  # fmt: skip
+    g.add_argument(
+        "--top-k", type=int, default=None,
+        help="Sample among the k most likely tokens. Default: the model's, else 0 (off).",
+    )  # fmt: skip
+    g.add_argument(
+        "--min-p", type=float, default=None,
+        help="Drop tokens below min_p x the top one's probability. Default: the model's, else 0.",
+    )  # fmt: skip
+    g.add_argument(
+        "--repetition-penalty", type=float, default=None,
+        help=">1 discourages repeats. Default: the model's, else 1 (off).",
+    )  # fmt: skip
+    g.add_argument(
+        "--seed", dest="sampling_seed", type=int, default=None,
+        help="Same seed, same text. Default: a fresh random seed each run.",
+    )  # fmt: skip
+    g.add_argument(
+        "--stop", action="append", default=None, help="Stop string (repeatable). Default: none."
     )
-    g.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
-    g.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+    g.add_argument(
+        "--ignore-eos", action="store_true", help="Keep going past end-of-sequence. Default: off."
+    )
+    p.add_argument(
+        "--verbose", "-v", action="store_true",
+        help="Print the seed and a stats line (tokens, time to first token, speed). Default: off.",
+    )  # fmt: skip
 
 
-def _sampling_params(backend, args: argparse.Namespace):
+def _sampling_overrides(args: argparse.Namespace) -> dict:
+    """The sampling flags given, by SamplingParams field."""
     fields = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop")
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
     if args.sampling_seed is not None:
         overrides["seed"] = args.sampling_seed
-    return backend.default_sampling_params(
-        max_tokens=args.max_tokens, ignore_eos=args.ignore_eos, **overrides
-    )
+    return {"max_tokens": args.max_tokens, "ignore_eos": args.ignore_eos, **overrides}
+
+
+def check_sampling_flags(args: argparse.Namespace) -> None:
+    """Refuse bad sampling flags before the model loads (ConfigError naming the flag)."""
+    from minerva.sampling_params import SamplingParams  # noqa: PLC0415 - no torch
+
+    try:
+        SamplingParams(**_sampling_overrides(args))
+    except ValueError as e:
+        field = str(e).split(" ", 1)[0]
+        flag = SAMPLING_FLAGS.get(field, field)
+        raise ConfigError(f"{flag}: {str(e).removeprefix(field).strip()}") from None
+
+
+def _sampling_params(backend, args: argparse.Namespace):
+    """The model's defaults under the flags given; a fresh seed unless --seed is set."""
+    overrides = _sampling_overrides(args)
+    overrides.setdefault("seed", random.SystemRandom().randrange(2**31))
+    return backend.default_sampling_params(**overrides)
 
 
 def _open_backend(args: argparse.Namespace):
     """The model behind a BlockingBackend (the CLI is synchronous)."""
-    from minerva.backends import load_backend
-    from minerva.backends.blocking import BlockingBackend
+    from minerva.backends import load_backend  # noqa: PLC0415 - torch: not for --help
+    from minerva.backends.blocking import BlockingBackend  # noqa: PLC0415
 
     config, _ = load_config(
         getattr(args, "config", None), overrides_from_args(args), override_source="cli"
@@ -70,9 +122,12 @@ def _stream_first(runner, prompt, params):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    check_sampling_flags(args)
     runner = _open_backend(args)
     try:
         params = _sampling_params(runner.backend, args)
+        if args.verbose:
+            print(f"[seed {params.seed}]", file=sys.stderr)
         prompt = args.prompt if args.prompt is not None else sys.stdin.read()
         start = time.perf_counter()
         first = None
@@ -87,60 +142,53 @@ def cmd_generate(args: argparse.Namespace) -> int:
             reason = delta.finish_reason or reason
         end = time.perf_counter()
         sys.stdout.write("\n")
-        _print_speed(n, start, first, end, reason)
+        print(ReplyStats(n, start, first, end, reason).line(), file=sys.stderr)
     finally:
         runner.close()
     return 0
-
-
-def _print_speed(n: int, start: float, first: float | None, end: float, reason: str | None) -> None:
-    ttft = (first - start) if first else 0.0
-    decode = (n - 1) / (end - first) if first and n > 1 and end > first else 0.0
-    print(
-        f"[{n} tokens, finish={reason}, time to first token {ttft * 1000:.0f} ms, "
-        f"{decode:.1f} tokens/s decode]",
-        file=sys.stderr,
-    )
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    check_sampling_flags(args)
     runner = _open_backend(args)
+    save_history = enable_line_editing()
     try:
-        _chat_loop(runner, _sampling_params(runner.backend, args), args.system)
+
+        def make_params():
+            params = _sampling_params(runner.backend, args)
+            if args.verbose:
+                print(f"[seed {params.seed}]", file=sys.stderr)
+            return params
+
+        ChatSession(runner, make_params, args.system, args.verbose).run()
     finally:
+        save_history()
         runner.close()
     return 0
 
 
-def _chat_loop(runner, params, system: str | None) -> None:
-    messages: list[dict] = [{"role": "system", "content": system}] if system else []
-    print(
-        "Chat with the model. Empty line or Ctrl-D to quit, /reset to start over.", file=sys.stderr
+def _add_doctor_subcommand(subparsers) -> None:
+    """``minerva doctor``; doctor.py (torch) is imported only when it runs."""
+    parser = subparsers.add_parser(
+        "doctor",
+        help="what this machine can do for Minerva, and what to set",
+        description="Report the software, the devices (features, memory, measured bandwidth) "
+        "and what a model costs here (default: the bundled demo model), then advice.",
     )
-    while True:
-        try:
-            line = input(">>> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
-        if line.strip() == "/reset":
-            messages = messages[:1] if system else []
-            continue
-        messages.append({"role": "user", "content": line})
-        prompt = runner.backend.apply_chat_template(messages)
-        reply, n, start, first, reason = "", 0, time.perf_counter(), None, None
-        for delta in _stream_first(runner, prompt, params):
-            if first is None and delta.delta_token_ids:
-                first = time.perf_counter()
-            n += len(delta.delta_token_ids)
-            reply += delta.delta_text
-            sys.stdout.write(delta.delta_text)
-            sys.stdout.flush()
-            reason = delta.finish_reason or reason
-        sys.stdout.write("\n")
-        _print_speed(n, start, first, time.perf_counter(), reason)
-        messages.append({"role": "assistant", "content": reply})
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="Print the report as JSON. Default: off."
+    )
+    parser.add_argument(
+        "--no-model", action="store_true", help="Skip the model estimate. Default: off."
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from minerva.doctor import run_doctor  # noqa: PLC0415
+
+        return run_doctor(args)
+
+    parser.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     chat = sub.add_parser("chat", help="interactive chat using the model's chat template")
-    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--system", default=None, help="System prompt. Default: none.")
     add_config_arguments(chat, exclude=("seed",))
     _add_sampling_arguments(chat)
     chat.set_defaults(func=cmd_chat)
@@ -165,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_subcommand(sub)
     add_serve_subcommand(sub)
     add_bench_subcommand(sub)
-    add_doctor_subcommand(sub)
+    _add_doctor_subcommand(sub)
     add_quantize_subcommand(sub)
     return parser
 

@@ -99,7 +99,10 @@ class DeviceConfig:
         check=lambda v: bool(_DEVICE_RE.match(v)), allowed="auto, cpu, cuda, cuda:N or mps",
     )  # fmt: skip
     num_threads: int | None = Field(
-        None, "CPU threads for torch (default: torch's own choice).", ge=1
+        None,
+        "CPU threads for torch (default: physical cores less the busy ones; minerva doctor "
+        "measures what is best here).",
+        ge=1,
     )
     attention_backend: str = Field(
         "auto",

@@ -57,6 +57,8 @@ def _flag_help(spec: FieldSpec, show_env: bool) -> str:
     elif spec.default not in (None, "", []):
         shown = format_byte_size(spec.default) if spec.byte_size else spec.default
         doc += f" Default: {shown}."
+    elif "default" not in doc.lower():  # unset unless given: say so
+        doc += " Default: none."
     if show_env and spec.rules.env:
         doc += f" Env: {env_var_name(spec.name)}."
     return doc
@@ -211,7 +213,7 @@ def add_subcommand(subparsers: Any, schema: Schema) -> argparse.ArgumentParser:
     )  # fmt: skip
     show.add_argument(
         "--verbose", "-v", action="store_true",
-        help="Also print each field's help: what it does and the values it allows.",
+        help="Also print each field's help: what it does and the values it allows. Default: off.",
     )  # fmt: skip
     add_config_file_argument(show)
     add_arguments(show, schema)

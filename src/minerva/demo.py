@@ -7,6 +7,7 @@ It lives in ``minerva/demo_model/`` as an ordinary Hugging Face folder and ships
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -46,3 +47,14 @@ def demo_model_path() -> Path:
             "with a local Hugging Face folder"
         )
     return path
+
+
+DEMO_MODEL_NAME = "demo"
+"""What ``--model`` accepts for the bundled model (a local file or folder of that name wins)."""
+
+
+def resolve_model_arg(model: str | Path | None) -> Path:
+    """``--model`` as a path: the bundled demo model for None or ``demo``, else the user's path."""
+    if model is None or (str(model) == DEMO_MODEL_NAME and not Path(DEMO_MODEL_NAME).exists()):
+        return demo_model_path()
+    return Path(os.path.expanduser(str(model)))

@@ -26,9 +26,16 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig, add_config_arguments, load_config, overrides_from_args
+from minerva.config import EngineConfig, load_config, overrides_from_args
 from minerva.errors import MinervaError
-from minerva.platform import Platform, cpu_signature, native_kernel_arch, resolve_platform
+from minerva.platform import (
+    Platform,
+    available_cpus,
+    cpu_signature,
+    default_num_threads,
+    native_kernel_arch,
+    resolve_platform,
+)
 
 OPTIONAL = ("triton", "transformers", "fastapi", "uvicorn", "prometheus_client", "matplotlib")
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "asimd", "sve")
@@ -99,6 +106,59 @@ def cpu_info() -> dict[str, Any]:
         if kernels
         else (cpu_linear.status() or f"no C kernels for {host.machine()} on {sys.platform}"),
     }
+
+
+def thread_scan(configured: int | None, repeats: int = 3) -> dict[str, Any]:
+    """Matrix-vector products per second (what batch-1 decode does) at each thread count up
+    to the CPUs this process may use, and the default Minerva picks (physical cores less the
+    busy ones). A busy machine can make more threads much slower (OpenMP barriers wait for a
+    thread that lost its core); benchmarks/results/cpu_threads.json has decode figures."""
+    cpus, before = available_cpus(), torch.get_num_threads()
+    counts = sorted({1, 2, 4, 8, 16, cpus, default_num_threads()} & set(range(1, cpus + 1)))
+    # One small layer's matvec: each one is a parallel region whose barrier waits for every
+    # thread, as each op of a decode step does.
+    weight = torch.randn(1024, 1024)
+    x = torch.randn(1024)
+    measured = []
+    try:
+        for threads in counts:
+            torch.set_num_threads(threads)
+            torch.mv(weight, x)  # wake this many threads
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for _ in range(50):
+                    torch.mv(weight, x)
+                best = min(best, (time.perf_counter() - t) / 50)
+            measured.append({"threads": threads, "matvec_per_s": 1 / best})
+    finally:
+        torch.set_num_threads(before)
+    fastest = max(measured, key=lambda m: m["matvec_per_s"])
+    return {
+        "available_cpus": cpus,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "default": default_num_threads(),
+        "configured": configured,
+        "measured": measured,
+        "best": fastest["threads"],
+    }
+
+
+def thread_advice(scan: dict[str, Any]) -> str:
+    """What to set for --num-threads, from the scan."""
+    used = scan["configured"] or scan["default"]
+    speed = {m["threads"]: m["matvec_per_s"] for m in scan["measured"]}
+    best = scan["best"]
+    load = scan["load_average"]
+    where = f"{scan['available_cpus']} CPUs" + (f", load {load:.1f}" if load is not None else "")
+    how = "--num-threads" if scan["configured"] else f"the default ({scan['default']})"
+    if used in speed and best != used and speed[best] > 1.2 * speed[used]:
+        return (
+            f"{best} CPU threads ran {speed[best] / speed[used]:.1f}x faster than {used}, "
+            f"{how}, here ({where}): set --num-threads {best} (MINERVA_NUM_THREADS={best}) "
+            "if the machine stays this busy (benchmarks/cpu_threads.py measures decode)"
+        )
+    return f"{used} CPU threads ({how}) measured as fast as any count here ({where})"
 
 
 def triton_cache_files() -> tuple[str, int]:
@@ -197,6 +257,8 @@ def advice(report: dict[str, Any]) -> list[str]:
                 f"the Triton kernel cache ({path}) is empty: the first engine start compiles "
                 "the kernels and takes longer; later starts reuse them (keep that folder)"
             )
+    if scan := dev.get("threads"):
+        out.append(thread_advice(scan))
     cpu = dev["cpu"]
     if dev["kind"] == "cpu" and not cpu["c_kernels"]:
         why = cpu["c_kernels_problem"]
@@ -231,6 +293,8 @@ def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
     if platform.is_cuda:
         device["gpu"] = cuda_info(platform.device.index or 0)
     device["bandwidth_gb_s"] = measure_bandwidth(platform)
+    if platform.kind == "cpu":
+        device["threads"] = thread_scan(config.device.num_threads)
     report: dict[str, Any] = {"software": software(), "device": device}
     report["cuda_devices"] = [
         torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
@@ -273,6 +337,9 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("dependent launch (PDL)", _yes(g["pdl"])))
         cache = g["triton_cache"]
         out.append(("Triton kernel cache", f"{cache['files']} files in {cache['path']}"))
+    if scan := dev.get("threads"):
+        figures = ", ".join(f"{m['threads']}: {m['matvec_per_s']:.0f}/s" for m in scan["measured"])
+        out.append(("CPU threads (matvec speed)", f"{figures}; default {scan['default']}"))
     how = "sum: bytes read" if dev["kind"] == "cpu" else "copy: bytes read + written"
     out.append((f"{dev['kind']} memory bandwidth", f"{dev['bandwidth_gb_s']:.1f} GB/s ({how})"))
     if fit := report.get("model"):
@@ -319,17 +386,3 @@ def run_doctor(args: argparse.Namespace) -> int:
     else:
         render(report)
     return 0
-
-
-def add_doctor_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="what this machine can do for Minerva, and what to set",
-        description="Report the software, the devices (features, memory, measured bandwidth) "
-        "and what a model costs here (default: the bundled demo model), then advice.",
-    )
-    add_config_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--no-model", action="store_true", help="skip the model estimate")
-    parser.set_defaults(func=run_doctor)
-    return parser

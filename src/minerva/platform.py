@@ -184,9 +184,35 @@ def resolve_dtype(platform: Platform, requested: str | None, checkpoint: str | N
     return dtype
 
 
+def available_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask: containers, taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def busy_cpus() -> int:
+    """CPUs other work keeps busy: the 1-minute load average, rounded (0 where unknown)."""
+    try:
+        return round(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0
+
+
+def default_num_threads(busy: int | None = None) -> int:
+    """Physical cores, less the CPUs other work keeps busy, at least 1. OpenMP threads wait
+    for each other every step, so one thread that lost its core stalls them all: on a busy
+    machine fewer threads decode many times faster (benchmarks/results/cpu_threads.json)."""
+    cpus = available_cpus()
+    physical = min(psutil.cpu_count(logical=False) or cpus, cpus)
+    busy = busy_cpus() if busy is None else busy
+    return max(1, min(physical, cpus - busy))
+
+
 def set_num_threads(num_threads: int | None) -> None:
-    if num_threads:
-        torch.set_num_threads(num_threads)
+    """torch's CPU threads: ``num_threads``, else default_num_threads()."""
+    torch.set_num_threads(num_threads or default_num_threads())
 
 
 def native_kernel_arch() -> str | None:

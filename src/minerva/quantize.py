@@ -15,13 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from minerva.errors import ConfigError, MinervaError
-from minerva.loader.gguf_export import write_gguf
-from minerva.loader.source import open_model
 from minerva.quant.gguf_mix import MIXES, PLAIN, canonical_name, mix_type
-from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import GGMLType
 
 FLOAT_NAMES = {"f32": GGMLType.F32, "f16": GGMLType.F16, "bf16": GGMLType.BF16}
@@ -46,6 +41,12 @@ def type_plan(name: str, config) -> Any:
 
 def quantize_model(src: str | Path, out: str | Path, type_name: str, progress: bool = True) -> Path:
     """Quantize the model at `src` into the GGUF file `out`; returns its path."""
+    import torch  # noqa: PLC0415 - torch and the loader stay out of `minerva --help`
+
+    from minerva.loader.gguf_export import write_gguf  # noqa: PLC0415
+    from minerva.loader.source import open_model  # noqa: PLC0415
+    from minerva.quant.gguf_quantize import quantize_tensor  # noqa: PLC0415
+
     source = open_model(src)
     if source.format == "gguf":
         raise ConfigError(
@@ -132,7 +133,7 @@ def add_quantize_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--type",
         default="q4_k_m",
-        help=f"one of {', '.join(choices)} (mistral.rs spellings such as Q4K also work)",
+        help=f"one of {', '.join(choices)} (mistral.rs spellings such as Q4K also work). Default: q4_k_m.",
     )
     p.set_defaults(func=run_quantize)
     return p

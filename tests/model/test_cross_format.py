@@ -86,7 +86,7 @@ def q4_k_m_plan(name: str, shape) -> GGMLType:
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_a_q4_k_m_file_with_quantized_embedding_and_output(tmp_path, monkeypatch, tied):
-    """token_embd in Q4_K is dequantized into the embedding; the output (its own Q6_K tensor,
+    """token_embd in Q4_K stays in its blocks (rows dequantized when looked up); the output (its own Q6_K tensor,
     or tied: the embedding's Q4_K blocks) stays quantized; the logits equal the dense run of
     the dequantized weights (torch twin: the same weights, fp32 rounding apart)."""
     folder = tmp_path / "st"
@@ -106,15 +106,15 @@ def test_a_q4_k_m_file_with_quantized_embedding_and_output(tmp_path, monkeypatch
     )
     model = llm.engine.worker.model
     head = model.lm_head
-    assert [t for _, t, _ in head.gguf_groups] == [GGMLType.Q4_K if tied else GGMLType.Q6_K]
+    assert [g[1] for g in head.gguf_groups] == [GGMLType.Q4_K if tied else GGMLType.Q6_K]
     assert model.weight_bytes() == weight_bytes_of(source, torch.float32)  # planned = loaded
     file_bytes = sum(info.nbytes for _, info in source.tensors.values())
     embed = model.model.embed_tokens.weight
-    # the file's blocks, the embedding as float32 instead of blocks, and a tied head's own
-    # copy of the embedding's blocks
+    assert embed.dtype == torch.uint8  # the table stays in its blocks
+    # the file's blocks, and a tied head's own copy of the embedding's blocks
     embed_blocks = source.tensors["token_embd.weight"][1].nbytes
-    expected = file_bytes - embed_blocks + embed.numel() * 4 + (embed_blocks if tied else 0)
-    assert model.weight_bytes() == expected
+    assert embed.numel() == embed_blocks
+    assert model.weight_bytes() == file_bytes + (embed_blocks if tied else 0)
 
 
 def test_q8_0_gguf_equals_minerva_on_its_dequantized_weights(tmp_path, monkeypatch):
@@ -137,14 +137,12 @@ def test_q8_0_gguf_equals_minerva_on_its_dequantized_weights(tmp_path, monkeypat
 
 def test_in_situ_quantization_equals_the_same_mix_written_as_gguf(tmp_path):
     """`quantization=q4_k_m` on a float folder gives the blocks a GGUF of the same mix holds
-    (token_embd kept float in both), so the two runs are the same arithmetic."""
+    (token_embd in the mix's type in both), so the two runs are the same arithmetic."""
     folder = tmp_path / "st"
     build_tiny_model(folder, hidden_size=256, intermediate_size=512, num_hidden_layers=4)
     config = load_model_config(folder)
 
     def plan(name: str, shape) -> GGMLType:
-        if name == "token_embd.weight":
-            return GGMLType.F32
         layer = int(name.split(".")[1]) if name.startswith("blk.") else None
         return mix_type("q4_k_m", name, layer, config.num_hidden_layers, cols=shape[1])
 

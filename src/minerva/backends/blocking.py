@@ -7,6 +7,7 @@ outputs arrive on the caller's thread and no second thread is needed on this sid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -40,11 +41,24 @@ class BlockingBackend:
         try:
             while True:
                 try:
-                    yield self.run(anext(outputs))
+                    yield self._next(outputs)
                 except StopAsyncIteration:
                     return
         finally:
             out.abort()
+
+    def _next(self, outputs: Any) -> RequestOutput:
+        """The next output; a Ctrl-C while waiting cancels the wait before it propagates, so no
+        half-run coroutine is left on the loop."""
+        task = self._loop.create_task(anext(outputs))
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(task)
+            raise
 
     def generate(
         self, prompts: list[str | list[int]], params: list[SamplingParams]

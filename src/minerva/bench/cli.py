@@ -18,7 +18,7 @@ def _common(p: argparse.ArgumentParser, output_kind: str) -> None:
         help="Folder for results.json, CSV, report.md (and plots). "
         f"Default: bench-results/{output_kind}-TIMESTAMP.",
     )
-    p.add_argument("--no-progress", action="store_true", help="No progress display.")
+    p.add_argument("--no-progress", action="store_true", help="No progress display. Default: off.")
     p.add_argument("--seed", type=int, default=0, help="Seed of prompts and arrivals. Default: 0.")
 
 
@@ -33,7 +33,9 @@ def _http(p: argparse.ArgumentParser, required: bool) -> None:
         "ollama|ollama-chat (default openai), model=M (default: the first the server lists), "
         "pid=N (server process, for memory; found automatically on this machine), key=API_KEY.",
     )
-    p.add_argument("--api-key", default=None, help="Bearer key sent to every target.")
+    p.add_argument(
+        "--api-key", default=None, help="Bearer key sent to every target. Default: none."
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -56,8 +58,12 @@ def _workload(p: argparse.ArgumentParser, default: str | None, num_prompts: int 
         type=int,
         default=num_prompts,
         metavar="N",
-        help="Requests per run (the workload's prompts are cycled)."
-        + (f" Default: {num_prompts}." if num_prompts else ""),
+        help="Requests per run (the workload's prompts are cycled). Default: "
+        + (
+            f"{num_prompts}."
+            if num_prompts
+            else "64 with --request-rate, else 2 x the widest concurrency (at least 8)."
+        ),
     )
     p.add_argument(
         "--max-tokens",
@@ -68,10 +74,12 @@ def _workload(p: argparse.ArgumentParser, default: str | None, num_prompts: int 
 
 
 def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = False) -> None:
+    shown = {"installed": "the installed ones (minerva, and transformers if present)"}
     p.add_argument(
         "--backend",
         default=backends,
-        help=f"Comma-separated offline backends (minerva, transformers). Default: {backends}.",
+        help="Comma-separated offline backends (minerva, transformers); one whose package is "
+        f"missing is skipped with a warning. Default: {shown.get(backends, backends or 'none')}.",
     )
     p.add_argument(
         "--model",
@@ -79,8 +87,8 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         required=not multi_model,
         default=[] if multi_model else None,
         metavar="PATH",
-        help="Hugging Face model folder"
-        + (" (repeatable, e.g. two quantizations)." if multi_model else "."),
+        help="Hugging Face model folder, or demo (the bundled demo model)"
+        + (" (repeatable, e.g. two quantizations). Default: none." if multi_model else "."),
     )
     p.add_argument(
         "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps. Default: auto."
@@ -91,7 +99,10 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         help="Comma-separated dtypes (auto, float32, bfloat16, ...). Default: auto.",
     )
     p.add_argument(
-        "--num-threads", type=int, default=None, help="torch CPU threads for every backend."
+        "--num-threads",
+        type=int,
+        default=None,
+        help="CPU threads for every backend. Default: each backend's own choice.",
     )
     p.add_argument(
         "--backend-arg",
@@ -99,7 +110,7 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
         default=[],
         metavar="[BACKEND.]KEY=VALUE",
         help="Option passed to the backends (repeatable), e.g. minerva.max_num_seqs=64 or "
-        "transformers.max_batch_size=8.",
+        "transformers.max_batch_size=8. Default: none.",
     )
 
 
@@ -121,10 +132,13 @@ def _add_serve(sub: Any) -> None:
         "--request-rate",
         default=None,
         help="Comma-separated Poisson arrival rates (req/s, or inf); "
-        "replaces the concurrency sweep.",
+        "replaces the concurrency sweep. Default: none (the concurrency sweep).",
     )
     p.add_argument(
-        "--max-concurrency", type=int, default=None, help="In-flight cap with --request-rate."
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="In-flight cap with --request-rate. Default: none (every arrival is sent at once).",
     )
     p.add_argument(
         "--burstiness",
@@ -141,22 +155,26 @@ def _add_serve(sub: Any) -> None:
         default=1,
         help="Runs per target and level (interleaved). Default: 1.",
     )
-    p.add_argument("--slo", default=None, help="Goodput SLOs, e.g. ttft=200ms,tpot=50ms,e2e=10s.")
+    p.add_argument(
+        "--slo",
+        default=None,
+        help="Goodput SLOs, e.g. ttft=200ms,tpot=50ms,e2e=10s. Default: none.",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="Default: 0 (greedy).")
     p.add_argument(
         "--ignore-eos",
         action="store_true",
         help="Ask servers to ignore EOS, for exact output lengths "
-        "(OpenAI APIs; an extension of vLLM, llama.cpp and Minerva).",
+        "(OpenAI APIs; an extension of vLLM, llama.cpp and Minerva). Default: off.",
     )
-    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots.")
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots. Default: off.")
     _common(p, "serve")
     p.set_defaults(func=_lazy("run_serve"))
 
 
 def _add_latency(sub: Any) -> None:
     p = sub.add_parser("latency", help="batch-1 prefill / decode speed, TTFT, memory (offline)")
-    _engines(p, "minerva,transformers")
+    _engines(p, "installed")
     p.add_argument("--input-len", type=int, default=128, help="Prompt tokens. Default: 128.")
     p.add_argument("--output-len", type=int, default=32, help="Generated tokens. Default: 32.")
     p.add_argument("--repeats", type=int, default=3, help="Measured runs (median). Default: 3.")
@@ -167,7 +185,7 @@ def _add_latency(sub: Any) -> None:
 
 def _add_throughput(sub: Any) -> None:
     p = sub.add_parser("throughput", help="N requests at once: tokens/s and requests/s (offline)")
-    _engines(p, "minerva,transformers")
+    _engines(p, "installed")
     _workload(p, None, 64)
     p.add_argument(
         "--input-len", type=int, default=128, help="Prompt tokens (fixed workload). Default: 128."
@@ -213,7 +231,10 @@ def _add_perplexity(sub: Any) -> None:
         help="Tokens between window starts. Default: window / 2.",
     )
     p.add_argument(
-        "--max-text-tokens", type=int, default=None, help="Score only the first N tokens."
+        "--max-text-tokens",
+        type=int,
+        default=None,
+        help="Score only the first N tokens. Default: all.",
     )
     _common(p, "perplexity")
     p.set_defaults(func=_lazy("run_perplexity"))

@@ -19,18 +19,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from minerva.bench.drivers.base import GREEDY_SETTINGS
 from minerva.bench.http_client import Target, make_client, parse_target, resolve_model
 from minerva.bench.load import LoadLevel, parse_levels, run_benchmark
 from minerva.bench.metrics import parse_slo
-from minerva.bench.protocols import GenParams
+from minerva.bench.protocols import NEUTRAL_OLLAMA, NEUTRAL_OPENAI, GenParams
+from minerva.bench.redact import Redactor
 from minerva.bench.report import fmt, lookup, write_report
 from minerva.bench.system import system_info
 from minerva.bench.workloads import BenchRequest, build_workload
 from minerva.errors import ConfigError, ModelLoadError
 
 
-def _command() -> str:
-    return "minerva " + shlex.join(sys.argv[1:])
+def _command(redactor: Redactor | None = None) -> str:
+    """The command line that ran, secrets masked."""
+    return "minerva " + shlex.join((redactor or Redactor()).argv(sys.argv[1:]))
 
 
 def _out_dir(args: argparse.Namespace, kind: str) -> Path:
@@ -60,19 +63,19 @@ def _check_positive(**values: int | None) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from minerva.bench.results import serve_document  # noqa: PLC0415
-
     targets = [parse_target(t, args.api_key) for t in args.target]
+    redactor = Redactor([args.api_key, *(t.api_key for t in targets)])
     if len({t.name for t in targets}) != len(targets):
         raise ConfigError("two --target entries share a NAME: give each target its own name")
     levels = parse_levels(args.concurrency, args.request_rate, args.max_concurrency)
     slo = parse_slo(args.slo)
     _check_positive(num_prompts=args.num_prompts, repeats=args.repeats, max_tokens=args.max_tokens)
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature must be >= 0, got {args.temperature}")
     widest = max(lv.concurrency or 1 for lv in levels)
     num_prompts = args.num_prompts or (64 if args.request_rate else max(8, 2 * widest))
     requests = build_workload(args.workload, num_prompts, args.seed, args.max_tokens)
     params = GenParams(temperature=args.temperature, ignore_eos=args.ignore_eos)
-    runs = asyncio.run(_serve(args, targets, requests, levels, params))
     config = {
         "workload": args.workload,
         "num_prompts": num_prompts,
@@ -86,15 +89,16 @@ def run_serve(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "slo": args.slo,
     }
-    doc = serve_document(
-        runs, [t.describe() for t in targets], config, system_info(), slo, _command()
-    )
     out = _out_dir(args, "serve")
-    paths = write_report(doc, out)
-    if not args.no_plots:
-        from minerva.bench.plots import write_serve_plots  # noqa: PLC0415
-
-        paths += write_serve_plots(doc, out)
+    runs: list = []
+    try:
+        asyncio.run(_serve(args, targets, requests, levels, params, runs))
+    except BaseException:  # Ctrl-C or a failure mid-way: keep the runs that finished
+        if runs:
+            _write_serve(runs, targets, config, slo, out, redactor)
+            print(f"minerva: partial results ({len(runs)} runs) in {out}/", file=sys.stderr)
+        raise
+    doc, paths = _write_serve(runs, targets, config, slo, out, redactor)
     columns = [
         ("target", "target", "s"),
         ("level", "load", "s"),
@@ -106,8 +110,38 @@ def run_serve(args: argparse.Namespace) -> int:
         ("e2e_ms.p99", "E2E p99 ms", ".0f"),
     ]
     _print_table("minerva bench serve", doc["summaries"], columns)
+    code = 0
+    if not args.no_plots:
+        plotted, code = _serve_plots(doc, out)
+        paths += plotted
     print(f"results in {out}/ ({', '.join(p.name for p in paths)})")
-    return 0
+    return code
+
+
+def _write_serve(runs, targets: list[Target], config: dict, slo, out: Path, redactor: Redactor):
+    """results.json first (what was measured), then the report, CSVs; secrets redacted."""
+    from minerva.bench.results import serve_document  # noqa: PLC0415
+
+    system = system_info(server_urls=[t.url for t in targets])
+    doc = serve_document(
+        runs, [t.describe() for t in targets], config, system, slo, _command(redactor)
+    )
+    return doc, write_report(doc, out, redactor)
+
+
+def _serve_plots(doc: dict, out: Path) -> tuple[list[Path], int]:
+    """The PNGs, or a warning: a missing matplotlib skips them (exit 0), a crash says why
+    (exit 1); the results are written either way."""
+    try:
+        from minerva.bench.plots import write_serve_plots  # noqa: PLC0415
+
+        return write_serve_plots(doc, out), 0
+    except ConfigError as e:  # matplotlib is not installed
+        print(f"minerva: warning: no plots: {e}", file=sys.stderr)
+        return [], 0
+    except Exception as e:  # noqa: BLE001 - the measured results are already on disk
+        print(f"minerva: warning: the plots failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return [], 1
 
 
 async def _serve(
@@ -116,6 +150,7 @@ async def _serve(
     requests: list[BenchRequest],
     levels: list[LoadLevel],
     params: GenParams,
+    runs: list,
 ):
     from minerva.bench.monitor import find_server_pid  # noqa: PLC0415
 
@@ -159,6 +194,7 @@ async def _serve(
                 args.burstiness,
                 on_run_start=on_run_start,
                 on_done=on_done,
+                results=runs,
             )
 
 
@@ -190,9 +226,25 @@ def _backend_options(args: argparse.Namespace, backend: str) -> dict:
     return options
 
 
+def _model_paths(models: list[str] | str | None) -> list[str]:
+    """``--model`` values as paths (``demo``: the bundled demo model)."""
+    from minerva.demo import resolve_model_arg  # noqa: PLC0415
+
+    names = [models] if isinstance(models, str) else list(models or [])
+    return [str(resolve_model_arg(m)) for m in names]
+
+
+def _backend_names(args: argparse.Namespace) -> list[str]:
+    """--backend as names; "installed" is every engine this install can run."""
+    from minerva.bench.drivers import installed_drivers  # noqa: PLC0415
+
+    names = _names(args.backend)
+    return installed_drivers() if names == ["installed"] else names
+
+
 def _engines(args: argparse.Namespace, models: list[str]):
     """(label, backend name, model, dtype) for every combination asked for."""
-    backends, dtypes = _names(args.backend), _names(args.dtype) or ["auto"]
+    backends, dtypes = _backend_names(args), _names(args.dtype) or ["auto"]
     for model, name, dtype in itertools.product(models, backends, dtypes):
         parts = (
             [name]
@@ -218,12 +270,44 @@ def _load(
         )
 
 
+def _measured(args, kind: str, models: list[str], measure, config: dict) -> list[dict]:
+    """``measure(backend, label)`` -> row for every engine; an engine whose package is missing
+    is skipped with a warning; on a failure the rows measured so far are written first."""
+    from minerva.bench.drivers import BackendNotInstalled  # noqa: PLC0415
+
+    console, results = _err_console(args), []
+    try:
+        for label, name, model, dtype in _engines(args, models):
+            try:
+                backend = _load(args, console, label, name, model, dtype)
+            except BackendNotInstalled as e:
+                print(f"minerva: warning: skipped {label}: {e}", file=sys.stderr)
+                continue
+            try:
+                with console.status(f"{label}: {kind}"):
+                    results.append({**measure(backend), "backend": label, "dtype": dtype})
+            finally:
+                _release(backend)
+    except BaseException:
+        if results:
+            print(f"minerva: writing the {len(results)} rows measured so far", file=sys.stderr)
+            _finish_offline(args, kind, results, config)
+        raise
+    if not results:
+        raise ConfigError(f"no backend could run: --backend {args.backend!r}")
+    return results
+
+
 def _release(backend) -> None:
     backend.close()
     gc.collect()
 
 
 def _vocab_size(model: str) -> int:
+    if not Path(model).is_dir():  # a GGUF file, or not a model: the loader says which
+        from minerva.loader.source import open_model  # noqa: PLC0415
+
+        return int(open_model(model).config.vocab_size)
     path = Path(model) / "config.json"
     try:
         cfg = json.loads(path.read_text())
@@ -246,13 +330,16 @@ def _prompt_ids(model: str, requests: list[BenchRequest]) -> list[list[int]]:
     return [r.prompt_token_ids or tok.encode(r.prompt) for r in requests]
 
 
-def _finish_offline(args, kind: str, results: list[dict], config: dict) -> int:
+def _finish_offline(
+    args, kind: str, results: list[dict], config: dict, redactor: Redactor | None = None
+) -> int:
     from minerva.bench.offline import offline_document  # noqa: PLC0415
     from minerva.bench.report import OFFLINE_COLUMNS  # noqa: PLC0415
 
-    doc = offline_document(kind, results, config, system_info(), _command())
+    urls = [t.split("=", 1)[-1].split(",")[0] for t in getattr(args, "target", None) or []]
+    doc = offline_document(kind, results, config, system_info(urls), _command(redactor))
     out = _out_dir(args, kind)
-    paths = write_report(doc, out)
+    paths = write_report(doc, out, redactor)
     _print_table(f"minerva bench {kind}", results, OFFLINE_COLUMNS[kind])
     print(f"results in {out}/ ({', '.join(p.name for p in paths)})")
     return 0
@@ -262,17 +349,9 @@ def run_latency(args: argparse.Namespace) -> int:
     from minerva.bench import offline  # noqa: PLC0415
 
     _check_positive(input_len=args.input_len, output_len=args.output_len, repeats=args.repeats)
+    args.model = _model_paths(args.model)[0]
     spec = f"fixed:in={args.input_len},out={args.output_len}"
     prompt = build_workload(spec, 1, args.seed, vocab_size=_vocab_size(args.model))[0]
-    console, results = _err_console(args), []
-    for label, name, model, dtype in _engines(args, [args.model]):
-        backend = _load(args, console, label, name, model, dtype)
-        with console.status(f"{label}: latency"):
-            row = offline.run_latency(
-                backend, prompt.prompt_token_ids, args.output_len, args.repeats, args.warmup
-            )
-        results.append({**row, "backend": label, "dtype": dtype})
-        _release(backend)
     config = {
         "model": args.model,
         "device": args.device,
@@ -283,6 +362,13 @@ def run_latency(args: argparse.Namespace) -> int:
         "num_threads": args.num_threads,
         "seed": args.seed,
     }
+
+    def measure(backend) -> dict:
+        return offline.run_latency(
+            backend, prompt.prompt_token_ids, args.output_len, args.repeats, args.warmup
+        )
+
+    results = _measured(args, "latency", [args.model], measure, config)
     return _finish_offline(args, "latency", results, config)
 
 
@@ -290,18 +376,12 @@ def run_throughput(args: argparse.Namespace) -> int:
     from minerva.bench import offline  # noqa: PLC0415
 
     _check_positive(num_prompts=args.num_prompts, max_tokens=args.max_tokens)
+    args.model = _model_paths(args.model)[0]
     spec = args.workload or f"fixed:in={args.input_len},out={args.output_len}"
     requests = build_workload(
         spec, args.num_prompts, args.seed, args.max_tokens, _vocab_size(args.model)
     )
     prompts = _prompt_ids(args.model, requests)
-    console, results = _err_console(args), []
-    for label, name, model, dtype in _engines(args, [args.model]):
-        backend = _load(args, console, label, name, model, dtype)
-        with console.status(f"{label}: {len(prompts)} requests"):
-            row = offline.run_throughput(backend, prompts, [r.max_tokens for r in requests])
-        results.append({**row, "backend": label, "dtype": dtype})
-        _release(backend)
     config = {
         "model": args.model,
         "device": args.device,
@@ -310,6 +390,11 @@ def run_throughput(args: argparse.Namespace) -> int:
         "num_threads": args.num_threads,
         "seed": args.seed,
     }
+
+    def measure(backend) -> dict:
+        return offline.run_throughput(backend, prompts, [r.max_tokens for r in requests])
+
+    results = _measured(args, "throughput", [args.model], measure, config)
     return _finish_offline(args, "throughput", results, config)
 
 
@@ -319,6 +404,7 @@ def run_consistency(args: argparse.Namespace) -> int:
     requests = build_workload(args.workload, args.num_prompts, args.seed, args.max_tokens or 32)
     console, ids, texts = _err_console(args), {}, {}
     backends = _names(args.backend)
+    args.model = _model_paths(args.model)
     if backends and not args.model:
         raise ConfigError("offline backends need --model PATH (repeatable)")
     for label, name, model, dtype in _engines(args, args.model) if backends else []:
@@ -359,11 +445,17 @@ def run_consistency(args: argparse.Namespace) -> int:
         "num_prompts": len(requests),
         "participants": list(texts),
         "max_tokens": requests[0].max_tokens,
-        "temperature": 0,
+        "sampling (offline backends)": GREEDY_SETTINGS if ids or backends else None,
+        "sampling (HTTP targets)": (
+            {"temperature": 0.0, "openai": NEUTRAL_OPENAI, "ollama": NEUTRAL_OLLAMA}
+            if targets
+            else None
+        ),
     }
     for row in results:
         row["outputs"] = {"a": texts[row["a"]], "b": texts[row["b"]]}
-    return _finish_offline(args, "consistency", results, config)
+    redactor = Redactor([args.api_key, *(t.api_key for t in targets)])
+    return _finish_offline(args, "consistency", results, config, redactor)
 
 
 async def _texts(args, targets: list[Target], requests: list[BenchRequest]) -> dict[str, list[str]]:
@@ -374,7 +466,7 @@ async def _texts(args, targets: list[Target], requests: list[BenchRequest]) -> d
         for target in targets:
             await resolve_model(client, target)
             out[target.name] = await http_outputs(
-                client, target, requests, GenParams(temperature=0.0)
+                client, target, requests, GenParams(temperature=0.0, neutral=True)
             )
     return out
 
@@ -383,6 +475,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     from minerva.bench.perplexity import perplexity  # noqa: PLC0415
     from minerva.tokenizer import Tokenizer  # noqa: PLC0415
 
+    args.model = _model_paths(args.model)
     if not args.model:
         raise ConfigError("give at least one --model PATH")
     path = Path(args.file)

@@ -26,6 +26,7 @@ from minerva.bench.protocols import (
     models_endpoint,
     parse_line,
 )
+from minerva.bench.redact import Redactor
 from minerva.bench.workloads import BenchRequest
 from minerva.errors import ConfigError
 
@@ -61,11 +62,12 @@ class Target:
 
 def parse_target(spec: str, api_key: str | None = None) -> Target:
     """'minerva=http://127.0.0.1:8000,api=ollama' -> Target (ConfigError naming the fix)."""
+    shown = Redactor().text(spec)  # error messages echo the spec without its key
     head, *opts = spec.split(",")
     name, eq, url = head.partition("=")
     if not eq or not name or not url.startswith(("http://", "https://")):
         raise ConfigError(
-            f"--target {spec!r}: use NAME=URL[,api=openai|openai-chat|ollama|ollama-chat]"
+            f"--target {shown!r}: use NAME=URL[,api=openai|openai-chat|ollama|ollama-chat]"
             "[,model=M][,pid=N], e.g. --target minerva=http://127.0.0.1:8000"
         )
     target = Target(name.strip(), url.rstrip("/"), api_key=api_key)
@@ -73,11 +75,13 @@ def parse_target(spec: str, api_key: str | None = None) -> Target:
         key, eq, value = opt.partition("=")
         key = key.strip()
         if not eq or key not in ("api", "model", "pid", "key"):
-            raise ConfigError(f"--target {spec!r}: unknown option {opt!r} (api, model, pid, key)")
+            raise ConfigError(
+                f"--target {shown!r}: unknown option {Redactor().text(opt)!r} (api, model, pid, key)"
+            )
         if key == "api" and value not in APIS:
-            raise ConfigError(f"--target {spec!r}: api must be one of {', '.join(APIS)}")
+            raise ConfigError(f"--target {shown!r}: api must be one of {', '.join(APIS)}")
         if key == "pid" and not value.isdigit():
-            raise ConfigError(f"--target {spec!r}: pid must be a process id, got {value!r}")
+            raise ConfigError(f"--target {shown!r}: pid must be a process id, got {value!r}")
         setattr(target, {"key": "api_key"}.get(key, key), int(value) if key == "pid" else value)
     return target
 

@@ -34,18 +34,25 @@ class LoadLevel:
 
     concurrency: int | None = 1
     request_rate: float = math.inf
+    sweep: str = field(default="concurrency", compare=False)
+    """What the benchmark varies: "concurrency" or "rate" (--request-rate)."""
 
     @property
     def label(self) -> str:
-        if math.isinf(self.request_rate):
+        if math.isinf(self.request_rate) and self.concurrency:
             return f"c={self.concurrency}"
         cap = f",c={self.concurrency}" if self.concurrency else ""
         return f"rate={self.request_rate:g}{cap}"
 
     @property
-    def x(self) -> float:
-        """The level's value on a plot axis (concurrency, or request rate)."""
-        return float(self.concurrency if math.isinf(self.request_rate) else self.request_rate)
+    def x(self) -> float | None:
+        """The level's value on a plot axis (concurrency, or request rate); None for an
+        unbounded rate in a rate sweep (plots put it after the finite ones)."""
+        if not math.isinf(self.request_rate):
+            return float(self.request_rate)
+        if self.sweep == "rate" or self.concurrency is None:
+            return None
+        return float(self.concurrency)
 
 
 def parse_levels(
@@ -57,7 +64,7 @@ def parse_levels(
             rates = [float(r) for r in request_rate.split(",")]
             if any(r <= 0 for r in rates):
                 raise ValueError
-            return [LoadLevel(max_concurrency, r) for r in rates]
+            return [LoadLevel(max_concurrency, r, "rate") for r in rates]
         values = [int(c) for c in (concurrency or "1").split(",")]
         if any(c < 1 for c in values):
             raise ValueError
@@ -160,9 +167,12 @@ async def run_benchmark(
     monitor_interval: float = 0.1,
     on_run_start: Callable[[str, LoadLevel, int], None] | None = None,
     on_done: Callable[[RequestRecord], None] | None = None,
+    results: list[RunResult] | None = None,
 ) -> list[RunResult]:
-    """Every level x repeat x target (rotated per repeat), each run under a ResourceMonitor."""
-    results: list[RunResult] = []
+    """Every level x repeat x target (rotated per repeat), each run under a ResourceMonitor.
+    Runs are appended to ``results`` as they finish, so a caller keeps them if a later run
+    fails."""
+    results = [] if results is None else results
     warmed: set[str] = set()
     for level in levels:
         for repeat in range(repeats):

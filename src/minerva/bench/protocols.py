@@ -26,6 +26,25 @@ class GenParams:
     temperature: float = 0.0
     ignore_eos: bool = False
     seed: int | None = None
+    neutral: bool = False
+    """Also send top_p 1 and no penalties, so a server's model defaults (generation_config.json)
+    cannot change the output: what comparisons between engines need."""
+
+
+NEUTRAL_OPENAI = {
+    "top_p": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,  # an extension of vLLM, llama.cpp and Minerva
+}
+NEUTRAL_OLLAMA = {
+    "top_p": 1.0,
+    "top_k": 0,
+    "min_p": 0.0,
+    "repeat_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+}
 
 
 @dataclass
@@ -76,8 +95,12 @@ def build_payload(api: str, model: str, req: BenchRequest, params: GenParams) ->
             body["prompt"] = req.prompt
         if params.ignore_eos:
             body["ignore_eos"] = True
+        if params.neutral:
+            body.update(NEUTRAL_OPENAI)
     else:
         options: dict = {"num_predict": req.max_tokens, "temperature": params.temperature}
+        if params.neutral:
+            options.update(NEUTRAL_OLLAMA)
         body = {"model": model, "stream": True, "options": options}
         if api == "ollama-chat":
             body["messages"] = req.chat_messages()

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from minerva.bench.redact import Redactor
+
 # benchmark -> columns of its results table: (key, header, format)
 OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "latency": [
@@ -121,11 +123,18 @@ def md_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def system_section(system: dict) -> str:
+    """The machine's facts, led by which role it played (server, or client only)."""
     rows = [
         [k, ", ".join(map(str, v)) if isinstance(v, list) else fmt(v, "s")]
         for k, v in system.items()
+        if k != "machine"
     ]
-    return "## System\n\n" + md_table(["", ""], rows)
+    role = (
+        f"{system['machine'][0].upper()}{system['machine'][1:]}.\n\n"
+        if system.get("machine")
+        else ""
+    )
+    return "## System\n\n" + role + md_table(["", ""], rows)
 
 
 def _table(rows: list[dict], columns) -> str:
@@ -224,8 +233,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(flat)
 
 
-def write_report(doc: dict, out_dir: str | Path) -> list[Path]:
-    """results.json, *.csv and report.md under ``out_dir``; returns the paths written."""
+def write_report(doc: dict, out_dir: str | Path, redactor: Redactor | None = None) -> list[Path]:
+    """results.json, *.csv and report.md under ``out_dir`` (results.json first, so a failure
+    later loses no measurement; secrets masked in all); returns the paths written."""
+    doc = (redactor or Redactor()).value(doc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "report.md"]

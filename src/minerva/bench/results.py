@@ -40,6 +40,7 @@ def summarize_runs(runs: list[RunResult], slo: dict[str, float] | None = None) -
                 "concurrency": level.concurrency,
                 "request_rate": None if level.request_rate == float("inf") else level.request_rate,
                 "x": level.x,
+                "sweep": level.sweep,
                 "repeats": len(group),
                 "output_throughput_per_repeat": [
                     summarize(run.records, run.duration)["output_throughput"] for run in group

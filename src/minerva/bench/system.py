@@ -66,12 +66,34 @@ def _gpus() -> dict:
     return {"gpus": []}
 
 
-def system_info() -> dict:
-    """CPU, cores, RAM, GPUs, driver, OS and the versions of Python, torch and minerva."""
+def _is_local(url: str) -> bool:
+    from urllib.parse import urlparse  # noqa: PLC0415
+
+    return urlparse(url).hostname in ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def describe_machine(server_urls: list[str] | None = None) -> str:
+    """Whose hardware the system section shows: the engines', or only the client's."""
+    if not server_urls:
+        return "this machine ran the engines (in-process)"
+    remote = [u for u in server_urls if not _is_local(u)]
+    if not remote:
+        return "this machine ran the servers and the benchmark client"
+    return (
+        f"this machine ran only the benchmark client; the server{'s' if len(remote) > 1 else ''}"
+        f" at {', '.join(remote)} {'are' if len(remote) > 1 else 'is'} remote and "
+        "not described here"
+    )
+
+
+def system_info(server_urls: list[str] | None = None) -> dict:
+    """CPU, cores, RAM, GPUs, driver, OS and the versions of Python, torch and minerva, with
+    which role this machine played (``server_urls``: the HTTP targets, if any)."""
     from minerva import __version__
 
     torch = sys.modules.get("torch")
     return {
+        "machine": describe_machine(server_urls),
         "os": f"{platform.system()} {platform.release()}",
         "cpu": _cpu_model(),
         "physical_cores": psutil.cpu_count(logical=False),

@@ -8,6 +8,7 @@ import logging
 import mmap
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,13 @@ class GGUFSource(ModelSource):
         with progress_bar(progress, total) as advance:
             for name, hf_name in self.hf_names.items():
                 shard, info = self.tensors[name]
-                raw = _raw_bytes(maps[shard.path], info)  # [nbytes] uint8, a view of the file
+                mm = maps[shard.path]
+                raw = _raw_bytes(mm, info)  # [nbytes] uint8, a view of the file
                 advance(info.nbytes)
-                yield hf_name, self._tensor(hf_name, info, raw, device, dtype)
+                tensor = self._tensor(hf_name, info, raw, device, dtype)
+                if isinstance(tensor, QuantizedTensor):
+                    tensor = replace(tensor, release=_releaser(mm, info.offset, info.nbytes))
+                yield hf_name, tensor
 
     def _tensor(
         self,
@@ -263,6 +268,20 @@ def _open_map(path: Path) -> mmap.mmap:
     """A copy-on-write map: torch can wrap it without a copy, and the file is never written."""
     with path.open("rb") as f:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+
+def _releaser(mm: mmap.mmap, offset: int, nbytes: int):
+    """Drop the mapped pages that lie wholly inside [offset, offset + nbytes) from this process
+    (a method that copied the tensor calls it; the file reads them back if they are touched)."""
+    page = mmap.PAGESIZE
+    start, end = -(-offset // page) * page, (offset + nbytes) // page * page
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+
+    def release() -> None:
+        if advice is not None and end > start and not mm.closed:
+            mm.madvise(advice, start, end - start)
+
+    return release
 
 
 def _raw_bytes(mm: mmap.mmap, info: GGUFTensorInfo) -> torch.Tensor:

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 SourceFormat = Literal["safetensors", "pytorch", "gguf"]
 SUPPORTED_SOURCES = (
     "a Hugging Face model folder (config.json + *.safetensors or pytorch_model*.bin) "
-    "or a .gguf file"
+    "or a .gguf file (or demo, the bundled demo model)"
 )
 _HASH_CHUNK = 1 << 22
 

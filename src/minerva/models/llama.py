@@ -13,6 +13,7 @@ from torch import nn
 
 from minerva.attention import AttentionMetadata
 from minerva.errors import ModelLoadError
+from minerva.models.embedding import Embedding
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.linear import (
     ColumnParallelLinear,
@@ -149,7 +150,8 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, config, dtype: torch.dtype, options: ModelOptions) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        blocks = options.quant.embedding_type(config.vocab_size, config.hidden_size)
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, blocks)
         windows = layer_sliding_windows(config)
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, windows[i], dtype, options, f"model.layers.{i}")
@@ -203,7 +205,10 @@ class LlamaForCausalLM(nn.Module):
         which the loader fills from the embedding's tensor."""
         head, embed = self.lm_head.weight, self.model.embed_tokens.weight
         self.shares_embedding = (
-            self.tie_word_embeddings and head.shape == embed.shape and head.dtype == embed.dtype
+            self.tie_word_embeddings
+            and embed.dtype.is_floating_point
+            and head.shape == embed.shape
+            and head.dtype == embed.dtype
         )
         if self.shares_embedding:
             self.lm_head.weight = embed
@@ -290,7 +295,10 @@ class LlamaForCausalLM(nn.Module):
             if head_of_its_own and target == "model.embed_tokens.weight":
                 targets.append("lm_head.weight")  # tied, in the lm_head method's own layout
             for target in targets:
-                _load_one(name, tensor, params[target], layers.get(target), shard)
+                owner = layers.get(target)
+                if target == "model.embed_tokens.weight":
+                    owner = self.model.embed_tokens
+                _load_one(name, tensor, params[target], owner, shard)
                 if shard is not None and target in pending:
                     pending[target].discard(shard)
                     if pending[target]:
@@ -328,11 +336,14 @@ def _linear_layers_by_param(model: nn.Module, params: dict) -> dict[str, Linear]
     return owners
 
 
-def _load_one(name: str, tensor, param: nn.Parameter, layer: Linear | None, shard) -> None:
-    """One checkpoint tensor into `param`: through its linear layer's weight_loader, or copied."""
+def _load_one(name: str, tensor, param: nn.Parameter, owner: nn.Module | None, shard) -> None:
+    """One checkpoint tensor into `param`: through its linear layer's weight_loader or the
+    embedding's load, or copied."""
     try:
-        if layer is not None:
-            layer.weight_loader(param, tensor, shard)
+        if isinstance(owner, Embedding):
+            owner.load(tensor)
+        elif owner is not None:
+            owner.weight_loader(param, tensor, shard)
         else:
             _copy_into(param, tensor)
     except ModelLoadError as e:
@@ -340,8 +351,8 @@ def _load_one(name: str, tensor, param: nn.Parameter, layer: Linear | None, shar
 
 
 def _copy_into(param: nn.Parameter, tensor) -> None:
-    """A float tensor into a parameter that is not a linear layer's (embedding, norms); GGUF
-    blocks (a quantized token_embd) are dequantized: the lookup reads a few rows per step."""
+    """A float tensor into a parameter that is not a linear layer's or the embedding's (norms);
+    GGUF blocks are dequantized."""
     if isinstance(tensor, QuantizedTensor):
         tensor = dequantize_tensor(tensor)  # float32 [rows, cols]; copy_ casts to the dtype
     if not isinstance(tensor, torch.Tensor):

@@ -18,82 +18,13 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // simd.h's plain-C branch uses F16C conversions without including it
 #endif
-#include "simd.h"
-
-#define QK 32
-#define QK_K 256
+#include "quant_act.h"
 #define MAX_ROWS 4              // rows of x per pass over a tile of W
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 
 enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9 };
 enum { T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
-
-typedef struct {  // one quantized row of x
-    const float *d;       // [blocks] scale of each block (32 or 256 values)
-    const int8_t *q;      // [K] codes
-    const int16_t *bsum;  // [K / 16] sums of 16 codes (K types only)
-    const float *s;       // [K / 32] d * sum of the block's codes (32-value types only)
-} act_row;
-
-INLINE float f16_at(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return f32_of_f16(h);
-}
-
-// ---- quantization of the rows of x ------------------------------------------------------
-
-// llama.cpp's quantize_row_q8_0_ref: d = amax / 127 kept as fp16, codes roundf(x / d).
-static void quantize_act_q8_0(const float *x, int64_t K, float *d, int8_t *q, float *s) {
-    for (int64_t b = 0; b < K / QK; b++) {
-        const float *xb = x + b * QK;
-        float amax = 0.0f;
-        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(xb[j]));
-        const float db = amax / 127.0f;
-        const float id = db != 0.0f ? 1.0f / db : 0.0f;
-        d[b] = f32_of_f16(f32_to_f16(db));
-        int sum = 0;
-        for (int j = 0; j < QK; j++) {
-            q[b * QK + j] = (int8_t)roundf(xb[j] * id);
-            sum += q[b * QK + j];
-        }
-        s[b] = d[b] * (float)sum;  // for the offset of Q4_1 / Q5_1 weights
-    }
-}
-
-// llama.cpp's quantize_row_q8_K_ref: the value of largest magnitude maps to -127, fp32 scale.
-static void quantize_act_q8_k(const float *x, int64_t K, float *d, int8_t *q, int16_t *bsum) {
-    for (int64_t b = 0; b < K / QK_K; b++) {
-        const float *xb = x + b * QK_K;
-        int8_t *qb = q + b * QK_K;
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < QK_K; j++) {
-            const float ax = fabsf(xb[j]);
-            if (ax > amax) {
-                amax = ax;
-                max = xb[j];
-            }
-        }
-        if (amax == 0.0f) {
-            d[b] = 0.0f;
-            memset(qb, 0, QK_K);
-            memset(bsum + b * 16, 0, 16 * sizeof(int16_t));
-            continue;
-        }
-        const float iscale = -127.0f / max;
-        for (int j = 0; j < QK_K; j++) {
-            const int v = (int)rintf(iscale * xb[j]);
-            qb[j] = (int8_t)(v < 127 ? v : 127);
-        }
-        for (int g = 0; g < 16; g++) {
-            int s = 0;
-            for (int j = 0; j < 16; j++) s += qb[g * 16 + j];
-            bsum[b * 16 + g] = (int16_t)s;
-        }
-        d[b] = 1.0f / iscale;
-    }
-}
 
 // ---- scale decoding shared by both builds -----------------------------------------------
 
@@ -617,30 +548,17 @@ int minerva_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t 
         return -1;
     const int ktype = block == QK_K;
     const int64_t nb = K / block, rb = nb * bytes;
-    // per row of x: scales [nb] floats, codes [K] bytes, sums [K / 16] int16 (K types)
-    const int64_t row_floats = 2 * nb + (K + 3) / 4 + (ktype ? K / 32 : 0);
-    float *scratch = thread_scratch(M * row_floats);
+    float *scratch = thread_scratch(M * act_row_floats(K, ktype));
     if (!scratch) return -1;
     act_row *a = (act_row *)malloc((size_t)M * sizeof(act_row));
     if (!a) return -1;
-    for (int64_t m = 0; m < M; m++) {
-        float *base = scratch + m * row_floats;
-        a[m].d = base;
-        a[m].q = (const int8_t *)(base + nb);
-        a[m].s = base + nb + (K + 3) / 4;
-        a[m].bsum = ktype ? (const int16_t *)(base + 2 * nb + (K + 3) / 4) : NULL;
-    }
+    act_rows_init(a, scratch, M, K, ktype);
     int64_t tile = TILE_BYTES / rb;
     if (tile < 1) tile = 1;
 #pragma omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)
     {
 #pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++) {
-            if (ktype)
-                quantize_act_q8_k(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q, (int16_t *)a[m].bsum);
-            else
-                quantize_act_q8_0(x + m * K, K, (float *)a[m].d, (int8_t *)a[m].q, (float *)a[m].s);
-        }
+        for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
         int t = 0, nt = 1;
 #ifdef _OPENMP
         t = omp_get_thread_num();

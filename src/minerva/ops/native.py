@@ -27,7 +27,7 @@ import torch  # noqa: F401 - loaded first, so the kernels bind to torch's OpenMP
 
 from minerva.platform import cpu_signature, native_kernel_arch
 
-INCLUDE = Path(__file__).parent  # simd.h, shared by the kernels
+INCLUDE = Path(__file__).parent  # simd.h, quant_act.h: headers shared by the kernels
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def build_and_load(source: Path) -> ctypes.CDLL:
     flags = ARCH_FLAGS[arch] + FLAGS
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
-        text = source.read_bytes() + (INCLUDE / "simd.h").read_bytes()
+        headers = sorted(INCLUDE.glob("*.h"))  # what the sources may include
+        text = b"".join(p.read_bytes() for p in [source, *headers])
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(str(e)) from e
     parts = [text, " ".join(flags).encode(), version.stdout.encode(), cpu_signature().encode()]

@@ -91,6 +91,11 @@ class QuantConfig:
     def get_method(self, prefix: str) -> LinearMethod:
         raise NotImplementedError
 
+    def embedding_type(self, vocab_size: int, hidden_size: int) -> int | None:
+        """The GGML type the token embedding is kept in (its looked-up rows dequantized), or
+        None for a float table."""
+        return None
+
 
 class UniformQuantConfig(QuantConfig):
     """One method for every layer (dense checkpoints, a file quantized to one type)."""

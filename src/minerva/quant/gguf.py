@@ -5,8 +5,9 @@ holds. The pieces of a fused layer (q | k | v, gate | up) may come in different 
 keeps attn_v in Q6_K): consecutive pieces of one type are concatenated into one parameter,
 `weight`, then `weight_g1`, `weight_g2`... Float checkpoint tensors are quantized while loading
 (in-situ quantization) to the type `target_type(layer, shard_id)` chooses. `apply` runs the C
-kernel (ops/cpu_quant.c) where it exists and wins, else the torch twin: dequantize a tile of
-rows, matmul, next tile.
+kernel where it exists and wins, else the torch twin: dequantize a tile of rows, matmul, next
+tile. On the CPU, groups of the types with an interleaved layout (ops/cpu_quant_x8.c: Q4_0, Q8_0,
+Q4_K, Q6_K) are rewritten into it once, after loading, and the file's pages are let go.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import torch
 from torch import nn
 
 from minerva.errors import ModelLoadError
+from minerva.ops import cpu_quant_x8
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
 from minerva.quant.gguf_matmul import gguf_matmul
 from minerva.quant.gguf_mix import base_type, fit_type, mix_type
 from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import (
+    FLOAT_TYPES,
     SUPPORTED_WEIGHT_TYPES,
     GGMLType,
     QuantizedTensor,
@@ -52,7 +55,7 @@ class GGUFLinearMethod(LinearMethod):
         else:
             layer.register_parameter("bias", None)
         layer.gguf_pending = {}  # first output row -> QuantizedTensor
-        layer.gguf_groups = []  # [(parameter name, GGMLType, rows)]
+        layer.gguf_groups = []  # [(parameter name, GGMLType, rows, interleaved)]
         layer.gguf_shards = list(zip(layer.shard_ids, output_sizes, strict=True))
 
     def load_weight(self, layer, param, tensor, shard_id) -> None:
@@ -97,7 +100,9 @@ class GGUFLinearMethod(LinearMethod):
                 f"holds {data.numel()} bytes, but {rows} rows of {cols} {tensor.ggml_type.name} "
                 f"values take {rows * nbytes}; the file is truncated or corrupt"
             )
-        return QuantizedTensor(data.reshape(rows, nbytes), tensor.ggml_type, (rows, cols))
+        return QuantizedTensor(
+            data.reshape(rows, nbytes), tensor.ggml_type, (rows, cols), release=tensor.release
+        )
 
     def process_after_loading(self, layer) -> None:
         pending = layer.gguf_pending
@@ -117,10 +122,17 @@ class GGUFLinearMethod(LinearMethod):
         device = layer.weight.device  # the placeholder's: where the model was built
         for i, group in enumerate(groups):
             name = "weight" if i == 0 else f"weight_g{i}"
-            data = torch.cat([g.data for g in group]) if len(group) > 1 else group[0].data
-            data = data.to(device).contiguous()
+            ggml_type, cols = group[0].ggml_type, layer.in_features
+            interleaved = device.type == "cpu" and all(
+                cpu_quant_x8.supports(ggml_type, g.shape[0], cols) for g in group
+            )
+            if interleaved:
+                data = _interleaved(group, cols)
+            else:
+                data = torch.cat([g.data for g in group]) if len(group) > 1 else group[0].data
+                data = data.to(device).contiguous()
             setattr(layer, name, nn.Parameter(data, requires_grad=False))
-            layer.gguf_groups.append((name, group[0].ggml_type, int(data.shape[0])))
+            layer.gguf_groups.append((name, ggml_type, int(data.shape[0]), interleaved))
         layer.gguf_pending = {}
 
     def weight_bytes(self, layer) -> int:
@@ -141,13 +153,37 @@ class GGUFLinearMethod(LinearMethod):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [T, K]
         outs = [
-            gguf_matmul(x2, getattr(layer, name), ggml_type, rows)
-            for name, ggml_type, rows in layer.gguf_groups
+            gguf_matmul(x2, getattr(layer, name), ggml_type, rows, interleaved)
+            for name, ggml_type, rows, interleaved in layer.gguf_groups
         ]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*lead, y.shape[-1])
+
+
+def file_blocks(layer, name: str) -> torch.Tensor:
+    """A group's blocks in the file's layout (undoing the interleaving where it was applied)."""
+    for group, ggml_type, _, interleaved in layer.gguf_groups:
+        if group == name:
+            data = getattr(layer, name)
+            return cpu_quant_x8.unpack(data, ggml_type, layer.in_features) if interleaved else data
+    raise KeyError(name)
+
+
+def _interleaved(group: list[QuantizedTensor], cols: int) -> torch.Tensor:
+    """The pieces of one group, rewritten into one interleaved tensor (each piece's mapped
+    file pages let go once copied, so loading never holds the file and the copy at once)."""
+    rows = sum(g.shape[0] for g in group)
+    out = torch.empty(rows, group[0].data.shape[1], dtype=torch.uint8)
+    start = 0
+    for g in group:
+        data = torch.as_tensor(g.data)
+        cpu_quant_x8.repack(data, g.ggml_type, cols, out=out[start : start + g.shape[0]])
+        start += g.shape[0]
+        if g.release is not None:
+            g.release()
+    return out
 
 
 # ---- in-situ quantization: which type each piece of each layer gets -----------------------
@@ -177,6 +213,12 @@ class GGUFQuantConfig(QuantConfig):
         self.mix, self.num_layers, self.kernels = mix, num_layers, kernels
         self.name = f"gguf-{mix.lower()}"
         base_type(mix)  # a ConfigError names the choices
+
+    def embedding_type(self, vocab_size: int, hidden_size: int) -> int | None:
+        """The mix's type of token_embd, as llama-quantize chooses it (a float type: dense)."""
+        name = "model.embed_tokens.weight"
+        chosen = mix_type(self.mix, name, None, self.num_layers, cols=hidden_size)
+        return None if chosen in FLOAT_TYPES else chosen
 
     def get_method(self, prefix: str) -> LinearMethod:
         found = _LAYER.search(prefix)

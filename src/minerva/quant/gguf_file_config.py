@@ -38,6 +38,11 @@ class GGUFFileQuantConfig(QuantConfig):
         found = self.tensor_types.get(name)
         return found if found is not None else GGMLType.F32  # absent: the loader reports it
 
+    def embedding_type(self, vocab_size: int, hidden_size: int) -> int | None:
+        """The file's type of the token embedding where it is quantized: kept as it is."""
+        found = self.tensor_types.get(_EMBED)
+        return None if found is None or found in FLOAT_TYPES else found
+
     def get_method(self, prefix: str) -> LinearMethod:
         shards = _PIECES.get(prefix.rpartition(".")[2], (None,))
         types = [self.type_of(prefix, s) for s in shards]

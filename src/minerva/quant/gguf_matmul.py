@@ -1,11 +1,12 @@
-"""y = x @ W^T for W in GGUF blocks: the C kernel (ops/cpu_quant.c) where it exists, else the
-torch twin that dequantizes a tile of rows at a time and multiplies (any device)."""
+"""y = x @ W^T for W in GGUF blocks: the C kernels (ops/cpu_quant.c on the file's layout,
+ops/cpu_quant_x8.c on the interleaved one) where they exist, else the torch twin that
+dequantizes a tile of rows at a time and multiplies (any device)."""
 
 from __future__ import annotations
 
 import torch
 
-from minerva.ops import cpu_quant
+from minerva.ops import cpu_quant, cpu_quant_x8
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_types import GGMLType
 
@@ -15,9 +16,18 @@ KERNEL_MAX_ROWS = 1 << 30
 TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 
-def gguf_matmul(x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType, rows: int):
-    """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, row_bytes]) -> [T, rows]: the C kernel
-    for small T on the CPU, else the torch twin."""
+def gguf_matmul(
+    x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType, rows: int, interleaved: bool = False
+):
+    """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, row_bytes], in the x8 layout where
+    `interleaved`) -> [T, rows]: a C kernel for small T on the CPU, else the torch twin."""
+    if interleaved:
+        y = None
+        if x.shape[0] <= KERNEL_MAX_ROWS:
+            y = cpu_quant_x8.matmul(x.float(), data, ggml_type, rows)
+        if y is None:  # the twin reads the file's layout
+            return dequant_matmul(x, cpu_quant_x8.unpack(data, ggml_type, x.shape[-1]), ggml_type)
+        return y
     if x.is_cpu and x.shape[0] <= KERNEL_MAX_ROWS and cpu_quant.has_kernel(ggml_type):
         y = cpu_quant.matmul(x.float(), data, ggml_type, rows)
         if y is not None:

@@ -8,7 +8,8 @@ share them without an optional dependency.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -81,6 +82,9 @@ class QuantizedTensor:
     data: Any
     ggml_type: GGMLType
     shape: tuple[int, ...]
+    # drops `data`'s pages from this process's memory once they are copied (a file mapping
+    # reads them back if touched again); None where data is not a file mapping
+    release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:

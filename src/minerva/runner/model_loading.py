@@ -4,7 +4,6 @@ and its weights fit the limits and the memory budget; dummy weights for benchmar
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(config: EngineConfig) -> Path:
-    """The configured model path, or the bundled demo model when none is set."""
-    path = config.model.model
-    if path is None:
-        from minerva.demo import demo_model_path  # noqa: PLC0415 - optional bundled model
+    """The configured model path, or the bundled demo model when none is set (or ``demo``)."""
+    from minerva.demo import resolve_model_arg  # noqa: PLC0415 - optional bundled model
 
-        path = demo_model_path()
-    return Path(os.path.expanduser(str(path)))
+    return resolve_model_arg(config.model.model)
 
 
 def open_model_source(config: EngineConfig) -> ModelSource:

@@ -50,6 +50,8 @@ def served_model_name(configured: str | None, model_path: str | None) -> str:
     """--served-model-name, else the model folder's name."""
     if configured:
         return configured
+    if model_path == "demo" and not Path("demo").exists():  # --model demo: the bundled model
+        return "minerva-demo"
     if model_path:
         return Path(model_path.rstrip("/")).name or "minerva"
     return "minerva-demo"

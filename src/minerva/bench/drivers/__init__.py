@@ -22,6 +22,24 @@ DRIVERS: list[str] = [*SERVING_BACKENDS, *REFERENCE_DRIVERS]
 """Every name ``--backend`` accepts."""
 
 
+class BackendNotInstalled(ConfigError):
+    """An optional engine's package is missing: the benchmark skips it with a warning."""
+
+
+def installed_drivers() -> list[str]:
+    """The engines --backend can use on this install: every serving backend and the
+    reference drivers whose package is importable."""
+    import importlib.util  # noqa: PLC0415
+
+    def importable(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError, AttributeError):  # e.g. sys.modules[name] is None
+            return False
+
+    return [*SERVING_BACKENDS, *(n for n in REFERENCE_DRIVERS if importable(n))]
+
+
 def load_driver(name: str, model: str, **kwargs) -> OfflineDriver:
     """Load ``model`` with engine ``name`` (kwargs: device, dtype, num_threads, options)."""
     if name in SERVING_BACKENDS:
@@ -32,13 +50,14 @@ def load_driver(name: str, model: str, **kwargs) -> OfflineDriver:
         raise ConfigError(f"unknown backend {name!r}: choose from {', '.join(DRIVERS)}")
     module, _, cls = REFERENCE_DRIVERS[name].partition(":")
     try:
-        driver = getattr(importlib.import_module(module), cls)
+        return getattr(importlib.import_module(module), cls)(model, **kwargs)
     except ImportError as e:
-        raise ConfigError(
+        if e.name is None or e.name.startswith("minerva"):  # a bug of ours, not a missing package
+            raise
+        raise BackendNotInstalled(
             f"backend {name!r} needs the package {e.name!r}, which is not installed: "
             f"pip install {e.name}, or leave {name} out of --backend"
         ) from None
-    return driver(model, **kwargs)
 
 
-__all__ = ["DRIVERS", "OfflineDriver", "load_driver"]
+__all__ = ["DRIVERS", "BackendNotInstalled", "OfflineDriver", "installed_drivers", "load_driver"]

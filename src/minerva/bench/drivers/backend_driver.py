@@ -11,7 +11,7 @@ import time
 
 from minerva.backends import load_backend
 from minerva.backends.blocking import BlockingBackend
-from minerva.bench.drivers.base import OfflineDriver
+from minerva.bench.drivers.base import GREEDY_SETTINGS, OfflineDriver
 from minerva.config import EngineConfig
 from minerva.sampling_params import SamplingParams
 
@@ -41,7 +41,8 @@ class BackendDriver(OfflineDriver):
 
     @staticmethod
     def _params(max_tokens: int, ignore_eos: bool = True) -> SamplingParams:
-        return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=ignore_eos)
+        explicit = {k: v for k, v in GREEDY_SETTINGS.items() if k != "no_repeat_ngram_size"}
+        return SamplingParams(max_tokens=max_tokens, ignore_eos=ignore_eos, **explicit)
 
     def stream_timings(self, prompt_ids: list[int], max_tokens: int) -> list[float]:
         return self.runner.run(self._timed(prompt_ids, max_tokens))

@@ -10,6 +10,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+GREEDY_SETTINGS: dict[str, Any] = {
+    "temperature": 0.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "no_repeat_ngram_size": 0,
+}
+"""What every driver generates with, set explicitly: a model's generation_config.json (e.g. a
+repetition_penalty) must not change one engine's greedy output and not the other's."""
+
 
 class OfflineDriver(ABC):
     """One loaded model in this process."""

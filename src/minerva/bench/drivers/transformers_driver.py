@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from minerva.bench.drivers.base import OfflineDriver
+from minerva.bench.drivers.base import GREEDY_SETTINGS, OfflineDriver
 from minerva.platform import resolve_dtype, resolve_platform, set_num_threads
 
 
@@ -67,12 +67,18 @@ class TransformersDriver(OfflineDriver):
     def _generate(
         self, ids: torch.Tensor, mask: torch.Tensor, n: int, ignore_eos: bool, streamer=None
     ):
+        # Explicit settings win over the model's generation_config.json (which would otherwise
+        # fill in e.g. its repetition_penalty even for greedy runs).
         return self.model.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=n,
-            min_new_tokens=n if ignore_eos else None,
+            min_new_tokens=n if ignore_eos else 0,
+            min_length=0,
             do_sample=False,
+            repetition_penalty=GREEDY_SETTINGS["repetition_penalty"],
+            no_repeat_ngram_size=GREEDY_SETTINGS["no_repeat_ngram_size"],
+            encoder_repetition_penalty=1.0,
             pad_token_id=self.pad_id,
             streamer=streamer,
         )

@@ -1,0 +1,597 @@
+// GGUF blocks rewritten for the CPU's vectors ("x8"): y[m, n] = dot(W[n, :], x[m, :]).
+//
+// At load, every group of 8 consecutive rows of W is rewritten block by block so that one
+// 32-byte load holds 4 codes of each of the 8 rows (row r in bytes 4r..4r+3) and the scales of
+// the 8 rows' blocks sit together. Then the 4 activation codes those lanes multiply are one
+// broadcast, the integer products of 8 rows land in the 8 lanes of one vector (no horizontal
+// sums, no per-row scale shuffles), and each block's scales apply to 8 rows at once. A block
+// group takes exactly the bytes of its 8 file blocks, so memory use does not change. (llama.cpp's
+// CPU "repack" buffers rest on the same idea; this layout is our own.) Types: Q4_0, Q8_0, Q4_K,
+// Q6_K, with AVX2; elsewhere minerva_x8_supports says no and the file layout is kept.
+// minerva_x8_unpack restores the file bytes exactly (the dequantize-then-matmul twin reads them).
+//
+// Layouts, per group of 8 rows and block index b (offsets in bytes; c(r, i) is code i of row
+// r's block, as the file stores it: unsigned for Q4_0 / Q4_K / Q6_K, signed for Q8_0):
+//   Q8_0 (272 B): d[8] fp16 | 8 x 32 B: byte 16 + 32g + 4r + t = c(r, 4g + t)
+//   Q4_0 (144 B): d[8] fp16 | 4 x 32 B: byte 16 + 32L + 4r + t = c(r, 8L + t) | c(r, 8L + 4 + t) << 4
+//   Q4_K (1152 B): d[8] | dmin[8] | 64 B: byte 32 + 32h + 8j + r = low 4 bits of scale(4h + j, r)
+//     | low 4 bits of min(4h + j, r) << 4 | 32 B: byte 96 + 8j + r = the top 2 bits of scale(j),
+//     min(j), scale(4 + j), min(4 + j) | 1024 B: byte 128 + 128s + 32L + 4r + t =
+//     c(r, 32s + 8L + t) | c(r, 32s + 8L + 4 + t) << 4
+//   Q6_K (1680 B): d[8] | scales int8: byte 16 + 8s + r | low 4 bits: byte 144 + 64s + 32L + 4r + t
+//     = c(r, 16s + 8L + t) & 15 | (c(r, 16s + 8L + 4 + t) & 15) << 4 | top 2 bits: byte
+//     1168 + 32s + 4r + t = sum over k of (c(r, 16s + 4k + t) >> 4) << 2k
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <stdlib.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+#include "quant_act.h"
+
+#define MAX_ROWS 4              // rows of x per pass over a tile of W
+#define TILE_BYTES (256 << 10)  // W bytes per tile
+#define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
+
+enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14 };
+
+// block (values, file bytes) of the types with an x8 layout; 0 otherwise
+static int x8_geometry(int type, int *block, int *bytes) {
+    switch (type) {
+    case T_Q4_0: *block = QK, *bytes = 18; return 1;
+    case T_Q8_0: *block = QK, *bytes = 34; return 1;
+    case T_Q4_K: *block = QK_K, *bytes = 144; return 1;
+    case T_Q6_K: *block = QK_K, *bytes = 210; return 1;
+    default: return 0;
+    }
+}
+
+// ---- one block of one row <-> its codes and scales (plain C; load time only) --------------
+
+typedef struct {
+    uint16_t d, dmin;           // fp16 bits as stored
+    uint8_t sc[16], mn[16];     // Q4_K: 8 scales, 8 mins (6 bits); Q6_K: 16 int8 scales
+    uint8_t c[QK_K];            // codes as stored (Q8_0: int8 bits)
+} block_codes;
+
+static void decode_block(int type, const uint8_t *blk, block_codes *o) {
+    memcpy(&o->d, blk + (type == T_Q6_K ? 208 : 0), 2);
+    if (type == T_Q8_0) {
+        memcpy(o->c, blk + 2, QK);
+    } else if (type == T_Q4_0) {
+        for (int l = 0; l < 16; l++) o->c[l] = blk[2 + l] & 15, o->c[l + 16] = blk[2 + l] >> 4;
+    } else if (type == T_Q4_K) {
+        const uint8_t *s = blk + 4, *qs = blk + 16;
+        memcpy(&o->dmin, blk + 2, 2);
+        for (int j = 0; j < 4; j++) {
+            o->sc[j] = s[j] & 63, o->mn[j] = s[j + 4] & 63;
+            o->sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+            o->mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+        }
+        for (int q = 0; q < 4; q++)
+            for (int l = 0; l < 32; l++)
+                o->c[64 * q + l] = qs[32 * q + l] & 15, o->c[64 * q + 32 + l] = qs[32 * q + l] >> 4;
+    } else {  // Q6_K: ql [128], qh [64], scales [16]
+        const uint8_t *ql = blk, *qh = blk + 128;
+        memcpy(o->sc, blk + 192, 16);
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t hb = qh[32 * h + l], b0 = ql[64 * h + l], b1 = ql[64 * h + 32 + l];
+                o->c[128 * h + l] = (b0 & 15) | ((hb & 3) << 4);
+                o->c[128 * h + 32 + l] = (b1 & 15) | (((hb >> 2) & 3) << 4);
+                o->c[128 * h + 64 + l] = (b0 >> 4) | (((hb >> 4) & 3) << 4);
+                o->c[128 * h + 96 + l] = (b1 >> 4) | (((hb >> 6) & 3) << 4);
+            }
+    }
+}
+
+static void encode_block(int type, const block_codes *o, uint8_t *blk) {
+    memcpy(blk + (type == T_Q6_K ? 208 : 0), &o->d, 2);
+    if (type == T_Q8_0) {
+        memcpy(blk + 2, o->c, QK);
+    } else if (type == T_Q4_0) {
+        for (int l = 0; l < 16; l++) blk[2 + l] = (uint8_t)(o->c[l] | (o->c[l + 16] << 4));
+    } else if (type == T_Q4_K) {
+        uint8_t *s = blk + 4, *qs = blk + 16;
+        memcpy(blk + 2, &o->dmin, 2);
+        for (int j = 0; j < 4; j++) {
+            s[j] = (uint8_t)(o->sc[j] | ((o->sc[j + 4] >> 4) << 6));
+            s[j + 4] = (uint8_t)(o->mn[j] | ((o->mn[j + 4] >> 4) << 6));
+            s[j + 8] = (uint8_t)((o->sc[j + 4] & 15) | ((o->mn[j + 4] & 15) << 4));
+        }
+        for (int q = 0; q < 4; q++)
+            for (int l = 0; l < 32; l++)
+                qs[32 * q + l] = (uint8_t)(o->c[64 * q + l] | (o->c[64 * q + 32 + l] << 4));
+    } else {
+        uint8_t *ql = blk, *qh = blk + 128;
+        memcpy(blk + 192, o->sc, 16);
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *c = o->c + 128 * h;
+                ql[64 * h + l] = (uint8_t)((c[l] & 15) | ((c[64 + l] & 15) << 4));
+                ql[64 * h + 32 + l] = (uint8_t)((c[32 + l] & 15) | ((c[96 + l] & 15) << 4));
+                qh[32 * h + l] = (uint8_t)((c[l] >> 4) | ((c[32 + l] >> 4) << 2) |
+                                           ((c[64 + l] >> 4) << 4) | ((c[96 + l] >> 4) << 6));
+            }
+    }
+}
+
+// the 8 rows' blocks <-> one x8 block group (dir 1: write g from b[8], 0: read b[8] from g)
+static void x8_block(int type, block_codes b[8], uint8_t *g, int dir) {
+#define MOVE(dst, src) (dir ? ((dst) = (src)) : ((src) = (dst)))
+    for (int r = 0; r < 8; r++) {
+        if (dir) memcpy(g + 2 * r, &b[r].d, 2);
+        else memcpy(&b[r].d, g + 2 * r, 2);
+        if (type == T_Q4_K && dir) memcpy(g + 16 + 2 * r, &b[r].dmin, 2);
+        else if (type == T_Q4_K) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
+    }
+    for (int r = 0; r < 8; r++) {
+        const uint8_t *c = b[r].c;
+        uint8_t *cw = b[r].c;
+        if (type == T_Q8_0) {
+            for (int i = 0; i < QK; i++) MOVE(g[16 + 32 * (i / 4) + 4 * r + i % 4], cw[i]);
+        } else if (type == T_Q4_0) {
+            for (int L = 0; L < 4; L++)
+                for (int t = 0; t < 4; t++) {
+                    uint8_t *p = g + 16 + 32 * L + 4 * r + t;
+                    if (dir) *p = (uint8_t)(c[8 * L + t] | (c[8 * L + 4 + t] << 4));
+                    else cw[8 * L + t] = *p & 15, cw[8 * L + 4 + t] = *p >> 4;
+                }
+        } else if (type == T_Q4_K) {
+            for (int s = 0; s < 8; s++) {
+                uint8_t *lo = g + 32 + 32 * (s / 4) + 8 * (s % 4) + r;
+                uint8_t *hi = g + 96 + 8 * (s % 4) + r;
+                const int sh = s < 4 ? 0 : 4;
+                if (dir) {
+                    *lo = (uint8_t)((b[r].sc[s] & 15) | ((b[r].mn[s] & 15) << 4));
+                    if (s < 4) *hi = 0;
+                    *hi |= (uint8_t)((((b[r].sc[s] >> 4) & 3) | (((b[r].mn[s] >> 4) & 3) << 2)) << sh);
+                } else {
+                    const int top = (*hi >> sh) & 15;
+                    b[r].sc[s] = (uint8_t)((*lo & 15) | ((top & 3) << 4));
+                    b[r].mn[s] = (uint8_t)((*lo >> 4) | ((top >> 2) << 4));
+                }
+            }
+            for (int s = 0; s < 8; s++)
+                for (int L = 0; L < 4; L++)
+                    for (int t = 0; t < 4; t++) {
+                        uint8_t *p = g + 128 + 128 * s + 32 * L + 4 * r + t;
+                        const int i = 32 * s + 8 * L + t;
+                        if (dir) *p = (uint8_t)(c[i] | (c[i + 4] << 4));
+                        else cw[i] = *p & 15, cw[i + 4] = *p >> 4;
+                    }
+        } else {  // Q6_K
+            for (int s = 0; s < 16; s++) {
+                MOVE(g[16 + 8 * s + r], b[r].sc[s]);
+                for (int t = 0; t < 4; t++) {
+                    uint8_t *h = g + 1168 + 32 * s + 4 * r + t;
+                    for (int L = 0; L < 2; L++) {
+                        uint8_t *p = g + 144 + 64 * s + 32 * L + 4 * r + t;
+                        const int i = 16 * s + 8 * L + t;
+                        if (dir) *p = (uint8_t)((c[i] & 15) | ((c[i + 4] & 15) << 4));
+                        else cw[i] = *p & 15, cw[i + 4] = *p >> 4;
+                    }
+                    if (dir) {
+                        *h = 0;
+                        for (int k = 0; k < 4; k++) *h |= (uint8_t)((c[16 * s + 4 * k + t] >> 4) << (2 * k));
+                    } else {
+                        for (int k = 0; k < 4; k++) cw[16 * s + 4 * k + t] |= (uint8_t)(((*h >> (2 * k)) & 3) << 4);
+                    }
+                }
+            }
+        }
+    }
+#undef MOVE
+}
+
+// the same as x8_block(type, decoded rows, g, 1), straight from the 8 rows' file blocks
+static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restrict g) {
+    for (int r = 0; r < 8; r++) {
+        const uint8_t *restrict f = blk[r];
+        memcpy(g + 2 * r, f + (type == T_Q6_K ? 208 : 0), 2);
+        if (type == T_Q8_0) {
+            for (int k = 0; k < 8; k++) memcpy(g + 16 + 32 * k + 4 * r, f + 2 + 4 * k, 4);
+        } else if (type == T_Q4_0) {
+            const uint8_t *q = f + 2;  // byte l: codes l (low nibble) and l + 16 (high)
+            for (int t = 0; t < 4; t++) {
+                uint8_t *o = g + 16 + 4 * r + t;
+                o[0] = (uint8_t)((q[t] & 15) | (q[4 + t] << 4));
+                o[32] = (uint8_t)((q[8 + t] & 15) | (q[12 + t] << 4));
+                o[64] = (uint8_t)((q[t] >> 4) | (q[4 + t] & 0xF0));
+                o[96] = (uint8_t)((q[8 + t] >> 4) | (q[12 + t] & 0xF0));
+            }
+        } else if (type == T_Q4_K) {
+            const uint8_t *sk = f + 4;  // the 12-byte packing of 8 scales and 8 mins
+            uint8_t sc[8], mn[8];
+            for (int j = 0; j < 4; j++) {
+                sc[j] = sk[j] & 63, mn[j] = sk[j + 4] & 63;
+                sc[j + 4] = (sk[j + 8] & 15) | ((sk[j] >> 6) << 4);
+                mn[j + 4] = (sk[j + 8] >> 4) | ((sk[j + 4] >> 6) << 4);
+            }
+            memcpy(g + 16 + 2 * r, f + 2, 2);
+            for (int j = 0; j < 4; j++) {
+                g[32 + 8 * j + r] = (uint8_t)((sc[j] & 15) | ((mn[j] & 15) << 4));
+                g[64 + 8 * j + r] = (uint8_t)((sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4));
+                g[96 + 8 * j + r] = (uint8_t)((sc[j] >> 4) | ((mn[j] >> 4) << 2) |
+                                              ((sc[j + 4] >> 4) << 4) | ((mn[j + 4] >> 4) << 6));
+            }
+            // chunk q of qs: codes 64q + l (low nibbles) and 64q + 32 + l (high)
+            for (int q = 0; q < 4; q++) {
+                const uint8_t *src = f + 16 + 32 * q;
+                uint8_t *lo = g + 128 + 256 * q + 4 * r, *hi = lo + 128;
+#if defined(__SSSE3__)
+                // a: bytes 8L + t, c: bytes 8L + 4 + t, as 16 lanes 4L + t
+                const __m128i pick = _mm_set_epi8(11, 10, 9, 8, 3, 2, 1, 0, 11, 10, 9, 8, 3, 2, 1, 0);
+                const __m128i x0 = _mm_loadu_si128((const __m128i *)src);
+                const __m128i x1 = _mm_loadu_si128((const __m128i *)(src + 16));
+                const __m128i a = _mm_unpacklo_epi64(_mm_shuffle_epi8(x0, pick), _mm_shuffle_epi8(x1, pick));
+                const __m128i c = _mm_unpacklo_epi64(_mm_shuffle_epi8(_mm_srli_si128(x0, 4), pick),
+                                                     _mm_shuffle_epi8(_mm_srli_si128(x1, 4), pick));
+                const __m128i m4 = _mm_set1_epi8(15), h4 = _mm_set1_epi8((char)0xF0);
+                const __m128i vl = _mm_or_si128(_mm_and_si128(a, m4), _mm_slli_epi16(_mm_and_si128(c, m4), 4));
+                const __m128i vh = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(a, 4), m4), _mm_and_si128(c, h4));
+                uint8_t tl[16], th[16];
+                _mm_storeu_si128((__m128i *)tl, vl);
+                _mm_storeu_si128((__m128i *)th, vh);
+                for (int L = 0; L < 4; L++) memcpy(lo + 32 * L, tl + 4 * L, 4), memcpy(hi + 32 * L, th + 4 * L, 4);
+#else
+                for (int L = 0; L < 4; L++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t a = src[8 * L + t], c = src[8 * L + 4 + t];
+                        lo[32 * L + t] = (uint8_t)((a & 15) | (c << 4));
+                        hi[32 * L + t] = (uint8_t)((a >> 4) | (c & 0xF0));
+                    }
+#endif
+            }
+        } else {  // Q6_K: code 128h + 32k + l has its low bits in ql[64h + 32(k & 1) + l]
+            // (nibble k >> 1) and its top bits in qh[32h + l] (bits 2k, 2k + 1)
+            for (int r2 = 0; r2 < 16; r2++) g[16 + 8 * r2 + r] = f[192 + r2];
+            for (int s = 0; s < 16; s++) {
+                const int h = s / 8, k = (s / 2) % 4, l0 = 16 * (s % 2);
+                const uint8_t *ql = f + 64 * h + 32 * (k & 1) + l0, *qh = f + 128 + 32 * h + l0;
+                const int ls = 4 * (k >> 1), hs = 2 * k;
+#if defined(__SSSE3__)
+                // lanes 4u + t: the low and top bits of code 16s + 4u + t
+                const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3);
+                const __m128i v = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)ql), _mm_cvtsi32_si128(ls)), m4);
+                const __m128i y = _mm_and_si128(_mm_srl_epi16(_mm_loadu_si128((const __m128i *)qh), _mm_cvtsi32_si128(hs)), m2);
+                const __m128i w = _mm_or_si128(v, _mm_slli_epi16(_mm_srli_si128(v, 4), 4));  // lanes t, 8 + t
+                const __m128i z = _mm_or_si128(y, _mm_slli_epi16(_mm_srli_si128(y, 4), 2));
+                const __m128i z2 = _mm_or_si128(z, _mm_slli_epi16(_mm_srli_si128(z, 8), 4));  // lanes t
+                uint8_t tw[16], tz[16];
+                _mm_storeu_si128((__m128i *)tw, w);
+                _mm_storeu_si128((__m128i *)tz, z2);
+                memcpy(g + 144 + 64 * s + 4 * r, tw, 4);
+                memcpy(g + 176 + 64 * s + 4 * r, tw + 8, 4);
+                memcpy(g + 1168 + 32 * s + 4 * r, tz, 4);
+#else
+                for (int t = 0; t < 4; t++) {
+                    uint8_t c[4], top[4];
+                    for (int u = 0; u < 4; u++) {
+                        c[u] = (ql[4 * u + t] >> ls) & 15;
+                        top[u] = (qh[4 * u + t] >> hs) & 3;
+                    }
+                    g[144 + 64 * s + 4 * r + t] = (uint8_t)(c[0] | (c[1] << 4));
+                    g[176 + 64 * s + 4 * r + t] = (uint8_t)(c[2] | (c[3] << 4));
+                    g[1168 + 32 * s + 4 * r + t] = (uint8_t)(top[0] | (top[1] << 2) | (top[2] << 4) | (top[3] << 6));
+                }
+#endif
+            }
+        }
+    }
+}
+
+int minerva_x8_supports(int type) {
+    int block, bytes;
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    return x8_geometry(type, &block, &bytes);
+#else
+    (void)block, (void)bytes, (void)type;
+    return 0;
+#endif
+}
+
+// dir 1: file rows src [N, row_bytes] -> x8 groups dst; dir 0: back. Same byte count.
+static int x8_convert(int type, const uint8_t *src, uint8_t *dst, int64_t N, int64_t K,
+                      int threads, int dir) {
+    int block, bytes;
+    if (!x8_geometry(type, &block, &bytes) || N % 8 || K % block || N < 1 || K < 1 || threads < 1)
+        return -1;
+    const int64_t nb = K / block, rb = nb * bytes, gb = 8 * bytes;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t gi = 0; gi < N / 8; gi++) {
+        block_codes b[8];
+        for (int64_t i = 0; i < nb; i++) {
+            if (dir) {
+                const uint8_t *rows[8];
+                for (int r = 0; r < 8; r++) rows[r] = src + (8 * gi + r) * rb + i * bytes;
+                x8_pack_block(type, rows, dst + gi * 8 * rb + i * gb);
+            } else {
+                memset(b, 0, sizeof(b));
+                x8_block(type, b, (uint8_t *)src + gi * 8 * rb + i * gb, 0);
+                for (int r = 0; r < 8; r++) encode_block(type, b + r, dst + (8 * gi + r) * rb + i * bytes);
+            }
+        }
+    }
+    return 0;
+}
+
+int minerva_x8_repack(int type, const uint8_t *src, uint8_t *dst, int64_t N, int64_t K, int threads) {
+    return x8_convert(type, src, dst, N, K, threads, 1);
+}
+
+int minerva_x8_unpack(int type, const uint8_t *src, uint8_t *dst, int64_t N, int64_t K, int threads) {
+    return x8_convert(type, src, dst, N, K, threads, 0);
+}
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 2048  // bytes ahead of the block being read
+#endif
+
+// every cache line of the block PREFETCH_AHEAD bytes on (the streams are too many for the
+// hardware prefetcher alone to keep one core's loads fed from DRAM)
+INLINE void prefetch_block(const uint8_t *g, const int bytes) {
+    UNROLL for (int off = 0; off < bytes; off += 64) __builtin_prefetch(g + PREFETCH_AHEAD + off);
+}
+
+INLINE __m256i bcast4(const int8_t *p) {  // 4 activation codes into every 32-bit lane
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+INLINE __m256 d8(const uint8_t *p) {  // 8 fp16 scales
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+// 8 bytes (one per row) -> 16 int16 lanes, each row's value twice (maddubs pairs lanes 2r, 2r+1)
+INLINE __m256i dup8_u(__m128i bytes8) {
+    const __m128i dup = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    return _mm256_cvtepu8_epi16(_mm_shuffle_epi8(bytes8, dup));
+}
+INLINE __m256i dup8_s(__m128i bytes8) {
+    const __m128i dup = _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes8, dup));
+}
+// bytes 0-7 (value j of rows 0-7) and 8-15 (value j + 1) -> 16 int16: row r's pair in 2r, 2r+1
+INLINE __m256i pairs8_u(__m128i v) {
+    const __m128i zip = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    return _mm256_cvtepu8_epi16(_mm_shuffle_epi8(v, zip));
+}
+INLINE __m256i pairs8_s(__m128i v) {
+    const __m128i zip = _mm_set_epi8(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(v, zip));
+}
+
+INLINE void dot8_q8_0(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++, g += 272) {
+        prefetch_block(g, 272);
+        __m256i isum[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) isum[m] = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * k));
+            const __m256i aw = _mm256_sign_epi8(w, w);
+            UNROLL for (int m = 0; m < M; m++) {
+                const __m256i s = _mm256_sign_epi8(bcast4(a[m].q + b * QK + 4 * k), w);
+                isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, s), ones));
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+    }
+}
+
+INLINE void dot8_q4_0(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+    for (int64_t b = 0; b < nb; b++, g += 144) {
+        prefetch_block(g, 144);
+        __m256i s16[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) s16[m] = _mm256_setzero_si256();
+        UNROLL for (int L = 0; L < 4; L++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * L));
+            const __m256i lo = _mm256_and_si256(w, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + b * QK + 8 * L;
+                // 8 products of codes <= 15 and |a| <= 127 stay within int16
+                s16[m] = _mm256_add_epi16(s16[m], _mm256_maddubs_epi16(lo, bcast4(aq)));
+                s16[m] = _mm256_add_epi16(s16[m], _mm256_maddubs_epi16(hi, bcast4(aq + 4)));
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256 isum = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16[m], ones));
+            acc[m] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+            // codes carry +8: subtract 8 * d_w * (d_a * sum of the block's activation codes)
+            acc[m] = _mm256_fmadd_ps(d, _mm256_set1_ps(-8.0f * a[m].s[b]), acc[m]);
+        }
+    }
+}
+
+INLINE void dot8_q4_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t i = 0; i < nb; i++, g += 1152) {
+        prefetch_block(g, 1152);
+        // scales and mins of subblocks 0-3 (h = 0) and 4-7 (h = 1): byte 8j + r
+        const __m256i lo0 = _mm256_loadu_si256((const __m256i *)(g + 32));
+        const __m256i lo1 = _mm256_loadu_si256((const __m256i *)(g + 64));
+        const __m256i hi = _mm256_loadu_si256((const __m256i *)(g + 96));
+        __m256i sc[2], mn[2];
+        sc[0] = _mm256_or_si256(_mm256_and_si256(lo0, low4), _mm256_and_si256(_mm256_slli_epi16(hi, 4), top));
+        mn[0] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo0, 4), low4),
+                                _mm256_and_si256(_mm256_slli_epi16(hi, 2), top));
+        sc[1] = _mm256_or_si256(_mm256_and_si256(lo1, low4), _mm256_and_si256(hi, top));
+        mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), low4),
+                                _mm256_and_si256(_mm256_srli_epi16(hi, 2), top));
+        __m256i sumi[MAX_ROWS], msum[MAX_ROWS], bs[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) {
+            sumi[m] = msum[m] = _mm256_setzero_si256();
+            // sums of 32 activation codes, as int16 pairs (j, j + 1) in int32 lanes 0, 1, 4, 5
+            const __m256i b16 = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            const __m256i b32 = _mm256_madd_epi16(b16, ones);
+            bs[m] = _mm256_packs_epi32(b32, b32);
+        }
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
+            const __m256i scale = dup8_u((s & 1) ? _mm_srli_si128(half, 8) : half);
+            __m256i p16[MAX_ROWS];
+            UNROLL for (int m = 0; m < M; m++) p16[m] = _mm256_setzero_si256();
+            UNROLL for (int L = 0; L < 4; L++) {
+                const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
+                const __m256i wl = _mm256_and_si256(w, low4);
+                const __m256i wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+                UNROLL for (int m = 0; m < M; m++) {
+                    const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
+                    // 8 products of codes <= 15 and |a| <= 127 stay within int16
+                    p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wl, bcast4(aq)));
+                    p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wh, bcast4(aq + 4)));
+                }
+            }
+            UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p16[m], scale));
+            if (s & 1) {  // mins of subblocks s - 1, s against their activation sums
+                const __m128i mhalf = (s & 2) ? _mm256_extracti128_si256(mn[s >> 2], 1) : _mm256_castsi256_si128(mn[s >> 2]);
+                const __m256i mins = pairs8_u(mhalf);
+                const int lane = ((s >> 2) << 2) | ((s >> 1) & 1);
+                UNROLL for (int m = 0; m < M; m++) {
+                    const __m256i pair = _mm256_permutevar8x32_epi32(bs[m], _mm256_set1_epi32(lane));
+                    msum[m] = _mm256_add_epi32(msum[m], _mm256_madd_epi16(mins, pair));
+                }
+            }
+        }
+        const __m256 d = d8(g), dmin = d8(g + 16);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256 da = _mm256_set1_ps(a[m].d[i]);
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, da), acc[m]);
+            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[m]), _mm256_mul_ps(dmin, da), acc[m]);
+        }
+    }
+}
+
+INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    for (int64_t i = 0; i < nb; i++, g += 1680) {
+        prefetch_block(g, 1680);
+        __m256i sumi[MAX_ROWS], offs[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = offs[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 16; s++) {
+            const __m256i scale = dup8_s(_mm_loadl_epi64((const __m128i *)(g + 16 + 8 * s)));
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(g + 144 + 64 * s));
+            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(g + 176 + 64 * s));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1168 + 32 * s));
+            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(h, 4), top));
+            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), top));
+            const __m256i v2 = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(h, top));
+            const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
+                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), top));
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 16 * s;
+                // two products of codes <= 63 and |a| <= 127 per int16, two of them summed
+                const __m256i p01 = _mm256_add_epi16(_mm256_maddubs_epi16(v0, bcast4(aq)),
+                                                     _mm256_maddubs_epi16(v1, bcast4(aq + 4)));
+                const __m256i p23 = _mm256_add_epi16(_mm256_maddubs_epi16(v2, bcast4(aq + 8)),
+                                                     _mm256_maddubs_epi16(v3, bcast4(aq + 12)));
+                sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p01, scale),
+                                                                     _mm256_madd_epi16(p23, scale)));
+            }
+            if (s & 1) {  // codes carry +32: scales of s - 1, s against their activation sums
+                const __m256i sp = pairs8_s(_mm_loadu_si128((const __m128i *)(g + 16 + 8 * (s - 1))));
+                UNROLL for (int m = 0; m < M; m++) {
+                    int32_t pair;
+                    memcpy(&pair, a[m].bsum + i * 16 + s - 1, 4);
+                    offs[m] = _mm256_add_epi32(offs[m], _mm256_madd_epi16(sp, _mm256_set1_epi32(pair)));
+                }
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i tot = _mm256_sub_epi32(sumi[m], _mm256_slli_epi32(offs[m], 5));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[i])), acc[m]);
+        }
+    }
+}
+
+#define DEFINE_GROUPS(NAME)                                                                    \
+    INLINE void groups_m_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a, \
+                                float *y, int64_t N, int64_t g0, int64_t g1, const int M) {    \
+        for (int64_t gi = g0; gi < g1; gi++) {                                                 \
+            __m256 acc[MAX_ROWS];                                                              \
+            UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();                  \
+            dot8_##NAME(W + gi * gbytes, a, M, nb, acc);                                       \
+            UNROLL for (int m = 0; m < M; m++) _mm256_storeu_ps(y + m * N + 8 * gi, acc[m]);  \
+        }                                                                                      \
+    }                                                                                          \
+    static void groups_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a,   \
+                              float *y, int64_t N, int64_t g0, int64_t g1, int64_t M) {        \
+        switch (M) {                                                                           \
+        case 1: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 1); break;                     \
+        case 2: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 2); break;                     \
+        case 3: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 3); break;                     \
+        default: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 4); break;                    \
+        }                                                                                      \
+    }
+
+DEFINE_GROUPS(q8_0)
+DEFINE_GROUPS(q4_0)
+DEFINE_GROUPS(q4_k)
+DEFINE_GROUPS(q6_k)
+
+typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
+                          int64_t, int64_t, int64_t);
+
+// y [M, N] = x [M, K] @ W^T for W [N, K] in the x8 layout of `type`; 0 on success, -1 on bad
+// arguments or no memory (the caller then takes its torch path).
+int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N,
+                     int64_t K, int threads) {
+    int block, bytes;
+    if (!minerva_x8_supports(type) || !x8_geometry(type, &block, &bytes) || M < 1 || N < 8 ||
+        N % 8 || K < 1 || K % block || threads < 1)
+        return -1;
+    const groups_fn groups = type == T_Q8_0 ? groups_q8_0 : type == T_Q4_0 ? groups_q4_0
+                           : type == T_Q4_K ? groups_q4_k : groups_q6_k;
+    const int ktype = block == QK_K;
+    const int64_t nb = K / block, gbytes = 8 * nb * bytes, G = N / 8;
+    float *scratch = thread_scratch(M * act_row_floats(K, ktype));
+    if (!scratch) return -1;
+    act_row *a = (act_row *)malloc((size_t)M * sizeof(act_row));
+    if (!a) return -1;
+    act_rows_init(a, scratch, M, K, ktype);
+    int64_t tile = TILE_BYTES / gbytes;
+    if (tile < 1) tile = 1;
+#pragma omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)
+    {
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
+        int t = 0, nt = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        nt = omp_get_num_threads();
+#endif
+        const int64_t g0 = G * t / nt, g1 = G * (t + 1) / nt;
+        for (int64_t t0 = g0; t0 < g1; t0 += tile) {
+            const int64_t t1 = t0 + tile < g1 ? t0 + tile : g1;
+            for (int64_t m = 0; m < M; m += MAX_ROWS)
+                groups(W, gbytes, nb, a + m, y + m * N, N, t0, t1, M - m < MAX_ROWS ? M - m : MAX_ROWS);
+        }
+    }
+    free(a);
+    return 0;
+}
+
+#else
+
+int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N,
+                     int64_t K, int threads) {
+    (void)type, (void)W, (void)x, (void)y, (void)M, (void)N, (void)K, (void)threads;
+    return -1;
+}
+
+#endif
