@@ -66,13 +66,15 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
 ]
 
 
+@pytest.mark.parametrize("verify_rows", [False, True], ids=["plain", "verify_rows"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_matches_the_torch_reference(backend, dtype, case):
+def test_matches_the_torch_reference(backend, dtype, case, verify_rows):
     seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
     gen = torch.Generator().manual_seed(case)
     block_size, num_blocks = 16, 64
     meta = _step(seq_lens, query_lens, block_size, num_blocks, gen)
+    meta.verify_rows = verify_rows  # short rows as one C decode row per token
     tokens = sum(query_lens)
     cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
     qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen).to(dtype)

@@ -132,12 +132,12 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """torch_paged.paged_attention with the decode rows in C (and every row of a step whose
-    queries are all short, as speculative verify rows are: one decode row per query token)."""
+    """torch_paged.paged_attention with the decode rows in C (and, in a step of speculative
+    verify rows, every row: one decode row per query token)."""
     nd = meta.num_decodes
     if meta.block_tables.dtype != torch.int32 or meta.seq_lens.dtype != torch.int32:
         return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
-    if nd < meta.num_seqs and meta.max_query_len <= SHORT_QUERY:
+    if meta.verify_rows and nd < meta.num_seqs and meta.max_query_len <= SHORT_QUERY:
         out = _decode(q, kv_cache, _per_token_rows(meta), scale, sliding_window)
         if out is not None:
             return out
@@ -163,7 +163,8 @@ def paged_attention(
 
 
 SHORT_QUERY = 16
-"""Steps whose rows have at most this many query tokens run every token as a decode row."""
+"""Verify steps whose rows have at most this many query tokens run every token as a decode
+row (the verify rows' attention then costs what the decode rows' does)."""
 
 
 def _per_token_rows(meta: AttentionMetadata) -> AttentionMetadata:

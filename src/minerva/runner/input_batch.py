@@ -297,6 +297,7 @@ def to_device(host: HostInputs, device: torch.device) -> StepInputs:
         max_query_len=int(np.diff(host.query_start_loc).max()),
         seq_lens_cpu=host.seq_lens.tolist(),
         query_start_loc_cpu=host.query_start_loc.tolist(),
+        verify_rows=host.num_logits is not None,
     )
     return StepInputs(
         input_ids=move(host.input_ids),
