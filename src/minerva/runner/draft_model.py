@@ -49,7 +49,8 @@ def check_draft_matches(target: ModelSource, draft: ModelSource) -> None:
     elif (t_tok is None) != (d_tok is None):
         raise ConfigError(f"{where}: only one of them has a tokenizer, so they cannot be compared")
     t_n, d_n = target.config.vocab_size, draft.config.vocab_size
-    if abs(t_n - d_n) > 128:  # embedding rows padded to a multiple are fine
+    # The draft embeds every token the target emits; extra rows (padding) are never proposed.
+    if d_n < t_n or d_n - t_n > 128:
         raise ConfigError(
             f"{where} have vocabularies of {d_n} and {t_n} rows: use a draft of the same family"
         )
