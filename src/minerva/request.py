@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from minerva.sampling_params import SamplingParams
 
@@ -82,8 +83,9 @@ class TokenSequence:
 def needs_host_tokens(params: SamplingParams) -> bool:
     """True when a request's next input needs its previous sampled token on the host, so its
     next step cannot be queued before the previous one is read (penalties count the output
-    tokens on the host; grammars and n-gram proposals will need them too)."""
-    return params.has_penalties
+    tokens on the host; a grammar matcher or token healing reads each token before the next
+    mask; n-gram proposals will need them too)."""
+    return params.has_penalties or params.structured is not None or params.token_healing
 
 
 @dataclass(eq=False)
@@ -119,11 +121,18 @@ class Request(TokenSequence):
     """Draft tokens proposed for the next step (a proposer fills it; empty today)."""
     num_runner_blocks: int = -1
     """Blocks of the block table the runner holds (-1: the runner does not hold the request)."""
+    structured: Any = None
+    """The engine's constraint plan (structured.StructuredPlan: compiled grammar, healed
+    prefix), handed to the runner opaquely; None for an unconstrained request."""
     needs_host_tokens: bool = field(init=False)
     """See ``needs_host_tokens()``; fixed for the request's lifetime."""
+    pooling: bool = field(init=False)
+    """Samples nothing: the runner pools its prompt's hidden states (embeddings), which needs
+    every prompt token computed (no prefix-cache hits)."""
 
     def __post_init__(self) -> None:
         self.needs_host_tokens = needs_host_tokens(self.sampling_params)
+        self.pooling = self.sampling_params.pooling is not None
 
     @property
     def is_finished(self) -> bool:
@@ -145,6 +154,8 @@ class NewRequestData:
     block_ids: list[int]
     num_computed_tokens: int
     """Where this step's tokens start (past any prefix-cache hit)."""
+    structured: Any = None
+    """Request.structured: the runner builds the request's token matcher from it."""
 
 
 @dataclass
@@ -211,9 +222,12 @@ class Logprobs:
 class RunnerOutput:
     """What one step produced, in the SchedulerOutput's order: the tokens each request sampled
     (none while a prefill is chunked; one per step today; up to 1 + its draft tokens when it
-    verifies drafts: the accepted drafts, then one more) and, if it asked, their logprobs."""
+    verifies drafts: the accepted drafts, then one more) and, if it asked, their logprobs;
+    a pooling request samples nothing and gets its vector once its whole prompt has run."""
 
     request_ids: list[str] = field(default_factory=list)
     sampled_token_ids: list[list[int]] = field(default_factory=list)
     logprobs: list[list[Logprobs] | None] = field(default_factory=list)
     """One Logprobs per sampled token where the request asked for logprobs, else None."""
+    pooled: dict[str, list[float]] = field(default_factory=dict)
+    """Pooling requests whose prompt this step finished: request id -> the pooled vector."""

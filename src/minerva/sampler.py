@@ -60,13 +60,33 @@ class Sampler:
 
 
 def process_logits(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
-    """logit_bias, min_tokens and penalties → fp32 [n, V]; the input itself is never changed."""
+    """logit_bias, min_tokens, penalties, token bitmask → fp32 [n, V]; the input is never
+    changed."""
     if meta.no_logit_bias and meta.no_min_tokens and meta.no_penalties:
-        return logits.float()
+        return apply_token_bitmask(logits.float(), meta.token_bitmask)
     logits = logits.to(torch.float32, copy=True).contiguous()
     logits = apply_logit_bias(logits, meta)
     logits = apply_min_tokens(logits, meta)
-    return apply_penalties(logits, meta)
+    return apply_token_bitmask(apply_penalties(logits, meta), meta.token_bitmask)
+
+
+_BIT_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor | None) -> torch.Tensor:
+    """Sets the tokens a row's bitmask [n, ceil(V / 32)] int32 leaves out to -inf (new tensor).
+
+    A row that allows nothing (cannot happen with a consistent grammar) is left unmasked rather
+    than turned into NaNs."""
+    if bitmask is None:
+        return logits
+    shifts = _BIT_SHIFTS.get(logits.device)
+    if shifts is None:
+        shifts = _BIT_SHIFTS[logits.device] = torch.arange(32, device=logits.device)
+    bits = (bitmask.to(torch.int64)[:, :, None] >> shifts) & 1  # [n, words, 32]
+    allowed = bits.flatten(1)[:, : logits.shape[-1]].bool()  # [n, V]
+    allowed |= ~allowed.any(dim=-1, keepdim=True)
+    return logits.masked_fill(~allowed, float("-inf"))
 
 
 def apply_logit_bias(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:

@@ -49,6 +49,9 @@ class SamplingMetadata:
     min_tokens_indices: torch.Tensor | None  # [m] int64: row * vocab_size + banned token_id
     max_num_logprobs: int | None  # most top alternatives any row asked for; None: no logprobs
     vocab_size: int
+    token_bitmask: torch.Tensor | None = field(default=None, repr=False)
+    """[n, ceil(vocab / 32)] int32 on the device: bit t % 32 of word t // 32 set = token t
+    allowed (grammars, token healing); None when no row is constrained."""
 
     @property
     def num_seqs(self) -> int:

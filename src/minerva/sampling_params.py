@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
+
+_STRUCTURED_KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True)
+class StructuredOutputs:
+    """A constraint on the generated text; exactly one field is set.
+
+    json_schema: a JSON Schema (dict or its JSON text); json_object: any JSON object;
+    regex: the text matches it (Rust ``regex`` syntax); choice: exactly one of these strings;
+    grammar: a Lark grammar (llguidance's dialect, the library Minerva uses) or a llama.cpp
+    GBNF grammar (recognised by its ``::=`` rules and converted to Lark)."""
+
+    json_schema: dict[str, Any] | str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | list[str] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.choice is not None:
+            object.__setattr__(self, "choice", tuple(self.choice))
+        set_fields = [f.name for f in fields(self) if getattr(self, f.name) not in (None, False)]
+        if len(set_fields) != 1:
+            raise ValueError(
+                "structured outputs take exactly one of json_schema, json_object, regex, "
+                f"choice or grammar; got {set_fields or 'none'}"
+            )
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _STRUCTURED_KINDS if getattr(self, k) not in (None, False))
 
 
 @dataclass
@@ -45,6 +78,14 @@ class SamplingParams:
     """Leave special tokens out of the detokenized text."""
     include_stop_str_in_output: bool = False
     """Keep the matched stop string at the end of the text."""
+    pooling: str | None = None
+    """'mean': generate nothing; run the prompt and return the mean of its final-norm hidden
+    states, L2-normalised (embeddings). None: an ordinary generation request."""
+    structured: StructuredOutputs | None = None
+    """Constrain the output to a JSON schema, JSON object, regex, choice list or grammar."""
+    token_healing: bool = False
+    """Back up the prompt's last token when it is the start of longer vocabulary entries and
+    make the first generated token(s) begin with its text (prompts ending mid-word)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,6 +130,14 @@ class SamplingParams:
                 f"logprobs must be between 0 and 20, got {self.logprobs}",
             ),
             (all(s for s in self.stop), "stop strings must not be empty"),
+            (
+                self.pooling in (None, "mean"),
+                f"pooling must be 'mean' or None, got {self.pooling!r}",
+            ),
+            (
+                self.pooling is None or (self.n == 1 and self.logprobs is None),
+                "pooling requests generate nothing: n must be 1 and logprobs None",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -101,13 +150,16 @@ class SamplingParams:
 
     @property
     def plain_greedy(self) -> bool:
-        """Argmax of the raw logits: greedy, no penalties, bias, min_tokens or logprobs."""
+        """Argmax of the raw logits: greedy, no penalties, bias, min_tokens, logprobs or
+        constraint."""
         return (
             self.greedy
             and not self.has_penalties
             and not self.logit_bias
             and self.min_tokens == 0
             and self.logprobs is None
+            and self.structured is None
+            and not self.token_healing
         )
 
     @property

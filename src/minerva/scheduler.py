@@ -11,6 +11,8 @@ once (`NewRequestData`, again after a preemption) and per-step deltas after that
 of requests that ended so the runner drops them. Draft tokens (`Request.spec_token_ids`, from a
 proposer) are scheduled as extra tokens after a caught-up request's last one; `update` takes
 1 + accepted tokens and rolls `num_computed_tokens` back by the drafts that were rejected.
+A pooling request (embeddings) computes its prompt, samples nothing and ends when the runner
+returns its vector (`finish_pooled`).
 """
 
 from __future__ import annotations
@@ -169,7 +171,8 @@ class Scheduler:
             if spec:
                 end -= len(spec.get(rid, ()))
             if end == num_prompt + len(req.output_token_ids) + req.num_pending_tokens:
-                req.num_pending_tokens += 1  # caught up: this step samples its next token
+                if not req.pooling:  # a pooling request samples nothing: update finishes it
+                    req.num_pending_tokens += 1  # caught up: this step samples its next token
         out.num_prefill_tokens, out.num_decode_tokens = num_prefill, num_decode
         self._in_flight[out.step_id] = [req for req, _ in scheduled]
         return out
@@ -204,7 +207,8 @@ class Scheduler:
             req = self.waiting[0]
             if req.num_pending_tokens:
                 break  # preempted while a token was in flight: resume once it has arrived
-            blocks, num_cached = self.kv.get_computed_blocks(req)
+            # Pooling needs every prompt token's hidden state: no prefix-cache hits.
+            blocks, num_cached = ([], 0) if req.pooling else self.kv.get_computed_blocks(req)
             num_new = req.num_tokens - num_cached
             if num_new > budget:
                 if not self.chunked_prefill:
@@ -271,6 +275,10 @@ class Scheduler:
                 updated.append((req, self._append(req, tokens)))
         return updated
 
+    def finish_pooled(self, request_ids: Iterable[str]) -> list[Request]:
+        """End pooling requests whose vector a step returned (those still live)."""
+        return self.finish_requests(request_ids, RequestStatus.FINISHED_STOPPED)
+
     def _append(self, req: Request, tokens: Sequence[int]) -> Sequence[int]:
         """Append tokens up to the first that stops the request; returns those appended."""
         for k, token in enumerate(tokens):
@@ -307,4 +315,5 @@ def _new_request_data(req: Request) -> NewRequestData:
         eos_token_ids=req.eos_token_ids,
         block_ids=list(req.block_ids),
         num_computed_tokens=req.num_computed_tokens,
+        structured=req.structured,
     )

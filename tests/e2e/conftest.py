@@ -19,6 +19,7 @@ from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-0123456789"
+DEMO_NAME = "minerva-demo"
 
 
 @dataclass
@@ -84,7 +85,13 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(model_dir: Path, log_path: Path, *args: str, api_key: str | None = None) -> Server:
+def start_server(
+    model_dir: Path,
+    log_path: Path,
+    *args: str,
+    api_key: str | None = None,
+    served_name: str = MODEL_NAME,
+) -> Server:
     """Start ``minerva serve`` on a free port and wait until /health says ok."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
@@ -93,7 +100,7 @@ def start_server(model_dir: Path, log_path: Path, *args: str, api_key: str | Non
         env["MINERVA_API_KEY"] = api_key
     cmd = [
         sys.executable, "-m", "minerva.cli", "serve", "--model", str(model_dir),
-        "--port", str(port), "--served-model-name", MODEL_NAME, "--device", "cpu",
+        "--port", str(port), "--served-model-name", served_name, "--device", "cpu",
         "--dtype", "float32", "--num-threads", "1", "--num-kv-blocks", "1024",
         "--no-access-log", *args,
     ]  # fmt: skip
@@ -126,5 +133,16 @@ def server(model_dir, tmp_path_factory):
         model_dir, tmp_path_factory.mktemp("logs") / "main.log", "--max-body-bytes", "64KiB",
         api_key=API_KEY,
     )  # fmt: skip
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """A server over the bundled demo model (trained weights, its generation defaults)."""
+    from minerva.demo import demo_model_path
+
+    log = tmp_path_factory.mktemp("logs") / "demo.log"
+    srv = start_server(demo_model_path(), log, served_name=DEMO_NAME)
     yield srv
     srv.stop()

@@ -103,7 +103,7 @@ def test_errors(client):
     assert e.value.status_code == 400 and "num_ctx" in e.value.error
     with pytest.raises(ollama.ResponseError) as e:
         messages = [{"role": "user", "content": "x"}]
-        list(client.chat(MODEL_NAME, messages=messages, format="json", stream=True))
+        list(client.chat(MODEL_NAME, messages=messages, format={"type": "strin"}, stream=True))
     assert e.value.status_code == 400
 
 

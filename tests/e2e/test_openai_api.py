@@ -173,14 +173,19 @@ def test_error_classes(client, n_prompt):
         {"n": 0},
         {"max_tokens": -1},
         {"top_p": 0},
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": 5}}]},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "strin"}},
+            }
+        },
     ):
         with pytest.raises(openai.BadRequestError):
             chat(**bad)
     with pytest.raises(openai.BadRequestError) as e:
-        chat(tools=[{"type": "function", "function": {"name": "f"}}])
-    assert e.value.code == "unsupported_field" and "tools" in e.value.message
+        chat(functions=[{"name": "f"}])
+    assert e.value.code == "unsupported_field" and "functions" in e.value.message
     with pytest.raises(openai.BadRequestError) as e:
         chat(max_tokens=10_000)
     assert e.value.code == "context_length_exceeded"
@@ -200,3 +205,24 @@ def test_stop_strings_cut_the_text(client):
         **kwargs, stop=stop, extra_body={"ignore_eos": True, "include_stop_str_in_output": True}
     )
     assert kept.choices[0].text == full[: full.index(stop) + len(stop)]
+
+
+def test_harmless_fields_are_accepted_and_images_get_a_plain_400(client):
+    out = client.chat.completions.create(
+        model=MODEL_NAME, messages=MESSAGES, max_tokens=3, temperature=0, modalities=["text"],
+        user="u-1", metadata={"app": "test"}, store=False, service_tier="auto",
+    )  # fmt: skip
+    assert out.choices[0].message.content
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    parts = [{"type": "text", "text": "What is this?"}, image]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": parts}], max_tokens=3
+        )
+    assert e.value.code == "unsupported_content" and e.value.body["param"] == "messages.0.content.1"
+    assert "images are not supported by this model" in e.value.message
+    assert len(e.value.message) < 200  # one sentence, not a dump of the content union
+    with pytest.raises(openai.BadRequestError, match="modalities other than text"):
+        client.chat.completions.create(
+            model=MODEL_NAME, messages=MESSAGES, max_tokens=3, modalities=["text", "audio"]
+        )

@@ -63,9 +63,9 @@ CORPUS = [
     (CHAT, _chat(logprobs=True, top_logprobs=50), 400),
     (CHAT, _chat(stream_options={"include_usage": True}), 400),
     (CHAT, _chat(foo=1), 400),
-    (CHAT, _chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400),
+    (CHAT, _chat(tools=[{"type": "function", "function": {"name": "a b"}}]), 400),
     (CHAT, _chat(tool_choice="auto"), 400),
-    (CHAT, _chat(response_format={"type": "json_object"}), 400),
+    (CHAT, _chat(response_format={"type": "yaml"}), 400),
     (
         CHAT,
         _chat(
@@ -75,7 +75,7 @@ CORPUS = [
         ),
         400,
     ),  # fmt: skip
-    (CHAT, _chat(messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]), 400),
+    (CHAT, _chat(messages=[{"role": "tool", "content": 5, "tool_call_id": "1"}]), 400),
     (CHAT, _chat(messages=[{"role": "wizard", "content": "x"}]), 400),
     (CHAT, _chat(model="no-such-model"), 404),
     (COMPLETIONS, _cmpl(prompt=[1, 2, 999_999]), 400),
@@ -86,8 +86,22 @@ CORPUS = [
     (COMPLETIONS, _cmpl(prompt={"text": "hi"}), 400),
     (COMPLETIONS, _cmpl(prompt=["x"] * 1000), 400),
     (COMPLETIONS, _cmpl(logprobs=100), 400),
-    (COMPLETIONS, _cmpl(echo=True), 400),
+    (COMPLETIONS, _cmpl(max_tokens=0), 400),  # only with echo (scoring the prompt)
     (COMPLETIONS, _cmpl(suffix="tail"), 400),
+    ("/v1/embeddings", {"model": MODEL_NAME, "input": []}, 400),
+    ("/v1/embeddings", {"model": MODEL_NAME, "input": [[1, 10**7]]}, 400),
+    ("/v1/embeddings", {"model": MODEL_NAME, "input": ["x"] * 1000}, 400),
+    ("/v1/embeddings", {"model": MODEL_NAME, "input": "x", "encoding_format": "hex"}, 400),
+    ("/v1/embeddings", {"model": MODEL_NAME, "input": "x", "dimensions": 3}, 400),
+    ("/v1/embeddings", {"model": MODEL_NAME, "input": "x " * 3000}, 400),  # over the context
+    ("/v1/embeddings", {"model": "no-such-model", "input": "x"}, 404),
+    ("/api/embed", {"model": MODEL_NAME, "input": 5}, 400),
+    ("/api/embed", {"model": MODEL_NAME, "input": "x " * 3000, "truncate": False}, 400),
+    ("/api/embeddings", {"model": MODEL_NAME, "prompt": 5}, 400),
+    ("/v1/no-such-route", {}, 404),
+    ("/api/no-such-route", {}, 404),
+    ("/api/pull", {"model": "llama3"}, 400),
+    ("/api/create", {"model": "x", "from": MODEL_NAME}, 400),
     (COMPLETIONS, _cmpl(best_of=5), 400),
     (COMPLETIONS, _cmpl(prompt="x" * 3000, max_tokens=None), 400),  # context_length_exceeded
     ("/api/generate", b'{"model": "tiny-llama", "prompt": ', 400),
@@ -97,8 +111,9 @@ CORPUS = [
     ("/api/generate", _gen(options={"temprature": 0.5}), 400),
     ("/api/generate", _gen(options={"mirostat": 2}), 400),
     ("/api/generate", _gen(options={"num_ctx": 4}), 400),
-    ("/api/generate", _gen(format="json"), 400),
+    ("/api/generate", _gen(format="yaml"), 400),
     ("/api/generate", _gen(images=["aGk="]), 400),
+    ("/api/generate", _gen(suffix="tail"), 400),  # the tiny model has no FIM tokens
     ("/api/generate", _gen(context=[1, 10**8]), 400),
     ("/api/generate", _gen(model="no-such-model"), 404),
     ("/api/chat", {"model": MODEL_NAME, "messages": [{"role": "user", "content": 5}]}, 400),

@@ -89,8 +89,8 @@ def test_cli_json_and_errors(capsys, tmp_path):
 
 
 def test_quantized_weights_are_counted_as_stored(tmp_path):
-    """A Q8_0 GGUF (the embedding dequantized to float32, its blocks kept for the tied head)
-    and a folder quantized to Q8_0 while loading: the bytes the blocks and floats take."""
+    """A Q8_0 GGUF and a folder quantized to Q8_0 while loading: the embedding stays in blocks,
+    and the tied head keeps its own copy of them (in its interleaved layout on the CPU)."""
     pytest.importorskip("gguf")
     import torch
 
@@ -111,7 +111,7 @@ def test_quantized_weights_are_counted_as_stored(tmp_path):
     plan = lambda name, shape: GGMLType.Q8_0  # noqa: E731
     write_gguf(load_model_config(folder), tensors, path, plan, quantize_tensor, file_type="q8_0")
     q8 = 34 / 32  # bytes per weight of Q8_0 blocks
-    expected = (matrices + embed) * q8 + embed * 4 + vectors * 4  # blocks, float embed, norms
+    expected = (matrices + 2 * embed) * q8 + vectors * 4  # blocks (embedding and head), norms
     for overrides in ({"model": str(path)}, {"quantization": "Q8_0"}):
         report = doctor.collect(_config(dtype="float32", kv_cache_memory="64MiB", **overrides))
         fit = report["model"]

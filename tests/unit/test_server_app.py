@@ -4,6 +4,7 @@ model loads and after it failed, CORS only when asked for, errors shaped per API
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -113,4 +114,38 @@ def test_unknown_routes_use_each_apis_error_shape():
 
     openai_404, ollama_404 = asyncio.run(_with_app(app, check))
     assert openai_404.status_code == 404 and openai_404.json()["error"]["code"] == "not_found"
-    assert ollama_404.status_code == 404 and ollama_404.json() == {"error": "Not Found"}
+    assert "/v1/embeddings" in openai_404.json()["error"]["message"]  # names what exists
+    assert ollama_404.status_code == 404 and set(ollama_404.json()) == {"error"}
+    assert ollama_404.json()["error"].startswith("Unknown route GET /api/nope: this server serves")
+
+
+def test_ollama_model_management_answers_in_ollama_shape():
+    app = build_app(ServerConfig(served_model_name="m"))
+
+    async def check(client):
+        return [
+            await client.post("/api/pull", json={"model": "m"}),
+            await client.post("/api/pull", json={"model": "m:latest", "stream": False}),
+            await client.post("/api/pull", json={"model": "llama3"}),
+            await client.post("/api/push", json={"model": "m"}),
+            await client.post("/api/copy", json={"source": "m", "destination": "n"}),
+            await client.request("DELETE", "/api/delete", json={"model": "m"}),
+            await client.post("/api/create", json={"model": "n", "from": "m"}),
+            await client.get("/v1/chat/completions"),
+        ]
+
+    stream, single, other, *refused, wrong_method = asyncio.run(_with_app(app, check))
+    lines = [json.loads(line) for line in stream.text.splitlines()]
+    assert stream.status_code == 200 and lines == [
+        {"status": "m is already available"},
+        {"status": "success"},
+    ]
+    assert single.status_code == 200 and single.json() == {"status": "success"}
+    assert other.status_code == 400
+    assert other.json()["error"].startswith("pull is not supported, models are loaded from local")
+    for r, what in zip(refused, ("push", "copy", "delete", "create")):
+        assert r.status_code == 400 and r.json()["error"].startswith(f"{what} is not supported")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["message"] == (
+        "GET is not allowed on /v1/chat/completions; use POST"
+    )

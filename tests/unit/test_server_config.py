@@ -106,3 +106,15 @@ def test_ollama_options():
         params(12, num_ctx=12)
     with pytest.raises(RequestError, match="num_predict"):
         params(10, num_predict=0)
+
+
+def test_ollama_unset_options_keep_the_model_defaults_like_openai():
+    defaults = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "repetition_penalty": 1.1}
+    fields = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")
+    for options, openai_fields in [({}, {}), ({"temperature": 0}, {"temperature": 0}),
+                                   ({"seed": 4, "top_k": 5}, {"seed": 4, "top_k": 5})]:  # fmt: skip
+        ollama = GenerateRequest.model_validate({"model": "m", "prompt": "x", "options": options})
+        ours = ollama.to_sampling_params(defaults, 3, max_model_len=100)
+        body = {"model": "m", "messages": MSGS, **openai_fields}
+        ref = ChatCompletionRequest.model_validate(body).to_sampling_params(defaults, 100)
+        assert [getattr(ours, f) for f in fields] == [getattr(ref, f) for f in fields], options

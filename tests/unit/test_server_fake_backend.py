@@ -121,6 +121,9 @@ class FakeBackend:
     async def score(self, token_ids: list[int]) -> list[float]:
         return [0.0] * (len(token_ids) - 1)
 
+    async def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list:
+        raise NotImplementedError("not used by these tests")
+
     def set_observer(self, observer: StepObserver | None) -> None:
         self.observer = observer
 

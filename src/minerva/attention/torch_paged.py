@@ -107,19 +107,21 @@ def _prefill(
 ) -> torch.Tensor:
     query_len, num_heads, _ = q.shape
     k, v = _context(kv_cache, block_table, seq_len)  # [L, KV, D]
-    group = num_heads // k.shape[1]
-    k = k.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)  # [H, L, D]
-    v = v.to(q.dtype).transpose(0, 1).repeat_interleave(group, dim=0)
-    qt = q.transpose(0, 1)  # [H, Q, D]
+    # 4-D inputs with GQA: the fused CPU kernel (3-D ones take the unfused math path)
+    k = k.to(q.dtype).transpose(0, 1)[None]  # [1, KV, L, D]
+    v = v.to(q.dtype).transpose(0, 1)[None]
+    qt = q.transpose(0, 1)[None]  # [1, H, Q, D]
+    gqa = num_heads != k.shape[1]
     if window is None and query_len == seq_len:
-        out = F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale)
+        out = F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
         q_pos = torch.arange(seq_len - query_len, seq_len, device=q.device).unsqueeze(1)
         k_pos = torch.arange(seq_len, device=q.device).unsqueeze(0)
         mask = k_pos <= q_pos
         if window is not None:
             mask &= k_pos > q_pos - window
-        out = F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, scale=scale)
+        out = F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    out = out[0]
     return out.transpose(0, 1)  # [Q, H, D]
 
 

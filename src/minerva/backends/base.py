@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from minerva.engine.outputs import CompletionOutput, RequestOutput, StepInfo
+from minerva.request import Logprobs
 from minerva.sampling_params import SamplingParams
 
 __all__ = [
@@ -160,6 +161,8 @@ class Backend(Protocol):
     ) -> OutputStream:
         """Queue a request once the engine accepts it. ``prompt`` is kept for the outputs;
         ``prompt_token_ids`` (when given) are what runs. stream=False: only the final output.
+        ``params.pooling`` set: the prompt runs, nothing is generated, and the final output's
+        ``embedding`` holds the pooled vector (a backend that cannot: NotSupportedError).
         Raises RequestError (400) or an EngineUnavailableError (503) at once."""
 
     def abort(self, request_id: str) -> None:
@@ -168,6 +171,10 @@ class Backend(Protocol):
     async def score(self, token_ids: list[int]) -> list[float]:
         """log p(token_ids[i+1] | token_ids[:i+1]) for every i (perplexity); a backend that
         cannot raises NotSupportedError."""
+
+    async def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
+        """score, with each token's rank and its ``num_top`` likeliest alternatives (OpenAI's
+        echo with logprobs); a backend that cannot raises NotSupportedError."""
 
     def set_observer(self, observer: StepObserver | None) -> None:
         """Call ``observer.on_step`` after every step (metrics); None stops it."""
@@ -205,9 +212,13 @@ class Backend(Protocol):
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
     ) -> list[int]:
-        """Prompt ids of a conversation rendered with the model's chat template."""
+        """Prompt ids of a conversation rendered with the model's chat template (``tools``:
+        OpenAI function tools, for templates that render them)."""
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         """SamplingParams with the model's generation defaults, then ``overrides``, applied."""

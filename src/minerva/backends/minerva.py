@@ -25,6 +25,7 @@ from minerva.errors import RequestError
 from minerva.loader import ModelSource
 from minerva.loader.hf_config import CONFIG_FILE
 from minerva.models.registry import count_weight_bytes
+from minerva.request import Logprobs
 from minerva.sampling_params import SamplingParams
 
 
@@ -91,6 +92,9 @@ class MinervaBackend:
 
     async def score(self, token_ids: list[int]) -> list[float]:
         return await self._engine.score(token_ids)
+
+    async def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
+        return await self._engine.prompt_logprobs(token_ids, num_top)
 
     def set_observer(self, observer: StepObserver | None) -> None:
         self._engine.observer = _StepBridge(observer) if observer is not None else None
@@ -162,10 +166,13 @@ class MinervaBackend:
         return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     def apply_chat_template(
-        self, messages: list[dict], add_generation_prompt: bool = True
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
     ) -> list[int]:
         tokenizer = self._need_tokenizer("so chat is not available", "messages")
-        return tokenizer.encode_chat(messages, add_generation_prompt)
+        return tokenizer.encode_chat(messages, add_generation_prompt, tools)
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         return self._engine.default_sampling_params(**overrides)

@@ -28,6 +28,7 @@ from minerva.errors import (
     QueueFullError,
     RequestError,
 )
+from minerva.request import Logprobs
 from minerva.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ class AsyncEngine:
         if not isinstance(params, SamplingParams):
             raise RequestError(f"params must be a SamplingParams, got {type(params).__name__}")
         self._check_admission(params.n)
+        if params.structured is not None:  # compile off the engine thread (then a cache hit)
+            await asyncio.to_thread(self.engine.constraints.precompile, params)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
@@ -225,12 +228,22 @@ class AsyncEngine:
     async def score(self, token_ids: list[int]) -> list[float]:
         """log p(token i+1 | tokens ..i) for each i, computed on the engine thread between
         steps (LLMEngine.score). Raises RequestError for a bad sequence."""
+        return await self._between_steps(lambda: self.engine.score(list(token_ids)))
+
+    async def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
+        """score with ranks and top alternatives (LLMEngine.prompt_logprobs), between steps."""
+        return await self._between_steps(
+            lambda: self.engine.prompt_logprobs(list(token_ids), num_top)
+        )
+
+    async def _between_steps(self, fn: Callable[[], Any]) -> Any:
+        """fn() on the engine thread between two steps; its result or its exception."""
         if not self.is_running:
             raise EngineDeadError("the engine is not running")
         done = self._loop.create_future()  # type: ignore[union-attr]
         key = f"#score-{id(done)}"  # in _pending so that a dying engine fails it too
         self._pending[key] = done
-        self._submit("call", (lambda: self.engine.score(list(token_ids)), done))
+        self._submit("call", (fn, done))
         try:
             return await done
         finally:

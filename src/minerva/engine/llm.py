@@ -55,6 +55,12 @@ class LLM:
         ids = [self.engine.add_request(p, sp, stream=False) for p, sp in zip(prompt_list, params)]
         return self._run(ids)
 
+    def embed(self, prompts: Prompt | Sequence[Prompt]) -> list[list[float]]:
+        """One vector per prompt: the mean of its final-norm hidden states, L2-normalised
+        (run together with any other requests under continuous batching)."""
+        params = SamplingParams(pooling="mean")
+        return [out.embedding for out in self.generate(prompts, params)]
+
     def chat(
         self,
         messages: list[Message] | Sequence[list[Message]],

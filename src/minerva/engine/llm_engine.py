@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 from minerva.cache import KVCacheManager
 from minerva.config import EngineConfig
+from minerva.engine.constraints import Constraints
 from minerva.engine.output_processor import OutputProcessor
 from minerva.engine.outputs import RequestOutput
 from minerva.engine.request_validation import check_token_ids, validate_request
 from minerva.errors import RequestError
-from minerva.request import Request, RequestStatus, RunnerOutput, SchedulerOutput
+from minerva.request import Logprobs, Request, RequestStatus, RunnerOutput, SchedulerOutput
 from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
@@ -71,6 +72,9 @@ class LLMEngine:
         self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
         self._inflight: LaunchedStep | None = None  # launched, tokens not read yet
         self.output_processor = OutputProcessor(self.tokenizer)
+        self.constraints = Constraints(
+            self.tokenizer, self.model_config.vocab_size, list(self.eos_token_ids)
+        )
         self._seed_rng = random.Random(config.model.seed)
         self._ids = itertools.count()
         self.last_scheduler_output: SchedulerOutput | None = None
@@ -127,6 +131,8 @@ class LLMEngine:
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
         checked = validate_request(ids, params, self.model_config.vocab_size, self.max_model_len)
         ids, params, max_tokens = checked.prompt_token_ids, checked.params, checked.max_tokens
+        constrained = self.constraints.prepare(ids, params)
+        ids = constrained.prompt_token_ids
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)
         eos = frozenset(self.eos_token_ids)
         arrival = arrival_time or time.monotonic()
@@ -139,11 +145,17 @@ class LLMEngine:
                 max_tokens=max_tokens,
                 seed=(seed + i * 0x9E3779B97F4A7C15) % (1 << 63),
                 arrival_time=arrival,
+                structured=constrained.plan,
             )
             for i in range(params.n)
         ]
         self.output_processor.add(
-            prompt if isinstance(prompt, str) else None, ids, children, request_id, stream
+            prompt if isinstance(prompt, str) else None,
+            ids,
+            children,
+            request_id,
+            stream,
+            healed_text=constrained.healed_text,
         )
         for child in children:
             # Proposals are made from the request's tokens on the host: read each step first.
@@ -155,6 +167,17 @@ class LLMEngine:
         """Log-probabilities of tokens 1..n-1 given their prefixes (perplexity, bench checks).
 
         Runs between steps as one prefill on blocks borrowed from the KV pool."""
+        return self._on_borrowed_blocks(token_ids, self.worker.score)
+
+    def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
+        """score, with each token's rank and its `num_top` (0-20) likeliest alternatives."""
+        if not 0 <= num_top <= 20:
+            raise RequestError(f"logprobs must be between 0 and 20, got {num_top}")
+        run = lambda ids, blocks: self.worker.prompt_logprobs(ids, blocks, num_top)  # noqa: E731
+        return self._on_borrowed_blocks(token_ids, run)
+
+    def _on_borrowed_blocks(self, token_ids: list[int], run):
+        """run(token_ids, block_ids) on KV blocks allocated for one prefill, then freed."""
         n = len(token_ids)
         if not 2 <= n <= self.max_model_len:
             raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {n}")
@@ -163,7 +186,7 @@ class LLMEngine:
         if not self.kv_cache_manager.allocate_slots(req, n):
             raise RequestError(f"not enough free KV cache blocks to score {n} tokens now")
         try:
-            return self.worker.score(req.prompt_token_ids, req.block_ids)
+            return run(req.prompt_token_ids, req.block_ids)
         finally:
             self.kv_cache_manager.free(req)
 
@@ -233,6 +256,10 @@ class LLMEngine:
                 self.output_processor.on_finished(req, stop)
                 if speculator is not None:
                     speculator.forget([req.request_id])
+        if result.pooled:
+            for req in self.scheduler.finish_pooled(result.pooled):
+                self.output_processor.on_pooled(req, result.pooled[req.request_id])
+                self.output_processor.on_finished(req)
 
     def _on_tokens(self, req: Request, tokens, logprobs: list | None) -> str | None:
         """Hand several tokens to the output processor; stops at the first stop string."""

@@ -25,6 +25,8 @@ class ParentState:
     dirty: set[int] = field(default_factory=set)
     stream: bool = True
     """Report every new token; False: one output, when the request has finished."""
+    embedding: list[float] | None = None
+    """A pooling request's vector, once computed."""
 
     @property
     def finished(self) -> bool:
@@ -45,8 +47,10 @@ class OutputProcessor:
         children: list[Request],
         parent_id: str,
         stream: bool = True,
+        healed_text: str = "",
     ) -> None:
-        """Track a request. stream=False (offline generate) skips the per-step outputs that
+        """Track a request (``healed_text``: prompt text token healing backed up, which the
+        output repeats first and the detokenizer drops). stream=False (offline generate) skips the per-step outputs that
         nobody reads: at 256 running requests building them was about a fifth of the engine's
         host work per step on a 2-core VM (benchmarks/host_overhead.py)."""
         detoks = []
@@ -59,8 +63,9 @@ class OutputProcessor:
                     skip_special_tokens=p.skip_special_tokens,
                     stop=p.stop,
                     include_stop_str_in_output=p.include_stop_str_in_output,
+                    skip_prefix=healed_text,
                 )
-                if self.tokenizer is not None
+                if self.tokenizer is not None and p.pooling is None
                 else None
             )
         state = ParentState(
@@ -106,6 +111,14 @@ class OutputProcessor:
         comp.delta_text += delta
         comp.text += delta
         return stop
+
+    def on_pooled(self, child: Request, vector: list[float]) -> None:
+        """Record a pooling request's vector (its only output)."""
+        state, _ = self.child_to_parent[child.request_id]
+        state.embedding = vector
+        now = time.monotonic()
+        state.metrics.first_scheduled_time = child.first_scheduled_time
+        state.metrics.first_token_time = child.first_token_time = now
 
     def on_finished(self, child: Request, stop_string: str | None = None) -> None:
         state, i = self.child_to_parent.pop(child.request_id)
@@ -161,6 +174,7 @@ class OutputProcessor:
                     finished=state.finished,
                     num_cached_tokens=max(state.children[0].num_cached_tokens, 0),
                     metrics=state.metrics,
+                    embedding=state.embedding,
                 )
             )
             if state.finished:

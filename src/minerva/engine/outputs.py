@@ -51,6 +51,8 @@ class RequestOutput:
     num_cached_tokens: int = 0
     """Prompt tokens served from the prefix cache."""
     metrics: RequestMetrics | None = None
+    embedding: list[float] | None = None
+    """A pooling request's vector (SamplingParams.pooling), in its final output."""
 
     # The common n == 1 case reads like a completion.
     @property

@@ -25,7 +25,8 @@ class ValidatedRequest:
     prompt_token_ids: list[int]
     params: SamplingParams
     max_tokens: int
-    """Resolved: the params' max_tokens, or what the context leaves after the prompt."""
+    """Resolved: the params' max_tokens, or what the context leaves after the prompt (1 for
+    a pooling request, which generates nothing)."""
 
 
 def check_token_ids(ids: object, vocab_size: int, param: str, what: str) -> list[int]:
@@ -58,6 +59,15 @@ def validate_request(
         raise RequestError("the prompt is empty: give at least one token", param="prompt")
     params = _checked_params(params, vocab_size)
     n, limit = len(ids), max_model_len
+    if params.pooling is not None:  # nothing is generated: the prompt alone must fit
+        if n > limit:
+            raise RequestError(
+                f"This model's maximum context length is {limit} tokens. However, the input is "
+                f"{n} tokens. Shorten the input.",
+                code="context_length_exceeded",
+                param="input",
+            )
+        return ValidatedRequest(ids, params, 1)
     max_tokens = params.max_tokens if params.max_tokens is not None else limit - n
     if n + max_tokens > limit or max_tokens < 1:
         raise RequestError(

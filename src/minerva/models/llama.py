@@ -239,12 +239,36 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
             return self._forward_one_token(x, cos, sin, kv_caches, meta)
-        residual = None
-        for layer, kv_cache in zip(self.model.layers, kv_caches):
-            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+        x, residual = self._layers(x, cos, sin, kv_caches, meta)
         # Only the rows that sample need the final norm and the vocab projection.
         x, _ = self.model.norm(x[logits_indices], residual[logits_indices])
         return self.compute_logits(x)
+
+    def forward_hidden(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        meta: AttentionMetadata,
+        logits_indices: torch.Tensor,
+        hidden_indices: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward, plus the final-norm hidden states of the `hidden_indices` tokens (pooling):
+        (logits [len(logits_indices), vocab] float32, hidden [len(hidden_indices), hidden])."""
+        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        x, residual = self._layers(x, cos, sin, kv_caches, meta)
+        rows = torch.cat([logits_indices, hidden_indices])
+        x, _ = self.model.norm(x[rows], residual[rows])
+        num_logits = logits_indices.shape[0]
+        return self.compute_logits(x[:num_logits]), x[num_logits:]
+
+    def _layers(self, x, cos, sin, kv_caches, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder layers: (output, residual stream), each [num_tokens, hidden]."""
+        residual = None
+        for layer, kv_cache in zip(self.model.layers, kv_caches):
+            x, residual = layer(x, residual, cos, sin, kv_cache, meta)
+        return x, residual
 
     def _forward_one_token(self, x, cos, sin, kv_caches, meta) -> torch.Tensor:
         """Batch-1 decode with the glue folded into the linear layers' fused hooks (quant/base.py):

@@ -16,21 +16,25 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
 }
 
 
-def _meta_model(
-    config, dtype: torch.dtype, max_positions: int, options: ModelOptions | None = None
+def _instantiate(
+    config,
+    dtype: torch.dtype,
+    max_positions: int,
+    options: ModelOptions | None = None,
+    device: torch.device | str = "meta",
 ) -> nn.Module:
     arch = next((a for a in config.architectures if a in MODEL_REGISTRY), None)
     if arch is None:
         raise ModelLoadError(
             f"architecture {config.architectures} is not supported; supported: {', '.join(MODEL_REGISTRY)}"
         )
-    with torch.device("meta"):
+    with torch.device(device):
         return MODEL_REGISTRY[arch](config, dtype, max_positions, options)
 
 
 def count_weight_bytes(config, dtype: torch.dtype, options: ModelOptions | None = None) -> int:
     """Bytes the model's weights take (`model.weight_bytes()` on the meta device: no memory)."""
-    return _meta_model(config, dtype, max_positions=2, options=options).weight_bytes()
+    return _instantiate(config, dtype, max_positions=2, options=options).weight_bytes()
 
 
 def build_model(
@@ -42,7 +46,8 @@ def build_model(
 ) -> nn.Module:
     """Create the model with uninitialised weights directly on `device` (load_weights fills
     them); options: its kernels, attention backend and linear methods (default: torch)."""
-    model = _meta_model(config, dtype, max_positions, options).to_empty(device=device)
-    model.tie_weights()  # to_empty may have given the tied lm_head its own tensor
+    # built in place with torch.empty (nothing touched yet); a meta model's to_empty would
+    # import torch's symbolic-shapes machinery, seconds of start-up
+    model = _instantiate(config, dtype, max_positions, options, device)
     model.init_rope(device)
     return model.eval()

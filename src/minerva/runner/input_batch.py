@@ -14,6 +14,7 @@ runner fills from the device (`pending_sources`: where in that step's sampled id
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +44,16 @@ class CachedRequestState(TokenSequence):
     """Its row in the latest launch's sampled ids (where a pending token of it is)."""
     plain_greedy: bool = field(init=False)
     """Argmax of the raw logits (SamplingParams.plain_greedy), fixed for its lifetime."""
+    pooling: bool = field(init=False)
+    """Samples nothing: its prompt's final hidden states are summed into `pooled_sum`."""
+    pooled_sum: torch.Tensor | None = None
+    """[hidden] float32 on the device: the sum over the prompt chunks computed so far."""
+    matcher: Any = None
+    """Its structured.TokenMatcher (grammar / token healing), None when unconstrained."""
 
     def __post_init__(self) -> None:
         self.plain_greedy = self.sampling_params.plain_greedy
+        self.pooling = self.sampling_params.pooling is not None
 
 
 @dataclass
@@ -67,6 +75,7 @@ class HostInputs:
     logits_indices order); None when every one has a single row."""
     draft_token_ids: list[list[int]] | None = None
     """Each sampling request's draft tokens (empty lists for the others); None without drafts."""
+    pooling: PoolingRows | None = None  # pooling requests' tokens this step (None: none)
 
     @property
     def num_seqs(self) -> int:
@@ -76,6 +85,16 @@ class HostInputs:
     def is_pure_decode(self) -> bool:
         """Every sequence computes one token and samples (the CUDA-graph case)."""
         return self.num_decodes == self.num_seqs == len(self.sampling_states)
+
+
+@dataclass
+class PoolingRows:
+    """The pooling requests of a step: whose hidden states to keep and which of them end."""
+
+    states: list[CachedRequestState]
+    token_indices: np.ndarray  # [num_pooling_tokens] int64: their tokens in the flat batch
+    counts: list[int]  # tokens of each request this step (token_indices in runs of these)
+    finishes: list[bool]  # this step computes the request's last prompt token
 
 
 @dataclass
@@ -95,6 +114,7 @@ class InputBatch:
         # Grown (doubled) when a request or a block table outgrows them.
         self.block_table = np.zeros((max_num_reqs, max_num_blocks), dtype=np.int32)
         self._free_rows = list(range(max_num_reqs - 1, -1, -1))
+        self.num_pooling = 0  # pooling requests held: their steps take the mixed path
 
     def update(self, out: SchedulerOutput) -> None:
         """Drop ended and preempted requests, add new ones, apply the per-step deltas."""
@@ -128,7 +148,10 @@ class InputBatch:
             num_computed_tokens=new.num_computed_tokens,
             row=row,
         )
+        if new.structured is not None:
+            state.matcher = new.structured.new_matcher(state.output_token_ids)
         self.requests[new.request_id] = state
+        self.num_pooling += state.pooling
         self.block_table[row] = 0  # padding past its blocks, as a fresh table has
         self._append_blocks(state, new.block_ids)
         return state
@@ -138,6 +161,7 @@ class InputBatch:
         state = self.requests.pop(request_id, None)
         if state is not None:
             self._free_rows.append(state.row)
+            self.num_pooling -= state.pooling
 
     def _append_blocks(self, state: CachedRequestState, block_ids: list[int]) -> None:
         row, n = state.row, len(state.block_ids)
@@ -160,7 +184,7 @@ class InputBatch:
         requests = self.requests
         states = [requests[request_id] for request_id in out.request_ids]
         counts = out.num_scheduled_tokens
-        if len(counts) == sum(counts):
+        if len(counts) == sum(counts) and not self.num_pooling:
             return self._prepare_decode(states)
         return self._prepare_mixed(states, counts, out.scheduled_spec_token_ids)
 
@@ -227,6 +251,7 @@ class InputBatch:
         rows, starts = [], []
         logits_indices, sampling_states, sampling_rows = [], [], []
         pending_indices, pending_sources = [], []
+        pooling: list[tuple[CachedRequestState, int, int, bool]] = []
         num_decodes = offset = width = 0
         for i, (state, n) in enumerate(zip(states, counts)):
             drafts = spec.get(state.request_id, ()) if spec else ()
@@ -250,7 +275,9 @@ class InputBatch:
             offset += n
             if n == 1 and num_decodes == i:
                 num_decodes += 1
-            if end >= known:  # caught up: this request samples its next token (k + 1 of them)
+            if state.pooling:  # keeps its hidden states, samples nothing
+                pooling.append((state, offset - n, n, end >= known))
+            elif end >= known:  # caught up: this request samples its next token (k + 1 of them)
                 logits_indices.extend(range(offset - k - 1, offset))
                 sampling_states.append(state)
                 sampling_rows.append(i)
@@ -281,7 +308,19 @@ class InputBatch:
             pending_sources=pending_sources,
             num_logits=num_logits,
             draft_token_ids=drafts_of,
+            pooling=_pooling_rows(pooling) if pooling else None,
         )
+
+
+def _pooling_rows(pooling: list[tuple[CachedRequestState, int, int, bool]]) -> PoolingRows:
+    """(state, first flat index, count, finishes) per pooling request -> PoolingRows."""
+    token_indices = np.concatenate([np.arange(s, s + n) for _, s, n, _ in pooling])
+    return PoolingRows(
+        states=[state for state, *_ in pooling],
+        token_indices=token_indices.astype(np.int64),
+        counts=[n for _, _, n, _ in pooling],
+        finishes=[done for *_, done in pooling],
+    )
 
 
 def to_device(host: HostInputs, device: torch.device) -> StepInputs:

@@ -31,6 +31,7 @@ from minerva.runner.verify_graphs import VerifyGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
 from minerva.spec.rejection_sampler import accept_drafts
+from minerva.structured import fill_bitmask
 
 
 @dataclass
@@ -42,6 +43,7 @@ class LaunchedStep:
     token_ids: torch.Tensor | None = None  # [num_sampling] on the host (pinned on CUDA)
     logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # host copies
     done: torch.cuda.Event | None = None  # recorded after the copies to the host
+    pooled: tuple[list[str], torch.Tensor] | None = None  # finished pooling ids, [n, hidden]
 
 
 class ModelRunner:
@@ -81,6 +83,19 @@ class ModelRunner:
         self.input_batch.update(out)
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
+        step = LaunchedStep(out, host)
+        if host.pooling is None:
+            logits = self._forward(host, pending)
+        else:  # needs hidden states: the eager forward
+            logits, step.pooled = self._forward_pooling(host, pending)
+        if self.captured_logits is not None:
+            self.captured_logits.append(logits.detach().cpu().clone())
+        if host.sampling_states:
+            self._sample(logits, step)
+        return step
+
+    def _forward(self, host: HostInputs, pending) -> torch.Tensor:
+        """Logits [num_sampling, vocab] of a step: a captured graph where one fits, else eager."""
         decode_bucket = prefill_bucket = verify_bucket = None
         if self.graphs is not None and host.is_pure_decode:
             decode_bucket = self.graphs.bucket_for(host.num_seqs)
@@ -91,29 +106,51 @@ class ModelRunner:
         if decode_bucket is None and self.prefill_graphs is not None and host.num_logits is None:
             prefill_bucket = self.prefill_graphs.bucket_for(host)
         if decode_bucket is not None:
-            logits = self.graphs.run(host, decode_bucket, pending)
-        elif verify_bucket is not None:
-            logits = self.verify_graphs.run(host, verify_bucket)
-        elif prefill_bucket is not None:
+            return self.graphs.run(host, decode_bucket, pending)
+        if verify_bucket is not None:
+            return self.verify_graphs.run(host, verify_bucket)
+        if prefill_bucket is not None:
             logits = self.prefill_graphs.run(host, prefill_bucket, pending)
-            logits = logits if host.sampling_states else logits[:0]  # as eager: sampling rows
-        else:
-            inputs = to_device(host, self.device)
-            if pending is not None:
-                inputs.input_ids.index_copy_(0, *pending)
-            logits = self.model(
-                inputs.input_ids,
-                inputs.positions,
-                self.kv_caches,
-                inputs.meta,
-                inputs.logits_indices,
-            )  # [num_sampling, vocab]
-        if self.captured_logits is not None:
-            self.captured_logits.append(logits.detach().cpu().clone())
-        step = LaunchedStep(out, host)
-        if host.sampling_states:
-            self._sample(logits, step)
-        return step
+            return logits if host.sampling_states else logits[:0]  # as eager: sampling rows
+        inputs = to_device(host, self.device)
+        if pending is not None:
+            inputs.input_ids.index_copy_(0, *pending)
+        return self.model(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, inputs.logits_indices
+        )  # [num_sampling, vocab]
+
+    def _forward_pooling(
+        self, host: HostInputs, pending
+    ) -> tuple[torch.Tensor, tuple[list[str], torch.Tensor] | None]:
+        """Logits of the sampling rows, and the pooling requests' hidden states summed into
+        their accumulators; returns the ids and vectors [n, hidden] of those that finish
+        (mean over the prompt, L2-normalised)."""
+        rows = host.pooling
+        inputs = to_device(host, self.device)
+        if pending is not None:
+            inputs.input_ids.index_copy_(0, *pending)
+        hidden_indices = copy_to_device(torch.from_numpy(rows.token_indices), self.device)
+        logits, hidden = self.model.forward_hidden(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta,
+            inputs.logits_indices, hidden_indices,
+        )  # fmt: skip
+        segments = torch.repeat_interleave(
+            torch.arange(len(rows.counts), device=self.device),
+            torch.tensor(rows.counts, device=self.device),
+        )  # [num_pooling_tokens]: each token's request
+        sums = torch.zeros(len(rows.counts), hidden.shape[-1], device=self.device)
+        sums.index_add_(0, segments, hidden.float())  # [num_pooling, hidden]
+        ids, vectors = [], []
+        for j, (state, done) in enumerate(zip(rows.states, rows.finishes)):
+            total = sums[j] if state.pooled_sum is None else state.pooled_sum + sums[j]
+            state.pooled_sum = total
+            if done:
+                ids.append(state.request_id)
+                vectors.append(total / len(state.prompt_token_ids))
+        if not ids:
+            return logits, None
+        pooled = torch.nn.functional.normalize(torch.stack(vectors), dim=-1)
+        return logits, (ids, _to_host(pooled))
 
     def _pending_inputs(self, host: HostInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(input positions, their token ids on the device) for tokens still pending."""
@@ -145,6 +182,31 @@ class ModelRunner:
     def score(self, token_ids: list[int], block_ids: list[int]) -> list[float]:
         """Log-probability of each of `token_ids` given the ones before it (one prefill into
         the allocated `block_ids`; the runner keeps nothing). Returns len(token_ids) - 1 values."""
+        logprobs, targets = self._prompt_log_softmax(token_ids, block_ids)
+        return logprobs.gather(1, targets.unsqueeze(1)).squeeze(1).tolist()
+
+    @torch.inference_mode()
+    def prompt_logprobs(
+        self, token_ids: list[int], block_ids: list[int], num_top: int
+    ) -> list[Logprobs]:
+        """score, with each token's rank and the `num_top` most likely tokens at its place
+        (OpenAI's echo with logprobs). Returns len(token_ids) - 1 entries."""
+        logprobs, targets = self._prompt_log_softmax(token_ids, block_ids)  # [n - 1, vocab]
+        chosen = logprobs.gather(1, targets.unsqueeze(1))  # [n - 1, 1]
+        ranks = ((logprobs > chosen).sum(1) + 1).tolist()
+        top_values, top_ids = logprobs.topk(num_top, dim=-1)  # [n - 1, num_top]
+        return [
+            Logprobs(token, value, rank, ids, values)
+            for token, value, rank, ids, values in zip(
+                targets.tolist(), chosen.squeeze(1).tolist(), ranks,
+                top_ids.tolist(), top_values.tolist(),
+            )
+        ]  # fmt: skip
+
+    def _prompt_log_softmax(
+        self, token_ids: list[int], block_ids: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-softmax [n - 1, vocab] at each position but the last, the next ids [n - 1])."""
         n = len(token_ids)
         batch = InputBatch(self.block_size, 1, len(block_ids))  # apart from the running ones
         params = SamplingParams()
@@ -152,8 +214,7 @@ class ModelRunner:
         inputs = to_device(batch.prepare(SchedulerOutput(["score"], [n])), self.device)
         every = torch.arange(n - 1, device=self.device)
         logits = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, every)
-        logprobs = torch.log_softmax(logits, dim=-1)  # [n - 1, vocab]
-        return logprobs.gather(1, inputs.input_ids[1:].unsqueeze(1)).squeeze(1).tolist()
+        return torch.log_softmax(logits, dim=-1), inputs.input_ids[1:]
 
     def _sample(self, logits: torch.Tensor, step: LaunchedStep) -> None:
         states, rows = step.host.sampling_states, step.host.sampling_rows
@@ -170,8 +231,12 @@ class ModelRunner:
             )
         elif num_logits is None:
             meta = self._sampling_metadata(states, rows, step.out, logits.shape[-1])
+            meta.token_bitmask = self._token_bitmask(states, logits.shape[-1])
         else:
             meta = self._verify_metadata(step.host, step.out, logits.shape[-1])
+            # A grammar row never has drafts (the speculator skips it): one row, its mask.
+            matchers = [s for s, n in zip(states, num_logits) for _ in range(n)]
+            meta.token_bitmask = self._token_bitmask(matchers, logits.shape[-1])
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -184,6 +249,16 @@ class ModelRunner:
         if self.device.type == "cuda":
             step.done = torch.cuda.Event()
             step.done.record()
+
+    def _token_bitmask(
+        self, states: list[CachedRequestState], vocab_size: int
+    ) -> torch.Tensor | None:
+        """[num_sampling, ceil(vocab / 32)] int32 on the device from the rows' matchers; the
+        host work overlaps the forward already queued on a GPU."""
+        matchers = [s.matcher for s in states]
+        if all(m is None for m in matchers):
+            return None
+        return copy_to_device(torch.from_numpy(fill_bitmask(matchers, vocab_size)), self.device)
 
     def _sampling_metadata(
         self, states: list[CachedRequestState], rows: list[int], out: SchedulerOutput, vocab: int
@@ -248,25 +323,42 @@ class ModelRunner:
             if step.done is not None:
                 step.done.synchronize()
             token_ids = step.token_ids.tolist()
-            states, rows = step.host.sampling_states, step.host.sampling_rows
             if step.host.num_logits is not None:
                 sampled = _accepted(step, token_ids, num_seqs, logprobs)
-                return RunnerOutput(out.request_ids, sampled, logprobs)
-            for state, token in zip(states, token_ids):
-                state.output_token_ids.append(token)
-            if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
-                sampled = [[token] for token in token_ids]
             else:
-                sampled = [[] for _ in range(num_seqs)]
-                for row, token in zip(rows, token_ids):
-                    sampled[row].append(token)
-            if step.logprobs is not None:
-                _read_logprobs(step, logprobs)
-        return RunnerOutput(
+                sampled = self._read_tokens(step, token_ids, num_seqs, logprobs)
+        result = RunnerOutput(
             request_ids=out.request_ids,
             sampled_token_ids=sampled,
             logprobs=logprobs,
         )
+        if step.pooled is not None:
+            if step.done is None and self.device.type == "cuda":
+                torch.cuda.current_stream().synchronize()  # nothing sampled: no event recorded
+            ids, vectors = step.pooled
+            result.pooled = dict(zip(ids, vectors.tolist()))
+        return result
+
+    @staticmethod
+    def _read_tokens(
+        step: LaunchedStep, token_ids: list[int], num_seqs: int, logprobs: list
+    ) -> list[list[int]]:
+        """One token per sampling row: the runner's copy of each request (and its grammar
+        matcher) gets it; logprobs[row] its logprobs."""
+        states, rows = step.host.sampling_states, step.host.sampling_rows
+        for state, token in zip(states, token_ids):
+            state.output_token_ids.append(token)
+            if state.matcher is not None:
+                state.matcher.accept(token)
+        if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
+            sampled = [[token] for token in token_ids]
+        else:
+            sampled = [[] for _ in range(num_seqs)]
+            for row, token in zip(rows, token_ids):
+                sampled[row].append(token)
+        if step.logprobs is not None:
+            _read_logprobs(step, logprobs)
+        return sampled
 
 
 def _accepted(
@@ -286,6 +378,9 @@ def _accepted(
     ):
         tokens = accept_drafts(token_ids[first : first + n], drafts)
         state.output_token_ids.extend(tokens)
+        if state.matcher is not None:
+            for token in tokens:
+                state.matcher.accept(token)
         sampled[row] = tokens
         k = state.sampling_params.logprobs
         if read and k is not None:

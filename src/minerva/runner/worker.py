@@ -23,7 +23,7 @@ from minerva.models import build_model
 from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
 from minerva.platform import Platform, resolve_dtype, resolve_platform, set_num_threads
-from minerva.request import RunnerOutput, SchedulerOutput
+from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
 from minerva.runner import draft_model, model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.kv_cache import (
@@ -98,7 +98,9 @@ class Worker:
             prefill_graphs=graphs[1],
             verify_graphs=graphs[2],
         )
-        self.runner.warm_up(min(16, self.max_model_len - 1))
+        # a CPU has nothing to compile: two tokens take every code path (a prefill, a decode)
+        warm_tokens = 2 if self.platform.device.type == "cpu" else 16
+        self.runner.warm_up(min(warm_tokens, self.max_model_len - 1))
         self.draft_proposer: DraftModelProposer | None = None
         """The draft-model proposer (speculative_method=draft), sharing these block tables."""
         self.num_lookahead_tokens = 0
@@ -122,6 +124,12 @@ class Worker:
         """Log-probabilities of tokens 1..n-1 given their prefixes, computed in one prefill
         on the KV blocks `block_ids` (allocated by the caller)."""
         return self.runner.score(token_ids, block_ids)
+
+    def prompt_logprobs(
+        self, token_ids: list[int], block_ids: list[int], num_top: int
+    ) -> list[Logprobs]:
+        """score with ranks and the top `num_top` alternatives (ModelRunner.prompt_logprobs)."""
+        return self.runner.prompt_logprobs(token_ids, block_ids, num_top)
 
     @property
     def use_graphs(self) -> bool:

@@ -71,6 +71,27 @@ def error_response(path: str, err: APIError) -> JSONResponse:
     return JSONResponse(error_body(path, err), status_code=err.status, headers=err.headers)
 
 
+OPENAI_ROUTES = "/v1/models, /v1/chat/completions, /v1/completions and /v1/embeddings"
+OLLAMA_ROUTES = (
+    "/api/generate, /api/chat, /api/embed, /api/embeddings, /api/tags, /api/show, /api/ps, "
+    "/api/version and /api/pull"
+)
+
+
+def routing_error(method: str, path: str, exc: Exception) -> APIError:
+    """A 404 / 405 from the router, in words that name what this server has."""
+    status = getattr(exc, "status_code", 500)
+    if status == 404:
+        routes = OLLAMA_ROUTES if is_ollama_path(path) else OPENAI_ROUTES
+        message = f"Unknown route {method} {path}: this server serves {routes}"
+        return APIError(404, message, code="not_found")
+    if status == 405:
+        headers = {k.lower(): v for k, v in (getattr(exc, "headers", None) or {}).items()}
+        allowed = headers.get("allow", "another method")
+        return APIError(405, f"{method} is not allowed on {path}; use {allowed}")
+    return APIError(status, str(getattr(exc, "detail", exc)))
+
+
 def model_not_found(name: str, available: str) -> APIError:
     return APIError(
         404,

@@ -20,11 +20,13 @@ from starlette.responses import JSONResponse, Response
 from minerva import __version__
 from minerva.backends.base import Backend
 from minerva.errors import EngineUnavailableError, MinervaError
-from minerva.server.api_errors import APIError, error_response, to_api_error
+from minerva.server.api_errors import APIError, error_response, routing_error, to_api_error
 from minerva.server.background import in_daemon_thread
 from minerva.server.config import ServerConfig
+from minerva.server.embedding_routes import router as embedding_router
 from minerva.server.generation import ClientDisconnected
 from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
+from minerva.server.ollama_model_routes import router as ollama_model_router
 from minerva.server.ollama_routes import router as ollama_router
 from minerva.server.openai_routes import router as openai_router
 from minerva.server.security import (
@@ -64,11 +66,7 @@ def _error_handler(state: ServerState):
         if isinstance(exc, EngineUnavailableError):
             state.metrics.requests_rejected.labels(exc.reason).inc()
         if isinstance(exc, StarletteHTTPException):
-            err = APIError(
-                exc.status_code,
-                str(exc.detail),
-                code="not_found" if exc.status_code == 404 else None,
-            )
+            err = routing_error(request.method, request.url.path, exc)
         else:
             err = to_api_error(exc)
         return error_response(request.url.path, err)
@@ -123,6 +121,8 @@ def build_app(
 
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(embedding_router)
+    app.include_router(ollama_model_router)
 
     @app.get("/health")
     async def health() -> Response:

@@ -11,7 +11,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def in_daemon_thread(fn: Callable[[], T], name: str = "minerva-load") -> T:
+LOAD_THREAD = "minerva-load"
+
+
+def is_running(name: str) -> bool:
+    """True while a thread of that name (started by in_daemon_thread) has not finished."""
+    return any(t.name == name and t.is_alive() for t in threading.enumerate())
+
+
+async def in_daemon_thread(fn: Callable[[], T], name: str = LOAD_THREAD) -> T:
     """``fn()`` in a new daemon thread. Unlike asyncio.to_thread's pool, a daemon thread does
     not hold up exiting on SIGTERM in the middle of a long model load or hash."""
     loop = asyncio.get_running_loop()

@@ -48,13 +48,22 @@ async def encode_prompts(backend: Backend, prompts: Sequence[str | list[int]]) -
     )
 
 
-async def encode_chat(backend: Backend, messages: list[dict], add_generation_prompt=True):
+async def encode_chat(
+    backend: Backend,
+    messages: list[dict],
+    add_generation_prompt: bool = True,
+    tools: list[dict] | None = None,
+):
     """Prompt ids of a conversation rendered with the model's chat template."""
     if not backend.has_tokenizer:
         raise RequestError(
             "this model has no tokenizer, so chat is not available", param="messages"
         )
-    return await asyncio.to_thread(backend.apply_chat_template, messages, add_generation_prompt)
+    if tools is None:  # backends without tool support keep the two-argument call
+        return await asyncio.to_thread(backend.apply_chat_template, messages, add_generation_prompt)
+    return await asyncio.to_thread(
+        backend.apply_chat_template, messages, add_generation_prompt, tools
+    )
 
 
 async def add_prompts(

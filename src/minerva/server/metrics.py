@@ -143,7 +143,8 @@ class ServerMetrics:
             registry=r,
         )  # fmt: skip
         self.prompt_tokens = Counter(
-            "minerva_prompt_tokens", "Prompt tokens of requests that started generating.",
+            "minerva_prompt_tokens",
+            "Prompt tokens of requests that started generating, and of embedded inputs.",
             registry=r,
         )  # fmt: skip
         self.generation_tokens = Counter(
@@ -204,6 +205,8 @@ class ServerMetrics:
             elif last is not None:
                 self.itl.observe(now - last)
             self._last_token_time[rid] = now
+        if out.embedding is not None:  # a pooling request: its prompt ran, nothing sampled
+            self.prompt_tokens.inc(len(out.prompt_token_ids))
         if out.finished:
             self._last_token_time.pop(rid, None)
             if m is not None:

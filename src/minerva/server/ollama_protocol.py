@@ -1,7 +1,7 @@
 """Ollama request models (/api/generate, /api/chat) and their ``options`` -> SamplingParams.
 
-Like Ollama, unknown top-level fields are ignored; features we lack (images, format, tools,
-templates, thinking) get a 400 naming them. ``num_ctx`` is a hard limit: a prompt over it is an
+Like Ollama, unknown top-level fields are ignored; features we lack (images, templates,
+thinking) get a 400 naming them; ``format`` and chat ``tools`` are honoured. ``num_ctx`` is a hard limit: a prompt over it is an
 error, never a silent truncation. No torch.
 """
 
@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from minerva.errors import RequestError
-from minerva.sampling_params import SamplingParams
+from minerva.sampling_params import SamplingParams, StructuredOutputs
 from minerva.server.openai_protocol import sampling_params
+from minerva.server.structured_formats import from_ollama_format
 
 OLLAMA_API_VERSION = "0.12.0"
 """The Ollama release whose API these routes follow (what /api/version reports)."""
@@ -83,7 +84,6 @@ class _Request(BaseModel):
 
     def check_supported(self) -> None:
         unsupported = {
-            "format": (self.format not in (None, ""), "structured output"),
             "think": (self.think not in (None, False), "thinking"),
         }
         for name, (used, what) in unsupported.items():
@@ -93,9 +93,14 @@ class _Request(BaseModel):
             self.options.check_supported()
 
     def to_sampling_params(
-        self, defaults: dict[str, Any], prompt_len: int, max_model_len: int
+        self,
+        defaults: dict[str, Any],
+        prompt_len: int,
+        max_model_len: int,
+        structured: StructuredOutputs | None = None,
     ) -> SamplingParams:
-        """Options -> SamplingParams; RequestError if the prompt does not fit ``num_ctx``."""
+        """Options -> SamplingParams; RequestError if the prompt does not fit ``num_ctx``.
+        ``structured``: the constraint (``format``'s unless a tool plan gives one)."""
         o = self.options or Options()
         context = min(o.num_ctx or max_model_len, max_model_len)
         if prompt_len >= context:
@@ -116,8 +121,7 @@ class _Request(BaseModel):
                 f"num_predict must be a positive number of tokens or -1, got {o.num_predict}",
                 param="options.num_predict",
             )
-        values = {
-            **defaults,
+        requested = {
             "temperature": o.temperature,
             "top_k": o.top_k,
             "top_p": o.top_p,
@@ -128,11 +132,13 @@ class _Request(BaseModel):
             "presence_penalty": o.presence_penalty,
             "frequency_penalty": o.frequency_penalty,
         }
-        values = {k: v for k, v in values.items() if v is not None}
+        # Unset options keep the model's generation defaults, as on the OpenAI routes.
+        values = {**defaults, **{k: v for k, v in requested.items() if v is not None}}
         values["max_tokens"] = max_tokens
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs requires logprobs=true", param="top_logprobs")
         values["logprobs"] = (self.top_logprobs or 0) if self.logprobs else None
+        values["structured"] = structured or from_ollama_format(self.format)
         return sampling_params(values)
 
 
@@ -147,7 +153,11 @@ class GenerateRequest(_Request):
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name in ("suffix", "template", "images"):
+        if self.images:
+            raise RequestError(
+                "images are not supported by this model (it reads text only)", param="images"
+            )
+        for name in ("template",):
             if getattr(self, name):
                 raise RequestError(f"{name!r} is not supported by this server", param=name)
 
@@ -160,9 +170,28 @@ class Message(BaseModel):
     images: list[Any] | None = None
     tool_calls: list[Any] | None = None
     thinking: str | None = None
+    tool_name: str | None = None
 
-    def plain(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def plain(self) -> dict[str, Any]:
+        """The message for the chat template; tool calls as {"type": "function", "function":
+        {"name", "arguments": object}} (the Hugging Face convention)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [_template_call(c) for c in self.tool_calls]
+        if self.tool_name is not None:
+            message["name"] = self.tool_name
+        return message
+
+
+def _template_call(call: Any) -> dict[str, Any]:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise RequestError(
+            'each tool call must be {"function": {"name": ..., "arguments": {...}}}',
+            param="messages",
+        )
+    args = fn.get("arguments", {})
+    return {"type": "function", "function": {"name": fn["name"], "arguments": args}}
 
 
 class ChatRequest(_Request):
@@ -171,15 +200,9 @@ class ChatRequest(_Request):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.tools:
-            raise RequestError(
-                "'tools' (tool calling) is not supported by this server", param="tools"
-            )
         for i, m in enumerate(self.messages):
-            if m.role == "tool" or m.tool_calls:
+            if m.images:
                 raise RequestError(
-                    f"messages[{i}]: tool messages are not supported by this server",
+                    f"messages[{i}]: images are not supported by this model (it reads text only)",
                     param="messages",
                 )
-            if m.images:
-                raise RequestError(f"messages[{i}]: images are not supported", param="messages")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 
 from minerva.backends.base import Backend, ModelInfo, OutputStream, RequestOutput
 from minerva.server.api_errors import APIError, to_api_error
+from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     add_prompts,
     collect,
@@ -29,6 +31,13 @@ from minerva.server.ollama_protocol import OLLAMA_API_VERSION, ChatRequest, Gene
 from minerva.server.openai_protocol import check_token_ids
 from minerva.server.openai_responses import token_text
 from minerva.server.state import ServerState, get_state
+from minerva.server.tool_calls import (
+    ToolCallStream,
+    ToolPlan,
+    ollama_tool_calls,
+    tool_plan,
+    with_tool_prompt,
+)
 
 router = APIRouter()
 
@@ -154,7 +163,10 @@ async def generate(request: Request) -> Response:
 
     async def encode() -> list[int]:
         prompt = body.prompt or ""
-        if body.raw or not backend.has_tokenizer or backend.chat_template is None:
+        if body.suffix:  # fill-in-the-middle: the model's FIM template, no chat template
+            (text,) = await asyncio.to_thread(fim_prompts, backend, [prompt], body.suffix)
+            ids = (await encode_prompts(backend, [text]))[0]
+        elif body.raw or not backend.has_tokenizer or backend.chat_template is None:
             ids = (await encode_prompts(backend, [prompt]))[0]
         else:
             messages = [{"role": "system", "content": body.system}] if body.system else []
@@ -175,11 +187,15 @@ async def chat(request: Request) -> Response:
     state.check_model(body.model)
     if not body.messages:
         return JSONResponse(_done_load(body.model, "message"))
+    template = backend.chat_template
+    plan = tool_plan(body.tools, None, None, template)
+    messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
+    template_tools = plan.template_tools(template) if plan is not None else None
 
     async def encode() -> list[int]:
-        return await encode_chat(backend, [m.plain() for m in body.messages])
+        return await encode_chat(backend, messages, True, template_tools)
 
-    return await _run(request, state, backend, body, encode, arrival, chat=True)
+    return await _run(request, state, backend, body, encode, arrival, chat=True, plan=plan)
 
 
 def _done_load(model: str, key: str) -> dict:
@@ -187,7 +203,9 @@ def _done_load(model: str, key: str) -> dict:
     return {"model": model, "created_at": _now(), key: value, "done": True, "done_reason": "load"}
 
 
-async def _run(request, state, backend, body, encode, arrival: float, chat: bool) -> Response:
+async def _run(
+    request, state, backend, body, encode, arrival: float, chat: bool, plan: ToolPlan | None = None
+) -> Response:
     request_id = f"ollama-{uuid.uuid4().hex}"
 
     async def start() -> OutputStream:
@@ -199,14 +217,19 @@ async def _run(request, state, backend, body, encode, arrival: float, chat: bool
 
     if body.stream:
         stream = await until_disconnect(request, start())
-        lines = _ndjson(backend, stream, body.model, arrival, chat)
+        lines = _ndjson(backend, stream, body.model, arrival, chat, plan)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     async def run() -> dict:
         (out,) = await collect([await start()])
         c = out.outputs[0]
         logprobs = _logprobs(backend, c.logprobs) if c.logprobs is not None else None
-        final = _chunk(body.model, chat, c.text, logprobs)
+        parsed = plan.parse(c.text) if plan is not None else None
+        if parsed is not None and parsed.tool_calls:
+            final = _chunk(body.model, chat, parsed.content or "", logprobs)
+            final["message"]["tool_calls"] = ollama_tool_calls(parsed.tool_calls)
+        else:
+            final = _chunk(body.model, chat, c.text, logprobs)
         final.update(_final_fields(out, arrival, chat))
         return final
 
@@ -261,14 +284,32 @@ def _logprobs(backend: Backend, entries: list) -> list[dict]:
 
 
 async def _ndjson(
-    backend: Backend, stream: OutputStream, model: str, arrival: float, chat: bool
+    backend: Backend,
+    stream: OutputStream,
+    model: str,
+    arrival: float,
+    chat: bool,
+    plan: ToolPlan | None = None,
 ) -> AsyncIterator[str]:
+    tools = ToolCallStream(plan) if plan is not None else None
     try:
         async for _, out in merge_streams([stream]):
             c = out.outputs[0]
             new = c.logprobs[-len(c.delta_token_ids) :] if c.logprobs and c.delta_token_ids else []
-            if c.delta_text or new:
-                yield json.dumps(_chunk(model, chat, c.delta_text, _logprobs(backend, new))) + "\n"
+            text = tools.feed(c.delta_text) if tools is not None else c.delta_text
+            if text or (new and tools is None):
+                yield json.dumps(_chunk(model, chat, text, _logprobs(backend, new))) + "\n"
+            if out.finished and tools is not None:
+                rest, _ = tools.finish()
+                parsed = plan.parse(tools.held) if not tools.is_content and tools.held else None
+                chunk = None
+                if parsed is not None and parsed.tool_calls:
+                    chunk = _chunk(model, chat, parsed.content or "")
+                    chunk["message"]["tool_calls"] = ollama_tool_calls(parsed.tool_calls)
+                elif rest:
+                    chunk = _chunk(model, chat, rest)
+                if chunk is not None:
+                    yield json.dumps(chunk) + "\n"
             if out.finished:
                 final = _chunk(model, chat, "")
                 final.update(_final_fields(out, arrival, chat))

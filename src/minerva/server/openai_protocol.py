@@ -1,7 +1,8 @@
 """OpenAI request models (/v1/chat/completions, /v1/completions) and their SamplingParams.
 
-Unknown fields are refused (400) and known-but-unsupported ones (``tools``, json_schema
-``response_format``...) get a 400 that names them: nothing is silently ignored. No torch.
+Unknown fields are refused (400) and known-but-unsupported ones (``functions``, ``audio``...)
+get a 400 that names them: nothing is silently ignored. ``tools`` and ``response_format`` are
+read by tool_calls.py and structured_formats.py. No torch.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from minerva.errors import RequestError
-from minerva.sampling_params import SamplingParams
+from minerva.sampling_params import SamplingParams, StructuredOutputs
+from minerva.server.structured_formats import from_response_format
+from minerva.server.tool_calls import arguments_object
 
 MAX_N = 32
 MAX_PROMPTS = 64
@@ -19,19 +22,25 @@ MAX_STOP = 16
 
 # field -> (value that means "off" and is accepted, what the field is)
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
-    "tools": ([], "tool calling"),
-    "tool_choice": ("none", "tool calling"),
     "functions": ([], "function calling"),
     "function_call": ("none", "function calling"),
-    "parallel_tool_calls": (None, "tool calling"),
-    "response_format": ({"type": "text"}, "structured output (response_format other than text)"),
     "audio": (None, "audio output"),
     "modalities": (["text"], "modalities other than text"),
     "prediction": (None, "predicted outputs"),
     "reasoning_effort": (None, "reasoning_effort"),
     "web_search_options": (None, "web search"),
-    "echo": (False, "echo"),
-    "suffix": (None, "suffix (insertion)"),
+}
+
+# content part type -> what it carries, for a 400 naming it (instead of a union dump)
+_MEDIA_PARTS = {
+    "image_url": "images",
+    "input_image": "images",
+    "image": "images",
+    "input_audio": "audio inputs",
+    "audio": "audio inputs",
+    "file": "files",
+    "input_file": "files",
+    "video_url": "videos",
 }
 
 
@@ -46,6 +55,23 @@ def check_unsupported(body: dict[str, Any]) -> None:
             code="unsupported_field",
             param=name,
         )
+
+
+def check_content_parts(body: dict[str, Any]) -> None:
+    """RequestError (400) for a message part the model cannot read (images, audio, files)."""
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            what = _MEDIA_PARTS.get(kind) if isinstance(kind, str) else None
+            if what is not None:
+                raise RequestError(
+                    f"messages[{i}].content[{j}]: {what} are not supported by this model "
+                    "(it reads text only); send text content parts",
+                    code="unsupported_content",
+                    param=f"messages.{i}.content.{j}",
+                )
 
 
 class _Strict(BaseModel):
@@ -76,12 +102,18 @@ class _SamplingRequest(_Strict):
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
     # Unsupported unless "off" (check_unsupported): declared so they are not "unknown".
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
+    # Structured outputs and tools (structured_formats.py, tool_calls.py check them).
+    tools: Any = None
+    tool_choice: Any = None
     parallel_tool_calls: Any = None
     response_format: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
     # Extensions (vLLM names).
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, le=1)
@@ -91,6 +123,11 @@ class _SamplingRequest(_Strict):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    token_healing: bool = False
+
+    def structured_output(self) -> StructuredOutputs | None:
+        """The constraint ``response_format`` asks for (None: free text)."""
+        return from_response_format(self.response_format)
 
     def base_sampling_kwargs(self, vocab_size: int) -> dict[str, Any]:
         """The SamplingParams fields set by this request (None values left to the defaults)."""
@@ -115,6 +152,7 @@ class _SamplingRequest(_Strict):
             "min_tokens": self.min_tokens,
             "skip_special_tokens": self.skip_special_tokens,
             "include_stop_str_in_output": self.include_stop_str_in_output,
+            "token_healing": self.token_healing,
         }
         return {k: v for k, v in values.items() if v is not None}
 
@@ -172,20 +210,49 @@ class TextPart(_Strict):
     text: str
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None
 
     def plain(self) -> dict[str, Any]:
-        """The message as chat templates expect it: role and string content."""
+        """The message as chat templates expect it: role and string content; tool calls with
+        their arguments as objects (the Hugging Face template convention)."""
         content = self.content
         if isinstance(content, list):
             content = "\n".join(part.text for part in content)
         role = "system" if self.role == "developer" else self.role
-        message = {"role": role, "content": content or ""}
+        message: dict[str, Any] = {"role": role, "content": content or ""}
         if self.name is not None:
             message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {
+                        "name": call.function.name,
+                        "arguments": arguments_object(call.function.arguments),
+                    },
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
         return message
 
 
@@ -196,10 +263,18 @@ class ChatCompletionRequest(_SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True
 
-    def to_sampling_params(self, defaults: dict[str, Any], vocab_size: int) -> SamplingParams:
+    def to_sampling_params(
+        self,
+        defaults: dict[str, Any],
+        vocab_size: int,
+        structured: StructuredOutputs | None = None,
+    ) -> SamplingParams:
+        """``structured``: the constraint to use (a forced tool call's grammar, or
+        ``structured_output()``)."""
         if self.top_logprobs is not None and not self.logprobs:
             raise RequestError("top_logprobs requires logprobs=true", param="top_logprobs")
         values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
+        values["structured"] = structured
         values["max_tokens"] = self.max_completion_tokens or self.max_tokens  # None: to the context
         values["logprobs"] = (self.top_logprobs or 0) if self.logprobs else None
         return sampling_params(values)
@@ -207,7 +282,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(16, ge=0)  # 0: only with echo (scores the prompt)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     suffix: str | None = None
@@ -229,10 +304,30 @@ class CompletionRequest(_SamplingRequest):
                 check_token_ids(p, vocab_size, "prompt")
         return prompts
 
+    def check_supported(self) -> None:
+        if self.suffix and self.echo:
+            raise RequestError(
+                "echo and suffix cannot be combined: the echo would not show the suffix",
+                param="echo",
+            )
+        if self.max_tokens == 0 and not self.echo:
+            raise RequestError(
+                "max_tokens=0 is only allowed with echo=true (it scores the prompt)",
+                param="max_tokens",
+            )
+
+    @property
+    def generates(self) -> bool:
+        """False for echo with max_tokens=0: the prompt is scored, nothing is generated."""
+        return self.max_tokens != 0
+
     def to_sampling_params(self, defaults: dict[str, Any], vocab_size: int) -> SamplingParams:
         if self.best_of is not None and self.best_of != self.n:
             raise RequestError("best_of other than n is not supported", param="best_of")
+        if self.tools or self.tool_choice not in (None, "none"):
+            raise RequestError("tools are for /v1/chat/completions", param="tools")
         values = {**defaults, **self.base_sampling_kwargs(vocab_size)}
-        values["max_tokens"] = self.max_tokens
+        values["max_tokens"] = self.max_tokens or None  # 0 (echo only): never runs
         values["logprobs"] = self.logprobs
+        values["structured"] = self.structured_output()
         return sampling_params(values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,8 +11,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from minerva.backends.base import Backend, CompletionOutput, ModelInfo, OutputStream
+from minerva.errors import RequestError
 from minerva.server import openai_responses as R
 from minerva.server.api_errors import to_api_error
+from minerva.server.completion_echo import Echo, PromptOnly, echo_prompts, join_logprobs
+from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     abort_all,
     add_prompts,
@@ -27,9 +31,17 @@ from minerva.server.generation import (
 from minerva.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    check_content_parts,
     check_unsupported,
 )
 from minerva.server.state import ServerState, get_state
+from minerva.server.tool_calls import (
+    ToolCallStream,
+    ToolPlan,
+    chat_message,
+    tool_plan,
+    with_tool_prompt,
+)
 
 router = APIRouter()
 
@@ -71,26 +83,38 @@ async def chat_completions(request: Request) -> Response:
     state = get_state(request)
     data = await read_json_object(request)
     check_unsupported(data)
+    check_content_parts(data)
     body = ChatCompletionRequest.model_validate(data)
     backend = state.ready_backend()
     state.check_model(body.model)
     vocab_size = backend.vocab_size
-    params = body.to_sampling_params(model_defaults(backend), vocab_size)
-    messages = [m.plain() for m in body.messages]
+    template = backend.chat_template
+    plan = tool_plan(body.tools, body.tool_choice, body.parallel_tool_calls, template)
+    structured = body.structured_output()
+    if plan is not None and plan.forced:
+        if structured is not None:
+            raise RequestError(
+                "response_format cannot be combined with a required or named tool_choice",
+                param="response_format",
+            )
+        structured = plan.structured
+    params = body.to_sampling_params(model_defaults(backend), vocab_size, structured)
+    messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
+    template_tools = plan.template_tools(template) if plan is not None else None
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
 
     async def start() -> list[OutputStream]:
-        ids = await encode_chat(backend, messages, body.add_generation_prompt)
+        ids = await encode_chat(backend, messages, body.add_generation_prompt, template_tools)
         return await add_prompts(backend, [ids], [ids], params, request_id, arrival)
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _chat_events(backend, streams[0], body, request_id, state.model_name)
+        events = _chat_events(backend, streams[0], body, request_id, state.model_name, plan)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
         (out,) = await collect(await start())
-        choices = [_chat_choice(backend, c) for c in out.outputs]
+        choices = [_chat_choice(backend, c, plan) for c in out.outputs]
         n_out = sum(len(c.token_ids) for c in out.outputs)
         return {
             "id": request_id,
@@ -104,13 +128,14 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(await until_disconnect(request, run()))
 
 
-def _chat_choice(backend: Backend, c: CompletionOutput) -> dict:
+def _chat_choice(backend: Backend, c: CompletionOutput, plan: ToolPlan | None) -> dict:
     logprobs = R.chat_logprobs(backend, c.logprobs) if c.logprobs is not None else None
+    message, finish_reason = chat_message(c.text, c.finish_reason, plan)
     return {
         "index": c.index,
-        "message": {"role": "assistant", "content": c.text},
+        "message": message,
         "logprobs": logprobs,
-        "finish_reason": c.finish_reason,
+        "finish_reason": finish_reason,
     }
 
 
@@ -120,6 +145,7 @@ async def _chat_events(
     body: ChatCompletionRequest,
     request_id: str,
     model: str,
+    plan: ToolPlan | None = None,
 ) -> AsyncIterator[str]:
     created, with_usage = int(time.time()), body.include_usage
 
@@ -127,20 +153,31 @@ async def _chat_events(
         payload = R.chat_chunk(request_id, created, model, index, delta, finish_reason, logprobs)
         return sse(payload | ({"usage": None} if with_usage else {}))
 
+    tools = {i: ToolCallStream(plan) for i in range(body.n)} if plan is not None else {}
     num_out, num_prompt, num_cached = 0, 0, 0
     try:
         for i in range(body.n):
-            yield chunk(i, {"role": "assistant", "content": ""})
+            first_content = None if plan is not None and plan.forced else ""
+            yield chunk(i, {"role": "assistant", "content": first_content})
         async for _, out in merge_streams([stream]):
             num_prompt, num_cached = len(out.prompt_token_ids), out.num_cached_tokens
             for c in out.outputs:
                 num_out += len(c.delta_token_ids)
                 logprobs = _delta_logprobs(c)
-                if c.delta_text or logprobs:
-                    lp = R.chat_logprobs(backend, logprobs) if logprobs else None
-                    yield chunk(c.index, {"content": c.delta_text}, logprobs=lp)
+                text = tools[c.index].feed(c.delta_text) if tools else c.delta_text
+                if text or (logprobs and not tools):
+                    lp = R.chat_logprobs(backend, logprobs) if logprobs and not tools else None
+                    yield chunk(c.index, {"content": text}, logprobs=lp)
                 if c.finish_reason is not None:
-                    yield chunk(c.index, {}, finish_reason=c.finish_reason)
+                    finish_reason = c.finish_reason
+                    if tools:
+                        rest, calls = tools[c.index].finish()
+                        if rest:
+                            yield chunk(c.index, {"content": rest})
+                        for delta in calls:
+                            yield chunk(c.index, {"tool_calls": delta})
+                        finish_reason = "tool_calls" if calls else finish_reason
+                    yield chunk(c.index, {}, finish_reason=finish_reason)
         if with_usage:
             totals = R.usage(num_prompt, num_out, num_cached)
             yield sse(R.usage_chunk(request_id, created, model, "chat.completion.chunk", totals))
@@ -164,20 +201,29 @@ async def completions(request: Request) -> Response:
     data = await read_json_object(request)
     check_unsupported(data)
     body = CompletionRequest.model_validate(data)
+    body.check_supported()
     backend = state.ready_backend()
     state.check_model(body.model)
     vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
+    if body.suffix:
+        prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
+    echoes: list[Echo] = []
 
     async def start() -> list[OutputStream]:
         ids = await encode_prompts(backend, prompts)
+        if body.echo:
+            skip = body.skip_special_tokens
+            echoes.extend(await echo_prompts(backend, prompts, ids, body.logprobs, skip))
+        if not body.generates:
+            return [PromptOnly(x, body.n) for x in ids]
         return await add_prompts(backend, prompts, ids, params, request_id, arrival)
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _completion_events(backend, streams, body, request_id, state.model_name)
+        events = _completion_events(backend, streams, body, request_id, state.model_name, echoes)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
@@ -186,15 +232,19 @@ async def completions(request: Request) -> Response:
         for p, out in enumerate(outs):
             n_prompt += len(out.prompt_token_ids)
             n_cached += out.num_cached_tokens
+            echo = echoes[p] if echoes else None
             for c in out.outputs:
                 n_out += len(c.token_ids)
                 logprobs = None
                 if c.logprobs is not None:
-                    logprobs = R.completion_logprobs(backend, c.logprobs)
+                    offset = echo.text_end if echo else 0
+                    logprobs = R.completion_logprobs(backend, c.logprobs, offset)
+                if echo is not None and echo.logprobs is not None:
+                    logprobs = join_logprobs(echo.logprobs, logprobs)
                 choices.append(
                     {
                         "index": p * body.n + c.index,
-                        "text": c.text,
+                        "text": (echo.text if echo else "") + c.text,
                         "logprobs": logprobs,
                         "finish_reason": c.finish_reason,
                     }  # fmt: skip
@@ -217,12 +267,20 @@ async def _completion_events(
     body: CompletionRequest,
     request_id: str,
     model: str,
+    echoes: list[Echo],
 ) -> AsyncIterator[str]:
     created, with_usage = int(time.time()), body.include_usage
     n_out = 0
     prompt_tokens: dict[int, tuple[int, int]] = {}
     offsets: dict[int, int] = {}
     try:
+        for p, echo in enumerate(echoes):  # the prompts first, once per completion
+            for i in range(p * body.n, (p + 1) * body.n):
+                offsets[i] = echo.text_end
+                chunk = R.completion_chunk(
+                    request_id, created, model, i, echo.text, None, echo.logprobs
+                )
+                yield sse(chunk | ({"usage": None} if with_usage else {}))
         async for p, out in merge_streams(streams):
             prompt_tokens[p] = (len(out.prompt_token_ids), out.num_cached_tokens)
             for c in out.outputs:

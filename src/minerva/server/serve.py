@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minerva.config import add_config_arguments, load_config, overrides_from_args
 from minerva.server.config import (
@@ -20,6 +21,11 @@ from minerva.server.config import (
     load_server_config,
     server_overrides_from_args,
 )
+
+if TYPE_CHECKING:
+    import socket
+
+    from minerva.config import EngineConfig
 
 logger = logging.getLogger("minerva.server")
 
@@ -59,23 +65,39 @@ def served_model_name(configured: str | None, model_path: str | None) -> str:
 
 def run_serve(args: argparse.Namespace) -> int:
     """``minerva serve``: load the config, start the app, serve until SIGTERM; exit code."""
-    import uvicorn
-
-    from minerva.backends import load_backend
-    from minerva.server.app import build_app
-    from minerva.server.uvicorn_runner import DrainingServer
+    from minerva.server.listen_socket import bind_listen_socket
 
     engine_config, _ = load_config(
         getattr(args, "config", None), overrides_from_args(args), override_source="cli"
     )
     flags = server_overrides_from_args(args)
     model_path = engine_config.model.model
-    if model_path is None:
-        print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     flags["served_model_name"] = served_model_name(
         engine_config.model.served_model_name, model_path
     )
     server_config: ServerConfig = load_server_config(flags)
+    # Before torch is imported or the model loads: a busy port is a one-line error.
+    sock = bind_listen_socket(server_config.host, server_config.port)
+    with sock:
+        return _serve(args, engine_config, server_config, sock)
+
+
+def _serve(
+    args: argparse.Namespace,
+    engine_config: EngineConfig,
+    server_config: ServerConfig,
+    sock: socket.socket,
+) -> int:
+    """Build the app over the model loader and run uvicorn on the bound socket."""
+    import uvicorn
+
+    from minerva.backends import load_backend
+    from minerva.server.app import build_app
+    from minerva.server.background import LOAD_THREAD, is_running
+    from minerva.server.uvicorn_runner import DrainingServer
+
+    if engine_config.model.model is None:
+        print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
     if warning := server_config.bind_warning():
@@ -105,4 +127,11 @@ def run_serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     runner = DrainingServer(uv_config, app.state.minerva, server_config.shutdown_timeout)
-    return runner.run_until_exit()
+    code = runner.run_until_exit(sockets=[sock])
+    if is_running(LOAD_THREAD):
+        # Stopped mid-load: finalizing the interpreter while the load thread is inside torch
+        # aborts (C++ terminate, exit 134). Nothing is left to clean up: leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import uvicorn
 
@@ -27,6 +28,12 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
+        if sockets:  # uvicorn says where it listens only for sockets it bound itself
+            host, port = sockets[0].getsockname()[:2]
+            address = f"[{host}]" if ":" in host else host
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", address, port
+            )
 
     def handle_exit(self, sig, frame) -> None:
         if self._draining or self._loop is None:
@@ -52,6 +59,7 @@ class DrainingServer(uvicorn.Server):
         self.exit_code = 1
         self.should_exit = True
 
-    def run_until_exit(self) -> int:
-        self.run()
+    def run_until_exit(self, sockets: list[socket.socket] | None = None) -> int:
+        """Serve (on ``sockets`` when given, already bound) until exit; the exit code."""
+        self.run(sockets=sockets)
         return self.exit_code

@@ -46,6 +46,8 @@ class Speculator:
             num = req.num_tokens
             if req.num_pending_tokens or req.num_computed_tokens != num - 1:
                 continue
+            if not can_speculate(req):
+                continue
             k = min(k_max, req.max_tokens - req.num_output_tokens - 1, max_len - num - 1)
             if k > 0:
                 requests.append(req)
@@ -78,3 +80,10 @@ class Speculator:
 
     def forget(self, request_ids: Iterable[str]) -> None:
         self.proposer.forget(request_ids)
+
+
+def can_speculate(req: Request) -> bool:
+    """Whether drafts may be verified for a request: not when each token's mask depends on the
+    ones before it (a grammar, token healing) nor for pooling requests, which sample nothing."""
+    params = req.sampling_params
+    return not (req.pooling or params.structured is not None or params.token_healing)

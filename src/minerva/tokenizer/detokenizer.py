@@ -41,8 +41,11 @@ class IncrementalDetokenizer:
         skip_special_tokens: bool = True,
         stop: Sequence[str] = (),
         include_stop_str_in_output: bool = False,
+        skip_prefix: str = "",
     ) -> None:
         self.tokenizer = tokenizer
+        # Token healing: the output first re-spells this end of the prompt; it is not emitted.
+        self._skip = len(skip_prefix)
         self.skip_special_tokens = skip_special_tokens
         self.stop = [s for s in stop if s]
         self.include_stop_str_in_output = include_stop_str_in_output
@@ -105,6 +108,9 @@ class IncrementalDetokenizer:
 
     def _append(self, new_text: str) -> bool:
         """Add decoded text; on a stop match cut the text there and return True."""
+        if self._skip:
+            cut = min(self._skip, len(new_text))
+            new_text, self._skip = new_text[cut:], self._skip - cut
         # Only a match that ends inside the new text is new: start max_stop_len - 1 chars back.
         search_from = max(0, len(self._text) - self._max_stop_len + 1)
         self._text += new_text
