@@ -169,3 +169,18 @@ def test_async_scheduling_with_speculation(model_dir, plain):
     llm = make_llm(model_dir, 4, async_scheduling="on")
     expected = [o.token_ids for o in plain.generate(PROMPTS, greedy())]
     assert [o.token_ids for o in llm.generate(PROMPTS, greedy())] == expected
+
+
+def test_grammar_requests_beside_speculated_ones_keep_their_tokens(plain, spec4):
+    from minerva.sampling_params import StructuredOutputs
+
+    regex = SamplingParams(
+        max_tokens=20, temperature=0.8, seed=4, structured=StructuredOutputs(regex=r"\d{3}-\d{2}")
+    )
+    params = [regex, greedy(30), regex, greedy(30)]
+    want = [plain.generate(p, sp)[0].token_ids for p, sp in zip(PROMPTS, params)]
+    _, steps = run_steps(spec4, PROMPTS[:4], params[0])  # every one a grammar row: no drafts
+    assert all(not s.scheduled_spec_token_ids for s in steps)
+    got = spec4.generate(PROMPTS[:4], params)
+    assert [o.token_ids for o in got] == want
+    assert got[0].outputs[0].text[3] == "-"
