@@ -10,8 +10,8 @@ its own process (load time and peak RSS are per process); the engines alternate,
 order on odd rounds, and the load average is recorded beside each round.
 
 Per file and engine: load time, time to first token after a `--prompt-len` prompt (prefill),
-decode tokens/s = N / (t(1 + N tokens) - t(1 token)) (the same formula as cpu_generate.py), and
-peak RSS. The summary gives medians, Minerva / llama.cpp ratios, and the fraction of the
+decode tokens/s = N / (time from the first token to the last of 1 + N), each timed inside one
+run and the median over runs taken, and peak RSS. The summary gives medians, Minerva / llama.cpp ratios, and the fraction of the
 machine's measured memory bandwidth that decode reaches (weight bytes streamed per token x tok/s
 / bandwidth). Results are written after every measurement, so an interrupted run keeps them.
 Needs `pip install llama-cpp-python` (see shared PEERS notes for the build flags), gguf,
@@ -105,16 +105,6 @@ def prompt_ids(n: int) -> list[int]:
     return [rng.randrange(300, 4000) for _ in range(n)]  # real (demo) tokens, not padding
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def child_minerva(args) -> dict:
     from minerva import LLM, SamplingParams  # noqa: PLC0415
 
@@ -130,14 +120,23 @@ def child_minerva(args) -> dict:
     load_s = time.perf_counter() - t
     ids = prompt_ids(args.prompt_len)
 
-    def run(n: int):
-        return lambda: llm.generate(
-            [ids], SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-        )
+    params = SamplingParams(max_tokens=1 + args.decode_tokens, temperature=0.0, ignore_eos=True)
 
-    t1 = median_time(run(1), args.repeats)
-    tn = median_time(run(1 + args.decode_tokens), args.repeats)
-    return {"load_s": load_s, "ttft_s": t1, "decode_tok_s": args.decode_tokens / (tn - t1)}
+    def run() -> tuple[float, float]:
+        out = llm.generate([ids], params)[0]
+        ttft = out.metrics.first_token_time - out.metrics.arrival_time
+        decode = out.metrics.finished_time - out.metrics.first_token_time
+        return ttft, args.decode_tokens / decode
+
+    return {"load_s": load_s, **median_runs(run, args.repeats)}
+
+
+def median_runs(run, repeats: int) -> dict:
+    """TTFT and decode tokens/s, each the median over `repeats` runs after a warm-up run (both
+    timed inside each run, so a slow run cannot make the other figure negative)."""
+    run()
+    ttfts, rates = zip(*(run() for _ in range(repeats)), strict=True)
+    return {"ttft_s": statistics.median(ttfts), "decode_tok_s": statistics.median(rates)}
 
 
 def child_llama_cpp(args) -> dict:
@@ -164,30 +163,70 @@ def child_llama_cpp(args) -> dict:
         ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
 
-    def run(n: int):
-        def go():
-            llm.reset()
-            llm.eval(ids)
-            for _ in range(n - 1):  # greedy, as Minerva at temperature 0
-                llm.eval([int(np.argmax(last_logits()))])
+    def run() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        llm.reset()
+        llm.eval(ids)
+        token = int(np.argmax(last_logits()))
+        t1 = time.perf_counter()
+        for _ in range(args.decode_tokens):  # greedy, as Minerva at temperature 0
+            llm.eval([token])
+            token = int(np.argmax(last_logits()))
+        return t1 - t0, args.decode_tokens / (time.perf_counter() - t1)
 
-        return go
+    return {"load_s": load_s, **median_runs(run, args.repeats)}
 
-    t1 = median_time(run(1), args.repeats)
-    tn = median_time(run(1 + args.decode_tokens), args.repeats)
-    return {"load_s": load_s, "ttft_s": t1, "decode_tok_s": args.decode_tokens / (tn - t1)}
+
+def build_folder(shape: str, path: Path) -> None:
+    """The same random-weight model as a Hugging Face folder (fp16 safetensors, demo tokenizer)."""
+    import shutil  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    from minerva.demo import demo_model_path  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config(shape)))
+    model.half().save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_model_path() / name, path / name)
+
+
+def child_insitu(args) -> dict:
+    """Load time of the float folder quantized to `--insitu-mix` while loading."""
+    from minerva import LLM  # noqa: PLC0415
+
+    t = time.perf_counter()
+    LLM(model=args.file, device="cpu", max_model_len=args.ctx, max_num_seqs=1,
+        quantization=args.insitu_mix, num_threads=args.threads)  # fmt: skip
+    return {"insitu_load_s": time.perf_counter() - t}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since exec (VmHWM): ru_maxrss would also count the RSS the
+    driver process had when it forked the child."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_main(args) -> None:
-    fn = child_minerva if args.child == "minerva" else child_llama_cpp
+    fn = {"minerva": child_minerva, "llama.cpp": child_llama_cpp, "insitu": child_insitu}[
+        args.child
+    ]
     result = fn(args)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mib"] = peak_rss_mib()
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def measure(engine: str, file: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--file", str(file)]
-    for flag in ("prompt_len", "decode_tokens", "repeats", "threads", "ctx"):
+    for flag in ("prompt_len", "decode_tokens", "repeats", "threads", "ctx", "insitu_mix"):
+        if getattr(args, flag) is None:
+            continue
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
@@ -201,7 +240,7 @@ def measure(engine: str, file: Path, args) -> dict:
 # -- the run ----------------------------------------------------------------------------------
 def summarize(rows: list[dict], bandwidth: float) -> list[dict]:
     out = []
-    keys = sorted({(r["shape"], r["type"]) for r in rows})
+    keys = sorted({(r["shape"], r["type"]) for r in rows if "insitu_load_s" not in r})
     for shape, type_name in keys:
         entry = {"shape": shape, "type": type_name}
         for engine in ("minerva", "llama.cpp"):
@@ -249,7 +288,10 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--workdir", default="/tmp/minerva_cpu_quant")
     ap.add_argument("--output", default=str(HERE / "results" / "cpu_quant.json"))
-    ap.add_argument("--child", choices=["minerva", "llama.cpp"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--insitu-mix", default=None, help="also time loading a float folder quantized to this"
+    )
+    ap.add_argument("--child", choices=["minerva", "llama.cpp", "insitu"], help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -262,7 +304,16 @@ def main() -> None:
     rows: list[dict] = []
 
     def save():
-        result = {"bandwidth_gb_s": bandwidth, "rows": rows, "summary": summarize(rows, bandwidth)}
+        insitu = {}
+        for r in rows:
+            if "insitu_load_s" in r:
+                insitu.setdefault(f"{r['shape']} {r['type']}", []).append(r["insitu_load_s"])
+        result = {
+            "bandwidth_gb_s": bandwidth,
+            "rows": rows,
+            "summary": summarize(rows, bandwidth),
+            "insitu_load_s": {k: statistics.median(v) for k, v in insitu.items()},
+        }
         write_results("cpu_quant", "cpu_quant.py", _public(args), [result], args.output)
 
     for shape in args.shapes:
@@ -270,6 +321,17 @@ def main() -> None:
         if not f16.exists():
             print(f"writing {f16}", flush=True)
             build_f16(shape, f16)
+        if args.insitu_mix:
+            folder = work / f"{shape}-hf"
+            if not folder.exists():
+                build_folder(shape, folder)
+            for rnd in range(args.rounds):
+                r = measure("insitu", folder, args)
+                r.update(shape=shape, type=f"in-situ {args.insitu_mix}", engine="minerva",
+                         round=rnd, loadavg=[os.getloadavg()[0]])  # fmt: skip
+                rows.append(r)
+                save()
+                print(json.dumps(r), flush=True)
         for type_name in args.types:
             file = work / f"{shape}-{type_name}.gguf"
             if not file.exists():
