@@ -107,8 +107,10 @@ def plan_num_blocks(
     kv_cache_memory: int | None,
     memory_fraction: float,
     activation_reserve: int = 0,
+    extra_bytes_per_block: int = 0,
 ) -> int:
-    """Number of blocks (including the reserved null block 0) the budget allows."""
+    """Number of blocks (including the reserved null block 0) the budget allows.
+    extra_bytes_per_block: another cache on the same block ids (a draft model's)."""
     needed_one = math.ceil(max_model_len / spec.block_size)
     useful = math.ceil(max_num_seqs * max_model_len / spec.block_size)
     if num_kv_blocks is not None:
@@ -119,7 +121,7 @@ def plan_num_blocks(
             platform, memory_fraction, kv_cache_memory, activation_reserve
         )
         # No point holding more than every sequence at full length.
-        usable = min(budget // spec.bytes_per_block, useful)
+        usable = min(budget // (spec.bytes_per_block + extra_bytes_per_block), useful)
     if usable < needed_one:
         raise ConfigError(
             f"the KV cache from {source} holds {max(usable, 0) * spec.block_size} tokens "
