@@ -198,6 +198,11 @@ class SpeculativeConfig:
     )
     ngram_min: int = Field(1, "Shortest n-gram matched for ngram proposals.", ge=1)
     ngram_max: int = Field(4, "Longest n-gram matched for ngram proposals.", ge=1)
+    speculative_adaptive: bool = Field(
+        True,
+        "Time the steps and speculate only at batch sizes where it measured faster than "
+        "plain decoding (off: always speculate).",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -285,12 +290,29 @@ class EngineConfig:
                 "enable_chunked_prefill=false (a whole prompt must fit one step): raise "
                 "max_num_batched_tokens or enable chunked prefill"
             )
-        return found
+        return found + _speculative_problems(values)
 
     def validate(self) -> None:
         """Raise ConfigError listing every problem (key, value, what is allowed)."""
         if found := self.problems():
             raise config_error(found)
+
+
+def _speculative_problems(values: dict[str, Any]) -> list[str]:
+    """Combinations of the [speculative] fields that cannot run."""
+    found = []
+    if values["ngram_min"] > values["ngram_max"]:
+        found.append(
+            f"ngram_min={values['ngram_min']} is above ngram_max={values['ngram_max']}: "
+            "lower ngram_min or raise ngram_max"
+        )
+    on = values["num_speculative_tokens"] > 0
+    if on and values["speculative_method"] == "draft" and values["draft_model"] is None:
+        found.append(
+            "speculative_method=draft needs a draft_model (--draft-model PATH), or use "
+            "speculative_method=ngram, or num_speculative_tokens=0 to turn speculation off"
+        )
+    return found
 
 
 SCHEMA = Schema(

@@ -143,10 +143,12 @@ def plan_num_blocks(
     memory_limit: int | None = None,
     engine_bytes: int = 0,
     kv_cache_tokens: int | None = None,
+    extra_bytes_per_block: int = 0,
 ) -> int:
     """Number of blocks (including the reserved null block 0) the budget allows: never more
     than every sequence at full length (max_num_seqs x max_model_len; on the CPU by default at
-    most CPU_DEFAULT_SEQUENCES of them) or kv_cache_tokens."""
+    most CPU_DEFAULT_SEQUENCES of them) or kv_cache_tokens.
+    extra_bytes_per_block: another cache on the same block ids (a draft model's)."""
     needed_one = math.ceil(max_model_len / spec.block_size)
     seqs = max_num_seqs
     if platform.kind == "cpu" and kv_cache_memory is None and kv_cache_tokens is None:
@@ -161,7 +163,8 @@ def plan_num_blocks(
             memory_limit=memory_limit, engine_bytes=engine_bytes,
         )  # fmt: skip
         # The budget holds the null block too: what is allocated never exceeds it.
-        usable = min(max(budget, 0) // spec.bytes_per_block - 1, useful)
+        per_block = spec.bytes_per_block + extra_bytes_per_block
+        usable = min(max(budget, 0) // per_block - 1, useful)
         if kv_cache_tokens is not None and math.ceil(kv_cache_tokens / spec.block_size) < usable:
             usable = math.ceil(kv_cache_tokens / spec.block_size)
             source = f"kv_cache_tokens={kv_cache_tokens}"
