@@ -76,9 +76,14 @@ def test_every_named_seed_setting_is_a_row_and_every_field_exists():
         assert (alias.expect is NO_EFFECT) == (alias.field is None) or alias.convert is not None
 
 
+# Rows whose field is only valid beside another setting (checked combinations).
+COMPANIONS = {"MISTRALRS_SPECULATIVE_GAMMA": {"MISTRALRS_SPECULATIVE_DRAFT_MODEL": "/models/d"}}
+
+
 @pytest.mark.parametrize("alias", [a for a in ALIAS_TABLE if a.env], ids=lambda a: a.env)
 def test_each_seed_variable_maps_or_is_reported(alias):
-    value, source, notices = _value(alias, {alias.env: alias.example})
+    env = {alias.env: alias.example, **COMPANIONS.get(alias.env, {})}
+    value, source, notices = _value(alias, env)
     if alias.expect is NO_EFFECT:
         assert any(n.startswith(f"{alias.env}=") and "has no effect here" in n for n in notices)
     else:
