@@ -1,11 +1,12 @@
-"""Cost of constrained decoding on the CPU (demo model): time per decode step with every
+"""Cost of constrained decoding on the CPU or a GPU (`--device cuda`; demo model): time per decode step with every
 request under a JSON schema vs the same requests unconstrained, at 1 / 64 / 256 concurrent
 requests (rounds interleaved, medians), the host's share of it (token masks + bitmask op), and
 the compile time of a 50-property schema on the demo (4096) and a 32k vocabulary.
 
     PYTHONPATH=src python3 benchmarks/structured_decoding.py [--batches 1 64 256] [--tokens 16]
+        [--device cpu|cuda]
 
-Writes benchmarks/results/structured_decoding_cpu.json and prints a table.
+Writes benchmarks/results/structured_decoding_<device>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -125,12 +126,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--output", default="benchmarks/results/structured_decoding_cpu.json")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--output", default=None)
     args = ap.parse_args()
+    args.output = args.output or f"benchmarks/results/structured_decoding_{args.device}.json"
     llm = LLM(
         model=str(demo_model_path()),
-        device="cpu",
-        dtype="float32",
+        device=args.device,
+        dtype="float32" if args.device == "cpu" else "bfloat16",
         max_num_seqs=max(args.batches),
         max_num_batched_tokens=8192,
         progress=False,

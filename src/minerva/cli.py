@@ -11,15 +11,13 @@ import time
 from minerva import __version__
 from minerva.bench.cli import add_bench_subcommand
 from minerva.chat import ChatSession, ReplyStats, enable_line_editing
-from minerva.config import (
-    add_config_arguments,
-    add_config_subcommand,
-    load_config,
-    overrides_from_args,
-)
+from minerva.config import add_config_arguments, load_config_from_args
+from minerva.config_command import add_config_subcommand
 from minerva.errors import ConfigError, MinervaError
 from minerva.quantize import add_quantize_subcommand
+from minerva.server.config import SERVER_SCHEMA
 from minerva.server.serve import add_serve_subcommand
+from minerva.tune import add_tune_subcommand
 
 SAMPLING_FLAGS = {
     "max_tokens": "--max-tokens",
@@ -107,9 +105,7 @@ def _open_backend(args: argparse.Namespace):
     from minerva.backends import load_backend  # noqa: PLC0415 - torch: not for --help
     from minerva.backends.blocking import BlockingBackend  # noqa: PLC0415
 
-    config, _ = load_config(
-        getattr(args, "config", None), overrides_from_args(args), override_source="cli"
-    )
+    config, _ = load_config_from_args(args)
     if config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     return BlockingBackend(load_backend("minerva", config, progress=sys.stderr.isatty()))
@@ -210,11 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(chat)
     chat.set_defaults(func=cmd_chat)
 
-    add_config_subcommand(sub)
+    add_config_subcommand(sub, extra_schemas=(SERVER_SCHEMA,))
     add_serve_subcommand(sub)
     add_bench_subcommand(sub)
     _add_doctor_subcommand(sub)
     add_quantize_subcommand(sub)
+    add_tune_subcommand(sub)
     return parser
 
 

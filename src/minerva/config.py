@@ -11,12 +11,15 @@ config_sources.py; this module binds it, and the CLI glue, to the engine's field
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from minerva import config_cli, config_sources
+from minerva.config_aliases import aliases_of
+from minerva.config_dotenv import read_env_file
 from minerva.config_fields import (
     Field,
     FieldSpec,
@@ -27,16 +30,17 @@ from minerva.config_fields import (
     specs_of,
     suggest,
 )
+from minerva.config_profiles import PROFILE_ENV_VAR, PROFILES, profile_problem
 from minerva.dtypes import DTYPES, KV_CACHE_DTYPES, canonical_dtype, canonical_kv_cache_dtype
 from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 
 __all__ = [
     "ALIASES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
     "EngineConfig", "FieldSpec", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
-    "add_config_arguments", "add_config_subcommand", "check_config_file", "coerce_value", "config_error",
+    "add_config_arguments", "check_config_file", "load_config_from_args", "coerce_value", "config_error",
     "config_show_rows", "env_warnings", "field_help", "field_problem", "format_byte_size",
     "load_config", "overrides_from_args", "parse_byte_size", "resolve_name",
-    "run_config_command", "suggest",
+    "suggest",
 ]  # fmt: skip
 
 ALIASES: dict[str, str] = {"gpu_memory_utilization": "memory_fraction"}
@@ -134,17 +138,27 @@ class CacheConfig:
         check=_is_power_of_two, allowed="a power of two",
     )  # fmt: skip
     memory_fraction: float = Field(
-        0.9, "Fraction of free device memory for weights + KV cache on GPU.", gt=0, le=1
+        0.9, "Fraction of the device's memory (RAM on CPU) for weights + KV cache.", gt=0, le=1
     )
     kv_cache_memory: int | None = Field(
         None,
-        "KV cache bytes, e.g. 4GiB, 512MB (default: memory_fraction on GPU; on CPU 5% of free "
-        "RAM, at most 2 GiB).",
+        "KV cache bytes, e.g. 4GiB, 512MB (default: what memory_fraction / memory_limit leave; "
+        "on CPU also at most 16 full-length sequences, 5% of free RAM and 2 GiB).",
         byte_size=True, gt=0,
     )  # fmt: skip
     num_kv_blocks: int | None = Field(
         None, "Number of KV cache blocks; overrides the memory budget when set.", ge=1
     )
+    kv_cache_tokens: int | None = Field(
+        None, "Most tokens the KV cache holds across all requests (caps its memory budget).",
+        ge=1,
+    )  # fmt: skip
+    memory_limit: int | None = Field(
+        None,
+        "Hard cap on this engine's weights + KV cache + activations on any device, e.g. 16G; "
+        "the model is refused before loading if it cannot fit.",
+        byte_size=True, gt=0,
+    )  # fmt: skip
     kv_cache_dtype: str = Field(
         "auto",
         "KV cache dtype (auto: the model's dtype; fp8 / fp8_e5m2: 8-bit, half the memory).",
@@ -184,6 +198,11 @@ class SpeculativeConfig:
     )
     ngram_min: int = Field(1, "Shortest n-gram matched for ngram proposals.", ge=1)
     ngram_max: int = Field(4, "Longest n-gram matched for ngram proposals.", ge=1)
+    speculative_adaptive: bool = Field(
+        True,
+        "Time the steps and speculate only at batch sizes where it measured faster than "
+        "plain decoding (off: always speculate).",
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -271,7 +290,7 @@ class EngineConfig:
                 "enable_chunked_prefill=false (a whole prompt must fit one step): raise "
                 "max_num_batched_tokens or enable chunked prefill"
             )
-        return found
+        return found + _speculative_problems(values)
 
     def validate(self) -> None:
         """Raise ConfigError listing every problem (key, value, what is allowed)."""
@@ -279,9 +298,27 @@ class EngineConfig:
             raise config_error(found)
 
 
+def _speculative_problems(values: dict[str, Any]) -> list[str]:
+    """Combinations of the [speculative] fields that cannot run."""
+    found = []
+    if values["ngram_min"] > values["ngram_max"]:
+        found.append(
+            f"ngram_min={values['ngram_min']} is above ngram_max={values['ngram_max']}: "
+            "lower ngram_min or raise ngram_max"
+        )
+    on = values["num_speculative_tokens"] > 0
+    if on and values["speculative_method"] == "draft" and values["draft_model"] is None:
+        found.append(
+            "speculative_method=draft needs a draft_model (--draft-model PATH), or use "
+            "speculative_method=ngram, or num_speculative_tokens=0 to turn speculation off"
+        )
+    return found
+
+
 SCHEMA = Schema(
     fields=FIELDS, sections=SECTIONS, build=EngineConfig.from_kwargs,
-    flatten=EngineConfig.flat, aliases=ALIASES,
+    flatten=EngineConfig.flat, aliases=ALIASES, seed_aliases=tuple(aliases_of(FIELDS)),
+    reports_inert=True, other_sections=frozenset({"server"}),
 )  # fmt: skip
 """The engine config as the sources and the CLI glue see it."""
 
@@ -295,15 +332,44 @@ def load_config(
     env: Mapping[str, str] | None = None,
     *,
     override_source: str = "override",
+    env_file: str | None = None,
+    profile: str | None = None,
+    notices: list[str] | None = None,
 ) -> tuple[EngineConfig, dict[str, str]]:
-    """Merge defaults < TOML file < MINERVA_* env < overrides into a validated EngineConfig.
+    """Merge defaults < profile < TOML file < .env file < env < overrides into an EngineConfig.
 
-    Returns the config and, per flat field, its source: "default", "file:<path>",
-    "env:MINERVA_X" or ``override_source`` ("cli" from the command line). Without
-    ``config_file`` the file named by $MINERVA_CONFIG is read, if set. ``env`` defaults to
-    os.environ. Raises ConfigError listing every bad value with its source.
+    Returns the config and, per flat field, its source: "default", "profile:<name>",
+    "file:<path>", "dotenv:<path>:VAR", "env:VAR" or ``override_source`` ("cli" from the
+    command line). Without ``config_file`` the file named by $MINERVA_CONFIG is read, if set.
+    ``env`` defaults to os.environ; the profile is ``profile``, else $MINERVA_PROFILE (env,
+    then the .env file), else the file's top-level ``profile`` key. Seed settings that have
+    no effect here and alias conflicts are appended to ``notices``. Raises ConfigError
+    listing every bad value with its source.
     """
-    return config_sources.load(SCHEMA, config_file, overrides, env, override_source=override_source)
+    env = os.environ if env is None else env
+    path = config_file or env.get(config_sources.CONFIG_ENV_VAR) or None
+    name = profile or _profile_name(env, env_file, path)
+    base = None
+    if name is not None:
+        if problem := profile_problem(name):
+            raise config_error([problem])
+        base = config_sources.override_layer(SCHEMA, PROFILES[name].values, f"profile:{name}")
+    return config_sources.load(
+        SCHEMA, path, overrides, env, override_source=override_source, env_file=env_file,
+        base=base, notices=notices,
+    )  # fmt: skip
+
+
+def _profile_name(env: Mapping[str, str], env_file: str | None, path: str | None) -> str | None:
+    if PROFILE_ENV_VAR in env:
+        return env[PROFILE_ENV_VAR]
+    if env_file is not None:
+        if (name := read_env_file(env_file).get(PROFILE_ENV_VAR)) is not None:
+            return name
+    if path is not None:
+        name = config_sources.read_toml(path).get("profile")
+        return None if name is None else str(name)
+    return None
 
 
 def check_config_file(path: str) -> list[str]:
@@ -311,9 +377,10 @@ def check_config_file(path: str) -> list[str]:
     return config_sources.check_file(SCHEMA, path)
 
 
-def env_warnings(env: Mapping[str, str] | None = None) -> list[str]:
-    """MINERVA_* variables that are neither config fields nor known; load_config ignores them."""
-    return config_sources.env_warnings(SCHEMA, env)
+def env_warnings(env: Mapping[str, str] | None = None, where: str = "env") -> list[str]:
+    """MINERVA_* / MISTRAL_* / MISTRALRS_* variables nothing reads (with a did-you-mean); for a
+    .env file (``where``: its path) every variable nothing reads."""
+    return config_sources.env_warnings(SCHEMA, env, where)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> None:
@@ -325,6 +392,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, exclude: Iterable[str]
     """
     if "config" not in exclude:
         config_cli.add_config_file_argument(parser)
+        parser.add_argument(
+            "--profile", dest="profile", metavar="NAME", default=None,
+            choices=tuple(PROFILES),
+            help="Start from a named profile (explicit settings still win): "
+            + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values())
+            + f". Default: none. Env: {PROFILE_ENV_VAR}.",
+        )  # fmt: skip
     config_cli.add_arguments(parser, SCHEMA, exclude)
 
 
@@ -333,18 +407,30 @@ def overrides_from_args(namespace: argparse.Namespace) -> dict[str, Any]:
     return config_cli.overrides_from_args(namespace, SCHEMA)
 
 
+def load_config_from_args(
+    args: argparse.Namespace, notices: list[str] | None = None
+) -> tuple[EngineConfig, dict[str, str]]:
+    """``load_config`` from a command's flags (--config, --env-file or ./.env, --profile and
+    the field flags). Without a ``notices`` list, the notices (seed settings with no effect,
+    alias conflicts, unknown variables) are printed to stderr: once, at start."""
+    found: list[str] = []
+    env_file = config_cli.env_file_of(args)
+    config, sources = load_config(
+        getattr(args, "config", None), overrides_from_args(args), override_source="cli",
+        env_file=env_file, profile=getattr(args, "profile", None), notices=found,
+    )  # fmt: skip
+    found += env_warnings()
+    if env_file is not None:
+        found += env_warnings(read_env_file(env_file), where=env_file)
+    if notices is None:
+        config_cli.print_notices(found)
+    else:
+        notices += found
+    return config, sources
+
+
 def config_show_rows(
     cfg: EngineConfig, sources: Mapping[str, str]
 ) -> list[tuple[str, str, Any, str, str]]:
     """(section, field, value, source, help) per field, in section order."""
     return config_cli.show_rows(SCHEMA, cfg, sources)
-
-
-def run_config_command(args: argparse.Namespace) -> int:
-    """``minerva config show|check``: print the effective config or check a file; exit code."""
-    return config_cli.run_command(SCHEMA, args)
-
-
-def add_config_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``config show|check`` on the CLI's subparsers; sets ``func``."""
-    return config_cli.add_subcommand(subparsers, SCHEMA)

@@ -1,30 +1,22 @@
 """The CLI glue of any ``Schema``: one ``--<field>`` flag per field (help, metavar and checks
-from the field), and ``minerva config show|check``. No torch.
+from the field), the source flags (--config, --env-file) and the rows ``config show`` prints.
+No torch.
 
-config.py binds these to the engine config; ``minerva serve`` adds the server's flags with them.
+config.py binds these to the engine config; ``minerva serve`` adds the server's flags with them;
+config_command.py is ``minerva config show|check``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from minerva.config_dotenv import DEFAULT_ENV_FILE
 from minerva.config_fields import FieldSpec, Schema, format_byte_size
-from minerva.config_sources import (
-    CONFIG_ENV_VAR,
-    DEFAULT_CONFIG_FILE,
-    check_file,
-    env_layer,
-    env_var_name,
-    env_warnings,
-    flag_name,
-    load,
-)
-from minerva.errors import ConfigError
+from minerva.config_sources import CONFIG_ENV_VAR, env_var_name, flag_name
 
 
 def _arg_type(spec: FieldSpec):
@@ -97,11 +89,30 @@ def add_arguments(
 
 
 def add_config_file_argument(parser: argparse.ArgumentParser) -> None:
-    """``--config PATH`` (dest ``config``)."""
+    """``--config PATH`` (dest ``config``) and ``--env-file PATH`` (dest ``env_file``)."""
     parser.add_argument(
         "--config", dest="config", metavar="PATH", default=None,
         help=f"TOML config file (default: ${CONFIG_ENV_VAR} if set).",
     )  # fmt: skip
+    parser.add_argument(
+        "--env-file", dest="env_file", metavar="PATH", default=None,
+        help=f"KEY=VALUE file of MINERVA_* (or the seeds' MISTRAL_*) settings, below the "
+        f"environment (default: ./{DEFAULT_ENV_FILE} if present).",
+    )  # fmt: skip
+
+
+def env_file_of(args: argparse.Namespace) -> str | None:
+    """--env-file, else ./.env when it exists, else None."""
+    given = getattr(args, "env_file", None)
+    if given is not None:
+        return given
+    return DEFAULT_ENV_FILE if os.path.isfile(DEFAULT_ENV_FILE) else None
+
+
+def print_notices(notices: Iterable[str], prefix: str = "minerva: warning: ") -> None:
+    """Each notice once, in order, on stderr."""
+    for notice in dict.fromkeys(notices):
+        print(f"{prefix}{notice}", file=sys.stderr)
 
 
 def overrides_from_args(
@@ -129,7 +140,7 @@ def show_rows(
     ]
 
 
-def _display(spec: FieldSpec, value: Any) -> str:
+def display(spec: FieldSpec, value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, bool):
@@ -137,93 +148,3 @@ def _display(spec: FieldSpec, value: Any) -> str:
     if spec.byte_size:
         return f"{format_byte_size(value)} ({value})"
     return str(value)
-
-
-def _config_show(schema: Schema, args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    try:
-        cfg, sources = load(
-            schema, getattr(args, "config", None), overrides_from_args(args, schema),
-            override_source="cli",
-        )  # fmt: skip
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    table = Table(title="Minerva config")
-    for column in ("section", "field"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("value", overflow="fold")
-    table.add_column("source", overflow="fold")
-    if args.verbose:
-        table.add_column("help", overflow="fold")
-    for section, name, value, source, doc in show_rows(schema, cfg, sources):
-        cells = [section, name, _display(schema.fields[name], value), source]
-        table.add_row(*cells, *([doc] if args.verbose else []))
-    Console().print(table)
-    for warning in env_warnings(schema):
-        print(f"warning: {warning}", file=sys.stderr)
-    return 0
-
-
-def _config_check(schema: Schema, args: argparse.Namespace) -> int:
-    path = getattr(args, "file", None)
-    if path is None and os.path.isfile(DEFAULT_CONFIG_FILE):
-        path = DEFAULT_CONFIG_FILE
-    problems = check_file(schema, path) if path else []
-    problems += env_layer(schema, os.environ)[1]
-    if not problems:  # each source is fine alone; check how they combine
-        try:
-            load(schema, path, env=os.environ)
-        except ConfigError as e:
-            problems = list(e.problems)  # type: ignore[attr-defined]
-    for warning in env_warnings(schema):
-        print(f"warning: {warning}", file=sys.stderr)
-    for problem in problems:
-        print(problem)
-    if problems:
-        return 1
-    print(f"OK: {path}" if path else "OK: environment (no config file)")
-    return 0
-
-
-def run_command(schema: Schema, args: argparse.Namespace) -> int:
-    """``minerva config show|check``: print the effective config or check a file; exit code."""
-    command = getattr(args, "config_command", None)
-    if command == "show":
-        return _config_show(schema, args)
-    if command == "check":
-        return _config_check(schema, args)
-    print("usage: minerva config {show,check} ...", file=sys.stderr)
-    return 2
-
-
-def add_subcommand(subparsers: Any, schema: Schema) -> argparse.ArgumentParser:
-    """Register ``config show|check`` on the CLI's subparsers; sets ``func``."""
-    parser = subparsers.add_parser(
-        "config", help="Show the effective config or check a config file.",
-        description="Show the effective config (and where each value came from) or check a file.",
-    )  # fmt: skip
-    commands = parser.add_subparsers(dest="config_command", metavar="{show,check}")
-    show = commands.add_parser(
-        "show", help="Print every config field, its value and its source.",
-        description="Print every config field, its value and its source "
-        "(default < file < MINERVA_* env < flags).",
-    )  # fmt: skip
-    show.add_argument(
-        "--verbose", "-v", action="store_true",
-        help="Also print each field's help: what it does and the values it allows. Default: off.",
-    )  # fmt: skip
-    add_config_file_argument(show)
-    add_arguments(show, schema)
-    check = commands.add_parser(
-        "check", help="Check a TOML config file and the MINERVA_* env vars.",
-        description="Check a TOML config file and the MINERVA_* env vars; exit 1 on problems.",
-    )  # fmt: skip
-    check.add_argument(
-        "file", nargs="?", default=None, metavar="FILE",
-        help=f"TOML file to check (default: ./{DEFAULT_CONFIG_FILE} if present, else env only).",
-    )  # fmt: skip
-    parser.set_defaults(func=functools.partial(run_command, schema))
-    return parser

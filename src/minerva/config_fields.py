@@ -293,6 +293,9 @@ class Schema:
     aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
     header: str = "Invalid config"  # how its ConfigErrors start
     toml: bool = True  # whether a TOML file ($MINERVA_CONFIG) may set it
+    seed_aliases: tuple[Any, ...] = ()  # config_aliases.Alias rows that set its fields
+    reports_inert: bool = False  # whether it reports the seed settings that have no effect
+    other_sections: frozenset[str] = frozenset()  # TOML tables another schema reads
 
     def resolve(self, name: str) -> str | None:
         """The flat field a kwarg names, aliases included; None when it names none."""

@@ -5,7 +5,8 @@ Reports the software (torch, triton, the optional packages), each device Minerva
 uses, Apple MPS), a measured memory bandwidth, and for a model (the bundled demo model unless
 --model is given) what it costs on the chosen device: weight bytes, KV cache per token, how
 many tokens of KV fit in `memory_fraction`, and the batch-1 decode ceiling that the bandwidth
-sets (every weight is read once per token). Ends with the settings to use.
+sets (every weight is read once per token). Ends with a recommended profile
+(config_profiles.py) and the settings to use.
 
     minerva doctor [--model PATH] [--device auto] [--dtype auto] [--json]
 """
@@ -26,7 +27,8 @@ import psutil
 import torch
 
 from minerva import __version__
-from minerva.config import EngineConfig, load_config, overrides_from_args
+from minerva.config import EngineConfig, load_config_from_args
+from minerva.config_profiles import PROFILES
 from minerva.errors import MinervaError
 from minerva.platform import (
     Platform,
@@ -217,10 +219,12 @@ def model_fit(config: EngineConfig, platform: Platform, bandwidth_gb_s: float) -
     kv_per_token = spec.bytes_per_block // spec.block_size
     activations = model_loading.estimate_activation_bytes(hf, config, dtype)
     cache = config.cache
-    kv_room, _ = kv_cache_budget(platform, cache.memory_fraction, cache.kv_cache_memory)
-    if platform.kind != "cpu" and cache.kv_cache_memory is None:
-        kv_room -= weights + activations  # not loaded yet: the engine measures after loading
-    budget = memory_budget(platform, cache.memory_fraction)[0]
+    # Not loaded yet: the weights count like the activations against the budget.
+    kv_room, _ = kv_cache_budget(
+        platform, cache.memory_fraction, cache.kv_cache_memory, weights + activations,
+        memory_limit=cache.memory_limit,
+    )  # fmt: skip
+    budget = memory_budget(platform, cache.memory_fraction, cache.memory_limit)[0]
     max_model_len = config.model.max_model_len or hf.max_position_embeddings
     return {
         "path": str(source.path),
@@ -285,6 +289,31 @@ def advice(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def recommend(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The profile (config_profiles.py) and settings for this device and model, and why."""
+    fit = report.get("model")
+    if not fit:
+        return None
+    n = max(fit["max_model_len"], 1)
+    seqs = fit["kv_tokens"] // n
+    kind = report["device"]["kind"]
+    if not fit["fits"] or seqs < 4:
+        profile = "memory-constrained"
+        why = f"the memory left holds {seqs} sequences of max_model_len={n}"
+    elif kind == "cuda" and seqs >= 64:
+        profile = "high-throughput"
+        why = f"a GPU with KV room for {seqs} sequences of max_model_len={n}: serve many at once"
+    else:
+        profile = "low-latency"
+        why = f"a {kind} device, where each step's time grows with the batch: keep it small"
+    settings = dict(PROFILES[profile].values)
+    if fit["fits"] and seqs >= 1:  # more running sequences than the KV holds only preempt
+        settings["max_num_seqs"] = min(settings["max_num_seqs"], seqs)
+    if not fit["fits"] and not fit.get("quantization"):
+        settings["quantization"] = "q4_k_m"  # about a third of bf16's bytes (quant_quality.md)
+    return {"profile": profile, "why": why, "settings": settings}
+
+
 def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
     """The whole report as plain data (what --json prints)."""
     platform = resolve_platform(config.device.device)
@@ -302,7 +331,13 @@ def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
     report["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if with_model:
         report["model"] = model_fit(config, platform, device["bandwidth_gb_s"])
+    report["recommendation"] = recommend(report)
     report["advice"] = advice(report)
+    if rec := report["recommendation"]:
+        shown = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in rec["settings"].items())
+        report["advice"].insert(
+            0, f"recommended: --profile {rec['profile']} ({rec['why']}), i.e. {shown}"
+        )
     return report
 
 
@@ -374,9 +409,7 @@ def render(report: dict[str, Any]) -> None:
 
 def run_doctor(args: argparse.Namespace) -> int:
     try:
-        config, _ = load_config(
-            getattr(args, "config", None), overrides_from_args(args), override_source="cli"
-        )
+        config, _ = load_config_from_args(args)
         report = collect(config, with_model=not args.no_model)
     except MinervaError as e:
         print(f"minerva doctor: {e}", file=sys.stderr)

@@ -34,12 +34,16 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         enable_chunked_prefill: bool = True,
+        num_lookahead_tokens: int = 0,
     ) -> None:
+        """num_lookahead_tokens: KV slots each request holds past the tokens it computes (a
+        draft model writes the K/V of its proposals there before the next schedule)."""
         self.kv = kv_cache_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
         self.chunked_prefill = enable_chunked_prefill
+        self.num_lookahead_tokens = num_lookahead_tokens
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
@@ -109,7 +113,8 @@ class Scheduler:
                 continue
             if req.spec_token_ids and not pending:
                 num_new += self._take_spec_tokens(req, num_new, budget, spec)
-            while not self.kv.allocate_slots(req, num_new):
+            lookahead = self._lookahead(req.num_computed_tokens + num_new)
+            while not self.kv.allocate_slots(req, num_new + lookahead):
                 victim = self.running.pop()  # newest first
                 self._preempt(victim)
                 preempted.append(victim.request_id)
@@ -189,6 +194,11 @@ class Scheduler:
             spec[req.request_id] = drafts
         return len(drafts)
 
+    def _lookahead(self, num_computed_after: int) -> int:
+        """Lookahead slots past a step's tokens, never past max_model_len (no block table
+        outgrows what the CUDA graphs hold)."""
+        return max(0, min(self.num_lookahead_tokens, self.max_model_len - num_computed_after))
+
     def _length_reached(self, req: Request, num_output_tokens: int, num_tokens: int) -> bool:
         return num_output_tokens >= req.max_tokens or num_tokens >= self.max_model_len
 
@@ -204,7 +214,8 @@ class Scheduler:
                 if not self.chunked_prefill:
                     break
                 num_new = budget
-            if not self.kv.allocate_slots(req, num_new, blocks, num_cached):
+            lookahead = self._lookahead(num_cached + num_new)
+            if not self.kv.allocate_slots(req, num_new + lookahead, blocks, num_cached):
                 break
             self.waiting.popleft()
             req.num_computed_tokens = num_cached

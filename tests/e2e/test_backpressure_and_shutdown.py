@@ -130,6 +130,12 @@ def test_queued_request_whose_client_leaves_is_dropped(small_server):
             assert next(line for line in lines if line.startswith("data: "))
         queued = streams[2].__enter__()
         assert queued.status_code == 200
+        # the headers may come back before the engine has queued it (a request's constraints
+        # are prepared off the engine thread first): wait for it to be counted
+        deadline = time.monotonic() + 60  # a hang guard, not a speed check
+        while small_server.metrics()["minerva_requests_waiting"] != 1:
+            assert time.monotonic() < deadline, "the third request was never queued"
+            time.sleep(0.05)
         m = small_server.metrics()
         assert m["minerva_requests_running"] == SLOTS and m["minerva_requests_waiting"] == 1
         streams[2].__exit__(None, None, None)  # the client leaves while still queued

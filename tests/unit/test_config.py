@@ -17,7 +17,6 @@ from minerva.config import (
     EngineConfig,
     SchedulerConfig,
     add_config_arguments,
-    add_config_subcommand,
     check_config_file,
     coerce_value,
     config_show_rows,
@@ -28,6 +27,7 @@ from minerva.config import (
     overrides_from_args,
     parse_byte_size,
 )
+from minerva.config_command import add_config_subcommand
 from minerva.errors import ConfigError
 
 GiB = 1024**3
@@ -68,11 +68,11 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
         "device": {"device", "num_threads", "attention_backend", "enforce_eager"}
         | {"fused_kernels", "pdl", "cpu_kernels"},
         "cache": {"block_size", "memory_fraction", "kv_cache_memory", "num_kv_blocks"}
-        | {"kv_cache_dtype", "enable_prefix_caching"},
+        | {"kv_cache_tokens", "memory_limit", "kv_cache_dtype", "enable_prefix_caching"},
         "scheduler": {"max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill"}
         | {"async_scheduling"},
         "speculative": {"speculative_method", "draft_model", "num_speculative_tokens"}
-        | {"ngram_min", "ngram_max"},
+        | {"ngram_min", "ngram_max", "speculative_adaptive"},
     }
     for section, cls in SECTIONS.items():
         names = {f.name for f in dataclasses.fields(cls)}
@@ -529,3 +529,13 @@ def test_config_modules_do_not_import_torch():
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(m.split(".")[0] == "torch" for m in imported), name
+
+
+def test_speculative_combinations_are_checked():
+    with pytest.raises(ConfigError, match="needs a draft_model"):
+        EngineConfig.from_kwargs(num_speculative_tokens=3)
+    with pytest.raises(ConfigError, match="ngram_min=3 is above ngram_max=2"):
+        EngineConfig.from_kwargs(ngram_min=3, ngram_max=2)
+    config = EngineConfig.from_kwargs(speculative_method="ngram", num_speculative_tokens=3)
+    assert config.speculative.num_speculative_tokens == 3
+    assert EngineConfig.from_kwargs(speculative_method="draft").speculative.draft_model is None

@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 
 from minerva import config_sources
-from minerva.config import FIELDS, SCHEMA, EngineConfig, add_config_arguments, load_config
-from minerva.config_cli import add_arguments, add_subcommand
+from minerva.config import (
+    FIELDS,
+    SCHEMA,
+    EngineConfig,
+    add_config_arguments,
+    load_config,
+)
+from minerva.config_cli import add_arguments
+from minerva.config_command import add_config_subcommand
 from minerva.config_fields import Field, Schema, specs_of
 from minerva.dtypes import DTYPE_ALIASES, DTYPES
 from minerva.errors import ConfigError
@@ -42,6 +49,8 @@ ALLOWED = {
     "block_size": "a power of two from 1 to 256",
     "memory_fraction": "in (0, 1]",
     "kv_cache_memory": "a positive byte size",
+    "memory_limit": "a positive byte size",
+    "kv_cache_tokens": "a positive integer",
     "max_model_len": "a positive integer",
     "num_threads": "a positive integer",
     "num_kv_blocks": "a positive integer",
@@ -64,7 +73,7 @@ BAD = {
     "attention_backend": "cuda",
     "async_scheduling": "maybe", "device": "tpu", "seed": 2**64, "block_size": 24,
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
-    "num_kv_blocks": -1, "max_num_seqs": 0, "max_num_batched_tokens": 0,
+    "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
 }  # fmt: skip
 
@@ -142,7 +151,7 @@ def test_cli_help_reads_the_field():
 def test_config_show_verbose_prints_allowed(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")
     parser = argparse.ArgumentParser(prog="minerva")
-    add_subcommand(parser.add_subparsers(dest="command"), SCHEMA)
+    add_config_subcommand(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["config", "show", "-v"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -184,7 +193,7 @@ def test_server_env_and_flags_go_through_the_field_rules(capsys):
 
 def test_server_env_vars_are_known_to_the_engine_config():
     # config_sources may not import the server layer: its list of non-config vars must keep up
-    server_vars = set(config_sources.env_vars(SERVER_SCHEMA))
+    server_vars = {v for v in config_sources.env_vars(SERVER_SCHEMA) if v.startswith("MINERVA_")}
     assert server_vars == {f"MINERVA_{n.upper()}" for n in SERVER_ALLOWED} | {
         "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS",
     }  # fmt: skip

@@ -60,16 +60,21 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
     ([40, 50], [1, 1], 4, 4, 80, 8),
     ([33, 20, 12], [1, 1, 12], 8, 1, 64, None),  # decode rows + a prefill chunk
     ([25, 30], [1, 10], 6, 2, 16, 7),
+    ([40, 9, 70], [5, 3, 9], 8, 2, 64, None),  # verify rows only: one C decode row per token
+    ([40, 33], [5, 5], 4, 2, 32, 6),  # verify rows under a sliding window
+    ([20, 60], [1, 17], 4, 2, 32, None),  # a query past SHORT_QUERY: the torch reference
 ]
 
 
+@pytest.mark.parametrize("verify_rows", [False, True], ids=["plain", "verify_rows"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("case", range(len(CASES)))
-def test_matches_the_torch_reference(backend, dtype, case):
+def test_matches_the_torch_reference(backend, dtype, case, verify_rows):
     seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
     gen = torch.Generator().manual_seed(case)
     block_size, num_blocks = 16, 64
     meta = _step(seq_lens, query_lens, block_size, num_blocks, gen)
+    meta.verify_rows = verify_rows  # short rows as one C decode row per token
     tokens = sum(query_lens)
     cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
     qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen).to(dtype)

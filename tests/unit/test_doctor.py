@@ -117,3 +117,19 @@ def test_quantized_weights_are_counted_as_stored(tmp_path):
         fit = report["model"]
         assert fit["quantization"].lower() == "q8_0"
         assert fit["weight_gib"] * 2**30 == expected
+
+
+def test_a_profile_is_recommended_for_the_machine_and_model():
+    report = doctor.collect(_config(max_num_seqs=8))
+    rec = report["recommendation"]
+    seqs = report["model"]["kv_tokens"] // report["model"]["max_model_len"]
+    assert rec["profile"] == ("low-latency" if seqs >= 4 else "memory-constrained")
+    assert report["advice"][0].startswith(f"recommended: --profile {rec['profile']}")
+    tiny = doctor.collect(_config(memory_fraction=1e-6))
+    assert tiny["recommendation"]["profile"] == "memory-constrained"
+    assert tiny["recommendation"]["settings"]["quantization"] == "q4_k_m"
+    gpu = {**report, "device": {**report["device"], "kind": "cuda"}}
+    gpu["model"] = {**report["model"], "kv_tokens": 100 * report["model"]["max_model_len"]}
+    rec = doctor.recommend(gpu)
+    assert rec["profile"] == "high-throughput" and rec["settings"]["max_num_seqs"] == 100
+    load_config(None, rec["settings"], env={})  # the settings load as they are

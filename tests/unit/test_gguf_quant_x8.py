@@ -17,7 +17,7 @@ from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import GGMLType
 from tests.unit.test_gguf_quant_kernels import case, simulate_q8_0, simulate_q8_k
 
-X8_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q6_K]
+X8_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_x8_threads_do_not_change_the_result(x8):
 
 def test_shapes_and_types_outside_the_layout_are_refused(x8):
     assert not x8.supports(GGMLType.Q4_K, 12, 256)  # rows not a multiple of 8
-    assert not x8.supports(GGMLType.Q5_K, 16, 256)  # no x8 layout for this type
+    assert not x8.supports(GGMLType.Q3_K, 16, 256)  # no x8 layout for this type
     _, data, _ = case(GGMLType.Q4_K, 1, n=24, k=512)
     with pytest.raises(ValueError, match="does not match"):
         x8.matmul(torch.randn(2, 768), x8.repack(data, GGMLType.Q4_K, 512), GGMLType.Q4_K, 24)

@@ -52,7 +52,7 @@ def test_kv_blocks_take_the_fraction_left_after_weights_and_activations():
         activation_reserve=reserve,
     )
     budget = int(0.9 * total) - used - reserve
-    assert blocks - 1 == budget // SPEC.bytes_per_block  # + the null block
+    assert blocks == budget // SPEC.bytes_per_block  # the null block included
 
 
 def test_kv_blocks_capped_at_every_sequence_at_full_length():
@@ -117,3 +117,71 @@ def test_the_plan_counts_quantized_weights():
     check_model_fits(hf, torch.bfloat16, SPEC, FakeGPU(16 * GIB, 16 * GIB), config, 4096, options)
     with pytest.raises(ConfigError, match=r"of gguf-q4_k_m weights"):
         check_model_fits(hf, torch.bfloat16, SPEC, FakeGPU(4 * GIB, 4 * GIB), config, 4096, options)
+
+
+# ---- the same limits on the CPU -----------------------------------------------------------
+
+
+class FakeCPU(FakeGPU):
+    kind = "cpu"
+    is_cuda = False
+
+
+def _cpu_blocks(cpu: FakeCPU, **kw) -> int:
+    args = dict(
+        max_model_len=4096, max_num_seqs=10_000, num_kv_blocks=None, kv_cache_memory=None,
+        memory_fraction=0.9,
+    )  # fmt: skip
+    return plan_num_blocks(SPEC, cpu, **{**args, **kw})
+
+
+def test_cpu_kv_cache_obeys_memory_fraction():
+    # 40 GiB in use of 100: memory_fraction=0.41 leaves 1 GiB, under the CPU default of 2 GiB
+    cpu = FakeCPU(free=60 * GIB, total=100 * GIB)
+    reserve = 100 * 2**20
+    blocks = _cpu_blocks(cpu, memory_fraction=0.41, activation_reserve=reserve)
+    assert blocks == (int(0.41 * 100 * GIB) - 40 * GIB - reserve) // SPEC.bytes_per_block
+    assert _cpu_blocks(cpu) == 2 * GIB // SPEC.bytes_per_block  # else the CPU default
+
+
+def test_cpu_kv_cache_obeys_memory_limit_and_kv_cache_tokens():
+    cpu = FakeCPU(free=60 * GIB, total=100 * GIB)
+    weights, reserve = 3 * GIB, GIB // 2
+    limit = weights + reserve + 300 * SPEC.bytes_per_block + 5  # room for 300 blocks
+    kw = dict(memory_limit=limit, engine_bytes=weights, activation_reserve=reserve)
+    assert _cpu_blocks(cpu, **kw) == 300  # the null block included
+    assert _cpu_blocks(cpu, **kw, kv_cache_tokens=257 * 16 - 3) == 257 + 1
+    with pytest.raises(ConfigError, match=r"from memory_limit=.*holds 0 tokens"):
+        _cpu_blocks(cpu, memory_limit=weights, engine_bytes=weights)
+
+
+def test_cpu_kv_cache_is_sized_to_the_sequences_when_that_is_smaller():
+    cpu = FakeCPU(free=60 * GIB, total=100 * GIB)
+    assert _cpu_blocks(cpu, max_num_seqs=3, max_model_len=100) == -(-3 * 100 // 16) + 1
+
+
+def test_a_model_beyond_memory_limit_is_refused_on_the_cpu_with_the_numbers():
+    hf = _mistral_7b()
+    config = EngineConfig.from_kwargs(max_model_len=4096, memory_limit="8G")
+    cpu = FakeCPU(free=60 * GIB, total=100 * GIB)
+    with pytest.raises(ConfigError) as err:
+        check_model_fits(hf, torch.bfloat16, SPEC, cpu, config, 4096)
+    message = str(err.value)
+    assert message.startswith("the model does not fit on cpu: 13.49 GiB of bfloat16 weights")
+    assert "memory_limit=8.00 GiB" in message
+    check_model_fits(
+        hf, torch.bfloat16, SPEC, cpu, EngineConfig.from_kwargs(max_model_len=4096), 4096
+    )
+    tight = FakeCPU(free=14 * GIB, total=16 * GIB)  # memory_fraction holds on the CPU too
+    with pytest.raises(ConfigError, match=r"memory_fraction=0.9 of 16.00 GiB leaves 12.40 GiB"):
+        check_model_fits(hf, torch.bfloat16, SPEC, tight, EngineConfig.from_kwargs(), 4096)
+
+
+def test_cpu_default_kv_cache_holds_a_few_full_length_sequences():
+    cpu = FakeCPU(free=60 * GIB, total=100 * GIB)
+    assert _cpu_blocks(cpu, max_num_seqs=256, max_model_len=512) == 16 * 512 // 16 + 1
+    sized = _cpu_blocks(cpu, max_num_seqs=256, max_model_len=512, kv_cache_memory=GIB)
+    assert sized == GIB // SPEC.bytes_per_block  # an explicit size is taken as given
+    gpu = FakeGPU(free=80 * GIB, total=80 * GIB)
+    args = dict(num_kv_blocks=None, kv_cache_memory=None, memory_fraction=0.9)
+    assert plan_num_blocks(SPEC, gpu, max_model_len=512, max_num_seqs=256, **args) == 8193

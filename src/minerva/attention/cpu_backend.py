@@ -132,9 +132,16 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
 ) -> torch.Tensor:
-    """torch_paged.paged_attention with the decode rows in C."""
+    """torch_paged.paged_attention with the decode rows in C (and, in a step of speculative
+    verify rows, every row: one decode row per query token)."""
     nd = meta.num_decodes
-    if nd == 0 or meta.block_tables.dtype != torch.int32 or meta.seq_lens.dtype != torch.int32:
+    if meta.block_tables.dtype != torch.int32 or meta.seq_lens.dtype != torch.int32:
+        return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
+    if meta.verify_rows and nd < meta.num_seqs and meta.max_query_len <= SHORT_QUERY:
+        out = _decode(q, kv_cache, _per_token_rows(meta), scale, sliding_window)
+        if out is not None:
+            return out
+    if nd == 0:
         return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
     if nd == meta.num_seqs:  # a pure decode step: no prefill rows to fill in
         out = _decode(q, kv_cache, meta, scale, sliding_window)
@@ -153,6 +160,38 @@ def paged_attention(
             q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window
         )
     return out
+
+
+SHORT_QUERY = 16
+"""Verify steps whose rows have at most this many query tokens run every token as a decode
+row (the verify rows' attention then costs what the decode rows' does)."""
+
+
+def _per_token_rows(meta: AttentionMetadata) -> AttentionMetadata:
+    """The step as one decode row per query token: token t of a row whose context ends at
+    seq_len sees the first seq_len - (tokens after t) keys, through the row's block table.
+    Built once per step (every layer reuses it)."""
+    rows = meta.extras.get("cpu_per_token_rows")
+    if rows is not None:
+        return rows
+    starts = meta.query_start_loc_cpu
+    lens = [starts[i + 1] - starts[i] for i in range(meta.num_seqs)]
+    num_tokens = starts[-1]
+    row = torch.repeat_interleave(torch.arange(meta.num_seqs), torch.tensor(lens))  # [tokens]
+    ends = torch.tensor(starts[1:])[row]  # [tokens]: where each token's row ends
+    seq_lens = meta.seq_lens[row] - (ends - 1 - torch.arange(num_tokens))
+    rows = AttentionMetadata(
+        slot_mapping=meta.slot_mapping,
+        block_tables=meta.block_tables.index_select(0, row),
+        seq_lens=seq_lens.to(torch.int32).contiguous(),
+        query_start_loc=torch.arange(num_tokens + 1, dtype=torch.int32),
+        num_decodes=num_tokens,
+        max_query_len=1,
+        seq_lens_cpu=seq_lens.tolist(),
+        query_start_loc_cpu=list(range(num_tokens + 1)),
+    )
+    meta.extras["cpu_per_token_rows"] = rows
+    return rows
 
 
 class CPUAttention:

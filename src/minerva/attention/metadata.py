@@ -26,6 +26,9 @@ class AttentionMetadata:
     max_query_len: int
     seq_lens_cpu: list[int]
     query_start_loc_cpu: list[int]
+    verify_rows: bool = False
+    """Every row is short (speculative verify rows: the last token and its drafts): a backend
+    may run each query token as a decode row over its own causal prefix."""
     extras: dict = field(default_factory=dict)
     """Per-step values a backend computes once and reuses in every layer (masks, plans)."""
 

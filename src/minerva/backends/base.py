@@ -9,7 +9,7 @@ cause are MinervaErrors (RequestError 400, EngineUnavailableError and its kinds 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from minerva.engine.outputs import CompletionOutput, RequestOutput, StepInfo
@@ -88,6 +88,28 @@ class BackendStats:
     device_memory_used: int = 0
     """Bytes of device memory this process uses (CUDA/MPS allocated, RSS on CPU)."""
     device_memory_total: int = 0
+    spec_verify_steps: int = 0
+    """Speculative decoding (cumulative): request-steps that verified draft tokens."""
+    spec_draft_tokens: int = 0
+    """Draft tokens proposed and verified."""
+    spec_accepted_tokens: int = 0
+    """Draft tokens the target accepted."""
+    spec_emitted_tokens: int = 0
+    """Tokens the verify steps emitted (accepted drafts + one each)."""
+    spec_drafts_per_position: list[int] = field(default_factory=list)
+    """Request-steps with a draft at position j (0-based)."""
+    spec_accepted_per_position: list[int] = field(default_factory=list)
+    """Of those, how many accepted it."""
+
+    @property
+    def spec_acceptance_rate(self) -> float:
+        return self.spec_accepted_tokens / self.spec_draft_tokens if self.spec_draft_tokens else 0.0
+
+    @property
+    def spec_mean_accepted_length(self) -> float:
+        """Tokens per verify step (1: no draft accepted; 0: no speculation)."""
+        steps = self.spec_verify_steps
+        return self.spec_emitted_tokens / steps if steps else 0.0
 
 
 class OutputStream(Protocol):

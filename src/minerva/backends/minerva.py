@@ -102,6 +102,15 @@ class MinervaBackend:
     # -- what it serves ---------------------------------------------------------------
     def stats(self) -> BackendStats:
         s = self._engine.stats()
+        spec = s.spec_decode
+        spec_fields = {} if spec is None else dict(
+            spec_verify_steps=spec.num_verify_steps,
+            spec_draft_tokens=spec.num_draft_tokens,
+            spec_accepted_tokens=spec.num_accepted_tokens,
+            spec_emitted_tokens=spec.num_emitted_tokens,
+            spec_drafts_per_position=list(spec.drafts_per_position),
+            spec_accepted_per_position=list(spec.accepted_per_position),
+        )  # fmt: skip
         return BackendStats(
             num_running=s.num_running,
             num_waiting=s.num_waiting,
@@ -113,6 +122,7 @@ class MinervaBackend:
             num_preemptions=s.num_preemptions,
             device_memory_used=self._platform.memory_used(),
             device_memory_total=self._platform.memory()[1],
+            **spec_fields,
         )
 
     def model_info(self, digest: bool = True) -> ModelInfo:

@@ -56,6 +56,7 @@ def run_latency(
     for _ in range(warmup):
         _one_latency(backend, prompt_ids, min(output_len, 4))
     backend.reset_peak_memory()
+    spec_before = backend.spec_decode_counters()
     with ResourceMonitor(os.getpid(), interval=0.05) as mon:
         runs = [_one_latency(backend, prompt_ids, output_len) for _ in range(max(repeats, 1))]
     ttft = statistics.median(r["ttft_s"] for r in runs)
@@ -75,6 +76,7 @@ def run_latency(
         "bandwidth_gb_s": backend.weight_bytes * decode / 1e9 if decode else None,
         "peak_rss_bytes": mon.summary.peak_rss_bytes,
         "peak_gpu_bytes": backend.peak_gpu_bytes(),
+        "spec_decode": spec_decode_summary(spec_before, backend.spec_decode_counters()),
         "runs": runs,
     }
 
@@ -91,6 +93,7 @@ def run_throughput(
     if warmup:
         backend.generate(prompts[:2], [min(n, 4) for n in output_lens[:2]])
     backend.reset_peak_memory()
+    spec_before = backend.spec_decode_counters()
     with ResourceMonitor(os.getpid(), interval=0.05) as mon:
         start = time.perf_counter()
         outputs = backend.generate(prompts, output_lens, ignore_eos=True)
@@ -109,6 +112,26 @@ def run_throughput(
         "total_token_throughput": (num_in + num_out) / duration,
         "peak_rss_bytes": mon.summary.peak_rss_bytes,
         "peak_gpu_bytes": backend.peak_gpu_bytes(),
+        "spec_decode": spec_decode_summary(spec_before, backend.spec_decode_counters()),
+    }
+
+
+def spec_decode_summary(before: dict | None, after: dict | None) -> dict | None:
+    """Speculative decoding during one measurement (counter differences): drafts, accepted,
+    acceptance rate overall and per position, mean tokens per verify step. None: no speculation."""
+    if before is None or after is None:
+        return None
+    delta = {k: after[k] - before[k] for k in after if isinstance(after[k], int)}
+    per = [
+        [a - (before[k][j] if j < len(before[k]) else 0) for j, a in enumerate(after[k])]
+        for k in ("drafts_per_position", "accepted_per_position")
+    ]
+    drafts, steps = delta["draft_tokens"], delta["verify_steps"]
+    return {
+        **delta,
+        "acceptance_rate": delta["accepted_tokens"] / drafts if drafts else 0.0,
+        "mean_accepted_length": delta["emitted_tokens"] / steps if steps else 0.0,
+        "acceptance_rate_per_position": [a / d if d else 0.0 for d, a in zip(*per)],
     }
 
 

@@ -24,6 +24,8 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("bandwidth_gb_s", "weights GB/s", ".2f"),
         ("peak_rss_bytes", "peak RSS", "bytes"),
         ("peak_gpu_bytes", "peak GPU", "bytes"),
+        ("spec_decode.acceptance_rate", "spec accept", ".2f"),
+        ("spec_decode.mean_accepted_length", "tok/verify", ".2f"),
     ],
     "throughput": [
         ("backend", "backend", "s"),
@@ -36,6 +38,8 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("total_token_throughput", "total tok/s", ".1f"),
         ("peak_rss_bytes", "peak RSS", "bytes"),
         ("peak_gpu_bytes", "peak GPU", "bytes"),
+        ("spec_decode.acceptance_rate", "spec accept", ".2f"),
+        ("spec_decode.mean_accepted_length", "tok/verify", ".2f"),
     ],
     "perplexity": [
         ("backend", "backend", "s"),

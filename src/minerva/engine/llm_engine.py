@@ -24,6 +24,7 @@ from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.worker import Worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
+from minerva.spec import NgramProposer, SpecDecodeStats, SpeculationGovernor, Speculator
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    spec_decode: SpecDecodeStats | None = None
+    """Speculative decoding's counters while it is on (the live object: read, don't keep)."""
 
 
 class LLMEngine:
@@ -56,12 +59,14 @@ class LLMEngine:
         self.kv_cache_manager = KVCacheManager(
             worker.num_kv_blocks, config.cache.block_size, config.cache.enable_prefix_caching
         )
+        self.speculator = self._build_speculator()
         self.scheduler = Scheduler(
             self.kv_cache_manager,
             max_num_seqs=config.scheduler.max_num_seqs,
             max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
+            num_lookahead_tokens=worker.num_lookahead_tokens,
         )
         mode = config.scheduler.async_scheduling
         self.async_scheduling = mode == "on" or (mode == "auto" and self.platform.is_cuda)
@@ -74,6 +79,18 @@ class LLMEngine:
         self._ids = itertools.count()
         self.last_scheduler_output: SchedulerOutput | None = None
         """What the latest step() ran (for step metrics); None before the first step."""
+
+    def _build_speculator(self) -> Speculator | None:
+        """Speculative decoding's proposer: the worker's draft model or n-gram lookup."""
+        spec = self.config.speculative
+        if spec.num_speculative_tokens == 0:
+            return None
+        if spec.speculative_method == "ngram":
+            proposer = NgramProposer(spec.ngram_min, spec.ngram_max)
+        else:
+            proposer = self.worker.draft_proposer
+        governor = SpeculationGovernor() if spec.speculative_adaptive else None
+        return Speculator(proposer, spec.num_speculative_tokens, self.max_model_len, governor)
 
     # -- requests ---------------------------------------------------------------------
     def default_sampling_params(self, **overrides) -> SamplingParams:
@@ -141,6 +158,8 @@ class LLMEngine:
             healed_text=constrained.healed_text,
         )
         for child in children:
+            # Proposals are made from the request's tokens on the host: read each step first.
+            child.needs_host_tokens |= self.speculator is not None
             self.scheduler.add_request(child)
         return request_id
 
@@ -178,6 +197,8 @@ class LLMEngine:
             live = [c.request_id for c in children if not c.is_finished]
             for child in self.scheduler.finish_requests(live, RequestStatus.FINISHED_ABORTED):
                 self.output_processor.on_finished(child)
+            if self.speculator is not None:
+                self.speculator.forget(live)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._inflight is not None
@@ -192,7 +213,13 @@ class LLMEngine:
         if self._inflight is not None and self._needs_host_tokens():
             self._finish(self._inflight)
             self._inflight = None
+        speculator = self.speculator
+        if speculator is not None:
+            started = time.perf_counter()
+            speculator.propose(self.scheduler.running)
         scheduled = self.scheduler.schedule()
+        if self.speculator is not None and scheduled.preempted_request_ids:
+            self.speculator.forget(scheduled.preempted_request_ids)
         self.last_scheduler_output = scheduled
         launched = None if scheduled.is_empty else self.worker.launch(scheduled)
         if self._inflight is not None:
@@ -201,6 +228,8 @@ class LLMEngine:
         if launched is not None and not self.async_scheduling:
             self._finish(launched)
             self._inflight = None
+        if speculator is not None:
+            speculator.end_step(time.perf_counter() - started)
         return self.output_processor.collect()
 
     def _needs_host_tokens(self) -> bool:
@@ -213,6 +242,9 @@ class LLMEngine:
         has_logprobs = any(lp is not None for lp in result.logprobs)
         logprobs = dict(zip(result.request_ids, result.logprobs)) if has_logprobs else {}
         on_token = self.output_processor.on_token
+        speculator = self.speculator
+        if speculator is not None:
+            speculator.observe(scheduled, result)
         for req, tokens in self.scheduler.update(scheduled, result.sampled_token_ids):
             if len(tokens) == 1 and not has_logprobs:  # the usual step
                 stop = on_token(req, tokens[0], None)
@@ -222,6 +254,8 @@ class LLMEngine:
                 self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
             if req.is_finished:
                 self.output_processor.on_finished(req, stop)
+                if speculator is not None:
+                    speculator.forget([req.request_id])
         if result.pooled:
             for req in self.scheduler.finish_pooled(result.pooled):
                 self.output_processor.on_pooled(req, result.pooled[req.request_id])
@@ -245,4 +279,5 @@ class LLMEngine:
             prefix_cache_queries=kv.prefix_cache_queries,
             prefix_cache_hits=kv.prefix_cache_hits,
             num_preemptions=self.scheduler.num_preemptions,
+            spec_decode=self.speculator.stats if self.speculator else None,
         )

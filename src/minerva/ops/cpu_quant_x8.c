@@ -7,7 +7,7 @@
 // sums, no per-row scale shuffles), and each block's scales apply to 8 rows at once. A block
 // group takes exactly the bytes of its 8 file blocks, so memory use does not change. (llama.cpp's
 // CPU "repack" buffers rest on the same idea; this layout is our own.) Types: Q4_0, Q8_0, Q4_K,
-// Q6_K, with AVX2; elsewhere minerva_x8_supports says no and the file layout is kept.
+// Q5_K, Q6_K, with AVX2; elsewhere minerva_x8_supports says no and the file layout is kept.
 // minerva_x8_unpack restores the file bytes exactly (the dequantize-then-matmul twin reads them).
 //
 // Layouts, per group of 8 rows and block index b (offsets in bytes; c(r, i) is code i of row
@@ -18,6 +18,8 @@
 //     | low 4 bits of min(4h + j, r) << 4 | 32 B: byte 96 + 8j + r = the top 2 bits of scale(j),
 //     min(j), scale(4 + j), min(4 + j) | 1024 B: byte 128 + 128s + 32L + 4r + t =
 //     c(r, 32s + 8L + t) | c(r, 32s + 8L + 4 + t) << 4
+//   Q5_K (1408 B): Q4_K's 1152 B | 256 B: byte 1152 + 32s + 4r + t, bit k = bit 4 of
+//     c(r, 32s + 4k + t)
 //   Q6_K (1680 B): d[8] | scales int8: byte 16 + 8s + r | low 4 bits: byte 144 + 64s + 32L + 4r + t
 //     = c(r, 16s + 8L + t) & 15 | (c(r, 16s + 8L + 4 + t) & 15) << 4 | top 2 bits: byte
 //     1168 + 32s + 4r + t = sum over k of (c(r, 16s + 4k + t) >> 4) << 2k
@@ -36,7 +38,7 @@
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 
-enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
 // block (values, file bytes) of the types with an x8 layout; 0 otherwise
 static int x8_geometry(int type, int *block, int *bytes) {
@@ -44,6 +46,7 @@ static int x8_geometry(int type, int *block, int *bytes) {
     case T_Q4_0: *block = QK, *bytes = 18; return 1;
     case T_Q8_0: *block = QK, *bytes = 34; return 1;
     case T_Q4_K: *block = QK_K, *bytes = 144; return 1;
+    case T_Q5_K: *block = QK_K, *bytes = 176; return 1;
     case T_Q6_K: *block = QK_K, *bytes = 210; return 1;
     default: return 0;
     }
@@ -63,8 +66,9 @@ static void decode_block(int type, const uint8_t *blk, block_codes *o) {
         memcpy(o->c, blk + 2, QK);
     } else if (type == T_Q4_0) {
         for (int l = 0; l < 16; l++) o->c[l] = blk[2 + l] & 15, o->c[l + 16] = blk[2 + l] >> 4;
-    } else if (type == T_Q4_K) {
-        const uint8_t *s = blk + 4, *qs = blk + 16;
+    } else if (type == T_Q4_K || type == T_Q5_K) {
+        const int five = type == T_Q5_K;
+        const uint8_t *s = blk + 4, *qs = blk + (five ? 48 : 16), *qh = blk + 16;
         memcpy(&o->dmin, blk + 2, 2);
         for (int j = 0; j < 4; j++) {
             o->sc[j] = s[j] & 63, o->mn[j] = s[j + 4] & 63;
@@ -72,8 +76,13 @@ static void decode_block(int type, const uint8_t *blk, block_codes *o) {
             o->mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
         }
         for (int q = 0; q < 4; q++)
-            for (int l = 0; l < 32; l++)
+            for (int l = 0; l < 32; l++) {
                 o->c[64 * q + l] = qs[32 * q + l] & 15, o->c[64 * q + 32 + l] = qs[32 * q + l] >> 4;
+                if (five) {
+                    o->c[64 * q + l] |= (uint8_t)(((qh[l] >> (2 * q)) & 1) << 4);
+                    o->c[64 * q + 32 + l] |= (uint8_t)(((qh[l] >> (2 * q + 1)) & 1) << 4);
+                }
+            }
     } else {  // Q6_K: ql [128], qh [64], scales [16]
         const uint8_t *ql = blk, *qh = blk + 128;
         memcpy(o->sc, blk + 192, 16);
@@ -94,17 +103,22 @@ static void encode_block(int type, const block_codes *o, uint8_t *blk) {
         memcpy(blk + 2, o->c, QK);
     } else if (type == T_Q4_0) {
         for (int l = 0; l < 16; l++) blk[2 + l] = (uint8_t)(o->c[l] | (o->c[l + 16] << 4));
-    } else if (type == T_Q4_K) {
-        uint8_t *s = blk + 4, *qs = blk + 16;
+    } else if (type == T_Q4_K || type == T_Q5_K) {
+        const int five = type == T_Q5_K;
+        uint8_t *s = blk + 4, *qs = blk + (five ? 48 : 16), *qh = blk + 16;
         memcpy(blk + 2, &o->dmin, 2);
+        if (five) memset(qh, 0, 32);
         for (int j = 0; j < 4; j++) {
             s[j] = (uint8_t)(o->sc[j] | ((o->sc[j + 4] >> 4) << 6));
             s[j + 4] = (uint8_t)(o->mn[j] | ((o->mn[j + 4] >> 4) << 6));
             s[j + 8] = (uint8_t)((o->sc[j + 4] & 15) | ((o->mn[j + 4] & 15) << 4));
         }
         for (int q = 0; q < 4; q++)
-            for (int l = 0; l < 32; l++)
-                qs[32 * q + l] = (uint8_t)(o->c[64 * q + l] | (o->c[64 * q + 32 + l] << 4));
+            for (int l = 0; l < 32; l++) {
+                const uint8_t lo = o->c[64 * q + l], hi = o->c[64 * q + 32 + l];
+                qs[32 * q + l] = (uint8_t)((lo & 15) | ((hi & 15) << 4));
+                if (five) qh[l] |= (uint8_t)(((lo >> 4) << (2 * q)) | ((hi >> 4) << (2 * q + 1)));
+            }
     } else {
         uint8_t *ql = blk, *qh = blk + 128;
         memcpy(blk + 192, o->sc, 16);
@@ -125,8 +139,9 @@ static void x8_block(int type, block_codes b[8], uint8_t *g, int dir) {
     for (int r = 0; r < 8; r++) {
         if (dir) memcpy(g + 2 * r, &b[r].d, 2);
         else memcpy(&b[r].d, g + 2 * r, 2);
-        if (type == T_Q4_K && dir) memcpy(g + 16 + 2 * r, &b[r].dmin, 2);
-        else if (type == T_Q4_K) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
+        const int k45 = type == T_Q4_K || type == T_Q5_K;
+        if (k45 && dir) memcpy(g + 16 + 2 * r, &b[r].dmin, 2);
+        else if (k45) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
     }
     for (int r = 0; r < 8; r++) {
         const uint8_t *c = b[r].c;
@@ -140,7 +155,7 @@ static void x8_block(int type, block_codes b[8], uint8_t *g, int dir) {
                     if (dir) *p = (uint8_t)(c[8 * L + t] | (c[8 * L + 4 + t] << 4));
                     else cw[8 * L + t] = *p & 15, cw[8 * L + 4 + t] = *p >> 4;
                 }
-        } else if (type == T_Q4_K) {
+        } else if (type == T_Q4_K || type == T_Q5_K) {
             for (int s = 0; s < 8; s++) {
                 uint8_t *lo = g + 32 + 32 * (s / 4) + 8 * (s % 4) + r;
                 uint8_t *hi = g + 96 + 8 * (s % 4) + r;
@@ -160,8 +175,18 @@ static void x8_block(int type, block_codes b[8], uint8_t *g, int dir) {
                     for (int t = 0; t < 4; t++) {
                         uint8_t *p = g + 128 + 128 * s + 32 * L + 4 * r + t;
                         const int i = 32 * s + 8 * L + t;
-                        if (dir) *p = (uint8_t)(c[i] | (c[i + 4] << 4));
+                        if (dir) *p = (uint8_t)((c[i] & 15) | ((c[i + 4] & 15) << 4));
                         else cw[i] = *p & 15, cw[i + 4] = *p >> 4;
+                    }
+            if (type == T_Q5_K)  // bit k of byte 1152 + 32s + 4r + t: bit 4 of code 32s + 4k + t
+                for (int s = 0; s < 8; s++)
+                    for (int t = 0; t < 4; t++) {
+                        uint8_t *h = g + 1152 + 32 * s + 4 * r + t;
+                        if (dir) *h = 0;
+                        for (int k = 0; k < 8; k++) {
+                            if (dir) *h |= (uint8_t)(((c[32 * s + 4 * k + t] >> 4) & 1) << k);
+                            else cw[32 * s + 4 * k + t] |= (uint8_t)(((*h >> k) & 1) << 4);
+                        }
                     }
         } else {  // Q6_K
             for (int s = 0; s < 16; s++) {
@@ -203,7 +228,8 @@ static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restri
                 o[64] = (uint8_t)((q[t] >> 4) | (q[4 + t] & 0xF0));
                 o[96] = (uint8_t)((q[8 + t] >> 4) | (q[12 + t] & 0xF0));
             }
-        } else if (type == T_Q4_K) {
+        } else if (type == T_Q4_K || type == T_Q5_K) {
+            const int five = type == T_Q5_K;
             const uint8_t *sk = f + 4;  // the 12-byte packing of 8 scales and 8 mins
             uint8_t sc[8], mn[8];
             for (int j = 0; j < 4; j++) {
@@ -220,7 +246,7 @@ static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restri
             }
             // chunk q of qs: codes 64q + l (low nibbles) and 64q + 32 + l (high)
             for (int q = 0; q < 4; q++) {
-                const uint8_t *src = f + 16 + 32 * q;
+                const uint8_t *src = f + (five ? 48 : 16) + 32 * q;
                 uint8_t *lo = g + 128 + 256 * q + 4 * r, *hi = lo + 128;
 #if defined(__SSSE3__)
                 // a: bytes 8L + t, c: bytes 8L + 4 + t, as 16 lanes 4L + t
@@ -245,6 +271,15 @@ static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restri
                         hi[32 * L + t] = (uint8_t)((a >> 4) | (c & 0xF0));
                     }
 #endif
+            }
+            if (five) {  // bit s of the file's qh[4k + t] is bit 4 of code 32s + 4k + t
+                const uint8_t *qh = f + 16;
+                for (int sb = 0; sb < 8; sb++)
+                    for (int t = 0; t < 4; t++) {
+                        uint8_t v = 0;
+                        for (int k = 0; k < 8; k++) v |= (uint8_t)(((qh[4 * k + t] >> sb) & 1) << k);
+                        g[1152 + 32 * sb + 4 * r + t] = v;
+                    }
             }
         } else {  // Q6_K: code 128h + 32k + l has its low bits in ql[64h + 32(k & 1) + l]
             // (nibble k >> 1) and its top bits in qh[32h + l] (bits 2k, 2k + 1)
@@ -475,6 +510,73 @@ INLINE void dot8_q4_k(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
+// Q5_K: Q4_K's layout plus a plane of fifth bits (bit k of a byte: group k of the subblock)
+INLINE void dot8_q5_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    const __m256i bit4 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
+    for (int64_t i = 0; i < nb; i++, g += 1408) {
+        prefetch_block(g, 1408);
+        const __m256i lo0 = _mm256_loadu_si256((const __m256i *)(g + 32));
+        const __m256i lo1 = _mm256_loadu_si256((const __m256i *)(g + 64));
+        const __m256i hi = _mm256_loadu_si256((const __m256i *)(g + 96));
+        __m256i sc[2], mn[2];
+        sc[0] = _mm256_or_si256(_mm256_and_si256(lo0, low4), _mm256_and_si256(_mm256_slli_epi16(hi, 4), top));
+        mn[0] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo0, 4), low4),
+                                _mm256_and_si256(_mm256_slli_epi16(hi, 2), top));
+        sc[1] = _mm256_or_si256(_mm256_and_si256(lo1, low4), _mm256_and_si256(hi, top));
+        mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), low4),
+                                _mm256_and_si256(_mm256_srli_epi16(hi, 2), top));
+        __m256i sumi[MAX_ROWS], msum[MAX_ROWS], bs[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) {
+            sumi[m] = msum[m] = _mm256_setzero_si256();
+            const __m256i b16 = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            const __m256i b32 = _mm256_madd_epi16(b16, ones);
+            bs[m] = _mm256_packs_epi32(b32, b32);
+        }
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
+            const __m256i scale = dup8_u((s & 1) ? _mm_srli_si128(half, 8) : half);
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1152 + 32 * s));
+            UNROLL for (int half2 = 0; half2 < 2; half2++) {
+                // codes <= 31: four maddubs (8 products of |a| <= 127) per int16 stay in range
+                __m256i p16[MAX_ROWS];
+                UNROLL for (int m = 0; m < M; m++) p16[m] = _mm256_setzero_si256();
+                UNROLL for (int L = 2 * half2; L < 2 * half2 + 2; L++) {
+                    const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
+                    // bit 4 of groups 2L and 2L + 1: bits 2L and 2L + 1 of h moved to bit 4
+                    const int k0 = 2 * L, k1 = 2 * L + 1;
+                    const __m256i h0 = k0 <= 4 ? _mm256_slli_epi16(h, 4 - k0) : _mm256_srli_epi16(h, k0 - 4);
+                    const __m256i h1 = k1 <= 4 ? _mm256_slli_epi16(h, 4 - k1) : _mm256_srli_epi16(h, k1 - 4);
+                    const __m256i wl = _mm256_or_si256(_mm256_and_si256(w, low4), _mm256_and_si256(h0, bit4));
+                    const __m256i wh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), low4),
+                                                       _mm256_and_si256(h1, bit4));
+                    UNROLL for (int m = 0; m < M; m++) {
+                        const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
+                        p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wl, bcast4(aq)));
+                        p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wh, bcast4(aq + 4)));
+                    }
+                }
+                UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p16[m], scale));
+            }
+            if (s & 1) {
+                const __m128i mhalf = (s & 2) ? _mm256_extracti128_si256(mn[s >> 2], 1) : _mm256_castsi256_si128(mn[s >> 2]);
+                const __m256i mins = pairs8_u(mhalf);
+                const int lane = ((s >> 2) << 2) | ((s >> 1) & 1);
+                UNROLL for (int m = 0; m < M; m++) {
+                    const __m256i pair = _mm256_permutevar8x32_epi32(bs[m], _mm256_set1_epi32(lane));
+                    msum[m] = _mm256_add_epi32(msum[m], _mm256_madd_epi16(mins, pair));
+                }
+            }
+        }
+        const __m256 d = d8(g), dmin = d8(g + 16);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256 da = _mm256_set1_ps(a[m].d[i]);
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, da), acc[m]);
+            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[m]), _mm256_mul_ps(dmin, da), acc[m]);
+        }
+    }
+}
+
 INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
     const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
     for (int64_t i = 0; i < nb; i++, g += 1680) {
@@ -542,6 +644,7 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
 DEFINE_GROUPS(q8_0)
 DEFINE_GROUPS(q4_0)
 DEFINE_GROUPS(q4_k)
+DEFINE_GROUPS(q5_k)
 DEFINE_GROUPS(q6_k)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
@@ -556,7 +659,8 @@ int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64
         N % 8 || K < 1 || K % block || threads < 1)
         return -1;
     const groups_fn groups = type == T_Q8_0 ? groups_q8_0 : type == T_Q4_0 ? groups_q4_0
-                           : type == T_Q4_K ? groups_q4_k : groups_q6_k;
+                           : type == T_Q4_K ? groups_q4_k : type == T_Q5_K ? groups_q5_k
+                           : groups_q6_k;
     const int ktype = block == QK_K;
     const int64_t nb = K / block, gbytes = 8 * nb * bytes, G = N / 8;
     float *scratch = thread_scratch(M * act_row_floats(K, ktype));

@@ -7,7 +7,7 @@ keeps attn_v in Q6_K): consecutive pieces of one type are concatenated into one 
 (in-situ quantization) to the type `target_type(layer, shard_id)` chooses. `apply` runs the C
 kernel where it exists and wins, else the torch twin: dequantize a tile of rows, matmul, next
 tile. On the CPU, groups of the types with an interleaved layout (ops/cpu_quant_x8.c: Q4_0, Q8_0,
-Q4_K, Q6_K) are rewritten into it once, after loading, and the file's pages are let go.
+Q4_K, Q5_K, Q6_K) are rewritten into it once, after loading, and the file's pages are let go.
 """
 
 from __future__ import annotations

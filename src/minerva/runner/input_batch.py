@@ -70,6 +70,11 @@ class HostInputs:
     sampling_rows: list[int]  # their row in the SchedulerOutput
     pending_indices: list[int]  # input_ids slots whose token the previous step sampled
     pending_sources: list[int]  # where each is in the previous step's sampled ids
+    num_logits: list[int] | None = None
+    """Logits rows of each sampling request (k + 1 where it verifies k draft tokens, in
+    logits_indices order); None when every one has a single row."""
+    draft_token_ids: list[list[int]] | None = None
+    """Each sampling request's draft tokens (empty lists for the others); None without drafts."""
     pooling: PoolingRows | None = None  # pooling requests' tokens this step (None: none)
 
     @property
@@ -181,7 +186,7 @@ class InputBatch:
         counts = out.num_scheduled_tokens
         if len(counts) == sum(counts) and not self.num_pooling:
             return self._prepare_decode(states)
-        return self._prepare_mixed(states, counts)
+        return self._prepare_mixed(states, counts, out.scheduled_spec_token_ids)
 
     def _block_tables(self, rows: list[int], width: int) -> np.ndarray:
         """[len(rows), width] int32 (width: the widest of their tables), gathered in one op."""
@@ -229,9 +234,19 @@ class InputBatch:
             pending_sources=pending_sources,
         )
 
-    def _prepare_mixed(self, states: list[CachedRequestState], counts: list[int]) -> HostInputs:
-        """Prefill chunks among the rows: positions and slots computed with numpy."""
+    def _prepare_mixed(
+        self,
+        states: list[CachedRequestState],
+        counts: list[int],
+        spec: dict[str, list[int]] | None = None,
+    ) -> HostInputs:
+        """Prefill chunks or draft tokens among the rows: positions and slots with numpy.
+
+        A row verifying k draft tokens ends with them (they follow its last known token) and
+        gets k + 1 logits rows: the target's distribution after each of its last k + 1 inputs."""
         num_seqs, total = len(states), sum(counts)
+        num_logits: list[int] | None = [] if spec else None
+        drafts_of: list[list[int]] | None = [] if spec else None
         input_ids = np.zeros(total, dtype=np.int64)
         rows, starts = [], []
         logits_indices, sampling_states, sampling_rows = [], [], []
@@ -239,29 +254,36 @@ class InputBatch:
         pooling: list[tuple[CachedRequestState, int, int, bool]] = []
         num_decodes = offset = width = 0
         for i, (state, n) in enumerate(zip(states, counts)):
-            start = state.num_computed_tokens
-            end, known = start + n, state.num_tokens
+            drafts = spec.get(state.request_id, ()) if spec else ()
+            k, start = len(drafts), state.num_computed_tokens
+            m = n - k  # inputs the request knows (or has pending); the drafts follow them
+            end, known = start + m, state.num_tokens
             rows.append(state.row)
             starts.append(start)
             width = max(width, len(state.block_ids))
             if end > known:  # the last input was sampled by the previous step, still on device
-                pending_indices.append(offset + n - 1)
+                pending_indices.append(offset + m - 1)
                 pending_sources.append(state.sample_index)
-                if n > 1:
-                    input_ids[offset : offset + n - 1] = state.token_slice(start, end - 1)
-            elif n == 1:  # decode: scalar work, no temporaries
+                if m > 1:
+                    input_ids[offset : offset + m - 1] = state.token_slice(start, end - 1)
+            elif m == 1:  # decode: scalar work, no temporaries
                 input_ids[offset] = state.token_at(start)
             else:
-                input_ids[offset : offset + n] = state.token_slice(start, end)
+                input_ids[offset : offset + m] = state.token_slice(start, end)
+            if k:
+                input_ids[offset + m : offset + n] = drafts
             offset += n
             if n == 1 and num_decodes == i:
                 num_decodes += 1
             if state.pooling:  # keeps its hidden states, samples nothing
                 pooling.append((state, offset - n, n, end >= known))
-            elif end >= known:  # caught up: this request samples its next token
-                logits_indices.append(offset - 1)
+            elif end >= known:  # caught up: this request samples its next token (k + 1 of them)
+                logits_indices.extend(range(offset - k - 1, offset))
                 sampling_states.append(state)
                 sampling_rows.append(i)
+                if num_logits is not None:
+                    num_logits.append(k + 1)
+                    drafts_of.append(list(drafts))
         starts_np, counts_np = np.array(starts, dtype=np.int64), np.array(counts, dtype=np.int64)
         query_start_loc = np.zeros(num_seqs + 1, dtype=np.int32)
         np.cumsum(counts_np, out=query_start_loc[1:])
@@ -284,6 +306,8 @@ class InputBatch:
             sampling_rows=sampling_rows,
             pending_indices=pending_indices,
             pending_sources=pending_sources,
+            num_logits=num_logits,
+            draft_token_ids=drafts_of,
             pooling=_pooling_rows(pooling) if pooling else None,
         )
 
@@ -312,6 +336,7 @@ def to_device(host: HostInputs, device: torch.device) -> StepInputs:
         max_query_len=int(np.diff(host.query_start_loc).max()),
         seq_lens_cpu=host.seq_lens.tolist(),
         query_start_loc_cpu=host.query_start_loc.tolist(),
+        verify_rows=host.num_logits is not None,
     )
     return StepInputs(
         input_ids=move(host.input_ids),

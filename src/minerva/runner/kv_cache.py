@@ -13,6 +13,9 @@ from minerva.platform import Platform
 
 CPU_DEFAULT_FRACTION = 0.05  # of available RAM
 CPU_DEFAULT_CAP = 2 << 30  # bytes
+CPU_DEFAULT_SEQUENCES = 16
+"""Full-length sequences the CPU's default KV cache holds at most: a CPU serves few requests at
+once, and a cache sized for max_num_seqs=256 made a 23 MB model take 1.4 GB of RAM."""
 
 
 @dataclass(frozen=True)
@@ -69,11 +72,28 @@ def _fmt(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def memory_budget(platform: Platform, memory_fraction: float) -> tuple[int, int, int]:
-    """(bytes memory_fraction leaves for this engine, total device bytes, bytes already used)."""
+def memory_budget(
+    platform: Platform, memory_fraction: float, memory_limit: int | None = None
+) -> tuple[int, int, int]:
+    """(bytes this engine may still take, total device bytes, bytes already used): what
+    memory_fraction of the device (RAM on the CPU) leaves after what is in use, and at most
+    memory_limit when it is set."""
     free, total = platform.memory()
     used = total - free
-    return int(total * memory_fraction) - used, total, used
+    budget = int(total * memory_fraction) - used
+    return (budget if memory_limit is None else min(budget, memory_limit)), total, used
+
+
+def budget_words(platform: Platform, memory_fraction: float, memory_limit: int | None) -> str:
+    """Where ``memory_budget``'s figure comes from, in words, for error messages."""
+    budget, total, used = memory_budget(platform, memory_fraction)
+    words = (
+        f"memory_fraction={memory_fraction} of {_fmt(total)} leaves {_fmt(max(budget, 0))} "
+        f"({_fmt(used)} already in use)"
+    )
+    if memory_limit is not None and memory_limit < budget:
+        return f"memory_limit={_fmt(memory_limit)} (and {words})"
+    return words
 
 
 def kv_cache_budget(
@@ -81,20 +101,33 @@ def kv_cache_budget(
     memory_fraction: float,
     kv_cache_memory: int | None,
     activation_reserve: int = 0,
+    *,
+    memory_limit: int | None = None,
+    engine_bytes: int = 0,
 ) -> tuple[int, str]:
-    """(bytes for the KV cache, where that figure comes from). On a GPU: what
+    """(bytes for the KV cache, where that figure comes from), on every device: what
     memory_fraction leaves after what is already in use (the weights, once loaded) and the
-    activation reserve; on the CPU a share of free RAM; kv_cache_memory overrides both."""
+    activation reserve, within memory_limit minus ``engine_bytes`` (this engine's weights);
+    on the CPU also at most its default share of free RAM. kv_cache_memory overrides all."""
     if kv_cache_memory is not None:
         return kv_cache_memory, f"kv_cache_memory={_fmt(kv_cache_memory)}"
+    budget, total, used = memory_budget(platform, memory_fraction)
+    budget -= activation_reserve
+    source = f"memory_fraction={memory_fraction} of {_fmt(total)} ({_fmt(used)} already in use)"
+    if memory_limit is not None and memory_limit - engine_bytes - activation_reserve < budget:
+        budget = memory_limit - engine_bytes - activation_reserve
+        source = (
+            f"memory_limit={_fmt(memory_limit)} less {_fmt(engine_bytes)} of weights and "
+            f"{_fmt(activation_reserve)} of activations"
+        )
     if platform.kind == "cpu":
         free, _ = platform.memory()
-        budget = min(int(free * CPU_DEFAULT_FRACTION), CPU_DEFAULT_CAP)
-        cap = _fmt(CPU_DEFAULT_CAP)
-        return budget, f"the CPU default ({CPU_DEFAULT_FRACTION:.0%} of free RAM, at most {cap})"
-    budget, total, used = memory_budget(platform, memory_fraction)
-    source = f"memory_fraction={memory_fraction} of {_fmt(total)} ({_fmt(used)} already in use)"
-    return budget - activation_reserve, source
+        default = min(int(free * CPU_DEFAULT_FRACTION), CPU_DEFAULT_CAP)
+        if default < budget:
+            cap = _fmt(CPU_DEFAULT_CAP)
+            budget = default
+            source = f"the CPU default ({CPU_DEFAULT_FRACTION:.0%} of free RAM, at most {cap})"
+    return budget, source
 
 
 def plan_num_blocks(
@@ -107,25 +140,41 @@ def plan_num_blocks(
     kv_cache_memory: int | None,
     memory_fraction: float,
     activation_reserve: int = 0,
+    memory_limit: int | None = None,
+    engine_bytes: int = 0,
+    kv_cache_tokens: int | None = None,
+    extra_bytes_per_block: int = 0,
 ) -> int:
-    """Number of blocks (including the reserved null block 0) the budget allows."""
+    """Number of blocks (including the reserved null block 0) the budget allows: never more
+    than every sequence at full length (max_num_seqs x max_model_len; on the CPU by default at
+    most CPU_DEFAULT_SEQUENCES of them) or kv_cache_tokens.
+    extra_bytes_per_block: another cache on the same block ids (a draft model's)."""
     needed_one = math.ceil(max_model_len / spec.block_size)
-    useful = math.ceil(max_num_seqs * max_model_len / spec.block_size)
+    seqs = max_num_seqs
+    if platform.kind == "cpu" and kv_cache_memory is None and kv_cache_tokens is None:
+        seqs = min(seqs, CPU_DEFAULT_SEQUENCES)  # the CPU default: sized to the model
+    useful = math.ceil(seqs * max_model_len / spec.block_size)
     if num_kv_blocks is not None:
         usable = num_kv_blocks - 1
         source = f"num_kv_blocks={num_kv_blocks}"
     else:
         budget, source = kv_cache_budget(
-            platform, memory_fraction, kv_cache_memory, activation_reserve
-        )
-        # No point holding more than every sequence at full length.
-        usable = min(budget // spec.bytes_per_block, useful)
+            platform, memory_fraction, kv_cache_memory, activation_reserve,
+            memory_limit=memory_limit, engine_bytes=engine_bytes,
+        )  # fmt: skip
+        # The budget holds the null block too: what is allocated never exceeds it.
+        per_block = spec.bytes_per_block + extra_bytes_per_block
+        usable = min(max(budget, 0) // per_block - 1, useful)
+        if kv_cache_tokens is not None and math.ceil(kv_cache_tokens / spec.block_size) < usable:
+            usable = math.ceil(kv_cache_tokens / spec.block_size)
+            source = f"kv_cache_tokens={kv_cache_tokens}"
     if usable < needed_one:
         raise ConfigError(
             f"the KV cache from {source} holds {max(usable, 0) * spec.block_size} tokens "
             f"({_fmt(max(usable, 0) * spec.bytes_per_block)}), less than one sequence of "
             f"max_model_len={max_model_len} tokens ({_fmt(needed_one * spec.bytes_per_block)}): "
-            "raise kv_cache_memory / memory_fraction / num_kv_blocks or lower max_model_len"
+            "raise kv_cache_memory / memory_fraction / memory_limit / num_kv_blocks / "
+            "kv_cache_tokens or lower max_model_len"
         )
     return usable + 1
 

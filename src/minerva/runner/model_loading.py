@@ -20,7 +20,7 @@ from minerva.ops.kernels import KernelSet, torch_kernels
 from minerva.quant.base import QuantConfig
 from minerva.quant.registry import build_insitu_config, build_quant_config
 from minerva.quant_names import canonical_quantization
-from minerva.runner.kv_cache import memory_budget
+from minerva.runner.kv_cache import budget_words, memory_budget
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,10 @@ def check_model_fits(
     max_model_len: int,
     options: ModelOptions | None = None,
 ) -> None:
-    """Refuse, before any allocation, a model whose weights (as its linear methods count them)
-    plus one full-length sequence's KV cache plus estimated activations exceed the memory
-    budget; the message has the numbers."""
+    """Refuse, before any allocation and on every device, a model whose weights (as its linear
+    methods count them) plus one full-length sequence's KV cache plus estimated activations
+    exceed the memory budget (memory_fraction, within memory_limit); the message has the
+    numbers."""
     cache = config.cache
     if cache.num_kv_blocks is not None:
         kv = cache.num_kv_blocks * spec.bytes_per_block
@@ -120,17 +121,17 @@ def check_model_fits(
         kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
     weights = count_weight_bytes(hf, dtype, options)
     activations = estimate_activation_bytes(hf, config, dtype)
-    budget, total, used = memory_budget(platform, cache.memory_fraction)
+    budget = memory_budget(platform, cache.memory_fraction, cache.memory_limit)[0]
     if weights + kv + activations > budget:
         gib = 2**30
+        where = budget_words(platform, cache.memory_fraction, cache.memory_limit)
         raise ConfigError(
-            f"the model does not fit: {weights / gib:.2f} GiB of {_weights_kind(dtype, options)} "
-            f"weights + {kv / gib:.2f} GiB of KV cache (at least one sequence of "
-            f"max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of activations, but "
-            f"memory_fraction={cache.memory_fraction} of {total / gib:.2f} GiB leaves "
-            f"{budget / gib:.2f} GiB ({used / gib:.2f} GiB already in use): use a GPU "
-            "with more memory, a smaller model or dtype, lower max_model_len / "
-            "max_num_batched_tokens, or raise memory_fraction"
+            f"the model does not fit on {platform.kind}: {weights / gib:.2f} GiB of "
+            f"{_weights_kind(dtype, options)} weights + {kv / gib:.2f} GiB of KV cache (at least "
+            f"one sequence of max_model_len={max_model_len}) + ~{activations / gib:.2f} GiB of "
+            f"activations = {(weights + kv + activations) / gib:.2f} GiB, but {where}: use a "
+            "device with more memory, a smaller model, dtype or quantization, lower "
+            "max_model_len / max_num_batched_tokens, or raise memory_fraction / memory_limit"
         )
 
 

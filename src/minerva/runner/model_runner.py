@@ -10,6 +10,7 @@ from the device.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,10 @@ from minerva.request import (
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatch, to_device
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.verify_graphs import VerifyGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
+from minerva.spec.rejection_sampler import accept_drafts
 from minerva.structured import fill_bitmask
 
 
@@ -52,6 +55,7 @@ class ModelRunner:
         device: torch.device,
         graphs: CudaGraphRunner | None = None,
         prefill_graphs: PrefillGraphRunner | None = None,
+        verify_graphs: VerifyGraphRunner | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -59,6 +63,7 @@ class ModelRunner:
         self.device = device
         self.graphs = graphs
         self.prefill_graphs = prefill_graphs
+        self.verify_graphs = verify_graphs
         self.sampler = Sampler()
         self.input_batch = InputBatch(block_size)
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
@@ -75,8 +80,6 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput) -> LaunchedStep:
         """Queue one step's forward and sampling on the device; returns before it finishes."""
-        if out.scheduled_spec_token_ids:
-            raise NotImplementedError("draft-token verification comes with speculative decoding")
         self.input_batch.update(out)
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
@@ -93,13 +96,19 @@ class ModelRunner:
 
     def _forward(self, host: HostInputs, pending) -> torch.Tensor:
         """Logits [num_sampling, vocab] of a step: a captured graph where one fits, else eager."""
-        decode_bucket = prefill_bucket = None
+        decode_bucket = prefill_bucket = verify_bucket = None
         if self.graphs is not None and host.is_pure_decode:
             decode_bucket = self.graphs.bucket_for(host.num_seqs)
-        if decode_bucket is None and self.prefill_graphs is not None:
+        elif self.verify_graphs is not None and host.num_logits is not None:
+            verify_bucket = self.verify_graphs.bucket_for(host)
+        # A verify step needs several logits rows per sequence, which the one-row prefill graphs
+        # do not give: it replays a verify graph or runs eagerly.
+        if decode_bucket is None and self.prefill_graphs is not None and host.num_logits is None:
             prefill_bucket = self.prefill_graphs.bucket_for(host)
         if decode_bucket is not None:
             return self.graphs.run(host, decode_bucket, pending)
+        if verify_bucket is not None:
+            return self.verify_graphs.run(host, verify_bucket)
         if prefill_bucket is not None:
             logits = self.prefill_graphs.run(host, prefill_bucket, pending)
             return logits if host.sampling_states else logits[:0]  # as eager: sampling rows
@@ -209,13 +218,25 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, step: LaunchedStep) -> None:
         states, rows = step.host.sampling_states, step.host.sampling_rows
-        for j, state in enumerate(states):
-            state.sample_index = j
+        num_logits = step.host.num_logits
+        if num_logits is None:
+            for j, state in enumerate(states):
+                state.sample_index = j
+        else:  # its last logits row (a pending token is always a request's only one)
+            for state, end in zip(states, itertools.accumulate(num_logits)):
+                state.sample_index = end - 1
         if all(s.plain_greedy for s in states):  # the usual greedy batch: no per-row data
-            meta = SamplingMetadata.plain_greedy_rows(len(states), logits.shape[-1], self.device)
-        else:
+            meta = SamplingMetadata.plain_greedy_rows(
+                logits.shape[0], logits.shape[-1], self.device
+            )
+        elif num_logits is None:
             meta = self._sampling_metadata(states, rows, step.out, logits.shape[-1])
             meta.token_bitmask = self._token_bitmask(states, logits.shape[-1])
+        else:
+            meta = self._verify_metadata(step.host, step.out, logits.shape[-1])
+            # A grammar row never has drafts (the speculator skips it): one row, its mask.
+            matchers = [s for s, n in zip(states, num_logits) for _ in range(n)]
+            meta.token_bitmask = self._token_bitmask(matchers, logits.shape[-1])
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -258,6 +279,38 @@ class ModelRunner:
             eos_token_ids=[s.eos_token_ids for s in states],
         )
 
+    def _verify_metadata(
+        self, host: HostInputs, out: SchedulerOutput, vocab: int
+    ) -> SamplingMetadata:
+        """One sampling row per logits row: a request verifying k drafts gets k + 1, the j-th
+        sampling output token index t + j as if the drafts before it were already output
+        (penalties and min_tokens see them; the noise is the one plain decoding would use)."""
+        counts = out.num_scheduled_tokens
+        params, seeds, indices, prompts, outputs, eos = [], [], [], [], [], []
+        for s, row, drafts in zip(host.sampling_states, host.sampling_rows, host.draft_token_ids):
+            k = len(drafts)
+            first = s.num_computed_tokens + counts[row] - k - len(s.prompt_token_ids)
+            for j in range(k + 1):
+                params.append(s.sampling_params)
+                seeds.append(s.seed)
+                indices.append(first + j)
+                prompts.append(s.prompt_token_ids)
+                with_drafts = s.sampling_params.has_penalties and j
+                outputs.append(
+                    s.output_token_ids + drafts[:j] if with_drafts else s.output_token_ids
+                )
+                eos.append(s.eos_token_ids)
+        return SamplingMetadata.build(
+            params=params,
+            seeds=seeds,
+            token_indices=indices,
+            prompt_token_ids=prompts,
+            output_token_ids=outputs,
+            vocab_size=vocab,
+            device=self.device,
+            eos_token_ids=eos,
+        )
+
     def wait(self, step: LaunchedStep) -> RunnerOutput:
         """Block until `step`'s sampled ids reach the host (the step's one sync); the runner's
         copy of each request that sampled gets its token."""
@@ -270,19 +323,10 @@ class ModelRunner:
             if step.done is not None:
                 step.done.synchronize()
             token_ids = step.token_ids.tolist()
-            states, rows = step.host.sampling_states, step.host.sampling_rows
-            for state, token in zip(states, token_ids):
-                state.output_token_ids.append(token)
-                if state.matcher is not None:
-                    state.matcher.accept(token)
-            if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
-                sampled = [[token] for token in token_ids]
+            if step.host.num_logits is not None:
+                sampled = _accepted(step, token_ids, num_seqs, logprobs)
             else:
-                sampled = [[] for _ in range(num_seqs)]
-                for row, token in zip(rows, token_ids):
-                    sampled[row].append(token)
-            if step.logprobs is not None:
-                _read_logprobs(step, logprobs)
+                sampled = self._read_tokens(step, token_ids, num_seqs, logprobs)
         result = RunnerOutput(
             request_ids=out.request_ids,
             sampled_token_ids=sampled,
@@ -295,6 +339,68 @@ class ModelRunner:
             result.pooled = dict(zip(ids, vectors.tolist()))
         return result
 
+    @staticmethod
+    def _read_tokens(
+        step: LaunchedStep, token_ids: list[int], num_seqs: int, logprobs: list
+    ) -> list[list[int]]:
+        """One token per sampling row: the runner's copy of each request (and its grammar
+        matcher) gets it; logprobs[row] its logprobs."""
+        states, rows = step.host.sampling_states, step.host.sampling_rows
+        for state, token in zip(states, token_ids):
+            state.output_token_ids.append(token)
+            if state.matcher is not None:
+                state.matcher.accept(token)
+        if len(rows) == num_seqs:  # every row sampled (rows are 0..num_seqs-1)
+            sampled = [[token] for token in token_ids]
+        else:
+            sampled = [[] for _ in range(num_seqs)]
+            for row, token in zip(rows, token_ids):
+                sampled[row].append(token)
+        if step.logprobs is not None:
+            _read_logprobs(step, logprobs)
+        return sampled
+
+
+def _accepted(
+    step: LaunchedStep, token_ids: list[int], num_seqs: int, logprobs: list[list[Logprobs] | None]
+) -> list[list[int]]:
+    """A verify step's tokens per row: each request's sampled tokens up to its first rejected
+    draft (accept_drafts); the runner's copy of each request gets them, logprobs[row] theirs."""
+    host = step.host
+    sampled: list[list[int]] = [[] for _ in range(num_seqs)]
+    read = step.logprobs is not None
+    values = ids = ranks = None
+    if read:
+        values, ids, ranks = (t.tolist() for t in step.logprobs)
+    first = 0
+    for state, row, n, drafts in zip(
+        host.sampling_states, host.sampling_rows, host.num_logits, host.draft_token_ids
+    ):
+        tokens = accept_drafts(token_ids[first : first + n], drafts)
+        state.output_token_ids.extend(tokens)
+        if state.matcher is not None:
+            for token in tokens:
+                state.matcher.accept(token)
+        sampled[row] = tokens
+        k = state.sampling_params.logprobs
+        if read and k is not None:
+            logprobs[row] = [
+                _logprobs(values[j], ids[j], ranks[j], k) for j in range(first, first + len(tokens))
+            ]
+        first += n
+    return sampled
+
+
+def _logprobs(values: list[float], ids: list[int], rank: int, k: int) -> Logprobs:
+    """One position's Logprobs from its row of the sampler's [n, 1 + k] outputs."""
+    return Logprobs(
+        token_id=ids[0],
+        logprob=values[0],
+        rank=rank,
+        top_token_ids=ids[1 : 1 + k],
+        top_logprobs=values[1 : 1 + k],
+    )
+
 
 def _read_logprobs(step: LaunchedStep, logprobs: list[list[Logprobs] | None]) -> None:
     """Fill logprobs[row] for each sampling row that asked for them."""
@@ -302,16 +408,7 @@ def _read_logprobs(step: LaunchedStep, logprobs: list[list[Logprobs] | None]) ->
     for j, (state, row) in enumerate(zip(step.host.sampling_states, step.host.sampling_rows)):
         k = state.sampling_params.logprobs
         if k is not None:
-            top_values, top_ids = values[j], ids[j]
-            logprobs[row] = [
-                Logprobs(
-                    token_id=top_ids[0],
-                    logprob=top_values[0],
-                    rank=ranks[j],
-                    top_token_ids=top_ids[1 : 1 + k],
-                    top_logprobs=top_values[1 : 1 + k],
-                )
-            ]
+            logprobs[row] = [_logprobs(values[j], ids[j], ranks[j], k)]
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
 from minerva.platform import Platform, resolve_dtype, resolve_platform, set_num_threads
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
-from minerva.runner import model_loading
+from minerva.runner import draft_model, model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.kv_cache import (
     KVCacheSpec,
@@ -35,6 +35,8 @@ from minerva.runner.kv_cache import (
 from minerva.runner.memory_profile import profile_activation_memory
 from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.verify_graphs import VerifyGraphRunner
+from minerva.spec import DraftModelProposer
 from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ class Worker:
         if self.platform.kind == "cpu":
             set_num_threads(config.device.num_threads)
         self._open_model()
+        self.draft_config = self.draft_source = None
+        if draft_model.uses_draft_model(config):
+            self.draft_config, self.draft_source = draft_model.open_draft(
+                config, self.source, self.max_model_len
+            )
         self.attention, self.kernels = self._choose_kernels()
         self.options = ModelOptions(
             kernels=self.kernels,
@@ -69,11 +76,10 @@ class Worker:
             ),
         )
         spec = self._kv_cache_spec()
-        if self.platform.is_cuda:
-            model_loading.check_model_fits(
-                self.model_config, self.dtype, spec, self.platform, config,
-                self.max_model_len, self.options,
-            )  # fmt: skip
+        model_loading.check_model_fits(
+            self.model_config, self.dtype, spec, self.platform, config,
+            self.max_model_len, self.options,
+        )  # fmt: skip
         self.model = self._load_model(progress)
         self.weight_bytes = self.model.weight_bytes()
         self.activation_reserve = self._activation_reserve(spec)
@@ -81,18 +87,25 @@ class Worker:
         self.kv_caches = allocate_kv_caches(spec, self.num_kv_blocks, self.platform.device)
         self.kv_cache_bytes = self.num_kv_blocks * spec.bytes_per_block
         self._log_memory(spec)
-        graphs, prefill_graphs = self._capture_graphs() if self.use_graphs else (None, None)
+        graphs = self._capture_graphs() if self.use_graphs else (None, None, None)
         self.runner = ModelRunner(
             self.model,
             self.kv_caches,
             config.cache.block_size,
             self.platform.device,
-            graphs=graphs,
-            prefill_graphs=prefill_graphs,
+            graphs=graphs[0],
+            prefill_graphs=graphs[1],
+            verify_graphs=graphs[2],
         )
         # a CPU has nothing to compile: two tokens take every code path (a prefill, a decode)
         warm_tokens = 2 if self.platform.device.type == "cpu" else 16
         self.runner.warm_up(min(warm_tokens, self.max_model_len - 1))
+        self.draft_proposer: DraftModelProposer | None = None
+        """The draft-model proposer (speculative_method=draft), sharing these block tables."""
+        self.num_lookahead_tokens = 0
+        """KV slots the scheduler keeps past each request's tokens for the draft's proposals."""
+        if self.draft_config is not None:
+            self._build_draft(progress)
 
     # -- the step contract --------------------------------------------------------------
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
@@ -211,8 +224,35 @@ class Worker:
             include_graphs=not self.config.device.enforce_eager,
         )
 
+    def _build_draft(self, progress: bool) -> None:
+        """The draft model: a second Worker on the same device with a cache of as many blocks
+        (the block tables are the target's), and the proposer that drives it."""
+        self.draft_worker = Worker(
+            self.draft_config, progress=progress, num_kv_blocks=self.num_kv_blocks
+        )
+        draft = self.draft_worker
+        self.draft_proposer = DraftModelProposer(
+            draft.model,
+            draft.kv_caches,
+            self.config.cache.block_size,
+            self.platform.device,
+            self.model_config.vocab_size,
+            decode_graph=draft_model.decode_graph_of(draft.runner.graphs),
+        )
+        self.num_lookahead_tokens = self.config.speculative.num_speculative_tokens
+
+    def _draft_memory(self, spec: KVCacheSpec) -> tuple[int, int]:
+        """(draft weight bytes, draft KV bytes per block) the target's plan leaves room for."""
+        if self.draft_source is None:
+            return 0, 0
+        itemsize = spec.dtype.itemsize
+        kv = draft_model.draft_kv_bytes_per_block(self.draft_source, spec.block_size, itemsize)
+        weights = model_loading.weight_bytes_of(self.draft_source, self.dtype)
+        return weights, kv
+
     def _plan_num_blocks(self, spec: KVCacheSpec) -> int:
         cache = self.config.cache
+        draft_weights, draft_kv = self._draft_memory(spec)
         return plan_num_blocks(
             spec,
             self.platform,
@@ -221,7 +261,11 @@ class Worker:
             num_kv_blocks=cache.num_kv_blocks,
             kv_cache_memory=cache.kv_cache_memory,
             memory_fraction=cache.memory_fraction,
-            activation_reserve=self.activation_reserve,
+            activation_reserve=self.activation_reserve + draft_weights,
+            extra_bytes_per_block=draft_kv,
+            memory_limit=cache.memory_limit,
+            engine_bytes=self.weight_bytes,
+            kv_cache_tokens=cache.kv_cache_tokens,
         )
 
     def _log_memory(self, spec: KVCacheSpec) -> None:
@@ -235,8 +279,11 @@ class Worker:
             self.activation_reserve / 2**30,
         )
 
-    def _capture_graphs(self) -> tuple[CudaGraphRunner, PrefillGraphRunner]:
-        """Decode graphs per batch-size bucket, then one-sequence prefill graphs, one pool."""
+    def _capture_graphs(
+        self,
+    ) -> tuple[CudaGraphRunner, PrefillGraphRunner, VerifyGraphRunner | None]:
+        """Decode graphs per batch-size bucket, then one-sequence prefill graphs, then (when
+        speculating) verify graphs of K + 1 tokens per row, one pool."""
         device, sched = self.platform.device, self.config.scheduler
         common = (self.model, self.kv_caches, self.config.cache.block_size)
         graphs = CudaGraphRunner(
@@ -247,4 +294,11 @@ class Worker:
             *common, sched.max_num_batched_tokens, self.max_model_len, device, pool=graphs.pool
         )
         prefill.capture()
-        return graphs, prefill
+        verify = None
+        k = self.config.speculative.num_speculative_tokens
+        if k > 0:
+            verify = VerifyGraphRunner(
+                *common, k + 1, sched.max_num_seqs, self.max_model_len, device, pool=graphs.pool
+            )
+            verify.capture()
+        return graphs, prefill, verify

@@ -1,7 +1,8 @@
 """ServerConfig: the HTTP side's settings (the engine's live in minerva.config). No torch.
 
-Declared with the same ``Field`` machinery as the engine config and read by the same env parser.
-Precedence: defaults < ``MINERVA_<FIELD>`` env vars < ``minerva serve`` flags.
+Declared with the same ``Field`` machinery as the engine config and read by the same sources:
+defaults < the TOML file's ``[server]`` table < .env file < ``MINERVA_<FIELD>`` env vars (and
+the seeds' MISTRAL_HOST / MISTRAL_PORT) < ``minerva serve`` flags.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from minerva import config_cli, config_sources
+from minerva.config import SECTIONS
+from minerva.config_aliases import SEED_SECTIONS, aliases_of
 from minerva.config_fields import Field, Schema, config_error, specs_of
 
 _HEADER = "Invalid server config"
@@ -77,9 +80,11 @@ class ServerConfig:
         )
 
 
+_FIELDS = specs_of({"server": ServerConfig})
 SERVER_SCHEMA = Schema(
-    fields=specs_of({"server": ServerConfig}), sections={"server": ServerConfig},
-    build=ServerConfig, flatten=dataclasses.asdict, header=_HEADER, toml=False,
+    fields=_FIELDS, sections={"server": ServerConfig}, build=ServerConfig,
+    flatten=dataclasses.asdict, header=_HEADER, seed_aliases=tuple(aliases_of(_FIELDS)),
+    other_sections=frozenset({"", *SECTIONS, *SEED_SECTIONS}) - {"server"},
 )  # fmt: skip
 """The server settings as the env parser and the CLI glue see them."""
 
@@ -101,9 +106,19 @@ def server_overrides_from_args(namespace: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_server_config(
-    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    config_file: str | None = None,
+    env_file: str | None = None,
+    notices: list[str] | None = None,
 ) -> ServerConfig:
-    """Defaults < env vars < ``overrides`` (flags; a None value means not given)."""
+    """Defaults < the TOML file's [server] table < .env file < env vars < ``overrides`` (flags;
+    a None value means not given). Without ``config_file``, $MINERVA_CONFIG's file, if set.
+    Conflicts between MINERVA_HOST / _PORT and the seeds' names go to ``notices``."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    config, _ = config_sources.load(SERVER_SCHEMA, None, given, env, override_source="flag")
+    config, _ = config_sources.load(
+        SERVER_SCHEMA, config_file, given, env, override_source="flag", env_file=env_file,
+        notices=notices,
+    )  # fmt: skip
     return config

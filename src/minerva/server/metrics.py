@@ -36,6 +36,14 @@ ENGINE_COUNTERS = [  # exported with a _total suffix
     ("minerva_prefix_cache_hits", "Prompt tokens served from the prefix cache.",
      "prefix_cache_hits"),
     ("minerva_preemptions", "Requests preempted (KV blocks taken back).", "num_preemptions"),
+    ("minerva_spec_decode_verify_steps", "Request-steps that verified draft tokens.",
+     "spec_verify_steps"),
+    ("minerva_spec_decode_draft_tokens", "Draft tokens proposed and verified.",
+     "spec_draft_tokens"),
+    ("minerva_spec_decode_accepted_tokens", "Draft tokens the target model accepted.",
+     "spec_accepted_tokens"),
+    ("minerva_spec_decode_emitted_tokens", "Tokens emitted by verify steps (accepted + 1 each).",
+     "spec_emitted_tokens"),
 ]
 # ServerMetrics attribute -> (name, help, buckets)
 HISTOGRAMS = {
@@ -67,6 +75,7 @@ class _EngineCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=getattr(stats, attr))
         for name, doc, attr in ENGINE_COUNTERS:
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
+        yield from _spec_decode_metrics(stats)
         yield GaugeMetricFamily(
             "minerva_device_memory_used_bytes",
             "Device memory this process uses (CUDA/MPS allocated, or RSS on CPU).",
@@ -77,6 +86,37 @@ class _EngineCollector(Collector):
             "Device memory (host RAM on CPU).",
             value=stats.device_memory_total,
         )
+
+
+def _spec_decode_metrics(stats: BackendStats) -> Iterator[Metric]:
+    """Acceptance rate (overall and per draft position) and mean accepted length."""
+    yield GaugeMetricFamily(
+        "minerva_spec_decode_acceptance_ratio",
+        "Draft tokens accepted / proposed (0 without speculation).",
+        value=stats.spec_acceptance_rate,
+    )
+    yield GaugeMetricFamily(
+        "minerva_spec_decode_mean_accepted_length",
+        "Tokens emitted per verify step (accepted drafts + 1; 0 without speculation).",
+        value=stats.spec_mean_accepted_length,
+    )
+    by_position = CounterMetricFamily(
+        "minerva_spec_decode_accepted_tokens_per_position",
+        "Draft tokens accepted at each draft position (0-based).",
+        labels=["position"],
+    )
+    drafted = CounterMetricFamily(
+        "minerva_spec_decode_draft_tokens_per_position",
+        "Draft tokens verified at each draft position (0-based).",
+        labels=["position"],
+    )
+    for j, (a, d) in enumerate(
+        zip(stats.spec_accepted_per_position, stats.spec_drafts_per_position)
+    ):
+        by_position.add_metric([str(j)], a)
+        drafted.add_metric([str(j)], d)
+    yield by_position
+    yield drafted
 
 
 class ServerMetrics:

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minerva.config import add_config_arguments, load_config, overrides_from_args
+from minerva.config import add_config_arguments, load_config_from_args
+from minerva.config_cli import env_file_of, print_notices
 from minerva.server.config import (
     ServerConfig,
     add_server_arguments,
@@ -67,15 +68,18 @@ def run_serve(args: argparse.Namespace) -> int:
     """``minerva serve``: load the config, start the app, serve until SIGTERM; exit code."""
     from minerva.server.listen_socket import bind_listen_socket
 
-    engine_config, _ = load_config(
-        getattr(args, "config", None), overrides_from_args(args), override_source="cli"
-    )
+    engine_config, _ = load_config_from_args(args)
     flags = server_overrides_from_args(args)
     model_path = engine_config.model.model
     flags["served_model_name"] = served_model_name(
         engine_config.model.served_model_name, model_path
     )
-    server_config: ServerConfig = load_server_config(flags)
+    notices: list[str] = []
+    server_config: ServerConfig = load_server_config(
+        flags, config_file=getattr(args, "config", None), env_file=env_file_of(args),
+        notices=notices,
+    )  # fmt: skip
+    print_notices(notices)
     # Before torch is imported or the model loads: a busy port is a one-line error.
     sock = bind_listen_socket(server_config.host, server_config.port)
     with sock:

@@ -63,6 +63,16 @@ class BackendDriver(OfflineDriver):
         params = [self._params(n, ignore_eos) for n in max_tokens]
         return [list(out.token_ids) for out in self.runner.generate(list(prompts), params)]
 
+    def spec_decode_counters(self) -> dict | None:
+        stats = self.runner.backend.stats()
+        if not self.options.get("num_speculative_tokens"):
+            return None
+        names = ("verify_steps", "draft_tokens", "accepted_tokens", "emitted_tokens")
+        counters = {name: getattr(stats, f"spec_{name}") for name in names}
+        counters["drafts_per_position"] = list(stats.spec_drafts_per_position)
+        counters["accepted_per_position"] = list(stats.spec_accepted_per_position)
+        return counters
+
     def token_logprobs(self, token_ids: list[int]) -> list[float]:
         return self.runner.score(list(token_ids))
 

@@ -67,6 +67,11 @@ class OfflineDriver(ABC):
 
             torch.cuda.reset_peak_memory_stats()
 
+    def spec_decode_counters(self) -> dict[str, Any] | None:
+        """Cumulative speculative-decoding counters (BackendStats.spec_*), None if the engine
+        does not speculate or cannot tell."""
+        return None
+
     def peak_gpu_bytes(self) -> int | None:
         """Peak device memory allocated by torch since the last reset (None off CUDA)."""
         if self.device_type != "cuda":
