@@ -6,9 +6,12 @@ stays) with a notice; Ctrl-C stops the current reply, Ctrl-D or /exit ends the c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +74,10 @@ class ChatSession:
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> None:
         """Prompt, answer, repeat until Ctrl-D or /exit."""
+        with _ctrl_c_raises():
+            self._run()
+
+    def _run(self) -> None:
         self._notice("chat with the model; /help for commands, Ctrl-D to quit")
         while True:
             try:
@@ -242,3 +249,21 @@ def enable_line_editing() -> Callable[[], None]:
             pass
 
     return save
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt for the chat's lifetime, even where the process started
+    with SIGINT ignored (a shell's background job, nohup): the chat promises that Ctrl-C stops
+    a reply, so it must hear it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    if before in (signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if before in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGINT, before)

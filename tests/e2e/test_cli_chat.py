@@ -216,3 +216,17 @@ def test_in_a_terminal_ctrl_c_at_the_prompt_and_ctrl_d_end_cleanly(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
     assert b"Traceback" not in seen and b"Exception ignored" not in seen
     assert (tmp_path / "minerva" / "chat_history").read_text().strip().endswith("/help")
+
+
+def test_ctrl_c_is_heard_where_the_process_started_with_sigint_ignored(runner):
+    # a shell's background job (and nohup) starts with SIGINT ignored: the chat still stops a
+    # reply on Ctrl-C, and gives the process its ignored SIGINT back when it ends
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        chat, err = session(runner, ["first", "second"], max_tokens=24, wrap=InterruptingRunner)
+        assert "reply stopped" in err
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
