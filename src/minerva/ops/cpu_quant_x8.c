@@ -133,86 +133,56 @@ static void encode_block(int type, const block_codes *o, uint8_t *blk) {
     }
 }
 
-// the 8 rows' blocks <-> one x8 block group (dir 1: write g from b[8], 0: read b[8] from g)
-static void x8_block(int type, block_codes b[8], uint8_t *g, int dir) {
-#define MOVE(dst, src) (dir ? ((dst) = (src)) : ((src) = (dst)))
+// one x8 block group -> the 8 rows' codes and scales (x8_pack_block writes the group)
+static void x8_unpack_block(int type, const uint8_t *g, block_codes b[8]) {
+    const int k45 = type == T_Q4_K || type == T_Q5_K;
     for (int r = 0; r < 8; r++) {
-        if (dir) memcpy(g + 2 * r, &b[r].d, 2);
-        else memcpy(&b[r].d, g + 2 * r, 2);
-        const int k45 = type == T_Q4_K || type == T_Q5_K;
-        if (k45 && dir) memcpy(g + 16 + 2 * r, &b[r].dmin, 2);
-        else if (k45) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
-    }
-    for (int r = 0; r < 8; r++) {
-        const uint8_t *c = b[r].c;
-        uint8_t *cw = b[r].c;
+        uint8_t *c = b[r].c;
+        memcpy(&b[r].d, g + 2 * r, 2);
+        if (k45) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
         if (type == T_Q8_0) {
-            for (int i = 0; i < QK; i++) MOVE(g[16 + 32 * (i / 4) + 4 * r + i % 4], cw[i]);
+            for (int i = 0; i < QK; i++) c[i] = g[16 + 32 * (i / 4) + 4 * r + i % 4];
         } else if (type == T_Q4_0) {
             for (int L = 0; L < 4; L++)
                 for (int t = 0; t < 4; t++) {
-                    uint8_t *p = g + 16 + 32 * L + 4 * r + t;
-                    if (dir) *p = (uint8_t)(c[8 * L + t] | (c[8 * L + 4 + t] << 4));
-                    else cw[8 * L + t] = *p & 15, cw[8 * L + 4 + t] = *p >> 4;
+                    const uint8_t p = g[16 + 32 * L + 4 * r + t];
+                    c[8 * L + t] = p & 15, c[8 * L + 4 + t] = p >> 4;
                 }
-        } else if (type == T_Q4_K || type == T_Q5_K) {
+        } else if (k45) {
             for (int s = 0; s < 8; s++) {
-                uint8_t *lo = g + 32 + 32 * (s / 4) + 8 * (s % 4) + r;
-                uint8_t *hi = g + 96 + 8 * (s % 4) + r;
-                const int sh = s < 4 ? 0 : 4;
-                if (dir) {
-                    *lo = (uint8_t)((b[r].sc[s] & 15) | ((b[r].mn[s] & 15) << 4));
-                    if (s < 4) *hi = 0;
-                    *hi |= (uint8_t)((((b[r].sc[s] >> 4) & 3) | (((b[r].mn[s] >> 4) & 3) << 2)) << sh);
-                } else {
-                    const int top = (*hi >> sh) & 15;
-                    b[r].sc[s] = (uint8_t)((*lo & 15) | ((top & 3) << 4));
-                    b[r].mn[s] = (uint8_t)((*lo >> 4) | ((top >> 2) << 4));
-                }
-            }
-            for (int s = 0; s < 8; s++)
+                const uint8_t lo = g[32 + 32 * (s / 4) + 8 * (s % 4) + r];
+                const int top = (g[96 + 8 * (s % 4) + r] >> (s < 4 ? 0 : 4)) & 15;
+                b[r].sc[s] = (uint8_t)((lo & 15) | ((top & 3) << 4));
+                b[r].mn[s] = (uint8_t)((lo >> 4) | ((top >> 2) << 4));
                 for (int L = 0; L < 4; L++)
                     for (int t = 0; t < 4; t++) {
-                        uint8_t *p = g + 128 + 128 * s + 32 * L + 4 * r + t;
+                        const uint8_t p = g[128 + 128 * s + 32 * L + 4 * r + t];
                         const int i = 32 * s + 8 * L + t;
-                        if (dir) *p = (uint8_t)((c[i] & 15) | ((c[i + 4] & 15) << 4));
-                        else cw[i] = *p & 15, cw[i + 4] = *p >> 4;
+                        c[i] = p & 15, c[i + 4] = p >> 4;
                     }
-            if (type == T_Q5_K)  // bit k of byte 1152 + 32s + 4r + t: bit 4 of code 32s + 4k + t
-                for (int s = 0; s < 8; s++)
-                    for (int t = 0; t < 4; t++) {
-                        uint8_t *h = g + 1152 + 32 * s + 4 * r + t;
-                        if (dir) *h = 0;
-                        for (int k = 0; k < 8; k++) {
-                            if (dir) *h |= (uint8_t)(((c[32 * s + 4 * k + t] >> 4) & 1) << k);
-                            else cw[32 * s + 4 * k + t] |= (uint8_t)(((*h >> k) & 1) << 4);
-                        }
-                    }
+                if (type == T_Q5_K)  // bit k of byte 1152 + 32s + 4r + t: bit 4 of code 32s + 4k + t
+                    for (int t = 0; t < 4; t++)
+                        for (int k = 0; k < 8; k++)
+                            c[32 * s + 4 * k + t] |= (uint8_t)(((g[1152 + 32 * s + 4 * r + t] >> k) & 1) << 4);
+            }
         } else {  // Q6_K
             for (int s = 0; s < 16; s++) {
-                MOVE(g[16 + 8 * s + r], b[r].sc[s]);
+                b[r].sc[s] = g[16 + 8 * s + r];
                 for (int t = 0; t < 4; t++) {
-                    uint8_t *h = g + 1168 + 32 * s + 4 * r + t;
                     for (int L = 0; L < 2; L++) {
-                        uint8_t *p = g + 144 + 64 * s + 32 * L + 4 * r + t;
+                        const uint8_t p = g[144 + 64 * s + 32 * L + 4 * r + t];
                         const int i = 16 * s + 8 * L + t;
-                        if (dir) *p = (uint8_t)((c[i] & 15) | ((c[i + 4] & 15) << 4));
-                        else cw[i] = *p & 15, cw[i + 4] = *p >> 4;
+                        c[i] = p & 15, c[i + 4] = p >> 4;
                     }
-                    if (dir) {
-                        *h = 0;
-                        for (int k = 0; k < 4; k++) *h |= (uint8_t)((c[16 * s + 4 * k + t] >> 4) << (2 * k));
-                    } else {
-                        for (int k = 0; k < 4; k++) cw[16 * s + 4 * k + t] |= (uint8_t)(((*h >> (2 * k)) & 3) << 4);
-                    }
+                    const uint8_t h = g[1168 + 32 * s + 4 * r + t];
+                    for (int k = 0; k < 4; k++) c[16 * s + 4 * k + t] |= (uint8_t)(((h >> (2 * k)) & 3) << 4);
                 }
             }
         }
     }
-#undef MOVE
 }
 
-// the same as x8_block(type, decoded rows, g, 1), straight from the 8 rows' file blocks
+// the 8 rows' file blocks -> one x8 block group (x8_unpack_block reads it back)
 static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restrict g) {
     for (int r = 0; r < 8; r++) {
         const uint8_t *restrict f = blk[r];
@@ -346,7 +316,7 @@ static int x8_convert(int type, const uint8_t *src, uint8_t *dst, int64_t N, int
                 x8_pack_block(type, rows, dst + gi * 8 * rb + i * gb);
             } else {
                 memset(b, 0, sizeof(b));
-                x8_block(type, b, (uint8_t *)src + gi * 8 * rb + i * gb, 0);
+                x8_unpack_block(type, src + gi * 8 * rb + i * gb, b);
                 for (int r = 0; r < 8; r++) encode_block(type, b + r, dst + (8 * gi + r) * rb + i * bytes);
             }
         }
