@@ -420,11 +420,18 @@ INLINE void dot8_q4_0(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
-INLINE void dot8_q4_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+// Q4_K, and Q5_K (`five`: Q4_K's layout plus a plane of fifth bits, bit k of a byte for group
+// k of the subblock; 1408-byte groups)
+INLINE void dot8_k45(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                     const int five) {
     const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t i = 0; i < nb; i++, g += 1152) {
-        prefetch_block(g, 1152);
+    const __m256i bit4 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
+    const int bytes = five ? 1408 : 1152;
+    // int16 sums of 2L maddubs per madd: codes <= 15 allow all 4 L (8 products of |a| <= 127),
+    // codes <= 31 two at a time
+    const int per_madd = five ? 2 : 4;
+    for (int64_t i = 0; i < nb; i++, g += bytes) {
+        prefetch_block(g, bytes);
         // scales and mins of subblocks 0-3 (h = 0) and 4-7 (h = 1): byte 8j + r
         const __m256i lo0 = _mm256_loadu_si256((const __m256i *)(g + 32));
         const __m256i lo1 = _mm256_loadu_si256((const __m256i *)(g + 64));
@@ -447,20 +454,29 @@ INLINE void dot8_q4_k(const uint8_t *g, const act_row *a, const int M, int64_t n
         UNROLL for (int s = 0; s < 8; s++) {
             const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
             const __m256i scale = dup8_u((s & 1) ? _mm_srli_si128(half, 8) : half);
-            __m256i p16[MAX_ROWS];
-            UNROLL for (int m = 0; m < M; m++) p16[m] = _mm256_setzero_si256();
-            UNROLL for (int L = 0; L < 4; L++) {
-                const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
-                const __m256i wl = _mm256_and_si256(w, low4);
-                const __m256i wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
-                UNROLL for (int m = 0; m < M; m++) {
-                    const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
-                    // 8 products of codes <= 15 and |a| <= 127 stay within int16
-                    p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wl, bcast4(aq)));
-                    p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wh, bcast4(aq + 4)));
+            const __m256i h = five ? _mm256_loadu_si256((const __m256i *)(g + 1152 + 32 * s)) : ones;
+            UNROLL for (int L0 = 0; L0 < 4; L0 += per_madd) {
+                __m256i p16[MAX_ROWS];
+                UNROLL for (int m = 0; m < M; m++) p16[m] = _mm256_setzero_si256();
+                UNROLL for (int L = L0; L < L0 + per_madd; L++) {
+                    const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
+                    __m256i wl = _mm256_and_si256(w, low4);
+                    __m256i wh = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+                    if (five) {  // bits 2L and 2L + 1 of h (groups 2L, 2L + 1) moved to bit 4
+                        const int k0 = 2 * L, k1 = 2 * L + 1;
+                        const __m256i h0 = k0 <= 4 ? _mm256_slli_epi16(h, 4 - k0) : _mm256_srli_epi16(h, k0 - 4);
+                        const __m256i h1 = k1 <= 4 ? _mm256_slli_epi16(h, 4 - k1) : _mm256_srli_epi16(h, k1 - 4);
+                        wl = _mm256_or_si256(wl, _mm256_and_si256(h0, bit4));
+                        wh = _mm256_or_si256(wh, _mm256_and_si256(h1, bit4));
+                    }
+                    UNROLL for (int m = 0; m < M; m++) {
+                        const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
+                        p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wl, bcast4(aq)));
+                        p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wh, bcast4(aq + 4)));
+                    }
                 }
+                UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p16[m], scale));
             }
-            UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p16[m], scale));
             if (s & 1) {  // mins of subblocks s - 1, s against their activation sums
                 const __m128i mhalf = (s & 2) ? _mm256_extracti128_si256(mn[s >> 2], 1) : _mm256_castsi256_si128(mn[s >> 2]);
                 const __m256i mins = pairs8_u(mhalf);
@@ -480,71 +496,11 @@ INLINE void dot8_q4_k(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
-// Q5_K: Q4_K's layout plus a plane of fifth bits (bit k of a byte: group k of the subblock)
+INLINE void dot8_q4_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_k45(g, a, M, nb, acc, 0);
+}
 INLINE void dot8_q5_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
-    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
-    const __m256i bit4 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
-    for (int64_t i = 0; i < nb; i++, g += 1408) {
-        prefetch_block(g, 1408);
-        const __m256i lo0 = _mm256_loadu_si256((const __m256i *)(g + 32));
-        const __m256i lo1 = _mm256_loadu_si256((const __m256i *)(g + 64));
-        const __m256i hi = _mm256_loadu_si256((const __m256i *)(g + 96));
-        __m256i sc[2], mn[2];
-        sc[0] = _mm256_or_si256(_mm256_and_si256(lo0, low4), _mm256_and_si256(_mm256_slli_epi16(hi, 4), top));
-        mn[0] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo0, 4), low4),
-                                _mm256_and_si256(_mm256_slli_epi16(hi, 2), top));
-        sc[1] = _mm256_or_si256(_mm256_and_si256(lo1, low4), _mm256_and_si256(hi, top));
-        mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), low4),
-                                _mm256_and_si256(_mm256_srli_epi16(hi, 2), top));
-        __m256i sumi[MAX_ROWS], msum[MAX_ROWS], bs[MAX_ROWS];
-        UNROLL for (int m = 0; m < M; m++) {
-            sumi[m] = msum[m] = _mm256_setzero_si256();
-            const __m256i b16 = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
-            const __m256i b32 = _mm256_madd_epi16(b16, ones);
-            bs[m] = _mm256_packs_epi32(b32, b32);
-        }
-        UNROLL for (int s = 0; s < 8; s++) {
-            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
-            const __m256i scale = dup8_u((s & 1) ? _mm_srli_si128(half, 8) : half);
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1152 + 32 * s));
-            UNROLL for (int half2 = 0; half2 < 2; half2++) {
-                // codes <= 31: four maddubs (8 products of |a| <= 127) per int16 stay in range
-                __m256i p16[MAX_ROWS];
-                UNROLL for (int m = 0; m < M; m++) p16[m] = _mm256_setzero_si256();
-                UNROLL for (int L = 2 * half2; L < 2 * half2 + 2; L++) {
-                    const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
-                    // bit 4 of groups 2L and 2L + 1: bits 2L and 2L + 1 of h moved to bit 4
-                    const int k0 = 2 * L, k1 = 2 * L + 1;
-                    const __m256i h0 = k0 <= 4 ? _mm256_slli_epi16(h, 4 - k0) : _mm256_srli_epi16(h, k0 - 4);
-                    const __m256i h1 = k1 <= 4 ? _mm256_slli_epi16(h, 4 - k1) : _mm256_srli_epi16(h, k1 - 4);
-                    const __m256i wl = _mm256_or_si256(_mm256_and_si256(w, low4), _mm256_and_si256(h0, bit4));
-                    const __m256i wh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), low4),
-                                                       _mm256_and_si256(h1, bit4));
-                    UNROLL for (int m = 0; m < M; m++) {
-                        const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
-                        p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wl, bcast4(aq)));
-                        p16[m] = _mm256_add_epi16(p16[m], _mm256_maddubs_epi16(wh, bcast4(aq + 4)));
-                    }
-                }
-                UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p16[m], scale));
-            }
-            if (s & 1) {
-                const __m128i mhalf = (s & 2) ? _mm256_extracti128_si256(mn[s >> 2], 1) : _mm256_castsi256_si128(mn[s >> 2]);
-                const __m256i mins = pairs8_u(mhalf);
-                const int lane = ((s >> 2) << 2) | ((s >> 1) & 1);
-                UNROLL for (int m = 0; m < M; m++) {
-                    const __m256i pair = _mm256_permutevar8x32_epi32(bs[m], _mm256_set1_epi32(lane));
-                    msum[m] = _mm256_add_epi32(msum[m], _mm256_madd_epi16(mins, pair));
-                }
-            }
-        }
-        const __m256 d = d8(g), dmin = d8(g + 16);
-        UNROLL for (int m = 0; m < M; m++) {
-            const __m256 da = _mm256_set1_ps(a[m].d[i]);
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, da), acc[m]);
-            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum[m]), _mm256_mul_ps(dmin, da), acc[m]);
-        }
-    }
+    dot8_k45(g, a, M, nb, acc, 1);
 }
 
 INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
