@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 BACKENDS: dict[str, str] = {
     "minerva": "minerva.backends.minerva:load",
+    "mlx": "minerva.backends.mlx:load",
 }
 """name -> 'module:function' that loads a model and returns its Backend."""
 
