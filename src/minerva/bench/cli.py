@@ -78,7 +78,8 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
     p.add_argument(
         "--backend",
         default=backends,
-        help="Comma-separated offline backends (minerva, transformers); one whose package is "
+        help="Comma-separated offline backends (minerva, llamacpp, mistralrs, mlx, transformers); "
+        "one whose package is "
         f"missing is skipped with a warning. Default: {shown.get(backends, backends or 'none')}.",
     )
     p.add_argument(
