@@ -19,7 +19,7 @@ from minerva.backends.base import BackendStats, ModelInfo, StepObserver
 from minerva.backends.token_engine import TokenEngine
 from minerva.engine.async_engine import AsyncEngine, RequestStream
 from minerva.engine.outputs import RequestOutput, StepInfo
-from minerva.errors import ConfigError, RequestError
+from minerva.errors import RequestError
 from minerva.loader import ModelSource
 from minerva.loader.hf_config import CONFIG_FILE
 from minerva.request import Logprobs
@@ -27,13 +27,16 @@ from minerva.sampling_params import SamplingParams
 
 
 def import_optional(module: str, backend: str, extra: str) -> ModuleType:
-    """``import module``, or a ConfigError naming the extra that installs it."""
+    """``import module``, or BackendNotInstalled naming the extra that installs it (the
+    registry checks the main package; this catches a missing or broken dependency of it)."""
+    from minerva.backends import BackendNotInstalled  # noqa: PLC0415 - the package's own
+
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ConfigError(
+        raise BackendNotInstalled(
             f"the {backend} backend needs the package {module!r}, which is not installed "
-            f"({e}): pip install \"minerva-llm[{extra}]\", or choose another backend"
+            f'({e}): pip install "minerva-llm[{extra}]", or choose another backend'
         ) from None
 
 

@@ -47,6 +47,7 @@ def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool
     model, mlx_config = _load_model(path)
     quantization = _quantize(model, mlx_config, config.model.quantization)
     dtype = _cast(model, config.model.dtype, mx)
+    mx.eval(model.parameters())  # now: MLX streams are per thread, the engine runs on its own
     max_model_len = check_lengths(config, source.config)
     engine = MlxEngine(config, source, model, max_model_len)
     info = source_model_info(
@@ -192,7 +193,9 @@ class MlxEngine(TokenEngine):
                 self._child.pop(r.uid, None)
                 self._uid.pop(req.request_id, None)
             events.append(
-                TokenEvent(req.request_id, r.token, self._logprobs(req, r), r.finish_reason is not None)
+                TokenEvent(
+                    req.request_id, r.token, self._logprobs(req, r), r.finish_reason is not None
+                )
             )
         return events
 
@@ -210,7 +213,9 @@ class MlxEngine(TokenEngine):
         import mlx.core as mx  # noqa: PLC0415
 
         if not 2 <= len(token_ids) <= self.max_model_len:
-            raise RequestError(f"score needs 2 to {self.max_model_len} tokens, got {len(token_ids)}")
+            raise RequestError(
+                f"score needs 2 to {self.max_model_len} tokens, got {len(token_ids)}"
+            )
         if not 0 <= num_top <= 20:
             raise RequestError(f"logprobs must be between 0 and 20, got {num_top}")
         ids = check_token_ids(token_ids, self.model_config.vocab_size, "prompt", "token")

@@ -33,7 +33,12 @@ def make_sampler(params: SamplingParams, seed: int) -> Sampler:
     if params.greedy:
         return greedy
     key = [mx.random.key(seed % (1 << 63))]
-    inv_temp, top_k, top_p, min_p = 1.0 / params.temperature, params.top_k, params.top_p, params.min_p
+    inv_temp, top_k, top_p, min_p = (
+        1.0 / params.temperature,
+        params.top_k,
+        params.top_p,
+        params.min_p,
+    )
 
     def sample(logprobs: mx.array) -> mx.array:
         x = logprobs.astype(mx.float32) * inv_temp

@@ -124,6 +124,7 @@ class TokenEngine(ABC):
 
     def close(self) -> None:
         """Release the other engine (after the engine thread stopped)."""
+        return None
 
     # -- LLMEngine's contract ---------------------------------------------------------------
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
@@ -201,8 +202,7 @@ class TokenEngine(ABC):
 
     def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
         raise NotSupportedError(
-            f"the {self.name} backend cannot return prompt logprobs (echo): "
-            "use --backend minerva"
+            f"the {self.name} backend cannot return prompt logprobs (echo): use --backend minerva"
         )
 
     # -- internals --------------------------------------------------------------------------
