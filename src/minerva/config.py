@@ -36,7 +36,7 @@ from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 
 __all__ = [
     "ALIASES", "BACKEND_NAMES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
-    "EngineConfig", "FieldSpec", "LlamaCppConfig", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
+    "EngineConfig", "FieldSpec", "LlamaCppConfig", "MistralrsConfig", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
     "add_config_arguments", "check_config_file", "load_config_from_args", "coerce_value", "config_error",
     "config_show_rows", "env_warnings", "field_help", "field_problem", "format_byte_size",
     "load_config", "overrides_from_args", "parse_byte_size", "resolve_name",
@@ -236,6 +236,24 @@ class LlamaCppConfig:
     )  # fmt: skip
 
 
+@dataclass
+class MistralrsConfig:
+    """Options only the mistralrs backend reads (the shared ones map onto mistral.rs's too)."""
+
+    mistralrs_paged_attn: str = Field(
+        "auto",
+        "mistralrs: PagedAttention (auto: mistral.rs's default, on for CUDA and Metal; on "
+        "forces it, off disables it). Minerva's own KV cache is always paged.",
+        choices=("auto", "on", "off"), normalize=str.lower, metavar="MODE",
+    )  # fmt: skip
+    mistralrs_prefix_cache_n: int = Field(
+        16,
+        "mistralrs: sequences its prefix cache keeps (0: off; enable_prefix_caching=false "
+        "turns it off too).",
+        ge=0,
+    )
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "device": DeviceConfig,
@@ -243,6 +261,7 @@ SECTIONS: dict[str, type] = {
     "scheduler": SchedulerConfig,
     "speculative": SpeculativeConfig,
     "llamacpp": LlamaCppConfig,
+    "mistralrs": MistralrsConfig,
 }
 
 FIELDS: dict[str, FieldSpec] = specs_of(SECTIONS)
@@ -281,6 +300,7 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
+    mistralrs: MistralrsConfig = field(default_factory=MistralrsConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -94,6 +94,11 @@ def _flash_attention(value: Any) -> str:
     return "auto" if to_bool(value) else "torch"  # auto = the fused paged kernels where they run
 
 
+def _on_off_auto(value: Any) -> str:
+    text = str(value).strip().lower()
+    return "auto" if text == "auto" else ("on" if to_bool(text) else "off")
+
+
 def _prefix_cache_n(value: Any) -> bool:
     """MISTRALRS_PREFIX_CACHE_N: 0 / false turn prefix caching off, a count or true keep it on."""
     text = str(value).strip().lower()
@@ -154,8 +159,9 @@ ALIAS_TABLE: tuple[Alias, ...] = (
     _mapped("MISTRAL_USE_FLASH_ATTENTION", "metal.use_flash_attention", "attention_backend",
             "true = auto (the fused paged kernels where the device has them), false = torch",
             "false", "torch", _flash_attention),
-    _mapped("MISTRALRS_PAGED_ATTN", None, None,
-            "the KV cache is always paged in Minerva (true and false alike)", "true", NO_EFFECT),
+    _mapped("MISTRALRS_PAGED_ATTN", None, "mistralrs_paged_attn",
+            "the mistralrs backend's PagedAttention: true = on, false = off, auto (Minerva's "
+            "own KV cache is always paged)", "true", "on", _on_off_auto),
     _mapped("MISTRALRS_PAGED_ATTN_BLOCK_SIZE", None, "block_size",
             "tokens per KV block, a power of two", "32", 32),
     # -- memory

@@ -75,6 +75,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
         "speculative": {"speculative_method", "draft_model", "num_speculative_tokens"}
         | {"ngram_min", "ngram_max", "speculative_adaptive"},
         "llamacpp": {"gpu_layers", "flash_attention", "llamacpp_contexts"},
+        "mistralrs": {"mistralrs_paged_attn", "mistralrs_prefix_cache_n"},
     }
     for section, cls in SECTIONS.items():
         names = {f.name for f in dataclasses.fields(cls)}

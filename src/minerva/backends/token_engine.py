@@ -35,7 +35,8 @@ class TokenEvent:
 
     request_id: str
     """The child sequence's id (Request.request_id)."""
-    token: int
+    token: int | None
+    """None: the other engine ended the sequence without a new token (``finished`` is set)."""
     logprobs: Logprobs | None = None
     finished: bool = False
     """The other engine ended the sequence itself (its own length limit): cancel nothing."""
@@ -122,6 +123,10 @@ class TokenEngine(ABC):
         """The name of a request field this engine cannot honour, or None."""
         return None
 
+    def check_prompt(self, prompt_token_ids: list[int]) -> None:
+        """Raise RequestError for a prompt this engine cannot take (before it is tracked)."""
+        return None
+
     def close(self) -> None:
         """Release the other engine (after the engine thread stopped)."""
         return None
@@ -149,6 +154,7 @@ class TokenEngine(ABC):
         ids = prompt_token_ids if prompt_token_ids is not None else self._encode(prompt)
         checked = validate_request(ids, params, self.model_config.vocab_size, self.max_model_len)
         self._refuse_unsupported(checked.params)
+        self.check_prompt(checked.prompt_token_ids)
         seed = checked.params.seed
         seed = seed if seed is not None else self._seed_rng.getrandbits(63)
         children = [
@@ -231,6 +237,11 @@ class TokenEngine(ABC):
 
     def _on_token(self, req: Request, event: TokenEvent) -> None:
         """Record one token and apply the stop rules (the scheduler's, then stop strings)."""
+        if event.token is None:  # ended by the other engine with nothing new
+            del self._live[req.request_id]
+            req.status = RequestStatus.FINISHED_LENGTH
+            self.output_processor.on_finished(req)
+            return
         req.output_token_ids.append(event.token)
         stop_string = self.output_processor.on_token(req, event.token, event.logprobs)
         status = _stop_status(req, event.token)

@@ -1,0 +1,168 @@
+"""The mistral.rs backend (the ``mistralrs`` package) on a tiny Hugging Face folder made here and
+the float32 GGUF file Minerva writes from it.
+
+Reference: Minerva's engine on the same float32 weights (greedy tokens must agree, safetensors,
+GGUF and mistral.rs's in-situ Q8_0 alike for the first tokens). What the package cannot do is a
+clear error: per-request seeds (one engine seed, documented), PagedAttention on the CPU, mixes
+as ISQ types, and speculative decoding (with the seed's note on paged attention and prefix
+caching)."""
+
+from __future__ import annotations
+
+import pytest
+
+from minerva.errors import ConfigError, RequestError
+from minerva.sampling_params import SamplingParams
+from tests import backend_checks as checks
+from tests.tiny_models import build_tiny_text_model
+
+pytest.importorskip(
+    "mistralrs", reason="mistralrs is not installed (pip install minerva-llm[mistralrs])"
+)
+
+N = 16
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from minerva.quantize import quantize_model
+
+    root = tmp_path_factory.mktemp("mistralrs")
+    hf = build_tiny_text_model(root / "hf")
+    gguf = quantize_model(hf, root / "tiny-f32.gguf", "f32", progress=False)
+    return {"hf": hf, "gguf": gguf}
+
+
+@pytest.fixture(scope="module")
+def backend(models):
+    b = checks.blocking("mistralrs", models["hf"], dtype="float32")
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(backend):
+    return backend.backend.encode(checks.PROMPT)
+
+
+@pytest.mark.parametrize("model", ["hf", "gguf"])
+def test_greedy_tokens_agree_with_minervas_engine(models, model):
+    b = checks.blocking("mistralrs", models[model], dtype="float32")
+    try:
+        ids = b.backend.encode(checks.PROMPT)
+        got = checks.greedy(b, ids, N)
+        info = b.backend.model_info()
+        assert info.format == ("gguf" if model == "gguf" else "safetensors")
+        assert info.digest.startswith("sha256:") and info.device == "cpu"
+    finally:
+        b.close()
+    reference = checks.minerva_greedy(models[model], ids, N)
+    assert got == reference, f"first divergence at {checks.first_divergence(got, reference)}"
+
+
+def test_in_situ_q8_0_agrees_with_minervas_q8_0(models, prompt_ids):
+    """MISTRALRS_ISQ=Q8_0 and Minerva's in-situ q8_0 quantize to the same GGML blocks: the
+    same 16 greedy tokens (float32 weights give other tokens here, so this is not a no-op)."""
+    b = checks.blocking("mistralrs", models["hf"], quantization="Q8_0")
+    try:
+        assert b.backend.model_info(digest=False).quantization == "ISQ_Q8_0"
+        got = checks.greedy(b, prompt_ids, N)
+    finally:
+        b.close()
+    reference = checks.minerva_greedy(models["hf"], prompt_ids, N, quantization="q8_0")
+    assert got == reference, f"first divergence at {checks.first_divergence(got, reference)}"
+
+
+def test_generate_stream_abort_and_stop_strings(backend, prompt_ids):
+    checks.check_stream_equals_generate(backend, prompt_ids)
+    checks.check_abort(backend, prompt_ids)
+    checks.check_stop_string(backend, prompt_ids)
+
+
+def test_sampled_tokens_logprobs_and_concurrency(backend, prompt_ids):
+    """Sampled requests run side by side; each token's id is recovered from its chunk (its
+    logprob is the one mistral.rs reported, its rank among the top entries)."""
+    params = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True, logprobs=2)
+    outs = backend.generate([prompt_ids] * 3, [params] * 3)
+    for out in outs:
+        assert len(out.token_ids) == 12 and out.finish_reason == "length"
+        for token, lp in zip(out.token_ids, out.outputs[0].logprobs):
+            assert lp.token_id == token and lp.logprob <= 0 and len(lp.top_token_ids) == 2
+            assert lp.rank >= 1 and (lp.rank > 1 or lp.top_token_ids[0] == token)
+        assert backend.backend.decode(out.token_ids) == out.text
+
+
+def test_token_ids_whose_text_does_not_round_trip_are_refused(backend):
+    """Two byte tokens that merge into one when their text is tokenized again."""
+    from minerva.structured import vocabulary_of
+
+    tok = backend.backend._tokenizer
+    vocab = vocabulary_of(tok, backend.backend.vocab_size, [])
+    single = {b: i for i, b in enumerate(vocab.token_bytes) if len(b) == 1}
+    merged = next(
+        b
+        for b in vocab.token_bytes
+        if len(b) == 2 and b.isascii() and all(bytes([c]) in single for c in b)
+    )
+    ids = [single[bytes([merged[0]])], single[bytes([merged[1]])]]
+    with pytest.raises(RequestError, match="take prompts as text|takes prompts as text"):
+        backend.generate([ids], [SamplingParams(max_tokens=2)])
+    assert checks.greedy(backend, backend.backend.encode("ok"), 2)  # still serving
+
+
+def test_both_apis_through_the_official_clients(backend, models, prompt_ids):
+    (out,) = backend.generate([prompt_ids], [SamplingParams(temperature=0.0, max_tokens=8)])
+    factory = lambda: checks.load_backend(  # noqa: E731
+        "mistralrs", checks.EngineConfig.from_kwargs(model=str(models["hf"]), dtype="float32")
+    )
+    checks.check_both_apis(factory, out.text)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"quantization": "q4_k_m"}, "llama.cpp mix"),
+        ({"mistralrs_paged_attn": "on"}, "PagedAttention on CUDA and Metal only"),
+        ({"device": "cuda"}, "runs on cpu"),
+        ({"kv_cache_dtype": "fp8"}, "8-bit KV cache"),
+        (
+            {"draft_model": "/models/draft", "num_speculative_tokens": 4},
+            "does not combine with prefix caching",
+        ),
+        (
+            {
+                "speculative_method": "ngram",
+                "num_speculative_tokens": 4,
+                "enable_prefix_caching": False,
+            },
+            "only with a model's own multi-token prediction heads",
+        ),
+    ],
+    ids=["mix", "paged-on-cpu", "cuda", "fp8-kv", "spec+prefix", "spec"],
+)
+def test_what_mistralrs_cannot_do_is_a_config_error(models, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        checks.blocking("mistralrs", models["hf"], **settings)
+
+
+def test_the_seed_names_reach_the_runner(monkeypatch):
+    """MISTRALRS_* variables -> Minerva fields -> the Runner's arguments."""
+    from minerva.backends.mistralrs_options import runner_options
+    from minerva.config import load_config
+
+    for name, value in {
+        "MISTRALRS_ISQ": "Q6K", "MISTRALRS_PAGED_ATTN": "true",
+        "MISTRALRS_PAGED_ATTN_BLOCK_SIZE": "32", "MISTRALRS_PREFIX_CACHE_N": "0",
+        "MISTRAL_MAX_RUNNING_REQUESTS": "8",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    options = runner_options(load_config()[0], is_gguf=False, device="cuda")
+    assert options.kwargs == {
+        "max_seqs": 8, "prefix_cache_n": 0, "token_source": "none", "seed": 0,
+        "in_situ_quant": "Q6K", "paged_attn": True, "pa_blk_size": 32,
+    }  # fmt: skip
+    monkeypatch.setenv("MISTRALRS_PAGED_ATTN", "false")
+    monkeypatch.delenv("MISTRALRS_PREFIX_CACHE_N")
+    options = runner_options(load_config()[0], is_gguf=False, device="cpu")
+    assert options.kwargs["no_paged_attn"] is True and options.kwargs["prefix_cache_n"] == 16
+    assert "seed" not in options.kwargs  # mistral.rs cannot seed its CPU generator
