@@ -172,7 +172,7 @@ class LlamaCppBackend:
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
-        out = RequestStream(request_id, 1, lambda s: self._abort_job(s.request_id))
+        out = RequestStream(request_id, 1, self._abort_stream)
         job = Job(
             request_id, prompt if isinstance(prompt, str) else None, valid.prompt_token_ids,
             params, stream, self._emit, arrival_time or time.monotonic(),
@@ -203,6 +203,12 @@ class LlamaCppBackend:
         stream = self._streams.get(request_id)
         if stream is not None:
             stream.abort()
+
+    def _abort_stream(self, stream: RequestStream) -> None:
+        """The client's abort: it no longer counts against capacity (as in AsyncEngine); its
+        context is free at the job's next token."""
+        self._abort_job(stream.request_id)
+        self._release(stream.request_id)
 
     def _abort_job(self, request_id: str) -> None:
         """Stop the job at its next token (or before it starts); its context is then free."""
@@ -280,7 +286,7 @@ class LlamaCppBackend:
 
     # -- what it serves ---------------------------------------------------------------
     def stats(self) -> BackendStats:
-        held = sum(llm.n_tokens for llm in self._contexts)  # racy reads of ints: a gauge
+        held = self.pool.tokens_in_use()
         return BackendStats(
             num_running=self.pool.num_running,
             num_waiting=self.pool.num_waiting,

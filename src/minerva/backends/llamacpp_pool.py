@@ -62,6 +62,7 @@ class ContextPool:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self.num_running = 0
+        self._active: set[int] = set()  # ids of the contexts running a request
         self.num_prefix_hits = 0
         self.num_prefix_queries = 0
 
@@ -72,6 +73,11 @@ class ContextPool:
     @property
     def num_waiting(self) -> int:
         return self._queue.qsize()
+
+    def tokens_in_use(self) -> int:
+        """KV cells of the running requests (an idle context's cells are a prefix cache)."""
+        with self._lock:
+            return sum(llm.n_tokens for llm in self.contexts if id(llm) in self._active)
 
     def start(self) -> None:
         for i, llm in enumerate(self.contexts):
@@ -113,13 +119,19 @@ class ContextPool:
             return
         with self._lock:
             self.num_running += 1
+            self._active.add(id(llm))
         try:
-            self._generate(llm, job, comp, metrics)
+            final = self._generate(llm, job, comp, metrics)
         finally:
             with self._lock:
                 self.num_running -= 1
+                self._active.discard(id(llm))
+        job.emit(final)  # after the context is free: the caller may count it idle at once
 
-    def _generate(self, llm: Any, job: Job, comp: CompletionOutput, m: RequestMetrics) -> None:
+    def _generate(
+        self, llm: Any, job: Job, comp: CompletionOutput, m: RequestMetrics
+    ) -> RequestOutput:
+        """Run the job to its end; the intermediate outputs go out, the final one is returned."""
         p = job.params
         detok = self._detokenizer(job)
         m.first_scheduled_time = time.monotonic()
@@ -154,7 +166,7 @@ class ContextPool:
         if detok is not None and not isinstance(comp.stop_reason, str):  # text held back
             tail = detok.flush()
             comp.text, comp.delta_text = comp.text + tail, comp.delta_text + tail
-        job.emit(_final(job, comp, m))
+        return _final(job, comp, m)
 
     def _detokenizer(self, job: Job) -> IncrementalDetokenizer | None:
         if self.tokenizer is None:
