@@ -169,3 +169,14 @@ def test_model_info_and_chat_come_from_the_file(llama, minerva):
     assert llama.backend.apply_chat_template(messages) == minerva.backend.apply_chat_template(
         messages
     )
+
+
+def test_cli_generate_with_the_llamacpp_backend(gguf_path, minerva, capsys):
+    from minerva.cli import main
+
+    args = ["generate", PROMPT, "--model", str(gguf_path), "--backend", "llamacpp",
+            "--device", "cpu", "--max-tokens", "16", "--ignore-eos", "--temperature", "0",
+            "--repetition-penalty", "1"]  # fmt: skip
+    assert main(args) == 0
+    expected = _final(minerva, PROMPT, max_tokens=16, ignore_eos=True, **GREEDY).text
+    assert capsys.readouterr().out == expected + "\n"

@@ -22,7 +22,14 @@ from typing import Any
 
 from minerva.backends.base import BackendStats, ModelInfo, StepObserver
 from minerva.backends.llamacpp_files import gguf_for
-from minerva.backends.llamacpp_options import Placement, check_supported, llama_kwargs, placement
+from minerva.backends.llamacpp_options import (
+    HONOURED_NOTE,
+    UNSUPPORTED_NOTE,
+    Placement,
+    check_supported,
+    llama_kwargs,
+    placement,
+)
 from minerva.backends.llamacpp_pool import ContextPool, Job
 from minerva.backends.llamacpp_score import score_tokens
 from minerva.config import EngineConfig
@@ -44,6 +51,20 @@ from minerva.request import Logprobs
 from minerva.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
+
+
+def doctor() -> dict[str, str]:
+    """What llama.cpp can do here (minerva doctor)."""
+    import llama_cpp  # noqa: PLC0415
+
+    return {
+        "version": llama_cpp.__version__,
+        "gpu offload": "yes" if llama_cpp.llama_supports_gpu_offload() else "no (CPU build)",
+        "build": llama_cpp.llama_print_system_info().decode(errors="replace").strip(" |"),
+        "concurrency": "a pool of llamacpp_contexts contexts, one request each; more queue",
+        "sampling": HONOURED_NOTE,
+        "not supported": UNSUPPORTED_NOTE,
+    }
 
 
 def load(

@@ -33,6 +33,11 @@ HONOURED_NOTE = (
     "engine, whose sampler differs); repetition_penalty looks at the last 64 tokens"
 )
 
+UNSUPPORTED_NOTE = (
+    "n > 1, logprobs, logit_bias, min_tokens, structured output, embeddings, prompt logprobs "
+    "(each a 400 naming --backend minerva)"
+)
+
 
 @dataclass(frozen=True)
 class Placement:
