@@ -180,3 +180,25 @@ def test_cli_generate_with_the_llamacpp_backend(gguf_path, minerva, capsys):
     assert main(args) == 0
     expected = _final(minerva, PROMPT, max_tokens=16, ignore_eos=True, **GREEDY).text
     assert capsys.readouterr().out == expected + "\n"
+
+
+def test_a_folder_is_converted_once_and_runs_the_same_weights(tmp_path, monkeypatch, llama):
+    """The demo folder as F16 (the fixture's file's tokens) and, through llama.cpp's own
+    quantizer, as Q8_0 (the same tokens from Minerva on that cached file)."""
+    monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
+    params = dict(max_tokens=NUM_TOKENS, ignore_eos=True, **GREEDY)
+    folder = demo_model_path()
+    f16 = _open(folder, "llamacpp")
+    assert _final(f16, PROMPT, **params).token_ids == _final(llama, PROMPT, **params).token_ids
+    f16.close()
+    (cached,) = (tmp_path / "gguf").glob("*.gguf")
+    stamp = cached.stat().st_mtime_ns
+    q8 = _open(folder, "llamacpp", quantization="q8_0")
+    assert q8.backend.model_info().quantization == "Q8_0"
+    theirs = _final(q8, PROMPT, **params).token_ids
+    q8.close()
+    assert cached.stat().st_mtime_ns == stamp  # the F16 file was reused, not rewritten
+    (q8_file,) = (tmp_path / "gguf").glob("*-q8_0-*.gguf")
+    ours = _open(q8_file, "minerva", dtype="float32")
+    assert _final(ours, PROMPT, **params).token_ids == theirs
+    ours.close()

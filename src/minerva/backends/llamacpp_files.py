@@ -43,12 +43,11 @@ def gguf_for(model: Path, quantization: str | None, config: EngineConfig) -> Pat
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    f16 = target if quantization is None else target.with_suffix(".f16.tmp")
+    if quantization is not None:  # from the cached F16 conversion, made first if need be
+        _quantize(gguf_for(model, None, config), target, quantization)
+        return target
     logger.warning("llamacpp: converting %s to %s (once; cached)", model, target)
-    _write_f16(source, model, f16)
-    if quantization is not None:
-        _quantize(f16, target, quantization)
-        f16.unlink()
+    _write_f16(source, model, target)
     return target
 
 
