@@ -229,6 +229,7 @@ def _add_consistency(sub: Any) -> None:
     p.add_argument(
         "--no-coherence", action="store_true", help="Skip the coherence scores. Default: off."
     )
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots. Default: off.")
     _common(p, "consistency")
     p.set_defaults(func=_lazy("run_consistency"))
 
