@@ -42,3 +42,22 @@ def test_the_cli_reports_a_missing_backend_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("minerva: error: backend 'llamacpp' needs the package 'llama_cpp'")
     assert 'pip install "minerva-llm[llamacpp]"' in err[-1]
+
+
+def test_doctor_reports_every_backend_and_the_chosen_ones_findings(monkeypatch):
+    from minerva import doctor
+
+    monkeypatch.setitem(sys.modules, "mistralrs", None)
+    config = EngineConfig.from_kwargs(device="cpu", backend="llamacpp")
+    report = doctor.collect(config, with_model=False)
+    assert set(report["backends"]) == set(BACKENDS) and report["backend"] == "llamacpp"
+    assert report["backends"]["minerva"]["installed"] == "yes"
+    missing = report["backends"]["mistralrs"]
+    assert missing == {"installed": "no", "install": 'pip install "minerva-llm[mistralrs]"'}
+    lines = dict(doctor.rows(report))
+    assert "mistralrs -" in lines["backends"]
+    if is_installed("llamacpp"):
+        import llama_cpp
+
+        assert report["backends"]["llamacpp"]["version"] == llama_cpp.__version__
+        assert "logprobs" in lines["llamacpp: not supported"]

@@ -1,7 +1,9 @@
 """Engines behind one protocol (base.py): the server, the CLI and the benchmarks drive a
 ``Backend`` and never know which engine runs. A new engine is one module with a
 ``load(config, *, max_queued_requests, progress) -> Backend`` function plus one line in
-BACKENDS; its heavy imports stay inside that module, loaded only when chosen."""
+BACKENDS; its heavy imports stay inside that module, loaded only when chosen. The module may
+also define ``doctor() -> dict[str, str]``: what the engine can do on this machine (``minerva
+doctor`` shows it)."""
 
 from __future__ import annotations
 
@@ -70,6 +72,19 @@ def is_installed(name: str) -> bool:
         return False
 
 
+def probe_backend(name: str) -> dict[str, str]:
+    """What ``minerva doctor`` shows for backend ``name``: whether it is installed and, if its
+    module has a ``doctor()``, what it reports (a failing probe is reported, not raised)."""
+    if not is_installed(name):
+        return {"installed": "no", "install": install_hint(name)}
+    module = BACKENDS[name].loader.partition(":")[0]
+    try:
+        probe = getattr(importlib.import_module(module), "doctor", None)
+        return {"installed": "yes", **(probe() if probe is not None else {})}
+    except Exception as e:  # noqa: BLE001 - a broken engine install is a finding, not a crash
+        return {"installed": "yes", "problem": f"{type(e).__name__}: {e}"}
+
+
 def load_backend(
     name: str, config: EngineConfig, *, max_queued_requests: int = 256, progress: bool = False
 ) -> Backend:
@@ -99,5 +114,6 @@ __all__ = [
     "BackendSpec",
     "install_hint",
     "is_installed",
+    "probe_backend",
     "load_backend",
 ]
