@@ -145,3 +145,25 @@ def check_both_apis(backend_factory: Callable[[], Backend], expected_text: str) 
     for name in ("minerva_time_to_first_token_seconds_count", "minerva_inter_token_latency"):
         assert name in got["metrics"]
     return got
+
+
+def check_cli_generate(name: str, model: Path, expected_text: str, capsys) -> None:
+    """``minerva generate --backend NAME`` prints the backend's greedy text."""
+    from minerva.cli import main
+
+    args = ["generate", PROMPT, "--model", str(model), "--backend", name, "--device", "cpu",
+            "--dtype", "float32", "--max-tokens", "8", "--temperature", "0",
+            "--repetition-penalty", "1"]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out == expected_text + "\n"
+
+
+def check_doctor(name: str, honoured: str) -> dict:
+    """``minerva doctor``'s probe of the backend: installed, a version, what it honours."""
+    from minerva.backends import probe_backend
+
+    probe = probe_backend(name)
+    assert probe["installed"] == "yes" and "problem" not in probe, probe
+    assert probe["version"] and honoured in probe["sampling"] and probe["not supported"]
+    return probe

@@ -166,3 +166,12 @@ def test_the_seed_names_reach_the_runner(monkeypatch):
     options = runner_options(load_config()[0], is_gguf=False, device="cpu")
     assert options.kwargs["no_paged_attn"] is True and options.kwargs["prefix_cache_n"] == 16
     assert "seed" not in options.kwargs  # mistral.rs cannot seed its CPU generator
+
+
+def test_cli_generate_and_doctor(backend, models, prompt_ids, capsys):
+    (out,) = backend.generate([prompt_ids], [SamplingParams(temperature=0.0, max_tokens=8)])
+    checks.check_cli_generate("mistralrs", models["hf"], out.text, capsys)
+    from importlib.metadata import version
+
+    probe = checks.check_doctor("mistralrs", "request seeds are NOT honoured")
+    assert probe["version"] == version("mistralrs") and probe["device"].startswith("cpu")

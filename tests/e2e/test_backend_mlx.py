@@ -160,3 +160,10 @@ def test_a_gguf_file_or_a_gpu_it_lacks_is_a_config_error(folders, tmp_path):
     if not mx.is_available(mx.gpu):
         with pytest.raises(ConfigError, match="CPU only"):
             checks.blocking("mlx", folders["hf"], device="cuda")
+
+
+def test_cli_generate_and_doctor(hf_backend, folders, prompt_ids, capsys):
+    (out,) = hf_backend.generate([prompt_ids], [SamplingParams(temperature=0.0, max_tokens=8)])
+    checks.check_cli_generate("mlx", folders["hf"], out.text, capsys)
+    probe = checks.check_doctor("mlx", "seeds are honoured per request")
+    assert probe["version"].startswith(mlx_lm.__version__)

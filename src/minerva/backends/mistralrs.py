@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minerva.backends.foreign import ForeignBackend, import_optional, source_model_info
-from minerva.backends.mistralrs_options import runner_options
+from minerva.backends.mistralrs_options import ISQ_TYPES, runner_options
 from minerva.backends.token_engine import StepSummary, TokenEngine, TokenEvent
 from minerva.errors import ConfigError, EngineDeadError, ModelLoadError, RequestError
 from minerva.loader import ModelSource, open_model
@@ -38,8 +38,34 @@ logger = logging.getLogger(__name__)
 NAME = "mistralrs"
 RAW_TEMPLATE = "{{ messages[0]['content'] }}"
 """The chat template that renders a prompt's text unchanged (the package streams chats only)."""
+HONOURED_NOTE = (
+    "temperature, top_k, top_p, min_p, repetition / frequency / presence penalties "
+    "(mistral.rs's definitions), logit_bias, n, logprobs (top alternatives up to 20), stop "
+    "strings; request seeds are NOT honoured: one seed per engine (--seed), and none "
+    "on the CPU, whose generator mistral.rs cannot seed"
+)
+UNSUPPORTED_NOTE = (
+    "structured output, min_tokens, embeddings, token healing, prompt logprobs / scoring "
+    "(each a 400 or an error naming --backend minerva); speculative decoding with a draft "
+    "model; PagedAttention on the CPU"
+)
 _TOP = 5  # top logprobs asked for: the sampled token's id is found among them or by its bytes
 _POLL_S = 0.05  # longest wait for a token before the engine thread looks at its commands
+
+
+def doctor() -> dict[str, str]:
+    """What mistral.rs can do here (minerva doctor)."""
+    from importlib.metadata import version  # noqa: PLC0415
+
+    import_optional("mistralrs", NAME, "mistralrs")
+    return {
+        "version": version("mistralrs"),
+        "device": _device("auto") + " (the package's build picks it)",
+        "concurrency": "mistral.rs's own scheduler, max_num_seqs sequences at once",
+        "quantization": "GGUF files; in-situ (MISTRALRS_ISQ) " + ", ".join(ISQ_TYPES.values()),
+        "sampling": HONOURED_NOTE,
+        "not supported": UNSUPPORTED_NOTE,
+    }
 
 
 def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool = False):
@@ -224,7 +250,7 @@ class MistralrsEngine(TokenEngine):
     def _start(self, request: Request) -> None:
         p = request.sampling_params
         if p.seed is not None and not p.greedy and not self._warned_seed:
-            logger.warning("mistral.rs has one seed per engine ([model] seed): request seeds "
+            logger.warning("mistral.rs has one seed per engine (--seed): request seeds "
                            "are not honoured")  # fmt: skip
             self._warned_seed = True
         chat = self._module.ChatCompletionRequest(

@@ -24,8 +24,33 @@ if TYPE_CHECKING:
     from minerva.config import EngineConfig
 
 NAME = "mlx"
+HONOURED_NOTE = (
+    "temperature, top_k, top_p, min_p, repetition / frequency / presence penalties, "
+    "logit_bias, min_tokens, n, logprobs, stop strings; request seeds are honoured per "
+    "request (same seed, same tokens on MLX, whatever runs beside it; not the minerva "
+    "engine's tokens, whose generator differs)"
+)
+UNSUPPORTED_NOTE = (
+    "structured output, embeddings, token healing (each a 400 naming --backend minerva)"
+)
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 _GROUP_SIZE = 32
+
+
+def doctor() -> dict[str, str]:
+    """What MLX can do here (minerva doctor)."""
+    import mlx.core as mx  # noqa: PLC0415
+    import mlx_lm  # noqa: PLC0415
+
+    gpu = mx.is_available(mx.gpu)
+    return {
+        "version": f"{mlx_lm.__version__} (mlx {mx.__version__})",
+        "devices": "cpu, gpu (" + ("Metal" if _is_apple() else "CUDA") + ")" if gpu else "cpu",
+        "concurrency": "continuous batching (mlx-lm's BatchGenerator), max_num_seqs at once",
+        "quantization": "MLX-quantized folders; --quantization = MLX affine, same bits",
+        "sampling": HONOURED_NOTE,
+        "not supported": UNSUPPORTED_NOTE,
+    }
 
 
 def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool = False):
