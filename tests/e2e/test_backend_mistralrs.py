@@ -175,3 +175,34 @@ def test_cli_generate_and_doctor(backend, models, prompt_ids, capsys):
 
     probe = checks.check_doctor("mistralrs", "request seeds are NOT honoured")
     assert probe["version"] == version("mistralrs") and probe["device"].startswith("cpu")
+
+
+def test_the_models_generation_config_does_not_leak_into_requests(models, tmp_path):
+    """mistral.rs fills a knob the request leaves out from generation_config.json: every knob
+    is sent explicitly, so a folder whose config asks for repetition_penalty 1.5 still gives
+    the unpenalised greedy tokens when the request says 1.0 (and 1.5 would change them)."""
+    import json
+    import shutil
+
+    folder = tmp_path / "with-defaults"
+    shutil.copytree(models["hf"], folder)
+    gen = json.loads((folder / "generation_config.json").read_text())
+    gen.update(repetition_penalty=1.5, top_k=3, temperature=0.7, do_sample=True)
+    (folder / "generation_config.json").write_text(json.dumps(gen))
+    b = checks.blocking("mistralrs", folder, dtype="float32")
+    try:
+        ids = b.backend.encode(checks.PROMPT)
+        got = checks.greedy(b, ids, N)
+    finally:
+        b.close()
+    plain = checks.minerva_greedy(models["hf"], ids, N)
+    assert got == plain
+    ref = checks.blocking("minerva", models["hf"], dtype="float32", num_kv_blocks=64)
+    try:
+        params = SamplingParams(
+            temperature=0.0, max_tokens=N, ignore_eos=True, repetition_penalty=1.5
+        )
+        (penalised,) = ref.generate([ids], [params])
+    finally:
+        ref.close()
+    assert penalised.token_ids != plain

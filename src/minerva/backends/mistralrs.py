@@ -257,13 +257,15 @@ class MistralrsEngine(TokenEngine):
             model="default",
             messages=self._prompt_text(request.prompt_token_ids),
             max_tokens=request.max_tokens,
+            # Every knob explicit: a None takes the model's generation_config.json value
+            # (its repetition_penalty, top_k ...), which the request already resolved.
             temperature=0.0 if p.greedy else p.temperature,
             top_p=p.top_p,
-            top_k=p.top_k or None,
-            min_p=p.min_p or None,
-            repetition_penalty=p.repetition_penalty if p.repetition_penalty != 1.0 else None,
-            frequency_penalty=p.frequency_penalty or None,
-            presence_penalty=p.presence_penalty or None,
+            top_k=p.top_k or self.model_config.vocab_size,
+            min_p=p.min_p,
+            repetition_penalty=p.repetition_penalty,
+            frequency_penalty=p.frequency_penalty,
+            presence_penalty=p.presence_penalty,
             logit_bias=dict(p.logit_bias) if p.logit_bias else None,
             ignore_eos=True,  # Minerva's stop rules end it (EOS included), then cancel
             logprobs=True,
