@@ -330,6 +330,13 @@ def _tokenizer(model: str):
     return tok
 
 
+def _stable_with(model: str):
+    """The tokenizer that makes random prompt ids text-stable, or None (token ids only)."""
+    from minerva.loader.source import open_model  # noqa: PLC0415
+
+    return open_model(model).tokenizer
+
+
 def _prompt_ids(model: str, requests: list[BenchRequest]) -> list[list[int]]:
     if all(r.prompt_token_ids is not None for r in requests):
         return [r.prompt_token_ids for r in requests]
@@ -382,7 +389,9 @@ def run_latency(args: argparse.Namespace) -> int:
     _check_positive(input_len=args.input_len, output_len=args.output_len, repeats=args.repeats)
     args.model = _model_paths(args.model)[0]
     spec = f"fixed:in={args.input_len},out={args.output_len}"
-    prompt = build_workload(spec, 1, args.seed, vocab_size=_vocab_size(args.model))[0]
+    prompt = build_workload(
+        spec, 1, args.seed, vocab_size=_vocab_size(args.model), tokenizer=_stable_with(args.model)
+    )[0]
     config = {
         "model": args.model,
         "device": args.device,
@@ -410,8 +419,9 @@ def run_throughput(args: argparse.Namespace) -> int:
     args.model = _model_paths(args.model)[0]
     spec = args.workload or f"fixed:in={args.input_len},out={args.output_len}"
     requests = build_workload(
-        spec, args.num_prompts, args.seed, args.max_tokens, _vocab_size(args.model)
-    )
+        spec, args.num_prompts, args.seed, args.max_tokens, _vocab_size(args.model),
+        tokenizer=_stable_with(args.model),
+    )  # fmt: skip
     prompts = _prompt_ids(args.model, requests)
     config = {
         "model": args.model,

@@ -14,7 +14,8 @@ A workload spec is ``KIND[:key=value,...]``:
 Synthetic text is made of common English words (about one token each in Llama / GPT / Mistral
 vocabularies); servers report the exact prompt length in their usage counts. With
 ``vocab_size`` the synthetic kinds also carry exact-length random token ids for the offline
-backends. Every request starts with different words, so prefix caching only helps where the
+backends; given the model's ``tokenizer`` too, ids that come back unchanged from their text
+(engines that take text prompts, mistral.rs, then run the very same tokens). Every request starts with different words, so prefix caching only helps where the
 workload means it to (shared-prefix).
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,8 +120,10 @@ def build_workload(
     seed: int = 0,
     max_tokens: int | None = None,
     vocab_size: int | None = None,
+    tokenizer: Any = None,
 ) -> list[BenchRequest]:
-    """The workload's requests (cycled or cut to ``num_prompts``); ``max_tokens`` overrides."""
+    """The workload's requests (cycled or cut to ``num_prompts``); ``max_tokens`` overrides;
+    ``tokenizer`` (with ``vocab_size``) makes the random ids text-stable."""
     spec = parse_workload(spec) if isinstance(spec, str) else spec
     rng = np.random.default_rng(seed)
     if spec.kind == "standard":
@@ -129,6 +133,9 @@ def build_workload(
         requests = _cycle(load_jsonl(Path(spec.options["path"])), num_prompts)
     else:
         requests = _synthetic(spec, num_prompts or 16, rng, vocab_size)
+        if tokenizer is not None and vocab_size:
+            for r in requests:
+                r.prompt_token_ids = text_stable_ids(tokenizer, r.prompt_token_ids, rng, vocab_size)
     if max_tokens is not None:
         for r in requests:
             r.max_tokens = max_tokens
@@ -178,6 +185,22 @@ def _random_ids(rng, n: int, vocab_size: int) -> list[int]:
     # Skip the lowest ids: special tokens (BOS/EOS/pad) usually live there.
     low = min(16, vocab_size // 4)
     return rng.integers(low, vocab_size, n).tolist()
+
+
+def text_stable_ids(tokenizer: Any, ids: list[int], rng, vocab_size: int) -> list[int]:
+    """Ids of the same length that encode(decode(ids)) gives back (a fixed point, found in a
+    few rounds of re-encoding, cutting and topping up with random ids); best effort."""
+    n = len(ids)
+    raw = getattr(tokenizer, "backend", tokenizer)  # its decode without space clean-up
+    for _ in range(8):
+        again = tokenizer.encode(
+            raw.decode(ids, skip_special_tokens=False), add_special_tokens=False
+        )
+        again = again[:n] + _random_ids(rng, max(0, n - len(again)), vocab_size)
+        if again == ids:
+            break
+        ids = again
+    return ids
 
 
 def load_jsonl(path: Path) -> list[BenchRequest]:
