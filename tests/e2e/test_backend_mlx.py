@@ -90,6 +90,8 @@ def test_mlx_quantized_folder_matches_mlx_lm_alone_and_batched(folders):
 def test_generate_stream_abort_stop_and_seeds(hf_backend, prompt_ids):
     checks.check_stream_equals_generate(hf_backend, prompt_ids)
     checks.check_abort(hf_backend, prompt_ids)
+    engine = hf_backend.backend.engine  # the aborted sequence left mlx-lm's batch too
+    assert not engine._uid and not engine._gen._generation_batch.uids
     checks.check_stop_string(hf_backend, prompt_ids)
     checks.check_seeds(hf_backend, prompt_ids)
 
