@@ -60,6 +60,8 @@ ALLOWED = {
     "num_speculative_tokens": "an integer from 0 to 16",
     "ngram_min": "a positive integer",
     "ngram_max": "a positive integer",
+    "mistralrs_paged_attn": "one of auto, on, off",
+    "mistralrs_prefix_cache_n": "an integer >= 0",
 }
 SERVER_ALLOWED = {
     "port": "an integer from 0 to 65535",
@@ -75,6 +77,7 @@ BAD = {
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
+    "mistralrs_paged_attn": "maybe", "mistralrs_prefix_cache_n": -1,
 }  # fmt: skip
 
 

@@ -12,11 +12,12 @@ import logging
 import queue
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minerva.backends.token_engine import StepSummary, TokenEngine, TokenEvent
-from minerva.errors import EngineDeadError, RequestError
+from minerva.errors import RequestError
 from minerva.loader import ModelSource
 from minerva.request import Logprobs, Request
 from minerva.sampling_params import SamplingParams
@@ -29,6 +30,14 @@ logger = logging.getLogger(__name__)
 NAME = "mistralrs"
 _TOP = 5  # top logprobs asked for: the sampled token's id is found among them or by its bytes
 _POLL_S = 0.05  # longest wait for a token before the engine thread looks at its commands
+
+
+@dataclass
+class _Failed:
+    """A request mistral.rs failed (its reader's exception)."""
+
+    request_id: str
+    reason: str
 
 
 class _Reader:
@@ -50,15 +59,20 @@ class _Reader:
         try:
             with self._engine.runner_lock:
                 stream = self._engine.runner.send_chat_completion_request(chat_request)
+            finished = False
             for chunk in stream:
                 if self.stopped.is_set():
                     break  # dropping the stream cancels the sequence in mistral.rs
                 for choice in chunk.choices:
-                    events.put(self._engine.event_of(rid, choice, self.num_top))
+                    event = self._engine.event_of(rid, choice, self.num_top)
+                    finished |= event.finished
+                    events.put(event)
             del stream
-        except Exception as e:  # noqa: BLE001 - reported on the engine thread
+            if not (finished or self.stopped.is_set()):  # or it would stay live for ever
+                events.put(_Failed(rid, "its stream ended without a finish reason"))
+        except Exception as e:  # noqa: BLE001 - this request fails, not the engine
             if not self.stopped.is_set():
-                events.put(e)
+                events.put(_Failed(rid, f"{type(e).__name__}: {e}"))
 
 
 class MistralrsEngine(TokenEngine):
@@ -79,7 +93,7 @@ class MistralrsEngine(TokenEngine):
         self.runner = runner
         self.runner_lock = threading.Lock()
         """The package's Runner methods borrow it mutably: one call at a time, or they fail."""
-        self.events: queue.Queue[TokenEvent | Exception] = queue.Queue()
+        self.events: queue.Queue[TokenEvent | _Failed] = queue.Queue()
         self._module = module
         self._workdir = workdir
         self._readers: dict[str, _Reader] = {}
@@ -155,8 +169,10 @@ class MistralrsEngine(TokenEngine):
                 break
         events = []
         for item in items:
-            if isinstance(item, Exception):
-                raise EngineDeadError(f"mistral.rs failed: {item}")
+            if isinstance(item, _Failed):
+                self._readers.pop(item.request_id, None)
+                self.fail_request(item.request_id, item.reason)
+                continue
             events.append(item)
             if item.finished:
                 self._readers.pop(item.request_id, None)
@@ -185,7 +201,7 @@ class MistralrsEngine(TokenEngine):
             ids = self.runner.tokenize_text(lp.token, False, None)
         if len(ids) == 1:
             return ids[0]
-        raise EngineDeadError(f"mistral.rs sampled a token Minerva cannot identify: {raw!r}")
+        raise ValueError(f"mistral.rs sampled a token Minerva cannot identify: {raw!r}")
 
     def _bytes_table(self) -> dict[bytes, list[int]]:
         if self._ids_of_bytes is None:  # a benign race: two threads build the same table

@@ -11,6 +11,7 @@ thread-safe: AsyncEngine's thread is its only caller.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
@@ -27,6 +28,8 @@ from minerva.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from minerva.config import EngineConfig
     from minerva.loader import ModelSource
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -171,12 +174,35 @@ class TokenEngine(ABC):
         ]
         text = prompt if isinstance(prompt, str) else None
         self.output_processor.add(text, checked.prompt_token_ids, children, request_id, stream)
-        for child in children:
-            child.status = RequestStatus.RUNNING
-            child.first_scheduled_time = time.monotonic()
-            self._live[child.request_id] = child
-            self._start(child)
+        try:
+            for child in children:
+                child.status = RequestStatus.RUNNING
+                child.first_scheduled_time = time.monotonic()
+                self._live[child.request_id] = child
+                self._start(child)
+        except BaseException:  # the caller gets the error; nothing of the request stays
+            self._discard(request_id, children)
+            raise
         return request_id
+
+    def _discard(self, request_id: str, children: list[Request]) -> None:
+        """Forget a request that failed to start (its started children are cancelled)."""
+        for child in children:
+            if self._live.pop(child.request_id, None) is not None:
+                self._cancel(child)
+        processor = self.output_processor
+        processor.parents.pop(request_id, None)
+        for child in children:
+            processor.child_to_parent.pop(child.request_id, None)
+
+    def fail_request(self, child_id: str, reason: str) -> None:
+        """End one sequence the other engine failed (finish_reason "abort"), not the engine."""
+        req = self._live.pop(child_id, None)
+        if req is not None:
+            logger.error("%s failed request %s: %s", self.name, child_id, reason)
+            self._cancel(req)
+            req.status = RequestStatus.FINISHED_ABORTED
+            self.output_processor.on_finished(req)
 
     def abort_request(self, request_ids: str | list[str]) -> None:
         for rid in [request_ids] if isinstance(request_ids, str) else request_ids:
