@@ -35,14 +35,8 @@ _GEOMETRY = {
     GGMLType.Q5_K: (64, 32, 2),
     GGMLType.Q6_K: (128, 16, 8),
 }
-# the K granularity of a tile: a whole super-block for the K types (their scales index by it)
-_MIN_BLOCK_K = {
-    GGMLType.Q8_0: 32,
-    GGMLType.Q4_0: 32,
-    GGMLType.Q4_K: 256,
-    GGMLType.Q5_K: 256,
-    GGMLType.Q6_K: 256,
-}
+# the K granularity of a tile: one chunk
+_MIN_BLOCK_K = {t: span for t, (span, _, _) in _GEOMETRY.items()}
 
 
 @triton.jit
@@ -188,7 +182,7 @@ def _qgemm_kernel(
     x_ptr, w_ptr, w16_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_w, stride_om,
     QT: tl.constexpr, C: tl.constexpr, W: tl.constexpr, NG: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(1)
     pid_n = tl.program_id(0)
@@ -209,7 +203,10 @@ def _qgemm_kernel(
             kk = tl.reshape(k, [C * W])
             x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
             w2 = tl.reshape(w, [BLOCK_N, C * W]).to(x.dtype)
-            acc = tl.dot(x, tl.trans(w2), acc)
+            if IEEE:  # float32 models get float32 products, as torch's matmul gives them
+                acc = tl.dot(x, tl.trans(w2), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w2), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rows[None, :]
@@ -330,7 +327,8 @@ def qgemm(
         x, w, w16, bias if bias is not None else x, out, m, n, k, x.stride(0),
         planes.stride(0), out.stride(0),
         QT=int(ggml_type), C=c, W=width, NG=groups, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32,
+        USE_PDL=pdl,
         num_warps=num_warps, num_stages=num_stages, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return out
