@@ -80,10 +80,10 @@ class Weights:
 def gemv_configs(span: int) -> list[tuple]:
     return [
         (bn, bk, w, s)
-        for bn in (2, 4, 8)
-        for bk in (512, 1024, 2048)
+        for bn in (1, 2, 4, 8)
+        for bk in (512, 1024, 2048, 4096)
         for w in (4, 8)
-        for s in (2, 3, 4)
+        for s in (2,)
         if bk >= span
     ]
 
@@ -94,7 +94,7 @@ def small_configs(span: int) -> list[tuple]:
         for bn in (16, 32, 64)
         for bk in (128, 256, 512)
         for w in (4,)
-        for s in (2, 3, 4)
+        for s in (2, 3)
         if bk >= span
     ]
 

@@ -40,6 +40,15 @@ _MIN_BLOCK_K = {t: span for t, (span, _, _) in _GEOMETRY.items()}
 
 
 @triton.jit
+def _codes_f32(v, offset: tl.constexpr):
+    """Small unsigned integer codes (any int type, < 2^23) minus `offset`, as float32, without a
+    conversion instruction (a quarter-rate one on Hopper): 2^23 + v has v as its low mantissa
+    bits, and subtracting 2^23 + offset is exact."""
+    bits = v.to(tl.int32) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - (8388608.0 + offset)
+
+
+@triton.jit
 def _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
           QT: tl.constexpr, g: tl.constexpr, C: tl.constexpr, W: tl.constexpr):  # fmt: skip
     """Group g of the tile at k0: (values float32 [BN, C, W], their K indices [C, W]).
@@ -51,10 +60,10 @@ def _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
         cok = k0 + c * 32 < K
         k = k0 + c[:, None] * 32 + i[None, :]
         m3 = row_ok[:, None, None] & cok[None, :, None]
-        q = tl.load(w_ptr + ro + k[None], mask=m3, other=0).to(tl.int8, bitcast=True)
+        q = tl.load(w_ptr + ro + k[None], mask=m3, other=0) ^ 0x80  # int8 + 128
         d = tl.load(w16_ptr + roff16[:, None] + K // 2 + (k0 // 32 + c)[None, :],
                     mask=row_ok[:, None] & cok[None, :], other=0.0)  # fmt: skip
-        w = q.to(tl.float32) * d.to(tl.float32)[:, :, None]
+        w = _codes_f32(q, 128.0) * d.to(tl.float32)[:, :, None]
     elif QT == 2:  # Q4_0: 16 bytes per 32 values (low nibble: i, high: i + 16), one scale
         cok = k0 + c * 32 < K
         m3 = row_ok[:, None, None] & cok[None, :, None]
@@ -66,7 +75,7 @@ def _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
         k = k0 + c[:, None] * 32 + g * 16 + i[None, :]
         d = tl.load(w16_ptr + roff16[:, None] + K // 4 + (k0 // 32 + c)[None, :],
                     mask=row_ok[:, None] & cok[None, :], other=0.0)  # fmt: skip
-        w = (q.to(tl.float32) - 8.0) * d.to(tl.float32)[:, :, None]
+        w = _codes_f32(q, 8.0) * d.to(tl.float32)[:, :, None]
     elif QT == 14:  # Q6_K: halves of 128; group g = quarter g // 2, its sub-block g % 2
         t: tl.constexpr = g // 2
         hh: tl.constexpr = g % 2
@@ -81,14 +90,14 @@ def _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
             nib = ql & 15
         else:
             nib = ql >> 4
-        q = (nib | (((qh >> (2 * t)) & 3) << 4)).to(tl.int32) - 32
+        q = _codes_f32(nib | (((qh >> (2 * t)) & 3) << 4), 32.0)
         m2 = row_ok[:, None] & cok[None, :]
         sc = tl.load(w_ptr + roff[:, None] + (K // 2 + K // 4 + h * 8 + 2 * t + hh)[None, :],
                      mask=m2, other=0).to(tl.int8, bitcast=True)  # fmt: skip
         d = tl.load(w16_ptr + roff16[:, None] + (13 * K // 32 + h // 2)[None, :], mask=m2,
                     other=0.0)  # fmt: skip
         s = d.to(tl.float32) * sc.to(tl.float32)
-        w = q.to(tl.float32) * s[:, :, None]
+        w = q * s[:, :, None]
         k = k0 + c[:, None] * 128 + 32 * t + 16 * hh + i[None, :]
     else:  # Q4_K (12) / Q5_K (13): chunks of 64 (low nibbles: sub-block 2c, high: 2c + 1)
         ch = k0 // 64 + c  # chunk index in the row
@@ -115,7 +124,7 @@ def _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
         dmin = tl.load(w16_ptr + roff16[:, None] + dd[None, :] + 1, mask=m2, other=0.0)
         s = d.to(tl.float32) * sc.to(tl.float32)
         ms = dmin.to(tl.float32) * mn.to(tl.float32)
-        w = q.to(tl.float32) * s[:, :, None] - ms[:, :, None]
+        w = _codes_f32(q, 0.0) * s[:, :, None] - ms[:, :, None]
         k = k0 + c[:, None] * 64 + 32 * g + i[None, :]
     return w, k
 
@@ -160,11 +169,15 @@ def _qgemv_kernel(
             ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
     acc = tl.zeros([BLOCK_N, C, W], tl.float32)
+    zero_rows = tl.zeros([BLOCK_N], tl.int32)
     for k0 in range(0, K, BLOCK_K):
         for g in tl.static_range(NG):
             w, k = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, g, C, W)
-            x = _load_x(x_ptr, k, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
-            acc += w * x[None, :, :]
+            # x at the tile's shape (the same element for every row): loaded in the weight
+            # tile's own layout, where a [C, W] load would be moved through shared memory
+            k3 = k[None, :, :] + zero_rows[:, None, None]
+            x = _load_x(x_ptr, k3, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
+            acc += w * x
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
