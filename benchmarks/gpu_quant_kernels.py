@@ -98,14 +98,14 @@ def gemv8_configs(span: int) -> list[tuple]:
     ]
 
 
-def small_configs(span: int) -> list[tuple]:
+def small_configs(span: int, m: int) -> list[tuple]:
     return [
-        (16, bn, bk, w, s)
-        for bn in (16, 32, 64)
-        for bk in (128, 256, 512)
-        for w in (4,)
-        for s in (2, 3)
-        if bk >= span
+        (bm, bn, bk, w, 3)
+        for bm in ((16,) if m <= 16 else (32, 64))
+        for bn in (32, 64, 128)
+        for bk in (64, 128, 256)
+        for w in (4, 8)
+        if bk >= span and not (bm * bn >= 8192 and w == 4)
     ]
 
 
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=["Q4_K", "Q6_K", "Q8_0", "Q5_K", "Q4_0"])
     ap.add_argument("--parts", nargs="+", default=["gemv8", "gemv", "small", "prefill"])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    ap.add_argument("--small-m", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--small-m", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--prefill-m", type=int, default=512)
     ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--output", default="benchmarks/results")
@@ -233,7 +233,7 @@ def main() -> None:
             for m in args.small_m if "small" in args.parts else []:
                 xm = torch.randn(m, k, device="cuda").bfloat16()
                 sweep(
-                    "small", {**key, "m": m}, small_configs(span),
+                    "small", {**key, "m": m}, small_configs(span, m),
                     lambda planes, cfg, xm=xm, t=t: triton_quant.qgemm(xm, planes, t, config=cfg),
                     xm.float() @ w.ref.bfloat16().float().T,
                     lambda ms, w=w: dict(gb_s=w.nbytes / ms / 1e6),
