@@ -61,3 +61,11 @@ def test_doctor_reports_every_backend_and_the_chosen_ones_findings(monkeypatch):
 
         assert report["backends"]["llamacpp"]["version"] == llama_cpp.__version__
         assert "logprobs" in lines["llamacpp: not supported"]
+
+
+def test_what_a_backend_cannot_do_is_a_400_naming_the_fix():
+    from minerva.errors import NotSupportedError
+    from minerva.server.api_errors import to_api_error
+
+    err = to_api_error(NotSupportedError("no prompt logprobs here: use --backend minerva"))
+    assert (err.status, err.code) == (400, "not_supported") and "--backend minerva" in str(err)
