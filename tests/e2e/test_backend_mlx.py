@@ -152,13 +152,17 @@ def test_a_missing_mlx_core_names_the_extra(monkeypatch, folders):
         checks.blocking("mlx", folders["hf"])
 
 
-def test_a_gguf_file_or_a_gpu_it_lacks_is_a_config_error(folders, tmp_path):
+def test_what_mlx_cannot_do_is_a_config_error(folders, tmp_path):
     from minerva.errors import ConfigError
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(ConfigError, match="loads model folders"):
         checks.blocking("mlx", gguf)
+    with pytest.raises(ConfigError, match="cannot run on the mlx backend"):
+        checks.blocking("mlx", folders["hf"], speculative_method="ngram", num_speculative_tokens=2)
+    with pytest.raises(ConfigError, match="8-bit KV cache"):
+        checks.blocking("mlx", folders["hf"], kv_cache_dtype="fp8")
     if not mx.is_available(mx.gpu):
         with pytest.raises(ConfigError, match="CPU only"):
             checks.blocking("mlx", folders["hf"], device="cuda")

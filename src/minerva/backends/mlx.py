@@ -67,6 +67,7 @@ def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool
             f"the mlx backend loads model folders (Hugging Face or MLX format), not {path}: "
             "for a .gguf file use --backend minerva, llamacpp or mistralrs"
         )
+    _check_supported(config)
     device = _select_device(config.device.device, mx)
     source = open_model(path, config.model.tokenizer)
     model, mlx_config = _load_model(path)
@@ -84,6 +85,21 @@ def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool
         weight_bytes=_weight_bytes(model),
     )
     return ForeignBackend(engine, info, max_queued_requests)
+
+
+def _check_supported(config: EngineConfig) -> None:
+    """Settings of Minerva's engine that MLX cannot honour are errors, not silently dropped."""
+    if config.speculative.num_speculative_tokens or config.speculative.draft_model:
+        raise ConfigError(
+            "speculative decoding (draft_model / num_speculative_tokens) cannot run on the mlx "
+            "backend: mlx-lm's batched generator does not speculate; use --backend minerva, or "
+            "set num_speculative_tokens=0"
+        )
+    if config.cache.kv_cache_dtype.startswith("float8"):
+        raise ConfigError(
+            f"kv_cache_dtype={config.cache.kv_cache_dtype}: the mlx backend keeps its KV cache "
+            "in the model's dtype; use auto, or --backend minerva for an 8-bit KV cache"
+        )
 
 
 def _select_device(requested: str, mx: Any) -> str:
