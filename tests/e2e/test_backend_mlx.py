@@ -7,20 +7,23 @@ give the tokens mlx-lm gives one request alone)."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from pathlib import Path
 
 import pytest
 
+from minerva.backends.mlx import import_mlx_lm
 from minerva.sampling_params import SamplingParams
 from tests import backend_checks as checks
 from tests.tiny_models import build_tiny_text_model
 
-mlx_lm = pytest.importorskip(
-    "mlx_lm", reason="mlx-lm is not installed (pip install minerva-llm[mlx])"
-)
+if importlib.util.find_spec("mlx_lm") is None:
+    pytest.skip("mlx-lm is not installed (pip install minerva-llm[mlx])", allow_module_level=True)
 mx = pytest.importorskip(
     "mlx.core", reason="MLX has no backend here (on Linux: pip install mlx[cpu])"
 )
+mlx_lm = import_mlx_lm()  # as the backend imports it: no second OpenMP runtime in this process
 
 N = 16
 
@@ -173,3 +176,38 @@ def test_cli_generate_and_doctor(hf_backend, folders, prompt_ids, capsys):
     checks.check_cli_generate("mlx", folders["hf"], out.text, capsys)
     probe = checks.check_doctor("mlx", "seeds are honoured per request")
     assert probe["version"].startswith(mlx_lm.__version__)
+
+
+def test_mlx_lm_is_imported_without_sentencepieces_openmp_runtime(tmp_path):
+    """sentencepiece's wheel bundles its own libgomp, which turns Minerva's C kernels off for
+    the process; the backend imports mlx-lm without it (a stand-in package records imports)."""
+    import os
+    import subprocess
+
+    fake = tmp_path / "site"
+    (fake / "sentencepiece").mkdir(parents=True)
+    (fake / "sentencepiece" / "__init__.py").write_text(
+        "import os\nopen(os.environ['SP_MARKER'], 'a').write('x')\n"
+        "class SentencePieceProcessor: ...\n"
+    )
+    (fake / "sentencepiece-0.2.3.dist-info").mkdir()
+    (fake / "sentencepiece-0.2.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: sentencepiece\nVersion: 0.2.3\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+
+    def run(code: str) -> str:
+        marker = tmp_path / "marker"
+        marker.unlink(missing_ok=True)
+        env = {**os.environ, "SP_MARKER": str(marker),
+               "PYTHONPATH": os.pathsep.join([str(fake), str(root / "src")])}  # fmt: skip
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+        return marker.read_text() if marker.exists() else ""
+
+    assert run("import mlx_lm") == "x"  # unguarded, mlx-lm imports it
+    guarded = (
+        "import sys\nfrom minerva.backends.mlx import import_mlx_lm\nimport_mlx_lm()\n"
+        "import mlx_lm.generate\nassert 'sentencepiece' not in sys.modules\n"
+    )
+    assert run(guarded) == ""
+    assert run(guarded + "import sentencepiece\n") == "x"  # and it stays importable

@@ -6,6 +6,7 @@ ForeignBackend + AsyncEngine as the server drives them."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -34,6 +35,7 @@ class ScriptedEngine(TokenEngine):
         self.running: dict[str, int] = {}
         self.cancelled: list[str] = []
         self.fail_start = self.fail_next = False
+        self.hold_after: int | None = None  # emit no more than this many tokens per sequence
 
     def _start(self, request: Request) -> None:
         if self.fail_start:
@@ -47,6 +49,8 @@ class ScriptedEngine(TokenEngine):
     def _advance(self) -> list[TokenEvent]:
         events = []
         for rid, i in list(self.running.items()):
+            if self.hold_after is not None and i >= self.hold_after:
+                continue
             if self.fail_next:
                 self.fail_next = False
                 self.fail_request(rid, "boom")
@@ -57,6 +61,8 @@ class ScriptedEngine(TokenEngine):
             if last:
                 del self.running[rid]
         self.last_scheduler_output = StepSummary(0, len(events), len(events))
+        if not events:
+            time.sleep(0.001)  # held: let the engine thread take its commands (no hot spin)
         return events
 
 
@@ -118,6 +124,7 @@ def test_n_children_abort_and_an_engine_that_ends_a_sequence(text_ids):
         (out,) = b.generate([[5]], [SamplingParams(n=3, max_tokens=100)])
         assert [c.token_ids for c in out.outputs] == [text_ids] * 3
         assert {c.finish_reason for c in out.outputs} == {"length"}  # ended by the engine
+        engine.hold_after = 2  # it cannot finish before the abort arrives
         stream = b.stream([5], SamplingParams(max_tokens=100))
         next(stream)
         stream.close()

@@ -10,7 +10,9 @@ same bits as the GGUF types, not their block format. Seeds hold per request (mlx
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from minerva.backends.foreign import ForeignBackend, import_optional, source_model_info
@@ -37,10 +39,26 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 _GROUP_SIZE = 32
 
 
+def import_mlx_lm() -> ModuleType:
+    """``import mlx_lm`` without SentencePiece: its wheel bundles a second libgomp, and with two
+    OpenMP runtimes in the process Minerva's C kernels refuse to load (ops/native.py), slowing
+    the minerva engine of a multi-engine run. This backend tokenizes with Minerva's tokenizer,
+    so mlx-lm's SentencePiece tokenizers are never needed; a later ``import sentencepiece``
+    still works."""
+    if "mlx_lm" in sys.modules or "sentencepiece" in sys.modules:
+        return import_optional("mlx_lm", NAME, "mlx")
+    sys.modules["sentencepiece"] = None  # type: ignore[assignment] - import fails: skipped
+    try:
+        return import_optional("mlx_lm", NAME, "mlx")
+    finally:
+        del sys.modules["sentencepiece"]
+
+
 def doctor() -> dict[str, str]:
     """What MLX can do here (minerva doctor)."""
     import mlx.core as mx  # noqa: PLC0415
-    import mlx_lm  # noqa: PLC0415
+
+    mlx_lm = import_mlx_lm()
 
     gpu = mx.is_available(mx.gpu)
     return {
@@ -56,7 +74,7 @@ def doctor() -> dict[str, str]:
 def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool = False):
     """Load ``config``'s model folder with mlx-lm (blocking) and return its Backend."""
     import_optional("mlx.core", NAME, "mlx")
-    import_optional("mlx_lm", NAME, "mlx")
+    import_mlx_lm()
     import mlx.core as mx  # noqa: PLC0415 - optional dependency
 
     from minerva.runner.model_loading import check_lengths, resolve_model_path  # noqa: PLC0415
