@@ -3,6 +3,8 @@ model's tokenizer is given, so engines that take text prompts (mistral.rs) run t
 
 from __future__ import annotations
 
+import pytest
+
 from minerva.bench.workloads import build_workload
 from minerva.demo import demo_model_path
 from minerva.tokenizer import Tokenizer
@@ -12,9 +14,10 @@ def _round_trip(tok: Tokenizer, ids: list[int]) -> list[int]:
     return tok.encode(tok.backend.decode(ids, skip_special_tokens=False), add_special_tokens=False)
 
 
-def test_random_ids_are_text_stable_with_a_tokenizer():
+@pytest.mark.parametrize("spec", ["random:in=24,out=4,range=0.5", "fixed:in=128,out=4"])
+def test_random_ids_are_text_stable_with_a_tokenizer(spec):
     tok = Tokenizer.from_folder(demo_model_path())
-    spec, vocab = "random:in=24,out=4,range=0.5", tok.vocab_size
+    vocab = tok.vocab_size
     plain = build_workload(spec, 12, seed=3, vocab_size=vocab)
     stable = build_workload(spec, 12, seed=3, vocab_size=vocab, tokenizer=tok)
     assert [len(r.prompt_token_ids) for r in stable] == [len(r.prompt_token_ids) for r in plain]

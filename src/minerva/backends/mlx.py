@@ -219,8 +219,20 @@ class MlxEngine(TokenEngine):
         )
         self._uid: dict[str, int] = {}  # child id -> BatchGenerator uid
         self._child: dict[int, Request] = {}
+        import mlx.core as mx  # noqa: PLC0415
+
+        self._device, self._bound = mx.default_device(), False
+
+    def _bind(self) -> None:
+        """Use the loading thread's device on the engine thread too (MLX keeps it per thread)."""
+        if not self._bound:
+            import mlx.core as mx  # noqa: PLC0415
+
+            mx.set_default_device(self._device)
+            self._bound = True
 
     def _start(self, request: Request) -> None:
+        self._bind()
         p = request.sampling_params
         [uid] = self._gen.insert(
             [list(request.prompt_token_ids)],
@@ -238,6 +250,7 @@ class MlxEngine(TokenEngine):
             self._gen.remove([uid])
 
     def _advance(self) -> list[TokenEvent]:
+        self._bind()
         with self._gen.stats() as counted:
             _, responses = self._gen.next()
         self.last_scheduler_output = StepSummary(
@@ -271,6 +284,7 @@ class MlxEngine(TokenEngine):
         """One forward pass of the whole sequence, without a cache (between steps)."""
         import mlx.core as mx  # noqa: PLC0415
 
+        self._bind()
         if not 2 <= len(token_ids) <= self.max_model_len:
             raise RequestError(
                 f"score needs 2 to {self.max_model_len} tokens, got {len(token_ids)}"

@@ -188,19 +188,38 @@ def _random_ids(rng, n: int, vocab_size: int) -> list[int]:
 
 
 def text_stable_ids(tokenizer: Any, ids: list[int], rng, vocab_size: int) -> list[int]:
-    """Ids of the same length that encode(decode(ids)) gives back (a fixed point, found in a
-    few rounds of re-encoding, cutting and topping up with random ids); best effort."""
+    """Ids of the same length that encode(decode(ids)) gives back: a fixed point of re-encoding
+    the random ids (cut, topped up), else common words padded with " the" to the length; best
+    effort (the last candidate when neither holds)."""
     n = len(ids)
-    raw = getattr(tokenizer, "backend", tokenizer)  # its decode without space clean-up
     for _ in range(8):
-        again = tokenizer.encode(
-            raw.decode(ids, skip_special_tokens=False), add_special_tokens=False
-        )
-        again = again[:n] + _random_ids(rng, max(0, n - len(again)), vocab_size)
+        again = _reencode(tokenizer, ids)
         if again == ids:
+            return ids
+        ids = again[:n] + _random_ids(rng, max(0, n - len(again)), vocab_size)
+    text = ""
+    while True:  # the most words that fit, then one-token fillers up to the length
+        longer = text + " " + WORDS[int(rng.integers(0, len(WORDS)))]
+        if len(tokenizer.encode(longer, add_special_tokens=False)) > n:
             break
-        ids = again
-    return ids
+        text = longer
+    words = tokenizer.encode(text, add_special_tokens=False)
+    while len(words) < n:  # fillers that add a token or so without merging into the text
+        longer = next(
+            (t for t in (text + f for f in _FILLERS) if len(tokenizer.encode(t, add_special_tokens=False)) <= n), None
+        )  # fmt: skip
+        if longer is None:
+            break
+        text, words = longer, tokenizer.encode(longer, add_special_tokens=False)
+    return words if len(words) == n and _reencode(tokenizer, words) == words else ids
+
+
+_FILLERS = (" the", " a", ".", ",", " ", "\n")
+
+
+def _reencode(tokenizer: Any, ids: list[int]) -> list[int]:
+    raw = getattr(tokenizer, "backend", tokenizer)  # its decode without space clean-up
+    return tokenizer.encode(raw.decode(ids, skip_special_tokens=False), add_special_tokens=False)
 
 
 def load_jsonl(path: Path) -> list[BenchRequest]:
