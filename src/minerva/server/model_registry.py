@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minerva.backends.base import Backend, ModelInfo
+from minerva.config_fields import format_byte_size
 from minerva.errors import EngineUnavailableError, MinervaError, RequestError
 from minerva.server.api_errors import APIError, model_not_found
 from minerva.server.background import in_daemon_thread
@@ -195,6 +196,9 @@ class ModelRegistry:
         expired = [m for m in self._loaded.values() if not m.busy() and m.expires_at <= now]
         for m in expired:
             await self._unload(m, "expired")
+        newest = max(self._loaded.values(), key=lambda m: m.last_used, default=None)
+        if newest is not None:  # over the limit after a load beside busy models: idle ones go
+            await self._make_room(newest.model, 0, settled=True)
         return [m.name for m in expired]
 
     async def run_reaper(self, interval: float = 1.0) -> None:
@@ -268,8 +272,8 @@ class ModelRegistry:
             return
         if need > limit:
             raise RequestError(
-                f"{model.name} needs {need / GIB:.2f} GiB ({model.format} weights on disk) but "
-                f"the memory limit is {limit / GIB:.2f} GiB: raise memory_limit "
+                f"{model.name} needs {format_byte_size(need)} ({model.format} weights on disk) "
+                f"but the memory limit is {format_byte_size(limit)}: raise memory_limit "
                 "(--memory-limit) or use a smaller or quantized model",
                 code="model_too_large", param="model",
             )  # fmt: skip
@@ -284,10 +288,12 @@ class ModelRegistry:
                 continue
             if settled:
                 return  # only busy models left: they go when idle
-            busy = ", ".join(f"{m.name} ({m.size / GIB:.2f} GiB)" for m in self._loaded.values())
+            busy = ", ".join(
+                f"{m.name} ({format_byte_size(m.size)})" for m in self._loaded.values()
+            )
             what = (
-                f"no room to load {model.name} ({need / GIB:.2f} GiB) under the memory limit of "
-                f"{limit / GIB:.2f} GiB while {busy} serve requests"
+                f"no room to load {model.name} ({format_byte_size(need)}) under the memory "
+                f"limit of {format_byte_size(limit)} while {busy} serve requests"
             )
             await self._wait(self._next_change(), deadline, what)
 
