@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
@@ -341,6 +342,16 @@ class ModelRegistry:
 
 
 def _source_digest(path: Path) -> str:
-    from minerva.loader import open_model  # the loader's digest: the same as a loaded model's
+    """The loader's digest (the same as a loaded model's ModelInfo), or for what the loader
+    cannot open (it will fail to load, with the reason), the hash of every file."""
+    from minerva.loader import open_model
 
-    return open_model(path).digest()
+    try:
+        return open_model(path).digest()
+    except MinervaError:
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            with f.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    h.update(chunk)
+        return "sha256:" + h.hexdigest()
