@@ -13,6 +13,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from minerva.server.model_registry import RegistryCounters
 from minerva.server.state import ServerState
 
 LOAD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -30,29 +31,27 @@ class ModelCollector(Collector):
             "Memory each loaded model holds (weights + KV cache + activation reserve).",
             labels=["model"],
         )
-        if registry is None:
+        if registry is None:  # one model, loaded at start: the same families
             backend = state.backend
             if backend is not None:
                 memory.add_metric([state.model_name], backend.stats().model_memory_bytes)
-            yield GaugeMetricFamily(
-                "minerva_models_loaded", "Models in memory.", value=int(backend is not None)
-            )
-            yield memory
-            return
-        loaded = registry.loaded()
-        yield GaugeMetricFamily("minerva_models_loaded", "Models in memory.", value=len(loaded))
-        yield GaugeMetricFamily(
-            "minerva_models_loading", "Models being loaded.", value=len(registry.loading())
-        )
-        for m in loaded:
-            memory.add_metric([m.name], m.size)
+            loading = int(backend is None and state.load_error is None)
+            loaded, limit = int(backend is not None), 0
+            counters = RegistryCounters(loads=loaded, load_failures=int(bool(state.load_error)))
+        else:
+            for m in registry.loaded():
+                memory.add_metric([m.name], m.size)
+            loaded, loading = len(registry.loaded()), len(registry.loading())
+            limit, counters = registry.memory_limit or 0, registry.counters
+        yield GaugeMetricFamily("minerva_models_loaded", "Models in memory.", value=loaded)
+        yield GaugeMetricFamily("minerva_models_loading", "Models being loaded.", value=loading)
         yield memory
         yield GaugeMetricFamily(
             "minerva_models_memory_limit_bytes",
-            "Memory the loaded models may hold together (0: no limit).",
-            value=registry.memory_limit or 0,
+            "Memory the loaded models may hold together (0: no limit, or one model).",
+            value=limit,
         )
-        yield from _load_metrics(registry.counters)
+        yield from _load_metrics(counters)
 
 
 def _load_metrics(counters) -> Iterator[Metric]:
