@@ -78,3 +78,15 @@ def test_keep_alive_zero_unloads_after_the_request(multi_server):
         time.sleep(0.05)
     metrics = multi_server.metrics()
     assert metrics['minerva_model_unloads_total{reason="expired"}'] >= 1
+
+
+def test_a_created_model_serves_with_its_parameters(multi_server):
+    client = ollama.Client(host=multi_server.url, timeout=60)
+    client.create("alpha-greedy", from_="alpha", parameters={"temperature": 0})
+    assert "alpha-greedy:latest" in [m.model for m in client.list().models]
+    limit = {"num_predict": 8}
+    created = client.chat("alpha-greedy", MESSAGES, options=limit)  # its default: greedy
+    greedy = client.chat("alpha", MESSAGES, options={**limit, "temperature": 0})
+    assert created.message.content == greedy.message.content
+    client.delete("alpha-greedy")
+    assert "alpha-greedy:latest" not in [m.model for m in client.list().models]

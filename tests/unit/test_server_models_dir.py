@@ -49,7 +49,7 @@ class GatedBackend(SizedBackend):
 class GatedLoader(Loader):
     def __call__(self, model):
         self.loads.append(model.name)
-        backend = GatedBackend(model.name, self.memory[model.name.split(":")[0]])
+        backend = GatedBackend(model.name, self.memory.get(model.name.split(":")[0], MB))
         self.backends[model.name] = backend
         return backend
 
