@@ -56,7 +56,8 @@ def stack(tmp_path_factory):
         (root / name).mkdir()
         build_server_model(root / name, seed=seed)
     work = tmp_path_factory.mktemp("prometheus")
-    server = start_server(root, work / "server.log", models_dir=root)
+    # Room for both models (each holds ~0.26 GiB, mostly the activation reserve).
+    server = start_server(root, work / "server.log", "--memory-limit", "800MiB", models_dir=root)
     prom = Prometheus(f"127.0.0.1:{server.port}", work)
     yield server, prom
     prom.stop()
