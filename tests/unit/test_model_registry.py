@@ -6,6 +6,7 @@ and loads and requests are gated by events the test sets."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -16,7 +17,7 @@ from minerva.backends.base import BackendStats
 from minerva.errors import EngineUnavailableError, RequestError
 from minerva.server.api_errors import APIError
 from minerva.server.model_dir import LocalModel, scan
-from minerva.server.model_registry import ModelRegistry
+from minerva.server.model_registry import WAIT_DIGEST_BYTES, ModelRegistry
 from tests.unit.test_server_fake_backend import FakeBackend
 
 MB = 1 << 20
@@ -302,5 +303,22 @@ def test_concurrent_leases_on_two_models(tmp_path):
             lease.release()
             lease.release()  # idempotent
         assert [m.leases for m in reg.loaded()] == [0, 0]
+
+    asyncio.run(main())
+
+
+def test_large_models_hash_in_the_background(tmp_path):
+    async def main():
+        size = WAIT_DIGEST_BYTES + 1
+        reg, _, _ = registry(tmp_path, {"big": MB}, disk={"big": size})
+        model = reg.find("big")
+        assert await reg.digest(model) == ""  # listed at once; the hash runs meanwhile
+        while not (digest := await reg.digest(model)):
+            await asyncio.sleep(0.01)
+        # Not a loadable model (config.json lacks the shapes): the hash of every file.
+        h = hashlib.sha256()
+        for name in ("config.json", "model.safetensors"):
+            h.update((tmp_path / "big" / name).read_bytes())
+        assert digest == "sha256:" + h.hexdigest()
 
     asyncio.run(main())

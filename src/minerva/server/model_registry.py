@@ -31,6 +31,8 @@ from minerva.server.model_dir import LocalModel, canonical_name, scan
 
 logger = logging.getLogger(__name__)
 GIB = 2**30
+WAIT_DIGEST_BYTES = 64 * 2**20
+"""Listings wait for the digest of models up to this size; larger ones hash in the background."""
 
 
 @dataclass
@@ -118,7 +120,7 @@ class ModelRegistry:
         self._loading: dict[str, asyncio.Task] = {}
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Event()
-        self._digests: dict[tuple, str] = {}
+        self._digests: dict[tuple, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
 
     # -- the directory --------------------------------------------------------------------
@@ -138,13 +140,17 @@ class ModelRegistry:
         return model
 
     async def digest(self, model: LocalModel) -> str:
-        """``sha256:<hex>`` of the model's files, as ModelInfo.digest (cached per file state)."""
+        """``sha256:<hex>`` of the model's files, as ModelInfo.digest (cached per file state).
+        Hashing reads every byte (seconds per GB): past ``WAIT_DIGEST_BYTES`` it runs in the
+        background and "" stands for the digest until it is done."""
         key = (str(model.path), model.size, model.modified_at)
-        if key not in self._digests:
-            self._digests[key] = await in_daemon_thread(
-                lambda: _source_digest(model.path), name="minerva-digest"
-            )
-        return self._digests[key]
+        task = self._digests.get(key)
+        if task is None:
+            work = in_daemon_thread(lambda: _source_digest(model.path), name="minerva-digest")
+            task = self._digests[key] = asyncio.ensure_future(work)
+        if model.size <= WAIT_DIGEST_BYTES or task.done():
+            return await asyncio.shield(task)
+        return ""
 
     # -- loaded models --------------------------------------------------------------------
     def loaded(self) -> list[LoadedModel]:
