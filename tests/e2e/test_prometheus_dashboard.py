@@ -65,14 +65,15 @@ def stack(tmp_path_factory):
 
 
 def _load(server, stop) -> int:
-    """Requests of every kind until ``stop()``: chat and generate on both models (streaming,
-    concurrent), a keep_alive 0 now and then (unload, reload), a 404; how many were made."""
+    """Requests of every kind, at least three rounds and until ``stop()``: chat and generate on
+    both models (streaming, concurrent), keep_alive 0 every third round (unload, reload), a
+    404; how many were made."""
     client = ollama.Client(host=server.url, timeout=60)
     options = {"num_predict": 12, "temperature": 0}
     made = 0
     with ThreadPoolExecutor(3) as pool:
         for i in itertools.count():
-            if stop():
+            if i >= 3 and stop():
                 return made
             jobs = [
                 pool.submit(client.chat, "alpha", [{"role": "user", "content": f"hi {i % 2}"}],
