@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 
 import httpx
 import ollama
@@ -49,6 +50,8 @@ class GatedBackend(SizedBackend):
 class GatedLoader(Loader):
     def __call__(self, model):
         self.loads.append(model.name)
+        if self.gate is not None:
+            assert self.gate.wait(60), "the test never opened the load gate"
         backend = GatedBackend(model.name, self.memory.get(model.name.split(":")[0], MB))
         self.backends[model.name] = backend
         return backend
@@ -171,3 +174,25 @@ def test_unknown_model_is_a_404_naming_the_models(tmp_path):
     assert missing.status_code == 404
     assert "'a:latest, b:latest'" in missing.json()["error"]
     assert health.json() == {"status": "ok"}  # ready without any model loaded
+
+
+def test_a_model_being_loaded_shows_in_ps_and_its_requests_wait(tmp_path):
+    async def check(transport, registry, loader):
+        loader.gate = threading.Event()
+        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        body = {"model": "b", "prompt": "hi", "stream": False}
+        reply = asyncio.ensure_future(http.post("/api/generate", json=body))
+        while not registry.loading():
+            await asyncio.sleep(0)
+        during = (await http.get("/api/ps")).json()["models"]
+        waiting = reply.done()
+        loader.gate.set()
+        return during, waiting, await reply, (await http.get("/api/ps")).json()["models"]
+
+    during, done_early, reply, after = serve(tmp_path, check)
+    assert [(m["name"], m.get("loading"), m["size"]) for m in during] == [
+        ("b:latest", True, 20 * MB)  # the estimate: its weights on disk
+    ]
+    assert "expires_at" not in during[0] and not done_early
+    assert reply.status_code == 200 and reply.json()["response"] == "".join(WORDS)
+    assert "loading" not in after[0] and after[0]["expires_at"]

@@ -37,8 +37,9 @@ class RunningModel:
     """Bytes the loaded model holds (weights + KV cache + activation reserve)."""
     size_vram: int
     """Of those, on a GPU (0 on CPU)."""
-    expires_at: float
-    """Unix time it unloads if no request comes."""
+    expires_at: float | None
+    """Unix time it unloads if no request comes (None while loading)."""
+    loading: bool = False
 
 
 def from_info(name: str, info: ModelInfo, created: float) -> ListedModel:
@@ -92,6 +93,11 @@ async def running_models(state: ServerState) -> list[RunningModel]:
         expires = registry.expires_at(m)
         expires = FOREVER_STAMP if math.isinf(expires) else expires
         out.append(RunningModel(listed, m.size, m.size if on_gpu else 0, expires))
+    models = registry.models()
+    for name in registry.loading():  # size: the weights on disk, until the engine measures
+        if (model := models.get(name)) is not None:
+            listed = from_files(model, "", None)
+            out.append(RunningModel(listed, model.size, 0, None, loading=True))
     return out
 
 

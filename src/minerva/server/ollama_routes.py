@@ -116,12 +116,11 @@ async def ps(request: Request) -> JSONResponse:
     entries = []
     for r in await running_models(get_state(request)):
         entry = _model_entry(r.listed)
-        entry.update(
-            size=r.size,
-            expires_at=_stamp(r.expires_at),
-            size_vram=r.size_vram,
-            context_length=r.listed.context_length,
-        )
+        entry.update(size=r.size, size_vram=r.size_vram, context_length=r.listed.context_length)
+        if r.loading:
+            entry["loading"] = True  # Minerva's: a load in progress, not yet serving
+        else:
+            entry["expires_at"] = _stamp(r.expires_at)
         entries.append(entry)
     return JSONResponse({"models": entries})
 
