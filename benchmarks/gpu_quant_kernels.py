@@ -25,7 +25,7 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from minerva.ops import triton_gemv, triton_quant
+from minerva.ops import triton_gemv, triton_qgemv_int8, triton_quant
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_planes import from_planes, to_planes
 from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, row_bytes
@@ -88,14 +88,24 @@ def gemv_configs(span: int) -> list[tuple]:
     ]
 
 
-def small_configs(span: int) -> list[tuple]:
+def gemv8_configs(span: int) -> list[tuple]:
     return [
-        (16, bn, bk, w, s)
-        for bn in (16, 32, 64)
-        for bk in (128, 256, 512)
-        for w in (4,)
-        for s in (2, 3)
+        (bn, bk, w, 2)
+        for bn in (2, 4, 8, 16)
+        for bk in (512, 1024, 2048)
+        for w in (2, 4, 8)
         if bk >= span
+    ]
+
+
+def small_configs(span: int, m: int) -> list[tuple]:
+    return [
+        (bm, bn, bk, w, 3)
+        for bm in ((16,) if m <= 16 else (32, 64))
+        for bn in (32, 64, 128)
+        for bk in (64, 128, 256)
+        for w in (4, 8)
+        if bk >= span and not (bm * bn >= 8192 and w == 4)
     ]
 
 
@@ -116,9 +126,9 @@ def prefill_configs(span: int) -> list[tuple]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--types", nargs="+", default=["Q4_K", "Q6_K", "Q8_0", "Q5_K", "Q4_0"])
-    ap.add_argument("--parts", nargs="+", default=["gemv", "small", "prefill"])
+    ap.add_argument("--parts", nargs="+", default=["gemv8", "gemv", "small", "prefill"])
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
-    ap.add_argument("--small-m", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--small-m", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--prefill-m", type=int, default=512)
     ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--output", default="benchmarks/results")
@@ -200,10 +210,30 @@ def main() -> None:
                     lambda ms, w=w: dict(gb_s=w.nbytes / ms / 1e6, roofline=w.nbytes / bw * 1e3,
                                          file_gb_s=w.file_bytes / ms / 1e6),
                 )  # fmt: skip
+            if "gemv8" in args.parts:  # 8-bit activations: quantize x once, then dp4a
+                x1 = torch.randn(1, k, device="cuda").bfloat16()
+                xq = triton_qgemv_int8.quantize_x(x1, k)
+                o1 = torch.empty(1, n, device="cuda").bfloat16()
+                xhat = xq[0].float().reshape(-1, 32) * xq[1][:, None]
+
+                def int8(planes, cfg, xq=xq, o1=o1, t=t):
+                    triton_qgemv_int8.qgemv_int8(xq, planes, t, out=o1, config=cfg)
+                    return o1
+
+                sweep(
+                    "gemv8", key, gemv8_configs(span), int8, xhat.reshape(1, k) @ w.ref.T,
+                    lambda ms, w=w: dict(gb_s=w.nbytes / ms / 1e6, roofline=w.nbytes / bw * 1e3),
+                )  # fmt: skip
+                quant_ms = do_bench(
+                    lambda x1=x1, k=k: triton_qgemv_int8.quantize_x(x1, k), warmup=10, rep=50,
+                    return_mode="median",
+                )  # fmt: skip
+                result["rows"].append({**key, "part": "quantize_x", "ms": quant_ms, "ok": True,
+                                       "config": "default", "gb_s": 0.0, "roofline": 0.0})  # fmt: skip
             for m in args.small_m if "small" in args.parts else []:
                 xm = torch.randn(m, k, device="cuda").bfloat16()
                 sweep(
-                    "small", {**key, "m": m}, small_configs(span),
+                    "small", {**key, "m": m}, small_configs(span, m),
                     lambda planes, cfg, xm=xm, t=t: triton_quant.qgemm(xm, planes, t, config=cfg),
                     xm.float() @ w.ref.bfloat16().float().T,
                     lambda ms, w=w: dict(gb_s=w.nbytes / ms / 1e6),
@@ -257,8 +287,8 @@ def print_summary(result: dict) -> None:
         cells = []
         for s in shapes:
             r = best[s]
-            if part == "gemv":
-                cells.append(f"{s} {r['ms'] * 1e3:.0f}us {r['gb_s']:.0f}GB/s "
+            if part in ("gemv", "gemv8", "quantize_x"):
+                cells.append(f"{s} {r['ms'] * 1e3:.1f}us {r['gb_s']:.0f}GB/s "
                              f"({r['roofline'] / r['ms'] * 100:.0f}%)")  # fmt: skip
             elif part == "small":
                 cells.append(f"{s} {r['ms'] * 1e3:.0f}us {r['gb_s']:.0f}GB/s")

@@ -147,3 +147,65 @@ def test_a_gguf_layer_on_cuda_uses_planes_and_answers_like_its_twin(ggml_type):
     y, partials = layer.method.apply_add_residual(layer, h, res)
     assert _rel(y, (h.float() @ w.T).bfloat16().float() + res.float()) < 1e-2
     torch.testing.assert_close(partials.sum(), y.float().square().sum(), rtol=1e-4, atol=1e-3)
+
+
+CUDA_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="inline PTX (dp4a): CUDA")
+
+
+def _dequant_x(xq) -> torch.Tensor:
+    codes, dx, _ = xq
+    return codes.float().reshape(-1, 32) * dx[:, None]
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("k", [256, 1280])
+def test_quantize_x_is_llama_cpp_q8_rounding(k):
+    from minerva.ops import torch_ops, triton_qgemv_int8
+
+    x = (torch.randn(1, k, device="cuda") * 4).bfloat16()
+    x[0, 40:72] = 0  # an all-zero block gets scale 0
+    codes, dx, sx = triton_qgemv_int8.quantize_x(x, k)
+    blocks = x.float().reshape(-1, 32)
+    want_dx = blocks.abs().amax(1) / 127
+    torch.testing.assert_close(dx, want_dx, rtol=0, atol=0)
+    inv = torch.where(want_dx > 0, 1 / want_dx, torch.zeros_like(want_dx))
+    want = torch.round(blocks * inv[:, None])
+    assert (codes.float().reshape(-1, 32) - want).abs().max() <= 1  # rint vs round at .5 ulps
+    torch.testing.assert_close(
+        sx, (codes.float().reshape(-1, 16).sum(1) * dx.repeat_interleave(2)), rtol=1e-6, atol=0
+    )
+    # the norm and the gate are applied before quantizing
+    norm_w = torch.rand(k, device="cuda").bfloat16() + 0.5
+    parts = x.float().square().sum().reshape(1)
+    codes, dx, _ = triton_qgemv_int8.quantize_x(x, k, norm=(parts, norm_w, 1e-5))
+    ref = torch_ops.rms_norm(x, norm_w, 1e-5).float()
+    assert _rel(_dequant_x((codes, dx, None)).reshape(1, k), ref) < 1e-2
+    gate_up = torch.randn(1, 2 * k, device="cuda").bfloat16()
+    codes, dx, _ = triton_qgemv_int8.quantize_x(gate_up, k, gated=True)
+    ref = torch_ops.silu_and_mul(gate_up).float()
+    assert _rel(_dequant_x((codes, dx, None)).reshape(1, k), ref) < 1e-2
+
+
+@CUDA_ONLY
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows, cols", SHAPES)
+def test_int8_gemv_is_the_exact_product_with_the_quantized_x(ggml_type, rows, cols):
+    """dp4a sums are exact integers: the result is x's 8-bit form times the decoded weight,
+    up to float32 rounding, with bias and residual epilogues."""
+    from minerva.ops import triton_qgemv_int8
+
+    planes, ref = _weight(ggml_type, rows, cols)
+    x = torch.randn(1, cols, device="cuda").bfloat16()
+    xq = triton_qgemv_int8.quantize_x(x, cols)
+    xhat = _dequant_x(xq).reshape(1, cols)
+    bias = torch.randn(rows, device="cuda").bfloat16()
+    res = torch.randn(1, rows, device="cuda").bfloat16()
+    out = torch.full((1, rows), float("nan"), device="cuda").bfloat16()
+    triton_qgemv_int8.qgemv_int8(xq, planes, ggml_type, bias, out=out)
+    want = xhat @ ref.T + bias.float()
+    assert _rel(out, want) < 8e-3  # the bf16 output's rounding
+    out2 = torch.empty_like(out)
+    partials = triton_qgemv_int8.qgemv_int8(xq, planes, ggml_type, bias, out=out2, residual=res)
+    assert _rel(out2, out.float() + res.float()) < 8e-3
+    torch.testing.assert_close(partials.sum(), out2.float().square().sum(), rtol=1e-4, atol=1e-3)
+    assert _rel(out, x.float() @ ref.T + bias.float()) < 3e-2  # and close to the float product

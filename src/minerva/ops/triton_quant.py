@@ -130,6 +130,33 @@ def _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
 
 
 @triton.jit
+def _tile_natural(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
+                  QT: tl.constexpr, C: tl.constexpr, W: tl.constexpr,
+                  BN: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    """The tile at k0 as float32 [BN, BK] in K order: the groups of `_tile` interleaved back
+    (in registers), so a matrix product can take it with a contiguous tile of x."""
+    if QT == 8:
+        w, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 0, C, W)
+    elif QT == 14:  # 8 groups of 16 in K order: group g = 4 * g2 + 2 * g1 + g0
+        g0, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 0, C, W)
+        g1, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 1, C, W)
+        g2, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 2, C, W)
+        g3, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 3, C, W)
+        g4, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 4, C, W)
+        g5, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 5, C, W)
+        g6, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 6, C, W)
+        g7, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 7, C, W)
+        a = tl.join(tl.join(tl.join(g0, g1), tl.join(g2, g3)),
+                    tl.join(tl.join(g4, g5), tl.join(g6, g7)))  # [BN, C, 16, g0, g1, g2]
+        w = tl.permute(a, (0, 1, 5, 4, 3, 2))
+    else:  # two groups: the low nibbles' values, then the high nibbles'
+        lo, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 0, C, W)
+        hi, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 1, C, W)
+        w = tl.permute(tl.join(lo, hi), (0, 1, 3, 2))
+    return tl.reshape(w, [BN, BK])
+
+
+@triton.jit
 def _load_x(x_ptr, k, K, rstd, norm_w_ptr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr):
     """x at indices k (any shape), normalised or gated as the ops/triton_gemv.py kernel does."""
     k_ok = k < K
@@ -210,16 +237,16 @@ def _qgemm_kernel(
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    kb = tl.arange(0, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
-        for g in tl.static_range(NG):
-            w, k = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, g, C, W)
-            kk = tl.reshape(k, [C * W])
-            x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
-            w2 = tl.reshape(w, [BLOCK_N, C * W]).to(x.dtype)
-            if IEEE:  # float32 models get float32 products, as torch's matmul gives them
-                acc = tl.dot(x, tl.trans(w2), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(x, tl.trans(w2), acc)
+        w = _tile_natural(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, C, W, BLOCK_N, BLOCK_K)
+        kk = k0 + kb
+        x = tl.load(x_rows + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0)
+        w2 = w.to(x.dtype)
+        if IEEE:  # float32 models get float32 products, as torch's matmul gives them
+            acc = tl.dot(x, tl.trans(w2), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w2), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rows[None, :]

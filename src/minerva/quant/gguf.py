@@ -38,6 +38,10 @@ from minerva.quant.gguf_types import (
     type_name,
 )
 
+INT8_ACTIVATIONS = True
+"""One-token products on CUDA quantize x to 8 bits (llama.cpp's way, ops/triton_qgemv_int8.py);
+off, the float kernel decodes the weights (tests compare the two)."""
+
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
 
@@ -177,6 +181,9 @@ class GGUFLinearMethod(LinearMethod):
             self.process_after_loading(layer)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [T, K]
+        if x2.shape[0] == 1 and self._fused(layer):
+            y = self._one_token(layer, x2)[0]
+            return y.reshape(*lead, y.shape[-1])
         outs = [
             gguf_matmul(x2, getattr(layer, name), ggml_type, rows, layout, self._pdl)
             for name, ggml_type, rows, layout in layer.gguf_groups
@@ -186,46 +193,55 @@ class GGUFLinearMethod(LinearMethod):
             y = y + layer.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*lead, y.shape[-1])
 
-    # -- the batch-1 path's fused hooks: the Triton one-token kernel, group by group ---------
+    # -- one token: the Triton GEMVs over every group, x quantized once (bf16 / fp16 models) --
     def _fused(self, layer) -> bool:
         return bool(layer.gguf_groups) and all(g[3] == "planes" for g in layer.gguf_groups)
+
+    def _one_token(self, layer, x, *, norm=None, gated=False, residual=None):
+        """(layer(x) [1, out_features] (+ residual), partials of the new residual stream or
+        None): 8-bit activations and dp4a products for bf16 / fp16 (ops/triton_qgemv_int8.py),
+        the float kernel (ops/triton_quant.py) for float32 models and INT8_ACTIVATIONS off."""
+        from minerva.ops import triton_qgemv_int8, triton_quant  # noqa: PLC0415 - CUDA only
+
+        pdl = self._pdl
+        out = torch.empty(1, layer.out_features, dtype=x.dtype, device=x.device)
+        int8 = INT8_ACTIVATIONS and x.dtype != torch.float32
+        if int8:
+            xq = triton_qgemv_int8.quantize_x(x, layer.in_features, norm, gated, pdl=pdl)
+        parts, start = [], 0
+        for name, ggml_type, rows, _ in layer.gguf_groups:
+            bias = None if layer.bias is None else layer.bias[start : start + rows]
+            o = out[:, start : start + rows]
+            res = None if residual is None else residual[:, start : start + rows]
+            planes = getattr(layer, name)
+            if int8:
+                p = triton_qgemv_int8.qgemv_int8(
+                    xq, planes, ggml_type, bias, out=o, residual=res, pdl=pdl
+                )
+            else:
+                _, p = triton_quant.qgemv(
+                    x, planes, ggml_type, bias, out=o, norm=norm, residual=res, gated=gated,
+                    pdl=pdl,
+                )  # fmt: skip
+            parts.append(p)
+            start += rows
+        if residual is None:
+            return out, None
+        return out, parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def apply_norm_in(self, layer, h, partials, norm_weight, eps) -> torch.Tensor:
         if layer.gguf_pending:
             self.process_after_loading(layer)
         if not self._fused(layer):
             return super().apply_norm_in(layer, h, partials, norm_weight, eps)
-        from minerva.ops import triton_quant  # noqa: PLC0415 - needs triton (CUDA only)
-
-        out = torch.empty(1, layer.out_features, dtype=h.dtype, device=h.device)
-        start = 0
-        for name, ggml_type, rows, _ in layer.gguf_groups:
-            bias = None if layer.bias is None else layer.bias[start : start + rows]
-            triton_quant.qgemv(
-                h, getattr(layer, name), ggml_type, bias, out=out[:, start : start + rows],
-                norm=(partials, norm_weight, eps), pdl=self._pdl,
-            )  # fmt: skip
-            start += rows
-        return out
+        return self._one_token(layer, h, norm=(partials, norm_weight, eps))[0]
 
     def apply_add_residual(self, layer, x, residual, gated=False):
         if layer.gguf_pending:
             self.process_after_loading(layer)
         if not self._fused(layer):
             return super().apply_add_residual(layer, x, residual, gated)
-        from minerva.ops import triton_quant  # noqa: PLC0415 - needs triton (CUDA only)
-
-        out = torch.empty(1, layer.out_features, dtype=x.dtype, device=x.device)
-        parts, start = [], 0
-        for name, ggml_type, rows, _ in layer.gguf_groups:
-            bias = None if layer.bias is None else layer.bias[start : start + rows]
-            _, p = triton_quant.qgemv(
-                x, getattr(layer, name), ggml_type, bias, out=out[:, start : start + rows],
-                residual=residual[:, start : start + rows], gated=gated, pdl=self._pdl,
-            )  # fmt: skip
-            parts.append(p)
-            start += rows
-        return out, parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self._one_token(layer, x, residual=residual, gated=gated)
 
 
 def file_blocks(layer, name: str) -> torch.Tensor:

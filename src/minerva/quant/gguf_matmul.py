@@ -16,7 +16,7 @@ from minerva.quant.gguf_types import GGMLType
 KERNEL_MAX_ROWS = 1 << 30
 # Rows of x above which the CUDA path decodes the weight into a scratch buffer and runs cuBLAS
 # instead of the fused dequantizing GEMM.
-PREFILL_DEQUANT_ROWS = 1 << 30
+PREFILL_DEQUANT_ROWS = 16
 TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 
