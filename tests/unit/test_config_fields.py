@@ -66,6 +66,8 @@ SERVER_ALLOWED = {
     "max_queued_requests": "an integer >= 0",
     "max_body_bytes": "a byte size >= 1 KiB",
     "shutdown_timeout": ">= 0",
+    "keep_alive": "a duration such as 5m, 300, 0 or -1",
+    "model_load_timeout": "a positive number",
 }
 # A value each constrained field refuses, as text (env / CLI) and typed (TOML / kwargs).
 BAD = {
@@ -195,7 +197,7 @@ def test_server_env_vars_are_known_to_the_engine_config():
     # config_sources may not import the server layer: its list of non-config vars must keep up
     server_vars = {v for v in config_sources.env_vars(SERVER_SCHEMA) if v.startswith("MINERVA_")}
     assert server_vars == {f"MINERVA_{n.upper()}" for n in SERVER_ALLOWED} | {
-        "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS",
+        "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS", "MINERVA_MODELS_DIR",
     }  # fmt: skip
     assert server_vars <= config_sources.NON_CONFIG_ENV_VARS
     assert server_vars.isdisjoint(config_sources.env_vars(SCHEMA))

@@ -57,7 +57,9 @@ INFO = ModelInfo(
     num_attention_heads=32,
     num_kv_heads=8,
 )
-STATS = BackendStats(num_waiting=3, num_kv_blocks=77, device_memory_used=5 << 30)
+STATS = BackendStats(
+    num_waiting=3, num_kv_blocks=77, device_memory_used=5 << 30, model_memory_bytes=(4 << 30) + 7
+)
 
 
 class FakeStream:
@@ -206,7 +208,9 @@ def test_ollama_client_and_model_details_come_from_model_info():
     assert entry.digest == "f" * 64 and entry.size == INFO.weight_bytes
     assert entry.details.format == "gguf" and entry.modified_at.year == 2023
     (loaded,) = ps.models
-    assert loaded.size_vram == STATS.device_memory_used and loaded.context_length == 4096
+    # /api/ps: the model's own memory (weights + KV + activations), all on the GPU here.
+    assert loaded.size_vram == loaded.size == STATS.model_memory_bytes
+    assert loaded.context_length == 4096
 
 
 def test_metrics_read_the_backends_stats_and_steps():

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,7 +27,12 @@ from minerva.server.background import in_daemon_thread
 from minerva.server.config import ServerConfig
 from minerva.server.embedding_routes import router as embedding_router
 from minerva.server.generation import ClientDisconnected
-from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
+from minerva.server.host_metrics import HostCollector
+from minerva.server.keep_alive import parse_keep_alive
+from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics, sum_stats
+from minerva.server.model_dir import LocalModel
+from minerva.server.model_metrics import ModelCollector
+from minerva.server.model_registry import ModelRegistry
 from minerva.server.ollama_model_routes import router as ollama_model_router
 from minerva.server.ollama_routes import router as ollama_router
 from minerva.server.openai_routes import router as openai_router
@@ -35,7 +42,7 @@ from minerva.server.security import (
     CORSMiddleware,
     cors_middleware_options,
 )
-from minerva.server.state import ServerState
+from minerva.server.state import ModelLeaseMiddleware, ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -79,26 +86,45 @@ def build_app(
     backend: Backend | None = None,
     load_backend: Callable[[], Backend] | None = None,
     on_load_error: Callable[[BaseException], None] | None = None,
+    *,
+    load_model: Callable[[LocalModel], Backend] | None = None,
+    memory_limit: int | None = None,
+    clock: Callable[[], float] = time.time,
+    reap_interval: float | None = 1.0,
+    after_unload: Callable[[], None] = lambda: None,
 ) -> FastAPI:
     """The app over a loaded ``backend`` (started here), or one that loads it with
-    ``load_backend`` (blocking, run in a thread) at startup."""
+    ``load_backend`` (blocking, run in a thread) at startup; or, with ``config.models_dir``,
+    the directory's models, each loaded by ``load_model`` on demand within ``memory_limit``
+    (``clock``: keep_alive's time; ``reap_interval`` None: unload expired models only when
+    ``registry.reap()`` is called)."""
     metrics = ServerMetrics()
     state = ServerState(config=config, metrics=metrics)
+    if config.models_dir is not None:
+        assert load_model is not None, "models_dir needs a load_model"
+        state.registry = _registry(config, metrics, load_model, memory_limit, clock, after_unload)
+        metrics.attach_stats(lambda: sum_stats([b.stats() for b in state.backends()]))
+    metrics.registry.register(ModelCollector(state))
+    metrics.registry.register(HostCollector())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = None
+        tasks = []
         if backend is not None:
             _install(state, backend)
         elif load_backend is not None:
-            loader = asyncio.create_task(_load(state, load_backend, on_load_error))
+            tasks.append(asyncio.create_task(_load(state, load_backend, on_load_error)))
+        if state.registry is not None and reap_interval is not None:
+            tasks.append(asyncio.create_task(state.registry.run_reaper(reap_interval)))
         try:
             yield
         finally:
-            if loader is not None and not loader.done():
-                loader.cancel()
+            for task in tasks:
+                task.cancel()
             if state.backend is not None:
                 await state.backend.shutdown()
+            if state.registry is not None:
+                await state.registry.shutdown()
 
     app = FastAPI(
         title="Minerva", version=__version__, lifespan=lifespan,
@@ -114,6 +140,7 @@ def build_app(
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    app.add_middleware(ModelLeaseMiddleware)
     app.add_middleware(DrainGateMiddleware, state=state)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_middleware_options(config.cors_origins))
@@ -128,6 +155,8 @@ def build_app(
     async def health() -> Response:
         if state.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        if state.registry is not None:  # models load on demand: ready once listening
+            return JSONResponse({"status": "ok"})
         if state.load_error is not None:
             return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
         if state.backend is None:
@@ -141,6 +170,18 @@ def build_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _registry(config, metrics, load_model, memory_limit, clock, after_unload) -> ModelRegistry:
+    def install(backend: Backend) -> None:
+        backend.set_observer(metrics)
+        backend.start()
+
+    return ModelRegistry(
+        Path(config.models_dir), load_model, install=install, memory_limit=memory_limit,
+        keep_alive=parse_keep_alive(config.keep_alive, 300.0),
+        load_timeout=config.model_load_timeout, clock=clock, after_unload=after_unload,
+    )  # fmt: skip
 
 
 def _install(state: ServerState, backend: Backend) -> None:

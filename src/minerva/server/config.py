@@ -18,8 +18,18 @@ from minerva import config_cli, config_sources
 from minerva.config import SECTIONS
 from minerva.config_aliases import SEED_SECTIONS, aliases_of
 from minerva.config_fields import Field, Schema, config_error, specs_of
+from minerva.errors import RequestError
+from minerva.server.keep_alive import parse_keep_alive
 
 _HEADER = "Invalid server config"
+
+
+def _is_keep_alive(value: str) -> bool:
+    try:
+        parse_keep_alive(value, 0.0)
+    except RequestError:
+        return False
+    return True
 
 
 def _key_or_none(text: str) -> str | None:
@@ -53,6 +63,20 @@ class ServerConfig:
     shutdown_timeout: float = Field(
         30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted.",
         ge=0, metavar="SECONDS",
+    )  # fmt: skip
+
+    models_dir: str | None = Field(
+        None, "Serve every model in this folder by name (HF folders, .gguf files), loaded on "
+        "demand and unloaded when idle; replaces --model.", parse=_key_or_none, metavar="DIR",
+    )  # fmt: skip
+    keep_alive: str = Field(
+        "5m", "How long a --models-dir model stays loaded after its last request: '5m', "
+        "seconds, 0 (unload at once) or -1 (forever); requests may set their own.",
+        check=_is_keep_alive, allowed="a duration such as 5m, 300, 0 or -1", metavar="DURATION",
+    )  # fmt: skip
+    model_load_timeout: float = Field(
+        300.0, "Seconds a request waits for its --models-dir model to load before a 503.",
+        gt=0, metavar="SECONDS",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

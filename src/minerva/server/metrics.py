@@ -7,6 +7,8 @@ scraped; HTTP counts and durations come from a pure ASGI middleware.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Iterator
 
@@ -173,6 +175,10 @@ class ServerMetrics:
         """Read gauges from this backend from now on (it calls ``on_step`` itself)."""
         self._stats = backend.stats
 
+    def attach_stats(self, stats: Callable[[], BackendStats]) -> None:
+        """Read gauges from ``stats`` (e.g. the sum over several loaded models)."""
+        self._stats = stats
+
     def backend_stats(self) -> BackendStats:
         return self._stats() if self._stats is not None else BackendStats()  # loading: zeros
 
@@ -215,6 +221,26 @@ class ServerMetrics:
             self.requests_finished.labels(
                 finish_reason=min(reasons) if reasons else "unknown"
             ).inc()
+
+
+def sum_stats(all_stats: list[BackendStats]) -> BackendStats:
+    """Several backends' stats as one: counts add up, KV usage is over all blocks, device memory
+    (the process's) is the largest report."""
+    if len(all_stats) == 1:
+        return all_stats[0]
+    summed = {}
+    for f in dataclasses.fields(BackendStats):
+        values = [getattr(s, f.name) for s in all_stats]
+        if f.name.startswith("device_memory"):
+            summed[f.name] = max(values, default=0)
+        elif isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+            summed[f.name] = sum(values)
+        else:  # per-position lists
+            summed[f.name] = [sum(col) for col in itertools.zip_longest(*values, fillvalue=0)]
+    blocks = summed["num_kv_blocks"]
+    used = sum(s.kv_cache_usage * s.num_kv_blocks for s in all_stats)
+    summed["kv_cache_usage"] = used / blocks if blocks else 0.0
+    return BackendStats(**summed)
 
 
 class HTTPMetricsMiddleware:
