@@ -109,6 +109,9 @@ def build_app(
     handled = (APIError, MinervaError, ValidationError, ClientDisconnected)
     for exc_class in (*handled, StarletteHTTPException):
         app.add_exception_handler(exc_class, handler)
+    # The catch-all: Starlette hands it to its outermost middleware, so even an error raised in
+    # a middleware answers in the API's JSON shape instead of plain-text "Internal Server Error".
+    app.add_exception_handler(Exception, handler)
 
     # add_middleware puts each one outside the previous: the last added runs first.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
