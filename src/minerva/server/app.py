@@ -22,6 +22,7 @@ from minerva.backends.base import Backend
 from minerva.errors import EngineUnavailableError, MinervaError
 from minerva.server.api_errors import APIError, error_response, routing_error, to_api_error
 from minerva.server.background import in_daemon_thread
+from minerva.server.browser_guards import HostCheckMiddleware, JSONContentTypeMiddleware
 from minerva.server.config import ServerConfig
 from minerva.server.embedding_routes import router as embedding_router
 from minerva.server.generation import ClientDisconnected
@@ -118,8 +119,11 @@ def build_app(
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
     app.add_middleware(DrainGateMiddleware, state=state)
+    app.add_middleware(JSONContentTypeMiddleware)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_middleware_options(config.cors_origins))
+    if config.is_loopback:
+        app.add_middleware(HostCheckMiddleware, allowed=config.allowed_hosts)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
 
     app.include_router(openai_router)

@@ -42,6 +42,10 @@ class ServerConfig:
     cors_origins: list[str] = Field(
         [], "Origins allowed by CORS, comma separated ('*' for any); none by default."
     )
+    allowed_hosts: list[str] = Field(
+        [], "Host header names accepted besides localhost names while bound to loopback (a "
+        "DNS-rebinding guard), comma separated ('*' for any).",
+    )  # fmt: skip
     max_queued_requests: int = Field(
         256, "Requests that may wait beyond max_num_seqs running ones; past it 503 + Retry-After.",
         ge=0,
