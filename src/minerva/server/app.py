@@ -116,8 +116,8 @@ def build_app(
 
     # add_middleware puts each one outside the previous: the last added runs first.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
-    if config.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    if config.effective_api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=config.effective_api_key)
     app.add_middleware(DrainGateMiddleware, state=state)
     app.add_middleware(JSONContentTypeMiddleware)
     if config.cors_origins:
