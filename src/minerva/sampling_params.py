@@ -6,6 +6,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 _STRUCTURED_KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+MAX_STOP_STRINGS = 16
+"""Stop strings per request (both APIs and Python): they are matched on the engine thread."""
+MAX_STOP_CHARS = 512
+"""Characters per stop string."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,15 @@ class SamplingParams:
                 f"logprobs must be between 0 and 20, got {self.logprobs}",
             ),
             (all(s for s in self.stop), "stop strings must not be empty"),
+            (
+                len(self.stop) <= MAX_STOP_STRINGS,
+                f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}",
+            ),
+            (
+                all(len(s) <= MAX_STOP_CHARS for s in self.stop if isinstance(s, str)),
+                f"stop strings must be at most {MAX_STOP_CHARS} characters, got one of "
+                f"{max((len(s) for s in self.stop if isinstance(s, str)), default=0)}",
+            ),
             (
                 self.pooling in (None, "mean"),
                 f"pooling must be 'mean' or None, got {self.pooling!r}",
