@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -104,13 +105,16 @@ class SamplingParams:
         """Raise ValueError naming the bad field and the accepted range."""
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (
+                0 <= self.temperature < math.inf,
+                f"temperature must be a finite number >= 0, got {self.temperature}",
+            ),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables), got {self.top_k}"),
             (
-                self.repetition_penalty > 0,
-                f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+                0 < self.repetition_penalty < math.inf,
+                f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}",
             ),
             (
                 -2 <= self.frequency_penalty <= 2,

@@ -30,6 +30,7 @@ from minerva.server.metrics import HTTPMetricsMiddleware, ServerMetrics
 from minerva.server.ollama_model_routes import router as ollama_model_router
 from minerva.server.ollama_routes import router as ollama_router
 from minerva.server.openai_routes import router as openai_router
+from minerva.server.openapi import openapi_document
 from minerva.server.security import (
     APIKeyMiddleware,
     BodySizeLimitMiddleware,
@@ -103,7 +104,7 @@ def build_app(
 
     app = FastAPI(
         title="Minerva", version=__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url=None,  # no unauthenticated schema pages
+        docs_url=None, redoc_url=None, openapi_url=None,  # /openapi.json below, key-checked
     )  # fmt: skip
     app.state.minerva = state
     handler = _error_handler(state)
@@ -142,6 +143,12 @@ def build_app(
         if not state.backend.is_running:
             return JSONResponse({"status": "engine stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:  # behind the API key when one is set
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app)
+        return JSONResponse(app.openapi_schema)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
