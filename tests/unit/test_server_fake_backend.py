@@ -232,7 +232,9 @@ def test_a_backend_request_error_is_a_400():
     async def main():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost"
+            ) as client:
                 body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
                 return await client.post("/v1/chat/completions", json=body)
 
@@ -260,7 +262,9 @@ def test_model_listing_is_503_before_the_backend_is_loaded(path):
     async def main():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost"
+            ) as client:
                 return await client.get(path)
 
     assert asyncio.run(main()).status_code == 503
