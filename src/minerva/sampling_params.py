@@ -107,14 +107,14 @@ class SamplingParams:
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
             (
                 0 <= self.temperature < math.inf,
-                f"temperature must be a finite number >= 0, got {self.temperature}",
+                f"temperature must be >= 0 and finite, got {self.temperature}",
             ),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables), got {self.top_k}"),
             (
                 0 < self.repetition_penalty < math.inf,
-                f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}",
+                f"repetition_penalty must be > 0 and finite, got {self.repetition_penalty}",
             ),
             (
                 -2 <= self.frequency_penalty <= 2,

@@ -40,8 +40,9 @@ def test_labels_stay_bounded_under_made_up_methods_and_paths():
     http = [s for s in _series(after) if s[0] == "minerva_http_requests_total"]
     methods = {dict(labels)["method"] for _, labels in http}
     routes = {dict(labels)["route"] for _, labels in http}
-    figure("metrics labels", f"{3 * ATTACKS} requests with made-up methods and paths added "
-           f"{len(new)} series; /metrics {len(before)} -> {len(after)} bytes")  # fmt: skip
+    figure("metrics labels", f"{3 * ATTACKS} requests with made-up methods and paths: "
+           f"{len(http)} (method, route, status) series in all, {len(new)} new samples; /metrics "
+           f"{len(before)} -> {len(after)} bytes")  # fmt: skip
     assert methods <= HTTP_METHODS | {"other"} and "other" in methods
     assert routes <= {"/health", "/metrics", "unmatched"}, routes
     assert len(http) <= 10, http  # (method, route, status) combinations; 900+ when unbounded
