@@ -14,13 +14,19 @@ from starlette.requests import Request
 from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
-from minerva.server.json_body import read_json_object as read_json_object  # re-exported
+from minerva.server.json_body import parse_json_object
 
 T = TypeVar("T")
 
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the answer was ready."""
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; 400 for anything else (never a 500)."""
+    body = await request.body()
+    return parse_json_object(body)
 
 
 async def encode_prompts(backend: Backend, prompts: Sequence[str | list[int]]) -> list[list[int]]:

@@ -7,14 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.requests import Request
-
 from minerva.server.api_errors import APIError
-
-
-async def read_json_object(request: Request) -> dict[str, Any]:
-    """The body as a JSON object; 400 for anything else (never a 500)."""
-    return parse_json_object(await request.body())
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
