@@ -174,7 +174,8 @@ def test_server_env_and_flags_go_through_the_field_rules(capsys):
         ServerConfig(max_queued_requests=-1)
     with pytest.raises(ConfigError, match="api_key=' ': must be a non-empty string"):
         ServerConfig(api_key=" ")
-    assert load_server_config(env={"MINERVA_API_KEY": ""}).api_key is None
+    with pytest.raises(ConfigError, match="MINERVA_API_KEY='': must be a non-empty string"):
+        load_server_config(env={"MINERVA_API_KEY": ""})  # a blank key never turns auth off
     assert load_server_config(env={"MINERVA_API_KEY": "none"}).api_key == "none"  # a real key
 
     parser = argparse.ArgumentParser(prog="minerva")
