@@ -196,7 +196,8 @@ def test_server_env_vars_are_known_to_the_engine_config():
     # config_sources may not import the server layer: its list of non-config vars must keep up
     server_vars = {v for v in config_sources.env_vars(SERVER_SCHEMA) if v.startswith("MINERVA_")}
     assert server_vars == {f"MINERVA_{n.upper()}" for n in SERVER_ALLOWED} | {
-        "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS",
+        "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS", "MINERVA_API_KEY_FILE",
+        "MINERVA_ALLOWED_HOSTS",
     }  # fmt: skip
     assert server_vars <= config_sources.NON_CONFIG_ENV_VARS
     assert server_vars.isdisjoint(config_sources.env_vars(SCHEMA))
