@@ -24,6 +24,7 @@ from minerva.backends.base import Backend
 from minerva.errors import EngineUnavailableError, MinervaError
 from minerva.server.api_errors import APIError, error_response, routing_error, to_api_error
 from minerva.server.background import in_daemon_thread
+from minerva.server.browser_guards import HostCheckMiddleware, JSONContentTypeMiddleware
 from minerva.server.config import ServerConfig
 from minerva.server.embedding_routes import router as embedding_router
 from minerva.server.generation import ClientDisconnected
@@ -36,6 +37,7 @@ from minerva.server.model_registry import ModelRegistry
 from minerva.server.ollama_model_routes import router as ollama_model_router
 from minerva.server.ollama_routes import router as ollama_router
 from minerva.server.openai_routes import router as openai_router
+from minerva.server.openapi import openapi_document
 from minerva.server.security import (
     APIKeyMiddleware,
     BodySizeLimitMiddleware,
@@ -128,22 +130,28 @@ def build_app(
 
     app = FastAPI(
         title="Minerva", version=__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url=None,  # no unauthenticated schema pages
+        docs_url=None, redoc_url=None, openapi_url=None,  # /openapi.json below, key-checked
     )  # fmt: skip
     app.state.minerva = state
     handler = _error_handler(state)
     handled = (APIError, MinervaError, ValidationError, ClientDisconnected)
     for exc_class in (*handled, StarletteHTTPException):
         app.add_exception_handler(exc_class, handler)
+    # The catch-all: Starlette hands it to its outermost middleware, so even an error raised in
+    # a middleware answers in the API's JSON shape instead of plain-text "Internal Server Error".
+    app.add_exception_handler(Exception, handler)
 
     # add_middleware puts each one outside the previous: the last added runs first.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
-    if config.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=config.api_key)
+    if config.effective_api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=config.effective_api_key)
     app.add_middleware(ModelLeaseMiddleware)
     app.add_middleware(DrainGateMiddleware, state=state)
+    app.add_middleware(JSONContentTypeMiddleware)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, **cors_middleware_options(config.cors_origins))
+    if config.is_loopback:
+        app.add_middleware(HostCheckMiddleware, allowed=config.allowed_hosts)
     app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
 
     app.include_router(openai_router)
@@ -164,6 +172,12 @@ def build_app(
         if not state.backend.is_running:
             return JSONResponse({"status": "engine stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:  # behind the API key when one is set
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app)
+        return JSONResponse(app.openapi_schema)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:

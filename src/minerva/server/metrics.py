@@ -218,8 +218,9 @@ class ServerMetrics:
             if m is not None:
                 self.e2e.observe(max((m.finished_time or now) - m.arrival_time, 0.0))
             reasons = {c.finish_reason for c in out.outputs if c.finish_reason}
+            reason = min(reasons) if reasons else "unknown"
             self.requests_finished.labels(
-                finish_reason=min(reasons) if reasons else "unknown"
+                finish_reason=reason if reason in FINISH_REASONS else "other"
             ).inc()
 
 
@@ -241,6 +242,20 @@ def sum_stats(all_stats: list[BackendStats]) -> BackendStats:
     used = sum(s.kv_cache_usage * s.num_kv_blocks for s in all_stats)
     summed["kv_cache_usage"] = used / blocks if blocks else 0.0
     return BackendStats(**summed)
+
+
+# Every label takes values from a fixed set: a client must not be able to mint new series
+# (1,000 made-up HTTP methods once grew /metrics from 15 KB to 2 MB).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+FINISH_REASONS = frozenset({"stop", "length", "abort", "error", "tool_calls", "unknown"})
+
+
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if isinstance(status, int) and 100 <= status <= 599 else "other"
 
 
 class HTTPMetricsMiddleware:
@@ -267,7 +282,7 @@ class HTTPMetricsMiddleware:
             await self.app(scope, receive, send_and_watch)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"  # bounded label values
-            method = scope.get("method", "")
-            self.metrics.http_requests.labels(method, path, str(status)).inc()
+            path = getattr(route, "path", None) or "unmatched"  # templates only, never raw paths
+            method = method_label(scope.get("method", ""))
+            self.metrics.http_requests.labels(method, path, status_label(status)).inc()
             self.metrics.http_duration.labels(method, path).observe(time.perf_counter() - start)
