@@ -146,8 +146,9 @@ def _tile_natural(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
         g5, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 5, C, W)
         g6, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 6, C, W)
         g7, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 7, C, W)
-        a = tl.join(tl.join(tl.join(g0, g1), tl.join(g2, g3)),
-                    tl.join(tl.join(g4, g5), tl.join(g6, g7)))  # [BN, C, 16, g0, g1, g2]
+        a = tl.join(
+            tl.join(tl.join(g0, g1), tl.join(g2, g3)), tl.join(tl.join(g4, g5), tl.join(g6, g7))
+        )  # [BN, C, 16, g0, g1, g2]
         w = tl.permute(a, (0, 1, 5, 4, 3, 2))
     else:  # two groups: the low nibbles' values, then the high nibbles'
         lo, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 0, C, W)
