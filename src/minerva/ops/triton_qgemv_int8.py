@@ -19,15 +19,14 @@ import triton
 import triton.language as tl
 
 from minerva.ops import pdl as _pdl
-from minerva.ops.triton_quant import _load_x
-from minerva.quant.gguf_types import GGMLType
+from minerva.ops.triton_quant import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, _load_x
 
 SPAN = {  # values per chunk of a tile
-    GGMLType.Q8_0: 32,
-    GGMLType.Q4_0: 32,
-    GGMLType.Q4_K: 64,
-    GGMLType.Q5_K: 64,
-    GGMLType.Q6_K: 128,
+    Q8_0: 32,
+    Q4_0: 32,
+    Q4_K: 64,
+    Q5_K: 64,
+    Q6_K: 128,
 }
 LOW4 = tl.constexpr(0x0F0F0F0F)  # the low nibble of each of four bytes
 
@@ -113,40 +112,33 @@ def _dot_tile(w32_ptr, w8_ptr, w16_ptr, roff, row_ok, zero3, xq32_ptr, dx_ptr, s
             sx_ptr + 2 * blk + 1, mask=cok, other=0.0
         )
         return d * (isum.to(tl.float32) * dx[None, :] - 8.0 * sx[None, :])
-    elif QT == 14:  # Q6_K: halves of 128; quarter t holds values 32t..32t+31 of the half
-        j = tl.arange(0, 4)
+    elif QT == 14:  # Q6_K: halves of 128 in 8 units u = 2t + s of 16 values (quarter t, half s)
+        j = tl.arange(0, 4)[None, None, :]
+        u = tl.arange(0, 8)[None, :, None]
+        t = u // 2
         h = k0 // 128 + c
+        h3 = h[:, None, None]
         cok = h * 128 < K
+        m4 = row_ok[:, None, None, None] & cok[None, :, None, None]
         m3 = row_ok[:, None, None] & cok[None, :, None]
-        m2 = row_ok[:, None] & cok[None, :]
-        ql0 = h[:, None] * 16 + j[None, :]  # word of ql byte l = 4j (l < 16)
-        qh0 = K // 8 + h[:, None] * 8 + j[None, :]
-        d = tl.load(w16_ptr + ro16 + (13 * K // 32 + h // 2)[None, :], mask=m2, other=0.0)
-        out = tl.zeros([row_ok.shape[0], C], tl.float32)
-        for s in tl.static_range(2):  # the 16-value sub-blocks of each quarter
-            qa = tl.load(w32_ptr + ro32 + (ql0 + 4 * s)[None], mask=m3, other=0)
-            qb = tl.load(w32_ptr + ro32 + (ql0 + 8 + 4 * s)[None], mask=m3, other=0)
-            qh = tl.load(w32_ptr + ro32 + (qh0 + 4 * s)[None], mask=m3, other=0)
-            for t in tl.static_range(4):
-                if t == 0:
-                    nib = qa & LOW4
-                elif t == 1:
-                    nib = qb & LOW4
-                elif t == 2:
-                    nib = (qa >> 4) & LOW4
-                else:
-                    nib = (qb >> 4) & LOW4
-                q = nib | (((qh >> (2 * t)) & 0x03030303) << 4)
-                xi = k0 // 4 + c[:, None] * 32 + 8 * t + 4 * s + j[None, :]
-                xw = tl.load(xq32_ptr + xi[None] + zero3, mask=cok[None, :, None], other=0)
-                isum = tl.sum(_dp4a(q, xw), axis=2)  # [BN, C]
-                sub = h * 8 + 2 * t + s  # the 16-value sub-block's scale
-                sc = tl.load(w8_ptr + ro8 + (K // 2 + K // 4 + sub)[None, :], mask=m2, other=0)
-                blk = h * 4 + t  # x's block of 32
-                dx = tl.load(dx_ptr + blk, mask=cok, other=0.0)
-                sx = tl.load(sx_ptr + 2 * blk + s, mask=cok, other=0.0)
-                scf = sc.to(tl.int8, bitcast=True).to(tl.float32)
-                out += scf * (isum.to(tl.float32) * dx[None, :] - 32.0 * sx[None, :])
+        r4 = ro32[:, :, :, None]
+        # quarter t's low 4 bits: ql bytes (t % 2) * 32 + l, low nibbles for t < 2, else high
+        ql = tl.load(r4 + (h3 * 16 + (t % 2) * 8 + 4 * (u % 2) + j)[None] + w32_ptr, mask=m4,
+                     other=0)  # fmt: skip
+        qh = tl.load(r4 + (K // 8 + h3 * 8 + 4 * (u % 2) + j)[None] + w32_ptr, mask=m4, other=0)
+        q = ((ql >> ((t // 2) * 4)[None]) & LOW4) | (((qh >> (2 * t)[None]) & 0x03030303) << 4)
+        xi = k0 // 4 + c[:, None, None] * 32 + 4 * u + j
+        xw = tl.load(xq32_ptr + xi[None] + zero3[:, :, :, None], mask=cok[None, :, None, None],
+                     other=0)  # fmt: skip
+        isum = tl.sum(_dp4a(q, xw), axis=3).to(tl.float32)  # [BN, C, 8]
+        u2 = tl.arange(0, 8)[None, :]
+        sc = tl.load(w8_ptr + ro8[:, :, None] + (K // 2 + K // 4 + h[:, None] * 8 + u2)[None],
+                     mask=m3, other=0).to(tl.int8, bitcast=True).to(tl.float32)  # fmt: skip
+        dx = tl.load(dx_ptr + h[:, None] * 4 + u2 // 2, mask=cok[:, None], other=0.0)
+        sx = tl.load(sx_ptr + h[:, None] * 8 + u2, mask=cok[:, None], other=0.0)
+        out = tl.sum(sc * (isum * dx[None] - 32.0 * sx[None]), axis=2)
+        d = tl.load(w16_ptr + ro16 + (13 * K // 32 + h // 2)[None, :],
+                    mask=row_ok[:, None] & cok[None, :], other=0.0)  # fmt: skip
         return d.to(tl.float32) * out
     else:  # Q4_K / Q5_K: chunks of 64, 8 words; low nibbles sub-block 2ch, high 2ch + 1
         j = tl.arange(0, 8)
@@ -256,7 +248,7 @@ def quantize_x(
     return xq, dx, sx
 
 
-def gemv_config(ggml_type: GGMLType, n: int, k: int) -> tuple[int, int, int, int]:
+def gemv_config(ggml_type: int, n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages)."""
     return 4, max(SPAN[ggml_type], 1024), 4, 2
 
@@ -264,7 +256,7 @@ def gemv_config(ggml_type: GGMLType, n: int, k: int) -> tuple[int, int, int, int
 def qgemv_int8(
     xq: QuantX,
     planes: torch.Tensor,
-    ggml_type: GGMLType,
+    ggml_type: int,
     bias: torch.Tensor | None = None,
     *,
     out: torch.Tensor,

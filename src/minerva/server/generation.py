@@ -14,7 +14,7 @@ from starlette.requests import Request
 from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
-from minerva.server.api_errors import APIError
+from minerva.server.json_body import parse_json_object
 
 T = TypeVar("T")
 
@@ -26,15 +26,7 @@ class ClientDisconnected(Exception):
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; 400 for anything else (never a 500)."""
     body = await request.body()
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"The body is not valid JSON: {e}", code="invalid_json") from None
-    except RecursionError:
-        raise APIError(400, "The body's JSON is nested too deeply", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "The body must be a JSON object", code="invalid_json")
-    return data
+    return parse_json_object(body)
 
 
 async def encode_prompts(backend: Backend, prompts: Sequence[str | list[int]]) -> list[list[int]]:

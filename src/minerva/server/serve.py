@@ -100,7 +100,9 @@ def _serve(
     from minerva.server.background import LOAD_THREAD, is_running
     from minerva.server.uvicorn_runner import DrainingServer
 
-    if engine_config.model.model is None:
+    if server_config.models_dir is not None:
+        print(f"minerva: serving the models in {server_config.models_dir}", file=sys.stderr)
+    elif engine_config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
@@ -114,15 +116,21 @@ def _serve(
         if runner is not None:
             runner.fail(error)
 
-    app = build_app(
-        server_config,
-        load_backend=lambda: load_backend(
-            engine_config.model.backend,
-            engine_config,
-            max_queued_requests=server_config.max_queued_requests,
-        ),
-        on_load_error=on_load_error,
-    )
+    if server_config.models_dir is not None:
+        from minerva.server.model_loading import directory_app_options
+
+        options = directory_app_options(engine_config, server_config)
+        app = build_app(server_config, **options)
+    else:
+        app = build_app(
+            server_config,
+            load_backend=lambda: load_backend(
+                engine_config.model.backend,
+                engine_config,
+                max_queued_requests=server_config.max_queued_requests,
+            ),
+            on_load_error=on_load_error,
+        )
     uv_config = uvicorn.Config(
         app,
         host=server_config.host,
