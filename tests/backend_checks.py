@@ -121,8 +121,8 @@ def check_both_apis(backend_factory: Callable[[], Backend], expected_text: str) 
 
     async def run(transport):
         http = httpx.AsyncClient(transport=transport)
-        oai = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http)
-        oll = ollama.AsyncClient(host="http://test", transport=transport)
+        oai = openai.AsyncOpenAI(base_url="http://localhost/v1", api_key="x", http_client=http)
+        oll = ollama.AsyncClient(host="http://localhost", transport=transport)
         common = dict(model=SERVED, prompt=PROMPT, max_tokens=8, temperature=0)
         whole = await oai.completions.create(**common)
         chunks = await oai.completions.create(**common, stream=True)
@@ -135,7 +135,7 @@ def check_both_apis(backend_factory: Callable[[], Backend], expected_text: str) 
         options = {"num_predict": 8, "temperature": 0}
         gen = await oll.generate(SERVED, PROMPT, options=options, raw=True)
         ochat = await oll.chat(SERVED, messages=messages, options={**options, "num_predict": 6})
-        metrics = (await http.get("http://test/metrics")).text
+        metrics = (await http.get("http://localhost/metrics")).text
         return dict(
             whole=whole, streamed=streamed, chat=chat_text, generate=gen.response,
             ollama_chat=ochat.message.content, metrics=metrics,

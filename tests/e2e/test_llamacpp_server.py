@@ -131,6 +131,10 @@ def test_requests_count_into_the_metrics(clients, server):
                            extra_body={"ignore_eos": True})  # fmt: skip
     after = server.wait_idle()
     assert after["minerva_generation_tokens_total"] - before["minerva_generation_tokens_total"] == 5
-    ttft = "minerva_time_to_first_token_seconds_count"
-    assert after[ttft] - before[ttft] == 1
+    for name in (
+        "minerva_time_to_first_token_seconds_count",
+        "minerva_e2e_request_latency_seconds_count",
+        'minerva_requests_finished_total{finish_reason="length"}',
+    ):
+        assert after[name] - before[name] == 1, name
     assert after["minerva_requests_running"] == 0 and after["minerva_kv_cache_usage_ratio"] == 0

@@ -277,7 +277,7 @@ class LlamaCppBackend:
     def set_observer(self, observer: StepObserver | None) -> None:
         self._observer = observer
 
-    def _on_step(self, info: StepInfo, out: RequestOutput | None) -> None:
+    def _on_step(self, info: StepInfo | None, out: RequestOutput | None) -> None:
         observer = self._observer
         if observer is None:
             return

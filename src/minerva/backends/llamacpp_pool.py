@@ -51,7 +51,7 @@ class ContextPool:
         tokenizer: Any,
         eos_token_ids: list[int],
         prefix_caching: bool,
-        on_step: Callable[[StepInfo, RequestOutput], None],
+        on_step: Callable[[StepInfo | None, RequestOutput | None], None],
     ) -> None:
         self.contexts = contexts
         self.tokenizer = tokenizer
@@ -105,33 +105,34 @@ class ContextPool:
                 job(llm)
                 continue
             try:
-                self._run(llm, job)
+                final, last_step = self._run(llm, job)
             except Exception:  # noqa: BLE001 - one failed request must not end the thread
                 logger.exception("llama.cpp failed on request %s", job.request_id)
-                job.emit(_final(job, CompletionOutput(0, finish_reason="abort"), None))
+                final, last_step = _final(job, CompletionOutput(0, finish_reason="abort")), None
+            self.on_step(last_step, final)  # metrics see every request end, aborts included
+            job.emit(final)
 
-    def _run(self, llm: Any, job: Job) -> None:
-        metrics = RequestMetrics(arrival_time=job.arrival_time)
+    def _run(self, llm: Any, job: Job) -> tuple[RequestOutput, StepInfo | None]:
+        """The job's final output (the context is free again by then) and its last step."""
         comp = CompletionOutput(index=0)
         if job.aborted.is_set():  # aborted while it waited in the queue
             comp.finish_reason = "abort"
-            job.emit(_final(job, comp, metrics))
-            return
+            return _final(job, comp), None
         with self._lock:
             self.num_running += 1
             self._active.add(id(llm))
         try:
-            final = self._generate(llm, job, comp, metrics)
+            return self._generate(llm, job, comp, RequestMetrics(job.arrival_time))
         finally:
             with self._lock:
                 self.num_running -= 1
                 self._active.discard(id(llm))
-        job.emit(final)  # after the context is free: the caller may count it idle at once
 
     def _generate(
         self, llm: Any, job: Job, comp: CompletionOutput, m: RequestMetrics
-    ) -> RequestOutput:
-        """Run the job to its end; the intermediate outputs go out, the final one is returned."""
+    ) -> tuple[RequestOutput, StepInfo | None]:
+        """Run the job to its end: the outputs before the last go out as they come; the final
+        one (carrying the last token) and the step that made it are returned."""
         p = job.params
         detok = self._detokenizer(job)
         m.first_scheduled_time = time.monotonic()
@@ -140,7 +141,7 @@ class ContextPool:
             llm.reset()  # no tokens kept: generate() cannot match a prefix
         llm.set_seed(_llama_seed(p.seed))
         tokens = llm.generate(job.prompt_token_ids, reset=True, **sampler_kwargs(p))
-        step_start, num_prefill = time.perf_counter(), len(job.prompt_token_ids)
+        step_start, num_prefill, step = time.perf_counter(), len(job.prompt_token_ids), None
         try:
             for token in tokens:
                 now = time.perf_counter()
@@ -151,14 +152,16 @@ class ContextPool:
                 comp.token_ids.append(token)
                 comp.delta_token_ids.append(token)
                 self._finish_reason(comp, token, detok, p)
-                out = _snapshot(job, comp, m) if job.stream or comp.finished else None
-                self.on_step(StepInfo(now - step_start, num_prefill, int(not num_prefill), 1), out)
+                step = StepInfo(now - step_start, num_prefill, int(not num_prefill), 1)
                 step_start, num_prefill = now, 0
-                if out is not None and not comp.finished:
-                    job.emit(out)
-                    comp.delta_text, comp.delta_token_ids = "", []
                 if comp.finished:
                     break
+                out = _snapshot(job, comp, m) if job.stream else None
+                self.on_step(step, out)
+                step = None
+                if out is not None:
+                    job.emit(out)
+                    comp.delta_text, comp.delta_token_ids = "", []
         finally:
             tokens.close()
         if not comp.finished:  # aborted before its first token
@@ -166,7 +169,7 @@ class ContextPool:
         if detok is not None and not isinstance(comp.stop_reason, str):  # text held back
             tail = detok.flush()
             comp.text, comp.delta_text = comp.text + tail, comp.delta_text + tail
-        return _final(job, comp, m)
+        return _final(job, comp, m), step
 
     def _detokenizer(self, job: Job) -> IncrementalDetokenizer | None:
         if self.tokenizer is None:
@@ -233,7 +236,7 @@ def _snapshot(job: Job, comp: CompletionOutput, m: RequestMetrics) -> RequestOut
     return RequestOutput(job.request_id, job.prompt, job.prompt_token_ids, [c], metrics=m)
 
 
-def _final(job: Job, comp: CompletionOutput, m: RequestMetrics | None) -> RequestOutput:
+def _final(job: Job, comp: CompletionOutput, m: RequestMetrics | None = None) -> RequestOutput:
     out = _snapshot(job, comp, m or RequestMetrics(job.arrival_time))
     if not job.stream:  # the one output carries every token
         out.outputs[0].delta_text, out.outputs[0].delta_token_ids = comp.text, comp.token_ids

@@ -40,7 +40,7 @@ def load_model(engine: EngineConfig, server: ServerConfig, model: LocalModel) ->
         engine, model=dataclasses.replace(engine.model, model=str(model.path))
     )
     return load_backend(
-        engine.model.backend, config, max_queued_requests=server.max_queued_requests
+        config.model.backend, config, max_queued_requests=server.max_queued_requests
     )
 
 
