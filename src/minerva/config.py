@@ -180,6 +180,12 @@ class SchedulerConfig:
         "auto", "Launch step N+1 before reading step N's tokens (auto: on for CUDA).",
         choices=("auto", "on", "off"), normalize=str.lower,
     )  # fmt: skip
+    step_timeout: float = Field(
+        600.0,
+        "Seconds one engine step may run before the engine counts as hung: /health answers "
+        "503, requests in flight fail and the server exits non-zero (0: no watchdog).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
 
 
 @dataclass

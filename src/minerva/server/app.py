@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 UNGATED_PATHS = frozenset({"/health", "/metrics"})
 """Routes that keep answering while the server drains."""
 
+DRAIN_RETRY_AFTER_S = 5
+"""Retry-After of a draining server's 503: a restart or another instance takes seconds."""
+SUPERVISE_PERIOD_S = 0.25
+"""How often the app checks that its engine still runs (a crash or a hung step)."""
+ENGINE_STOP_TIMEOUT_S = 0.5
+"""How long the app waits for the engine thread at exit: it only has to finish one step."""
+
 
 class DrainGateMiddleware:
     """While draining, new requests get 503 (in-flight ones were admitted before)."""
@@ -53,7 +60,10 @@ class DrainGateMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.state.draining and scope["path"] not in UNGATED_PATHS:
             self.state.metrics.requests_rejected.labels("draining").inc()
-            err = APIError(503, "the server is shutting down", code="draining")
+            err = APIError(
+                503, "the server is shutting down; retry on another instance", code="draining",
+                headers={"Retry-After": str(DRAIN_RETRY_AFTER_S)},
+            )  # fmt: skip
             await error_response(scope["path"], err)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -79,9 +89,11 @@ def build_app(
     backend: Backend | None = None,
     load_backend: Callable[[], Backend] | None = None,
     on_load_error: Callable[[BaseException], None] | None = None,
+    on_engine_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The app over a loaded ``backend`` (started here), or one that loads it with
-    ``load_backend`` (blocking, run in a thread) at startup."""
+    ``load_backend`` (blocking, run in a thread) at startup. ``on_engine_failure`` is called
+    once if the engine stops on its own (a crash or a hung step): the caller exits non-zero."""
     metrics = ServerMetrics()
     state = ServerState(config=config, metrics=metrics)
 
@@ -92,13 +104,16 @@ def build_app(
             _install(state, backend)
         elif load_backend is not None:
             loader = asyncio.create_task(_load(state, load_backend, on_load_error))
+        supervisor = asyncio.create_task(_supervise(state, on_engine_failure))
         try:
             yield
         finally:
+            supervisor.cancel()
             if loader is not None and not loader.done():
                 loader.cancel()
             if state.backend is not None:
-                await state.backend.shutdown()
+                stopped = await state.backend.shutdown(ENGINE_STOP_TIMEOUT_S)
+                state.engine_stuck = stopped is False
 
     app = FastAPI(
         title="Minerva", version=__version__, lifespan=lifespan,
@@ -141,6 +156,20 @@ def build_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _supervise(state: ServerState, on_failure: Callable[[str], None] | None) -> None:
+    """Report once when the engine stops without being asked (crash, watchdog)."""
+    while True:
+        await asyncio.sleep(SUPERVISE_PERIOD_S)
+        backend = state.backend
+        if backend is None or state.draining or backend.is_running:
+            continue
+        state.engine_failure = "the engine stopped (a crash or a hung step; see the log above)"
+        logger.error("%s: failing the server", state.engine_failure)
+        if on_failure is not None:
+            on_failure(state.engine_failure)
+        return
 
 
 def _install(state: ServerState, backend: Backend) -> None:

@@ -51,7 +51,28 @@ class ServerConfig:
         byte_size=True, ge=1024,
     )  # fmt: skip
     shutdown_timeout: float = Field(
-        30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted.",
+        30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted; the "
+        "whole shutdown ends within about 2 s more.",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    max_prompt_bytes: int = Field(
+        2 * 1024 * 1024, "Largest prompt text (all messages and tools together, UTF-8) a "
+        "request may carry (e.g. 2MiB); larger ones get 400 before any tokenizing.",
+        byte_size=True, ge=1024,
+    )  # fmt: skip
+    write_timeout: float = Field(
+        30.0, "Seconds a response may stay blocked on a client that stopped reading before "
+        "the connection is dropped and its request aborted (0: never).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    header_timeout: float = Field(
+        10.0, "Seconds a connection may take to send a request's headers (slowloris, idle "
+        "connections) before it is closed (0: never).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    body_timeout: float = Field(
+        60.0, "Seconds a client may take to upload a request body before it gets 408 "
+        "(0: never).",
         ge=0, metavar="SECONDS",
     )  # fmt: skip
 
