@@ -22,6 +22,7 @@ from minerva.backends.base import Backend
 from minerva.errors import EngineUnavailableError, MinervaError
 from minerva.server.api_errors import APIError, error_response, routing_error, to_api_error
 from minerva.server.background import in_daemon_thread
+from minerva.server.body_timeout import BodyTimeoutMiddleware
 from minerva.server.config import ServerConfig
 from minerva.server.embedding_routes import router as embedding_router
 from minerva.server.generation import ClientDisconnected
@@ -126,6 +127,7 @@ def build_app(
         app.add_exception_handler(exc_class, handler)
 
     # add_middleware puts each one outside the previous: the last added runs first.
+    app.add_middleware(BodyTimeoutMiddleware, timeout=config.body_timeout)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=config.api_key)

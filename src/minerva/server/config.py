@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,12 +84,7 @@ class ServerConfig:
     @property
     def is_loopback(self) -> bool:
         """True when only this machine can connect."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # "" (all interfaces) or a host name other than localhost
-            return False
+        return is_loopback_host(self.host)
 
     def bind_warning(self) -> str | None:
         """The warning to print when anyone on the network could use the server freely."""
@@ -99,6 +95,22 @@ class ServerConfig:
             "this address can use the model. Set --api-key (or MINERVA_API_KEY), or bind "
             "127.0.0.1."
         )
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` in any case, or a loopback address in any form the resolver accepts
+    (``127.1`` and ``0x7f.1`` are 127.0.0.1, as inet_aton reads them)."""
+    host = host.strip().rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:  # the short and hex IPv4 forms ipaddress refuses but bind() accepts
+        return ipaddress.IPv4Address(socket.inet_aton(host)).is_loopback
+    except OSError:  # "" (all interfaces) or a host name other than localhost
+        return False
 
 
 _FIELDS = specs_of({"server": ServerConfig})
