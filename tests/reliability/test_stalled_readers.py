@@ -129,8 +129,10 @@ def test_an_unread_stream_stays_bounded_and_keeps_its_slot(tiny_model):
         engine = AsyncEngine(_engine(tiny_model), max_queued_requests=0, max_buffered_outputs=4)
         engine.start()
         stream = await engine.add_request(PROMPT, params, "unread")
-        await asyncio.to_thread(_poll, lambda: engine.stats().num_running == 0, "it finishes")
-        await asyncio.sleep(0.05)  # let the last dispatch land on this loop
+        deadline = time.monotonic() + 120  # a hang guard
+        while not stream.complete:  # the engine finished it; nobody has read a thing
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
         buffered = stream.num_buffered
         with pytest.raises(QueueFullError):  # finished, but its answer is not delivered
             await engine.add_request(PROMPT, params, "next")

@@ -50,8 +50,11 @@ class MinervaBackend:
     """Implements backends.base.Backend over an LLMEngine driven by an AsyncEngine."""
 
     def __init__(self, engine: LLMEngine, max_queued_requests: int = 256) -> None:
-        step_timeout = engine.config.scheduler.step_timeout
-        self._engine = AsyncEngine(engine, max_queued_requests, step_timeout=step_timeout)
+        limits = engine.config.scheduler
+        self._engine = AsyncEngine(
+            engine, max_queued_requests, step_timeout=limits.step_timeout,
+            queue_timeout=limits.queue_timeout, request_timeout=limits.request_timeout,
+        )  # fmt: skip
         self._platform = engine.platform
         self._tokenizer = engine.tokenizer
         self._eos_token_ids = list(engine.eos_token_ids)

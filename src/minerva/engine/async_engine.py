@@ -23,11 +23,13 @@ from minerva.engine.fault_injection import FaultInjector
 from minerva.engine.llm_engine import EngineStats, LLMEngine
 from minerva.engine.outputs import RequestOutput, StepInfo
 from minerva.engine.request_stream import MAX_BUFFERED_OUTPUTS, RequestStream
+from minerva.engine.step_watchdog import StepWatchdog
 from minerva.errors import (
     EngineDeadError,
     EngineDrainingError,
     EngineUnavailableError,
     QueueFullError,
+    QueueTimeoutError,
     RequestError,
 )
 from minerva.request import Logprobs
@@ -70,6 +72,8 @@ class AsyncEngine:
 
     Watchdog: a step running longer than ``step_timeout`` seconds (0: never) marks the engine
     hung: ``is_running`` turns False and every request in flight fails with StepTimeoutError.
+    Deadlines (0: none): a request not started ``queue_timeout`` s after its arrival fails
+    with QueueTimeoutError (503); one older than ``request_timeout`` s is aborted.
     ``clock`` is injectable for tests; ``faults`` (default: MINERVA_FAULT_INJECT) make a step
     hang or raise.
     """
@@ -81,6 +85,8 @@ class AsyncEngine:
         observer: EngineObserver | None = None,
         *,
         step_timeout: float = 0.0,
+        queue_timeout: float = 0.0,
+        request_timeout: float = 0.0,
         max_buffered_outputs: int = MAX_BUFFERED_OUTPUTS,
         clock: Callable[[], float] = time.monotonic,
         faults: FaultInjector | None = None,
@@ -92,12 +98,13 @@ class AsyncEngine:
         self.max_num_seqs = engine.config.scheduler.max_num_seqs
         self.max_queued_requests = max_queued_requests
         self.observer = observer
-        self.step_timeout = step_timeout
+        self.watchdog = StepWatchdog(step_timeout, clock)
+        self.queue_timeout = queue_timeout
+        self.request_timeout = request_timeout
         self.max_buffered_outputs = max_buffered_outputs
         self.faults = faults if faults is not None else FaultInjector.from_env()
         self._clock = clock
-        self._step_started: float | None = None  # set by the engine thread during a step
-        self._watchdog: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
         self._cond = threading.Condition()
         self._commands: list[tuple[str, Any]] = []  # guarded by _cond
         self._stopping = False
@@ -122,8 +129,8 @@ class AsyncEngine:
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="minerva-engine", daemon=True)
         self._thread.start()
-        if self.step_timeout > 0:
-            self._watchdog = asyncio.ensure_future(self._watch())
+        if self.watchdog.step_timeout > 0:
+            self._watch_task = asyncio.ensure_future(self._watch())
 
     async def drain(self, timeout: float) -> int:
         """Refuse new requests, let in-flight ones finish for up to ``timeout`` seconds, then
@@ -143,8 +150,8 @@ class AsyncEngine:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
         self._fail_all(EngineDeadError("the engine was shut down"))
@@ -154,31 +161,20 @@ class AsyncEngine:
     @property
     def is_hung(self) -> bool:
         """A step has run past ``step_timeout`` (evaluated now, so /health sees it at once)."""
-        started = self._step_started
-        if isinstance(self._error, StepTimeoutError):
-            return True
-        return (
-            self.step_timeout > 0
-            and started is not None
-            and (self._clock() - started > self.step_timeout)
-        )
+        return isinstance(self._error, StepTimeoutError) or self.watchdog.is_hung
 
     def check_watchdog(self) -> bool:
         """On the loop: fail every request once the engine is hung; True when it is."""
         if not self.is_hung:
             return False
         if self._error is None:
-            error = StepTimeoutError(
-                f"an engine step ran for more than step_timeout={self.step_timeout:g}s: the "
-                "engine is hung; restart the server"
-            )
-            self._error = error
-            logger.error("%s", error)
-            self._fail_all(error)
+            self._error = StepTimeoutError(self.watchdog.message())
+            logger.error("%s", self._error)
+            self._fail_all(self._error)
         return True
 
     async def _watch(self) -> None:
-        period = min(1.0, self.step_timeout / 4)
+        period = min(1.0, self.watchdog.step_timeout / 4)
         while not self._stopping and not self.check_watchdog():
             await asyncio.sleep(period)
 
@@ -362,9 +358,14 @@ class AsyncEngine:
     def _fail_all(self, error: BaseException) -> None:
         for future in list(self._pending.values()):
             _settle(future, error)
-        for stream in list(self._streams.values()):
-            stream.put(error)
-            self._release(stream)
+        self._fail_streams(list(self._streams), error)
+
+    def _fail_streams(self, request_ids: list[str], error: BaseException) -> None:
+        for request_id in request_ids:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put(error)
+                self._release(stream)
 
     def _call_soon(self, fn: Callable, *args: Any) -> None:
         try:
@@ -384,6 +385,8 @@ class AsyncEngine:
                         return
                     commands, self._commands = self._commands, []
                 aborted = self._apply(commands)
+                if self.queue_timeout > 0 or self.request_timeout > 0:
+                    aborted |= self._expire()
                 if busy or aborted or self.engine.has_unfinished_requests():
                     self._step()
                 busy = self.engine.has_unfinished_requests()
@@ -409,13 +412,30 @@ class AsyncEngine:
                 self._call_soon(_settle, future, None, result)
         return aborted
 
+    def _expire(self) -> bool:
+        """Drop the requests past their deadlines (engine thread); True if any."""
+        queued, late = self.engine.overdue_requests(
+            self._clock(), self.queue_timeout, self.request_timeout
+        )
+        if queued:
+            self.engine.abort_request(queued)
+            error = QueueTimeoutError(
+                f"the request waited more than queue_timeout={self.queue_timeout:g}s without "
+                "starting: the server is overloaded; retry later",
+                retry_after=1,
+            )
+            self._call_soon(self._fail_streams, queued, error)
+        if late:
+            self.engine.abort_request(late)  # their final outputs say finish_reason "abort"
+        return bool(queued or late)
+
     def _step(self) -> None:
         start = time.perf_counter()
-        self._step_started = self._clock()
+        self.watchdog.step_started()
         if self.faults is not None:
             self.faults.before_step()
         outputs = self.engine.step()
-        self._step_started = None
+        self.watchdog.step_ended()
         duration = time.perf_counter() - start
         self._stats = self.engine.stats()
         if outputs:

@@ -35,6 +35,8 @@ class RequestStream:
         self.finished = False
         """The final output (or an error) was read, or the stream was aborted."""
         self.max_buffered = max(1, max_buffered)
+        self.complete = False
+        """The final output (or an error) has arrived; the reader may not have taken it yet."""
         self._items: deque[RequestOutput | BaseException] = deque()
         self._ready = asyncio.Event()
         self._on_abort = on_abort
@@ -50,6 +52,7 @@ class RequestStream:
         error; ignored once the stream is finished (an aborted stream keeps nothing)."""
         if self.finished:
             return
+        self.complete = self.complete or not isinstance(item, RequestOutput) or item.finished
         last = self._items[-1] if self._items else None
         full = len(self._items) >= self.max_buffered
         if full and isinstance(item, RequestOutput) and isinstance(last, RequestOutput):
