@@ -96,7 +96,10 @@ def test_full_server_and_huge_prompts_are_refused_before_tokenizing(limits_serve
                         json={"model": MODEL_NAME, "prompt": "word " * 800})  # fmt: skip
     huge = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "x" * 5000}]}
     too_big = httpx.post(f"{srv.url}/v1/chat/completions", json=huge, timeout=GUARD)
+    time.sleep(2 * 0.5)  # past header_timeout: a request under way must not be cut by it
+    still_running = srv.backend.stats().num_requests_in_flight == 1
     hold.close()
+    assert still_running
     assert full.status_code == 503 and full.headers["retry-after"] == "1"
     assert full.json()["error"]["code"] == "queue_full"
     assert ollama.status_code == 503 and "capacity" in ollama.json()["error"]

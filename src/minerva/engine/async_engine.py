@@ -23,7 +23,7 @@ from minerva.engine.fault_injection import FaultInjector
 from minerva.engine.llm_engine import EngineStats, LLMEngine
 from minerva.engine.outputs import RequestOutput, StepInfo
 from minerva.engine.request_stream import MAX_BUFFERED_OUTPUTS, RequestStream
-from minerva.engine.step_watchdog import StepWatchdog
+from minerva.engine.step_watchdog import StepTimeoutError, StepWatchdog
 from minerva.errors import (
     EngineDeadError,
     EngineDrainingError,
@@ -52,10 +52,6 @@ __all__ = [
 ABORT_GRACE_S = 0.5
 """How long a drain waits for its aborts to land after its timeout: a healthy engine applies
 them within one step, and a hung one never will, so the wait stays short and bounded."""
-
-
-class StepTimeoutError(EngineDeadError):
-    """An engine step ran past ``step_timeout``: the engine is hung."""
 
 
 class EngineObserver(Protocol):

@@ -9,6 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from minerva.errors import EngineDeadError
+
+
+class StepTimeoutError(EngineDeadError):
+    """An engine step ran past ``step_timeout``: the engine is hung."""
+
 
 class StepWatchdog:
     """``step_timeout`` seconds (0: never hung) on ``clock`` (injectable for tests)."""
