@@ -80,6 +80,15 @@ def admission(state: ServerState, backend: Backend, num_seqs: int) -> Iterator[N
         state.num_seqs_tokenizing -= num_seqs
 
 
+async def encode_admitted(
+    state: ServerState, backend: Backend, prompts: Sequence[str | list[int]], param: str
+) -> list[list[int]]:
+    """encode_prompts after the prompt-size and capacity checks (one sequence per prompt)."""
+    check_prompt_bytes(state, param, prompts)
+    with admission(state, backend, len(prompts)):
+        return await encode_prompts(backend, prompts)
+
+
 async def encode_prompts(backend: Backend, prompts: Sequence[str | list[int]]) -> list[list[int]]:
     """Token ids of each prompt, tokenized off the event loop (long prompts take a while)."""
     if not backend.has_tokenizer and any(isinstance(p, str) for p in prompts):

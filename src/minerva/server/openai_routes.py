@@ -211,14 +211,15 @@ async def completions(request: Request) -> Response:
     vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
     check_prompt_bytes(state, "prompt", prompts, body.suffix)
-    if body.suffix:
-        prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     echoes: list[Echo] = []
 
     async def start() -> list[OutputStream]:
+        nonlocal prompts
         with admission(state, backend, len(prompts) * body.n):
+            if body.suffix:
+                prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
             ids = await encode_prompts(backend, prompts)
             if body.echo:
                 skip = body.skip_special_tokens
