@@ -90,7 +90,7 @@ def test_a_layer_interleaves_where_every_piece_fits_and_answers_like_its_twin(x8
     v = type(v)(v.data, v.ggml_type, v.shape, release=lambda: released.append(1))
     layer = _layer([q, k, v])
     assert [g[1:] for g in layer.gguf_groups] == [
-        (GGMLType.Q4_K, 256, True), (GGMLType.Q6_K, 128, True)
+        (GGMLType.Q4_K, 256, "x8"), (GGMLType.Q6_K, 128, "x8")
     ]  # fmt: skip
     assert released == [1]  # the file's pages are let go once copied
     x = torch.randn(3, 256)

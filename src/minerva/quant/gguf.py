@@ -8,6 +8,9 @@ keeps attn_v in Q6_K): consecutive pieces of one type are concatenated into one 
 kernel where it exists and wins, else the torch twin: dequantize a tile of rows, matmul, next
 tile. On the CPU, groups of the types with an interleaved layout (ops/cpu_quant_x8.c: Q4_0, Q8_0,
 Q4_K, Q5_K, Q6_K) are rewritten into it once, after loading, and the file's pages are let go.
+On CUDA with the Triton kernel set, the same types are rewritten into planes
+(quant/gguf_planes.py) and run by ops/triton_quant.py, whose one-token kernel also takes the
+batch-1 path's fused norm and residual hooks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 
 from minerva.errors import ModelLoadError
 from minerva.ops import cpu_quant_x8
+from minerva.quant import gguf_planes
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
 from minerva.quant.gguf_matmul import gguf_matmul
 from minerva.quant.gguf_mix import base_type, fit_type, mix_type
@@ -33,6 +37,10 @@ from minerva.quant.gguf_types import (
     row_bytes,
     type_name,
 )
+
+INT8_ACTIVATIONS = True
+"""One-token products on CUDA quantize x to 8 bits (llama.cpp's way, ops/triton_qgemv_int8.py);
+off, the float kernel decodes the weights (tests compare the two)."""
 
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
@@ -55,7 +63,7 @@ class GGUFLinearMethod(LinearMethod):
         else:
             layer.register_parameter("bias", None)
         layer.gguf_pending = {}  # first output row -> QuantizedTensor
-        layer.gguf_groups = []  # [(parameter name, GGMLType, rows, interleaved)]
+        layer.gguf_groups = []  # [(parameter name, GGMLType, rows, layout)]
         layer.gguf_shards = list(zip(layer.shard_ids, output_sizes, strict=True))
 
     def load_weight(self, layer, param, tensor, shard_id) -> None:
@@ -123,17 +131,38 @@ class GGUFLinearMethod(LinearMethod):
         for i, group in enumerate(groups):
             name = "weight" if i == 0 else f"weight_g{i}"
             ggml_type, cols = group[0].ggml_type, layer.in_features
-            interleaved = device.type == "cpu" and all(
-                cpu_quant_x8.supports(ggml_type, g.shape[0], cols) for g in group
-            )
-            if interleaved:
+            layout = self._layout(device, ggml_type, group, cols)
+            if layout == "x8":
                 data = _interleaved(group, cols)
             else:
                 data = torch.cat([g.data for g in group]) if len(group) > 1 else group[0].data
                 data = data.to(device).contiguous()
+                if layout == "planes":
+                    data = gguf_planes.to_planes(data, ggml_type, cols)
+                if layout == "planes" or device.type != "cpu" or len(group) > 1:
+                    for g in group:  # copied: the file's pages can go
+                        if g.release is not None:
+                            g.release()
             setattr(layer, name, nn.Parameter(data, requires_grad=False))
-            layer.gguf_groups.append((name, ggml_type, int(data.shape[0]), interleaved))
+            layer.gguf_groups.append((name, ggml_type, int(data.shape[0]), layout))
         layer.gguf_pending = {}
+
+    def _layout(self, device, ggml_type, group, cols) -> str:
+        """ "x8" (CPU kernels), "planes" (Triton kernels) or "file" (the torch twin)."""
+        if device.type == "cpu":
+            if all(cpu_quant_x8.supports(ggml_type, g.shape[0], cols) for g in group):
+                return "x8"
+        elif self._triton and gguf_planes.supports(ggml_type, cols):
+            return "planes"
+        return "file"
+
+    @property
+    def _triton(self) -> bool:
+        return self.kernels is not None and self.kernels.name == "triton"
+
+    @property
+    def _pdl(self) -> bool:
+        return bool(self.kernels is not None and self.kernels.pdl)
 
     def weight_bytes(self, layer) -> int:
         """The blocks' bytes; before loading, what the target types will take (0 without)."""
@@ -152,22 +181,79 @@ class GGUFLinearMethod(LinearMethod):
             self.process_after_loading(layer)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [T, K]
+        if x2.shape[0] == 1 and self._fused(layer):
+            y = self._one_token(layer, x2)[0]
+            return y.reshape(*lead, y.shape[-1])
         outs = [
-            gguf_matmul(x2, getattr(layer, name), ggml_type, rows, interleaved)
-            for name, ggml_type, rows, interleaved in layer.gguf_groups
+            gguf_matmul(x2, getattr(layer, name), ggml_type, rows, layout, self._pdl)
+            for name, ggml_type, rows, layout in layer.gguf_groups
         ]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*lead, y.shape[-1])
 
+    # -- one token: the Triton GEMVs over every group, x quantized once (bf16 / fp16 models) --
+    def _fused(self, layer) -> bool:
+        return bool(layer.gguf_groups) and all(g[3] == "planes" for g in layer.gguf_groups)
+
+    def _one_token(self, layer, x, *, norm=None, gated=False, residual=None):
+        """(layer(x) [1, out_features] (+ residual), partials of the new residual stream or
+        None): 8-bit activations and dp4a products for bf16 / fp16 (ops/triton_qgemv_int8.py),
+        the float kernel (ops/triton_quant.py) for float32 models and INT8_ACTIVATIONS off."""
+        from minerva.ops import triton_qgemv_int8, triton_quant  # noqa: PLC0415 - CUDA only
+
+        pdl = self._pdl
+        out = torch.empty(1, layer.out_features, dtype=x.dtype, device=x.device)
+        int8 = INT8_ACTIVATIONS and x.dtype != torch.float32
+        if int8:
+            xq = triton_qgemv_int8.quantize_x(x, layer.in_features, norm, gated, pdl=pdl)
+        parts, start = [], 0
+        for name, ggml_type, rows, _ in layer.gguf_groups:
+            bias = None if layer.bias is None else layer.bias[start : start + rows]
+            o = out[:, start : start + rows]
+            res = None if residual is None else residual[:, start : start + rows]
+            planes = getattr(layer, name)
+            if int8:
+                p = triton_qgemv_int8.qgemv_int8(
+                    xq, planes, ggml_type, bias, out=o, residual=res, pdl=pdl
+                )
+            else:
+                _, p = triton_quant.qgemv(
+                    x, planes, ggml_type, bias, out=o, norm=norm, residual=res, gated=gated,
+                    pdl=pdl,
+                )  # fmt: skip
+            parts.append(p)
+            start += rows
+        if residual is None:
+            return out, None
+        return out, parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def apply_norm_in(self, layer, h, partials, norm_weight, eps) -> torch.Tensor:
+        if layer.gguf_pending:
+            self.process_after_loading(layer)
+        if not self._fused(layer):
+            return super().apply_norm_in(layer, h, partials, norm_weight, eps)
+        return self._one_token(layer, h, norm=(partials, norm_weight, eps))[0]
+
+    def apply_add_residual(self, layer, x, residual, gated=False):
+        if layer.gguf_pending:
+            self.process_after_loading(layer)
+        if not self._fused(layer):
+            return super().apply_add_residual(layer, x, residual, gated)
+        return self._one_token(layer, x, residual=residual, gated=gated)
+
 
 def file_blocks(layer, name: str) -> torch.Tensor:
-    """A group's blocks in the file's layout (undoing the interleaving where it was applied)."""
-    for group, ggml_type, _, interleaved in layer.gguf_groups:
+    """A group's blocks in the file's layout (undoing the x8 or plane rewrite where applied)."""
+    for group, ggml_type, _, layout in layer.gguf_groups:
         if group == name:
             data = getattr(layer, name)
-            return cpu_quant_x8.unpack(data, ggml_type, layer.in_features) if interleaved else data
+            if layout == "x8":
+                return cpu_quant_x8.unpack(data, ggml_type, layer.in_features)
+            if layout == "planes":
+                return gguf_planes.from_planes(data, ggml_type, layer.in_features)
+            return data
     raise KeyError(name)
 
 

@@ -16,6 +16,7 @@ import torch
 from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor
 
 QK_K = 256
+_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # 2-bit fields of a byte
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -30,13 +31,13 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _bits(b: torch.Tensor, count: int) -> torch.Tensor:
     """[n, B] bytes -> [n, count, B]: bit i of every byte in plane i."""
-    shifts = torch.arange(count, dtype=torch.uint8).view(1, count, 1)
+    shifts = torch.arange(count, dtype=torch.uint8, device=b.device).view(1, count, 1)
     return (b.unsqueeze(1) >> shifts) & 1
 
 
 def _le_bits32(qh: torch.Tensor) -> torch.Tensor:
     """[n, 4] bytes of a little-endian uint32 -> [n, 32] bits, bit j at column j."""
-    shifts = torch.arange(8, dtype=torch.uint8).view(1, 1, 8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=qh.device).view(1, 1, 8)
     return ((qh.unsqueeze(-1) >> shifts) & 1).reshape(qh.shape[0], 32)
 
 
@@ -83,7 +84,7 @@ def _q2_k(b: torch.Tensor) -> torch.Tensor:
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
     dl = (d * (scales & 0xF).float()).view(n, 16, 1)
     ml = (dmin * (scales >> 4).float()).view(n, 16, 1)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+    shifts = _SHIFTS.to(b.device).view(1, 1, 4, 1)
     q = ((qs.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 16, 16).float()
     return (dl * q - ml).reshape(n, QK_K)
 
@@ -92,7 +93,7 @@ def _q3_k_scales(sc: torch.Tensor) -> torch.Tensor:
     """12 packed bytes -> 16 signed 6-bit scales (low nibbles in 0..7, top 2 bits in 8..11)."""
     n = sc.shape[0]
     low = _nibbles(sc[:, :8]).reshape(n, 16) & 0x0F
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 4, 1)
+    shifts = _SHIFTS.to(sc.device).view(1, 4, 1)
     high = ((sc[:, 8:12].reshape(n, 1, 4) >> shifts) & 3).reshape(n, 16)
     return ((low | (high << 4)).to(torch.int8) - 32).float()
 
@@ -101,7 +102,7 @@ def _q3_k(b: torch.Tensor) -> torch.Tensor:
     n = b.shape[0]
     hmask, qs, sc, d = b[:, :32], b[:, 32:96], b[:, 96:108], _f16(b[:, 108:110])
     dl = (d * _q3_k_scales(sc)).view(n, 16, 1)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+    shifts = _SHIFTS.to(b.device).view(1, 1, 4, 1)
     ql = ((qs.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 16, 16)
     qh = _bits(hmask, 8).reshape(n, 16, 16) ^ 1  # a set bit means "no -4 offset"
     q = (ql.to(torch.int8) - (qh << 2).to(torch.int8)).float()
@@ -144,7 +145,7 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
     ql, qh, sc, d = b[:, :128], b[:, 128:192], b[:, 192:208], _f16(b[:, 208:210])
     dl = (d * sc.contiguous().view(torch.int8).float()).view(n, 16, 1)
     low = _nibbles(ql.reshape(n, 2, 64)).reshape(n, 8, 32)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8).view(1, 1, 4, 1)
+    shifts = _SHIFTS.to(b.device).view(1, 1, 4, 1)
     high = ((qh.reshape(n, 2, 1, 32) >> shifts) & 3).reshape(n, 8, 32)
     q = ((low | (high << 4)).to(torch.int8) - 32).reshape(n, 16, 16).float()
     return (dl * q).reshape(n, QK_K)

@@ -1,6 +1,7 @@
 """y = x @ W^T for W in GGUF blocks: the C kernels (ops/cpu_quant.c on the file's layout,
-ops/cpu_quant_x8.c on the interleaved one) where they exist, else the torch twin that
-dequantizes a tile of rows at a time and multiplies (any device)."""
+ops/cpu_quant_x8.c on the interleaved one), the Triton kernels on CUDA (ops/triton_quant.py on
+the plane layout of quant/gguf_planes.py), else the torch twin that dequantizes a tile of rows
+at a time and multiplies (any device)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,33 @@ from minerva.quant.gguf_types import GGMLType
 # Most rows of x the C kernel takes: it beat the dequantize + matmul twin at every row count
 # measured, 1-128 (benchmarks/results/cpu_quant_kernels.json), so it takes them all.
 KERNEL_MAX_ROWS = 1 << 30
+# Rows of x above which the CUDA path decodes the weight into a scratch buffer and runs cuBLAS
+# instead of the fused dequantizing GEMM.
+PREFILL_DEQUANT_ROWS = 16
 TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 
 def gguf_matmul(
-    x: torch.Tensor, data: torch.Tensor, ggml_type: GGMLType, rows: int, interleaved: bool = False
-):
-    """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, row_bytes], in the x8 layout where
-    `interleaved`) -> [T, rows]: a C kernel for small T on the CPU, else the torch twin."""
-    if interleaved:
+    x: torch.Tensor,
+    data: torch.Tensor,
+    ggml_type: GGMLType,
+    rows: int,
+    layout: str = "file",
+    pdl: bool = False,
+) -> torch.Tensor:
+    """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, bytes per row] in `layout`: "file",
+    "x8" or "planes") -> [T, rows]: a C kernel on the CPU, a Triton kernel on CUDA, else the
+    torch twin."""
+    if layout == "planes":
+        from minerva.ops import triton_quant  # noqa: PLC0415 - needs triton (CUDA only)
+
+        if x.shape[0] == 1:
+            return triton_quant.qgemv(x, data, ggml_type, pdl=pdl)[0]
+        if x.shape[0] > PREFILL_DEQUANT_ROWS:  # decode once, then the library's GEMM
+            w = triton_quant.dequantize(data, ggml_type, x.shape[-1], x.dtype)
+            return x @ w.T
+        return triton_quant.qgemm(x, data, ggml_type, pdl=pdl)
+    if layout == "x8":
         y = None
         if x.shape[0] <= KERNEL_MAX_ROWS:
             y = cpu_quant_x8.matmul(x.float(), data, ggml_type, rows)

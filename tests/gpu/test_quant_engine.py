@@ -1,0 +1,73 @@
+"""GGUF models on CUDA: the Triton kernels over the plane layout inside the engine (CUDA graphs,
+fused batch-1 hooks) give the tokens of the CPU run and of the torch twin on the GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gguf")
+
+from minerva import LLM, SamplingParams  # noqa: E402
+from minerva.demo import demo_model_path  # noqa: E402
+from minerva.quant import gguf_matmul  # noqa: E402
+from minerva.quant.gguf_types import GGMLType  # noqa: E402
+from tests.model.test_cross_format import q4_k_m_plan, to_gguf  # noqa: E402
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+PROMPTS = [
+    [1, 3088, 295, 263, 628, 327],  # "SQLite is a database that"
+    [1, 450, 3996, 1354, 1701, 2916],
+    [1, 1724, 338, 278],
+]
+PLANS = {
+    "q8_0": lambda n, s: GGMLType.Q8_0,
+    "q4_k_m": q4_k_m_plan,
+    "q4_0": lambda n, s: GGMLType.Q4_0,
+    "q5_k": lambda n, s: GGMLType.Q6_K if n == "output.weight" else GGMLType.Q5_K,
+}
+
+
+@pytest.fixture(scope="module", params=list(PLANS))
+def demo_gguf(request, tmp_path_factory):
+    demo = demo_model_path()
+    path = tmp_path_factory.mktemp("gguf") / f"demo-{request.param}.gguf"
+    return to_gguf(demo, path, PLANS[request.param], request.param, tokenizer_dir=demo)
+
+
+def _greedy(path, device, dtype, n=32, **kw):
+    llm = LLM(model=str(path), device=device, dtype=dtype, max_model_len=256, **kw)
+    params = SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, logprobs=1)
+    outs = [o.outputs[0] for o in llm.generate(PROMPTS, params)]
+    return [o.token_ids for o in outs], [[lp.logprob for lp in o.logprobs] for o in outs], llm
+
+
+def test_gpu_tokens_equal_the_cpu_twin(demo_gguf, monkeypatch):
+    tokens, logprobs, llm = _greedy(demo_gguf, "cuda", "float32")
+    layer = llm.engine.worker.model.model.layers[0].self_attn.qkv_proj
+    assert {g[3] for g in layer.gguf_groups} == {"planes"}
+    assert llm.engine.worker.runner.graphs is not None and llm.engine.worker.model.one_token
+    del llm
+    monkeypatch.setattr(gguf_matmul, "KERNEL_MAX_ROWS", 0)  # the CPU's torch twin: exact weights
+    ref_tokens, ref_logprobs, _ = _greedy(demo_gguf, "cpu", "float32")
+    assert tokens == ref_tokens
+    torch.testing.assert_close(
+        torch.tensor(logprobs), torch.tensor(ref_logprobs), atol=2e-3, rtol=0
+    )
+
+
+def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf):
+    tokens, logprobs, _ = _greedy(demo_gguf, "cuda", "bfloat16", n=16)
+    ref_tokens, ref_logprobs, llm = _greedy(
+        demo_gguf, "cuda", "bfloat16", n=16, attention_backend="torch"
+    )
+    layer = llm.engine.worker.model.model.layers[0].mlp.down_proj
+    assert {g[3] for g in layer.gguf_groups} == {"file"}  # the twin: dequantize + matmul
+    agree = sum(a == b for t, r in zip(tokens, ref_tokens) for a, b in zip(t, r))
+    assert agree >= 0.9 * sum(len(t) for t in tokens)  # bf16: rare near-ties may flip
+    for t, r, lp, rlp in zip(tokens, ref_tokens, logprobs, ref_logprobs):
+        assert t[0] == r[0] and abs(lp[0] - rlp[0]) < 5e-2
