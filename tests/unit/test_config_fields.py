@@ -60,12 +60,19 @@ ALLOWED = {
     "num_speculative_tokens": "an integer from 0 to 16",
     "ngram_min": "a positive integer",
     "ngram_max": "a positive integer",
+    "step_timeout": ">= 0",
+    "queue_timeout": ">= 0",
+    "request_timeout": ">= 0",
 }
 SERVER_ALLOWED = {
     "port": "an integer from 0 to 65535",
     "max_queued_requests": "an integer >= 0",
     "max_body_bytes": "a byte size >= 1 KiB",
     "shutdown_timeout": ">= 0",
+    "max_prompt_bytes": "a byte size >= 1 KiB",
+    "write_timeout": ">= 0",
+    "header_timeout": ">= 0",
+    "body_timeout": ">= 0",
 }
 # A value each constrained field refuses, as text (env / CLI) and typed (TOML / kwargs).
 BAD = {
@@ -75,6 +82,7 @@ BAD = {
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
+    "step_timeout": -1, "queue_timeout": -1, "request_timeout": -0.5,
 }  # fmt: skip
 
 
