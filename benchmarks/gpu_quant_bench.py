@@ -1,7 +1,7 @@
 """GGUF models on one NVIDIA GPU: Minerva and llama.cpp on the same files, in one run.
 
     PYTHONPATH=src python3 benchmarks/gpu_quant_bench.py --parts files minerva llama \
-        [--shapes mistral-7b tinyllama-1.1b] [--mixes Q4_K_M Q8_0] [--llama-bin DIR]
+        [--models mistral-7b:Q4_K_M mistral-7b:Q8_0 tinyllama-1.1b:Q4_K_M] [--llama-bin DIR]
         [--work DIR] [--output DIR]
 
 Files: random-weight models written as GGUF with llama.cpp's tensor types for the mix (random
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,7 @@ def write_random_gguf(shape: str, mix: str, path: Path) -> None:
     config = _parse_config(cfg, path)
     n_layers, h, inter = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
     kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
-    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
 
     def tensors():
         yield "model.embed_tokens.weight", torch.empty(cfg["vocab_size"], h)
@@ -72,11 +73,13 @@ def write_random_gguf(shape: str, mix: str, path: Path) -> None:
     def random_blocks(tensor: torch.Tensor, ggml_type: GGMLType) -> QuantizedTensor:
         rows, cols = tensor.shape
         block, size = BLOCK_GEOMETRY[ggml_type]
-        b = torch.randint(0, 256, (rows, cols // block, size), dtype=torch.uint8, generator=gen)
+        b = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
         for off in F16_FIELDS[ggml_type.name]:
-            d = (torch.rand(rows, cols // block, generator=gen) * 9e-4 + 1e-4).half()
-            b[:, :, off : off + 2] = d.view(torch.uint8).reshape(rows, cols // block, 2)
-        return QuantizedTensor(b.reshape(rows, -1), ggml_type, (rows, cols))
+            d = (rng.random((rows, cols // block), dtype=np.float32) * 9e-4 + 1e-4).astype(
+                np.float16
+            )
+            b[:, :, off : off + 2] = d.view(np.uint8).reshape(rows, cols // block, 2)
+        return QuantizedTensor(torch.from_numpy(b.reshape(rows, -1)), ggml_type, (rows, cols))
 
     write_gguf(
         config, tensors(), path, plan, quantize=random_blocks,
@@ -200,8 +203,12 @@ def summary(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", nargs="+", default=["files", "minerva", "llama"])
-    ap.add_argument("--shapes", nargs="+", default=["mistral-7b"])
-    ap.add_argument("--mixes", nargs="+", default=["Q4_K_M", "Q8_0"])
+    ap.add_argument(
+        "--models",
+        nargs="+",
+        default=["mistral-7b:Q4_K_M", "mistral-7b:Q8_0", "tinyllama-1.1b:Q4_K_M"],
+        help="shape:mix pairs",
+    )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--llama-bin", type=Path, default=Path("/tmp/llama-build/bin"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/qbench"))
@@ -222,28 +229,28 @@ def main() -> None:
         (args.output / f"gpu_quant_bench_{slug}.json").write_text(json.dumps(results, indent=1))
         (args.output / f"gpu_quant_bench_{slug}.md").write_text(summary(results))
 
-    for shape in args.shapes:
-        for mix in args.mixes:
-            key = f"{shape}-{mix}"
-            path = args.work / f"{key}.gguf"
-            entry = results["models"].setdefault(key, {"shape": shape, "mix": mix})
-            if "files" in args.parts and not path.exists():
-                t = time.perf_counter()
-                write_random_gguf(shape, mix, path)
-                entry["file_bytes"] = path.stat().st_size
-                entry["write_s"] = time.perf_counter() - t
-                print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
-            if "minerva" in args.parts:
-                try:
-                    entry["minerva"] = measure_minerva(path, args.concurrency, results["bandwidth"])
-                except Exception as e:  # recorded; the other models still run
-                    entry["minerva_error"] = f"{type(e).__name__}: {e}"[:2000]
-                print(key, "minerva", json.dumps(entry.get("minerva"))[:400], flush=True)
-                save()
-            if "llama" in args.parts:
-                entry["llama"] = measure_llama(path, args.llama_bin, args.concurrency)
-                print(key, "llama", json.dumps(entry["llama"])[:400], flush=True)
-                save()
+    for pair in args.models:
+        shape, mix = pair.split(":")
+        key = f"{shape}-{mix}"
+        path = args.work / f"{key}.gguf"
+        entry = results["models"].setdefault(key, {"shape": shape, "mix": mix})
+        if "files" in args.parts and not path.exists():
+            t = time.perf_counter()
+            write_random_gguf(shape, mix, path)
+            entry["file_bytes"] = path.stat().st_size
+            entry["write_s"] = time.perf_counter() - t
+            print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+        if "minerva" in args.parts:
+            try:
+                entry["minerva"] = measure_minerva(path, args.concurrency, results["bandwidth"])
+            except Exception as e:  # recorded; the other models still run
+                entry["minerva_error"] = f"{type(e).__name__}: {e}"[:2000]
+            print(key, "minerva", json.dumps(entry.get("minerva"))[:400], flush=True)
+            save()
+        if "llama" in args.parts:
+            entry["llama"] = measure_llama(path, args.llama_bin, args.concurrency)
+            print(key, "llama", json.dumps(entry["llama"])[:400], flush=True)
+            save()
     save()
     print(summary(results))
 

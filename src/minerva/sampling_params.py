@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 _STRUCTURED_KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+MAX_STOP_STRINGS = 16
+"""Stop strings per request (both APIs and Python): they are matched on the engine thread."""
+MAX_STOP_CHARS = 512
+"""Characters per stop string."""
 
 
 @dataclass(frozen=True)
@@ -100,13 +105,16 @@ class SamplingParams:
         """Raise ValueError naming the bad field and the accepted range."""
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}"),
+            (
+                0 <= self.temperature < math.inf,
+                f"temperature must be >= 0 and finite, got {self.temperature}",
+            ),
             (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
             (0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p}"),
             (self.top_k >= 0, f"top_k must be >= 0 (0 disables), got {self.top_k}"),
             (
-                self.repetition_penalty > 0,
-                f"repetition_penalty must be > 0, got {self.repetition_penalty}",
+                0 < self.repetition_penalty < math.inf,
+                f"repetition_penalty must be > 0 and finite, got {self.repetition_penalty}",
             ),
             (
                 -2 <= self.frequency_penalty <= 2,
@@ -130,6 +138,15 @@ class SamplingParams:
                 f"logprobs must be between 0 and 20, got {self.logprobs}",
             ),
             (all(s for s in self.stop), "stop strings must not be empty"),
+            (
+                len(self.stop) <= MAX_STOP_STRINGS,
+                f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}",
+            ),
+            (
+                all(len(s) <= MAX_STOP_CHARS for s in self.stop if isinstance(s, str)),
+                f"stop strings must be at most {MAX_STOP_CHARS} characters, got one of "
+                f"{max((len(s) for s in self.stop if isinstance(s, str)), default=0)}",
+            ),
             (
                 self.pooling in (None, "mean"),
                 f"pooling must be 'mean' or None, got {self.pooling!r}",

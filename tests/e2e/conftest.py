@@ -91,16 +91,20 @@ def start_server(
     *args: str,
     api_key: str | None = None,
     served_name: str = MODEL_NAME,
+    models_dir: Path | None = None,
 ) -> Server:
-    """Start ``minerva serve`` on a free port and wait until /health says ok."""
+    """Start ``minerva serve`` on a free port and wait until /health says ok (``models_dir``:
+    serve that folder's models instead of ``model_dir``)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     env.pop("MINERVA_API_KEY", None)
     if api_key is not None:
         env["MINERVA_API_KEY"] = api_key
+    model = ["--model", str(model_dir), "--served-model-name", served_name]
+    if models_dir is not None:
+        model = ["--models-dir", str(models_dir)]
     cmd = [
-        sys.executable, "-m", "minerva.cli", "serve", "--model", str(model_dir),
-        "--port", str(port), "--served-model-name", served_name, "--device", "cpu",
+        sys.executable, "-m", "minerva.cli", "serve", *model, "--port", str(port), "--device", "cpu",
         "--dtype", "float32", "--num-threads", "1", "--num-kv-blocks", "1024",
         "--no-access-log", *args,
     ]  # fmt: skip

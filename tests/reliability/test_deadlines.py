@@ -59,7 +59,9 @@ def test_queue_timeout_fails_only_requests_that_never_started(tiny_model):
     assert still.finish_reason is None and in_flight == 1  # the late one's place is free
     api = to_api_error(error)
     assert api.status == 503 and api.code == "queue_timeout" and api.headers["Retry-After"] == "1"
-    print("queue timeout: the never-started request got 503 queue_timeout, the running one ran")
+    print(
+        "\n[reliability] queue timeout: the never-started request got 503 queue_timeout, the running one ran"
+    )
 
 
 def test_request_timeout_aborts_a_running_request(tiny_model):
@@ -79,4 +81,6 @@ def test_request_timeout_aborts_a_running_request(tiny_model):
     outs, stats = asyncio.run(main())
     assert outs[-1].finished and outs[-1].finish_reason == "abort"
     assert len(outs[-1].outputs[0].token_ids) < LONG.max_tokens
-    print("request timeout: a 60,000-token request ended with finish_reason abort at its deadline")
+    print(
+        "\n[reliability] request timeout: a 60,000-token request ended with finish_reason abort at its deadline"
+    )

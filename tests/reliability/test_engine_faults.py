@@ -84,7 +84,9 @@ def test_watchdog_fails_requests_of_a_hung_step_on_an_injected_clock(tiny_model)
     before, after, in_flight, stopped = asyncio.run(main())
     assert before == (True, False) and after == (False, True)
     assert in_flight == 0 and stopped is False
-    print("hung step: watchdog fired at step_timeout + 0.5 s (injected clock), 1 request failed")
+    print(
+        "\n[reliability] hung step: watchdog fired at step_timeout + 0.5 s (injected clock), 1 request failed"
+    )
 
 
 def _serve(tiny_model, tmp_path, monkeypatch, fault: str, *args: str):
@@ -139,7 +141,7 @@ def test_a_broken_engine_fails_requests_and_exits_1(tiny_model, tmp_path, monkey
     assert health_503
     assert "Traceback" not in srv.log() or fault.startswith("crash")  # a hang logs no trace
     print(
-        f"{fault.split('@')[0]} step: request failed, /health 503, exit {code} after {took:.1f} s"
+        f"\n[reliability] {fault.split('@')[0]} step: request failed, /health 503, exit {code} after {took:.1f} s"
     )
 
 
@@ -160,4 +162,6 @@ def test_sigterm_with_a_hung_step_ends_within_its_timeout(tiny_model, tmp_path, 
     finally:
         srv.proc.kill() if srv.proc.poll() is None else None
     assert code == 1, srv.log()  # it could not stop its engine: not a clean exit
-    print(f"SIGTERM with a hung step: exit {code} after {took:.1f} s (shutdown_timeout 1 s)")
+    print(
+        f"\n[reliability] SIGTERM with a hung step: exit {code} after {took:.1f} s (shutdown_timeout 1 s)"
+    )

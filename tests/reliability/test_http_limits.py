@@ -107,7 +107,9 @@ def test_full_server_and_huge_prompts_are_refused_before_tokenizing(limits_serve
     assert too_big.json()["error"]["code"] == "prompt_too_large"
     assert "max_prompt_bytes" in too_big.json()["error"]["message"]
     assert counting.calls == 0  # nothing was tokenized for any of them
-    print("cheap rejects: 2 full-server 503s and 1 oversized prompt, 0 tokenizer calls")
+    print(
+        "\n[reliability] cheap rejects: 2 full-server 503s and 1 oversized prompt, 0 tokenizer calls"
+    )
 
 
 def test_idle_and_slowloris_connections_are_closed(limits_server):
@@ -127,7 +129,7 @@ def test_idle_and_slowloris_connections_are_closed(limits_server):
     assert closed
     ok = httpx.get(f"{limits_server.url}/health", timeout=GUARD)  # normal clients unaffected
     assert ok.status_code == 200
-    print(f"slowloris: idle socket and a {sent}-line header drip both closed")
+    print(f"\n[reliability] slowloris: idle socket and a {sent}-line header drip both closed")
 
 
 def test_a_slow_body_gets_408_in_the_api_shape(limits_server):
@@ -137,7 +139,7 @@ def test_a_slow_body_gets_408_in_the_api_shape(limits_server):
     status, headers, body = _response(_read_all(sock))
     assert status == 408 and headers["content-type"] == "application/json"
     assert json.loads(body)["error"]["code"] == "body_timeout"
-    print("slow body: 408 body_timeout (JSON), connection closed")
+    print("\n[reliability] slow body: 408 body_timeout (JSON), connection closed")
 
 
 def test_leaving_mid_upload_is_a_client_disconnect_not_a_500(limits_server, caplog):
@@ -160,7 +162,7 @@ def test_leaving_mid_upload_is_a_client_disconnect_not_a_500(limits_server, capl
     after_500 = _metric(srv, prefix.replace("499", "500"))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert after_500 == before_500 and not errors
-    print("upload disconnects: 3 counted as 499, 0 errors logged")
+    print("\n[reliability] upload disconnects: 3 counted as 499, 0 errors logged")
 
 
 def test_an_8mb_header_gets_a_json_400(limits_server):
@@ -172,7 +174,7 @@ def test_an_8mb_header_gets_a_json_400(limits_server):
     status, headers, body = _response(_read_all(sock))
     assert status == 400 and headers["content-type"] == "application/json"
     assert "16 KiB" in json.loads(body)["error"]["message"]
-    print("8 MB header: 400 with a JSON error body")
+    print("\n[reliability] 8 MB header: 400 with a JSON error body")
 
 
 def test_draining_503_has_retry_after(limits_server):
@@ -185,7 +187,7 @@ def test_draining_503_has_retry_after(limits_server):
         srv.state.draining = False
     assert gated.status_code == 503 and gated.headers["retry-after"] == "5"
     assert gated.json()["error"]["code"] == "draining" and health.status_code == 503
-    print("draining: 503 with Retry-After: 5")
+    print("\n[reliability] draining: 503 with Retry-After: 5")
 
 
 def test_loopback_spellings():
@@ -193,4 +195,4 @@ def test_loopback_spellings():
         assert is_loopback_host(host) and ServerConfig(host=host).bind_warning() is None, host
     for host in ("", "0.0.0.0", "10.0.0.1", "example.com", "localhost.example.com"):
         assert not is_loopback_host(host), host
-    print("loopback: 6 spellings recognised, 5 others not")
+    print("\n[reliability] loopback: 6 spellings recognised, 5 others not")

@@ -98,7 +98,9 @@ def test_stalled_readers_are_dropped_and_free_everything(stall_server):
     finished = srv.state.metrics.render().decode()
     aborted = _sample(finished, 'minerva_requests_finished_total{finish_reason="abort"}')
     assert aborted >= n
-    print(f"stalled readers: {n} dropped, {stats.kv_cache_usage:.0%} KV held, 0 slots held")
+    print(
+        f"\n[reliability] stalled readers: {n} dropped, {stats.kv_cache_usage:.0%} KV held, 0 slots held"
+    )
 
 
 def _sample(text: str, name: str) -> float:
@@ -147,4 +149,6 @@ def test_an_unread_stream_stays_bounded_and_keeps_its_slot(tiny_model):
     assert buffered <= 4 and len(outs) <= 4  # 200 steps, at most 4 outputs kept apart
     assert tokens == ref.outputs[0].token_ids and text == ref.outputs[0].text
     assert outs[-1].finished and in_flight == 0  # reading the final output freed the slot
-    print(f"unread stream: 200 steps held in {buffered} outputs, slot kept until read")
+    print(
+        f"\n[reliability] unread stream: 200 steps held in {buffered} outputs, slot kept until read"
+    )

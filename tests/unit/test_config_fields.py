@@ -73,6 +73,8 @@ SERVER_ALLOWED = {
     "write_timeout": ">= 0",
     "header_timeout": ">= 0",
     "body_timeout": ">= 0",
+    "keep_alive": "a duration such as 5m, 300, 0 or -1",
+    "model_load_timeout": "a positive number",
 }
 # A value each constrained field refuses, as text (env / CLI) and typed (TOML / kwargs).
 BAD = {
@@ -182,7 +184,8 @@ def test_server_env_and_flags_go_through_the_field_rules(capsys):
         ServerConfig(max_queued_requests=-1)
     with pytest.raises(ConfigError, match="api_key=' ': must be a non-empty string"):
         ServerConfig(api_key=" ")
-    assert load_server_config(env={"MINERVA_API_KEY": ""}).api_key is None
+    with pytest.raises(ConfigError, match="MINERVA_API_KEY='': must be a non-empty string"):
+        load_server_config(env={"MINERVA_API_KEY": ""})  # a blank key never turns auth off
     assert load_server_config(env={"MINERVA_API_KEY": "none"}).api_key == "none"  # a real key
 
     parser = argparse.ArgumentParser(prog="minerva")
@@ -203,7 +206,8 @@ def test_server_env_vars_are_known_to_the_engine_config():
     # config_sources may not import the server layer: its list of non-config vars must keep up
     server_vars = {v for v in config_sources.env_vars(SERVER_SCHEMA) if v.startswith("MINERVA_")}
     assert server_vars == {f"MINERVA_{n.upper()}" for n in SERVER_ALLOWED} | {
-        "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS",
+        "MINERVA_HOST", "MINERVA_API_KEY", "MINERVA_CORS_ORIGINS", "MINERVA_MODELS_DIR",
+        "MINERVA_API_KEY_FILE", "MINERVA_ALLOWED_HOSTS",
     }  # fmt: skip
     assert server_vars <= config_sources.NON_CONFIG_ENV_VARS
     assert server_vars.isdisjoint(config_sources.env_vars(SCHEMA))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,14 @@ def test_failed_build_is_logged_once_and_returns_none(tmp_path, monkeypatch, cap
     assert native.problem(broken).startswith("compiling failed")
     assert len([r for r in caplog.records if "broken.c" in r.getMessage()]) == 1
     assert not list((tmp_path / "kernels").glob("*/*"))  # neither a library nor a temp file
+
+
+@pytest.mark.skipif(not can_build, reason="no C kernel build on this host")
+def test_another_packages_private_openmp_copy_leaves_the_kernels_on():
+    """sentencepiece's wheel maps its own libgomp (under a private name) when imported, as
+    `import gguf` does; the kernels still bind to torch's runtime and load."""
+    pytest.importorskip("sentencepiece")
+    import sentencepiece  # noqa: F401
+
+    source = Path(native.__file__).with_name("cpu_glue.c")
+    assert native.build_and_load(source) is not None

@@ -36,7 +36,7 @@ def _backend(model_dir) -> Backend:
 async def _with_app(app, fn):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             return await fn(client)
 
 

@@ -57,7 +57,9 @@ INFO = ModelInfo(
     num_attention_heads=32,
     num_kv_heads=8,
 )
-STATS = BackendStats(num_waiting=3, num_kv_blocks=77, device_memory_used=5 << 30)
+STATS = BackendStats(
+    num_waiting=3, num_kv_blocks=77, device_memory_used=5 << 30, model_memory_bytes=(4 << 30) + 7
+)
 
 
 class FakeStream:
@@ -173,7 +175,7 @@ def _serve(fn):
 def test_openai_client_streams_the_backends_tokens():
     async def check(transport):
         http = httpx.AsyncClient(transport=transport)
-        client = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http)
+        client = openai.AsyncOpenAI(base_url="http://localhost/v1", api_key="x", http_client=http)
         messages = [{"role": "user", "content": "hello"}]
         whole = await client.chat.completions.create(model="fake", messages=messages, max_tokens=5)
         chunks = await client.chat.completions.create(model="fake", messages=messages, stream=True)
@@ -193,7 +195,7 @@ def test_openai_client_streams_the_backends_tokens():
 
 def test_ollama_client_and_model_details_come_from_model_info():
     async def check(transport):
-        client = ollama.AsyncClient(host="http://test", transport=transport)
+        client = ollama.AsyncClient(host="http://localhost", transport=transport)
         reply = await client.chat("fake", messages=[{"role": "user", "content": "hi"}])
         generated = [c.response async for c in await client.generate("fake", "hi", stream=True)]
         return reply, generated, await client.show("fake"), await client.list(), await client.ps()
@@ -210,12 +212,14 @@ def test_ollama_client_and_model_details_come_from_model_info():
     assert entry.digest == "f" * 64 and entry.size == INFO.weight_bytes
     assert entry.details.format == "gguf" and entry.modified_at.year == 2023
     (loaded,) = ps.models
-    assert loaded.size_vram == STATS.device_memory_used and loaded.context_length == 4096
+    # /api/ps: the model's own memory (weights + KV + activations), all on the GPU here.
+    assert loaded.size_vram == loaded.size == STATS.model_memory_bytes
+    assert loaded.context_length == 4096
 
 
 def test_metrics_read_the_backends_stats_and_steps():
     async def check(transport):
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             body = {"model": "fake", "prompt": "hi", "max_tokens": 2}
             assert (await client.post("/v1/completions", json=body)).status_code == 200
             return (await client.get("/metrics")).text
@@ -236,7 +240,9 @@ def test_a_backend_request_error_is_a_400():
     async def main():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost"
+            ) as client:
                 body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
                 return await client.post("/v1/chat/completions", json=body)
 
@@ -264,7 +270,9 @@ def test_model_listing_is_503_before_the_backend_is_loaded(path):
     async def main():
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost"
+            ) as client:
                 return await client.get(path)
 
     assert asyncio.run(main()).status_code == 503

@@ -62,7 +62,9 @@ def serve(model: str, **kwargs):
 
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://localhost"
+            ) as client:
                 while (await client.get("/health")).status_code != 200:
                     await asyncio.sleep(0.02)
                 return await ask(client)

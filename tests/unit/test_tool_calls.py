@@ -89,7 +89,7 @@ def _serve(script: list[str], fn):
 
 def _openai(transport) -> openai.AsyncOpenAI:
     http = httpx.AsyncClient(transport=transport)
-    return openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http)
+    return openai.AsyncOpenAI(base_url="http://localhost/v1", api_key="x", http_client=http)
 
 
 MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
@@ -119,7 +119,7 @@ def test_auto_returns_tool_calls_with_ids_and_json_arguments():
 
 def test_streamed_tool_call_has_the_openai_delta_shape():
     async def check(transport):
-        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        http = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         body = {"model": "fake", "messages": MESSAGES, "tools": TOOLS, "stream": True}
         async with http.stream("POST", "/v1/chat/completions", json=body) as r:
             lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
@@ -242,7 +242,7 @@ def test_bad_tool_and_format_fields_are_400s(body, message):
 
 def test_ollama_chat_returns_message_tool_calls():
     async def check(transport):
-        client = ollama.AsyncClient(host="http://test", transport=transport)
+        client = ollama.AsyncClient(host="http://localhost", transport=transport)
         whole = await client.chat("fake", messages=MESSAGES, tools=TOOLS)
         parts = [
             c async for c in await client.chat("fake", messages=MESSAGES, tools=TOOLS, stream=True)

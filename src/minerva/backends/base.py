@@ -88,6 +88,9 @@ class BackendStats:
     device_memory_used: int = 0
     """Bytes of device memory this process uses (CUDA/MPS allocated, RSS on CPU)."""
     device_memory_total: int = 0
+    model_memory_bytes: int = 0
+    """Bytes this backend's model holds on its device: weights + KV cache + activation reserve
+    (what unloading it frees; 0 when unknown)."""
     spec_verify_steps: int = 0
     """Speculative decoding (cumulative): request-steps that verified draft tokens."""
     spec_draft_tokens: int = 0

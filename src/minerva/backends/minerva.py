@@ -62,6 +62,7 @@ class MinervaBackend:
         self._dummy = engine.config.model.load_format == "dummy"
         self._info = _model_info(engine)  # all but the digest, which reads every weight byte
         self._info_lock = threading.Lock()
+        self._model_memory = _model_memory(engine)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> None:
@@ -129,6 +130,7 @@ class MinervaBackend:
             num_preemptions=s.num_preemptions,
             device_memory_used=self._platform.memory_used(),
             device_memory_total=self._platform.memory()[1],
+            model_memory_bytes=self._model_memory,
             **spec_fields,
         )
 
@@ -219,6 +221,15 @@ def _model_info(engine: LLMEngine) -> ModelInfo:
         num_layers=hf.num_hidden_layers,
         num_attention_heads=hf.num_attention_heads,
         num_kv_heads=hf.num_key_value_heads,
+    )
+
+
+def _model_memory(engine: LLMEngine) -> int:
+    """Weights + KV cache + activation reserve of the model and its draft model, if any."""
+    workers = [_device_side(engine)]
+    workers += [w for w in [getattr(workers[0], "draft_worker", None)] if w is not None]
+    return sum(
+        w.weight_bytes + w.kv_cache_bytes + getattr(w, "activation_reserve", 0) for w in workers
     )
 
 

@@ -25,6 +25,7 @@ from minerva.loader.safetensors_loader import (
     tensor_nbytes,
 )
 from minerva.loader.torch_bin_loader import iter_bin_file
+from minerva.loader.weight_paths import check_shard_name, check_weight_file
 from minerva.platform import parse_dtype
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -63,8 +64,8 @@ def find_checkpoint_files(folder: str | Path) -> CheckpointFiles:
     if (folder / SAFE_INDEX).is_file():
         return _safetensors_checkpoint(folder, _index_shards(folder / SAFE_INDEX))
     if (folder / SAFE_SINGLE).is_file():
-        return _safetensors_checkpoint(folder, ({}, [folder / SAFE_SINGLE]))
-    safetensors = sorted(folder.glob("*.safetensors"))
+        return _safetensors_checkpoint(folder, ({}, [_checked(folder / SAFE_SINGLE)]))
+    safetensors = [_checked(p) for p in sorted(folder.glob("*.safetensors"))]
     # consolidated.safetensors is Mistral's own layout (other tensor names): skip it when HF
     # files sit next to it.
     hf_named = [p for p in safetensors if not p.name.startswith("consolidated")]
@@ -75,11 +76,15 @@ def find_checkpoint_files(folder: str | Path) -> CheckpointFiles:
         weight_map = {name: folder / shard for name, shard in index_map.items()}
         return _bin_checkpoint(folder, shards, folder / BIN_INDEX, weight_map)
     if (folder / BIN_SINGLE).is_file():
-        return _bin_checkpoint(folder, [folder / BIN_SINGLE])
-    bins = sorted(folder.glob("pytorch_model*.bin"))
+        return _bin_checkpoint(folder, [_checked(folder / BIN_SINGLE)])
+    bins = [_checked(p) for p in sorted(folder.glob("pytorch_model*.bin"))]
     if bins:
         return _bin_checkpoint(folder, bins)
     raise ModelLoadError(f"no weight files found in {folder}; expected {_ACCEPTED}")
+
+
+def _checked(path: Path) -> Path:
+    return check_weight_file(path, path.parent)
 
 
 def _index_shards(index_file: Path) -> tuple[dict[str, str], list[Path]]:
@@ -91,14 +96,15 @@ def _index_shards(index_file: Path) -> tuple[dict[str, str], list[Path]]:
             f"{index_file} has no 'weight_map'; re-download it or remove it to load the "
             "shards without an index"
         )
-    shards = [index_file.parent / name for name in dict.fromkeys(weight_map.values())]
+    names = [check_shard_name(name, index_file) for name in dict.fromkeys(weight_map.values())]
+    shards = [index_file.parent / name for name in names]
     for shard in shards:
-        if not shard.is_file():
+        if not shard.exists():
             raise ModelLoadError(
                 f"shard {shard.name} listed in {index_file} is missing from {index_file.parent}; "
                 "download the missing shard (the download was probably interrupted)"
             )
-    return weight_map, shards
+    return weight_map, [check_weight_file(shard, index_file.parent) for shard in shards]
 
 
 def _safetensors_checkpoint(

@@ -16,6 +16,7 @@ import torch
 
 from minerva.errors import ModelLoadError
 from minerva.loader.checkpoint import convert_tensor, progress_bar
+from minerva.loader.config_checks import model_shape_problems, raise_if_problems
 from minerva.loader.gguf_config import (
     gguf_architecture,
     gguf_chat_template,
@@ -72,6 +73,7 @@ class GGUFSource(ModelSource):
         config = gguf_model_config(
             self.metadata, self.tensors, embed[1].shape[0], path, self._rope_freqs()
         )
+        raise_if_problems(model_shape_problems(config), path, "GGUF metadata")
         self.hf_names = {
             name: hf
             for name in self.tensors

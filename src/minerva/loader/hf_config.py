@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from minerva.errors import ModelLoadError
+from minerva.loader.config_checks import (
+    model_shape_problems,
+    raise_if_problems,
+    raw_config_problems,
+)
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
@@ -116,6 +121,11 @@ def read_json(path: Path) -> Any:
             f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
             "re-download the model folder or fix the file"
         ) from e
+    except (ValueError, RecursionError) as e:  # an integer literal past 4300 digits, nesting
+        raise ModelLoadError(
+            f"{path} is not usable JSON (an integer literal too long or nesting too deep: "
+            f"{str(e)[:80]}); re-download the model folder or fix the file"
+        ) from None
 
 
 def load_model_config(folder: str | Path) -> HFModelConfig:
@@ -132,7 +142,10 @@ def load_model_config(folder: str | Path) -> HFModelConfig:
     cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise ModelLoadError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-    return _parse_config(cfg, path)
+    raise_if_problems(raw_config_problems(cfg), path)
+    hf = _parse_config(cfg, path)
+    raise_if_problems(model_shape_problems(hf), path)
+    return hf
 
 
 def _parse_config(cfg: dict[str, Any], path: Path) -> HFModelConfig:

@@ -8,7 +8,7 @@ caller keeps its torch path; the reason is logged once.
 
 The kernels use OpenMP. Loaded after torch (this module imports it first), a library built
 with -fopenmp binds to the runtime torch already loaded (the CPU wheels ship libgomp.so.1), so
-it shares torch's thread pool; if a second OpenMP runtime appears anyway, the library is refused.
+it shares torch's thread pool; if loading it maps another OpenMP runtime, the library is refused.
 """
 
 from __future__ import annotations
@@ -96,11 +96,12 @@ def build_and_load(source: Path) -> ctypes.CDLL:
     path = cache_dir() / key / f"lib{source.stem}.so"
     if not path.exists():
         _compile(cc, flags, source, path)
+    before = _openmp_runtimes()
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
         raise BuildError(f"loading {path} failed: {e}") from e
-    if _openmp_runtimes() > 1:
+    if _openmp_runtimes() - before:  # it did not bind to the runtime torch loaded
         raise BuildError("it would load a second OpenMP runtime next to torch's")
     return lib
 
@@ -128,11 +129,13 @@ def _compile(cc: str, flags: list[str], source: Path, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _openmp_runtimes() -> int:
-    """How many OpenMP runtime files are mapped into this process (0 where unknown)."""
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtime files mapped into this process (empty where unknown). Another
+    package's private copy (sentencepiece's, under its own name) is no concern; a library of
+    ours that maps a new one is."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
-        return 0
+        return set()
     names = ("libgomp", "libomp", "libiomp")
-    return len({line.split()[-1] for line in maps.splitlines() if any(n in line for n in names)})
+    return {line.split()[-1] for line in maps.splitlines() if any(n in line for n in names)}

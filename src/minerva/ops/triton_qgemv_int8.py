@@ -19,15 +19,14 @@ import triton
 import triton.language as tl
 
 from minerva.ops import pdl as _pdl
-from minerva.ops.triton_quant import _load_x
-from minerva.quant.gguf_types import GGMLType
+from minerva.ops.triton_quant import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, _load_x
 
 SPAN = {  # values per chunk of a tile
-    GGMLType.Q8_0: 32,
-    GGMLType.Q4_0: 32,
-    GGMLType.Q4_K: 64,
-    GGMLType.Q5_K: 64,
-    GGMLType.Q6_K: 128,
+    Q8_0: 32,
+    Q4_0: 32,
+    Q4_K: 64,
+    Q5_K: 64,
+    Q6_K: 128,
 }
 LOW4 = tl.constexpr(0x0F0F0F0F)  # the low nibble of each of four bytes
 
@@ -249,7 +248,7 @@ def quantize_x(
     return xq, dx, sx
 
 
-def gemv_config(ggml_type: GGMLType, n: int, k: int) -> tuple[int, int, int, int]:
+def gemv_config(ggml_type: int, n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages)."""
     return 4, max(SPAN[ggml_type], 1024), 4, 2
 
@@ -257,7 +256,7 @@ def gemv_config(ggml_type: GGMLType, n: int, k: int) -> tuple[int, int, int, int
 def qgemv_int8(
     xq: QuantX,
     planes: torch.Tensor,
-    ggml_type: GGMLType,
+    ggml_type: int,
     bias: torch.Tensor | None = None,
     *,
     out: torch.Tensor,

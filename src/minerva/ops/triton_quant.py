@@ -24,16 +24,17 @@ import triton
 import triton.language as tl
 
 from minerva.ops import pdl as _pdl
-from minerva.quant.gguf_planes import plane_row_bytes
-from minerva.quant.gguf_types import GGMLType
+
+# GGML type ids (quant/gguf_types.py's GGMLType, which this layer does not import)
+Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 8, 12, 13, 14
 
 # type -> (values per chunk (C chunks per tile), values per group row W, groups per chunk)
 _GEOMETRY = {
-    GGMLType.Q8_0: (32, 32, 1),
-    GGMLType.Q4_0: (32, 16, 2),
-    GGMLType.Q4_K: (64, 32, 2),
-    GGMLType.Q5_K: (64, 32, 2),
-    GGMLType.Q6_K: (128, 16, 8),
+    Q8_0: (32, 32, 1),
+    Q4_0: (32, 16, 2),
+    Q4_K: (64, 32, 2),
+    Q5_K: (64, 32, 2),
+    Q6_K: (128, 16, 8),
 }
 # the K granularity of a tile: one chunk
 _MIN_BLOCK_K = {t: span for t, (span, _, _) in _GEOMETRY.items()}
@@ -146,8 +147,9 @@ def _tile_natural(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
         g5, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 5, C, W)
         g6, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 6, C, W)
         g7, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 7, C, W)
-        a = tl.join(tl.join(tl.join(g0, g1), tl.join(g2, g3)),
-                    tl.join(tl.join(g4, g5), tl.join(g6, g7)))  # [BN, C, 16, g0, g1, g2]
+        a = tl.join(
+            tl.join(tl.join(g0, g1), tl.join(g2, g3)), tl.join(tl.join(g4, g5), tl.join(g6, g7))
+        )  # [BN, C, 16, g0, g1, g2]
         w = tl.permute(a, (0, 1, 5, 4, 3, 2))
     else:  # two groups: the low nibbles' values, then the high nibbles'
         lo, _ = _tile(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K, QT, 0, C, W)
@@ -274,18 +276,18 @@ def _dequant_kernel(
 # ---- launchers ------------------------------------------------------------------------------
 
 
-def _geometry(ggml_type: GGMLType, block_k: int) -> tuple[int, int, int]:
+def _geometry(ggml_type: int, block_k: int) -> tuple[int, int, int]:
     """(C, W, NG) of a tile of block_k values."""
     span, width, groups = _GEOMETRY[ggml_type]
     return block_k // span, width, groups
 
 
-def gemv_config(ggml_type: GGMLType, n: int, k: int) -> tuple[int, int, int, int]:
+def gemv_config(ggml_type: int, n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the one-token kernel."""
     return 4, max(_MIN_BLOCK_K[ggml_type], 1024), 4, 3
 
 
-def gemm_config(ggml_type: GGMLType, m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
+def gemm_config(ggml_type: int, m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the several-token kernel."""
     if m <= 16:
         return 16, 32, max(_MIN_BLOCK_K[ggml_type], 256), 4, 3
@@ -299,7 +301,7 @@ def _views(planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def qgemv(
     x: torch.Tensor,
     planes: torch.Tensor,
-    ggml_type: GGMLType,
+    ggml_type: int,
     bias: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
@@ -344,7 +346,7 @@ def qgemv(
 def qgemm(
     x: torch.Tensor,
     planes: torch.Tensor,
-    ggml_type: GGMLType,
+    ggml_type: int,
     bias: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
@@ -375,11 +377,10 @@ def qgemm(
 
 
 def dequantize(
-    planes: torch.Tensor, ggml_type: GGMLType, cols: int, dtype: torch.dtype = torch.bfloat16
+    planes: torch.Tensor, ggml_type: int, cols: int, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
     """The weight [N, cols] in `dtype`, decoded from its planes."""
     n = planes.shape[0]
-    assert planes.shape[1] == plane_row_bytes(ggml_type, cols)
     block_n, block_k = 16, max(_MIN_BLOCK_K[ggml_type], 256)
     c, width, groups = _geometry(ggml_type, block_k)
     out = torch.empty(n, cols, dtype=dtype, device=planes.device)

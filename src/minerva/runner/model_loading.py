@@ -120,7 +120,8 @@ def check_model_fits(
     else:
         kv = -(-max_model_len // spec.block_size) * spec.bytes_per_block
     weights = count_weight_bytes(hf, dtype, options)
-    activations = estimate_activation_bytes(hf, config, dtype)
+    # the float32 RoPE tables (cos, sin [max_model_len, head_dim]) and their temporaries
+    activations = estimate_activation_bytes(hf, config, dtype) + 6 * max_model_len * hf.head_dim * 4
     budget = memory_budget(platform, cache.memory_fraction, cache.memory_limit)[0]
     if weights + kv + activations > budget:
         gib = 2**30

@@ -19,12 +19,42 @@ from minerva import config_cli, config_sources
 from minerva.config import SECTIONS
 from minerva.config_aliases import SEED_SECTIONS, aliases_of
 from minerva.config_fields import Field, Schema, config_error, specs_of
+from minerva.errors import RequestError
+from minerva.server.keep_alive import parse_keep_alive
 
 _HEADER = "Invalid server config"
 
 
-def _key_or_none(text: str) -> str | None:
-    return text or None  # an empty MINERVA_API_KEY means no key; "none" is a key like any other
+def _is_keep_alive(value: str) -> bool:
+    try:
+        parse_keep_alive(value, 0.0)
+    except RequestError:
+        return False
+    return True
+
+
+def _path_or_none(text: str) -> str | None:
+    return text or None  # an empty value means unset
+
+
+def _key_text(text: str) -> str:
+    return text  # "none" is a key like any other; a blank one is refused (non_empty), not "off"
+
+
+def read_api_key_file(path: str) -> str:
+    """The key in ``path`` (its first line, stripped); ConfigError naming the setting when the
+    file is unreadable or blank."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise config_error([f"api_key_file: cannot read {path!r} ({e})"], _HEADER) from None
+    if not key:
+        raise config_error(
+            [f"api_key_file: {path!r} has no key on its first line (write the key there)"],
+            _HEADER,
+        )
+    return key
 
 
 @dataclass
@@ -37,12 +67,21 @@ class ServerConfig:
         "", "Model name the APIs report and accept (set from the engine config).", env=False
     )
     api_key: str | None = Field(
-        None, "Require 'Authorization: Bearer KEY' on every route but /health.",
-        parse=_key_or_none, non_empty=True, metavar="KEY",
+        None, "Require 'Authorization: Bearer KEY' on every route but /health (a blank key is "
+        "refused; prefer MINERVA_API_KEY or --api-key-file: flags show in the process list).",
+        parse=_key_text, non_empty=True, metavar="KEY",
+    )  # fmt: skip
+    api_key_file: str | None = Field(
+        None, "Read the API key from the first line of this file (instead of api_key).",
+        non_empty=True, metavar="PATH",
     )  # fmt: skip
     cors_origins: list[str] = Field(
         [], "Origins allowed by CORS, comma separated ('*' for any); none by default."
     )
+    allowed_hosts: list[str] = Field(
+        [], "Host header names accepted besides localhost names while bound to loopback (a "
+        "DNS-rebinding guard), comma separated ('*' for any).",
+    )  # fmt: skip
     max_queued_requests: int = Field(
         256, "Requests that may wait beyond max_num_seqs running ones; past it 503 + Retry-After.",
         ge=0,
@@ -77,9 +116,32 @@ class ServerConfig:
         ge=0, metavar="SECONDS",
     )  # fmt: skip
 
+    models_dir: str | None = Field(
+        None, "Serve every model in this folder by name (HF folders, .gguf files), loaded on "
+        "demand and unloaded when idle; replaces --model.", parse=_path_or_none, metavar="DIR",
+    )  # fmt: skip
+    keep_alive: str = Field(
+        "5m", "How long a --models-dir model stays loaded after its last request: '5m', "
+        "seconds, 0 (unload at once) or -1 (forever); requests may set their own.",
+        check=_is_keep_alive, allowed="a duration such as 5m, 300, 0 or -1", metavar="DURATION",
+    )  # fmt: skip
+    model_load_timeout: float = Field(
+        300.0, "Seconds a request waits for its --models-dir model to load before a 503.",
+        gt=0, metavar="SECONDS",
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         if problems := SERVER_SCHEMA.problems(dataclasses.asdict(self)):
             raise config_error(problems, _HEADER)
+        if self.api_key is not None and self.api_key_file is not None:
+            raise config_error(["set api_key or api_key_file, not both"], _HEADER)
+        # Read once here, kept off the fields so `minerva config show` never prints it.
+        self._file_key = read_api_key_file(self.api_key_file) if self.api_key_file else None
+
+    @property
+    def effective_api_key(self) -> str | None:
+        """The key every route but /health requires (from api_key or api_key_file), or None."""
+        return self.api_key if self.api_key is not None else self._file_key
 
     @property
     def is_loopback(self) -> bool:
@@ -88,11 +150,11 @@ class ServerConfig:
 
     def bind_warning(self) -> str | None:
         """The warning to print when anyone on the network could use the server freely."""
-        if self.is_loopback or self.api_key:
+        if self.is_loopback or self.effective_api_key:
             return None
         return (
             f"WARNING: binding {self.host}:{self.port} without an API key: anyone who can reach "
-            "this address can use the model. Set --api-key (or MINERVA_API_KEY), or bind "
+            "this address can use the model. Set MINERVA_API_KEY or --api-key-file, or bind "
             "127.0.0.1."
         )
 

@@ -55,14 +55,15 @@ async def embed(
 async def openai_embeddings(request: Request) -> JSONResponse:
     state = get_state(request)
     body = EmbeddingRequest.model_validate(await read_json_object(request))
-    backend = state.ready_backend()
-    state.check_model(body.model)
+    backend = await state.backend_for(request, body.model, getattr(body, "keep_alive", None))
     check_dimensions(body.dimensions, _hidden_size(backend))
     prompts = body.inputs(backend.vocab_size)
     ids = await encode_admitted(state, backend, prompts, "input")
     vectors, num_tokens = await embed(request, backend, prompts, ids)
     return JSONResponse(
-        openai_embedding_response(state.model_name, vectors, num_tokens, body.encoding_format)
+        openai_embedding_response(
+            state.response_name(body.model), vectors, num_tokens, body.encoding_format
+        )
     )
 
 
@@ -73,8 +74,7 @@ async def ollama_embed(request: Request) -> JSONResponse:
     body = OllamaEmbedRequest.model_validate(await read_json_object(request))
     if body.options is not None:
         body.options.check_supported()
-    backend = state.ready_backend()
-    state.check_model(body.model)
+    backend = await state.backend_for(request, body.model, getattr(body, "keep_alive", None))
     check_dimensions(body.dimensions, _hidden_size(backend))
     prompts = body.inputs()
     vectors, num_tokens = [], 0
@@ -102,8 +102,7 @@ async def ollama_embeddings(request: Request) -> JSONResponse:
     body = OllamaEmbeddingsRequest.model_validate(await read_json_object(request))
     if body.options is not None:
         body.options.check_supported()
-    backend = state.ready_backend()
-    state.check_model(body.model)
+    backend = await state.backend_for(request, body.model, getattr(body, "keep_alive", None))
     if not body.prompt:
         return JSONResponse({"embedding": []})
     ids = await encode_admitted(state, backend, [body.prompt], "prompt")

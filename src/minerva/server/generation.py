@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
-from minerva.server.api_errors import APIError
+from minerva.server.json_body import parse_json_object
 from minerva.server.state import ServerState
 
 T = TypeVar("T")
@@ -30,15 +30,7 @@ async def read_json_object(request: Request) -> dict[str, Any]:
         body = await request.body()
     except ClientDisconnect:  # gone mid-upload: nobody to answer, and not a server error
         raise ClientDisconnected() from None
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"The body is not valid JSON: {e}", code="invalid_json") from None
-    except RecursionError:
-        raise APIError(400, "The body's JSON is nested too deeply", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "The body must be a JSON object", code="invalid_json")
-    return data
+    return parse_json_object(body)
 
 
 def prompt_bytes(*parts: Any) -> int:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from minerva.backends.base import Backend, ModelInfo, OutputStream, RequestOutput
+from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.server.api_errors import APIError, to_api_error
 from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
@@ -29,10 +29,18 @@ from minerva.server.generation import (
     read_json_object,
     until_disconnect,
 )
+from minerva.server.keep_alive import parse_keep_alive
+from minerva.server.model_listing import (
+    ListedModel,
+    from_info,
+    list_models,
+    model_info_for,
+    running_models,
+)
 from minerva.server.ollama_protocol import OLLAMA_API_VERSION, ChatRequest, GenerateRequest
 from minerva.server.openai_protocol import check_token_ids
 from minerva.server.openai_responses import token_text
-from minerva.server.state import ServerState, get_state
+from minerva.server.state import get_state
 from minerva.server.tool_calls import (
     ToolCallStream,
     ToolPlan,
@@ -66,14 +74,14 @@ async def version() -> JSONResponse:
 
 
 # -- model listing ---------------------------------------------------------------------------
-def _details(info: ModelInfo) -> dict:
+def _details(m: ListedModel) -> dict:
     return {
         "parent_model": "",
-        "format": info.format,
-        "family": info.family,
-        "families": [info.family],
-        "parameter_size": _human(info.parameter_count),
-        "quantization_level": info.quantization,
+        "format": m.format,
+        "family": m.family,
+        "families": [m.family] if m.family else None,
+        "parameter_size": _human(m.parameter_count) if m.parameter_count else "",
+        "quantization_level": m.quantization,
     }
 
 
@@ -84,37 +92,39 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _model_entry(state: ServerState, info: ModelInfo) -> dict:
-    stamp = info.modified_at if info.modified_at is not None else state.created
+def _stamp(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat()
+
+
+def _model_entry(m: ListedModel) -> dict:
     return {
-        "name": state.model_name,
-        "model": state.model_name,
-        "modified_at": dt.datetime.fromtimestamp(stamp, dt.timezone.utc).isoformat(),
-        "size": info.weight_bytes,
-        "digest": info.digest,
-        "details": _details(info),
+        "name": m.name,
+        "model": m.name,
+        "modified_at": _stamp(m.modified_at),
+        "size": m.size,
+        "digest": m.digest,
+        "details": _details(m),
     }
 
 
 @router.get("/api/tags")
 async def tags(request: Request) -> JSONResponse:
-    state = get_state(request)
-    info = await state.model_info()
-    return JSONResponse({"models": [_model_entry(state, info)]})
+    models = await list_models(get_state(request))
+    return JSONResponse({"models": [_model_entry(m) for m in models]})
 
 
 @router.get("/api/ps")
 async def ps(request: Request) -> JSONResponse:
-    state = get_state(request)
-    backend = state.ready_backend()
-    info = await state.model_info()
-    entry = _model_entry(state, info)
-    entry.update(
-        expires_at="2999-01-01T00:00:00Z",  # loaded for the server's lifetime
-        size_vram=backend.stats().device_memory_used if info.device != "cpu" else 0,
-        context_length=info.context_length,
-    )
-    return JSONResponse({"models": [entry]})
+    entries = []
+    for r in await running_models(get_state(request)):
+        entry = _model_entry(r.listed)
+        entry.update(size=r.size, size_vram=r.size_vram, context_length=r.listed.context_length)
+        if r.loading:
+            entry["loading"] = True  # Minerva's: a load in progress, not yet serving
+        else:
+            entry["expires_at"] = _stamp(r.expires_at)
+        entries.append(entry)
+    return JSONResponse({"models": entries})
 
 
 @router.post("/api/show")
@@ -124,9 +134,9 @@ async def show(request: Request) -> JSONResponse:
     name = data.get("model") or data.get("name")
     if not isinstance(name, str):
         raise APIError(400, "'model' must be given as a string", param="model")
-    backend = state.ready_backend()
-    state.check_model(name)
-    info = await state.model_info()
+    backend = await state.backend_for(request, name)
+    info = await model_info_for(state, backend, name)
+    listed = from_info(state.response_name(name), info, state.created)
     family = info.family
     return JSONResponse(
         {
@@ -134,7 +144,7 @@ async def show(request: Request) -> JSONResponse:
             "modelfile": f"# Served by Minerva\nFROM {info.source or state.model_name}\n",
             "parameters": "",
             "template": backend.chat_template or "",
-            "details": _details(info),
+            "details": _details(listed),
             "model_info": {
                 "general.architecture": family,
                 "general.parameter_count": info.parameter_count,
@@ -146,7 +156,7 @@ async def show(request: Request) -> JSONResponse:
                 f"{family}.vocab_size": info.vocab_size,
             },
             "capabilities": ["completion"],
-            "modified_at": _model_entry(state, info)["modified_at"],
+            "modified_at": _stamp(listed.modified_at),
         }
     )
 
@@ -158,11 +168,10 @@ async def generate(request: Request) -> Response:
     state = get_state(request)
     body = GenerateRequest.model_validate(await read_json_object(request))
     body.check_supported()
-    backend = state.ready_backend()
-    state.check_model(body.model)
     if not body.prompt and not body.context:  # Ollama: an empty prompt just loads the model
-        return JSONResponse(_done_load(body.model, "response"))
+        return JSONResponse(await _load_only(request, state, body, "response"))
     check_prompt_bytes(state, "prompt", body.prompt, body.system, body.suffix)
+    backend = await state.backend_for(request, body.model, body.keep_alive)
 
     async def encode() -> list[int]:
         prompt = body.prompt or ""
@@ -186,10 +195,9 @@ async def chat(request: Request) -> Response:
     state = get_state(request)
     body = ChatRequest.model_validate(await read_json_object(request))
     body.check_supported()
-    backend = state.ready_backend()
-    state.check_model(body.model)
     if not body.messages:
-        return JSONResponse(_done_load(body.model, "message"))
+        return JSONResponse(await _load_only(request, state, body, "message"))
+    backend = await state.backend_for(request, body.model, body.keep_alive)
     template = backend.chat_template
     plan = tool_plan(body.tools, None, None, template)
     messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
@@ -202,9 +210,19 @@ async def chat(request: Request) -> Response:
     return await _run(request, state, backend, body, encode, arrival, chat=True, plan=plan)
 
 
-def _done_load(model: str, key: str) -> dict:
+async def _load_only(request, state, body, key: str) -> dict:
+    """Ollama's request without a prompt: load the model, or unload it with keep_alive 0."""
+    reason = "load"
+    if state.registry is not None and parse_keep_alive(body.keep_alive, -1.0) == 0:
+        state.registry.find(body.model)  # 404 for an unknown name
+        await state.registry.unload(body.model)
+        reason = "unload"
+    else:
+        await state.backend_for(request, body.model, body.keep_alive)
     value = {"role": "assistant", "content": ""} if key == "message" else ""
-    return {"model": model, "created_at": _now(), key: value, "done": True, "done_reason": "load"}
+    return {
+        "model": body.model, "created_at": _now(), key: value, "done": True, "done_reason": reason,
+    }  # fmt: skip
 
 
 async def _run(

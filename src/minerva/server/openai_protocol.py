@@ -18,7 +18,6 @@ from minerva.server.tool_calls import arguments_object
 
 MAX_N = 32
 MAX_PROMPTS = 64
-MAX_STOP = 16
 
 # field -> (value that means "off" and is accepted, what the field is)
 _UNSUPPORTED: dict[str, tuple[Any, str]] = {
@@ -90,7 +89,7 @@ class _SamplingRequest(_Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = Field(None, max_length=MAX_STOP)
+    stop: str | list[str] | None = None  # counts and lengths: SamplingParams (both APIs)
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)

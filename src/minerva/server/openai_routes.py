@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from minerva.backends.base import Backend, CompletionOutput, ModelInfo, OutputStream
+from minerva.backends.base import Backend, CompletionOutput, OutputStream
 from minerva.errors import RequestError
+from minerva.server import model_listing as listing
 from minerva.server import openai_responses as R
-from minerva.server.api_errors import to_api_error
+from minerva.server.api_errors import model_not_found, to_api_error
 from minerva.server.completion_echo import Echo, PromptOnly, echo_prompts, join_logprobs
 from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
@@ -30,6 +31,7 @@ from minerva.server.generation import (
     sse,
     until_disconnect,
 )
+from minerva.server.model_listing import ListedModel
 from minerva.server.openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -50,33 +52,39 @@ router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _model_card(state: ServerState, info: ModelInfo) -> dict:
+def _model_card(state: ServerState, m: ListedModel) -> dict:
     return {
-        "id": state.model_name,
+        "id": m.name,
         "object": "model",
         "created": state.created,
         "owned_by": "minerva",
-        "root": info.source or state.model_name,
-        "max_model_len": info.context_length,
-        "format": info.format,
-        "quantization": info.quantization,
-        "digest": info.digest,
+        "root": m.source or m.name,
+        "max_model_len": m.context_length,
+        "format": m.format,
+        "quantization": m.quantization,
+        "digest": m.digest,
     }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     state = get_state(request)
-    card = _model_card(state, await state.model_info())
-    return JSONResponse({"object": "list", "data": [card]})
+    cards = [_model_card(state, m) for m in await listing.list_models(state)]
+    return JSONResponse({"object": "list", "data": cards})
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> JSONResponse:
     state = get_state(request)
-    state.ready_backend()
-    state.check_model(model_id)
-    return JSONResponse(_model_card(state, await state.model_info()))
+    if state.registry is None:
+        state.ready_backend()
+        state.check_model(model_id)
+        return JSONResponse(_model_card(state, (await listing.list_models(state))[0]))
+    model = state.registry.find(model_id)
+    for m in await listing.list_models(state):
+        if m.name == model.name:
+            return JSONResponse(_model_card(state, m))
+    raise model_not_found(model_id, ", ".join(state.registry.models()))  # gone meanwhile
 
 
 @router.post("/v1/chat/completions")
@@ -87,8 +95,8 @@ async def chat_completions(request: Request) -> Response:
     check_unsupported(data)
     check_content_parts(data)
     body = ChatCompletionRequest.model_validate(data)
-    backend = state.ready_backend()
-    state.check_model(body.model)
+    backend = await state.backend_for(request, body.model)
+    model_name = state.response_name(body.model)
     vocab_size = backend.vocab_size
     template = backend.chat_template
     plan = tool_plan(body.tools, body.tool_choice, body.parallel_tool_calls, template)
@@ -113,7 +121,7 @@ async def chat_completions(request: Request) -> Response:
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _chat_events(backend, streams[0], body, request_id, state.model_name, plan)
+        events = _chat_events(backend, streams[0], body, request_id, model_name, plan)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
@@ -124,7 +132,7 @@ async def chat_completions(request: Request) -> Response:
             "id": request_id,
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": state.model_name,
+            "model": model_name,
             "choices": choices,
             "usage": R.usage(len(out.prompt_token_ids), n_out, out.num_cached_tokens),
         }
@@ -206,8 +214,8 @@ async def completions(request: Request) -> Response:
     check_unsupported(data)
     body = CompletionRequest.model_validate(data)
     body.check_supported()
-    backend = state.ready_backend()
-    state.check_model(body.model)
+    backend = await state.backend_for(request, body.model)
+    model_name = state.response_name(body.model)
     vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
     check_prompt_bytes(state, "prompt", prompts, body.suffix)
@@ -230,7 +238,7 @@ async def completions(request: Request) -> Response:
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _completion_events(backend, streams, body, request_id, state.model_name, echoes)
+        events = _completion_events(backend, streams, body, request_id, model_name, echoes)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
@@ -260,7 +268,7 @@ async def completions(request: Request) -> Response:
             "id": request_id,
             "object": "text_completion",
             "created": int(time.time()),
-            "model": state.model_name,
+            "model": model_name,
             "choices": choices,
             "usage": R.usage(n_prompt, n_out, n_cached),
         }

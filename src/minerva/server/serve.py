@@ -102,7 +102,9 @@ def _serve(
     from minerva.server.http_protocol import protocol_class
     from minerva.server.uvicorn_runner import DrainingServer
 
-    if engine_config.model.model is None:
+    if server_config.models_dir is not None:
+        print(f"minerva: serving the models in {server_config.models_dir}", file=sys.stderr)
+    elif engine_config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
     log_format = "%(levelname)s:     %(name)s: %(message)s"  # lines up with uvicorn's
     logging.basicConfig(level=args.log_level.upper(), format=log_format)
@@ -116,14 +118,20 @@ def _serve(
         if runner is not None:
             runner.fail(error)
 
-    app = build_app(
-        server_config,
-        load_backend=lambda: load_backend(
-            "minerva", engine_config, max_queued_requests=server_config.max_queued_requests
-        ),
-        on_load_error=on_load_error,
-        on_engine_failure=lambda reason: runner.fail(reason) if runner is not None else None,
-    )
+    if server_config.models_dir is not None:
+        from minerva.server.model_loading import directory_app_options
+
+        options = directory_app_options(engine_config, server_config)
+        app = build_app(server_config, **options)
+    else:
+        app = build_app(
+            server_config,
+            load_backend=lambda: load_backend(
+                "minerva", engine_config, max_queued_requests=server_config.max_queued_requests
+            ),
+            on_load_error=on_load_error,
+            on_engine_failure=lambda reason: runner.fail(reason) if runner is not None else None,
+        )
     uv_config = uvicorn.Config(
         app,
         host=server_config.host,

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -20,7 +21,12 @@ from minerva.server.background import in_daemon_thread
 from minerva.server.config import ServerConfig
 from minerva.server.metrics import ServerMetrics
 
+if TYPE_CHECKING:
+    from minerva.server.model_registry import ModelRegistry
+
 logger = logging.getLogger(__name__)
+LEASES = "minerva.leases"
+"""The ASGI scope key of the model leases a request holds (released by ModelLeaseMiddleware)."""
 
 
 @dataclass
@@ -39,6 +45,8 @@ class ServerState:
     engine_stuck: bool = False
     """The engine thread did not stop at shutdown (inside a hung step): exit without waiting."""
     created: int = field(default_factory=lambda: int(time.time()))
+    registry: ModelRegistry | None = None
+    """Set with --models-dir: models by name, loaded on demand (``backend`` stays None)."""
     _model_info: asyncio.Future | None = field(default=None, repr=False)
 
     @property
@@ -72,6 +80,36 @@ class ServerState:
         assert self._model_info is not None
         return await asyncio.shield(self._model_info)  # a client going away cancels only itself
 
+    async def backend_for(
+        self, request: Request, name: str, keep_alive: float | int | str | None = None
+    ) -> Backend:
+        """The backend serving model ``name`` for this request: the one model (404 for another
+        name), or with --models-dir that model, loaded if needed and held until the response
+        ends. ``keep_alive``: Ollama's, for --models-dir."""
+        if self.registry is None:
+            backend = self.ready_backend()
+            self.check_model(name)
+            return backend
+        if self.draining:
+            raise EngineDrainingError("the server is shutting down; retry on another instance")
+        lease = await self.registry.acquire(name, keep_alive)
+        leases = request.scope.get(LEASES)
+        if leases is None:  # no middleware to release it (a bare app): release at once
+            lease.release()
+        else:
+            leases.append(lease)
+        return lease.backend
+
+    def response_name(self, name: str) -> str:
+        """The model name responses carry: the served name, or the one the client asked for."""
+        return self.model_name if self.registry is None else name
+
+    def backends(self) -> list[Backend]:
+        """Every backend in memory."""
+        if self.registry is not None:
+            return [m.backend for m in self.registry.loaded()]
+        return [self.backend] if self.backend is not None else []
+
     def check_model(self, name: str) -> None:
         """404 model_not_found unless ``name`` is the served model (":latest" tag allowed)."""
         if name not in (self.model_name, f"{self.model_name}:latest"):
@@ -80,6 +118,25 @@ class ServerState:
 
 def get_state(request: Request) -> ServerState:
     return request.app.state.minerva
+
+
+class ModelLeaseMiddleware:
+    """Releases the model leases a request took once its response is sent (the whole stream):
+    --models-dir unloads a model only when no response still uses it."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[LEASES] = leases = []
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            for lease in leases:
+                lease.release()
 
 
 def _log_failure(future: asyncio.Future) -> None:

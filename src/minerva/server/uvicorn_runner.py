@@ -45,13 +45,12 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         self.state.draining = True
-        backend = self.state.backend
-        busy = backend.stats().num_requests_in_flight if backend is not None else 0
+        backends = self.state.backends()
+        busy = sum(b.stats().num_requests_in_flight for b in backends)
         logger.info("shutting down: draining %d request(s), up to %ss", busy, self.shutdown_timeout)
-        if backend is not None:
-            aborted = await backend.drain(self.shutdown_timeout)
-            if aborted:
-                logger.info("aborted %d request(s) at the shutdown timeout", aborted)
+        counts = await asyncio.gather(*(b.drain(self.shutdown_timeout) for b in backends))
+        if sum(counts):
+            logger.info("aborted %d request(s) at the shutdown timeout", sum(counts))
         self.should_exit = True  # uvicorn then waits for the responses to finish sending
 
     def fail(self, error: BaseException | str) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from minerva.tokenizer.stop_prefix import StopPrefixTracker
+
 # Prompt tokens decoded as context before the first output token.
 INITIAL_CONTEXT_TOKENS = 5
 _REPLACEMENT = "\ufffd"
@@ -50,6 +52,7 @@ class IncrementalDetokenizer:
         self.stop = [s for s in stop if s]
         self.include_stop_str_in_output = include_stop_str_in_output
         self._max_stop_len = max((len(s) for s in self.stop), default=0)
+        self._held = StopPrefixTracker(self.stop) if self.stop else None
         # Window ids: a short prompt tail, then the output ids.
         self._ids: list[int] = list(prompt_token_ids[-INITIAL_CONTEXT_TOKENS:])
         self._prefix_offset = 0
@@ -114,6 +117,9 @@ class IncrementalDetokenizer:
         # Only a match that ends inside the new text is new: start max_stop_len - 1 chars back.
         search_from = max(0, len(self._text) - self._max_stop_len + 1)
         self._text += new_text
+        if self._held is None:
+            return False
+        self._held.feed(new_text)
         best: tuple[int, str] | None = None
         for s in self.stop:
             index = self._text.find(s, search_from)
@@ -127,19 +133,10 @@ class IncrementalDetokenizer:
 
     def _take(self, hold: bool) -> str:
         """Return the not yet emitted text, keeping back a tail that may start a stop string."""
-        end = len(self._text) - (self._stop_prefix_len() if hold else 0)
+        held = self._held.held if hold and self._held is not None else 0
+        end = len(self._text) - held
         if end <= self._num_emitted:
             return ""
         delta = self._text[self._num_emitted : end]
         self._num_emitted = end
         return delta
-
-    def _stop_prefix_len(self) -> int:
-        """Length of the longest text tail that is a proper prefix of some stop string."""
-        text, longest = self._text, 0
-        for s in self.stop:
-            for n in range(min(len(s) - 1, len(text)), longest, -1):
-                if text.endswith(s[:n]):
-                    longest = n
-                    break
-        return longest

@@ -17,7 +17,7 @@ from typing import Any
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as RustTokenizer
 
-from minerva.errors import ModelLoadError
+from minerva.errors import ModelLoadError, RequestError
 from minerva.tokenizer.chat_template import render_chat_template, select_chat_template
 
 SPECIAL_TOKEN_ATTRIBUTES = (
@@ -156,7 +156,16 @@ class Tokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; BOS/EOS added as the tokenizer.json post-processor says."""
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        try:
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        except TypeError:  # the Rust side refuses str it cannot encode as UTF-8
+            if isinstance(text, str) and not _utf8_encodable(text):
+                raise RequestError(
+                    "the prompt contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is "
+                    "not text: send valid Unicode",
+                    param="prompt",
+                ) from None
+            raise
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids`` (same as transformers' ``decode``)."""
@@ -266,3 +275,11 @@ def _clean_up_tokenization(text: str) -> str:
     ):  # fmt: skip
         text = text.replace(old, new)
     return text
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
