@@ -84,7 +84,7 @@ def test_full_server_and_huge_prompts_are_refused_before_tokenizing(limits_serve
     hold = _connect(srv.port)  # fills the only slot with a long request
     body = json.dumps({"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 60000,
                        "ignore_eos": True, "stream": True}).encode()  # fmt: skip
-    hold.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    hold.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
     deadline = time.monotonic() + GUARD
     while srv.backend.stats().num_requests_in_flight < 1:
@@ -116,7 +116,7 @@ def test_idle_and_slowloris_connections_are_closed(limits_server):
     idle = _connect(limits_server.port)
     assert _read_all(idle) == b""  # closed by the server without a byte sent
     slow = _connect(limits_server.port)
-    slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+    slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     sent, closed = 0, False
     deadline = time.monotonic() + GUARD
     while not closed and time.monotonic() < deadline:
@@ -134,7 +134,7 @@ def test_idle_and_slowloris_connections_are_closed(limits_server):
 
 def test_a_slow_body_gets_408_in_the_api_shape(limits_server):
     sock = _connect(limits_server.port)
-    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 100\r\n\r\n{\"model\":")  # fmt: skip
     status, headers, body = _response(_read_all(sock))
     assert status == 408 and headers["content-type"] == "application/json"
@@ -150,7 +150,7 @@ def test_leaving_mid_upload_is_a_client_disconnect_not_a_500(limits_server, capl
     caplog.set_level(logging.ERROR)
     for _ in range(3):
         sock = _connect(srv.port)
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
                      b"\r\nContent-Length: 1000\r\n\r\n{\"model\":")  # fmt: skip
         time.sleep(0.05)
         sock.close()
@@ -168,7 +168,7 @@ def test_leaving_mid_upload_is_a_client_disconnect_not_a_500(limits_server, capl
 def test_an_8mb_header_gets_a_json_400(limits_server):
     sock = _connect(limits_server.port)
     try:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server answered and closed before taking it all
     status, headers, body = _response(_read_all(sock))
