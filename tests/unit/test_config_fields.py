@@ -60,6 +60,10 @@ ALLOWED = {
     "num_speculative_tokens": "an integer from 0 to 16",
     "ngram_min": "a positive integer",
     "ngram_max": "a positive integer",
+    "backend": "one of minerva, llamacpp, mistralrs, mlx",
+    "gpu_layers": "an integer >= 0",
+    "flash_attention": "one of auto, on, off",
+    "llamacpp_contexts": "an integer from 1 to 64",
 }
 SERVER_ALLOWED = {
     "port": "an integer from 0 to 65535",
@@ -77,6 +81,7 @@ BAD = {
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
+    "backend": "vllm", "gpu_layers": -1, "flash_attention": "maybe", "llamacpp_contexts": 65,
 }  # fmt: skip
 
 
