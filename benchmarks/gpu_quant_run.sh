@@ -12,7 +12,8 @@ OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:src:. PYTHONUNBUFFERED=1
-MODELS="mistral-7b:Q4_K_M mistral-7b:Q8_0 tinyllama-1.1b:Q4_K_M"
+MODELS=${MODELS:-"mistral-7b:Q4_K_M mistral-7b:Q8_0 tinyllama-1.1b:Q4_K_M"}
+T=${TIME_SCALE:-100}  # percent of each part's time box
 build_llama() {
     setsid nohup bash -c "cmake -S .peer/llama.cpp -B /tmp/llama-build -G Ninja \
         -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release \
@@ -24,16 +25,17 @@ build_llama() {
 if [ "$step" = all ]; then
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     build_llama
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_kernels.py 2>&1 \
-        | tail -4 | tee "$OUT/tests_quant_kernels.txt"
-    timeout 270 python3 benchmarks/gpu_quant_bench.py --parts files minerva --models $MODELS \
-        --concurrency 64 --output "$OUT" 2>&1 | tail -6
-    timeout 90 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_engine.py \
-        -k "q8_0 or q4_k_m" 2>&1 | tail -6 | tee "$OUT/tests_quant_engine.txt"
+    timeout $((90 * T / 100)) python3 -m pytest -q -p no:cacheprovider \
+        tests/gpu/test_quant_kernels.py 2>&1 | tail -4 | tee "$OUT/tests_quant_kernels.txt"
+    timeout $((270 * T / 100)) python3 benchmarks/gpu_quant_bench.py --parts files minerva \
+        --models $MODELS --concurrency 64 --output "$OUT" 2>&1 | tail -6
+    timeout $((90 * T / 100)) python3 -m pytest -q -p no:cacheprovider \
+        tests/gpu/test_quant_engine.py -k "q8_0 or q4_k_m" 2>&1 | tail -6 \
+        | tee "$OUT/tests_quant_engine.txt"
     timeout 40 bash -c 'while pgrep -f "cmake --build" > /dev/null; do sleep 2; done'
     tail -1 /tmp/llbuild.log
-    timeout 110 python3 benchmarks/gpu_quant_bench.py --parts llama --models $MODELS \
-        --concurrency 64 --output "$OUT" 2>&1 | tail -8
+    timeout $((110 * T / 100)) python3 benchmarks/gpu_quant_bench.py --parts llama \
+        --models $MODELS --concurrency 64 --output "$OUT" 2>&1 | tail -8
     exit 0
 fi
 if [ "$step" = 1 ]; then

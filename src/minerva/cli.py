@@ -108,7 +108,8 @@ def _open_backend(args: argparse.Namespace):
     config, _ = load_config_from_args(args)
     if config.model.model is None:
         print("minerva: no --model given, using the bundled demo model", file=sys.stderr)
-    return BlockingBackend(load_backend("minerva", config, progress=sys.stderr.isatty()))
+    backend = load_backend(config.model.backend, config, progress=sys.stderr.isatty())
+    return BlockingBackend(backend)
 
 
 def _stream_first(runner, prompt, params):

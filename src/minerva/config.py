@@ -35,8 +35,8 @@ from minerva.dtypes import DTYPES, KV_CACHE_DTYPES, canonical_dtype, canonical_k
 from minerva.quant_names import QUANTIZATIONS, canonical_quantization
 
 __all__ = [
-    "ALIASES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
-    "EngineConfig", "FieldSpec", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
+    "ALIASES", "BACKEND_NAMES", "DTYPES", "FIELDS", "SECTIONS", "SCHEMA", "CacheConfig", "DeviceConfig",
+    "EngineConfig", "FieldSpec", "LlamaCppConfig", "ModelConfig", "SchedulerConfig", "SpeculativeConfig",
     "add_config_arguments", "check_config_file", "load_config_from_args", "coerce_value", "config_error",
     "config_show_rows", "env_warnings", "field_help", "field_problem", "format_byte_size",
     "load_config", "overrides_from_args", "parse_byte_size", "resolve_name",
@@ -46,6 +46,9 @@ __all__ = [
 ALIASES: dict[str, str] = {"gpu_memory_utilization": "memory_fraction"}
 """The one table of other names for fields: lower-case keys are kwarg / override names (as other
 engines spell the knob), UPPER_CASE keys other environment variables (MINERVA_* wins)."""
+
+BACKEND_NAMES = ("minerva", "llamacpp", "mistralrs", "mlx")
+"""The engines ``backend`` chooses from (minerva.backends.BACKENDS maps each to its loader)."""
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -92,6 +95,12 @@ class ModelConfig:
         "auto = the checkpoint's weights; dummy = random weights of the same shapes (benchmarks).",
         choices=("auto", "dummy"),
     )
+    backend: str = Field(
+        "minerva",
+        "Engine that runs the model: minerva (its own), llamacpp (llama.cpp), mistralrs "
+        "(mistral.rs) or mlx (Apple MLX); the others need their pip extra.",
+        choices=BACKEND_NAMES, normalize=str.lower,
+    )  # fmt: skip
 
 
 @dataclass
@@ -221,12 +230,35 @@ class SpeculativeConfig:
     )
 
 
+@dataclass
+class LlamaCppConfig:
+    """Options only the llamacpp backend reads (the shared ones map onto llama.cpp's too)."""
+
+    gpu_layers: int | None = Field(
+        None,
+        "llamacpp: transformer layers offloaded to the GPU (default: all on cuda / mps, "
+        "none on cpu).",
+        ge=0,
+    )
+    flash_attention: str = Field(
+        "auto", "llamacpp: flash attention (auto: on where layers run on a GPU).",
+        choices=("auto", "on", "off"), normalize=str.lower, metavar="MODE",
+    )  # fmt: skip
+    llamacpp_contexts: int = Field(
+        1,
+        "llamacpp: contexts in the pool, each running one request at a time with its own KV "
+        "cache of max_model_len tokens (the backend's max concurrency; more requests queue).",
+        ge=1, le=64,
+    )  # fmt: skip
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "device": DeviceConfig,
     "cache": CacheConfig,
     "scheduler": SchedulerConfig,
     "speculative": SpeculativeConfig,
+    "llamacpp": LlamaCppConfig,
 }
 
 FIELDS: dict[str, FieldSpec] = specs_of(SECTIONS)
@@ -264,6 +296,7 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    llamacpp: LlamaCppConfig = field(default_factory=LlamaCppConfig)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -27,6 +27,7 @@ import psutil
 import torch
 
 from minerva import __version__
+from minerva.backends import BACKENDS, probe_backend
 from minerva.config import EngineConfig, load_config_from_args
 from minerva.config_profiles import PROFILES
 from minerva.errors import MinervaError
@@ -329,6 +330,8 @@ def collect(config: EngineConfig, with_model: bool = True) -> dict[str, Any]:
         torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
     ]
     report["mps"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    report["backend"] = config.model.backend
+    report["backends"] = {name: probe_backend(name) for name in BACKENDS}
     if with_model:
         report["model"] = model_fit(config, platform, device["bandwidth_gb_s"])
     report["recommendation"] = recommend(report)
@@ -363,6 +366,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("C kernels", "on" if cpu["c_kernels"] else f"off: {cpu['c_kernels_problem']}"),
         ("GPUs", ", ".join(report["cuda_devices"]) or ("Apple MPS" if report["mps"] else "none")),
     ]
+    out += _backend_rows(report)
     if "gpu" in dev:
         g = dev["gpu"]
         sm = g["compute_capability"].replace(".", "")
@@ -390,6 +394,26 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             ("batch-1 decode ceiling", f"{_rate(fit['decode_ceiling_tok_s'])} tok/s"),
         ]
     return out
+
+
+def _backend_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """One line of every engine; the chosen one's findings in full."""
+    backends = report.get("backends", {})
+    state = {
+        n: b.get("version", "yes") if b["installed"] == "yes" else "-" for n, b in backends.items()
+    }
+    out = [("backends", ", ".join(f"{n} {v}" for n, v in state.items()))]
+    chosen = report.get("backend", "minerva")
+    for key, value in backends.get(chosen, {}).items():
+        if key not in ("installed", "version"):
+            out.append((f"{chosen}: {key}", value))
+    return out
+
+
+def _backend_state(probe: dict[str, str]) -> str:
+    if probe["installed"] != "yes":
+        return "-"
+    return "(broken)" if "problem" in probe else probe.get("version", "yes")
 
 
 def render(report: dict[str, Any]) -> None:

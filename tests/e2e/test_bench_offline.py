@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minerva.bench.consistency import compare_all
-from minerva.bench.drivers import DRIVERS, load_driver
+from minerva.bench.drivers import load_driver
 from minerva.bench.offline import run_latency, run_throughput
 from minerva.bench.perplexity import perplexity
 from minerva.bench.workloads import build_workload
@@ -29,7 +29,7 @@ def model_dir(tmp_path_factory):
 def backends(model_dir):
     loaded = {
         name: load_driver(name, str(model_dir), device="cpu", dtype="float32", num_threads=1)
-        for name in DRIVERS
+        for name in ("minerva", "transformers")
     }
     yield loaded
     for b in loaded.values():
@@ -97,8 +97,8 @@ def test_perplexity_agrees_between_backends_and_with_one_full_forward(backends, 
 
 
 def test_unknown_backend_and_too_long_requests_are_user_errors(backends):
-    with pytest.raises(ConfigError, match="choose from minerva, transformers"):
-        load_driver("llamacpp", "x")
+    with pytest.raises(ConfigError, match="choose from minerva, llamacpp, .*transformers"):
+        load_driver("nonesuch", "x")
     with pytest.raises(ConfigError, match="exceed the model's length of 256"):
         run_latency(backends["minerva"], [5] * 250, 10)
 

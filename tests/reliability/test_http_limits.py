@@ -168,7 +168,9 @@ def test_leaving_mid_upload_is_a_client_disconnect_not_a_500(limits_server, capl
 def test_an_8mb_header_gets_a_json_400(limits_server):
     sock = _connect(limits_server.port)
     try:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n")
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n"
+        )
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server answered and closed before taking it all
     status, headers, body = _response(_read_all(sock))

@@ -64,6 +64,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
             "seed",
             "served_model_name",
             "load_format",
+            "backend",
         },
         "device": {"device", "num_threads", "attention_backend", "enforce_eager"}
         | {"fused_kernels", "pdl", "cpu_kernels"},
@@ -73,6 +74,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
         | {"async_scheduling", "step_timeout", "queue_timeout", "request_timeout"},
         "speculative": {"speculative_method", "draft_model", "num_speculative_tokens"}
         | {"ngram_min", "ngram_max", "speculative_adaptive"},
+        "llamacpp": {"gpu_layers", "flash_attention", "llamacpp_contexts"},
     }
     for section, cls in SECTIONS.items():
         names = {f.name for f in dataclasses.fields(cls)}

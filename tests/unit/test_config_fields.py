@@ -63,6 +63,10 @@ ALLOWED = {
     "step_timeout": ">= 0",
     "queue_timeout": ">= 0",
     "request_timeout": ">= 0",
+    "backend": "one of minerva, llamacpp, mistralrs, mlx",
+    "gpu_layers": "an integer >= 0",
+    "flash_attention": "one of auto, on, off",
+    "llamacpp_contexts": "an integer from 1 to 64",
 }
 SERVER_ALLOWED = {
     "port": "an integer from 0 to 65535",
@@ -85,6 +89,7 @@ BAD = {
     "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
     "step_timeout": -1, "queue_timeout": -1, "request_timeout": -0.5,
+    "backend": "vllm", "gpu_layers": -1, "flash_attention": "maybe", "llamacpp_contexts": 65,
 }  # fmt: skip
 
 

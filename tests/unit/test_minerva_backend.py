@@ -88,8 +88,8 @@ def test_model_info_comes_from_the_checkpoint(model_dir, bin_dir):
 
 
 def test_an_unknown_backend_is_a_config_error(model_dir):
-    with pytest.raises(ConfigError, match="unknown backend 'llamacpp'.*minerva"):
-        load_backend("llamacpp", config(model_dir))
+    with pytest.raises(ConfigError, match="unknown backend 'vllm'.*minerva, llamacpp"):
+        load_backend("vllm", config(model_dir))
 
 
 class Steps:

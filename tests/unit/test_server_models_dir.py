@@ -75,7 +75,7 @@ def serve(tmp_path, fn, **config):
 
 def test_ollama_client_lists_shows_and_chats_with_two_models_at_once(tmp_path):
     async def check(transport, registry, loader):
-        client = ollama.AsyncClient(host="http://test", transport=transport)
+        client = ollama.AsyncClient(host="http://localhost", transport=transport)
         before = await client.ps()
         chats = await asyncio.gather(
             *(client.chat(m, messages=[{"role": "user", "content": "hi"}]) for m in "abab")
@@ -101,7 +101,7 @@ def test_ollama_client_lists_shows_and_chats_with_two_models_at_once(tmp_path):
 def test_openai_client_lists_and_names_the_model_asked_for(tmp_path):
     async def check(transport, registry, loader):
         http = httpx.AsyncClient(transport=transport)
-        client = openai.AsyncOpenAI(base_url="http://test/v1", api_key="x", http_client=http)
+        client = openai.AsyncOpenAI(base_url="http://localhost/v1", api_key="x", http_client=http)
         reply = await client.chat.completions.create(
             model="b", messages=[{"role": "user", "content": "hi"}], max_tokens=3
         )
@@ -114,7 +114,7 @@ def test_openai_client_lists_and_names_the_model_asked_for(tmp_path):
 
 def test_unload_waits_until_the_streamed_response_is_sent(tmp_path):
     async def check(transport, registry, loader):
-        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        http = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         (await http.post("/api/generate", json={"model": "a"})).raise_for_status()  # load
         backend = loader.backends["a:latest"]
         backend.gate.clear()
@@ -140,7 +140,7 @@ def test_unload_waits_until_the_streamed_response_is_sent(tmp_path):
 
 def test_keep_alive_zero_and_the_empty_prompt_unload(tmp_path):
     async def check(transport, registry, loader):
-        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        http = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         body = {"model": "a", "messages": [{"role": "user", "content": "hi"}], "stream": False}
         await http.post("/api/chat", json={**body, "keep_alive": 0})
         while registry.loaded():
@@ -166,7 +166,7 @@ def test_keep_alive_zero_and_the_empty_prompt_unload(tmp_path):
 
 def test_unknown_model_is_a_404_naming_the_models(tmp_path):
     async def check(transport, registry, loader):
-        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        http = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         body = {"model": "c", "messages": [{"role": "user", "content": "hi"}]}
         return await http.post("/api/chat", json=body), await http.get("/health")
 
@@ -179,7 +179,7 @@ def test_unknown_model_is_a_404_naming_the_models(tmp_path):
 def test_a_model_being_loaded_shows_in_ps_and_its_requests_wait(tmp_path):
     async def check(transport, registry, loader):
         loader.gate = threading.Event()
-        http = httpx.AsyncClient(transport=transport, base_url="http://test")
+        http = httpx.AsyncClient(transport=transport, base_url="http://localhost")
         body = {"model": "b", "prompt": "hi", "stream": False}
         reply = asyncio.ensure_future(http.post("/api/generate", json=body))
         while not registry.loading():

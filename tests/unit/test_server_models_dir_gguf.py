@@ -47,7 +47,7 @@ def test_gguf_and_hf_models_side_by_side(models_dir):
 
     async def main():
         async with app.router.lifespan_context(app):
-            client = ollama.AsyncClient(host="http://test", transport=httpx.ASGITransport(app))
+            client = ollama.AsyncClient(host="http://localhost", transport=httpx.ASGITransport(app))
             listed = {m.model: m for m in (await client.list()).models}
             options = {"num_predict": 4, "temperature": 0}
             replies = [await client.generate(m, "Once upon", options=options) for m in listed]

@@ -78,7 +78,8 @@ def _engines(p: argparse.ArgumentParser, backends: str, multi_model: bool = Fals
     p.add_argument(
         "--backend",
         default=backends,
-        help="Comma-separated offline backends (minerva, transformers); one whose package is "
+        help="Comma-separated offline backends (minerva, llamacpp, mistralrs, mlx, transformers); "
+        "one whose package is "
         f"missing is skipped with a warning. Default: {shown.get(backends, backends or 'none')}.",
     )
     p.add_argument(
@@ -179,6 +180,7 @@ def _add_latency(sub: Any) -> None:
     p.add_argument("--output-len", type=int, default=32, help="Generated tokens. Default: 32.")
     p.add_argument("--repeats", type=int, default=3, help="Measured runs (median). Default: 3.")
     p.add_argument("--warmup", type=int, default=1, help="Uncounted runs first. Default: 1.")
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots. Default: off.")
     _common(p, "latency")
     p.set_defaults(func=_lazy("run_latency"))
 
@@ -193,6 +195,7 @@ def _add_throughput(sub: Any) -> None:
     p.add_argument(
         "--output-len", type=int, default=64, help="Output tokens (fixed workload). Default: 64."
     )
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots. Default: off.")
     _common(p, "throughput")
     p.set_defaults(func=_lazy("run_throughput"))
 
@@ -210,6 +213,23 @@ def _add_consistency(sub: Any) -> None:
         metavar="PATH",
         help="Tokenizer folder to compare HTTP texts as tokens (default: the first --model).",
     )
+    p.add_argument(
+        "--reference-model",
+        default=None,
+        metavar="PATH",
+        help="Unquantized model whose perplexity of each engine's outputs is their coherence "
+        "score. Default: the first --model.",
+    )
+    p.add_argument(
+        "--reference-backend",
+        default=None,
+        help="Engine that runs the reference model, in float32. Default: transformers where "
+        "installed (and the model is a folder), else minerva.",
+    )
+    p.add_argument(
+        "--no-coherence", action="store_true", help="Skip the coherence scores. Default: off."
+    )
+    p.add_argument("--no-plots", action="store_true", help="Skip the PNG plots. Default: off.")
     _common(p, "consistency")
     p.set_defaults(func=_lazy("run_consistency"))
 

@@ -19,11 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from minerva.bench.drivers.base import GREEDY_SETTINGS
 from minerva.bench.http_client import Target, make_client, parse_target, resolve_model
 from minerva.bench.load import LoadLevel, parse_levels, run_benchmark
 from minerva.bench.metrics import parse_slo
-from minerva.bench.protocols import NEUTRAL_OLLAMA, NEUTRAL_OPENAI, GenParams
+from minerva.bench.protocols import GenParams
 from minerva.bench.redact import Redactor
 from minerva.bench.report import fmt, lookup, write_report
 from minerva.bench.system import system_info
@@ -321,28 +320,60 @@ def _vocab_size(model: str) -> int:
     return int(vocab)
 
 
+def _tokenizer(model: str):
+    """The tokenizer of an HF folder or a GGUF file (its own vocabulary)."""
+    from minerva.loader.source import open_model  # noqa: PLC0415
+
+    tok = open_model(model).tokenizer
+    if tok is None:
+        raise ConfigError(f"{model} has no tokenizer: give token-id workloads or a tokenizer")
+    return tok
+
+
 def _prompt_ids(model: str, requests: list[BenchRequest]) -> list[list[int]]:
     if all(r.prompt_token_ids is not None for r in requests):
         return [r.prompt_token_ids for r in requests]
-    from minerva.tokenizer import Tokenizer  # noqa: PLC0415
-
-    tok = Tokenizer.from_folder(model)
+    tok = _tokenizer(model)
     return [r.prompt_token_ids or tok.encode(r.prompt) for r in requests]
 
 
 def _finish_offline(
-    args, kind: str, results: list[dict], config: dict, redactor: Redactor | None = None
+    args,
+    kind: str,
+    results: list[dict],
+    config: dict,
+    redactor: Redactor | None = None,
+    extra: dict | None = None,
 ) -> int:
+    """results.json (with ``extra``'s keys), report, CSV and plots; the tables on stdout."""
     from minerva.bench.offline import offline_document  # noqa: PLC0415
-    from minerva.bench.report import OFFLINE_COLUMNS  # noqa: PLC0415
+    from minerva.bench.report import ENGINE_COLUMNS, OFFLINE_COLUMNS  # noqa: PLC0415
 
     urls = [t.split("=", 1)[-1].split(",")[0] for t in getattr(args, "target", None) or []]
     doc = offline_document(kind, results, config, system_info(urls), _command(redactor))
+    doc.update(extra or {})
     out = _out_dir(args, kind)
     paths = write_report(doc, out, redactor)
+    if not getattr(args, "no_plots", True):
+        paths += _offline_plots(doc, out)
     _print_table(f"minerva bench {kind}", results, OFFLINE_COLUMNS[kind])
+    if doc.get("engines"):
+        _print_table("engines", doc["engines"], ENGINE_COLUMNS)
     print(f"results in {out}/ ({', '.join(p.name for p in paths)})")
     return 0
+
+
+def _offline_plots(doc: dict, out: Path) -> list[Path]:
+    """One bar chart per metric, engines side by side; a missing matplotlib only warns."""
+    try:
+        from minerva.bench.offline_plots import write_offline_plots  # noqa: PLC0415
+
+        return write_offline_plots(doc, out)
+    except ConfigError as e:  # matplotlib is not installed
+        print(f"minerva: warning: no plots: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - the measured results are already on disk
+        print(f"minerva: warning: the plots failed ({type(e).__name__}: {e})", file=sys.stderr)
+    return []
 
 
 def run_latency(args: argparse.Namespace) -> int:
@@ -399,81 +430,13 @@ def run_throughput(args: argparse.Namespace) -> int:
 
 
 def run_consistency(args: argparse.Namespace) -> int:
-    from minerva.bench.consistency import compare_all, to_units  # noqa: PLC0415
+    from minerva.bench.consistency_run import run_consistency as run  # noqa: PLC0415
 
-    requests = build_workload(args.workload, args.num_prompts, args.seed, args.max_tokens or 32)
-    console, ids, texts = _err_console(args), {}, {}
-    backends = _names(args.backend)
-    args.model = _model_paths(args.model)
-    if backends and not args.model:
-        raise ConfigError("offline backends need --model PATH (repeatable)")
-    for label, name, model, dtype in _engines(args, args.model) if backends else []:
-        from minerva.tokenizer import Tokenizer  # noqa: PLC0415
-
-        tok = Tokenizer.from_folder(model)
-        backend = _load(args, console, label, name, model, dtype)
-        with console.status(f"{label}: generating"):
-            outs = backend.generate(
-                [tok.encode(r.prompt) for r in requests],
-                [r.max_tokens for r in requests],
-                ignore_eos=False,
-            )
-        ids[label], texts[label] = outs, [tok.decode(o) for o in outs]
-        _release(backend)
-    targets = [parse_target(t, args.api_key) for t in args.target]
-    if targets:
-        texts.update(asyncio.run(_texts(args, targets, requests)))
-    if len(texts) < 2:
-        raise ConfigError(
-            "consistency compares at least two participants: give --target and/or --backend/--model"
-        )
-    if len(ids) == len(texts):
-        units, unit = ids, "tokens"
-    else:
-        tokenizer_path = args.tokenizer or (args.model[0] if args.model else None)
-        tok = None
-        if tokenizer_path:
-            from minerva.tokenizer import Tokenizer  # noqa: PLC0415
-
-            tok = Tokenizer.from_folder(tokenizer_path)
-        units, unit = {}, "words"
-        for label, t in texts.items():
-            units[label], unit = to_units(t, tok)
-    results = compare_all(units, unit)
-    config = {
-        "workload": args.workload,
-        "num_prompts": len(requests),
-        "participants": list(texts),
-        "max_tokens": requests[0].max_tokens,
-        "sampling (offline backends)": GREEDY_SETTINGS if ids or backends else None,
-        "sampling (HTTP targets)": (
-            {"temperature": 0.0, "openai": NEUTRAL_OPENAI, "ollama": NEUTRAL_OLLAMA}
-            if targets
-            else None
-        ),
-    }
-    for row in results:
-        row["outputs"] = {"a": texts[row["a"]], "b": texts[row["b"]]}
-    redactor = Redactor([args.api_key, *(t.api_key for t in targets)])
-    return _finish_offline(args, "consistency", results, config, redactor)
-
-
-async def _texts(args, targets: list[Target], requests: list[BenchRequest]) -> dict[str, list[str]]:
-    from minerva.bench.consistency import http_outputs  # noqa: PLC0415
-
-    out = {}
-    async with make_client(args.timeout) as client:
-        for target in targets:
-            await resolve_model(client, target)
-            out[target.name] = await http_outputs(
-                client, target, requests, GenParams(temperature=0.0, neutral=True)
-            )
-    return out
+    return run(args)
 
 
 def run_perplexity(args: argparse.Namespace) -> int:
     from minerva.bench.perplexity import perplexity  # noqa: PLC0415
-    from minerva.tokenizer import Tokenizer  # noqa: PLC0415
 
     args.model = _model_paths(args.model)
     if not args.model:
@@ -484,7 +447,7 @@ def run_perplexity(args: argparse.Namespace) -> int:
     text = path.read_text(encoding="utf-8", errors="replace")
     console, results = _err_console(args), []
     for label, name, model, dtype in _engines(args, args.model):
-        ids = Tokenizer.from_folder(model).encode(text)[: args.max_text_tokens]
+        ids = _tokenizer(model).encode(text)[: args.max_text_tokens]
         backend = _load(args, console, label, name, model, dtype)
         window = min(args.window, backend.max_model_len or args.window)
         start = time.perf_counter()

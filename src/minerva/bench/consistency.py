@@ -27,13 +27,17 @@ def agreement(a: Sequence, b: Sequence) -> dict[str, float]:
     """Agreement of two outputs (lists of tokens or words)."""
     longest = max(len(a), len(b))
     if longest == 0:
-        return {"token_agreement": 1.0, "prefix_agreement": 1.0, "exact_match": 1.0}
+        return {
+            "token_agreement": 1.0, "prefix_agreement": 1.0, "exact_match": 1.0,
+            "first_divergence": None,
+        }  # fmt: skip
     same = sum(x == y for x, y in zip(a, b))
     prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return {
         "token_agreement": same / longest,
         "prefix_agreement": prefix / longest,
         "exact_match": float(list(a) == list(b)),
+        "first_divergence": None if list(a) == list(b) else prefix,
     }
 
 
@@ -46,6 +50,9 @@ def compare_all(outputs: dict[str, list[Sequence]], unit: str) -> list[dict]:
         row = {"a": na, "b": nb, "unit": unit, "num_prompts": len(per_prompt)}
         for key in ("token_agreement", "prefix_agreement", "exact_match"):
             row[key] = sum(p[key] for p in per_prompt) / n
+        diverged = [p["first_divergence"] for p in per_prompt if p["first_divergence"] is not None]
+        row["first_divergence"] = min(diverged) if diverged else None
+        row["num_diverged"] = len(diverged)
         row["per_prompt"] = per_prompt
         rows.append(row)
     return rows

@@ -11,7 +11,9 @@ median over repeats of:
 
 Throughput: all requests submitted at once; output, total (prompt + output) tokens and
 requests per second of wall time. Peak RSS of this process is sampled during each benchmark;
-peak GPU memory comes from torch.
+peak GPU memory comes from torch. Both also record the energy the CPU / GPU counters saw
+(energy.py; "not available" where none can be read), joules per generated token, and the mean
+CPU (this process, 100 = one core busy) and GPU utilisation over the measured runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import statistics
 import time
 
 from minerva.bench.drivers import OfflineDriver
-from minerva.bench.monitor import ResourceMonitor
+from minerva.bench.energy import EnergyMeter
+from minerva.bench.monitor import MonitorSummary, ResourceMonitor
 from minerva.errors import ConfigError
 
 
@@ -57,7 +60,7 @@ def run_latency(
         _one_latency(backend, prompt_ids, min(output_len, 4))
     backend.reset_peak_memory()
     spec_before = backend.spec_decode_counters()
-    with ResourceMonitor(os.getpid(), interval=0.05) as mon:
+    with ResourceMonitor(os.getpid(), interval=0.05) as mon, EnergyMeter() as meter:
         runs = [_one_latency(backend, prompt_ids, output_len) for _ in range(max(repeats, 1))]
     ttft = statistics.median(r["ttft_s"] for r in runs)
     e2e = statistics.median(r["e2e_s"] for r in runs)
@@ -77,6 +80,7 @@ def run_latency(
         "peak_rss_bytes": mon.summary.peak_rss_bytes,
         "peak_gpu_bytes": backend.peak_gpu_bytes(),
         "spec_decode": spec_decode_summary(spec_before, backend.spec_decode_counters()),
+        **usage(mon.summary, meter.result(output_len * len(runs))),
         "runs": runs,
     }
 
@@ -94,7 +98,7 @@ def run_throughput(
         backend.generate(prompts[:2], [min(n, 4) for n in output_lens[:2]])
     backend.reset_peak_memory()
     spec_before = backend.spec_decode_counters()
-    with ResourceMonitor(os.getpid(), interval=0.05) as mon:
+    with ResourceMonitor(os.getpid(), interval=0.05) as mon, EnergyMeter() as meter:
         start = time.perf_counter()
         outputs = backend.generate(prompts, output_lens, ignore_eos=True)
         duration = time.perf_counter() - start
@@ -113,6 +117,18 @@ def run_throughput(
         "peak_rss_bytes": mon.summary.peak_rss_bytes,
         "peak_gpu_bytes": backend.peak_gpu_bytes(),
         "spec_decode": spec_decode_summary(spec_before, backend.spec_decode_counters()),
+        **usage(mon.summary, meter.result(num_out)),
+    }
+
+
+def usage(summary: MonitorSummary, energy: dict) -> dict:
+    """CPU / GPU utilisation and energy of one measurement, as row fields."""
+    return {
+        "cpu_percent": summary.mean_cpu_percent,
+        "system_cpu_percent": summary.mean_system_cpu_percent,
+        "gpu_util_percent": summary.mean_gpu_util_percent,
+        "energy_per_token_j": energy["energy_per_token_j"],
+        "energy": energy,
     }
 
 

@@ -24,6 +24,8 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("bandwidth_gb_s", "weights GB/s", ".2f"),
         ("peak_rss_bytes", "peak RSS", "bytes"),
         ("peak_gpu_bytes", "peak GPU", "bytes"),
+        ("cpu_percent", "CPU %", ".0f"),
+        ("energy_per_token_j", "J/token", ".3g"),
         ("spec_decode.acceptance_rate", "spec accept", ".2f"),
         ("spec_decode.mean_accepted_length", "tok/verify", ".2f"),
     ],
@@ -38,6 +40,8 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("total_token_throughput", "total tok/s", ".1f"),
         ("peak_rss_bytes", "peak RSS", "bytes"),
         ("peak_gpu_bytes", "peak GPU", "bytes"),
+        ("cpu_percent", "CPU %", ".0f"),
+        ("energy_per_token_j", "J/token", ".3g"),
         ("spec_decode.acceptance_rate", "spec accept", ".2f"),
         ("spec_decode.mean_accepted_length", "tok/verify", ".2f"),
     ],
@@ -55,9 +59,20 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("token_agreement", "token agreement", ".3f"),
         ("prefix_agreement", "prefix agreement", ".3f"),
         ("exact_match", "exact match", ".3f"),
+        ("first_divergence", "first divergence", "d"),
+        ("num_diverged", "diverged", "d"),
+        ("top_k_overlap", "top-20 overlap", ".2f"),
+        ("kl_divergence", "KL(A||B)", ".4f"),
         ("num_prompts", "prompts", "d"),
     ],
 }
+ENGINE_COLUMNS = [
+    ("name", "engine", "s"),
+    ("mean_output_tokens", "mean output tokens", ".1f"),
+    ("distinct_tokens", "distinct tokens", "d"),
+    ("coherence_ppl", "coherence (ppl under reference)", ".3f"),
+]
+"""consistency: one row per engine (doc["engines"])."""
 # benchmark -> metrics compared to the first row: (key, header)
 OFFLINE_RATIOS: dict[str, list[tuple[str, str]]] = {
     "latency": [
@@ -209,6 +224,12 @@ def offline_markdown(doc: dict) -> str:
         parts.append(
             f"## Ratios to {base['backend']}\n\n"
             + md_table(["backend"] + [h for _, h in ratios], table)
+        )
+    if doc.get("engines"):
+        ref = doc.get("reference") or {}
+        parts.append(
+            f"## Engines (coherence: reference {ref.get('backend', '-')} on "
+            f"{ref.get('model', '-')})\n\n" + _table(doc["engines"], ENGINE_COLUMNS)
         )
     return "\n\n".join(parts) + "\n"
 

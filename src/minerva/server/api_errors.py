@@ -10,7 +10,7 @@ import logging
 from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
-from minerva.errors import EngineUnavailableError, MinervaError, RequestError
+from minerva.errors import EngineUnavailableError, MinervaError, NotSupportedError, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ def to_api_error(e: BaseException) -> APIError:
         return APIError(503, str(e), code=e.reason, headers=headers)
     if isinstance(e, RequestError):
         return APIError(400, str(e), param=e.param, code=e.code)
+    if isinstance(e, NotSupportedError):  # the backend cannot do what this request asks
+        return APIError(400, str(e), code="not_supported")
     if isinstance(e, ValidationError):
         return validation_error(e)
     if isinstance(e, json.JSONDecodeError):

@@ -39,7 +39,9 @@ def load_model(engine: EngineConfig, server: ServerConfig, model: LocalModel) ->
     config = dataclasses.replace(
         engine, model=dataclasses.replace(engine.model, model=str(model.path))
     )
-    return load_backend("minerva", config, max_queued_requests=server.max_queued_requests)
+    return load_backend(
+        config.model.backend, config, max_queued_requests=server.max_queued_requests
+    )
 
 
 def memory_limit(engine: EngineConfig) -> int:

@@ -2,7 +2,7 @@
 registry to download from), copy, create and delete.
 
 A copy is a symlink to the source's entry; a created model with parameters is a folder of
-symlinks to the base's files plus its own generation_config.json (the sampling defaults the
+hard links to the base's files plus its own generation_config.json (the sampling defaults the
 engine reads); a pull copies the files in. Delete unloads the model (after its requests) and
 removes its entry: a symlink only, never what it points to.
 """
@@ -114,15 +114,21 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def _folder_with_defaults(base: Path, target: Path, parameters: dict) -> None:
-    """``target``: symlinks to ``base``'s files, and its generation_config.json with
+    """``target``: hard links to ``base``'s files (copies across file systems; the loader
+    refuses symlinks out of a model folder), and its generation_config.json with
     ``parameters`` over the base's."""
     target.mkdir()
     generation = {}
     for f in base.resolve().iterdir():
         if f.name == "generation_config.json":
             generation = json.loads(f.read_text())
+        elif f.is_dir():
+            shutil.copytree(f, target / f.name)
         else:
-            os.symlink(f, target / f.name, target_is_directory=f.is_dir())
+            try:
+                os.link(f, target / f.name)
+            except OSError:  # another file system, or no hard links there
+                shutil.copy2(f, target / f.name)
     generation.update(parameters)
     if "temperature" in parameters:
         generation["do_sample"] = parameters["temperature"] > 0

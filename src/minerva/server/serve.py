@@ -127,7 +127,9 @@ def _serve(
         app = build_app(
             server_config,
             load_backend=lambda: load_backend(
-                "minerva", engine_config, max_queued_requests=server_config.max_queued_requests
+                engine_config.model.backend,
+                engine_config,
+                max_queued_requests=server_config.max_queued_requests,
             ),
             on_load_error=on_load_error,
             on_engine_failure=lambda reason: runner.fail(reason) if runner is not None else None,

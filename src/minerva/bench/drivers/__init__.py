@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from minerva.backends import BACKENDS as SERVING_BACKENDS
+from minerva.backends import BackendNotInstalled
 from minerva.bench.drivers.base import OfflineDriver
 from minerva.errors import ConfigError
 
@@ -22,13 +23,9 @@ DRIVERS: list[str] = [*SERVING_BACKENDS, *REFERENCE_DRIVERS]
 """Every name ``--backend`` accepts."""
 
 
-class BackendNotInstalled(ConfigError):
-    """An optional engine's package is missing: the benchmark skips it with a warning."""
-
-
 def installed_drivers() -> list[str]:
-    """The engines --backend can use on this install: every serving backend and the
-    reference drivers whose package is importable."""
+    """The engines a bare --backend runs: Minerva's own and the reference drivers whose
+    package is importable (other backends run when named: they may need a format conversion)."""
     import importlib.util  # noqa: PLC0415
 
     def importable(name: str) -> bool:
@@ -37,7 +34,7 @@ def installed_drivers() -> list[str]:
         except (ImportError, ValueError, AttributeError):  # e.g. sys.modules[name] is None
             return False
 
-    return [*SERVING_BACKENDS, *(n for n in REFERENCE_DRIVERS if importable(n))]
+    return ["minerva", *(n for n in REFERENCE_DRIVERS if importable(n))]
 
 
 def load_driver(name: str, model: str, **kwargs) -> OfflineDriver:

@@ -27,6 +27,7 @@ class BackendDriver(OfflineDriver):
         self.name = name
         config = EngineConfig.from_kwargs(
             model=model,
+            backend=name,
             device=device,
             dtype=dtype,
             num_threads=num_threads,
