@@ -189,6 +189,22 @@ class SchedulerConfig:
         "auto", "Launch step N+1 before reading step N's tokens (auto: on for CUDA).",
         choices=("auto", "on", "off"), normalize=str.lower,
     )  # fmt: skip
+    step_timeout: float = Field(
+        600.0,
+        "Seconds one engine step may run before the engine counts as hung: /health answers "
+        "503, requests in flight fail and the server exits non-zero (0: no watchdog).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    queue_timeout: float = Field(
+        0.0, "Seconds a request may wait before its first step; past it, it is dropped with "
+        "503 queue_timeout and Retry-After (0: wait as long as it takes).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    request_timeout: float = Field(
+        0.0, "Seconds a request may take from arrival to its last token; past it, it ends "
+        "with finish_reason 'abort' (0: no deadline).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
 
 
 @dataclass

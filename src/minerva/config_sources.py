@@ -37,6 +37,7 @@ ENV_PREFIX = "MINERVA_"
 CONFIG_ENV_VAR = "MINERVA_CONFIG"
 """Names a TOML file ``load`` reads when it is given none."""
 NON_CONFIG_ENV_VARS = {CONFIG_ENV_VAR, "MINERVA_API_KEY", "MINERVA_HOST", "MINERVA_PORT", "MINERVA_CORS_ORIGINS", "MINERVA_MAX_QUEUED_REQUESTS", "MINERVA_MAX_BODY_BYTES", "MINERVA_SHUTDOWN_TIMEOUT", "MINERVA_MODELS_DIR", "MINERVA_KEEP_ALIVE", "MINERVA_MODEL_LOAD_TIMEOUT", "MINERVA_CACHE_DIR", "MINERVA_PROFILE"}  # fmt: skip
+NON_CONFIG_ENV_VARS |= {"MINERVA_MAX_PROMPT_BYTES", "MINERVA_WRITE_TIMEOUT", "MINERVA_HEADER_TIMEOUT", "MINERVA_BODY_TIMEOUT", "MINERVA_FAULT_INJECT"}  # fmt: skip
 """MINERVA_* variables that are not engine config fields: the server's settings (a test keeps
 this in step with server/config.py, which this layer may not import) and the rest."""
 NON_CONFIG_ENV_VARS |= {"MINERVA_API_KEY_FILE", "MINERVA_ALLOWED_HOSTS"}  # server settings too

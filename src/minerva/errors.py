@@ -39,6 +39,12 @@ class QueueFullError(EngineUnavailableError):
     reason = "queue_full"
 
 
+class QueueTimeoutError(EngineUnavailableError):
+    """The request waited in the queue longer than queue_timeout without starting."""
+
+    reason = "queue_timeout"
+
+
 class EngineDrainingError(EngineUnavailableError):
     """The server is shutting down and finishes only the requests it already has."""
 

@@ -71,7 +71,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
         "cache": {"block_size", "memory_fraction", "kv_cache_memory", "num_kv_blocks"}
         | {"kv_cache_tokens", "memory_limit", "kv_cache_dtype", "enable_prefix_caching"},
         "scheduler": {"max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill"}
-        | {"async_scheduling"},
+        | {"async_scheduling", "step_timeout", "queue_timeout", "request_timeout"},
         "speculative": {"speculative_method", "draft_model", "num_speculative_tokens"}
         | {"ngram_min", "ngram_max", "speculative_adaptive"},
         "llamacpp": {"gpu_layers", "flash_attention", "llamacpp_contexts"},

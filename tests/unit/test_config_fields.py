@@ -60,6 +60,9 @@ ALLOWED = {
     "num_speculative_tokens": "an integer from 0 to 16",
     "ngram_min": "a positive integer",
     "ngram_max": "a positive integer",
+    "step_timeout": ">= 0",
+    "queue_timeout": ">= 0",
+    "request_timeout": ">= 0",
     "backend": "one of minerva, llamacpp, mistralrs, mlx",
     "gpu_layers": "an integer >= 0",
     "flash_attention": "one of auto, on, off",
@@ -72,6 +75,10 @@ SERVER_ALLOWED = {
     "max_queued_requests": "an integer >= 0",
     "max_body_bytes": "a byte size >= 1 KiB",
     "shutdown_timeout": ">= 0",
+    "max_prompt_bytes": "a byte size >= 1 KiB",
+    "write_timeout": ">= 0",
+    "header_timeout": ">= 0",
+    "body_timeout": ">= 0",
     "keep_alive": "a duration such as 5m, 300, 0 or -1",
     "model_load_timeout": "a positive number",
 }
@@ -83,6 +90,7 @@ BAD = {
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
+    "step_timeout": -1, "queue_timeout": -1, "request_timeout": -0.5,
     "backend": "vllm", "gpu_layers": -1, "flash_attention": "maybe", "llamacpp_contexts": 65,
     "mistralrs_paged_attn": "maybe", "mistralrs_prefix_cache_n": -1,
 }  # fmt: skip

@@ -101,8 +101,9 @@ class FakeBackend:
     async def drain(self, timeout: float) -> int:
         return 0
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float = 5.0) -> bool:
         self.running = False
+        return True
 
     @property
     def is_running(self) -> bool:
@@ -118,6 +119,9 @@ class FakeBackend:
         return FakeStream(request_id or "fake", ids, params.max_tokens or len(WORDS))
 
     def abort(self, request_id: str) -> None:
+        pass
+
+    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
         pass
 
     async def score(self, token_ids: list[int]) -> list[float]:

@@ -146,8 +146,9 @@ class Backend(Protocol):
         """Refuse new requests, let in-flight ones run up to ``timeout`` s, abort the rest;
         returns how many were aborted."""
 
-    async def shutdown(self) -> None:
-        """Stop; requests still in flight end with EngineDeadError."""
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        """Stop within ``timeout`` s; requests still in flight end with EngineDeadError.
+        False when the engine could not be stopped in time (a hung step)."""
 
     @property
     def is_running(self) -> bool: ...
@@ -170,6 +171,11 @@ class Backend(Protocol):
 
     def abort(self, request_id: str) -> None:
         """Abort a request by id (no-op when unknown or finished)."""
+
+    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
+        """Raise the EngineUnavailableError (or RequestError) ``add_request`` would raise now
+        for ``num_seqs`` more sequences with ``pending`` already on their way in: cheap, so
+        the server refuses before paying for tokenization."""
 
     async def score(self, token_ids: list[int]) -> list[float]:
         """log p(token_ids[i+1] | token_ids[:i+1]) for every i (perplexity); a backend that

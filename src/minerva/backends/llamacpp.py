@@ -128,20 +128,26 @@ class LlamaCppBackend:
         remaining = list(self._streams)
         for request_id in remaining:
             self._abort_job(request_id)  # streams stay registered: they get the final output
-        await self._wait_idle(10.0)
+        await self._wait_idle(0.5)  # bounded: the shutdown's whole wait is the timeout's
         return len(remaining)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, timeout: float = 5.0) -> bool:
         self._stopped = True
         for job in self._jobs.values():
             job.aborted.set()
+        stopped = True
         if self._loop is not None:
-            await asyncio.to_thread(self.pool.stop)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.pool.stop), timeout)
+            except asyncio.TimeoutError:  # a context stuck inside llama.cpp: leave it
+                stopped = False
         for stream in list(self._streams.values()):
             stream.put(EngineDeadError("the engine was shut down"))
             self._release(stream.request_id)
-        for llm in self._contexts:
-            llm.close()
+        if stopped:
+            for llm in self._contexts:
+                llm.close()
+        return stopped
 
     @property
     def is_running(self) -> bool:
@@ -190,12 +196,17 @@ class LlamaCppBackend:
             return self.encode(prompt)
         return check_token_ids(prompt, self.vocab_size, "prompt", "prompt token")
 
-    def _check_admission(self) -> None:
+    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
+        self._check_admission(num_seqs - 1 + pending)
+
+    def _check_admission(self, more: int = 0) -> None:
         if not self.is_running:
             raise EngineDeadError("the engine is not running")
         if self._draining:
-            raise EngineDrainingError("the server is shutting down; retry on another instance")
-        if len(self._streams) >= self.max_concurrency + self.max_queued_requests:
+            raise EngineDrainingError(
+                "the server is shutting down; retry on another instance", retry_after=5
+            )
+        if len(self._streams) + more >= self.max_concurrency + self.max_queued_requests:
             raise QueueFullError(
                 f"the server is at capacity ({self.max_concurrency} running, "
                 f"{self.max_queued_requests} queued); retry later",

@@ -50,7 +50,11 @@ class MinervaBackend:
     """Implements backends.base.Backend over an LLMEngine driven by an AsyncEngine."""
 
     def __init__(self, engine: LLMEngine, max_queued_requests: int = 256) -> None:
-        self._engine = AsyncEngine(engine, max_queued_requests)
+        limits = engine.config.scheduler
+        self._engine = AsyncEngine(
+            engine, max_queued_requests, step_timeout=limits.step_timeout,
+            queue_timeout=limits.queue_timeout, request_timeout=limits.request_timeout,
+        )  # fmt: skip
         self._platform = engine.platform
         self._tokenizer = engine.tokenizer
         self._eos_token_ids = list(engine.eos_token_ids)
@@ -67,8 +71,8 @@ class MinervaBackend:
     async def drain(self, timeout: float) -> int:
         return await self._engine.drain(timeout)
 
-    async def shutdown(self) -> None:
-        await self._engine.shutdown()
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        return await self._engine.shutdown(timeout)
 
     @property
     def is_running(self) -> bool:
@@ -90,6 +94,9 @@ class MinervaBackend:
 
     def abort(self, request_id: str) -> None:
         self._engine.abort(request_id)
+
+    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
+        self._engine.check_capacity(num_seqs, pending)
 
     async def score(self, token_ids: list[int]) -> list[float]:
         return await self._engine.score(token_ids)

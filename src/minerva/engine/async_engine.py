@@ -19,13 +19,17 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any, Protocol
 
+from minerva.engine.fault_injection import FaultInjector
 from minerva.engine.llm_engine import EngineStats, LLMEngine
 from minerva.engine.outputs import RequestOutput, StepInfo
+from minerva.engine.request_stream import MAX_BUFFERED_OUTPUTS, RequestStream
+from minerva.engine.step_watchdog import StepTimeoutError, StepWatchdog
 from minerva.errors import (
     EngineDeadError,
     EngineDrainingError,
     EngineUnavailableError,
     QueueFullError,
+    QueueTimeoutError,
     RequestError,
 )
 from minerva.request import Logprobs
@@ -42,7 +46,12 @@ __all__ = [
     "QueueFullError",
     "RequestStream",
     "StepInfo",
+    "StepTimeoutError",
 ]
+
+ABORT_GRACE_S = 0.5
+"""How long a drain waits for its aborts to land after its timeout: a healthy engine applies
+them within one step, and a hung one never will, so the wait stays short and bounded."""
 
 
 class EngineObserver(Protocol):
@@ -50,44 +59,19 @@ class EngineObserver(Protocol):
         """Called on the engine thread after each step (info None when nothing was scheduled)."""
 
 
-class RequestStream:
-    """The outputs of one request, in order. ``async for`` over it; ``abort()`` cancels it."""
-
-    def __init__(self, request_id: str, num_seqs: int, on_abort: Callable[[RequestStream], None]):
-        self.request_id = request_id
-        self.num_seqs = num_seqs
-        self.finished = False
-        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._on_abort = on_abort
-
-    def put(self, item: RequestOutput | BaseException) -> None:
-        self._queue.put_nowait(item)
-
-    def __aiter__(self) -> RequestStream:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished and self._queue.empty():
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        self.finished = self.finished or item.finished
-        return item
-
-    def abort(self) -> None:
-        """Stop generating (no-op once finished); the KV blocks are freed between steps."""
-        if not self.finished:
-            self.finished = True
-            self._on_abort(self)
-
-
 class AsyncEngine:
     """Drives an LLMEngine from a background thread for asyncio callers.
 
     Admission control: at most ``max_num_seqs`` sequences run and ``max_queued_requests``
-    more wait; past that ``add_request`` raises QueueFullError at once.
+    more wait; past that ``add_request`` raises QueueFullError at once. A request counts until
+    its reader has taken its final output or aborted it.
+
+    Watchdog: a step running longer than ``step_timeout`` seconds (0: never) marks the engine
+    hung: ``is_running`` turns False and every request in flight fails with StepTimeoutError.
+    Deadlines (0: none): a request not started ``queue_timeout`` s after its arrival fails
+    with QueueTimeoutError (503); one older than ``request_timeout`` s is aborted.
+    ``clock`` is injectable for tests; ``faults`` (default: MINERVA_FAULT_INJECT) make a step
+    hang or raise.
     """
 
     def __init__(
@@ -95,6 +79,13 @@ class AsyncEngine:
         engine: LLMEngine,
         max_queued_requests: int = 256,
         observer: EngineObserver | None = None,
+        *,
+        step_timeout: float = 0.0,
+        queue_timeout: float = 0.0,
+        request_timeout: float = 0.0,
+        max_buffered_outputs: int = MAX_BUFFERED_OUTPUTS,
+        clock: Callable[[], float] = time.monotonic,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
@@ -103,6 +94,13 @@ class AsyncEngine:
         self.max_num_seqs = engine.config.scheduler.max_num_seqs
         self.max_queued_requests = max_queued_requests
         self.observer = observer
+        self.watchdog = StepWatchdog(step_timeout, clock)
+        self.queue_timeout = queue_timeout
+        self.request_timeout = request_timeout
+        self.max_buffered_outputs = max_buffered_outputs
+        self.faults = faults if faults is not None else FaultInjector.from_env()
+        self._clock = clock
+        self._watch_task: asyncio.Task | None = None
         self._cond = threading.Condition()
         self._commands: list[tuple[str, Any]] = []  # guarded by _cond
         self._stopping = False
@@ -127,6 +125,8 @@ class AsyncEngine:
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="minerva-engine", daemon=True)
         self._thread.start()
+        if self.watchdog.step_timeout > 0:
+            self._watch_task = asyncio.ensure_future(self._watch())
 
     async def drain(self, timeout: float) -> int:
         """Refuse new requests, let in-flight ones finish for up to ``timeout`` seconds, then
@@ -136,18 +136,43 @@ class AsyncEngine:
             remaining = list(self._streams)
             logger.warning("shutdown timeout: aborting %d request(s)", len(remaining))
             self._submit("abort", remaining)  # streams stay registered: they get the final output
-            await self._wait_idle(10.0)
+            await self._wait_idle(ABORT_GRACE_S)
             return len(remaining)
         return 0
 
-    async def shutdown(self) -> None:
-        """Stop the engine thread; requests still in flight end with EngineDeadError."""
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        """Stop the engine thread, waiting for it at most ``timeout`` seconds; requests still
+        in flight end with EngineDeadError. False when the thread is still inside a step."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30.0)
+            await asyncio.to_thread(self._thread.join, timeout)
         self._fail_all(EngineDeadError("the engine was shut down"))
+        return self._thread is None or not self._thread.is_alive()
+
+    # -- watchdog -----------------------------------------------------------------------
+    @property
+    def is_hung(self) -> bool:
+        """A step has run past ``step_timeout`` (evaluated now, so /health sees it at once)."""
+        return isinstance(self._error, StepTimeoutError) or self.watchdog.is_hung
+
+    def check_watchdog(self) -> bool:
+        """On the loop: fail every request once the engine is hung; True when it is."""
+        if not self.is_hung:
+            return False
+        if self._error is None:
+            self._error = StepTimeoutError(self.watchdog.message())
+            logger.error("%s", self._error)
+            self._fail_all(self._error)
+        return True
+
+    async def _watch(self) -> None:
+        period = min(1.0, self.watchdog.step_timeout / 4)
+        while not self._stopping and not self.check_watchdog():
+            await asyncio.sleep(period)
 
     async def _wait_idle(self, timeout: float) -> bool:
         assert self._idle is not None, "AsyncEngine.start() was not called"
@@ -161,7 +186,7 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         alive = self._thread is not None and self._thread.is_alive()
-        return alive and not self._stopping and self._error is None
+        return alive and not self._stopping and self._error is None and not self.is_hung
 
     @property
     def is_draining(self) -> bool:
@@ -203,7 +228,9 @@ class AsyncEngine:
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
-        out = RequestStream(request_id, params.n, self._abort_stream)
+        out = RequestStream(
+            request_id, params.n, self._abort_stream, self._release, self.max_buffered_outputs
+        )
         self._register(out)
         accepted = self._loop.create_future()  # type: ignore[union-attr]
         self._pending[request_id] = accepted
@@ -270,11 +297,18 @@ class AsyncEngine:
         if stream is not None:
             stream.abort()
 
+    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
+        """Raise what add_request would raise now for ``num_seqs`` more sequences, with
+        ``pending`` sequences on their way in (cheap: callers check before tokenizing)."""
+        self._check_admission(num_seqs + pending)
+
     def _check_admission(self, num_seqs: int) -> None:
         if not self.is_running:
             raise EngineDeadError("the engine is not running")
         if self._draining:
-            raise EngineDrainingError("the server is shutting down; retry on another instance")
+            raise EngineDrainingError(
+                "the server is shutting down; retry on another instance", retry_after=5
+            )
         capacity = self.max_num_seqs + self.max_queued_requests
         if num_seqs > capacity:
             raise RequestError(
@@ -315,16 +349,19 @@ class AsyncEngine:
             stream = self._streams.get(out.request_id)
             if stream is None:  # aborted by its client: nobody listens
                 continue
-            stream.put(out)
-            if out.finished:
-                self._release(stream)
+            stream.put(out)  # released once its reader takes the final output
 
     def _fail_all(self, error: BaseException) -> None:
         for future in list(self._pending.values()):
             _settle(future, error)
-        for stream in list(self._streams.values()):
-            stream.put(error)
-            self._release(stream)
+        self._fail_streams(list(self._streams), error)
+
+    def _fail_streams(self, request_ids: list[str], error: BaseException) -> None:
+        for request_id in request_ids:
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put(error)
+                self._release(stream)
 
     def _call_soon(self, fn: Callable, *args: Any) -> None:
         try:
@@ -340,10 +377,12 @@ class AsyncEngine:
                 with self._cond:
                     while not (self._commands or busy or self._stopping):
                         self._cond.wait()
-                    if self._stopping:
+                    if self._stopping or self._error is not None:
                         return
                     commands, self._commands = self._commands, []
                 aborted = self._apply(commands)
+                if self.queue_timeout > 0 or self.request_timeout > 0:
+                    aborted |= self._expire()
                 if busy or aborted or self.engine.has_unfinished_requests():
                     self._step()
                 busy = self.engine.has_unfinished_requests()
@@ -369,9 +408,30 @@ class AsyncEngine:
                 self._call_soon(_settle, future, None, result)
         return aborted
 
+    def _expire(self) -> bool:
+        """Drop the requests past their deadlines (engine thread); True if any."""
+        queued, late = self.engine.overdue_requests(
+            self._clock(), self.queue_timeout, self.request_timeout
+        )
+        if queued:
+            self.engine.abort_request(queued)
+            error = QueueTimeoutError(
+                f"the request waited more than queue_timeout={self.queue_timeout:g}s without "
+                "starting: the server is overloaded; retry later",
+                retry_after=1,
+            )
+            self._call_soon(self._fail_streams, queued, error)
+        if late:
+            self.engine.abort_request(late)  # their final outputs say finish_reason "abort"
+        return bool(queued or late)
+
     def _step(self) -> None:
         start = time.perf_counter()
+        self.watchdog.step_started()
+        if self.faults is not None:
+            self.faults.before_step()
         outputs = self.engine.step()
+        self.watchdog.step_ended()
         duration = time.perf_counter() - start
         self._stats = self.engine.stats()
         if outputs:

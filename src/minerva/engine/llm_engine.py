@@ -200,6 +200,24 @@ class LLMEngine:
             if self.speculator is not None:
                 self.speculator.forget(live)
 
+    def overdue_requests(
+        self, now: float, queue_timeout: float, request_timeout: float
+    ) -> tuple[list[str], list[str]]:
+        """Request ids never scheduled for over ``queue_timeout`` s, and the other ones older
+        than ``request_timeout`` s (0: no limit); ``now`` on the arrival times' clock."""
+        queued: set[str] = set()
+        late: set[str] = set()
+        for req in (*self.scheduler.waiting, *self.scheduler.running):
+            age = now - req.arrival_time
+            parent = self.output_processor.child_to_parent.get(req.request_id)
+            if parent is None:
+                continue
+            if 0 < queue_timeout < age and req.first_scheduled_time is None:
+                queued.add(parent[0].request_id)
+            elif 0 < request_timeout < age:
+                late.add(parent[0].request_id)
+        return sorted(queued), sorted(late - queued)
+
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished() or self._inflight is not None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from minerva.request import Logprobs
@@ -78,3 +79,22 @@ class StepInfo:
     num_decode_tokens: int
     num_seqs: int
     """Sequences in the batch."""
+
+
+def coalesce(older: RequestOutput, newer: RequestOutput) -> RequestOutput:
+    """One output carrying both: ``newer``'s state with the deltas of both, in order.
+
+    A reader that fell behind then gets one chunk for several steps instead of one snapshot
+    per step (each unread snapshot holds its own copy of the text so far)."""
+    merged = {c.index: c for c in older.outputs}
+    for c in newer.outputs:
+        before = merged.get(c.index)
+        if before is None:
+            merged[c.index] = c
+            continue
+        merged[c.index] = dataclasses.replace(
+            c,
+            delta_text=before.delta_text + c.delta_text,
+            delta_token_ids=before.delta_token_ids + c.delta_token_ids,
+        )
+    return dataclasses.replace(newer, outputs=[merged[i] for i in sorted(merged)])

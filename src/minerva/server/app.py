@@ -24,6 +24,7 @@ from minerva.backends.base import Backend
 from minerva.errors import EngineUnavailableError, MinervaError
 from minerva.server.api_errors import APIError, error_response, routing_error, to_api_error
 from minerva.server.background import in_daemon_thread
+from minerva.server.body_timeout import BodyTimeoutMiddleware
 from minerva.server.browser_guards import HostCheckMiddleware, JSONContentTypeMiddleware
 from minerva.server.config import ServerConfig
 from minerva.server.embedding_routes import router as embedding_router
@@ -51,6 +52,13 @@ logger = logging.getLogger(__name__)
 UNGATED_PATHS = frozenset({"/health", "/metrics"})
 """Routes that keep answering while the server drains."""
 
+DRAIN_RETRY_AFTER_S = 5
+"""Retry-After of a draining server's 503: a restart or another instance takes seconds."""
+SUPERVISE_PERIOD_S = 0.25
+"""How often the app checks that its engine still runs (a crash or a hung step)."""
+ENGINE_STOP_TIMEOUT_S = 0.5
+"""How long the app waits for the engine thread at exit: it only has to finish one step."""
+
 
 class DrainGateMiddleware:
     """While draining, new requests get 503 (in-flight ones were admitted before)."""
@@ -62,7 +70,10 @@ class DrainGateMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and self.state.draining and scope["path"] not in UNGATED_PATHS:
             self.state.metrics.requests_rejected.labels("draining").inc()
-            err = APIError(503, "the server is shutting down", code="draining")
+            err = APIError(
+                503, "the server is shutting down; retry on another instance", code="draining",
+                headers={"Retry-After": str(DRAIN_RETRY_AFTER_S)},
+            )  # fmt: skip
             await error_response(scope["path"], err)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -94,12 +105,14 @@ def build_app(
     clock: Callable[[], float] = time.time,
     reap_interval: float | None = 1.0,
     after_unload: Callable[[], None] = lambda: None,
+    on_engine_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
     """The app over a loaded ``backend`` (started here), or one that loads it with
     ``load_backend`` (blocking, run in a thread) at startup; or, with ``config.models_dir``,
     the directory's models, each loaded by ``load_model`` on demand within ``memory_limit``
     (``clock``: keep_alive's time; ``reap_interval`` None: unload expired models only when
-    ``registry.reap()`` is called)."""
+    ``registry.reap()`` is called). ``on_engine_failure`` is called once if the engine of a
+    single-model server stops on its own (a crash or a hung step): the caller exits non-zero."""
     metrics = ServerMetrics()
     state = ServerState(config=config, metrics=metrics)
     if config.models_dir is not None:
@@ -118,13 +131,15 @@ def build_app(
             tasks.append(asyncio.create_task(_load(state, load_backend, on_load_error)))
         if state.registry is not None and reap_interval is not None:
             tasks.append(asyncio.create_task(state.registry.run_reaper(reap_interval)))
+        tasks.append(asyncio.create_task(_supervise(state, on_engine_failure)))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             if state.backend is not None:
-                await state.backend.shutdown()
+                stopped = await state.backend.shutdown(ENGINE_STOP_TIMEOUT_S)
+                state.engine_stuck = stopped is False
             if state.registry is not None:
                 await state.registry.shutdown()
 
@@ -142,6 +157,7 @@ def build_app(
     app.add_exception_handler(Exception, handler)
 
     # add_middleware puts each one outside the previous: the last added runs first.
+    app.add_middleware(BodyTimeoutMiddleware, timeout=config.body_timeout)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_body_bytes)
     if config.effective_api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=config.effective_api_key)
@@ -184,6 +200,20 @@ def build_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _supervise(state: ServerState, on_failure: Callable[[str], None] | None) -> None:
+    """Report once when the engine stops without being asked (crash, watchdog)."""
+    while True:
+        await asyncio.sleep(SUPERVISE_PERIOD_S)
+        backend = state.backend
+        if backend is None or state.draining or backend.is_running:
+            continue
+        state.engine_failure = "the engine stopped (a crash or a hung step; see the log above)"
+        logger.error("%s: failing the server", state.engine_failure)
+        if on_failure is not None:
+            on_failure(state.engine_failure)
+        return
 
 
 def _registry(config, metrics, load_model, memory_limit, clock, after_unload) -> ModelRegistry:

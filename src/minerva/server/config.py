@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +91,28 @@ class ServerConfig:
         byte_size=True, ge=1024,
     )  # fmt: skip
     shutdown_timeout: float = Field(
-        30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted.",
+        30.0, "Seconds in-flight requests may run after SIGTERM before they are aborted; the "
+        "whole shutdown ends within about 2 s more.",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    max_prompt_bytes: int = Field(
+        2 * 1024 * 1024, "Largest prompt text (all messages and tools together, UTF-8) a "
+        "request may carry (e.g. 2MiB); larger ones get 400 before any tokenizing.",
+        byte_size=True, ge=1024,
+    )  # fmt: skip
+    write_timeout: float = Field(
+        30.0, "Seconds a response may stay blocked on a client that stopped reading before "
+        "the connection is dropped and its request aborted (0: never).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    header_timeout: float = Field(
+        10.0, "Seconds a connection may take to send a request's headers (slowloris, idle "
+        "connections) before it is closed (0: never).",
+        ge=0, metavar="SECONDS",
+    )  # fmt: skip
+    body_timeout: float = Field(
+        60.0, "Seconds a client may take to upload a request body before it gets 408 "
+        "(0: never).",
         ge=0, metavar="SECONDS",
     )  # fmt: skip
 
@@ -124,12 +146,7 @@ class ServerConfig:
     @property
     def is_loopback(self) -> bool:
         """True when only this machine can connect."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # "" (all interfaces) or a host name other than localhost
-            return False
+        return is_loopback_host(self.host)
 
     def bind_warning(self) -> str | None:
         """The warning to print when anyone on the network could use the server freely."""
@@ -140,6 +157,22 @@ class ServerConfig:
             "this address can use the model. Set MINERVA_API_KEY or --api-key-file, or bind "
             "127.0.0.1."
         )
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` in any case, or a loopback address in any form the resolver accepts
+    (``127.1`` and ``0x7f.1`` are 127.0.0.1, as inet_aton reads them)."""
+    host = host.strip().rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:  # the short and hex IPv4 forms ipaddress refuses but bind() accepts
+        return ipaddress.IPv4Address(socket.inet_aton(host)).is_loopback
+    except OSError:  # "" (all interfaces) or a host name other than localhost
+        return False
 
 
 _FIELDS = specs_of({"server": ServerConfig})

@@ -24,7 +24,7 @@ from minerva.server.embedding_protocol import (
 from minerva.server.generation import (
     add_prompts,
     collect,
-    encode_prompts,
+    encode_admitted,
     read_json_object,
     until_disconnect,
 )
@@ -58,7 +58,7 @@ async def openai_embeddings(request: Request) -> JSONResponse:
     backend = await state.backend_for(request, body.model, getattr(body, "keep_alive", None))
     check_dimensions(body.dimensions, _hidden_size(backend))
     prompts = body.inputs(backend.vocab_size)
-    ids = await encode_prompts(backend, prompts)
+    ids = await encode_admitted(state, backend, prompts, "input")
     vectors, num_tokens = await embed(request, backend, prompts, ids)
     return JSONResponse(
         openai_embedding_response(
@@ -80,7 +80,7 @@ async def ollama_embed(request: Request) -> JSONResponse:
     vectors, num_tokens = [], 0
     if prompts:
         context = body.context(backend.max_model_len)
-        ids = await encode_prompts(backend, prompts)
+        ids = await encode_admitted(state, backend, prompts, "input")
         ids = [body.fit(x, context, i) for i, x in enumerate(ids)]
         vectors, num_tokens = await embed(request, backend, prompts, ids)
     total = max(int((time.monotonic() - arrival) * 1e9), 0)
@@ -105,7 +105,7 @@ async def ollama_embeddings(request: Request) -> JSONResponse:
     backend = await state.backend_for(request, body.model, getattr(body, "keep_alive", None))
     if not body.prompt:
         return JSONResponse({"embedding": []})
-    ids = await encode_prompts(backend, [body.prompt])
+    ids = await encode_admitted(state, backend, [body.prompt], "prompt")
     (vector,), _ = await embed(request, backend, [body.prompt], ids)
     return JSONResponse({"embedding": vector})
 

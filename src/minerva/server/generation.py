@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
 from minerva.server.json_body import parse_json_object
+from minerva.server.state import ServerState
 
 T = TypeVar("T")
 
@@ -25,8 +26,59 @@ class ClientDisconnected(Exception):
 
 async def read_json_object(request: Request) -> dict[str, Any]:
     """The body as a JSON object; 400 for anything else (never a 500)."""
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone mid-upload: nobody to answer, and not a server error
+        raise ClientDisconnected() from None
     return parse_json_object(body)
+
+
+def prompt_bytes(*parts: Any) -> int:
+    """UTF-8 bytes of every string in ``parts`` (nested lists and dicts: messages, tools)."""
+    total, stack = 0, list(parts)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item.encode("utf-8", "surrogatepass"))
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(x for x in item if not isinstance(x, int))
+    return total
+
+
+def check_prompt_bytes(state: ServerState, param: str, *parts: Any) -> None:
+    """400 before any tokenizing when the prompt text is over ``max_prompt_bytes``."""
+    limit = state.config.max_prompt_bytes
+    size = prompt_bytes(*parts)
+    if size > limit:
+        raise RequestError(
+            f"the prompt is {size} bytes, over this server's limit of {limit} bytes "
+            "(max_prompt_bytes): send a shorter prompt",
+            code="prompt_too_large",
+            param=param,
+        )
+
+
+@contextlib.contextmanager
+def admission(state: ServerState, backend: Backend, num_seqs: int) -> Iterator[None]:
+    """Refuse at once (503) when the backend has no room for ``num_seqs`` more sequences,
+    counting those still being tokenized, so a full server never pays for tokenization."""
+    backend.check_capacity(num_seqs, state.num_seqs_tokenizing)
+    state.num_seqs_tokenizing += num_seqs
+    try:
+        yield
+    finally:
+        state.num_seqs_tokenizing -= num_seqs
+
+
+async def encode_admitted(
+    state: ServerState, backend: Backend, prompts: Sequence[str | list[int]], param: str
+) -> list[list[int]]:
+    """encode_prompts after the prompt-size and capacity checks (one sequence per prompt)."""
+    check_prompt_bytes(state, param, prompts)
+    with admission(state, backend, len(prompts)):
+        return await encode_prompts(backend, prompts)
 
 
 async def encode_prompts(backend: Backend, prompts: Sequence[str | list[int]]) -> list[list[int]]:
@@ -92,15 +144,16 @@ async def merge_streams(
             async for out in streams[0]:
                 yield 0, out
             return
-        queue: asyncio.Queue = asyncio.Queue()
+        # Bounded: a reader that stops leaves the outputs in the streams' own bounded buffers.
+        queue: asyncio.Queue = asyncio.Queue(maxsize=len(streams))
 
         async def pump(i: int, stream: OutputStream) -> None:
             try:
                 async for out in stream:
-                    queue.put_nowait((i, out))
-                queue.put_nowait((i, None))
+                    await queue.put((i, out))
+                await queue.put((i, None))
             except Exception as e:  # noqa: BLE001 - handed to the consumer
-                queue.put_nowait((i, e))
+                await queue.put((i, e))
 
         tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
         try:

@@ -18,6 +18,8 @@ from minerva.server.api_errors import APIError, to_api_error
 from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     add_prompts,
+    admission,
+    check_prompt_bytes,
     collect,
     encode_chat,
     encode_prompts,
@@ -168,6 +170,7 @@ async def generate(request: Request) -> Response:
     body.check_supported()
     if not body.prompt and not body.context:  # Ollama: an empty prompt just loads the model
         return JSONResponse(await _load_only(request, state, body, "response"))
+    check_prompt_bytes(state, "prompt", body.prompt, body.system, body.suffix)
     backend = await state.backend_for(request, body.model, body.keep_alive)
 
     async def encode() -> list[int]:
@@ -199,6 +202,7 @@ async def chat(request: Request) -> Response:
     plan = tool_plan(body.tools, None, None, template)
     messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
     template_tools = plan.template_tools(template) if plan is not None else None
+    check_prompt_bytes(state, "messages", messages, template_tools)
 
     async def encode() -> list[int]:
         return await encode_chat(backend, messages, True, template_tools)
@@ -227,7 +231,8 @@ async def _run(
     request_id = f"ollama-{uuid.uuid4().hex}"
 
     async def start() -> OutputStream:
-        ids = await encode()
+        with admission(state, backend, 1):
+            ids = await encode()
         check_token_ids(ids, backend.vocab_size, "context")
         params = body.to_sampling_params(model_defaults(backend), len(ids), backend.max_model_len)
         (stream,) = await add_prompts(backend, [ids], [ids], params, request_id, arrival)

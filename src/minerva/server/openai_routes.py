@@ -20,6 +20,8 @@ from minerva.server.fim import fim_prompts
 from minerva.server.generation import (
     abort_all,
     add_prompts,
+    admission,
+    check_prompt_bytes,
     collect,
     encode_chat,
     encode_prompts,
@@ -110,9 +112,11 @@ async def chat_completions(request: Request) -> Response:
     messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
     template_tools = plan.template_tools(template) if plan is not None else None
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    check_prompt_bytes(state, "messages", messages, template_tools)
 
     async def start() -> list[OutputStream]:
-        ids = await encode_chat(backend, messages, body.add_generation_prompt, template_tools)
+        with admission(state, backend, body.n):
+            ids = await encode_chat(backend, messages, body.add_generation_prompt, template_tools)
         return await add_prompts(backend, [ids], [ids], params, request_id, arrival)
 
     if body.stream:
@@ -214,17 +218,20 @@ async def completions(request: Request) -> Response:
     model_name = state.response_name(body.model)
     vocab_size = backend.vocab_size
     prompts = body.prompts(vocab_size)
-    if body.suffix:
-        prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
+    check_prompt_bytes(state, "prompt", prompts, body.suffix)
     params = body.to_sampling_params(model_defaults(backend), vocab_size)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     echoes: list[Echo] = []
 
     async def start() -> list[OutputStream]:
-        ids = await encode_prompts(backend, prompts)
-        if body.echo:
-            skip = body.skip_special_tokens
-            echoes.extend(await echo_prompts(backend, prompts, ids, body.logprobs, skip))
+        nonlocal prompts
+        with admission(state, backend, len(prompts) * body.n):
+            if body.suffix:
+                prompts = await asyncio.to_thread(fim_prompts, backend, prompts, body.suffix)
+            ids = await encode_prompts(backend, prompts)
+            if body.echo:
+                skip = body.skip_special_tokens
+                echoes.extend(await echo_prompts(backend, prompts, ids, body.logprobs, skip))
         if not body.generates:
             return [PromptOnly(x, body.n) for x in ids]
         return await add_prompts(backend, prompts, ids, params, request_id, arrival)

@@ -2,7 +2,8 @@
 
 The first SIGTERM (or Ctrl-C) drains: new requests get 503, in-flight ones run for up to
 ``--shutdown-timeout`` seconds, the rest end with finish_reason "abort", and the process exits
-0. A second signal exits at once.
+0 within about 2 s more. A second signal exits at once. An engine that crashes or hangs (a step
+past ``--step-timeout``) fails its requests and the process exits 1, for a supervisor to restart.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def _serve(
     from minerva.backends import load_backend
     from minerva.server.app import build_app
     from minerva.server.background import LOAD_THREAD, is_running
+    from minerva.server.http_protocol import protocol_class
     from minerva.server.uvicorn_runner import DrainingServer
 
     if server_config.models_dir is not None:
@@ -130,6 +132,7 @@ def _serve(
                 max_queued_requests=server_config.max_queued_requests,
             ),
             on_load_error=on_load_error,
+            on_engine_failure=lambda reason: runner.fail(reason) if runner is not None else None,
         )
     uv_config = uvicorn.Config(
         app,
@@ -137,14 +140,15 @@ def _serve(
         port=server_config.port,
         log_level=args.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=5,  # after the drain, for connections that linger
+        timeout_graceful_shutdown=0.5,  # type: ignore[arg-type]  # after the drain: lingerers
         lifespan="on",
+        http=protocol_class(server_config.header_timeout, server_config.write_timeout),
     )
     runner = DrainingServer(uv_config, app.state.minerva, server_config.shutdown_timeout)
     code = runner.run_until_exit(sockets=[sock])
-    if is_running(LOAD_THREAD):
-        # Stopped mid-load: finalizing the interpreter while the load thread is inside torch
-        # aborts (C++ terminate, exit 134). Nothing is left to clean up: leave at once.
+    if is_running(LOAD_THREAD) or app.state.minerva.engine_stuck:
+        # Stopped mid-load or mid-step: finalizing the interpreter while a thread is inside
+        # torch aborts (C++ terminate, exit 134) or waits. Nothing is left to clean up.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -38,6 +38,12 @@ class ServerState:
     backend: Backend | None = None
     draining: bool = False
     load_error: str | None = None
+    num_seqs_tokenizing: int = 0
+    """Sequences of requests being tokenized: they count against admission already."""
+    engine_failure: str | None = None
+    """Why the engine stopped on its own (a crash or a hung step); the server exits non-zero."""
+    engine_stuck: bool = False
+    """The engine thread did not stop at shutdown (inside a hung step): exit without waiting."""
     created: int = field(default_factory=lambda: int(time.time()))
     registry: ModelRegistry | None = None
     """Set with --models-dir: models by name, loaded on demand (``backend`` stays None)."""
@@ -50,7 +56,9 @@ class ServerState:
     def ready_backend(self) -> Backend:
         """The backend, or 503 while loading, draining or after a failure."""
         if self.draining:
-            raise EngineDrainingError("the server is shutting down; retry on another instance")
+            raise EngineDrainingError(
+                "the server is shutting down; retry on another instance", retry_after=5
+            )
         if self.load_error is not None:
             raise EngineUnavailableError(f"the model failed to load: {self.load_error}")
         if self.backend is None:

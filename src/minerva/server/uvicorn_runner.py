@@ -53,12 +53,15 @@ class DrainingServer(uvicorn.Server):
             logger.info("aborted %d request(s) at the shutdown timeout", sum(counts))
         self.should_exit = True  # uvicorn then waits for the responses to finish sending
 
-    def fail(self, error: BaseException) -> None:
-        """The model failed to load: stop with exit code 1."""
+    def fail(self, error: BaseException | str) -> None:
+        """The model failed to load or the engine stopped: stop with exit code 1."""
         self.exit_code = 1
         self.should_exit = True
 
     def run_until_exit(self, sockets: list[socket.socket] | None = None) -> int:
-        """Serve (on ``sockets`` when given, already bound) until exit; the exit code."""
+        """Serve (on ``sockets`` when given, already bound) until exit; the exit code (1 also
+        when the engine had to be left inside a hung step)."""
         self.run(sockets=sockets)
+        if self.state.engine_stuck or self.state.engine_failure:
+            self.exit_code = 1
         return self.exit_code
