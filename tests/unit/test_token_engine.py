@@ -28,9 +28,9 @@ class ScriptedEngine(TokenEngine):
 
     name = "scripted"
 
-    def __init__(self, script: list[int], ends: bool = False) -> None:
+    def __init__(self, script: list[int], ends: bool = False, **config) -> None:
         source = open_model(demo_model_path())
-        super().__init__(EngineConfig.from_kwargs(device="cpu"), source, 512)
+        super().__init__(EngineConfig.from_kwargs(device="cpu", **config), source, 512)
         self.script, self.ends = script, ends
         self.running: dict[str, int] = {}
         self.cancelled: list[str] = []
@@ -167,5 +167,18 @@ def test_unsupported_fields_are_400s_naming_the_backend():
                 b.generate([[5]], [params])
         with pytest.raises(RequestError, match="maximum context length"):
             b.generate([[5] * 600], [SamplingParams(max_tokens=1)])
+    finally:
+        b.close()
+
+
+def test_a_request_past_request_timeout_ends_with_abort(text_ids):
+    """AsyncEngine's deadline reaches a foreign engine's sequence: cancelled there too."""
+    engine = ScriptedEngine(text_ids, request_timeout=0.05)
+    engine.hold_after = 1  # it never finishes by itself
+    b = _backend(engine)
+    try:
+        (out,) = b.generate([[5]], [SamplingParams(max_tokens=100)])
+        assert out.finish_reason == "abort" and out.token_ids == text_ids[:1]
+        assert engine.cancelled and not engine.running
     finally:
         b.close()

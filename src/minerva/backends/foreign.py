@@ -54,7 +54,11 @@ class ForeignBackend:
 
     def __init__(self, engine: TokenEngine, info: ModelInfo, max_queued_requests: int = 256):
         self.engine = engine
-        self._engine = AsyncEngine(engine, max_queued_requests)  # type: ignore[arg-type]
+        limits = engine.config.scheduler
+        self._engine = AsyncEngine(
+            engine, max_queued_requests, step_timeout=limits.step_timeout,  # type: ignore[arg-type]
+            queue_timeout=limits.queue_timeout, request_timeout=limits.request_timeout,
+        )  # fmt: skip
         self._tokenizer = engine.tokenizer
         self._source = engine.source
         self._info = info
@@ -67,9 +71,11 @@ class ForeignBackend:
     async def drain(self, timeout: float) -> int:
         return await self._engine.drain(timeout)
 
-    async def shutdown(self) -> None:
-        await self._engine.shutdown()
-        self.engine.close()
+    async def shutdown(self, timeout: float = 5.0) -> bool:
+        stopped = await self._engine.shutdown(timeout)
+        if stopped:  # else its thread may still be inside the other engine: leave it be
+            self.engine.close()
+        return stopped
 
     @property
     def is_running(self) -> bool:
@@ -91,6 +97,9 @@ class ForeignBackend:
 
     def abort(self, request_id: str) -> None:
         self._engine.abort(request_id)
+
+    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
+        self._engine.check_capacity(num_seqs, pending)
 
     async def score(self, token_ids: list[int]) -> list[float]:
         return await self._engine.score(token_ids)

@@ -215,6 +215,18 @@ class TokenEngine(ABC):
     def has_unfinished_requests(self) -> bool:
         return bool(self._live)
 
+    def overdue_requests(
+        self, now: float, queue_timeout: float, request_timeout: float
+    ) -> tuple[list[str], list[str]]:
+        """As LLMEngine's: (never started, older than ``request_timeout``). A request starts
+        in the other engine as soon as it is added, so none counts as queued here."""
+        late: set[str] = set()
+        for req in self._live.values():
+            parent = self.output_processor.child_to_parent.get(req.request_id)
+            if parent is not None and 0 < request_timeout < now - req.arrival_time:
+                late.add(parent[0].request_id)
+        return [], sorted(late)
+
     def step(self) -> list[RequestOutput]:
         for event in self._advance():
             req = self._live.get(event.request_id)
