@@ -60,7 +60,11 @@ def test_gpu_tokens_equal_the_cpu_twin(demo_gguf, monkeypatch):
     )
 
 
-def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf):
+@pytest.mark.parametrize("int8", [False, True], ids=["float-x", "int8-x"])
+def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf, int8, monkeypatch):
+    from minerva.quant import gguf
+
+    monkeypatch.setattr(gguf, "INT8_ACTIVATIONS", int8)
     tokens, logprobs, _ = _greedy(demo_gguf, "cuda", "bfloat16", n=16)
     ref_tokens, ref_logprobs, llm = _greedy(
         demo_gguf, "cuda", "bfloat16", n=16, attention_backend="torch"

@@ -38,9 +38,10 @@ from minerva.quant.gguf_types import (
     type_name,
 )
 
-INT8_ACTIVATIONS = True
+INT8_ACTIVATIONS = False
 """One-token products on CUDA quantize x to 8 bits (llama.cpp's way, ops/triton_qgemv_int8.py);
-off, the float kernel decodes the weights (tests compare the two)."""
+off, the float kernel decodes the weights. Off until its tests (tests/gpu/test_quant_kernels.py)
+have run on a GPU: its dp4a PTX cannot run under Triton's CPU interpreter."""
 
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
