@@ -20,6 +20,49 @@ from minerva.ops import pdl as _pdl
 
 
 @triton.jit
+def norm_rstd(part_in_ptr, num_part_in, K, eps, BLOCK_P: tl.constexpr):
+    """1 / RMS of a residual stream of K values whose sum of squares its producing GEMV left in
+    `num_part_in` partials."""
+    p = tl.arange(0, BLOCK_P)
+    ss = tl.zeros([BLOCK_P], tl.float32)
+    for p0 in range(0, num_part_in, BLOCK_P):
+        ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
+    return 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+
+
+@triton.jit
+def load_x(x_ptr, k, K, rstd, norm_w_ptr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr):
+    """x at indices k (any shape; 0 past K) as float32: RMSNorm'd (NORM_IN) or silu(gate) * up
+    of an x of 2K values (GATED_IN), with the roundings of the layered ops."""
+    k_ok = k < K
+    x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
+    if NORM_IN:  # RMSNorm with add_rms_norm's roundings: normalise, round, scale, round
+        normed = (x.to(tl.float32) * rstd).to(x.dtype)
+        x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
+    if GATED_IN:  # silu(gate) * up, rounded like silu_and_mul
+        up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
+        gate = x.to(tl.float32)
+        x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
+    return x.to(tl.float32)
+
+
+@triton.jit
+def store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr,
+               HAS_BIAS: tl.constexpr, RES_OUT: tl.constexpr):  # fmt: skip
+    """The epilogue of a GEMV program: y (float32 [BLOCK_N]) + bias, rounded to out's dtype; with
+    RES_OUT, + residual (the new residual stream) and its sum of squares in part_out[pid]."""
+    if HAS_BIAS:
+        y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    y = y.to(out_ptr.dtype.element_ty)
+    if RES_OUT:  # round(linear) + residual
+        y = y.to(tl.float32) + tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        y = y.to(out_ptr.dtype.element_ty)
+        yf = tl.where(row_ok, y.to(tl.float32), 0.0)
+        tl.store(part_out_ptr + pid, tl.sum(yf * yf, axis=0))
+    tl.store(out_ptr + rows, y, mask=row_ok)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
     part_in_ptr, num_part_in, norm_w_ptr, eps, res_ptr, part_out_ptr,
@@ -38,37 +81,17 @@ def _gemv_kernel(
     if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    if NORM_IN:
-        # x is a residual stream whose sum of squares the producing GEMV left in partials.
-        p = tl.arange(0, BLOCK_P)
-        ss = tl.zeros([BLOCK_P], tl.float32)
-        for p0 in range(0, num_part_in, BLOCK_P):
-            ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+    rstd = 0.0
+    if NORM_IN:  # x is a residual stream whose sum of squares its producer left in partials
+        rstd = norm_rstd(part_in_ptr, num_part_in, K, eps, BLOCK_P)
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + cols
-        k_ok = k < K
-        x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
-        if NORM_IN:  # RMSNorm with add_rms_norm's roundings: normalise, round, scale, round
-            normed = (x.to(tl.float32) * rstd).to(x.dtype)
-            x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
-        if GATED_IN:  # x is [gate | up] of 2K: silu(gate) * up, rounded like silu_and_mul
-            up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
-            gate = x.to(tl.float32)
-            x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
-        w = tl.load(w_rows + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    y = y.to(out_ptr.dtype.element_ty)
-    if RES_OUT:  # the new residual stream: round(linear) + residual, and its sum of squares
-        y = y.to(tl.float32) + tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        y = y.to(out_ptr.dtype.element_ty)
-        yf = tl.where(row_ok, y.to(tl.float32), 0.0)
-        tl.store(part_out_ptr + pid, tl.sum(yf * yf, axis=0))
-    tl.store(out_ptr + rows, y, mask=row_ok)
+        w = tl.load(w_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
+        x = load_x(x_ptr, k, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
+        acc += w.to(tl.float32) * x[None, :]
+    store_rows(tl.sum(acc, axis=1), pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr,
+               HAS_BIAS, RES_OUT)  # fmt: skip
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:

@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 
 from minerva.ops import pdl as _pdl
-from minerva.ops.triton_quant import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0, _load_x
+from minerva.ops.triton_gemv import load_x, norm_rstd, store_rows
+from minerva.ops.triton_quant import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
 
 SPAN = {  # values per chunk of a tile
     Q8_0: 32,
@@ -51,13 +52,9 @@ def _quant_x_kernel(
         tl.extra.cuda.gdc_launch_dependents()
     rstd = 0.0
     if NORM_IN:
-        p = tl.arange(0, BLOCK_P)
-        ss = tl.zeros([BLOCK_P], tl.float32)
-        for p0 in range(0, num_part_in, BLOCK_P):
-            ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        rstd = norm_rstd(part_in_ptr, num_part_in, K, eps, BLOCK_P)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.reshape(_load_x(x_ptr, offs, K, rstd, norm_w_ptr, NORM_IN, GATED_IN), [BLOCK // 32, 32])
+    x = tl.reshape(load_x(x_ptr, offs, K, rstd, norm_w_ptr, NORM_IN, GATED_IN), [BLOCK // 32, 32])
     d = tl.max(tl.abs(x), axis=1) / 127.0
     inv = tl.where(d > 0, 1.0 / d, 0.0)
     q = tl.extra.cuda.libdevice.rint(x * inv[:, None])
@@ -208,15 +205,7 @@ def _qgemv_int8_kernel(
         acc += _dot_tile(w32_ptr, w8_ptr, w16_ptr, roff, row_ok, zero3, xq32_ptr, dx_ptr,
                          sx_ptr, k0, K, QT, C)  # fmt: skip
     y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    y = y.to(out_ptr.dtype.element_ty)
-    if RES_OUT:  # the new residual stream: round(linear) + residual, and its sum of squares
-        y = y.to(tl.float32) + tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        y = y.to(out_ptr.dtype.element_ty)
-        yf = tl.where(row_ok, y.to(tl.float32), 0.0)
-        tl.store(part_out_ptr + pid, tl.sum(yf * yf, axis=0))
-    tl.store(out_ptr + rows, y, mask=row_ok)
+    store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
 
 
 # ---- launchers ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from minerva.ops import pdl as _pdl
+from minerva.ops.triton_gemv import load_x, norm_rstd, store_rows
 
 # GGML type ids (quant/gguf_types.py's GGMLType, which this layer does not import)
 Q4_0, Q8_0, Q4_K, Q5_K, Q6_K = 2, 8, 12, 13, 14
@@ -159,21 +160,6 @@ def _tile_natural(w_ptr, w16_ptr, roff, roff16, row_ok, k0, K,
 
 
 @triton.jit
-def _load_x(x_ptr, k, K, rstd, norm_w_ptr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr):
-    """x at indices k (any shape), normalised or gated as the ops/triton_gemv.py kernel does."""
-    k_ok = k < K
-    x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
-    if NORM_IN:  # add_rms_norm's roundings: normalise, round, scale, round
-        normed = (x.to(tl.float32) * rstd).to(x.dtype)
-        x = (tl.load(norm_w_ptr + k, mask=k_ok, other=0.0) * normed).to(x.dtype)
-    if GATED_IN:  # x is [gate | up] of 2K: silu(gate) * up, rounded like silu_and_mul
-        up = tl.load(x_ptr + K + k, mask=k_ok, other=0.0)
-        gate = x.to(tl.float32)
-        x = (gate / (1.0 + tl.exp(-gate))).to(up.dtype) * up
-    return x.to(tl.float32)
-
-
-@triton.jit
 def _qgemv_kernel(
     x_ptr, w_ptr, w16_ptr, b_ptr, out_ptr, N, K, stride_w,
     part_in_ptr, num_part_in, norm_w_ptr, eps, res_ptr, part_out_ptr,
@@ -192,11 +178,7 @@ def _qgemv_kernel(
         tl.extra.cuda.gdc_launch_dependents()
     rstd = 0.0
     if NORM_IN:  # x is a residual stream whose sum of squares its producer left in partials
-        p = tl.arange(0, BLOCK_P)
-        ss = tl.zeros([BLOCK_P], tl.float32)
-        for p0 in range(0, num_part_in, BLOCK_P):
-            ss += tl.load(part_in_ptr + p0 + p, mask=p0 + p < num_part_in, other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        rstd = norm_rstd(part_in_ptr, num_part_in, K, eps, BLOCK_P)
     acc = tl.zeros([BLOCK_N, C, W], tl.float32)
     zero_rows = tl.zeros([BLOCK_N], tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -205,18 +187,10 @@ def _qgemv_kernel(
             # x at the tile's shape (the same element for every row): loaded in the weight
             # tile's own layout, where a [C, W] load would be moved through shared memory
             k3 = k[None, :, :] + zero_rows[:, None, None]
-            x = _load_x(x_ptr, k3, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
+            x = load_x(x_ptr, k3, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
             acc += w * x
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-    y = y.to(out_ptr.dtype.element_ty)
-    if RES_OUT:  # the new residual stream: round(linear) + residual, and its sum of squares
-        y = y.to(tl.float32) + tl.load(res_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        y = y.to(out_ptr.dtype.element_ty)
-        yf = tl.where(row_ok, y.to(tl.float32), 0.0)
-        tl.store(part_out_ptr + pid, tl.sum(yf * yf, axis=0))
-    tl.store(out_ptr + rows, y, mask=row_ok)
+    store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
 
 
 @triton.jit
