@@ -32,6 +32,23 @@ from gpu_bench import copy_bandwidth, run_batch, timed_generate  # noqa: E402
 from shapes import hf_config  # noqa: E402
 
 F16_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+"""Byte offsets of the f16 scales in a file block of each type."""
+
+
+def random_blocks(ggml_type, rows: int, cols: int, rng, scale: tuple[float, float]) -> np.ndarray:
+    """uint8 [rows, row bytes]: blocks of random codes whose f16 scales are uniform in `scale`
+    (valid weights, as fast to decode as trained ones)."""
+    from minerva.quant.gguf_types import BLOCK_GEOMETRY
+
+    block, size = BLOCK_GEOMETRY[ggml_type]
+    b = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    lo, hi = scale
+    for off in F16_FIELDS[ggml_type.name]:
+        d = (rng.random((rows, cols // block), dtype=np.float32) * (hi - lo) + lo).astype(
+            np.float16
+        )
+        b[:, :, off : off + 2] = d.view(np.uint8).reshape(rows, cols // block, 2)
+    return b.reshape(rows, -1)
 
 
 def write_random_gguf(shape: str, mix: str, path: Path) -> None:
@@ -40,7 +57,7 @@ def write_random_gguf(shape: str, mix: str, path: Path) -> None:
     from minerva.loader.gguf_export import write_gguf
     from minerva.loader.hf_config import _parse_config
     from minerva.quant.gguf_mix import mix_type
-    from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor
+    from minerva.quant.gguf_types import GGMLType, QuantizedTensor
 
     cfg = hf_config(shape)
     config = _parse_config(cfg, path)
@@ -70,19 +87,13 @@ def write_random_gguf(shape: str, mix: str, path: Path) -> None:
         layer = int(m.group(1)) if m else None
         return mix_type(mix, gguf_name, layer, n_layers, cols=shape_[-1])
 
-    def random_blocks(tensor: torch.Tensor, ggml_type: GGMLType) -> QuantizedTensor:
+    def quantize(tensor: torch.Tensor, ggml_type: GGMLType) -> QuantizedTensor:
         rows, cols = tensor.shape
-        block, size = BLOCK_GEOMETRY[ggml_type]
-        b = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
-        for off in F16_FIELDS[ggml_type.name]:
-            d = (rng.random((rows, cols // block), dtype=np.float32) * 9e-4 + 1e-4).astype(
-                np.float16
-            )
-            b[:, :, off : off + 2] = d.view(np.uint8).reshape(rows, cols // block, 2)
-        return QuantizedTensor(torch.from_numpy(b.reshape(rows, -1)), ggml_type, (rows, cols))
+        b = random_blocks(ggml_type, rows, cols, rng, (1e-4, 1e-3))
+        return QuantizedTensor(torch.from_numpy(b), ggml_type, (rows, cols))
 
     write_gguf(
-        config, tensors(), path, plan, quantize=random_blocks,
+        config, tensors(), path, plan, quantize=quantize,
         tokenizer_dir=demo_model_path(), file_type=mix.lower(), name=f"random-{shape}",
     )  # fmt: skip
 

@@ -18,9 +18,11 @@ import argparse
 import itertools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import triton
 from triton.testing import do_bench
@@ -28,33 +30,19 @@ from triton.testing import do_bench
 from minerva.ops import triton_gemv, triton_qgemv_int8, triton_quant
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_planes import from_planes, to_planes
-from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, row_bytes
+from minerva.quant.gguf_types import GGMLType, row_bytes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bench import copy_bandwidth  # noqa: E402
+from gpu_quant_bench import random_blocks  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-F16_FIELDS = {  # byte offsets of the f16 scales in a file block
-    GGMLType.Q8_0: (0,),
-    GGMLType.Q4_0: (0,),
-    GGMLType.Q4_K: (0, 2),
-    GGMLType.Q5_K: (0, 2),
-    GGMLType.Q6_K: (208,),
-}
 
 
 def random_planes(ggml_type: GGMLType, n: int, k: int) -> torch.Tensor:
     """Random codes with f16 scales in [1e-3, 1e-2), rewritten into planes on the GPU."""
-    block, size = BLOCK_GEOMETRY[ggml_type]
-    blocks = torch.randint(0, 256, (n, k // block, size), dtype=torch.uint8, device="cuda")
-    for off in F16_FIELDS[ggml_type]:
-        d = (torch.rand(n, k // block, device="cuda") * 9e-3 + 1e-3).half()
-        blocks[:, :, off : off + 2] = d.view(torch.uint8).reshape(n, k // block, 2)
-    return to_planes(blocks.reshape(n, -1), ggml_type, k)
-
-
-def copy_bandwidth() -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    ms = do_bench(lambda: b.copy_(a), warmup=20, rep=200, return_mode="median")
-    return 2 * a.numel() / (ms * 1e-3)
+    blocks = random_blocks(ggml_type, n, k, np.random.default_rng(n + k), (1e-3, 1e-2))
+    return to_planes(torch.from_numpy(blocks).cuda(), ggml_type, k)
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
