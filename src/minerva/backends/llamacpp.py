@@ -16,16 +16,16 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from minerva.backends.base import BackendStats, ModelInfo, StepObserver
+from minerva.backends.base import BackendStats, StepObserver
 from minerva.backends.llamacpp_files import gguf_for
 from minerva.backends.llamacpp_info import describe_model, doctor
 from minerva.backends.llamacpp_options import Placement, check_supported, llama_kwargs, placement
 from minerva.backends.llamacpp_pool import ContextPool, Job
 from minerva.backends.llamacpp_score import score_tokens
+from minerva.backends.model_facts import ModelFacts
 from minerva.config import EngineConfig
 from minerva.demo import resolve_model_arg
 from minerva.engine.async_engine import RequestStream
@@ -72,7 +72,7 @@ def load(
     return LlamaCppBackend(config, model, source, contexts, where, max_queued_requests)
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(ModelFacts):
     """Implements backends.base.Backend over a pool of llama_cpp.Llama contexts."""
 
     def __init__(
@@ -84,13 +84,10 @@ class LlamaCppBackend:
         where: Placement,
         max_queued_requests: int = 256,
     ) -> None:
-        self._source = source
-        self._tokenizer = source.tokenizer
-        self._eos_token_ids = list(source.eos_token_ids)
+        info = describe_model(model, source, contexts[0], where)
+        self._init_facts(source, source.tokenizer, source.eos_token_ids, info)
         self._contexts = contexts
         self._n_ctx = contexts[0].n_ctx()
-        self._info = describe_model(model, source, contexts[0], where)
-        self._info_lock = threading.Lock()
         self._observer: StepObserver | None = None
         self._observer_lock = threading.Lock()  # the pool's threads report concurrently
         self.pool = ContextPool(
@@ -312,59 +309,10 @@ class LlamaCppBackend:
             device_memory_total=self._platform.memory()[1],
         )
 
-    def model_info(self, digest: bool = True) -> ModelInfo:
-        if not digest:
-            return self._info
-        with self._info_lock:
-            if not self._info.digest:
-                self._info = dataclasses.replace(self._info, digest=self._source.digest())
-            return self._info
-
     @property
     def max_model_len(self) -> int:
         return self._n_ctx
 
-    @property
-    def vocab_size(self) -> int:
-        return self._info.vocab_size
-
-    # -- tokenizer and chat template --------------------------------------------------
-    @property
-    def has_tokenizer(self) -> bool:
-        return self._tokenizer is not None
-
-    @property
-    def chat_template(self) -> str | None:
-        template = self._source.chat_template
-        if isinstance(template, dict):  # named templates: the default one, else the first
-            template = template.get("default", next(iter(template.values()), None))
-        return template
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        return list(self._eos_token_ids)
-
-    def encode(self, text: str) -> list[int]:
-        return self._need_tokenizer("send token ids as the prompt", "prompt").encode(text)
-
-    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        tokenizer = self._need_tokenizer("read the output token ids instead", "prompt")
-        return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
-
-    def apply_chat_template(
-        self,
-        messages: list[dict],
-        add_generation_prompt: bool = True,
-        tools: list[dict] | None = None,
-    ) -> list[int]:
-        tokenizer = self._need_tokenizer("so chat is not available", "messages")
-        return tokenizer.encode_chat(messages, add_generation_prompt, tools)
-
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         values = {k: v for k, v in self._source.generation_defaults.items() if v is not None}
         return SamplingParams(**{**values, **overrides})
-
-    def _need_tokenizer(self, fix: str, param: str):
-        if self._tokenizer is None:
-            raise RequestError(f"this model has no tokenizer: {fix}", param=param)
-        return self._tokenizer

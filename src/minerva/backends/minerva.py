@@ -8,25 +8,18 @@ pass straight through to AsyncEngine.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import threading
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from minerva.backends.base import BackendStats, ModelInfo, StepObserver
+from minerva.backends.base import BackendStats, ModelInfo
+from minerva.backends.engine_backend import EngineBackend
 from minerva.config import EngineConfig
-from minerva.engine.async_engine import AsyncEngine, RequestStream
-from minerva.engine.llm_engine import EngineStats, LLMEngine
-from minerva.engine.outputs import RequestOutput, StepInfo
-from minerva.errors import RequestError
+from minerva.engine.llm_engine import LLMEngine
 from minerva.loader import ModelSource
 from minerva.loader.hf_config import CONFIG_FILE
 from minerva.models.registry import count_weight_bytes
-from minerva.request import Logprobs
-from minerva.sampling_params import SamplingParams
 
 
 def load(
@@ -36,76 +29,18 @@ def load(
     return MinervaBackend(LLMEngine(config, progress=progress), max_queued_requests)
 
 
-class _StepBridge:
-    """AsyncEngine's observer hook, forwarded without the engine's own stats type."""
-
-    def __init__(self, observer: StepObserver) -> None:
-        self.observer = observer
-
-    def on_step(self, info: StepInfo | None, outputs: list[RequestOutput], stats: EngineStats):
-        self.observer.on_step(info, outputs)
-
-
-class MinervaBackend:
+class MinervaBackend(EngineBackend):
     """Implements backends.base.Backend over an LLMEngine driven by an AsyncEngine."""
 
     def __init__(self, engine: LLMEngine, max_queued_requests: int = 256) -> None:
-        limits = engine.config.scheduler
-        self._engine = AsyncEngine(
-            engine, max_queued_requests, step_timeout=limits.step_timeout,
-            queue_timeout=limits.queue_timeout, request_timeout=limits.request_timeout,
-        )  # fmt: skip
+        source = _device_side(engine).source
+        super().__init__(engine, source, _model_info(engine), max_queued_requests)
         self._platform = engine.platform
-        self._tokenizer = engine.tokenizer
-        self._eos_token_ids = list(engine.eos_token_ids)
-        self._source = _device_side(engine).source
         self._dummy = engine.config.model.load_format == "dummy"
-        self._info = _model_info(engine)  # all but the digest, which reads every weight byte
-        self._info_lock = threading.Lock()
         self._model_memory = _model_memory(engine)
 
-    # -- lifecycle --------------------------------------------------------------------
-    def start(self) -> None:
-        self._engine.start()
-
-    async def drain(self, timeout: float) -> int:
-        return await self._engine.drain(timeout)
-
-    async def shutdown(self, timeout: float = 5.0) -> bool:
-        return await self._engine.shutdown(timeout)
-
-    @property
-    def is_running(self) -> bool:
-        return self._engine.is_running
-
-    # -- requests ---------------------------------------------------------------------
-    async def add_request(
-        self,
-        prompt: str | list[int],
-        params: SamplingParams,
-        request_id: str | None = None,
-        prompt_token_ids: list[int] | None = None,
-        arrival_time: float | None = None,
-        stream: bool = True,
-    ) -> RequestStream:
-        return await self._engine.add_request(
-            prompt, params, request_id, prompt_token_ids, arrival_time, stream
-        )
-
-    def abort(self, request_id: str) -> None:
-        self._engine.abort(request_id)
-
-    def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
-        self._engine.check_capacity(num_seqs, pending)
-
-    async def score(self, token_ids: list[int]) -> list[float]:
-        return await self._engine.score(token_ids)
-
-    async def prompt_logprobs(self, token_ids: list[int], num_top: int = 0) -> list[Logprobs]:
-        return await self._engine.prompt_logprobs(token_ids, num_top)
-
-    def set_observer(self, observer: StepObserver | None) -> None:
-        self._engine.observer = _StepBridge(observer) if observer is not None else None
+    def _compute_digest(self) -> str:
+        return _digest(self._source, self._dummy)
 
     # -- what it serves ---------------------------------------------------------------
     def stats(self) -> BackendStats:
@@ -133,63 +68,6 @@ class MinervaBackend:
             model_memory_bytes=self._model_memory,
             **spec_fields,
         )
-
-    def model_info(self, digest: bool = True) -> ModelInfo:
-        if not digest:
-            return self._info
-        with self._info_lock:  # one hash, however many threads ask
-            if not self._info.digest:
-                digest = _digest(self._source, self._dummy)
-                self._info = dataclasses.replace(self._info, digest=digest)
-            return self._info
-
-    @property
-    def max_model_len(self) -> int:
-        return self._info.context_length
-
-    @property
-    def vocab_size(self) -> int:
-        return self._info.vocab_size
-
-    # -- tokenizer and chat template --------------------------------------------------
-    @property
-    def has_tokenizer(self) -> bool:
-        return self._tokenizer is not None
-
-    @property
-    def chat_template(self) -> str | None:
-        template = self._source.chat_template  # the tokenizer's, or the file's own (GGUF)
-        if isinstance(template, dict):  # named templates: the default one, else the first
-            template = template.get("default", next(iter(template.values()), None))
-        return template
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        return list(self._eos_token_ids)
-
-    def encode(self, text: str) -> list[int]:
-        return self._need_tokenizer("send token ids as the prompt", "prompt").encode(text)
-
-    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        tokenizer = self._need_tokenizer("read the output token ids instead", "prompt")
-        return tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
-
-    def apply_chat_template(
-        self,
-        messages: list[dict],
-        add_generation_prompt: bool = True,
-        tools: list[dict] | None = None,
-    ) -> list[int]:
-        tokenizer = self._need_tokenizer("so chat is not available", "messages")
-        return tokenizer.encode_chat(messages, add_generation_prompt, tools)
-
-    def default_sampling_params(self, **overrides: Any) -> SamplingParams:
-        return self._engine.default_sampling_params(**overrides)
-
-    def _need_tokenizer(self, fix: str, param: str):
-        if self._tokenizer is None:
-            raise RequestError(f"this model has no tokenizer: {fix}", param=param)
-        return self._tokenizer
 
 
 def _model_info(engine: LLMEngine) -> ModelInfo:
