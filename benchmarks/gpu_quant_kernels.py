@@ -184,7 +184,7 @@ def main() -> None:
 
     for type_name in args.types:
         t = GGMLType[type_name]
-        span = triton_quant._MIN_BLOCK_K[t]
+        span = triton_quant.SPAN[t]
         for shape in args.shapes:
             n, k = SHAPES[shape]
             w = Weights(t, n, k, l2)

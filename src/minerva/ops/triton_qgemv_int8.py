@@ -20,15 +20,8 @@ import triton.language as tl
 
 from minerva.ops import pdl as _pdl
 from minerva.ops.triton_gemv import load_x, norm_rstd, store_rows
-from minerva.ops.triton_quant import Q4_0, Q4_K, Q5_K, Q6_K, Q8_0
+from minerva.ops.triton_quant import SPAN
 
-SPAN = {  # values per chunk of a tile
-    Q8_0: 32,
-    Q4_0: 32,
-    Q4_K: 64,
-    Q5_K: 64,
-    Q6_K: 128,
-}
 LOW4 = tl.constexpr(0x0F0F0F0F)  # the low nibble of each of four bytes
 
 

@@ -37,8 +37,8 @@ _GEOMETRY = {
     Q5_K: (64, 32, 2),
     Q6_K: (128, 16, 8),
 }
-# the K granularity of a tile: one chunk
-_MIN_BLOCK_K = {t: span for t, (span, _, _) in _GEOMETRY.items()}
+SPAN = {t: span for t, (span, _, _) in _GEOMETRY.items()}
+"""Values per chunk: the K granularity of every kernel's tiles (also ops/triton_qgemv_int8.py's)."""
 
 
 @triton.jit
@@ -258,14 +258,14 @@ def _geometry(ggml_type: int, block_k: int) -> tuple[int, int, int]:
 
 def gemv_config(ggml_type: int, n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) of the one-token kernel."""
-    return 4, max(_MIN_BLOCK_K[ggml_type], 1024), 4, 3
+    return 4, max(SPAN[ggml_type], 1024), 4, 3
 
 
 def gemm_config(ggml_type: int, m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the several-token kernel."""
     if m <= 16:
-        return 16, 32, max(_MIN_BLOCK_K[ggml_type], 256), 4, 3
-    return 64, 128, max(_MIN_BLOCK_K[ggml_type], 128), 8, 3
+        return 16, 32, max(SPAN[ggml_type], 256), 4, 3
+    return 64, 128, max(SPAN[ggml_type], 128), 8, 3
 
 
 def _views(planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,7 +355,7 @@ def dequantize(
 ) -> torch.Tensor:
     """The weight [N, cols] in `dtype`, decoded from its planes."""
     n = planes.shape[0]
-    block_n, block_k = 16, max(_MIN_BLOCK_K[ggml_type], 256)
+    block_n, block_k = 16, max(SPAN[ggml_type], 256)
     c, width, groups = _geometry(ggml_type, block_k)
     out = torch.empty(n, cols, dtype=dtype, device=planes.device)
     w, w16 = _views(planes)
