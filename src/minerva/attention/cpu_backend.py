@@ -40,6 +40,11 @@ def load() -> bool:
     return lib is not None
 
 
+def entries(dtype: torch.dtype) -> tuple:
+    """(decode attention, KV write) C functions of `dtype` (cpu_decode_step.c calls them)."""
+    return _attend.get(dtype), _write.get(dtype)
+
+
 def write_kv(
     kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
@@ -203,6 +208,11 @@ class CPUAttention:
 
     write_kv = staticmethod(write_kv)
     paged_attention = staticmethod(paged_attention)
+
+    @staticmethod
+    def step_kernels(dtype: torch.dtype) -> tuple | None:
+        """(attend, write_kv) C functions for a whole-step kernel (ops/cpu_decode_step.py)."""
+        return entries(dtype) if load() else None
 
     def plan_decode_graph(self, meta, num_kv_heads: int, max_seq_len: int) -> None:
         """Not graph-safe: nothing to plan."""

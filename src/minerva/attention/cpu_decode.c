@@ -16,7 +16,7 @@
 #include "simd.h"
 
 // Work below this many multiply-adds runs on the calling thread (a fork costs microseconds).
-#define PARALLEL_MIN (1 << 17)
+#define PARALLEL_MIN (1 << 14)
 
 // x[0:n] = softmax(x[0:n]) in place, in fp32.
 static void softmax(float *x, int64_t n) {
@@ -124,23 +124,26 @@ static void softmax(float *x, int64_t n) {
         }                                                                                         \
         work *= heads * dim;                                                                      \
         int64_t group = heads / kv_heads;                                                         \
+        /* few (row, KV head) units for the threads: split each unit's query heads apart */      \
+        int64_t split = rows * kv_heads < 2 * (int64_t)threads ? group : 1;                      \
+        int64_t per = group / split; /* query heads per unit */                                  \
         int64_t plane = num_blocks * block_size * kv_heads * dim; /* K to V */                    \
         int failed = 0;                                                                           \
         _Pragma("omp parallel num_threads(threads) if (work >= PARALLEL_MIN)") {                  \
-            float *buf = thread_scratch(group * (longest + 2 * dim));                             \
+            float *buf = thread_scratch(per * (longest + 2 * dim));                               \
             if (!buf) {                                                                           \
                 _Pragma("omp atomic write") failed = 1;                                           \
             }                                                                                     \
-            _Pragma("omp for schedule(static)") for (int64_t u = 0; u < rows * kv_heads; u++) {   \
-                int64_t i = u / kv_heads, h = u % kv_heads;                                       \
+            _Pragma("omp for schedule(static)") for (int64_t u = 0; u < rows * heads / per; u++) { \
+                int64_t i = u / (heads / per), h = u % (heads / per) * per; /* first q head */   \
                 int64_t len = seq_lens[i];                                                        \
                 int64_t start = window > 0 && len > window ? len - window : 0;                    \
                 if (buf)                                                                          \
-                    group_##SUFFIX(q + i * q_row + h * group * dim, group, kv_cache + h * dim,    \
+                    group_##SUFFIX(q + i * q_row + h * dim, per, kv_cache + h / group * dim,      \
                                    plane, kv_heads * dim, block_size,                             \
                                    block_tables + i * bt_stride, start, len, dim, scale,          \
-                                   buf + 2 * group * dim, buf, buf + group * dim,                 \
-                                   out + (i * heads + h * group) * dim);                          \
+                                   buf + 2 * per * dim, buf, buf + per * dim,                     \
+                                   out + (i * heads + h) * dim);                                  \
             }                                                                                     \
         }                                                                                         \
         return failed ? -1 : 0;                                                                   \

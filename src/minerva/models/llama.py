@@ -13,6 +13,7 @@ from torch import nn
 
 from minerva.attention import AttentionMetadata
 from minerva.errors import ModelLoadError
+from minerva.models import llama_cpu_step
 from minerva.models.embedding import Embedding
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.linear import (
@@ -24,6 +25,7 @@ from minerva.models.linear import (
 )
 from minerva.models.options import ModelOptions
 from minerva.models.rope import fold_sin, rope_cos_sin
+from minerva.ops.cpu_decode_step import DecodeStep
 from minerva.quant.gguf_dequant import dequantize_tensor
 from minerva.quant.gguf_types import QuantizedTensor
 
@@ -198,6 +200,9 @@ class LlamaForCausalLM(nn.Module):
         self.sin: torch.Tensor | None = None
         # Batch-1 steps with the glue folded into the GEMVs (the kernel set has them: CUDA).
         self.one_token = options.kernels.one_token
+        # Decode steps on the CPU as one C call (models/llama_cpu_step.py), built at first use.
+        self.use_cpu_step = options.kernels.name == "cpu"
+        self._cpu_step: DecodeStep | None | bool = False  # False: not built yet
 
     def tie_weights(self) -> None:
         """With tied embeddings the lm_head's weight is the embedding table (after to_empty too)
@@ -225,6 +230,7 @@ class LlamaForCausalLM(nn.Module):
         )
         self.cos = cos.to(device, self.dtype)
         self.sin = fold_sin(sin).to(device, self.dtype)
+        self._cpu_step = False  # its plan points at the tables
 
     def forward(
         self,
@@ -239,6 +245,10 @@ class LlamaForCausalLM(nn.Module):
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
             return self._forward_one_token(x, cos, sin, kv_caches, meta)
+        if self.use_cpu_step:
+            logits = self._cpu_decode(x, positions, kv_caches, meta, logits_indices)
+            if logits is not None:
+                return logits
         x, residual = self._layers(x, cos, sin, kv_caches, meta)
         # Only the rows that sample need the final norm and the vocab projection.
         x, _ = self.model.norm(x[logits_indices], residual[logits_indices])
@@ -293,6 +303,22 @@ class LlamaForCausalLM(nn.Module):
         norm, head = self.model.norm, self.lm_head
         return head.method.apply_norm_in(head, h, partials, norm.weight, norm.eps).float()
 
+    def _cpu_decode(self, x, positions, kv_caches, meta, logits_indices) -> torch.Tensor | None:
+        """A step of decode rows only (one token each, each sampled) through the CPU's
+        whole-step kernel; None where it does not apply (the layered path runs)."""
+        n = x.shape[0]
+        if meta.num_decodes != n or meta.num_seqs != n or logits_indices.shape[0] != n:
+            return None
+        if meta.verify_rows:
+            return None
+        if self._cpu_step is False:
+            self._cpu_step = llama_cpu_step.build(self)
+        if self._cpu_step is None:
+            return None
+        return self._cpu_step.run(
+            x, positions, kv_caches, meta.slot_mapping, meta.block_tables, meta.seq_lens
+        )
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [T, hidden] (already normed) -> logits [T, vocab] in float32."""
         head = self.lm_head
@@ -336,6 +362,7 @@ class LlamaForCausalLM(nn.Module):
 
     def process_weights_after_loading(self) -> None:
         """Let every linear method repack what it loaded (after load_weights or dummy init)."""
+        self._cpu_step = False  # the step's plan points at the weights: built again
         for module in self.modules():
             if isinstance(module, Linear):
                 module.method.process_after_loading(module)

@@ -53,6 +53,11 @@ def bind(lib: ctypes.CDLL) -> None:
     _max_rows.update(MAX_ROWS)
 
 
+def entry(dtype: torch.dtype):
+    """The C function of `dtype` (cpu_decode_step.c calls it), or None."""
+    return _kernels.get(dtype)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """F.linear(x, weight, bias), through the C kernel where it applies."""
     fn = _kernels.get(x.dtype)

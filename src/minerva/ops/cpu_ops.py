@@ -1,4 +1,4 @@
-"""The layer glue on the CPU in one C call each (cpu_glue.c): add + RMSNorm and RoPE.
+"""The layer glue on the CPU in one C call each (cpu_glue.c): add + RMSNorm, RoPE, SiLU * mul.
 
 The same interface as ops.triton_ops, so the CPU kernel set (ops/kernels.py) plugs it into the
 same places. The torch code in ops/torch_ops.py is the slow twin and the fallback for whatever the kernels do not take (other devices, autograd,
@@ -14,7 +14,6 @@ import torch
 
 from minerva.ops import native, torch_ops
 from minerva.ops.torch_ops import apply_rope as torch_rope
-from minerva.ops.torch_ops import silu_and_mul  # torch: already two cheap ops
 
 __all__ = ["add_rms_norm", "apply_rope", "load", "silu_and_mul"]
 
@@ -22,6 +21,7 @@ SOURCE = Path(__file__).with_name("cpu_glue.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 _norm: dict[torch.dtype, object] = {}
 _rope: dict[torch.dtype, object] = {}
+_silu_mul: dict[torch.dtype, object] = {}
 
 
 def load() -> bool:
@@ -36,8 +36,15 @@ def load() -> bool:
             norm.argtypes = [p] * 5 + [i64, i64, ctypes.c_float, ctypes.c_int]
             rope = getattr(lib, f"minerva_rope_{suffix}")
             rope.argtypes = [p] * 4 + [i64] * 5 + [ctypes.c_int]
-            _norm[dtype], _rope[dtype] = norm, rope
+            silu_mul = getattr(lib, f"minerva_silu_mul_{suffix}")
+            silu_mul.argtypes = [p, p, i64, i64, ctypes.c_int]
+            _norm[dtype], _rope[dtype], _silu_mul[dtype] = norm, rope, silu_mul
     return lib is not None
+
+
+def entry(name: str, dtype: torch.dtype):
+    """The C function `name` ("norm", "rope", "silu_mul") of `dtype`, or None."""
+    return {"norm": _norm, "rope": _rope, "silu_mul": _silu_mul}[name].get(dtype)
 
 
 def _same_layout(residual: torch.Tensor | None, x: torch.Tensor) -> bool:
@@ -119,3 +126,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> 
         torch.get_num_threads(),
     )
     return out if rc == 0 else torch_rope(x, cos, sin_signed)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] (gate | up) -> silu(gate) * up [T, I], as torch_ops.silu_and_mul."""
+    fn = _silu_mul.get(gate_up.dtype)
+    if (
+        fn is None
+        or not gate_up.is_cpu
+        or gate_up.dim() != 2
+        or gate_up.shape[1] % 2
+        or not gate_up.is_contiguous()
+        or torch.is_grad_enabled()
+    ):
+        return torch_ops.silu_and_mul(gate_up)
+    tokens, inter = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(tokens, inter, dtype=gate_up.dtype)
+    rc = fn(gate_up.data_ptr(), out.data_ptr(), tokens, inter, torch.get_num_threads())
+    return out if rc == 0 else torch_ops.silu_and_mul(gate_up)

@@ -67,13 +67,6 @@ INLINE float hsum_f32(__m256 v) {  // simd.h's vsum is 512-bit wide on AVX-512 b
     return _mm_cvtss_f32(s);
 }
 
-INLINE int hsum_i32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
-}
-
 // the 32 high bits of Q5_0 / Q5_1 (a little-endian uint32) as bytes 0x10 or 0
 INLINE __m256i high_bits_x16(const uint8_t *qh) {
     uint32_t bits;

@@ -39,6 +39,11 @@ def load() -> bool:
     return lib is not None
 
 
+def entry():
+    """The C function y = x @ W^T on the file's blocks (cpu_decode_step.c calls it), or None."""
+    return _fn[0] if _fn or load() else None
+
+
 def status() -> str | None:
     """None when the kernel is loaded (or not yet tried), else why it is off."""
     return native.problem(SOURCE)

@@ -549,21 +549,21 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
 
 #define DEFINE_GROUPS(NAME)                                                                    \
     INLINE void groups_m_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a, \
-                                float *y, int64_t N, int64_t g0, int64_t g1, const int M) {    \
+                                float *y, int64_t ldy, int64_t g0, int64_t g1, const int M) {  \
         for (int64_t gi = g0; gi < g1; gi++) {                                                 \
             __m256 acc[MAX_ROWS];                                                              \
             UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();                  \
             dot8_##NAME(W + gi * gbytes, a, M, nb, acc);                                       \
-            UNROLL for (int m = 0; m < M; m++) _mm256_storeu_ps(y + m * N + 8 * gi, acc[m]);  \
+            UNROLL for (int m = 0; m < M; m++) _mm256_storeu_ps(y + m * ldy + 8 * gi, acc[m]);\
         }                                                                                      \
     }                                                                                          \
     static void groups_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a,   \
-                              float *y, int64_t N, int64_t g0, int64_t g1, int64_t M) {        \
+                              float *y, int64_t ldy, int64_t g0, int64_t g1, int64_t M) {      \
         switch (M) {                                                                           \
-        case 1: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 1); break;                     \
-        case 2: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 2); break;                     \
-        case 3: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 3); break;                     \
-        default: groups_m_##NAME(W, gbytes, nb, a, y, N, g0, g1, 4); break;                    \
+        case 1: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 1); break;                   \
+        case 2: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 2); break;                   \
+        case 3: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 3); break;                   \
+        default: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 4); break;                  \
         }                                                                                      \
     }
 
@@ -576,13 +576,14 @@ DEFINE_GROUPS(q6_k)
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
 
-// y [M, N] = x [M, K] @ W^T for W [N, K] in the x8 layout of `type`; 0 on success, -1 on bad
-// arguments or no memory (the caller then takes its torch path).
-int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N,
-                     int64_t K, int threads) {
+// y [M, N] (rows ldy >= N floats apart) = x [M, K] @ W^T for W [N, K] in the x8 layout of
+// `type`; 0 on success, -1 on bad arguments or no memory (the caller then takes its torch path).
+// With ldy > N, one group of a fused layer's output rows writes straight into its columns.
+int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, int64_t ldy,
+                        int64_t M, int64_t N, int64_t K, int threads) {
     int block, bytes;
     if (!minerva_x8_supports(type) || !x8_geometry(type, &block, &bytes) || M < 1 || N < 8 ||
-        N % 8 || K < 1 || K % block || threads < 1)
+        N % 8 || K < 1 || K % block || ldy < N || threads < 1)
         return -1;
     const groups_fn groups = type == T_Q8_0 ? groups_q8_0 : type == T_Q4_0 ? groups_q4_0
                            : type == T_Q4_K ? groups_q4_k : type == T_Q5_K ? groups_q5_k
@@ -609,14 +610,26 @@ int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64
         for (int64_t t0 = g0; t0 < g1; t0 += tile) {
             const int64_t t1 = t0 + tile < g1 ? t0 + tile : g1;
             for (int64_t m = 0; m < M; m += MAX_ROWS)
-                groups(W, gbytes, nb, a + m, y + m * N, N, t0, t1, M - m < MAX_ROWS ? M - m : MAX_ROWS);
+                groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1,
+                       M - m < MAX_ROWS ? M - m : MAX_ROWS);
         }
     }
     free(a);
     return 0;
 }
 
+int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N,
+                     int64_t K, int threads) {
+    return minerva_x8_qgemm_ld(type, W, x, y, N, M, N, K, threads);
+}
+
 #else
+
+int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, int64_t ldy,
+                        int64_t M, int64_t N, int64_t K, int threads) {
+    (void)type, (void)W, (void)x, (void)y, (void)ldy, (void)M, (void)N, (void)K, (void)threads;
+    return -1;
+}
 
 int minerva_x8_qgemm(int type, const uint8_t *W, const float *x, float *y, int64_t M, int64_t N,
                      int64_t K, int threads) {

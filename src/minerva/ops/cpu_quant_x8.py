@@ -33,8 +33,15 @@ def _bound():
     for name in ("minerva_x8_repack", "minerva_x8_unpack"):
         getattr(lib, name).argtypes = [ctypes.c_int, p, p, i64, i64, ctypes.c_int]
     lib.minerva_x8_supports.argtypes = [ctypes.c_int]
+    lib.minerva_x8_qgemm_ld.argtypes = [ctypes.c_int, p, p, p, i64, i64, i64, i64, ctypes.c_int]
     _lib.append(lib)
     return lib
+
+
+def entry():
+    """The C function y = x @ W^T with a row stride for y (cpu_decode_step.c calls it), or None."""
+    lib = _bound()
+    return None if lib is None else lib.minerva_x8_qgemm_ld
 
 
 def status() -> str | None:

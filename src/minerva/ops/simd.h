@@ -24,6 +24,8 @@ INLINE vec vset1(float v) { return _mm512_set1_ps(v); }
 INLINE vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 INLINE vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 INLINE vec vmax(vec a, vec b) { return _mm512_max_ps(a, b); }
+INLINE vec vmin(vec a, vec b) { return _mm512_min_ps(a, b); }
+INLINE vec vdiv(vec a, vec b) { return _mm512_div_ps(a, b); }
 INLINE vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 INLINE vec vround(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT); }
 INLINE vec vpow2i(vec n) {  // 2^n for whole n in [-126, 127]
@@ -52,6 +54,8 @@ INLINE vec vset1(float v) { return _mm256_set1_ps(v); }
 INLINE vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 INLINE vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 INLINE vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
+INLINE vec vmin(vec a, vec b) { return _mm256_min_ps(a, b); }
+INLINE vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
 INLINE vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 INLINE vec vround(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT); }
 INLINE vec vpow2i(vec n) {
@@ -99,6 +103,8 @@ INLINE vec vset1(float v) { LANEWISE(v); }
 INLINE vec vadd(vec a, vec b) { LANEWISE(a.v[i] + b.v[i]); }
 INLINE vec vmul(vec a, vec b) { LANEWISE(a.v[i] * b.v[i]); }
 INLINE vec vmax(vec a, vec b) { LANEWISE(a.v[i] > b.v[i] ? a.v[i] : b.v[i]); }
+INLINE vec vmin(vec a, vec b) { LANEWISE(a.v[i] < b.v[i] ? a.v[i] : b.v[i]); }
+INLINE vec vdiv(vec a, vec b) { LANEWISE(a.v[i] / b.v[i]); }
 INLINE vec vfma(vec a, vec b, vec c) { LANEWISE(a.v[i] * b.v[i] + c.v[i]); }
 INLINE vec vround(vec a) { LANEWISE(__builtin_rintf(a.v[i])); }
 INLINE float pow2i(float n) {
@@ -155,6 +161,13 @@ INLINE vec vexp_neg(vec x) {
     p = vfma(p, r, vset1(5.0000001201e-1f));
     p = vfma(vmul(p, r), r, vadd(r, vset1(1.0f)));
     return vmul(p, vpow2i(n));
+}
+
+// silu(x) = x / (1 + exp(-x)), exp through vexp_neg's polynomial (valid up to 2^127 for the
+// positive arguments of x >= -88; below that silu is -0 within float precision anyway).
+INLINE vec vsilu(vec x) {
+    vec e = vexp_neg(vmin(vmul(x, vset1(-1.0f)), vset1(88.0f)));
+    return vdiv(x, vadd(vset1(1.0f), e));
 }
 
 // ---- scalar conversions ---------------------------------------------------------------------

@@ -11,6 +11,10 @@ added in the epilogue, optionally SiLU * mul on the input). The defaults here co
 thing layer by layer with torch, so a method without fused kernels still works on that path.
 `partials` is a float32 tensor of any length whose sum is the residual stream's sum of squares;
 every producer and consumer keeps that contract, so methods can be mixed across layers.
+
+`step_groups` describes the weights to the CPU's whole-step decode kernel
+(ops/cpu_decode_step.py): a method whose `apply` runs one of the C kernels that step can call
+says which, so the step computes exactly what `apply` does; None keeps the layered path.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ class LinearMethod:
     def weight_bytes(self, layer: nn.Module) -> int:
         """Bytes the layer's weights take on the device (what streams through per token)."""
         return sum(p.numel() * p.element_size() for p in layer.parameters(recurse=False))
+
+    def step_groups(self, layer: nn.Module) -> list[tuple[int, int, int, torch.Tensor]] | None:
+        """The weights as (kind, GGML type, rows, tensor) groups along the output, kind from
+        ops/cpu_decode_step.py (DENSE float32, X8 or FILE GGUF blocks), when `apply` on the
+        CPU in float32 is that kernel for every group; None (the default) otherwise."""
+        return None
 
     # -- optional fused hooks of the batch-1 path (defaults: the layered computation) --------
     def apply_norm_in(

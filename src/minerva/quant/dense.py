@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minerva.ops import cpu_decode_step, cpu_linear
 from minerva.ops.kernels import KernelSet
 from minerva.quant.base import LinearMethod, shape_mismatch
 
@@ -48,6 +49,17 @@ class DenseLinearMethod(LinearMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x, layer.weight, layer.bias)
+
+    def step_groups(self, layer: nn.Module):
+        """One float32 group when apply is the CPU kernel set's linear (the C GEMV)."""
+        w, b = layer.weight, layer.bias
+        if self.linear is not cpu_linear.linear or w.dtype != torch.float32 or not w.is_cpu:
+            return None
+        if cpu_linear.MAX_ROWS[torch.float32] < cpu_decode_step.MAX_ROWS:
+            return None  # apply would take F.linear for some of the step's rows
+        if not w.is_contiguous() or b is not None and (b.dtype != w.dtype or not b.is_contiguous()):
+            return None
+        return [(cpu_decode_step.DENSE, 0, w.shape[0], w)]
 
     def apply_norm_in(self, layer, h, partials, norm_weight, eps) -> torch.Tensor:
         if self.gemv_rms_norm is None:

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from minerva.errors import ModelLoadError
-from minerva.ops import cpu_quant_x8
+from minerva.ops import cpu_decode_step, cpu_quant, cpu_quant_x8
+from minerva.quant import gguf_matmul as gguf_matmul_module
 from minerva.quant import gguf_planes
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
 from minerva.quant.gguf_matmul import gguf_matmul
@@ -193,6 +194,29 @@ class GGUFLinearMethod(LinearMethod):
         if layer.bias is not None:
             y = y + layer.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*lead, y.shape[-1])
+
+    def step_groups(self, layer):
+        """The groups in the x8 layout, or the file's for a type with a C kernel (what
+        gguf_matmul runs for float32 x on the CPU)."""
+        if layer.gguf_pending or not layer.gguf_groups:
+            return None
+        if gguf_matmul_module.KERNEL_MAX_ROWS < cpu_decode_step.MAX_ROWS:
+            return None  # apply would take the torch twin for some of the step's rows
+        if layer.bias is not None and layer.bias.dtype != torch.float32:
+            return None
+        groups = []
+        for name, ggml_type, rows, layout in layer.gguf_groups:
+            data = getattr(layer, name)
+            if not data.is_cpu or not data.is_contiguous():
+                return None
+            if layout == "x8":
+                kind = cpu_decode_step.X8
+            elif layout == "file" and cpu_quant.has_kernel(ggml_type):
+                kind = cpu_decode_step.FILE
+            else:
+                return None
+            groups.append((kind, int(ggml_type), rows, data))
+        return groups
 
     # -- one token: the Triton GEMVs over every group, x quantized once (bf16 / fp16 models) --
     def _fused(self, layer) -> bool:

@@ -1,0 +1,101 @@
+"""The CPU's whole-step decode plan of a Llama-family model (ops/cpu_decode_step.py).
+
+`build` reads a loaded LlamaForCausalLM into the plain-data plan the C step runs: every layer's
+norm weights, sliding window and linear layers (each through its method's `step_groups`). It
+returns None, and the model keeps its layered forward, wherever the step would not compute what
+that forward computes: another kernel set or attention backend than the CPU's C ones, a dtype
+other than float32, a method without a step kernel, weights not yet processed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from minerva.ops import cpu_decode_step as step
+from minerva.ops.cpu_decode_step import DecodeStep, LayerPlan, LinearPlan, ModelPlan
+
+
+def build(model) -> DecodeStep | None:
+    """The step of `model` (a LlamaForCausalLM), or None where it does not apply."""
+    options = model.options
+    if options.kernels.name != "cpu" or model.dtype != torch.float32 or model.cos is None:
+        return None
+    step_kernels = getattr(options.attention, "step_kernels", None)
+    attention = step_kernels(torch.float32) if step_kernels is not None else None
+    kernels = step.kernels(attention) if attention is not None else None
+    if kernels is None:
+        return None
+    keep: list[torch.Tensor] = []
+    layers = model.model.layers
+    eps = layers[0].input_layernorm.eps
+    plans = (LayerPlan * len(layers))()
+    for plan, layer in zip(plans, layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        norms = (layer.input_layernorm, layer.post_attention_layernorm)
+        if any(n.eps != eps for n in norms):
+            return None
+        linears = [
+            (plan.qkv, attn.qkv_proj),
+            (plan.o, attn.o_proj),
+            (plan.gate_up, mlp.gate_up_proj),
+            (plan.down, mlp.down_proj),
+        ]
+        if not all(_linear(dst, src, kernels, keep) for dst, src in linears):
+            return None
+        plan.in_norm, plan.post_norm = (_ptr(n.weight, keep) for n in norms)
+        if plan.in_norm is None or plan.post_norm is None:
+            return None
+        plan.window = attn.window or 0
+    c, first = model.config, layers[0].self_attn
+    head = LinearPlan()
+    if not _linear(head, model.lm_head, kernels, keep):
+        return None
+    final_norm = _ptr(model.model.norm.weight, keep)
+    cos, sin = _ptr(model.cos, keep), _ptr(model.sin, keep)
+    if final_norm is None or cos is None or sin is None or model.model.norm.eps != eps:
+        return None
+    plan = ModelPlan(
+        layers=len(layers), hidden=c.hidden_size, heads=first.num_heads,
+        kv_heads=first.num_kv_heads, head_dim=first.head_dim,
+        intermediate=layers[0].mlp.intermediate_size, vocab=model.lm_head.out_features,
+        max_positions=model.cos.shape[0], eps=eps, scale=first.scale,
+        layer=ctypes.cast(plans, ctypes.POINTER(LayerPlan)), final_norm=final_norm, head=head,
+        cos=cos, sin=sin, k=kernels,
+    )  # fmt: skip
+    return DecodeStep(plan, plans, keep, step.MAX_ROWS)
+
+
+def _linear(dst: LinearPlan, layer, kernels, keep: list[torch.Tensor]) -> bool:
+    """Fill `dst` from a linear layer; False where its method has no step kernel."""
+    groups = layer.method.step_groups(layer)
+    if not groups or len(groups) > step.MAX_GROUPS:
+        return False
+    if any(kind == step.X8 for kind, *_ in groups) and not kernels.x8:
+        return False
+    if any(kind == step.FILE for kind, *_ in groups) and not kernels.qgemm:
+        return False
+    dst.in_features, dst.out_features, dst.n_groups = (
+        layer.in_features,
+        layer.out_features,
+        len(groups),
+    )
+    for g, (kind, ggml_type, rows, tensor) in zip(dst.groups, groups):
+        g.kind, g.type, g.rows, g.w = kind, ggml_type, rows, tensor.data_ptr()
+        keep.append(tensor)
+    if layer.bias is None:
+        dst.bias = None
+    else:
+        dst.bias = _ptr(layer.bias, keep)
+        if dst.bias is None:
+            return False
+    return sum(rows for _, _, rows, _ in groups) == layer.out_features
+
+
+def _ptr(t: torch.Tensor, keep: list[torch.Tensor]) -> int | None:
+    """The address of a float32 contiguous CPU tensor (kept alive), else None."""
+    if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous():
+        return None
+    keep.append(t)
+    return t.data_ptr()

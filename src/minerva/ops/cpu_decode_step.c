@@ -1,0 +1,176 @@
+// A whole decode step of a Llama-family model on the CPU in one call: M decode rows (one new
+// token each), float32 activations and KV cache.
+//
+// The layered forward (models/llama.py) runs ~12 kernels per layer, each behind a Python call,
+// a torch allocation and a ctypes call; on a 30-layer 135M-parameter model that glue costs
+// more time than the kernels. This file runs the very same kernels in the same order over one
+// scratch buffer: their entry points (cpu_quant_x8.c, cpu_quant.c, cpu_gemv.c, cpu_glue.c,
+// attention/cpu_decode.c) come in as function pointers, so its logits equal the layered path's
+// bit for bit. The only arithmetic of its own is the bias add of a quantized layer (one float
+// add, as torch's). ops/cpu_decode_step.py mirrors the structs and is the only caller.
+// Built and loaded by minerva.ops.native.
+
+#include <stdint.h>
+#include <string.h>
+
+enum { W_DENSE = 0, W_X8 = 1, W_FILE = 2 };  // how a group's weight is stored
+#define MAX_GROUPS 4
+
+typedef int (*x8_fn)(int, const void *, const float *, float *, int64_t, int64_t, int64_t,
+                     int64_t, int);  // type, W, x, y, ldy, M, N, K, threads
+typedef int (*qgemm_fn)(int, const void *, const float *, float *, int64_t, int64_t, int64_t,
+                        int);  // type, W, x, y, M, N, K, threads
+typedef int (*gemv_fn)(const void *, const float *, const float *, float *, int64_t, int64_t,
+                       int64_t, int);  // W, x, bias, y, M, N, K, threads
+typedef int (*norm_fn)(const float *, const float *, const float *, float *, float *, int64_t,
+                       int64_t, float, int);  // x, res, w, out, res_out, rows, cols, eps, threads
+typedef int (*rope_fn)(const float *, const float *, const float *, float *, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int);
+typedef int (*silu_fn)(const float *, float *, int64_t, int64_t, int);
+typedef int (*attend_fn)(const float *, int64_t, const float *, int64_t, int64_t, int64_t,
+                         int64_t, const int32_t *, int64_t, const int32_t *, int64_t, int64_t,
+                         float, int64_t, float *, int);
+typedef int (*write_kv_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t,
+                           int64_t, const int64_t *, int64_t);
+
+typedef struct {
+    x8_fn x8;
+    qgemm_fn qgemm;
+    gemv_fn gemv;
+    norm_fn norm;
+    rope_fn rope;
+    silu_fn silu_mul;
+    attend_fn attend;
+    write_kv_fn write_kv;
+} step_kernels;
+
+typedef struct {  // consecutive output rows of a linear layer stored one way
+    int32_t kind;   // W_DENSE (float32 [rows, in]), W_X8 or W_FILE (GGUF blocks of `type`)
+    int32_t type;   // GGML type id (quantized kinds)
+    int64_t rows;
+    const void *w;
+} step_group;
+
+typedef struct {
+    int64_t in, out;
+    int32_t n_groups;
+    step_group groups[MAX_GROUPS];
+    const float *bias;  // [out] or NULL
+} step_linear;
+
+typedef struct {
+    step_linear qkv, o, gate_up, down;
+    const float *in_norm, *post_norm;
+    int64_t window;  // sliding window, 0 = full attention
+} step_layer;
+
+typedef struct {
+    int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, max_positions;
+    float eps, scale;
+    const step_layer *layer;  // [layers]
+    const float *final_norm;
+    step_linear head;
+    const float *cos, *sin;  // [max_positions, head_dim] (sin sign-folded, as rope.py)
+    step_kernels k;
+} step_model;
+
+// Scratch floats of one step of M rows: the buffers below, laid out by `carve`.
+typedef struct {
+    float *res, *x, *xn, *qkv, *qk, *att, *gate_up, *act, *tmp;
+} step_buffers;
+
+static int64_t carve(const step_model *m, int64_t M, float *base, step_buffers *b) {
+    const int64_t qkv_w = (m->heads + 2 * m->kv_heads) * m->head_dim;
+    const int64_t widest = m->vocab > 2 * m->intermediate ? m->vocab : 2 * m->intermediate;
+    const int64_t sizes[9] = {m->hidden, m->hidden, m->hidden, qkv_w,
+                              (m->heads + m->kv_heads) * m->head_dim, m->heads * m->head_dim,
+                              2 * m->intermediate, m->intermediate, widest > qkv_w ? widest : qkv_w};
+    float **slots[9] = {&b->res, &b->x, &b->xn, &b->qkv, &b->qk, &b->att, &b->gate_up, &b->act,
+                        &b->tmp};
+    int64_t at = 0;
+    for (int i = 0; i < 9; i++) {
+        if (base) *slots[i] = base + at;
+        at += (M * sizes[i] + 15) / 16 * 16;  // 64-byte aligned starts
+    }
+    return at;
+}
+
+int64_t minerva_step_work_floats(const step_model *m, int64_t M) {
+    step_buffers b;
+    return carve(m, M, NULL, &b);
+}
+
+// y [M, l->out] = x [M, l->in] @ W^T (+ bias), group by group.
+static int linear(const step_model *m, const step_linear *l, const float *x, float *y,
+                  float *tmp, int64_t M, int threads) {
+    int64_t start = 0;
+    for (int g = 0; g < l->n_groups; g++) {
+        const step_group *gr = &l->groups[g];
+        int rc;
+        if (gr->kind == W_X8) {
+            rc = m->k.x8(gr->type, gr->w, x, y + start, l->out, M, gr->rows, l->in, threads);
+        } else if (gr->kind == W_DENSE && l->n_groups == 1) {  // the bias inside, as F.linear
+            return m->k.gemv(gr->w, x, l->bias, y, M, gr->rows, l->in, threads);
+        } else if (gr->kind == W_FILE && (M == 1 || l->n_groups == 1)) {
+            rc = m->k.qgemm(gr->type, gr->w, x, y + start, M, gr->rows, l->in, threads);
+        } else if (gr->kind == W_FILE) {  // rows of the group apart in y: through tmp
+            rc = m->k.qgemm(gr->type, gr->w, x, tmp, M, gr->rows, l->in, threads);
+            for (int64_t r = 0; r < M; r++)
+                memcpy(y + r * l->out + start, tmp + r * gr->rows, (size_t)gr->rows * 4);
+        } else {
+            return -1;
+        }
+        if (rc) return rc;
+        start += gr->rows;
+    }
+    if (start != l->out) return -1;
+    if (l->bias)
+        for (int64_t r = 0; r < M; r++)
+            for (int64_t j = 0; j < l->out; j++) y[r * l->out + j] += l->bias[j];
+    return 0;
+}
+
+// x [M, hidden]: the rows' embeddings; kv [layers]: each layer's cache [2, num_blocks,
+// block_size, kv_heads, head_dim]; positions, slots [M] int64; block_tables [M, bt_stride] and
+// seq_lens [M] int32 (after this step's token); logits [M, vocab]; work: minerva_step_work_floats.
+// 0 on success; nonzero if an argument is out of range or a kernel failed (the caller then
+// runs the layered path, which rewrites the same KV slots with the same values).
+int minerva_decode_step(const step_model *m, float *const *kv, int64_t num_blocks,
+                        int64_t block_size, const float *x, int64_t M, const int64_t *positions,
+                        const int64_t *slots, const int32_t *block_tables, int64_t bt_stride,
+                        const int32_t *seq_lens, float *logits, float *work, int threads) {
+    if (M < 1 || threads < 1 || num_blocks < 1 || block_size < 1) return -1;
+    for (int64_t r = 0; r < M; r++)
+        if (positions[r] < 0 || positions[r] >= m->max_positions || seq_lens[r] < 1 ||
+            (seq_lens[r] + block_size - 1) / block_size > bt_stride)
+            return -1;
+    step_buffers b;
+    carve(m, M, work, &b);
+    const int64_t H = m->heads, KV = m->kv_heads, D = m->head_dim, hid = m->hidden;
+    const int64_t qkv_w = (H + 2 * KV) * D, qk_w = (H + KV) * D;
+    memcpy(b.res, x, (size_t)(M * hid) * 4);  // the residual stream starts as the embeddings
+    int rc = m->k.norm(x, NULL, m->layer[0].in_norm, b.xn, NULL, M, hid, m->eps, threads);
+    for (int64_t i = 0; i < m->layers && !rc; i++) {
+        const step_layer *L = &m->layer[i];
+        if (i > 0) rc = m->k.norm(b.x, b.res, L->in_norm, b.xn, b.res, M, hid, m->eps, threads);
+        if (!rc) rc = linear(m, &L->qkv, b.xn, b.qkv, b.tmp, M, threads);
+        for (int64_t r = 0; r < M && !rc; r++)  // RoPE of q and k at the row's position
+            rc = m->k.rope(b.qkv + r * qkv_w, m->cos + positions[r] * D,
+                           m->sin + positions[r] * D, b.qk + r * qk_w, 1, H + KV, D, qkv_w, D,
+                           threads);
+        if (!rc)
+            rc = m->k.write_kv(b.qk + H * D, qk_w, b.qkv + qk_w, qkv_w, kv[i],
+                               num_blocks * block_size, KV * D, slots, M);
+        if (!rc)
+            rc = m->k.attend(b.qk, qk_w, kv[i], num_blocks, block_size, KV, D, block_tables,
+                             bt_stride, seq_lens, M, H, m->scale, L->window, b.att, threads);
+        if (!rc) rc = linear(m, &L->o, b.att, b.x, b.tmp, M, threads);
+        if (!rc) rc = m->k.norm(b.x, b.res, L->post_norm, b.xn, b.res, M, hid, m->eps, threads);
+        if (!rc) rc = linear(m, &L->gate_up, b.xn, b.gate_up, b.tmp, M, threads);
+        if (!rc) rc = m->k.silu_mul(b.gate_up, b.act, M, m->intermediate, threads);
+        if (!rc) rc = linear(m, &L->down, b.act, b.x, b.tmp, M, threads);
+    }
+    if (!rc) rc = m->k.norm(b.x, b.res, m->final_norm, b.xn, b.res, M, hid, m->eps, threads);
+    if (!rc) rc = linear(m, &m->head, b.xn, logits, b.tmp, M, threads);
+    return rc;
+}

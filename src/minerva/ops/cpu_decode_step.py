@@ -1,0 +1,174 @@
+"""A whole CPU decode step in one C call (cpu_decode_step.c): the structs it reads, mirrored
+in ctypes, and `DecodeStep`, which holds a model's plan and runs it.
+
+The plan is plain data: per layer, the norms' weights and each linear layer's groups (a dense
+float32 weight, or GGUF blocks in the x8 or the file layout). models/llama_cpu_step.py builds it
+from a loaded model; the kernels it calls are the ones the layered path calls (the other C
+libraries' entry points, passed as function pointers), so both give the same logits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from minerva.ops import cpu_linear, cpu_ops, cpu_quant, cpu_quant_x8, native
+
+SOURCE = Path(__file__).with_name("cpu_decode_step.c")
+DENSE, X8, FILE = 0, 1, 2  # how a group's weight is stored
+MAX_GROUPS = 4
+MAX_ROWS = 32
+"""Most decode rows a step takes (the dense kernel's row limit in float32, cpu_linear.py)."""
+
+p, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+
+
+class Group(ctypes.Structure):
+    _fields_ = [("kind", i32), ("type", i32), ("rows", i64), ("w", p)]
+
+
+class LinearPlan(ctypes.Structure):
+    _fields_ = [
+        ("in_features", i64),
+        ("out_features", i64),
+        ("n_groups", i32),
+        ("groups", Group * MAX_GROUPS),
+        ("bias", p),
+    ]
+
+
+class LayerPlan(ctypes.Structure):
+    _fields_ = [
+        ("qkv", LinearPlan),
+        ("o", LinearPlan),
+        ("gate_up", LinearPlan),
+        ("down", LinearPlan),
+        ("in_norm", p),
+        ("post_norm", p),
+        ("window", i64),
+    ]
+
+
+class Kernels(ctypes.Structure):
+    _fields_ = [
+        (name, p)
+        for name in ("x8", "qgemm", "gemv", "norm", "rope", "silu_mul", "attend", "write_kv")
+    ]
+
+
+class ModelPlan(ctypes.Structure):
+    _fields_ = [
+        *((name, i64) for name in ("layers", "hidden", "heads", "kv_heads", "head_dim")),
+        *((name, i64) for name in ("intermediate", "vocab", "max_positions")),
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        ("layer", ctypes.POINTER(LayerPlan)),
+        ("final_norm", p),
+        ("head", LinearPlan),
+        ("cos", p),
+        ("sin", p),
+        ("k", Kernels),
+    ]
+
+
+_lib: list = []
+
+
+def _bound():
+    if _lib:
+        return _lib[0]
+    lib = native.load(SOURCE)
+    if lib is None:
+        return None
+    lib.minerva_step_work_floats.argtypes = [ctypes.POINTER(ModelPlan), i64]
+    lib.minerva_step_work_floats.restype = i64
+    lib.minerva_decode_step.argtypes = [ctypes.POINTER(ModelPlan), p, i64, i64, p, i64]
+    lib.minerva_decode_step.argtypes += [p] * 3 + [i64] + [p] * 3 + [ctypes.c_int]
+    _lib.append(lib)
+    return lib
+
+
+def kernels(attention: tuple) -> Kernels | None:
+    """The entry points the step calls, from the libraries the layered path uses (None where
+    one of them is not built); `attention`: the CPU attention backend's (attend, write_kv)."""
+    if _bound() is None or not (cpu_linear.load() and cpu_ops.load()):
+        return None
+    x8, qgemm = cpu_quant_x8.entry(), cpu_quant.entry()
+    gemv = cpu_linear.entry(torch.float32)
+    glue = [cpu_ops.entry(name, torch.float32) for name in ("norm", "rope", "silu_mul")]
+    ptrs = [x8, qgemm, gemv, *glue, *attention]
+    if any(f is None for f in ptrs[2:]):  # the quantized ones are needed only by their groups
+        return None
+    return Kernels(*(ctypes.cast(f, p).value if f is not None else None for f in ptrs))
+
+
+@dataclass
+class DecodeStep:
+    """A model's plan, the tensors it points into (kept alive here) and a scratch buffer."""
+
+    plan: ModelPlan = field(repr=False)
+    layers: ctypes.Array = field(repr=False)
+    keep: list[torch.Tensor] = field(repr=False)
+    max_rows: int
+    _work: torch.Tensor | None = field(default=None, repr=False)
+    _kv: tuple[int, ...] = field(default=(), repr=False)
+    _kv_array: ctypes.Array | None = field(default=None, repr=False)
+
+    def run(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[torch.Tensor],
+        slots: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Logits [M, vocab] float32 of M decode rows (x: their embeddings [M, hidden]), or
+        None where the inputs do not fit the kernel (the caller takes the layered path)."""
+        m = x.shape[0]
+        if (
+            m > self.max_rows
+            or x.dtype != torch.float32
+            or not x.is_contiguous()
+            or positions.dtype != torch.int64
+            or slots.dtype != torch.int64
+            or block_tables.dtype != torch.int32
+            or seq_lens.dtype != torch.int32
+            or block_tables.stride(1) != 1
+            or not (positions.is_contiguous() and slots.is_contiguous())
+            or not seq_lens.is_contiguous()
+        ):
+            return None
+        lib = _lib[0]
+        kv = self._kv_pointers(kv_caches)
+        if kv is None:
+            return None
+        need = lib.minerva_step_work_floats(ctypes.byref(self.plan), m)
+        if self._work is None or self._work.numel() < need:
+            self._work = torch.empty(need, dtype=torch.float32)
+        cache = kv_caches[0]
+        logits = torch.empty(m, self.plan.vocab, dtype=torch.float32)
+        rc = lib.minerva_decode_step(
+            ctypes.byref(self.plan), kv, cache.shape[1], cache.shape[2], x.data_ptr(), m,
+            positions.data_ptr(), slots.data_ptr(), block_tables.data_ptr(),
+            block_tables.stride(0), seq_lens.data_ptr(), logits.data_ptr(),
+            self._work.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return logits if rc == 0 else None
+
+    def _kv_pointers(self, kv_caches: list[torch.Tensor]) -> ctypes.Array | None:
+        """The layers' cache pointers as a C array (rebuilt only when the caches change)."""
+        key = tuple(c.data_ptr() for c in kv_caches)
+        if key != self._kv:
+            first = kv_caches[0]
+            shape = (2, first.shape[1], first.shape[2], self.plan.kv_heads, self.plan.head_dim)
+            if len(kv_caches) != self.plan.layers or any(
+                c.dtype != torch.float32 or tuple(c.shape) != shape or not c.is_contiguous()
+                for c in kv_caches
+            ):
+                return None
+            self._kv, self._kv_array = key, (p * len(key))(*key)
+        return self._kv_array

@@ -1,0 +1,201 @@
+"""The CPU's whole-step decode kernel (ops/cpu_decode_step.c) against the layered forward it
+replaces: the same kernels in the same order, so every decode step's logits are bitwise equal,
+for dense float32 weights (with biases, odd sizes, a sliding window) and for GGUF files whose
+fused layers mix types and layouts (x8 and the file's). Where the step does not apply, the
+model falls back to the layered path and says why by not building it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("gguf")
+
+from minerva import LLM, SamplingParams  # noqa: E402
+from minerva.loader.checkpoint import iter_checkpoint_tensors  # noqa: E402
+from minerva.loader.gguf_export import write_gguf  # noqa: E402
+from minerva.loader.hf_config import load_model_config  # noqa: E402
+from minerva.ops import cpu_decode_step, cpu_linear, cpu_quant_x8  # noqa: E402
+from minerva.ops.cpu_decode_step import DecodeStep  # noqa: E402
+from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
+from minerva.quant.gguf_types import GGMLType  # noqa: E402
+from tests.tiny_models import build_tiny_model  # noqa: E402
+
+PROMPTS = [list(range(3, 40, 2)), [5, 9, 200, 31], list(range(60, 110))]
+GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(autouse=True)
+def kernels_built():
+    if not cpu_linear.load():
+        pytest.skip(f"no CPU kernels here: {cpu_linear.status()}")
+
+
+@pytest.fixture
+def step_rows(monkeypatch) -> list[int]:
+    """The row count of every decode step the C step computed (not fallen back)."""
+    rows: list[int] = []
+    run = DecodeStep.run
+
+    def counting(self, x, *args):
+        out = run(self, x, *args)
+        if out is not None:
+            rows.append(x.shape[0])
+        return out
+
+    monkeypatch.setattr(DecodeStep, "run", counting)
+    return rows
+
+
+def _llm(path: Path, **kw) -> LLM:
+    kw = {"dtype": "float32", "max_model_len": 160, "max_num_seqs": 4, **kw}
+    return LLM(model=str(path), device="cpu", enable_prefix_caching=False, progress=False, **kw)
+
+
+def _run(llm: LLM, prompts, on: bool):
+    model, runner = llm.engine.worker.model, llm.engine.worker.runner
+    model.use_cpu_step = on
+    runner.captured_logits = []
+    outs = llm.generate(prompts, GREEDY)
+    return [o.outputs[0].token_ids for o in outs], runner.captured_logits
+
+
+def assert_step_equals_layered(llm: LLM, step_rows: list[int]) -> None:
+    """Batched (3 rows) and single-row decoding: tokens and every step's logits bitwise equal
+    with the step on and off, and the step ran for the decode steps."""
+    for prompts in (PROMPTS, PROMPTS[:1]):
+        step_rows.clear()
+        on_tokens, on_logits = _run(llm, prompts, True)
+        assert step_rows and set(step_rows) == {len(prompts)}  # every pure decode step
+        off_tokens, off_logits = _run(llm, prompts, False)
+        assert on_tokens == off_tokens
+        assert len(on_logits) == len(off_logits)
+        for i, (a, b) in enumerate(zip(on_logits, off_logits)):
+            assert torch.equal(a, b), f"step {i}: max diff {(a - b).abs().max().item()}"
+    assert isinstance(llm.engine.worker.model._cpu_step, DecodeStep)
+
+
+def build(path: Path, arch: str, seed: int, **shape) -> None:
+    """A tiny random model whose biases (transformers starts them at zero) are random too."""
+    model = build_tiny_model(path, arch, seed=seed, **shape)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.uniform_(-0.5, 0.5)
+    model.save_pretrained(path)
+
+
+DENSE = dict(vocab_size=1001, hidden_size=200, intermediate_size=425, num_attention_heads=5)
+
+
+@pytest.mark.parametrize(
+    "arch, extra",
+    [
+        ("llama", dict(attention_bias=True, mlp_bias=True, num_key_value_heads=1, head_dim=32)),
+        ("mistral", dict(sliding_window=7, num_key_value_heads=5, head_dim=40)),
+        ("qwen2", dict(num_key_value_heads=1, head_dim=40, tie_word_embeddings=True)),
+    ],
+)
+def test_dense_float32_step_equals_layered(tmp_path, step_rows, arch, extra):
+    build(tmp_path, arch, 3, **DENSE, **extra)
+    assert_step_equals_layered(_llm(tmp_path), step_rows)
+
+
+def _gguf(tmp_path: Path, plan, arch: str = "llama", **shape) -> Path:
+    folder = tmp_path / "st"
+    build(folder, arch, 4, hidden_size=256, intermediate_size=512, **shape)
+    config = load_model_config(folder)
+    tensors = iter_checkpoint_tensors(folder, "cpu", torch.float32, progress=False)
+    return write_gguf(config, tensors, tmp_path / "m.gguf", plan, quantize=quantize_tensor)
+
+
+def q4_k_m(name: str, shape) -> GGMLType:
+    """q | k in Q4_K and v in Q6_K: two x8 groups in one fused layer."""
+    if name == "output.weight" or name.endswith(("attn_v.weight", "ffn_down.weight")):
+        return GGMLType.Q6_K
+    return GGMLType.Q4_K
+
+
+def file_and_x8(name: str, shape) -> GGMLType:
+    """q, k, gate in Q5_0 (the file's layout), v, up, down in Q8_0 (x8): groups of two
+    layouts in one layer, and several rows through the file kernel's separate buffer."""
+    if name.endswith(("attn_v.weight", "ffn_up.weight", "ffn_down.weight")):
+        return GGMLType.Q8_0
+    if name == "output.weight" or name.endswith("attn_output.weight"):
+        return GGMLType.Q3_K
+    return GGMLType.Q5_0
+
+
+def q4_0(name: str, shape) -> GGMLType:
+    return GGMLType.Q4_0
+
+
+@pytest.mark.parametrize(
+    "plan, arch",
+    [(q4_k_m, "llama"), (file_and_x8, "mistral"), (q4_0, "qwen2")],
+    ids=["q4_k_m", "q5_0+q8_0+q3_k", "q4_0-qwen2"],
+)
+def test_gguf_step_equals_layered(tmp_path, step_rows, plan, arch):
+    if not cpu_quant_x8.supports(GGMLType.Q4_0, 8, 32):
+        pytest.skip("no x8 layout on this CPU")
+    extra = dict(sliding_window=9) if arch == "mistral" else {}
+    llm = _llm(_gguf(tmp_path, plan, arch, **extra))
+    layouts = {g[3] for g in llm.engine.worker.model.model.layers[0].self_attn.qkv_proj.gguf_groups}
+    assert layouts == ({"file", "x8"} if plan is file_and_x8 else {"x8"})
+    assert_step_equals_layered(llm, step_rows)
+
+
+def test_more_rows_than_the_step_takes_run_layered(tmp_path, step_rows):
+    build_tiny_model(tmp_path, "llama", seed=5)
+    llm = _llm(tmp_path, max_num_seqs=cpu_decode_step.MAX_ROWS + 2)
+    prompts = [[3 + i, 7, 11] for i in range(cpu_decode_step.MAX_ROWS + 2)]
+    step_rows.clear()  # the warm-up's one-row decode
+    on, _ = _run(llm, prompts, True)
+    assert not step_rows  # every decode step had 34 rows: all layered
+    off, _ = _run(llm, prompts, False)
+    assert on == off
+
+
+@pytest.mark.parametrize("kw", [dict(dtype="bfloat16"), dict(cpu_kernels=False)])
+def test_no_step_where_it_would_not_compute_the_layered_path(tmp_path, step_rows, kw):
+    """bf16 weights (the step is float32) or the torch kernel set: never built, never run."""
+    build_tiny_model(tmp_path, "llama", seed=6)
+    llm = _llm(tmp_path, **kw)
+    _run(llm, PROMPTS[:1], True)
+    assert not step_rows
+    assert llm.engine.worker.model._cpu_step in (False, None)
+
+
+def test_an_fp8_kv_cache_falls_back(tmp_path, step_rows):
+    """The step reads a float32 cache; with fp8 the decode steps run layered."""
+    build_tiny_model(tmp_path, "llama", seed=7)
+    llm = _llm(tmp_path, kv_cache_dtype="fp8")
+    tokens, _ = _run(llm, PROMPTS, True)
+    assert not step_rows and all(len(t) == GREEDY.max_tokens for t in tokens)
+
+
+def test_out_of_range_inputs_are_refused_not_read(tmp_path):
+    """A position past the rope table or a context longer than the block table: the C step
+    returns an error (the caller falls back) instead of reading out of bounds."""
+    build_tiny_model(tmp_path, "llama", seed=8)
+    llm = _llm(tmp_path)
+    llm.generate([PROMPTS[0]], GREEDY)
+    worker = llm.engine.worker
+    step: DecodeStep = worker.model._cpu_step
+    x = torch.zeros(1, worker.model.config.hidden_size)
+    slots = torch.zeros(1, dtype=torch.int64)
+    tables = torch.zeros(1, 2, dtype=torch.int32)
+
+    def run(position: int, seq_len: int):
+        positions = torch.tensor([position])
+        lens = torch.tensor([seq_len], dtype=torch.int32)
+        return step.run(x, positions, worker.kv_caches, slots, tables, lens)
+
+    assert run(0, 1) is not None
+    assert run(step.plan.max_positions, 1) is None
+    assert run(-1, 1) is None
+    block_size = worker.kv_caches[0].shape[2]
+    assert run(0, 2 * block_size + 1) is None  # needs a third block: the table has two
+    assert run(0, 0) is None
