@@ -24,7 +24,7 @@ from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
 from minerva.platform import Platform, resolve_dtype, resolve_platform, set_num_threads
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
-from minerva.runner import draft_model, model_loading
+from minerva.runner import draft_model, model_loading, openmp_pools
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.kv_cache import (
     KVCacheSpec,
@@ -61,6 +61,15 @@ class Worker:
         self.platform: Platform = resolve_platform(config.device.device)
         if self.platform.kind == "cpu":
             set_num_threads(config.device.num_threads)
+        if self.platform.kind == "cpu" and openmp_pools.LOAD_IN_PASSING_THREAD:
+            # OpenMP work of loading in a thread that exits, so that the thread that steps
+            # the engine owns the process's only pool (openmp_pools.py says why)
+            openmp_pools.in_passing_thread(lambda: self._build(progress, num_kv_blocks))
+        else:
+            self._build(progress, num_kv_blocks)
+
+    def _build(self, progress: bool, num_kv_blocks: int | None) -> None:
+        config = self.config
         self._open_model()
         self.draft_config = self.draft_source = None
         if draft_model.uses_draft_model(config):
