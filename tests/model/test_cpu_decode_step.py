@@ -51,6 +51,8 @@ def step_rows(monkeypatch) -> list[int]:
 
 def _llm(path: Path, **kw) -> LLM:
     kw = {"dtype": "float32", "max_model_len": 160, "max_num_seqs": 4, **kw}
+    if kw["dtype"] == "float16" and not cpu_linear.entry(torch.float16):
+        pytest.skip("no fp16 kernels on this CPU")
     return LLM(model=str(path), device="cpu", enable_prefix_caching=False, progress=False, **kw)
 
 
@@ -90,6 +92,7 @@ def build(path: Path, arch: str, seed: int, **shape) -> None:
 DENSE = dict(vocab_size=1001, hidden_size=200, intermediate_size=425, num_attention_heads=5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize(
     "arch, extra",
     [
@@ -98,9 +101,11 @@ DENSE = dict(vocab_size=1001, hidden_size=200, intermediate_size=425, num_attent
         ("qwen2", dict(num_key_value_heads=1, head_dim=40, tie_word_embeddings=True)),
     ],
 )
-def test_dense_float32_step_equals_layered(tmp_path, step_rows, arch, extra):
+def test_dense_step_equals_layered(tmp_path, step_rows, arch, extra, dtype):
+    """Every dtype the kernels take: in bf16 / fp16 each kernel rounds as the layered path's
+    does (the same kernels), so the logits are bitwise equal there too."""
     build(tmp_path, arch, 3, **DENSE, **extra)
-    assert_step_equals_layered(_llm(tmp_path), step_rows)
+    assert_step_equals_layered(_llm(tmp_path, dtype=dtype), step_rows)
 
 
 def _gguf(tmp_path: Path, plan, arch: str = "llama", **shape) -> Path:
@@ -158,14 +163,21 @@ def test_more_rows_than_the_step_takes_run_layered(tmp_path, step_rows):
     assert on == off
 
 
-@pytest.mark.parametrize("kw", [dict(dtype="bfloat16"), dict(cpu_kernels=False)])
-def test_no_step_where_it_would_not_compute_the_layered_path(tmp_path, step_rows, kw):
-    """bf16 weights (the step is float32) or the torch kernel set: never built, never run."""
+def test_no_step_with_the_torch_kernels(tmp_path, step_rows):
     build_tiny_model(tmp_path, "llama", seed=6)
-    llm = _llm(tmp_path, **kw)
-    _run(llm, PROMPTS[:1], True)
+    llm = _llm(tmp_path, cpu_kernels=False)
+    assert llm.engine.worker.model.use_cpu_step is False
+    _run(llm, PROMPTS[:1], True)  # forced on: the plan refuses the torch kernel set
     assert not step_rows
-    assert llm.engine.worker.model._cpu_step in (False, None)
+    assert llm.engine.worker.model._cpu_step is None
+
+
+def test_no_step_for_gguf_weights_in_a_bf16_model(tmp_path, step_rows):
+    """The GGUF kernels take float32 rows: a bf16 model keeps the layered path."""
+    llm = _llm(_gguf(tmp_path, q4_0), dtype="bfloat16")
+    tokens, _ = _run(llm, PROMPTS[:1], True)
+    assert not step_rows and len(tokens[0]) == GREEDY.max_tokens
+    assert llm.engine.worker.model._cpu_step is None
 
 
 def test_an_fp8_kv_cache_falls_back(tmp_path, step_rows):

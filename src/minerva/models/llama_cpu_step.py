@@ -3,8 +3,9 @@
 `build` reads a loaded LlamaForCausalLM into the plain-data plan the C step runs: every layer's
 norm weights, sliding window and linear layers (each through its method's `step_groups`). It
 returns None, and the model keeps its layered forward, wherever the step would not compute what
-that forward computes: another kernel set or attention backend than the CPU's C ones, a dtype
-other than float32, a method without a step kernel, weights not yet processed.
+that forward computes: another kernel set or attention backend than the CPU's C ones, GGUF
+weights in a model that is not float32, a method without a step kernel, weights not yet
+processed.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from minerva.ops.cpu_decode_step import DecodeStep, LayerPlan, LinearPlan, Model
 
 def build(model) -> DecodeStep | None:
     """The step of `model` (a LlamaForCausalLM), or None where it does not apply."""
-    options = model.options
-    if options.kernels.name != "cpu" or model.dtype != torch.float32 or model.cos is None:
+    options, dtype = model.options, model.dtype
+    if options.kernels.name != "cpu" or dtype not in step.DTYPES or model.cos is None:
         return None
     step_kernels = getattr(options.attention, "step_kernels", None)
-    attention = step_kernels(torch.float32) if step_kernels is not None else None
-    kernels = step.kernels(attention) if attention is not None else None
+    attention = step_kernels(dtype) if step_kernels is not None else None
+    kernels = step.kernels(attention, dtype) if attention is not None else None
     if kernels is None:
         return None
     keep: list[torch.Tensor] = []
@@ -42,35 +43,39 @@ def build(model) -> DecodeStep | None:
             (plan.gate_up, mlp.gate_up_proj),
             (plan.down, mlp.down_proj),
         ]
-        if not all(_linear(dst, src, kernels, keep) for dst, src in linears):
+        if not all(_linear(dst, src, kernels, dtype, keep) for dst, src in linears):
             return None
-        plan.in_norm, plan.post_norm = (_ptr(n.weight, keep) for n in norms)
+        plan.in_norm, plan.post_norm = (_ptr(n.weight, dtype, keep) for n in norms)
         if plan.in_norm is None or plan.post_norm is None:
             return None
         plan.window = attn.window or 0
     c, first = model.config, layers[0].self_attn
     head = LinearPlan()
-    if not _linear(head, model.lm_head, kernels, keep):
+    if not _linear(head, model.lm_head, kernels, dtype, keep):
         return None
-    final_norm = _ptr(model.model.norm.weight, keep)
-    cos, sin = _ptr(model.cos, keep), _ptr(model.sin, keep)
+    final_norm = _ptr(model.model.norm.weight, dtype, keep)
+    cos, sin = _ptr(model.cos, dtype, keep), _ptr(model.sin, dtype, keep)
     if final_norm is None or cos is None or sin is None or model.model.norm.eps != eps:
         return None
     plan = ModelPlan(
         layers=len(layers), hidden=c.hidden_size, heads=first.num_heads,
         kv_heads=first.num_kv_heads, head_dim=first.head_dim,
         intermediate=layers[0].mlp.intermediate_size, vocab=model.lm_head.out_features,
-        max_positions=model.cos.shape[0], eps=eps, scale=first.scale,
+        max_positions=model.cos.shape[0], eps=eps, scale=first.scale, dtype=step.DTYPES[dtype],
         layer=ctypes.cast(plans, ctypes.POINTER(LayerPlan)), final_norm=final_norm, head=head,
         cos=cos, sin=sin, k=kernels,
     )  # fmt: skip
-    return DecodeStep(plan, plans, keep, step.MAX_ROWS)
+    return DecodeStep(plan, plans, keep, step.MAX_ROWS, dtype)
 
 
-def _linear(dst: LinearPlan, layer, kernels, keep: list[torch.Tensor]) -> bool:
+def _linear(dst: LinearPlan, layer, kernels, dtype: torch.dtype, keep: list) -> bool:
     """Fill `dst` from a linear layer; False where its method has no step kernel."""
     groups = layer.method.step_groups(layer)
     if not groups or len(groups) > step.MAX_GROUPS:
+        return False
+    if any(kind != step.DENSE for kind, *_ in groups) and dtype != torch.float32:
+        return False  # the GGUF kernels take float32 rows
+    if any(kind == step.DENSE and t.dtype != dtype for kind, _, _, t in groups):
         return False
     if any(kind == step.X8 for kind, *_ in groups) and not kernels.x8:
         return False
@@ -87,15 +92,16 @@ def _linear(dst: LinearPlan, layer, kernels, keep: list[torch.Tensor]) -> bool:
     if layer.bias is None:
         dst.bias = None
     else:
-        dst.bias = _ptr(layer.bias, keep)
+        dense = groups[0][0] == step.DENSE
+        dst.bias = _ptr(layer.bias, dtype if dense else torch.float32, keep)
         if dst.bias is None:
             return False
     return sum(rows for _, _, rows, _ in groups) == layer.out_features
 
 
-def _ptr(t: torch.Tensor, keep: list[torch.Tensor]) -> int | None:
-    """The address of a float32 contiguous CPU tensor (kept alive), else None."""
-    if t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous():
+def _ptr(t: torch.Tensor, dtype: torch.dtype, keep: list[torch.Tensor]) -> int | None:
+    """The address of a contiguous CPU tensor of `dtype` (kept alive), else None."""
+    if t.dtype != dtype or not t.is_cpu or not t.is_contiguous():
         return None
     keep.append(t)
     return t.data_ptr()

@@ -1,5 +1,6 @@
 // A whole decode step of a Llama-family model on the CPU in one call: M decode rows (one new
-// token each), float32 activations and KV cache.
+// token each), activations and KV cache in the model's dtype (float32, or bf16 / fp16 with
+// dense weights: the GGUF kernels take float32 rows).
 //
 // The layered forward (models/llama.py) runs ~12 kernels per layer, each behind a Python call,
 // a torch allocation and a ctypes call; on a 30-layer 135M-parameter model that glue costs
@@ -13,6 +14,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "simd.h"
+
 enum { W_DENSE = 0, W_X8 = 1, W_FILE = 2 };  // how a group's weight is stored
 #define MAX_GROUPS 4
 
@@ -20,17 +23,18 @@ typedef int (*x8_fn)(int, const void *, const float *, float *, int64_t, int64_t
                      int64_t, int);  // type, W, x, y, ldy, M, N, K, threads
 typedef int (*qgemm_fn)(int, const void *, const float *, float *, int64_t, int64_t, int64_t,
                         int);  // type, W, x, y, M, N, K, threads
-typedef int (*gemv_fn)(const void *, const float *, const float *, float *, int64_t, int64_t,
+// The kernels below take the model dtype's elements (void *: float or uint16_t).
+typedef int (*gemv_fn)(const void *, const void *, const void *, void *, int64_t, int64_t,
                        int64_t, int);  // W, x, bias, y, M, N, K, threads
-typedef int (*norm_fn)(const float *, const float *, const float *, float *, float *, int64_t,
+typedef int (*norm_fn)(const void *, const void *, const void *, void *, void *, int64_t,
                        int64_t, float, int);  // x, res, w, out, res_out, rows, cols, eps, threads
-typedef int (*rope_fn)(const float *, const float *, const float *, float *, int64_t, int64_t,
+typedef int (*rope_fn)(const void *, const void *, const void *, void *, int64_t, int64_t,
                        int64_t, int64_t, int64_t, int);
-typedef int (*silu_fn)(const float *, float *, int64_t, int64_t, int);
-typedef int (*attend_fn)(const float *, int64_t, const float *, int64_t, int64_t, int64_t,
-                         int64_t, const int32_t *, int64_t, const int32_t *, int64_t, int64_t,
-                         float, int64_t, float *, int);
-typedef int (*write_kv_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t,
+typedef int (*silu_fn)(const void *, void *, int64_t, int64_t, int);
+typedef int (*attend_fn)(const void *, int64_t, const void *, int64_t, int64_t, int64_t, int64_t,
+                         const int32_t *, int64_t, const int32_t *, int64_t, int64_t, float,
+                         int64_t, void *, int);
+typedef int (*write_kv_fn)(const void *, int64_t, const void *, int64_t, void *, int64_t,
                            int64_t, const int64_t *, int64_t);
 
 typedef struct {
@@ -55,62 +59,67 @@ typedef struct {
     int64_t in, out;
     int32_t n_groups;
     step_group groups[MAX_GROUPS];
-    const float *bias;  // [out] or NULL
+    const void *bias;  // [out] in the model dtype, or NULL
 } step_linear;
 
 typedef struct {
     step_linear qkv, o, gate_up, down;
-    const float *in_norm, *post_norm;
+    const void *in_norm, *post_norm;
     int64_t window;  // sliding window, 0 = full attention
 } step_layer;
+
+enum { D_F32 = 0, D_BF16 = 1, D_F16 = 2 };
 
 typedef struct {
     int64_t layers, hidden, heads, kv_heads, head_dim, intermediate, vocab, max_positions;
     float eps, scale;
+    int32_t dtype;  // D_F32, D_BF16 or D_F16: activations, norms, rope tables, KV cache
     const step_layer *layer;  // [layers]
-    const float *final_norm;
+    const void *final_norm;
     step_linear head;
-    const float *cos, *sin;  // [max_positions, head_dim] (sin sign-folded, as rope.py)
+    const void *cos, *sin;  // [max_positions, head_dim] (sin sign-folded, as rope.py)
     step_kernels k;
 } step_model;
 
-// Scratch floats of one step of M rows: the buffers below, laid out by `carve`.
+// Scratch of one step of M rows (elements of the model dtype; tmp also takes float32 rows of
+// the file kernel): the buffers below, laid out by `carve`.
 typedef struct {
-    float *res, *x, *xn, *qkv, *qk, *att, *gate_up, *act, *tmp;
+    char *res, *x, *xn, *qkv, *qk, *att, *gate_up, *act, *tmp;
 } step_buffers;
 
-static int64_t carve(const step_model *m, int64_t M, float *base, step_buffers *b) {
+#define ES(m) ((m)->dtype == D_F32 ? 4 : 2)  // bytes per element
+#define AT(p, m, i) ((char *)(p) + (int64_t)(i) * ES(m))  // element i of a model-dtype buffer
+
+static int64_t carve(const step_model *m, int64_t M, char *base, step_buffers *b) {
     const int64_t qkv_w = (m->heads + 2 * m->kv_heads) * m->head_dim;
     const int64_t widest = m->vocab > 2 * m->intermediate ? m->vocab : 2 * m->intermediate;
     const int64_t sizes[9] = {m->hidden, m->hidden, m->hidden, qkv_w,
                               (m->heads + m->kv_heads) * m->head_dim, m->heads * m->head_dim,
                               2 * m->intermediate, m->intermediate, widest > qkv_w ? widest : qkv_w};
-    float **slots[9] = {&b->res, &b->x, &b->xn, &b->qkv, &b->qk, &b->att, &b->gate_up, &b->act,
-                        &b->tmp};
+    char **slots[9] = {&b->res, &b->x, &b->xn, &b->qkv, &b->qk, &b->att, &b->gate_up, &b->act,
+                       &b->tmp};
     int64_t at = 0;
     for (int i = 0; i < 9; i++) {
         if (base) *slots[i] = base + at;
-        at += (M * sizes[i] + 15) / 16 * 16;  // 64-byte aligned starts
+        at += (M * sizes[i] * 4 + 63) / 64 * 64;  // room for float32, 64-byte aligned starts
     }
     return at;
 }
 
-int64_t minerva_step_work_floats(const step_model *m, int64_t M) {
+int64_t minerva_step_work_bytes(const step_model *m, int64_t M) {
     step_buffers b;
     return carve(m, M, NULL, &b);
 }
 
-// y [M, l->out] = x [M, l->in] @ W^T (+ bias), group by group.
-static int linear(const step_model *m, const step_linear *l, const float *x, float *y,
-                  float *tmp, int64_t M, int threads) {
+// The GGUF groups of a layer, float32 rows: y [M, l->out] = x @ W^T (+ bias, one float add).
+static int quantized(const step_model *m, const step_linear *l, const float *x, float *y,
+                     float *tmp, int64_t M, int threads) {
     int64_t start = 0;
     for (int g = 0; g < l->n_groups; g++) {
         const step_group *gr = &l->groups[g];
         int rc;
         if (gr->kind == W_X8) {
             rc = m->k.x8(gr->type, gr->w, x, y + start, l->out, M, gr->rows, l->in, threads);
-        } else if (gr->kind == W_DENSE && l->n_groups == 1) {  // the bias inside, as F.linear
-            return m->k.gemv(gr->w, x, l->bias, y, M, gr->rows, l->in, threads);
         } else if (gr->kind == W_FILE && (M == 1 || l->n_groups == 1)) {
             rc = m->k.qgemm(gr->type, gr->w, x, y + start, M, gr->rows, l->in, threads);
         } else if (gr->kind == W_FILE) {  // rows of the group apart in y: through tmp
@@ -124,42 +133,55 @@ static int linear(const step_model *m, const step_linear *l, const float *x, flo
         start += gr->rows;
     }
     if (start != l->out) return -1;
-    if (l->bias)
+    if (l->bias) {
+        const float *bias = (const float *)l->bias;
         for (int64_t r = 0; r < M; r++)
-            for (int64_t j = 0; j < l->out; j++) y[r * l->out + j] += l->bias[j];
+            for (int64_t j = 0; j < l->out; j++) y[r * l->out + j] += bias[j];
+    }
     return 0;
 }
 
+// y [M, l->out] = x [M, l->in] @ W^T (+ bias): a dense layer through the GEMV of the model
+// dtype (bias inside, as F.linear), GGUF groups (float32 models only) group by group.
+static int linear(const step_model *m, const step_linear *l, const void *x, void *y, void *tmp,
+                  int64_t M, int threads) {
+    if (l->n_groups == 1 && l->groups[0].kind == W_DENSE)
+        return m->k.gemv(l->groups[0].w, x, l->bias, y, M, l->out, l->in, threads);
+    if (m->dtype != D_F32) return -1;
+    return quantized(m, l, (const float *)x, (float *)y, (float *)tmp, M, threads);
+}
+
 // x [M, hidden]: the rows' embeddings; kv [layers]: each layer's cache [2, num_blocks,
-// block_size, kv_heads, head_dim]; positions, slots [M] int64; block_tables [M, bt_stride] and
-// seq_lens [M] int32 (after this step's token); logits [M, vocab]; work: minerva_step_work_floats.
-// 0 on success; nonzero if an argument is out of range or a kernel failed (the caller then
-// runs the layered path, which rewrites the same KV slots with the same values).
-int minerva_decode_step(const step_model *m, float *const *kv, int64_t num_blocks,
-                        int64_t block_size, const float *x, int64_t M, const int64_t *positions,
+// block_size, kv_heads, head_dim] (all in the model dtype); positions, slots [M] int64;
+// block_tables [M, bt_stride] and seq_lens [M] int32 (after this step's token); logits
+// [M, vocab] float32; work: minerva_step_work_bytes. 0 on success; nonzero if an argument is
+// out of range or a kernel failed (the caller then runs the layered path, which rewrites the
+// same KV slots with the same values).
+int minerva_decode_step(const step_model *m, void *const *kv, int64_t num_blocks,
+                        int64_t block_size, const void *x, int64_t M, const int64_t *positions,
                         const int64_t *slots, const int32_t *block_tables, int64_t bt_stride,
-                        const int32_t *seq_lens, float *logits, float *work, int threads) {
+                        const int32_t *seq_lens, float *logits, void *work, int threads) {
     if (M < 1 || threads < 1 || num_blocks < 1 || block_size < 1) return -1;
     for (int64_t r = 0; r < M; r++)
         if (positions[r] < 0 || positions[r] >= m->max_positions || seq_lens[r] < 1 ||
             (seq_lens[r] + block_size - 1) / block_size > bt_stride)
             return -1;
     step_buffers b;
-    carve(m, M, work, &b);
+    carve(m, M, (char *)work, &b);
     const int64_t H = m->heads, KV = m->kv_heads, D = m->head_dim, hid = m->hidden;
     const int64_t qkv_w = (H + 2 * KV) * D, qk_w = (H + KV) * D;
-    memcpy(b.res, x, (size_t)(M * hid) * 4);  // the residual stream starts as the embeddings
+    memcpy(b.res, x, (size_t)(M * hid * ES(m)));  // the residual stream starts as the embeddings
     int rc = m->k.norm(x, NULL, m->layer[0].in_norm, b.xn, NULL, M, hid, m->eps, threads);
     for (int64_t i = 0; i < m->layers && !rc; i++) {
         const step_layer *L = &m->layer[i];
         if (i > 0) rc = m->k.norm(b.x, b.res, L->in_norm, b.xn, b.res, M, hid, m->eps, threads);
         if (!rc) rc = linear(m, &L->qkv, b.xn, b.qkv, b.tmp, M, threads);
         for (int64_t r = 0; r < M && !rc; r++)  // RoPE of q and k at the row's position
-            rc = m->k.rope(b.qkv + r * qkv_w, m->cos + positions[r] * D,
-                           m->sin + positions[r] * D, b.qk + r * qk_w, 1, H + KV, D, qkv_w, D,
-                           threads);
+            rc = m->k.rope(AT(b.qkv, m, r * qkv_w), AT(m->cos, m, positions[r] * D),
+                           AT(m->sin, m, positions[r] * D), AT(b.qk, m, r * qk_w), 1, H + KV, D,
+                           qkv_w, D, threads);
         if (!rc)
-            rc = m->k.write_kv(b.qk + H * D, qk_w, b.qkv + qk_w, qkv_w, kv[i],
+            rc = m->k.write_kv(AT(b.qk, m, H * D), qk_w, AT(b.qkv, m, qk_w), qkv_w, kv[i],
                                num_blocks * block_size, KV * D, slots, M);
         if (!rc)
             rc = m->k.attend(b.qk, qk_w, kv[i], num_blocks, block_size, KV, D, block_tables,
@@ -171,6 +193,18 @@ int minerva_decode_step(const step_model *m, float *const *kv, int64_t num_block
         if (!rc) rc = linear(m, &L->down, b.act, b.x, b.tmp, M, threads);
     }
     if (!rc) rc = m->k.norm(b.x, b.res, m->final_norm, b.xn, b.res, M, hid, m->eps, threads);
-    if (!rc) rc = linear(m, &m->head, b.xn, logits, b.tmp, M, threads);
+    if (rc) return rc;
+    if (m->dtype == D_F32) return linear(m, &m->head, b.xn, logits, b.tmp, M, threads);
+    // half precision: the head's output in the model dtype, then widened (the layered .float())
+    rc = linear(m, &m->head, b.xn, b.tmp, NULL, M, threads);  // tmp holds M x vocab floats
+    const uint16_t *h = (const uint16_t *)b.tmp;
+    for (int64_t i = 0; !rc && i < M * m->vocab; i++) {
+#if HAVE_F16
+        logits[i] = m->dtype == D_BF16 ? f32_of_bf16(h[i]) : f32_of_f16(h[i]);
+#else
+        if (m->dtype != D_BF16) return -1;
+        logits[i] = f32_of_bf16(h[i]);
+#endif
+    }
     return rc;
 }

@@ -19,6 +19,9 @@ from minerva.ops import cpu_linear, cpu_ops, cpu_quant, cpu_quant_x8, native
 
 SOURCE = Path(__file__).with_name("cpu_decode_step.c")
 DENSE, X8, FILE = 0, 1, 2  # how a group's weight is stored
+DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+"""The model dtypes the step runs (activations, norms, RoPE tables, KV cache); GGUF groups
+only in float32 (their kernels take float32 rows)."""
 MAX_GROUPS = 4
 MAX_ROWS = 32
 """Most decode rows a step takes (the dense kernel's row limit in float32, cpu_linear.py)."""
@@ -65,6 +68,7 @@ class ModelPlan(ctypes.Structure):
         *((name, i64) for name in ("intermediate", "vocab", "max_positions")),
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
+        ("dtype", i32),
         ("layer", ctypes.POINTER(LayerPlan)),
         ("final_norm", p),
         ("head", LinearPlan),
@@ -83,22 +87,23 @@ def _bound():
     lib = native.load(SOURCE)
     if lib is None:
         return None
-    lib.minerva_step_work_floats.argtypes = [ctypes.POINTER(ModelPlan), i64]
-    lib.minerva_step_work_floats.restype = i64
+    lib.minerva_step_work_bytes.argtypes = [ctypes.POINTER(ModelPlan), i64]
+    lib.minerva_step_work_bytes.restype = i64
     lib.minerva_decode_step.argtypes = [ctypes.POINTER(ModelPlan), p, i64, i64, p, i64]
     lib.minerva_decode_step.argtypes += [p] * 3 + [i64] + [p] * 3 + [ctypes.c_int]
     _lib.append(lib)
     return lib
 
 
-def kernels(attention: tuple) -> Kernels | None:
-    """The entry points the step calls, from the libraries the layered path uses (None where
-    one of them is not built); `attention`: the CPU attention backend's (attend, write_kv)."""
-    if _bound() is None or not (cpu_linear.load() and cpu_ops.load()):
+def kernels(attention: tuple, dtype: torch.dtype) -> Kernels | None:
+    """The entry points the step calls for a `dtype` model, from the libraries the layered
+    path uses (None where one of them is not built); `attention`: the CPU attention backend's
+    (attend, write_kv) of that dtype."""
+    if dtype not in DTYPES or _bound() is None or not (cpu_linear.load() and cpu_ops.load()):
         return None
     x8, qgemm = cpu_quant_x8.entry(), cpu_quant.entry()
-    gemv = cpu_linear.entry(torch.float32)
-    glue = [cpu_ops.entry(name, torch.float32) for name in ("norm", "rope", "silu_mul")]
+    gemv = cpu_linear.entry(dtype)
+    glue = [cpu_ops.entry(name, dtype) for name in ("norm", "rope", "silu_mul")]
     ptrs = [x8, qgemm, gemv, *glue, *attention]
     if any(f is None for f in ptrs[2:]):  # the quantized ones are needed only by their groups
         return None
@@ -113,6 +118,7 @@ class DecodeStep:
     layers: ctypes.Array = field(repr=False)
     keep: list[torch.Tensor] = field(repr=False)
     max_rows: int
+    dtype: torch.dtype
     _work: torch.Tensor | None = field(default=None, repr=False)
     _kv: tuple[int, ...] = field(default=(), repr=False)
     _kv_array: ctypes.Array | None = field(default=None, repr=False)
@@ -131,7 +137,7 @@ class DecodeStep:
         m = x.shape[0]
         if (
             m > self.max_rows
-            or x.dtype != torch.float32
+            or x.dtype != self.dtype
             or not x.is_contiguous()
             or positions.dtype != torch.int64
             or slots.dtype != torch.int64
@@ -146,9 +152,9 @@ class DecodeStep:
         kv = self._kv_pointers(kv_caches)
         if kv is None:
             return None
-        need = lib.minerva_step_work_floats(ctypes.byref(self.plan), m)
+        need = lib.minerva_step_work_bytes(ctypes.byref(self.plan), m)
         if self._work is None or self._work.numel() < need:
-            self._work = torch.empty(need, dtype=torch.float32)
+            self._work = torch.empty(need, dtype=torch.uint8)
         cache = kv_caches[0]
         logits = torch.empty(m, self.plan.vocab, dtype=torch.float32)
         rc = lib.minerva_decode_step(
@@ -166,7 +172,7 @@ class DecodeStep:
             first = kv_caches[0]
             shape = (2, first.shape[1], first.shape[2], self.plan.kv_heads, self.plan.head_dim)
             if len(kv_caches) != self.plan.layers or any(
-                c.dtype != torch.float32 or tuple(c.shape) != shape or not c.is_contiguous()
+                c.dtype != self.dtype or tuple(c.shape) != shape or not c.is_contiguous()
                 for c in kv_caches
             ):
                 return None

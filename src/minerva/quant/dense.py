@@ -51,11 +51,11 @@ class DenseLinearMethod(LinearMethod):
         return self.linear(x, layer.weight, layer.bias)
 
     def step_groups(self, layer: nn.Module):
-        """One float32 group when apply is the CPU kernel set's linear (the C GEMV)."""
+        """One group when apply is the CPU kernel set's linear (the C GEMV of its dtype)."""
         w, b = layer.weight, layer.bias
-        if self.linear is not cpu_linear.linear or w.dtype != torch.float32 or not w.is_cpu:
+        if self.linear is not cpu_linear.linear or w.dtype not in cpu_linear.MAX_ROWS:
             return None
-        if cpu_linear.MAX_ROWS[torch.float32] < cpu_decode_step.MAX_ROWS:
+        if not w.is_cpu or cpu_linear.MAX_ROWS[w.dtype] < cpu_decode_step.MAX_ROWS:
             return None  # apply would take F.linear for some of the step's rows
         if not w.is_contiguous() or b is not None and (b.dtype != w.dtype or not b.is_contiguous()):
             return None
