@@ -124,13 +124,13 @@ def q4_k_m(name: str, shape) -> GGMLType:
 
 
 def file_and_x8(name: str, shape) -> GGMLType:
-    """q, k, gate in Q5_0 (the file's layout), v, up, down in Q8_0 (x8): groups of two
+    """q, k, gate in Q4_1 (the file's layout), v, up, down in Q8_0 (x8): groups of two
     layouts in one layer, and several rows through the file kernel's separate buffer."""
     if name.endswith(("attn_v.weight", "ffn_up.weight", "ffn_down.weight")):
         return GGMLType.Q8_0
     if name == "output.weight" or name.endswith("attn_output.weight"):
         return GGMLType.Q3_K
-    return GGMLType.Q5_0
+    return GGMLType.Q4_1
 
 
 def q4_0(name: str, shape) -> GGMLType:
@@ -140,7 +140,7 @@ def q4_0(name: str, shape) -> GGMLType:
 @pytest.mark.parametrize(
     "plan, arch",
     [(q4_k_m, "llama"), (file_and_x8, "mistral"), (q4_0, "qwen2")],
-    ids=["q4_k_m", "q5_0+q8_0+q3_k", "q4_0-qwen2"],
+    ids=["q4_k_m", "q4_1+q8_0+q3_k", "q4_0-qwen2"],
 )
 def test_gguf_step_equals_layered(tmp_path, step_rows, plan, arch):
     if not cpu_quant_x8.supports(GGMLType.Q4_0, 8, 32):

@@ -17,7 +17,15 @@ from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import GGMLType
 from tests.unit.test_gguf_quant_kernels import case, simulate_q8_0, simulate_q8_k
 
-X8_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
+X8_TYPES = [
+    GGMLType.Q8_0,
+    GGMLType.Q4_0,
+    GGMLType.Q5_0,
+    GGMLType.Q5_1,
+    GGMLType.Q4_K,
+    GGMLType.Q5_K,
+    GGMLType.Q6_K,
+]
 
 
 @pytest.fixture(scope="module")

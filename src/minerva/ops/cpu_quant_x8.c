@@ -6,14 +6,17 @@
 // broadcast, the integer products of 8 rows land in the 8 lanes of one vector (no horizontal
 // sums, no per-row scale shuffles), and each block's scales apply to 8 rows at once. A block
 // group takes exactly the bytes of its 8 file blocks, so memory use does not change. (llama.cpp's
-// CPU "repack" buffers rest on the same idea; this layout is our own.) Types: Q4_0, Q8_0, Q4_K,
-// Q5_K, Q6_K, with AVX2; elsewhere minerva_x8_supports says no and the file layout is kept.
+// CPU "repack" buffers rest on the same idea; this layout is our own.) Types: Q4_0, Q5_0, Q5_1,
+// Q8_0, Q4_K, Q5_K, Q6_K, with AVX2; elsewhere minerva_x8_supports says no and the file layout is kept.
 // minerva_x8_unpack restores the file bytes exactly (the dequantize-then-matmul twin reads them).
 //
 // Layouts, per group of 8 rows and block index b (offsets in bytes; c(r, i) is code i of row
 // r's block, as the file stores it: unsigned for Q4_0 / Q4_K / Q6_K, signed for Q8_0):
 //   Q8_0 (272 B): d[8] fp16 | 8 x 32 B: byte 16 + 32g + 4r + t = c(r, 4g + t)
 //   Q4_0 (144 B): d[8] fp16 | 4 x 32 B: byte 16 + 32L + 4r + t = c(r, 8L + t) | c(r, 8L + 4 + t) << 4
+//   Q5_0 (176 B): Q4_0's 144 B (low 4 bits) | 32 B: byte 144 + 8L + r = byte L of row r's qh
+//     (bit t: bit 4 of c(r, 8L + t), bit 4 + t: of c(r, 8L + 4 + t))
+//   Q5_1 (192 B): d[8] | m[8] fp16 | Q5_0's nibbles and high bits, 16 bytes further on
 //   Q4_K (1152 B): d[8] | dmin[8] | 64 B: byte 32 + 32h + 8j + r = low 4 bits of scale(4h + j, r)
 //     | low 4 bits of min(4h + j, r) << 4 | 32 B: byte 96 + 8j + r = the top 2 bits of scale(j),
 //     min(j), scale(4 + j), min(4 + j) | 1024 B: byte 128 + 128s + 32L + 4r + t =
@@ -38,12 +41,14 @@
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 
-enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
 // block (values, file bytes) of the types with an x8 layout; 0 otherwise
 static int x8_geometry(int type, int *block, int *bytes) {
     switch (type) {
     case T_Q4_0: *block = QK, *bytes = 18; return 1;
+    case T_Q5_0: *block = QK, *bytes = 22; return 1;
+    case T_Q5_1: *block = QK, *bytes = 24; return 1;
     case T_Q8_0: *block = QK, *bytes = 34; return 1;
     case T_Q4_K: *block = QK_K, *bytes = 144; return 1;
     case T_Q5_K: *block = QK_K, *bytes = 176; return 1;
@@ -66,6 +71,15 @@ static void decode_block(int type, const uint8_t *blk, block_codes *o) {
         memcpy(o->c, blk + 2, QK);
     } else if (type == T_Q4_0) {
         for (int l = 0; l < 16; l++) o->c[l] = blk[2 + l] & 15, o->c[l + 16] = blk[2 + l] >> 4;
+    } else if (type == T_Q5_0 || type == T_Q5_1) {  // d, (m,) qh (bit j: bit 4 of code j), qs
+        const int h = type == T_Q5_1 ? 4 : 2;
+        uint32_t qh;
+        if (type == T_Q5_1) memcpy(&o->dmin, blk + 2, 2);
+        memcpy(&qh, blk + h, 4);
+        for (int l = 0; l < 16; l++) {
+            o->c[l] = (uint8_t)((blk[h + 4 + l] & 15) | (((qh >> l) & 1) << 4));
+            o->c[l + 16] = (uint8_t)((blk[h + 4 + l] >> 4) | (((qh >> (l + 16)) & 1) << 4));
+        }
     } else if (type == T_Q4_K || type == T_Q5_K) {
         const int five = type == T_Q5_K;
         const uint8_t *s = blk + 4, *qs = blk + (five ? 48 : 16), *qh = blk + 16;
@@ -103,6 +117,14 @@ static void encode_block(int type, const block_codes *o, uint8_t *blk) {
         memcpy(blk + 2, o->c, QK);
     } else if (type == T_Q4_0) {
         for (int l = 0; l < 16; l++) blk[2 + l] = (uint8_t)(o->c[l] | (o->c[l + 16] << 4));
+    } else if (type == T_Q5_0 || type == T_Q5_1) {
+        const int h = type == T_Q5_1 ? 4 : 2;
+        uint32_t qh = 0;
+        if (type == T_Q5_1) memcpy(blk + 2, &o->dmin, 2);
+        for (int j = 0; j < QK; j++) qh |= (uint32_t)(o->c[j] >> 4) << j;
+        memcpy(blk + h, &qh, 4);
+        for (int l = 0; l < 16; l++)
+            blk[h + 4 + l] = (uint8_t)((o->c[l] & 15) | ((o->c[l + 16] & 15) << 4));
     } else if (type == T_Q4_K || type == T_Q5_K) {
         const int five = type == T_Q5_K;
         uint8_t *s = blk + 4, *qs = blk + (five ? 48 : 16), *qh = blk + 16;
@@ -142,11 +164,18 @@ static void x8_unpack_block(int type, const uint8_t *g, block_codes b[8]) {
         if (k45) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
         if (type == T_Q8_0) {
             for (int i = 0; i < QK; i++) c[i] = g[16 + 32 * (i / 4) + 4 * r + i % 4];
-        } else if (type == T_Q4_0) {
+        } else if (type == T_Q4_0 || type == T_Q5_0 || type == T_Q5_1) {
+            const int o = type == T_Q5_1 ? 16 : 0;  // Q5_1: the mins first
+            if (o) memcpy(&b[r].dmin, g + 16 + 2 * r, 2);
             for (int L = 0; L < 4; L++)
                 for (int t = 0; t < 4; t++) {
-                    const uint8_t p = g[16 + 32 * L + 4 * r + t];
+                    const uint8_t p = g[o + 16 + 32 * L + 4 * r + t];
                     c[8 * L + t] = p & 15, c[8 * L + 4 + t] = p >> 4;
+                    if (type != T_Q4_0) {
+                        const uint8_t h = g[o + 144 + 8 * L + r];
+                        c[8 * L + t] |= (uint8_t)(((h >> t) & 1) << 4);
+                        c[8 * L + 4 + t] |= (uint8_t)(((h >> (4 + t)) & 1) << 4);
+                    }
                 }
         } else if (k45) {
             for (int s = 0; s < 8; s++) {
@@ -189,10 +218,14 @@ static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restri
         memcpy(g + 2 * r, f + (type == T_Q6_K ? 208 : 0), 2);
         if (type == T_Q8_0) {
             for (int k = 0; k < 8; k++) memcpy(g + 16 + 32 * k + 4 * r, f + 2 + 4 * k, 4);
-        } else if (type == T_Q4_0) {
-            const uint8_t *q = f + 2;  // byte l: codes l (low nibble) and l + 16 (high)
+        } else if (type == T_Q4_0 || type == T_Q5_0 || type == T_Q5_1) {
+            const int one = type == T_Q5_1, at = one ? 16 : 0;  // Q5_1: m[8] after d[8]
+            const uint8_t *q = f + (type == T_Q4_0 ? 2 : one ? 8 : 6);  // byte l: codes l, l + 16
+            if (one) memcpy(g + 16 + 2 * r, f + 2, 2);
+            if (type != T_Q4_0)  // qh, byte by byte
+                for (int L = 0; L < 4; L++) g[at + 144 + 8 * L + r] = f[(one ? 4 : 2) + L];
             for (int t = 0; t < 4; t++) {
-                uint8_t *o = g + 16 + 4 * r + t;
+                uint8_t *o = g + at + 16 + 4 * r + t;
                 o[0] = (uint8_t)((q[t] & 15) | (q[4 + t] << 4));
                 o[32] = (uint8_t)((q[8 + t] & 15) | (q[12 + t] << 4));
                 o[64] = (uint8_t)((q[t] >> 4) | (q[4 + t] & 0xF0));
@@ -420,6 +453,55 @@ INLINE void dot8_q4_0(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
+// Q5_0: Q4_0's nibbles with bit 4 from one byte per row and L (lane 4r + t: bit t for the low
+// code, 4 + t for the high one); codes <= 31, so the int16 sums go to int32 every L.
+INLINE void dot8_q5(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                    const int one) {  // one: Q5_1 (mins m[8] after d[8], 16 bytes further on)
+    const int at = one ? 16 : 0, bytes = one ? 192 : 176;
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(15);
+    const __m256i bit4 = _mm256_set1_epi8(0x10);
+    const __m256i rows = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4,
+                                          4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
+    const __m256i mlo = _mm256_setr_epi8(1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8,
+                                         1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8);
+    const __m256i mhi = _mm256_slli_epi16(mlo, 4);
+    for (int64_t b = 0; b < nb; b++, g += bytes) {
+        prefetch_block(g, bytes);
+        __m256i s32[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) s32[m] = _mm256_setzero_si256();
+        UNROLL for (int L = 0; L < 4; L++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(g + at + 16 + 32 * L));
+            int64_t hb;
+            memcpy(&hb, g + at + 144 + 8 * L, 8);
+            const __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi64x(hb), rows);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(w, low4),
+                                               _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, mlo), mlo), bit4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), low4),
+                                               _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(h, mhi), mhi), bit4));
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + b * QK + 8 * L;
+                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast4(aq)),
+                                                   _mm256_maddubs_epi16(hi, bcast4(aq + 4)));
+                s32[m] = _mm256_add_epi32(s32[m], _mm256_madd_epi16(p, ones));
+            }
+        }
+        const __m256 d = d8(g);
+        // Q5_0's codes carry +16: -16 d_w, Q5_1's offset m_w, times d_a * sum of the codes
+        const __m256 off = one ? d8(g + 16) : _mm256_mul_ps(d, _mm256_set1_ps(-16.0f));
+        UNROLL for (int m = 0; m < M; m++) {
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+            acc[m] = _mm256_fmadd_ps(off, _mm256_set1_ps(a[m].s[b]), acc[m]);
+        }
+    }
+}
+
+INLINE void dot8_q5_0(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_q5(g, a, M, nb, acc, 0);
+}
+INLINE void dot8_q5_1(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_q5(g, a, M, nb, acc, 1);
+}
+
 // Q4_K, and Q5_K (`five`: Q4_K's layout plus a plane of fifth bits, bit k of a byte for group
 // k of the subblock; 1408-byte groups)
 INLINE void dot8_k45(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
@@ -569,6 +651,8 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
 
 DEFINE_GROUPS(q8_0)
 DEFINE_GROUPS(q4_0)
+DEFINE_GROUPS(q5_0)
+DEFINE_GROUPS(q5_1)
 DEFINE_GROUPS(q4_k)
 DEFINE_GROUPS(q5_k)
 DEFINE_GROUPS(q6_k)
@@ -586,6 +670,7 @@ int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, in
         N % 8 || K < 1 || K % block || ldy < N || threads < 1)
         return -1;
     const groups_fn groups = type == T_Q8_0 ? groups_q8_0 : type == T_Q4_0 ? groups_q4_0
+                           : type == T_Q5_0 ? groups_q5_0 : type == T_Q5_1 ? groups_q5_1
                            : type == T_Q4_K ? groups_q4_k : type == T_Q5_K ? groups_q5_k
                            : groups_q6_k;
     const int ktype = block == QK_K;

@@ -16,8 +16,9 @@ import torch
 from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_quant_x8.c")
-# Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
-GEOMETRY = {2: (32, 18), 8: (32, 34), 12: (256, 144), 13: (256, 176), 14: (256, 210)}
+# Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K
+GEOMETRY = {2: (32, 18), 6: (32, 22), 7: (32, 24), 8: (32, 34)}
+GEOMETRY |= {12: (256, 144), 13: (256, 176), 14: (256, 210)}
 
 _lib: list = []  # [the library] once bound
 
