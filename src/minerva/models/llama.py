@@ -242,13 +242,13 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
         x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
-        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
-        if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
-            return self._forward_one_token(x, cos, sin, kv_caches, meta)
-        if self.use_cpu_step:
+        if self.use_cpu_step:  # the step reads the RoPE tables itself
             logits = self._cpu_decode(x, positions, kv_caches, meta, logits_indices)
             if logits is not None:
                 return logits
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
+        if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
+            return self._forward_one_token(x, cos, sin, kv_caches, meta)
         x, residual = self._layers(x, cos, sin, kv_caches, meta)
         # Only the rows that sample need the final norm and the vocab projection.
         x, _ = self.model.norm(x[logits_indices], residual[logits_indices])
