@@ -224,9 +224,11 @@ def noise_keys(seed: int, token_index: int) -> tuple[int, int]:
     return mix32(key2 ^ seed_key), key2
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)
 def _seed_key(seed: int) -> int:
-    # A request keeps its seed for every token: hash it once, not once per step.
+    # A request keeps its seed for every token: hash it once, not once per step. 256 entries
+    # hold the seeds of the requests in flight; 4,096 took ~0.5 MB that a soak of seeded
+    # requests saw grow for thousands of requests (docs/reliability.md).
     return mix32(mix32((seed & _M32) ^ _KEY_SALTS[0]) ^ (seed >> 32))
 
 
