@@ -3,7 +3,9 @@
     PYTHONPATH=src python3 benchmarks/cpu_quant.py [--shapes smollm-135m tinyllama-1.1b]
         [--types Q8_0 Q4_K_M Q4_0] [--prompt-len 128] [--decode-tokens 32] [--rounds 3]
 
-Random-weight models of real shapes are written once as F16 GGUF (with the demo model's
+`--types F16` runs the F16 file itself, Minerva in bfloat16 (the same 16 bits per weight; its
+float32 default would stream twice the bytes). Random-weight models of real shapes are written
+once as F16 GGUF (with the demo model's
 tokenizer, padded to the shape's vocabulary) and quantized by llama.cpp's own quantizer
 (`llama_model_quantize`), so both engines read the very same files. Every measurement runs in
 its own process (load time and peak RSS are per process); the engines alternate, in reversed
@@ -34,6 +36,7 @@ from record import write_results
 from shapes import SHAPES, hf_config
 
 HERE = Path(__file__).resolve().parent
+F16 = "F16"  # the converted file itself
 QUANT_FTYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_K_S": 14}
 
 
@@ -116,6 +119,7 @@ def child_minerva(args) -> dict:
         max_num_seqs=1,
         enable_prefix_caching=False,
         num_threads=args.threads,
+        dtype="bfloat16" if args.file.endswith(f"-{F16}.gguf") else "auto",
     )
     load_s = time.perf_counter() - t
     ids = prompt_ids(args.prompt_len)
@@ -278,7 +282,10 @@ def main() -> None:
         "--shapes", nargs="+", default=["smollm-135m", "tinyllama-1.1b"], choices=list(SHAPES)
     )
     ap.add_argument(
-        "--types", nargs="+", default=["Q8_0", "Q4_K_M", "Q4_0"], choices=list(QUANT_FTYPES)
+        "--types",
+        nargs="+",
+        default=["Q8_0", "Q4_K_M", "Q4_0"],
+        choices=[*QUANT_FTYPES, F16],
     )
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--decode-tokens", type=int, default=32)
@@ -334,7 +341,7 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
         for type_name in args.types:
             file = work / f"{shape}-{type_name}.gguf"
-            if not file.exists():
+            if not file.exists() and type_name != F16:
                 print(f"quantizing {file} with llama.cpp", flush=True)
                 quantize_with_llama_cpp(f16, file, type_name, args.threads)
             weight_bytes = streamed_weight_bytes(file)
