@@ -285,3 +285,26 @@ def test_tokenizer_from_gguf_metadata_matches_the_hf_tokenizer(tmp_path):
     assert gg.tokenizer is not None
     assert gg.tokenizer.encode(text) == hf.tokenizer.encode(text)
     assert hf.tokenizer.eos_token_id in gg.eos_token_ids
+
+
+def test_float_tensors_let_their_file_pages_go_once_consumed(tmp_path, monkeypatch):
+    """A float tensor is converted (or copied by the model) as it is consumed: its mapped pages
+    are released when the consumer asks for the next one, so loading an F16 file never holds
+    the whole file and the model at once. Quantized tensors keep theirs until their method
+    copies them (they carry the release instead)."""
+    import minerva.loader.gguf as gguf_loader
+
+    released: list[int] = []
+
+    def recorder(mm, offset, nbytes):
+        return lambda: released.append(offset)
+
+    monkeypatch.setattr(gguf_loader, "_releaser", recorder)
+    _, gg, _ = both(tmp_path, "llama", float_type="F16")
+    offsets = {hf: gg.tensors[name][1].offset for name, hf in gg.hf_names.items()}
+    seen = []
+    for name, tensor in gg.iter_weights(dtype=torch.bfloat16, progress=False):
+        assert released == [offsets[n] for n in seen]  # each earlier one, not this one yet
+        assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.bfloat16
+        seen.append(name)
+    assert released == [offsets[n] for n in seen]

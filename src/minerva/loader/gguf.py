@@ -133,9 +133,14 @@ class GGUFSource(ModelSource):
                 raw = _raw_bytes(mm, info)  # [nbytes] uint8, a view of the file
                 advance(info.nbytes)
                 tensor = self._tensor(hf_name, info, raw, device, dtype)
+                release = _releaser(mm, info.offset, info.nbytes)
                 if isinstance(tensor, QuantizedTensor):
-                    tensor = replace(tensor, release=_releaser(mm, info.offset, info.nbytes))
+                    yield hf_name, replace(tensor, release=release)
+                    continue
                 yield hf_name, tensor
+                # The consumer has copied the floats (into the model's dtype): drop the pages.
+                # Unmodified pages of the private map are read again from the file if touched.
+                release()
 
     def _tensor(
         self,
