@@ -65,7 +65,7 @@ def build(model) -> DecodeStep | None:
         layer=ctypes.cast(plans, ctypes.POINTER(LayerPlan)), final_norm=final_norm, head=head,
         cos=cos, sin=sin, k=kernels,
     )  # fmt: skip
-    return DecodeStep(plan, plans, keep, step.MAX_ROWS, dtype)
+    return DecodeStep(plan, plans, keep, dtype)
 
 
 def _linear(dst: LinearPlan, layer, kernels, dtype: torch.dtype, keep: list) -> bool:

@@ -117,9 +117,9 @@ class DecodeStep:
     plan: ModelPlan = field(repr=False)
     layers: ctypes.Array = field(repr=False)
     keep: list[torch.Tensor] = field(repr=False)
-    max_rows: int
     dtype: torch.dtype
     _work: torch.Tensor | None = field(default=None, repr=False)
+    _work_rows: int = field(default=0, repr=False)  # the most rows _work holds
     _kv: tuple[int, ...] = field(default=(), repr=False)
     _kv_array: ctypes.Array | None = field(default=None, repr=False)
 
@@ -136,7 +136,7 @@ class DecodeStep:
         None where the inputs do not fit the kernel (the caller takes the layered path)."""
         m = x.shape[0]
         if (
-            m > self.max_rows
+            m > MAX_ROWS
             or x.dtype != self.dtype
             or not x.is_contiguous()
             or positions.dtype != torch.int64
@@ -152,9 +152,9 @@ class DecodeStep:
         kv = self._kv_pointers(kv_caches)
         if kv is None:
             return None
-        need = lib.minerva_step_work_bytes(ctypes.byref(self.plan), m)
-        if self._work is None or self._work.numel() < need:
-            self._work = torch.empty(need, dtype=torch.uint8)
+        if m > self._work_rows:  # sized once per larger batch, not every step
+            need = lib.minerva_step_work_bytes(ctypes.byref(self.plan), m)
+            self._work, self._work_rows = torch.empty(need, dtype=torch.uint8), m
         cache = kv_caches[0]
         logits = torch.empty(m, self.plan.vocab, dtype=torch.float32)
         rc = lib.minerva_decode_step(
