@@ -28,7 +28,7 @@ MAX_ROWS = {torch.float32: 32, torch.bfloat16: 1 << 30, torch.float16: 1 << 30}
 # From this many rows bf16 / fp16 products take cpu_gemm's tiled fp32 GEMM instead of the GEMV
 # kernel (which still takes any row count: cpu_decode_step calls it directly). The crossover was
 # measured with benchmarks/cpu_gemm.py (results/cpu_gemm.json) on a 2-core AVX2 EPYC.
-GEMM_MIN_ROWS = {torch.bfloat16: 16, torch.float16: 16}
+GEMM_MIN_ROWS = {torch.bfloat16: 32, torch.float16: 32}
 
 _kernels: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
 _max_rows: dict[torch.dtype, int] = {}
