@@ -108,6 +108,16 @@ def test_ineligible_many_row_inputs_fall_back_to_f_linear(kernel, monkeypatch):
     assert y.requires_grad
 
 
+def test_scratch_works_in_and_out_of_inference_mode():
+    """The scratch made under inference_mode (the engine) serves a later no_grad call."""
+    cpu_gemm._local.__dict__.clear()
+    x, w = torch.randn(40, 30).bfloat16(), torch.randn(20, 30).bfloat16()
+    with torch.inference_mode():
+        _check(cpu_gemm.linear(x, w, None), x, w, None)
+    with torch.no_grad():
+        _check(cpu_gemm.linear(x, w, None), x, w, None)
+
+
 def test_threads_each_keep_their_own_scratch():
     """Two Python threads multiplying at once (the engine thread and a caller) do not mix."""
     g = torch.Generator().manual_seed(2)

@@ -25,7 +25,8 @@ _local = threading.local()  # per thread: one fp32 scratch tensor, grown on dema
 def _scratch(numel: int) -> torch.Tensor:
     buf = getattr(_local, "buf", None)
     if buf is None or buf.numel() < numel:
-        buf = _local.buf = torch.empty(numel, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: writable in and out of the mode
+            buf = _local.buf = torch.empty(numel, dtype=torch.float32)
     return buf[:numel]
 
 
