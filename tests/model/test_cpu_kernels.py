@@ -68,11 +68,13 @@ def test_fp32_greedy_and_logits_match_transformers(tiny):
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0, msg=f"step {step}")
 
 
-def test_bf16_kernel_on_equals_off(tiny):
+@pytest.mark.parametrize("prompt_len", [25, cpu_linear.GEMM_MIN_ROWS[torch.bfloat16] + 13])
+def test_bf16_kernel_on_equals_off(tiny, prompt_len):
     """bf16: the kernel and torch round differently (one rounding of an fp32 sum each), so the
-    logits agree to a few bf16 ulps rather than bitwise."""
+    logits agree to a few bf16 ulps rather than bitwise. The longer prompt's prefill takes the
+    tiled GEMM (cpu_gemm), the shorter one's the GEMV."""
     path, _ = tiny
-    prompt = list(range(5, 30))
+    prompt = list(range(5, 5 + prompt_len))
     on_tokens, on_logits = _run(_llm(path, "bfloat16", True), prompt, 8)
     off_tokens, off_logits = _run(_llm(path, "bfloat16", False), prompt, 8)
     # prefill (many rows) and the first decode step share the prefix; compare their logits

@@ -1,4 +1,5 @@
-"""A faster `F.linear` for CPU decode: cpu_gemv.c, compiled at first use (ops/native.py).
+"""A faster `F.linear` for the CPU: cpu_gemv.c (compiled at first use, ops/native.py) for few
+rows, and cpu_gemm.py's tiled fp32 GEMM for many rows of bf16 / fp16.
 
 torch's CPU matrix-vector product streams bf16/fp16 weights at about half the memory bandwidth
 (it has no fast path without AVX512_BF16) and slows down further for 2-64 rows. The kernel
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minerva.ops import native
+from minerva.ops import cpu_gemm, native
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -24,6 +25,10 @@ _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 # --rows ...): in fp32 torch's GEMM wins from 64 rows on; in bf16/fp16, where torch has no fast
 # path without AVX512_BF16, the kernel won at every length tried (2-8x at 8-512 rows).
 MAX_ROWS = {torch.float32: 32, torch.bfloat16: 1 << 30, torch.float16: 1 << 30}
+# From this many rows bf16 / fp16 products take cpu_gemm's tiled fp32 GEMM instead of the GEMV
+# kernel (which still takes any row count: cpu_decode_step calls it directly). The crossover was
+# measured with benchmarks/cpu_gemm.py (results/cpu_gemm.json) on a 2-core AVX2 EPYC.
+GEMM_MIN_ROWS = {torch.bfloat16: 32, torch.float16: 32}
 
 _kernels: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
 _max_rows: dict[torch.dtype, int] = {}
@@ -85,6 +90,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         bias_ptr = bias.data_ptr()
     else:
         return F.linear(x, weight, bias)
+    if m >= GEMM_MIN_ROWS.get(x.dtype, m + 1):
+        return cpu_gemm.linear(x, weight, bias)
     y = torch.empty(m, n, dtype=x.dtype)
     if fn(
         weight.data_ptr(), x.data_ptr(), bias_ptr, y.data_ptr(), m, n, k, torch.get_num_threads()

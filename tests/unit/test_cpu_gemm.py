@@ -1,0 +1,144 @@
+"""ops.cpu_gemm (many-row bf16 / fp16 products over fp32 weight tiles) against F.linear in
+float64, and cpu_linear's choice between it, the GEMV kernel and F.linear."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minerva.ops import cpu_gemm, cpu_linear
+from minerva.platform import native_kernel_arch
+
+DTYPES = [torch.bfloat16, torch.float16]
+IDS = ["bf16", "f16"]
+OUT_EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # one rounding of the output
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if not cpu_linear.load():
+        if native_kernel_arch() and shutil.which("cc"):
+            pytest.fail(f"the kernel should build here: {cpu_linear.status()}")
+        pytest.skip(f"no CPU kernel here: {cpu_linear.status()}")
+    return cpu_linear
+
+
+def _check(y: torch.Tensor, x, w, b) -> None:
+    """|y - ref| <= output rounding + the fp32 summation bound (K + 2) u sum |x w| (+ |b|).
+
+    Products of 16-bit values are exact in fp32, so any fp32 summation order stays inside it."""
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    scale = F.linear(x.double().abs(), w.double().abs())
+    if b is not None:
+        scale = scale + b.double().abs()
+    bound = OUT_EPS[y.dtype] * ref.abs() + (x.shape[-1] + 2) * 2.0**-24 * scale + 1e-30
+    err = (y.double() - ref).abs()
+    assert y.dtype == x.dtype and y.shape == ref.shape and y.is_contiguous()
+    assert bool((err <= bound).all()), f"max excess {float((err - bound).max())}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_tiles_match_float64_reference(dtype, bias, monkeypatch):
+    """Odd N and K; tiny tiles and passes so that tails of both are exercised."""
+    monkeypatch.setattr(cpu_gemm, "TILE_BYTES", 4 * 24 * 40)  # 16-row tiles at K=40
+    monkeypatch.setattr(cpu_gemm, "PASS_ROWS", 7)
+    g = torch.Generator().manual_seed(0)
+    for m, n, k in [(1, 1, 1), (3, 5, 9), (16, 17, 33), (23, 130, 40), (40, 1001, 300)]:
+        w = torch.randn(n, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype) if bias else None
+        x = torch.randn(m, k, generator=g).to(dtype)
+        with torch.inference_mode():
+            _check(cpu_gemm.linear(x, w, b), x, w, b)
+
+
+def test_tile_rows_stay_aligned_and_bounded():
+    assert cpu_gemm.tile_rows(10, 2048) == 10  # never more rows than the weight has
+    rows = cpu_gemm.tile_rows(100_000, 2048)
+    assert rows % cpu_gemm.TILE_ALIGN == 0 and rows * 2048 * 4 <= cpu_gemm.TILE_BYTES
+    assert cpu_gemm.tile_rows(100_000, 10**7) == cpu_gemm.TILE_ALIGN  # K larger than a tile
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_many_rows_take_the_tiled_gemm(kernel, dtype, monkeypatch):
+    """From GEMM_MIN_ROWS rows on (2-D or flattened 3-D), the tiled GEMM; below it, the GEMV."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(70, 96, generator=g).to(dtype)
+    b = torch.randn(70, generator=g).to(dtype)
+    rows = cpu_linear.GEMM_MIN_ROWS[dtype]
+    calls = []
+    real = cpu_gemm.linear
+    monkeypatch.setattr(cpu_gemm, "linear", lambda *a: calls.append(a[0].shape) or real(*a))
+    with torch.inference_mode():
+        x = torch.randn(rows, 96, generator=g).to(dtype)
+        _check(kernel.linear(x, w, b), x, w, b)
+        x3 = torch.randn(2, rows + 3, 96, generator=g).to(dtype)
+        y3 = kernel.linear(x3, w, b)
+        assert y3.shape == (2, rows + 3, 70)
+        _check(y3.view(-1, 70), x3.view(-1, 96), w, b)
+        few = torch.randn(rows - 1, 96, generator=g).to(dtype)
+        _check(kernel.linear(few, w), few, w, None)
+    assert calls == [(rows, 96), (2 * (rows + 3), 96)]
+
+
+def test_float32_never_takes_the_tiled_gemm(kernel, monkeypatch):
+    monkeypatch.setattr(cpu_gemm, "linear", lambda *a: pytest.fail("fp32 took the tiled GEMM"))
+    x, w = torch.randn(64, 48), torch.randn(40, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(kernel.linear(x, w), F.linear(x, w))
+
+
+def test_ineligible_many_row_inputs_fall_back_to_f_linear(kernel, monkeypatch):
+    """Non-contiguous input, weight or bias, autograd: F.linear computes."""
+    monkeypatch.setattr(cpu_gemm, "linear", lambda *a: pytest.fail("took the tiled GEMM"))
+    w, m = torch.randn(40, 24).bfloat16(), cpu_linear.GEMM_MIN_ROWS[torch.bfloat16] + 5
+    with torch.inference_mode():
+        x = torch.randn(24, m).bfloat16().t()  # [m, 24], not contiguous
+        torch.testing.assert_close(kernel.linear(x, w), F.linear(x, w))
+        wt = torch.randn(24, 40).bfloat16().t()  # weight not contiguous
+        xc = x.contiguous()
+        torch.testing.assert_close(kernel.linear(xc, wt), F.linear(xc, wt))
+        b = torch.randn(80).bfloat16()[::2]  # bias not contiguous
+        torch.testing.assert_close(kernel.linear(xc, w, b), F.linear(xc, w, b))
+    y = kernel.linear(torch.randn(m, 24).bfloat16(), w.clone().requires_grad_())
+    assert y.requires_grad
+
+
+def test_scratch_works_in_and_out_of_inference_mode():
+    """The scratch made under inference_mode (the engine) serves a later no_grad call."""
+    cpu_gemm._local.__dict__.clear()
+    x, w = torch.randn(40, 30).bfloat16(), torch.randn(20, 30).bfloat16()
+    with torch.inference_mode():
+        _check(cpu_gemm.linear(x, w, None), x, w, None)
+    with torch.no_grad():
+        _check(cpu_gemm.linear(x, w, None), x, w, None)
+
+
+def test_threads_each_keep_their_own_scratch():
+    """Two Python threads multiplying at once (the engine thread and a caller) do not mix."""
+    g = torch.Generator().manual_seed(2)
+    cases = [
+        (
+            torch.randn(33, 200, generator=g).bfloat16(),
+            torch.randn(300, 200, generator=g).bfloat16(),
+        )
+        for _ in range(2)
+    ]
+    expected = [cpu_gemm.linear(x, w, None) for x, w in cases]
+    results: list = [None, None]
+
+    def work(i: int) -> None:
+        with torch.inference_mode():
+            results[i] = [cpu_gemm.linear(*cases[i], None) for _ in range(20)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        assert all(torch.equal(r, expected[i]) for r in results[i])
