@@ -39,10 +39,10 @@ def step_rows(monkeypatch) -> list[int]:
     rows: list[int] = []
     run = DecodeStep.run
 
-    def counting(self, x, *args):
-        out = run(self, x, *args)
+    def counting(self, x, *args, ids=None):
+        out = run(self, x, *args, ids=ids)
         if out is not None:
-            rows.append(x.shape[0])
+            rows.append((ids if x is None else x).shape[0])
         return out
 
     monkeypatch.setattr(DecodeStep, "run", counting)
@@ -211,3 +211,28 @@ def test_out_of_range_inputs_are_refused_not_read(tmp_path):
     block_size = worker.kv_caches[0].shape[2]
     assert run(0, 2 * block_size + 1) is None  # needs a third block: the table has two
     assert run(0, 0) is None
+
+
+def test_the_step_embeds_token_ids_as_the_embedding_layer(tmp_path):
+    """Given token ids, the step gathers their rows of the embedding table itself: the same
+    logits as when handed the embedding layer's output; an id outside the table is refused."""
+    build_tiny_model(tmp_path, "llama", seed=9)
+    llm = _llm(tmp_path)
+    llm.generate([PROMPTS[0]], GREEDY)
+    worker = llm.engine.worker
+    step: DecodeStep = worker.model._cpu_step
+    assert step.embeds
+    vocab = worker.model.model.embed_tokens.weight.shape[0]
+    ids = torch.tensor([3, vocab - 1], dtype=torch.int64)
+    x = worker.model.model.embed_tokens(ids)
+    positions = torch.tensor([0, 1])
+    slots = torch.tensor([0, 1])
+    tables = torch.zeros(2, 1, dtype=torch.int32)
+    lens = torch.tensor([1, 2], dtype=torch.int32)
+    args = (positions, worker.kv_caches, slots, tables, lens)
+    given = step.run(x, *args)
+    gathered = step.run(None, *args, ids=ids)
+    assert given is not None and torch.equal(given, gathered)
+    assert step.run(None, *args, ids=torch.tensor([0, vocab])) is None
+    assert step.run(None, *args, ids=torch.tensor([-1, 0])) is None
+    assert step.run(None, *args) is None  # neither embeddings nor ids

@@ -241,11 +241,11 @@ class LlamaForCausalLM(nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
-        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
-        if self.use_cpu_step:  # the step reads the RoPE tables itself
-            logits = self._cpu_decode(x, positions, kv_caches, meta, logits_indices)
+        if self.use_cpu_step:  # the step reads the RoPE tables (and the embeddings) itself
+            logits = self._cpu_decode(input_ids, positions, kv_caches, meta, logits_indices)
             if logits is not None:
                 return logits
+        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
             return self._forward_one_token(x, cos, sin, kv_caches, meta)
@@ -303,10 +303,12 @@ class LlamaForCausalLM(nn.Module):
         norm, head = self.model.norm, self.lm_head
         return head.method.apply_norm_in(head, h, partials, norm.weight, norm.eps).float()
 
-    def _cpu_decode(self, x, positions, kv_caches, meta, logits_indices) -> torch.Tensor | None:
+    def _cpu_decode(
+        self, input_ids, positions, kv_caches, meta, logits_indices
+    ) -> torch.Tensor | None:
         """A step of decode rows only (one token each, each sampled) through the CPU's
         whole-step kernel; None where it does not apply (the layered path runs)."""
-        n = x.shape[0]
+        n = input_ids.shape[0]
         if meta.num_decodes != n or meta.num_seqs != n or logits_indices.shape[0] != n:
             return None
         if meta.verify_rows:
@@ -315,9 +317,11 @@ class LlamaForCausalLM(nn.Module):
             self._cpu_step = llama_cpu_step.build(self)
         if self._cpu_step is None:
             return None
-        return self._cpu_step.run(
-            x, positions, kv_caches, meta.slot_mapping, meta.block_tables, meta.seq_lens
-        )
+        step, args = self._cpu_step, (meta.slot_mapping, meta.block_tables, meta.seq_lens)
+        if step.embeds:
+            return step.run(None, positions, kv_caches, *args, ids=input_ids)
+        x = self.model.embed_tokens(input_ids)  # [n, hidden]
+        return step.run(x, positions, kv_caches, *args)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [T, hidden] (already normed) -> logits [T, vocab] in float32."""

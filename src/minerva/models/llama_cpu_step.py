@@ -57,13 +57,15 @@ def build(model) -> DecodeStep | None:
     cos, sin = _ptr(model.cos, dtype, keep), _ptr(model.sin, dtype, keep)
     if final_norm is None or cos is None or sin is None or model.model.norm.eps != eps:
         return None
+    embed = model.model.embed_tokens  # a dense table the step gathers from; else the caller's
+    embed_ptr = _ptr(embed.weight, dtype, keep) if embed.blocks_type is None else None
     plan = ModelPlan(
         layers=len(layers), hidden=c.hidden_size, heads=first.num_heads,
         kv_heads=first.num_kv_heads, head_dim=first.head_dim,
         intermediate=layers[0].mlp.intermediate_size, vocab=model.lm_head.out_features,
         max_positions=model.cos.shape[0], eps=eps, scale=first.scale, dtype=step.DTYPES[dtype],
         layer=ctypes.cast(plans, ctypes.POINTER(LayerPlan)), final_norm=final_norm, head=head,
-        cos=cos, sin=sin, k=kernels,
+        cos=cos, sin=sin, k=kernels, embed=embed_ptr, embed_rows=embed.weight.shape[0],
     )  # fmt: skip
     return DecodeStep(plan, plans, keep, dtype)
 

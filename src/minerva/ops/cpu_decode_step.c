@@ -79,6 +79,8 @@ typedef struct {
     step_linear head;
     const void *cos, *sin;  // [max_positions, head_dim] (sin sign-folded, as rope.py)
     step_kernels k;
+    const void *embed;   // [embed_rows, hidden] token embeddings, or NULL (the caller embeds)
+    int64_t embed_rows;
 } step_model;
 
 // Scratch of one step of M rows (elements of the model dtype; tmp also takes float32 rows of
@@ -151,14 +153,16 @@ static int linear(const step_model *m, const step_linear *l, const void *x, void
     return quantized(m, l, (const float *)x, (float *)y, (float *)tmp, M, threads);
 }
 
-// x [M, hidden]: the rows' embeddings; kv [layers]: each layer's cache [2, num_blocks,
+// x [M, hidden]: the rows' embeddings, or NULL: the step gathers rows `ids` [M] int64 of
+// m->embed (F.embedding, a copy); kv [layers]: each layer's cache [2, num_blocks,
 // block_size, kv_heads, head_dim] (all in the model dtype); positions, slots [M] int64;
 // block_tables [M, bt_stride] and seq_lens [M] int32 (after this step's token); logits
 // [M, vocab] float32; work: minerva_step_work_bytes. 0 on success; nonzero if an argument is
 // out of range or a kernel failed (the caller then runs the layered path, which rewrites the
 // same KV slots with the same values).
 int minerva_decode_step(const step_model *m, void *const *kv, int64_t num_blocks,
-                        int64_t block_size, const void *x, int64_t M, const int64_t *positions,
+                        int64_t block_size, const void *x, const int64_t *ids, int64_t M,
+                        const int64_t *positions,
                         const int64_t *slots, const int32_t *block_tables, int64_t bt_stride,
                         const int32_t *seq_lens, float *logits, void *work, int threads) {
     if (M < 1 || threads < 1 || num_blocks < 1 || block_size < 1) return -1;
@@ -170,7 +174,16 @@ int minerva_decode_step(const step_model *m, void *const *kv, int64_t num_blocks
     carve(m, M, (char *)work, &b);
     const int64_t H = m->heads, KV = m->kv_heads, D = m->head_dim, hid = m->hidden;
     const int64_t qkv_w = (H + 2 * KV) * D, qk_w = (H + KV) * D;
-    memcpy(b.res, x, (size_t)(M * hid * ES(m)));  // the residual stream starts as the embeddings
+    if (x) {
+        memcpy(b.res, x, (size_t)(M * hid * ES(m)));  // the residual stream: the embeddings
+    } else {
+        if (!m->embed || !ids) return -1;
+        for (int64_t r = 0; r < M; r++) {
+            if (ids[r] < 0 || ids[r] >= m->embed_rows) return -1;  // F.embedding raises
+            memcpy(AT(b.res, m, r * hid), AT(m->embed, m, ids[r] * hid), (size_t)(hid * ES(m)));
+        }
+        x = b.res;
+    }
     int rc = m->k.norm(x, NULL, m->layer[0].in_norm, b.xn, NULL, M, hid, m->eps, threads);
     for (int64_t i = 0; i < m->layers && !rc; i++) {
         const step_layer *L = &m->layer[i];

@@ -75,6 +75,8 @@ class ModelPlan(ctypes.Structure):
         ("cos", p),
         ("sin", p),
         ("k", Kernels),
+        ("embed", p),
+        ("embed_rows", i64),
     ]
 
 
@@ -89,7 +91,7 @@ def _bound():
         return None
     lib.minerva_step_work_bytes.argtypes = [ctypes.POINTER(ModelPlan), i64]
     lib.minerva_step_work_bytes.restype = i64
-    lib.minerva_decode_step.argtypes = [ctypes.POINTER(ModelPlan), p, i64, i64, p, i64]
+    lib.minerva_decode_step.argtypes = [ctypes.POINTER(ModelPlan), p, i64, i64, p, p, i64]
     lib.minerva_decode_step.argtypes += [p] * 3 + [i64] + [p] * 3 + [ctypes.c_int]
     _lib.append(lib)
     return lib
@@ -123,22 +125,35 @@ class DecodeStep:
     _kv: tuple[int, ...] = field(default=(), repr=False)
     _kv_array: ctypes.Array | None = field(default=None, repr=False)
 
+    @property
+    def embeds(self) -> bool:
+        """Whether the step gathers the token embeddings itself (run with x=None, ids)."""
+        return bool(self.plan.embed)
+
     def run(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | None,
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
         slots: torch.Tensor,
         block_tables: torch.Tensor,
         seq_lens: torch.Tensor,
+        ids: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Logits [M, vocab] float32 of M decode rows (x: their embeddings [M, hidden]), or
-        None where the inputs do not fit the kernel (the caller takes the layered path)."""
-        m = x.shape[0]
+        """Logits [M, vocab] float32 of M decode rows (x: their embeddings [M, hidden]; or x
+        None and `ids` [M] int64, which the step embeds), or None where the inputs do not fit
+        the kernel (the caller takes the layered path)."""
+        if x is None:
+            if ids is None or not self.embeds or ids.dtype != torch.int64:
+                return None
+            ids = ids.contiguous()
+            m, x_ptr, ids_ptr = ids.shape[0], None, ids.data_ptr()
+        elif x.dtype != self.dtype or not x.is_contiguous():
+            return None
+        else:
+            m, x_ptr, ids_ptr = x.shape[0], x.data_ptr(), None
         if (
             m > MAX_ROWS
-            or x.dtype != self.dtype
-            or not x.is_contiguous()
             or positions.dtype != torch.int64
             or slots.dtype != torch.int64
             or block_tables.dtype != torch.int32
@@ -158,7 +173,7 @@ class DecodeStep:
         cache = kv_caches[0]
         logits = torch.empty(m, self.plan.vocab, dtype=torch.float32)
         rc = lib.minerva_decode_step(
-            ctypes.byref(self.plan), kv, cache.shape[1], cache.shape[2], x.data_ptr(), m,
+            ctypes.byref(self.plan), kv, cache.shape[1], cache.shape[2], x_ptr, ids_ptr, m,
             positions.data_ptr(), slots.data_ptr(), block_tables.data_ptr(),
             block_tables.stride(0), seq_lens.data_ptr(), logits.data_ptr(),
             self._work.data_ptr(), torch.get_num_threads(),

@@ -323,6 +323,12 @@ def _pooling_rows(pooling: list[tuple[CachedRequestState, int, int, bool]]) -> P
     )
 
 
+def _max_query_len(host: HostInputs) -> int:
+    if host.num_decodes == len(host.seq_lens):  # decode rows only: one token each
+        return 1
+    return int(np.diff(host.query_start_loc).max())
+
+
 def to_device(host: HostInputs, device: torch.device) -> StepInputs:
     def move(a: np.ndarray) -> torch.Tensor:
         return copy_to_device(torch.from_numpy(a), device)
@@ -333,7 +339,7 @@ def to_device(host: HostInputs, device: torch.device) -> StepInputs:
         seq_lens=move(host.seq_lens),
         query_start_loc=move(host.query_start_loc),
         num_decodes=host.num_decodes,
-        max_query_len=int(np.diff(host.query_start_loc).max()),
+        max_query_len=_max_query_len(host),
         seq_lens_cpu=host.seq_lens.tolist(),
         query_start_loc_cpu=host.query_start_loc.tolist(),
         verify_rows=host.num_logits is not None,
