@@ -277,12 +277,27 @@ static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restri
             }
             if (five) {  // bit s of the file's qh[4k + t] is bit 4 of code 32s + 4k + t
                 const uint8_t *qh = f + 16;
+#if defined(__SSSE3__)
+                // lanes 8t + k = qh[4k + t] (t = 0, 1 in lo; 2, 3 in hi): a byte's bit sb moved to
+                // bit 7 and gathered by movemask gives the 4 output bytes of sub-block sb at once
+                const __m128i pick = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+                const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)qh), pick);
+                const __m128i b = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(qh + 16)), pick);
+                const __m128i lo = _mm_unpacklo_epi32(a, b), hi = _mm_unpackhi_epi32(a, b);
+                for (int sb = 0; sb < 8; sb++) {
+                    const __m128i n = _mm_cvtsi32_si128(7 - sb);
+                    const uint32_t v = (uint32_t)_mm_movemask_epi8(_mm_sll_epi16(lo, n)) |
+                                       (uint32_t)_mm_movemask_epi8(_mm_sll_epi16(hi, n)) << 16;
+                    memcpy(g + 1152 + 32 * sb + 4 * r, &v, 4);
+                }
+#else
                 for (int sb = 0; sb < 8; sb++)
                     for (int t = 0; t < 4; t++) {
                         uint8_t v = 0;
                         for (int k = 0; k < 8; k++) v |= (uint8_t)(((qh[4 * k + t] >> sb) & 1) << k);
                         g[1152 + 32 * sb + 4 * r + t] = v;
                     }
+#endif
             }
         } else {  // Q6_K: code 128h + 32k + l has its low bits in ql[64h + 32(k & 1) + l]
             // (nibble k >> 1) and its top bits in qh[32h + l] (bits 2k, 2k + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -184,4 +185,21 @@ def allocate_kv_caches(
 ) -> list[torch.Tensor]:
     """One [2, num_blocks, block_size, num_kv_heads, head_dim] tensor per layer."""
     shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+    if device.type == "cpu":
+        return [_lazy_zeros(shape, spec.dtype) for _ in range(spec.num_layers)]
     return [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros in an anonymous mapping: the kernel hands out a page when it is first written, so
+    the cache costs resident memory in proportion to the context in use, not to its size
+    (torch.zeros writes every page at once). The tensor keeps the mapping alive; the pages go
+    back to the system when it is freed."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if nbytes == 0:
+        return torch.zeros(shape, dtype=dtype)
+    try:
+        area = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError, AttributeError):  # no anonymous mappings here
+        return torch.zeros(shape, dtype=dtype)
+    return torch.frombuffer(area, dtype=torch.uint8).view(dtype).view(shape)
