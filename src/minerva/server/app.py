@@ -46,6 +46,7 @@ from minerva.server.security import (
     cors_middleware_options,
 )
 from minerva.server.state import ModelLeaseMiddleware, ServerState
+from minerva.server.thread_pool import start_thread_pool
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        pool = await start_thread_pool()
         tasks = []
         if backend is not None:
             _install(state, backend)
@@ -142,6 +144,7 @@ def build_app(
                 state.engine_stuck = stopped is False
             if state.registry is not None:
                 await state.registry.shutdown()
+            pool.shutdown(wait=False)
 
     app = FastAPI(
         title="Minerva", version=__version__, lifespan=lifespan,

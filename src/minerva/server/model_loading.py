@@ -4,12 +4,12 @@ line with the model's path, and the memory limit the loaded models share."""
 from __future__ import annotations
 
 import dataclasses
-import gc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from minerva.errors import ConfigError
 from minerva.server.config import ServerConfig
+from minerva.server.heap import freeze_heap, frozen, thaw_heap
 from minerva.server.model_dir import LocalModel
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ def load_model(engine: EngineConfig, server: ServerConfig, model: LocalModel) ->
     config = dataclasses.replace(
         engine, model=dataclasses.replace(engine.model, model=str(model.path))
     )
-    return load_backend(
-        config.model.backend, config, max_queued_requests=server.max_queued_requests
+    return frozen(
+        load_backend(config.model.backend, config, max_queued_requests=server.max_queued_requests)
     )
 
 
@@ -56,8 +56,10 @@ def memory_limit(engine: EngineConfig) -> int:
 
 
 def release_memory() -> None:
-    """After an unload: collect the engine's cycles and hand cached CUDA memory back."""
-    gc.collect()
+    """After an unload: collect the engine's cycles (frozen with the rest of the heap after its
+    load), freeze the models still loaded again and hand cached CUDA memory back."""
+    thaw_heap()
+    freeze_heap()
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():

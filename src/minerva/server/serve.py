@@ -99,6 +99,7 @@ def _serve(
     from minerva.backends import load_backend
     from minerva.server.app import build_app
     from minerva.server.background import LOAD_THREAD, is_running
+    from minerva.server.heap import frozen
     from minerva.server.http_protocol import protocol_class
     from minerva.server.uvicorn_runner import DrainingServer
 
@@ -126,10 +127,13 @@ def _serve(
     else:
         app = build_app(
             server_config,
-            load_backend=lambda: load_backend(
-                engine_config.model.backend,
-                engine_config,
-                max_queued_requests=server_config.max_queued_requests,
+            # A long-lived process: the loaded heap is frozen out of the collector's way (heap.py).
+            load_backend=lambda: frozen(
+                load_backend(
+                    engine_config.model.backend,
+                    engine_config,
+                    max_queued_requests=server_config.max_queued_requests,
+                )
             ),
             on_load_error=on_load_error,
             on_engine_failure=lambda reason: runner.fail(reason) if runner is not None else None,
