@@ -83,8 +83,25 @@ def serve_overhead(model: str, out: Path, threads: int, args) -> dict:
         return _serve(f16_gguf(model, Path(tmp)), out, threads, args)
 
 
+def _mlx_servers(model: str, ctx: str, threads: int) -> dict[str, list[str]]:
+    """mlx-lm's own OpenAI server and Minerva's server on the mlx backend, on the model's HF
+    folder (MLX reads no GGUF); their ports are filled in by _serve."""
+    from minerva.demo import resolve_model_arg
+
+    folder, py = str(resolve_model_arg(model)), sys.executable
+    return {
+        "mlx_lm.server": [py, "-m", "mlx_lm", "server", "--model", folder, "--port", "{port}",
+                          "--max-tokens", ctx],
+        "minerva-mlx": [py, "-m", "minerva.cli", "serve", "--model", folder, "--backend", "mlx",
+                        "--port", "{port}", "--num-threads", str(threads), "--max-model-len",
+                        ctx, "--no-access-log"],
+    }  # fmt: skip
+
+
 def _serve(gguf: Path, out: Path, threads: int, args) -> dict:
-    ports = {name: free_port() for name in ("llama_cpp.server", "minerva-llamacpp", "minerva")}
+    names = ["llama_cpp.server", "minerva-llamacpp", "minerva"]
+    extra = _mlx_servers(args.model, str(args.max_model_len), threads) if args.serve_mlx else {}
+    ports = {name: free_port() for name in [*names, *extra]}
     ctx = str(args.max_model_len)
     py = sys.executable
     cmds = {
@@ -99,11 +116,15 @@ def _serve(gguf: Path, out: Path, threads: int, args) -> dict:
                     str(ports["minerva"]), "--num-threads", str(threads), "--max-model-len", ctx,
                     "--no-access-log"],
     }  # fmt: skip
+    for name, cmd in extra.items():
+        cmds[name] = [part.replace("{port}", str(ports[name])) for part in cmd]
     procs = []
     try:
         for name, cmd in cmds.items():
             procs.append(start(cmd, ports[name], out / f"{name}.log"))
         targets = [f"--target={n}=http://127.0.0.1:{p}" for n, p in ports.items()]
+        # mlx_lm.server lists no models for a local folder; it answers to this name
+        targets = [t + (",model=default_model" if "mlx_lm" in t else "") for t in targets]
         return bench("serve", out, *targets, "--workload", args.serve_workload, "--ignore-eos",
                      "--concurrency", args.serve_concurrency, "--num-prompts",
                      str(args.serve_prompts), "--repeats", str(args.serve_repeats))  # fmt: skip
@@ -139,6 +160,11 @@ def main_() -> None:
     p.add_argument("--serve-concurrency", default="1")
     p.add_argument("--serve-threads", type=int, default=None, help="default: --threads")
     p.add_argument("--parts", default="offline,serve")
+    p.add_argument(
+        "--serve-mlx",
+        action="store_true",
+        help="also serve the model's HF folder with mlx_lm.server and minerva --backend mlx",
+    )
     p.add_argument("--serve-prompts", type=int, default=16)
     p.add_argument("--output", default="benchmarks/results/backends_cpu_demo")
     args = p.parse_args()
@@ -160,6 +186,13 @@ def main_() -> None:
         level: ttft[f"minerva-llamacpp@{level}"] / ttft[f"llama_cpp.server@{level}"] - 1
         for level in {s["level"] for s in serve["summaries"]}
     }
+    if f"mlx_lm.server@{next(iter(overhead), '')}" in ttft:
+        overhead_mlx = {
+            level: ttft[f"minerva-mlx@{level}"] / ttft[f"mlx_lm.server@{level}"] - 1
+            for level in overhead
+        }
+    else:
+        overhead_mlx = None
     summary = {
         "benchmark": "backends_compare",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -187,6 +220,7 @@ def main_() -> None:
         "coherence": {e["name"]: e.get("coherence_ppl") for e in consistency.get("engines", [])},
         "serve_ttft_p50_ms": ttft,
         "serve_ttft_overhead_minerva_llamacpp_vs_llama_cpp_server": overhead,
+        "serve_ttft_overhead_minerva_mlx_vs_mlx_lm_server": overhead_mlx,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
