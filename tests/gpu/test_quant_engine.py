@@ -60,18 +60,33 @@ def test_gpu_tokens_equal_the_cpu_twin(demo_gguf, monkeypatch):
     )
 
 
+NEAR_TIE = 0.1
+"""bf16 logprobs of the fused kernels and of the torch twin differ by up to ~0.085 on the demo
+model (H100, 2026-12-07): greedy paths may part only where the twin's top two are this close."""
+
+
+def _greedy_top2(path, **kw):
+    llm = LLM(model=str(path), device="cuda", dtype="bfloat16", max_model_len=256, **kw)
+    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=2)
+    outs = [o.outputs[0] for o in llm.generate(PROMPTS, params)]
+    return [(o.token_ids, o.logprobs) for o in outs], llm
+
+
 @pytest.mark.parametrize("int8", [False, True], ids=["float-x", "int8-x"])
 def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf, int8, monkeypatch):
+    """Each prompt's greedy tokens equal the twin's up to a point where the twin's two most
+    likely tokens are a near tie (bf16 rounding decides); logprobs agree to NEAR_TIE before."""
     from minerva.quant import gguf
 
     monkeypatch.setattr(gguf, "INT8_ACTIVATIONS", int8)
-    tokens, logprobs, _ = _greedy(demo_gguf, "cuda", "bfloat16", n=16)
-    ref_tokens, ref_logprobs, llm = _greedy(
-        demo_gguf, "cuda", "bfloat16", n=16, attention_backend="torch"
-    )
+    runs, _ = _greedy_top2(demo_gguf)
+    twins, llm = _greedy_top2(demo_gguf, attention_backend="torch", fused_kernels=False)
     layer = llm.engine.worker.model.model.layers[0].mlp.down_proj
     assert {g[3] for g in layer.gguf_groups} == {"file"}  # the twin: dequantize + matmul
-    agree = sum(a == b for t, r in zip(tokens, ref_tokens) for a, b in zip(t, r))
-    assert agree >= 0.9 * sum(len(t) for t in tokens)  # bf16: rare near-ties may flip
-    for t, r, lp, rlp in zip(tokens, ref_tokens, logprobs, ref_logprobs):
-        assert t[0] == r[0] and abs(lp[0] - rlp[0]) < 5e-2
+    for (tokens, lps), (ref_tokens, ref_lps) in zip(runs, twins):
+        div = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
+        for i in range(len(tokens) if div is None else div):
+            assert abs(lps[i].logprob - ref_lps[i].logprob) < NEAR_TIE
+        if div is not None:
+            first, second = ref_lps[div].top_logprobs[:2]
+            assert first - second < NEAR_TIE, f"parted at token {div} without a near tie"
