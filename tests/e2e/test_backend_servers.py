@@ -54,7 +54,9 @@ def test_openai_and_ollama_give_the_backends_greedy_text(served):
         model=MODEL_NAME, prompt=PROMPT, max_tokens=12, temperature=0, stream=True
     )
     pieces = [c.choices[0].text for c in chunks if c.choices]
-    assert whole.choices[0].text == expected == "".join(pieces) and len(pieces) > 1
+    # How many pieces depends on timing: the backend's engine thread hands over every token it
+    # has made since the last read, so on a loaded machine all 12 can come as one delta.
+    assert whole.choices[0].text == expected == "".join(pieces) and pieces
     oll = ollama.Client(host=srv.url, timeout=120)
     gen = oll.generate(MODEL_NAME, PROMPT, raw=True, options={"num_predict": 12, "temperature": 0})
     assert gen.response == expected
