@@ -145,6 +145,16 @@ def ratios(rows: list[dict], keys: list[str], base: str = "minerva") -> dict:
     }
 
 
+def ttft_overhead(ttft: dict, levels: set[str], front: str, own: str) -> dict[str, float]:
+    """Minerva's server in front of a backend over that backend's own server: TTFT ratio - 1
+    at each load level both were measured at."""
+    return {
+        level: ttft[f"{front}@{level}"] / ttft[f"{own}@{level}"] - 1
+        for level in levels
+        if f"{front}@{level}" in ttft and f"{own}@{level}" in ttft
+    }
+
+
 def main_() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="demo")
@@ -182,17 +192,9 @@ def main_() -> None:
     consistency = bench("consistency", out, *engines, *quality, run=offline)
     serve = serve_overhead(args.model, out, args.serve_threads or args.threads, args)
     ttft = {s["target"] + "@" + s["level"]: s["ttft_ms"]["median"] for s in serve["summaries"]}
-    overhead = {
-        level: ttft[f"minerva-llamacpp@{level}"] / ttft[f"llama_cpp.server@{level}"] - 1
-        for level in {s["level"] for s in serve["summaries"]}
-    }
-    if f"mlx_lm.server@{next(iter(overhead), '')}" in ttft:
-        overhead_mlx = {
-            level: ttft[f"minerva-mlx@{level}"] / ttft[f"mlx_lm.server@{level}"] - 1
-            for level in overhead
-        }
-    else:
-        overhead_mlx = None
+    levels = {s["level"] for s in serve["summaries"]}
+    overhead = ttft_overhead(ttft, levels, "minerva-llamacpp", "llama_cpp.server")
+    overhead_mlx = ttft_overhead(ttft, levels, "minerva-mlx", "mlx_lm.server") or None
     summary = {
         "benchmark": "backends_compare",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

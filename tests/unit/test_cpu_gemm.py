@@ -3,7 +3,6 @@ float64, and cpu_linear's choice between it, the GEMV kernel and F.linear."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 
 import pytest
@@ -11,20 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from minerva.ops import cpu_gemm, cpu_linear
-from minerva.platform import native_kernel_arch
 
 DTYPES = [torch.bfloat16, torch.float16]
 IDS = ["bf16", "f16"]
 OUT_EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # one rounding of the output
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    if not cpu_linear.load():
-        if native_kernel_arch() and shutil.which("cc"):
-            pytest.fail(f"the kernel should build here: {cpu_linear.status()}")
-        pytest.skip(f"no CPU kernel here: {cpu_linear.status()}")
-    return cpu_linear
 
 
 def _check(y: torch.Tensor, x, w, b) -> None:
@@ -64,7 +53,7 @@ def test_tile_rows_stay_aligned_and_bounded():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_many_rows_take_the_tiled_gemm(kernel, dtype, monkeypatch):
+def test_many_rows_take_the_tiled_gemm(cpu_linear_kernel, dtype, monkeypatch):
     """From GEMM_MIN_ROWS rows on (2-D or flattened 3-D), the tiled GEMM; below it, the GEMV."""
     g = torch.Generator().manual_seed(1)
     w = torch.randn(70, 96, generator=g).to(dtype)
@@ -75,36 +64,36 @@ def test_many_rows_take_the_tiled_gemm(kernel, dtype, monkeypatch):
     monkeypatch.setattr(cpu_gemm, "linear", lambda *a: calls.append(a[0].shape) or real(*a))
     with torch.inference_mode():
         x = torch.randn(rows, 96, generator=g).to(dtype)
-        _check(kernel.linear(x, w, b), x, w, b)
+        _check(cpu_linear_kernel.linear(x, w, b), x, w, b)
         x3 = torch.randn(2, rows + 3, 96, generator=g).to(dtype)
-        y3 = kernel.linear(x3, w, b)
+        y3 = cpu_linear_kernel.linear(x3, w, b)
         assert y3.shape == (2, rows + 3, 70)
         _check(y3.view(-1, 70), x3.view(-1, 96), w, b)
         few = torch.randn(rows - 1, 96, generator=g).to(dtype)
-        _check(kernel.linear(few, w), few, w, None)
+        _check(cpu_linear_kernel.linear(few, w), few, w, None)
     assert calls == [(rows, 96), (2 * (rows + 3), 96)]
 
 
-def test_float32_never_takes_the_tiled_gemm(kernel, monkeypatch):
+def test_float32_never_takes_the_tiled_gemm(cpu_linear_kernel, monkeypatch):
     monkeypatch.setattr(cpu_gemm, "linear", lambda *a: pytest.fail("fp32 took the tiled GEMM"))
     x, w = torch.randn(64, 48), torch.randn(40, 48)
     with torch.inference_mode():
-        torch.testing.assert_close(kernel.linear(x, w), F.linear(x, w))
+        torch.testing.assert_close(cpu_linear_kernel.linear(x, w), F.linear(x, w))
 
 
-def test_ineligible_many_row_inputs_fall_back_to_f_linear(kernel, monkeypatch):
+def test_ineligible_many_row_inputs_fall_back_to_f_linear(cpu_linear_kernel, monkeypatch):
     """Non-contiguous input, weight or bias, autograd: F.linear computes."""
     monkeypatch.setattr(cpu_gemm, "linear", lambda *a: pytest.fail("took the tiled GEMM"))
     w, m = torch.randn(40, 24).bfloat16(), cpu_linear.GEMM_MIN_ROWS[torch.bfloat16] + 5
     with torch.inference_mode():
         x = torch.randn(24, m).bfloat16().t()  # [m, 24], not contiguous
-        torch.testing.assert_close(kernel.linear(x, w), F.linear(x, w))
+        torch.testing.assert_close(cpu_linear_kernel.linear(x, w), F.linear(x, w))
         wt = torch.randn(24, 40).bfloat16().t()  # weight not contiguous
         xc = x.contiguous()
-        torch.testing.assert_close(kernel.linear(xc, wt), F.linear(xc, wt))
+        torch.testing.assert_close(cpu_linear_kernel.linear(xc, wt), F.linear(xc, wt))
         b = torch.randn(80).bfloat16()[::2]  # bias not contiguous
-        torch.testing.assert_close(kernel.linear(xc, w, b), F.linear(xc, w, b))
-    y = kernel.linear(torch.randn(m, 24).bfloat16(), w.clone().requires_grad_())
+        torch.testing.assert_close(cpu_linear_kernel.linear(xc, w, b), F.linear(xc, w, b))
+    y = cpu_linear_kernel.linear(torch.randn(m, 24).bfloat16(), w.clone().requires_grad_())
     assert y.requires_grad
 
 

@@ -241,11 +241,13 @@ class LlamaForCausalLM(nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
+        x = None
         if self.use_cpu_step:  # the step reads the RoPE tables (and the embeddings) itself
-            logits = self._cpu_decode(input_ids, positions, kv_caches, meta, logits_indices)
+            logits, x = self._cpu_decode(input_ids, positions, kv_caches, meta, logits_indices)
             if logits is not None:
                 return logits
-        x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
+        if x is None:
+            x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # [T, 1, D]
         if self.one_token and x.shape[0] == 1 and logits_indices.shape[0] == 1:
             return self._forward_one_token(x, cos, sin, kv_caches, meta)
@@ -305,23 +307,24 @@ class LlamaForCausalLM(nn.Module):
 
     def _cpu_decode(
         self, input_ids, positions, kv_caches, meta, logits_indices
-    ) -> torch.Tensor | None:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """A step of decode rows only (one token each, each sampled) through the CPU's
-        whole-step kernel; None where it does not apply (the layered path runs)."""
+        whole-step kernel: (logits, None), or (None, the embeddings if it computed them) where
+        it does not apply (the layered path runs, reusing them)."""
         n = input_ids.shape[0]
         if meta.num_decodes != n or meta.num_seqs != n or logits_indices.shape[0] != n:
-            return None
+            return None, None
         if meta.verify_rows:
-            return None
+            return None, None
         if self._cpu_step is False:
             self._cpu_step = llama_cpu_step.build(self)
         if self._cpu_step is None:
-            return None
+            return None, None
         step, args = self._cpu_step, (meta.slot_mapping, meta.block_tables, meta.seq_lens)
         if step.embeds:
-            return step.run(None, positions, kv_caches, *args, ids=input_ids)
+            return step.run(None, positions, kv_caches, *args, ids=input_ids), None
         x = self.model.embed_tokens(input_ids)  # [n, hidden]
-        return step.run(x, positions, kv_caches, *args)
+        return step.run(x, positions, kv_caches, *args), x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [T, hidden] (already normed) -> logits [T, vocab] in float32."""

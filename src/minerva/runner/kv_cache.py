@@ -195,7 +195,7 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     the cache costs resident memory in proportion to the context in use, not to its size
     (torch.zeros writes every page at once). The tensor keeps the mapping alive; the pages go
     back to the system when it is freed."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:
         return torch.zeros(shape, dtype=dtype)
     try:
