@@ -17,6 +17,9 @@ KERNEL_MAX_ROWS = 1 << 30
 # Rows of x above which the CUDA path decodes the weight into a scratch buffer and runs cuBLAS
 # instead of the fused dequantizing GEMM.
 PREFILL_DEQUANT_ROWS = 16
+# Rows of x up to which bf16 / fp16 products on CUDA quantize x to int8 and run the int8 tensor
+# cores (ops/triton_qgemm_int8.py) when 8-bit activations are on (quant/gguf.py).
+INT8_GEMM_MAX_ROWS = 256
 TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 
@@ -27,15 +30,21 @@ def gguf_matmul(
     rows: int,
     layout: str = "file",
     pdl: bool = False,
+    int8: bool = False,
 ) -> torch.Tensor:
     """x [T, K] @ W^T for W in GGUF blocks (uint8 [rows, bytes per row] in `layout`: "file",
     "x8" or "planes") -> [T, rows]: a C kernel on the CPU, a Triton kernel on CUDA, else the
-    torch twin."""
+    torch twin. int8: x may be quantized to 8 bits per block of 32 (several rows, CUDA)."""
     if layout == "planes":
         from minerva.ops import triton_quant  # noqa: PLC0415 - needs triton (CUDA only)
 
         if x.shape[0] == 1:
             return triton_quant.qgemv(x, data, ggml_type, pdl=pdl)[0]
+        if int8 and x.shape[0] <= INT8_GEMM_MAX_ROWS and x.dtype != torch.float32:
+            from minerva.ops import triton_qgemm_int8  # noqa: PLC0415
+
+            if int(ggml_type) in triton_qgemm_int8.TYPES:
+                return triton_qgemm_int8.qgemm_int8(x, data, ggml_type, pdl=pdl)
         if x.shape[0] > PREFILL_DEQUANT_ROWS:  # decode once, then the library's GEMM
             w = triton_quant.dequantize(data, ggml_type, x.shape[-1], x.dtype)
             return x @ w.T
