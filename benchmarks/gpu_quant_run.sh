@@ -103,6 +103,17 @@ if [ "$step" = int8 ]; then  # the int8 tensor-core GEMM: tests, sweep, the engi
         | tail -4 | tee "$OUT/tests_quant_engine.txt"
     exit 0
 fi
+if [ "$step" = final ]; then  # every GPU test, then Minerva on the three files
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    python3 benchmarks/gpu_quant_bench.py --parts files --models $MODELS \
+        --output "$OUT" > /tmp/files.log 2>&1 &
+    timeout 220 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -6 \
+        | tee "$OUT/tests_gpu.txt"
+    wait
+    timeout 330 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
+        --models $MODELS --output "$OUT" 2>&1 | grep "^|" | tail -5
+    exit 0
+fi
 if [ "$step" = llama ]; then
     cmake --build /tmp/llama-build -j 16 --target llama-bench llama-batched-bench 2>&1 | tail -2
     timeout 300 python3 benchmarks/gpu_quant_bench.py --parts llama --models $MODELS \

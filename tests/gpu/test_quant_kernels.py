@@ -232,7 +232,12 @@ def test_quantize_rows_is_llama_cpp_q8_1_rounding(m):
     inv = torch.where(want_dx > 0, 1 / want_dx, torch.zeros_like(want_dx))
     v = blocks * inv[..., None]
     want = torch.sign(v) * torch.floor(v.abs() + 0.5)
-    assert torch.equal(codes.float().reshape(m, -1, 32), want)
+    got = codes.float().reshape(m, -1, 32)
+    off = (got - want).abs()
+    # CUDA's 1 / d may differ from torch's by an ulp, which moves a value at .5 to either side
+    near_half = (v.abs() - torch.floor(v.abs()) - 0.5).abs() < 1e-4
+    assert off.max() <= 1 and bool(near_half[off > 0].all())
+    assert bool((got == want)[~near_half].all())
     torch.testing.assert_close(sx, want.sum(-1) * want_dx, rtol=1e-6, atol=0)
 
 

@@ -15,11 +15,17 @@ from minerva.quant.gguf_types import GGMLType
 # measured, 1-128 (benchmarks/results/cpu_quant_kernels.json), so it takes them all.
 KERNEL_MAX_ROWS = 1 << 30
 # Rows of x above which the CUDA path decodes the weight into a scratch buffer and runs cuBLAS
-# instead of the fused dequantizing GEMM.
+# instead of the fused dequantizing GEMM; up to WIDE_FUSED_ROWS rows the fused GEMM keeps
+# weights of at least WIDE_FUSED_N rows, whose tiles fill the GPU (H100 sweep, Mistral-7B
+# weights at 64 tokens: gate_up fused 2x faster than the scratch, down and the narrow ones slower;
+# benchmarks/results/gpu_quant_kernels_h100_batch.json).
 PREFILL_DEQUANT_ROWS = 16
+WIDE_FUSED_ROWS, WIDE_FUSED_N = 64, 16384
 # Rows of x up to which bf16 / fp16 products on CUDA quantize x to int8 and run the int8 tensor
-# cores (ops/triton_qgemm_int8.py) when 8-bit activations are on (quant/gguf.py).
-INT8_GEMM_MAX_ROWS = 256
+# cores (ops/triton_qgemm_int8.py) when 8-bit activations are on (quant/gguf.py). 0: off, it
+# measured 1.3-3x slower than the float paths at 64 and 512 tokens on an H100 (one int8 dot per
+# 32 values; gpu_quant_kernels_h100_int8.json).
+INT8_GEMM_MAX_ROWS = 0
 TILE_ELEMENTS = 1 << 19  # weight values the torch twin dequantizes at a time (cache-sized)
 
 
@@ -45,7 +51,9 @@ def gguf_matmul(
 
             if int(ggml_type) in triton_qgemm_int8.TYPES:
                 return triton_qgemm_int8.qgemm_int8(x, data, ggml_type, pdl=pdl)
-        if x.shape[0] > PREFILL_DEQUANT_ROWS:  # decode once, then the library's GEMM
+        m, wide = x.shape[0], rows >= WIDE_FUSED_N
+        if m > PREFILL_DEQUANT_ROWS and not (wide and m <= WIDE_FUSED_ROWS):
+            # decode once, then the library's GEMM
             w = triton_quant.dequantize(data, ggml_type, x.shape[-1], x.dtype)
             return x @ w.T
         return triton_quant.qgemm(x, data, ggml_type, pdl=pdl)
