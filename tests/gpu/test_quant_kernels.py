@@ -238,7 +238,7 @@ def test_quantize_rows_is_llama_cpp_q8_1_rounding(m):
     near_half = (v.abs() - torch.floor(v.abs()) - 0.5).abs() < 1e-4
     assert off.max() <= 1 and bool(near_half[off > 0].all())
     assert bool((got == want)[~near_half].all())
-    torch.testing.assert_close(sx, want.sum(-1) * want_dx, rtol=1e-6, atol=0)
+    torch.testing.assert_close(sx, got.sum(-1) * want_dx, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
