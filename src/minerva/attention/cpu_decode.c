@@ -67,6 +67,35 @@ static void softmax(float *x, int64_t n) {
         for (; d < dim; d++) acc[d] += w * f32_of_##SUFFIX(v[d]);                                 \
     }                                                                                             \
                                                                                                   \
+    /* acc[0:8 VL] (zeros) = sum over positions [start, len) of w[p - start] * V[p][0:8 VL]: */ \
+    /* eight accumulators in registers instead of a load and a store of acc per position.    */ \
+    INLINE void wsum8_##SUFFIX(float *acc, const float *w, const T *v0, int64_t token_stride,     \
+                               int64_t block_size, const int32_t *block_table, int64_t start,     \
+                               int64_t len) {                                                     \
+        vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                               \
+        vec a4 = vzero(), a5 = vzero(), a6 = vzero(), a7 = vzero();                               \
+        for (int64_t p = start; p < len;) {                                                       \
+            int64_t blk = p / block_size, stop = (blk + 1) * block_size;                          \
+            stop = stop < len ? stop : len;                                                       \
+            const T *v = v0 + ((int64_t)block_table[blk] * block_size + p % block_size) *         \
+                                  token_stride;                                                   \
+            for (; p < stop; p++, v += token_stride) {                                            \
+                vec s = vset1(w[p - start]);                                                      \
+                a0 = vfma(s, load_##SUFFIX(v), a0);                                               \
+                a1 = vfma(s, load_##SUFFIX(v + VL), a1);                                          \
+                a2 = vfma(s, load_##SUFFIX(v + 2 * VL), a2);                                      \
+                a3 = vfma(s, load_##SUFFIX(v + 3 * VL), a3);                                      \
+                a4 = vfma(s, load_##SUFFIX(v + 4 * VL), a4);                                      \
+                a5 = vfma(s, load_##SUFFIX(v + 5 * VL), a5);                                      \
+                a6 = vfma(s, load_##SUFFIX(v + 6 * VL), a6);                                      \
+                a7 = vfma(s, load_##SUFFIX(v + 7 * VL), a7);                                      \
+            }                                                                                     \
+        }                                                                                         \
+        store_f32(acc, a0), store_f32(acc + VL, a1), store_f32(acc + 2 * VL, a2);                 \
+        store_f32(acc + 3 * VL, a3), store_f32(acc + 4 * VL, a4), store_f32(acc + 5 * VL, a5);    \
+        store_f32(acc + 6 * VL, a6), store_f32(acc + 7 * VL, a7);                                 \
+    }                                                                                             \
+                                                                                                  \
     /* One (decode row, KV head) and its `group` query heads: out = softmax(q . K * scale) V  */  \
     /* over context positions [start, len). kv points at this KV head in the K plane (V is   */  \
     /* `plane` further); each K and V row is loaded once for the whole group.               */   \
@@ -96,15 +125,22 @@ static void softmax(float *x, int64_t n) {
             if (!IS_F32) /* probabilities in the model dtype, as torch's .to(q.dtype) */          \
                 for (int64_t j = 0; j < n; j++) sc[j] = f32_of_##SUFFIX(f32_to_##SUFFIX(sc[j]));  \
         }                                                                                         \
-        for (int64_t p = start; p < len;) {                                                       \
-            int64_t blk = p / block_size, stop = (blk + 1) * block_size;                          \
-            stop = stop < len ? stop : len;                                                       \
-            const T *v = kv + plane +                                                             \
-                         ((int64_t)block_table[blk] * block_size + p % block_size) * token_stride; \
-            for (; p < stop; p++, v += token_stride)                                              \
-                for (int64_t g = 0; g < group; g++)                                               \
-                    axpy_##SUFFIX(acc + g * dim, scores[g * n + p - start], v, dim);              \
-        }                                                                                         \
+        int64_t d0 = 0; /* whole chunks of 8 vectors: the weighted sum stays in registers */   \
+        for (; d0 + 8 * VL <= dim; d0 += 8 * VL)                                                  \
+            for (int64_t g = 0; g < group; g++)                                                   \
+                wsum8_##SUFFIX(acc + g * dim + d0, scores + g * n, kv + plane + d0,               \
+                               token_stride, block_size, block_table, start, len);                \
+        if (d0 < dim)                                                                             \
+            for (int64_t p = start; p < len;) {                                                   \
+                int64_t blk = p / block_size, stop = (blk + 1) * block_size;                      \
+                stop = stop < len ? stop : len;                                                   \
+                const T *v = kv + plane + d0 +                                                    \
+                             ((int64_t)block_table[blk] * block_size + p % block_size) *          \
+                                 token_stride;                                                    \
+                for (; p < stop; p++, v += token_stride)                                          \
+                    for (int64_t g = 0; g < group; g++)                                           \
+                        axpy_##SUFFIX(acc + g * dim + d0, scores[g * n + p - start], v, dim - d0); \
+            }                                                                                     \
         for (int64_t g = 0; g < group * dim; g++) out[g] = f32_to_##SUFFIX(acc[g]);               \
     }                                                                                             \
                                                                                                   \
