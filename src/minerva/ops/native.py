@@ -62,11 +62,15 @@ def problem(source: Path) -> str | None:
     return _problems.get(Path(source))
 
 
+def cache_root() -> Path:
+    """$MINERVA_CACHE_DIR, else ~/.cache/minerva (kernels/ and weights/ live under it)."""
+    root = os.environ.get("MINERVA_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "minerva"
+
+
 def cache_dir() -> Path:
     """$MINERVA_CACHE_DIR/kernels, else ~/.cache/minerva/kernels."""
-    root = os.environ.get("MINERVA_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "minerva"
-    return base / "kernels"
+    return cache_root() / "kernels"
 
 
 def compiler() -> str | None:

@@ -1,0 +1,379 @@
+"""A file cache of GGUF weights rewritten into the CPU's x8 layout, mapped by later loads.
+
+Repacking writes every weight byte into new memory, and first-touching new memory dominated a
+page-cache-warm load (benchmarks/results/x8_repack_alloc.json). So the first load on the CPU
+repacks straight into a file under $MINERVA_CACHE_DIR/weights/ and runs from its shared mapping
+(page cache: clean once written back, reclaimable, never swap); a later load of the same GGUF
+file maps that file and repacks nothing.
+
+A file holds each group's bytes at a page-aligned offset, then a JSON index (the key: the GGUF
+files' identity and the format and layout versions; the groups: name, type, rows, columns, bytes,
+offset), then a footer (magic, format version, index offset and length). It is written under a
+temp name, fsynced and renamed in a background thread, so a crash never publishes a partial
+file. A file that does not match is deleted and rebuilt; an OS error (no space, no fallocate)
+leaves the load on anonymous memory as without the cache. Both are logged, never raised.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import mmap
+import os
+import secrets
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from minerva.ops import cpu_quant_x8, native
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAGIC = b"MNVRX8WC"
+FOOTER = struct.Struct("<8sIQQ")  # magic, format version, index offset, index length
+SUFFIX = ".x8w"
+TEMP_PREFIX = ".tmp-"
+ALIGN = 4096
+MIN_FREE_BYTES = 1 << 30
+"""Free disk space the cache always leaves: a cache must never be what fills the disk."""
+STALE_TEMP_S = 24 * 3600
+"""A temp file this old is stale even if its pid is alive again (pid reuse)."""
+
+_writers: list[threading.Thread] = []
+
+
+def default_directory() -> Path:
+    """$MINERVA_CACHE_DIR/weights, else ~/.cache/minerva/weights."""
+    return native.cache_root() / "weights"
+
+
+def wait_for_writes(timeout: float | None = None) -> None:
+    """Block until every cache file this process is writing is published (or given up)."""
+    for thread in list(_writers):
+        thread.join(timeout)
+
+
+@dataclass(frozen=True)
+class PackedGroup:
+    """One tensor a linear method writes at load: the model's parameter name, its GGML type
+    and shape, and its bytes (rows * row_bytes, as in the GGUF file)."""
+
+    name: str
+    ggml_type: int
+    rows: int
+    cols: int
+    nbytes: int
+
+
+class WeightCache:
+    """The cache for one model: its GGUF files (their identity is the key), the directory and
+    the size cap (least recently used files are evicted to stay under it)."""
+
+    def __init__(
+        self, sources: Sequence[Path], max_bytes: int, directory: Path | None = None
+    ) -> None:
+        self.sources = [Path(p) for p in sources]
+        self.max_bytes = max_bytes
+        self.directory = Path(directory) if directory is not None else default_directory()
+
+    def open(self, groups: Sequence[PackedGroup]) -> WeightStore | None:
+        """A store of mapped tensors for `groups`: filled (a hit) or to be written (a miss);
+        None when nothing is cached (no groups, an OS error: logged once)."""
+        if not groups:
+            return None
+        try:
+            key = _key(self.sources)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(self.directory)
+        except OSError as e:
+            logger.info("weight cache off for this load: %s", e)
+            return None
+        name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+        path = self.directory / f"{name}{SUFFIX}"
+        placed, data_end = _place(groups)
+        index = json.dumps({"key": key, "groups": placed}, separators=(",", ":")).encode()
+        store = _open_existing(path, groups, data_end, index)
+        if store is None:
+            store = _create(path, groups, data_end, index, self.max_bytes)
+        return store
+
+
+class WeightStore:
+    """The group tensors of one load: uint8 views into one mapped cache file."""
+
+    def __init__(self, mm: mmap.mmap, groups, offsets, filled: bool, writer=None) -> None:
+        self._mm = mm
+        self._groups = {g.name: (g, off) for g, off in zip(groups, offsets, strict=True)}
+        self.filled = filled
+        """True: the tensors hold the x8 bytes already (a hit); False: the methods write them."""
+        self._writer = writer
+        self._handed: set[str] = set()
+        self._spoiled = False
+
+    def tensor(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The mapped uint8 [rows, row_bytes] tensor of group `name`, or None (also where the
+        caller's shape differs from the plan's: then nothing is published)."""
+        entry = self._groups.get(name)
+        if entry is None:
+            return None
+        group, offset = entry
+        if shape != (group.rows, group.nbytes // group.rows) or name in self._handed:
+            self._spoiled = True
+            return None
+        self._handed.add(name)
+        flat = torch.frombuffer(self._mm, dtype=torch.uint8, count=group.nbytes, offset=offset)
+        return flat.view(group.rows, group.nbytes // group.rows)
+
+    def slots(self, prefix: str) -> LayerSlots:
+        return LayerSlots(self, prefix)
+
+    def publish(self) -> None:
+        """After the methods wrote every group: the index and footer, then fsync and rename
+        in a background thread (the model runs from the mapping meanwhile)."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        if self._spoiled or len(self._handed) != len(self._groups):
+            logger.info("weight cache: not every planned group was written; not published")
+            writer.remove()
+            return
+        index = writer.index
+        self._mm[writer.data_end : writer.data_end + len(index)] = index
+        footer = FOOTER.pack(MAGIC, FORMAT_VERSION, writer.data_end, len(index))
+        self._mm[len(self._mm) - FOOTER.size :] = footer
+        thread = threading.Thread(target=writer.commit, name="minerva-weight-cache")
+        _writers.append(thread)  # not a daemon: the interpreter lets it finish before exiting
+        thread.start()
+
+    def abandon(self) -> None:
+        """Loading failed: the temp file goes, nothing is published."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.remove()
+
+
+class LayerSlots:
+    """One linear layer's view of a WeightStore: its groups by the layer's own names."""
+
+    def __init__(self, store: WeightStore, prefix: str) -> None:
+        self.store, self.prefix = store, prefix
+
+    @property
+    def filled(self) -> bool:
+        return self.store.filled
+
+    def get(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
+        """The mapped tensor of this layer's group `name` (uint8 `shape`), or None."""
+        return self.store.tensor(f"{self.prefix}.{name}" if self.prefix else name, shape)
+
+
+def process_layers(layers: Sequence[tuple[str, nn.Module]], cache: WeightCache | None) -> None:
+    """Every linear layer's process_after_loading (`layers`: (prefix, layer) pairs), their
+    packed groups in `cache`'s file where it can hold them."""
+    store = None
+    if cache is not None:
+        groups = [g for prefix, m in layers for g in m.method.packed_groups(m, prefix)]
+        store = cache.open(groups)
+    try:
+        for prefix, module in layers:
+            slots = None if store is None else store.slots(prefix)
+            module.method.process_after_loading(module, slots)
+    except BaseException:
+        if store is not None:
+            store.abandon()
+        raise
+    if store is not None:
+        store.publish()
+
+
+class _Writer:
+    """A temp cache file being written: published by rename once its bytes are on disk."""
+
+    def __init__(self, fd: int, temp: Path, path: Path, data_end: int, index: bytes) -> None:
+        self.fd, self.temp, self.path = fd, temp, path
+        self.data_end, self.index = data_end, index
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.fd)  # the mapped pages: on Linux fsync writes a shared map's pages
+            os.replace(self.temp, self.path)
+            logger.info("cached the repacked weights in %s", self.path)
+        except OSError as e:
+            logger.info("weight cache file not written (%s)", e)
+            self.temp.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+
+    def remove(self) -> None:
+        os.close(self.fd)
+        self.temp.unlink(missing_ok=True)
+
+
+def _key(sources: Sequence[Path]) -> dict:
+    """What the cached bytes depend on: every GGUF file's identity and the two versions."""
+    files = []
+    for path in sources:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        files.append([real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev])
+    return {"format": FORMAT_VERSION, "layout": cpu_quant_x8.LAYOUT_VERSION, "files": files}
+
+
+def _place(groups: Sequence[PackedGroup]) -> tuple[list, int]:
+    """Index records [name, type, rows, cols, nbytes, offset], each offset page-aligned, and
+    where the data ends."""
+    records, offset = [], 0
+    for g in groups:
+        records.append([g.name, int(g.ggml_type), g.rows, g.cols, g.nbytes, offset])
+        offset = -(-(offset + g.nbytes) // ALIGN) * ALIGN
+    return records, offset
+
+
+def _offsets(records: list) -> list[int]:
+    return [r[5] for r in records]
+
+
+def _open_existing(path: Path, groups, data_end: int, index: bytes) -> WeightStore | None:
+    """The published file at `path` mapped privately, if it is whole and holds exactly these
+    groups under this key; a file that is not is deleted (a rebuild follows)."""
+    try:
+        with path.open("rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+        _discard(path, f"cannot be mapped ({e})")
+        return None
+    problem = _problem(mm, data_end, index)
+    if problem is not None:
+        mm.close()
+        _discard(path, problem)
+        return None
+    try:
+        os.utime(path)  # its mtime orders the least-recently-used eviction
+    except OSError:
+        pass
+    records = json.loads(index)["groups"]
+    return WeightStore(mm, groups, _offsets(records), filled=True)
+
+
+def _problem(mm: mmap.mmap, data_end: int, index: bytes) -> str | None:
+    """Why the mapped file is not the expected one, or None. The index is compared byte for
+    byte with the one these groups and this key make, so the footer and index are all we read."""
+    size = len(mm)
+    if size < FOOTER.size:
+        return "is truncated"
+    magic, version, index_offset, index_len = FOOTER.unpack(mm[size - FOOTER.size :])
+    if magic != MAGIC:
+        return "has no valid footer"
+    if version != FORMAT_VERSION:
+        return f"has format version {version}, not {FORMAT_VERSION}"
+    if index_offset + index_len + FOOTER.size != size:
+        return "has sizes that do not match its length"
+    if index_offset != data_end or mm[index_offset : index_offset + index_len] != index:
+        return "holds other weights (another file, layout or model)"
+    return None
+
+
+def _discard(path: Path, why: str) -> None:
+    logger.info("weight cache file %s %s: rebuilding it", path, why)
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
+    """A new temp file of the final size, space reserved, mapped shared: the store the
+    methods repack into. None (logged) where that cannot be done safely."""
+    total = data_end + len(index) + FOOTER.size
+    if total > max_bytes:
+        logger.info(
+            "weight cache: the repacked weights (%d MiB) exceed weight_cache_size (%d MiB); "
+            "not cached",
+            total >> 20,
+            max_bytes >> 20,
+        )
+        return None
+    directory = path.parent
+    _evict(directory, total, max_bytes, keep=path)
+    temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
+    fd = None
+    try:
+        if shutil.disk_usage(directory).free < total + MIN_FREE_BYTES:
+            raise OSError(errno.ENOSPC, "too little free disk space", str(directory))
+        if not hasattr(os, "posix_fallocate"):
+            raise OSError(errno.EOPNOTSUPP, "no posix_fallocate on this OS")
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        # reserved now: writing the shared map can then never fault (SIGBUS) on a full disk
+        os.posix_fallocate(fd, 0, total)
+        mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as e:
+        if fd is not None:
+            os.close(fd)
+            temp.unlink(missing_ok=True)
+        logger.info("weight cache off for this load (%s): repacking into memory", e)
+        return None
+    records = json.loads(index)["groups"]
+    writer = _Writer(fd, temp, path, data_end, index)
+    return WeightStore(mm, groups, _offsets(records), filled=False, writer=writer)
+
+
+def _evict(directory: Path, incoming: int, max_bytes: int, keep: Path) -> None:
+    """Delete the least recently used cache files until they and `incoming` bytes fit
+    `max_bytes` (a process mapping a deleted file keeps its pages until it unmaps them)."""
+    entries = []
+    for p in directory.glob(f"*{SUFFIX}"):
+        if p.name.startswith(TEMP_PREFIX) or p == keep:
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        entries.append((st.st_mtime_ns, st.st_size, p))
+    total = incoming + sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries):
+        if total <= max_bytes:
+            break
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            continue
+        total -= size
+        logger.info("weight cache: evicted %s (weight_cache_size)", p.name)
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Temp files of processes that died while writing (or of any age past STALE_TEMP_S)."""
+    now = time.time()
+    for p in directory.glob(f"{TEMP_PREFIX}*{SUFFIX}"):
+        try:
+            pid = int(p.name[len(TEMP_PREFIX) :].split("-")[0])
+            age = now - p.stat().st_mtime
+        except (ValueError, OSError):
+            continue
+        if age > STALE_TEMP_S or not _alive(pid):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
