@@ -157,11 +157,18 @@ def _garbage_index(path: Path) -> None:
 
 
 def _wrong_sizes(path: Path) -> None:
+    """Bytes between the index and the footer: the footer's offset and length still match."""
     data = path.read_bytes()
-    magic, version, offset, length = x8_cache.FOOTER.unpack(data[-x8_cache.FOOTER.size :])
-    with path.open("r+b") as f:
-        f.seek(-x8_cache.FOOTER.size, os.SEEK_END)
-        f.write(x8_cache.FOOTER.pack(magic, version, offset + (1 << 40), length))
+    footer = data[-x8_cache.FOOTER.size :]
+    path.write_bytes(data[: -x8_cache.FOOTER.size] + b"\0" * 4096 + footer)
+
+
+def _shorter_than_a_footer(path: Path) -> None:
+    os.truncate(path, x8_cache.FOOTER.size - 1)
+
+
+def _empty(path: Path) -> None:
+    os.truncate(path, 0)
 
 
 def _other_groups(path: Path) -> None:
@@ -174,7 +181,17 @@ def _other_groups(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "damage", [_truncate, _bad_magic, _garbage_index, _wrong_sizes, _other_groups]
+    "damage",
+    [
+        _truncate,
+        _shorter_than_a_footer,
+        _empty,
+        _bad_magic,
+        _garbage_index,
+        _wrong_sizes,
+        _other_groups,
+    ],
+    ids=lambda f: f.__name__.strip("_"),
 )
 def test_a_damaged_cache_file_is_rebuilt(gguf, weights_dir, reference, repacks, damage):
     load(gguf)
@@ -196,7 +213,9 @@ def test_a_changed_gguf_file_is_not_served_from_the_old_cache(
     load(gguf)
     (old,) = cache_files(weights_dir)
     other = make_gguf(folder, gguf.with_name("other.gguf"))  # same weights, new file
-    os.replace(other, gguf)  # another inode and mtime at the same path
+    st = gguf.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # as `cp -p` would
+    os.replace(other, gguf)  # another inode at the same path, same size and mtime
     repacks.clear()
     llm = load(gguf)
     assert repacks
@@ -254,3 +273,13 @@ def test_leftover_temp_files_of_dead_processes_are_removed(gguf, weights_dir, re
     load(gguf)
     assert not stale.exists() and live.exists()
     assert len(cache_files(weights_dir)) == 1
+
+
+def test_a_new_x8_layout_version_is_not_served_from_the_old_cache(
+    gguf, weights_dir, reference, repacks, monkeypatch
+):
+    load(gguf)
+    monkeypatch.setattr(cpu_quant_x8, "LAYOUT_VERSION", cpu_quant_x8.LAYOUT_VERSION + 1)
+    repacks.clear()
+    assert run(load(gguf)) == reference[1]
+    assert repacks
