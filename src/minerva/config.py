@@ -104,8 +104,8 @@ class ModelConfig:
     weight_cache_size: int = Field(
         16 << 30,
         "Cap on the weight cache's files, e.g. 16GiB (least recently used ones are deleted "
-        "to stay under it; 0 = cache nothing).",
-        byte_size=True, ge=0,
+        "to stay under it).",
+        byte_size=True, gt=0,
     )  # fmt: skip
     backend: str = Field(
         "minerva",
