@@ -307,18 +307,20 @@ def _interleaved(group: list[QuantizedTensor], cols: int, slots=None, name="") -
     file pages are let go once copied, so loading never holds the file and the copy at once."""
     rows = sum(g.shape[0] for g in group)
     shape = (rows, group[0].data.shape[1])
-    out = slots.get(name, shape) if slots is not None else None
-    if out is not None and slots.filled:
+    mapped = slots.get(name, shape) if slots is not None else None
+    if mapped is not None and slots.filled:
         for g in group:
             if g.release is not None:
                 g.release()
-        return out
-    if out is None:
-        out = torch.empty(shape, dtype=torch.uint8)
+        return mapped
+    out = mapped if mapped is not None else torch.empty(shape, dtype=torch.uint8)
     start = 0
     for g in group:
         data = torch.as_tensor(g.data)
-        cpu_quant_x8.repack(data, g.ggml_type, cols, out=out[start : start + g.shape[0]])
+        if mapped is not None:  # the cache repacks into its file; `mapped` reads it back
+            slots.write(name, start, data, g.ggml_type, cols)
+        else:
+            cpu_quant_x8.repack(data, g.ggml_type, cols, out=out[start : start + g.shape[0]])
         start += g.shape[0]
         if g.release is not None:
             g.release()

@@ -4,7 +4,9 @@ Repacking writes every weight byte into new memory, and first-touching new memor
 page-cache-warm load (benchmarks/results/x8_repack_alloc.json). So the first load on the CPU
 repacks straight into a file under $MINERVA_CACHE_DIR/weights/ and runs from its shared mapping
 (page cache: clean once written back, reclaimable, never swap); a later load of the same GGUF
-file maps that file and repacks nothing.
+file maps that file and repacks nothing. The first load repacks through a small reused buffer
+and writes with pwrite: faulting a fallocated file's pages in through a shared writable map
+cost several times more (an extent conversion per page; benchmarks/results/x8_cache_write.json).
 
 A file holds each group's bytes at a page-aligned offset, then a JSON index (the key: the GGUF
 files' identity and the format and layout versions; the groups: name, type, rows, columns, bytes,
@@ -46,6 +48,8 @@ TEMP_PREFIX = ".tmp-"
 ALIGN = 4096
 MIN_FREE_BYTES = 1 << 30
 """Free disk space the cache always leaves: a cache must never be what fills the disk."""
+SCRATCH_BYTES = 16 << 20
+"""The repack buffer a miss writes through (reused, so its pages are faulted in once)."""
 STALE_TEMP_S = 24 * 3600
 """A temp file this old is stale even if its pid is alive again (pid reuse)."""
 
@@ -119,6 +123,7 @@ class WeightStore:
         self._writer = writer
         self._handed: set[str] = set()
         self._spoiled = False
+        self._scratch: torch.Tensor | None = None
 
     def tensor(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
         """The mapped uint8 [rows, row_bytes] tensor of group `name`, or None (also where the
@@ -137,6 +142,24 @@ class WeightStore:
     def slots(self, prefix: str) -> LayerSlots:
         return LayerSlots(self, prefix)
 
+    def write(self, name: str, first_row: int, blocks: torch.Tensor, ggml_type, cols: int):
+        """Repack file `blocks` uint8 [rows, row_bytes] into the file as rows first_row... of
+        group `name`, a chunk of whole 8-row groups at a time."""
+        group, offset = self._groups[name]
+        rows, row_bytes = blocks.shape
+        if self._writer is None or first_row % 8 or first_row + rows > group.rows:
+            raise ValueError(f"cannot write rows {first_row}+{rows} of {name} into the cache")
+        if self._scratch is None:
+            self._scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
+        step = max(8, SCRATCH_BYTES // row_bytes // 8 * 8)
+        for a in range(0, rows, step):
+            n = min(step, rows - a)
+            if n * row_bytes > self._scratch.numel():
+                self._scratch = torch.empty(n * row_bytes, dtype=torch.uint8)
+            out = self._scratch[: n * row_bytes].view(n, row_bytes)
+            cpu_quant_x8.repack(blocks[a : a + n], ggml_type, cols, out=out)
+            _pwrite_all(self._writer.fd, out.numpy(), offset + (first_row + a) * row_bytes)
+
     def publish(self) -> None:
         """After the methods wrote every group: the index and footer, then fsync and rename
         in a background thread (the model runs from the mapping meanwhile)."""
@@ -147,10 +170,13 @@ class WeightStore:
             logger.info("weight cache: not every planned group was written; not published")
             writer.remove()
             return
-        index = writer.index
-        self._mm[writer.data_end : writer.data_end + len(index)] = index
-        footer = FOOTER.pack(MAGIC, FORMAT_VERSION, writer.data_end, len(index))
-        self._mm[len(self._mm) - FOOTER.size :] = footer
+        footer = FOOTER.pack(MAGIC, FORMAT_VERSION, writer.data_end, len(writer.index))
+        try:
+            _pwrite_all(writer.fd, memoryview(writer.index + footer), writer.data_end)
+        except OSError as e:
+            logger.info("weight cache file not written (%s)", e)
+            writer.remove()
+            return
         thread = threading.Thread(target=writer.commit, name="minerva-weight-cache")
         _writers.append(thread)  # not a daemon: the interpreter lets it finish before exiting
         thread.start()
@@ -172,9 +198,16 @@ class LayerSlots:
     def filled(self) -> bool:
         return self.store.filled
 
+    def _full(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
     def get(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
         """The mapped tensor of this layer's group `name` (uint8 `shape`), or None."""
-        return self.store.tensor(f"{self.prefix}.{name}" if self.prefix else name, shape)
+        return self.store.tensor(self._full(name), shape)
+
+    def write(self, name: str, first_row: int, blocks: torch.Tensor, ggml_type, cols: int):
+        """A miss: repack `blocks` (file layout) into rows first_row... of group `name`."""
+        self.store.write(self._full(name), first_row, blocks, ggml_type, cols)
 
 
 def process_layers(layers: Sequence[tuple[str, nn.Module]], cache: WeightCache | None) -> None:
@@ -217,6 +250,13 @@ class _Writer:
     def remove(self) -> None:
         os.close(self.fd)
         self.temp.unlink(missing_ok=True)
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
 
 
 def _key(sources: Sequence[Path]) -> dict:
@@ -315,9 +355,8 @@ def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
         if not hasattr(os, "posix_fallocate"):
             raise OSError(errno.EOPNOTSUPP, "no posix_fallocate on this OS")
         fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        # reserved now: writing the shared map can then never fault (SIGBUS) on a full disk
-        os.posix_fallocate(fd, 0, total)
-        mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.posix_fallocate(fd, 0, total)  # reserved: no write can then fail for space
+        mm = mmap.mmap(fd, total, access=mmap.ACCESS_COPY)  # sees the pwrites (never written)
     except OSError as e:
         if fd is not None:
             os.close(fd)
