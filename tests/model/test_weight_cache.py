@@ -283,3 +283,17 @@ def test_a_new_x8_layout_version_is_not_served_from_the_old_cache(
     repacks.clear()
     assert run(load(gguf)) == reference[1]
     assert repacks
+
+
+def test_a_process_that_exits_right_after_loading_publishes_its_cache_file(gguf, weights_dir):
+    """The write finishes in a thread the interpreter waits for, though loading runs in a
+    daemon thread (runner/openmp_pools.py)."""
+    code = (
+        "import os, sys, time; from minerva import LLM; fsync = os.fsync; "
+        "os.fsync = lambda fd: (time.sleep(1), fsync(fd)); "  # a disk slower than the exit
+        "LLM(model=sys.argv[1], device='cpu', dtype='float32', max_model_len=128)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(native.__file__).parents[2]))
+    subprocess.run([sys.executable, "-c", code, str(gguf)], env=env, check=True, timeout=300)
+    assert len(cache_files(weights_dir)) == 1
+    assert list(weights_dir.glob(f"{x8_cache.TEMP_PREFIX}*")) == []

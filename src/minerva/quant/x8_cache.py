@@ -177,8 +177,9 @@ class WeightStore:
             logger.info("weight cache file not written (%s)", e)
             writer.remove()
             return
-        thread = threading.Thread(target=writer.commit, name="minerva-weight-cache")
-        _writers.append(thread)  # not a daemon: the interpreter lets it finish before exiting
+        # not a daemon (loading may run in a daemon thread): the interpreter waits for it
+        thread = threading.Thread(target=writer.commit, name="minerva-weight-cache", daemon=False)
+        _writers.append(thread)
         thread.start()
 
     def abandon(self) -> None:
