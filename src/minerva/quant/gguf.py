@@ -302,28 +302,27 @@ def file_blocks(layer, name: str) -> torch.Tensor:
 
 
 def _interleaved(group: list[QuantizedTensor], cols: int, slots=None, name="") -> torch.Tensor:
-    """The pieces of one group, rewritten into one interleaved tensor: the weight cache's
-    mapped slot (already filled on a hit: nothing to do) or new memory. Each piece's mapped
-    file pages are let go once copied, so loading never holds the file and the copy at once."""
+    """The pieces of one group, rewritten into one interleaved tensor, or (a weight cache hit)
+    the cache file's mapped copy of it. Each piece's mapped file pages are let go once copied,
+    so loading never holds the file and the copy at once."""
     rows = sum(g.shape[0] for g in group)
     shape = (rows, group[0].data.shape[1])
-    mapped = slots.get(name, shape) if slots is not None else None
-    if mapped is not None and slots.filled:
+    mapped = slots.get(name, shape) if slots is not None and slots.filled else None
+    if mapped is not None:
         for g in group:
             if g.release is not None:
                 g.release()
         return mapped
-    out = mapped if mapped is not None else torch.empty(shape, dtype=torch.uint8)
+    out = torch.empty(shape, dtype=torch.uint8)
     start = 0
     for g in group:
         data = torch.as_tensor(g.data)
-        if mapped is not None:  # the cache repacks into its file; `mapped` reads it back
-            slots.write(name, start, data, g.ggml_type, cols)
-        else:
-            cpu_quant_x8.repack(data, g.ggml_type, cols, out=out[start : start + g.shape[0]])
+        cpu_quant_x8.repack(data, g.ggml_type, cols, out=out[start : start + g.shape[0]])
         start += g.shape[0]
         if g.release is not None:
             g.release()
+    if slots is not None and not slots.filled:
+        slots.put(name, out)  # written to the cache file after loading
     return out
 
 

@@ -1,12 +1,13 @@
 """A file cache of GGUF weights rewritten into the CPU's x8 layout, mapped by later loads.
 
 Repacking writes every weight byte into new memory, and first-touching new memory dominated a
-page-cache-warm load (benchmarks/results/x8_repack_alloc.json). So the first load on the CPU
-repacks straight into a file under $MINERVA_CACHE_DIR/weights/ and runs from its shared mapping
-(page cache: clean once written back, reclaimable, never swap); a later load of the same GGUF
-file maps that file and repacks nothing. The first load repacks through a small reused buffer
-and writes with pwrite: faulting a fallocated file's pages in through a shared writable map
-cost several times more (an extent conversion per page; benchmarks/results/x8_cache_write.json).
+page-cache-warm load (benchmarks/results/x8_repack_alloc.json). So the repacked groups are kept
+in a file under $MINERVA_CACHE_DIR/weights/, and a later load of the same GGUF file maps it
+(page cache: shared between processes, reclaimable, never swap) and repacks nothing. The first
+load repacks into memory as without the cache, and a background thread at the lowest CPU
+priority writes the file: filling a file's page cache cost several times more system time than
+faulting in anonymous memory on the measured VM, through a shared map or pwrite alike
+(benchmarks/results/x8_cache_write.json), so it stays off the load's path.
 
 A file holds each group's bytes at a page-aligned offset, then a JSON index (the key: the GGUF
 files' identity and the format and layout versions; the groups: name, type, rows, columns, bytes,
@@ -48,8 +49,6 @@ TEMP_PREFIX = ".tmp-"
 ALIGN = 4096
 MIN_FREE_BYTES = 1 << 30
 """Free disk space the cache always leaves: a cache must never be what fills the disk."""
-SCRATCH_BYTES = 16 << 20
-"""The repack buffer a miss writes through (reused, so its pages are faulted in once)."""
 STALE_TEMP_S = 24 * 3600
 """A temp file this old is stale even if its pid is alive again (pid reuse)."""
 
@@ -113,72 +112,57 @@ class WeightCache:
 
 
 class WeightStore:
-    """The group tensors of one load: uint8 views into one mapped cache file."""
+    """The x8 groups of one load: mapped from the cache file (a hit), or collected as the
+    methods repack them into memory, to be written to a new file (a miss)."""
 
-    def __init__(self, mm: mmap.mmap, groups, offsets, filled: bool, writer=None) -> None:
-        self._mm = mm
+    def __init__(self, groups, offsets, mm: mmap.mmap | None = None, writer=None) -> None:
         self._groups = {g.name: (g, off) for g, off in zip(groups, offsets, strict=True)}
-        self.filled = filled
-        """True: the tensors hold the x8 bytes already (a hit); False: the methods write them."""
-        self._writer = writer
-        self._handed: set[str] = set()
+        self._mm, self._writer = mm, writer
+        self.filled = mm is not None
+        """True: the mapped tensors hold the x8 bytes (a hit); False: the methods repack."""
+        self._done: dict[str, torch.Tensor] = {}  # a miss: the repacked tensors, by name
         self._spoiled = False
-        self._scratch: torch.Tensor | None = None
+
+    def _shape(self, name: str, shape: tuple[int, int]) -> tuple | None:
+        entry = self._groups.get(name)
+        if entry is None or shape != (entry[0].rows, entry[0].nbytes // entry[0].rows):
+            self._spoiled = True  # cannot happen with the methods' own plan; never published
+            return None
+        return entry
 
     def tensor(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
-        """The mapped uint8 [rows, row_bytes] tensor of group `name`, or None (also where the
-        caller's shape differs from the plan's: then nothing is published)."""
-        entry = self._groups.get(name)
+        """A hit: the mapped uint8 [rows, row_bytes] tensor of group `name`, or None."""
+        entry = self._shape(name, shape) if self._mm is not None else None
         if entry is None:
             return None
         group, offset = entry
-        if shape != (group.rows, group.nbytes // group.rows) or name in self._handed:
-            self._spoiled = True
-            return None
-        self._handed.add(name)
         flat = torch.frombuffer(self._mm, dtype=torch.uint8, count=group.nbytes, offset=offset)
-        return flat.view(group.rows, group.nbytes // group.rows)
+        return flat.view(shape)
+
+    def put(self, name: str, data: torch.Tensor) -> None:
+        """A miss: group `name` repacked (uint8 [rows, row_bytes], kept by the model)."""
+        if self._writer is not None and self._shape(name, tuple(data.shape)) is not None:
+            self._done[name] = data
 
     def slots(self, prefix: str) -> LayerSlots:
         return LayerSlots(self, prefix)
 
-    def write(self, name: str, first_row: int, blocks: torch.Tensor, ggml_type, cols: int):
-        """Repack file `blocks` uint8 [rows, row_bytes] into the file as rows first_row... of
-        group `name`, a chunk of whole 8-row groups at a time."""
-        group, offset = self._groups[name]
-        rows, row_bytes = blocks.shape
-        if self._writer is None or first_row % 8 or first_row + rows > group.rows:
-            raise ValueError(f"cannot write rows {first_row}+{rows} of {name} into the cache")
-        if self._scratch is None:
-            self._scratch = torch.empty(SCRATCH_BYTES, dtype=torch.uint8)
-        step = max(8, SCRATCH_BYTES // row_bytes // 8 * 8)
-        for a in range(0, rows, step):
-            n = min(step, rows - a)
-            if n * row_bytes > self._scratch.numel():
-                self._scratch = torch.empty(n * row_bytes, dtype=torch.uint8)
-            out = self._scratch[: n * row_bytes].view(n, row_bytes)
-            cpu_quant_x8.repack(blocks[a : a + n], ggml_type, cols, out=out)
-            _pwrite_all(self._writer.fd, out.numpy(), offset + (first_row + a) * row_bytes)
-
     def publish(self) -> None:
-        """After the methods wrote every group: the index and footer, then fsync and rename
-        in a background thread (the model runs from the mapping meanwhile)."""
+        """A miss, every group repacked: the file is written, fsynced and renamed into place
+        by a background thread at the lowest CPU priority (the engine runs meanwhile)."""
         writer, self._writer = self._writer, None
         if writer is None:
             return
-        if self._spoiled or len(self._handed) != len(self._groups):
-            logger.info("weight cache: not every planned group was written; not published")
+        if self._spoiled or self._done.keys() != self._groups.keys():
+            logger.info("weight cache: not every planned group was repacked; not published")
             writer.remove()
             return
-        footer = FOOTER.pack(MAGIC, FORMAT_VERSION, writer.data_end, len(writer.index))
-        try:
-            _pwrite_all(writer.fd, memoryview(writer.index + footer), writer.data_end)
-        except OSError as e:
-            logger.info("weight cache file not written (%s)", e)
-            writer.remove()
-            return
+        parts = [(self._groups[name][1], data) for name, data in self._done.items()]
+        self._done = {}
         # not a daemon (loading may run in a daemon thread): the interpreter waits for it
-        thread = threading.Thread(target=writer.commit, name="minerva-weight-cache", daemon=False)
+        thread = threading.Thread(
+            target=writer.commit, args=(parts,), name="minerva-weight-cache", daemon=False
+        )
         _writers.append(thread)
         thread.start()
 
@@ -203,12 +187,12 @@ class LayerSlots:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def get(self, name: str, shape: tuple[int, int]) -> torch.Tensor | None:
-        """The mapped tensor of this layer's group `name` (uint8 `shape`), or None."""
+        """A hit: the mapped tensor of this layer's group `name` (uint8 `shape`), or None."""
         return self.store.tensor(self._full(name), shape)
 
-    def write(self, name: str, first_row: int, blocks: torch.Tensor, ggml_type, cols: int):
-        """A miss: repack `blocks` (file layout) into rows first_row... of group `name`."""
-        self.store.write(self._full(name), first_row, blocks, ggml_type, cols)
+    def put(self, name: str, data: torch.Tensor) -> None:
+        """A miss: this layer's group `name`, repacked, for the cache file."""
+        self.store.put(self._full(name), data)
 
 
 def process_layers(layers: Sequence[tuple[str, nn.Module]], cache: WeightCache | None) -> None:
@@ -231,15 +215,21 @@ def process_layers(layers: Sequence[tuple[str, nn.Module]], cache: WeightCache |
 
 
 class _Writer:
-    """A temp cache file being written: published by rename once its bytes are on disk."""
+    """A temp cache file of the final size, its space reserved: written, fsynced, then
+    published by rename, so a crash never leaves a partial file under the final name."""
 
     def __init__(self, fd: int, temp: Path, path: Path, data_end: int, index: bytes) -> None:
         self.fd, self.temp, self.path = fd, temp, path
         self.data_end, self.index = data_end, index
 
-    def commit(self) -> None:
+    def commit(self, parts: list[tuple[int, torch.Tensor]]) -> None:
+        _lowest_priority()
         try:
-            os.fsync(self.fd)  # the mapped pages: on Linux fsync writes a shared map's pages
+            for offset, data in parts:
+                _pwrite_all(self.fd, data.numpy(), offset)
+            footer = FOOTER.pack(MAGIC, FORMAT_VERSION, self.data_end, len(self.index))
+            _pwrite_all(self.fd, self.index + footer, self.data_end)
+            os.fsync(self.fd)
             os.replace(self.temp, self.path)
             logger.info("cached the repacked weights in %s", self.path)
         except OSError as e:
@@ -251,6 +241,14 @@ class _Writer:
     def remove(self) -> None:
         os.close(self.fd)
         self.temp.unlink(missing_ok=True)
+
+
+def _lowest_priority() -> None:
+    """This thread only (Linux: nice is per thread) yields its core to the engine's threads."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):
+        pass
 
 
 def _pwrite_all(fd: int, data, offset: int) -> None:
@@ -305,7 +303,7 @@ def _open_existing(path: Path, groups, data_end: int, index: bytes) -> WeightSto
     except OSError:
         pass
     records = json.loads(index)["groups"]
-    return WeightStore(mm, groups, _offsets(records), filled=True)
+    return WeightStore(groups, _offsets(records), mm=mm)
 
 
 def _problem(mm: mmap.mmap, data_end: int, index: bytes) -> str | None:
@@ -335,8 +333,8 @@ def _discard(path: Path, why: str) -> None:
 
 
 def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
-    """A new temp file of the final size, space reserved, mapped shared: the store the
-    methods repack into. None (logged) where that cannot be done safely."""
+    """A new temp file of the final size, its space reserved, for the groups the methods
+    repack into memory. None (logged) where that cannot be done safely."""
     total = data_end + len(index) + FOOTER.size
     if total > max_bytes:
         logger.info(
@@ -355,18 +353,17 @@ def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
             raise OSError(errno.ENOSPC, "too little free disk space", str(directory))
         if not hasattr(os, "posix_fallocate"):
             raise OSError(errno.EOPNOTSUPP, "no posix_fallocate on this OS")
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        os.posix_fallocate(fd, 0, total)  # reserved: no write can then fail for space
-        mm = mmap.mmap(fd, total, access=mmap.ACCESS_COPY)  # sees the pwrites (never written)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.posix_fallocate(fd, 0, total)  # reserved: the background writes cannot run out
     except OSError as e:
         if fd is not None:
             os.close(fd)
             temp.unlink(missing_ok=True)
-        logger.info("weight cache off for this load (%s): repacking into memory", e)
+        logger.info("weight cache off for this load (%s)", e)
         return None
     records = json.loads(index)["groups"]
     writer = _Writer(fd, temp, path, data_end, index)
-    return WeightStore(mm, groups, _offsets(records), filled=False, writer=writer)
+    return WeightStore(groups, _offsets(records), writer=writer)
 
 
 def _evict(directory: Path, incoming: int, max_bytes: int, keep: Path) -> None:
