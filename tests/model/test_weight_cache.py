@@ -297,3 +297,25 @@ def test_a_process_that_exits_right_after_loading_publishes_its_cache_file(gguf,
     subprocess.run([sys.executable, "-c", code, str(gguf)], env=env, check=True, timeout=300)
     assert len(cache_files(weights_dir)) == 1
     assert list(weights_dir.glob(f"{x8_cache.TEMP_PREFIX}*")) == []
+
+
+def test_the_file_is_on_disk_before_it_is_published(gguf, weights_dir, reference, monkeypatch):
+    """fsync, then rename: a crash or power loss can leave a temp file, never a partial one
+    under the final name."""
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), replace(a, b))[1])
+    load(gguf)
+    assert events == ["fsync", "rename"]
+
+
+def test_a_failed_write_publishes_nothing_and_leaves_nothing(
+    gguf, weights_dir, reference, monkeypatch
+):
+    def broken(fd, data, offset):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "pwrite", broken)
+    assert run(load(gguf)) == reference[1]  # the model runs from memory all the same
+    assert list(weights_dir.iterdir()) == []
