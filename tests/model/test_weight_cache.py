@@ -319,3 +319,18 @@ def test_a_failed_write_publishes_nothing_and_leaves_nothing(
     monkeypatch.setattr(os, "pwrite", broken)
     assert run(load(gguf)) == reference[1]  # the model runs from memory all the same
     assert list(weights_dir.iterdir()) == []
+
+
+def test_a_hit_never_unpermutes_the_q_and_k_rows(gguf, weights_dir, reference, monkeypatch):
+    """llama.cpp's q/k row order is undone by a copy made only when the rows are read
+    (loader/gguf.py): the miss reads them to repack, a hit never does."""
+    from minerva.loader import gguf as gguf_loader
+
+    calls: list[int] = []
+    real = gguf_loader.unpermute_rows
+    monkeypatch.setattr(gguf_loader, "unpermute_rows", lambda *a: (calls.append(1), real(*a))[1])
+    load(gguf)
+    assert len(calls) == 2 * 2  # q and k of both layers
+    calls.clear()
+    assert run(load(gguf)) == reference[1]
+    assert calls == []

@@ -34,6 +34,7 @@ from minerva.quant.gguf_types import (
     FLOAT_TYPES,
     SUPPORTED_WEIGHT_TYPES,
     GGMLType,
+    LazyQuantizedTensor,
     QuantizedTensor,
     row_bytes,
     type_name,
@@ -99,6 +100,8 @@ class GGUFLinearMethod(LinearMethod):
                 f"(supported: {names}); use a GGUF file quantized to one of these"
             )
         rows, cols = tensor.shape
+        if isinstance(tensor, LazyQuantizedTensor) and not tensor.made:
+            return self._checked_lazy(tensor, rows, cols)
         data = tensor.data
         if isinstance(data, np.ndarray):
             data = torch.from_numpy(np.array(data, dtype=np.uint8, copy=not data.flags.writeable))
@@ -140,10 +143,25 @@ class GGUFLinearMethod(LinearMethod):
             ggml_type = group[0].ggml_type
             if self._layout(device, ggml_type, group, cols) == "x8":
                 rows = sum(g.shape[0] for g in group)
-                nbytes = rows * group[0].data.shape[1]
+                nbytes = rows * row_bytes(ggml_type, cols)
                 full = f"{prefix}.{name}" if prefix else name
                 out.append(PackedGroup(full, int(ggml_type), rows, cols, nbytes))
         return out
+
+    @staticmethod
+    def _checked_lazy(tensor: LazyQuantizedTensor, rows: int, cols: int) -> QuantizedTensor:
+        """Its size checked without making its data (a weight cache hit never needs it)."""
+        try:
+            nbytes = row_bytes(tensor.ggml_type, cols)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+        if tensor.nbytes != rows * nbytes:
+            raise ModelLoadError(
+                f"holds {tensor.nbytes} bytes, but {rows} rows of {cols} "
+                f"{tensor.ggml_type.name} values take {rows * nbytes}; the file is truncated "
+                "or corrupt"
+            )
+        return tensor
 
     def process_after_loading(self, layer, slots: LayerSlots | None = None) -> None:
         if not layer.gguf_pending:
@@ -306,7 +324,7 @@ def _interleaved(group: list[QuantizedTensor], cols: int, slots=None, name="") -
     the cache file's mapped copy of it. Each piece's mapped file pages are let go once copied,
     so loading never holds the file and the copy at once."""
     rows = sum(g.shape[0] for g in group)
-    shape = (rows, group[0].data.shape[1])
+    shape = (rows, row_bytes(group[0].ggml_type, cols))
     mapped = slots.get(name, shape) if slots is not None and slots.filled else None
     if mapped is not None:
         for g in group:
