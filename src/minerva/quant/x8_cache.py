@@ -29,7 +29,6 @@ import secrets
 import shutil
 import struct
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from torch import nn
 
 from minerva.ops import cpu_quant_x8, native
+from minerva.quant.x8_cache_dir import evict, remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ TEMP_PREFIX = ".tmp-"
 ALIGN = 4096
 MIN_FREE_BYTES = 1 << 30
 """Free disk space the cache always leaves: a cache must never be what fills the disk."""
-STALE_TEMP_S = 24 * 3600
-"""A temp file this old is stale even if its pid is alive again (pid reuse)."""
 
 _writers: list[threading.Thread] = []
 
@@ -97,7 +95,7 @@ class WeightCache:
         try:
             key = _key(self.sources)
             self.directory.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temps(self.directory)
+            remove_stale_temps(self.directory, TEMP_PREFIX, SUFFIX)
         except OSError as e:
             logger.info("weight cache off for this load: %s", e)
             return None
@@ -345,7 +343,7 @@ def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
         )
         return None
     directory = path.parent
-    _evict(directory, total, max_bytes, keep=path)
+    evict(directory, SUFFIX, total, max_bytes, keep=path, skip_prefix=TEMP_PREFIX)
     temp = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{SUFFIX}"
     fd = None
     try:
@@ -364,53 +362,3 @@ def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
     records = json.loads(index)["groups"]
     writer = _Writer(fd, temp, path, data_end, index)
     return WeightStore(groups, _offsets(records), writer=writer)
-
-
-def _evict(directory: Path, incoming: int, max_bytes: int, keep: Path) -> None:
-    """Delete the least recently used cache files until they and `incoming` bytes fit
-    `max_bytes` (a process mapping a deleted file keeps its pages until it unmaps them)."""
-    entries = []
-    for p in directory.glob(f"*{SUFFIX}"):
-        if p.name.startswith(TEMP_PREFIX) or p == keep:
-            continue
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        entries.append((st.st_mtime_ns, st.st_size, p))
-    total = incoming + sum(size for _, size, _ in entries)
-    for _, size, p in sorted(entries):
-        if total <= max_bytes:
-            break
-        try:
-            p.unlink(missing_ok=True)
-        except OSError:
-            continue
-        total -= size
-        logger.info("weight cache: evicted %s (weight_cache_size)", p.name)
-
-
-def _remove_stale_temps(directory: Path) -> None:
-    """Temp files of processes that died while writing (or of any age past STALE_TEMP_S)."""
-    now = time.time()
-    for p in directory.glob(f"{TEMP_PREFIX}*{SUFFIX}"):
-        try:
-            pid = int(p.name[len(TEMP_PREFIX) :].split("-")[0])
-            age = now - p.stat().st_mtime
-        except (ValueError, OSError):
-            continue
-        if age > STALE_TEMP_S or not _alive(pid):
-            try:
-                p.unlink(missing_ok=True)
-            except OSError:
-                pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
