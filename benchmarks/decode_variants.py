@@ -10,11 +10,13 @@ Variants:
 - no-pdl: plain launches (config pdl=false);
 - session2: plain launches, separate RoPE / KV-write / SiLU * mul kernels (the previous path);
 - layered: session2 with add + RMSNorm as their own kernels too (no one-token GEMV hooks);
-- torch-glue: `fused_kernels=False` (cuBLAS and torch's glue ops).
+- torch-glue: `fused_kernels=False` (cuBLAS and torch's glue ops);
+- int8 / float: GGUF weights (--gguf) with 8-bit activations and dp4a products in the one-token
+  GEMVs, or the float kernel that decodes the weights (quant/gguf.py INT8_ACTIVATIONS).
 
 Each variant gets a fresh engine (the graphs are captured with it). Decode tok/s as in
 gpu_bench: 128 / (t(1 + 128 tokens) - t(1 token)) after a 128-token prompt, best of 3.
---profile adds, for the first variant, the GPU kernels of a decode step (torch.profiler over
+--profile adds, for every variant, the GPU kernels of a decode step (torch.profiler over
 the graph replays): count and time per step by kernel. Writes
 decode_variants_<shape>_<gpu>.json and prints a table.
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 from shapes import SHAPES, hf_config
 
-VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue")
+VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue", "int8", "float")
 
 
 def _patch(variant: str):
@@ -40,9 +42,13 @@ def _patch(variant: str):
     removes it."""
     import dataclasses
 
+    from minerva.quant import gguf
     from minerva.runner import worker
 
     select = worker.select_kernels
+    int8 = gguf.INT8_ACTIVATIONS
+    if variant in ("int8", "float"):
+        gguf.INT8_ACTIVATIONS = variant == "int8"
     if variant in ("session2", "layered"):
 
         def separate(platform, **kw):
@@ -67,6 +73,7 @@ def _patch(variant: str):
 
     def undo() -> None:
         worker.select_kernels = select
+        gguf.INT8_ACTIVATIONS = int8
 
     return undo
 
@@ -113,14 +120,15 @@ def _profile(llm, prompt: list[int], steps: int = 32) -> dict:
     }
 
 
-def decode_tok_s(folder: Path, variant: str, profile: bool = False) -> tuple[float, dict | None]:
+def decode_tok_s(model: Path, variant: str, profile: bool = False) -> tuple[float, dict | None]:
     from minerva import LLM, SamplingParams
 
     undo = _patch(variant)
     try:
+        gguf_file = model.suffix == ".gguf"
         llm = LLM(
-            model=str(folder),
-            load_format="dummy",
+            model=str(model),
+            load_format="auto" if gguf_file else "dummy",
             dtype="bfloat16",
             max_model_len=4096,
             fused_kernels=variant != "torch-glue",
@@ -151,15 +159,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="tinyllama-1.1b", choices=list(SHAPES))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    ap.add_argument("--profile", action="store_true", help="kernel table of the first variant")
+    ap.add_argument("--profile", action="store_true", help="kernel table of every variant")
     ap.add_argument("--output", default="benchmarks/results")
+    ap.add_argument(
+        "--gguf", type=Path, default=None, help="a GGUF file instead of random bf16 weights"
+    )
     args = ap.parse_args()
-    folder = Path(tempfile.mkdtemp())
-    (folder / "config.json").write_text(json.dumps(hf_config(args.shape, dtype="bfloat16")))
-    results, profile = {}, None
-    for i, variant in enumerate(args.variants):
-        results[variant], prof = decode_tok_s(folder, variant, args.profile and i == 0)
-        profile = profile or prof
+    model = args.gguf
+    if model is None:
+        model = Path(tempfile.mkdtemp())
+        (model / "config.json").write_text(json.dumps(hf_config(args.shape, dtype="bfloat16")))
+    else:
+        args.shape = model.stem
+    results, profiles = {}, {}
+    for variant in args.variants:
+        results[variant], prof = decode_tok_s(model, variant, args.profile)
+        if prof:
+            profiles[variant] = prof
         print(
             f"{args.shape} {variant:12s} batch-1 decode {results[variant]:7.1f} tok/s", flush=True
         )
@@ -169,9 +185,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"benchmark": "decode_variants", "gpu": gpu, "torch": torch.__version__}
     doc |= {"shape": args.shape, "decode_batch1_tok_s": results}
-    if profile:
-        doc["profile_" + args.variants[0]] = profile
-        print(f"\nkernels of one decode step ({args.variants[0]}):")
+    for variant, profile in profiles.items():
+        doc["profile_" + variant] = profile
+        print(f"\nkernels of one decode step ({variant}):")
         for r in profile["kernels"][:25]:
             print(f"{r['us_per_step']:8.1f} us {r['per_step']:6.1f}x  {r['kernel']}")
         print(

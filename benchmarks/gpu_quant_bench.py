@@ -224,7 +224,26 @@ def main() -> None:
     ap.add_argument("--llama-bin", type=Path, default=Path("/tmp/llama-build/bin"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/qbench"))
     ap.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument(
+        "--dequant-rows",
+        type=int,
+        default=None,
+        help="rows above which the weights are decoded to bf16 for cuBLAS (quant/gguf_matmul.py)",
+    )
+    ap.add_argument(
+        "--int8-rows",
+        type=int,
+        default=None,
+        help="rows up to which x is quantized to int8 for the tensor cores (quant/gguf_matmul.py)",
+    )
+    ap.add_argument("--tag", default="", help="suffix of the result key (a variant's name)")
     args = ap.parse_args()
+    from minerva.quant import gguf_matmul
+
+    if args.dequant_rows is not None:
+        gguf_matmul.PREFILL_DEQUANT_ROWS = args.dequant_rows
+    if args.int8_rows is not None:
+        gguf_matmul.INT8_GEMM_MAX_ROWS = args.int8_rows
     args.work.mkdir(parents=True, exist_ok=True)
     store = args.work / "results.json"
     results = json.loads(store.read_text()) if store.exists() else {"models": {}}
@@ -242,9 +261,9 @@ def main() -> None:
 
     for pair in args.models:
         shape, mix = pair.split(":")
-        key = f"{shape}-{mix}"
-        path = args.work / f"{key}.gguf"
-        entry = results["models"].setdefault(key, {"shape": shape, "mix": mix})
+        path = args.work / f"{shape}-{mix}.gguf"
+        key = f"{shape}-{mix}{args.tag}"
+        entry = results["models"].setdefault(key, {"shape": shape, "mix": mix + args.tag})
         if "files" in args.parts and not path.exists():
             t = time.perf_counter()
             write_random_gguf(shape, mix, path)

@@ -2,7 +2,7 @@
 and path, each config checked against dequantize + float32 matmul before it is timed.
 
     PYTHONPATH=src python3 benchmarks/gpu_quant_kernels.py [--types Q4_K Q8_0 ...]
-        [--parts gemv small prefill] [--budget-s 420] [--output DIR]
+        [--parts gemv8 gemv small int8 prefill] [--budget-s 420] [--output DIR]
 
 Shapes are a Mistral-7B layer's (qkv, o, gate_up, down). Weights are random bytes with sane
 f16 scales, in several copies cycled so no timing reads from L2. Reports the achieved bandwidth
@@ -27,7 +27,7 @@ import torch
 import triton
 from triton.testing import do_bench
 
-from minerva.ops import triton_gemv, triton_qgemv_int8, triton_quant
+from minerva.ops import triton_gemv, triton_qgemm_int8, triton_qgemv_int8, triton_quant
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_planes import from_planes, to_planes
 from minerva.quant.gguf_types import GGMLType, row_bytes
@@ -90,10 +90,22 @@ def small_configs(span: int, m: int) -> list[tuple]:
     return [
         (bm, bn, bk, w, 3)
         for bm in ((16,) if m <= 16 else (32, 64))
-        for bn in (32, 64, 128)
-        for bk in (64, 128, 256)
+        for bn in ((32, 64, 128) if m <= 16 else (64, 128))
+        for bk in ((64, 128, 256) if m <= 16 else (64, 128))
         for w in (4, 8)
         if bk >= span and not (bm * bn >= 8192 and w == 4)
+    ]
+
+
+def int8_configs(m: int) -> list[tuple]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) of ops/triton_qgemm_int8.py."""
+    bms = (16,) if m <= 16 else (32, 64) if m <= 64 else (64, 128)
+    return [
+        (bm, bn, w, s)
+        for bm in bms
+        for bn in (64, 128, 256)
+        for w, s in ((4, 3), (8, 3), (8, 4))
+        if not (bm == 128 and bn == 256 and w == 4)
     ]
 
 
@@ -118,6 +130,7 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES))
     ap.add_argument("--small-m", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--prefill-m", type=int, default=512)
+    ap.add_argument("--int8-m", type=int, nargs="+", default=[16, 64, 256, 512])
     ap.add_argument("--budget-s", type=float, default=420)
     ap.add_argument("--output", default="benchmarks/results")
     args = ap.parse_args()
@@ -221,10 +234,30 @@ def main() -> None:
             for m in args.small_m if "small" in args.parts else []:
                 xm = torch.randn(m, k, device="cuda").bfloat16()
                 sweep(
+                    "small", {**key, "m": m}, ["dequant+cublas"],
+                    lambda planes, cfg, xm=xm, t=t, k=k: xm @ triton_quant.dequantize(planes, t, k).T,
+                    xm.float() @ w.ref.bfloat16().float().T,
+                    lambda ms, w=w: dict(gb_s=w.nbytes / ms / 1e6),
+                )  # fmt: skip
+                sweep(
                     "small", {**key, "m": m}, small_configs(span, m),
                     lambda planes, cfg, xm=xm, t=t: triton_quant.qgemm(xm, planes, t, config=cfg),
                     xm.float() @ w.ref.bfloat16().float().T,
                     lambda ms, w=w: dict(gb_s=w.nbytes / ms / 1e6),
+                )  # fmt: skip
+            for m in args.int8_m if "int8" in args.parts else []:  # x quantized per launch
+                xm = torch.randn(m, k, device="cuda").bfloat16()
+                codes, dx, _ = triton_qgemm_int8.quantize_rows(xm)
+                xhat = (codes.float().reshape(m, -1, 32) * dx[..., None]).reshape(m, k)
+                sweep(
+                    "int8", {**key, "m": m}, int8_configs(m),
+                    lambda planes, cfg, xm=xm, t=t: triton_qgemm_int8.qgemm_int8(
+                        xm, planes, t, config=cfg
+                    ),
+                    xhat @ w.ref.T,
+                    lambda ms, w=w, m=m, n=n, k=k: dict(
+                        gb_s=w.nbytes / ms / 1e6, tflop_s=2 * m * n * k / ms / 1e9
+                    ),
                 )  # fmt: skip
             if "prefill" in args.parts:
                 m = args.prefill_m

@@ -209,3 +209,60 @@ def test_int8_gemv_is_the_exact_product_with_the_quantized_x(ggml_type, rows, co
     assert _rel(out2, out.float() + res.float()) < 8e-3
     torch.testing.assert_close(partials.sum(), out2.float().square().sum(), rtol=1e-4, atol=1e-3)
     assert _rel(out, x.float() @ ref.T + bias.float()) < 3e-2  # and close to the float product
+
+
+# ---- several tokens on the int8 tensor cores (ops/triton_qgemm_int8.py) -----------------------
+
+
+@pytest.mark.parametrize("m", [1, 3, 40])
+def test_quantize_rows_is_llama_cpp_q8_1_rounding(m):
+    """Per row and block of 32: scale amax / 127, codes roundf(x / scale) (halves away from
+    zero), and the scaled sum of the codes; an all-zero block gets scale 0 and zero codes."""
+    from minerva.ops import triton_qgemm_int8
+
+    k = 256 * 3
+    torch.manual_seed(m)
+    x = (torch.randn(m, k, device=DEVICE) * 3).to(LOW)
+    x[0, 64:96] = 0
+    x[-1, 0:32] = torch.arange(32, device=DEVICE).to(LOW) - 15.5  # exact halves after scaling
+    codes, dx, sx = triton_qgemm_int8.quantize_rows(x)
+    blocks = x.float().reshape(m, -1, 32)
+    want_dx = blocks.abs().amax(-1) / 127
+    torch.testing.assert_close(dx, want_dx, rtol=0, atol=0)
+    inv = torch.where(want_dx > 0, 1 / want_dx, torch.zeros_like(want_dx))
+    v = blocks * inv[..., None]
+    want = torch.sign(v) * torch.floor(v.abs() + 0.5)
+    got = codes.float().reshape(m, -1, 32)
+    off = (got - want).abs()
+    # CUDA's 1 / d may differ from torch's by an ulp, which moves a value at .5 to either side
+    near_half = (v.abs() - torch.floor(v.abs()) - 0.5).abs() < 1e-4
+    assert off.max() <= 1 and bool(near_half[off > 0].all())
+    assert bool((got == want)[~near_half].all())
+    torch.testing.assert_close(sx, got.sum(-1) * want_dx, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("m", [2, 17, 40])
+def test_int8_several_tokens_is_the_exact_product_with_the_quantized_x(ggml_type, m):
+    """Integer dot products are exact: the result is x's 8-bit form times the decoded weight up
+    to float32 rounding (and the bf16 output's), with bias; strided outputs written in place."""
+    from minerva.ops import triton_qgemm_int8
+
+    rows, cols = SHAPES[0]
+    planes, ref = _weight(ggml_type, rows, cols)
+    torch.manual_seed(m)
+    x = torch.randn(m, cols, device=DEVICE).to(LOW)
+    bias = torch.randn(rows, device=DEVICE).to(LOW)
+    codes, dx, sx = triton_qgemm_int8.quantize_rows(x)
+    xhat = (codes.float().reshape(m, -1, 32) * dx[..., None]).reshape(m, cols)
+    y = triton_qgemm_int8.qgemm_int8(x, planes, ggml_type, bias)
+    want = xhat @ ref.T + bias.float()
+    assert y.shape == (m, rows) and _rel(y, want) < 8e-3
+    assert _rel(y, x.float() @ ref.T + bias.float()) < 3e-2  # and close to the float product
+    for config in [(16, 64, 4, 2), (32, 128, 8, 3)]:  # tiles that mask rows and tokens
+        y2 = triton_qgemm_int8.qgemm_int8(x, planes, ggml_type, bias, config=config)
+        assert _rel(y2, y) < 1e-3
+    wide = torch.zeros(m, rows + 5, dtype=LOW, device=DEVICE)
+    triton_qgemm_int8.qgemm_int8(x, planes, ggml_type, bias, out=wide[:, 2 : 2 + rows])
+    assert torch.equal(wide[:, 2 : 2 + rows], y)
+    assert not wide[:, :2].any() and not wide[:, 2 + rows :].any()

@@ -231,7 +231,12 @@ def quantize_x(
 
 
 def gemv_config(ggml_type: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps, num_stages)."""
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages): the best or within 3% of the best of the H100
+    sweep for the Mistral-7B weights (benchmarks/results/gpu_quant_kernels_h100.json, gemv8)."""
+    if ggml_type == 14 and k <= n:  # Q6_K qkv / gate_up: more rows per program
+        return (8 if n < 16384 else 4), 2048, 4, 2
+    if ggml_type in (12, 13, 14):  # Q4_K, Q5_K, Q6_K
+        return 2, 2048, 2, 2
     return 4, max(SPAN[ggml_type], 1024), 4, 2
 
 

@@ -262,10 +262,13 @@ def gemv_config(ggml_type: int, n: int, k: int) -> tuple[int, int, int, int]:
 
 
 def gemm_config(ggml_type: int, m: int, n: int, k: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the several-token kernel."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the several-token kernel; above 16
+    tokens the best of the H100 sweep at 64 (benchmarks/results/gpu_quant_kernels_h100_batch.json)."""
     if m <= 16:
         return 16, 32, max(SPAN[ggml_type], 256), 4, 3
-    return 64, 128, max(SPAN[ggml_type], 128), 8, 3
+    if SPAN[ggml_type] > 64:  # Q6_K
+        return 64, 64, SPAN[ggml_type], 4, 3
+    return 64, 128, 64, 8, 3
 
 
 def _views(planes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

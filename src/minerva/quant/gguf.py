@@ -41,10 +41,10 @@ from minerva.quant.gguf_types import (
 )
 from minerva.quant.x8_cache import LayerSlots, PackedGroup
 
-INT8_ACTIVATIONS = False
+INT8_ACTIVATIONS = True
 """One-token products on CUDA quantize x to 8 bits (llama.cpp's way, ops/triton_qgemv_int8.py);
-off, the float kernel decodes the weights. Off until its tests (tests/gpu/test_quant_kernels.py)
-have run on a GPU: its dp4a PTX cannot run under Triton's CPU interpreter."""
+off, the float kernel decodes the weights (ALU-bound on an H100: half the decode speed, see
+benchmarks/results/decode_variants_mistral-7b-Q4_K_M_h100.json)."""
 
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
@@ -223,8 +223,9 @@ class GGUFLinearMethod(LinearMethod):
         if x2.shape[0] == 1 and self._fused(layer):
             y = self._one_token(layer, x2)[0]
             return y.reshape(*lead, y.shape[-1])
+        int8 = INT8_ACTIVATIONS and x2.shape[0] > 1
         outs = [
-            gguf_matmul(x2, getattr(layer, name), ggml_type, rows, layout, self._pdl)
+            gguf_matmul(x2, getattr(layer, name), ggml_type, rows, layout, self._pdl, int8)
             for name, ggml_type, rows, layout in layer.gguf_groups
         ]
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
