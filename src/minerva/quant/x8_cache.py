@@ -97,7 +97,7 @@ class WeightCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.directory, TEMP_PREFIX, SUFFIX)
         except OSError as e:
-            logger.info("weight cache off for this load: %s", e)
+            logger.warning("weight cache off for this load: %s", e)
             return None
         name = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
         path = self.directory / f"{name}{SUFFIX}"
@@ -231,7 +231,7 @@ class _Writer:
             os.replace(self.temp, self.path)
             logger.info("cached the repacked weights in %s", self.path)
         except OSError as e:
-            logger.info("weight cache file not written (%s)", e)
+            logger.warning("weight cache file not written (%s)", e)
             self.temp.unlink(missing_ok=True)
         finally:
             os.close(self.fd)
@@ -357,7 +357,7 @@ def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
         if fd is not None:
             os.close(fd)
             temp.unlink(missing_ok=True)
-        logger.info("weight cache off for this load (%s)", e)
+        logger.warning("weight cache off for this load (%s)", e)
         return None
     records = json.loads(index)["groups"]
     writer = _Writer(fd, temp, path, data_end, index)
