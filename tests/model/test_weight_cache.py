@@ -335,3 +335,13 @@ def test_a_hit_never_unpermutes_the_q_and_k_rows(gguf, weights_dir, reference, m
     calls.clear()
     assert run(load(gguf)) == reference[1]
     assert calls == []
+
+
+def test_the_cache_never_takes_the_disks_last_free_space(
+    gguf, weights_dir, reference, monkeypatch, caplog
+):
+    monkeypatch.setattr(x8_cache, "MIN_FREE_BYTES", 1 << 62)  # more than any disk has
+    with caplog.at_level("WARNING", logger="minerva.quant.x8_cache"):
+        assert run(load(gguf)) == reference[1]
+    assert list(weights_dir.iterdir()) == []
+    assert "too little free disk space" in caplog.text
