@@ -8,6 +8,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,19 @@ def test_the_cache_never_takes_the_disks_last_free_space(
         assert run(load(gguf)) == reference[1]
     assert list(weights_dir.iterdir()) == []
     assert "too little free disk space" in caplog.text
+
+
+def test_two_loads_writing_at_once_leave_one_whole_file(
+    gguf, weights_dir, reference, repacks, monkeypatch
+):
+    """Each writer has its own temp file and renames it whole: the last rename wins."""
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.5), fsync(fd))[1])
+    for _ in range(2):  # the second starts while the first is still writing
+        LLM(model=str(gguf), device="cpu", dtype="float32", max_model_len=128)
+    x8_cache.wait_for_writes()
+    assert len(cache_files(weights_dir)) == 1
+    assert list(weights_dir.glob(f"{x8_cache.TEMP_PREFIX}*")) == []
+    repacks.clear()
+    assert run(load(gguf)) == reference[1]
+    assert repacks == []
