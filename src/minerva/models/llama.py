@@ -373,8 +373,8 @@ class LlamaForCausalLM(nn.Module):
         self.process_weights_after_loading(weight_cache)
 
     def process_weights_after_loading(self, weight_cache: WeightCache | None = None) -> None:
-        """Let every linear method repack what it loaded (after load_weights or dummy init),
-        into `weight_cache`'s mapped file where it has one."""
+        """Let every linear method repack what it loaded (after load_weights or dummy init);
+        with `weight_cache`, repacked groups are mapped from its file, or written to it."""
         self._cpu_step = False  # the step's plan points at the weights: built again
         linears = [(p, m) for p, m in self.named_modules() if isinstance(m, Linear)]
         x8_cache.process_layers(linears, weight_cache)
