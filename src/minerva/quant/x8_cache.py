@@ -349,10 +349,11 @@ def _create(path: Path, groups, data_end: int, index: bytes, max_bytes: int):
     try:
         if shutil.disk_usage(directory).free < total + MIN_FREE_BYTES:
             raise OSError(errno.ENOSPC, "too little free disk space", str(directory))
-        if not hasattr(os, "posix_fallocate"):
-            raise OSError(errno.EOPNOTSUPP, "no posix_fallocate on this OS")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.posix_fallocate(fd, 0, total)  # reserved: the background writes cannot run out
+        # reserved up front, so a full disk is found now (a later failed write, only logged,
+        # would waste the writing); the file is written with pwrite, never through a map
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, total)
     except OSError as e:
         if fd is not None:
             os.close(fd)
