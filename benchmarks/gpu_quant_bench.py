@@ -98,11 +98,51 @@ def write_random_gguf(shape: str, mix: str, path: Path) -> None:
     )  # fmt: skip
 
 
-def measure_minerva(path: Path, concurrency: list[int], bandwidth: float) -> dict:
+def write_random_folder(shape: str, path: Path) -> None:
+    """A `shape` model as a bf16 safetensors folder of random weights (std 0.02), written from
+    the GPU a shard at a time (for the in-situ fp8 runs)."""
+    from safetensors.torch import save_file
+
+    cfg = hf_config(shape, dtype="bfloat16")
+    path.mkdir(parents=True, exist_ok=True)
+    h, inter, n_layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape_):
+        return (torch.randn(*shape_, generator=g, device="cuda") * 0.02).bfloat16()
+
+    def layer(i: int) -> dict:
+        p = f"model.layers.{i}."
+        shapes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h),
+                  "self_attn.v_proj": (kv, h), "self_attn.o_proj": (h, h),
+                  "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
+                  "mlp.down_proj": (h, inter)}  # fmt: skip
+        out = {p + k + ".weight": rand(*v).cpu() for k, v in shapes.items()}
+        ones = torch.ones(h, dtype=torch.bfloat16)
+        out |= {p + "input_layernorm.weight": ones, p + "post_attention_layernorm.weight": ones}
+        return out
+
+    first = {"model.embed_tokens.weight": rand(cfg["vocab_size"], h).cpu(),
+             "model.norm.weight": torch.ones(h, dtype=torch.bfloat16)}  # fmt: skip
+    if not cfg["tie_word_embeddings"]:
+        first["lm_head.weight"] = rand(cfg["vocab_size"], h).cpu()
+    save_file(first, path / "model-first.safetensors")
+    for i in range(n_layers):
+        save_file(layer(i), path / f"model-layer{i:03d}.safetensors")
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def measure_minerva(
+    path: Path, concurrency: list[int], bandwidth: float, quantization: str | None = None
+) -> dict:
     from minerva import LLM, SamplingParams
 
     t0 = time.perf_counter()
-    llm = LLM(model=str(path), max_model_len=4096, max_num_batched_tokens=4096, progress=False)
+    llm = LLM(
+        model=str(path), max_model_len=4096, max_num_batched_tokens=4096, progress=False,
+        quantization=quantization,
+    )  # fmt: skip
     start_s = time.perf_counter() - t0
     weight_bytes = llm.engine.worker.weight_bytes
     g = torch.Generator().manual_seed(0)
@@ -261,23 +301,28 @@ def main() -> None:
 
     for pair in args.models:
         shape, mix = pair.split(":")
-        path = args.work / f"{shape}-{mix}.gguf"
+        insitu = mix.lower() == "fp8"  # a bf16 folder quantized while loading
+        path = args.work / (f"{shape}-bf16" if insitu else f"{shape}-{mix}.gguf")
         key = f"{shape}-{mix}{args.tag}"
         entry = results["models"].setdefault(key, {"shape": shape, "mix": mix + args.tag})
         if "files" in args.parts and not path.exists():
             t = time.perf_counter()
-            write_random_gguf(shape, mix, path)
-            entry["file_bytes"] = path.stat().st_size
+            if insitu:
+                write_random_folder(shape, path)
+            else:
+                write_random_gguf(shape, mix, path)
             entry["write_s"] = time.perf_counter() - t
-            print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+            print(f"wrote {path}", flush=True)
         if "minerva" in args.parts:
             try:
-                entry["minerva"] = measure_minerva(path, args.concurrency, results["bandwidth"])
+                entry["minerva"] = measure_minerva(
+                    path, args.concurrency, results["bandwidth"], "fp8" if insitu else None
+                )
             except Exception as e:  # recorded; the other models still run
                 entry["minerva_error"] = f"{type(e).__name__}: {e}"[:2000]
             print(key, "minerva", json.dumps(entry.get("minerva"))[:400], flush=True)
             save()
-        if "llama" in args.parts:
+        if "llama" in args.parts and not insitu:
             entry["llama"] = measure_llama(path, args.llama_bin, args.concurrency)
             print(key, "llama", json.dumps(entry["llama"])[:400], flush=True)
             save()

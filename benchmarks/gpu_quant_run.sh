@@ -114,6 +114,18 @@ if [ "$step" = final ]; then  # every GPU test, then Minerva on the three files
         --models $MODELS --output "$OUT" 2>&1 | grep "^|" | tail -5
     exit 0
 fi
+if [ "$step" = fp8 ]; then  # every GPU test, then in-situ fp8 on a random 7B bf16 folder
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    python3 benchmarks/gpu_quant_bench.py --parts files --models mistral-7b:fp8 \
+        --output "$OUT" > /tmp/files.log 2>&1 &
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -8 \
+        | tee "$OUT/tests_gpu.txt"
+    wait
+    tail -2 /tmp/files.log
+    timeout 240 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
+        --models mistral-7b:fp8 --output "$OUT" 2>&1 | grep -v Warn | tail -4 | cut -c1-900
+    exit 0
+fi
 if [ "$step" = llama ]; then
     cmake --build /tmp/llama-build -j 16 --target llama-bench llama-batched-bench 2>&1 | tail -2
     timeout 300 python3 benchmarks/gpu_quant_bench.py --parts llama --models $MODELS \

@@ -66,9 +66,10 @@ def store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr,
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, N, K, stride_wn,
     part_in_ptr, num_part_in, norm_w_ptr, eps, res_ptr, part_out_ptr,
+    scale_ptr,
     HAS_BIAS: tl.constexpr, NORM_IN: tl.constexpr, GATED_IN: tl.constexpr,
     RES_OUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_P: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_P: tl.constexpr, USE_PDL: tl.constexpr, HAS_SCALE: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -90,15 +91,18 @@ def _gemv_kernel(
         w = tl.load(w_rows + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
         x = load_x(x_ptr, k, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
         acc += w.to(tl.float32) * x[None, :]
-    store_rows(tl.sum(acc, axis=1), pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr,
-               HAS_BIAS, RES_OUT)  # fmt: skip
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALE:  # an 8-bit weight's scale per row
+        y *= tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
+    store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
 
 
-def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
+def gemv_config(n: int, k: int, itemsize: int = 2) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [n, k] weight: 4 rows x 1024 columns on
     8 warps (2 or 3 stages) won 6 of the 10 Mistral-7B / TinyLlama weights in the H100 sweep of
-    benchmarks/gemv_bench.py (benchmarks/results/gemv_bench_h100.json)."""
-    return 4, 1024, 8, 3
+    benchmarks/gemv_bench.py (benchmarks/results/gemv_bench_h100.json); one-byte (fp8) weights
+    take 2048 columns, the same bytes per slice."""
+    return 4, 2048 if itemsize == 1 else 1024, 8, 3
 
 
 def gemv(
@@ -107,9 +111,11 @@ def gemv(
     bias: torch.Tensor | None = None,
     config: tuple[int, int, int, int] | None = None,
     pdl: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x [1, K] @ weight[N, K].T (+ bias) -> [1, N] in x's dtype, fp32 accumulation."""
-    return _launch(x, weight, bias, config, pdl=pdl)
+    """x [1, K] @ weight[N, K].T (+ bias) -> [1, N] in x's dtype, fp32 accumulation; `scale`
+    (float32 [N]) multiplies each row's product (an fp8 weight's)."""
+    return _launch(x, weight, bias, config, pdl=pdl, scale=scale)
 
 
 def gemv_add_residual(
@@ -119,17 +125,19 @@ def gemv_add_residual(
     residual: torch.Tensor,
     gated: bool = False,
     pdl: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(residual + x @ weight.T (+ bias), per-program partial sums of its squares): the new
     residual stream [1, N] and what `gemv_rms_norm` needs to normalise it. gated: x is
     [gate | up] of twice the weight's width and the input is silu(gate) * up (the MLP's down
     projection, with its activation folded in)."""
     n = weight.shape[0]
-    block_n = gemv_config(n, weight.shape[1])[0]
+    block_n = gemv_config(n, weight.shape[1], weight.element_size())[0]
     partials = torch.empty(triton.cdiv(n, block_n), dtype=torch.float32, device=x.device)
     out = _launch(
-        x, weight, bias, None, residual=residual, partials_out=partials, gated=gated, pdl=pdl
-    )
+        x, weight, bias, None, residual=residual, partials_out=partials, gated=gated, pdl=pdl,
+        scale=scale,
+    )  # fmt: skip
     return out, partials
 
 
@@ -141,16 +149,18 @@ def gemv_rms_norm(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     pdl: bool = False,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """RMSNorm(h) * norm_weight @ weight.T (+ bias), the norm folded into the GEMV's loads;
     h [1, K] and partials (float32, any length: their sum is h's sum of squares) come from
     `gemv_add_residual` or any producer that keeps that contract."""
-    return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps), pdl=pdl)
+    return _launch(h, weight, bias, None, norm=(partials, norm_weight, eps), pdl=pdl, scale=scale)
 
 
 def _launch(
-    x, weight, bias, config, residual=None, partials_out=None, norm=None, gated=False, pdl=False
-):
+    x, weight, bias, config, residual=None, partials_out=None, norm=None, gated=False, pdl=False,
+    scale=None,
+):  # fmt: skip
     n, k = weight.shape
     if weight.stride(1) != 1:
         weight = weight.contiguous()
@@ -158,16 +168,17 @@ def _launch(
     if not x.is_contiguous():
         x = x.contiguous()
     out = torch.empty(1, n, dtype=x.dtype, device=x.device)
-    block_n, block_k, num_warps, num_stages = config or gemv_config(n, k)
+    block_n, block_k, num_warps, num_stages = config or gemv_config(n, k, weight.element_size())
     part_in, norm_w, eps = norm if norm is not None else (out, out, 0.0)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0),
         part_in, part_in.numel(), norm_w, eps,
         residual.contiguous() if residual is not None else out,
         partials_out if partials_out is not None else out,
+        scale if scale is not None else out,
         HAS_BIAS=bias is not None, NORM_IN=norm is not None, GATED_IN=gated,
         RES_OUT=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_P=1024,
-        USE_PDL=pdl,
+        USE_PDL=pdl, HAS_SCALE=scale is not None,
         num_warps=num_warps, num_stages=num_stages, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return out

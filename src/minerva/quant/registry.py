@@ -9,12 +9,14 @@ from minerva.errors import ModelLoadError
 from minerva.ops.kernels import KernelSet
 from minerva.quant.base import LinearMethod, QuantConfig, UniformQuantConfig
 from minerva.quant.dense import DenseLinearMethod
+from minerva.quant.fp8 import FP8LinearMethod
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig
 from minerva.quant.gguf_file_config import GGUFFileQuantConfig
 from minerva.quant.gguf_types import GGMLType
 
 LINEAR_METHODS: dict[str, type[LinearMethod]] = {
     "dense": DenseLinearMethod,
+    "fp8": FP8LinearMethod,
 }
 
 # llama.cpp's file types (general.file_type, gguf's LlamaFileType without MOSTLY_): the names a
@@ -61,5 +63,7 @@ def build_quant_config(
 
 
 def build_insitu_config(mix: str, num_layers: int, kernels: KernelSet) -> QuantConfig:
-    """In-situ quantization of float weights to `mix` (q4_k_m, Q4K ...) while loading."""
+    """In-situ quantization of float weights to `mix` (q4_k_m, Q4K ..., or fp8) while loading."""
+    if mix == "fp8":
+        return UniformQuantConfig(FP8LinearMethod(kernels))
     return GGUFQuantConfig(mix, num_layers, kernels)

@@ -1,0 +1,148 @@
+"""fp8 e4m3 weights with one float32 scale per output row, quantized while a float checkpoint
+loads (`--quantization fp8`): half the bytes of bf16 for the batch-1 GEMV to stream, and the fp8
+tensor cores for several tokens.
+
+A row's scale is its largest magnitude / 448 (e4m3's largest finite value), so every row uses the
+whole fp8 range and a q / k / v or gate / up piece of a fused layer is quantized on its own. On
+CUDA one token runs the Triton GEMV (ops/triton_gemv.py) on the fp8 rows with the scale in its
+epilogue, keeping the batch-1 path's fused RMSNorm, SiLU * mul and residual add; several tokens
+quantize x per row to fp8 as well (dynamic, one scale per token, as vLLM's fp8 does) and run
+torch's scaled matmul. Elsewhere the twin decodes the weight and multiplies (correct, slow: fp8 is
+a format for GPUs with fp8 support, compute capability 8.9 and up).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from minerva.errors import ModelLoadError
+from minerva.ops.kernels import KernelSet
+from minerva.quant.base import LinearMethod, shape_mismatch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+MIN_CAPABILITY = (8, 9)
+TINY = 1e-12  # the scale of an all-zero row (any positive value decodes it to zeros)
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] float -> (fp8 codes [N, K], float32 scales [N]): w ~ codes * scale[:, None]."""
+    w = w.float()
+    scale = (w.abs().amax(dim=1) / FP8_MAX).clamp(min=TINY)
+    return (w / scale[:, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def dequantize_rows(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The twin's weight: float32 [N, K]."""
+    return codes.float() * scale[:, None]
+
+
+def _scaled_mm_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
+        x.is_cuda
+        and x.dtype == torch.bfloat16
+        and x.shape[-1] % 16 == 0
+        and weight.shape[0] % 16 == 0
+        and torch.cuda.get_device_capability(x.device) >= MIN_CAPABILITY
+    )
+
+
+def scaled_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] bf16 @ (codes * scale).T on the fp8 tensor cores: x quantized per row to fp8 (its
+    own scale per token), one product with both scales applied -> [M, N] bf16."""
+    m = x.shape[0]
+    pad = -m % 16  # the fp8 GEMM takes whole tiles of 16 rows
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+    xs = (x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=TINY)  # [M, 1]
+    xq = (x.float() / xs).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    y = torch._scaled_mm(
+        xq, codes.t(), scale_a=xs, scale_b=scale.reshape(1, -1), out_dtype=torch.bfloat16
+    )
+    return y[:m] if pad else y
+
+
+class FP8LinearMethod(LinearMethod):
+    name = "fp8"
+
+    def __init__(self, kernels: KernelSet | None = None) -> None:
+        self.kernels = kernels
+
+    def create_weights(
+        self,
+        layer: nn.Module,
+        in_features: int,
+        output_sizes: list[int],
+        bias: bool,
+        params_dtype: torch.dtype,
+    ) -> None:
+        out = sum(output_sizes)
+        layer.weight = nn.Parameter(torch.empty(out, in_features, dtype=FP8), False)
+        # a buffer: no checkpoint tensor fills it (loading the weight does)
+        layer.register_buffer("weight_scale", torch.empty(out, dtype=torch.float32))
+        if bias:
+            layer.bias = nn.Parameter(torch.empty(out, dtype=params_dtype), False)
+        else:
+            layer.register_parameter("bias", None)
+
+    def load_weight(
+        self, layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
+    ) -> None:
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise ModelLoadError("is not a float tensor: fp8 quantizes float checkpoints only")
+        start, size = layer.shard_rows(shard_id) if shard_id is not None else (0, param.shape[0])
+        dest = param.data.narrow(0, start, size)
+        if tuple(dest.shape) != tuple(tensor.shape):
+            raise shape_mismatch(tensor.shape, dest.shape)
+        if param is not layer.weight:  # the bias stays in the model's dtype
+            dest.copy_(tensor)
+            return
+        if dest.is_cuda and torch.cuda.get_device_capability(dest.device) < MIN_CAPABILITY:
+            raise ModelLoadError(
+                "needs fp8 support (an Ada or Hopper GPU, compute capability 8.9+) for "
+                "--quantization fp8: use q8_0 on this GPU"
+            )
+        codes, scale = quantize_rows(tensor.to(dest.device))
+        dest.copy_(codes)
+        layer.weight_scale.data.narrow(0, start, size).copy_(scale)
+
+    def weight_bytes(self, layer: nn.Module) -> int:
+        return super().weight_bytes(layer) + layer.weight_scale.numel() * 4
+
+    def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        w, s, b = layer.weight, layer.weight_scale, layer.bias
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if self._triton and x2.shape[0] == 1:
+            from minerva.ops import triton_gemv  # noqa: PLC0415 - CUDA only
+
+            y = triton_gemv.gemv(x2, w, b, pdl=self.kernels.pdl, scale=s)
+        elif _scaled_mm_ok(x2, w):
+            y = scaled_matmul(x2, w, s)
+            if b is not None:
+                y = y + b.to(y.dtype)
+        else:  # the twin
+            dtype = torch.float32 if x2.is_cpu else x2.dtype
+            y = x2.to(dtype) @ dequantize_rows(w, s).to(dtype).T
+            if b is not None:
+                y = y + b.to(dtype)
+        return y.to(x.dtype).reshape(*lead, w.shape[0])
+
+    @property
+    def _triton(self) -> bool:
+        return self.kernels is not None and self.kernels.gemv_rms_norm is not None
+
+    def apply_norm_in(self, layer, h, partials, norm_weight, eps) -> torch.Tensor:
+        if not (self._triton and h.is_cuda):
+            return super().apply_norm_in(layer, h, partials, norm_weight, eps)
+        return self.kernels.gemv_rms_norm(
+            h, partials, norm_weight, eps, layer.weight, layer.bias, scale=layer.weight_scale
+        )
+
+    def apply_add_residual(self, layer, x, residual, gated=False):
+        if not (self._triton and x.is_cuda):
+            return super().apply_add_residual(layer, x, residual, gated)
+        return self.kernels.gemv_add_residual(
+            x, layer.weight, layer.bias, residual, gated, scale=layer.weight_scale
+        )

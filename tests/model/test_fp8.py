@@ -1,0 +1,95 @@
+"""`--quantization fp8` (quant/fp8.py): e4m3 codes with a scale per row, quantized while a float
+checkpoint loads. The codes against the format's rounding; the demo model (trained: no near
+ties) quantized in situ against Minerva's own run on the fp8 weights decoded back to floats and
+saved as safetensors (the CPU runs the twin: the same weights, float products)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from minerva import LLM, SamplingParams
+from minerva.config import load_config
+from minerva.demo import demo_model_path
+from minerva.errors import ConfigError
+from minerva.loader.checkpoint import iter_checkpoint_tensors
+from minerva.quant.fp8 import FP8, FP8_MAX, dequantize_rows, quantize_rows
+
+PROMPT = [1, 3088, 295, 263, 628, 327]  # "SQLite is a database that"
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=1)
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def test_rows_use_the_whole_range_and_round_to_e4m3():
+    torch.manual_seed(0)
+    w = torch.randn(6, 96) * torch.tensor([1e-3, 0.02, 1.0, 30.0, 0.5, 0.0])[:, None]
+    codes, scale = quantize_rows(w)
+    assert codes.dtype == FP8 and scale.dtype == torch.float32 and scale.shape == (6,)
+    top = codes.float().abs().amax(dim=1)
+    assert torch.equal(top[:5], torch.full((5,), FP8_MAX))  # each row's largest value -> 448
+    assert not codes[5].float().any()  # an all-zero row stays zero
+    deq = dequantize_rows(codes, scale)
+    # e4m3 keeps 3 mantissa bits: round-to-nearest is within 2^-4 relative (2^-9 * scale
+    # absolute below the smallest normal)
+    bound = torch.maximum(w.abs() * 2**-4, scale[:, None] * 2**-9) * 1.0001
+    assert bool(((deq - w).abs() <= bound).all())
+    # and it is round to nearest: no other e4m3 value is closer
+    ref = (w / scale[:, None]).to(FP8).float()
+    assert torch.equal(codes.float(), ref)
+
+
+def test_fp8_spellings_are_accepted():
+    for given in ("fp8", "FP8", "f8e4m3", "fp8-e4m3"):
+        assert load_config(None, {"quantization": given}, env={})[0].model.quantization == "fp8"
+    with pytest.raises(ConfigError, match="fp8"):
+        load_config(None, {"quantization": "fp16x"}, env={})
+
+
+def _fp8_decoded_folder(src: Path, out: Path) -> Path:
+    """The demo model with every linear weight replaced by its fp8 form decoded to float32 (the
+    tied head as a separate lm_head: fp8 gives the head its own codes)."""
+    from safetensors.torch import save_file
+
+    out.mkdir()
+    weights = {}
+    for name, t in iter_checkpoint_tensors(src, "cpu", torch.float32, progress=False):
+        if any(f".{p}." in name for p in LINEAR):
+            t = dequantize_rows(*quantize_rows(t))
+        weights[name] = t.contiguous()
+        if name == "model.embed_tokens.weight":
+            weights["lm_head.weight"] = dequantize_rows(*quantize_rows(t)).contiguous()
+    save_file(weights, out / "model.safetensors")
+    for f in src.iterdir():
+        if f.is_file() and f.suffix in (".json", ".txt", ".model") and f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    config = json.loads((src / "config.json").read_text())
+    config["tie_word_embeddings"] = False
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_in_situ_fp8_equals_minerva_on_the_decoded_weights(tmp_path):
+    demo = demo_model_path()
+    ref = LLM(model=str(_fp8_decoded_folder(demo, tmp_path / "dq")), device="cpu",
+              dtype="float32", max_model_len=128)  # fmt: skip
+    want = ref.generate([PROMPT], GREEDY)[0].outputs[0]
+    llm = LLM(model=str(demo), device="cpu", dtype="float32", max_model_len=128,
+              quantization="fp8")  # fmt: skip
+    got = llm.generate([PROMPT], GREEDY)[0].outputs[0]
+    assert got.token_ids == want.token_ids
+    torch.testing.assert_close(
+        torch.tensor([lp.logprob for lp in got.logprobs]),
+        torch.tensor([lp.logprob for lp in want.logprobs]),
+        atol=1e-4, rtol=0,
+    )  # fmt: skip
+    model = llm.engine.worker.model
+    layer = model.model.layers[0].self_attn.qkv_proj
+    assert layer.weight.dtype == FP8 and layer.method.name == "fp8"
+    assert model.lm_head.weight.dtype == FP8  # the tied head got codes of its own
+    # half the bytes of bf16 (plus a float32 scale per row) for what the GEMV streams
+    rows, cols = layer.weight.shape
+    assert layer.method.weight_bytes(layer) == rows * cols + rows * 4
