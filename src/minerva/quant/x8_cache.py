@@ -196,14 +196,16 @@ class LayerSlots:
 def process_layers(layers: Sequence[tuple[str, nn.Module]], cache: WeightCache | None) -> None:
     """Every linear layer's process_after_loading (`layers`: (prefix, layer) pairs), their
     packed groups in `cache`'s file where it can hold them."""
-    store = None
+    store, planned = None, {}
     if cache is not None:
-        groups = [g for prefix, m in layers for g in m.method.packed_groups(m, prefix)]
-        store = cache.open(groups)
+        planned = {p: found for p, m in layers if (found := m.method.packed_groups(m, p))}
+        store = cache.open([g for found in planned.values() for g in found])
     try:
         for prefix, module in layers:
-            slots = None if store is None else store.slots(prefix)
-            module.method.process_after_loading(module, slots)
+            if store is None or prefix not in planned:  # a method without packed groups
+                module.method.process_after_loading(module)
+            else:
+                module.method.process_after_loading(module, store.slots(prefix))
     except BaseException:
         if store is not None:
             store.abandon()
