@@ -119,8 +119,8 @@ def write_random_folder(shape: str, path: Path) -> None:
                   "mlp.gate_proj": (inter, h), "mlp.up_proj": (inter, h),
                   "mlp.down_proj": (h, inter)}  # fmt: skip
         out = {p + k + ".weight": rand(*v).cpu() for k, v in shapes.items()}
-        ones = torch.ones(h, dtype=torch.bfloat16)
-        out |= {p + "input_layernorm.weight": ones, p + "post_attention_layernorm.weight": ones}
+        for norm in ("input_layernorm", "post_attention_layernorm"):  # no shared storage
+            out[p + norm + ".weight"] = torch.ones(h, dtype=torch.bfloat16)
         return out
 
     first = {"model.embed_tokens.weight": rand(cfg["vocab_size"], h).cpu(),

@@ -35,14 +35,15 @@ from minerva.models import build_model  # noqa: E402
 from minerva.models.linear import Linear  # noqa: E402
 from minerva.models.options import ModelOptions  # noqa: E402
 from minerva.ops.kernels import cpu_kernels, torch_kernels  # noqa: E402
-from minerva.quant.base import QuantConfig  # noqa: E402
+from minerva.quant.base import QuantConfig, UniformQuantConfig  # noqa: E402
+from minerva.quant.fp8 import FP8LinearMethod  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize_tensor  # noqa: E402
 from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
 
 TYPES = [
     "q8_0", "q6_k", "q5_k_m", "q5_k", "q5_1", "q5_0",
-    "q4_k_m", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k",
+    "q4_k_m", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k", "fp8",
 ]  # fmt: skip
 FLOAT_REFS = {"f16": torch.float16, "bf16": torch.bfloat16}
 LLAMA_CPP_TYPES = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
@@ -162,7 +163,12 @@ def evaluate(hf, weights: dict, chunks, types, extra=()) -> list[dict]:
         model = build(hf, rounded(weights, dtype).items())
         rows.append(score(name, model, hf, chunks, refs, float(dtype.itemsize * 8), "rounded"))
     for name in types:
-        model = build(hf, weights.items(), GGUFQuantConfig(name, hf.num_hidden_layers))
+        quant = (
+            UniformQuantConfig(FP8LinearMethod(torch_kernels()))
+            if name == "fp8"
+            else GGUFQuantConfig(name, hf.num_hidden_layers)
+        )
+        model = build(hf, weights.items(), quant)
         rows.append(score(name, model, hf, chunks, refs, linear_bits_per_weight(model), "minerva"))
     for fn in extra:
         rows += fn(chunks, refs)
@@ -273,12 +279,13 @@ def main() -> None:
     ap.add_argument("--skip-big", action="store_true")
     ap.add_argument("--skip-llama-cpp", action="store_true")
     ap.add_argument("--output", default="benchmarks/results/quant_quality.json")
+    ap.add_argument("--types", nargs="+", default=TYPES, choices=TYPES)
     args = ap.parse_args()
     torch.set_num_threads(2)
     hf, weights, chunks = demo_chunks(args.max_chunks)
     with tempfile.TemporaryDirectory() as tmp:
         extra = () if args.skip_llama_cpp else (llama_cpp_rows(hf, weights, Path(tmp)),)
-        rows = evaluate(hf, weights, chunks, TYPES, extra)
+        rows = evaluate(hf, weights, chunks, args.types, extra)
         results = [{"model": "demo", "rows": rows, "vs_llama_cpp": compare_with_llama_cpp(rows)}]
     if not args.skip_big:
         big = _parse_config(
@@ -288,7 +295,7 @@ def main() -> None:
             3, big.vocab_size, (args.big_tokens,), generator=torch.Generator().manual_seed(1)
         )
         big_chunks = [[big.bos_token_id, *ids.tolist()]]
-        rows = evaluate(big, random_weights(big, seed=0), big_chunks, TYPES)
+        rows = evaluate(big, random_weights(big, seed=0), big_chunks, args.types)
         results.append({"model": f"tinyllama-1.1b widths, {args.big_layers} layers", "rows": rows})
     for block in results:
         for row in block["rows"]:
