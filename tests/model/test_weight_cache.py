@@ -362,3 +362,21 @@ def test_two_loads_writing_at_once_leave_one_whole_file(
     repacks.clear()
     assert run(load(gguf)) == reference[1]
     assert repacks == []
+
+
+def test_every_shard_of_a_split_file_is_part_of_the_key(tmp_path, weights_dir, repacks):
+    """A split GGUF's cache file is rebuilt when any shard changes, not only the first."""
+    from tests.gguf_fixtures import write_gguf as write_split
+
+    model = build_tiny_model(tmp_path / "hf", hidden_size=256, intermediate_size=512)
+    write_split(model, tmp_path / "split.gguf", quant_type="Q8_0", split_max_tensors=8)
+    shards = sorted(tmp_path.glob("split-*-of-*.gguf"))
+    assert len(shards) > 2
+    tokens = run(load(shards[0]))
+    assert len(cache_files(weights_dir)) == 1
+    repacks.clear()
+    assert run(load(shards[0])) == tokens and repacks == []  # a hit
+    st = shards[-1].stat()
+    os.utime(shards[-1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert run(load(shards[0])) == tokens
+    assert repacks  # the last shard changed: rebuilt
