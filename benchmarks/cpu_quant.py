@@ -120,6 +120,7 @@ def child_minerva(args) -> dict:
         enable_prefix_caching=False,
         num_threads=args.threads,
         dtype="bfloat16" if args.file.endswith(f"-{F16}.gguf") else "auto",
+        weight_cache=args.weight_cache == "on",
     )
     load_s = time.perf_counter() - t
     ids = prompt_ids(args.prompt_len)
@@ -137,7 +138,10 @@ def child_minerva(args) -> dict:
 
 def median_runs(run, repeats: int) -> dict:
     """TTFT and decode tokens/s, each the median over `repeats` runs after a warm-up run (both
-    timed inside each run, so a slow run cannot make the other figure negative)."""
+    timed inside each run, so a slow run cannot make the other figure negative); 0 repeats:
+    the first run's TTFT only (what a load leaves to the first request)."""
+    if repeats == 0:
+        return {"first_ttft_s": run()[0]}
     run()
     ttfts, rates = zip(*(run() for _ in range(repeats)), strict=True)
     return {"ttft_s": statistics.median(ttfts), "decode_tok_s": statistics.median(rates)}
@@ -228,7 +232,8 @@ def child_main(args) -> None:
 
 def measure(engine: str, file: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", engine, "--file", str(file)]
-    for flag in ("prompt_len", "decode_tokens", "repeats", "threads", "ctx", "insitu_mix"):
+    for flag in ("prompt_len", "decode_tokens", "repeats", "threads", "ctx", "insitu_mix",
+                 "weight_cache"):  # fmt: skip
         if getattr(args, flag) is None:
             continue
         cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
@@ -298,6 +303,10 @@ def main() -> None:
     ap.add_argument(
         "--insitu-mix", default=None, help="also time loading a float folder quantized to this"
     )
+    ap.add_argument(
+        "--weight-cache", choices=["on", "off"], default="on",
+        help="Minerva's on-disk cache of repacked weights ([model] weight_cache)",
+    )  # fmt: skip
     ap.add_argument("--child", choices=["minerva", "llama.cpp", "insitu"], help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -8,7 +8,10 @@ Destinations: `torch` (torch.empty, as loading does), `populate` (torch.empty, t
 MADV_POPULATE_WRITE: the pages faulted in one call), `anon` (an anonymous mmap per weight),
 `thp` (the same, MADV_HUGEPAGE: 2 MiB pages, 512x fewer faults); `thp` also with
 MADV_WILLNEED on the file's range before each weight. Plus `warm`: the repack into a destination
-already faulted in (the kernel's own cost). Reports wall time, minor faults, user / system
+already faulted in (the kernel's own cost). And the two ways a file cache can be written
+(quant/x8_cache.py; --variants file-map file-pwrite): `file-map` repacks into a fallocated
+file's shared writable map, `file-pwrite` into a reused 16 MiB buffer, pwritten into the
+fallocated file, then read back through a private map (what the cache does; files in --tmp). Reports wall time, minor faults, user / system
 time and peak RSS; the file's pages are released after each weight, as the loader does.
 """
 
@@ -30,10 +33,11 @@ from record import write_results
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ["torch", "populate", "anon", "thp", "thp+willneed", "warm"]
+FILE_VARIANTS = ["file-map", "file-pwrite"]
 MADV_POPULATE_WRITE = 23  # Linux 5.14+; not in Python 3.11's mmap module
 
 
-def child(file: Path, variant: str, threads: int) -> dict:
+def child(file: Path, variant: str, threads: int, tmp: Path) -> dict:
     import torch  # noqa: PLC0415
 
     from minerva.loader.gguf import _open_map, _raw_bytes, _releaser, _row_bytes, open_gguf  # noqa: PLC0415
@@ -48,6 +52,7 @@ def child(file: Path, variant: str, threads: int) -> dict:
         if len(info.shape) == 2 and cpu_quant_x8.supports(info.ggml_type, *info.shape)
     ]
     outs = []
+    cache = _FileDestination(tmp, sum(info.nbytes for info in infos), variant)
     if variant == "warm":  # destinations faulted in before the clock starts
         outs = [torch.ones(info.nbytes, dtype=torch.uint8) for info in infos]
     before, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -56,7 +61,9 @@ def child(file: Path, variant: str, threads: int) -> dict:
         if variant == "thp+willneed":
             start = info.offset // mmap.PAGESIZE * mmap.PAGESIZE
             mm.madvise(mmap.MADV_WILLNEED, start, info.offset + info.nbytes - start)
-        if variant == "warm":
+        if variant.startswith("file"):
+            out = cache.repack(raw, info)
+        elif variant == "warm":
             out = outs[i].view(raw.shape)
         elif variant in ("torch", "populate"):
             out = torch.empty_like(raw)
@@ -68,10 +75,14 @@ def child(file: Path, variant: str, threads: int) -> dict:
             if variant.startswith("thp"):
                 buf.madvise(mmap.MADV_HUGEPAGE)
             out = torch.frombuffer(buf, dtype=torch.uint8).view(raw.shape)
-        cpu_quant_x8.repack(raw, info.ggml_type, info.shape[1], out=out)
+        if not variant.startswith("file"):
+            cpu_quant_x8.repack(raw, info.ggml_type, info.shape[1], out=out)
         _releaser(mm, info.offset, info.nbytes)()
         if variant != "warm":
             outs.append(out)
+    if variant == "file-pwrite":  # the model's first reads map the page-cache pages: counted
+        for out in outs:
+            int(out.view(-1)[:: mmap.PAGESIZE].sum())
     wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
     return {
         "repack_s": wall,
@@ -83,6 +94,47 @@ def child(file: Path, variant: str, threads: int) -> dict:
     }
 
 
+class _FileDestination:
+    """A fallocated temp file the weights are repacked into (file-map) or written to through a
+    reused buffer (file-pwrite), views of it returned; removed at once (its pages stay mapped)."""
+
+    def __init__(self, tmp: Path, total: int, variant: str) -> None:
+        self.variant, self.offset = variant, 0
+        if not variant.startswith("file"):
+            return
+        import torch  # noqa: PLC0415
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        path = tmp / f"x8_repack_alloc-{os.getpid()}"
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        path.unlink()
+        os.posix_fallocate(self.fd, 0, total)
+        if variant == "file-map":
+            self.mm = mmap.mmap(self.fd, total, flags=mmap.MAP_SHARED)
+        else:
+            self.mm = mmap.mmap(self.fd, total, access=mmap.ACCESS_COPY)
+            self.scratch = torch.empty(16 << 20, dtype=torch.uint8)
+
+    def repack(self, raw, info):
+        import torch  # noqa: PLC0415
+
+        from minerva.ops import cpu_quant_x8  # noqa: PLC0415
+
+        start, self.offset = self.offset, self.offset + raw.numel()
+        view = torch.frombuffer(self.mm, dtype=torch.uint8, count=raw.numel(), offset=start)
+        view = view.view(raw.shape)
+        if self.variant == "file-map":
+            return cpu_quant_x8.repack(raw, info.ggml_type, info.shape[1], out=view)
+        rows, row_bytes = raw.shape
+        step = max(8, self.scratch.numel() // row_bytes // 8 * 8)
+        for a in range(0, rows, step):
+            n = min(step, rows - a)
+            out = self.scratch[: n * row_bytes].view(n, row_bytes)
+            cpu_quant_x8.repack(raw[a : a + n], info.ggml_type, info.shape[1], out=out)
+            os.pwrite(self.fd, out.numpy(), start + a * row_bytes)
+        return view
+
+
 def _status_mib(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -91,8 +143,9 @@ def _status_mib(key: str) -> float:
     return float("nan")
 
 
-def measure(file: str, variant: str, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--files", file, "--threads", str(threads)]
+def measure(file: str, variant: str, threads: int, tmp: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--files", file, "--threads", str(threads),
+           "--tmp", tmp]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -104,17 +157,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default=str(HERE / "results" / "x8_repack_alloc.json"))
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS + FILE_VARIANTS)
+    ap.add_argument("--tmp", default="/tmp/minerva_cpu_quant", help="where file-* write")
+    ap.add_argument("--child", choices=VARIANTS + FILE_VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(Path(args.files[0]), args.child, args.threads)), flush=True)
+        result = child(Path(args.files[0]), args.child, args.threads, Path(args.tmp))
+        print(json.dumps(result), flush=True)
         return
+    variants = args.variants
     rows = []
     for file in args.files:
         for rnd in range(args.rounds):
-            order = VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]
+            order = variants if rnd % 2 == 0 else variants[::-1]
             for variant in order:
-                r = measure(file, variant, args.threads)
+                r = measure(file, variant, args.threads, args.tmp)
                 r.update(file=Path(file).name, variant=variant, round=rnd)
                 rows.append(r)
                 print(json.dumps(r), flush=True)
@@ -123,7 +180,7 @@ def main() -> None:
             r["repack_s"] for r in rows if r["file"] == f and r["variant"] == v
         )
         for f in dict.fromkeys(r["file"] for r in rows)
-        for v in VARIANTS
+        for v in variants
     }
     public = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "child"})
     write_results("x8_repack_alloc", "x8_repack_alloc.py", public, [{"rows": rows,

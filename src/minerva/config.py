@@ -95,6 +95,18 @@ class ModelConfig:
         "auto = the checkpoint's weights; dummy = random weights of the same shapes (benchmarks).",
         choices=("auto", "dummy"),
     )
+    weight_cache: bool = Field(
+        True,
+        "Keep a GGUF model's weights as rewritten for the CPU kernels in a file under "
+        "$MINERVA_CACHE_DIR/weights, so later loads map it instead of repacking (off = repack "
+        "at every load). Each cached model takes its size again on disk.",
+    )
+    weight_cache_size: int = Field(
+        16 << 30,
+        "Cap on the weight cache's files, e.g. 16GiB (least recently used ones are deleted "
+        "to stay under it).",
+        byte_size=True, gt=0,
+    )  # fmt: skip
     backend: str = Field(
         "minerva",
         "Engine that runs the model: minerva (its own), llamacpp (llama.cpp), mistralrs "

@@ -65,6 +65,8 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
             "served_model_name",
             "load_format",
             "backend",
+            "weight_cache",
+            "weight_cache_size",
         },
         "device": {"device", "num_threads", "attention_backend", "enforce_eager"}
         | {"fused_kernels", "pdl", "cpu_kernels"},

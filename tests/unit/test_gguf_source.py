@@ -308,3 +308,17 @@ def test_float_tensors_let_their_file_pages_go_once_consumed(tmp_path, monkeypat
         assert isinstance(tensor, torch.Tensor) and tensor.dtype == torch.bfloat16
         seen.append(name)
     assert released == [offsets[n] for n in seen]
+
+
+def test_file_type_names_are_the_gguf_packages():
+    """The table that spares opening a file the gguf import names each type as gguf does,
+    and a type outside it still gets the package's name."""
+    gguf = pytest.importorskip("gguf")
+    from minerva.loader.gguf_config import FILE_TYPE_NAMES, gguf_quantization
+
+    for value, name in FILE_TYPE_NAMES.items():
+        assert gguf.LlamaFileType(value).name.removeprefix("MOSTLY_") == name
+    for member in gguf.LlamaFileType:
+        if member.value not in (0, 1, 32):  # dense files report None
+            expected = member.name.removeprefix("MOSTLY_")
+            assert gguf_quantization({"general.file_type": member.value}, []) == expected

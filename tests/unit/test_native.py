@@ -24,6 +24,21 @@ def test_build_is_cached_and_atomic(tmp_path, monkeypatch):
     assert built[0].stat().st_mtime_ns == mtime
 
 
+@pytest.mark.skipif(not can_build, reason="no C kernel build on this host")
+def test_the_compiler_version_is_asked_once_per_process(monkeypatch):
+    """Every library's cache key holds `cc --version`; one subprocess serves them all."""
+    calls = []
+    run = native.subprocess.run
+    monkeypatch.setattr(
+        native.subprocess, "run", lambda cmd, **kw: (calls.append(cmd), run(cmd, **kw))[1]
+    )
+    native.compiler_version.cache_clear()
+    for _ in range(2):
+        for source in (cpu_linear.SOURCE, cpu_linear.SOURCE.with_name("cpu_quant_x8.c")):
+            native.build_and_load(source)  # built by the session already: from the cache
+    assert [c for c in calls if "--version" in c] == [[native.compiler(), "--version"]]
+
+
 def test_no_compiler_means_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("MINERVA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(native, "compiler", lambda: None)

@@ -8,7 +8,6 @@ import logging
 import mmap
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from minerva.quant.gguf_types import (
     FLOAT_TYPES,
     SUPPORTED_WEIGHT_TYPES,
     GGMLType,
+    LazyQuantizedTensor,
     QuantizedTensor,
 )
 from minerva.tokenizer import Tokenizer
@@ -132,10 +132,10 @@ class GGUFSource(ModelSource):
                 mm = maps[shard.path]
                 raw = _raw_bytes(mm, info)  # [nbytes] uint8, a view of the file
                 advance(info.nbytes)
-                tensor = self._tensor(hf_name, info, raw, device, dtype)
                 release = _releaser(mm, info.offset, info.nbytes)
+                tensor = self._tensor(hf_name, info, raw, device, dtype, release)
                 if isinstance(tensor, QuantizedTensor):
-                    yield hf_name, replace(tensor, release=release)
+                    yield hf_name, tensor
                     continue
                 yield hf_name, tensor
                 # The consumer has copied the floats (into the model's dtype): drop the pages.
@@ -149,6 +149,7 @@ class GGUFSource(ModelSource):
         raw: torch.Tensor,
         device: torch.device,
         dtype: torch.dtype | None,
+        release=None,
     ) -> torch.Tensor | QuantizedTensor:
         ggml_type = GGMLType(info.ggml_type)
         cfg = self.config
@@ -163,9 +164,10 @@ class GGUFSource(ModelSource):
             tensor = convert_tensor(tensor, device, dtype)
             return unpermute_rows(tensor, heads) if heads is not None else tensor
         rows = raw.reshape(-1, _row_bytes(info))  # [rows, row_bytes]
-        if heads is not None:
-            rows = unpermute_rows(rows, heads)
-        return QuantizedTensor(data=rows.to(device), ggml_type=ggml_type, shape=info.shape)
+        if heads is not None:  # a copy, made only if read (not on a weight cache hit)
+            make = lambda: unpermute_rows(rows, heads).to(device)  # noqa: E731
+            return LazyQuantizedTensor(make, info.nbytes, ggml_type, info.shape, release)
+        return QuantizedTensor(rows.to(device), ggml_type, info.shape, release)
 
     def _rope_freqs(self) -> list[float] | None:
         """llama.cpp's Llama 3 RoPE factors tensor, read now: the config is derived from it."""

@@ -17,6 +17,15 @@ from minerva.loader.hf_config import GenerationDefaults, HFModelConfig
 GGUF_ARCHITECTURES: dict[str, str] = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 """GGUF ``general.architecture`` -> the HF architecture it loads as."""
 _DENSE_FILE_TYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
+# llama.cpp's quantized file types (general.file_type, gguf.LlamaFileType without MOSTLY_): read
+# here so that opening a file does not import the gguf package (~60 ms); others ask it
+FILE_TYPE_NAMES = {
+    2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
+    18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS",
+    24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS",
+    31: "IQ1_M", 36: "TQ1_0", 37: "TQ2_0",
+}  # fmt: skip
 _HF_DEFAULT_EPS = 1e-6
 _MAX_ROPE_BASE = 1e12
 _LLAMA3_OLD_CONTEXT = 8192  # llama.cpp's default original_max_position_embeddings
@@ -130,6 +139,8 @@ def gguf_quantization(metadata: dict[str, Any], tensor_types: Collection[int]) -
     if isinstance(file_type, int) and not isinstance(file_type, bool):
         if file_type in _DENSE_FILE_TYPES:
             return None
+        if file_type in FILE_TYPE_NAMES:
+            return FILE_TYPE_NAMES[file_type]
         import gguf  # noqa: PLC0415 - optional dependency, names only
 
         try:

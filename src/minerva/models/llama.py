@@ -26,8 +26,10 @@ from minerva.models.linear import (
 from minerva.models.options import ModelOptions
 from minerva.models.rope import fold_sin, rope_cos_sin
 from minerva.ops.cpu_decode_step import DecodeStep
+from minerva.quant import x8_cache
 from minerva.quant.gguf_dequant import dequantize_tensor
 from minerva.quant.gguf_types import QuantizedTensor
+from minerva.quant.x8_cache import WeightCache
 
 
 def layer_sliding_windows(config) -> list[int | None]:
@@ -332,9 +334,12 @@ class LlamaForCausalLM(nn.Module):
         return head.method.apply(head, hidden).float()
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, object]]) -> None:
+    def load_weights(
+        self, weights: Iterable[tuple[str, object]], weight_cache: WeightCache | None = None
+    ) -> None:
         """Hand each checkpoint tensor to its parameter (a linear layer's weight_loader puts
-        the pieces of q/k/v and gate/up in place); error on unknown, misshapen or missing ones."""
+        the pieces of q/k/v and gate/up in place); error on unknown, misshapen or missing ones.
+        `weight_cache`: where the repacked weights are kept between loads (quant/x8_cache.py)."""
         params = dict(self.named_parameters())
         layers = _linear_layers_by_param(self, params)
         pending = {n: set(m.shard_ids) for n, m in layers.items() if len(m.shard_ids) > 1}
@@ -365,14 +370,14 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ModelLoadError(f"checkpoint is missing {len(missing)} tensors: {shown}")
-        self.process_weights_after_loading()
+        self.process_weights_after_loading(weight_cache)
 
-    def process_weights_after_loading(self) -> None:
-        """Let every linear method repack what it loaded (after load_weights or dummy init)."""
+    def process_weights_after_loading(self, weight_cache: WeightCache | None = None) -> None:
+        """Let every linear method repack what it loaded (after load_weights or dummy init);
+        with `weight_cache`, repacked groups are mapped from its file, or written to it."""
         self._cpu_step = False  # the step's plan points at the weights: built again
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.method.process_after_loading(module)
+        linears = [(p, m) for p, m in self.named_modules() if isinstance(m, Linear)]
+        x8_cache.process_layers(linears, weight_cache)
 
     def _target(self, name: str) -> tuple[str, str | int | None]:
         """Checkpoint name -> (parameter name, shard id of a fused layer or None)."""

@@ -14,6 +14,7 @@ it shares torch's thread pool; if loading it maps another OpenMP runtime, the li
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -62,11 +63,15 @@ def problem(source: Path) -> str | None:
     return _problems.get(Path(source))
 
 
+def cache_root() -> Path:
+    """$MINERVA_CACHE_DIR, else ~/.cache/minerva (kernels/ and weights/ live under it)."""
+    root = os.environ.get("MINERVA_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "minerva"
+
+
 def cache_dir() -> Path:
     """$MINERVA_CACHE_DIR/kernels, else ~/.cache/minerva/kernels."""
-    root = os.environ.get("MINERVA_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "minerva"
-    return base / "kernels"
+    return cache_root() / "kernels"
 
 
 def compiler() -> str | None:
@@ -74,6 +79,13 @@ def compiler() -> str | None:
         if name and shutil.which(name):
             return name
     return None
+
+
+@functools.cache
+def compiler_version(cc: str) -> str:
+    """`cc --version`, asked once per process (each library's cache key holds it; a
+    subprocess per library cost ~7 ms of every load)."""
+    return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
 
 
 def build_and_load(source: Path) -> ctypes.CDLL:
@@ -86,12 +98,12 @@ def build_and_load(source: Path) -> ctypes.CDLL:
         raise BuildError("no C compiler (cc, gcc, clang) on PATH")
     flags = ARCH_FLAGS[arch] + FLAGS
     try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        version = compiler_version(cc)
         headers = sorted(INCLUDE.glob("*.h"))  # what the sources may include
         text = b"".join(p.read_bytes() for p in [source, *headers])
     except (OSError, subprocess.SubprocessError) as e:
         raise BuildError(str(e)) from e
-    parts = [text, " ".join(flags).encode(), version.stdout.encode(), cpu_signature().encode()]
+    parts = [text, " ".join(flags).encode(), version.encode(), cpu_signature().encode()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     path = cache_dir() / key / f"lib{source.stem}.so"
     if not path.exists():

@@ -19,11 +19,16 @@ says which, so the step computes exactly what `apply` does; None keeps the layer
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from minerva.errors import ModelLoadError
 from minerva.ops import torch_ops
+
+if TYPE_CHECKING:
+    from minerva.quant.x8_cache import LayerSlots, PackedGroup
 
 
 class LinearMethod:
@@ -52,8 +57,14 @@ class LinearMethod:
         Raises ModelLoadError (a message that reads after the tensor's name) on a mismatch."""
         raise NotImplementedError
 
-    def process_after_loading(self, layer: nn.Module) -> None:
-        """Repack the loaded weights (a kernel's layout, scales); nothing by default."""
+    def packed_groups(self, layer: nn.Module, prefix: str) -> list[PackedGroup]:
+        """The tensors process_after_loading will write into new memory, named
+        `prefix.<parameter>`, which a weight cache (quant/x8_cache.py) may hold; none here."""
+        return []
+
+    def process_after_loading(self, layer: nn.Module, slots: LayerSlots | None = None) -> None:
+        """Repack the loaded weights (a kernel's layout, scales); nothing by default. `slots`:
+        mapped tensors for the packed groups, already filled or to write into."""
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """x [T, in_features] -> [T, out_features] in x's dtype."""

@@ -34,10 +34,12 @@ from minerva.quant.gguf_types import (
     FLOAT_TYPES,
     SUPPORTED_WEIGHT_TYPES,
     GGMLType,
+    LazyQuantizedTensor,
     QuantizedTensor,
     row_bytes,
     type_name,
 )
+from minerva.quant.x8_cache import LayerSlots, PackedGroup
 
 INT8_ACTIVATIONS = True
 """One-token products on CUDA quantize x to 8 bits (llama.cpp's way, ops/triton_qgemv_int8.py);
@@ -98,6 +100,8 @@ class GGUFLinearMethod(LinearMethod):
                 f"(supported: {names}); use a GGUF file quantized to one of these"
             )
         rows, cols = tensor.shape
+        if isinstance(tensor, LazyQuantizedTensor) and not tensor.made:
+            return self._checked_lazy(tensor, rows, cols)
         data = tensor.data
         if isinstance(data, np.ndarray):
             data = torch.from_numpy(np.array(data, dtype=np.uint8, copy=not data.flags.writeable))
@@ -114,10 +118,10 @@ class GGUFLinearMethod(LinearMethod):
             data.reshape(rows, nbytes), tensor.ggml_type, (rows, cols), release=tensor.release
         )
 
-    def process_after_loading(self, layer) -> None:
+    def _named_groups(self, layer) -> list[tuple[str, list[QuantizedTensor]]]:
+        """The pending pieces in output order, consecutive ones of one type grouped, each group
+        with its parameter name ("weight", "weight_g1" ...)."""
         pending = layer.gguf_pending
-        if not pending:
-            return
         starts = sorted(pending)
         covered = sum(pending[s].shape[0] for s in starts)
         if covered != layer.out_features:
@@ -128,14 +132,47 @@ class GGUFLinearMethod(LinearMethod):
                 groups[-1].append(pending[s])
             else:
                 groups.append([pending[s]])
+        return [("weight" if i == 0 else f"weight_g{i}", g) for i, g in enumerate(groups)]
+
+    def packed_groups(self, layer, prefix: str) -> list[PackedGroup]:
+        """The groups that take the x8 layout (same bytes as the file's rows)."""
+        if not layer.gguf_pending:
+            return []
+        device, cols, out = layer.weight.device, layer.in_features, []
+        for name, group in self._named_groups(layer):
+            ggml_type = group[0].ggml_type
+            if self._layout(device, ggml_type, group, cols) == "x8":
+                rows = sum(g.shape[0] for g in group)
+                nbytes = rows * row_bytes(ggml_type, cols)
+                full = f"{prefix}.{name}" if prefix else name
+                out.append(PackedGroup(full, int(ggml_type), rows, cols, nbytes))
+        return out
+
+    @staticmethod
+    def _checked_lazy(tensor: LazyQuantizedTensor, rows: int, cols: int) -> QuantizedTensor:
+        """Its size checked without making its data (a weight cache hit never needs it)."""
+        try:
+            nbytes = row_bytes(tensor.ggml_type, cols)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+        if tensor.nbytes != rows * nbytes:
+            raise ModelLoadError(
+                f"holds {tensor.nbytes} bytes, but {rows} rows of {cols} "
+                f"{tensor.ggml_type.name} values take {rows * nbytes}; the file is truncated "
+                "or corrupt"
+            )
+        return tensor
+
+    def process_after_loading(self, layer, slots: LayerSlots | None = None) -> None:
+        if not layer.gguf_pending:
+            return
         layer.gguf_groups = []
         device = layer.weight.device  # the placeholder's: where the model was built
-        for i, group in enumerate(groups):
-            name = "weight" if i == 0 else f"weight_g{i}"
+        for name, group in self._named_groups(layer):
             ggml_type, cols = group[0].ggml_type, layer.in_features
             layout = self._layout(device, ggml_type, group, cols)
             if layout == "x8":
-                data = _interleaved(group, cols)
+                data = _interleaved(group, cols, slots, name)
             else:
                 data = torch.cat([g.data for g in group]) if len(group) > 1 else group[0].data
                 data = data.to(device).contiguous()
@@ -283,11 +320,19 @@ def file_blocks(layer, name: str) -> torch.Tensor:
     raise KeyError(name)
 
 
-def _interleaved(group: list[QuantizedTensor], cols: int) -> torch.Tensor:
-    """The pieces of one group, rewritten into one interleaved tensor (each piece's mapped
-    file pages let go once copied, so loading never holds the file and the copy at once)."""
+def _interleaved(group: list[QuantizedTensor], cols: int, slots=None, name="") -> torch.Tensor:
+    """The pieces of one group, rewritten into one interleaved tensor, or (a weight cache hit)
+    the cache file's mapped copy of it. Each piece's mapped file pages are let go once copied,
+    so loading never holds the file and the copy at once."""
     rows = sum(g.shape[0] for g in group)
-    out = torch.empty(rows, group[0].data.shape[1], dtype=torch.uint8)
+    shape = (rows, row_bytes(group[0].ggml_type, cols))
+    mapped = slots.get(name, shape) if slots is not None and slots.filled else None
+    if mapped is not None:
+        for g in group:
+            if g.release is not None:
+                g.release()
+        return mapped
+    out = torch.empty(shape, dtype=torch.uint8)
     start = 0
     for g in group:
         data = torch.as_tensor(g.data)
@@ -295,6 +340,8 @@ def _interleaved(group: list[QuantizedTensor], cols: int) -> torch.Tensor:
         start += g.shape[0]
         if g.release is not None:
             g.release()
+    if slots is not None and not slots.filled:
+        slots.put(name, out)  # written to the cache file after loading
     return out
 
 

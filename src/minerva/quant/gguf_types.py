@@ -89,3 +89,33 @@ class QuantizedTensor:
     @property
     def nbytes(self) -> int:
         return int(self.data.nbytes) if hasattr(self.data, "nbytes") else self.data.numel()
+
+
+class LazyQuantizedTensor(QuantizedTensor):
+    """A QuantizedTensor whose `data` is computed on first access by `make()` (llama.cpp's
+    permuted q/k rows, un-permuted by a copy): a consumer that never reads it (a weight cache
+    hit, quant/x8_cache.py) never pays for the copy. `nbytes` is known without it."""
+
+    def __init__(self, make: Callable[[], Any], nbytes: int, ggml_type, shape, release=None):
+        object.__setattr__(self, "_make", make)
+        object.__setattr__(self, "_nbytes", nbytes)
+        super().__init__(None, ggml_type, shape, release)
+
+    @property  # type: ignore[override]
+    def data(self) -> Any:
+        if self._data is None:
+            object.__setattr__(self, "_data", self._make())
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:  # the dataclass __init__ sets it (None: not yet made)
+        object.__setattr__(self, "_data", value)
+
+    @property
+    def made(self) -> bool:
+        """Whether `data` has been computed."""
+        return self._data is not None
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes

@@ -19,6 +19,7 @@ from minerva.models.registry import count_weight_bytes
 from minerva.ops.kernels import KernelSet, torch_kernels
 from minerva.quant.base import QuantConfig
 from minerva.quant.registry import build_insitu_config, build_quant_config
+from minerva.quant.x8_cache import WeightCache
 from minerva.quant_names import canonical_quantization
 from minerva.runner.kv_cache import budget_words, memory_budget
 
@@ -87,6 +88,15 @@ def quantizing_weights(
         for name, tensor in weights:
             yield name, tensor
             advance(tensor.numel() * tensor.element_size())
+
+
+def weight_cache_for(source: ModelSource, config: EngineConfig, device) -> WeightCache | None:
+    """The on-disk cache of repacked weights (quant/x8_cache.py): a GGUF file on the CPU,
+    unless `[model] weight_cache` is off."""
+    model = config.model
+    if not model.weight_cache or torch.device(device).type != "cpu" or source.format != "gguf":
+        return None
+    return WeightCache(source.files, model.weight_cache_size)
 
 
 def check_lengths(config: EngineConfig, hf) -> int:

@@ -212,7 +212,8 @@ class Worker:
             )
         else:
             model.load_weights(
-                self.source.iter_weights(device=device, dtype=self.dtype, progress=progress)
+                self.source.iter_weights(device=device, dtype=self.dtype, progress=progress),
+                weight_cache=model_loading.weight_cache_for(self.source, self.config, device),
             )
         return model
 

@@ -134,8 +134,10 @@ def _tokens(fields: Mapping[str, Any], name: str) -> list[str]:
             f"{name or 'this GGUF file'} has no token list (tokenizer.ggml.tokens); {_FIX}"
         )
     # llama.cpp renames empty tokens so every text maps to one id; text that is not UTF-8
-    # (surrogate escapes from the reader) cannot be typed, so it gets such a name too.
-    tokens = [_valid_text(t) or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    # (surrogate escapes from the reader) cannot be typed, so it gets such a name too. The
+    # usual vocabulary has neither: one check of the whole list, not one per token.
+    if not all(tokens) or not _valid_text("".join(tokens)):
+        tokens = [_valid_text(t) or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
     if len(set(tokens)) != len(tokens):
         raise ModelLoadError(f"{name or 'this GGUF file'} has duplicate tokens; {_FIX}")
     return tokens
