@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -185,3 +186,28 @@ def test_cli_latency_throughput_consistency_perplexity(model_dir, tmp_path, caps
     assert p_min["perplexity"] == pytest.approx(p_hf["perplexity"], rel=1e-4)
     assert p_min["num_scored"] == p_min["num_tokens"] - 1
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_an_engine_that_streams_nothing_until_the_end_has_no_decode_rate():
+    """All tokens arriving at one instant (mistral.rs on a loaded machine drains its events per
+    step) is a run without a decode figure, not a division by zero."""
+    from minerva.bench.offline import run_latency
+
+    class AllAtOnce:
+        name, max_model_len, weight_bytes = "all-at-once", 64, 1
+
+        def stream_timings(self, prompt_ids, output_len):
+            now = time.perf_counter()
+            return [now] * output_len
+
+        def reset_peak_memory(self):
+            pass
+
+        def spec_decode_counters(self):
+            return None
+
+        def peak_gpu_bytes(self):
+            return None
+
+    row = run_latency(AllAtOnce(), [1, 2, 3], 8, repeats=2, warmup=0)
+    assert row["decode_tok_s"] is None and row["tpot_ms"] is None and row["ttft_ms"] > 0

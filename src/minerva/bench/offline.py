@@ -43,7 +43,9 @@ def _one_latency(backend: OfflineDriver, prompt_ids: list[int], output_len: int)
     if len(times) != output_len:
         raise RuntimeError(f"{backend.name} produced {len(times)} tokens, asked for {output_len}")
     ttft = times[0] - start
-    decode = (output_len - 1) / (times[-1] - times[0]) if output_len > 1 else None
+    span = times[-1] - times[0]
+    # an engine that hands every token over at once (no streaming) has no decode rate to see
+    decode = (output_len - 1) / span if output_len > 1 and span > 0 else None
     return {"ttft_s": ttft, "decode_tok_s": decode, "e2e_s": times[-1] - start}
 
 
