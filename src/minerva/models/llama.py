@@ -26,10 +26,10 @@ from minerva.models.linear import (
 from minerva.models.options import ModelOptions
 from minerva.models.rope import fold_sin, rope_cos_sin
 from minerva.ops.cpu_decode_step import DecodeStep
-from minerva.quant import x8_cache
+from minerva.quant import x8_cache, x8_cache_insitu
 from minerva.quant.gguf_dequant import dequantize_tensor
 from minerva.quant.gguf_types import QuantizedTensor
-from minerva.quant.x8_cache import WeightCache
+from minerva.quant.x8_cache import WeightCache, WeightStore
 
 
 def layer_sliding_windows(config) -> list[int | None]:
@@ -342,6 +342,8 @@ class LlamaForCausalLM(nn.Module):
         `weight_cache`: where the repacked weights are kept between loads (quant/x8_cache.py)."""
         params = dict(self.named_parameters())
         layers = _linear_layers_by_param(self, params)
+        linears = [(p, m) for p, m in self.named_modules() if isinstance(m, Linear)]
+        hit = x8_cache_insitu.open_planned(linears, weight_cache)  # in situ: skip quantizing
         pending = {n: set(m.shard_ids) for n, m in layers.items() if len(m.shard_ids) > 1}
         loaded: set[str] = set()
         head_of_its_own = self.tie_word_embeddings and not self.shares_embedding
@@ -370,14 +372,17 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise ModelLoadError(f"checkpoint is missing {len(missing)} tensors: {shown}")
-        self.process_weights_after_loading(weight_cache)
+        self.process_weights_after_loading(weight_cache, hit)
 
-    def process_weights_after_loading(self, weight_cache: WeightCache | None = None) -> None:
+    def process_weights_after_loading(
+        self, weight_cache: WeightCache | None = None, hit: WeightStore | None = None
+    ) -> None:
         """Let every linear method repack what it loaded (after load_weights or dummy init);
-        with `weight_cache`, repacked groups are mapped from its file, or written to it."""
+        with `weight_cache`, repacked groups are mapped from its file, or written to it;
+        `hit`: that file, opened before loading (an in-situ quantization's)."""
         self._cpu_step = False  # the step's plan points at the weights: built again
         linears = [(p, m) for p, m in self.named_modules() if isinstance(m, Linear)]
-        x8_cache.process_layers(linears, weight_cache)
+        x8_cache.process_layers(linears, weight_cache, hit)
 
     def _target(self, name: str) -> tuple[str, str | int | None]:
         """Checkpoint name -> (parameter name, shard id of a fused layer or None)."""

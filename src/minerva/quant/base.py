@@ -62,6 +62,15 @@ class LinearMethod:
         `prefix.<parameter>`, which a weight cache (quant/x8_cache.py) may hold; none here."""
         return []
 
+    def planned_groups(self, layer: nn.Module, prefix: str) -> list[PackedGroup]:
+        """The packed groups known before loading (an in-situ quantization's types and
+        shapes come from the config), for a cache hit found before the weights are read."""
+        return []
+
+    def skip_planned(self, layer: nn.Module) -> None:
+        """A cache hit holds the planned groups: their float tensors are not quantized (the
+        groups are mapped in process_after_loading); nothing by default."""
+
     def process_after_loading(self, layer: nn.Module, slots: LayerSlots | None = None) -> None:
         """Repack the loaded weights (a kernel's layout, scales); nothing by default. `slots`:
         mapped tensors for the packed groups, already filled or to write into."""

@@ -16,7 +16,7 @@ batch-1 path's fused norm and residual hooks.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ class GGUFLinearMethod(LinearMethod):
         layer.gguf_pending = {}  # first output row -> QuantizedTensor
         layer.gguf_groups = []  # [(parameter name, GGMLType, rows, layout)]
         layer.gguf_shards = list(zip(layer.shard_ids, output_sizes, strict=True))
+        layer.gguf_cached = set()  # first output rows of pieces a cache hit holds
 
     def load_weight(self, layer, param, tensor, shard_id) -> None:
         start, size = (
@@ -82,17 +83,22 @@ class GGUFLinearMethod(LinearMethod):
         want = (size, layer.in_features)
         if tuple(tensor.shape) != want:
             raise shape_mismatch(tensor.shape, want)
+        if start in layer.gguf_cached:  # mapped from the weight cache: never quantized
+            layer.gguf_pending[start] = _cached_piece(self._target(layer, shard_id), want)
+            return
         layer.gguf_pending[start] = self._blocks(layer, tensor, shard_id)
+
+    def _target(self, layer, shard_id) -> GGMLType:
+        target = self.target_type
+        ggml_type = target if isinstance(target, GGMLType) else target(layer, shard_id)
+        return fit_type(ggml_type, layer.in_features)  # rows of whole blocks
 
     def _blocks(self, layer, tensor, shard_id) -> QuantizedTensor:
         """The tensor as checked GGUF blocks (float tensors quantized to the target type)."""
         if not isinstance(tensor, QuantizedTensor):
-            target = self.target_type
-            if target is None:
+            if self.target_type is None:
                 raise ModelLoadError("is a float tensor, but this layer takes GGUF blocks")
-            ggml_type = target if isinstance(target, GGMLType) else target(layer, shard_id)
-            ggml_type = fit_type(ggml_type, layer.in_features)  # rows of whole blocks
-            return quantize_tensor(torch.as_tensor(tensor), ggml_type)
+            return quantize_tensor(torch.as_tensor(tensor), self._target(layer, shard_id))
         if tensor.ggml_type not in SUPPORTED_WEIGHT_TYPES:
             names = ", ".join(t.name for t in sorted(SUPPORTED_WEIGHT_TYPES))
             raise ModelLoadError(
@@ -138,8 +144,34 @@ class GGUFLinearMethod(LinearMethod):
         """The groups that take the x8 layout (same bytes as the file's rows)."""
         if not layer.gguf_pending:
             return []
+        return self._x8_groups(layer, prefix, self._named_groups(layer))
+
+    def planned_groups(self, layer, prefix: str) -> list[PackedGroup]:
+        """An in-situ quantization's x8 groups before loading: each piece's target type and
+        shape, grouped as _named_groups will group the quantized pieces."""
+        if self.target_type is None or layer.gguf_pending:
+            return []
+        return self._x8_groups(layer, prefix, self._planned(layer))
+
+    def skip_planned(self, layer) -> None:
+        planned = self._planned(layer)
+        x8 = {g.name for g in self._x8_groups(layer, "", planned)}
+        layer.gguf_cached = {start for name, start in _piece_starts(planned) if name in x8}
+
+    def _planned(self, layer) -> list[tuple[str, list[QuantizedTensor]]]:
+        """(name, pieces) as after loading, each piece a placeholder of its target type."""
+        groups: list[list[QuantizedTensor]] = []
+        for shard_id, rows in layer.gguf_shards:
+            piece = _cached_piece(self._target(layer, shard_id), (rows, layer.in_features))
+            if groups and groups[-1][0].ggml_type == piece.ggml_type:
+                groups[-1].append(piece)
+            else:
+                groups.append([piece])
+        return [("weight" if i == 0 else f"weight_g{i}", g) for i, g in enumerate(groups)]
+
+    def _x8_groups(self, layer, prefix, named) -> list[PackedGroup]:
         device, cols, out = layer.weight.device, layer.in_features, []
-        for name, group in self._named_groups(layer):
+        for name, group in named:
             ggml_type = group[0].ggml_type
             if self._layout(device, ggml_type, group, cols) == "x8":
                 rows = sum(g.shape[0] for g in group)
@@ -305,6 +337,25 @@ class GGUFLinearMethod(LinearMethod):
         if not self._fused(layer):
             return super().apply_add_residual(layer, x, residual, gated)
         return self._one_token(layer, x, residual=residual, gated=gated)
+
+
+def _cached_piece(ggml_type: GGMLType, shape: tuple[int, int]) -> QuantizedTensor:
+    """A piece a weight cache hit maps: its type and shape, no bytes (never made)."""
+
+    def missing() -> None:
+        raise ModelLoadError("was to come from the weight cache, which no longer matches")
+
+    nbytes = shape[0] * row_bytes(ggml_type, shape[1])
+    return LazyQuantizedTensor(missing, nbytes, ggml_type, shape)
+
+
+def _piece_starts(named) -> Iterator[tuple[str, int]]:
+    """(group name, first output row) of every piece of `named`."""
+    start = 0
+    for name, group in named:
+        for piece in group:
+            yield name, start
+            start += piece.shape[0]
 
 
 def file_blocks(layer, name: str) -> torch.Tensor:

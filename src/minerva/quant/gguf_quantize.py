@@ -23,6 +23,11 @@ CHUNK_ELEMENTS = 1 << 20  # values quantized per numpy pass (bounds the temporar
 F32 = np.float32
 
 
+QUANTIZER_VERSION = 1
+"""Part of the weight cache's key for in-situ quantization (runner/model_loading.py): bump it
+when quantize_tensor or the mix rules (gguf_mix.py) change the bytes a float folder becomes."""
+
+
 def _f16_bytes(v: np.ndarray) -> np.ndarray:
     """float32 [n] or [n, 1] -> the fp16 bytes [n, 2] (round to nearest even, as ggml)."""
     return v.reshape(-1).astype(np.float16).view(np.uint8).reshape(-1, 2)

@@ -77,23 +77,30 @@ class PackedGroup:
 
 
 class WeightCache:
-    """The cache for one model: its GGUF files (their identity is the key), the directory and
-    the size cap (least recently used files are evicted to stay under it)."""
+    """The cache for one model: its files (GGUF, or a float folder's weights and config: their
+    identity is the key), the directory and the size cap (least recently used files are
+    evicted to stay under it). `insitu`: what an in-situ quantization of a float folder also
+    depends on (quantization, dtype, quantizer version), part of the key; None for GGUF."""
 
     def __init__(
-        self, sources: Sequence[Path], max_bytes: int, directory: Path | None = None
+        self,
+        sources: Sequence[Path],
+        max_bytes: int,
+        directory: Path | None = None,
+        insitu: dict | None = None,
     ) -> None:
         self.sources = [Path(p) for p in sources]
         self.max_bytes = max_bytes
         self.directory = Path(directory) if directory is not None else default_directory()
+        self.insitu = insitu
 
-    def open(self, groups: Sequence[PackedGroup]) -> WeightStore | None:
-        """A store of mapped tensors for `groups`: filled (a hit) or to be written (a miss);
-        None when nothing is cached (no groups, an OS error: logged once)."""
+    def open(self, groups: Sequence[PackedGroup], create: bool = True) -> WeightStore | None:
+        """A store of mapped tensors for `groups`: filled (a hit) or, if `create`, to be
+        written (a miss); None when nothing is cached (no groups, an OS error: logged once)."""
         if not groups:
             return None
         try:
-            key = _key(self.sources)
+            key = _key(self.sources, self.insitu)
             self.directory.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.directory, TEMP_PREFIX, SUFFIX)
         except OSError as e:
@@ -104,7 +111,7 @@ class WeightCache:
         placed, data_end = _place(groups)
         index = json.dumps({"key": key, "groups": placed}, separators=(",", ":")).encode()
         store = _open_existing(path, groups, data_end, index)
-        if store is None:
+        if store is None and create:
             store = _create(path, groups, data_end, index, self.max_bytes)
         return store
 
@@ -193,12 +200,18 @@ class LayerSlots:
         self.store.put(self._full(name), data)
 
 
-def process_layers(layers: Sequence[tuple[str, nn.Module]], cache: WeightCache | None) -> None:
+def process_layers(
+    layers: Sequence[tuple[str, nn.Module]],
+    cache: WeightCache | None,
+    store: WeightStore | None = None,
+) -> None:
     """Every linear layer's process_after_loading (`layers`: (prefix, layer) pairs), their
-    packed groups in `cache`'s file where it can hold them."""
-    store, planned = None, {}
-    if cache is not None:
+    packed groups in `cache`'s file where it can hold them. `store`: a hit opened before
+    loading (quant/x8_cache_insitu.py), which holds every packed group."""
+    planned = {}
+    if cache is not None or store is not None:
         planned = {p: found for p, m in layers if (found := m.method.packed_groups(m, p))}
+    if store is None and cache is not None:
         store = cache.open([g for found in planned.values() for g in found])
     try:
         for prefix, module in layers:
@@ -258,14 +271,18 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
         view, offset = view[done:], offset + done
 
 
-def _key(sources: Sequence[Path]) -> dict:
-    """What the cached bytes depend on: every GGUF file's identity and the two versions."""
+def _key(sources: Sequence[Path], insitu: dict | None = None) -> dict:
+    """What the cached bytes depend on: every source file's identity, the two versions and,
+    for an in-situ quantization, what it depends on (GGUF keys keep their old form)."""
     files = []
     for path in sources:
         real = os.path.realpath(path)
         st = os.stat(real)
         files.append([real, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev])
-    return {"format": FORMAT_VERSION, "layout": cpu_quant_x8.LAYOUT_VERSION, "files": files}
+    key = {"format": FORMAT_VERSION, "layout": cpu_quant_x8.LAYOUT_VERSION, "files": files}
+    if insitu is not None:
+        key["insitu"] = insitu
+    return key
 
 
 def _place(groups: Sequence[PackedGroup]) -> tuple[list, int]:

@@ -18,6 +18,7 @@ from minerva.models.options import ModelOptions
 from minerva.models.registry import count_weight_bytes
 from minerva.ops.kernels import KernelSet, torch_kernels
 from minerva.quant.base import QuantConfig
+from minerva.quant.gguf_quantize import QUANTIZER_VERSION
 from minerva.quant.registry import build_insitu_config, build_quant_config
 from minerva.quant.x8_cache import WeightCache
 from minerva.quant_names import canonical_quantization
@@ -90,13 +91,25 @@ def quantizing_weights(
             advance(tensor.numel() * tensor.element_size())
 
 
-def weight_cache_for(source: ModelSource, config: EngineConfig, device) -> WeightCache | None:
-    """The on-disk cache of repacked weights (quant/x8_cache.py): a GGUF file on the CPU,
-    unless `[model] weight_cache` is off."""
+def weight_cache_for(
+    source: ModelSource, config: EngineConfig, device, dtype: torch.dtype | None = None
+) -> WeightCache | None:
+    """The on-disk cache of repacked weights (quant/x8_cache.py) on the CPU, unless
+    `[model] weight_cache` is off: a GGUF file's, or a float folder's in-situ quantization
+    (keyed also by the quantization, `dtype` the floats are loaded in and the quantizer)."""
     model = config.model
-    if not model.weight_cache or torch.device(device).type != "cpu" or source.format != "gguf":
+    if not model.weight_cache or torch.device(device).type != "cpu":
         return None
-    return WeightCache(source.files, model.weight_cache_size)
+    if source.format == "gguf":
+        return WeightCache(source.files, model.weight_cache_size)
+    if model.quantization is None or source.quantization is not None:
+        return None
+    insitu = {
+        "quantization": canonical_quantization(model.quantization),
+        "dtype": str(dtype),
+        "quantizer": QUANTIZER_VERSION,
+    }
+    return WeightCache(source.files, model.weight_cache_size, insitu=insitu)
 
 
 def check_lengths(config: EngineConfig, hf) -> int:

@@ -208,7 +208,10 @@ class Worker:
             model.load_weights(
                 model_loading.quantizing_weights(
                     self.source, device, self.dtype, model_cfg.quantization, progress
-                )
+                ),
+                weight_cache=model_loading.weight_cache_for(
+                    self.source, self.config, device, self.dtype
+                ),
             )
         else:
             model.load_weights(

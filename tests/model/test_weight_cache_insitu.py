@@ -1,0 +1,173 @@
+"""The weight cache (quant/x8_cache.py) for an in-situ quantization of a float folder: a second
+load of the same folder and quantization maps the cached x8 groups, quantizing and repacking
+none of them, with the same tokens and logprobs as the first; another quantization, a touched
+weight file or the cache off miss (or write nothing)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from minerva import LLM, SamplingParams
+from minerva.ops import cpu_quant_x8, native
+from minerva.quant import gguf, x8_cache
+from tests.tiny_models import build_tiny_model
+
+PROMPT = [1, 17, 42, 99, 3, 250, 7]
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=1)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("st")
+    build_tiny_model(path, hidden_size=256, intermediate_size=512)
+    return path
+
+
+@pytest.fixture
+def weights_dir(tmp_path, monkeypatch) -> Path:
+    """$MINERVA_CACHE_DIR in this test's temp dir (the session's kernels linked in)."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "kernels").symlink_to(native.cache_dir().resolve(), target_is_directory=True)
+    monkeypatch.setenv("MINERVA_CACHE_DIR", str(root))
+    monkeypatch.setattr(x8_cache, "MIN_FREE_BYTES", 0)  # a nearly full CI disk still caches
+    return root / "weights"
+
+
+@pytest.fixture
+def counted(monkeypatch) -> dict[str, int]:
+    """Calls of the in-situ quantizer (of linear layers) and of the x8 repack."""
+    calls = {"quantize": 0, "repack": 0}
+    real_quantize, real_repack = gguf.quantize_tensor, cpu_quant_x8.repack
+
+    def quantize(*args, **kwargs):
+        calls["quantize"] += 1
+        return real_quantize(*args, **kwargs)
+
+    def repack(*args, **kwargs):
+        calls["repack"] += 1
+        return real_repack(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "quantize_tensor", quantize)
+    monkeypatch.setattr(cpu_quant_x8, "repack", repack)
+    return calls
+
+
+def load(path: Path, quantization: str, **kwargs) -> LLM:
+    llm = LLM(
+        model=str(path),
+        device="cpu",
+        dtype="float32",
+        max_model_len=128,
+        quantization=quantization,
+        **kwargs,
+    )
+    x8_cache.wait_for_writes()
+    return llm
+
+
+def x8_bytes(llm: LLM) -> dict[str, torch.Tensor]:
+    model = llm.engine.worker.model
+    found = {}
+    for prefix, module in model.named_modules():
+        for name, _, _, layout in getattr(module, "gguf_groups", []):
+            if layout == "x8":
+                found[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
+    return found
+
+
+def run(llm: LLM) -> tuple[list[int], list[float]]:
+    out = llm.generate([PROMPT], GREEDY)[0].outputs[0]
+    return out.token_ids, [lp.logprob for lp in out.logprobs]
+
+
+def cache_files(weights_dir: Path) -> list[Path]:
+    if not weights_dir.exists():
+        return []
+    found = weights_dir.glob(f"*{x8_cache.SUFFIX}")
+    return sorted(p for p in found if not p.name.startswith(x8_cache.TEMP_PREFIX))
+
+
+def first_load(folder: Path, quantization: str, weights_dir: Path, counted) -> tuple:
+    llm = load(folder, quantization)
+    ref = x8_bytes(llm), run(llm)
+    if not ref[0]:
+        pytest.skip("no x8 layout on this CPU")
+    assert counted["quantize"] > 0 and counted["repack"] > 0
+    assert len(cache_files(weights_dir)) == 1
+    assert list(weights_dir.glob(f"{x8_cache.TEMP_PREFIX}*")) == []  # one file written, no other
+    del llm
+    return ref
+
+
+@pytest.mark.parametrize("quantization", ["q4_k_m", "q8_0"])
+def test_a_second_load_quantizes_and_repacks_nothing(folder, weights_dir, counted, quantization):
+    ref_bytes, ref_run = first_load(folder, quantization, weights_dir, counted)
+    counted.update(quantize=0, repack=0)
+    llm = load(folder, quantization)
+    assert counted == {"quantize": 0, "repack": 0}
+    got = x8_bytes(llm)
+    assert got.keys() == ref_bytes.keys()
+    for name, data in ref_bytes.items():
+        assert torch.equal(got[name], data), name
+    assert run(llm) == ref_run
+    assert len(cache_files(weights_dir)) == 1
+
+
+def test_another_quantization_misses(folder, weights_dir, counted):
+    first_load(folder, "q4_k_m", weights_dir, counted)
+    counted.update(quantize=0, repack=0)
+    load(folder, "q8_0")
+    assert counted["quantize"] > 0 and counted["repack"] > 0
+    assert len(cache_files(weights_dir)) == 2
+
+
+def test_a_touched_weight_file_misses(folder, weights_dir, counted):
+    first_load(folder, "q8_0", weights_dir, counted)
+    weights = next(folder.glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    counted.update(quantize=0, repack=0)
+    llm = load(folder, "q8_0")
+    assert counted["quantize"] > 0 and counted["repack"] > 0
+    assert x8_bytes(llm)  # loaded as without the cache
+    assert len(cache_files(weights_dir)) == 2  # the new key's file (the old one ages out)
+
+
+def test_a_touched_config_misses(folder, weights_dir, counted):
+    first_load(folder, "q8_0", weights_dir, counted)
+    config = folder / "config.json"
+    st = config.stat()
+    os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    counted.update(quantize=0, repack=0)
+    load(folder, "q8_0")
+    assert counted["quantize"] > 0 and counted["repack"] > 0
+
+
+def test_the_cache_off_writes_nothing(folder, weights_dir, counted):
+    llm = load(folder, "q4_k_m", weight_cache=False)
+    if not x8_bytes(llm):
+        pytest.skip("no x8 layout on this CPU")
+    assert cache_files(weights_dir) == []
+    counted.update(quantize=0, repack=0)
+    load(folder, "q4_k_m", weight_cache=False)
+    assert counted["quantize"] > 0 and counted["repack"] > 0
+
+
+def test_a_damaged_cache_file_is_rebuilt(folder, weights_dir, counted):
+    ref_bytes, ref_run = first_load(folder, "q4_k_m", weights_dir, counted)
+    (path,) = cache_files(weights_dir)
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size - 3)
+    counted.update(quantize=0, repack=0)
+    llm = load(folder, "q4_k_m")
+    assert counted["quantize"] > 0 and counted["repack"] > 0
+    assert run(llm) == ref_run
+    assert len(cache_files(weights_dir)) == 1
+    counted.update(quantize=0, repack=0)
+    assert run(load(folder, "q4_k_m")) == ref_run  # the rebuilt file serves
+    assert counted == {"quantize": 0, "repack": 0}
