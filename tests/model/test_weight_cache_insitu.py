@@ -171,3 +171,16 @@ def test_a_damaged_cache_file_is_rebuilt(folder, weights_dir, counted):
     counted.update(quantize=0, repack=0)
     assert run(load(folder, "q4_k_m")) == ref_run  # the rebuilt file serves
     assert counted == {"quantize": 0, "repack": 0}
+
+
+def test_groups_outside_the_x8_layout_still_load_as_today(tmp_path, weights_dir, counted):
+    """A vocabulary of 1003 rows cannot take the x8 layout: lm_head is quantized at every load
+    (its file-layout blocks are not cached), the rest comes from the cache."""
+    odd = tmp_path / "odd"
+    build_tiny_model(odd, hidden_size=256, intermediate_size=512, vocab_size=1003)
+    ref_bytes, ref_run = first_load(odd, "q4_k_m", weights_dir, counted)
+    counted.update(quantize=0, repack=0)
+    llm = load(odd, "q4_k_m")
+    assert counted == {"quantize": 1, "repack": 0}  # lm_head only
+    assert x8_bytes(llm).keys() == ref_bytes.keys()
+    assert run(llm) == ref_run
