@@ -207,7 +207,8 @@ def child_insitu(args) -> dict:
 
     t = time.perf_counter()
     LLM(model=args.file, device="cpu", max_model_len=args.ctx, max_num_seqs=1,
-        quantization=args.insitu_mix, num_threads=args.threads)  # fmt: skip
+        quantization=args.insitu_mix, num_threads=args.threads,
+        weight_cache=args.weight_cache != "off")  # fmt: skip
     return {"insitu_load_s": time.perf_counter() - t}
 
 

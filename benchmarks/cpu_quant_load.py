@@ -10,6 +10,8 @@ writes it), `warm` (the next load: maps it), `llama.cpp`; the units rotate betwe
 (cold always right before warm). Each child also times its first request's TTFT
 (`first_ttft_s`, a `--prompt-len` prompt) so load work moved into the first request shows. The
 weight cache lives in <workdir>/cache/weights (kernels/ linked to the real kernel cache).
+`--insitu q4_k_m` instead times the float folder <workdir>/<shape>-hf quantized while loading:
+`nocache`, `cold` (quantizes, repacks and writes the cache file), `warm` (maps it).
 """
 
 from __future__ import annotations
@@ -45,21 +47,24 @@ def private_cache(work: Path) -> Path:
 def child_args(args, weight_cache: str) -> argparse.Namespace:
     return argparse.Namespace(
         prompt_len=args.prompt_len, decode_tokens=1, repeats=0, threads=args.threads,
-        ctx=args.ctx, insitu_mix=None, weight_cache=weight_cache,
+        ctx=args.ctx, insitu_mix=args.insitu, weight_cache=weight_cache,
     )  # fmt: skip
 
 
 def one_round(file: Path, rnd: int, args, weights_dir: Path) -> list[dict]:
-    units = [["nocache"], ["cold", "warm"], ["llama.cpp"]]
-    units = units[rnd % 3 :] + units[: rnd % 3]
+    units = [["nocache"], ["cold", "warm"]] + ([] if args.insitu else [["llama.cpp"]])
+    units = units[rnd % len(units) :] + units[: rnd % len(units)]
     rows = []
     for variant in (v for unit in units for v in unit):
         if variant == "cold":
             shutil.rmtree(weights_dir, ignore_errors=True)
         engine = "llama.cpp" if variant == "llama.cpp" else "minerva"
+        engine = "insitu" if args.insitu else engine
         cache = "off" if variant == "nocache" else "on"
         before = os.getloadavg()[0]
         r = measure(engine, file, child_args(args, cache))
+        if "insitu_load_s" in r:
+            r["load_s"] = r.pop("insitu_load_s")
         r.update(variant=variant, round=rnd, loadavg=[before, os.getloadavg()[0]])
         rows.append(r)
         print(json.dumps(r), flush=True)
@@ -80,10 +85,13 @@ def summarize(rows: list[dict]) -> list[dict]:
                 entry[variant] = {
                     k: statistics.median(r[k] for r in ok)
                     for k in ("load_s", "first_ttft_s", "peak_rss_mib")
+                    if all(k in r for r in ok)  # in-situ children time no request
                 }
         if "llama.cpp" in entry:
             base = entry["llama.cpp"]["load_s"]
             entry["load_ratio"] = {v: entry[v]["load_s"] / base for v in VARIANTS[:3] if v in entry}
+        if "warm" in entry and "nocache" in entry:
+            entry["warm_over_nocache"] = entry["warm"]["load_s"] / entry["nocache"]["load_s"]
         out.append(entry)
     return out
 
@@ -100,6 +108,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=2048)
     ap.add_argument("--workdir", default="/tmp/minerva_cpu_quant")
+    ap.add_argument("--insitu", default=None, help="time <shape>-hf quantized to this instead")
     ap.add_argument("--output", default=str(HERE / "results" / "cpu_quant_load_cache.json"))
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -113,8 +122,9 @@ def main() -> None:
         write_results("cpu_quant_load", "cpu_quant_load.py", public, [result], args.output)
 
     for shape in args.shapes:
-        for type_name in args.types:
-            file = work / f"{shape}-{type_name}.gguf"
+        for type_name in [f"in-situ {args.insitu}"] if args.insitu else args.types:
+            name = f"{shape}-hf" if args.insitu else f"{shape}-{type_name}.gguf"
+            file = work / name
             if not file.exists():
                 raise SystemExit(f"{file} is missing: run cpu_quant.py for it first")
             for rnd in range(args.rounds):

@@ -97,9 +97,10 @@ class ModelConfig:
     )
     weight_cache: bool = Field(
         True,
-        "Keep a GGUF model's weights as rewritten for the CPU kernels in a file under "
-        "$MINERVA_CACHE_DIR/weights, so later loads map it instead of repacking (off = repack "
-        "at every load). Each cached model takes its size again on disk.",
+        "Keep a GGUF model's weights (or a float model's, quantized in situ) as rewritten for "
+        "the CPU kernels in a file under $MINERVA_CACHE_DIR/weights, so later loads map it "
+        "instead of quantizing and repacking (off = at every load). Each cached model takes "
+        "its size again on disk.",
     )
     weight_cache_size: int = Field(
         16 << 30,

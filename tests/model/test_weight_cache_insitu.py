@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from minerva import LLM, SamplingParams
+from minerva.loader import checkpoint
 from minerva.ops import cpu_quant_x8, native
 from minerva.quant import gguf, x8_cache
 from tests.tiny_models import build_tiny_model
@@ -55,6 +56,24 @@ def counted(monkeypatch) -> dict[str, int]:
     monkeypatch.setattr(gguf, "quantize_tensor", quantize)
     monkeypatch.setattr(cpu_quant_x8, "repack", repack)
     return calls
+
+
+@pytest.fixture
+def read(monkeypatch) -> list[str]:
+    """Names of the tensors the loader reads from safetensors files."""
+    names: list[str] = []
+    real = checkpoint.iter_safetensors_file
+
+    def recorded(path, wanted):
+        wanted = list(wanted)
+        names.extend(wanted)
+        return real(path, wanted)
+
+    monkeypatch.setattr(checkpoint, "iter_safetensors_file", recorded)
+    return names
+
+
+LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
 
 
 def load(path: Path, quantization: str, **kwargs) -> LLM:
@@ -105,11 +124,17 @@ def first_load(folder: Path, quantization: str, weights_dir: Path, counted) -> t
 
 
 @pytest.mark.parametrize("quantization", ["q4_k_m", "q8_0"])
-def test_a_second_load_quantizes_and_repacks_nothing(folder, weights_dir, counted, quantization):
+def test_a_second_load_quantizes_and_repacks_nothing(
+    folder, weights_dir, counted, read, quantization
+):
     ref_bytes, ref_run = first_load(folder, quantization, weights_dir, counted)
+    assert any(n.endswith("q_proj.weight") for n in read)
     counted.update(quantize=0, repack=0)
+    read.clear()
     llm = load(folder, quantization)
     assert counted == {"quantize": 0, "repack": 0}
+    assert [n for n in read if any(f"{piece}." in n for piece in LINEAR)] == []
+    assert "model.embed_tokens.weight" in read and "model.norm.weight" in read
     got = x8_bytes(llm)
     assert got.keys() == ref_bytes.keys()
     for name, data in ref_bytes.items():
@@ -173,14 +198,29 @@ def test_a_damaged_cache_file_is_rebuilt(folder, weights_dir, counted):
     assert counted == {"quantize": 0, "repack": 0}
 
 
-def test_groups_outside_the_x8_layout_still_load_as_today(tmp_path, weights_dir, counted):
+def test_groups_outside_the_x8_layout_still_load_as_today(tmp_path, weights_dir, counted, read):
     """A vocabulary of 1003 rows cannot take the x8 layout: lm_head is quantized at every load
     (its file-layout blocks are not cached), the rest comes from the cache."""
     odd = tmp_path / "odd"
     build_tiny_model(odd, hidden_size=256, intermediate_size=512, vocab_size=1003)
     ref_bytes, ref_run = first_load(odd, "q4_k_m", weights_dir, counted)
     counted.update(quantize=0, repack=0)
+    read.clear()
     llm = load(odd, "q4_k_m")
     assert counted == {"quantize": 1, "repack": 0}  # lm_head only
+    assert [n for n in read if any(f"{piece}." in n for piece in LINEAR)] == ["lm_head.weight"]
     assert x8_bytes(llm).keys() == ref_bytes.keys()
+    assert run(llm) == ref_run
+
+
+def test_a_tied_head_is_served_from_the_cache(tmp_path, weights_dir, counted):
+    tied = tmp_path / "tied"
+    build_tiny_model(tied, hidden_size=256, intermediate_size=512, tie_word_embeddings=True)
+    ref_bytes, ref_run = first_load(tied, "q4_k_m", weights_dir, counted)
+    assert "lm_head.weight" in ref_bytes  # the head quantized from the embedding, cached
+    counted.update(quantize=0, repack=0)
+    llm = load(tied, "q4_k_m")
+    assert counted == {"quantize": 0, "repack": 0}
+    got = x8_bytes(llm)
+    assert all(torch.equal(got[name], data) for name, data in ref_bytes.items())
     assert run(llm) == ref_run

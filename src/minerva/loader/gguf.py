@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import mmap
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ class GGUFSource(ModelSource):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         progress: bool = True,
+        names_filter: Callable[[str], bool] | None = None,
     ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
         device = torch.device(device)
         dtype = parse_dtype(dtype)
@@ -128,6 +129,8 @@ class GGUFSource(ModelSource):
         total = sum(self.tensors[name][1].nbytes for name in self.hf_names)
         with progress_bar(progress, total) as advance:
             for name, hf_name in self.hf_names.items():
+                if names_filter is not None and not names_filter(hf_name):
+                    continue
                 shard, info = self.tensors[name]
                 mm = maps[shard.path]
                 raw = _raw_bytes(mm, info)  # [nbytes] uint8, a view of the file

@@ -3,7 +3,7 @@ tokenizer.json and safetensors or .bin weights."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 
@@ -59,10 +59,12 @@ class HFFolderSource(ModelSource):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         progress: bool = True,
+        names_filter: Callable[[str], bool] | None = None,
     ) -> Iterator[tuple[str, torch.Tensor]]:
         return iter_checkpoint_tensors(
-            self.checkpoint, device=device, dtype=dtype, progress=progress
-        )
+            self.checkpoint, device=device, dtype=dtype, progress=progress,
+            names_filter=names_filter,
+        )  # fmt: skip
 
 
 def open_hf_folder(folder: Path, tokenizer_path: Path | None = None) -> HFFolderSource:

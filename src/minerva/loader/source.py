@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -148,9 +148,11 @@ class ModelSource(ABC):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         progress: bool = True,
+        names_filter: Callable[[str], bool] | None = None,
     ) -> Iterator[tuple[str, torch.Tensor | QuantizedTensor]]:
         """Yield ``(hf_name, tensor)`` once per weight: float tensors cast to ``dtype`` on
-        ``device``, quantized ones as a QuantizedTensor in their file encoding."""
+        ``device``, quantized ones as a QuantizedTensor in their file encoding. Only names
+        `names_filter` accepts are read (asked when the iteration reaches them or their file)."""
 
     def __repr__(self) -> str:
         quant = f", quantization={self.quantization!r}" if self.quantization else ""

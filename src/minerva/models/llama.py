@@ -342,10 +342,15 @@ class LlamaForCausalLM(nn.Module):
         `weight_cache`: where the repacked weights are kept between loads (quant/x8_cache.py)."""
         params = dict(self.named_parameters())
         layers = _linear_layers_by_param(self, params)
-        linears = [(p, m) for p, m in self.named_modules() if isinstance(m, Linear)]
-        hit = x8_cache_insitu.open_planned(linears, weight_cache)  # in situ: skip quantizing
         pending = {n: set(m.shard_ids) for n, m in layers.items() if len(m.shard_ids) > 1}
         loaded: set[str] = set()
+        linears = [(p, m) for p, m in self.named_modules() if isinstance(m, Linear)]
+        hit, taken = x8_cache_insitu.open_planned(linears, weight_cache, weights)
+        for prefix, shard in taken:  # pieces mapped from the cache: loaded already
+            target = f"{prefix}.weight"
+            pending.get(target, set()).discard(shard)
+            if not pending.get(target):
+                loaded.add(target)
         head_of_its_own = self.tie_word_embeddings and not self.shares_embedding
         for name, tensor in weights:
             if "rotary_emb" in name or (name == "lm_head.weight" and self.shares_embedding):

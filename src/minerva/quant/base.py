@@ -67,9 +67,11 @@ class LinearMethod:
         shapes come from the config), for a cache hit found before the weights are read."""
         return []
 
-    def skip_planned(self, layer: nn.Module) -> None:
-        """A cache hit holds the planned groups: their float tensors are not quantized (the
-        groups are mapped in process_after_loading); nothing by default."""
+    def skip_planned(self, layer: nn.Module, prefix: str) -> list[tuple[str, str | int | None]]:
+        """A cache hit holds the planned groups: their pieces are taken as loaded (mapped in
+        process_after_loading, never quantized); returns them as (checkpoint name, shard id),
+        whose float tensors need not be read. None here."""
+        return []
 
     def process_after_loading(self, layer: nn.Module, slots: LayerSlots | None = None) -> None:
         """Repack the loaded weights (a kernel's layout, scales); nothing by default. `slots`:

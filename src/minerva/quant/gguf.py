@@ -153,10 +153,17 @@ class GGUFLinearMethod(LinearMethod):
             return []
         return self._x8_groups(layer, prefix, self._planned(layer))
 
-    def skip_planned(self, layer) -> None:
+    def skip_planned(self, layer, prefix: str) -> list[tuple[str, str | int | None]]:
         planned = self._planned(layer)
         x8 = {g.name for g in self._x8_groups(layer, "", planned)}
-        layer.gguf_cached = {start for name, start in _piece_starts(planned) if name in x8}
+        shard_ids = [shard_id for shard_id, _ in layer.gguf_shards]
+        taken = []
+        for shard_id, (group, start, piece) in zip(shard_ids, _pieces(planned), strict=True):
+            if group in x8:  # a file-layout group is not in the cache: quantized as it comes
+                layer.gguf_cached.add(start)
+                layer.gguf_pending[start] = piece
+                taken.append((checkpoint_name(prefix, shard_id), shard_id))
+        return taken
 
     def _planned(self, layer) -> list[tuple[str, list[QuantizedTensor]]]:
         """(name, pieces) as after loading, each piece a placeholder of its target type."""
@@ -349,12 +356,12 @@ def _cached_piece(ggml_type: GGMLType, shape: tuple[int, int]) -> QuantizedTenso
     return LazyQuantizedTensor(missing, nbytes, ggml_type, shape)
 
 
-def _piece_starts(named) -> Iterator[tuple[str, int]]:
-    """(group name, first output row) of every piece of `named`."""
+def _pieces(named) -> Iterator[tuple[str, int, QuantizedTensor]]:
+    """(group name, first output row, piece) of every piece of `named`."""
     start = 0
     for name, group in named:
         for piece in group:
-            yield name, start
+            yield name, start, piece
             start += piece.shape[0]
 
 

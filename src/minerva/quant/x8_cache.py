@@ -7,7 +7,9 @@ in a file under $MINERVA_CACHE_DIR/weights/, and a later load of the same GGUF f
 load repacks into memory as without the cache, and a background thread at the lowest CPU
 priority writes the file: filling a file's page cache cost several times more system time than
 faulting in anonymous memory on the measured VM, through a shared map or pwrite alike
-(benchmarks/results/x8_cache_write.json), so it stays off the load's path.
+(benchmarks/results/x8_cache_write.json), so it stays off the load's path. A float folder
+quantized in situ is cached the same way, keyed also by the quantization (x8_cache_insitu.py:
+a hit skips the quantization too).
 
 A file holds each group's bytes at a page-aligned offset, then a JSON index (the key: the GGUF
 files' identity and the format and layout versions; the groups: name, type, rows, columns, bytes,

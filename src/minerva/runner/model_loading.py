@@ -78,17 +78,38 @@ def weight_bytes_of(
     return count_weight_bytes(source.config, dtype, ModelOptions(quant=quant))
 
 
+class QuantizingWeights:
+    """The source's weights with a "Quantizing to <mix>" bar: the model quantizes each one as
+    it arrives (load_weights), so the bar advances once a tensor has been taken and quantized.
+    Names added to `skip` before the iteration reaches them are never read (a weight cache hit
+    holds their quantized pieces, quant/x8_cache_insitu.py); the bar then ends with a jump."""
+
+    def __init__(self, source: ModelSource, device, dtype: torch.dtype, mix: str, progress: bool):
+        self.source, self.device, self.dtype = source, device, dtype
+        self.mix, self.progress = mix, progress
+        self.skip: set[str] = set()
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        total = count_weight_bytes(self.source.config, self.dtype)  # float bytes, a tied head once
+        weights = self.source.iter_weights(
+            device=self.device, dtype=self.dtype, progress=False,
+            names_filter=lambda name: name not in self.skip,
+        )  # fmt: skip
+        done = 0
+        with progress_bar(self.progress, total, f"Quantizing to {self.mix}") as advance:
+            for name, tensor in weights:
+                yield name, tensor
+                nbytes = tensor.numel() * tensor.element_size()
+                advance(nbytes)
+                done += nbytes
+            advance(max(total - done, 0))
+
+
 def quantizing_weights(
     source: ModelSource, device, dtype: torch.dtype, mix: str, progress: bool
-) -> Iterator[tuple[str, Any]]:
-    """The source's weights with a "Quantizing to <mix>" bar: the model quantizes each one as
-    it arrives (load_weights), so the bar advances once a tensor has been taken and quantized."""
-    total = count_weight_bytes(source.config, dtype)  # the float bytes read, a tied head once
-    weights = source.iter_weights(device=device, dtype=dtype, progress=False)
-    with progress_bar(progress, total, f"Quantizing to {mix}") as advance:
-        for name, tensor in weights:
-            yield name, tensor
-            advance(tensor.numel() * tensor.element_size())
+) -> QuantizingWeights:
+    """The source's weights as the in-situ quantization takes them (QuantizingWeights)."""
+    return QuantizingWeights(source, device, dtype, mix, progress)
 
 
 def weight_cache_for(
@@ -100,15 +121,15 @@ def weight_cache_for(
     model = config.model
     if not model.weight_cache or torch.device(device).type != "cpu":
         return None
-    if source.format == "gguf":
-        return WeightCache(source.files, model.weight_cache_size)
-    if model.quantization is None or source.quantization is not None:
+    insitu = None
+    if model.quantization is not None and source.quantization is None:  # an F16 GGUF too
+        insitu = {
+            "quantization": canonical_quantization(model.quantization),
+            "dtype": str(dtype),
+            "quantizer": QUANTIZER_VERSION,
+        }
+    elif source.format != "gguf":
         return None
-    insitu = {
-        "quantization": canonical_quantization(model.quantization),
-        "dtype": str(dtype),
-        "quantizer": QUANTIZER_VERSION,
-    }
     return WeightCache(source.files, model.weight_cache_size, insitu=insitu)
 
 
