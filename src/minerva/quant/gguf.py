@@ -16,7 +16,7 @@ batch-1 path's fused norm and residual hooks.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from minerva.ops import cpu_decode_step, cpu_quant, cpu_quant_x8
 from minerva.quant import gguf_matmul as gguf_matmul_module
 from minerva.quant import gguf_planes
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
+from minerva.quant.gguf_cached_pieces import cached_piece, pieces_with_starts, planned_pieces
 from minerva.quant.gguf_matmul import gguf_matmul
 from minerva.quant.gguf_mix import base_type, fit_type, mix_type
 from minerva.quant.gguf_quantize import quantize_tensor
@@ -84,7 +85,7 @@ class GGUFLinearMethod(LinearMethod):
         if tuple(tensor.shape) != want:
             raise shape_mismatch(tensor.shape, want)
         if start in layer.gguf_cached:  # mapped from the weight cache: never quantized
-            layer.gguf_pending[start] = _cached_piece(self._target(layer, shard_id), want)
+            layer.gguf_pending[start] = cached_piece(self._target(layer, shard_id), want)
             return
         layer.gguf_pending[start] = self._blocks(layer, tensor, shard_id)
 
@@ -158,7 +159,9 @@ class GGUFLinearMethod(LinearMethod):
         x8 = {g.name for g in self._x8_groups(layer, "", planned)}
         shard_ids = [shard_id for shard_id, _ in layer.gguf_shards]
         taken = []
-        for shard_id, (group, start, piece) in zip(shard_ids, _pieces(planned), strict=True):
+        for shard_id, (group, start, piece) in zip(
+            shard_ids, pieces_with_starts(planned), strict=True
+        ):
             if group in x8:  # a file-layout group is not in the cache: quantized as it comes
                 layer.gguf_cached.add(start)
                 layer.gguf_pending[start] = piece
@@ -166,15 +169,7 @@ class GGUFLinearMethod(LinearMethod):
         return taken
 
     def _planned(self, layer) -> list[tuple[str, list[QuantizedTensor]]]:
-        """(name, pieces) as after loading, each piece a placeholder of its target type."""
-        groups: list[list[QuantizedTensor]] = []
-        for shard_id, rows in layer.gguf_shards:
-            piece = _cached_piece(self._target(layer, shard_id), (rows, layer.in_features))
-            if groups and groups[-1][0].ggml_type == piece.ggml_type:
-                groups[-1].append(piece)
-            else:
-                groups.append([piece])
-        return [("weight" if i == 0 else f"weight_g{i}", g) for i, g in enumerate(groups)]
+        return planned_pieces(layer, lambda shard_id: self._target(layer, shard_id))
 
     def _x8_groups(self, layer, prefix, named) -> list[PackedGroup]:
         device, cols, out = layer.weight.device, layer.in_features, []
@@ -344,25 +339,6 @@ class GGUFLinearMethod(LinearMethod):
         if not self._fused(layer):
             return super().apply_add_residual(layer, x, residual, gated)
         return self._one_token(layer, x, residual=residual, gated=gated)
-
-
-def _cached_piece(ggml_type: GGMLType, shape: tuple[int, int]) -> QuantizedTensor:
-    """A piece a weight cache hit maps: its type and shape, no bytes (never made)."""
-
-    def missing() -> None:
-        raise ModelLoadError("was to come from the weight cache, which no longer matches")
-
-    nbytes = shape[0] * row_bytes(ggml_type, shape[1])
-    return LazyQuantizedTensor(missing, nbytes, ggml_type, shape)
-
-
-def _pieces(named) -> Iterator[tuple[str, int, QuantizedTensor]]:
-    """(group name, first output row, piece) of every piece of `named`."""
-    start = 0
-    for name, group in named:
-        for piece in group:
-            yield name, start, piece
-            start += piece.shape[0]
 
 
 def file_blocks(layer, name: str) -> torch.Tensor:
