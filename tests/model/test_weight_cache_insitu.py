@@ -13,8 +13,11 @@ import torch
 
 from minerva import LLM, SamplingParams
 from minerva.loader import checkpoint
+from minerva.loader.gguf_export import float_plan, write_gguf
+from minerva.loader.hf_config import load_model_config
 from minerva.ops import cpu_quant_x8, native
 from minerva.quant import gguf, x8_cache
+from minerva.quant.gguf_types import GGMLType
 from tests.tiny_models import build_tiny_model
 
 PROMPT = [1, 17, 42, 99, 3, 250, 7]
@@ -77,14 +80,8 @@ LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 
 
 def load(path: Path, quantization: str, **kwargs) -> LLM:
-    llm = LLM(
-        model=str(path),
-        device="cpu",
-        dtype="float32",
-        max_model_len=128,
-        quantization=quantization,
-        **kwargs,
-    )
+    kwargs.setdefault("dtype", "float32")
+    llm = LLM(model=str(path), device="cpu", max_model_len=128, quantization=quantization, **kwargs)
     x8_cache.wait_for_writes()
     return llm
 
@@ -163,6 +160,14 @@ def test_a_touched_weight_file_misses(folder, weights_dir, counted):
     assert len(cache_files(weights_dir)) == 2  # the new key's file (the old one ages out)
 
 
+def test_another_dtype_misses(folder, weights_dir, counted):
+    """The floats are quantized in the load's dtype: bfloat16 rounds them first."""
+    first_load(folder, "q8_0", weights_dir, counted)
+    counted.update(quantize=0, repack=0)
+    load(folder, "q8_0", dtype="bfloat16")
+    assert counted["quantize"] > 0 and len(cache_files(weights_dir)) == 2
+
+
 def test_a_touched_config_misses(folder, weights_dir, counted):
     first_load(folder, "q8_0", weights_dir, counted)
     config = folder / "config.json"
@@ -224,3 +229,22 @@ def test_a_tied_head_is_served_from_the_cache(tmp_path, weights_dir, counted):
     got = x8_bytes(llm)
     assert all(torch.equal(got[name], data) for name, data in ref_bytes.items())
     assert run(llm) == ref_run
+
+
+def test_an_f16_gguf_quantized_in_situ_is_cached_by_its_quantization(
+    folder, tmp_path, weights_dir, counted
+):
+    pytest.importorskip("gguf")
+    config = load_model_config(folder)
+    tensors = checkpoint.iter_checkpoint_tensors(folder, "cpu", torch.float32, progress=False)
+    f16 = write_gguf(
+        config, tensors, tmp_path / "m.gguf", float_plan(GGMLType.F16), file_type="f16"
+    )
+    ref_bytes, ref_run = first_load(f16, "q8_0", weights_dir, counted)
+    counted.update(quantize=0, repack=0)
+    llm = load(f16, "q8_0")
+    assert counted == {"quantize": 0, "repack": 0}
+    assert run(llm) == ref_run
+    counted.update(quantize=0, repack=0)
+    load(f16, "q4_k_m")  # another quantization of the same file: its own cache file
+    assert counted["quantize"] > 0 and len(cache_files(weights_dir)) == 2
