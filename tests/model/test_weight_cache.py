@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("gguf")
 
-from minerva import LLM, SamplingParams  # noqa: E402
+from minerva import LLM  # noqa: E402
 from minerva.loader.checkpoint import iter_checkpoint_tensors  # noqa: E402
 from minerva.loader.gguf_export import write_gguf  # noqa: E402
 from minerva.loader.hf_config import load_model_config  # noqa: E402
@@ -24,10 +24,12 @@ from minerva.ops import cpu_quant_x8, native  # noqa: E402
 from minerva.quant import x8_cache  # noqa: E402
 from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
 from minerva.quant.gguf_types import GGMLType  # noqa: E402
+from tests.model.weight_cache_common import (  # noqa: E402
+    cache_files,
+    run,
+    x8_bytes,
+)
 from tests.tiny_models import build_tiny_model  # noqa: E402
-
-PROMPT = [1, 17, 42, 99, 3, 250, 7]
-GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=1)
 
 
 def q4_k_m_plan(name: str, shape) -> GGMLType:
@@ -39,6 +41,12 @@ def q4_k_m_plan(name: str, shape) -> GGMLType:
     return GGMLType.Q4_K
 
 
+def make_gguf(folder: Path, out: Path) -> Path:
+    config = load_model_config(folder)
+    tensors = iter_checkpoint_tensors(folder, "cpu", torch.float32, progress=False)
+    return write_gguf(config, tensors, out, q4_k_m_plan, quantize=quantize_tensor)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("st")
@@ -46,26 +54,9 @@ def folder(tmp_path_factory) -> Path:
     return path
 
 
-def make_gguf(folder: Path, out: Path) -> Path:
-    config = load_model_config(folder)
-    tensors = iter_checkpoint_tensors(folder, "cpu", torch.float32, progress=False)
-    return write_gguf(config, tensors, out, q4_k_m_plan, quantize=quantize_tensor)
-
-
 @pytest.fixture
 def gguf(folder, tmp_path) -> Path:
     return make_gguf(folder, tmp_path / "m.gguf")
-
-
-@pytest.fixture
-def weights_dir(tmp_path, monkeypatch) -> Path:
-    """$MINERVA_CACHE_DIR in this test's temp dir (the session's kernels linked in)."""
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "kernels").symlink_to(native.cache_dir().resolve(), target_is_directory=True)
-    monkeypatch.setenv("MINERVA_CACHE_DIR", str(root))
-    monkeypatch.setattr(x8_cache, "MIN_FREE_BYTES", 0)  # a nearly full CI disk still caches
-    return root / "weights"
 
 
 @pytest.fixture
@@ -86,28 +77,6 @@ def load(path: Path, **kwargs) -> LLM:
     llm = LLM(model=str(path), device="cpu", dtype="float32", max_model_len=128, **kwargs)
     x8_cache.wait_for_writes()
     return llm
-
-
-def x8_bytes(llm: LLM) -> dict[str, torch.Tensor]:
-    model = llm.engine.worker.model
-    found = {}
-    for prefix, module in model.named_modules():
-        for name, _, _, layout in getattr(module, "gguf_groups", []):
-            if layout == "x8":
-                found[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
-    return found
-
-
-def run(llm: LLM) -> tuple[list[int], list[float]]:
-    out = llm.generate([PROMPT], GREEDY)[0].outputs[0]
-    return out.token_ids, [lp.logprob for lp in out.logprobs]
-
-
-def cache_files(weights_dir: Path) -> list[Path]:
-    if not weights_dir.exists():
-        return []
-    found = weights_dir.glob(f"*{x8_cache.SUFFIX}")
-    return sorted(p for p in found if not p.name.startswith(x8_cache.TEMP_PREFIX))
 
 
 @pytest.fixture

@@ -11,17 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from minerva import LLM, SamplingParams
+from minerva import LLM
 from minerva.loader import checkpoint
 from minerva.loader.gguf_export import float_plan, write_gguf
 from minerva.loader.hf_config import load_model_config
-from minerva.ops import cpu_quant_x8, native
+from minerva.ops import cpu_quant_x8
 from minerva.quant import gguf, x8_cache
 from minerva.quant.gguf_types import GGMLType
+from tests.model.weight_cache_common import (
+    cache_files,
+    run,
+    x8_bytes,
+)
 from tests.tiny_models import build_tiny_model
-
-PROMPT = [1, 17, 42, 99, 3, 250, 7]
-GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=1)
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +31,6 @@ def folder(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("st")
     build_tiny_model(path, hidden_size=256, intermediate_size=512)
     return path
-
-
-@pytest.fixture
-def weights_dir(tmp_path, monkeypatch) -> Path:
-    """$MINERVA_CACHE_DIR in this test's temp dir (the session's kernels linked in)."""
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "kernels").symlink_to(native.cache_dir().resolve(), target_is_directory=True)
-    monkeypatch.setenv("MINERVA_CACHE_DIR", str(root))
-    monkeypatch.setattr(x8_cache, "MIN_FREE_BYTES", 0)  # a nearly full CI disk still caches
-    return root / "weights"
 
 
 @pytest.fixture
@@ -84,28 +75,6 @@ def load(path: Path, quantization: str, **kwargs) -> LLM:
     llm = LLM(model=str(path), device="cpu", max_model_len=128, quantization=quantization, **kwargs)
     x8_cache.wait_for_writes()
     return llm
-
-
-def x8_bytes(llm: LLM) -> dict[str, torch.Tensor]:
-    model = llm.engine.worker.model
-    found = {}
-    for prefix, module in model.named_modules():
-        for name, _, _, layout in getattr(module, "gguf_groups", []):
-            if layout == "x8":
-                found[f"{prefix}.{name}"] = getattr(module, name).detach().clone()
-    return found
-
-
-def run(llm: LLM) -> tuple[list[int], list[float]]:
-    out = llm.generate([PROMPT], GREEDY)[0].outputs[0]
-    return out.token_ids, [lp.logprob for lp in out.logprobs]
-
-
-def cache_files(weights_dir: Path) -> list[Path]:
-    if not weights_dir.exists():
-        return []
-    found = weights_dir.glob(f"*{x8_cache.SUFFIX}")
-    return sorted(p for p in found if not p.name.startswith(x8_cache.TEMP_PREFIX))
 
 
 def first_load(folder: Path, quantization: str, weights_dir: Path, counted) -> tuple:
