@@ -140,6 +140,28 @@ class UniformQuantConfig(QuantConfig):
         return self.method
 
 
+def create_bias(layer: nn.Module, out: int, bias: bool, params_dtype: torch.dtype) -> None:
+    """The layer's bias [out] in the model's dtype (filled by loading), or None."""
+    if bias:
+        layer.bias = nn.Parameter(torch.empty(out, dtype=params_dtype), False)
+    else:
+        layer.register_parameter("bias", None)
+
+
+def shard_destination(
+    layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
+) -> torch.Tensor:
+    """The rows of `param` a checkpoint tensor fills (the piece `shard_id` of a fused layer, or
+    all of it), checked against the tensor's shape."""
+    dest = param.data
+    if shard_id is not None:
+        start, size = layer.shard_rows(shard_id)
+        dest = dest.narrow(0, start, size)
+    if tuple(dest.shape) != tuple(tensor.shape):
+        raise shape_mismatch(tensor.shape, dest.shape)
+    return dest
+
+
 def shape_mismatch(got: tuple, want: tuple) -> ModelLoadError:
     """The loader error for a tensor whose shape the config does not imply."""
     return ModelLoadError(f"has shape {tuple(got)}, but config.json implies {tuple(want)}")

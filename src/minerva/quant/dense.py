@@ -10,7 +10,7 @@ from torch import nn
 
 from minerva.ops import cpu_decode_step, cpu_linear
 from minerva.ops.kernels import KernelSet
-from minerva.quant.base import LinearMethod, shape_mismatch
+from minerva.quant.base import LinearMethod, create_bias, shard_destination
 
 
 class DenseLinearMethod(LinearMethod):
@@ -31,21 +31,12 @@ class DenseLinearMethod(LinearMethod):
     ) -> None:
         out = sum(output_sizes)
         layer.weight = nn.Parameter(torch.empty(out, in_features, dtype=params_dtype), False)
-        if bias:
-            layer.bias = nn.Parameter(torch.empty(out, dtype=params_dtype), False)
-        else:
-            layer.register_parameter("bias", None)
+        create_bias(layer, out, bias, params_dtype)
 
     def load_weight(
         self, layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
     ) -> None:
-        dest = param.data
-        if shard_id is not None:
-            start, size = layer.shard_rows(shard_id)
-            dest = dest.narrow(0, start, size)
-        if tuple(dest.shape) != tuple(tensor.shape):
-            raise shape_mismatch(tensor.shape, dest.shape)
-        dest.copy_(tensor)
+        shard_destination(layer, param, tensor, shard_id).copy_(tensor)
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x, layer.weight, layer.bias)

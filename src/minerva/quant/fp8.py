@@ -18,7 +18,7 @@ from torch import nn
 
 from minerva.errors import ModelLoadError
 from minerva.ops.kernels import KernelSet
-from minerva.quant.base import LinearMethod, shape_mismatch
+from minerva.quant.base import LinearMethod, create_bias, shard_destination
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -81,20 +81,14 @@ class FP8LinearMethod(LinearMethod):
         layer.weight = nn.Parameter(torch.empty(out, in_features, dtype=FP8), False)
         # a buffer: no checkpoint tensor fills it (loading the weight does)
         layer.register_buffer("weight_scale", torch.empty(out, dtype=torch.float32))
-        if bias:
-            layer.bias = nn.Parameter(torch.empty(out, dtype=params_dtype), False)
-        else:
-            layer.register_parameter("bias", None)
+        create_bias(layer, out, bias, params_dtype)
 
     def load_weight(
         self, layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
     ) -> None:
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             raise ModelLoadError("is not a float tensor: fp8 quantizes float checkpoints only")
-        start, size = layer.shard_rows(shard_id) if shard_id is not None else (0, param.shape[0])
-        dest = param.data.narrow(0, start, size)
-        if tuple(dest.shape) != tuple(tensor.shape):
-            raise shape_mismatch(tensor.shape, dest.shape)
+        dest = shard_destination(layer, param, tensor, shard_id)
         if param is not layer.weight:  # the bias stays in the model's dtype
             dest.copy_(tensor)
             return
@@ -105,7 +99,8 @@ class FP8LinearMethod(LinearMethod):
             )
         codes, scale = quantize_rows(tensor.to(dest.device))
         dest.copy_(codes)
-        layer.weight_scale.data.narrow(0, start, size).copy_(scale)
+        start = layer.shard_rows(shard_id)[0] if shard_id is not None else 0
+        layer.weight_scale.data.narrow(0, start, dest.shape[0]).copy_(scale)
 
     def weight_bytes(self, layer: nn.Module) -> int:
         return super().weight_bytes(layer) + layer.weight_scale.numel() * 4
