@@ -10,6 +10,7 @@ import torch
 from minerva import LLM, SamplingParams
 from minerva.demo import demo_model_path
 from minerva.quant.fp8 import FP8, MIN_CAPABILITY, dequantize_rows, quantize_rows
+from tests.gpu.near_tie import assert_agree_until_near_tie
 
 pytestmark = [
     pytest.mark.cuda,
@@ -92,10 +93,4 @@ def test_fp8_engine_on_the_gpu_agrees_with_the_cpu_twin():
     assert llm.engine.worker.runner.graphs is not None and model.one_token
     del llm
     twins, _ = run(device="cpu", dtype="float32")
-    for (tokens, lps), (ref_tokens, ref_lps) in zip(runs, twins):
-        div = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
-        for i in range(len(tokens) if div is None else div):
-            assert abs(lps[i].logprob - ref_lps[i].logprob) < NEAR_TIE
-        if div is not None:
-            first, second = ref_lps[div].top_logprobs[:2]
-            assert first - second < NEAR_TIE, f"parted at token {div} without a near tie"
+    assert_agree_until_near_tie(runs, twins, NEAR_TIE)

@@ -12,6 +12,7 @@ from minerva import LLM, SamplingParams  # noqa: E402
 from minerva.demo import demo_model_path  # noqa: E402
 from minerva.quant import gguf_matmul  # noqa: E402
 from minerva.quant.gguf_types import GGMLType  # noqa: E402
+from tests.gpu.near_tie import assert_agree_until_near_tie  # noqa: E402
 from tests.model.test_cross_format import q4_k_m_plan, to_gguf  # noqa: E402
 
 pytestmark = [
@@ -83,10 +84,4 @@ def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf, int8, monkeypat
     twins, llm = _greedy_top2(demo_gguf, attention_backend="torch", fused_kernels=False)
     layer = llm.engine.worker.model.model.layers[0].mlp.down_proj
     assert {g[3] for g in layer.gguf_groups} == {"file"}  # the twin: dequantize + matmul
-    for (tokens, lps), (ref_tokens, ref_lps) in zip(runs, twins):
-        div = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
-        for i in range(len(tokens) if div is None else div):
-            assert abs(lps[i].logprob - ref_lps[i].logprob) < NEAR_TIE
-        if div is not None:
-            first, second = ref_lps[div].top_logprobs[:2]
-            assert first - second < NEAR_TIE, f"parted at token {div} without a near tie"
+    assert_agree_until_near_tie(runs, twins, NEAR_TIE)
