@@ -149,6 +149,19 @@ class DeviceConfig:
         "C kernels on the CPU (linear layers, add+RMSNorm, RoPE, decode attention), built at "
         "first use (off = torch ops).",
     )
+    tensor_parallel_size: int = Field(
+        1,
+        "Processes (one per GPU: cuda:0..N-1) that each hold 1/N of the model's heads, MLP and "
+        "vocabulary and run every step together (NCCL on CUDA, gloo on the CPU); float "
+        "safetensors models only.",
+        ge=1, le=64,
+    )  # fmt: skip
+    parallel_timeout: float = Field(
+        300.0,
+        "Seconds a tensor-parallel rank may take to start or to join a step's collective "
+        "before the engine fails with an error naming it (a dead rank fails it at once).",
+        gt=0, metavar="SECONDS",
+    )  # fmt: skip
 
 
 @dataclass

@@ -44,6 +44,10 @@ class LLM:
         self.engine = LLMEngine(config, progress=progress)
         self.tokenizer = self.engine.tokenizer
 
+    def close(self) -> None:
+        """Stop a tensor-parallel engine's other ranks now (they stop with the process too)."""
+        self.engine.close()
+
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],

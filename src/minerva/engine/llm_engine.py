@@ -21,7 +21,7 @@ from minerva.engine.request_validation import check_token_ids, validate_request
 from minerva.errors import RequestError
 from minerva.request import Logprobs, Request, RequestStatus, RunnerOutput, SchedulerOutput
 from minerva.runner.model_runner import LaunchedStep
-from minerva.runner.worker import Worker
+from minerva.runner.parallel_worker import create_worker
 from minerva.sampling_params import SamplingParams
 from minerva.scheduler import Scheduler
 from minerva.spec import NgramProposer, SpecDecodeStats, SpeculationGovernor, Speculator
@@ -48,7 +48,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         self.config = config
-        self.worker = Worker(config, progress=progress)
+        self.worker = create_worker(config, progress=progress)  # a TP group: one per rank
         worker = self.worker
         self.platform = worker.platform
         self.tokenizer = worker.tokenizer
@@ -286,6 +286,12 @@ class LLMEngine:
             if stop is not None:
                 return stop
         return None
+
+    def close(self) -> None:
+        """Stop a tensor-parallel group's other ranks (nothing to do on one device)."""
+        close = getattr(self.worker, "close", None)
+        if close is not None:
+            close()
 
     def stats(self) -> EngineStats:
         kv = self.kv_cache_manager

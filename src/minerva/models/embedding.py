@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minerva.distributed import ParallelContext
 from minerva.errors import ModelLoadError
 from minerva.quant.gguf_dequant import dequantize, dequantize_tensor
 from minerva.quant.gguf_quantize import quantize_tensor
@@ -62,3 +63,40 @@ class Embedding(nn.Module):
         rows = self.weight.index_select(0, ids.reshape(-1))  # [n, row_bytes]
         out = dequantize(rows, self.blocks_type).to(self.dtype)
         return out.reshape(*ids.shape, self.dim)
+
+
+class VocabParallelEmbedding(Embedding):
+    """The table split by rows across tensor-parallel ranks (ceil(vocab / n) each, the last
+    rank's tail zero): each rank looks up the ids in its range, the others give zero rows, and
+    one all-reduce sums them. Float tables only."""
+
+    def __init__(
+        self, num_embeddings: int, dim: int, dtype: torch.dtype, parallel: ParallelContext
+    ) -> None:
+        self.full_vocab = num_embeddings
+        rows = parallel.padded_shard(num_embeddings)
+        super().__init__(rows, dim, dtype)
+        self.parallel = parallel
+        self.start = parallel.rank * rows  # first vocabulary id of this rank
+
+    @torch.no_grad()
+    def load(self, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelLoadError(
+                f"is stored as {type(tensor).__name__}; tensor parallelism loads float tensors"
+            )
+        if tuple(tensor.shape) != (self.full_vocab, self.dim):
+            raise ModelLoadError(
+                f"has shape {tuple(tensor.shape)}, but config.json implies "
+                f"{(self.full_vocab, self.dim)}"
+            )
+        part = tensor[self.start : self.start + self.num_embeddings]
+        self.weight.data.zero_()
+        self.weight.data[: part.shape[0]].copy_(part)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        local = ids - self.start
+        inside = (local >= 0) & (local < self.num_embeddings)  # [num_tokens]
+        out = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight)
+        out = out * inside.unsqueeze(-1).to(out.dtype)  # zero rows: another rank's ids
+        return self.parallel.all_reduce(out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minerva.distributed import SINGLE, ParallelContext
 from minerva.models.linear import MergedLinear, RowParallelLinear
 from minerva.ops.kernels import KernelSet, torch_kernels
 from minerva.quant.base import QuantConfig
@@ -35,7 +36,8 @@ class RMSNorm(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul; under tensor
+    parallelism each rank computes 1/n of the intermediate and the ranks' outputs are summed."""
 
     def __init__(
         self,
@@ -46,9 +48,10 @@ class GatedMLP(nn.Module):
         kernels: KernelSet,
         quant: QuantConfig,
         prefix: str,
+        parallel: ParallelContext = SINGLE,
     ) -> None:
         super().__init__()
-        self.intermediate_size = intermediate_size
+        self.intermediate_size = parallel.shard(intermediate_size, "intermediate_size")
         self.silu_and_mul = kernels.silu_and_mul
         self.gate_up_proj = MergedLinear(
             hidden_size,
@@ -56,12 +59,21 @@ class GatedMLP(nn.Module):
             bias,
             quant.get_method(f"{prefix}.gate_up_proj"),
             dtype,
+            parallel=parallel,
         )
         self.down_proj = RowParallelLinear(
-            intermediate_size, hidden_size, bias, quant.get_method(f"{prefix}.down_proj"), dtype
+            intermediate_size,
+            hidden_size,
+            bias,
+            quant.get_method(f"{prefix}.down_proj"),
+            dtype,
+            parallel=parallel,
         )
+        # the sum of the ranks' partial outputs; None at world size 1 (nothing to add)
+        self.all_reduce = parallel.all_reduce if parallel.is_parallel else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up, down = self.gate_up_proj, self.down_proj
         h = self.silu_and_mul(gate_up.method.apply(gate_up, x))
-        return down.method.apply(down, h)
+        out = down.method.apply(down, h)
+        return out if self.all_reduce is None else self.all_reduce(out)

@@ -2,8 +2,10 @@
 loads and applies them. Fused layers (QKVLinear, MergedLinear) concatenate several checkpoint
 tensors along the output; `weight_loader` puts each piece (its shard_id) in place.
 
-Column / row variants are the same layer at world size 1; they are named apart so tensor
-parallelism can shard them (column: the output, row: the input) without touching the models.
+Column / row variants are the same layer at world size 1. Under tensor parallelism (a
+ParallelContext of world size n) a column layer keeps 1/n of each piece's output rows and a row
+layer 1/n of the input columns; their weight_loader takes this rank's slice of the full
+checkpoint tensor. The block that ends in a row layer sums the ranks' outputs (one all-reduce).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from minerva.quant.base import LinearMethod
+from minerva.distributed import SINGLE, ParallelContext
+from minerva.errors import ConfigError, ModelLoadError
+from minerva.quant.base import LinearMethod, shape_mismatch
 
 
 class Linear(nn.Module):
@@ -54,11 +58,99 @@ class Linear(nn.Module):
 
 
 class ColumnParallelLinear(Linear):
-    """Splits its output across ranks under tensor parallelism (q/k/v, gate/up, lm_head)."""
+    """Splits its output across ranks under tensor parallelism (q/k/v, gate/up, lm_head):
+    `output_sizes` are the full model's; each rank keeps 1/n of every piece. pad: a single
+    piece split in ceil(size / n) rows per rank, the last rank's tail zero (the vocabulary)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        output_sizes: int | Sequence[int],
+        bias: bool,
+        method: LinearMethod,
+        params_dtype: torch.dtype,
+        shard_ids: Sequence[str | int] | None = None,
+        parallel: ParallelContext = SINGLE,
+        pad: bool = False,
+    ) -> None:
+        sizes = [output_sizes] if isinstance(output_sizes, int) else list(output_sizes)
+        if parallel.is_parallel:
+            _check_shardable(method, parallel)
+            if pad and len(sizes) == 1:
+                sizes = [parallel.padded_shard(sizes[0])]
+            else:
+                sizes = [parallel.shard(s, "projection size") for s in sizes]
+        super().__init__(in_features, sizes, bias, method, params_dtype, shard_ids)
+        self.parallel = parallel
+
+    def weight_loader(self, param: nn.Parameter, tensor, shard_id: str | int | None = None) -> None:
+        if self.parallel.is_parallel:
+            rows = self.shard_rows(shard_id)[1] if shard_id is not None else self.out_features
+            tensor = _rank_slice(_dense(tensor), 0, rows, self.parallel)
+        self.method.load_weight(self, param, tensor, shard_id)
 
 
 class RowParallelLinear(Linear):
-    """Splits its input across ranks under tensor parallelism (o_proj, down_proj)."""
+    """Splits its input across ranks under tensor parallelism (o_proj, down_proj):
+    `in_features` is the full model's. Each rank's output is a partial sum (the bias on rank 0
+    only); the block adds them up with one all-reduce."""
+
+    def __init__(
+        self,
+        in_features: int,
+        output_sizes: int | Sequence[int],
+        bias: bool,
+        method: LinearMethod,
+        params_dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE,
+    ) -> None:
+        if parallel.is_parallel:
+            _check_shardable(method, parallel)
+            in_features = parallel.shard(in_features, "projection input size")
+        super().__init__(in_features, output_sizes, bias, method, params_dtype)
+        self.parallel = parallel
+
+    def weight_loader(self, param: nn.Parameter, tensor, shard_id: str | int | None = None) -> None:
+        if self.parallel.is_parallel:
+            tensor = _dense(tensor)
+            if tensor.dim() == 1:  # the bias: added once, by rank 0
+                tensor = tensor if self.parallel.rank == 0 else torch.zeros_like(tensor)
+            else:
+                tensor = _rank_slice(tensor, 1, self.in_features, self.parallel)
+        self.method.load_weight(self, param, tensor, shard_id)
+
+
+def _check_shardable(method: LinearMethod, parallel: ParallelContext) -> None:
+    if not method.tensor_parallel:
+        raise ConfigError(
+            f"tensor_parallel_size={parallel.world_size} runs dense (float) weights only, not "
+            f"{method.name}: use a float model without quantization, or tensor_parallel_size=1"
+        )
+
+
+def _dense(tensor) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise ModelLoadError(
+            f"is stored as {type(tensor).__name__}; tensor parallelism loads float tensors only"
+        )
+    return tensor
+
+
+def _rank_slice(tensor: torch.Tensor, dim: int, size: int, parallel: ParallelContext):
+    """This rank's `size` rows (dim 0) or columns (dim 1) of a full checkpoint tensor; the
+    part past its end (a padded vocabulary's last rank) is zeros."""
+    full = tensor.shape[dim]
+    if not size * (parallel.world_size - 1) < full <= size * parallel.world_size:
+        want = list(tensor.shape)
+        want[dim] = size * parallel.world_size
+        raise shape_mismatch(tensor.shape, tuple(want))
+    start = parallel.rank * size
+    part = tensor.narrow(dim, start, max(0, min(size, full - start)))
+    if part.shape[dim] == size:
+        return part
+    shape = list(tensor.shape)
+    shape[dim] = size - part.shape[dim]
+    return torch.cat([part, tensor.new_zeros(shape)], dim)
 
 
 class QKVLinear(ColumnParallelLinear):
@@ -73,9 +165,14 @@ class QKVLinear(ColumnParallelLinear):
         bias: bool,
         method: LinearMethod,
         params_dtype: torch.dtype,
+        parallel: ParallelContext = SINGLE,
     ) -> None:
+        """num_heads, num_kv_heads: the full model's; each rank keeps 1/n of both."""
+        parallel.shard(num_heads, "num_attention_heads")  # whole heads per rank, or an error
+        parallel.shard(num_kv_heads, "num_key_value_heads")
         q, kv = num_heads * head_dim, num_kv_heads * head_dim
-        super().__init__(hidden_size, [q, kv, kv], bias, method, params_dtype, ("q", "k", "v"))
+        shards = ("q", "k", "v")
+        super().__init__(hidden_size, [q, kv, kv], bias, method, params_dtype, shards, parallel)
 
 
 class MergedLinear(ColumnParallelLinear):

@@ -2,6 +2,8 @@
 
 Parameter names follow Hugging Face, except that q/k/v and gate/up are fused into one matmul
 each (`qkv_proj`, `gate_up_proj`); `load_weights` copies the checkpoint's pieces into place.
+Under tensor parallelism (options.parallel) each rank holds 1/n of the heads, the MLP and the
+vocabulary; attention and MLP blocks end in one all-reduce, the logits are gathered.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import torch
 from torch import nn
 
 from minerva.attention import AttentionMetadata
-from minerva.errors import ModelLoadError
+from minerva.errors import ConfigError, ModelLoadError
 from minerva.models import llama_cpu_step
-from minerva.models.embedding import Embedding
+from minerva.models.embedding import Embedding, VocabParallelEmbedding
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.linear import (
     ColumnParallelLinear,
@@ -49,8 +51,10 @@ class Attention(nn.Module):
         prefix: str,
     ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        parallel = options.parallel
+        # this rank's heads (all of them at world size 1); QKVLinear checks they divide
+        self.num_heads = config.num_attention_heads // parallel.world_size
+        self.num_kv_heads = config.num_key_value_heads // parallel.world_size
         self.head_dim = config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
@@ -65,19 +69,23 @@ class Attention(nn.Module):
         self.qkv_proj = QKVLinear(
             h,
             self.head_dim,
-            self.num_heads,
-            self.num_kv_heads,
+            config.num_attention_heads,
+            config.num_key_value_heads,
             config.qkv_bias,
             options.linear_method(f"{prefix}.qkv_proj"),
             dtype,
+            parallel=parallel,
         )
         self.o_proj = RowParallelLinear(
-            self.q_size,
+            config.num_attention_heads * self.head_dim,
             h,
             config.o_proj_bias,
             options.linear_method(f"{prefix}.o_proj"),
             dtype,
+            parallel=parallel,
         )
+        # the sum of the ranks' partial outputs; None at world size 1 (nothing to add)
+        self.all_reduce = parallel.all_reduce if parallel.is_parallel else None
 
     def forward(
         self,
@@ -90,7 +98,8 @@ class Attention(nn.Module):
         qkv_proj, o_proj = self.qkv_proj, self.o_proj
         qkv = qkv_proj.method.apply(qkv_proj, x)
         out = self.attend(qkv, cos, sin, kv_cache, meta)
-        return o_proj.method.apply(o_proj, out)
+        out = o_proj.method.apply(o_proj, out)
+        return out if self.all_reduce is None else self.all_reduce(out)
 
     def attend(
         self,
@@ -135,6 +144,7 @@ class DecoderLayer(nn.Module):
             kernels,
             options.quant,
             f"{prefix}.mlp",
+            options.parallel,
         )
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype, kernels)
@@ -155,7 +165,18 @@ class LlamaModel(nn.Module):
     def __init__(self, config, dtype: torch.dtype, options: ModelOptions) -> None:
         super().__init__()
         blocks = options.quant.embedding_type(config.vocab_size, config.hidden_size)
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, blocks)
+        self.embed_tokens: Embedding
+        if options.parallel.is_parallel:
+            if blocks is not None:
+                raise ConfigError(
+                    "tensor parallelism keeps a float embedding table, not GGUF blocks: use a "
+                    "float model, or tensor_parallel_size=1"
+                )
+            self.embed_tokens = VocabParallelEmbedding(
+                config.vocab_size, config.hidden_size, dtype, options.parallel
+            )
+        else:
+            self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, blocks)
         windows = layer_sliding_windows(config)
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, windows[i], dtype, options, f"model.layers.{i}")
@@ -196,14 +217,20 @@ class LlamaForCausalLM(nn.Module):
             False,
             options.linear_method("lm_head"),
             dtype,
+            parallel=options.parallel,
+            pad=True,
         )
+        # logits of every rank's slice of the vocabulary, gathered (None at world size 1)
+        self.gather_logits = options.parallel.all_gather if options.parallel.is_parallel else None
         self.tie_weights()
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
         # Batch-1 steps with the glue folded into the GEMVs (the kernel set has them: CUDA).
-        self.one_token = options.kernels.one_token
+        # Both fold whole blocks into one kernel, with no place for a rank's all-reduce.
+        single = not options.parallel.is_parallel
+        self.one_token = options.kernels.one_token and single
         # Decode steps on the CPU as one C call (models/llama_cpu_step.py), built at first use.
-        self.use_cpu_step = options.kernels.name == "cpu"
+        self.use_cpu_step = options.kernels.name == "cpu" and single
         self._cpu_step: DecodeStep | None | bool = False  # False: not built yet
 
     def tie_weights(self) -> None:
@@ -331,7 +358,10 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [T, hidden] (already normed) -> logits [T, vocab] in float32."""
         head = self.lm_head
-        return head.method.apply(head, hidden).float()
+        logits = head.method.apply(head, hidden)
+        if self.gather_logits is not None:  # [T, vocab / n] per rank, the padding cut off
+            logits = self.gather_logits(logits, -1)[:, : self.config.vocab_size]
+        return logits.float()
 
     @torch.no_grad()
     def load_weights(

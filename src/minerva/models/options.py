@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from minerva.attention import TorchAttention
 from minerva.attention.base import AttentionBackend
+from minerva.distributed import SINGLE, ParallelContext
 from minerva.ops.kernels import KernelSet, torch_kernels
 from minerva.quant.base import LinearMethod, QuantConfig
 from minerva.quant.registry import build_quant_config
@@ -19,6 +20,8 @@ class ModelOptions:
     attention: AttentionBackend = field(default_factory=TorchAttention)
     quant: QuantConfig | None = None
     """None: dense weights run by `kernels`."""
+    parallel: ParallelContext = SINGLE
+    """This rank's place in the tensor-parallel group (layers keep their share of the model)."""
 
     def __post_init__(self) -> None:
         if self.quant is None:

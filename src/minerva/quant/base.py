@@ -35,6 +35,8 @@ class LinearMethod:
     """Base class with the layered defaults; subclasses override what they do faster."""
 
     name = "linear"
+    tensor_parallel = False
+    """Whether a slice of a checkpoint tensor loads like the whole (models/linear.py shards)."""
 
     def create_weights(
         self,

@@ -15,6 +15,7 @@ from minerva.quant.base import LinearMethod, create_bias, shard_destination
 
 class DenseLinearMethod(LinearMethod):
     name = "dense"
+    tensor_parallel = True
 
     def __init__(self, kernels: KernelSet) -> None:
         self.linear = kernels.linear

@@ -5,8 +5,10 @@
     result = worker.wait(step)               # RunnerOutput (the step's one host sync)
 
 The engine sees only that step contract and the facts below (tokenizer, max_model_len,
-num_kv_blocks, ...). Tensor parallelism is N workers (rank, world_size); a speculative draft
-is a second Worker over another model config with the same block tables (num_kv_blocks given).
+num_kv_blocks, ...). Tensor parallelism is N workers (rank, world_size), one per process, in
+a process group set up by runner/parallel_worker.py: each holds 1/N of the model and runs every
+step (rank 0 is the one the engine reads). A speculative draft is a second Worker over another
+model config with the same block tables (num_kv_blocks given).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from minerva.attention import AttentionBackend, select_attention_backend
 from minerva.config import EngineConfig
+from minerva.distributed import ParallelContext
 from minerva.errors import ConfigError
 from minerva.loader import ModelSource
 from minerva.models import build_model
@@ -55,10 +58,11 @@ class Worker:
     ) -> None:
         """num_kv_blocks: size the KV cache to this many blocks instead of the memory budget
         (a second model sharing the first one's block tables)."""
-        if world_size != 1 or rank != 0:
-            raise ConfigError("tensor parallelism is not supported yet: use one device")
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.platform: Platform = resolve_platform(config.device.device)
+        self.parallel = ParallelContext(rank, world_size)
+        self.platform: Platform = resolve_platform(_rank_device(config.device.device, rank))
+        if self.parallel.is_parallel:
+            _check_parallel_config(config)
         if self.platform.kind == "cpu":
             set_num_threads(config.device.num_threads)
         if self.platform.kind == "cpu" and openmp_pools.LOAD_IN_PASSING_THREAD:
@@ -71,6 +75,8 @@ class Worker:
     def _build(self, progress: bool, num_kv_blocks: int | None) -> None:
         config = self.config
         self._open_model()
+        if self.parallel.is_parallel:
+            self._check_same_model()
         self.draft_config = self.draft_source = None
         if draft_model.uses_draft_model(config):
             self.draft_config, self.draft_source = draft_model.open_draft(
@@ -83,6 +89,7 @@ class Worker:
             quant=model_loading.quant_config_for(
                 self.source, config.model.quantization, self.kernels
             ),
+            parallel=self.parallel,
         )
         spec = self._kv_cache_spec()
         model_loading.check_model_fits(
@@ -92,7 +99,10 @@ class Worker:
         self.model = self._load_model(progress)
         self.weight_bytes = self.model.weight_bytes()
         self.activation_reserve = self._activation_reserve(spec)
-        self.num_kv_blocks = num_kv_blocks or self._plan_num_blocks(spec)
+        # every rank holds the same blocks: as many as the tightest one can
+        self.num_kv_blocks = num_kv_blocks or self.parallel.all_reduce_min(
+            self._plan_num_blocks(spec), self.platform.device
+        )
         self.kv_caches = allocate_kv_caches(spec, self.num_kv_blocks, self.platform.device)
         self.kv_cache_bytes = self.num_kv_blocks * spec.bytes_per_block
         self._log_memory(spec)
@@ -141,9 +151,11 @@ class Worker:
 
     @property
     def use_graphs(self) -> bool:
-        """CUDA graphs: on CUDA, with a graph-safe attention backend, unless enforce_eager."""
+        """CUDA graphs: on CUDA, with a graph-safe attention backend, unless enforce_eager;
+        not yet with tensor parallelism (NCCL inside a graph is untested)."""
         return (
             self.platform.is_cuda
+            and not self.parallel.is_parallel
             and self.attention.graph_safe
             and not self.config.device.enforce_eager
         )
@@ -162,6 +174,20 @@ class Worker:
         checkpoint_dtype = getattr(hf, "torch_dtype", None)
         self.dtype = resolve_dtype(self.platform, config.model.dtype, checkpoint_dtype)
         self.max_model_len = model_loading.check_lengths(config, hf)
+
+    def _check_same_model(self) -> None:
+        """Start-up check of a tensor-parallel group: every rank runs the same config on the
+        same model (a rank that read another folder or config would compute garbage)."""
+        hf = self.model_config
+        mine = (repr(sorted(self.config.flat().items())), repr(sorted(vars(hf).items())))
+        mine += (str(self.dtype), self.max_model_len)
+        views = self.parallel.all_gather_object(mine)
+        for rank, view in enumerate(views):
+            if view != views[0]:
+                raise ConfigError(
+                    f"tensor-parallel rank {rank} sees another model or config than rank 0: "
+                    "give every rank the same model files and settings"
+                )
 
     def _choose_kernels(self) -> tuple[AttentionBackend, KernelSet]:
         """The attention backend, then the kernel set: the fused Triton kernels only with a
@@ -183,7 +209,7 @@ class Worker:
         hf = self.model_config
         return KVCacheSpec(
             num_layers=hf.num_hidden_layers,
-            num_kv_heads=hf.num_key_value_heads,
+            num_kv_heads=hf.num_key_value_heads // self.world_size,  # this rank's heads
             head_dim=hf.head_dim,
             block_size=self.config.cache.block_size,
             dtype=resolve_kv_cache_dtype(
@@ -315,3 +341,27 @@ class Worker:
             )
             verify.capture()
         return graphs, prefill, verify
+
+
+def _rank_device(device: str, rank: int) -> str:
+    """Rank r of a tensor-parallel group on CUDA uses GPU r (device cuda / auto); rank 0 and
+    every other device keep the configured one."""
+    if rank == 0 or device not in ("auto", "cuda") or not torch.cuda.is_available():
+        return device
+    return f"cuda:{rank}"
+
+
+def _check_parallel_config(config: EngineConfig) -> None:
+    """What tensor parallelism does not run yet, refused before anything loads."""
+    n = config.device.tensor_parallel_size
+    if config.model.quantization is not None or str(config.model.model or "").endswith(".gguf"):
+        raise ConfigError(
+            f"tensor_parallel_size={n} runs float (dense) safetensors models only, not GGUF or "
+            "quantization: drop quantization / use the float model, or tensor_parallel_size=1"
+        )
+    spec = config.speculative
+    if spec.num_speculative_tokens > 0 and spec.speculative_method == "draft":
+        raise ConfigError(
+            f"tensor_parallel_size={n} does not run a draft model yet: use "
+            "speculative_method=ngram, num_speculative_tokens=0, or tensor_parallel_size=1"
+        )

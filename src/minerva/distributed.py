@@ -1,0 +1,136 @@
+"""The tensor-parallel process group: which rank this process is, how many there are, and the
+collectives the model needs (sum all-reduce, all-gather along a dim, the minimum of an int,
+objects gathered for the start-up check). Every collective is a no-op at world size 1, where
+the layers do not even call them (their `all_reduce` hooks are None).
+
+Ranks of one engine run on one machine: rank 0 (the engine's process) hosts the TCP store the
+others connect to; gloo on the CPU, NCCL on CUDA (the same code path; NCCL is untested here).
+A collective whose peer died raises (gloo: at once; both: after `timeout`) instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from minerva.errors import ConfigError, MinervaError
+
+STORE_HOST = "127.0.0.1"
+
+
+class DistributedError(MinervaError):
+    """A rank of a tensor-parallel engine died, hung past the timeout or failed to start."""
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """This process's place in the tensor-parallel group (rank 0 of 1: no parallelism)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_parallel(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, size: int, what: str) -> int:
+        """size / world_size, or a ConfigError naming `what` when it does not divide."""
+        if size % self.world_size:
+            raise ConfigError(
+                f"tensor_parallel_size={self.world_size} does not divide the model's {what} "
+                f"({size}): use a tensor_parallel_size that divides it"
+            )
+        return size // self.world_size
+
+    def padded_shard(self, size: int) -> int:
+        """Rows per rank of a dimension split with padding (the vocabulary): ceil(size / n)."""
+        return -(-size // self.world_size)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of `x` over the ranks, in place; returns x."""
+        if self.world_size > 1:
+            dist.all_reduce(x)
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Every rank's `x` concatenated along `dim`, in rank order."""
+        if self.world_size == 1:
+            return x
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(self.world_size)]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=dim)
+
+    def all_reduce_min(self, value: int, device: torch.device) -> int:
+        """The smallest of every rank's `value` (the KV blocks every rank can hold)."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    def all_gather_object(self, obj: object) -> list[object]:
+        """Every rank's picklable `obj`, in rank order."""
+        if self.world_size == 1:
+            return [obj]
+        out: list[object] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+SINGLE = ParallelContext()
+
+
+def backend_for(device_type: str) -> str:
+    """NCCL between CUDA devices, gloo on the CPU (MPS has no collective backend)."""
+    if device_type == "cuda":
+        return "nccl"
+    if device_type == "cpu":
+        return "gloo"
+    raise ConfigError(
+        f"tensor parallelism runs on cuda or cpu, not {device_type}: use tensor_parallel_size=1"
+    )
+
+
+def create_store(world_size: int, timeout: float) -> dist.TCPStore:
+    """Rank 0's rendezvous store on a free local port (its `.port` goes to the other ranks)."""
+    return dist.TCPStore(
+        STORE_HOST,
+        0,
+        world_size,
+        is_master=True,
+        timeout=datetime.timedelta(seconds=timeout),
+        wait_for_workers=False,  # they connect once spawned
+    )
+
+
+def init_process_group(
+    rank: int,
+    world_size: int,
+    device_type: str,
+    port: int,
+    timeout: float,
+    store: dist.TCPStore | None = None,
+) -> ParallelContext:
+    """Join the group (rank 0 passes the store it created, the others its port)."""
+    if dist.is_initialized():
+        raise DistributedError(
+            "this process already belongs to a process group: close the other tensor-parallel "
+            "engine (LLM.close()) before starting one"
+        )
+    delta = datetime.timedelta(seconds=timeout)
+    if store is None:
+        store = dist.TCPStore(STORE_HOST, port, world_size, is_master=False, timeout=delta)
+    dist.init_process_group(
+        backend_for(device_type), store=store, rank=rank, world_size=world_size, timeout=delta
+    )
+    return ParallelContext(rank, world_size)
+
+
+def destroy_process_group() -> None:
+    """Leave the group (no-op when there is none)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
