@@ -34,9 +34,13 @@ from minerva.platform import resolve_platform
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
 from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.rank_process import run_rank
-from minerva.runner.worker import Worker
+from minerva.runner import model_loading
+from minerva.runner.worker import Worker, check_tensor_parallel
 
 logger = logging.getLogger(__name__)
+
+START_TIMEOUT = 120.0
+"""Seconds a spawned rank gets at least to import torch and report (a loaded host is slow)."""
 
 _DIED_WAIT = 2.0
 """Seconds to let a rank that broke a collective finish dying (and say why) before reporting."""
@@ -89,6 +93,7 @@ class ParallelWorker:
         self.config = config
         self.world_size = n = config.device.tensor_parallel_size
         self.timeout = config.device.parallel_timeout
+        check_tensor_parallel(config, model_loading.open_model_source(config).config)
         device_type = resolve_platform(config.device.device).kind
         store = create_store(n, self.timeout)
         context = mp.get_context("spawn")
@@ -154,7 +159,7 @@ class ParallelWorker:
         """Every rank says `stage`: "started" (spawned and imported: the group can form) and
         "ready" (its Worker built; it met rank 0 in the start-up collectives, so this is quick).
         A rank that dies or stays silent past the timeout fails the start."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + max(self.timeout, START_TIMEOUT)
         for r in self._ranks:
             while not r.conn.poll(0.1):
                 if not r.process.is_alive() or time.monotonic() > deadline:
@@ -197,9 +202,12 @@ class ParallelWorker:
         if dead:
             what = "; ".join(r.describe() for r in dead)
         elif cause is not None:
-            what = f"rank 0's collective failed: {cause}"
+            what = (
+                f"rank 0's collective failed: {cause}; a rank alive but stuck for "
+                f"parallel_timeout={self.timeout:g}s ends like this"
+            )
         else:
-            what = "a rank did not answer within parallel_timeout"
+            what = f"a rank did not answer within parallel_timeout={self.timeout:g}s"
         return DistributedError(
             f"the tensor-parallel engine failed ({what}); restart the engine (a supervisor "
             "restarts `minerva serve`, which exits non-zero)"
@@ -207,7 +215,7 @@ class ParallelWorker:
 
 
 def _close(ranks: list[_Rank]) -> None:
-    """Ask every rank to stop, terminate the ones that do not, leave the group."""
+    """Ask every rank to stop, leave the group, kill the ranks that do not stop."""
     for r in ranks:
         try:
             r.conn.send(("stop", None))
@@ -215,8 +223,8 @@ def _close(ranks: list[_Rank]) -> None:
             pass
     destroy_process_group()  # a rank still inside a collective sees it fail
     for r in ranks:
-        r.process.join(5.0)
+        r.process.join(3.0)
         if r.process.is_alive():
-            r.process.terminate()
+            r.process.kill()  # SIGKILL: a stopped or hung process ignores SIGTERM
             r.process.join(5.0)
         r.conn.close()

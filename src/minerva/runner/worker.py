@@ -351,6 +351,16 @@ def _rank_device(device: str, rank: int) -> str:
     return f"cuda:{rank}"
 
 
+def check_tensor_parallel(config: EngineConfig, hf) -> None:
+    """Refuse, before any rank starts, a model the group cannot split (whole heads, KV heads
+    and MLP columns per rank) or a configuration it does not run yet."""
+    parallel = ParallelContext(0, config.device.tensor_parallel_size)
+    _check_parallel_config(config)
+    parallel.shard(hf.num_attention_heads, "num_attention_heads")
+    parallel.shard(hf.num_key_value_heads, "num_key_value_heads")
+    parallel.shard(hf.intermediate_size, "intermediate_size")
+
+
 def _check_parallel_config(config: EngineConfig) -> None:
     """What tensor parallelism does not run yet, refused before anything loads."""
     n = config.device.tensor_parallel_size

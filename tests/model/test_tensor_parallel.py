@@ -1,0 +1,142 @@
+"""Tensor parallelism on the CPU: two ranks (this process and a spawned one, gloo) against one
+device on the same tiny random weights: logits within fp32 tolerance, greedy and seeded
+sampled tokens identical, prompt scores equal; a rank killed or hung fails the engine with a
+DistributedError naming it instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from minerva import LLM, SamplingParams
+from minerva.distributed import DistributedError
+from tests.tiny_models import build_tiny_model
+
+ARCHS = {
+    # an odd vocabulary (padded shards), tied embeddings, biases in q/k/v, o_proj and the MLP
+    "llama": ("llama", dict(vocab_size=251, tie_word_embeddings=True, attention_bias=True,
+                            mlp_bias=True)),  # fmt: skip
+    "mistral": ("mistral", dict(sliding_window=8)),  # prompts longer than the window
+    "qwen2": ("qwen2", {}),  # bias in qkv only
+}
+PROMPTS = [list(range(3, 23)), [40, 41, 42, 43, 44]]
+OPTIONS = dict(device="cpu", dtype="float32", block_size=4, num_threads=1, progress=False)
+
+
+def _run(path, tp: int, **extra) -> dict:
+    """Greedy tokens with each step's logits, seeded sampled tokens, prompt scores."""
+    llm = LLM(model=str(path), tensor_parallel_size=tp, **OPTIONS, **extra)
+    try:
+        runner = llm.engine.worker.runner  # rank 0's
+        runner.captured_logits = []
+        greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+        tokens = [o.token_ids for o in llm.generate(PROMPTS, greedy)]
+        logits = runner.captured_logits
+        runner.captured_logits = None
+        sampled = SamplingParams(max_tokens=6, temperature=0.9, top_p=0.95, seed=11, n=2,
+                                 ignore_eos=True)  # fmt: skip
+        samples = [[c.token_ids for c in o.outputs] for o in llm.generate(PROMPTS, sampled)]
+        return dict(
+            tokens=tokens, logits=logits, samples=samples, score=llm.engine.score(PROMPTS[0])
+        )
+    finally:
+        llm.close()
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def runs(request, tmp_path_factory):
+    arch, overrides = ARCHS[request.param]
+    path = tmp_path_factory.mktemp(f"tp-{request.param}")
+    build_tiny_model(path, arch, seed=3, **overrides)
+    return _run(path, 1), _run(path, 2)
+
+
+def test_logits_match_one_device(runs):
+    one, two = runs
+    assert len(one["logits"]) == len(two["logits"]) > 0
+    for a, b in zip(one["logits"], two["logits"]):
+        assert a.shape == b.shape
+        assert (a - b).abs().max().item() < 1e-4
+
+
+def test_greedy_and_seeded_tokens_identical(runs):
+    one, two = runs
+    assert one["tokens"] == two["tokens"]
+    assert one["samples"] == two["samples"]
+    assert one["samples"][0][0] != one["samples"][0][1]  # the two seeds differ: not greedy
+
+
+def test_prompt_scores_match(runs):
+    one, two = runs
+    assert max(abs(a - b) for a, b in zip(one["score"], two["score"])) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def llama_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tp-fail")
+    build_tiny_model(path, "llama", seed=3)
+    return path
+
+
+def _generate_in_thread(llm: LLM) -> tuple[threading.Thread, list]:
+    """llm.generate on a thread, its exception (or None) in the returned list."""
+    outcome: list = []
+
+    def go() -> None:
+        try:
+            llm.generate([PROMPTS[0]], SamplingParams(max_tokens=4, temperature=0.0))
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            outcome.append(e)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_killed_rank_fails_the_engine_with_its_name(llama_path):
+    """Rank 1 killed while rank 0 waits for it inside the step's collectives."""
+    llm = LLM(model=str(llama_path), tensor_parallel_size=2, parallel_timeout=60, **OPTIONS)
+    try:
+        rank1 = llm.engine.worker._ranks[0].process
+        os.kill(rank1.pid, signal.SIGSTOP)  # frozen: rank 0 blocks in its first all-reduce
+        thread, outcome = _generate_in_thread(llm)
+        time.sleep(0.5)
+        os.kill(rank1.pid, signal.SIGKILL)
+        thread.join(60)  # a liveness bound, not a speed check: it fails within ~1 s
+        assert outcome, "the engine hung after its rank died"
+        error = outcome[0]
+        assert isinstance(error, DistributedError)
+        assert "tensor-parallel rank 1" in str(error) and "exited with code -9" in str(error)
+        with pytest.raises(DistributedError, match="rank 1"):  # and stays failed
+            llm.generate([PROMPTS[1]], SamplingParams(max_tokens=2))
+    finally:
+        llm.close()
+
+
+def test_hung_rank_times_out(llama_path):
+    # a collective timeout of 5 s: the start-up's collectives, between ranks doing the same
+    # tiny work, meet well within it
+    llm = LLM(model=str(llama_path), tensor_parallel_size=2, parallel_timeout=5, **OPTIONS)
+    try:
+        rank1 = llm.engine.worker._ranks[0].process
+        os.kill(rank1.pid, signal.SIGSTOP)
+        thread, outcome = _generate_in_thread(llm)
+        thread.join(60)
+        assert outcome, "the engine hung with a stopped rank"
+        assert isinstance(outcome[0], DistributedError)
+        assert "parallel_timeout" in str(outcome[0])
+    finally:
+        llm.close()  # kills the stopped rank
+
+
+def test_config_errors_reach_the_caller(llama_path):
+    """Every rank refuses alike; the caller gets the ConfigError, not a broken collective."""
+    from minerva.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="does not divide the model's num_attention_heads"):
+        LLM(model=str(llama_path), tensor_parallel_size=3, **OPTIONS)
