@@ -18,8 +18,10 @@ from tests.tiny_models import build_tiny_model
 
 ARCHS = {
     # an odd vocabulary (padded shards), tied embeddings, biases in q/k/v, o_proj and the MLP
-    "llama": ("llama", dict(vocab_size=251, tie_word_embeddings=True, attention_bias=True,
-                            mlp_bias=True)),  # fmt: skip
+    "llama": (
+        "llama",
+        dict(vocab_size=251, tie_word_embeddings=True, attention_bias=True, mlp_bias=True),
+    ),  # fmt: skip
     "mistral": ("mistral", dict(sliding_window=8)),  # prompts longer than the window
     "qwen2": ("qwen2", {}),  # bias in qkv only
 }

@@ -32,9 +32,9 @@ from minerva.distributed import (
 from minerva.errors import MinervaError
 from minerva.platform import resolve_platform
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
+from minerva.runner import model_loading
 from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.rank_process import run_rank
-from minerva.runner import model_loading
 from minerva.runner.worker import Worker, check_tensor_parallel
 
 logger = logging.getLogger(__name__)
