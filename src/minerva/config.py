@@ -51,6 +51,7 @@ BACKEND_NAMES = ("minerva", "llamacpp", "mistralrs", "mlx")
 """The engines ``backend`` chooses from (minerva.backends.BACKENDS maps each to its loader)."""
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICES_RE = re.compile(r"^\d+(,\d+)*$")
 
 
 def _is_power_of_two(v: int) -> bool:
@@ -155,6 +156,12 @@ class DeviceConfig:
         "vocabulary and run every step together (NCCL on CUDA, gloo on the CPU); float "
         "safetensors models only.",
         ge=1, le=64,
+    )  # fmt: skip
+    devices: str | None = Field(
+        None,
+        "CUDA devices of the tensor-parallel ranks in rank order, e.g. 0,1 or 2,3 (default: "
+        "0..tensor_parallel_size-1).",
+        check=lambda v: bool(_DEVICES_RE.match(v)), allowed="GPU indices such as 0,1",
     )  # fmt: skip
     parallel_timeout: float = Field(
         300.0,
@@ -385,12 +392,27 @@ class EngineConfig:
                 "enable_chunked_prefill=false (a whole prompt must fit one step): raise "
                 "max_num_batched_tokens or enable chunked prefill"
             )
-        return found + _speculative_problems(values)
+        return found + _speculative_problems(values) + _parallel_problems(values)
 
     def validate(self) -> None:
         """Raise ConfigError listing every problem (key, value, what is allowed)."""
         if found := self.problems():
             raise config_error(found)
+
+
+def _parallel_problems(values: dict[str, Any]) -> list[str]:
+    """devices must name one distinct GPU per tensor-parallel rank."""
+    devices, n = values["devices"], values["tensor_parallel_size"]
+    if devices is None:
+        return []
+    ids = devices.split(",")
+    if len(ids) != n or len(set(ids)) != n:
+        return [
+            f"devices={devices!r} names {len(set(ids))} distinct GPUs for tensor_parallel_size="
+            f"{n}: give one distinct GPU index per rank, e.g. devices="
+            + ",".join(map(str, range(n)))
+        ]
+    return []
 
 
 def _speculative_problems(values: dict[str, Any]) -> list[str]:

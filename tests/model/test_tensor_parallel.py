@@ -14,6 +14,8 @@ import pytest
 
 from minerva import LLM, SamplingParams
 from minerva.distributed import DistributedError
+from minerva.errors import RequestError
+from minerva.sampling_params import StructuredOutputs
 from tests.tiny_models import build_tiny_model
 
 ARCHS = {
@@ -104,6 +106,9 @@ def test_killed_rank_fails_the_engine_with_its_name(llama_path):
     """Rank 1 killed while rank 0 waits for it inside the step's collectives."""
     llm = LLM(model=str(llama_path), tensor_parallel_size=2, parallel_timeout=60, **OPTIONS)
     try:
+        json = SamplingParams(structured=StructuredOutputs(json_object=True))
+        with pytest.raises(RequestError, match="tensor_parallel_size > 1"):  # refused up front
+            llm.engine.add_request([5, 6, 7], json)
         rank1 = llm.engine.worker._ranks[0].process
         os.kill(rank1.pid, signal.SIGSTOP)  # frozen: rank 0 blocks in its first all-reduce
         thread, outcome = _generate_in_thread(llm)

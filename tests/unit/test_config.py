@@ -69,7 +69,14 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
             "weight_cache_size",
         },
         "device": {"device", "num_threads", "attention_backend", "enforce_eager"}
-        | {"fused_kernels", "pdl", "cpu_kernels", "tensor_parallel_size", "parallel_timeout"},
+        | {
+            "fused_kernels",
+            "pdl",
+            "cpu_kernels",
+            "tensor_parallel_size",
+            "devices",
+            "parallel_timeout",
+        },
         "cache": {"block_size", "memory_fraction", "kv_cache_memory", "num_kv_blocks"}
         | {"kv_cache_tokens", "memory_limit", "kv_cache_dtype", "enable_prefix_caching"},
         "scheduler": {"max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill"}

@@ -107,3 +107,12 @@ def test_world_size_one_layers_are_unchanged():
     assert type(emb) is Embedding and emb.weight.shape == (7, 4)
     mlp = GatedMLP(16, 9, False, F32, torch_kernels(), UniformQuantConfig(_dense()), "m")
     assert mlp.all_reduce is None and mlp.gate_up_proj.out_features == 18
+
+
+def test_devices_name_one_gpu_per_rank():
+    from minerva.config import EngineConfig
+
+    assert EngineConfig.from_kwargs(tensor_parallel_size=2, devices="2,3").device.devices == "2,3"
+    for bad in ("0", "1,1", "0,1,2"):
+        with pytest.raises(ConfigError, match="one distinct GPU index per rank"):
+            EngineConfig.from_kwargs(tensor_parallel_size=2, devices=bad)

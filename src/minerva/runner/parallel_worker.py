@@ -15,6 +15,7 @@ then gets a DistributedError naming the rank, its exit code and the error it rep
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import weakref
 from multiprocessing.connection import Connection
@@ -172,12 +173,17 @@ class ParallelWorker:
                 raise self._failure(None)
 
     def _send(self, message: tuple) -> None:
+        """One call for every other rank: pickled once, sent to each."""
+        try:
+            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - nothing was sent: the ranks are still in step
+            raise DistributedError(f"a call could not be sent to the other ranks: {e}") from e
         for r in self._ranks:
             if not r.process.is_alive():
                 raise self._failure(None)
         try:
             for r in self._ranks:
-                r.conn.send(message)
+                r.conn.send_bytes(data)
         except OSError:
             raise self._failure(None) from None
 
@@ -216,9 +222,10 @@ class ParallelWorker:
 
 def _close(ranks: list[_Rank]) -> None:
     """Ask every rank to stop, leave the group, kill the ranks that do not stop."""
+    stop = pickle.dumps(("stop", None))
     for r in ranks:
         try:
-            r.conn.send(("stop", None))
+            r.conn.send_bytes(stop)
         except OSError:
             pass
     destroy_process_group()  # a rank still inside a collective sees it fail

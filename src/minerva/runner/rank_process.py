@@ -10,6 +10,7 @@ ends it quietly.
 from __future__ import annotations
 
 import os
+import pickle
 import traceback
 from collections import deque
 from multiprocessing.connection import Connection
@@ -54,7 +55,7 @@ def _serve(worker, conn: Connection) -> None:
     """Each message is one call rank 0 makes; launched steps are waited for in order."""
     launched: deque = deque()
     while True:
-        kind, payload = conn.recv()
+        kind, payload = pickle.loads(conn.recv_bytes())
         if kind == "launch":
             launched.append(worker.launch(payload))
         elif kind == "wait":

@@ -60,7 +60,7 @@ class Worker:
         (a second model sharing the first one's block tables)."""
         self.config, self.rank, self.world_size = config, rank, world_size
         self.parallel = ParallelContext(rank, world_size)
-        self.platform: Platform = resolve_platform(_rank_device(config.device.device, rank))
+        self.platform: Platform = resolve_platform(_rank_device(config.device, rank))
         if self.parallel.is_parallel:
             _check_parallel_config(config)
         if self.platform.kind == "cpu":
@@ -343,12 +343,14 @@ class Worker:
         return graphs, prefill, verify
 
 
-def _rank_device(device: str, rank: int) -> str:
-    """Rank r of a tensor-parallel group on CUDA uses GPU r (device cuda / auto); rank 0 and
-    every other device keep the configured one."""
-    if rank == 0 or device not in ("auto", "cuda") or not torch.cuda.is_available():
+def _rank_device(device_config, rank: int) -> str:
+    """Rank r of a tensor-parallel group on CUDA uses GPU devices[r], or GPU r (device cuda /
+    auto); one device and the CPU keep the configured device."""
+    device, devices = device_config.device, device_config.devices
+    parallel = device_config.tensor_parallel_size > 1
+    if not parallel or device not in ("auto", "cuda") or not torch.cuda.is_available():
         return device
-    return f"cuda:{rank}"
+    return f"cuda:{devices.split(',')[rank] if devices else rank}"
 
 
 def check_tensor_parallel(config: EngineConfig, hf) -> None:
