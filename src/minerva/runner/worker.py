@@ -25,7 +25,13 @@ from minerva.loader import ModelSource
 from minerva.models import build_model
 from minerva.models.options import ModelOptions
 from minerva.ops.kernels import KernelSet, select_kernels
-from minerva.platform import Platform, resolve_dtype, resolve_platform, set_num_threads
+from minerva.platform import (
+    Platform,
+    default_num_threads,
+    resolve_dtype,
+    resolve_platform,
+    set_num_threads,
+)
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
 from minerva.runner import draft_model, model_loading, openmp_pools
 from minerva.runner.cuda_graphs import CudaGraphRunner
@@ -64,7 +70,12 @@ class Worker:
         if self.parallel.is_parallel:
             _check_parallel_config(config)
         if self.platform.kind == "cpu":
-            set_num_threads(config.device.num_threads)
+            threads = config.device.num_threads
+            if threads is None and world_size > 1:  # the ranks share the cores
+                threads = max(1, default_num_threads() // world_size)
+            set_num_threads(threads)
+        elif self.platform.is_cuda and world_size > 1:
+            torch.cuda.set_device(self.platform.device)  # NCCL's object collectives use it
         if self.platform.kind == "cpu" and openmp_pools.LOAD_IN_PASSING_THREAD:
             # OpenMP work of loading in a thread that exits, so that the thread that steps
             # the engine owns the process's only pool (openmp_pools.py says why)
