@@ -157,6 +157,13 @@ class DeviceConfig:
         "safetensors models only.",
         ge=1, le=64,
     )  # fmt: skip
+    pipeline_parallel_size: int = Field(
+        1,
+        "Processes (one per GPU) that each run a contiguous run of the model's layers, the "
+        "hidden state passed from one to the next (float safetensors models; one step at a "
+        "time, no micro-batches yet: fits bigger models, not faster).",
+        ge=1, le=64,
+    )  # fmt: skip
     devices: str | None = Field(
         None,
         "CUDA devices of the tensor-parallel ranks in rank order, e.g. 0,1 or 2,3 (default: "
@@ -401,16 +408,21 @@ class EngineConfig:
 
 
 def _parallel_problems(values: dict[str, Any]) -> list[str]:
-    """devices must name one distinct GPU per tensor-parallel rank."""
-    devices, n = values["devices"], values["tensor_parallel_size"]
+    """One kind of parallelism at a time; devices names one distinct GPU per rank."""
+    tp, pp = values["tensor_parallel_size"], values["pipeline_parallel_size"]
+    if tp > 1 and pp > 1:
+        return [
+            f"tensor_parallel_size={tp} with pipeline_parallel_size={pp}: both at once are not "
+            "supported yet; set one of them to 1"
+        ]
+    devices, n = values["devices"], tp * pp
     if devices is None:
         return []
     ids = devices.split(",")
     if len(ids) != n or len(set(ids)) != n:
         return [
-            f"devices={devices!r} names {len(set(ids))} distinct GPUs for tensor_parallel_size="
-            f"{n}: give one distinct GPU index per rank, e.g. devices="
-            + ",".join(map(str, range(n)))
+            f"devices={devices!r} names {len(set(ids))} distinct GPUs for {n} parallel ranks: "
+            "give one distinct GPU index per rank, e.g. devices=" + ",".join(map(str, range(n)))
         ]
     return []
 

@@ -107,19 +107,6 @@ def _prefix_cache_n(value: Any) -> bool:
     return to_bool(text)
 
 
-def _only_one(what: str) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        try:
-            n = int(str(value).strip())
-        except ValueError:
-            raise ValueError("must be an integer") from None
-        if n != 1:
-            raise ValueError(f"{what} is not supported yet: Minerva runs one device (set 1)")
-        return NO_EFFECT
-
-    return check
-
-
 def _false_means_gpu_off(value: Any) -> Any:
     return NO_EFFECT if to_bool(value) else "cpu"
 
@@ -207,9 +194,8 @@ ALIAS_TABLE: tuple[Alias, ...] = (
             "true = CUDA graphs (enforce_eager=false), false = eager", "false", True, _negated),
     _mapped("MISTRAL_TENSOR_PARALLEL_SIZE", "performance.tensor_parallel_size",
             "tensor_parallel_size", "GPUs (processes) the model is split across", "2", 2),
-    _mapped("MISTRAL_PIPELINE_PARALLEL_SIZE", "performance.pipeline_parallel_size", None,
-            "1 only: one device per engine for now", "1", NO_EFFECT,
-            _only_one("pipeline parallelism")),
+    _mapped("MISTRAL_PIPELINE_PARALLEL_SIZE", "performance.pipeline_parallel_size",
+            "pipeline_parallel_size", "GPUs (processes) the layers are split across", "2", 2),
     _mapped("MISTRAL_NUM_THREADS", "resources.num_threads", "num_threads",
             "CPU threads; 0 = auto (the default thread count)", "0", None, _zero_is_auto),
     # -- prefix caching

@@ -134,3 +134,40 @@ def destroy_process_group() -> None:
     """Leave the group (no-op when there is none)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class PipelineContext:
+    """This process's stage of a pipeline-parallel group: a contiguous run of the layers; the
+    hidden state goes to the next stage, the last stage's logits back to every stage."""
+
+    rank: int
+    size: int
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    def layer_range(self, num_layers: int) -> tuple[int, int]:
+        """[start, end) of this stage's layers; the first stages take one more when the count
+        does not divide."""
+        base, extra = divmod(num_layers, self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def send_next(self, x: torch.Tensor) -> None:
+        dist.send(x.contiguous(), self.rank + 1)
+
+    def recv_prev(self, out: torch.Tensor) -> torch.Tensor:
+        dist.recv(out, self.rank - 1)
+        return out
+
+    def share_from_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's `x` on every stage (x: a buffer of the same shape elsewhere)."""
+        if x.numel():
+            dist.broadcast(x, self.size - 1)
+        return x

@@ -74,6 +74,7 @@ def test_every_field_has_one_line_help_and_default_matches_its_section():
             "pdl",
             "cpu_kernels",
             "tensor_parallel_size",
+            "pipeline_parallel_size",
             "devices",
             "parallel_timeout",
         },

@@ -215,9 +215,10 @@ def test_precedence_profile_toml_dotenv_env_flags(tmp_path):
 
 def test_bad_seed_values_name_the_variable():
     with pytest.raises(ConfigError) as exc:
-        load_config(env={"MISTRAL_PIPELINE_PARALLEL_SIZE": "2", "MISTRAL_MAX_BATCH_SIZE": "x"})
+        load_config(env={"MISTRAL_PIPELINE_PARALLEL_SIZE": "0", "MISTRAL_MAX_BATCH_SIZE": "x"})
     msg = str(exc.value)
-    assert "MISTRAL_PIPELINE_PARALLEL_SIZE='2': pipeline parallelism is not supported yet" in msg
+    want = "MISTRAL_PIPELINE_PARALLEL_SIZE='0' (-> pipeline_parallel_size): must be an integer"
+    assert want in msg
     assert "MISTRAL_MAX_BATCH_SIZE='x' (-> max_num_seqs): must be an integer" in msg
 
 

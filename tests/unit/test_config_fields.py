@@ -64,6 +64,7 @@ ALLOWED = {
     "step_timeout": ">= 0",
     "tensor_parallel_size": "an integer from 1 to 64",
     "parallel_timeout": "a positive number",
+    "pipeline_parallel_size": "an integer from 1 to 64",
     "devices": "GPU indices such as 0,1",
     "queue_timeout": ">= 0",
     "request_timeout": ">= 0",
@@ -94,7 +95,7 @@ BAD = {
     "memory_fraction": 1.5, "kv_cache_memory": 0, "max_model_len": 0, "num_threads": 0,
     "num_kv_blocks": -1, "kv_cache_tokens": 0, "memory_limit": "0G", "weight_cache_size": "0G", "max_num_seqs": 0, "max_num_batched_tokens": 0,
     "speculative_method": "eagle", "num_speculative_tokens": 17, "ngram_min": 0, "ngram_max": 0,
-    "step_timeout": -1, "queue_timeout": -1, "tensor_parallel_size": 0, "parallel_timeout": 0, "devices": "0;1", "request_timeout": -0.5,
+    "step_timeout": -1, "queue_timeout": -1, "tensor_parallel_size": 0, "parallel_timeout": 0, "pipeline_parallel_size": 65, "devices": "0;1", "request_timeout": -0.5,
     "backend": "vllm", "gpu_layers": -1, "flash_attention": "maybe", "llamacpp_contexts": 65,
     "mistralrs_paged_attn": "maybe", "mistralrs_prefix_cache_n": -1,
 }  # fmt: skip

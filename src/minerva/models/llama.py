@@ -15,7 +15,7 @@ from torch import nn
 
 from minerva.attention import AttentionMetadata
 from minerva.errors import ConfigError, ModelLoadError
-from minerva.models import llama_cpu_step
+from minerva.models import llama_cpu_step, pipeline
 from minerva.models.embedding import Embedding, VocabParallelEmbedding
 from minerva.models.layers import GatedMLP, RMSNorm
 from minerva.models.linear import (
@@ -178,9 +178,14 @@ class LlamaModel(nn.Module):
         else:
             self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, blocks)
         windows = layer_sliding_windows(config)
+        # a pipeline stage builds its own run of the layers (local index i - first)
+        first, end = 0, config.num_hidden_layers
+        if options.pipeline is not None:
+            first, end = options.pipeline.layer_range(config.num_hidden_layers)
+        self.first_layer, self.end_layer = first, end
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, windows[i], dtype, options, f"model.layers.{i}")
-            for i in range(config.num_hidden_layers)
+            for i in range(first, end)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype, options.kernels)
 
@@ -227,7 +232,8 @@ class LlamaForCausalLM(nn.Module):
         self.sin: torch.Tensor | None = None
         # Batch-1 steps with the glue folded into the GEMVs (the kernel set has them: CUDA).
         # Both fold whole blocks into one kernel, with no place for a rank's all-reduce.
-        single = not options.parallel.is_parallel
+        self.pipeline = options.pipeline
+        single = not options.parallel.is_parallel and options.pipeline is None
         self.one_token = options.kernels.one_token and single
         # Decode steps on the CPU as one C call (models/llama_cpu_step.py), built at first use.
         self.use_cpu_step = options.kernels.name == "cpu" and single
@@ -270,6 +276,9 @@ class LlamaForCausalLM(nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """input_ids, positions [num_tokens] -> logits [len(logits_indices), vocab] in float32."""
+        if self.pipeline is not None:
+            args = (input_ids, positions, kv_caches, meta, logits_indices)
+            return pipeline.forward(self, self.pipeline, *args)[0]
         x = None
         if self.use_cpu_step:  # the step reads the RoPE tables (and the embeddings) itself
             logits, x = self._cpu_decode(input_ids, positions, kv_caches, meta, logits_indices)
@@ -296,6 +305,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """forward, plus the final-norm hidden states of the `hidden_indices` tokens (pooling):
         (logits [len(logits_indices), vocab] float32, hidden [len(hidden_indices), hidden])."""
+        if self.pipeline is not None:
+            args = (input_ids, positions, kv_caches, meta, logits_indices, hidden_indices)
+            return pipeline.forward(self, self.pipeline, *args)
         x = self.model.embed_tokens(input_ids)  # [num_tokens, hidden]
         cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
         x, residual = self._layers(x, cos, sin, kv_caches, meta)
@@ -304,9 +316,11 @@ class LlamaForCausalLM(nn.Module):
         num_logits = logits_indices.shape[0]
         return self.compute_logits(x[:num_logits]), x[num_logits:]
 
-    def _layers(self, x, cos, sin, kv_caches, meta) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder layers: (output, residual stream), each [num_tokens, hidden]."""
-        residual = None
+    def _layers(
+        self, x, cos, sin, kv_caches, meta, residual=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder layers: (output, residual stream), each [num_tokens, hidden];
+        residual: the stream so far (a pipeline stage after the first), None at the start."""
         for layer, kv_cache in zip(self.model.layers, kv_caches):
             x, residual = layer(x, residual, cos, sin, kv_cache, meta)
         return x, residual
@@ -382,7 +396,12 @@ class LlamaForCausalLM(nn.Module):
             if not pending.get(target):
                 loaded.add(target)
         head_of_its_own = self.tie_word_embeddings and not self.shares_embedding
+        model = self.model
         for name, tensor in weights:
+            if self.pipeline is not None:  # another stage's layer, or this one's local name
+                name = pipeline.stage_name(name, model.first_layer, model.end_layer)
+                if name is None:
+                    continue
             if "rotary_emb" in name or (name == "lm_head.weight" and self.shares_embedding):
                 continue
             target, shard = self._target(name)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from minerva.attention import TorchAttention
 from minerva.attention.base import AttentionBackend
-from minerva.distributed import SINGLE, ParallelContext
+from minerva.distributed import SINGLE, ParallelContext, PipelineContext
 from minerva.ops.kernels import KernelSet, torch_kernels
 from minerva.quant.base import LinearMethod, QuantConfig
 from minerva.quant.registry import build_quant_config
@@ -22,6 +22,8 @@ class ModelOptions:
     """None: dense weights run by `kernels`."""
     parallel: ParallelContext = SINGLE
     """This rank's place in the tensor-parallel group (layers keep their share of the model)."""
+    pipeline: PipelineContext | None = None
+    """This rank's pipeline stage (the model keeps its run of layers); None: every layer."""
 
     def __post_init__(self) -> None:
         if self.quant is None:

@@ -35,8 +35,9 @@ from minerva.platform import resolve_platform
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
 from minerva.runner import model_loading
 from minerva.runner.model_runner import LaunchedStep
+from minerva.runner.parallel_checks import check_model, world_size_of
 from minerva.runner.rank_process import run_rank
-from minerva.runner.worker import Worker, check_tensor_parallel
+from minerva.runner.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ _NOT_STARTED = (
 
 def create_worker(config: EngineConfig, progress: bool = True) -> Worker | ParallelWorker:
     """The engine's worker: one Worker, or a tensor-parallel group of them."""
-    if config.device.tensor_parallel_size == 1:
+    if world_size_of(config) == 1:
         return Worker(config, progress=progress)
     return ParallelWorker(config, progress=progress)
 
@@ -82,7 +83,7 @@ class _Rank:
     def describe(self) -> str:
         code = self.process.exitcode
         state = "is running" if code is None else f"exited with code {code}"
-        words = f"tensor-parallel rank {self.rank} (pid {self.process.pid}) {state}"
+        words = f"parallel rank {self.rank} (pid {self.process.pid}) {state}"
         return f"{words}: {self.error}" if self.error else words
 
 
@@ -92,9 +93,9 @@ class ParallelWorker:
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         self.config = config
-        self.world_size = n = config.device.tensor_parallel_size
+        self.world_size = n = world_size_of(config)
         self.timeout = config.device.parallel_timeout
-        check_tensor_parallel(config, model_loading.open_model_source(config).config)
+        check_model(config, model_loading.open_model_source(config).config)
         device_type = resolve_platform(config.device.device).kind
         store = create_store(n, self.timeout)
         context = mp.get_context("spawn")
@@ -215,7 +216,7 @@ class ParallelWorker:
         else:
             what = f"a rank did not answer within parallel_timeout={self.timeout:g}s"
         return DistributedError(
-            f"the tensor-parallel engine failed ({what}); restart the engine (a supervisor "
+            f"the parallel engine failed ({what}); restart the engine (a supervisor "
             "restarts `minerva serve`, which exits non-zero)"
         )
 

@@ -19,7 +19,7 @@ import torch
 
 from minerva.attention import AttentionBackend, select_attention_backend
 from minerva.config import EngineConfig
-from minerva.distributed import ParallelContext
+from minerva.distributed import SINGLE, ParallelContext, PipelineContext
 from minerva.errors import ConfigError
 from minerva.loader import ModelSource
 from minerva.models import build_model
@@ -33,7 +33,7 @@ from minerva.platform import (
     set_num_threads,
 )
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
-from minerva.runner import draft_model, model_loading, openmp_pools
+from minerva.runner import draft_model, model_loading, openmp_pools, parallel_checks
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.kv_cache import (
     KVCacheSpec,
@@ -65,10 +65,13 @@ class Worker:
         """num_kv_blocks: size the KV cache to this many blocks instead of the memory budget
         (a second model sharing the first one's block tables)."""
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.parallel = ParallelContext(rank, world_size)
-        self.platform: Platform = resolve_platform(_rank_device(config.device, rank))
-        if self.parallel.is_parallel:
-            _check_parallel_config(config)
+        self.group = ParallelContext(rank, world_size)  # every rank: start-up checks, KV plan
+        tp, pp = config.device.tensor_parallel_size, config.device.pipeline_parallel_size
+        self.tensor_parallel = self.group if tp > 1 and world_size > 1 else SINGLE
+        self.pipeline = PipelineContext(rank, pp) if pp > 1 and world_size > 1 else None
+        self.platform: Platform = resolve_platform(parallel_checks.rank_device(config, rank))
+        if self.group.is_parallel:
+            parallel_checks.check_config(config)
         if self.platform.kind == "cpu":
             threads = config.device.num_threads
             if threads is None and world_size > 1:  # the ranks share the cores
@@ -86,8 +89,8 @@ class Worker:
     def _build(self, progress: bool, num_kv_blocks: int | None) -> None:
         config = self.config
         self._open_model()
-        if self.parallel.is_parallel:
-            self._check_same_model()
+        if self.group.is_parallel:
+            parallel_checks.check_same_model(self.group, config, self.model_config, self.dtype)
         self.draft_config = self.draft_source = None
         if draft_model.uses_draft_model(config):
             self.draft_config, self.draft_source = draft_model.open_draft(
@@ -100,7 +103,8 @@ class Worker:
             quant=model_loading.quant_config_for(
                 self.source, config.model.quantization, self.kernels
             ),
-            parallel=self.parallel,
+            parallel=self.tensor_parallel,
+            pipeline=self.pipeline,
         )
         spec = self._kv_cache_spec()
         model_loading.check_model_fits(
@@ -111,7 +115,7 @@ class Worker:
         self.weight_bytes = self.model.weight_bytes()
         self.activation_reserve = self._activation_reserve(spec)
         # every rank holds the same blocks: as many as the tightest one can
-        self.num_kv_blocks = num_kv_blocks or self.parallel.all_reduce_min(
+        self.num_kv_blocks = num_kv_blocks or self.group.all_reduce_min(
             self._plan_num_blocks(spec), self.platform.device
         )
         self.kv_caches = allocate_kv_caches(spec, self.num_kv_blocks, self.platform.device)
@@ -166,7 +170,7 @@ class Worker:
         not yet with tensor parallelism (NCCL inside a graph is untested)."""
         return (
             self.platform.is_cuda
-            and not self.parallel.is_parallel
+            and not self.group.is_parallel
             and self.attention.graph_safe
             and not self.config.device.enforce_eager
         )
@@ -186,20 +190,6 @@ class Worker:
         self.dtype = resolve_dtype(self.platform, config.model.dtype, checkpoint_dtype)
         self.max_model_len = model_loading.check_lengths(config, hf)
 
-    def _check_same_model(self) -> None:
-        """Start-up check of a tensor-parallel group: every rank runs the same config on the
-        same model (a rank that read another folder or config would compute garbage)."""
-        hf = self.model_config
-        mine = (repr(sorted(self.config.flat().items())), repr(sorted(vars(hf).items())))
-        mine += (str(self.dtype), self.max_model_len)
-        views = self.parallel.all_gather_object(mine)
-        for rank, view in enumerate(views):
-            if view != views[0]:
-                raise ConfigError(
-                    f"tensor-parallel rank {rank} sees another model or config than rank 0: "
-                    "give every rank the same model files and settings"
-                )
-
     def _choose_kernels(self) -> tuple[AttentionBackend, KernelSet]:
         """The attention backend, then the kernel set: the fused Triton kernels only with a
         graph-safe (Triton) backend, where the eager prefill is bound by the launch rate."""
@@ -218,9 +208,13 @@ class Worker:
 
     def _kv_cache_spec(self) -> KVCacheSpec:
         hf = self.model_config
+        num_layers = hf.num_hidden_layers
+        if self.pipeline is not None:  # this stage's layers
+            first, end = self.pipeline.layer_range(num_layers)
+            num_layers = end - first
         return KVCacheSpec(
-            num_layers=hf.num_hidden_layers,
-            num_kv_heads=hf.num_key_value_heads // self.world_size,  # this rank's heads
+            num_layers=num_layers,
+            num_kv_heads=hf.num_key_value_heads // self.tensor_parallel.world_size,
             head_dim=hf.head_dim,
             block_size=self.config.cache.block_size,
             dtype=resolve_kv_cache_dtype(
@@ -352,39 +346,3 @@ class Worker:
             )
             verify.capture()
         return graphs, prefill, verify
-
-
-def _rank_device(device_config, rank: int) -> str:
-    """Rank r of a tensor-parallel group on CUDA uses GPU devices[r], or GPU r (device cuda /
-    auto); one device and the CPU keep the configured device."""
-    device, devices = device_config.device, device_config.devices
-    parallel = device_config.tensor_parallel_size > 1
-    if not parallel or device not in ("auto", "cuda") or not torch.cuda.is_available():
-        return device
-    return f"cuda:{devices.split(',')[rank] if devices else rank}"
-
-
-def check_tensor_parallel(config: EngineConfig, hf) -> None:
-    """Refuse, before any rank starts, a model the group cannot split (whole heads, KV heads
-    and MLP columns per rank) or a configuration it does not run yet."""
-    parallel = ParallelContext(0, config.device.tensor_parallel_size)
-    _check_parallel_config(config)
-    parallel.shard(hf.num_attention_heads, "num_attention_heads")
-    parallel.shard(hf.num_key_value_heads, "num_key_value_heads")
-    parallel.shard(hf.intermediate_size, "intermediate_size")
-
-
-def _check_parallel_config(config: EngineConfig) -> None:
-    """What tensor parallelism does not run yet, refused before anything loads."""
-    n = config.device.tensor_parallel_size
-    if config.model.quantization is not None or str(config.model.model or "").endswith(".gguf"):
-        raise ConfigError(
-            f"tensor_parallel_size={n} runs float (dense) safetensors models only, not GGUF or "
-            "quantization: drop quantization / use the float model, or tensor_parallel_size=1"
-        )
-    spec = config.speculative
-    if spec.num_speculative_tokens > 0 and spec.speculative_method == "draft":
-        raise ConfigError(
-            f"tensor_parallel_size={n} does not run a draft model yet: use "
-            "speculative_method=ngram, num_speculative_tokens=0, or tensor_parallel_size=1"
-        )

@@ -116,3 +116,24 @@ def test_devices_name_one_gpu_per_rank():
     for bad in ("0", "1,1", "0,1,2"):
         with pytest.raises(ConfigError, match="one distinct GPU index per rank"):
             EngineConfig.from_kwargs(tensor_parallel_size=2, devices=bad)
+
+
+def test_pipeline_stages_split_the_layers_and_their_names():
+    from minerva.distributed import PipelineContext
+    from minerva.models.pipeline import stage_name
+
+    ranges = [PipelineContext(r, 3).layer_range(8) for r in range(3)]
+    assert ranges == [(0, 3), (3, 6), (6, 8)]  # contiguous, the first stages one more
+    assert stage_name("model.layers.4.mlp.down_proj.weight", 3, 6) == (
+        "model.layers.1.mlp.down_proj.weight"
+    )
+    assert stage_name("model.layers.14.mlp.down_proj.weight", 3, 6) is None
+    assert stage_name("model.layers.2.self_attn.q_proj.weight", 3, 6) is None
+    assert stage_name("model.embed_tokens.weight", 3, 6) == "model.embed_tokens.weight"
+
+
+def test_one_kind_of_parallelism_at_a_time():
+    from minerva.config import EngineConfig
+
+    with pytest.raises(ConfigError, match="both at once are not supported yet"):
+        EngineConfig.from_kwargs(tensor_parallel_size=2, pipeline_parallel_size=2)

@@ -1,7 +1,7 @@
-"""Tensor parallelism on the CPU: two ranks (this process and a spawned one, gloo) against one
-device on the same tiny random weights: logits within fp32 tolerance, greedy and seeded
-sampled tokens identical, prompt scores equal; a rank killed or hung fails the engine with a
-DistributedError naming it instead of hanging."""
+"""Tensor and pipeline parallelism on the CPU: two ranks (this process and a spawned one, gloo)
+against one device on the same tiny random weights: logits within fp32 tolerance, greedy and
+seeded sampled tokens identical, prompt scores and embeddings equal; a rank killed or hung fails
+the engine with a DistributedError naming it instead of hanging."""
 
 from __future__ import annotations
 
@@ -31,9 +31,14 @@ PROMPTS = [list(range(3, 23)), [40, 41, 42, 43, 44]]
 OPTIONS = dict(device="cpu", dtype="float32", block_size=4, num_threads=1, progress=False)
 
 
-def _run(path, tp: int, **extra) -> dict:
-    """Greedy tokens with each step's logits, seeded sampled tokens, prompt scores."""
-    llm = LLM(model=str(path), tensor_parallel_size=tp, **OPTIONS, **extra)
+LAYOUTS = {"one": {}, "tp2": dict(tensor_parallel_size=2), "pp2": dict(pipeline_parallel_size=2)}
+PIPELINE_ARCHS = ("llama",)  # one architecture is enough for the layer split: 2 spawns less
+
+
+def _run(path, **layout) -> dict:
+    """Greedy tokens with each step's logits, seeded sampled tokens, prompt scores, an
+    embedding (the pooled hidden state)."""
+    llm = LLM(model=str(path), **OPTIONS, **layout)
     try:
         runner = llm.engine.worker.runner  # rank 0's
         runner.captured_logits = []
@@ -45,7 +50,11 @@ def _run(path, tp: int, **extra) -> dict:
                                  ignore_eos=True)  # fmt: skip
         samples = [[c.token_ids for c in o.outputs] for o in llm.generate(PROMPTS, sampled)]
         return dict(
-            tokens=tokens, logits=logits, samples=samples, score=llm.engine.score(PROMPTS[0])
+            tokens=tokens,
+            logits=logits,
+            samples=samples,
+            score=llm.engine.score(PROMPTS[0]),
+            embedding=llm.embed([PROMPTS[1]])[0],
         )
     finally:
         llm.close()
@@ -56,27 +65,35 @@ def runs(request, tmp_path_factory):
     arch, overrides = ARCHS[request.param]
     path = tmp_path_factory.mktemp(f"tp-{request.param}")
     build_tiny_model(path, arch, seed=3, **overrides)
-    return _run(path, 1), _run(path, 2)
+    layouts = [n for n in LAYOUTS if n != "pp2" or request.param in PIPELINE_ARCHS]
+    return {name: _run(path, **LAYOUTS[name]) for name in layouts}
+
+
+def _pairs(runs):
+    """(one device, a parallel layout) for each parallel layout run."""
+    return [(runs["one"], runs[name]) for name in runs if name != "one"]
 
 
 def test_logits_match_one_device(runs):
-    one, two = runs
-    assert len(one["logits"]) == len(two["logits"]) > 0
-    for a, b in zip(one["logits"], two["logits"]):
-        assert a.shape == b.shape
-        assert (a - b).abs().max().item() < 1e-4
+    for one, other in _pairs(runs):
+        assert len(one["logits"]) == len(other["logits"]) > 0
+        for a, b in zip(one["logits"], other["logits"]):
+            assert a.shape == b.shape
+            assert (a - b).abs().max().item() < 1e-4
 
 
 def test_greedy_and_seeded_tokens_identical(runs):
-    one, two = runs
-    assert one["tokens"] == two["tokens"]
-    assert one["samples"] == two["samples"]
+    for one, other in _pairs(runs):
+        assert one["tokens"] == other["tokens"]
+        assert one["samples"] == other["samples"]
+    one = runs["one"]
     assert one["samples"][0][0] != one["samples"][0][1]  # the two seeds differ: not greedy
 
 
-def test_prompt_scores_match(runs):
-    one, two = runs
-    assert max(abs(a - b) for a, b in zip(one["score"], two["score"])) < 1e-4
+def test_prompt_scores_and_embeddings_match(runs):
+    for one, other in _pairs(runs):
+        assert max(abs(a - b) for a, b in zip(one["score"], other["score"])) < 1e-4
+        assert max(abs(a - b) for a, b in zip(one["embedding"], other["embedding"])) < 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +135,7 @@ def test_killed_rank_fails_the_engine_with_its_name(llama_path):
         assert outcome, "the engine hung after its rank died"
         error = outcome[0]
         assert isinstance(error, DistributedError)
-        assert "tensor-parallel rank 1" in str(error) and "exited with code -9" in str(error)
+        assert "parallel rank 1" in str(error) and "exited with code -9" in str(error)
         with pytest.raises(DistributedError, match="rank 1"):  # and stays failed
             llm.generate([PROMPTS[1]], SamplingParams(max_tokens=2))
     finally:
@@ -142,8 +159,10 @@ def test_hung_rank_times_out(llama_path):
 
 
 def test_config_errors_reach_the_caller(llama_path):
-    """Every rank refuses alike; the caller gets the ConfigError, not a broken collective."""
+    """Refused before any rank starts, with the fix."""
     from minerva.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not divide the model's num_attention_heads"):
         LLM(model=str(llama_path), tensor_parallel_size=3, **OPTIONS)
+    with pytest.raises(ConfigError, match="pipeline_parallel_size=3 is more than the model's 2"):
+        LLM(model=str(llama_path), pipeline_parallel_size=3, **OPTIONS)
