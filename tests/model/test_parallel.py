@@ -166,3 +166,21 @@ def test_config_errors_reach_the_caller(llama_path):
         LLM(model=str(llama_path), tensor_parallel_size=3, **OPTIONS)
     with pytest.raises(ConfigError, match="pipeline_parallel_size=3 is more than the model's 2"):
         LLM(model=str(llama_path), pipeline_parallel_size=3, **OPTIONS)
+
+
+def test_one_device_never_calls_a_collective(llama_path, monkeypatch):
+    """World size 1 runs no collective and no parallel layer: the single-device path is the
+    one it was (its logits against transformers are test_vs_transformers')."""
+    import torch.distributed as dist
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a collective ran on one device")
+
+    for name in ("all_reduce", "all_gather", "broadcast", "send", "recv", "all_gather_object"):
+        monkeypatch.setattr(dist, name, refuse)
+    llm = LLM(model=str(llama_path), **OPTIONS)
+    out = llm.generate(PROMPTS, SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True))
+    assert [len(o.outputs[0].token_ids) for o in out] == [3, 3]
+    model = llm.engine.worker.model
+    assert model.gather_logits is None and model.pipeline is None
+    assert all(layer.self_attn.all_reduce is None for layer in model.model.layers)
