@@ -1,11 +1,13 @@
-"""ParallelWorker: a tensor-parallel group of Workers behind the one-Worker step contract.
+"""ParallelWorker: a tensor- or pipeline-parallel group of Workers behind the one-Worker step
+contract.
 
 Rank 0 runs in the engine's process and is the Worker the engine reads; ranks 1..N-1 are
 spawned processes (runner/rank_process.py) that receive every call the engine makes (each
 step's plain-data SchedulerOutput, pickled over a pipe) and run the same forward, meeting rank 0
-in its collectives. Sampling needs no broadcast: the gathered logits are the same on every
-rank and the noise is counter-based (seed, token index), so every rank samples the same ids
-and their persistent batches stay in step.
+in its collectives. Sampling needs no broadcast: the logits are the same on every rank
+(gathered across a tensor-parallel group, sent from a pipeline's last stage) and the noise is
+counter-based (seed, token index), so every rank samples the same ids and their persistent
+batches stay in step.
 
 Failures never hang the engine: a rank that dies is seen before each call (its process polled)
 and inside a collective (gloo raises at once, any backend after parallel_timeout); the engine
@@ -50,13 +52,13 @@ _DIED_WAIT = 2.0
 
 _NOT_STARTED = (
     "it exited before it started (its error is on stderr); a script that starts a "
-    'tensor-parallel engine must guard its code with `if __name__ == "__main__":`, as '
+    'parallel engine must guard its code with `if __name__ == "__main__":`, as '
     "spawned processes import the script again"
 )
 
 
 def create_worker(config: EngineConfig, progress: bool = True) -> Worker | ParallelWorker:
-    """The engine's worker: one Worker, or a tensor-parallel group of them."""
+    """The engine's worker: one Worker, or a parallel group of them."""
     if world_size_of(config) == 1:
         return Worker(config, progress=progress)
     return ParallelWorker(config, progress=progress)
@@ -105,7 +107,7 @@ class ParallelWorker:
             process = context.Process(
                 target=run_rank,
                 args=(config, rank, n, device_type, store.port, self.timeout, theirs),
-                name=f"minerva-tp-rank{rank}",
+                name=f"minerva-rank{rank}",
                 daemon=True,  # never outlives the engine's process
             )
             process.start()
