@@ -184,3 +184,20 @@ def test_one_device_never_calls_a_collective(llama_path, monkeypatch):
     model = llm.engine.worker.model
     assert model.gather_logits is None and model.pipeline is None
     assert all(layer.self_attn.all_reduce is None for layer in model.model.layers)
+
+
+def test_draft_model_speculation_on_rank_zero(llama_path, tmp_path):
+    """A draft model (whole, on rank 0) proposing for a TP=2 target: greedy tokens equal the
+    one-device target's without speculation (verification keeps greedy exact)."""
+    draft = tmp_path / "draft"
+    build_tiny_model(draft, "llama", seed=4)  # another model: some proposals are rejected
+    greedy = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    one = LLM(model=str(llama_path), **OPTIONS)
+    want = [o.outputs[0].token_ids for o in one.generate(PROMPTS, greedy)]
+    spec = dict(num_speculative_tokens=2, draft_model=str(draft), speculative_adaptive=False)
+    llm = LLM(model=str(llama_path), tensor_parallel_size=2, **OPTIONS, **spec)
+    try:
+        assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy)] == want
+        assert llm.engine.stats().spec_decode.num_draft_tokens > 0
+    finally:
+        llm.close()

@@ -31,7 +31,11 @@ def draft_engine_config(config: EngineConfig, max_model_len: int) -> EngineConfi
         max_model_len=max_model_len,
     )
     spec = dataclasses.replace(config.speculative, num_speculative_tokens=0)
-    return dataclasses.replace(config, model=model, speculative=spec)
+    # whole, on rank 0's device, however the target is split
+    device = dataclasses.replace(
+        config.device, tensor_parallel_size=1, pipeline_parallel_size=1, devices=None
+    )
+    return dataclasses.replace(config, model=model, speculative=spec, device=device)
 
 
 def check_draft_matches(target: ModelSource, draft: ModelSource) -> None:

@@ -42,12 +42,6 @@ def check_config(config: EngineConfig) -> None:
             f"{what} runs float (dense) safetensors models only, not GGUF or quantization: drop "
             "quantization / use the float model, or run on one device"
         )
-    spec = config.speculative
-    if spec.num_speculative_tokens > 0 and spec.speculative_method == "draft":
-        raise ConfigError(
-            f"{what} does not run a draft model yet: use speculative_method=ngram, "
-            "num_speculative_tokens=0, or one device"
-        )
 
 
 def check_model(config: EngineConfig, hf) -> None:

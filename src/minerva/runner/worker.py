@@ -92,7 +92,8 @@ class Worker:
         if self.group.is_parallel:
             parallel_checks.check_same_model(self.group, config, self.model_config, self.dtype)
         self.draft_config = self.draft_source = None
-        if draft_model.uses_draft_model(config):
+        # the draft runs where the engine proposes: on rank 0 only, whole, on its device
+        if draft_model.uses_draft_model(config) and self.rank == 0:
             self.draft_config, self.draft_source = draft_model.open_draft(
                 config, self.source, self.max_model_len
             )
