@@ -64,6 +64,12 @@ class ParallelContext:
         dist.all_gather(parts, x)
         return torch.cat(parts, dim=dim)
 
+    def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank `src`'s `x` on every rank, in place; returns x."""
+        if self.world_size > 1:
+            dist.broadcast(x, src)
+        return x
+
     def all_reduce_min(self, value: int, device: torch.device) -> int:
         """The smallest of every rank's `value` (the KV blocks every rank can hold)."""
         if self.world_size == 1:

@@ -14,9 +14,8 @@ import pytest
 
 from minerva import LLM, SamplingParams
 from minerva.distributed import DistributedError
-from minerva.errors import RequestError
 from minerva.sampling_params import StructuredOutputs
-from tests.tiny_models import build_tiny_model
+from tests.tiny_models import build_tiny_model, build_tiny_text_model
 
 ARCHS = {
     # an odd vocabulary (padded shards), tied embeddings, biases in q/k/v, o_proj and the MLP
@@ -123,9 +122,6 @@ def test_killed_rank_fails_the_engine_with_its_name(llama_path):
     """Rank 1 killed while rank 0 waits for it inside the step's collectives."""
     llm = LLM(model=str(llama_path), tensor_parallel_size=2, parallel_timeout=60, **OPTIONS)
     try:
-        json = SamplingParams(structured=StructuredOutputs(json_object=True))
-        with pytest.raises(RequestError, match="tensor_parallel_size > 1"):  # refused up front
-            llm.engine.add_request([5, 6, 7], json)
         rank1 = llm.engine.worker._ranks[0].process
         os.kill(rank1.pid, signal.SIGSTOP)  # frozen: rank 0 blocks in its first all-reduce
         thread, outcome = _generate_in_thread(llm)
@@ -201,3 +197,24 @@ def test_draft_model_speculation_on_rank_zero(llama_path, tmp_path):
         assert llm.engine.stats().spec_decode.num_draft_tokens > 0
     finally:
         llm.close()
+
+
+def test_structured_outputs_and_token_healing_match_one_device(tmp_path):
+    """The grammar matchers live on rank 0; its bitmask reaches every rank, so sampled JSON
+    (seeded, not greedy: a rank without the mask would sample another token) is the same."""
+    path = build_tiny_text_model(tmp_path / "text", seed=2)
+    json = SamplingParams(max_tokens=12, temperature=1.0, seed=7, n=2,
+                          structured=StructuredOutputs(json_object=True))  # fmt: skip
+    healed = SamplingParams(max_tokens=6, temperature=0.0, token_healing=True)
+
+    def outputs(**layout) -> list:
+        llm = LLM(model=str(path), **OPTIONS, **layout)
+        try:
+            texts = [c.text for c in llm.generate(["Give JSON: "], json)[0].outputs]
+            return texts + [llm.generate(["The quick bro"], healed)[0].outputs[0].text]
+        finally:
+            llm.close()
+
+    one = outputs()
+    assert one[0] != one[1] and one[0].startswith("{")  # sampled, and constrained
+    assert outputs(tensor_parallel_size=2) == one

@@ -131,14 +131,6 @@ class LLMEngine:
         ids = prompt_token_ids if prompt_token_ids is not None else self.encode_prompt(prompt)
         checked = validate_request(ids, params, self.model_config.vocab_size, self.max_model_len)
         ids, params, max_tokens = checked.prompt_token_ids, checked.params, checked.max_tokens
-        if self.config.device.tensor_parallel_size > 1 and (
-            params.structured is not None or params.token_healing
-        ):  # the grammar matchers live in rank 0's process only
-            raise RequestError(
-                "structured outputs and token healing do not run with tensor_parallel_size > 1 "
-                "yet: drop them, or serve the model with tensor_parallel_size=1",
-                param="response_format" if params.structured is not None else "token_healing",
-            )
         constrained = self.constraints.prepare(ids, params)
         ids = constrained.prompt_token_ids
         seed = params.seed if params.seed is not None else self._seed_rng.getrandbits(63)

@@ -11,6 +11,7 @@ from the device.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,8 @@ class ModelRunner:
         self.sampler = Sampler()
         self.input_batch = InputBatch(block_size)
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
+        # a parallel group's bitmask broadcast (rank 0's matchers decide for every rank)
+        self.share_bitmask: Callable[[torch.Tensor], torch.Tensor] | None = None
         # The latest launch's sampled ids (on the device): the next step's inputs for tokens
         # the host has not read yet (each request's `sample_index` says which one).
         self._last_sampled: torch.Tensor | None = None
@@ -258,7 +261,8 @@ class ModelRunner:
         matchers = [s.matcher for s in states]
         if all(m is None for m in matchers):
             return None
-        return copy_to_device(torch.from_numpy(fill_bitmask(matchers, vocab_size)), self.device)
+        mask = copy_to_device(torch.from_numpy(fill_bitmask(matchers, vocab_size)), self.device)
+        return mask if self.share_bitmask is None else self.share_bitmask(mask)
 
     def _sampling_metadata(
         self, states: list[CachedRequestState], rows: list[int], out: SchedulerOutput, vocab: int

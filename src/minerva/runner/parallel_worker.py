@@ -36,6 +36,7 @@ from minerva.errors import MinervaError
 from minerva.platform import resolve_platform
 from minerva.request import Logprobs, RunnerOutput, SchedulerOutput
 from minerva.runner import model_loading
+from minerva.runner.mirrored_constraints import without_matchers
 from minerva.runner.model_runner import LaunchedStep
 from minerva.runner.parallel_checks import check_model, world_size_of
 from minerva.runner.rank_process import run_rank
@@ -134,7 +135,7 @@ class ParallelWorker:
 
     # -- the step contract ------------------------------------------------------------------
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
-        self._send(("launch", scheduled))
+        self._send(("launch", without_matchers(scheduled)))
         return self._guard(self.worker.launch, scheduled)
 
     def wait(self, step: LaunchedStep) -> RunnerOutput:
