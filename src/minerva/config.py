@@ -161,8 +161,9 @@ class DeviceConfig:
     pipeline_parallel_size: int = Field(
         1,
         "Processes (one per GPU) that each run a contiguous run of the model's layers, the "
-        "hidden state passed from one to the next (float safetensors models; one step at a "
-        "time, no micro-batches yet: fits bigger models, not faster).",
+        "hidden state passed from one to the next; with tensor_parallel_size T each stage is T "
+        "processes (float safetensors models; one step at a time, no micro-batches yet: fits "
+        "bigger models, not faster).",
         ge=1, le=64,
     )  # fmt: skip
     devices: str | None = Field(
@@ -409,13 +410,8 @@ class EngineConfig:
 
 
 def _parallel_problems(values: dict[str, Any]) -> list[str]:
-    """One kind of parallelism at a time; devices names one distinct GPU per rank."""
+    """devices names one distinct GPU per rank (tensor x pipeline parallel size)."""
     tp, pp = values["tensor_parallel_size"], values["pipeline_parallel_size"]
-    if tp > 1 and pp > 1:
-        return [
-            f"tensor_parallel_size={tp} with pipeline_parallel_size={pp}: both at once are not "
-            "supported yet; set one of them to 1"
-        ]
     devices, n = values["devices"], tp * pp
     if devices is None:
         return []

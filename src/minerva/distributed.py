@@ -11,7 +11,8 @@ A collective whose peer died raises (gloo: at once; both: after `timeout`) inste
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +32,8 @@ class ParallelContext:
 
     rank: int = 0
     world_size: int = 1
+    group: Any = field(default=None, compare=False, repr=False)
+    """Its process group (None: every process, the default group)."""
 
     @property
     def is_parallel(self) -> bool:
@@ -52,7 +55,7 @@ class ParallelContext:
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of `x` over the ranks, in place; returns x."""
         if self.world_size > 1:
-            dist.all_reduce(x)
+            dist.all_reduce(x, group=self.group)
         return x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -61,11 +64,11 @@ class ParallelContext:
             return x
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
-        dist.all_gather(parts, x)
+        dist.all_gather(parts, x, group=self.group)
         return torch.cat(parts, dim=dim)
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
-        """Rank `src`'s `x` on every rank, in place; returns x."""
+        """Rank `src`'s `x` on every rank, in place; returns x (the whole world only)."""
         if self.world_size > 1:
             dist.broadcast(x, src)
         return x
@@ -149,6 +152,11 @@ class PipelineContext:
 
     rank: int
     size: int
+    tp_size: int = 1
+    """Ranks per stage (tensor parallelism inside each stage); global rank = stage x tp + tp."""
+    tp_rank: int = 0
+    column: Any = field(default=None, compare=False, repr=False)
+    """The group of this tp_rank's ranks across the stages (None: every process)."""
 
     @property
     def is_first(self) -> bool:
@@ -165,15 +173,33 @@ class PipelineContext:
         start = self.rank * base + min(self.rank, extra)
         return start, start + base + (self.rank < extra)
 
+    def _global(self, stage: int) -> int:
+        return stage * self.tp_size + self.tp_rank
+
     def send_next(self, x: torch.Tensor) -> None:
-        dist.send(x.contiguous(), self.rank + 1)
+        dist.send(x.contiguous(), self._global(self.rank + 1))
 
     def recv_prev(self, out: torch.Tensor) -> torch.Tensor:
-        dist.recv(out, self.rank - 1)
+        dist.recv(out, self._global(self.rank - 1))
         return out
 
     def share_from_last(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's `x` on every stage (x: a buffer of the same shape elsewhere)."""
         if x.numel():
-            dist.broadcast(x, self.size - 1)
+            x = x.contiguous()  # the logits may be a view (a padded vocabulary cut off)
+            dist.broadcast(x, self._global(self.size - 1), group=self.column)
         return x
+
+
+def parallel_layout(rank: int, tp: int, pp: int) -> tuple[ParallelContext, PipelineContext | None]:
+    """This rank's tensor-parallel context and pipeline stage in a group of tp x pp processes
+    (ranks s*tp .. s*tp + tp - 1 are stage s). Every rank must call it, in the same order:
+    it creates the subgroups when both kinds are on."""
+    if tp > 1 and pp > 1:
+        stages = [dist.new_group(list(range(s * tp, (s + 1) * tp))) for s in range(pp)]
+        columns = [dist.new_group(list(range(t, tp * pp, tp))) for t in range(tp)]
+        stage, tp_rank = divmod(rank, tp)
+        tensor = ParallelContext(tp_rank, tp, stages[stage])
+        return tensor, PipelineContext(stage, pp, tp, tp_rank, columns[tp_rank])
+    tensor = ParallelContext(rank, tp) if tp > 1 else SINGLE
+    return tensor, (PipelineContext(rank, pp) if pp > 1 else None)

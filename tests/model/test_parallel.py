@@ -30,8 +30,13 @@ PROMPTS = [list(range(3, 23)), [40, 41, 42, 43, 44]]
 OPTIONS = dict(device="cpu", dtype="float32", block_size=4, num_threads=1, progress=False)
 
 
-LAYOUTS = {"one": {}, "tp2": dict(tensor_parallel_size=2), "pp2": dict(pipeline_parallel_size=2)}
-PIPELINE_ARCHS = ("llama",)  # one architecture is enough for the layer split: 2 spawns less
+LAYOUTS = {
+    "one": {},
+    "tp2": dict(tensor_parallel_size=2),
+    "pp2": dict(pipeline_parallel_size=2),
+    "tp2pp2": dict(tensor_parallel_size=2, pipeline_parallel_size=2),  # 4 processes
+}
+PIPELINE_ARCHS = ("llama",)  # one architecture is enough for the layer split: fewer spawns
 
 
 def _run(path, **layout) -> dict:
@@ -64,7 +69,7 @@ def runs(request, tmp_path_factory):
     arch, overrides = ARCHS[request.param]
     path = tmp_path_factory.mktemp(f"tp-{request.param}")
     build_tiny_model(path, arch, seed=3, **overrides)
-    layouts = [n for n in LAYOUTS if n != "pp2" or request.param in PIPELINE_ARCHS]
+    layouts = [n for n in LAYOUTS if "pp" not in n or request.param in PIPELINE_ARCHS]
     return {name: _run(path, **LAYOUTS[name]) for name in layouts}
 
 

@@ -132,8 +132,10 @@ def test_pipeline_stages_split_the_layers_and_their_names():
     assert stage_name("model.embed_tokens.weight", 3, 6) == "model.embed_tokens.weight"
 
 
-def test_one_kind_of_parallelism_at_a_time():
+def test_devices_cover_tensor_times_pipeline_ranks():
     from minerva.config import EngineConfig
 
-    with pytest.raises(ConfigError, match="both at once are not supported yet"):
-        EngineConfig.from_kwargs(tensor_parallel_size=2, pipeline_parallel_size=2)
+    both = dict(tensor_parallel_size=2, pipeline_parallel_size=2)
+    assert EngineConfig.from_kwargs(**both, devices="0,1,2,3").device.devices == "0,1,2,3"
+    with pytest.raises(ConfigError, match="distinct GPUs for 4 parallel ranks"):
+        EngineConfig.from_kwargs(**both, devices="0,1")

@@ -19,7 +19,7 @@ import torch
 
 from minerva.attention import AttentionBackend, select_attention_backend
 from minerva.config import EngineConfig
-from minerva.distributed import SINGLE, ParallelContext, PipelineContext
+from minerva.distributed import SINGLE, ParallelContext, parallel_layout
 from minerva.errors import ConfigError
 from minerva.loader import ModelSource
 from minerva.models import build_model
@@ -66,9 +66,11 @@ class Worker:
         (a second model sharing the first one's block tables)."""
         self.config, self.rank, self.world_size = config, rank, world_size
         self.group = ParallelContext(rank, world_size)  # every rank: start-up checks, KV plan
-        tp, pp = config.device.tensor_parallel_size, config.device.pipeline_parallel_size
-        self.tensor_parallel = self.group if tp > 1 and world_size > 1 else SINGLE
-        self.pipeline = PipelineContext(rank, pp) if pp > 1 and world_size > 1 else None
+        self.tensor_parallel, self.pipeline = SINGLE, None
+        if world_size > 1:
+            d = config.device
+            layout = parallel_layout(rank, d.tensor_parallel_size, d.pipeline_parallel_size)
+            self.tensor_parallel, self.pipeline = layout
         self.platform: Platform = resolve_platform(parallel_checks.rank_device(config, rank))
         if self.group.is_parallel:
             parallel_checks.check_config(config)
