@@ -62,7 +62,7 @@ def test_prompts_past_the_context_are_400s_on_both_apis_streamed_or_not(tiny_mod
     answers = serve(_backend(tiny_model), run)
     refused = {k: (route, r) for k, (route, r) in answers.items() if r.status_code == 400}
     assert set(refused) == set(answers), {k: r.text[:200] for k, (_, r) in answers.items()}
-    for (name, _), (route, r) in refused.items():
+    for route, r in refused.values():
         assert api_shaped(route, r), r.text
         error = r.json()["error"]
         if route.startswith("/v1"):
@@ -96,7 +96,7 @@ def test_generation_stops_at_the_context_on_both_apis(tiny_model):
     assert until_full.json()["choices"][0]["finish_reason"] == "length"
     assert usage["prompt_tokens"] + usage["completion_tokens"] == CONTEXT
     totals = []
-    for stream, r in ollama.items():
+    for r in ollama.values():
         assert r.status_code == 200, r.text
         final = _final("/api/generate", r)
         assert final["done"] and final["prompt_eval_count"] + final["eval_count"] <= CONTEXT
