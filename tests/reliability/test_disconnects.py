@@ -235,3 +235,31 @@ def _aborted(srv) -> float:
     text = srv.state.metrics.render().decode()
     name = 'minerva_requests_finished_total{finish_reason="abort"}'
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(name))
+
+
+def test_a_sustained_stream_delivers_every_token_once(storm_server):
+    """A long stream on each API: every token arrives once, in order, as the text the same
+    request gets without streaming; the rate is printed, never checked."""
+    srv, n = storm_server, 1000
+    prompt = [7, 70, 170, 27]
+    results = {}
+    with httpx.Client(base_url=srv.url, timeout=GUARD) as client:
+        for route, p in (("/v1/completions", prompt), ("/api/generate", "a long story")):
+            whole = client.post(route, json=_body(route, p, n, stream=False)).json()
+            start, events = time.monotonic(), []
+            with client.stream("POST", route, json=_body(route, p, n, stream=True)) as r:
+                for line in r.iter_lines():
+                    event = _events(route, line)
+                    if event is not None:
+                        events.append(event)
+            results[route] = (whole, events, time.monotonic() - start)
+    whole, events, took = results["/v1/completions"]
+    tokens = [e for e in events if e["choices"] and e["choices"][0]["logprobs"]]
+    assert len(tokens) == n == whole["usage"]["completion_tokens"]  # one event per token
+    assert _text("/v1/completions", events) == whole["choices"][0]["text"]
+    o_whole, o_events, o_took = results["/api/generate"]
+    assert o_events[-1]["done"] and o_events[-1]["eval_count"] == o_whole["eval_count"]
+    assert _text("/api/generate", o_events) == o_whole["response"]
+    figure("sustained streaming", f"/v1 {n} tokens in {len(tokens)} events ({n / took:.0f} "
+           f"tok/s), Ollama {o_whole['eval_count']} tokens: every token once, text equal to the "
+           "same request unstreamed")  # fmt: skip
