@@ -68,6 +68,7 @@ def test_default_bind_is_loopback_without_key(small_server):
     assert f"Uvicorn running on http://127.0.0.1:{small_server.port}" in log
     assert "WARNING: binding" not in log
     assert httpx.get(small_server.url + "/v1/models").status_code == 200
+    print("\n[reliability] safe defaults: bound to 127.0.0.1 with no key, no bind warning")
 
 
 def test_overload_gives_exactly_the_excess_503s(small_server):
@@ -119,6 +120,9 @@ def test_overload_gives_exactly_the_excess_503s(small_server):
         assert [c["finish_reason"] for e in events[:-2] for c in e["choices"]][-1] == "length"
     m = small_server.wait_idle()
     assert m['minerva_requests_rejected_total{reason="queue_full"}'] == 20 - SLOTS - QUEUE
+    print(f"\n[reliability] queue bound: 20 requests on {SLOTS} slots + a queue of {QUEUE}: "
+          f"exactly {len(rejected)} refused (503 + Retry-After, queue_full), {len(served)} "
+          "queued ones served in full")  # fmt: skip
 
 
 def test_queued_request_whose_client_leaves_is_dropped(small_server):
