@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import time
 
@@ -201,7 +202,10 @@ def test_sigterm_drains_then_exits_zero(small_server):
     assert short[-2]["usage"]["completion_tokens"] == 40
     assert small_server.proc.wait(timeout=60) == 0
     log = small_server.log()
-    assert "draining 2 request(s)" in log and "at the shutdown timeout" not in log
+    # 2 in flight at the signal; on a loaded machine the short one may finish before the
+    # drain's first look (the signal is handled on the event loop): then it counts 1
+    assert re.search(r"draining [12] request\(s\)", log), log
+    assert "at the shutdown timeout" not in log
 
 
 def test_sigterm_aborts_what_outlives_the_shutdown_timeout(model_dir, tmp_path):
