@@ -43,6 +43,9 @@ DEFAULT_GRID = {
 }
 """What each goal varies unless flags say otherwise: a few points, minutes on a CPU."""
 
+RUN_FIELDS = ("model", "device", "dtype", "num_threads", "memory_limit", "load_format")
+"""Settings of the whole run (not varied): written to the file, read back by --config."""
+
 GRID_FIELDS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_dtype", "quantization",
     "enforce_eager",
@@ -81,8 +84,9 @@ def measure(args: argparse.Namespace, point: dict[str, Any], vocab_size: int) ->
     from minerva.bench.offline import run_latency, run_throughput  # noqa: PLC0415
 
     options = dict(point)
-    if args.memory_limit is not None:
-        options["memory_limit"] = args.memory_limit
+    for name in ("memory_limit", "load_format"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     try:
         driver = BackendDriver(
             "minerva", args.model, device=args.device, dtype=args.dtype,
@@ -230,7 +234,8 @@ def run_tune(args: argparse.Namespace) -> int:
         if recorded is not None:
             recorded.setdefault("spread", [recorded[key]] * 2)  # a file from before --rounds
             agree = "within" if within_noise(best, recorded) else "outside"
-            then = f" (the file's run: {_shown(recorded, key)}; {agree} its noise)"
+            change = best[key] / recorded[key] - 1 if recorded[key] else 0.0
+            then = f" (the file's run: {_shown(recorded, key)}; {change:+.1%}, {agree} its noise)"
         print(f"{args.config}: {_shown(best, key)} {label} now{then}")
         return 0
     return _write(args, rows, best)
@@ -250,7 +255,7 @@ def _from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     cfg, sources = load_config(args.config, env={})
     values = cfg.flat()
-    for name in ("model", "device", "dtype", "num_threads", "memory_limit"):
+    for name in RUN_FIELDS:
         if sources[name] != "default":
             setattr(args, name, values[name])
     return [{k: values[k] for k in GRID_FIELDS if sources[k] != "default"}]
@@ -268,7 +273,7 @@ def _recorded(path: Path, goal: str) -> dict | None:
 def _write(args: argparse.Namespace, rows: list[dict], best: dict) -> int:
     key, _, label = GOALS[args.goal]
     values = {k: best[k] for k in GRID_FIELDS if k in best}
-    for name in ("model", "device", "dtype", "num_threads", "memory_limit"):
+    for name in RUN_FIELDS:
         if getattr(args, name, None) not in (None, "auto"):
             values[name] = getattr(args, name)
     EngineConfig.from_kwargs(**values)  # what is written must load
@@ -322,6 +327,9 @@ def add_tune_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "instead of a grid; writes nothing. Default: none (measure the grid).",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="Default: auto.")
+    parser.add_argument("--load-format", choices=("auto", "dummy"), default=None,
+                        help="dummy: random weights of the checkpoint's shapes (a config.json "
+                        "is enough; speed only). Default: the checkpoint's weights.")  # fmt: skip
     parser.add_argument("--dtype", default="auto", help="Default: auto.")
     parser.add_argument(
         "--num-threads", type=int, default=None, help="CPU threads. Default: the engine's."

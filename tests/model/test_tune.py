@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 from minerva.cli import main
 from minerva.config import check_config_file, load_config
@@ -44,7 +45,7 @@ def test_tune_writes_a_config_that_config_check_accepts(tmp_path, capsys, monkey
     assert main(again) == 0  # the file's settings measured again, beside its recorded figure
     said = capsys.readouterr().out
     assert "output tokens/s now (the file's run: " in said
-    assert re.search(r"; (within|outside) its noise\)", said), said
+    assert re.search(r"; [+-][0-9.]+%, (within|outside) its noise\)", said), said
 
 
 def test_tune_rejects_a_bad_grid_before_loading(capsys):
@@ -72,3 +73,31 @@ def test_rounds_combine_to_the_median_round_and_noise_is_range_overlap():
 def test_tune_rejects_zero_rounds(capsys):
     assert main(["tune", "--rounds", "0"]) == 1
     assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
+def test_tune_with_random_weights_needs_only_a_config(tmp_path, capsys, monkeypatch):
+    """--load-format dummy (the GPU script's 7B shapes): a folder with only config.json is
+    measured, and the written file keeps load_format so --config measures the same thing."""
+    for var in list(os.environ):
+        if var.startswith(("MINERVA_", "MISTRAL")):
+            monkeypatch.delenv(var)
+    folder = tmp_path / "shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        (Path(__file__).parents[2] / "src/minerva/demo_model/config.json").read_text()
+    )
+    out = tmp_path / "dummy.toml"
+    argv = ["tune", "--model", str(folder), "--load-format", "dummy", "--device", "cpu",
+            "--max-num-seqs", "2", "--input-len", "8", "--output-len", "4", "--num-prompts",
+            "2", "--rounds", "1", "--output", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    cfg, sources = load_config(str(out), env={})
+    assert cfg.model.load_format == "dummy" and cfg.model.model == str(folder)
+    assert check_config_file(str(out)) == []
+    capsys.readouterr()
+    assert main(["tune", "--config", str(out), "--input-len", "8", "--output-len", "4",
+                 "--num-prompts", "2", "--rounds", "1"]) == 0  # fmt: skip
+    assert re.search(
+        r"now \(the file.s run: .*; [+-][0-9.]+%, (within|outside) its noise\)",
+        capsys.readouterr().out,
+    )
