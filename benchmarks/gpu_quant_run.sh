@@ -137,8 +137,8 @@ if [ "$step" = session5 ]; then  # every GPU test; producer-quantized x; fp8 x i
     tail -2 /tmp/files.log
     timeout 110 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6
-    timeout 170 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
-        --models mistral-7b:fp8 --output "$OUT" 2>&1 | grep -v Warn | tail -4 | cut -c1-900
+    timeout 170 python3 benchmarks/fp8_prefill.py --folder /tmp/qbench/mistral-7b-bf16 \
+        --output "$OUT" 2>&1 | grep -v Warn | tail -4
     exit 0
 fi
 if [ "$step" = llama ]; then

@@ -65,15 +65,16 @@ def stack(tmp_path_factory):
 
 
 def _load(server, stop) -> int:
-    """Requests of every kind, at least three rounds and until ``stop()``: chat and generate on
+    """Requests of every kind, at least four rounds and until ``stop()``: chat and generate on
     both models (streaming, concurrent), keep_alive 0 every third round (unload, reload), a
-    404; how many were made."""
+    404; how many were made. The fourth round reloads what the third unloaded, however few
+    rounds the scrapes took (a slow machine once stopped after three: 2 loads)."""
     client = ollama.Client(host=server.url, timeout=60)
     options = {"num_predict": 12, "temperature": 0}
     made = 0
     with ThreadPoolExecutor(3) as pool:
         for i in itertools.count():
-            if i >= 3 and stop():
+            if i >= 4 and stop():
                 return made
             jobs = [
                 pool.submit(client.chat, "alpha", [{"role": "user", "content": f"hi {i % 2}"}],
