@@ -154,15 +154,15 @@ class DeviceConfig:
     tensor_parallel_size: int = Field(
         1,
         "Processes (one per GPU: cuda:0..N-1) that each hold 1/N of the model's heads, MLP and "
-        "vocabulary and run every step together (NCCL on CUDA, gloo on the CPU); float "
-        "safetensors models only.",
+        "vocabulary and run every step together (NCCL on CUDA, gloo on the CPU); safetensors "
+        "models, float or quantized in situ.",
         ge=1, le=64,
     )  # fmt: skip
     pipeline_parallel_size: int = Field(
         1,
         "Processes (one per GPU) that each run a contiguous run of the model's layers, the "
         "hidden state passed from one to the next; with tensor_parallel_size T each stage is T "
-        "processes (float safetensors models; one step at a time, no micro-batches yet: fits "
+        "processes (safetensors models; one step at a time, no micro-batches yet: fits "
         "bigger models, not faster).",
         ge=1, le=64,
     )  # fmt: skip

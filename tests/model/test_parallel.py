@@ -223,3 +223,22 @@ def test_structured_outputs_and_token_healing_match_one_device(tmp_path):
     one = outputs()
     assert one[0] != one[1] and one[0].startswith("{")  # sampled, and constrained
     assert outputs(tensor_parallel_size=2) == one
+
+
+def test_in_situ_quantization_matches_one_device(llama_path):
+    """q8_0 in situ: each rank quantizes its slice of the float weights (whole blocks, rows
+    quantized apart), so the quantized model is the one-device one, split."""
+
+    def run(**layout):
+        llm = LLM(model=str(llama_path), quantization="q8_0", **OPTIONS, **layout)
+        try:
+            llm.engine.worker.runner.captured_logits = []
+            greedy = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+            tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, greedy)]
+            return tokens, llm.engine.worker.runner.captured_logits
+        finally:
+            llm.close()
+
+    (one, one_logits), (two, two_logits) = run(), run(tensor_parallel_size=2)
+    assert one == two
+    assert max((a - b).abs().max().item() for a, b in zip(one_logits, two_logits)) < 1e-3

@@ -14,7 +14,7 @@ from minerva.models.linear import ColumnParallelLinear, QKVLinear, RowParallelLi
 from minerva.ops.kernels import torch_kernels
 from minerva.quant.base import UniformQuantConfig
 from minerva.quant.dense import DenseLinearMethod
-from minerva.quant.gguf import GGUFLinearMethod
+from minerva.quant.fp8 import FP8LinearMethod
 
 F32 = torch.float32
 
@@ -94,8 +94,8 @@ def test_refusals_name_the_fix():
         QKVLinear(16, 4, 4, 1, False, _dense(), F32, parallel=two)
     with pytest.raises(ConfigError, match="does not divide the model's intermediate_size"):
         GatedMLP(16, 9, False, F32, torch_kernels(), UniformQuantConfig(_dense()), "m", two)
-    with pytest.raises(ConfigError, match="dense \\(float\\) weights only, not gguf"):
-        RowParallelLinear(16, 16, False, GGUFLinearMethod(torch_kernels()), F32, parallel=two)
+    with pytest.raises(ConfigError, match="does not split fp8 weights"):
+        RowParallelLinear(16, 16, False, FP8LinearMethod(torch_kernels()), F32, parallel=two)
     layer = RowParallelLinear(8, 6, False, _dense(), F32, parallel=two)
     with pytest.raises(ModelLoadError, match=r"config.json implies \(6, 8\)"):
         layer.weight_loader(layer.weight, torch.randn(6, 10))
@@ -139,3 +139,14 @@ def test_devices_cover_tensor_times_pipeline_ranks():
     assert EngineConfig.from_kwargs(**both, devices="0,1,2,3").device.devices == "0,1,2,3"
     with pytest.raises(ConfigError, match="distinct GPUs for 4 parallel ranks"):
         EngineConfig.from_kwargs(**both, devices="0,1")
+
+
+def test_gguf_files_and_fp8_are_refused_under_parallelism():
+    from minerva.config import EngineConfig
+    from minerva.runner.parallel_checks import check_config
+
+    for kwargs in (dict(model="m.gguf"), dict(quantization="fp8")):
+        config = EngineConfig.from_kwargs(tensor_parallel_size=2, **kwargs)
+        with pytest.raises(ConfigError, match="not GGUF files or fp8"):
+            check_config(config)
+    check_config(EngineConfig.from_kwargs(tensor_parallel_size=2, quantization="q8_0"))

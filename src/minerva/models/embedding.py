@@ -68,14 +68,20 @@ class Embedding(nn.Module):
 class VocabParallelEmbedding(Embedding):
     """The table split by rows across tensor-parallel ranks (ceil(vocab / n) each, the last
     rank's tail zero): each rank looks up the ids in its range, the others give zero rows, and
-    one all-reduce sums them. Float tables only."""
+    one all-reduce sums them. A float table, or one quantized in situ to `blocks_type` (rows
+    are quantized apart, so a rank's rows are the whole table's)."""
 
     def __init__(
-        self, num_embeddings: int, dim: int, dtype: torch.dtype, parallel: ParallelContext
+        self,
+        num_embeddings: int,
+        dim: int,
+        dtype: torch.dtype,
+        parallel: ParallelContext,
+        blocks_type: int | None = None,
     ) -> None:
         self.full_vocab = num_embeddings
         rows = parallel.padded_shard(num_embeddings)
-        super().__init__(rows, dim, dtype)
+        super().__init__(rows, dim, dtype, blocks_type)
         self.parallel = parallel
         self.start = parallel.rank * rows  # first vocabulary id of this rank
 
@@ -90,13 +96,14 @@ class VocabParallelEmbedding(Embedding):
                 f"has shape {tuple(tensor.shape)}, but config.json implies "
                 f"{(self.full_vocab, self.dim)}"
             )
+        rows = torch.zeros(self.num_embeddings, self.dim, dtype=tensor.dtype)
         part = tensor[self.start : self.start + self.num_embeddings]
-        self.weight.data.zero_()
-        self.weight.data[: part.shape[0]].copy_(part)
+        rows[: part.shape[0]] = part
+        super().load(rows)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         local = ids - self.start
         inside = (local >= 0) & (local < self.num_embeddings)  # [num_tokens]
-        out = F.embedding(local.clamp(0, self.num_embeddings - 1), self.weight)
+        out = super().forward(local.clamp(0, self.num_embeddings - 1))
         out = out * inside.unsqueeze(-1).to(out.dtype)  # zero rows: another rank's ids
         return self.parallel.all_reduce(out)

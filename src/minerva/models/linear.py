@@ -123,8 +123,8 @@ class RowParallelLinear(Linear):
 def _check_shardable(method: LinearMethod, parallel: ParallelContext) -> None:
     if not method.tensor_parallel:
         raise ConfigError(
-            f"tensor_parallel_size={parallel.world_size} runs dense (float) weights only, not "
-            f"{method.name}: use a float model without quantization, or tensor_parallel_size=1"
+            f"tensor_parallel_size={parallel.world_size} does not split {method.name} weights: "
+            "use a float model (or quantization to a GGUF type), or tensor_parallel_size=1"
         )
 
 

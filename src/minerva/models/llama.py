@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from minerva.attention import AttentionMetadata
-from minerva.errors import ConfigError, ModelLoadError
+from minerva.errors import ModelLoadError
 from minerva.models import llama_cpu_step, pipeline
 from minerva.models.embedding import Embedding, VocabParallelEmbedding
 from minerva.models.layers import GatedMLP, RMSNorm
@@ -168,13 +168,8 @@ class LlamaModel(nn.Module):
         blocks = options.quant.embedding_type(config.vocab_size, config.hidden_size)
         self.embed_tokens: Embedding
         if options.parallel.is_parallel:
-            if blocks is not None:
-                raise ConfigError(
-                    "tensor parallelism keeps a float embedding table, not GGUF blocks: use a "
-                    "float model, or tensor_parallel_size=1"
-                )
             self.embed_tokens = VocabParallelEmbedding(
-                config.vocab_size, config.hidden_size, dtype, options.parallel
+                config.vocab_size, config.hidden_size, dtype, options.parallel, blocks
             )
         else:
             self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, dtype, blocks)

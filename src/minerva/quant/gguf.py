@@ -52,6 +52,9 @@ ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
 class GGUFLinearMethod(LinearMethod):
     name = "gguf"
+    tensor_parallel = True
+    """Float tensors sliced per rank, then quantized (in situ); a GGUF file's blocks are refused
+    under parallelism before loading (runner/parallel_checks.py)."""
 
     def __init__(self, kernels=None, target_type: GGMLType | ShardTypes | None = None) -> None:
         """`target_type`: the type float tensors are quantized to (a GGMLType, or a function of

@@ -37,10 +37,11 @@ def _what(config: EngineConfig) -> str:
 def check_config(config: EngineConfig) -> None:
     """What a parallel group does not run yet, refused before anything loads."""
     what = _what(config)
-    if config.model.quantization is not None or str(config.model.model or "").endswith(".gguf"):
+    if config.model.quantization == "fp8" or str(config.model.model or "").endswith(".gguf"):
         raise ConfigError(
-            f"{what} runs float (dense) safetensors models only, not GGUF or quantization: drop "
-            "quantization / use the float model, or run on one device"
+            f"{what} runs safetensors models, float or quantized in situ to a GGUF type "
+            "(quantization=q8_0, q4_k_m ...), not GGUF files or fp8: use the float original, "
+            "or run on one device"
         )
 
 

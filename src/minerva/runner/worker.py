@@ -241,13 +241,15 @@ class Worker:
                 )
             model_loading.init_dummy_weights(model, seed=model_cfg.seed)
         elif self.source.quantization is None and model_cfg.quantization is not None:
+            # the weight cache is keyed by the model's files: a rank's shard would clash
+            cache = None
+            if not self.group.is_parallel:
+                cache = model_loading.weight_cache_for(self.source, self.config, device, self.dtype)
             model.load_weights(
                 model_loading.quantizing_weights(
                     self.source, device, self.dtype, model_cfg.quantization, progress
                 ),
-                weight_cache=model_loading.weight_cache_for(
-                    self.source, self.config, device, self.dtype
-                ),
+                weight_cache=cache,
             )
         else:
             model.load_weights(
