@@ -177,6 +177,12 @@ def test_cli_generate_and_doctor(backend, models, prompt_ids, capsys):
     assert probe["version"] == version("mistralrs") and probe["device"].startswith("cpu")
 
 
+def test_cli_chat(backend, models, capsys, monkeypatch):
+    checks.check_cli_chat(
+        "mistralrs", models["hf"], backend, capsys, monkeypatch, "--dtype", "float32"
+    )
+
+
 def test_the_models_generation_config_does_not_leak_into_requests(models, tmp_path):
     """mistral.rs fills a knob the request leaves out from generation_config.json: every knob
     is sent explicitly, so a folder whose config asks for repetition_penalty 1.5 still gives
