@@ -9,6 +9,8 @@ caching)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from minerva.errors import ConfigError, RequestError
@@ -175,6 +177,26 @@ def test_cli_generate_and_doctor(backend, models, prompt_ids, capsys):
 
     probe = checks.check_doctor("mistralrs", "request seeds are NOT honoured")
     assert probe["version"] == version("mistralrs") and probe["device"].startswith("cpu")
+
+
+def test_a_request_seed_is_not_honoured_and_the_log_says_so_once(models, prompt_ids, caplog):
+    """Not silently ignored: the first seeded sampled request logs that seeds are per engine;
+    greedy requests (no randomness to seed) and later ones do not repeat it."""
+    b = checks.blocking("mistralrs", models["hf"], dtype="float32")  # fresh: no warning yet
+    sampled = SamplingParams(temperature=1.0, seed=7, max_tokens=2, ignore_eos=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="minerva.backends.mistralrs_engine"):
+            b.generate([prompt_ids], [SamplingParams(temperature=0.0, seed=7, max_tokens=2)])
+            greedy_warnings = len(caplog.records)
+            b.generate([prompt_ids, prompt_ids], [sampled, sampled])
+            b.generate([prompt_ids], [sampled])
+    finally:
+        b.close()
+    warnings = [r.getMessage() for r in caplog.records if "seed" in r.getMessage()]
+    assert greedy_warnings == 0
+    assert warnings == [
+        "mistral.rs has one seed per engine (--seed): request seeds are not honoured"
+    ]
 
 
 def test_cli_chat(backend, models, capsys, monkeypatch):
