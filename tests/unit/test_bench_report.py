@@ -160,3 +160,17 @@ def test_offline_report_has_ratio_to_the_first_backend(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["backend"] for r in rows] == ["minerva", "transformers"]
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
+
+
+def test_every_report_table_has_as_many_header_cells_as_columns(tmp_path):
+    """A '|' in a header (e.g. KL(A||B)) splits the header row: markdown then shows no table."""
+    from minerva.bench import report
+
+    kinds = {**report.OFFLINE_COLUMNS, "engines": report.ENGINE_COLUMNS,
+             "serve": report.SERVE_COLUMNS}  # fmt: skip
+    for kind, columns in kinds.items():
+        row = {key.split(".")[0]: None for key, _, _ in columns}
+        table = report._table([row], columns)
+        header, delimiter, body = table.splitlines()[:3]
+        cells = [line.count("|") for line in (header, delimiter, body)]
+        assert cells == [len(columns) + 1] * 3, (kind, header)

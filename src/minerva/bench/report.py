@@ -63,7 +63,7 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("first_divergence", "first divergence", "d"),
         ("num_diverged", "diverged", "d"),
         ("top_k_overlap", "top-20 overlap", ".2f"),
-        ("kl_divergence", "KL(A||B)", ".4f"),
+        ("kl_divergence", "KL(A‖B)", ".4f"),
         ("num_prompts", "prompts", "d"),
     ],
 }
