@@ -85,6 +85,24 @@ def decode_steps(engine, batch: int, tokens: int, constrained: bool) -> tuple[li
     return walls, masks
 
 
+def shaped_folder(shape: str, dtype: str) -> Path:
+    """A config-only folder: `shape`'s layers with the demo's vocabulary and tokenizer files."""
+    import json
+    import shutil
+    import tempfile
+
+    from shapes import hf_config
+
+    from minerva.demo import demo_model_path
+
+    folder = Path(tempfile.mkdtemp())
+    config = hf_config(shape, dtype=dtype, vocab_size=4096, tie_word_embeddings=False)
+    (folder / "config.json").write_text(json.dumps(config))
+    for f in Path(demo_model_path()).glob("tokenizer*"):
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 def compile_times(repeats: int = 3) -> list[dict]:
     from minerva.demo import demo_model_path
     from minerva.sampling_params import StructuredOutputs
@@ -127,16 +145,23 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--shape", default=None, help="a benchmarks/shapes.py shape (random weights)")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
-    args.output = args.output or f"benchmarks/results/structured_decoding_{args.device}.json"
+    name = args.device + (f"_{args.shape}" if args.shape else "")
+    args.output = args.output or f"benchmarks/results/structured_decoding_{name}.json"
+    dtype = "float32" if args.device == "cpu" else "bfloat16"
+    folder, extra = demo_model_path(), {}
+    if args.shape:  # the body's cost of a real model, the demo's tokenizer and vocabulary
+        folder, extra = shaped_folder(args.shape, dtype), {"load_format": "dummy"}
     llm = LLM(
-        model=str(demo_model_path()),
+        model=str(folder),
         device=args.device,
-        dtype="float32" if args.device == "cpu" else "bfloat16",
+        dtype=dtype,
         max_num_seqs=max(args.batches),
         max_num_batched_tokens=8192,
         progress=False,
+        **extra,
     )
     decode_steps(llm.engine, 2, 4, True)  # warm-up: grammar compile, llguidance pool
     rows = []
@@ -159,7 +184,8 @@ def main() -> None:
             }
         )
         print(rows[-1])
-    results = {"decode": rows, "compile": compile_times()}
+    results = {"shape": args.shape or "demo", "vocab": llm.engine.worker.model_config.vocab_size,
+               "decode": rows, "compile": compile_times()}  # fmt: skip
     write_results("structured_decoding", "structured_decoding.py", args, results, args.output)
 
 

@@ -59,13 +59,33 @@ def test_gemv_on_fp8_rows_is_the_product_with_the_decoded_weight(n, k):
     assert _rel(y2, want2) < 1e-2
 
 
+@pytest.mark.parametrize("m, k", [(1, 4096), (17, 4096), (64, 1280), (5, 3000)])
+def test_triton_x_quantization_is_the_twins_bytes(m, k):
+    from minerva.ops import triton_fp8
+    from minerva.quant.fp8 import quantize_x
+
+    torch.manual_seed(m)
+    x = torch.randn(m, k, device="cuda").bfloat16() * 3
+    x[0, :7] = 0.0
+    if m > 2:
+        x[2] = 0.0  # an all-zero row: scale TINY, codes zero
+    rows = m + (-m % 16)
+    codes, scales = triton_fp8.quantize_rows(x, rows)
+    ref_codes, ref_scales = quantize_x(x, rows)
+    assert codes.shape == (rows, k) and scales.shape == (rows, 1)
+    assert torch.equal(codes.view(torch.uint8), ref_codes.view(torch.uint8))
+    assert torch.equal(scales[:m], ref_scales[:m])
+    assert not codes[m:].float().any()
+
+
+@pytest.mark.parametrize("triton_x", [False, True])
 @pytest.mark.parametrize("m", [2, 17, 64])
-def test_scaled_matmul_is_the_product_with_x_in_fp8_rows(m):
+def test_scaled_matmul_is_the_product_with_x_in_fp8_rows(m, triton_x):
     from minerva.quant.fp8 import FP8_MAX, scaled_matmul
 
     codes, scale, deq = _weight(256, 4096)
     x = torch.randn(m, 4096, device="cuda").bfloat16()
-    y = scaled_matmul(x, codes, scale)
+    y = scaled_matmul(x, codes, scale, triton_x=triton_x)
     xs = x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX
     xd = (x.float() / xs).to(FP8).float() * xs
     assert y.shape == (m, 256) and y.dtype == torch.bfloat16

@@ -48,19 +48,33 @@ def _scaled_mm_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def scaled_matmul(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def quantize_x(x: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The twin of ops/triton_fp8.quantize_rows: x [M, K] -> (fp8 codes [rows, K], float32
+    scales [rows, 1]), one scale per row; rows past M are zeros (the GEMM's padding)."""
+    if rows > x.shape[0]:
+        x = torch.cat([x, x.new_zeros(rows - x.shape[0], x.shape[1])])
+    xs = (x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=TINY)  # [rows, 1]
+    return (x.float() / xs).clamp(-FP8_MAX, FP8_MAX).to(FP8), xs
+
+
+def scaled_matmul(
+    x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, triton_x: bool = False
+) -> torch.Tensor:
     """x [M, K] bf16 @ (codes * scale).T on the fp8 tensor cores: x quantized per row to fp8 (its
-    own scale per token), one product with both scales applied -> [M, N] bf16."""
+    own scale per token; one Triton kernel, or the torch twin), one product with both scales
+    applied -> [M, N] bf16."""
     m = x.shape[0]
-    pad = -m % 16  # the fp8 GEMM takes whole tiles of 16 rows
-    if pad:
-        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
-    xs = (x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=TINY)  # [M, 1]
-    xq = (x.float() / xs).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    rows = m + (-m % 16)  # the fp8 GEMM takes whole tiles of 16 rows
+    if triton_x and x.stride(-1) == 1:
+        from minerva.ops import triton_fp8  # noqa: PLC0415 - needs triton (CUDA only)
+
+        xq, xs = triton_fp8.quantize_rows(x, rows)
+    else:
+        xq, xs = quantize_x(x, rows)
     y = torch._scaled_mm(
         xq, codes.t(), scale_a=xs, scale_b=scale.reshape(1, -1), out_dtype=torch.bfloat16
     )
-    return y[:m] if pad else y
+    return y[:m] if rows != m else y
 
 
 class FP8LinearMethod(LinearMethod):
@@ -114,7 +128,7 @@ class FP8LinearMethod(LinearMethod):
 
             y = triton_gemv.gemv(x2, w, b, pdl=self.kernels.pdl, scale=s)
         elif _scaled_mm_ok(x2, w):
-            y = scaled_matmul(x2, w, s)
+            y = scaled_matmul(x2, w, s, triton_x=self._triton)
             if b is not None:
                 y = y + b.to(y.dtype)
         else:  # the twin
