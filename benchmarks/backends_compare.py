@@ -6,6 +6,7 @@ engine, all on one F16 GGUF file, for the server-overhead figure.
 
     PYTHONPATH=src python3 benchmarks/backends_compare.py [--model demo] [--threads 2]
         [--backends minerva,llamacpp,transformers] [--parts offline,serve]
+        (offline = latency,throughput,consistency; each may be named alone)
         [--quantization q8_0] [--serve-mlx] [--serve-mistralrs]
         [--output benchmarks/results/backends_cpu_demo]
 
@@ -234,14 +235,23 @@ def main_() -> None:
     backends, quant_opts = quantized_engines(args.backends, args.quantization)
     engines = ["--model", args.model, "--backend", backends, "--device", "cpu",
                "--num-threads", str(args.threads), *quant_opts]  # fmt: skip
-    offline = "offline" in args.parts
+    parts = set(args.parts.split(","))
+    run = {k: bool(parts & {"offline", k}) for k in ("latency", "throughput", "consistency")}
     lengths = ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
-    latency = bench("latency", out, *engines, *lengths, "--repeats", str(args.repeats), run=offline)
+    latency = bench(
+        "latency", out, *engines, *lengths, "--repeats", str(args.repeats), run=run["latency"]
+    )
     throughput = bench(
-        "throughput", out, *engines, *lengths, "--num-prompts", str(args.num_prompts), run=offline
+        "throughput",
+        out,
+        *engines,
+        *lengths,
+        "--num-prompts",
+        str(args.num_prompts),
+        run=run["throughput"],
     )
     quality = ["--dtype", "float32", "--num-prompts", "4", "--max-tokens", "48"]
-    consistency = bench("consistency", out, *engines, *quality, run=offline)
+    consistency = bench("consistency", out, *engines, *quality, run=run["consistency"])
     serve = serve_overhead(args.model, out, args.serve_threads or args.threads, args)
     summaries = serve.get("summaries", [])
     ttft = {s["target"] + "@" + s["level"]: s["ttft_ms"]["median"] for s in summaries}
