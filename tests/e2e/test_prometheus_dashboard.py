@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,31 +96,50 @@ def _burst(stress) -> list[int]:
         return [r.status_code for r in replies]
 
 
+def _held(server, done: threading.Event) -> None:
+    """One long streamed generation on alpha after another until ``done``: the gauges (running
+    requests, KV usage) are above 0 at every scrape of the load, however the scrapes fall on a
+    busy machine. keep_alive 0 never names alpha, so holding it changes no unload."""
+    body = {"model": "alpha", "prompt": "a", "max_tokens": 1500, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+    while not done.is_set():
+        with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as r:
+            for _ in r.iter_lines():
+                if done.is_set():
+                    break  # closing the stream aborts the request
+
+
 def _load(server, stress, stop) -> tuple[int, list[int]]:
     """Requests of every kind, at least three rounds and until ``stop()``: chat and generate on
-    both models (streaming, concurrent), keep_alive 0 every third round (unload, reload), a
-    404, a burst on the stress server; how many were made, and the bursts' statuses."""
+    both models (streaming, concurrent), keep_alive 0 on beta every third round (unload,
+    reload), a 404, a burst on the stress server, a long generation held on alpha; how many
+    were made, and the bursts' statuses."""
     client = ollama.Client(host=server.url, timeout=60)
     options = {"num_predict": 12, "temperature": 0}
-    made, statuses = 0, []
-    with ThreadPoolExecutor(4) as pool:
-        for i in itertools.count():
-            if i >= 3 and stop():
-                return made, statuses
-            burst = pool.submit(_burst, stress)
-            jobs = [
-                pool.submit(client.chat, "alpha", [{"role": "user", "content": f"hi {i % 2}"}],
-                            options=options, stream=False),
-                pool.submit(lambda: list(client.generate("beta", "Once upon", options=options,
-                                                         stream=True))),
-                pool.submit(client.generate, "beta" if i % 3 else "alpha", "a",
-                            options=options, keep_alive=0 if i % 3 == 2 else "5m"),
-            ]  # fmt: skip
-            for job in jobs:
-                job.result()
-            httpx.post(f"{server.url}/api/chat", json={"model": "gamma", "messages": []})
-            statuses += burst.result()
-            made += len(jobs) + 1
+    made, statuses, done = 0, [], threading.Event()
+    with ThreadPoolExecutor(5) as pool:
+        held = pool.submit(_held, server, done)
+        try:
+            for i in itertools.count():
+                if i >= 3 and stop():
+                    return made, statuses
+                burst = pool.submit(_burst, stress)
+                jobs = [
+                    pool.submit(client.chat, "alpha", [{"role": "user", "content": f"hi {i % 2}"}],
+                                options=options, stream=False),
+                    pool.submit(lambda: list(client.generate("beta", "Once upon", options=options,
+                                                             stream=True))),
+                    pool.submit(client.generate, "beta" if i % 3 else "alpha", "a",
+                                options=options, keep_alive=0 if i % 3 == 2 else "5m"),  # 2: beta
+                ]  # fmt: skip
+                for job in jobs:
+                    job.result()
+                httpx.post(f"{server.url}/api/chat", json={"model": "gamma", "messages": []})
+                statuses += burst.result()
+                made += len(jobs) + 1
+        finally:
+            done.set()  # also on a failure: the pool waits for the held stream to end
+            held.result()
 
 
 def test_every_dashboard_expression_returns_data_and_every_panel_moves(stack):
