@@ -12,7 +12,9 @@ Variants:
 - layered: session2 with add + RMSNorm as their own kernels too (no one-token GEMV hooks);
 - torch-glue: `fused_kernels=False` (cuBLAS and torch's glue ops);
 - int8 / float: GGUF weights (--gguf) with 8-bit activations and dp4a products in the one-token
-  GEMVs, or the float kernel that decodes the weights (quant/gguf.py INT8_ACTIVATIONS).
+  GEMVs, or the float kernel that decodes the weights (quant/gguf.py INT8_ACTIVATIONS);
+- fused-quant / unfused-quant: GGUF int8, the next layer's 8-bit x quantized by the producing
+  GEMV's last program, or by a launch of its own (quant/gguf_one_token.py FUSE_QUANT_OUT).
 
 Each variant gets a fresh engine (the graphs are captured with it). Decode tok/s as in
 gpu_bench: 128 / (t(1 + 128 tokens) - t(1 token)) after a 128-token prompt, best of 3.
@@ -34,7 +36,10 @@ from pathlib import Path
 import torch
 from shapes import SHAPES, hf_config
 
-VARIANTS = ("default", "no-pdl", "session2", "layered", "torch-glue", "int8", "float")
+VARIANTS = (
+    "default", "no-pdl", "session2", "layered", "torch-glue", "int8", "float", "fused-quant",
+    "unfused-quant",
+)  # fmt: skip
 
 
 def _patch(variant: str):
@@ -42,13 +47,15 @@ def _patch(variant: str):
     removes it."""
     import dataclasses
 
-    from minerva.quant import gguf
+    from minerva.quant import gguf, gguf_one_token
     from minerva.runner import worker
 
     select = worker.select_kernels
-    int8 = gguf.INT8_ACTIVATIONS
+    int8, fuse = gguf.INT8_ACTIVATIONS, gguf_one_token.FUSE_QUANT_OUT
     if variant in ("int8", "float"):
         gguf.INT8_ACTIVATIONS = variant == "int8"
+    if variant in ("fused-quant", "unfused-quant"):  # GGUF int8: the next x from the producer
+        gguf_one_token.FUSE_QUANT_OUT = variant == "fused-quant"
     if variant in ("session2", "layered"):
 
         def separate(platform, **kw):
@@ -73,7 +80,7 @@ def _patch(variant: str):
 
     def undo() -> None:
         worker.select_kernels = select
-        gguf.INT8_ACTIVATIONS = int8
+        gguf.INT8_ACTIVATIONS, gguf_one_token.FUSE_QUANT_OUT = int8, fuse
 
     return undo
 

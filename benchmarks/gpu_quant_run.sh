@@ -10,6 +10,7 @@
 #           float and the 8-bit-activation GEMVs (decode_variants --gguf), the one-token sweep
 #   step batch: kernel tests, the several-token sweep, 64 concurrent with and without the scratch
 #   step llama: finish the build (incremental), llama.cpp's measurements on the same files
+#   step session5: every GPU test, decode with the producer-quantized x vs a quantize launch, fp8
 set -u
 step=${1:?step 1 or 2}
 OUT=${OUT:-benchmarks/results}
@@ -124,6 +125,20 @@ if [ "$step" = fp8 ]; then  # every GPU test, then in-situ fp8 on a random 7B bf
     tail -2 /tmp/files.log
     timeout 240 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
         --models mistral-7b:fp8 --output "$OUT" 2>&1 | grep -v Warn | tail -4 | cut -c1-900
+    exit 0
+fi
+if [ "$step" = session5 ]; then  # every GPU test; producer-quantized x; fp8 x in one kernel
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+    python3 benchmarks/gpu_quant_bench.py --parts files --models mistral-7b:Q4_K_M \
+        mistral-7b:fp8 --output "$OUT" > /tmp/files.log 2>&1 &
+    timeout 240 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -8 \
+        | tee "$OUT/tests_gpu.txt"
+    wait
+    tail -2 /tmp/files.log
+    timeout 110 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
+        --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6
+    timeout 170 python3 benchmarks/fp8_prefill.py --folder /tmp/qbench/mistral-7b-bf16 \
+        --output "$OUT" 2>&1 | grep -v Warn | tail -4
     exit 0
 fi
 if [ "$step" = llama ]; then

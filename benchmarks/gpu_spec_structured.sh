@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
 # GPU figures of speculative decoding (#17) and structured output (#18), and the GPU tests, on one
 # lent GPU machine. Needs the llguidance and gguf wheels in .whl (carry .whl); OUT gets the results.
+#   step combo:      the new kernels' tests, structured, the spec ceiling (one call)
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
 set -u
-step=${1:?step: tests, structured or spec}
+step=${1:?step: combo, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:src:. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 case "$step" in
+combo)  # the new kernels' tests, then structured and the spec ceiling, each time-boxed
+    timeout 100 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_fp8.py \
+        tests/gpu/test_quant_kernels.py -k "fp8 or quant_out or quantizes_its_output or int8" \
+        2>&1 | tail -6 | tee "$OUT/gpu_tests_new_kernels.txt"
+    cd benchmarks || exit 1
+    timeout 120 python3 structured_decoding.py --device cuda \
+        --output "$OUT/structured_decoding_cuda.json" 2>&1 | grep -v Warn | tail -5
+    timeout 150 python3 structured_decoding.py --device cuda --shape mistral-7b \
+        --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 | grep -v Warn | tail -5
+    cd .. || exit 1
+    timeout 200 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
+        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 | tail -30 ;;
 tests)
     timeout 330 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 \
         | tee "$OUT/gpu_tests.txt" ;;

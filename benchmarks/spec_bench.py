@@ -17,6 +17,11 @@ Parts (--parts, all by default):
   the text; the output copies most of it), n-gram K vs plain, acceptance beside it.
 - concurrency: throughput of --concurrency requests at once, n-gram K vs plain (the target's
   own workload: the demo rewrite prompts on the demo model; random prompts on a random model).
+- pair (not in the default set): a trained target (--target-folder, made by
+  scripts/train_demo_model.py --shape target) with the demo model as its draft (--draft-folder):
+  batch-1 plain vs draft speculation at each --ks and the governor at --k, greedy and sampled,
+  acceptance beside the speed, greedy equality with plain decoding (spec_pair.py). Writes
+  spec_bench_pair_<device>.json; benchmarks/spec_pair_gpu.sh trains the target on a GPU.
 Plain and speculative runs alternate (ABAB) and medians are reported. Writes
 spec_bench_<shape>_<device>[_<parts>].json under --output. On the GPU run the parts in
 separate commands (each builds several 7B engines): --parts step_cost, --parts ceiling,
@@ -26,8 +31,8 @@ separate commands (each builds several 7B engines): --parts step_cost, --parts c
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -39,9 +44,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from record import write_results  # noqa: E402
 from shapes import SHAPES, hf_config  # noqa: E402
+from spec_runs import free, run, spec_counters, spec_delta, sync  # noqa: E402
 
-from minerva import LLM, SamplingParams  # noqa: E402
+from minerva import LLM  # noqa: E402
 
+DEFAULT_PARTS = ["step_cost", "ceiling", "ngram", "concurrency"]
 ALWAYS = {"speculative_adaptive": False}
 """Speculate on every step (no governor): what the oracle and draft parts measure."""
 
@@ -65,81 +72,18 @@ class OracleProposer:
         pass
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def free(llm) -> None:
-    del llm
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
-
-
-def run(engine, prompts, n, device, step_times=None) -> tuple[float, float, list[list[int]]]:
-    """All prompts at once; (seconds from the first token to the last, total seconds, outputs).
-    step_times: a dict collecting each step's seconds by kind ('decode', 'verify', 'other')."""
-    ids = [engine.add_request(p, greedy(n)) for p in prompts]
-    tokens = {rid: [] for rid in ids}
-    sync(device)
-    start = time.perf_counter()
-    first = None
-    while engine.has_unfinished_requests():
-        t = time.perf_counter()
-        outs = engine.step()
-        sync(device)
-        dt = time.perf_counter() - t
-        if step_times is not None:
-            out = engine.last_scheduler_output
-            kind = "verify" if out.scheduled_spec_token_ids else "other"
-            if kind == "other" and set(out.num_scheduled_tokens) == {1}:
-                kind = "decode"
-            step_times.setdefault(kind, []).append(dt)
-        for o in outs:
-            tokens[o.request_id] = list(o.outputs[0].token_ids)
-        if first is None and any(tokens.values()):
-            first = time.perf_counter()
-    end = time.perf_counter()
-    return end - (first or start), end - start, [tokens[r] for r in ids]
-
-
 def decode_rate(llm, prompts, n, device) -> tuple[float, dict]:
     """Output tokens per second after the first token (all prompts at once) and spec stats."""
-    before = _stats(llm)
+    before = spec_counters(llm)
     span, _, outs = run(llm.engine, prompts, n, device)
-    after = _stats(llm)
-    return sum(len(o) - 1 for o in outs) / span, _delta(before, after)
+    after = spec_counters(llm)
+    return sum(len(o) - 1 for o in outs) / span, spec_delta(before, after)
 
 
 def throughput(llm, prompts, n, device) -> tuple[float, dict]:
-    before = _stats(llm)
+    before = spec_counters(llm)
     _, total, outs = run(llm.engine, prompts, n, device)
-    return sum(len(o) for o in outs) / total, _delta(before, _stats(llm))
-
-
-def _stats(llm) -> dict:
-    s = llm.engine.stats().spec_decode
-    return {} if s is None else dict(s.as_dict(), emitted=s.num_emitted_tokens)
-
-
-def _delta(a: dict, b: dict) -> dict:
-    if not b:
-        return {}
-    drafts = b["num_draft_tokens"] - a.get("num_draft_tokens", 0)
-    accepted = b["num_accepted_tokens"] - a.get("num_accepted_tokens", 0)
-    steps = b["num_verify_steps"] - a.get("num_verify_steps", 0)
-    emitted = b["emitted"] - a.get("emitted", 0)
-    return {
-        "draft_tokens": drafts,
-        "accepted_tokens": accepted,
-        "acceptance_rate": accepted / drafts if drafts else 0.0,
-        "mean_accepted_length": emitted / steps if steps else 0.0,
-    }
+    return sum(len(o) for o in outs) / total, spec_delta(before, spec_counters(llm))
 
 
 def ab(measure_a, measure_b, repeats: int) -> tuple[list, list]:
@@ -338,6 +282,51 @@ def _compare(make, k, repeats, measure, warm=None) -> dict:
     }
 
 
+def device_tag(device: str) -> str:
+    """'cpu', or the GPU's model ('NVIDIA H100 80GB HBM3' -> 'h100')."""
+    if device != "cuda":
+        return "cpu"
+    words = torch.cuda.get_device_name().split()
+    model = [w for w in words if re.fullmatch(r"[A-Z]+\d{2,}[A-Za-z]*", w)]
+    return (model or words[-1:])[0].lower()
+
+
+def main_pair(args, common: dict) -> None:
+    """The trained pair (spec_pair.py): its own JSON, spec_bench_pair_<device>.json."""
+    from spec_pair import heldout_prompts, part_pair, summary, target_facts
+
+    from minerva.demo import demo_model_path
+    from minerva.tokenizer import Tokenizer
+
+    target = Path(args.target_folder)
+    draft = Path(args.draft_folder or demo_model_path())
+    pair = common | {"max_model_len": 512, "max_num_seqs": 4}  # batch 1: few CUDA graphs
+    if args.device == "cuda":  # six small engines at once
+        pair["kv_cache_memory"] = "1GiB"
+
+    def make_target(**kw) -> LLM:
+        return LLM(model=str(target), **pair, **kw)
+
+    def make_draft() -> LLM:
+        return LLM(model=str(draft), **pair)
+
+    tokenizer = Tokenizer.from_folder(draft)
+    text = (Path(demo_model_path()) / "heldout.txt").read_text()
+    prompts = heldout_prompts(tokenizer, text, args.pair_prompts)
+    result = {"target": target_facts(target), "draft": str(draft)}
+    if args.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
+    reps, dev = args.repeats, args.device
+    result |= part_pair(
+        make_target, make_draft, draft, prompts, args.ks, args.k, args.tokens, dev, reps
+    )
+    out = Path(args.output) / f"spec_bench_pair_{device_tag(dev)}.json"
+    write_results("spec_bench", "spec_bench.py", args, [result], out)
+    print(json.dumps(result, indent=1))
+    print(summary(result))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -348,13 +337,23 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--parts", nargs="+", default=["step_cost", "ceiling", "ngram", "concurrency"])
+    ap.add_argument("--parts", nargs="+", default=DEFAULT_PARTS, choices=[*DEFAULT_PARTS, "pair"])
+    ap.add_argument("--target-folder", default=None, help="pair: the trained target's folder")
+    ap.add_argument("--draft-folder", default=None, help="pair: the draft (default: demo model)")
+    ap.add_argument("--pair-prompts", type=int, default=6, help="pair: held-out prompts")
     ap.add_argument("--output", default="benchmarks/results")
     args = ap.parse_args()
+    if "pair" in args.parts and args.target_folder is None:
+        ap.error("--parts pair needs --target-folder (scripts/train_demo_model.py --shape target)")
     dtype = "bfloat16" if args.device == "cuda" else "float32"
     common = dict(device=args.device, dtype=dtype, progress=False, max_model_len=2048)
     if args.device == "cuda":  # several engines live at once (plain, speculative, drafts)
         common["kv_cache_memory"] = "4GiB"
+    if "pair" in args.parts:
+        main_pair(args, common)
+        args.parts.remove("pair")
+        if not args.parts:
+            return
 
     def make_demo(**kw) -> LLM:
         return LLM(**common | {"max_model_len": 512}, **kw)
@@ -394,7 +393,7 @@ def main() -> None:
             many = random_prompts(args.concurrency, 128, vocab, seed=1)
             results["concurrency_random"] = part_concurrency(make, many, k, n, dev, reps)
     gpu = "_" + torch.cuda.get_device_name().split()[-1].lower() if dev == "cuda" else "_cpu"
-    parts = "" if len(args.parts) == 4 else "_" + "_".join(args.parts)
+    parts = "" if args.parts == DEFAULT_PARTS else "_" + "_".join(args.parts)
     out = Path(args.output) / f"spec_bench_{args.shape}{gpu}{parts}.json"
     write_results("spec_bench", "spec_bench.py", args, [results], out)
     print(json.dumps(results, indent=2))

@@ -53,6 +53,20 @@ MODEL_SHAPE = dict(
     num_key_value_heads=2,
     head_dim=64,
 )
+# The speculative-decoding target whose draft is the demo model (issue 17): same family,
+# tokenizer and context. Depth and width both x1.5 (a 7B target over a TinyLlama draft is
+# x1.45 deep, x2 wide), SwiGLU at 8/3 x hidden: 3.5x the demo's parameters, ~41 MB in bf16.
+TARGET_SHAPE = dict(
+    hidden_size=384,
+    intermediate_size=1024,
+    num_hidden_layers=12,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    head_dim=64,
+)
+SHAPES = {"demo": MODEL_SHAPE, "target": TARGET_SHAPE}
+# Shards of at most 15 MiB: the GPU machine sends back files of at most 16 MiB.
+MAX_SHARD_BYTES = 15 * 2**20
 GENERATION_DEFAULTS = dict(
     do_sample=True, temperature=0.7, top_k=40, top_p=0.95, repetition_penalty=1.1
 )
@@ -176,7 +190,7 @@ def heldout_perplexity(model_dir: Path, heldout: Path, device: str = "cpu") -> f
     return math.exp(total / count)
 
 
-def build_model(vocab_size: int):
+def build_model(vocab_size: int, shape: dict = MODEL_SHAPE):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -189,7 +203,7 @@ def build_model(vocab_size: int):
         eos_token_id=2,
         pad_token_id=0,
         attn_implementation="sdpa",
-        **MODEL_SHAPE,
+        **shape,
     )
     return LlamaForCausalLM(config)
 
@@ -224,6 +238,66 @@ def plot_losses(history: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def steps_within_budget(steps: int, budget_s: float, elapsed_s: float, step_s: float, done: int):
+    """Steps that end training within budget_s: those done plus what the rest of the budget
+    holds at step_s each (5% left for validation); never more than asked, nor fewer than done+1."""
+    fit = done + int(max(0.0, budget_s - elapsed_s) * 0.95 / step_s)
+    return max(done + 1, min(steps, fit))
+
+
+class StepBudget:
+    """Caps the step count to a wall-clock budget (a GPU call has a fixed limit): times the
+    steps FIRST..LAST (after torch.compile's first steps) and cuts the run to what fits. The
+    warmup stays; the cosine decay then ends at the new last step."""
+
+    FIRST, LAST = 10, 40
+
+    def __init__(self, budget_s: float, device) -> None:
+        self.budget_s, self.device, self.mark = budget_s, device, 0.0
+
+    def _now(self) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.time()
+
+    def at_step(self, step: int, steps: int, start: float) -> int:
+        """The step count from here on (called before each step)."""
+        if step == self.FIRST:
+            self.mark = self._now()
+        elif step == self.LAST:
+            now = self._now()
+            step_s = (now - self.mark) / (self.LAST - self.FIRST)
+            fit = steps_within_budget(steps, self.budget_s, now - start, step_s, step)
+            print(f"time budget {self.budget_s:.0f} s at {step_s * 1e3:.1f} ms/step: "
+                  f"{fit} of {steps} steps", flush=True)  # fmt: skip
+            return fit
+        return steps
+
+
+class BestWeights:
+    """Keeps a CPU copy of the weights at the lowest validation loss and restores them at the
+    end: a bigger model on the same small corpus may start to overfit before the last step."""
+
+    def __init__(self, model) -> None:
+        self.model, self.loss, self.step, self.state = model, math.inf, 0, None
+
+    def offer(self, step: int, val_loss: float) -> None:
+        if val_loss < self.loss:
+            self.loss, self.step = val_loss, step
+            self.state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+
+    def restore(self) -> int:
+        """Load the best weights back; returns their step."""
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+            print(f"kept the weights of step {self.step} (validation {self.loss:.3f})", flush=True)
+        return self.step
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
@@ -240,7 +314,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from tokenizers import Tokenizer
 
     vocab_size = Tokenizer.from_file(str(data / "tokenizer.json")).get_vocab_size()
-    model = build_model(vocab_size).to(device)
+    model = build_model(vocab_size, SHAPES[args.shape]).to(device)
     num_params = sum(p.numel() for p in model.parameters())  # tied: the embedding counts once
     print(f"{num_params:,} parameters on {device}", flush=True)
 
@@ -287,10 +361,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     }
     tokens_per_step = args.batch_size * CONTEXT
     warmup = max(1, int(args.steps * args.warmup))
+    steps = args.steps
+    best = BestWeights(model) if args.keep_best else None
+    budget = StepBudget(args.time_budget, device) if args.time_budget else None
     model.train()
     start = time.time()
-    for step in range(args.steps):
-        lr = lr_at(step, args.steps, args.lr, warmup)
+    step = 0
+    while step < steps:
+        if budget is not None:
+            steps = budget.at_step(step, steps, start)
+        lr = lr_at(step, steps, args.lr, warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         starts = torch.randint(
@@ -302,22 +382,26 @@ def cmd_train(args: argparse.Namespace) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         seen = (step + 1) * tokens_per_step
-        if step % args.log_every == 0 or step == args.steps - 1:
+        if step % args.log_every == 0 or step == steps - 1:
             history["train_tokens"].append(seen)
             history["train_loss"].append(loss.item())
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.eval_every == 0 or step == steps - 1:
             val = validate()
             history["val_tokens"].append(seen)
             history["val_loss"].append(val)
+            if best is not None:
+                best.offer(step + 1, val)
             rate = seen / (time.time() - start)
             print(
-                f"step {step + 1}/{args.steps} train {history['train_loss'][-1]:.3f} "
+                f"step {step + 1}/{steps} train {history['train_loss'][-1]:.3f} "
                 f"val {val:.3f} lr {lr:.2e} {rate / 1e3:.1f} k tok/s {time.time() - start:.0f} s",
                 flush=True,
             )
+        step += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_seconds = time.time() - start
+    kept_step = best.restore() if best is not None else steps
     save_folder(model, data, out)
     ppl = heldout_perplexity(out, data / "heldout.txt", device=str(device))
     if device.type == "cuda":
@@ -326,11 +410,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         device_name = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     log = {
         "seed": SEED,
+        "shape": args.shape,
         "num_parameters": num_params,
-        "steps": args.steps,
+        "steps": steps,
+        "steps_requested": args.steps,
+        "kept_step": kept_step,
         "batch_size": args.batch_size,
         "context": CONTEXT,
-        "tokens_seen": args.steps * tokens_per_step,
+        "tokens_seen": steps * tokens_per_step,
         "train_tokens_available": int(train_ids.numel()),
         "peak_lr": args.lr,
         "warmup_steps": warmup,
@@ -345,24 +432,29 @@ def cmd_train(args: argparse.Namespace) -> None:
         "history": history,
     }
     (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    plot_losses(
-        history, out / "loss_curve.png", f"Minerva demo model: {num_params / 1e6:.1f} M params"
-    )
+    name = "demo model" if args.shape == "demo" else f"{args.shape} model"
+    plot_losses(history, out / "loss_curve.png", f"Minerva {name}: {num_params / 1e6:.1f} M params")
     print(f"held-out perplexity {ppl:.3f}; trained {train_seconds:.0f} s; wrote {out}", flush=True)
 
 
 def save_folder(model, data: Path, out: Path) -> None:
-    """config.json + bf16 model.safetensors + generation_config.json + tokenizer files."""
+    """config.json + bf16 model.safetensors (or shards of at most MAX_SHARD_BYTES and
+    model.safetensors.index.json) + generation_config.json + tokenizer files."""
     import tempfile
 
     import torch
     from transformers import GenerationConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        model.to(torch.bfloat16).save_pretrained(tmp)
+        model.to(torch.bfloat16).save_pretrained(tmp, max_shard_size=MAX_SHARD_BYTES)
         model.float()
-        for name in ("config.json", "model.safetensors"):
-            shutil.copy(Path(tmp) / name, out / name)
+        weights = sorted(Path(tmp).glob("*.safetensors"))
+        index = sorted(Path(tmp).glob("model.safetensors.index.json"))
+        for path in [Path(tmp) / "config.json", *weights, *index]:
+            shutil.copy(path, out / path.name)
+    too_big = [p.name for p in weights if (out / p.name).stat().st_size > 16 * 2**20]
+    if too_big:  # one tensor bigger than a shard: the GPU machine could not send it back
+        raise SystemExit(f"weight files over 16 MiB: {too_big}")
     gen = GenerationConfig(
         bos_token_id=1, eos_token_id=2, pad_token_id=0, max_length=CONTEXT, **GENERATION_DEFAULTS
     )
@@ -601,6 +693,16 @@ def main() -> None:
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--device", default=None)
     train.add_argument("--compile", action="store_true", help="torch.compile the model")
+    train.add_argument(
+        "--shape", default="demo", choices=list(SHAPES), help="demo, or target: the demo's "
+        "bigger sibling (same tokenizer and context) that the demo model drafts for",
+    )  # fmt: skip
+    train.add_argument(
+        "--keep-best", action="store_true", help="save the weights of the lowest validation loss"
+    )
+    train.add_argument(
+        "--time-budget", type=float, default=None, help="seconds: cut --steps to what fits"
+    )
     train.set_defaults(func=cmd_train)
     card = sub.add_parser("card", help="write README.md: samples and perplexity via Minerva")
     card.add_argument("--model", default="src/minerva/demo_model")

@@ -62,8 +62,9 @@ class ModelConfig:
     """Which model to run and how its numbers are stored."""
 
     model: str | None = Field(
-        None, "Path to a Hugging Face model folder (default: the demo model).", non_empty=True
-    )
+        None, "Path to a Hugging Face model folder or a .gguf file (default: demo, the bundled "
+        "demo model).", non_empty=True,
+    )  # fmt: skip
     tokenizer: str | None = Field(
         None, "Path to the tokenizer folder (default: the model path).", non_empty=True
     )

@@ -164,6 +164,9 @@ ALIAS_TABLE: tuple[Alias, ...] = (
             "own KV cache is always paged)", "true", "on", _on_off_auto),
     _mapped("MISTRALRS_PAGED_ATTN_BLOCK_SIZE", None, "block_size",
             "tokens per KV block, a power of two", "32", 32),
+    _inert("MISTRALRS_CPU_KV_F32", None,
+           "read by mistral.rs itself under --backend mistralrs (a float32 KV cache on the CPU; "
+           "set for float32 models); Minerva's own engine follows kv_cache_dtype", "1"),
     # -- memory
     _mapped("MISTRAL_MEMORY_FRACTION", "resources.memory_fraction", "memory_fraction",
             "a number in (0, 1]: the share of device memory for weights + KV cache (CPU too)",

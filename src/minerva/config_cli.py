@@ -141,8 +141,11 @@ def show_rows(
 
 
 def display(spec: FieldSpec, value: Any) -> str:
+    """A value as ``config show`` prints it (a secret only as set or not)."""
     if value is None:
         return "none"
+    if spec.rules.secret:
+        return "*** (set)"
     if isinstance(value, bool):
         return str(value).lower()
     if spec.byte_size:

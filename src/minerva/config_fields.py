@@ -42,14 +42,18 @@ class FieldRules:
     byte_size: bool = False  # an int that text may give as '4GiB'
     env: bool = True  # False: no MINERVA_<NAME> variable (the value comes from elsewhere)
     metavar: str | None = None
+    secret: bool = False  # never printed (config show, error messages): an API key
 
 
 def Field(default: Any, doc: str, **rules: Any) -> Any:  # noqa: N802 (reads like a type)
     """A dataclass field with a one-line ``doc`` and its rules (see ``FieldRules``)."""
     metadata = {"rules": FieldRules(doc, **rules)}
+    shown = not rules.get("secret", False)  # a secret stays out of the dataclass's repr too
     if isinstance(default, list):  # mutable defaults need a factory
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(
+            default_factory=lambda: list(default), metadata=metadata, repr=shown
+        )
+    return dataclasses.field(default=default, metadata=metadata, repr=shown)
 
 
 # ---- byte sizes ---------------------------------------------------------------------------
@@ -182,6 +186,13 @@ class FieldSpec:
             return f"2**{value.bit_length() - 1}"  # 2**64 reads better than 18446744073709551616
         return str(value)
 
+    def shown(self, value: Any) -> str:
+        """``repr(value)`` for messages; '***' for a secret's value unless it is blank (a blank
+        key is refused, and saying so reveals nothing)."""
+        if self.rules.secret and not (isinstance(value, str) and not value.strip()):
+            return "'***'"
+        return repr(value)
+
     def parse_text(self, text: str) -> Any:
         """A string from env / CLI / kwargs -> the field's type; ValueError saying what is allowed."""
         text = text.strip()
@@ -309,7 +320,7 @@ class Schema:
     def problems(self, values: Mapping[str, Any]) -> list[str]:
         """'name=value: must be ...' for every value its field's rules refuse."""
         return [
-            f"{name}={value!r}: {problem}"
+            f"{name}={self.fields[name].shown(value)}: {problem}"
             for name, value in values.items()
             if (problem := self.fields[name].problem(value))
         ]

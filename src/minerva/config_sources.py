@@ -168,7 +168,7 @@ def file_layer(schema: Schema, path: str, data: dict[str, Any],
             problems.append(f"{path}: {key!r} is set twice (flat and in [{spec.section}])")
         else:
             seen.add(key)
-            label = f"{path}: {where}{key} = {value!r}"
+            label = f"{path}: {where}{key} = {spec.shown(value)}"
             take(schema, key, value, label, layer.values, problems, strict=True)
             if key in layer.values:
                 layer.sources[key] = f"file:{path}"
@@ -231,7 +231,8 @@ def env_layer(schema: Schema, env: Mapping[str, str], *, where: str = "env",
     plain |= {a: n for a, n in schema.aliases.items() if a.isupper() and n in schema.fields}
     for var, name in plain.items():
         if var in env and name not in layer.values:  # a MINERVA_* variable wins over an alias
-            take(schema, name, env[var], f"{var}={env[var]!r}{suffix}", layer.values,
+            shown = schema.fields[name].shown(env[var])
+            take(schema, name, env[var], f"{var}={shown}{suffix}", layer.values,
                  layer.problems)  # fmt: skip
             if name in layer.values:
                 layer.sources[name] = prefix + var
@@ -283,7 +284,8 @@ def override_layer(schema: Schema, overrides: Mapping[str, Any], source: str) ->
         if key is None:
             layer.problems.append(schema.unknown(name))
         else:
-            take(schema, key, raw, f"{name}={raw!r} (from {source})", layer.values,
+            shown = schema.fields[key].shown(raw)
+            take(schema, key, raw, f"{name}={shown} (from {source})", layer.values,
                  layer.problems)  # fmt: skip
             if key in layer.values:
                 layer.sources[key] = source

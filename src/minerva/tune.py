@@ -8,8 +8,12 @@ Each grid point loads the model with those settings (within --memory-limit) and 
 bench's batch-1 latency (goal latency: lowest end-to-end time) or batched throughput (goal
 throughput: most output tokens/s). A point the device cannot run (an 8-bit KV cache on MPS, a
 quantization of a GGUF file) is listed as skipped with the reason. Prints a progress bar and a
-table, saves a plot and the rows as JSON beside the TOML. Timings are noisy on a shared machine:
-re-run before trusting a small difference.
+table, saves a plot and the rows as JSON beside the TOML.
+
+Timings are noisy on a shared machine, so every point is measured ``--rounds`` times, the
+rounds interleaved (one pass over the grid, then the next: a change of load hits every point
+alike); a point's figure is its median and its noise the range of its rounds. A re-measure of a
+written file says whether its new range overlaps the recorded one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import gc
 import itertools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,6 +42,9 @@ DEFAULT_GRID = {
     "throughput": {"max_num_seqs": "8,64", "max_num_batched_tokens": "512,2048"},
 }
 """What each goal varies unless flags say otherwise: a few points, minutes on a CPU."""
+
+RUN_FIELDS = ("model", "device", "dtype", "num_threads", "memory_limit", "load_format")
+"""Settings of the whole run (not varied): written to the file, read back by --config."""
 
 GRID_FIELDS = (
     "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_dtype", "quantization",
@@ -76,8 +84,9 @@ def measure(args: argparse.Namespace, point: dict[str, Any], vocab_size: int) ->
     from minerva.bench.offline import run_latency, run_throughput  # noqa: PLC0415
 
     options = dict(point)
-    if args.memory_limit is not None:
-        options["memory_limit"] = args.memory_limit
+    for name in ("memory_limit", "load_format"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
     try:
         driver = BackendDriver(
             "minerva", args.model, device=args.device, dtype=args.dtype,
@@ -99,6 +108,25 @@ def measure(args: argparse.Namespace, point: dict[str, Any], vocab_size: int) ->
         gc.collect()
     result.pop("runs", None)
     return {**point, **result}
+
+
+def combine_rounds(runs: list[dict], goal: str) -> dict:
+    """One point's rounds as one row: the median round's figures, plus ``rounds`` (every
+    round's figure) and ``spread`` ([min, max]); skipped if any round was."""
+    skipped = next((r for r in runs if "skipped" in r), None)
+    if skipped is not None:
+        return skipped
+    key = GOALS[goal][0]
+    figures = [r[key] for r in runs]
+    median = statistics.median_low(figures)  # a measured round, not an average of two
+    row = dict(next(r for r in runs if r[key] == median))
+    return {**row, "rounds": figures, "spread": [min(figures), max(figures)]}
+
+
+def within_noise(now: dict, then: dict) -> bool:
+    """Whether two measurements of one point agree: their ranges of rounds overlap."""
+    (a, b), (c, d) = now["spread"], then["spread"]
+    return a <= d and c <= b
 
 
 def best_row(rows: list[dict], goal: str) -> dict | None:
@@ -142,9 +170,15 @@ def _plot(rows: list[dict], goal: str, path: Path, model: str) -> Path | None:
     measured = [r for r in rows if r.get(key) is not None]
     names = [_point_label(r) for r in measured]
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
-    ax.bar(range(len(names)), [r[key] for r in measured])
+    medians = [r[key] for r in measured]
+    spreads = [r.get("spread", (r[key], r[key])) for r in measured]
+    errors = [
+        [m - s[0] for m, s in zip(medians, spreads)],
+        [s[1] - m for m, s in zip(medians, spreads)],
+    ]
+    ax.bar(range(len(names)), medians, yerr=errors, capsize=3)  # the range of the rounds
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel(label)
+    ax.set_ylabel(f"{label} (median, range of the rounds)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"minerva tune --goal {goal}: {model}, {time.strftime('%Y-%m-%d')}", fontsize=9)
     fig.tight_layout()
@@ -163,7 +197,7 @@ def run_tune(args: argparse.Namespace) -> int:
     from rich.table import Table  # noqa: PLC0415
 
     try:
-        for flag in ("input_len", "output_len", "num_prompts", "repeats"):
+        for flag in ("input_len", "output_len", "num_prompts", "repeats", "rounds"):
             if getattr(args, flag) < 1:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
         args.memory_limit = _memory_limit(args.memory_limit)
@@ -172,21 +206,23 @@ def run_tune(args: argparse.Namespace) -> int:
     except MinervaError as e:
         print(f"minerva tune: error: {e}", file=sys.stderr)
         return 1
-    rows = []
+    runs: list[list[dict]] = [[] for _ in points]
     with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(f"tuning for {args.goal}", total=len(points))
-        for point in points:
-            bar.update(task, description=_point_label(point) or "defaults")
-            rows.append(measure(args, point, vocab_size))
-            bar.advance(task)
+        task = bar.add_task(f"tuning for {args.goal}", total=len(points) * args.rounds)
+        for round_ in range(args.rounds):  # interleaved: each pass runs every point once
+            for point, done in zip(points, runs):
+                label = _point_label(point) or "defaults"
+                bar.update(task, description=f"round {round_ + 1}/{args.rounds}: {label}")
+                done.append(measure(args, point, vocab_size))
+                bar.advance(task)
+    rows = [combine_rounds(r, args.goal) for r in runs]
     key, _, label = GOALS[args.goal]
     table = Table(title=f"minerva tune --goal {args.goal} ({label})")
     for name in [k for k in GRID_FIELDS if k in points[0]] + [label]:
         table.add_column(name)
     for row in rows:
         cells = [str(row[k]) for k in GRID_FIELDS if k in points[0]]
-        shown = f"{row[key]:.2f}" if row.get(key) is not None else f"skipped: {row['skipped']}"
-        table.add_row(*cells, shown)
+        table.add_row(*cells, _shown(row, key))
     Console().print(table)
     best = best_row(rows, args.goal)
     if best is None:
@@ -194,10 +230,23 @@ def run_tune(args: argparse.Namespace) -> int:
         return 1
     if args.config:  # a re-measure of a written file: compare, write nothing
         recorded = _recorded(Path(args.config), args.goal)
-        then = f" (the file's run: {recorded:.2f})" if recorded is not None else ""
-        print(f"{args.config}: {best[key]:.2f} {label} now{then}")
+        then = ""
+        if recorded is not None:
+            recorded.setdefault("spread", [recorded[key]] * 2)  # a file from before --rounds
+            agree = "within" if within_noise(best, recorded) else "outside"
+            change = best[key] / recorded[key] - 1 if recorded[key] else 0.0
+            then = f" (the file's run: {_shown(recorded, key)}; {change:+.1%}, {agree} its noise)"
+        print(f"{args.config}: {_shown(best, key)} {label} now{then}")
         return 0
     return _write(args, rows, best)
+
+
+def _shown(row: dict, key: str) -> str:
+    """'567.14 (503.07-601.20)': the median and the range of the rounds."""
+    if row.get(key) is None:
+        return f"skipped: {row['skipped']}"
+    low, high = row.get("spread", (row[key], row[key]))
+    return f"{row[key]:.2f} ({low:.2f}-{high:.2f})"
 
 
 def _from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -206,38 +255,38 @@ def _from_file(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     cfg, sources = load_config(args.config, env={})
     values = cfg.flat()
-    for name in ("model", "device", "dtype", "num_threads", "memory_limit"):
+    for name in RUN_FIELDS:
         if sources[name] != "default":
             setattr(args, name, values[name])
     return [{k: values[k] for k in GRID_FIELDS if sources[k] != "default"}]
 
 
-def _recorded(path: Path, goal: str) -> float | None:
-    """The best figure of the run that wrote ``path`` (its JSON rows), if they are there."""
+def _recorded(path: Path, goal: str) -> dict | None:
+    """The best row of the run that wrote ``path`` (its JSON rows), if they are there."""
     try:
         rows = json.loads(path.with_suffix(".json").read_text())["rows"]
     except (OSError, ValueError, KeyError):
         return None
-    best = best_row(rows, goal)
-    return None if best is None else best[GOALS[goal][0]]
+    return best_row(rows, goal)
 
 
 def _write(args: argparse.Namespace, rows: list[dict], best: dict) -> int:
     key, _, label = GOALS[args.goal]
     values = {k: best[k] for k in GRID_FIELDS if k in best}
-    for name in ("model", "device", "dtype", "num_threads", "memory_limit"):
+    for name in RUN_FIELDS:
         if getattr(args, name, None) not in (None, "auto"):
             values[name] = getattr(args, name)
     EngineConfig.from_kwargs(**values)  # what is written must load
     out = Path(args.output)
     header = (
-        f"Written by minerva tune --goal {args.goal}: {best[key]:.2f} {label} measured here.\n"
+        f"Written by minerva tune --goal {args.goal}: {_shown(best, key)} {label} measured "
+        f"here (median and range of {args.rounds} rounds).\n"
         f"Every row is in {out.with_suffix('.json').name}."
     )
     out.write_text(toml_text(values, header))
     out.with_suffix(".json").write_text(json.dumps({"goal": args.goal, "rows": rows}, indent=2))
     plot = _plot(rows, args.goal, out.with_suffix(".png"), args.model or "demo model")
-    print(f"best: {_point_label(best)} -> {best[key]:.2f} {label}")
+    print(f"best: {_point_label(best)} -> {_shown(best, key)} {label}")
     print(f"wrote {out}" + (f" (plot: {plot})" if plot else " (no plot: matplotlib missing)"))
     return 0
 
@@ -278,6 +327,9 @@ def add_tune_subcommand(subparsers: Any) -> argparse.ArgumentParser:
         "instead of a grid; writes nothing. Default: none (measure the grid).",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", help="Default: auto.")
+    parser.add_argument("--load-format", choices=("auto", "dummy"), default=None,
+                        help="dummy: random weights of the checkpoint's shapes (a config.json "
+                        "is enough; speed only). Default: the checkpoint's weights.")  # fmt: skip
     parser.add_argument("--dtype", default="auto", help="Default: auto.")
     parser.add_argument(
         "--num-threads", type=int, default=None, help="CPU threads. Default: the engine's."
@@ -295,5 +347,8 @@ def add_tune_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--num-prompts", type=int, default=16,
                         help="requests at once (throughput). Default: 16.")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="latency repeats. Default: 3.")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measurements of every point, interleaved; a point's figure is "
+                        "their median, its noise their range. Default: 3.")  # fmt: skip
     parser.set_defaults(func=run_tune)
     return parser

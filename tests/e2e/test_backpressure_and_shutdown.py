@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import time
 
@@ -68,6 +69,7 @@ def test_default_bind_is_loopback_without_key(small_server):
     assert f"Uvicorn running on http://127.0.0.1:{small_server.port}" in log
     assert "WARNING: binding" not in log
     assert httpx.get(small_server.url + "/v1/models").status_code == 200
+    print("\n[reliability] safe defaults: bound to 127.0.0.1 with no key, no bind warning")
 
 
 def test_overload_gives_exactly_the_excess_503s(small_server):
@@ -119,6 +121,9 @@ def test_overload_gives_exactly_the_excess_503s(small_server):
         assert [c["finish_reason"] for e in events[:-2] for c in e["choices"]][-1] == "length"
     m = small_server.wait_idle()
     assert m['minerva_requests_rejected_total{reason="queue_full"}'] == 20 - SLOTS - QUEUE
+    print(f"\n[reliability] queue bound: 20 requests on {SLOTS} slots + a queue of {QUEUE}: "
+          f"exactly {len(rejected)} refused (503 + Retry-After, queue_full), {len(served)} "
+          "queued ones served in full")  # fmt: skip
 
 
 def test_queued_request_whose_client_leaves_is_dropped(small_server):
@@ -197,7 +202,10 @@ def test_sigterm_drains_then_exits_zero(small_server):
     assert short[-2]["usage"]["completion_tokens"] == 40
     assert small_server.proc.wait(timeout=60) == 0
     log = small_server.log()
-    assert "draining 2 request(s)" in log and "at the shutdown timeout" not in log
+    # 2 in flight at the signal; on a loaded machine the short one may finish before the
+    # drain's first look (the signal is handled on the event loop): then it counts 1
+    assert re.search(r"draining [12] request\(s\)", log), log
+    assert "at the shutdown timeout" not in log
 
 
 def test_sigterm_aborts_what_outlives_the_shutdown_timeout(model_dir, tmp_path):

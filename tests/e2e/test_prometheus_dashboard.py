@@ -110,10 +110,11 @@ def _held(server, done: threading.Event) -> None:
 
 
 def _load(server, stress, stop) -> tuple[int, list[int]]:
-    """Requests of every kind, at least three rounds and until ``stop()``: chat and generate on
+    """Requests of every kind, at least four rounds and until ``stop()``: chat and generate on
     both models (streaming, concurrent), keep_alive 0 on beta every third round (unload,
     reload), a 404, a burst on the stress server, a long generation held on alpha; how many
-    were made, and the bursts' statuses."""
+    were made, and the bursts' statuses. The fourth round reloads what the third unloaded,
+    however few rounds the scrapes took (a slow machine once stopped after three: 2 loads)."""
     client = ollama.Client(host=server.url, timeout=60)
     options = {"num_predict": 12, "temperature": 0}
     made, statuses, done = 0, [], threading.Event()
@@ -121,7 +122,7 @@ def _load(server, stress, stop) -> tuple[int, list[int]]:
         held = pool.submit(_held, server, done)
         try:
             for i in itertools.count():
-                if i >= 3 and stop():
+                if i >= 4 and stop():
                     return made, statuses
                 burst = pool.submit(_burst, stress)
                 jobs = [

@@ -141,6 +141,8 @@ def test_malformed_and_abusive_bodies_are_4xx_and_allocate_nothing(server):
     for name in ("minerva_prefix_cache_queries_total", "minerva_generation_tokens_total"):
         assert after[name] == before[name], name
     assert after["minerva_kv_cache_usage_ratio"] == 0
+    print(f"\n[reliability] abusive parameters: {len(CORPUS)} malformed or abusive bodies on "
+          "both APIs: each its exact 4xx in the API's shape, 0 tokens generated, 0 KV used")  # fmt: skip
 
 
 def test_context_length_message_names_the_counts(server):
@@ -196,6 +198,8 @@ def test_api_key_is_required_on_every_route_but_health(server):
     ok = httpx.get(server.url + "/v1/models", headers={"x-api-key": server.api_key}, timeout=10)
     assert ok.status_code == 200
     assert httpx.get(server.url + "/api/tags", headers=server.headers).status_code == 200
+    print(f"\n[reliability] auth: {len(routes)} routes enumerated from the app x 3 bad "
+          "credentials: 401 on each but /health")  # fmt: skip
 
 
 def test_health_and_no_cors_by_default(server):
@@ -206,6 +210,7 @@ def test_health_and_no_cors_by_default(server):
         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
     )
     assert "access-control-allow-origin" not in pre.headers
+    print("\n[reliability] CORS: no Access-Control-Allow-Origin for a foreign origin by default")
 
 
 ISSUE_METRICS = [

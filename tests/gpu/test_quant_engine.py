@@ -73,15 +73,32 @@ def _greedy_top2(path, **kw):
     return [(o.token_ids, o.logprobs) for o in outs], llm
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["float-x", "int8-x"])
-def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf, int8, monkeypatch):
+@pytest.mark.parametrize(
+    "int8, fuse", [(False, False), (True, False), (True, True)],
+    ids=["float-x", "int8-x", "int8-x-from-producer"],
+)  # fmt: skip
+def test_bf16_kernels_match_the_torch_twin_on_the_gpu(demo_gguf, int8, fuse, monkeypatch):
     """Each prompt's greedy tokens equal the twin's up to a point where the twin's two most
     likely tokens are a near tie (bf16 rounding decides); logprobs agree to NEAR_TIE before."""
-    from minerva.quant import gguf
+    from minerva.quant import gguf, gguf_one_token
 
     monkeypatch.setattr(gguf, "INT8_ACTIVATIONS", int8)
+    monkeypatch.setattr(gguf_one_token, "FUSE_QUANT_OUT", fuse)
     runs, _ = _greedy_top2(demo_gguf)
     twins, llm = _greedy_top2(demo_gguf, attention_backend="torch", fused_kernels=False)
     layer = llm.engine.worker.model.model.layers[0].mlp.down_proj
     assert {g[3] for g in layer.gguf_groups} == {"file"}  # the twin: dequantize + matmul
     assert_agree_until_near_tie(runs, twins, NEAR_TIE)
+
+
+def test_int8_x_from_the_producer_is_the_separate_quantization(demo_gguf, monkeypatch):
+    """The next layer's 8-bit x made by the producing GEMV (gguf_one_token.FUSE_QUANT_OUT) gives
+    the logprobs of the separate quantize launch (same arithmetic, reductions aside)."""
+    from minerva.quant import gguf_one_token
+
+    separate, _ = _greedy_top2(demo_gguf)
+    monkeypatch.setattr(gguf_one_token, "FUSE_QUANT_OUT", True)
+    fused, llm = _greedy_top2(demo_gguf)
+    state = llm.engine.worker.model.model.layers[0].mlp.down_proj.method.one_token_state
+    assert state.count is not None and int(state.count) == 0  # the fused path ran
+    assert_agree_until_near_tie(fused, separate, 0.02)

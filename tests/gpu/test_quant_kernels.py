@@ -211,6 +211,67 @@ def test_int8_gemv_is_the_exact_product_with_the_quantized_x(ggml_type, rows, co
     assert _rel(out, x.float() @ ref.T + bias.float()) < 3e-2  # and close to the float product
 
 
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q8_0], ids=str)
+@pytest.mark.parametrize("gated", [False, True], ids=["norm", "gated"])
+def test_a_gemv_quantizes_its_output_for_the_next_layer_as_quantize_x_would(ggml_type, gated):
+    """quant_out: the GEMV's last program leaves quantize_x's result of its own output (RMSNorm
+    of the residual stream, or silu(gate) * up), the output itself unchanged, the counter at 0."""
+    from minerva.ops import triton_qgemv_int8 as q8
+
+    rows, cols = (512, 256) if gated else (256, 512)
+    planes, _ = _weight(ggml_type, rows, cols)
+    x = torch.randn(1, cols, device=DEVICE).to(LOW)
+    xq = q8.quantize_x(x, cols)
+    res = None if gated else torch.randn(1, rows, device=DEVICE).to(LOW)
+    norm_w = torch.rand(rows, device=DEVICE).to(LOW) + 0.5
+    kq = rows // 2 if gated else rows
+    count = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    qo = q8.QuantOut(q8.quant_out_buffers(kq, DEVICE), count, None if gated else (norm_w, 1e-5),
+                     gated)  # fmt: skip
+    for config in [None, (2, 256, 2, 1), (8, 256, 4, 1)]:  # 1 row to many per program
+        out = torch.empty(1, rows, device=DEVICE, dtype=LOW)
+        plain = torch.empty_like(out)
+        parts = q8.qgemv_int8(xq, planes, ggml_type, out=out, residual=res, config=config,
+                              quant_out=qo)  # fmt: skip
+        q8.qgemv_int8(xq, planes, ggml_type, out=plain, residual=res, config=config)
+        assert torch.equal(out, plain) and int(count) == 0
+        if gated:
+            want = q8.quantize_x(out, kq, gated=True)
+        else:
+            want = q8.quantize_x(out, kq, norm=(parts, norm_w, 1e-5))
+        codes, dx, sx = qo.xq
+        assert (codes.int() - want[0].int()).abs().max() <= (0 if INTERPRET else 1)
+        torch.testing.assert_close(dx, want[1], rtol=1e-6, atol=0)
+        torch.testing.assert_close(sx, want[2], rtol=1e-5, atol=1e-6)
+        qo.xq[0].fill_(0), qo.xq[1].fill_(0), qo.xq[2].fill_(0)
+
+
+def test_quant_out_refuses_what_it_cannot_fuse():
+    from minerva.ops import triton_qgemv_int8 as q8
+
+    planes, _ = _weight(GGMLType.Q8_0, 64, 256)
+    xq = q8.quantize_x(torch.randn(1, 256, device=DEVICE).to(LOW), 256)
+    count = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    out = torch.empty(1, 64, device=DEVICE, dtype=LOW)
+    w = torch.ones(64, device=DEVICE, dtype=LOW)
+    with pytest.raises(ValueError, match="residual stream"):  # a norm needs the residual out
+        q8.qgemv_int8(
+            xq,
+            planes,
+            GGMLType.Q8_0,
+            out=out,
+            quant_out=q8.QuantOut(q8.quant_out_buffers(64, DEVICE), count, (w, 1e-5)),
+        )
+    with pytest.raises(ValueError, match="buffers for 64"):
+        q8.qgemv_int8(
+            xq,
+            planes,
+            GGMLType.Q8_0,
+            out=out,
+            quant_out=q8.QuantOut(q8.quant_out_buffers(64, DEVICE), count, gated=True),
+        )
+
+
 # ---- several tokens on the int8 tensor cores (ops/triton_qgemm_int8.py) -----------------------
 
 

@@ -50,3 +50,6 @@ def test_the_kv_cache_takes_what_the_limit_leaves_and_load_queues(model_dir):
     assert llm.engine.scheduler.num_preemptions > 0  # the limit was reached, and held
     assert [t.data_ptr() for t in worker.kv_caches] == kv_tensors  # nothing reallocated
     assert worker.weight_bytes + worker.activation_reserve + worker.kv_cache_bytes <= limit
+    print(f"\n[reliability] KV exhaustion: {len(PROMPTS)} requests in a KV cache for 2: "
+          f"{llm.engine.scheduler.num_preemptions} preemptions, every output as alone, "
+          "nothing reallocated, memory_limit held")  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 
 import httpx
@@ -110,6 +111,36 @@ def test_full_server_and_huge_prompts_are_refused_before_tokenizing(limits_serve
     print(
         "\n[reliability] cheap rejects: 2 full-server 503s and 1 oversized prompt, 0 tokenizer calls"
     )
+
+
+def test_tokenizing_runs_off_the_event_loop(limits_server):
+    """A long prompt's tokenizing must not stall every other connection's I/O."""
+    srv, seen = limits_server, []
+    originals = {name: getattr(srv.backend, name) for name in ("encode", "apply_chat_template")}
+
+    def recording(fn):
+        def run(*args, **kwargs):
+            seen.append(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return run
+
+    for name, fn in originals.items():
+        setattr(srv.backend, name, recording(fn))
+    try:
+        chat = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2}  # fmt: skip
+        generate = {"model": MODEL_NAME, "prompt": "hi", "stream": False,
+                    "options": {"num_predict": 2}}  # fmt: skip
+        for route, body in (("/v1/chat/completions", chat), ("/api/generate", generate),
+                            ("/v1/completions", {**generate, "max_tokens": 2})):  # fmt: skip
+            body = {k: v for k, v in body.items() if route != "/v1/completions" or k != "options"}
+            assert httpx.post(f"{srv.url}{route}", json=body, timeout=GUARD).status_code == 200
+    finally:
+        for name, fn in originals.items():
+            setattr(srv.backend, name, fn)
+    assert seen and srv.thread.name not in seen, seen
+    print(f"\n[reliability] tokenizing: {len(seen)} tokenizer calls, none on the event loop")
 
 
 def test_idle_and_slowloris_connections_are_closed(limits_server):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -174,3 +175,81 @@ def test_every_report_table_has_as_many_header_cells_as_columns(tmp_path):
         header, delimiter, body = table.splitlines()[:3]
         cells = [line.count("|") for line in (header, delimiter, body)]
         assert cells == [len(columns) + 1] * 3, (kind, header)
+
+
+def _captured_figures(monkeypatch) -> dict[str, object]:
+    """Each serve plot's matplotlib figure, by file name, kept as it is saved."""
+    from minerva.bench import plots
+
+    figures, real = {}, plots._save
+
+    def keep(plt, fig, path, doc=None):
+        real(plt, fig, path, doc)  # draws the caption, saves and closes (the figure stays)
+        figures[path.name] = fig
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figures
+
+
+def _level_runs(levels: list[LoadLevel]) -> list[RunResult]:
+    runs = []
+    for level in levels:
+        recs = _records("a", level.label, 0, 0.1, 0.02)
+        runs.append(RunResult("a", level, 0, 2.0, recs, MonitorSummary(num_samples=2)))
+    return runs
+
+
+@pytest.mark.parametrize(
+    "levels, xlabel, ticks, labels",
+    [
+        ([LoadLevel(1), LoadLevel(4), LoadLevel(16)], "concurrency", [1, 4, 16], ["1", "4", "16"]),
+        (
+            [LoadLevel(None, 0.5, "rate"), LoadLevel(None, 2.0, "rate"),
+             LoadLevel(None, math.inf, "rate")],
+            "request rate (req/s)", [0.5, 2, 4], ["0.5", "2", "inf"],
+        ),
+    ],
+    ids=["concurrency", "rate-with-inf"],
+)  # fmt: skip
+def test_serve_plots_use_a_log_axis_at_the_measured_levels_from_zero_with_a_caption(
+    tmp_path, monkeypatch, levels, xlabel, ticks, labels
+):
+    pytest.importorskip("matplotlib")
+    from minerva.bench.plots import write_serve_plots
+
+    figures = _captured_figures(monkeypatch)
+    config = {"workload": "fixed:in=10,out=5", "max_tokens": 5}
+    targets = [{"name": "a", "model": "demo-model"}]
+    doc = serve_document(_level_runs(levels), targets, config, SYSTEM)
+    write_serve_plots(doc, tmp_path)
+    assert set(figures) == {"throughput.png", "latency.png", "ttft_cdf.png", "itl_cdf.png"}
+    for name in ("throughput.png", "latency.png"):
+        for ax in figures[name].axes:
+            assert ax.get_xscale() == "log" and ax.get_xlabel() == xlabel
+            assert list(ax.get_xticks()) == pytest.approx(ticks)  # only the measured levels
+            assert [t.get_text() for t in ax.get_xticklabels()] == labels
+            assert ax.get_ylim()[0] == 0
+    for name in ("ttft_cdf.png", "itl_cdf.png"):
+        for ax in (a for a in figures[name].axes if a.get_visible()):
+            assert ax.get_xlim()[0] == 0 and ax.get_ylim()[0] == 0
+    for name, fig in figures.items():
+        caption = " ".join(t.get_text() for t in fig.texts)
+        assert "model: demo-model" in caption, name
+        assert "workload: fixed:in=10,out=5, max_tokens=5" in caption
+        assert doc["date"] in caption
+
+
+def test_the_system_section_says_whose_machine_it_describes():
+    from minerva.bench.report import system_section
+    from minerva.bench.system import describe_machine
+
+    local = describe_machine(["http://127.0.0.1:8000", "http://localhost:11434"])
+    assert local == "this machine ran the servers and the benchmark client"
+    remote = describe_machine(["http://127.0.0.1:8000", "http://gpu-box:8000"])
+    assert remote.startswith("this machine ran only the benchmark client")
+    assert "http://gpu-box:8000 is remote and not described here" in remote
+    assert "127.0.0.1" not in remote  # the local server is described: it is this machine
+    assert describe_machine(None) == "this machine ran the engines (in-process)"
+    md = system_section({"machine": remote, "cpu": "test cpu"})
+    assert md.startswith("## System\n\nThis machine ran only the benchmark client;")
+    assert "| cpu | test cpu |" in md and "| machine |" not in md

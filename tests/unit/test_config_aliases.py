@@ -270,6 +270,36 @@ def test_config_check_covers_the_server_settings(capsys, monkeypatch, tmp_path):
     assert load_server_config(env={}, config_file=str(path)).port == 7000
 
 
+def test_the_api_key_is_never_printed(capsys, monkeypatch, tmp_path):
+    """config show says a key is set without its value; errors and the repr leave it out."""
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.chdir(tmp_path)  # no ./minerva.toml or ./.env of the checkout's
+    key = "sk-secret-0123456789"
+    monkeypatch.setenv("MINERVA_API_KEY", key)
+    assert run_cli(["config", "show"]) == 0
+    out = capsys.readouterr()
+    line = next(ln for ln in out.out.splitlines() if " api_key " in ln)
+    assert "*** (set)" in line and "env:MINERVA_API_KEY" in line
+    assert key not in out.out + out.err
+    assert run_cli(["config", "show", "-v"]) == 0
+    assert key not in capsys.readouterr().out
+    # A key of the wrong type in TOML is refused without echoing it; a blank one is named.
+    path = tmp_path / "s.toml"
+    path.write_text("[server]\napi_key = 987654321\nport = 99999\n")
+    monkeypatch.delenv("MINERVA_API_KEY")
+    assert run_cli(["config", "check", str(path)]) == 1
+    printed = capsys.readouterr().out
+    assert "api_key = '***': must be a string" in printed and "987654321" not in printed
+    assert "port = 99999" in printed  # other values are still shown
+    with pytest.raises(ConfigError) as e:
+        load_server_config({"api_key": 123456789}, env={})
+    assert "api_key='***' (from flag)" in str(e.value) and "123456789" not in str(e.value)
+    with pytest.raises(ConfigError, match="MINERVA_API_KEY='': must be a non-empty string"):
+        load_server_config(env={"MINERVA_API_KEY": ""})
+    cfg = load_server_config(env={"MINERVA_API_KEY": key})
+    assert cfg.effective_api_key == key and key not in repr(cfg)
+
+
 def test_server_seed_names_conflict_is_reported():
     notices: list[str] = []
     cfg = load_server_config(env={"MINERVA_PORT": "9000", "MISTRAL_PORT": "8080"}, notices=notices)

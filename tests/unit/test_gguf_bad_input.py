@@ -180,6 +180,9 @@ def test_fuzz_mutations_end_in_a_model_or_a_model_load_error(tmp_path, valid):
             assert str(path) in str(e)
             outcomes["error"] += 1
     assert outcomes["error"] > 100 and outcomes["model"] > 0, outcomes
+    print(f"\n[reliability] crafted GGUF headers: 300 seeded mutations: {outcomes['model']} "
+          f"loaded, {outcomes['error']} refused with a ModelLoadError naming the file, 0 other "
+          "errors")  # fmt: skip
 
 
 def test_vocabulary_only_file(tmp_path):

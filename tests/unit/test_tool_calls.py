@@ -214,6 +214,7 @@ def test_required_and_named_choices_constrain_generation():
     "body, message",
     [
         ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "letters, digits"),
+        ({"tools": [{"type": "function", "function": {"name": "a\n"}}]}, "letters, digits"),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "x"}}}, "x"),
         ({"tool_choice": "required"}, "tool_choice needs tools"),
         (

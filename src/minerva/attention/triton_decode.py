@@ -4,11 +4,9 @@ Grid (num_seqs, num_kv_heads, num_splits). A program owns one KV head and comput
 head of that GQA group at once, so each K/V tile is read from memory once. Long contexts are
 split over num_splits programs (flash-decoding): each writes a partial output and its
 log-sum-exp, and a second kernel merges them. (Merging in the last split to arrive, behind an
-arrival counter, was tried: the fences and its serial loop over the splits made TinyLlama
-batch-1 decode slower, 830 vs 923 tok/s on the H100 in
-benchmarks/results/decode_variants_tinyllama-1.1b_h100_merge_in_kernel.json. Doing RoPE and
-the KV write inside this kernel for pure decode steps was also tried: slower there, 902 vs 926
-tok/s, and no different at the 7B shape, 181.3 vs 180.9, in
+arrival counter, measured slower: its fences and serial loop over the splits cost more than the
+launch they save, benchmarks/results/decode_variants_tinyllama-1.1b_h100_merge_in_kernel.json.
+RoPE and the KV write inside this kernel for pure decode steps gained nothing either:
 decode_variants_*_h100_rope_in_decode.json.)
 
 CUDA-graph friendly: the host never reads seq_lens. num_splits is a launch parameter; each
@@ -207,8 +205,8 @@ def choose_num_splits(
 
 def _config(head_dim: int, dtype: torch.dtype, programs: int) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages) for one K/V tile of the loop. A deeper pipeline pays
-    when many long programs share each SM (measured on an H200: 8% at batch 256) and costs
-    when few short ones do (split-K at batch 1)."""
+    when many long programs share each SM and costs when few short ones do (split-K at batch 1):
+    the H200 sweep in benchmarks/results/attention_bench_h200.json."""
     if dtype == torch.float32 or head_dim > 128:
         return 32, 4, 2
     return 64, 4, (3 if programs >= 256 else 2)

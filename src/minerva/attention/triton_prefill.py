@@ -94,10 +94,9 @@ def _prefill_kernel(
 
 
 def _config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages). 64x64 tiles on 4 warps won the sweep in
-    benchmarks/attention_bench.py on an H200 (bf16, head_dim 128): 21.7 us at 512 tokens and
-    166 us at 2048, against 27.1 / 205 us for 128x64 on 8 warps (more programs, less causal
-    imbalance per program)."""
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages). 64x64 tiles on 4 warps beat 128x64 on 8 warps
+    (more programs, less causal imbalance per program) in the H200 sweep of
+    benchmarks/attention_bench.py: benchmarks/results/attention_bench_h200.json."""
     if dtype == torch.float32 or head_dim > 128:
         return 64, 32, 4, 1
     return 64, 64, 4, 2

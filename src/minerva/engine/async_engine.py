@@ -33,7 +33,7 @@ from minerva.errors import (
     RequestError,
 )
 from minerva.request import Logprobs
-from minerva.sampling_params import SamplingParams
+from minerva.sampling_params import SamplingParams, StructuredOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ class AsyncEngine:
         if not isinstance(params, SamplingParams):
             raise RequestError(f"params must be a SamplingParams, got {type(params).__name__}")
         self._check_admission(params.n)
-        if params.structured is not None:  # compile off the engine thread (then a cache hit)
-            await asyncio.to_thread(self.engine.constraints.precompile, params)
+        if isinstance(params.structured, StructuredOutputs):  # compiled off the engine thread
+            await asyncio.to_thread(self.engine.constraints.precompile, params)  # (a cache hit)
         request_id = request_id or f"req-{uuid.uuid4().hex}"
         if request_id in self._streams:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")

@@ -14,10 +14,13 @@ import numbers
 from dataclasses import dataclass
 
 from minerva.errors import RequestError
-from minerva.sampling_params import SamplingParams
+from minerva.sampling_params import SamplingParams, StructuredOutputs
 
 _INT_FIELDS = ("n", "top_k", "min_tokens", "max_tokens", "logprobs", "seed")
-_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output")
+_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output", "token_healing")
+_NUMBER_FIELDS = (
+    "temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty",
+)  # fmt: skip
 
 
 @dataclass
@@ -89,6 +92,15 @@ def _checked_params(params: SamplingParams, vocab_size: int) -> SamplingParams:
     for name in _BOOL_FIELDS:
         if not isinstance(getattr(params, name), bool):
             raise RequestError(f"{name} must be true or false", param=name)
+    for name in _NUMBER_FIELDS:  # before the range checks, which would compare text to numbers
+        value = getattr(params, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise RequestError(f"{name} must be a number, got {value!r}", param=name)
+    if params.structured is not None and not isinstance(params.structured, StructuredOutputs):
+        raise RequestError(
+            f"structured must be a StructuredOutputs, got {type(params.structured).__name__}",
+            param="structured",
+        )
     try:
         params.__post_init__()  # ranges, and list/str normalisation on the copy
     except (TypeError, ValueError) as e:

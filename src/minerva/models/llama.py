@@ -27,6 +27,7 @@ from minerva.models.options import ModelOptions
 from minerva.models.rope import fold_sin, rope_cos_sin
 from minerva.ops.cpu_decode_step import DecodeStep
 from minerva.quant import x8_cache, x8_cache_insitu
+from minerva.quant.base import link_chain
 from minerva.quant.gguf_dequant import dequantize_tensor
 from minerva.quant.gguf_types import QuantizedTensor
 from minerva.quant.x8_cache import WeightCache, WeightStore
@@ -202,6 +203,7 @@ class LlamaForCausalLM(nn.Module):
         self.sin: torch.Tensor | None = None
         # Batch-1 steps with the glue folded into the GEMVs (the kernel set has them: CUDA).
         self.one_token = options.kernels.one_token
+        self._chain_linked = False  # quant/base.link_chain, on the first batch-1 forward
         # Decode steps on the CPU as one C call (models/llama_cpu_step.py), built at first use.
         self.use_cpu_step = options.kernels.name == "cpu"
         self._cpu_step: DecodeStep | None | bool = False  # False: not built yet
@@ -289,6 +291,13 @@ class LlamaForCausalLM(nn.Module):
         each layer that ends a block adds the residual stream in its epilogue, each one that
         starts a block applies the RMSNorm while loading its input, and the down projection
         computes silu(gate) * up while loading (the same roundings as the layered path)."""
+        if not self._chain_linked:
+            link_chain(
+                [(la.input_layernorm, la.self_attn.o_proj, la.post_attention_layernorm,
+                  la.mlp.gate_up_proj, la.mlp.down_proj) for la in self.model.layers],
+                self.model.norm,
+            )  # fmt: skip
+            self._chain_linked = True
         h, partials = x, None  # the residual stream and its sum-of-squares partials
         for i, (layer, kv_cache) in enumerate(zip(self.model.layers, kv_caches)):
             attn, mlp = layer.self_attn, layer.mlp

@@ -83,8 +83,8 @@ def compiler() -> str | None:
 
 @functools.cache
 def compiler_version(cc: str) -> str:
-    """`cc --version`, asked once per process (each library's cache key holds it; a
-    subprocess per library cost ~7 ms of every load)."""
+    """`cc --version`, asked once per process (each library's cache key holds it, and a
+    subprocess per library would slow every load)."""
     return subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
 
 

@@ -14,6 +14,9 @@ float kernel stays the twin, and serves float32 models.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -23,11 +26,20 @@ from minerva.ops.triton_gemv import load_x, norm_rstd, store_rows
 from minerva.ops.triton_quant import SPAN
 
 LOW4 = tl.constexpr(0x0F0F0F0F)  # the low nibble of each of four bytes
+# Triton's interpreter runs no inline PTX: there dp4a is four byte products (tests on the CPU)
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 @triton.jit
 def _dp4a(a, b):
     """Per 32-bit lane: the sum of the products of a's and b's four signed bytes."""
+    if _INTERPRET:
+        return (
+            ((a << 24) >> 24) * ((b << 24) >> 24)
+            + ((a << 16) >> 24) * ((b << 16) >> 24)
+            + ((a << 8) >> 24) * ((b << 8) >> 24)
+            + (a >> 24) * (b >> 24)
+        )
     return tl.inline_asm_elementwise(
         "dp4a.s32.s32 $0, $1, $2, 0;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True, pack=1
     )
@@ -46,17 +58,28 @@ def _quant_x_kernel(
     rstd = 0.0
     if NORM_IN:
         rstd = norm_rstd(part_in_ptr, num_part_in, K, eps, BLOCK_P)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    _quant_span(x_ptr, rstd, norm_w_ptr, xq_ptr, dx_ptr, sx_ptr, K, tl.program_id(0) * BLOCK,
+                NORM_IN, GATED_IN, BLOCK)  # fmt: skip
+
+
+@triton.jit
+def _quant_span(x_ptr, rstd, norm_w_ptr, xq_ptr, dx_ptr, sx_ptr, K, start,
+                NORM_IN: tl.constexpr, GATED_IN: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """Values [start, start + BLOCK) of x's 8-bit form (start a multiple of BLOCK)."""
+    offs = start + tl.arange(0, BLOCK)
     x = tl.reshape(load_x(x_ptr, offs, K, rstd, norm_w_ptr, NORM_IN, GATED_IN), [BLOCK // 32, 32])
     d = tl.max(tl.abs(x), axis=1) / 127.0
     inv = tl.where(d > 0, 1.0 / d, 0.0)
-    q = tl.extra.cuda.libdevice.rint(x * inv[:, None])
-    blocks = tl.program_id(0) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+    if _INTERPRET:  # no libdevice there: halves round up instead of to even
+        q = tl.floor(x * inv[:, None] + 0.5)
+    else:
+        q = tl.extra.cuda.libdevice.rint(x * inv[:, None])
+    blocks = start // 32 + tl.arange(0, BLOCK // 32)
     ok = blocks * 32 < K
     tl.store(dx_ptr + blocks, d, mask=ok)
     q16 = tl.sum(tl.reshape(q, [BLOCK // 16, 16]), axis=1)
     d16 = tl.reshape(tl.broadcast_to(d[:, None], [BLOCK // 32, 2]), [BLOCK // 16])
-    halves = tl.program_id(0) * (BLOCK // 16) + tl.arange(0, BLOCK // 16)
+    halves = start // 16 + tl.arange(0, BLOCK // 16)
     tl.store(sx_ptr + halves, q16 * d16, mask=halves * 16 < K)
     tl.store(xq_ptr + offs, tl.reshape(q, [BLOCK]).to(tl.int8), mask=offs < K)
 
@@ -179,11 +202,23 @@ def _dot_tile(w32_ptr, w8_ptr, w16_ptr, roff, row_ok, zero3, xq32_ptr, dx_ptr, s
 
 
 @triton.jit
+def _fence_gpu(x):
+    """Every thread holding x: its earlier stores visible GPU-wide (fence.acq_rel.gpu)."""
+    return tl.inline_asm_elementwise(
+        "fence.acq_rel.gpu;\n mov.b32 $0, $1;", "=r,r", [x], dtype=tl.int32, is_pure=False,
+        pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
 def _qgemv_int8_kernel(
     xq32_ptr, dx_ptr, sx_ptr, w32_ptr, w8_ptr, w16_ptr, b_ptr, out_ptr, N, K, stride_w,
     res_ptr, part_out_ptr,
+    count_ptr, qnorm_w_ptr, qeps, qxq_ptr, qdx_ptr, qsx_ptr,
     QT: tl.constexpr, C: tl.constexpr, HAS_BIAS: tl.constexpr, RES_OUT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+    QUANT_OUT: tl.constexpr, Q_NORM: tl.constexpr, Q_GATED: tl.constexpr,
+    THREADS: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -199,6 +234,20 @@ def _qgemv_int8_kernel(
                          sx_ptr, k0, K, QT, C)  # fmt: skip
     y = tl.sum(acc, axis=1)
     store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
+    if QUANT_OUT:  # the last program to finish quantizes the output for the next layer
+        if not _INTERPRET:  # (the interpreter runs the programs one after another)
+            _fence_gpu(tl.arange(0, THREADS))
+            tl.debug_barrier()
+        done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+        if done == tl.num_programs(0) - 1:
+            kq = N // 2 if Q_GATED else N
+            rstd = 0.0
+            if Q_NORM:
+                rstd = norm_rstd(part_out_ptr, tl.num_programs(0), kq, qeps, 1024)
+            for start in range(0, kq, 1024):
+                _quant_span(out_ptr, rstd, qnorm_w_ptr, qxq_ptr, qdx_ptr, qsx_ptr, kq, start,
+                            Q_NORM, Q_GATED, 1024)  # fmt: skip
+            tl.atomic_xchg(count_ptr, 0)  # ready for the next launch
 
 
 # ---- launchers ------------------------------------------------------------------------------
@@ -250,9 +299,13 @@ def qgemv_int8(
     residual: torch.Tensor | None = None,
     config: tuple[int, int, int, int] | None = None,
     pdl: bool = False,
+    quant_out: QuantOut | None = None,
 ) -> torch.Tensor | None:
     """out [1, N] = x @ W.T (+ bias) (+ residual) for x quantized by `quantize_x`; returns the
-    partial sums of squares of the new residual stream when `residual` is given."""
+    partial sums of squares of the new residual stream when `residual` is given. quant_out: the
+    kernel also leaves the next layer's 8-bit input in quant_out.xq, what `quantize_x` would make
+    of out (with quant_out.norm: RMSNorm(out) * weight, out being the residual stream; gated:
+    silu(gate) * up of out = [gate | up]), saving that launch."""
     codes, dx, sx = xq
     n, k = planes.shape[0], codes.numel()
     block_n, block_k, num_warps, num_stages = config or gemv_config(ggml_type, n, k)
@@ -260,14 +313,54 @@ def qgemv_int8(
     partials = None
     if residual is not None:
         partials = torch.empty(grid, dtype=torch.float32, device=planes.device)
+    q = quant_out
+    if q is not None:
+        _check_quant_out(q, out, n, residual is not None)
+    qnorm_w, qeps = q.norm if q is not None and q.norm is not None else (dx, 0.0)
     _qgemv_int8_kernel[(grid,)](
         codes.view(torch.int32), dx, sx, planes.view(torch.int32), planes,
         planes.view(torch.float16), bias if bias is not None else dx, out, n, k,
         planes.stride(0),
         residual.contiguous() if residual is not None else dx,
         partials if partials is not None else dx,
+        q.count if q is not None else dx, qnorm_w, qeps,
+        *(q.xq if q is not None else (dx, dx, dx)),
         QT=int(ggml_type), C=block_k // SPAN[ggml_type], HAS_BIAS=bias is not None,
         RES_OUT=residual is not None, BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=pdl,
+        QUANT_OUT=q is not None, Q_NORM=q is not None and q.norm is not None,
+        Q_GATED=q is not None and q.gated, THREADS=32 * num_warps,
         num_warps=num_warps, num_stages=num_stages, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return partials
+
+
+@dataclass
+class QuantOut:
+    """What a GEMV quantizes of its own output for the next layer (`qgemv_int8(quant_out=)`):
+    norm = (weight, eps) of the RMSNorm applied to it (the output is then the residual stream),
+    or gated (the output is [gate | up]); xq receives the 8-bit form; count: an int32 zero
+    the kernel's programs count themselves on (left at zero)."""
+
+    xq: QuantX
+    count: torch.Tensor
+    norm: tuple[torch.Tensor, float] | None = None
+    gated: bool = False
+
+
+def quant_out_buffers(k: int, device: torch.device) -> QuantX:
+    """Empty (codes, scales, sums) for an x of k values."""
+    return (
+        torch.empty(k, dtype=torch.int8, device=device),
+        torch.empty(k // 32, dtype=torch.float32, device=device),
+        torch.empty(k // 16, dtype=torch.float32, device=device),
+    )
+
+
+def _check_quant_out(q: QuantOut, out: torch.Tensor, n: int, res_out: bool) -> None:
+    if (q.norm is not None) == q.gated or (q.norm is not None and not res_out):
+        raise ValueError("quant_out: a norm of the residual stream out, or gated")
+    if not out.is_contiguous() or out.numel() != n:
+        raise ValueError("quant_out needs the whole output in one contiguous tensor")
+    kq = n // 2 if q.gated else n
+    if q.xq[0].numel() != kq or kq % 32:
+        raise ValueError(f"quant_out buffers for {q.xq[0].numel()} values, the output gives {kq}")

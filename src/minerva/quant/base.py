@@ -92,6 +92,8 @@ class LinearMethod:
         return None
 
     # -- optional fused hooks of the batch-1 path (defaults: the layered computation) --------
+    # The model tells each layer what reads its output next in that path (`link_chain`), so a
+    # method may prepare the next layer's input in its own epilogue.
     def apply_norm_in(
         self,
         layer: nn.Module,
@@ -112,6 +114,18 @@ class LinearMethod:
             x = torch_ops.silu_and_mul(x)
         h = self.apply(layer, x) + residual
         return h, h.float().square().sum().reshape(1)
+
+
+def link_chain(layers: list[tuple[nn.Module, ...]], head_norm: nn.Module) -> None:
+    """The batch-1 order of a decoder, told to its linear layers: per layer (input_layernorm,
+    o_proj, post_attention_layernorm, gate_up, down), the head's norm after the last. Sets
+    `layer.one_token_next`: (norm weight, eps) for o_proj and down (their output, the residual
+    stream, is read through that RMSNorm), "gated" for gate_up (read as silu(gate) * up)."""
+    for i, (_, o_proj, post_norm, gate_up, down) in enumerate(layers):
+        nxt = layers[i + 1][0] if i + 1 < len(layers) else head_norm
+        o_proj.one_token_next = (post_norm.weight, post_norm.eps)
+        gate_up.one_token_next = "gated"
+        down.one_token_next = (nxt.weight, nxt.eps)
 
 
 class QuantConfig:

@@ -24,6 +24,9 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 MIN_CAPABILITY = (8, 9)
 TINY = 1e-12  # the scale of an all-zero row (any positive value decodes it to zeros)
+TRITON_X = False
+"""Several tokens: x quantized by one Triton kernel (ops/triton_fp8.py) instead of the torch
+twin's six passes; off until checked and measured on a GPU."""
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +131,7 @@ class FP8LinearMethod(LinearMethod):
 
             y = triton_gemv.gemv(x2, w, b, pdl=self.kernels.pdl, scale=s)
         elif _scaled_mm_ok(x2, w):
-            y = scaled_matmul(x2, w, s, triton_x=self._triton)
+            y = scaled_matmul(x2, w, s, triton_x=self._triton and TRITON_X)
             if b is not None:
                 y = y + b.to(y.dtype)
         else:  # the twin

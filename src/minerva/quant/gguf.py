@@ -25,7 +25,7 @@ from torch import nn
 from minerva.errors import ModelLoadError
 from minerva.ops import cpu_decode_step, cpu_quant, cpu_quant_x8
 from minerva.quant import gguf_matmul as gguf_matmul_module
-from minerva.quant import gguf_planes
+from minerva.quant import gguf_one_token, gguf_planes
 from minerva.quant.base import LinearMethod, QuantConfig, shape_mismatch
 from minerva.quant.gguf_cached_pieces import cached_piece, pieces_with_starts, planned_pieces
 from minerva.quant.gguf_matmul import gguf_matmul
@@ -58,6 +58,7 @@ class GGUFLinearMethod(LinearMethod):
         (layer, shard_id)); None accepts only tensors that are already blocks."""
         self.kernels = kernels
         self.target_type = target_type
+        self.one_token_state = gguf_one_token.OneToken()
 
     def create_weights(self, layer, in_features, output_sizes, bias, params_dtype) -> None:
         # a placeholder the loader can address; the blocks replace it in process_after_loading
@@ -290,55 +291,23 @@ class GGUFLinearMethod(LinearMethod):
             groups.append((kind, int(ggml_type), rows, data))
         return groups
 
-    # -- one token: the Triton GEMVs over every group, x quantized once (bf16 / fp16 models) --
+    # -- one token: the Triton GEMVs over every group (quant/gguf_one_token.py) --------------
     def _fused(self, layer) -> bool:
         return bool(layer.gguf_groups) and all(g[3] == "planes" for g in layer.gguf_groups)
-
-    def _one_token(self, layer, x, *, norm=None, gated=False, residual=None):
-        """(layer(x) [1, out_features] (+ residual), partials of the new residual stream or
-        None): 8-bit activations and dp4a products for bf16 / fp16 (ops/triton_qgemv_int8.py),
-        the float kernel (ops/triton_quant.py) for float32 models and INT8_ACTIVATIONS off."""
-        from minerva.ops import triton_qgemv_int8, triton_quant  # noqa: PLC0415 - CUDA only
-
-        pdl = self._pdl
-        out = torch.empty(1, layer.out_features, dtype=x.dtype, device=x.device)
-        int8 = INT8_ACTIVATIONS and x.dtype != torch.float32
-        if int8:
-            xq = triton_qgemv_int8.quantize_x(x, layer.in_features, norm, gated, pdl=pdl)
-        parts, start = [], 0
-        for name, ggml_type, rows, _ in layer.gguf_groups:
-            bias = None if layer.bias is None else layer.bias[start : start + rows]
-            o = out[:, start : start + rows]
-            res = None if residual is None else residual[:, start : start + rows]
-            planes = getattr(layer, name)
-            if int8:
-                p = triton_qgemv_int8.qgemv_int8(
-                    xq, planes, ggml_type, bias, out=o, residual=res, pdl=pdl
-                )
-            else:
-                _, p = triton_quant.qgemv(
-                    x, planes, ggml_type, bias, out=o, norm=norm, residual=res, gated=gated,
-                    pdl=pdl,
-                )  # fmt: skip
-            parts.append(p)
-            start += rows
-        if residual is None:
-            return out, None
-        return out, parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def apply_norm_in(self, layer, h, partials, norm_weight, eps) -> torch.Tensor:
         if layer.gguf_pending:
             self.process_after_loading(layer)
         if not self._fused(layer):
             return super().apply_norm_in(layer, h, partials, norm_weight, eps)
-        return self._one_token(layer, h, norm=(partials, norm_weight, eps))[0]
+        return gguf_one_token.run(self, layer, h, norm=(partials, norm_weight, eps))[0]
 
     def apply_add_residual(self, layer, x, residual, gated=False):
         if layer.gguf_pending:
             self.process_after_loading(layer)
         if not self._fused(layer):
             return super().apply_add_residual(layer, x, residual, gated)
-        return self._one_token(layer, x, residual=residual, gated=gated)
+        return gguf_one_token.run(self, layer, x, residual=residual, gated=gated)
 
 
 def file_blocks(layer, name: str) -> torch.Tensor:

@@ -5,7 +5,7 @@ that starts a parallel region its own pool of workers, kept until that thread ex
 all pools' workers together: once they outnumber the CPUs, every pool's workers stop spinning
 between regions and sleep, so each parallel region pays a futex wake-up. A server loads a model
 on one thread and steps it on another (AsyncEngine's), which made two pools on a 2-core
-machine: its decode steps ran ~3x slower than with the loading pool gone
+machine and its decode steps several times slower than with the loading pool gone
 (`benchmarks/results/openmp_pools.json`). Loading in a thread that exits afterwards frees the
 loading pool, so the thread that steps the engine owns the only one.
 """

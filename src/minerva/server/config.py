@@ -69,7 +69,7 @@ class ServerConfig:
     api_key: str | None = Field(
         None, "Require 'Authorization: Bearer KEY' on every route but /health (a blank key is "
         "refused; prefer MINERVA_API_KEY or --api-key-file: flags show in the process list).",
-        parse=_key_text, non_empty=True, metavar="KEY",
+        parse=_key_text, non_empty=True, metavar="KEY", secret=True,
     )  # fmt: skip
     api_key_file: str | None = Field(
         None, "Read the API key from the first line of this file (instead of api_key).",

@@ -19,6 +19,7 @@ from minerva.server.api_errors import APIError
 DEFAULT_TAG = "latest"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _GGUF_QUANT = re.compile(r"(?i)(?:^|[.\-_])((?:I?Q\d+_[A-Z0-9_]+|Q\d+_\d|F16|BF16|F32))$")
+# checked with fullmatch: "$" also matches before a final newline ("a\n" made an entry)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(:[A-Za-z0-9][A-Za-z0-9._\-]*)?$")
 
 
@@ -49,7 +50,7 @@ def canonical_name(name: str) -> str:
 
 def check_name(name: str) -> str:
     """The canonical form of a name a client gives for a new model (copy, create), or 400."""
-    if not isinstance(name, str) or not _NAME.match(name) or name.endswith(".gguf"):
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.endswith(".gguf"):
         raise APIError(
             400,
             f"invalid model name {name!r}: use letters, digits, '.', '-' and '_', with an "

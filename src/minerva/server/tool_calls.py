@@ -74,7 +74,7 @@ def check_tools(tools: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict):
             raise _bad(f'tools[{i}] must be {{"type": "function", "function": {{...}}}}', "tools")
         name = fn.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise _bad(
                 f"tools[{i}].function.name must be 1-64 letters, digits, _ or -, got {name!r}",
                 "tools",
