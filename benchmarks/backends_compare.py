@@ -6,6 +6,8 @@ engine, all on one F16 GGUF file, for the server-overhead figure.
 
     PYTHONPATH=src python3 benchmarks/backends_compare.py [--model demo] [--threads 2]
         [--backends minerva,llamacpp,transformers] [--parts offline,serve]
+        (offline = latency,throughput,consistency; each may be named alone)
+        [--quantization q8_0] [--serve-mlx] [--serve-mistralrs]
         [--output benchmarks/results/backends_cpu_demo]
 
 Writes each command's folder (results.json, report.md, CSV, PNG charts) under --output and a
@@ -14,6 +16,11 @@ summary (ratios to minerva, the serve overhead) in --output/summary.json; a part
 llama_cpp.server ignores ``ignore_eos``, so its outputs can be shorter, which only later
 requests' queueing (higher concurrency) would feel. Needs llama-cpp-python
 with its server extra (pip install "minerva-llm[llamacpp]").
+
+--quantization runs the offline part at the same bits in every engine: each quantizes the
+model's float weights while loading (Minerva in situ, llama.cpp's own quantizer on its F16
+conversion, mistral.rs ISQ, MLX affine at the same width); transformers, which has no such
+option, is left out of that run; the serve part stays on the F16 file.
 """
 
 from __future__ import annotations
@@ -38,10 +45,12 @@ from tests.ports import free_port  # noqa: E402
 
 
 def bench(kind: str, out: Path, *args: str, run: bool = True) -> dict:
-    """One `minerva bench` command (or, run=False, its earlier results); its results.json."""
+    """One `minerva bench` command (or, run=False, its earlier results, {} if none); its
+    results.json."""
     folder = out / kind
     if not run:
-        return json.loads((folder / "results.json").read_text())
+        earlier = folder / "results.json"
+        return json.loads(earlier.read_text()) if earlier.exists() else {}
     sys.argv = ["minerva", "bench", kind, *args]  # what the report records as its command
     code = main(["bench", kind, *args, "--no-progress", "--output", str(folder)])
     assert code == 0, f"minerva bench {kind} exited with {code}"
@@ -98,11 +107,26 @@ def _mlx_servers(model: str, ctx: str, threads: int) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
+def _mistralrs_server(model: str, ctx: str, threads: int) -> dict[str, list[str]]:
+    """Minerva's server on the mistralrs backend, on the model's HF folder (the mistralrs
+    wheel has no server of its own: its server is a separate Rust binary)."""
+    from minerva.demo import resolve_model_arg
+
+    folder = str(resolve_model_arg(model))
+    return {
+        "minerva-mistralrs": [sys.executable, "-m", "minerva.cli", "serve", "--model", folder,
+                              "--backend", "mistralrs", "--port", "{port}", "--num-threads",
+                              str(threads), "--max-model-len", ctx, "--no-access-log"],
+    }  # fmt: skip
+
+
 def _serve(gguf: Path, out: Path, threads: int, args) -> dict:
     names = ["llama_cpp.server", "minerva-llamacpp", "minerva"]
-    extra = _mlx_servers(args.model, str(args.max_model_len), threads) if args.serve_mlx else {}
-    ports = {name: free_port() for name in [*names, *extra]}
     ctx = str(args.max_model_len)
+    extra = _mlx_servers(args.model, ctx, threads) if args.serve_mlx else {}
+    if args.serve_mistralrs:
+        extra.update(_mistralrs_server(args.model, ctx, threads))
+    ports = {name: free_port() for name in [*names, *extra]}
     py = sys.executable
     cmds = {
         "llama_cpp.server": [py, "-m", "llama_cpp.server", "--model", str(gguf), "--port",
@@ -132,6 +156,24 @@ def _serve(gguf: Path, out: Path, threads: int, args) -> dict:
         for proc in procs:
             proc.terminate()
             proc.wait(30)
+
+
+MISTRALRS_ISQ = {"q4_k_m": "q4_k", "q5_k_m": "q5_k", "q4_k_s": "q4_k", "q5_k_s": "q5_k"}
+"""llama.cpp's mixes as the nearest ISQ type (mistral.rs quantizes every layer alike)."""
+
+
+def quantized_engines(backends: str, quantization: str | None) -> tuple[str, list[str]]:
+    """The engines of the offline part and their --backend-arg options: with a quantization,
+    each engine that can quantize while loading does so at that width (transformers left out)."""
+    if not quantization:
+        return backends, []
+    names = [b for b in backends.split(",") if b and b != "transformers"]
+    q = quantization.lower()
+    opts = []
+    for name in names:
+        value = MISTRALRS_ISQ.get(q, q) if name == "mistralrs" else q
+        opts += ["--backend-arg", f"{name}.quantization={value}"]
+    return ",".join(names), opts
 
 
 def ratios(rows: list[dict], keys: list[str], base: str = "minerva") -> dict:
@@ -175,26 +217,48 @@ def main_() -> None:
         action="store_true",
         help="also serve the model's HF folder with mlx_lm.server and minerva --backend mlx",
     )
+    p.add_argument(
+        "--serve-mistralrs",
+        action="store_true",
+        help="also serve the model's HF folder with minerva --backend mistralrs",
+    )
+    p.add_argument(
+        "--quantization",
+        default=None,
+        help="offline part at these bits in every engine (q8_0, q4_k_m, ...); default: none",
+    )
     p.add_argument("--serve-prompts", type=int, default=16)
     p.add_argument("--output", default="benchmarks/results/backends_cpu_demo")
     args = p.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    engines = ["--model", args.model, "--backend", args.backends, "--device", "cpu",
-               "--num-threads", str(args.threads)]  # fmt: skip
-    offline = "offline" in args.parts
+    backends, quant_opts = quantized_engines(args.backends, args.quantization)
+    engines = ["--model", args.model, "--backend", backends, "--device", "cpu",
+               "--num-threads", str(args.threads), *quant_opts]  # fmt: skip
+    parts = set(args.parts.split(","))
+    run = {k: bool(parts & {"offline", k}) for k in ("latency", "throughput", "consistency")}
     lengths = ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
-    latency = bench("latency", out, *engines, *lengths, "--repeats", str(args.repeats), run=offline)
+    latency = bench(
+        "latency", out, *engines, *lengths, "--repeats", str(args.repeats), run=run["latency"]
+    )
     throughput = bench(
-        "throughput", out, *engines, *lengths, "--num-prompts", str(args.num_prompts), run=offline
+        "throughput",
+        out,
+        *engines,
+        *lengths,
+        "--num-prompts",
+        str(args.num_prompts),
+        run=run["throughput"],
     )
     quality = ["--dtype", "float32", "--num-prompts", "4", "--max-tokens", "48"]
-    consistency = bench("consistency", out, *engines, *quality, run=offline)
+    consistency = bench("consistency", out, *engines, *quality, run=run["consistency"])
     serve = serve_overhead(args.model, out, args.serve_threads or args.threads, args)
-    ttft = {s["target"] + "@" + s["level"]: s["ttft_ms"]["median"] for s in serve["summaries"]}
-    levels = {s["level"] for s in serve["summaries"]}
+    summaries = serve.get("summaries", [])
+    ttft = {s["target"] + "@" + s["level"]: s["ttft_ms"]["median"] for s in summaries}
+    levels = {s["level"] for s in summaries}
     overhead = ttft_overhead(ttft, levels, "minerva-llamacpp", "llama_cpp.server")
     overhead_mlx = ttft_overhead(ttft, levels, "minerva-mlx", "mlx_lm.server") or None
+    own_engine = ttft_overhead(ttft, levels, "minerva", "llama_cpp.server")
     summary = {
         "benchmark": "backends_compare",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -203,8 +267,11 @@ def main_() -> None:
         "note": "a shared 2-core VM, loaded by other jobs while it ran: CPU figures are "
         "indicative only; compare ratios within one part of one run",
         "threads": {"offline": args.threads, "serve": args.serve_threads or args.threads},
-        "latency_minerva_over": ratios(latency["results"], ["decode_tok_s", "prefill_tok_s"]),
-        "throughput_minerva_over": ratios(throughput["results"], ["output_throughput"]),
+        "quantization": args.quantization,
+        "latency_minerva_over": ratios(
+            latency.get("results", []), ["decode_tok_s", "prefill_tok_s"]
+        ),
+        "throughput_minerva_over": ratios(throughput.get("results", []), ["output_throughput"]),
         "consistency": [
             {
                 k: r[k]
@@ -217,12 +284,13 @@ def main_() -> None:
                     "kl_divergence",
                 )
             }  # fmt: skip
-            for r in consistency["results"]
+            for r in consistency.get("results", [])
         ],
         "coherence": {e["name"]: e.get("coherence_ppl") for e in consistency.get("engines", [])},
         "serve_ttft_p50_ms": ttft,
         "serve_ttft_overhead_minerva_llamacpp_vs_llama_cpp_server": overhead,
         "serve_ttft_overhead_minerva_mlx_vs_mlx_lm_server": overhead_mlx,
+        "serve_ttft_minerva_engine_vs_llama_cpp_server": own_engine,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

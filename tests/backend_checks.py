@@ -163,6 +163,40 @@ def check_cli_generate(name: str, model: Path, expected_text: str, capsys) -> No
     assert capsys.readouterr().out == expected_text + "\n"
 
 
+def check_cli_chat(
+    name: str, model: Path, b: BlockingBackend, capsys, monkeypatch, *extra: str
+) -> list[str]:
+    """``minerva chat --backend NAME``, two greedy turns then Ctrl-D: each reply is the
+    backend's own greedy reply to the conversation so far (``b``: the same weights, loaded
+    in this test). Returns the replies."""
+    import io
+
+    from minerva.cli import main
+
+    turns = ["hi", "tell me more"]
+    messages: list[dict[str, str]] = []
+    expected = []
+    for turn in turns:
+        messages.append({"role": "user", "content": turn})
+        params = b.backend.default_sampling_params(
+            temperature=0.0, max_tokens=8, repetition_penalty=1.0
+        )
+        (out,) = b.generate([b.backend.apply_chat_template(messages)], [params])
+        messages.append({"role": "assistant", "content": out.text})
+        expected.append(out.text)
+    assert any(expected), "the backend replied nothing: the check could not tell replies apart"
+    args = ["chat", "--model", str(model), "--backend", name, "--device", "cpu",
+            "--max-tokens", "8", "--temperature", "0", "--repetition-penalty", "1", *extra]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(t + "\n" for t in turns)))
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "error" not in captured.err
+    # input() writes the prompt; each reply ends its line; the last prompt meets Ctrl-D
+    assert captured.out.split(">>> ") == ["", *(r + "\n" for r in expected), ""]
+    return expected
+
+
 def check_doctor(name: str, honoured: str) -> dict:
     """``minerva doctor``'s probe of the backend: installed, a version, what it honours."""
     from minerva.backends import probe_backend

@@ -19,6 +19,7 @@ from tests.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+COMPOSE_CONFIG = ROOT / "deploy" / "compose" / "prometheus.yml"
 RATE_WINDOW = "1m"
 """Grafana's $__rate_interval in the tests: the whole test fits in it."""
 
@@ -28,10 +29,11 @@ def prometheus_binary() -> str | None:
 
 
 class Prometheus:
-    def __init__(self, target: str, workdir: Path, scrape_interval: str = "1s") -> None:
+    def __init__(self, targets: list[str], workdir: Path, scrape_interval: str = "1s") -> None:
         config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())  # the deployed config, retargeted
         config["global"].update(scrape_interval=scrape_interval, evaluation_interval="1s")
-        config["scrape_configs"][0]["static_configs"] = [{"targets": [target]}]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
+        self.targets = len(targets)
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,8 +60,15 @@ class Prometheus:
         assert body["status"] == "success", (expr, body)
         return body["data"]["result"]
 
+    def scrapes(self) -> int:
+        """Scrapes stored of the least scraped target (0 until every target has one)."""
+        result = self.query('count_over_time(up{job="minerva"}[10m])')
+        if len(result) < self.targets:
+            return 0
+        return min(int(float(r["value"][1])) for r in result)
+
     def wait_samples(self, count: int, timeout: float = 120) -> None:
-        """Until ``count`` scrapes of the server are stored (the timeout is a hang guard)."""
+        """Until ``count`` scrapes of every server are stored (the timeout is a hang guard)."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -68,10 +77,8 @@ class Prometheus:
                 ready = httpx.get(f"{self.url}/-/ready", timeout=5).status_code == 200
             except httpx.HTTPError:
                 ready = False  # not listening yet
-            if ready:
-                result = self.query('count_over_time(up{job="minerva"}[10m])')
-                if result and float(result[0]["value"][1]) >= count:
-                    return
+            if ready and self.scrapes() >= count:
+                return
             assert time.monotonic() < deadline, "prometheus stored no scrapes of the server"
             time.sleep(0.2)
 

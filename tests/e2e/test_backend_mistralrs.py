@@ -9,6 +9,8 @@ caching)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from minerva.errors import ConfigError, RequestError
@@ -175,6 +177,54 @@ def test_cli_generate_and_doctor(backend, models, prompt_ids, capsys):
 
     probe = checks.check_doctor("mistralrs", "request seeds are NOT honoured")
     assert probe["version"] == version("mistralrs") and probe["device"].startswith("cpu")
+
+
+def test_isq_prompts_sent_together_all_finish_with_their_own_tokens():
+    """mistral.rs 0.9.5 with ISQ fails a step that prefills several prompts (seen on the demo
+    model: 6 of 8 requests failed); the backend sends one prompt at a time, so all finish, each
+    with the tokens it gets alone."""
+    from minerva.demo import demo_model_path
+
+    b = checks.blocking("mistralrs", demo_model_path(), quantization="q8_0", num_threads=2)
+    words = "the quick brown fox jumps over lazy dog SQLite is a database engine that".split()
+    try:
+        prompts = [
+            b.backend.encode(" ".join(words[(i + j) % len(words)] for j in range(140)))[:128]
+            for i in range(8)
+        ]
+        params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+        together = b.generate(prompts, [params] * len(prompts))
+        alone = [b.generate([p], [params])[0] for p in prompts[:2]]
+    finally:
+        b.close()
+    assert [o.finish_reason for o in together] == ["length"] * len(prompts)
+    assert [o.token_ids for o in together[:2]] == [o.token_ids for o in alone]
+
+
+def test_a_request_seed_is_not_honoured_and_the_log_says_so_once(models, prompt_ids, caplog):
+    """Not silently ignored: the first seeded sampled request logs that seeds are per engine;
+    greedy requests (no randomness to seed) and later ones do not repeat it."""
+    b = checks.blocking("mistralrs", models["hf"], dtype="float32")  # fresh: no warning yet
+    sampled = SamplingParams(temperature=1.0, seed=7, max_tokens=2, ignore_eos=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="minerva.backends.mistralrs_engine"):
+            b.generate([prompt_ids], [SamplingParams(temperature=0.0, seed=7, max_tokens=2)])
+            greedy_warnings = len(caplog.records)
+            b.generate([prompt_ids, prompt_ids], [sampled, sampled])
+            b.generate([prompt_ids], [sampled])
+    finally:
+        b.close()
+    warnings = [r.getMessage() for r in caplog.records if "seed" in r.getMessage()]
+    assert greedy_warnings == 0
+    assert warnings == [
+        "mistral.rs has one seed per engine (--seed): request seeds are not honoured"
+    ]
+
+
+def test_cli_chat(backend, models, capsys, monkeypatch):
+    checks.check_cli_chat(
+        "mistralrs", models["hf"], backend, capsys, monkeypatch, "--dtype", "float32"
+    )
 
 
 def test_the_models_generation_config_does_not_leak_into_requests(models, tmp_path):

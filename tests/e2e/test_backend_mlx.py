@@ -178,6 +178,12 @@ def test_cli_generate_and_doctor(hf_backend, folders, prompt_ids, capsys):
     assert probe["version"].startswith(mlx_lm.__version__)
 
 
+def test_cli_chat(hf_backend, folders, capsys, monkeypatch):
+    checks.check_cli_chat(
+        "mlx", folders["hf"], hf_backend, capsys, monkeypatch, "--dtype", "float32"
+    )
+
+
 def test_mlx_lm_is_imported_without_sentencepieces_openmp_runtime(tmp_path):
     """sentencepiece's wheel bundles its own libgomp, which turns Minerva's C kernels off for
     the process; the backend imports mlx-lm without it (a stand-in package records imports)."""

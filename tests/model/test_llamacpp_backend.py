@@ -185,6 +185,13 @@ def test_cli_generate_with_the_llamacpp_backend(gguf_path, minerva, capsys):
     assert capsys.readouterr().out == expected + "\n"
 
 
+def test_cli_chat_with_the_llamacpp_backend(gguf_path, llama, capsys, monkeypatch):
+    from tests.backend_checks import check_cli_chat
+
+    args = ("--num-threads", "1", "--max-model-len", "256")
+    check_cli_chat("llamacpp", gguf_path, llama, capsys, monkeypatch, *args)
+
+
 def test_a_folder_is_converted_once_and_runs_the_same_weights(tmp_path, monkeypatch, llama):
     """The demo folder as F16 (the fixture's file's tokens) and, through llama.cpp's own
     quantizer, as Q8_0 (the same tokens from Minerva on that cached file)."""

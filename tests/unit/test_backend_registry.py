@@ -69,3 +69,27 @@ def test_what_a_backend_cannot_do_is_a_400_naming_the_fix():
 
     err = to_api_error(NotSupportedError("no prompt logprobs here: use --backend minerva"))
     assert (err.status, err.code) == (400, "not_supported") and "--backend minerva" in str(err)
+
+
+def test_one_setting_picks_the_backend_from_toml_environment_or_flag(tmp_path, monkeypatch):
+    """[model] backend in minerva.toml < MINERVA_BACKEND < --backend, as docs/backends.md
+    shows; ``minerva serve`` reads it the same way."""
+    import argparse
+
+    from minerva.config import load_config, load_config_from_args
+    from minerva.server.serve import add_serve_subcommand
+
+    toml = tmp_path / "minerva.toml"
+    toml.write_text('[model]\nbackend = "mlx"\n')
+    cfg, sources = load_config(str(toml), env={})
+    assert (cfg.model.backend, sources["backend"]) == ("mlx", f"file:{toml}")
+    cfg, _ = load_config(str(toml), env={"MINERVA_BACKEND": "llamacpp"})
+    assert cfg.model.backend == "llamacpp"
+
+    parser = argparse.ArgumentParser()
+    add_serve_subcommand(parser.add_subparsers())
+    monkeypatch.setenv("MINERVA_BACKEND", "llamacpp")
+    monkeypatch.chdir(tmp_path)  # no ./.env of the developer's
+    args = parser.parse_args(["serve", "--config", str(toml), "--backend", "mistralrs"])
+    cfg, sources = load_config_from_args(args, notices=[])
+    assert (cfg.model.backend, sources["backend"]) == ("mistralrs", "cli")

@@ -163,6 +163,20 @@ def test_offline_report_has_ratio_to_the_first_backend(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["results"] == results
 
 
+def test_every_report_table_has_as_many_header_cells_as_columns(tmp_path):
+    """A '|' in a header (e.g. KL(A||B)) splits the header row: markdown then shows no table."""
+    from minerva.bench import report
+
+    kinds = {**report.OFFLINE_COLUMNS, "engines": report.ENGINE_COLUMNS,
+             "serve": report.SERVE_COLUMNS}  # fmt: skip
+    for kind, columns in kinds.items():
+        row = {key.split(".")[0]: None for key, _, _ in columns}
+        table = report._table([row], columns)
+        header, delimiter, body = table.splitlines()[:3]
+        cells = [line.count("|") for line in (header, delimiter, body)]
+        assert cells == [len(columns) + 1] * 3, (kind, header)
+
+
 def _captured_figures(monkeypatch) -> dict[str, object]:
     """Each serve plot's matplotlib figure, by file name, kept as it is saved."""
     from minerva.bench import plots

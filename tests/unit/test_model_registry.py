@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -322,3 +323,27 @@ def test_large_models_hash_in_the_background(tmp_path):
         assert digest == "sha256:" + h.hexdigest()
 
     asyncio.run(main())
+
+
+def test_the_log_tells_each_load_with_its_sizes_and_each_unload_with_its_reason(tmp_path, caplog):
+    async def main():
+        reg, _, clock = registry(tmp_path, {m: 40 * MB for m in "abc"}, limit=100 * MB)
+        for name in "abc":  # c makes room: a, least recently used, goes
+            (await reg.acquire(name, keep_alive="1m")).release()
+            clock.now += 1
+        clock.now += 3600
+        await reg.reap()
+
+    with caplog.at_level(logging.INFO, logger="minerva.server.model_registry"):
+        asyncio.run(main())
+    lines = [r.getMessage() for r in caplog.records]
+    path = tmp_path / "a"
+    assert lines[0] == f"loading a:latest from {path} (0.04 GiB on disk)"
+    assert lines[1].startswith("loaded a:latest in ") and lines[1].endswith("s: 0.04 GiB in memory")
+    assert "unloaded a:latest (memory)" in lines
+    assert lines.index("unloaded a:latest (memory)") < lines.index(
+        next(line for line in lines if line.startswith("loading c:latest"))
+    )  # room is made before the load starts
+    assert sorted(line for line in lines if line.endswith("(expired)")) == [
+        "unloaded b:latest (expired)", "unloaded c:latest (expired)"
+    ]  # fmt: skip

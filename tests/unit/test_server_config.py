@@ -118,3 +118,15 @@ def test_ollama_unset_options_keep_the_model_defaults_like_openai():
         body = {"model": "m", "messages": MSGS, **openai_fields}
         ref = ChatCompletionRequest.model_validate(body).to_sampling_params(defaults, 100)
         assert [getattr(ours, f) for f in fields] == [getattr(ref, f) for f in fields], options
+
+
+def test_the_models_directory_settings_come_from_the_toml_file(tmp_path):
+    """[server] models_dir / keep_alive / model_load_timeout (minerva serve --models-dir ...)."""
+    path = tmp_path / "minerva.toml"
+    path.write_text('[server]\nmodels_dir = "/srv/models"\nkeep_alive = "10m"\n'
+                    "model_load_timeout = 45\n")  # fmt: skip
+    cfg = load_server_config(env={}, config_file=str(path))
+    assert (cfg.models_dir, cfg.keep_alive, cfg.model_load_timeout) == ("/srv/models", "10m", 45)
+    path.write_text('[server]\nkeep_alive = "soon"\n')
+    with pytest.raises(ConfigError, match="keep_alive"):
+        load_server_config(env={}, config_file=str(path))

@@ -76,8 +76,10 @@ def load(config: EngineConfig, *, max_queued_requests: int = 256, progress: bool
     max_model_len = min(
         check_lengths(config, source.config), runner.max_sequence_length() or 1 << 30
     )
-    engine = MistralrsEngine(config, source, max_model_len, runner, mistralrs, workdir)
     isq = options.kwargs.get("in_situ_quant")
+    engine = MistralrsEngine(
+        config, source, max_model_len, runner, mistralrs, workdir, one_prompt_at_a_time=bool(isq)
+    )
     dtype = config.model.dtype if config.model.dtype != "auto" else _checkpoint_dtype(source)
     info = source_model_info(
         source,

@@ -56,11 +56,19 @@ class _Reader:
 
     def _run(self, chat_request: Any) -> None:
         events, rid = self._engine.events, self.request.request_id
+        gate = self._engine.prompt_gate
         try:
+            if gate is not None:
+                gate.acquire()  # released at this prompt's first token: one prompt per step
+                if self.stopped.is_set():
+                    return  # aborted while it waited: never sent
             with self._engine.runner_lock:
                 stream = self._engine.runner.send_chat_completion_request(chat_request)
             finished = False
             for chunk in stream:
+                if gate is not None:
+                    gate.release()
+                    gate = None
                 if self.stopped.is_set():
                     break  # dropping the stream cancels the sequence in mistral.rs
                 for choice in chunk.choices:
@@ -73,6 +81,9 @@ class _Reader:
         except Exception as e:  # noqa: BLE001 - this request fails, not the engine
             if not self.stopped.is_set():
                 events.put(_Failed(rid, f"{type(e).__name__}: {e}"))
+        finally:
+            if gate is not None:  # no token came: the next prompt may go
+                gate.release()
 
 
 class MistralrsEngine(TokenEngine):
@@ -88,11 +99,16 @@ class MistralrsEngine(TokenEngine):
         runner: Any,
         module: Any,
         workdir: Path,
+        one_prompt_at_a_time: bool = False,
     ) -> None:
         super().__init__(config, source, max_model_len)
         self.runner = runner
         self.runner_lock = threading.Lock()
         """The package's Runner methods borrow it mutably: one call at a time, or they fail."""
+        self.prompt_gate = threading.Lock() if one_prompt_at_a_time else None
+        """mistral.rs 0.9.5 with ISQ fails a step that prefills several prompts ("input tensor is
+        not contiguous"): with this gate a request is sent only once the previous one's first
+        token came back, so prompts are prefilled one at a time (decodes still batch)."""
         self.events: queue.Queue[TokenEvent | _Failed] = queue.Queue()
         self._module = module
         self._workdir = workdir

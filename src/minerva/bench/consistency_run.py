@@ -28,7 +28,7 @@ def run_consistency(args: argparse.Namespace) -> int:
     args.model = C._model_paths(args.model)
     if backends and not args.model:
         raise ConfigError("offline backends need --model PATH (repeatable)")
-    ids, texts = _offline_outputs(args, requests) if backends else ({}, {})
+    ids, texts, failed = _offline_outputs(args, requests) if backends else ({}, {}, {})
     targets = [parse_target(t, args.api_key) for t in args.target]
     if targets:
         texts.update(asyncio.run(_texts(args, targets, requests)))
@@ -49,6 +49,8 @@ def run_consistency(args: argparse.Namespace) -> int:
         row.update(compare(units[row["a"]], units[row["b"]]))
         row["outputs"] = {"a": texts[row["a"]], "b": texts[row["b"]]}
     engines, reference = _engines(args, requests, units, unit, tok)
+    for row in engines:  # an engine's failure is not a divergence at token 0: say so
+        row["failed_requests"] = failed.get(row["name"])
     config = {
         "workload": args.workload,
         "num_prompts": len(requests),
@@ -66,9 +68,9 @@ def run_consistency(args: argparse.Namespace) -> int:
     return C._finish_offline(args, "consistency", results, config, redactor, extra)
 
 
-def _offline_outputs(args, requests: list[BenchRequest]) -> tuple[dict, dict]:
-    """Each offline engine's greedy token ids and texts."""
-    console, ids, texts = C._err_console(args), {}, {}
+def _offline_outputs(args, requests: list[BenchRequest]) -> tuple[dict, dict, dict]:
+    """Each offline engine's greedy token ids and texts, and how many requests it failed."""
+    console, ids, texts, failed = C._err_console(args), {}, {}, {}
     for label, name, model, dtype in C._engines(args, args.model):
         tok = C._tokenizer(model)
         backend = C._load(args, console, label, name, model, dtype)
@@ -79,8 +81,9 @@ def _offline_outputs(args, requests: list[BenchRequest]) -> tuple[dict, dict]:
                 ignore_eos=False,
             )
         ids[label], texts[label] = outs, [tok.decode(o) for o in outs]
+        failed[label] = backend.failed_requests
         C._release(backend)
-    return ids, texts
+    return ids, texts, failed
 
 
 async def _texts(args, targets: list[Target], requests: list[BenchRequest]) -> dict[str, list[str]]:

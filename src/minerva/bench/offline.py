@@ -10,7 +10,8 @@ median over repeats of:
   weight once; the KV cache is left out, so this is a lower bound).
 
 Throughput: all requests submitted at once; output, total (prompt + output) tokens and
-requests per second of wall time. Peak RSS of this process is sampled during each benchmark;
+requests per second of wall time, and how many requests the engine failed (their missing
+tokens are not counted as output). Peak RSS of this process is sampled during each benchmark;
 peak GPU memory comes from torch. Both also record the energy the CPU / GPU counters saw
 (energy.py; "not available" where none can be read), joules per generated token, and the mean
 CPU (this process, 100 = one core busy) and GPU utilisation over the measured runs.
@@ -100,6 +101,7 @@ def run_throughput(
         backend.generate(prompts[:2], [min(n, 4) for n in output_lens[:2]])
     backend.reset_peak_memory()
     spec_before = backend.spec_decode_counters()
+    failed_before = backend.failed_requests
     with ResourceMonitor(os.getpid(), interval=0.05) as mon, EnergyMeter() as meter:
         start = time.perf_counter()
         outputs = backend.generate(prompts, output_lens, ignore_eos=True)
@@ -112,6 +114,7 @@ def run_throughput(
         "total_input_tokens": num_in,
         "total_output_tokens": num_out,
         "requested_output_tokens": sum(output_lens),
+        "failed_requests": backend.failed_requests - failed_before,
         "duration_s": duration,
         "request_throughput": len(prompts) / duration,
         "output_throughput": num_out / duration,

@@ -34,6 +34,7 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("num_requests", "requests", "d"),
         ("total_input_tokens", "in tokens", "d"),
         ("total_output_tokens", "out tokens", "d"),
+        ("failed_requests", "failed", "d"),
         ("duration_s", "time s", ".2f"),
         ("request_throughput", "req/s", ".2f"),
         ("output_throughput", "out tok/s", ".1f"),
@@ -62,7 +63,7 @@ OFFLINE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("first_divergence", "first divergence", "d"),
         ("num_diverged", "diverged", "d"),
         ("top_k_overlap", "top-20 overlap", ".2f"),
-        ("kl_divergence", "KL(A||B)", ".4f"),
+        ("kl_divergence", "KL(A‖B)", ".4f"),
         ("num_prompts", "prompts", "d"),
     ],
 }
@@ -70,6 +71,7 @@ ENGINE_COLUMNS = [
     ("name", "engine", "s"),
     ("mean_output_tokens", "mean output tokens", ".1f"),
     ("distinct_tokens", "distinct tokens", "d"),
+    ("failed_requests", "failed requests", "d"),
     ("coherence_ppl", "coherence (ppl under reference)", ".3f"),
 ]
 """consistency: one row per engine (doc["engines"])."""

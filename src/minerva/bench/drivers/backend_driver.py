@@ -62,7 +62,9 @@ class BackendDriver(OfflineDriver):
 
     def generate(self, prompts, max_tokens, ignore_eos=True):
         params = [self._params(n, ignore_eos) for n in max_tokens]
-        return [list(out.token_ids) for out in self.runner.generate(list(prompts), params)]
+        outs = self.runner.generate(list(prompts), params)
+        self.failed_requests += sum(out.finish_reason == "abort" for out in outs)
+        return [list(out.token_ids) for out in outs]
 
     def spec_decode_counters(self) -> dict | None:
         stats = self.runner.backend.stats()

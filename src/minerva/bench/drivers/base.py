@@ -45,6 +45,9 @@ class OfflineDriver(ABC):
     """Bytes of weights read per forward step (for the memory-bandwidth figure)."""
     max_model_len: int = 0
     device_type: str = "cpu"
+    failed_requests: int = 0
+    """Requests of ``generate`` the engine ended by itself (finish "abort", which nothing here
+    asks for), since the load: a failure must not pass for a short output."""
 
     @abstractmethod
     def stream_timings(self, prompt_ids: list[int], max_tokens: int) -> list[float]:
