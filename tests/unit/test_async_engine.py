@@ -134,6 +134,8 @@ def test_abort_frees_kv_and_admission_is_bounded(model_dir):
         assert e.value.retry_after >= 1
         with pytest.raises(RequestError, match="n=4"):  # could never fit: a 400, not a 503
             await engine.add_request(PROMPT, SamplingParams(n=4, max_tokens=2), "big")
+        with pytest.raises(QueueFullError):  # others being tokenized fill it: 503, not "n=4"
+            engine.check_capacity(1, pending=3)
         await streams[0].__anext__()
         assert engine.stats().kv_cache_usage > 0
         for s in streams:

@@ -299,10 +299,11 @@ class AsyncEngine:
 
     def check_capacity(self, num_seqs: int = 1, pending: int = 0) -> None:
         """Raise what add_request would raise now for ``num_seqs`` more sequences, with
-        ``pending`` sequences on their way in (cheap: callers check before tokenizing)."""
-        self._check_admission(num_seqs + pending)
+        ``pending`` sequences on their way in (cheap: callers check before tokenizing). Only
+        ``num_seqs`` can be too many for the server (400); the pending ones make it full (503)."""
+        self._check_admission(num_seqs, pending)
 
-    def _check_admission(self, num_seqs: int) -> None:
+    def _check_admission(self, num_seqs: int, pending: int = 0) -> None:
         if not self.is_running:
             raise EngineDeadError("the engine is not running")
         if self._draining:
@@ -316,7 +317,7 @@ class AsyncEngine:
                 f"({capacity}); lower n",
                 param="n",
             )
-        if self._num_seqs_in_flight + num_seqs > capacity:
+        if self._num_seqs_in_flight + num_seqs + pending > capacity:
             raise QueueFullError(
                 f"the server is at capacity ({self.max_num_seqs} running, "
                 f"{self.max_queued_requests} queued); retry later",
