@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_MAX = 448.0
-TINY = 1e-12
+FP8_MAX = tl.constexpr(448.0)
+TINY = tl.constexpr(1e-12)
 
 
 @triton.jit

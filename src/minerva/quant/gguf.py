@@ -259,7 +259,7 @@ class GGUFLinearMethod(LinearMethod):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])  # [T, K]
         if x2.shape[0] == 1 and self._fused(layer):
-            y = self._one_token(layer, x2)[0]
+            y = gguf_one_token.run(self, layer, x2)[0]
             return y.reshape(*lead, y.shape[-1])
         int8 = INT8_ACTIVATIONS and x2.shape[0] > 1
         outs = [
