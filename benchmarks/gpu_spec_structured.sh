@@ -10,7 +10,7 @@ step=${1:?step: combo, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:src:. PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1  # absolute: the structured step runs in benchmarks/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 case "$step" in
 combo)  # the new kernels' tests, then structured and the spec ceiling, each time-boxed
