@@ -50,8 +50,10 @@ class Load:
             w.join()
 
 
-def decode_tok_s(llm, prompt: str, tokens: int, repeats: int) -> float:
-    """Median decode tokens/s of one greedy request (its prefill excluded by subtraction)."""
+def decode_tok_s(llm, prompt: str, tokens: int, repeats: int) -> float | None:
+    """Median decode tokens/s of one greedy request (its prefill excluded by subtraction: the
+    median one-token run from the median full run); None when noise makes that difference
+    non-positive (too few --tokens for the machine's noise), never an absurd figure."""
     from minerva import SamplingParams
 
     def run(n: int) -> float:
@@ -61,18 +63,19 @@ def decode_tok_s(llm, prompt: str, tokens: int, repeats: int) -> float:
         return time.perf_counter() - t
 
     run(tokens)  # warm-up at this thread count
-    speeds = []
+    firsts, fulls = [], []
     for _ in range(repeats):
-        first, full = run(1), run(1 + tokens)
-        speeds.append(tokens / max(full - first, 1e-9))
-    return statistics.median(speeds)
+        firsts.append(run(1))
+        fulls.append(run(1 + tokens))
+    decode_s = statistics.median(fulls) - statistics.median(firsts)
+    return tokens / decode_s if decode_s > 0 else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo")
-    parser.add_argument("--tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="times each condition runs")
     parser.add_argument("--output", default="benchmarks/results/cpu_threads.json")
     args = parser.parse_args()
@@ -93,10 +96,11 @@ def main() -> None:
                 results.append(
                     {"round": round_ // 2, "condition": condition, "busy_processes": procs,
                      "load_average_1min_before": load_average,
-                     "num_threads": threads, "decode_tok_s": round(speed, 1)}
+                     "num_threads": threads,
+                     "decode_tok_s": None if speed is None else round(speed, 1)}
                 )  # fmt: skip
                 print(
-                    f"{condition:7s} load {load_average} threads={threads}: {speed:8.1f} tok/s",
+                    f"{condition:7s} load {load_average} threads={threads}: {speed} tok/s",
                     flush=True,
                 )
     write_results("cpu_threads", "cpu_threads.py", args, results, args.output)
