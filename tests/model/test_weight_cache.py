@@ -47,16 +47,9 @@ def make_gguf(folder: Path, out: Path) -> Path:
     return write_gguf(config, tensors, out, q4_k_m_plan, quantize=quantize_tensor)
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("st")
-    build_tiny_model(path, hidden_size=256, intermediate_size=512)
-    return path
-
-
 @pytest.fixture
-def gguf(folder, tmp_path) -> Path:
-    return make_gguf(folder, tmp_path / "m.gguf")
+def gguf(tiny_folder, tmp_path) -> Path:
+    return make_gguf(tiny_folder, tmp_path / "m.gguf")
 
 
 @pytest.fixture
@@ -179,11 +172,11 @@ def test_a_damaged_cache_file_is_rebuilt(gguf, weights_dir, reference, repacks, 
 
 
 def test_a_changed_gguf_file_is_not_served_from_the_old_cache(
-    folder, gguf, weights_dir, reference, repacks
+    tiny_folder, gguf, weights_dir, reference, repacks
 ):
     load(gguf)
     (old,) = cache_files(weights_dir)
-    other = make_gguf(folder, gguf.with_name("other.gguf"))  # same weights, new file
+    other = make_gguf(tiny_folder, gguf.with_name("other.gguf"))  # same weights, new file
     st = gguf.stat()
     os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # as `cp -p` would
     os.replace(other, gguf)  # another inode at the same path, same size and mtime
@@ -215,8 +208,10 @@ def test_no_space_for_the_cache_loads_into_memory(gguf, weights_dir, reference, 
     assert list(weights_dir.iterdir()) == []  # the temp file went too
 
 
-def test_the_size_cap_evicts_the_least_recently_used_file(folder, gguf, weights_dir, reference):
-    paths = [gguf, make_gguf(folder, gguf.with_name("b.gguf"))]
+def test_the_size_cap_evicts_the_least_recently_used_file(
+    tiny_folder, gguf, weights_dir, reference
+):
+    paths = [gguf, make_gguf(tiny_folder, gguf.with_name("b.gguf"))]
     load(paths[0])
     (a,) = cache_files(weights_dir)
     load(paths[1])
@@ -225,7 +220,7 @@ def test_the_size_cap_evicts_the_least_recently_used_file(folder, gguf, weights_
     os.utime(a, (1000, 1000))
     os.utime(b, (2000, 2000))  # b used after a ...
     load(paths[0])  # ... then a again (a hit touches it)
-    c = make_gguf(folder, gguf.with_name("c.gguf"))
+    c = make_gguf(tiny_folder, gguf.with_name("c.gguf"))
     load(c, weight_cache_size=2 * size + size // 2)  # room for two files
     left = cache_files(weights_dir)
     assert a in left and b not in left and len(left) == 2

@@ -26,13 +26,6 @@ from tests.model.weight_cache_common import (
 from tests.tiny_models import build_tiny_model
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("st")
-    build_tiny_model(path, hidden_size=256, intermediate_size=512)
-    return path
-
-
 @pytest.fixture
 def counted(monkeypatch) -> dict[str, int]:
     """Calls of the in-situ quantizer (of linear layers) and of the x8 repack."""
@@ -77,8 +70,8 @@ def load(path: Path, quantization: str, **kwargs) -> LLM:
     return llm
 
 
-def first_load(folder: Path, quantization: str, weights_dir: Path, counted) -> tuple:
-    llm = load(folder, quantization)
+def first_load(tiny_folder: Path, quantization: str, weights_dir: Path, counted) -> tuple:
+    llm = load(tiny_folder, quantization)
     ref = x8_bytes(llm), run(llm)
     if not ref[0]:
         pytest.skip("no x8 layout on this CPU")
@@ -91,13 +84,13 @@ def first_load(folder: Path, quantization: str, weights_dir: Path, counted) -> t
 
 @pytest.mark.parametrize("quantization", ["q4_k_m", "q8_0"])
 def test_a_second_load_quantizes_and_repacks_nothing(
-    folder, weights_dir, counted, read, quantization
+    tiny_folder, weights_dir, counted, read, quantization
 ):
-    ref_bytes, ref_run = first_load(folder, quantization, weights_dir, counted)
+    ref_bytes, ref_run = first_load(tiny_folder, quantization, weights_dir, counted)
     assert any(n.endswith("q_proj.weight") for n in read)
     counted.update(quantize=0, repack=0)
     read.clear()
-    llm = load(folder, quantization)
+    llm = load(tiny_folder, quantization)
     assert counted == {"quantize": 0, "repack": 0}
     assert [n for n in read if any(f"{piece}." in n for piece in LINEAR)] == []
     assert "model.embed_tokens.weight" in read and "model.norm.weight" in read
@@ -109,66 +102,66 @@ def test_a_second_load_quantizes_and_repacks_nothing(
     assert len(cache_files(weights_dir)) == 1
 
 
-def test_another_quantization_misses(folder, weights_dir, counted):
-    first_load(folder, "q4_k_m", weights_dir, counted)
+def test_another_quantization_misses(tiny_folder, weights_dir, counted):
+    first_load(tiny_folder, "q4_k_m", weights_dir, counted)
     counted.update(quantize=0, repack=0)
-    load(folder, "q8_0")
+    load(tiny_folder, "q8_0")
     assert counted["quantize"] > 0 and counted["repack"] > 0
     assert len(cache_files(weights_dir)) == 2
 
 
-def test_a_touched_weight_file_misses(folder, weights_dir, counted):
-    first_load(folder, "q8_0", weights_dir, counted)
-    weights = next(folder.glob("*.safetensors"))
+def test_a_touched_weight_file_misses(tiny_folder, weights_dir, counted):
+    first_load(tiny_folder, "q8_0", weights_dir, counted)
+    weights = next(tiny_folder.glob("*.safetensors"))
     st = weights.stat()
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     counted.update(quantize=0, repack=0)
-    llm = load(folder, "q8_0")
+    llm = load(tiny_folder, "q8_0")
     assert counted["quantize"] > 0 and counted["repack"] > 0
     assert x8_bytes(llm)  # loaded as without the cache
     assert len(cache_files(weights_dir)) == 2  # the new key's file (the old one ages out)
 
 
-def test_another_dtype_misses(folder, weights_dir, counted):
+def test_another_dtype_misses(tiny_folder, weights_dir, counted):
     """The floats are quantized in the load's dtype: bfloat16 rounds them first."""
-    first_load(folder, "q8_0", weights_dir, counted)
+    first_load(tiny_folder, "q8_0", weights_dir, counted)
     counted.update(quantize=0, repack=0)
-    load(folder, "q8_0", dtype="bfloat16")
+    load(tiny_folder, "q8_0", dtype="bfloat16")
     assert counted["quantize"] > 0 and len(cache_files(weights_dir)) == 2
 
 
-def test_a_touched_config_misses(folder, weights_dir, counted):
-    first_load(folder, "q8_0", weights_dir, counted)
-    config = folder / "config.json"
+def test_a_touched_config_misses(tiny_folder, weights_dir, counted):
+    first_load(tiny_folder, "q8_0", weights_dir, counted)
+    config = tiny_folder / "config.json"
     st = config.stat()
     os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     counted.update(quantize=0, repack=0)
-    load(folder, "q8_0")
+    load(tiny_folder, "q8_0")
     assert counted["quantize"] > 0 and counted["repack"] > 0
 
 
-def test_the_cache_off_writes_nothing(folder, weights_dir, counted):
-    llm = load(folder, "q4_k_m", weight_cache=False)
+def test_the_cache_off_writes_nothing(tiny_folder, weights_dir, counted):
+    llm = load(tiny_folder, "q4_k_m", weight_cache=False)
     if not x8_bytes(llm):
         pytest.skip("no x8 layout on this CPU")
     assert cache_files(weights_dir) == []
     counted.update(quantize=0, repack=0)
-    load(folder, "q4_k_m", weight_cache=False)
+    load(tiny_folder, "q4_k_m", weight_cache=False)
     assert counted["quantize"] > 0 and counted["repack"] > 0
 
 
-def test_a_damaged_cache_file_is_rebuilt(folder, weights_dir, counted):
-    ref_bytes, ref_run = first_load(folder, "q4_k_m", weights_dir, counted)
+def test_a_damaged_cache_file_is_rebuilt(tiny_folder, weights_dir, counted):
+    ref_bytes, ref_run = first_load(tiny_folder, "q4_k_m", weights_dir, counted)
     (path,) = cache_files(weights_dir)
     with path.open("r+b") as f:
         f.truncate(path.stat().st_size - 3)
     counted.update(quantize=0, repack=0)
-    llm = load(folder, "q4_k_m")
+    llm = load(tiny_folder, "q4_k_m")
     assert counted["quantize"] > 0 and counted["repack"] > 0
     assert run(llm) == ref_run
     assert len(cache_files(weights_dir)) == 1
     counted.update(quantize=0, repack=0)
-    assert run(load(folder, "q4_k_m")) == ref_run  # the rebuilt file serves
+    assert run(load(tiny_folder, "q4_k_m")) == ref_run  # the rebuilt file serves
     assert counted == {"quantize": 0, "repack": 0}
 
 
@@ -201,11 +194,11 @@ def test_a_tied_head_is_served_from_the_cache(tmp_path, weights_dir, counted):
 
 
 def test_an_f16_gguf_quantized_in_situ_is_cached_by_its_quantization(
-    folder, tmp_path, weights_dir, counted
+    tiny_folder, tmp_path, weights_dir, counted
 ):
     pytest.importorskip("gguf")
-    config = load_model_config(folder)
-    tensors = checkpoint.iter_checkpoint_tensors(folder, "cpu", torch.float32, progress=False)
+    config = load_model_config(tiny_folder)
+    tensors = checkpoint.iter_checkpoint_tensors(tiny_folder, "cpu", torch.float32, progress=False)
     f16 = write_gguf(
         config, tensors, tmp_path / "m.gguf", float_plan(GGMLType.F16), file_type="f16"
     )
