@@ -4,7 +4,7 @@ tensors along the output; `weight_loader` puts each piece (its shard_id) in plac
 
 Column / row variants are the same layer at world size 1. Under tensor parallelism (a
 ParallelContext of world size n) a column layer keeps 1/n of each piece's output rows and a row
-layer 1/n of the input columns; their weight_loader takes this rank's slice of the full
+layer 1/n of the input columns; their rank_part is this rank's slice of the full
 checkpoint tensor. The block that ends in a row layer sums the ranks' outputs (one all-reduce).
 """
 
@@ -51,7 +51,11 @@ class Linear(nn.Module):
 
     def weight_loader(self, param: nn.Parameter, tensor, shard_id: str | int | None = None) -> None:
         """Copy a checkpoint tensor (or one piece of a fused layer) into `param`."""
-        self.method.load_weight(self, param, tensor, shard_id)
+        self.method.load_weight(self, param, self.rank_part(tensor, shard_id), shard_id)
+
+    def rank_part(self, tensor, shard_id: str | int | None):
+        """What this rank keeps of a full checkpoint tensor: all of it without parallelism."""
+        return tensor
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.output_sizes}, method={self.method.name}"
@@ -83,11 +87,11 @@ class ColumnParallelLinear(Linear):
         super().__init__(in_features, sizes, bias, method, params_dtype, shard_ids)
         self.parallel = parallel
 
-    def weight_loader(self, param: nn.Parameter, tensor, shard_id: str | int | None = None) -> None:
-        if self.parallel.is_parallel:
-            rows = self.shard_rows(shard_id)[1] if shard_id is not None else self.out_features
-            tensor = _rank_slice(_dense(tensor), 0, rows, self.parallel)
-        self.method.load_weight(self, param, tensor, shard_id)
+    def rank_part(self, tensor, shard_id: str | int | None):
+        if not self.parallel.is_parallel:
+            return tensor
+        rows = self.shard_rows(shard_id)[1] if shard_id is not None else self.out_features
+        return _rank_slice(_dense(tensor), 0, rows, self.parallel)
 
 
 class RowParallelLinear(Linear):
@@ -110,14 +114,13 @@ class RowParallelLinear(Linear):
         super().__init__(in_features, output_sizes, bias, method, params_dtype)
         self.parallel = parallel
 
-    def weight_loader(self, param: nn.Parameter, tensor, shard_id: str | int | None = None) -> None:
-        if self.parallel.is_parallel:
-            tensor = _dense(tensor)
-            if tensor.dim() == 1:  # the bias: added once, by rank 0
-                tensor = tensor if self.parallel.rank == 0 else torch.zeros_like(tensor)
-            else:
-                tensor = _rank_slice(tensor, 1, self.in_features, self.parallel)
-        self.method.load_weight(self, param, tensor, shard_id)
+    def rank_part(self, tensor, shard_id: str | int | None):
+        if not self.parallel.is_parallel:
+            return tensor
+        tensor = _dense(tensor)
+        if tensor.dim() == 1:  # the bias: added once, by rank 0
+            return tensor if self.parallel.rank == 0 else torch.zeros_like(tensor)
+        return _rank_slice(tensor, 1, self.in_features, self.parallel)
 
 
 def _check_shardable(method: LinearMethod, parallel: ParallelContext) -> None:
