@@ -23,7 +23,8 @@ FUSE_QUANT_OUT = False
 class Handoff:
     out: torch.Tensor  # the producing layer's output (the next call's h or x)
     xq: tuple  # its 8-bit form (ops/triton_qgemv_int8.QuantX)
-    norm_weight: torch.Tensor | None  # the RMSNorm applied before quantizing, or None (gated)
+    norm_weight: torch.Tensor | None  # the RMSNorm applied before quantizing, or None
+    gated: bool  # silu(gate) * up quantized
 
 
 class OneToken:
@@ -34,9 +35,11 @@ class OneToken:
         self.count: torch.Tensor | None = None
         self.pending: Handoff | None = None
 
-    def take(self, x: torch.Tensor, norm_weight: torch.Tensor | None) -> tuple | None:
+    def take(self, x: torch.Tensor, norm_weight: torch.Tensor | None, gated: bool) -> tuple | None:
+        """The pending 8-bit x if it was made of this very x, read the same way; dropped either
+        way (a plain read matches no hand-off: each has a norm or a gate)."""
         p, self.pending = self.pending, None
-        if p is not None and p.out is x and p.norm_weight is norm_weight:
+        if p is not None and p.out is x and p.norm_weight is norm_weight and p.gated == gated:
             return p.xq
         return None
 
@@ -60,9 +63,8 @@ def run(method, layer, x, *, norm=None, gated=False, residual=None):
     groups = layer.gguf_groups
     xq = quant_out = None
     if int8:
-        xq = state.take(x, norm[1] if norm is not None else None) if (norm or gated) else None
+        xq = state.take(x, norm[1] if norm is not None else None, gated)
         if xq is None:
-            state.pending = None
             xq = triton_qgemv_int8.quantize_x(x, layer.in_features, norm, gated, pdl=pdl)
         quant_out = _quant_out(state, layer, out, residual is not None, len(groups))
     parts, start = [], 0
@@ -83,7 +85,7 @@ def run(method, layer, x, *, norm=None, gated=False, residual=None):
         start += rows
     if quant_out is not None:
         norm_w = quant_out.norm[0] if quant_out.norm is not None else None
-        state.pending = Handoff(out, quant_out.xq, norm_w)
+        state.pending = Handoff(out, quant_out.xq, norm_w, quant_out.gated)
     if residual is None:
         return out, None
     return out, parts[0] if len(parts) == 1 else torch.cat(parts)
