@@ -27,7 +27,12 @@ def test_latency_and_throughput_rows_for_every_engine(tmp_path):
     assert main(args) == 0
     rows = json.loads((tmp_path / "lat" / "results.json").read_text())["results"]
     assert [r["backend"] for r in rows] == ENGINES
-    assert all(r["decode_tok_s"] > 0 and r["ttft_ms"] > 0 for r in rows)
+    for r in rows:  # every run streamed exactly 4 tokens (bench latency checks the count)
+        assert len(r["runs"]) == 1 and 0 < r["ttft_ms"] <= r["e2e_ms"]
+        # on a busy machine a stream's tokens can reach the reader in one group (a foreign
+        # engine's reader thread, or coalesced outputs): no decode span to see gives None,
+        # never a made-up rate
+        assert r["decode_tok_s"] is None or r["decode_tok_s"] > 0
     args = ["bench", "throughput", *COMMON, "--num-prompts", "4", "--input-len", "12",
             "--output-len", "4", "--no-plots", "--output", str(tmp_path / "tp")]  # fmt: skip
     assert main(args) == 0
