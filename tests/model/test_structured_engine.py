@@ -5,6 +5,7 @@ token healing re-spells the backed-up text exactly once."""
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -121,3 +122,27 @@ def test_token_healing_is_off_by_default_and_leaves_whole_tokens(llm):
         ["Hello world"], SamplingParams(temperature=0, max_tokens=4, token_healing=True)
     )[0]
     assert healed.outputs[0].token_ids == out.outputs[0].token_ids  # nothing to heal
+
+
+def test_masks_filled_early_on_their_thread_give_the_same_tokens(monkeypatch, llm):
+    """early_masks (on by default on CUDA) fills a step's grammar masks on the mask thread
+    while the forward runs: the same seeded tokens as filling them after the forward."""
+    from minerva.runner import model_runner
+
+    runner = llm.engine.worker.runner
+    prompts = [PROMPT, "Hello", PROMPT]
+    params = [_json(4), SamplingParams(temperature=1.0, seed=5, max_tokens=12), _json(6)]
+    assert runner.early_masks is False  # the CPU default
+    after = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    threads: list[str] = []
+
+    def recorded(matchers, vocab_size):
+        threads.append(threading.current_thread().name)
+        return fill_bitmask(matchers, vocab_size)
+
+    fill_bitmask = model_runner.fill_bitmask
+    monkeypatch.setattr(model_runner, "fill_bitmask", recorded)
+    monkeypatch.setattr(runner, "early_masks", True)
+    early = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert early == after
+    assert threads and all(name.startswith("minerva-masks") for name in threads)
