@@ -34,8 +34,10 @@ def test_latency_rows_and_charts_for_both_engines(tmp_path):
     assert main(args) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["results"]
     assert [r["backend"] for r in rows] == ["minerva", "llamacpp"]
-    for r in rows:
-        assert r["decode_tok_s"] > 0 and r["cpu_percent"] is not None
+    assert rows[0]["decode_tok_s"] > 0
+    for r in rows:  # llama.cpp's tokens come through a reader thread: on a busy machine all 4
+        # can reach the bench at once, which leaves no decode span (None), never a made-up rate
+        assert (r["decode_tok_s"] is None or r["decode_tok_s"] > 0) and r["cpu_percent"] is not None
         energy = r["energy"]
         assert {energy["cpu_source"], energy["gpu_source"]} <= {"rapl", "nvml", "not available"}
         assert (energy["energy_j"] is None) == (r["energy_per_token_j"] is None)
