@@ -76,7 +76,8 @@ class ModelConfig:
     quantization: str | None = Field(
         None,
         "Quantize a float model's linear layers to this GGUF type or mix while loading "
-        "(q8_0, q4_k_m ...; mistral.rs names like Q4K too); a GGUF file keeps its own.",
+        "(q8_0, q4_k_m ...; mistral.rs names like Q4K too), or fp8 / int8 with a scale per row "
+        "(CUDA); a GGUF file keeps its own.",
         choices=QUANTIZATIONS, normalize=canonical_quantization,
     )  # fmt: skip
     max_model_len: int | None = Field(

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 QUANTIZATIONS: tuple[str, ...] = (
     "q8_0", "q8_1", "q4_0", "q4_1", "q5_0", "q5_1",
-    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m", "fp8",
+    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m", "fp8", "int8",
 )  # fmt: skip
-"""In-situ quantization types (plain GGML types), llama.cpp mixes (q4_k_m, q5_k_m) and fp8 (e4m3
-weights with a scale per row, quant/fp8.py)."""
+"""In-situ quantization types (plain GGML types), llama.cpp mixes (q4_k_m, q5_k_m), fp8 (e4m3
+weights with a scale per row, quant/fp8.py) and int8 (int8 weights with a scale per row,
+quant/int8.py)."""
 
 QUANT_ALIASES: dict[str, str] = {
     "q2k": "q2_k", "q3k": "q3_k", "q4k": "q4_k", "q5k": "q5_k", "q6k": "q6_k",
     "q80": "q8_0", "q81": "q8_1", "q40": "q4_0", "q41": "q4_1", "q50": "q5_0", "q51": "q5_1",
     "f8e4m3": "fp8", "fp8_e4m3": "fp8", "float8": "fp8",
+    "w8a16": "int8", "int8_per_channel": "int8",
 }  # fmt: skip
 """mistral.rs-style spellings (lower-cased) -> the canonical name."""
 

@@ -34,7 +34,7 @@ def test_spellings_normalise_everywhere(given, canonical):
 
 
 def test_every_choice_has_a_type_mix_and_unknown_names_list_them():
-    assert set(QUANTIZATIONS) == set(PLAIN) | set(MIXES) | {"fp8"}  # fp8: quant/fp8.py
+    assert set(QUANTIZATIONS) == set(PLAIN) | set(MIXES) | {"fp8", "int8"}  # quant/fp8.py, int8.py
     with pytest.raises(ConfigError, match="q4_k_m"):
         load_config(None, {"quantization": "iq2_xs"}, env={})
     assert EngineConfig.from_kwargs().model.quantization is None

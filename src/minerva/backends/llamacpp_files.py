@@ -30,10 +30,10 @@ def cache_dir() -> Path:
 
 def gguf_for(model: Path, quantization: str | None, config: EngineConfig) -> Path:
     """``model`` itself when it is a GGUF file; a folder's cached conversion otherwise."""
-    if quantization == "fp8":
+    if quantization in ("fp8", "int8"):
         raise ConfigError(
-            "quantization=fp8 is Minerva's own engine's format (CUDA); llama.cpp runs GGUF "
-            "types: choose q8_0 (or another GGUF type) for the llamacpp backend"
+            f"quantization={quantization} is Minerva's own engine's format (CUDA); llama.cpp "
+            "runs GGUF types: choose q8_0 (or another GGUF type) for the llamacpp backend"
         )
     source = open_model(model, config.model.tokenizer)  # headers only: cheap
     if source.format == "gguf":

@@ -72,9 +72,9 @@ def isq_type(quantization: str | None, is_gguf: bool) -> str | None:
     """The ISQ type for ``[model] quantization`` (MISTRALRS_ISQ), or None for none."""
     if quantization is None:
         return None
-    if quantization == "fp8":
+    if quantization in ("fp8", "int8"):
         raise ConfigError(
-            "quantization=fp8 is Minerva's own engine's format (CUDA): with the mistralrs "
+            f"quantization={quantization} is Minerva's own engine's format (CUDA): with the mistralrs "
             f"backend choose one of {', '.join(ISQ_TYPES)} (MISTRALRS_ISQ: Q2K ... Q8_1)"
         )
     if quantization not in ISQ_TYPES:

@@ -82,6 +82,7 @@ def scaled_matmul(
 
 class FP8LinearMethod(LinearMethod):
     name = "fp8"
+    codes_dtype: torch.dtype = FP8
 
     def __init__(self, kernels: KernelSet | None = None) -> None:
         self.kernels = kernels
@@ -95,7 +96,7 @@ class FP8LinearMethod(LinearMethod):
         params_dtype: torch.dtype,
     ) -> None:
         out = sum(output_sizes)
-        layer.weight = nn.Parameter(torch.empty(out, in_features, dtype=FP8), False)
+        layer.weight = nn.Parameter(torch.empty(out, in_features, dtype=self.codes_dtype), False)
         # a buffer: no checkpoint tensor fills it (loading the weight does)
         layer.register_buffer("weight_scale", torch.empty(out, dtype=torch.float32))
         create_bias(layer, out, bias, params_dtype)
@@ -104,20 +105,39 @@ class FP8LinearMethod(LinearMethod):
         self, layer: nn.Module, param: nn.Parameter, tensor, shard_id: str | int | None
     ) -> None:
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise ModelLoadError("is not a float tensor: fp8 quantizes float checkpoints only")
+            raise ModelLoadError(
+                f"is not a float tensor: {self.name} quantizes float checkpoints only"
+            )
         dest = shard_destination(layer, param, tensor, shard_id)
         if param is not layer.weight:  # the bias stays in the model's dtype
             dest.copy_(tensor)
             return
-        if dest.is_cuda and torch.cuda.get_device_capability(dest.device) < MIN_CAPABILITY:
-            raise ModelLoadError(
-                "needs fp8 support (an Ada or Hopper GPU, compute capability 8.9+) for "
-                "--quantization fp8: use q8_0 on this GPU"
-            )
-        codes, scale = quantize_rows(tensor.to(dest.device))
+        self.check_device(dest)
+        codes, scale = self.quantize(tensor.to(dest.device))
         dest.copy_(codes)
         start = layer.shard_rows(shard_id)[0] if shard_id is not None else 0
         layer.weight_scale.data.narrow(0, start, dest.shape[0]).copy_(scale)
+
+    def check_device(self, dest: torch.Tensor) -> None:
+        """Raise ModelLoadError where the weights cannot live."""
+        if dest.is_cuda and torch.cuda.get_device_capability(dest.device) < MIN_CAPABILITY:
+            raise ModelLoadError(
+                "needs fp8 support (an Ada or Hopper GPU, compute capability 8.9+) for "
+                "--quantization fp8: use int8 or q8_0 on this GPU"
+            )
+
+    def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w [N, K] float -> (codes [N, K], float32 scales [N])."""
+        return quantize_rows(w)
+
+    def several_tokens(
+        self, x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor | None:
+        """x [M, K] @ (codes * scale).T without decoding the weight (M > 1, no bias), or None
+        where this device has no such kernel (the twin runs)."""
+        if not _scaled_mm_ok(x, codes):
+            return None
+        return scaled_matmul(x, codes, scale, triton_x=self._triton and TRITON_X)
 
     def weight_bytes(self, layer: nn.Module) -> int:
         return super().weight_bytes(layer) + layer.weight_scale.numel() * 4
@@ -130,8 +150,7 @@ class FP8LinearMethod(LinearMethod):
             from minerva.ops import triton_gemv  # noqa: PLC0415 - CUDA only
 
             y = triton_gemv.gemv(x2, w, b, pdl=self.kernels.pdl, scale=s)
-        elif _scaled_mm_ok(x2, w):
-            y = scaled_matmul(x2, w, s, triton_x=self._triton and TRITON_X)
+        elif (y := self.several_tokens(x2, w, s)) is not None:
             if b is not None:
                 y = y + b.to(y.dtype)
         else:  # the twin

@@ -56,10 +56,11 @@ def quant_config_for(
             )
         return build_quant_config(source.quantization, kernels, source.tensor_types)
     if quantization is not None:
-        if quantization == "fp8" and kernels.name == "cpu":
+        if quantization in ("fp8", "int8") and kernels.name == "cpu":
             logger.warning(
-                "quantization=fp8 has no CPU kernels: each product decodes the weight first "
-                "(slow); q8_0 is the 8-bit type with CPU kernels"
+                "quantization=%s has no CPU kernels: each product decodes the weight first "
+                "(slow); q8_0 is the 8-bit type with CPU kernels",
+                quantization,
             )
         return build_insitu_config(quantization, source.config.num_hidden_layers, kernels)
     return build_quant_config(None, kernels)

@@ -37,11 +37,12 @@ def _what(config: EngineConfig) -> str:
 def check_config(config: EngineConfig) -> None:
     """What a parallel group does not run yet, refused before anything loads."""
     what = _what(config)
-    if config.model.quantization == "fp8" or str(config.model.model or "").endswith(".gguf"):
+    quantization = config.model.quantization
+    if quantization in ("fp8", "int8") or str(config.model.model or "").endswith(".gguf"):
         raise ConfigError(
             f"{what} runs safetensors models, float or quantized in situ to a GGUF type "
-            "(quantization=q8_0, q4_k_m ...), not GGUF files or fp8: use the float original, "
-            "or run on one device"
+            "(quantization=q8_0, q4_k_m ...), not GGUF files, fp8 or int8: use the float "
+            "original, or run on one device"
         )
 
 

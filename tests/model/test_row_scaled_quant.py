@@ -1,7 +1,8 @@
-"""`--quantization fp8` (quant/fp8.py): e4m3 codes with a scale per row, quantized while a float
-checkpoint loads. The codes against the format's rounding; the demo model (trained: no near
-ties) quantized in situ against Minerva's own run on the fp8 weights decoded back to floats and
-saved as safetensors (the CPU runs the twin: the same weights, float products)."""
+"""`--quantization fp8` (quant/fp8.py) and `int8` (quant/int8.py): e4m3 or int8 codes with a
+scale per row, quantized while a float checkpoint loads. The codes against each format's
+rounding; the demo model (trained: no near ties) quantized in situ against Minerva's own run on
+the weights decoded back to floats and saved as safetensors (the CPU runs the twin: the same
+weights, float products)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from minerva.config import load_config
 from minerva.demo import demo_model_path
 from minerva.errors import ConfigError
 from minerva.loader.checkpoint import iter_checkpoint_tensors
+from minerva.quant import int8
 from minerva.quant.fp8 import FP8, FP8_MAX, dequantize_rows, quantize_rows
 
 PROMPT = [1, 3088, 295, 263, 628, 327]  # "SQLite is a database that"
@@ -42,26 +44,44 @@ def test_rows_use_the_whole_range_and_round_to_e4m3():
     assert torch.equal(codes.float(), ref)
 
 
-def test_fp8_spellings_are_accepted():
+def test_int8_rows_use_the_whole_range_and_round_to_nearest():
+    torch.manual_seed(1)
+    w = torch.randn(5, 96) * torch.tensor([1e-3, 0.02, 1.0, 30.0, 0.0])[:, None]
+    w[1, 7] = -w[1].abs().max() * 1.5  # the largest magnitude negative: code -127
+    codes, scale = int8.quantize_rows(w)
+    assert codes.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (5,)
+    top = codes.float().abs().amax(dim=1)
+    assert torch.equal(top[:4], torch.full((4,), 127.0)) and codes[1, 7] == -127
+    assert not codes[4].any()  # an all-zero row stays zero
+    # round to nearest: within half a step of the scale, and no other code is closer
+    err = (dequantize_rows(codes, scale) - w).abs()
+    assert bool((err <= scale[:, None] / 2 * 1.0001).all())
+    assert torch.equal(codes, torch.round(w / scale[:, None]).to(torch.int8))
+
+
+def test_fp8_and_int8_spellings_are_accepted():
     for given in ("fp8", "FP8", "f8e4m3", "fp8-e4m3"):
         assert load_config(None, {"quantization": given}, env={})[0].model.quantization == "fp8"
+    for given in ("int8", "INT8", "w8a16"):
+        assert load_config(None, {"quantization": given}, env={})[0].model.quantization == "int8"
     with pytest.raises(ConfigError, match="fp8"):
         load_config(None, {"quantization": "fp16x"}, env={})
 
 
-def _fp8_decoded_folder(src: Path, out: Path) -> Path:
-    """The demo model with every linear weight replaced by its fp8 form decoded to float32 (the
-    tied head as a separate lm_head: fp8 gives the head its own codes)."""
+def _decoded_folder(src: Path, out: Path, quantize) -> Path:
+    """The demo model with every linear weight replaced by its quantized form (`quantize`: rows
+    -> codes, scales) decoded to float32 (the tied head as a separate lm_head: fp8 and int8 give
+    the head its own codes)."""
     from safetensors.torch import save_file
 
     out.mkdir()
     weights = {}
     for name, t in iter_checkpoint_tensors(src, "cpu", torch.float32, progress=False):
         if any(f".{p}." in name for p in LINEAR):
-            t = dequantize_rows(*quantize_rows(t))
+            t = dequantize_rows(*quantize(t))
         weights[name] = t.contiguous()
         if name == "model.embed_tokens.weight":
-            weights["lm_head.weight"] = dequantize_rows(*quantize_rows(t)).contiguous()
+            weights["lm_head.weight"] = dequantize_rows(*quantize(t)).contiguous()
     save_file(weights, out / "model.safetensors")
     for f in src.iterdir():
         if f.is_file() and f.suffix in (".json", ".txt", ".model") and f.name != "config.json":
@@ -72,13 +92,19 @@ def _fp8_decoded_folder(src: Path, out: Path) -> Path:
     return out
 
 
-def test_in_situ_fp8_equals_minerva_on_the_decoded_weights(tmp_path):
+@pytest.mark.parametrize(
+    "name, codes_dtype, quantize",
+    [("fp8", FP8, quantize_rows), ("int8", torch.int8, int8.quantize_rows)],
+)
+def test_in_situ_quantization_equals_minerva_on_the_decoded_weights(
+    tmp_path, name, codes_dtype, quantize
+):
     demo = demo_model_path()
-    ref = LLM(model=str(_fp8_decoded_folder(demo, tmp_path / "dq")), device="cpu",
+    ref = LLM(model=str(_decoded_folder(demo, tmp_path / "dq", quantize)), device="cpu",
               dtype="float32", max_model_len=128)  # fmt: skip
     want = ref.generate([PROMPT], GREEDY)[0].outputs[0]
     llm = LLM(model=str(demo), device="cpu", dtype="float32", max_model_len=128,
-              quantization="fp8")  # fmt: skip
+              quantization=name)  # fmt: skip
     got = llm.generate([PROMPT], GREEDY)[0].outputs[0]
     assert got.token_ids == want.token_ids
     torch.testing.assert_close(
@@ -88,8 +114,8 @@ def test_in_situ_fp8_equals_minerva_on_the_decoded_weights(tmp_path):
     )  # fmt: skip
     model = llm.engine.worker.model
     layer = model.model.layers[0].self_attn.qkv_proj
-    assert layer.weight.dtype == FP8 and layer.method.name == "fp8"
-    assert model.lm_head.weight.dtype == FP8  # the tied head got codes of its own
+    assert layer.weight.dtype == codes_dtype and layer.method.name == name
+    assert model.lm_head.weight.dtype == codes_dtype  # the tied head got codes of its own
     # half the bytes of bf16 (plus a float32 scale per row) for what the GEMV streams
     rows, cols = layer.weight.shape
     assert layer.method.weight_bytes(layer) == rows * cols + rows * 4
