@@ -301,7 +301,7 @@ def main() -> None:
 
     for pair in args.models:
         shape, mix = pair.split(":")
-        insitu = mix.lower() == "fp8"  # a bf16 folder quantized while loading
+        insitu = mix.lower() in ("fp8", "int8")  # a bf16 folder quantized while loading
         path = args.work / (f"{shape}-bf16" if insitu else f"{shape}-{mix}.gguf")
         key = f"{shape}-{mix}{args.tag}"
         entry = results["models"].setdefault(key, {"shape": shape, "mix": mix + args.tag})
@@ -316,7 +316,7 @@ def main() -> None:
         if "minerva" in args.parts:
             try:
                 entry["minerva"] = measure_minerva(
-                    path, args.concurrency, results["bandwidth"], "fp8" if insitu else None
+                    path, args.concurrency, results["bandwidth"], mix.lower() if insitu else None
                 )
             except Exception as e:  # recorded; the other models still run
                 entry["minerva_error"] = f"{type(e).__name__}: {e}"[:2000]
