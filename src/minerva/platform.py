@@ -47,6 +47,12 @@ class Platform:
         return torch.cuda.get_device_properties(self.device).multi_processor_count
 
     @property
+    def supports_fp8(self) -> bool:
+        """8-bit float arithmetic in kernels (Triton's fp8 types): CUDA compute capability 8.9
+        (Ada) or newer."""
+        return self.is_cuda and torch.cuda.get_device_capability(self.device) >= (8, 9)
+
+    @property
     def supports_pdl(self) -> bool:
         """Programmatic dependent launch: CUDA compute capability 9.0 (Hopper) or newer, and a
         triton that can launch with it (ops/pdl.py)."""

@@ -1,5 +1,6 @@
-"""An fp8 KV cache on CUDA: the torch reference (the backend fp8 runs on there; Triton refuses
-it) writes it saturated and attends over it exactly as over its dequantized values."""
+"""An fp8 KV cache on CUDA: the torch reference writes it saturated and attends over it exactly as
+over its dequantized values; the Triton kernels (compute capability 8.9+) write the same bytes
+and attend exactly as over the cache widened to bf16; the engine on either backend agrees."""
 
 from __future__ import annotations
 
@@ -59,6 +60,71 @@ def test_torch_attention_over_fp8_equals_attention_over_dequantized(case, cache_
     assert torch.equal(ours, ref)
 
 
-def test_triton_backend_refuses_fp8_with_the_fix():
-    with pytest.raises(ConfigError, match="attention_backend=torch"):
-        resolve_kv_cache_dtype("fp8", torch.bfloat16, resolve_platform("cuda"), "triton")
+def test_triton_backend_takes_fp8_where_the_gpu_has_it():
+    platform = resolve_platform("cuda")
+    if platform.supports_fp8:
+        got = resolve_kv_cache_dtype("fp8", torch.bfloat16, platform, "triton")
+        assert got is torch.float8_e4m3fn
+    else:
+        with pytest.raises(ConfigError, match="8.9.*attention_backend=torch"):
+            resolve_kv_cache_dtype("fp8", torch.bfloat16, platform, "triton")
+
+
+needs_fp8 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+    reason="Triton's fp8 types need compute capability 8.9+",
+)
+
+
+@needs_fp8
+@pytest.mark.parametrize("cache_dtype", FP8, ids=str)
+def test_triton_writes_the_torch_paths_bytes_into_an_fp8_cache(cache_dtype):
+    from minerva.attention.triton_backend import TritonAttention
+
+    gen = torch.Generator().manual_seed(3)
+    meta = _on_cuda(_step([9, 21], [9, 5], 16, 64, gen))
+    t = sum([9, 5])
+    k = (torch.randn(t, 2, 64, generator=gen) * 200).bfloat16().cuda()  # some beyond 448
+    v = (torch.randn(t, 2, 64, generator=gen) * 3).bfloat16().cuda()
+    ours = torch.zeros(2, 64, 16, 2, 64, dtype=cache_dtype, device="cuda")
+    ref = ours.clone()
+    TritonAttention(num_sms=1).write_kv(ours, k, v, meta.slot_mapping)
+    torch_paged.write_kv(ref, k, v, meta.slot_mapping)
+    assert torch.equal(ours.view(torch.uint8), ref.view(torch.uint8))
+
+
+@needs_fp8
+@pytest.mark.parametrize("cache_dtype", FP8, ids=str)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_triton_attention_over_fp8_equals_it_over_the_dequantized_cache(case, cache_dtype):
+    from minerva.attention.triton_backend import TritonAttention
+
+    seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
+    gen = torch.Generator().manual_seed(case)
+    meta = _on_cuda(_step(seq_lens, query_lens, 16, 64, gen))
+    cache = (torch.randn(2, 64, 16, kv_heads, dim, generator=gen) * 3).to(cache_dtype).cuda()
+    q = (torch.randn(sum(query_lens), heads, dim, generator=gen) * 3).bfloat16().cuda()
+    attn = TritonAttention(num_sms=132)
+    ours = attn.paged_attention(q, cache, meta, dim**-0.5, window)
+    twin = attn.paged_attention(q, cache.to(torch.bfloat16), meta, dim**-0.5, window)
+    # the kernels widen each fp8 value to bf16 exactly: the same products, in the same order
+    assert torch.equal(ours, twin)
+
+
+@needs_fp8
+def test_engine_with_an_fp8_cache_on_triton_agrees_with_the_torch_attention():
+    from minerva import LLM, SamplingParams
+    from minerva.demo import demo_model_path
+    from tests.gpu.near_tie import assert_agree_until_near_tie
+
+    prompts = [[1, 3088, 295, 263, 628, 327], [1, 450, 3996, 1354, 1701, 2916]]
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=2)
+
+    def run(attention: str):
+        llm = LLM(model=str(demo_model_path()), device="cuda", dtype="bfloat16",
+                  max_model_len=256, kv_cache_dtype="fp8", attention_backend=attention)  # fmt: skip
+        assert llm.engine.worker.kv_caches[0].dtype == torch.float8_e4m3fn
+        outs = [o.outputs[0] for o in llm.generate(prompts, params)]
+        return [(o.token_ids, o.logprobs) for o in outs]
+
+    assert_agree_until_near_tie(run("triton"), run("torch"), 0.05)

@@ -47,17 +47,20 @@ def test_resolve_kv_cache_dtype():
 
 
 class FakeDevice:
-    def __init__(self, kind: str, bf16: bool = True) -> None:
+    def __init__(self, kind: str, bf16: bool = True, fp8: bool = False) -> None:
         self.kind, self.name, self._bf16 = kind, f"fake {kind}", bf16
         self.is_cuda = kind == "cuda"
+        self.supports_fp8 = fp8
 
     def supports_dtype(self, dtype: torch.dtype) -> bool:
         return dtype != torch.bfloat16 or self._bf16
 
 
 def test_a_dtype_the_device_or_backend_cannot_run_is_a_config_error():
-    with pytest.raises(ConfigError, match="Triton attention kernels.*attention_backend=torch"):
+    with pytest.raises(ConfigError, match="Triton attention kernels.*8.9.*attention_backend=torch"):
         resolve_kv_cache_dtype("fp8", torch.bfloat16, FakeDevice("cuda"), "triton")
+    ada = resolve_kv_cache_dtype("fp8", torch.bfloat16, FakeDevice("cuda", fp8=True), "triton")
+    assert ada is torch.float8_e4m3fn  # Triton reads and writes fp8 on 8.9+
     cuda_torch = resolve_kv_cache_dtype("fp8", torch.bfloat16, FakeDevice("cuda"), "torch")
     assert cuda_torch is torch.float8_e4m3fn
     with pytest.raises(ConfigError, match=r"no 8-bit floats\): use kv_cache_dtype=auto"):

@@ -3,7 +3,9 @@
 One program per token copies all of its KV heads at once (one row of the cache slot). Tokens
 whose slot is -1 (padding rows of a CUDA-graph batch) are skipped, so a captured graph can run
 with fewer real tokens than it was captured for. `rope_write_kv` does RoPE on q and k in the
-same pass (one kernel per layer instead of two). Imports triton: load through triton_backend.
+same pass (one kernel per layer instead of two). An 8-bit float cache (fp8 e4m3 / e5m2, compute
+capability 8.9+) stores the values as they are (scale 1.0), saturated at its largest finite
+value, as the torch path's write does. Imports triton: load through triton_backend.
 """
 
 from __future__ import annotations
@@ -13,6 +15,23 @@ import triton
 import triton.language as tl
 
 from minerva.ops import pdl as _pdl
+
+_CACHE_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+"""The largest finite value of each 8-bit float cache dtype (values beyond it saturate)."""
+
+
+def cache_max(kv_cache: torch.Tensor) -> float:
+    """What the kernels clamp to before storing into ``kv_cache`` (0.0: no clamp)."""
+    return _CACHE_MAX.get(kv_cache.dtype, 0.0)
+
+
+@triton.jit
+def to_cache(x, dtype: tl.constexpr, CACHE_MAX: tl.constexpr):
+    """x as the cache's dtype; an 8-bit float cache (CACHE_MAX > 0) saturates instead of
+    overflowing to NaN."""
+    if CACHE_MAX > 0:
+        x = tl.minimum(tl.maximum(x.to(tl.float32), -CACHE_MAX), CACHE_MAX)
+    return x.to(dtype)
 
 
 @triton.jit
@@ -34,6 +53,7 @@ def _kv_write_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
+    CACHE_MAX: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     if USE_PDL:  # see ops/pdl.py
@@ -55,8 +75,9 @@ def _kv_write_kernel(
     v = tl.load(
         v_ptr + token * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask
     )
-    tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
-    tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+    out_ty = k_cache_ptr.dtype.element_ty
+    tl.store(k_cache_ptr + dst, to_cache(k, out_ty, CACHE_MAX), mask=mask)
+    tl.store(v_cache_ptr + dst, to_cache(v, out_ty, CACHE_MAX), mask=mask)
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +117,7 @@ def write_kv(
         BLOCK_H=triton.next_power_of_2(num_kv_heads),
         BLOCK_D=triton.next_power_of_2(head_dim),
         BLOCK_SIZE=block_size,
+        CACHE_MAX=cache_max(kv_cache),
         num_warps=4,
         USE_PDL=pdl,
         **_pdl.launch_kwargs(pdl),
@@ -107,7 +129,7 @@ def _rope_write_kv_kernel(
     qkv_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
     stride_t, stride_cb, stride_cs, stride_ch, num_heads, num_kv_heads,
     D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    CACHE_MAX: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     if USE_PDL:  # see ops/pdl.py
         tl.extra.cuda.gdc_wait()
@@ -133,13 +155,13 @@ def _rope_write_kv_kernel(
     kh = tl.maximum(h - num_heads, 0)
     k_mask = qk & (h >= num_heads)[:, None] & (slot >= 0)
     k_dst = k_cache_ptr + base + kh[:, None] * stride_ch + d[None, :]
-    tl.store(k_dst, y.to(k_cache_ptr.dtype.element_ty), mask=k_mask)
+    tl.store(k_dst, to_cache(y, k_cache_ptr.dtype.element_ty, CACHE_MAX), mask=k_mask)
     vh = tl.arange(0, BLOCK_KV)
     v_mask = (vh < num_kv_heads)[:, None] & (slot >= 0)
     v_src = qkv_ptr + t * stride_t + (num_heads + num_kv_heads + vh[:, None]) * D + d[None, :]
     v = tl.load(v_src, mask=v_mask)
     v_dst = v_cache_ptr + base + vh[:, None] * stride_ch + d[None, :]
-    tl.store(v_dst, v.to(v_cache_ptr.dtype.element_ty), mask=v_mask)
+    tl.store(v_dst, to_cache(v, v_cache_ptr.dtype.element_ty, CACHE_MAX), mask=v_mask)
 
 
 def rope_write_kv(
@@ -170,7 +192,8 @@ def rope_write_kv(
         k_cache, v_cache, slot_mapping, qkv.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), num_heads, num_kv_heads,
         D=d, BLOCK_H=block_h, BLOCK_KV=triton.next_power_of_2(num_kv_heads),
-        BLOCK_SIZE=kv_cache.shape[2], num_warps=min(max(block_h * d // 1024, 1), 8),
+        BLOCK_SIZE=kv_cache.shape[2], CACHE_MAX=cache_max(kv_cache),
+        num_warps=min(max(block_h * d // 1024, 1), 8),
         USE_PDL=pdl, **_pdl.launch_kwargs(pdl),
     )  # fmt: skip
     return q

@@ -55,11 +55,11 @@ def resolve_kv_cache_dtype(
                 f"kv_cache_dtype={name} needs a CPU or CUDA device ({platform.name} has no "
                 "8-bit floats): use kv_cache_dtype=auto, float16 or float32"
             )
-        if attention == "triton":
-            # The Triton kernels are untested on fp8 pointers (sm89+); the torch path is not.
+        if attention == "triton" and not platform.supports_fp8:
             raise ConfigError(
-                f"kv_cache_dtype={name} is not supported by the Triton attention kernels yet: "
-                "use attention_backend=torch with it, or kv_cache_dtype=auto, float16 or bfloat16"
+                f"kv_cache_dtype={name} with the Triton attention kernels needs a GPU with fp8 "
+                "(compute capability 8.9+: Ada, Hopper): use attention_backend=torch with it, "
+                "or kv_cache_dtype=auto, float16 or bfloat16"
             )
     elif not platform.supports_dtype(dtype):
         raise ConfigError(
