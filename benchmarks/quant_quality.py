@@ -35,15 +35,16 @@ from minerva.models import build_model  # noqa: E402
 from minerva.models.linear import Linear  # noqa: E402
 from minerva.models.options import ModelOptions  # noqa: E402
 from minerva.ops.kernels import cpu_kernels, torch_kernels  # noqa: E402
-from minerva.quant.base import QuantConfig, UniformQuantConfig  # noqa: E402
+from minerva.quant.base import QuantConfig  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize_tensor  # noqa: E402
 from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
-from minerva.quant.registry import LINEAR_METHODS, ROW_SCALED  # noqa: E402
+from minerva.quant.registry import build_insitu_config  # noqa: E402
+from minerva.quant_names import OWN_FORMATS  # noqa: E402
 
 TYPES = [
     "q8_0", "q6_k", "q5_k_m", "q5_k", "q5_1", "q5_0",
-    "q4_k_m", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k", "fp8", "int8",
+    "q4_k_m", "q4_k", "q4_1", "q4_0", "q3_k", "q2_k", "fp8", "int8", "int4",
 ]  # fmt: skip
 FLOAT_REFS = {"f16": torch.float16, "bf16": torch.bfloat16}
 LLAMA_CPP_TYPES = ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"]
@@ -164,8 +165,8 @@ def evaluate(hf, weights: dict, chunks, types, extra=()) -> list[dict]:
         rows.append(score(name, model, hf, chunks, refs, float(dtype.itemsize * 8), "rounded"))
     for name in types:
         quant = (
-            UniformQuantConfig(LINEAR_METHODS[name](torch_kernels()))
-            if name in ROW_SCALED
+            build_insitu_config(name, hf.num_hidden_layers, torch_kernels())
+            if name in OWN_FORMATS
             else GGUFQuantConfig(name, hf.num_hidden_layers)
         )
         model = build(hf, weights.items(), quant)

@@ -18,7 +18,7 @@ from minerva.config import load_config
 from minerva.demo import demo_model_path
 from minerva.errors import ConfigError
 from minerva.loader.checkpoint import iter_checkpoint_tensors
-from minerva.quant import int8
+from minerva.quant import int4, int8
 from minerva.quant.fp8 import FP8, FP8_MAX, dequantize_rows, quantize_rows
 
 PROMPT = [1, 3088, 295, 263, 628, 327]  # "SQLite is a database that"
@@ -59,29 +59,54 @@ def test_int8_rows_use_the_whole_range_and_round_to_nearest():
     assert torch.equal(codes, torch.round(w / scale[:, None]).to(torch.int8))
 
 
+def test_int4_groups_map_their_range_onto_16_codes():
+    torch.manual_seed(2)
+    w = torch.randn(3, 384) * torch.tensor([0.01, 1.0, 5.0])[:, None]
+    w[2, 128:256] = 0.75  # an all-equal group: scale 0, every value its offset
+    packed, scale, offset = int4.quantize_rows(w)
+    assert packed.shape == (3, 192) and packed.dtype == torch.uint8
+    assert scale.shape == offset.shape == (3, 3) and scale.dtype == torch.float16
+    g = w.reshape(3, 3, 128)
+    torch.testing.assert_close(offset, g.amin(dim=2).half(), rtol=0, atol=0)
+    torch.testing.assert_close(scale, ((g.amax(dim=2) - g.amin(dim=2)) / 15).half(), rtol=0, atol=0)
+    deq = int4.dequantize_rows(packed, scale, offset)
+    assert bool((deq[2, 128:256] == 0.75).all())
+    # within half a step of the stored scale (plus the float16 offset's rounding)
+    step = scale.float().repeat_interleave(128, dim=1)
+    off_err = (offset.float() - g.amin(dim=2)).abs().repeat_interleave(128, dim=1)
+    assert bool(((deq - w).abs() <= step / 2 * 1.001 + off_err + 1e-6).all())
+    # the layout: byte i of a group holds code i (low nibble) and code 64 + i (high)
+    codes = torch.round((g - offset.float()[..., None]) / scale.float().clamp(min=1e-30)[..., None])
+    codes = codes.clamp(0, 15).to(torch.uint8)
+    assert torch.equal(packed[0, :64] & 15, codes[0, 0, :64])
+    assert torch.equal(packed[0, :64] >> 4, codes[0, 0, 64:])
+
+
 def test_fp8_and_int8_spellings_are_accepted():
     for given in ("fp8", "FP8", "f8e4m3", "fp8-e4m3"):
         assert load_config(None, {"quantization": given}, env={})[0].model.quantization == "fp8"
     for given in ("int8", "INT8", "w8a16"):
         assert load_config(None, {"quantization": given}, env={})[0].model.quantization == "int8"
+    for given in ("int4", "W4A16", "int4_g128"):
+        assert load_config(None, {"quantization": given}, env={})[0].model.quantization == "int4"
     with pytest.raises(ConfigError, match="fp8"):
         load_config(None, {"quantization": "fp16x"}, env={})
 
 
-def _decoded_folder(src: Path, out: Path, quantize) -> Path:
-    """The demo model with every linear weight replaced by its quantized form (`quantize`: rows
-    -> codes, scales) decoded to float32 (the tied head as a separate lm_head: fp8 and int8 give
-    the head its own codes)."""
+def _decoded_folder(src: Path, out: Path, roundtrip, head_roundtrip) -> Path:
+    """The demo model with every linear weight replaced by its quantized form decoded to float32
+    (`roundtrip`: rows -> rows), the tied head as a separate lm_head (`head_roundtrip`: the
+    in-situ formats give the head codes of its own)."""
     from safetensors.torch import save_file
 
     out.mkdir()
     weights = {}
     for name, t in iter_checkpoint_tensors(src, "cpu", torch.float32, progress=False):
         if any(f".{p}." in name for p in LINEAR):
-            t = dequantize_rows(*quantize(t))
+            t = roundtrip(t)
         weights[name] = t.contiguous()
         if name == "model.embed_tokens.weight":
-            weights["lm_head.weight"] = dequantize_rows(*quantize(t)).contiguous()
+            weights["lm_head.weight"] = head_roundtrip(t).contiguous()
     save_file(weights, out / "model.safetensors")
     for f in src.iterdir():
         if f.is_file() and f.suffix in (".json", ".txt", ".model") and f.name != "config.json":
@@ -92,16 +117,32 @@ def _decoded_folder(src: Path, out: Path, quantize) -> Path:
     return out
 
 
+def _fp8(t):
+    return dequantize_rows(*quantize_rows(t))
+
+
+def _int8(t):
+    return dequantize_rows(*int8.quantize_rows(t))
+
+
+def _int4(t):
+    return int4.dequantize_rows(*int4.quantize_rows(t))
+
+
 @pytest.mark.parametrize(
-    "name, codes_dtype, quantize",
-    [("fp8", FP8, quantize_rows), ("int8", torch.int8, int8.quantize_rows)],
+    "name, codes_dtype, head_dtype, roundtrip, head_roundtrip",
+    [
+        ("fp8", FP8, FP8, _fp8, _fp8),
+        ("int8", torch.int8, torch.int8, _int8, _int8),
+        ("int4", torch.uint8, torch.int8, _int4, _int8),  # the head in int8 rows
+    ],
 )
 def test_in_situ_quantization_equals_minerva_on_the_decoded_weights(
-    tmp_path, name, codes_dtype, quantize
+    tmp_path, name, codes_dtype, head_dtype, roundtrip, head_roundtrip
 ):
     demo = demo_model_path()
-    ref = LLM(model=str(_decoded_folder(demo, tmp_path / "dq", quantize)), device="cpu",
-              dtype="float32", max_model_len=128)  # fmt: skip
+    folder = _decoded_folder(demo, tmp_path / "dq", roundtrip, head_roundtrip)
+    ref = LLM(model=str(folder), device="cpu", dtype="float32", max_model_len=128)
     want = ref.generate([PROMPT], GREEDY)[0].outputs[0]
     llm = LLM(model=str(demo), device="cpu", dtype="float32", max_model_len=128,
               quantization=name)  # fmt: skip
@@ -115,7 +156,9 @@ def test_in_situ_quantization_equals_minerva_on_the_decoded_weights(
     model = llm.engine.worker.model
     layer = model.model.layers[0].self_attn.qkv_proj
     assert layer.weight.dtype == codes_dtype and layer.method.name == name
-    assert model.lm_head.weight.dtype == codes_dtype  # the tied head got codes of its own
-    # half the bytes of bf16 (plus a float32 scale per row) for what the GEMV streams
+    assert model.lm_head.weight.dtype == head_dtype  # the tied head got codes of its own
     rows, cols = layer.weight.shape
-    assert layer.method.weight_bytes(layer) == rows * cols + rows * 4
+    if name == "int4":  # 4 bits per weight, a float16 scale and offset per 128
+        assert layer.method.weight_bytes(layer) == rows * cols + rows * (cols * 2 // 128) * 4
+    else:  # half the bytes of bf16 (plus a float32 scale per row) for what the GEMV streams
+        assert layer.method.weight_bytes(layer) == rows * cols + rows * 4

@@ -141,12 +141,12 @@ def test_devices_cover_tensor_times_pipeline_ranks():
         EngineConfig.from_kwargs(**both, devices="0,1")
 
 
-def test_gguf_files_fp8_and_int8_are_refused_under_parallelism():
+def test_gguf_files_and_own_formats_are_refused_under_parallelism():
     from minerva.config import EngineConfig
     from minerva.runner.parallel_checks import check_config
 
-    for kwargs in (dict(model="m.gguf"), dict(quantization="fp8"), dict(quantization="int8")):
+    for kwargs in (dict(model="m.gguf"), *(dict(quantization=q) for q in ("fp8", "int8", "int4"))):
         config = EngineConfig.from_kwargs(tensor_parallel_size=2, **kwargs)
-        with pytest.raises(ConfigError, match="not GGUF files, fp8 or int8"):
+        with pytest.raises(ConfigError, match="not GGUF files, fp8, int8 or int4"):
             check_config(config)
     check_config(EngineConfig.from_kwargs(tensor_parallel_size=2, quantization="q8_0"))

@@ -14,7 +14,7 @@ from minerva.ops.kernels import torch_kernels
 from minerva.quant.gguf import GGUFQuantConfig
 from minerva.quant.gguf_file_config import GGUFFileQuantConfig
 from minerva.quant.gguf_mix import MIXES, PLAIN
-from minerva.quant_names import QUANTIZATIONS
+from minerva.quant_names import OWN_FORMATS, QUANTIZATIONS
 from minerva.runner.model_loading import quant_config_for
 
 
@@ -34,7 +34,7 @@ def test_spellings_normalise_everywhere(given, canonical):
 
 
 def test_every_choice_has_a_type_mix_and_unknown_names_list_them():
-    assert set(QUANTIZATIONS) == set(PLAIN) | set(MIXES) | {"fp8", "int8"}  # quant/fp8.py, int8.py
+    assert set(QUANTIZATIONS) == set(PLAIN) | set(MIXES) | set(OWN_FORMATS)  # not GGUF types
     with pytest.raises(ConfigError, match="q4_k_m"):
         load_config(None, {"quantization": "iq2_xs"}, env={})
     assert EngineConfig.from_kwargs().model.quantization is None

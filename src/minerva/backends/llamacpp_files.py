@@ -13,6 +13,7 @@ from pathlib import Path
 from minerva.config import EngineConfig
 from minerva.errors import ConfigError, ModelLoadError
 from minerva.loader import open_model
+from minerva.quant_names import OWN_FORMATS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def cache_dir() -> Path:
 
 def gguf_for(model: Path, quantization: str | None, config: EngineConfig) -> Path:
     """``model`` itself when it is a GGUF file; a folder's cached conversion otherwise."""
-    if quantization in ("fp8", "int8"):
+    if quantization in OWN_FORMATS:
         raise ConfigError(
             f"quantization={quantization} is Minerva's own engine's format (CUDA); llama.cpp "
             "runs GGUF types: choose q8_0 (or another GGUF type) for the llamacpp backend"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from minerva.errors import ConfigError
+from minerva.quant_names import OWN_FORMATS
 
 if TYPE_CHECKING:
     from minerva.config import EngineConfig
@@ -72,7 +73,7 @@ def isq_type(quantization: str | None, is_gguf: bool) -> str | None:
     """The ISQ type for ``[model] quantization`` (MISTRALRS_ISQ), or None for none."""
     if quantization is None:
         return None
-    if quantization in ("fp8", "int8"):
+    if quantization in OWN_FORMATS:
         raise ConfigError(
             f"quantization={quantization} is Minerva's own engine's format (CUDA): with the mistralrs "
             f"backend choose one of {', '.join(ISQ_TYPES)} (MISTRALRS_ISQ: Q2K ... Q8_1)"

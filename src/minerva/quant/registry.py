@@ -13,16 +13,17 @@ from minerva.quant.fp8 import FP8LinearMethod
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig
 from minerva.quant.gguf_file_config import GGUFFileQuantConfig
 from minerva.quant.gguf_types import GGMLType
+from minerva.quant.int4 import Int4LinearMethod, Int4QuantConfig
 from minerva.quant.int8 import Int8LinearMethod
+from minerva.quant_names import OWN_FORMATS
 
 LINEAR_METHODS: dict[str, type[LinearMethod]] = {
     "dense": DenseLinearMethod,
     "fp8": FP8LinearMethod,
     "int8": Int8LinearMethod,
+    "int4": Int4LinearMethod,
 }
 
-ROW_SCALED = ("fp8", "int8")
-"""In-situ methods with one scale per weight row (no GGUF type: Minerva's own engine only)."""
 
 # llama.cpp's file types (general.file_type, gguf's LlamaFileType without MOSTLY_): the names a
 # GGUF ModelSource reports as its quantization. Unsupported tensor types fail at open.
@@ -68,8 +69,10 @@ def build_quant_config(
 
 
 def build_insitu_config(mix: str, num_layers: int, kernels: KernelSet) -> QuantConfig:
-    """In-situ quantization of float weights to `mix` (q4_k_m, Q4K ..., fp8 or int8) while
-    loading."""
-    if mix in ROW_SCALED:
+    """In-situ quantization of float weights to `mix` (q4_k_m, Q4K ..., fp8, int8 or int4)
+    while loading."""
+    if mix == "int4":
+        return Int4QuantConfig(kernels)
+    if mix in OWN_FORMATS:
         return UniformQuantConfig(LINEAR_METHODS[mix](kernels))
     return GGUFQuantConfig(mix, num_layers, kernels)

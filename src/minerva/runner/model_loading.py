@@ -21,7 +21,7 @@ from minerva.quant.base import QuantConfig
 from minerva.quant.gguf_quantize import QUANTIZER_VERSION
 from minerva.quant.registry import build_insitu_config, build_quant_config
 from minerva.quant.x8_cache import WeightCache
-from minerva.quant_names import canonical_quantization
+from minerva.quant_names import OWN_FORMATS, canonical_quantization
 from minerva.runner.kv_cache import budget_words, memory_budget
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,10 @@ def quant_config_for(
             )
         return build_quant_config(source.quantization, kernels, source.tensor_types)
     if quantization is not None:
-        if quantization in ("fp8", "int8") and kernels.name == "cpu":
+        if quantization in OWN_FORMATS and kernels.name == "cpu":
             logger.warning(
                 "quantization=%s has no CPU kernels: each product decodes the weight first "
-                "(slow); q8_0 is the 8-bit type with CPU kernels",
+                "(slow); q8_0 and q4_k_m are the 8- and 4-bit types with CPU kernels",
                 quantization,
             )
         return build_insitu_config(quantization, source.config.num_hidden_layers, kernels)

@@ -9,6 +9,7 @@ import torch
 from minerva.config import EngineConfig
 from minerva.distributed import ParallelContext
 from minerva.errors import ConfigError
+from minerva.quant_names import OWN_FORMATS
 
 
 def rank_device(config: EngineConfig, rank: int) -> str:
@@ -38,10 +39,10 @@ def check_config(config: EngineConfig) -> None:
     """What a parallel group does not run yet, refused before anything loads."""
     what = _what(config)
     quantization = config.model.quantization
-    if quantization in ("fp8", "int8") or str(config.model.model or "").endswith(".gguf"):
+    if quantization in OWN_FORMATS or str(config.model.model or "").endswith(".gguf"):
         raise ConfigError(
             f"{what} runs safetensors models, float or quantized in situ to a GGUF type "
-            "(quantization=q8_0, q4_k_m ...), not GGUF files, fp8 or int8: use the float "
+            "(quantization=q8_0, q4_k_m ...), not GGUF files, fp8, int8 or int4: use the float "
             "original, or run on one device"
         )
 
