@@ -301,7 +301,7 @@ def main() -> None:
 
     for pair in args.models:
         shape, mix = pair.split(":")
-        insitu = mix.lower() in ("fp8", "int8")  # a bf16 folder quantized while loading
+        insitu = mix.lower() in ("fp8", "int8", "int4")  # a bf16 folder quantized at load
         path = args.work / (f"{shape}-bf16" if insitu else f"{shape}-{mix}.gguf")
         key = f"{shape}-{mix}{args.tag}"
         entry = results["models"].setdefault(key, {"shape": shape, "mix": mix + args.tag})

@@ -11,7 +11,7 @@
 #   step batch: kernel tests, the several-token sweep, 64 concurrent with and without the scratch
 #   step llama: finish the build (incremental), llama.cpp's measurements on the same files
 #   step session5: every GPU test, decode with the producer-quantized x vs a quantize launch, fp8
-#   step w8a16: the int8-weight (w8a16) tests and Minerva on a random 7B folder quantized to int8
+#   step own: the int8 / int4 weight and fp8 KV tests, Minerva on a random 7B at int8 and int4
 set -u
 step=${1:?step 1 or 2}
 OUT=${OUT:-benchmarks/results}
@@ -128,15 +128,17 @@ if [ "$step" = fp8 ]; then  # every GPU test, then in-situ fp8 on a random 7B bf
         --models mistral-7b:fp8 --output "$OUT" 2>&1 | grep -v Warn | tail -4 | cut -c1-900
     exit 0
 fi
-if [ "$step" = w8a16 ]; then  # int8 weights (w8a16): its tests, then Minerva on a random 7B
+if [ "$step" = own ]; then  # int8 / int4 weights and the fp8 KV cache on Triton: tests, 7B
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
     python3 benchmarks/gpu_quant_bench.py --parts files --models mistral-7b:int8 \
         --output "$OUT" > /tmp/files.log 2>&1 &
-    timeout 120 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int8.py \
-        tests/gpu/test_fp8.py 2>&1 | tail -4 | tee "$OUT/tests_int8.txt"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int8.py \
+        tests/gpu/test_int4.py tests/gpu/test_kv_cache_fp8.py tests/gpu/test_fp8.py 2>&1 \
+        | tail -6 | tee "$OUT/tests_own_formats.txt"
     wait
-    timeout 240 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
-        --models mistral-7b:int8 --output "$OUT" 2>&1 | grep -v Warn | tail -4 | cut -c1-900
+    timeout 300 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
+        --models mistral-7b:int8 mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -4 \
+        | cut -c1-900
     exit 0
 fi
 if [ "$step" = session5 ]; then  # every GPU test; producer-quantized x; fp8 x in one kernel
