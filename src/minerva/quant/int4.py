@@ -2,10 +2,13 @@
 also `w4a16`): a quarter of bf16's bytes plus a float16 scale and offset per group (4.25 bits
 per weight), quantized while a float checkpoint loads. Weight-only: activations stay in bf16.
 
-Each group maps its range [min, max] onto the codes 0..15: scale = (max - min) / 15, offset =
-min, code = round((w - offset) / scale) against the float16-rounded pair, so w ~ scale * code +
-offset within half a step (an all-equal group has scale 0 and decodes to its value rounded to
-float16). A group's 128 codes are 64
+Each group maps a range [lo, hi] onto the codes 0..15: scale = (hi - lo) / 15, offset = lo,
+code = round((w - offset) / scale) against the float16-rounded pair, values outside the range
+clamped (an all-equal group has scale 0 and decodes to its value rounded to float16). The range
+is the group's [min, max] narrowed about its centre by the factor, of CLIP_STEPS from 1 down to
+CLIP_MIN, whose decoded group is nearest the original in squared error: a few outliers then no
+longer stretch the step of the other 120-odd values (min-max itself is the first candidate, so
+the search never does worse). A group's 128 codes are 64
 bytes: byte i holds code i (low nibble) and code 64 + i (high nibble), the layout the Triton
 kernels read (ops/triton_int4.py); one token runs their GEMV with the batch-1 fusions (RMSNorm
 in, SiLU * mul in, residual out), several tokens their tensor-core GEMM. The output head, the
@@ -24,20 +27,43 @@ from minerva.quant.base import LinearMethod, QuantConfig, create_bias, shape_mis
 from minerva.quant.int8 import Int8LinearMethod
 
 GROUP = 128
+CLIP_STEPS = 16
+CLIP_MIN = 0.7
+
+
+def _encode(g: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+    """Groups g [N, G, 128] on the ranges [lo, hi] [N, G] -> (codes float [N, G, 128], scale
+    and offset float16 [N, G]); rounding against the stored (float16) pair, so decoding meets
+    the nearest code."""
+    offset = lo.half()
+    scale = ((hi - lo) / 15).half()
+    s, o = scale.float()[..., None], offset.float()[..., None]
+    codes = torch.where(s > 0, torch.round((g - o) / torch.where(s > 0, s, 1.0)), 0.0)
+    return codes.clamp(0, 15), scale, offset
 
 
 def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """w [N, K] float (K a multiple of 128) -> (packed codes uint8 [N, K / 2], scale float16
-    [N, K / 128], offset float16 [N, K / 128])."""
+    [N, K / 128], offset float16 [N, K / 128]); the clipping search of the module docstring."""
     n, k = w.shape
     g = w.float().reshape(n, k // GROUP, GROUP)
     lo, hi = g.amin(dim=2), g.amax(dim=2)
-    offset = lo.half()
-    scale = ((hi - lo) / 15).half()
-    # round against the stored (float16) scale and offset, so decoding meets the nearest code
-    s, o = scale.float()[..., None], offset.float()[..., None]
-    codes = torch.where(s > 0, torch.round((g - o) / torch.where(s > 0, s, 1.0)), 0.0)
-    codes = codes.clamp(0, 15).to(torch.uint8)
+    centre, radius = (lo + hi) / 2, (hi - lo) / 2
+    best = None
+    for factor in torch.linspace(1.0, CLIP_MIN, CLIP_STEPS).tolist():
+        codes, scale, offset = _encode(g, centre - radius * factor, centre + radius * factor)
+        decoded = codes * scale.float()[..., None] + offset.float()[..., None]
+        err = (decoded - g).square().sum(dim=2)  # [N, G]
+        if best is None:
+            best = [err, codes, scale, offset]
+            continue
+        better = err < best[0]
+        best[0] = torch.where(better, err, best[0])
+        best[1] = torch.where(better[..., None], codes, best[1])
+        best[2] = torch.where(better, scale, best[2])
+        best[3] = torch.where(better, offset, best[3])
+    _, codes, scale, offset = best
+    codes = codes.to(torch.uint8)
     packed = codes[..., : GROUP // 2] | (codes[..., GROUP // 2 :] << 4)
     return packed.reshape(n, k // 2), scale, offset
 
