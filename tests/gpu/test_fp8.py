@@ -7,10 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minerva import LLM, SamplingParams
-from minerva.demo import demo_model_path
 from minerva.quant.fp8 import FP8, MIN_CAPABILITY, dequantize_rows, quantize_rows
-from tests.gpu.near_tie import assert_agree_until_near_tie
+from tests.gpu.near_tie import assert_agree_until_near_tie, demo_greedy_runs
 
 pytestmark = [
     pytest.mark.cuda,
@@ -99,18 +97,10 @@ this much against the CPU twin's float products; greedy paths may part only at a
 
 
 def test_fp8_engine_on_the_gpu_agrees_with_the_cpu_twin():
-    prompts = [[1, 3088, 295, 263, 628, 327], [1, 450, 3996, 1354, 1701, 2916]]
-    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=2)
-
-    def run(**kw):
-        llm = LLM(model=str(demo_model_path()), max_model_len=256, quantization="fp8", **kw)
-        outs = [o.outputs[0] for o in llm.generate(prompts, params)]
-        return [(o.token_ids, o.logprobs) for o in outs], llm
-
-    runs, llm = run(device="cuda", dtype="bfloat16")
+    runs, llm = demo_greedy_runs("fp8", device="cuda", dtype="bfloat16")
     model = llm.engine.worker.model
     assert model.model.layers[0].mlp.down_proj.weight.dtype == FP8
     assert llm.engine.worker.runner.graphs is not None and model.one_token
     del llm
-    twins, _ = run(device="cpu", dtype="float32")
+    twins, _ = demo_greedy_runs("fp8", device="cpu", dtype="float32")
     assert_agree_until_near_tie(runs, twins, NEAR_TIE)

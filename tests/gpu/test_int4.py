@@ -5,33 +5,15 @@ kernels also run on the CPU under Triton's interpreter (TRITON_INTERPRET=1)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from minerva import LLM, SamplingParams
-from minerva.demo import demo_model_path
 from minerva.ops import torch_ops
 from minerva.quant.int4 import dequantize_rows, quantize_rows
-from tests.gpu.near_tie import assert_agree_until_near_tie
+from tests.gpu.interpreted import CUDA, DEVICE, LOW, MARKS, rel
+from tests.gpu.near_tie import assert_agree_until_near_tie, demo_greedy_runs
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-# the interpreter emulates bf16 arithmetic wrongly (numpy has no bf16): fp16 there
-LOW = torch.bfloat16 if CUDA else torch.float16
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(
-        not (CUDA or INTERPRET), reason="needs a CUDA GPU (or Triton's interpreter: "
-        "TRITON_INTERPRET=1)"
-    ),
-]  # fmt: skip
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+pytestmark = MARKS
 
 
 def _weight(n: int, k: int):
@@ -51,7 +33,7 @@ def test_gemv_is_the_product_with_the_decoded_weight(n, k):
     bias = torch.randn(n, device=DEVICE).to(LOW)
     y = triton_int4.gemv(x, packed, scale, offset, bias)
     assert y.shape == (1, n) and y.dtype == LOW
-    assert _rel(y, x.float() @ deq.T + bias.float()) < 4e-3
+    assert rel(y, x.float() @ deq.T + bias.float()) < 4e-3
 
 
 def test_gemv_fusions_match_the_layered_ops():
@@ -63,14 +45,14 @@ def test_gemv_fusions_match_the_layered_ops():
     res = torch.randn(1, n, device=DEVICE).to(LOW)
     h, partials = triton_int4.gemv_add_residual(gate_up, packed, scale, offset, None, res, True)
     want = torch_ops.silu_and_mul(gate_up).float() @ deq.T + res.float()
-    assert _rel(h, want) < 4e-3
+    assert rel(h, want) < 4e-3
     torch.testing.assert_close(partials.sum(), h.float().square().sum(), rtol=1e-4, atol=1e-3)
     # RMSNorm in (the qkv / gate_up hook), from that residual stream and its partials
     packed2, scale2, offset2, deq2 = _weight(128, n)
     norm_w = (torch.rand(n, device=DEVICE) + 0.5).to(LOW)
     y = triton_int4.gemv_rms_norm(h, partials, norm_w, 1e-5, packed2, scale2, offset2)
     want2 = torch_ops.rms_norm(h, norm_w, 1e-5).float() @ deq2.T
-    assert _rel(y, want2) < 6e-3
+    assert rel(y, want2) < 6e-3
 
 
 @pytest.mark.parametrize("m, n, k", [(2, 37, 384), (16, 64, 256), (19, 100, 640), (130, 72, 128)])
@@ -82,26 +64,18 @@ def test_gemm_is_the_product_with_the_decoded_weight(m, n, k):
     bias = torch.randn(n, device=DEVICE).to(LOW)
     y = triton_int4.gemm(x, packed, scale, offset)
     assert y.shape == (m, n) and y.dtype == LOW
-    assert _rel(y, x.float() @ deq.T) < 4e-3
+    assert rel(y, x.float() @ deq.T) < 4e-3
     yb = triton_int4.gemm(x, packed, scale, offset, bias)
-    assert _rel(yb, x.float() @ deq.T + bias.float()) < 4e-3
+    assert rel(yb, x.float() @ deq.T + bias.float()) < 4e-3
 
 
 @pytest.mark.skipif(not CUDA, reason="the engine on a CUDA GPU")
 def test_int4_engine_on_the_gpu_agrees_with_the_cpu_twin():
-    prompts = [[1, 3088, 295, 263, 628, 327], [1, 450, 3996, 1354, 1701, 2916]]
-    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=2)
-
-    def run(**kw):
-        llm = LLM(model=str(demo_model_path()), max_model_len=256, quantization="int4", **kw)
-        outs = [o.outputs[0] for o in llm.generate(prompts, params)]
-        return [(o.token_ids, o.logprobs) for o in outs], llm
-
-    runs, llm = run(device="cuda", dtype="bfloat16")
+    runs, llm = demo_greedy_runs("int4", device="cuda", dtype="bfloat16")
     model = llm.engine.worker.model
     assert model.model.layers[0].mlp.down_proj.method.name == "int4"
     assert model.lm_head.weight.dtype == torch.int8
     assert llm.engine.worker.runner.graphs is not None and model.one_token
     del llm
-    twins, _ = run(device="cpu", dtype="float32")
+    twins, _ = demo_greedy_runs("int4", device="cpu", dtype="float32")
     assert_agree_until_near_tie(runs, twins, 0.25)

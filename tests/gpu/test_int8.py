@@ -5,33 +5,15 @@ CPU twin. CUDA; the kernels also run on the CPU under Triton's interpreter (TRIT
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from minerva import LLM, SamplingParams
-from minerva.demo import demo_model_path
 from minerva.quant.fp8 import dequantize_rows
 from minerva.quant.int8 import quantize_rows
-from tests.gpu.near_tie import assert_agree_until_near_tie
+from tests.gpu.interpreted import CUDA, DEVICE, LOW, MARKS, rel
+from tests.gpu.near_tie import assert_agree_until_near_tie, demo_greedy_runs
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-# the interpreter emulates bf16 arithmetic wrongly (numpy has no bf16): fp16 there
-LOW = torch.bfloat16 if CUDA else torch.float16
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(
-        not (CUDA or INTERPRET), reason="needs a CUDA GPU (or Triton's interpreter: "
-        "TRITON_INTERPRET=1)"
-    ),
-]  # fmt: skip
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
+pytestmark = MARKS
 
 
 def _weight(n: int, k: int):
@@ -52,9 +34,9 @@ def test_gemm_is_the_product_with_the_decoded_weight(m, n, k):
     y = triton_int8.gemm(x, codes, scale)
     assert y.shape == (m, n) and y.dtype == LOW
     # the codes are exact in x's dtype: only the output's rounding and the sums' order differ
-    assert _rel(y, want) < 4e-3
+    assert rel(y, want) < 4e-3
     yb = triton_int8.gemm(x, codes, scale, bias)
-    assert _rel(yb, want + bias.float()) < 4e-3
+    assert rel(yb, want + bias.float()) < 4e-3
     # a strided x (a slice of a wider activation) gives the same product
     wide = torch.randn(m, k + 8, device=DEVICE).to(LOW)
     wide[:, :k] = x
@@ -69,24 +51,16 @@ def test_gemv_on_int8_rows_is_the_product_with_the_decoded_weight(n, k):
     x = torch.randn(1, k, device=DEVICE).to(LOW)
     bias = torch.randn(n, device=DEVICE).to(LOW)
     y = triton_gemv.gemv(x, codes, bias, scale=scale)
-    assert _rel(y, x.float() @ deq.T + bias.float()) < 4e-3
+    assert rel(y, x.float() @ deq.T + bias.float()) < 4e-3
 
 
 @pytest.mark.skipif(not CUDA, reason="the engine on a CUDA GPU")
 def test_int8_engine_on_the_gpu_agrees_with_the_cpu_twin():
-    prompts = [[1, 3088, 295, 263, 628, 327], [1, 450, 3996, 1354, 1701, 2916]]
-    params = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True, logprobs=2)
-
-    def run(**kw):
-        llm = LLM(model=str(demo_model_path()), max_model_len=256, quantization="int8", **kw)
-        outs = [o.outputs[0] for o in llm.generate(prompts, params)]
-        return [(o.token_ids, o.logprobs) for o in outs], llm
-
-    runs, llm = run(device="cuda", dtype="bfloat16")
+    runs, llm = demo_greedy_runs("int8", device="cuda", dtype="bfloat16")
     model = llm.engine.worker.model
     assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.int8
     assert llm.engine.worker.runner.graphs is not None and model.one_token
     del llm
-    twins, _ = run(device="cpu", dtype="float32")
+    twins, _ = demo_greedy_runs("int8", device="cpu", dtype="float32")
     # bf16 activations on the GPU against float32 on the CPU: greedy paths part only at a tie
     assert_agree_until_near_tie(runs, twins, 0.25)
