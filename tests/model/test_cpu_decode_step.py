@@ -150,6 +150,10 @@ def test_gguf_step_equals_layered(tmp_path, step_rows, plan, arch):
     layouts = {g[3] for g in llm.engine.worker.model.model.layers[0].self_attn.qkv_proj.gguf_groups}
     assert layouts == ({"file", "x8"} if plan is file_and_x8 else {"x8"})
     assert_step_equals_layered(llm, step_rows)
+    # the token embedding stays in GGUF blocks (Q4_K, Q4_1, Q4_0 here): the step gathered and
+    # dequantized its rows itself, and the logits still equal the layered path's (torch's)
+    assert llm.engine.worker.model.model.embed_tokens.blocks_type is not None
+    assert llm.engine.worker.model._cpu_step.embeds
 
 
 def test_more_rows_than_the_step_takes_run_layered(tmp_path, step_rows):

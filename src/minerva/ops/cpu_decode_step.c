@@ -8,12 +8,14 @@
 // scratch buffer: their entry points (cpu_quant_x8.c, cpu_quant.c, cpu_gemv.c, cpu_glue.c,
 // attention/cpu_decode.c) come in as function pointers, so its logits equal the layered path's
 // bit for bit. The only arithmetic of its own is the bias add of a quantized layer (one float
-// add, as torch's). ops/cpu_decode_step.py mirrors the structs and is the only caller.
+// add, as torch's) and the dequantization of a GGUF token embedding's rows (dequant_row.h, the
+// same roundings as quant/gguf_dequant.py). ops/cpu_decode_step.py mirrors the structs and is the only caller.
 // Built and loaded by minerva.ops.native.
 
 #include <stdint.h>
 #include <string.h>
 
+#include "dequant_row.h"
 #include "simd.h"
 
 enum { W_DENSE = 0, W_X8 = 1, W_FILE = 2 };  // how a group's weight is stored
@@ -81,6 +83,8 @@ typedef struct {
     step_kernels k;
     const void *embed;   // [embed_rows, hidden] token embeddings, or NULL (the caller embeds)
     int64_t embed_rows;
+    int32_t embed_type;  // 0: embed is in the model dtype; else the GGML type of its row blocks
+    int64_t embed_row_bytes;  // bytes of one row of embed's blocks (embed_type != 0)
 } step_model;
 
 // Scratch of one step of M rows (elements of the model dtype; tmp also takes float32 rows of
@@ -106,6 +110,20 @@ static int64_t carve(const step_model *m, int64_t M, char *base, step_buffers *b
         at += (M * sizes[i] * 4 + 63) / 64 * 64;  // room for float32, 64-byte aligned starts
     }
     return at;
+}
+
+// rows [n, row_bytes] of GGUF blocks of `type` -> out [n, K] float32 (dequant_row.h; exported
+// for its test against quant/gguf_dequant.py); 0, or -1 for a type it does not take.
+int minerva_step_dequant_rows(int type, const uint8_t *rows, int64_t n, int64_t row_bytes,
+                              int64_t K, float *out) {
+    for (int64_t i = 0; i < n; i++)
+        if (dequant_row(type, rows + i * row_bytes, K, out + i * K)) return -1;
+    return 0;
+}
+
+int minerva_step_dequant_supports(int type) {
+    int64_t block, bytes;
+    return dequant_row_geometry(type, &block, &bytes);
 }
 
 int64_t minerva_step_work_bytes(const step_model *m, int64_t M) {
@@ -180,7 +198,23 @@ int minerva_decode_step(const step_model *m, void *const *kv, int64_t num_blocks
         if (!m->embed || !ids) return -1;
         for (int64_t r = 0; r < M; r++) {
             if (ids[r] < 0 || ids[r] >= m->embed_rows) return -1;  // F.embedding raises
-            memcpy(AT(b.res, m, r * hid), AT(m->embed, m, ids[r] * hid), (size_t)(hid * ES(m)));
+            if (!m->embed_type) {
+                memcpy(AT(b.res, m, r * hid), AT(m->embed, m, ids[r] * hid), (size_t)(hid * ES(m)));
+                continue;
+            }
+            // GGUF blocks (models/embedding.py): dequantized to float32, then the model dtype
+            const uint8_t *row = (const uint8_t *)m->embed + ids[r] * m->embed_row_bytes;
+            float *f = m->dtype == D_F32 ? (float *)AT(b.res, m, r * hid) : (float *)b.tmp;
+            if (dequant_row(m->embed_type, row, hid, f)) return -1;
+            uint16_t *h = (uint16_t *)AT(b.res, m, r * hid);
+            for (int64_t j = 0; m->dtype != D_F32 && j < hid; j++) {
+#if HAVE_F16
+                h[j] = m->dtype == D_BF16 ? f32_to_bf16(f[j]) : f32_to_f16(f[j]);
+#else
+                if (m->dtype != D_BF16) return -1;
+                h[j] = f32_to_bf16(f[j]);
+#endif
+            }
         }
         x = b.res;
     }
