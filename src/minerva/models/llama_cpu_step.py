@@ -74,7 +74,7 @@ def build(model) -> DecodeStep | None:
         max_positions=model.cos.shape[0], eps=eps, scale=first.scale, dtype=step.DTYPES[dtype],
         layer=ctypes.cast(plans, ctypes.POINTER(LayerPlan)), final_norm=final_norm, head=head,
         cos=cos, sin=sin, k=kernels, embed=embed_ptr, embed_rows=embed.weight.shape[0],
-        embed_type=embed_type, embed_row_bytes=embed_row_bytes,
+        embed_type=embed_type, embed_row_bytes=embed_row_bytes, team=1,
     )  # fmt: skip
     return DecodeStep(plan, plans, keep, dtype)
 

@@ -79,6 +79,7 @@ class ModelPlan(ctypes.Structure):
         ("embed_rows", i64),
         ("embed_type", i32),
         ("embed_row_bytes", i64),
+        ("team", i32),
     ]
 
 
@@ -97,6 +98,7 @@ def _bound():
     lib.minerva_decode_step.argtypes += [p] * 3 + [i64] + [p] * 3 + [ctypes.c_int]
     lib.minerva_step_dequant_rows.argtypes = [ctypes.c_int, p, i64, i64, i64, p]
     lib.minerva_step_dequant_supports.argtypes = [ctypes.c_int]
+    lib.minerva_step_in_one_region.argtypes = [ctypes.POINTER(ModelPlan), ctypes.c_int]
     _lib.append(lib)
     return lib
 
@@ -204,6 +206,11 @@ class DecodeStep:
             self._work.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return logits if rc == 0 else None
+
+    def in_one_region(self, threads: int) -> bool:
+        """Whether a step of `threads` threads runs in one OpenMP region (plan.team, and every
+        kernel it calls has a team mode), rather than one region per kernel."""
+        return bool(_lib[0].minerva_step_in_one_region(ctypes.byref(self.plan), threads))
 
     def _kv_pointers(self, kv_caches: list[torch.Tensor]) -> ctypes.Array | None:
         """The layers' cache pointers as a C array (rebuilt only when the caches change)."""
