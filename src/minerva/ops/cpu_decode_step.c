@@ -103,6 +103,7 @@ typedef struct {
 // the file kernel): the buffers below, laid out by `carve`.
 typedef struct {
     char *res, *x, *xn, *qkv, *qk, *att, *gate_up, *act, *tmp;
+    char *res2;  // in one region, the residual stream alternates between res and res2
 } step_buffers;
 
 #define ES(m) ((m)->dtype == D_F32 ? 4 : 2)  // bytes per element
@@ -111,13 +112,14 @@ typedef struct {
 static int64_t carve(const step_model *m, int64_t M, char *base, step_buffers *b) {
     const int64_t qkv_w = (m->heads + 2 * m->kv_heads) * m->head_dim;
     const int64_t widest = m->vocab > 2 * m->intermediate ? m->vocab : 2 * m->intermediate;
-    const int64_t sizes[9] = {m->hidden, m->hidden, m->hidden, qkv_w,
-                              (m->heads + m->kv_heads) * m->head_dim, m->heads * m->head_dim,
-                              2 * m->intermediate, m->intermediate, widest > qkv_w ? widest : qkv_w};
-    char **slots[9] = {&b->res, &b->x, &b->xn, &b->qkv, &b->qk, &b->att, &b->gate_up, &b->act,
-                       &b->tmp};
+    const int64_t sizes[10] = {m->hidden, m->hidden, m->hidden, qkv_w,
+                               (m->heads + m->kv_heads) * m->head_dim, m->heads * m->head_dim,
+                               2 * m->intermediate, m->intermediate,
+                               widest > qkv_w ? widest : qkv_w, m->hidden};
+    char **slots[10] = {&b->res, &b->x,   &b->xn,      &b->qkv, &b->qk,
+                        &b->att, &b->gate_up, &b->act, &b->tmp, &b->res2};
     int64_t at = 0;
-    for (int i = 0; i < 9; i++) {
+    for (int i = 0; i < 10; i++) {
         if (base) *slots[i] = base + at;
         at += (M * sizes[i] * 4 + 63) / 64 * 64;  // room for float32, 64-byte aligned starts
     }
@@ -187,9 +189,10 @@ static int linear(const step_model *m, const step_linear *l, const void *x, void
 // With several threads, the layers run inside one parallel region instead of one region per
 // kernel (~5 per layer, each a fork, a join and ~3 futex syscalls in libgomp): every thread
 // walks the same op list; the GEMVs and the attention run in their kernels' team mode
-// (threads < 0: each thread computes its share, see cpu_gemv.c), the small glue (norms, RoPE,
-// KV write, SiLU) on thread 0, and a barrier of our own follows each op (team_wait: no
-// syscall unless a thread had to sleep).
+// (threads < 0: each thread computes its share, see cpu_gemv.c) with a barrier of our own
+// after each (team_wait: no syscall unless a thread had to sleep), RoPE and the KV write on
+// thread 0, the norms and SiLU on every thread into its own copy (see layers): 6 barriers a
+// layer.
 // The kernels' values do not depend on how their work is shared out, so the logits are the
 // same bits as the region-per-kernel path's (tests/model/test_cpu_decode_step.py runs both).
 
@@ -287,10 +290,29 @@ static int rope_and_write(const step_model *m, const step_buffers *b, const step
     return rc;
 }
 
-// The layers and the final norm over b->res (the embeddings): b->xn = the normed last hidden
-// rows. tm: NULL (one thread, or a region per kernel), or this thread's team (in its region).
+// This thread's own copies (team threads but thread 0): the normed rows, the residual it
+// computes alongside (thrown away) and the SiLU product; NULL if out of memory.
+static char *private_rows(int64_t bytes) {
+    static __thread char *buf = NULL;
+    static __thread int64_t cap = 0;
+    if (bytes > cap) {
+        free(buf);
+        buf = (char *)malloc((size_t)bytes);
+        cap = buf ? bytes : 0;
+    }
+    return buf;
+}
+
+// The layers and the final norm over b->res (the embeddings). tm: NULL (one thread, or a
+// region per kernel), or this thread's team (in its region); *xn_out: where this thread's
+// normed last hidden rows are (b->xn, or in a team thread's own copy).
+//
+// In a team, the norms and the SiLU run on every thread, each into its own copy of the
+// output (thread 0's are the shared buffers), so the products that read them need no barrier
+// first; the norm's new residual goes to the other of res / res2 (thread 0's write; the others
+// write their own copy), as nobody may write the residual others still read.
 static int layers(const step_model *m, const step_buffers *b, const step_inputs *in,
-                  int threads, step_team *tm) {
+                  int threads, step_team *tm, void **xn_out) {
     const int64_t H = m->heads, KV = m->kv_heads, D = m->head_dim, hid = m->hidden, M = in->M;
     const int64_t qk_w = (H + KV) * D;
     int t = 0;
@@ -298,9 +320,22 @@ static int layers(const step_model *m, const step_buffers *b, const step_inputs 
     if (tm) t = omp_get_thread_num();
 #endif
     const int split = tm ? -tm->nt : threads;  // the GEMVs' and the attention's threads
-    const int glue = tm ? 1 : threads;          // the glue's (thread 0's alone in a team)
+    const int glue = tm ? 1 : threads;          // the glue's (one thread's alone in a team)
     int rc = 0;
-// one op on every thread (SPLIT) or on thread 0 (ONE), then, in a team, the barrier
+    char *res = b->res, *res_next = tm ? b->res2 : b->res, *res_mine = res_next;
+    char *xn = b->xn, *act = b->act;
+    if (tm && t > 0) {
+        const int64_t rows = (M * hid * 4 + 63) / 64 * 64;
+        char *own = private_rows(2 * rows + M * m->intermediate * 4);
+        if (own) {
+            xn = own, res_mine = own + rows, act = own + 2 * rows;
+        } else {
+            int zero = 0;
+            atomic_compare_exchange_strong(&tm->rc, &zero, -1);
+        }
+    }
+// one op on every thread, each its share (SPLIT) or all of it (ALL), or on thread 0 (ONE);
+// in a team a barrier follows SPLIT and ONE
 #define FAILED() (tm ? atomic_load_explicit(&tm->rc, memory_order_relaxed) : rc)
 #define NOTE(call)                                                                             \
     do {                                                                                       \
@@ -316,31 +351,45 @@ static int layers(const step_model *m, const step_buffers *b, const step_inputs 
         if (!FAILED()) NOTE(call);                                                             \
         if (tm) team_wait(tm);                                                                 \
     } while (0)
+#define ALL(call)                                                                              \
+    do {                                                                                       \
+        if (!FAILED()) NOTE(call);                                                             \
+    } while (0)
 #define ONE(call)                                                                              \
     do {                                                                                       \
         if (t == 0 && !FAILED()) NOTE(call);                                                   \
         if (tm) team_wait(tm);                                                                 \
     } while (0)
-    ONE(m->k.norm(b->res, NULL, m->layer[0].in_norm, b->xn, NULL, M, hid, m->eps, glue));
+// x + residual -> normed xn, new residual (in place without a team)
+#define NORM(w)                                                                                \
+    do {                                                                                       \
+        ALL(m->k.norm(b->x, res, (w), xn, t == 0 ? res_next : res_mine, M, hid, m->eps, glue)); \
+        char *swap_ = res;                                                                     \
+        res = res_next, res_next = tm ? swap_ : res_next;                                      \
+    } while (0)
+    ALL(m->k.norm(b->res, NULL, m->layer[0].in_norm, xn, NULL, M, hid, m->eps, glue));
     for (int64_t i = 0; i < m->layers; i++) {  // every thread runs every op: same barriers
         const step_layer *L = &m->layer[i];
-        if (i > 0) ONE(m->k.norm(b->x, b->res, L->in_norm, b->xn, b->res, M, hid, m->eps, glue));
-        SPLIT(linear(m, &L->qkv, b->xn, b->qkv, b->tmp, M, split));
+        if (i > 0) NORM(L->in_norm);
+        SPLIT(linear(m, &L->qkv, xn, b->qkv, b->tmp, M, split));
         ONE(rope_and_write(m, b, in, in->kv[i], glue));
         SPLIT(m->k.attend(b->qk, qk_w, in->kv[i], in->num_blocks, in->block_size, KV, D,
                           in->block_tables, in->bt_stride, in->seq_lens, M, H, m->scale,
                           L->window, b->att, split));
         SPLIT(linear(m, &L->o, b->att, b->x, b->tmp, M, split));
-        ONE(m->k.norm(b->x, b->res, L->post_norm, b->xn, b->res, M, hid, m->eps, glue));
-        SPLIT(linear(m, &L->gate_up, b->xn, b->gate_up, b->tmp, M, split));
-        ONE(m->k.silu_mul(b->gate_up, b->act, M, m->intermediate, glue));
-        SPLIT(linear(m, &L->down, b->act, b->x, b->tmp, M, split));
+        NORM(L->post_norm);
+        SPLIT(linear(m, &L->gate_up, xn, b->gate_up, b->tmp, M, split));
+        ALL(m->k.silu_mul(b->gate_up, act, M, m->intermediate, glue));
+        SPLIT(linear(m, &L->down, act, b->x, b->tmp, M, split));
     }
-    ONE(m->k.norm(b->x, b->res, m->final_norm, b->xn, b->res, M, hid, m->eps, glue));
+    NORM(m->final_norm);
+#undef NORM
 #undef ONE
+#undef ALL
 #undef SPLIT
 #undef NOTE
 #undef FAILED
+    *xn_out = xn;
     return tm ? atomic_load(&tm->rc) : rc;
 }
 
@@ -402,11 +451,12 @@ int minerva_decode_step(const step_model *m, void *const *kv, int64_t num_blocks
         {
 #pragma omp single
             tm.nt = omp_get_num_threads();  // (the runtime may give fewer than asked)
-            layers(m, &b, &in, threads, &tm);
-            // the head too: every thread its share of the vocabulary rows
+            void *xn;
+            layers(m, &b, &in, threads, &tm, &xn);
+            // the head too: every thread its share of the vocabulary rows, from its own xn
             if (!atomic_load(&tm.rc)) {
-                int r = m->dtype == D_F32 ? linear(m, &m->head, b.xn, logits, b.tmp, M, -tm.nt)
-                                          : linear(m, &m->head, b.xn, b.tmp, NULL, M, -tm.nt);
+                int r = m->dtype == D_F32 ? linear(m, &m->head, xn, logits, b.tmp, M, -tm.nt)
+                                          : linear(m, &m->head, xn, b.tmp, NULL, M, -tm.nt);
                 int zero = 0;
                 if (r) atomic_compare_exchange_strong(&tm.rc, &zero, r);
             }
@@ -416,7 +466,8 @@ int minerva_decode_step(const step_model *m, void *const *kv, int64_t num_blocks
     } else
 #endif
     {
-        rc = layers(m, &b, &in, threads, NULL);
+        void *xn;
+        rc = layers(m, &b, &in, threads, NULL, &xn);
         if (rc) return rc;
         if (m->dtype == D_F32) return linear(m, &m->head, b.xn, logits, b.tmp, M, threads);
         // half precision: the head's output in the model dtype (tmp: M x vocab), then widened
