@@ -262,7 +262,7 @@ int minerva_step_in_one_region(const step_model *m, int threads) {
 #ifdef _OPENMP
     return threads > 1 && team_step(m);
 #else
-    (void)m, (void)threads;
+    (void)m, (void)threads, (void)team_step;  // no OpenMP: always a single thread
     return 0;
 #endif
 }
