@@ -7,7 +7,8 @@ of the code compare even on a busy VM (the OpenMP worker's time is not counted; 
 figure is the master thread's share). Offline greedy generation of the demo model, medians
 over every decode step of ``--repeats`` generations:
 
-    PYTHONPATH=src python3 benchmarks/engine_thread_cpu.py [--dtype bfloat16] [--label main]
+    PYTHONPATH=src python3 benchmarks/engine_thread_cpu.py [--dtype bfloat16 | --quantization q4_k_m]
+        [--label main]
 
 Run it once per code version (PYTHONPATH=<other checkout>/src for the other one) with the
 same --output: each run adds its row to the file (keyed by --label).
@@ -27,11 +28,12 @@ from record import write_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(dtype: str, repeats: int, threads: int) -> dict:
+def measure(dtype: str, repeats: int, threads: int, quantization: str | None = None) -> dict:
     from minerva import LLM, SamplingParams
 
     torch.set_num_threads(threads)
-    llm = LLM(model="demo", device="cpu", dtype=dtype)
+    kw = {"quantization": quantization} if quantization else {"dtype": dtype}
+    llm = LLM(model="demo", device="cpu", **kw)
     params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
     prompt = list(range(5, 133))
     engine, clock = llm.engine, time.thread_time_ns
@@ -66,7 +68,7 @@ def measure(dtype: str, repeats: int, threads: int) -> dict:
         llm.generate([prompt], params)
     host = [s - c for s, c in zip(step_ns, c_ns)]
     return {
-        "dtype": dtype,
+        "dtype": quantization or dtype,
         "threads": threads,
         "decode_steps": len(step_ns),
         "step_cpu_us": statistics.median(step_ns) / 1e3,
@@ -78,12 +80,16 @@ def measure(dtype: str, repeats: int, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--quantization", help="q8_0 / q4_k_m: GGUF blocks (float32 activations)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--label", default="main", help="this code version's name in the results")
     p.add_argument("--output", default=str(ROOT / "benchmarks/results/engine_thread_cpu.json"))
     args = p.parse_args()
-    row = {"label": args.label, **measure(args.dtype, args.repeats, args.threads)}
+    row = {
+        "label": args.label,
+        **measure(args.dtype, args.repeats, args.threads, args.quantization),
+    }
     out = Path(args.output)
     rows = json.loads(out.read_text())["results"] if out.exists() else []
     rows = [r for r in rows if (r["label"], r["dtype"]) != (row["label"], row["dtype"])] + [row]

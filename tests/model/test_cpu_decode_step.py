@@ -150,6 +150,36 @@ def test_gguf_step_equals_layered(tmp_path, step_rows, plan, arch):
     layouts = {g[3] for g in llm.engine.worker.model.model.layers[0].self_attn.qkv_proj.gguf_groups}
     assert layouts == ({"file", "x8"} if plan is file_and_x8 else {"x8"})
     assert_step_equals_layered(llm, step_rows)
+    # the token embedding stays in GGUF blocks (Q4_K, Q4_1, Q4_0 here): the step gathered and
+    # dequantized its rows itself, and the logits still equal the layered path's (torch's)
+    assert llm.engine.worker.model.model.embed_tokens.blocks_type is not None
+    assert llm.engine.worker.model._cpu_step.embeds
+
+
+@pytest.mark.parametrize("kind", ["bfloat16", "q4_k_m", "file_and_x8"])
+def test_one_region_equals_a_region_per_kernel(tmp_path, step_rows, monkeypatch, kind):
+    """With two threads the step runs its layers in one OpenMP region (kernels in team mode,
+    its own barriers): the same logits, bit for bit, as one region per kernel (plan.team off,
+    the path one thread or a file-layout group takes) and as the layered path."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # what DecodeStep.run passes
+    if kind == "bfloat16":
+        build(tmp_path, "llama", 3, **DENSE, num_key_value_heads=1, head_dim=40)
+        llm = _llm(tmp_path, dtype=kind)
+    else:
+        if not cpu_quant_x8.supports(GGMLType.Q4_0, 8, 32):
+            pytest.skip("no x8 layout on this CPU")
+        llm = _llm(_gguf(tmp_path, q4_k_m if kind == "q4_k_m" else file_and_x8))
+    llm.generate([PROMPTS[0]], GREEDY)
+    step: DecodeStep = llm.engine.worker.model._cpu_step
+    one_region = kind != "file_and_x8"  # the file layout's kernel has no team mode
+    assert step.in_one_region(2) is one_region and not step.in_one_region(1)
+    assert_step_equals_layered(llm, step_rows)  # the logits of one region (or per kernel)
+    team, logits = {}, {}
+    for step.plan.team in (1, 0):
+        assert step.in_one_region(2) is (one_region and step.plan.team == 1)
+        team[step.plan.team], logits[step.plan.team] = _run(llm, PROMPTS, True)
+    assert team[1] == team[0]
+    assert all(torch.equal(a, b) for a, b in zip(logits[1], logits[0], strict=True))
 
 
 def test_more_rows_than_the_step_takes_run_layered(tmp_path, step_rows):

@@ -144,6 +144,21 @@ static void softmax(float *x, int64_t n) {
         for (int64_t g = 0; g < group * dim; g++) out[g] = f32_to_##SUFFIX(acc[g]);               \
     }                                                                                             \
                                                                                                   \
+    /* Unit u: decode row u / (heads / per) and its query heads h .. h + per - 1.           */   \
+    INLINE void unit_##SUFFIX(int64_t u, const T *q, int64_t q_row, const T *kv_cache,            \
+                              int64_t plane, int64_t kv_heads, int64_t block_size,                \
+                              const int32_t *block_tables, int64_t bt_stride,                     \
+                              const int32_t *seq_lens, int64_t heads, int64_t group, int64_t per, \
+                              int64_t window, int64_t dim, float scale, float *buf, T *out) {     \
+        int64_t i = u / (heads / per), h = u % (heads / per) * per; /* first q head */           \
+        int64_t len = seq_lens[i];                                                                \
+        int64_t start = window > 0 && len > window ? len - window : 0;                            \
+        group_##SUFFIX(q + i * q_row + h * dim, per, kv_cache + h / group * dim, plane,           \
+                       kv_heads * dim, block_size, block_tables + i * bt_stride, start, len, dim, \
+                       scale, buf + 2 * per * dim, buf, buf + per * dim,                          \
+                       out + (i * heads + h) * dim);                                              \
+    }                                                                                             \
+                                                                                                  \
     /* q [rows, heads, dim] (rows q_row apart, heads dim apart); kv_cache [2, blocks,        */   \
     /* block_size, kv_heads, dim]; block_tables [rows, bt_stride] and seq_lens [rows] int32; */   \
     /* window 0 = full attention; out [rows, heads, dim] contiguous.                         */   \
@@ -152,7 +167,7 @@ static void softmax(float *x, int64_t n) {
         int64_t kv_heads, int64_t dim, const int32_t *block_tables, int64_t bt_stride,            \
         const int32_t *seq_lens, int64_t rows, int64_t heads, float scale, int64_t window,        \
         T *out, int threads) {                                                                    \
-        if (rows < 0 || dim < 1 || kv_heads < 1 || heads % kv_heads || threads < 1) return -1;    \
+        if (rows < 0 || dim < 1 || kv_heads < 1 || heads % kv_heads || threads == 0) return -1;   \
         int64_t longest = 1, work = 0;                                                            \
         for (int64_t i = 0; i < rows; i++) {                                                      \
             longest = seq_lens[i] > longest ? seq_lens[i] : longest;                              \
@@ -161,25 +176,37 @@ static void softmax(float *x, int64_t n) {
         work *= heads * dim;                                                                      \
         int64_t group = heads / kv_heads;                                                         \
         /* few (row, KV head) units for the threads: split each unit's query heads apart */      \
-        int64_t split = rows * kv_heads < 2 * (int64_t)threads ? group : 1;                      \
+        int64_t team = threads < 0 ? -(int64_t)threads : 0; /* see below */                      \
+        int64_t split = rows * kv_heads < 2 * (team ? team : threads) ? group : 1;               \
         int64_t per = group / split; /* query heads per unit */                                  \
         int64_t plane = num_blocks * block_size * kv_heads * dim; /* K to V */                    \
+        int64_t units = rows * heads / per;                                                       \
         int failed = 0;                                                                           \
+        /* team mode (threads < 0): the caller is one of a region's -threads threads, each of */ \
+        /* which calls with the same arguments: it computes its static share of the units   */   \
+        /* (as `omp for` would) with no region and no barrier. A unit's values do not depend */  \
+        /* on how units are shared out, so both modes give the same bits.                    */  \
+        if (team) {                                                                               \
+            int t = 0;                                                                            \
+            THREAD_NUM(t);                                                                        \
+            float *buf = thread_scratch(per * (longest + 2 * dim));                               \
+            if (!buf) return -1;                                                                  \
+            for (int64_t u = units * t / team; u < units * (t + 1) / team; u++)                   \
+                unit_##SUFFIX(u, q, q_row, kv_cache, plane, kv_heads, block_size, block_tables,   \
+                              bt_stride, seq_lens, heads, group, per, window, dim, scale, buf,    \
+                              out);                                                               \
+            return 0;                                                                             \
+        }                                                                                         \
         _Pragma("omp parallel num_threads(threads) if (work >= PARALLEL_MIN)") {                  \
             float *buf = thread_scratch(per * (longest + 2 * dim));                               \
             if (!buf) {                                                                           \
                 _Pragma("omp atomic write") failed = 1;                                           \
             }                                                                                     \
-            _Pragma("omp for schedule(static)") for (int64_t u = 0; u < rows * heads / per; u++) { \
-                int64_t i = u / (heads / per), h = u % (heads / per) * per; /* first q head */   \
-                int64_t len = seq_lens[i];                                                        \
-                int64_t start = window > 0 && len > window ? len - window : 0;                    \
+            _Pragma("omp for schedule(static)") for (int64_t u = 0; u < units; u++) {             \
                 if (buf)                                                                          \
-                    group_##SUFFIX(q + i * q_row + h * dim, per, kv_cache + h / group * dim,      \
-                                   plane, kv_heads * dim, block_size,                             \
-                                   block_tables + i * bt_stride, start, len, dim, scale,          \
-                                   buf + 2 * per * dim, buf, buf + per * dim,                     \
-                                   out + (i * heads + h) * dim);                                  \
+                    unit_##SUFFIX(u, q, q_row, kv_cache, plane, kv_heads, block_size,             \
+                                  block_tables, bt_stride, seq_lens, heads, group, per, window,   \
+                                  dim, scale, buf, out);                                          \
             }                                                                                     \
         }                                                                                         \
         return failed ? -1 : 0;                                                                   \
@@ -198,6 +225,12 @@ static void softmax(float *x, int64_t n) {
         }                                                                                         \
         return 0;                                                                                 \
     }
+
+#ifdef _OPENMP
+#define THREAD_NUM(t) (t = omp_get_thread_num())
+#else
+#define THREAD_NUM(t) ((void)0)
+#endif
 
 DEFINE_ATTENTION(float, f32, 1)
 DEFINE_ATTENTION(uint16_t, bf16, 0)

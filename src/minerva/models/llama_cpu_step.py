@@ -57,8 +57,16 @@ def build(model) -> DecodeStep | None:
     cos, sin = _ptr(model.cos, dtype, keep), _ptr(model.sin, dtype, keep)
     if final_norm is None or cos is None or sin is None or model.model.norm.eps != eps:
         return None
-    embed = model.model.embed_tokens  # a dense table the step gathers from; else the caller's
-    embed_ptr = _ptr(embed.weight, dtype, keep) if embed.blocks_type is None else None
+    embed = model.model.embed_tokens  # a table the step gathers from; else the caller's
+    embed_type, embed_row_bytes = 0, 0
+    if embed.blocks_type is None:
+        embed_ptr = _ptr(embed.weight, dtype, keep)
+    elif step.embeds_blocks(embed.blocks_type) and _ptr(embed.weight, torch.uint8, keep):
+        # GGUF blocks: the step dequantizes the rows it gathers
+        embed_ptr, embed_type = embed.weight.data_ptr(), int(embed.blocks_type)
+        embed_row_bytes = embed.weight.shape[1]
+    else:
+        embed_ptr = None
     plan = ModelPlan(
         layers=len(layers), hidden=c.hidden_size, heads=first.num_heads,
         kv_heads=first.num_kv_heads, head_dim=first.head_dim,
@@ -66,6 +74,7 @@ def build(model) -> DecodeStep | None:
         max_positions=model.cos.shape[0], eps=eps, scale=first.scale, dtype=step.DTYPES[dtype],
         layer=ctypes.cast(plans, ctypes.POINTER(LayerPlan)), final_norm=final_norm, head=head,
         cos=cos, sin=sin, k=kernels, embed=embed_ptr, embed_rows=embed.weight.shape[0],
+        embed_type=embed_type, embed_row_bytes=embed_row_bytes, team=1,
     )  # fmt: skip
     return DecodeStep(plan, plans, keep, dtype)
 

@@ -77,6 +77,9 @@ class ModelPlan(ctypes.Structure):
         ("k", Kernels),
         ("embed", p),
         ("embed_rows", i64),
+        ("embed_type", i32),
+        ("embed_row_bytes", i64),
+        ("team", i32),
     ]
 
 
@@ -93,8 +96,32 @@ def _bound():
     lib.minerva_step_work_bytes.restype = i64
     lib.minerva_decode_step.argtypes = [ctypes.POINTER(ModelPlan), p, i64, i64, p, p, i64]
     lib.minerva_decode_step.argtypes += [p] * 3 + [i64] + [p] * 3 + [ctypes.c_int]
+    lib.minerva_step_dequant_rows.argtypes = [ctypes.c_int, p, i64, i64, i64, p]
+    lib.minerva_step_dequant_supports.argtypes = [ctypes.c_int]
+    lib.minerva_step_in_one_region.argtypes = [ctypes.POINTER(ModelPlan), ctypes.c_int]
     _lib.append(lib)
     return lib
+
+
+def embeds_blocks(ggml_type: int) -> bool:
+    """Whether the step gathers a token embedding kept in GGUF blocks of this type itself
+    (dequant_row.h); otherwise the caller embeds (models/embedding.py, in torch)."""
+    lib = _bound()
+    return lib is not None and bool(lib.minerva_step_dequant_supports(int(ggml_type)))
+
+
+def dequantize_rows(rows: torch.Tensor, ggml_type: int, cols: int) -> torch.Tensor | None:
+    """uint8 [n, row_bytes] of GGUF blocks -> float32 [n, cols] through the step's own
+    dequantization (its twin: quant/gguf_dequant.dequantize); None for a type it lacks."""
+    lib = _bound()
+    if lib is None or not embeds_blocks(ggml_type):
+        return None
+    rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], cols, dtype=torch.float32)
+    rc = lib.minerva_step_dequant_rows(
+        int(ggml_type), rows.data_ptr(), rows.shape[0], rows.shape[1], cols, out.data_ptr()
+    )
+    return out if rc == 0 else None
 
 
 def kernels(attention: tuple, dtype: torch.dtype) -> Kernels | None:
@@ -179,6 +206,11 @@ class DecodeStep:
             self._work.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         return logits if rc == 0 else None
+
+    def in_one_region(self, threads: int) -> bool:
+        """Whether a step of `threads` threads runs in one OpenMP region (plan.team, and every
+        kernel it calls has a team mode), rather than one region per kernel."""
+        return bool(_lib[0].minerva_step_in_one_region(ctypes.byref(self.plan), threads))
 
     def _kv_pointers(self, kv_caches: list[torch.Tensor]) -> ctypes.Array | None:
         """The layers' cache pointers as a C array (rebuilt only when the caches change)."""

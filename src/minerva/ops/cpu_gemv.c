@@ -88,6 +88,34 @@
         }                                                                                      \
     }                                                                                          \
                                                                                                \
+    /* xf rows m0 <= m < m1 = x's, widened to fp32 and zero padded to KP */                    \
+    INLINE void widen_##SUFFIX(const T *x, float *xf, int64_t K, int64_t KP, int64_t m0,        \
+                               int64_t m1) {                                                   \
+        for (int64_t m = m0; m < m1; m++) {                                                    \
+            float *row = xf + m * KP;                                                          \
+            for (int64_t k = 0; k < K; k++) row[k] = f32_of_##SUFFIX(x[m * K + k]);            \
+            for (int64_t k = K; k < KP; k++) row[k] = 0.0f;                                    \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    /* thread t of nt's share of the output rows: split on block boundaries so only the last  \
+       thread has a row tail */                                                                \
+    INLINE void share_##SUFFIX(const T *W, const float *xf, const T *bias, T *y, int64_t M,     \
+                               int64_t N, int64_t K, int64_t KP, int64_t tile, int t, int nt) { \
+        int64_t blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;                            \
+        int64_t n0 = blocks * t / nt * ROWS_PER_BLOCK;                                         \
+        int64_t n1 = blocks * (t + 1) / nt * ROWS_PER_BLOCK;                                   \
+        if (n1 > N) n1 = N;                                                                    \
+        for (int64_t t0 = n0; t0 < n1; t0 += tile) {                                           \
+            int64_t t1 = t0 + tile < n1 ? t0 + tile : n1;                                      \
+            for (int64_t m = 0; m < M; m += MAX_ROWS)                                          \
+                chunk_##SUFFIX(W, xf + m * KP, bias, y + m * N, N, K, KP, t0, t1,              \
+                               M - m < MAX_ROWS ? M - m : MAX_ROWS);                           \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    /* threads < 0: team mode (see minerva_gemv_*): this thread widens all of x itself and    \
+       computes its share of the rows of a -threads team, with no region and no barrier */    \
     static void pass_##SUFFIX(const T *W, const T *x, const T *bias, T *y, int64_t M, int64_t N, \
                               int64_t K, float *xf, int threads) {                             \
         int64_t KP = (K + VL - 1) / VL * VL;                                                   \
@@ -96,33 +124,31 @@
         if (tile < ROWS_PER_BLOCK) tile = ROWS_PER_BLOCK;                                      \
         int direct = sizeof(T) == sizeof(float) && KP == K; /* fp32 x needs no copy */         \
         if (direct) xf = (float *)(void *)x;                                                   \
-        _Pragma("omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)") {                               \
+        if (threads < 0) {                                                                     \
+            int t = 0, nt = 1;                                                                 \
+            THREAD_ID(t, nt);                                                                  \
+            (void)nt;                                                                          \
+            if (!direct) widen_##SUFFIX(x, xf, K, KP, 0, M);                                    \
+            share_##SUFFIX(W, xf, bias, y, M, N, K, KP, tile, t, -threads);                    \
+            return;                                                                            \
+        }                                                                                      \
+        _Pragma("omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)") {         \
             if (!direct) {                                                                     \
-                _Pragma("omp for schedule(static)") for (int64_t m = 0; m < M; m++) {          \
-                    float *row = xf + m * KP;                                                  \
-                    for (int64_t k = 0; k < K; k++) row[k] = f32_of_##SUFFIX(x[m * K + k]);    \
-                    for (int64_t k = K; k < KP; k++) row[k] = 0.0f;                            \
-                }                                                                              \
+                _Pragma("omp for schedule(static)") for (int64_t m = 0; m < M; m++)            \
+                    widen_##SUFFIX(x, xf, K, KP, m, m + 1);                                    \
             }                                                                                  \
             int t = 0, nt = 1;                                                                 \
             THREAD_ID(t, nt);                                                                  \
-            /* split on block boundaries so only the last thread has a row tail */             \
-            int64_t blocks = (N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK;                        \
-            int64_t n0 = blocks * t / nt * ROWS_PER_BLOCK;                                     \
-            int64_t n1 = blocks * (t + 1) / nt * ROWS_PER_BLOCK;                               \
-            if (n1 > N) n1 = N;                                                                \
-            for (int64_t t0 = n0; t0 < n1; t0 += tile) {                                       \
-                int64_t t1 = t0 + tile < n1 ? t0 + tile : n1;                                  \
-                for (int64_t m = 0; m < M; m += MAX_ROWS)                                      \
-                    chunk_##SUFFIX(W, xf + m * KP, bias, y + m * N, N, K, KP, t0, t1,          \
-                                   M - m < MAX_ROWS ? M - m : MAX_ROWS);                       \
-            }                                                                                  \
+            share_##SUFFIX(W, xf, bias, y, M, N, K, KP, tile, t, nt);                          \
         }                                                                                      \
     }                                                                                          \
                                                                                                \
+    /* threads < 0: team mode, for a caller inside a parallel region of -threads threads     \
+       (cpu_decode_step.c): each of them calls with the same arguments and computes its share \
+       of the rows (values equal to the threads > 0 call's); the caller then waits for all */ \
     int minerva_gemv_##SUFFIX(const T *W, const T *x, const T *bias, T *y, int64_t M,           \
                               int64_t N, int64_t K, int threads) {                             \
-        if (M < 1 || N < 1 || K < 1 || threads < 1) return -1;                                 \
+        if (M < 1 || N < 1 || K < 1 || threads == 0) return -1;                                \
         int64_t KP = (K + VL - 1) / VL * VL;                                                   \
         int64_t pass = M < PASS_ROWS ? M : PASS_ROWS; /* bounds the scratch for long inputs */ \
         float *xf = thread_scratch(pass * KP);                                                        \

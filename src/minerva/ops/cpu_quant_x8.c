@@ -675,14 +675,32 @@ DEFINE_GROUPS(q6_k)
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
 
+#define STACK_ROWS 32  // act_row structs of up to this many rows of x live on the stack
+
+// Thread t of nt's share of the 8-row groups: tile by tile, MAX_ROWS rows of x per pass.
+static void x8_share(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t nb,
+                     const act_row *a, float *y, int64_t ldy, int64_t M, int64_t G, int64_t tile,
+                     int t, int nt) {
+    const int64_t g0 = G * t / nt, g1 = G * (t + 1) / nt;
+    for (int64_t t0 = g0; t0 < g1; t0 += tile) {
+        const int64_t t1 = t0 + tile < g1 ? t0 + tile : g1;
+        for (int64_t m = 0; m < M; m += MAX_ROWS)
+            groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1, M - m < MAX_ROWS ? M - m : MAX_ROWS);
+    }
+}
+
 // y [M, N] (rows ldy >= N floats apart) = x [M, K] @ W^T for W [N, K] in the x8 layout of
 // `type`; 0 on success, -1 on bad arguments or no memory (the caller then takes its torch path).
 // With ldy > N, one group of a fused layer's output rows writes straight into its columns.
+// threads < 0: team mode, for a caller already inside a parallel region of -threads threads
+// (cpu_decode_step.c): every thread of it calls with the same arguments, quantizes x into its
+// own scratch, computes its share of the output rows (the share threads = -threads would give
+// it) and returns without a barrier; the values equal the threads > 0 call's bit for bit.
 int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, int64_t ldy,
                         int64_t M, int64_t N, int64_t K, int threads) {
     int block, bytes;
     if (!minerva_x8_supports(type) || !x8_geometry(type, &block, &bytes) || M < 1 || N < 8 ||
-        N % 8 || K < 1 || K % block || ldy < N || threads < 1)
+        N % 8 || K < 1 || K % block || ldy < N || threads == 0)
         return -1;
     const groups_fn groups = type == T_Q8_0 ? groups_q8_0 : type == T_Q4_0 ? groups_q4_0
                            : type == T_Q5_0 ? groups_q5_0 : type == T_Q5_1 ? groups_q5_1
@@ -692,29 +710,34 @@ int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, in
     const int64_t nb = K / block, gbytes = 8 * nb * bytes, G = N / 8;
     float *scratch = thread_scratch(M * act_row_floats(K, ktype));
     if (!scratch) return -1;
-    act_row *a = (act_row *)malloc((size_t)M * sizeof(act_row));
+    act_row rows[STACK_ROWS];  // no allocation per call for decode-sized M
+    act_row *a = M <= STACK_ROWS ? rows : (act_row *)malloc((size_t)M * sizeof(act_row));
     if (!a) return -1;
     act_rows_init(a, scratch, M, K, ktype);
     int64_t tile = TILE_BYTES / gbytes;
     if (tile < 1) tile = 1;
-#pragma omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)
-    {
-#pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
-        int t = 0, nt = 1;
+    if (threads < 0) {
 #ifdef _OPENMP
-        t = omp_get_thread_num();
-        nt = omp_get_num_threads();
+        const int t = omp_get_thread_num();
+#else
+        const int t = 0;
 #endif
-        const int64_t g0 = G * t / nt, g1 = G * (t + 1) / nt;
-        for (int64_t t0 = g0; t0 < g1; t0 += tile) {
-            const int64_t t1 = t0 + tile < g1 ? t0 + tile : g1;
-            for (int64_t m = 0; m < M; m += MAX_ROWS)
-                groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1,
-                       M - m < MAX_ROWS ? M - m : MAX_ROWS);
+        for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
+        x8_share(groups, W, gbytes, nb, a, y, ldy, M, G, tile, t, -threads);
+    } else {
+#pragma omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)
+        {
+#pragma omp for schedule(static)
+            for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
+            int t = 0, nt = 1;
+#ifdef _OPENMP
+            t = omp_get_thread_num();
+            nt = omp_get_num_threads();
+#endif
+            x8_share(groups, W, gbytes, nb, a, y, ldy, M, G, tile, t, nt);
         }
     }
-    free(a);
+    if (a != rows) free(a);
     return 0;
 }
 
