@@ -106,3 +106,14 @@ def test_a_layer_interleaves_where_every_piece_fits_and_answers_like_its_twin(x8
     w = torch.cat([dequantize(p.data, p.ggml_type) for p in (q, k, v)])
     twin = x @ w.T
     assert bool(((fast - twin).abs() <= 2e-2 * (x.abs() @ w.abs().T)).all())
+
+
+@pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
+def test_x8_row_blocks_equal_one_row_at_a_time(x8, ggml_type):
+    # 2-4 rows of x take the multi-row kernels (cpu_quant_x8.c's _rows forms), one row the
+    # single-row kernel: the same integer sums and float steps, so the same bits
+    x, data, _ = case(ggml_type, 11, n=48, k=1024, seed=5)
+    packed = x8.repack(data, ggml_type, 1024)
+    together = x8.matmul(x, packed, ggml_type, 48)
+    apart = torch.cat([x8.matmul(x[i : i + 1], packed, ggml_type, 48) for i in range(11)])
+    assert torch.equal(together, apart)

@@ -644,13 +644,203 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
-#define DEFINE_GROUPS(NAME)                                                                    \
+// ---- the same products for 2-4 rows of x (prefill) ---------------------------------------
+//
+// With 4 rows, the single-row kernels above keep sums per row for the whole block (products,
+// mins or offsets, activation sums, scales: 20+ vectors for AVX2's 16 registers), so the
+// compiler spills inside the hot loop; and it reassociates integer sums that start at zero
+// into long trees of live partial sums. These forms hold one subblock's decoded codes in
+// registers while every row takes them, keep one running sum per row (KEEP stops the
+// reassociation), and take the mins / the codes' offset against the activation sums once per
+// block, after the codes. The integer sums and the float steps are those of the single-row
+// kernels, so the results are bit-identical to them.
+
+// v is computed here, in a register, in this order among PIN / KEEP points: no reassociation of
+// its sums, and no loads hoisted far ahead of their use (which costs registers)
+#define KEEP(v) __asm__ volatile("" : "+x"(v))
+
+INLINE __m256i bcast4_pinned(const int8_t *p) {
+    __m256i v = bcast4(p);
+    KEEP(v);
+    return v;
+}
+
+INLINE void dot8_q8_0_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++, g += 272) {
+        prefetch_block(g, 272);
+        __m256i isum[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) isum[m] = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * k));
+            const __m256i aw = _mm256_sign_epi8(w, w);
+            UNROLL for (int m = 0; m < M; m++) {
+                const __m256i s = _mm256_sign_epi8(bcast4_pinned(a[m].q + b * QK + 4 * k), w);
+                isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, s), ones));
+                KEEP(isum[m]);
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+    }
+}
+
+INLINE void dot8_k45_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                          const int five) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    const __m256i bit4 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
+    const int bytes = five ? 1408 : 1152;
+    for (int64_t i = 0; i < nb; i++, g += bytes) {
+        prefetch_block(g, bytes);
+        const __m256i lo0 = _mm256_loadu_si256((const __m256i *)(g + 32));
+        const __m256i lo1 = _mm256_loadu_si256((const __m256i *)(g + 64));
+        const __m256i hi = _mm256_loadu_si256((const __m256i *)(g + 96));
+        __m256i sc[2];
+        sc[0] = _mm256_or_si256(_mm256_and_si256(lo0, low4), _mm256_and_si256(_mm256_slli_epi16(hi, 4), top));
+        sc[1] = _mm256_or_si256(_mm256_and_si256(lo1, low4), _mm256_and_si256(hi, top));
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
+            const __m256i scale = dup8_u((s & 1) ? _mm_srli_si128(half, 8) : half);
+            // w[j]: codes 32s + 4j + t of the 8 rows (row r in bytes 4r..4r+3)
+            __m256i w[8];
+            const __m256i h = five ? _mm256_loadu_si256((const __m256i *)(g + 1152 + 32 * s)) : ones;
+            UNROLL for (int L = 0; L < 4; L++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
+                w[2 * L] = _mm256_and_si256(v, low4);
+                w[2 * L + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                if (five) {  // bits 2L and 2L + 1 of h moved to bit 4
+                    const int k0 = 2 * L, k1 = 2 * L + 1;
+                    const __m256i h0 = k0 <= 4 ? _mm256_slli_epi16(h, 4 - k0) : _mm256_srli_epi16(h, k0 - 4);
+                    const __m256i h1 = k1 <= 4 ? _mm256_slli_epi16(h, 4 - k1) : _mm256_srli_epi16(h, k1 - 4);
+                    w[2 * L] = _mm256_or_si256(w[2 * L], _mm256_and_si256(h0, bit4));
+                    w[2 * L + 1] = _mm256_or_si256(w[2 * L + 1], _mm256_and_si256(h1, bit4));
+                }
+            }
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 32 * s;
+                // int16 sums: 16 products of codes <= 15 and |a| <= 128, or 8 of codes <= 31
+                if (five) {
+                    UNROLL for (int j0 = 0; j0 < 8; j0 += 4) {
+                        __m256i p = _mm256_maddubs_epi16(w[j0], bcast4_pinned(aq + 4 * j0));
+                        UNROLL for (int j = j0 + 1; j < j0 + 4; j++) {
+                            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[j], bcast4_pinned(aq + 4 * j)));
+                            KEEP(p);
+                        }
+                        sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p, scale));
+                        KEEP(sumi[m]);
+                    }
+                } else {
+                    __m256i p = _mm256_maddubs_epi16(w[0], bcast4_pinned(aq));
+                    UNROLL for (int j = 1; j < 8; j++) {
+                        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[j], bcast4_pinned(aq + 4 * j)));
+                        KEEP(p);
+                    }
+                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p, scale));
+                    KEEP(sumi[m]);
+                }
+            }
+        }
+        // mins of subblocks (2p, 2p + 1) against their activation sums
+        __m256i mins[4];
+        {
+            const __m256i mn0 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo0, 4), low4),
+                                                _mm256_and_si256(_mm256_slli_epi16(hi, 2), top));
+            const __m256i mn1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), low4),
+                                                _mm256_and_si256(_mm256_srli_epi16(hi, 2), top));
+            mins[0] = pairs8_u(_mm256_castsi256_si128(mn0));
+            mins[1] = pairs8_u(_mm256_extracti128_si256(mn0, 1));
+            mins[2] = pairs8_u(_mm256_castsi256_si128(mn1));
+            mins[3] = pairs8_u(_mm256_extracti128_si256(mn1, 1));
+        }
+        const __m256 d = d8(g), dmin = d8(g + 16);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i b16 = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            const __m256i b32 = _mm256_madd_epi16(b16, ones);
+            const __m256i bs = _mm256_packs_epi32(b32, b32);
+            __m256i msum = _mm256_setzero_si256();
+            UNROLL for (int p = 0; p < 4; p++) {
+                const int lane = ((p >> 1) << 2) | (p & 1);
+                const __m256i pair = _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(lane));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], pair));
+            }
+            const __m256 da = _mm256_set1_ps(a[m].d[i]);
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, da), acc[m]);
+            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[m]);
+        }
+    }
+}
+
+INLINE void dot8_q4_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_k45_rows(g, a, M, nb, acc, 0);
+}
+INLINE void dot8_q5_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_k45_rows(g, a, M, nb, acc, 1);
+}
+
+INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    for (int64_t i = 0; i < nb; i++, g += 1680) {
+        prefetch_block(g, 1680);
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 16; s++) {
+            const __m256i scale = dup8_s(_mm_loadl_epi64((const __m128i *)(g + 16 + 8 * s)));
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(g + 144 + 64 * s));
+            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(g + 176 + 64 * s));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1168 + 32 * s));
+            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(h, 4), top));
+            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), top));
+            const __m256i v2 = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(h, top));
+            const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
+                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), top));
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 16 * s;
+                __m256i p01 = _mm256_maddubs_epi16(v0, bcast4_pinned(aq));
+                p01 = _mm256_add_epi16(p01, _mm256_maddubs_epi16(v1, bcast4_pinned(aq + 4)));
+                KEEP(p01);
+                __m256i p23 = _mm256_maddubs_epi16(v2, bcast4_pinned(aq + 8));
+                p23 = _mm256_add_epi16(p23, _mm256_maddubs_epi16(v3, bcast4_pinned(aq + 12)));
+                KEEP(p23);
+                sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p01, scale),
+                                                                     _mm256_madd_epi16(p23, scale)));
+                KEEP(sumi[m]);
+            }
+        }
+        // codes carry +32: the scales of subblocks (s, s + 1) against their activation sums
+        __m256i offs[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) offs[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 16; s += 2) {
+            const __m256i sp = pairs8_s(_mm_loadu_si128((const __m128i *)(g + 16 + 8 * s)));
+            UNROLL for (int m = 0; m < M; m++) {
+                int32_t pair;
+                memcpy(&pair, a[m].bsum + i * 16 + s, 4);
+                offs[m] = _mm256_add_epi32(offs[m], _mm256_madd_epi16(sp, _mm256_set1_epi32(pair)));
+                KEEP(offs[m]);
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i tot = _mm256_sub_epi32(sumi[m], _mm256_slli_epi32(offs[m], 5));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[i])), acc[m]);
+        }
+    }
+}
+
+// ROWS: the kernel for 2-4 rows of x (NAME itself where the type has no _rows form)
+#define DEFINE_GROUPS(NAME, ROWS)                                                              \
     INLINE void groups_m_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a, \
                                 float *y, int64_t ldy, int64_t g0, int64_t g1, const int M) {  \
         for (int64_t gi = g0; gi < g1; gi++) {                                                 \
             __m256 acc[MAX_ROWS];                                                              \
             UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();                  \
-            dot8_##NAME(W + gi * gbytes, a, M, nb, acc);                                       \
+            if (M == 1)                                                                        \
+                dot8_##NAME(W + gi * gbytes, a, M, nb, acc);                                   \
+            else                                                                               \
+                dot8_##ROWS(W + gi * gbytes, a, M, nb, acc);                                   \
             UNROLL for (int m = 0; m < M; m++) _mm256_storeu_ps(y + m * ldy + 8 * gi, acc[m]);\
         }                                                                                      \
     }                                                                                          \
@@ -664,13 +854,13 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
         }                                                                                      \
     }
 
-DEFINE_GROUPS(q8_0)
-DEFINE_GROUPS(q4_0)
-DEFINE_GROUPS(q5_0)
-DEFINE_GROUPS(q5_1)
-DEFINE_GROUPS(q4_k)
-DEFINE_GROUPS(q5_k)
-DEFINE_GROUPS(q6_k)
+DEFINE_GROUPS(q8_0, q8_0_rows)
+DEFINE_GROUPS(q4_0, q4_0)
+DEFINE_GROUPS(q5_0, q5_0)
+DEFINE_GROUPS(q5_1, q5_1)
+DEFINE_GROUPS(q4_k, q4_k_rows)
+DEFINE_GROUPS(q5_k, q5_k_rows)
+DEFINE_GROUPS(q6_k, q6_k_rows)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
