@@ -37,7 +37,7 @@
 #endif
 #include "quant_act.h"
 
-#define MAX_ROWS 4              // rows of x per pass over a tile of W
+#define MAX_ROWS 8              // rows of x per pass over a tile of W (kernels take 4 or 8)
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 
@@ -644,7 +644,7 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
-// ---- the same products for 2-4 rows of x (prefill) ---------------------------------------
+// ---- the same products for 2-8 rows of x (prefill) ---------------------------------------
 //
 // With 4 rows, the single-row kernels above keep sums per row for the whole block (products,
 // mins or offsets, activation sums, scales: 20+ vectors for AVX2's 16 registers), so the
@@ -652,11 +652,13 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
 // into long trees of live partial sums. These forms hold one subblock's decoded codes in
 // registers while every row takes them, keep one running sum per row (KEEP stops the
 // reassociation), and take the mins / the codes' offset against the activation sums once per
-// block, after the codes. The integer sums and the float steps are those of the single-row
-// kernels, so the results are bit-identical to them.
+// block, after the codes. Q4_K / Q5_K / Q6_K take 8 rows at once (the codes' decoding is then
+// shared by 8 rows; the rows' running sums live in memory between subblocks), Q8_0 4 (it has
+// nothing to decode). The integer sums and the float steps are those of the single-row
+// kernels, so the results are bit-identical to them (tests/unit/test_gguf_quant_x8.py).
 
-// v is computed here, in a register, in this order among PIN / KEEP points: no reassociation of
-// its sums, and no loads hoisted far ahead of their use (which costs registers)
+// v is computed here, in a register, in this order among KEEP points: no reassociation of its
+// sums, and no loads hoisted far ahead of their use (which costs registers)
 #define KEEP(v) __asm__ volatile("" : "+x"(v))
 
 INLINE __m256i bcast4_pinned(const int8_t *p) {
@@ -733,12 +735,16 @@ INLINE void dot8_k45_rows(const uint8_t *g, const act_row *a, const int M, int64
                         KEEP(sumi[m]);
                     }
                 } else {
-                    __m256i p = _mm256_maddubs_epi16(w[0], bcast4_pinned(aq));
-                    UNROLL for (int j = 1; j < 8; j++) {
-                        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[j], bcast4_pinned(aq + 4 * j)));
-                        KEEP(p);
+                    // two chains of 4 (codes 4j + t for even and odd j): half the dependent adds
+                    __m256i p0 = _mm256_maddubs_epi16(w[0], bcast4_pinned(aq));
+                    __m256i p1 = _mm256_maddubs_epi16(w[1], bcast4_pinned(aq + 4));
+                    UNROLL for (int j = 2; j < 8; j += 2) {
+                        p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(w[j], bcast4_pinned(aq + 4 * j)));
+                        KEEP(p0);
+                        p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(w[j + 1], bcast4_pinned(aq + 4 * j + 4)));
+                        KEEP(p1);
                     }
-                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p, scale));
+                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), scale));
                     KEEP(sumi[m]);
                 }
             }
@@ -830,8 +836,10 @@ INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int6
     }
 }
 
-// ROWS: the kernel for 2-4 rows of x (NAME itself where the type has no _rows form)
-#define DEFINE_GROUPS(NAME, ROWS)                                                              \
+// ROWS: the kernel for 2 or more rows of x (NAME itself where the type has no _rows form); CAP:
+// the most rows it takes at once (8 where decoding a subblock's codes is worth sharing among 8
+// rows, 4 where the kernel's sums for more rows would not fit the registers)
+#define DEFINE_GROUPS(NAME, ROWS, CAP)                                                         \
     INLINE void groups_m_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a, \
                                 float *y, int64_t ldy, int64_t g0, int64_t g1, const int M) {  \
         for (int64_t gi = g0; gi < g1; gi++) {                                                 \
@@ -846,21 +854,27 @@ INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int6
     }                                                                                          \
     static void groups_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a,   \
                               float *y, int64_t ldy, int64_t g0, int64_t g1, int64_t M) {      \
+        for (; M > CAP; M -= CAP, a += CAP, y += CAP * ldy)                                    \
+            groups_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, CAP);                              \
         switch (M) {                                                                           \
         case 1: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 1); break;                   \
         case 2: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 2); break;                   \
         case 3: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 3); break;                   \
-        default: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 4); break;                  \
+        case 4: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 4); break;                   \
+        case 5: if (CAP >= 5) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 5); break;     \
+        case 6: if (CAP >= 6) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 6); break;     \
+        case 7: if (CAP >= 7) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 7); break;     \
+        default: if (CAP >= 8) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 8); break;    \
         }                                                                                      \
     }
 
-DEFINE_GROUPS(q8_0, q8_0_rows)
-DEFINE_GROUPS(q4_0, q4_0)
-DEFINE_GROUPS(q5_0, q5_0)
-DEFINE_GROUPS(q5_1, q5_1)
-DEFINE_GROUPS(q4_k, q4_k_rows)
-DEFINE_GROUPS(q5_k, q5_k_rows)
-DEFINE_GROUPS(q6_k, q6_k_rows)
+DEFINE_GROUPS(q8_0, q8_0_rows, 4)
+DEFINE_GROUPS(q4_0, q4_0, 4)
+DEFINE_GROUPS(q5_0, q5_0, 4)
+DEFINE_GROUPS(q5_1, q5_1, 4)
+DEFINE_GROUPS(q4_k, q4_k_rows, 8)
+DEFINE_GROUPS(q5_k, q5_k_rows, 8)
+DEFINE_GROUPS(q6_k, q6_k_rows, 8)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
