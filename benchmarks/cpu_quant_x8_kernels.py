@@ -2,7 +2,7 @@
 in one process, on TinyLlama-1.1B's linear shapes.
 
     PYTHONPATH=src python3 benchmarks/cpu_quant_x8_kernels.py [--before REV] [--types q4_k q6_k q8_0]
-        [--rows 128 1] [--threads 2] [--rounds 5] [--layers qkv o gate_up down]
+        [--rows 128 1] [--threads 2] [--rounds 5] [--layers qkv o gate_up down] [--clock wall]
 
 --before is a git revision whose ops/cpu_quant_x8.c is built beside this tree's (same headers,
 same flags); `after` is this tree's. Per (type, layer, rows) the two libraries run the same
@@ -12,7 +12,10 @@ shared). Weights are random codes with fp16 scales of 0.01 (the speed does not d
 values), rows = activation rows (128 = a 128-token prefill, 1 = a decode step's product). The
 weights are not cycled through copies: a prefill product reads each weight once per call from
 wherever it is, so rows = 1 here is faster than a decode step that streams from DRAM.
-GFLOP/s = 2 x rows x N x K / time. Writes benchmarks/results/cpu_quant_x8_kernels.json.
+GFLOP/s = 2 x rows x N x K / time. --clock cpu (with --threads 1 only: the product then runs on
+the calling thread) times with the thread's CPU time instead of the wall clock: on a machine
+shared with other jobs it leaves out the time the thread waits for a core (not the time the
+hypervisor takes), so it is far steadier there. Writes benchmarks/results/cpu_quant_x8_kernels.json.
 """
 
 from __future__ import annotations
@@ -75,12 +78,15 @@ def weight(type_name: str, n: int, k: int) -> torch.Tensor:
     return cpu_quant_x8.repack(data, ggml, k)
 
 
-def timed(lib, ggml, w, x, y, m, n, k, threads, calls) -> float:
-    t = time.perf_counter()
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timed(lib, ggml, w, x, y, m, n, k, threads, calls, clock=time.perf_counter) -> float:
+    t = clock()
     for _ in range(calls):
         rc = lib.minerva_x8_qgemm(ggml, w.data_ptr(), x.data_ptr(), y.data_ptr(), m, n, k, threads)
         assert rc == 0
-    return (time.perf_counter() - t) / calls
+    return (clock() - t) / calls
 
 
 def main() -> None:
@@ -93,9 +99,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", type=int, default=[128, 1])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clock", choices=list(CLOCK), default="wall")
     default_out = Path(__file__).parent / "results" / "cpu_quant_x8_kernels.json"
     ap.add_argument("--output", default=str(default_out))
     args = ap.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        ap.error("--clock cpu times the calling thread: it needs --threads 1")
+    clock = CLOCK[args.clock]
     libs = {"before": before_library(args.before), "after": bind(ROOT / SOURCE)}
     results = []
     for type_name in args.types:
@@ -116,7 +126,7 @@ def main() -> None:
                     order = list(libs) if r % 2 == 0 else list(libs)[::-1]
                     for side in order:
                         fn_args = (ggml, w, x, ys[side], m, n, k, args.threads, calls[side])
-                        times[side].append(timed(libs[side], *fn_args))
+                        times[side].append(timed(libs[side], *fn_args, clock=clock))
                 row = {"type": type_name, "layer": layer, "N": n, "K": k, "rows": m}
                 for side in libs:
                     best = min(times[side])
