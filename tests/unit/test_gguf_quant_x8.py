@@ -46,7 +46,7 @@ def test_repack_then_unpack_gives_the_file_bytes_back(x8, ggml_type):
     assert torch.equal(x8.unpack(packed, ggml_type, 512), data)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 13])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 13, 17])  # 17: tiles scheduled dynamically
 @pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
 def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     x, data, wd = case(ggml_type, m, n=40, k=768, seed=m)
@@ -59,8 +59,9 @@ def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     assert bool((err <= 1e-5 * scale + 1e-30).all()), float((err - 1e-5 * scale).max())
 
 
-def test_x8_threads_do_not_change_the_result(x8):
-    x, data, _ = case(GGMLType.Q6_K, 3, n=304, k=1024)
+@pytest.mark.parametrize("m", [3, 20])  # 20 rows: the tiles go to the threads dynamically
+def test_x8_threads_do_not_change_the_result(x8, m):
+    x, data, _ = case(GGMLType.Q6_K, m, n=304, k=1024)
     packed = x8.repack(data, GGMLType.Q6_K, 1024)
     torch.set_num_threads(2)
     two = x8.matmul(x, packed, GGMLType.Q6_K, 304)

@@ -40,6 +40,7 @@
 #define MAX_ROWS 8              // rows of x per pass over a tile of W (kernels take 4 or 8)
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
+#define DYNAMIC_ROWS 16         // from this many rows of x, tiles are scheduled dynamically
 
 enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
@@ -879,6 +880,25 @@ DEFINE_GROUPS(q6_k, q6_k_rows, 8)
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
 
+// Many rows of x (a prefill's product: compute-bound, not bandwidth-bound): the tiles go to the
+// threads as they free up, so a thread slowed by another process on its core (a shared machine)
+// delays the product by one tile, not by its whole static share. Every group is still computed
+// by one thread with the same arithmetic: the result does not depend on the schedule. Called by
+// every thread of the parallel region (an orphaned worksharing loop).
+static void tiles_dynamic(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t nb,
+                          const act_row *a, float *y, int64_t ldy, int64_t M, int64_t G,
+                          int64_t tile, int nt) {
+    if (tile > G / (4 * nt)) tile = G / (4 * nt);  // at least 4 tiles a thread, for the balance
+    if (tile < 1) tile = 1;
+    const int64_t tiles = (G + tile - 1) / tile;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < tiles; i++) {
+        const int64_t t0 = i * tile, t1 = t0 + tile < G ? t0 + tile : G;
+        for (int64_t m = 0; m < M; m += MAX_ROWS)
+            groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1, M - m < MAX_ROWS ? M - m : MAX_ROWS);
+    }
+}
+
 // y [M, N] (rows ldy >= N floats apart) = x [M, K] @ W^T for W [N, K] in the x8 layout of
 // `type`; 0 on success, -1 on bad arguments or no memory (the caller then takes its torch path).
 // With ldy > N, one group of a fused layer's output rows writes straight into its columns.
@@ -910,12 +930,16 @@ int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, in
         t = omp_get_thread_num();
         nt = omp_get_num_threads();
 #endif
-        const int64_t g0 = G * t / nt, g1 = G * (t + 1) / nt;
-        for (int64_t t0 = g0; t0 < g1; t0 += tile) {
-            const int64_t t1 = t0 + tile < g1 ? t0 + tile : g1;
-            for (int64_t m = 0; m < M; m += MAX_ROWS)
-                groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1,
-                       M - m < MAX_ROWS ? M - m : MAX_ROWS);
+        if (M >= DYNAMIC_ROWS) {
+            tiles_dynamic(groups, W, gbytes, nb, a, y, ldy, M, G, tile, nt);
+        } else {
+            const int64_t g0 = G * t / nt, g1 = G * (t + 1) / nt;
+            for (int64_t t0 = g0; t0 < g1; t0 += tile) {
+                const int64_t t1 = t0 + tile < g1 ? t0 + tile : g1;
+                for (int64_t m = 0; m < M; m += MAX_ROWS)
+                    groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1,
+                           M - m < MAX_ROWS ? M - m : MAX_ROWS);
+            }
         }
     }
     free(a);
