@@ -46,7 +46,7 @@ def test_repack_then_unpack_gives_the_file_bytes_back(x8, ggml_type):
     assert torch.equal(x8.unpack(packed, ggml_type, 512), data)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 13, 17])  # 17: tiles scheduled dynamically
 @pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
 def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     x, data, wd = case(ggml_type, m, n=40, k=768, seed=m)
@@ -59,8 +59,9 @@ def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     assert bool((err <= 1e-5 * scale + 1e-30).all()), float((err - 1e-5 * scale).max())
 
 
-def test_x8_threads_do_not_change_the_result(x8):
-    x, data, _ = case(GGMLType.Q6_K, 3, n=304, k=1024)
+@pytest.mark.parametrize("m", [3, 20])  # 20 rows: the tiles go to the threads dynamically
+def test_x8_threads_do_not_change_the_result(x8, m):
+    x, data, _ = case(GGMLType.Q6_K, m, n=304, k=1024)
     packed = x8.repack(data, GGMLType.Q6_K, 1024)
     torch.set_num_threads(2)
     two = x8.matmul(x, packed, GGMLType.Q6_K, 304)
@@ -106,3 +107,14 @@ def test_a_layer_interleaves_where_every_piece_fits_and_answers_like_its_twin(x8
     w = torch.cat([dequantize(p.data, p.ggml_type) for p in (q, k, v)])
     twin = x @ w.T
     assert bool(((fast - twin).abs() <= 2e-2 * (x.abs() @ w.abs().T)).all())
+
+
+@pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
+def test_x8_row_blocks_equal_one_row_at_a_time(x8, ggml_type):
+    # 2-8 rows of x take the multi-row kernels (cpu_quant_x8.c's _rows forms; 11 rows: 8 + 3,
+    # or 4 + 4 + 3), one row the single-row kernel: the same integer sums and float steps
+    x, data, _ = case(ggml_type, 11, n=48, k=1024, seed=5)
+    packed = x8.repack(data, ggml_type, 1024)
+    together = x8.matmul(x, packed, ggml_type, 48)
+    apart = torch.cat([x8.matmul(x[i : i + 1], packed, ggml_type, 48) for i in range(11)])
+    assert torch.equal(together, apart)

@@ -37,9 +37,10 @@
 #endif
 #include "quant_act.h"
 
-#define MAX_ROWS 4              // rows of x per pass over a tile of W
+#define MAX_ROWS 8              // rows of x per pass over a tile of W (kernels take 4 or 8)
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
+#define DYNAMIC_ROWS 16         // from this many rows of x, tiles are scheduled dynamically
 
 enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
@@ -644,33 +645,237 @@ INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t n
     }
 }
 
-#define DEFINE_GROUPS(NAME)                                                                    \
+// ---- the same products for 2-8 rows of x (prefill) ---------------------------------------
+//
+// With 4 rows, the single-row kernels above keep sums per row for the whole block (products,
+// mins or offsets, activation sums, scales: 20+ vectors for AVX2's 16 registers), so the
+// compiler spills inside the hot loop; and it reassociates integer sums that start at zero
+// into long trees of live partial sums. These forms hold one subblock's decoded codes in
+// registers while every row takes them, keep one running sum per row (KEEP stops the
+// reassociation), and take the mins / the codes' offset against the activation sums once per
+// block, after the codes. Q4_K / Q5_K / Q6_K take 8 rows at once (the codes' decoding is then
+// shared by 8 rows; the rows' running sums live in memory between subblocks), Q8_0 4 (it has
+// nothing to decode). The integer sums and the float steps are those of the single-row
+// kernels, so the results are bit-identical to them (tests/unit/test_gguf_quant_x8.py).
+
+// v is computed here, in a register, in this order among KEEP points: no reassociation of its
+// sums, and no loads hoisted far ahead of their use (which costs registers)
+#define KEEP(v) __asm__ volatile("" : "+x"(v))
+
+INLINE __m256i bcast4_pinned(const int8_t *p) {
+    __m256i v = bcast4(p);
+    KEEP(v);
+    return v;
+}
+
+INLINE void dot8_q8_0_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++, g += 272) {
+        prefetch_block(g, 272);
+        __m256i isum[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) isum[m] = _mm256_setzero_si256();
+        UNROLL for (int k = 0; k < 8; k++) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * k));
+            const __m256i aw = _mm256_sign_epi8(w, w);
+            UNROLL for (int m = 0; m < M; m++) {
+                const __m256i s = _mm256_sign_epi8(bcast4_pinned(a[m].q + b * QK + 4 * k), w);
+                isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, s), ones));
+                KEEP(isum[m]);
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+    }
+}
+
+INLINE void dot8_k45_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                          const int five) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    const __m256i bit4 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
+    const int bytes = five ? 1408 : 1152;
+    for (int64_t i = 0; i < nb; i++, g += bytes) {
+        prefetch_block(g, bytes);
+        const __m256i lo0 = _mm256_loadu_si256((const __m256i *)(g + 32));
+        const __m256i lo1 = _mm256_loadu_si256((const __m256i *)(g + 64));
+        const __m256i hi = _mm256_loadu_si256((const __m256i *)(g + 96));
+        __m256i sc[2];
+        sc[0] = _mm256_or_si256(_mm256_and_si256(lo0, low4), _mm256_and_si256(_mm256_slli_epi16(hi, 4), top));
+        sc[1] = _mm256_or_si256(_mm256_and_si256(lo1, low4), _mm256_and_si256(hi, top));
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
+            const __m256i scale = dup8_u((s & 1) ? _mm_srli_si128(half, 8) : half);
+            // w[j]: codes 32s + 4j + t of the 8 rows (row r in bytes 4r..4r+3)
+            __m256i w[8];
+            const __m256i h = five ? _mm256_loadu_si256((const __m256i *)(g + 1152 + 32 * s)) : ones;
+            UNROLL for (int L = 0; L < 4; L++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(g + 128 + 128 * s + 32 * L));
+                w[2 * L] = _mm256_and_si256(v, low4);
+                w[2 * L + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                if (five) {  // bits 2L and 2L + 1 of h moved to bit 4
+                    const int k0 = 2 * L, k1 = 2 * L + 1;
+                    const __m256i h0 = k0 <= 4 ? _mm256_slli_epi16(h, 4 - k0) : _mm256_srli_epi16(h, k0 - 4);
+                    const __m256i h1 = k1 <= 4 ? _mm256_slli_epi16(h, 4 - k1) : _mm256_srli_epi16(h, k1 - 4);
+                    w[2 * L] = _mm256_or_si256(w[2 * L], _mm256_and_si256(h0, bit4));
+                    w[2 * L + 1] = _mm256_or_si256(w[2 * L + 1], _mm256_and_si256(h1, bit4));
+                }
+            }
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 32 * s;
+                // int16 sums: 16 products of codes <= 15 and |a| <= 128, or 8 of codes <= 31
+                if (five) {
+                    UNROLL for (int j0 = 0; j0 < 8; j0 += 4) {
+                        __m256i p = _mm256_maddubs_epi16(w[j0], bcast4_pinned(aq + 4 * j0));
+                        UNROLL for (int j = j0 + 1; j < j0 + 4; j++) {
+                            p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[j], bcast4_pinned(aq + 4 * j)));
+                            KEEP(p);
+                        }
+                        sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(p, scale));
+                        KEEP(sumi[m]);
+                    }
+                } else {
+                    // two chains of 4 (codes 4j + t for even and odd j): half the dependent adds
+                    __m256i p0 = _mm256_maddubs_epi16(w[0], bcast4_pinned(aq));
+                    __m256i p1 = _mm256_maddubs_epi16(w[1], bcast4_pinned(aq + 4));
+                    UNROLL for (int j = 2; j < 8; j += 2) {
+                        p0 = _mm256_add_epi16(p0, _mm256_maddubs_epi16(w[j], bcast4_pinned(aq + 4 * j)));
+                        KEEP(p0);
+                        p1 = _mm256_add_epi16(p1, _mm256_maddubs_epi16(w[j + 1], bcast4_pinned(aq + 4 * j + 4)));
+                        KEEP(p1);
+                    }
+                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_madd_epi16(_mm256_add_epi16(p0, p1), scale));
+                    KEEP(sumi[m]);
+                }
+            }
+        }
+        // mins of subblocks (2p, 2p + 1) against their activation sums
+        __m256i mins[4];
+        {
+            const __m256i mn0 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo0, 4), low4),
+                                                _mm256_and_si256(_mm256_slli_epi16(hi, 2), top));
+            const __m256i mn1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lo1, 4), low4),
+                                                _mm256_and_si256(_mm256_srli_epi16(hi, 2), top));
+            mins[0] = pairs8_u(_mm256_castsi256_si128(mn0));
+            mins[1] = pairs8_u(_mm256_extracti128_si256(mn0, 1));
+            mins[2] = pairs8_u(_mm256_castsi256_si128(mn1));
+            mins[3] = pairs8_u(_mm256_extracti128_si256(mn1, 1));
+        }
+        const __m256 d = d8(g), dmin = d8(g + 16);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i b16 = _mm256_loadu_si256((const __m256i *)(a[m].bsum + i * 16));
+            const __m256i b32 = _mm256_madd_epi16(b16, ones);
+            const __m256i bs = _mm256_packs_epi32(b32, b32);
+            __m256i msum = _mm256_setzero_si256();
+            UNROLL for (int p = 0; p < 4; p++) {
+                const int lane = ((p >> 1) << 2) | (p & 1);
+                const __m256i pair = _mm256_permutevar8x32_epi32(bs, _mm256_set1_epi32(lane));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], pair));
+            }
+            const __m256 da = _mm256_set1_ps(a[m].d[i]);
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, da), acc[m]);
+            acc[m] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, da), acc[m]);
+        }
+    }
+}
+
+INLINE void dot8_q4_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_k45_rows(g, a, M, nb, acc, 0);
+}
+INLINE void dot8_q5_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_k45_rows(g, a, M, nb, acc, 1);
+}
+
+INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    for (int64_t i = 0; i < nb; i++, g += 1680) {
+        prefetch_block(g, 1680);
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 16; s++) {
+            const __m256i scale = dup8_s(_mm_loadl_epi64((const __m128i *)(g + 16 + 8 * s)));
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(g + 144 + 64 * s));
+            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(g + 176 + 64 * s));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1168 + 32 * s));
+            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(h, 4), top));
+            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
+                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), top));
+            const __m256i v2 = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(h, top));
+            const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
+                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), top));
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 16 * s;
+                __m256i p01 = _mm256_maddubs_epi16(v0, bcast4_pinned(aq));
+                p01 = _mm256_add_epi16(p01, _mm256_maddubs_epi16(v1, bcast4_pinned(aq + 4)));
+                KEEP(p01);
+                __m256i p23 = _mm256_maddubs_epi16(v2, bcast4_pinned(aq + 8));
+                p23 = _mm256_add_epi16(p23, _mm256_maddubs_epi16(v3, bcast4_pinned(aq + 12)));
+                KEEP(p23);
+                sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p01, scale),
+                                                                     _mm256_madd_epi16(p23, scale)));
+                KEEP(sumi[m]);
+            }
+        }
+        // codes carry +32: the scales of subblocks (s, s + 1) against their activation sums
+        __m256i offs[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) offs[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 16; s += 2) {
+            const __m256i sp = pairs8_s(_mm_loadu_si128((const __m128i *)(g + 16 + 8 * s)));
+            UNROLL for (int m = 0; m < M; m++) {
+                int32_t pair;
+                memcpy(&pair, a[m].bsum + i * 16 + s, 4);
+                offs[m] = _mm256_add_epi32(offs[m], _mm256_madd_epi16(sp, _mm256_set1_epi32(pair)));
+                KEEP(offs[m]);
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++) {
+            const __m256i tot = _mm256_sub_epi32(sumi[m], _mm256_slli_epi32(offs[m], 5));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[i])), acc[m]);
+        }
+    }
+}
+
+// ROWS: the kernel for 2 or more rows of x (NAME itself where the type has no _rows form); CAP:
+// the most rows it takes at once (8 where decoding a subblock's codes is worth sharing among 8
+// rows, 4 where the kernel's sums for more rows would not fit the registers)
+#define DEFINE_GROUPS(NAME, ROWS, CAP)                                                         \
     INLINE void groups_m_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a, \
                                 float *y, int64_t ldy, int64_t g0, int64_t g1, const int M) {  \
         for (int64_t gi = g0; gi < g1; gi++) {                                                 \
             __m256 acc[MAX_ROWS];                                                              \
             UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();                  \
-            dot8_##NAME(W + gi * gbytes, a, M, nb, acc);                                       \
+            if (M == 1)                                                                        \
+                dot8_##NAME(W + gi * gbytes, a, M, nb, acc);                                   \
+            else                                                                               \
+                dot8_##ROWS(W + gi * gbytes, a, M, nb, acc);                                   \
             UNROLL for (int m = 0; m < M; m++) _mm256_storeu_ps(y + m * ldy + 8 * gi, acc[m]);\
         }                                                                                      \
     }                                                                                          \
     static void groups_##NAME(const uint8_t *W, int64_t gbytes, int64_t nb, const act_row *a,   \
                               float *y, int64_t ldy, int64_t g0, int64_t g1, int64_t M) {      \
+        for (; M > CAP; M -= CAP, a += CAP, y += CAP * ldy)                                    \
+            groups_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, CAP);                              \
         switch (M) {                                                                           \
         case 1: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 1); break;                   \
         case 2: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 2); break;                   \
         case 3: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 3); break;                   \
-        default: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 4); break;                  \
+        case 4: groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 4); break;                   \
+        case 5: if (CAP >= 5) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 5); break;     \
+        case 6: if (CAP >= 6) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 6); break;     \
+        case 7: if (CAP >= 7) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 7); break;     \
+        default: if (CAP >= 8) groups_m_##NAME(W, gbytes, nb, a, y, ldy, g0, g1, 8); break;    \
         }                                                                                      \
     }
 
-DEFINE_GROUPS(q8_0)
-DEFINE_GROUPS(q4_0)
-DEFINE_GROUPS(q5_0)
-DEFINE_GROUPS(q5_1)
-DEFINE_GROUPS(q4_k)
-DEFINE_GROUPS(q5_k)
-DEFINE_GROUPS(q6_k)
+DEFINE_GROUPS(q8_0, q8_0_rows, 4)
+DEFINE_GROUPS(q4_0, q4_0, 4)
+DEFINE_GROUPS(q5_0, q5_0, 4)
+DEFINE_GROUPS(q5_1, q5_1, 4)
+DEFINE_GROUPS(q4_k, q4_k_rows, 8)
+DEFINE_GROUPS(q5_k, q5_k_rows, 8)
+DEFINE_GROUPS(q6_k, q6_k_rows, 8)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
@@ -689,13 +894,33 @@ static void x8_share(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t
     }
 }
 
+// Many rows of x (a prefill's product: compute-bound, not bandwidth-bound): the tiles go to the
+// threads as they free up, so a thread slowed by another process on its core (a shared machine)
+// delays the product by one tile, not by its whole static share. Every group is still computed
+// by one thread with the same arithmetic: the result does not depend on the schedule. Called by
+// every thread of the parallel region (an orphaned worksharing loop).
+static void tiles_dynamic(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t nb,
+                          const act_row *a, float *y, int64_t ldy, int64_t M, int64_t G,
+                          int64_t tile, int nt) {
+    if (tile > G / (4 * nt)) tile = G / (4 * nt);  // at least 4 tiles a thread, for the balance
+    if (tile < 1) tile = 1;
+    const int64_t tiles = (G + tile - 1) / tile;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < tiles; i++) {
+        const int64_t t0 = i * tile, t1 = t0 + tile < G ? t0 + tile : G;
+        for (int64_t m = 0; m < M; m += MAX_ROWS)
+            groups(W, gbytes, nb, a + m, y + m * ldy, ldy, t0, t1, M - m < MAX_ROWS ? M - m : MAX_ROWS);
+    }
+}
+
 // y [M, N] (rows ldy >= N floats apart) = x [M, K] @ W^T for W [N, K] in the x8 layout of
 // `type`; 0 on success, -1 on bad arguments or no memory (the caller then takes its torch path).
 // With ldy > N, one group of a fused layer's output rows writes straight into its columns.
 // threads < 0: team mode, for a caller already inside a parallel region of -threads threads
 // (cpu_decode_step.c): every thread of it calls with the same arguments, quantizes x into its
-// own scratch, computes its share of the output rows (the share threads = -threads would give
-// it) and returns without a barrier; the values equal the threads > 0 call's bit for bit.
+// own scratch, computes its static share of the output rows (x8_share) and returns without a
+// barrier; the values equal the threads > 0 call's bit for bit (whose tiles go to the threads
+// dynamically from DYNAMIC_ROWS rows on: each group is still one thread's same arithmetic).
 int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, int64_t ldy,
                         int64_t M, int64_t N, int64_t K, int threads) {
     int block, bytes;
@@ -734,7 +959,10 @@ int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, in
             t = omp_get_thread_num();
             nt = omp_get_num_threads();
 #endif
-            x8_share(groups, W, gbytes, nb, a, y, ldy, M, G, tile, t, nt);
+            if (M >= DYNAMIC_ROWS)
+                tiles_dynamic(groups, W, gbytes, nb, a, y, ldy, M, G, tile, nt);
+            else
+                x8_share(groups, W, gbytes, nb, a, y, ldy, M, G, tile, t, nt);
         }
     }
     if (a != rows) free(a);
