@@ -111,7 +111,7 @@ def storm_server(tiny_model):
 
 
 def _completion(prompt: list[int], max_tokens: int, stream: bool) -> dict:
-    # logprobs: one event per token, also where a token ends inside a UTF-8 character
+    # logprobs: every token is counted, also where it ends inside a UTF-8 character
     return {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "stream": stream, "logprobs": 0}  # fmt: skip
 
@@ -255,7 +255,10 @@ def test_a_sustained_stream_delivers_every_token_once(storm_server):
             results[route] = (whole, events, time.monotonic() - start)
     whole, events, took = results["/v1/completions"]
     tokens = [e for e in events if e["choices"] and e["choices"][0]["logprobs"]]
-    assert len(tokens) == n == whole["usage"]["completion_tokens"]  # one event per token
+    # every token once: an event carries the tokens made since the previous one (one, unless
+    # the server's reader fell behind on a busy machine and several were merged)
+    counted = sum(len(e["choices"][0]["logprobs"]["tokens"]) for e in tokens)
+    assert counted == n == whole["usage"]["completion_tokens"]
     assert _text("/v1/completions", events) == whole["choices"][0]["text"]
     o_whole, o_events, o_took = results["/api/generate"]
     assert o_events[-1]["done"] and o_events[-1]["eval_count"] == o_whole["eval_count"]
