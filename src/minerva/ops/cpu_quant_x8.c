@@ -601,23 +601,31 @@ INLINE void dot8_q5_k(const uint8_t *g, const act_row *a, const int M, int64_t n
     dot8_k45(g, a, M, nb, acc, 1);
 }
 
-INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+// Q6_K: the 6-bit codes (0..63) of subblock s of the 8 rows, as 4 vectors of 4 codes a row
+// (the layout comment at the top: low 4 bits in bytes 144 + 64s.., top 2 bits in 1168 + 32s..)
+INLINE void q6k_codes(const uint8_t *g, const int s, __m256i *v0, __m256i *v1, __m256i *v2,
+                      __m256i *v3) {
     const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
+    const __m256i q0 = _mm256_loadu_si256((const __m256i *)(g + 144 + 64 * s));
+    const __m256i q1 = _mm256_loadu_si256((const __m256i *)(g + 176 + 64 * s));
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1168 + 32 * s));
+    *v0 = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(h, 4), top));
+    *v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
+                          _mm256_and_si256(_mm256_slli_epi16(h, 2), top));
+    *v2 = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(h, top));
+    *v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
+                          _mm256_and_si256(_mm256_srli_epi16(h, 2), top));
+}
+
+INLINE void dot8_q6_k(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
     for (int64_t i = 0; i < nb; i++, g += 1680) {
         prefetch_block(g, 1680);
         __m256i sumi[MAX_ROWS], offs[MAX_ROWS];
         UNROLL for (int m = 0; m < M; m++) sumi[m] = offs[m] = _mm256_setzero_si256();
         UNROLL for (int s = 0; s < 16; s++) {
             const __m256i scale = dup8_s(_mm_loadl_epi64((const __m128i *)(g + 16 + 8 * s)));
-            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(g + 144 + 64 * s));
-            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(g + 176 + 64 * s));
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1168 + 32 * s));
-            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(h, 4), top));
-            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
-                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), top));
-            const __m256i v2 = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(h, top));
-            const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
-                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), top));
+            __m256i v0, v1, v2, v3;
+            q6k_codes(g, s, &v0, &v1, &v2, &v3);
             UNROLL for (int m = 0; m < M; m++) {
                 const int8_t *aq = a[m].q + i * QK_K + 16 * s;
                 // two products of codes <= 63 and |a| <= 127 per int16, two of them summed
@@ -788,22 +796,14 @@ INLINE void dot8_q5_k_rows(const uint8_t *g, const act_row *a, const int M, int6
 }
 
 INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
-    const __m256i low4 = _mm256_set1_epi8(15), top = _mm256_set1_epi8(0x30);
     for (int64_t i = 0; i < nb; i++, g += 1680) {
         prefetch_block(g, 1680);
         __m256i sumi[MAX_ROWS];
         UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
         UNROLL for (int s = 0; s < 16; s++) {
             const __m256i scale = dup8_s(_mm_loadl_epi64((const __m128i *)(g + 16 + 8 * s)));
-            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(g + 144 + 64 * s));
-            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(g + 176 + 64 * s));
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(g + 1168 + 32 * s));
-            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(q0, low4), _mm256_and_si256(_mm256_slli_epi16(h, 4), top));
-            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q0, 4), low4),
-                                               _mm256_and_si256(_mm256_slli_epi16(h, 2), top));
-            const __m256i v2 = _mm256_or_si256(_mm256_and_si256(q1, low4), _mm256_and_si256(h, top));
-            const __m256i v3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q1, 4), low4),
-                                               _mm256_and_si256(_mm256_srli_epi16(h, 2), top));
+            __m256i v0, v1, v2, v3;
+            q6k_codes(g, s, &v0, &v1, &v2, &v3);
             UNROLL for (int m = 0; m < M; m++) {
                 const int8_t *aq = a[m].q + i * QK_K + 16 * s;
                 __m256i p01 = _mm256_maddubs_epi16(v0, bcast4_pinned(aq));
