@@ -16,6 +16,9 @@ import torch
 from minerva.dtypes import DTYPES, canonical_dtype
 from minerva.errors import ConfigError
 
+FP8_CAPABILITY = (8, 9)
+"""The first CUDA compute capability with fp8 (Ada; Hopper is 9.0)."""
+
 
 @dataclass(frozen=True)
 class Platform:
@@ -48,9 +51,9 @@ class Platform:
 
     @property
     def supports_fp8(self) -> bool:
-        """8-bit float arithmetic in kernels (Triton's fp8 types): CUDA compute capability 8.9
-        (Ada) or newer."""
-        return self.is_cuda and torch.cuda.get_device_capability(self.device) >= (8, 9)
+        """8-bit float arithmetic in kernels (Triton's fp8 types, fp8 tensor cores): CUDA
+        compute capability 8.9 (Ada) or newer."""
+        return self.is_cuda and torch.cuda.get_device_capability(self.device) >= FP8_CAPABILITY
 
     @property
     def supports_pdl(self) -> bool:

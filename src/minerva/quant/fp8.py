@@ -18,11 +18,12 @@ from torch import nn
 
 from minerva.errors import ModelLoadError
 from minerva.ops.kernels import KernelSet
+from minerva.platform import FP8_CAPABILITY
 from minerva.quant.base import LinearMethod, create_bias, shard_destination
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-MIN_CAPABILITY = (8, 9)
+MIN_CAPABILITY = FP8_CAPABILITY
 TINY = 1e-12  # the scale of an all-zero row (any positive value decodes it to zeros)
 TRITON_X = False
 """Several tokens: x quantized by one Triton kernel (ops/triton_fp8.py) instead of the torch

@@ -23,7 +23,13 @@ from torch import nn
 
 from minerva.errors import ConfigError, ModelLoadError
 from minerva.ops.kernels import KernelSet
-from minerva.quant.base import LinearMethod, QuantConfig, create_bias, shape_mismatch
+from minerva.quant.base import (
+    LinearMethod,
+    QuantConfig,
+    create_bias,
+    shape_mismatch,
+    shard_destination,
+)
 from minerva.quant.int8 import Int8LinearMethod
 
 GROUP = 128
@@ -101,12 +107,7 @@ class Int4LinearMethod(LinearMethod):
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             raise ModelLoadError("is not a float tensor: int4 quantizes float checkpoints only")
         if param is not layer.weight:  # the bias stays in the model's dtype
-            dest = param.data
-            if shard_id is not None:
-                dest = dest.narrow(0, *layer.shard_rows(shard_id))
-            if tuple(dest.shape) != tuple(tensor.shape):
-                raise shape_mismatch(tensor.shape, dest.shape)
-            dest.copy_(tensor)
+            shard_destination(layer, param, tensor, shard_id).copy_(tensor)
             return
         start, size = layer.shard_rows(shard_id) if shard_id is not None else (0, len(param))
         want = (size, param.shape[1] * 2)
