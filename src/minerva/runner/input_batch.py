@@ -115,6 +115,7 @@ class InputBatch:
         self.block_table = np.zeros((max_num_reqs, max_num_blocks), dtype=np.int32)
         self._free_rows = list(range(max_num_reqs - 1, -1, -1))
         self.num_pooling = 0  # pooling requests held: their steps take the mixed path
+        self.num_matchers = 0  # grammar requests held: a step may need token masks
 
     def update(self, out: SchedulerOutput) -> None:
         """Drop ended and preempted requests, add new ones, apply the per-step deltas."""
@@ -152,6 +153,7 @@ class InputBatch:
             state.matcher = new.structured.new_matcher(state.output_token_ids)
         self.requests[new.request_id] = state
         self.num_pooling += state.pooling
+        self.num_matchers += state.matcher is not None
         self.block_table[row] = 0  # padding past its blocks, as a fresh table has
         self._append_blocks(state, new.block_ids)
         return state
@@ -162,6 +164,7 @@ class InputBatch:
         if state is not None:
             self._free_rows.append(state.row)
             self.num_pooling -= state.pooling
+            self.num_matchers -= state.matcher is not None
 
     def _append_blocks(self, state: CachedRequestState, block_ids: list[int]) -> None:
         row, n = state.row, len(state.block_ids)

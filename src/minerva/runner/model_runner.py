@@ -98,7 +98,7 @@ class ModelRunner:
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
         step = LaunchedStep(out, host)
-        if self.early_masks and self._vocab_size is not None:
+        if self.early_masks and self.input_batch.num_matchers and self._vocab_size is not None:
             step.masks = self._start_masks(host)
         if host.pooling is None:
             logits = self._forward(host, pending)
@@ -251,7 +251,7 @@ class ModelRunner:
                 meta = self._sampling_metadata(states, rows, step.out, vocab)
             else:
                 meta = self._verify_metadata(step.host, step.out, vocab)
-            meta.token_bitmask = self._token_bitmask(_mask_rows(step.host), vocab, step.masks)
+            meta.token_bitmask = self._token_bitmask(step.host, vocab, step.masks)
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -279,15 +279,16 @@ class ModelRunner:
 
     def _token_bitmask(
         self,
-        matchers: list,
+        host: HostInputs,
         vocab_size: int,
         started: Future[np.ndarray | None] | None = None,
     ) -> torch.Tensor | None:
-        """[num_sampling, ceil(vocab / 32)] int32 on the device from the rows' matchers (one
-        per logits row); the host work overlaps the forward already queued on a GPU, and with
+        """[num_sampling, ceil(vocab / 32)] int32 on the device from the matchers of the step's
+        logits rows; the host work overlaps the forward already queued on a GPU, and with
         early_masks began before the forward was launched (`started`)."""
         bitmask = started.result() if started is not None else None
         if bitmask is None or bitmask.shape[1] != bitmask_words(vocab_size):
+            matchers = _mask_rows(host)
             if all(m is None for m in matchers):
                 return None
             bitmask = fill_bitmask(matchers, vocab_size)
