@@ -53,7 +53,7 @@ def fifty_properties() -> dict:
 def decode_steps(engine, batch: int, tokens: int, constrained: bool) -> tuple[list, list]:
     """(wall s, mask s) of each all-decode step of ``batch`` requests."""
     from minerva import SamplingParams
-    from minerva.runner import model_runner
+    from minerva.runner import token_masks
     from minerva.sampling_params import StructuredOutputs
 
     structured = StructuredOutputs(json_schema=LONG_SCHEMA) if constrained else None
@@ -61,7 +61,7 @@ def decode_steps(engine, batch: int, tokens: int, constrained: bool) -> tuple[li
         max_tokens=tokens, temperature=1.0, seed=0, ignore_eos=True, structured=structured
     )
     mask_s = [0.0]
-    fill = model_runner.fill_bitmask
+    fill = token_masks.fill_bitmask
 
     def timed_fill(*args):
         t = time.perf_counter()
@@ -69,7 +69,7 @@ def decode_steps(engine, batch: int, tokens: int, constrained: bool) -> tuple[li
         mask_s[0] += time.perf_counter() - t
         return out
 
-    model_runner.fill_bitmask = timed_fill
+    token_masks.fill_bitmask = timed_fill
     for i in range(batch):
         engine.add_request(f"Record {i}:", params, stream=False)
     walls, masks = [], []
@@ -81,7 +81,7 @@ def decode_steps(engine, batch: int, tokens: int, constrained: bool) -> tuple[li
         if set(engine.last_scheduler_output.num_scheduled_tokens) == {1}:
             walls.append(dt)
             masks.append(mask_s[0])
-    model_runner.fill_bitmask = fill
+    token_masks.fill_bitmask = fill
     return walls, masks
 
 

@@ -125,14 +125,14 @@ def test_token_healing_is_off_by_default_and_leaves_whole_tokens(llm):
 
 
 def test_masks_filled_early_on_their_thread_give_the_same_tokens(monkeypatch, llm):
-    """early_masks (on by default on CUDA) fills a step's grammar masks on the mask thread
-    while the forward runs: the same seeded tokens as filling them after the forward."""
-    from minerva.runner import model_runner
+    """Early masks (TokenMasks.early, on by default on CUDA) fill a step's grammar masks on
+    the mask thread while the forward runs: the same seeded tokens as filling them after it."""
+    from minerva.runner import token_masks
 
     runner = llm.engine.worker.runner
     prompts = [PROMPT, "Hello", PROMPT]
     params = [_json(4), SamplingParams(temperature=1.0, seed=5, max_tokens=12), _json(6)]
-    assert runner.early_masks is False  # the CPU default
+    assert runner.masks.early is False  # the CPU default
     after = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
     threads: list[str] = []
 
@@ -140,9 +140,9 @@ def test_masks_filled_early_on_their_thread_give_the_same_tokens(monkeypatch, ll
         threads.append(threading.current_thread().name)
         return fill_bitmask(matchers, vocab_size)
 
-    fill_bitmask = model_runner.fill_bitmask
-    monkeypatch.setattr(model_runner, "fill_bitmask", recorded)
-    monkeypatch.setattr(runner, "early_masks", True)
+    fill_bitmask = token_masks.fill_bitmask
+    monkeypatch.setattr(token_masks, "fill_bitmask", recorded)
+    monkeypatch.setattr(runner.masks, "early", True)
     early = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
     assert early == after
     assert threads and all(name.startswith("minerva-masks") for name in threads)

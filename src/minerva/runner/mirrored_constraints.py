@@ -1,7 +1,7 @@
 """Structured outputs under tensor / pipeline parallelism: the grammar matchers (llguidance
 objects that do not pickle) live in rank 0's process only. The other ranks get this placeholder
 in their copy of each constrained request; at every step that needs a token bitmask, rank 0's
-bitmask is broadcast to every rank (ModelRunner.share_bitmask), so all ranks sample the same ids."""
+bitmask is broadcast to every rank (TokenMasks.share), so all ranks sample the same ids."""
 
 from __future__ import annotations
 

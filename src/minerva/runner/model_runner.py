@@ -11,8 +11,7 @@ from the device.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,12 +29,11 @@ from minerva.request import (
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import CachedRequestState, HostInputs, InputBatch, to_device
 from minerva.runner.prefill_graphs import PrefillGraphRunner
+from minerva.runner.token_masks import TokenMasks
 from minerva.runner.verify_graphs import VerifyGraphRunner
 from minerva.sampler import Sampler, SamplingMetadata
 from minerva.sampling_params import SamplingParams
 from minerva.spec.rejection_sampler import accept_drafts
-from minerva.structured import fill_bitmask
-from minerva.structured.bitmask import bitmask_words
 
 
 @dataclass
@@ -48,7 +46,7 @@ class LaunchedStep:
     logprobs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # host copies
     done: torch.cuda.Event | None = None  # recorded after the copies to the host
     pooled: tuple[list[str], torch.Tensor] | None = None  # finished pooling ids, [n, hidden]
-    masks: Future[np.ndarray | None] | None = None  # grammar masks being filled (early_masks)
+    masks: Future[np.ndarray | None] | None = None  # grammar masks being filled (TokenMasks)
 
 
 class ModelRunner:
@@ -72,20 +70,13 @@ class ModelRunner:
         self.sampler = Sampler()
         self.input_batch = InputBatch(block_size)
         self.captured_logits: list[torch.Tensor] | None = None  # tests: keep each step's logits
-        # a parallel group's bitmask broadcast (rank 0's matchers decide for every rank)
-        self.share_bitmask: Callable[[torch.Tensor], torch.Tensor] | None = None
         # The latest launch's sampled ids (on the device): the next step's inputs for tokens
         # the host has not read yet (each request's `sample_index` says which one).
         self._last_sampled: torch.Tensor | None = None
         self._arange: torch.Tensor | None = None
         self._range: list[int] = []
-        # Fill grammar masks on a thread of their own from the start of `launch`, so they
-        # overlap the host's forward launch as well as the device's forward (llguidance
-        # releases the GIL). On by default on CUDA only: on the CPU the forward already
-        # takes every core, and the masks would only compete with it.
-        self.early_masks = device.type == "cuda"
-        self._mask_thread: ThreadPoolExecutor | None = None
-        self._vocab_size: int | None = getattr(getattr(model, "config", None), "vocab_size", None)
+        vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+        self.masks = TokenMasks(device, vocab_size)  # grammar masks (runner/token_masks.py)
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its sampled tokens."""
@@ -98,8 +89,8 @@ class ModelRunner:
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
         step = LaunchedStep(out, host)
-        if self.early_masks and self.input_batch.num_matchers and self._vocab_size is not None:
-            step.masks = self._start_masks(host)
+        if self.input_batch.num_matchers:
+            step.masks = self.masks.start(host)
         if host.pooling is None:
             logits = self._forward(host, pending)
         else:  # needs hidden states: the eager forward
@@ -251,7 +242,7 @@ class ModelRunner:
                 meta = self._sampling_metadata(states, rows, step.out, vocab)
             else:
                 meta = self._verify_metadata(step.host, step.out, vocab)
-            meta.token_bitmask = self._token_bitmask(step.host, vocab, step.masks)
+            meta.token_bitmask = self.masks.bitmask(step.host, vocab, step.masks)
         result = self.sampler(logits, meta)
         self._last_sampled = result.token_ids
         step.token_ids = _to_host(result.token_ids)
@@ -264,36 +255,6 @@ class ModelRunner:
         if self.device.type == "cuda":
             step.done = torch.cuda.Event()
             step.done.record()
-
-    def _start_masks(self, host: HostInputs) -> Future[np.ndarray | None] | None:
-        """Begin filling this step's grammar masks on the mask thread (None: no grammar row).
-        The matchers are not touched elsewhere until `_sample` has the result: a request with
-        a grammar has its previous step read before this one is launched
-        (Request.needs_host_tokens), and `launch` waits for the masks before it returns."""
-        matchers = _mask_rows(host)
-        if all(m is None for m in matchers):
-            return None
-        if self._mask_thread is None:
-            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="minerva-masks")
-        return self._mask_thread.submit(fill_bitmask, matchers, self._vocab_size)
-
-    def _token_bitmask(
-        self,
-        host: HostInputs,
-        vocab_size: int,
-        started: Future[np.ndarray | None] | None = None,
-    ) -> torch.Tensor | None:
-        """[num_sampling, ceil(vocab / 32)] int32 on the device from the matchers of the step's
-        logits rows; the host work overlaps the forward already queued on a GPU, and with
-        early_masks began before the forward was launched (`started`)."""
-        bitmask = started.result() if started is not None else None
-        if bitmask is None or bitmask.shape[1] != bitmask_words(vocab_size):
-            matchers = _mask_rows(host)
-            if all(m is None for m in matchers):
-                return None
-            bitmask = fill_bitmask(matchers, vocab_size)
-        mask = copy_to_device(torch.from_numpy(bitmask), self.device)
-        return mask if self.share_bitmask is None else self.share_bitmask(mask)
 
     def _sampling_metadata(
         self, states: list[CachedRequestState], rows: list[int], out: SchedulerOutput, vocab: int
@@ -394,15 +355,6 @@ class ModelRunner:
         if step.logprobs is not None:
             _read_logprobs(step, logprobs)
         return sampled
-
-
-def _mask_rows(host: HostInputs) -> list:
-    """The grammar matcher (or None) of each logits row of a step. A verify step has several
-    rows per request, but a grammar row never has drafts (the speculator skips it)."""
-    states, num_logits = host.sampling_states, host.num_logits
-    if num_logits is None:
-        return [s.matcher for s in states]
-    return [s.matcher for s, n in zip(states, num_logits) for _ in range(n)]
 
 
 def _accepted(

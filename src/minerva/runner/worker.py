@@ -135,7 +135,7 @@ class Worker:
             verify_graphs=graphs[2],
         )
         if self.group.is_parallel:  # structured outputs: rank 0's grammar masks for all
-            self.runner.share_bitmask = self.group.broadcast
+            self.runner.masks.share = self.group.broadcast
         # a CPU has nothing to compile: two tokens take every code path (a prefill, a decode)
         warm_tokens = 2 if self.platform.device.type == "cpu" else 16
         self.runner.warm_up(min(warm_tokens, self.max_model_len - 1))
