@@ -2,11 +2,13 @@
 # GPU figures of speculative decoding (#17) and structured output (#18), and the GPU tests, on one
 # lent GPU machine. Needs the llguidance and gguf wheels in .whl (carry .whl); OUT gets the results.
 #   step combo:      the new kernels' tests, structured, the spec ceiling (one call)
+#   step first:      tests/gpu, structured at the 7B shape, the spec ceiling (one call)
+#   step second:     int8 / int4 7B, spec n-gram + 64 concurrent, producer-quantized x
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
 set -u
-step=${1:?step: combo, tests, structured or spec}
+step=${1:?step: first, second, combo, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -25,6 +27,24 @@ combo)  # the new kernels' tests, then structured and the spec ceiling, each tim
     cd .. || exit 1
     timeout 200 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 | tail -30 ;;
+first)  # every GPU test (cut by SIGINT so pytest still prints its summary), #18 at 7B, #17 ceiling
+    timeout -s INT 250 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
+        | tee "$OUT/gpu_tests.txt"
+    (cd benchmarks && timeout 140 python3 structured_decoding.py --device cuda --shape mistral-7b \
+        --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 | grep -v Warn | tail -5)
+    timeout 160 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
+        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 | tail -24 ;;
+second)  # a random 7B at int8 / int4 (#13), #17 n-gram and 64 concurrent, producer-quantized x
+    python3 benchmarks/gpu_quant_bench.py --parts files --models mistral-7b:int8 \
+        mistral-7b:Q4_K_M --output "$OUT" > /tmp/files.log 2>&1 &
+    timeout 200 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
+        --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 | tail -30
+    wait
+    timeout 230 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
+        --models mistral-7b:int8 mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -4 \
+        | cut -c1-900
+    timeout 100 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
+        --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6 ;;
 tests)
     timeout 330 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 \
         | tee "$OUT/gpu_tests.txt" ;;
