@@ -10,7 +10,8 @@ def assert_agree_until_near_tie(runs, twins, near_tie: float) -> None:
     for (tokens, lps), (ref_tokens, ref_lps) in zip(runs, twins, strict=True):
         div = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
         for i in range(len(tokens) if div is None else div):
-            assert abs(lps[i].logprob - ref_lps[i].logprob) < near_tie
+            gap = abs(lps[i].logprob - ref_lps[i].logprob)
+            assert gap < near_tie, f"token {i}: logprobs {lps[i].logprob} and {ref_lps[i].logprob}"
         if div is not None:
             first, second = ref_lps[div].top_logprobs[:2]
             assert first - second < near_tie, f"parted at token {div} without a near tie"
