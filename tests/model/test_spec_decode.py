@@ -171,6 +171,48 @@ def test_async_scheduling_with_speculation(model_dir, plain):
     assert [o.token_ids for o in llm.generate(PROMPTS, greedy())] == expected
 
 
+class Alternate:
+    """A governor that speculates on every third step only."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def should_speculate(self, num_rows: int) -> bool:
+        self.calls += 1
+        return self.calls % 3 == 0
+
+    def observe(self, *args) -> None:
+        pass
+
+
+def test_plain_steps_of_a_speculating_engine_stay_asynchronous(model_dir, plain):
+    llm = make_llm(model_dir, 4, async_scheduling="on")
+    engine = llm.engine
+    engine.speculator.governor = Alternate()
+    events = []  # ("launch" | "read", step id, verifies drafts)
+    launch, finish = engine.worker.launch, engine._finish
+
+    def logged_launch(out):
+        events.append(("launch", out.step_id, bool(out.scheduled_spec_token_ids)))
+        return launch(out)
+
+    def logged_finish(launched):
+        events.append(("read", launched.out.step_id, bool(launched.out.scheduled_spec_token_ids)))
+        finish(launched)
+
+    engine.worker.launch, engine._finish = logged_launch, logged_finish
+    got = [o.token_ids for o in llm.generate(PROMPTS, greedy())]
+    assert got == [o.token_ids for o in plain.generate(PROMPTS, greedy())]
+    read_at = {step: i for i, (kind, step, _) in enumerate(events) if kind == "read"}
+    launches = [(i, step, spec) for i, (kind, step, spec) in enumerate(events) if kind == "launch"]
+    overlapped = 0
+    for (_, step, spec), (next_at, _, _) in zip(launches, launches[1:]):
+        if spec:  # how many drafts were accepted decides the next step: read first
+            assert read_at[step] < next_at
+        overlapped += read_at[step] > next_at
+    assert overlapped > 0 and any(spec for _, _, spec in launches)
+
+
 def test_grammar_requests_beside_speculated_ones_keep_their_tokens(plain, spec4):
     from minerva.sampling_params import StructuredOutputs
 

@@ -1,4 +1,4 @@
-"""N-gram prompt lookup: the numpy search against its plain-Python twin, and chosen matches."""
+"""N-gram prompt lookup: the per-request index against the plain scan, and chosen matches."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import pytest
 from minerva.request import Request
 from minerva.sampling_params import SamplingParams
 from minerva.spec import NgramProposer
-from minerva.spec.ngram_proposer import lookup, lookup_slow
+from minerva.spec.ngram_proposer import NgramIndex, lookup_slow
 
 
-def test_lookup_matches_the_slow_twin_on_random_sequences():
+def lookup(ids: list[int], lo: int, hi: int, k: int) -> list[int]:
+    return NgramIndex(lo, hi).lookup(ids, k)
+
+
+def test_a_fresh_index_matches_the_slow_twin_on_random_sequences():
     rng = random.Random(0)
     for _ in range(400):
         ids = [rng.randrange(4) for _ in range(rng.randrange(1, 40))]
@@ -40,3 +44,30 @@ def test_proposer_asks_per_request_budget():
     assert prop.propose([a, b], [2, 4]) == [[2, 3], []]
     with pytest.raises(ValueError):
         NgramProposer(3, 2)
+
+
+def test_the_index_answers_like_the_search_as_the_sequence_grows():
+    rng = random.Random(1)
+    for _ in range(60):
+        lo = rng.randrange(1, 4)
+        hi = rng.randrange(lo, 6)
+        index = NgramIndex(lo, hi)
+        ids = [rng.randrange(4) for _ in range(rng.randrange(1, 5))]
+        for _ in range(30):  # a request's tokens arrive one or several (accepted drafts) a step
+            k = rng.randrange(1, 9)
+            assert index.lookup(ids, k) == lookup_slow(ids, lo, hi, k), (ids, lo, hi, k)
+            ids = ids + [rng.randrange(4) for _ in range(rng.randrange(1, 4))]
+
+
+def test_a_replaced_sequence_is_indexed_again():
+    index = NgramIndex(1, 2)
+    assert index.lookup([1, 2, 3, 1, 2], 2) == [3, 1]
+    assert index.lookup([7, 8, 9, 7], 2) == [8, 9]  # not an extension: rebuilt
+
+
+def test_the_proposer_forgets_finished_requests():
+    prop = NgramProposer(1, 2)
+    a = Request("a", [1, 2, 3, 1], SamplingParams())
+    assert prop.propose([a], [2]) == [[2, 3]]
+    prop.forget(["a"])
+    assert prop._indexes == {}

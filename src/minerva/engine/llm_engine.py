@@ -158,8 +158,6 @@ class LLMEngine:
             healed_text=constrained.healed_text,
         )
         for child in children:
-            # Proposals are made from the request's tokens on the host: read each step first.
-            child.needs_host_tokens |= self.speculator is not None
             self.scheduler.add_request(child)
         return request_id
 
@@ -227,14 +225,23 @@ class LLMEngine:
 
         Async scheduling: queue this step, then read the previous one's tokens while the GPU
         runs. While a request needs its previous token on the host (`Request.needs_host_tokens`:
-        penalties today) the step reads it first, so that request keeps one token per step."""
-        if self._inflight is not None and self._needs_host_tokens():
-            self._finish(self._inflight)
-            self._inflight = None
+        penalties, grammars) the step reads it first, so that request keeps one token per step.
+        So does a step that speculates (proposals start from every request's last token) and
+        the step after a verify step (how many drafts were accepted is known only then); a
+        step the governor keeps plain stays asynchronous."""
         speculator = self.speculator
+        speculate = False
         if speculator is not None:
             started = time.perf_counter()
-            speculator.propose(self.scheduler.running)
+            speculate = speculator.decide(self.scheduler.running)
+        inflight = self._inflight
+        if inflight is not None and (
+            speculate or inflight.out.scheduled_spec_token_ids or self._needs_host_tokens()
+        ):
+            self._finish(inflight)
+            self._inflight = None
+        if speculate:
+            speculator.fill(self.scheduler.running)
         scheduled = self.scheduler.schedule()
         if self.speculator is not None and scheduled.preempted_request_ids:
             self.speculator.forget(scheduled.preempted_request_ids)

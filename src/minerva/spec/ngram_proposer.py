@@ -3,56 +3,87 @@ request's last n tokens (n from ngram_max down to ngram_min) in its own prompt a
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from minerva.request import Request
 
 
 class NgramProposer:
     """Host-side and model-free: pays off where the output copies its input (rewrites, code
-    edits, quoting), costs nothing where it finds no match."""
+    edits, quoting), costs little where it finds no match. Each request keeps an index of its
+    n-grams (NgramIndex), extended by the tokens that arrived since its last proposal, so a
+    step costs a few dictionary lookups per request rather than a scan of its whole text."""
 
     def __init__(self, ngram_min: int, ngram_max: int) -> None:
         if not 1 <= ngram_min <= ngram_max:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, got {ngram_min}, {ngram_max}")
         self.ngram_min = ngram_min
         self.ngram_max = ngram_max
+        self._indexes: dict[str, NgramIndex] = {}
 
     def propose(self, requests: Sequence[Request], num_tokens: Sequence[int]) -> list[list[int]]:
-        return [
-            lookup(req.all_token_ids, self.ngram_min, self.ngram_max, k) if k > 0 else []
-            for req, k in zip(requests, num_tokens)
-        ]
+        out = []
+        for req, k in zip(requests, num_tokens):
+            if k <= 0:
+                out.append([])
+                continue
+            index = self._indexes.get(req.request_id)
+            if index is None:
+                index = self._indexes[req.request_id] = NgramIndex(self.ngram_min, self.ngram_max)
+            out.append(index.lookup(req.all_token_ids, k))
+        return out
 
     def forget(self, request_ids: Iterable[str]) -> None:
-        """Nothing is kept between steps."""
+        """Drop the indexes of finished, aborted or preempted requests."""
+        for rid in request_ids:
+            self._indexes.pop(rid, None)
 
 
-def lookup(token_ids: list[int], ngram_min: int, ngram_max: int, k: int) -> list[int]:
-    """Up to k tokens after an earlier match of the longest suffix n-gram that has one (n in
-    [ngram_min, ngram_max]): the latest match followed by k tokens, else the earliest (the
-    longest continuation; a repeated token's latest match is followed by one token only).
-    [] when no suffix of those lengths occurred before."""
-    num = len(token_ids)
-    if num < ngram_min + 1:
+class NgramIndex:
+    """The start positions of every n-gram (ngram_min <= n <= ngram_max) of one token sequence
+    that only grows, indexed up to the one before its last token; ``lookup`` answers like the
+    reference scan ``lookup_slow``."""
+
+    def __init__(self, ngram_min: int, ngram_max: int) -> None:
+        self.ngram_min, self.ngram_max = ngram_min, ngram_max
+        self._starts: list[dict[tuple[int, ...], list[int]]] = [{} for _ in range(ngram_max + 1)]
+        self._seen: list[int] = []  # the tokens indexed so far (a copy: the request's grows)
+
+    def lookup(self, token_ids: list[int], k: int) -> list[int]:
+        num = len(token_ids)
+        if num < self.ngram_min + 1:
+            return []
+        self._extend(token_ids)
+        for n in range(min(self.ngram_max, num - 1), self.ngram_min - 1, -1):
+            hits = self._starts[n].get(tuple(token_ids[num - n :]))
+            if hits:
+                # The latest start followed by k tokens, else the earliest (hits ascend).
+                i = bisect_right(hits, num - n - k) - 1
+                start = (hits[i] if i >= 0 else hits[0]) + n
+                return token_ids[start : start + k]
         return []
-    ids = np.asarray(token_ids, dtype=np.int64)  # [num]
-    for n in range(min(ngram_max, num - 1), ngram_min - 1, -1):
-        # Windows starting at 0..num-n-1: every occurrence but the suffix itself.
-        windows = sliding_window_view(ids[:-1], n)  # [num - n, n]
-        hits = np.flatnonzero((windows == ids[num - n :]).all(axis=1))
-        if hits.size:
-            full = hits[hits + n + k <= num]
-            start = int(full[-1] if full.size else hits[0]) + n
-            return token_ids[start : start + k]
-    return []
+
+    def _extend(self, token_ids: list[int]) -> None:
+        """Index every n-gram that ends before the last token (the suffix looked up may only
+        match an earlier occurrence). Rebuilds where the sequence is not an extension of the
+        one indexed (checked at its last token: a request's tokens only grow)."""
+        seen, end = self._seen, len(token_ids) - 1
+        if len(seen) > end or (seen and token_ids[len(seen) - 1] != seen[-1]):
+            self.__init__(self.ngram_min, self.ngram_max)
+            seen = self._seen
+        for j in range(len(seen), end):  # the n-grams ending at position j
+            seen.append(token_ids[j])
+            for n in range(self.ngram_min, min(self.ngram_max, j + 1) + 1):
+                self._starts[n].setdefault(tuple(seen[j - n + 1 :]), []).append(j - n + 1)
 
 
 def lookup_slow(token_ids: list[int], ngram_min: int, ngram_max: int, k: int) -> list[int]:
-    """The slow twin of ``lookup``: plain Python scans."""
+    """The slow twin of ``NgramIndex.lookup``, a scan of the whole sequence: up to k tokens
+    after an earlier match of the longest suffix n-gram that has one (n in [ngram_min,
+    ngram_max]): the latest match followed by k tokens, else the earliest (the longest
+    continuation; a repeated token's latest match is followed by one token only). [] when no
+    suffix of those lengths occurred before."""
     num = len(token_ids)
     for n in range(min(ngram_max, num - 1), ngram_min - 1, -1):
         suffix = token_ids[num - n :]

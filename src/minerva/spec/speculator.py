@@ -29,17 +29,25 @@ class Speculator:
         self._step_tokens = 0
 
     def propose(self, running: Sequence[Request]) -> None:
-        """Fill ``spec_token_ids`` of every running request that samples next step (all its
-        tokens computed but the last, none pending) with up to K drafts, fewer near its
-        max_tokens or max_model_len (every draft could become an output token); none on a
-        step the governor keeps plain."""
+        """``decide`` and, where it says so, ``fill``: one step's proposals."""
+        if self.decide(running):
+            self.fill(running)
+
+    def decide(self, running: Sequence[Request]) -> bool:
+        """Whether this step speculates (the governor's call; always without one), and the
+        start of the step the governor times. The engine asks before it reads the step in
+        flight: only a speculating step needs every running request's tokens on the host."""
         self._step, self._step_tokens = None, 0
         if not running:
-            return
+            return False
         speculate = self.governor is None or self.governor.should_speculate(len(running))
         self._step = (len(running), speculate)
-        if not speculate:
-            return
+        return speculate
+
+    def fill(self, running: Sequence[Request]) -> None:
+        """Set ``spec_token_ids`` of every running request that samples next step (all its
+        tokens computed but the last, none pending) to up to K drafts, fewer near its
+        max_tokens or max_model_len (every draft could become an output token)."""
         requests, num_tokens = [], []
         k_max, max_len = self.num_speculative_tokens, self.max_model_len
         for req in running:
