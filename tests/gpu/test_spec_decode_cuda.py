@@ -91,3 +91,24 @@ def test_draft_model_on_cuda(tiny, tmp_path):
     llm = make(path, speculative_method="draft", draft_model=str(same), num_speculative_tokens=4)
     assert [o.token_ids for o in llm.generate(PROMPTS, greedy())] == plain
     assert llm.engine.stats().spec_decode.acceptance_rate == 1.0
+    assert llm.engine.worker.draft_catch_up.num_replays > 0  # the passes after verify steps
+
+
+def test_draft_catch_up_graphs_propose_what_the_eager_pass_does(tiny):
+    path, draft = tiny
+    spec = dict(speculative_method="draft", draft_model=str(draft), num_speculative_tokens=4)
+    proposals = []
+    for graphed in (True, False):
+        llm = make(path, **spec)
+        proposer = llm.engine.worker.draft_proposer
+        if not graphed:
+            proposer.catch_up_graph = None
+        proposals.append([])
+
+        def logged(reqs, ks, seen=proposals[-1], propose=proposer.propose):
+            seen.append(propose(reqs, ks))
+            return seen[-1]
+
+        proposer.propose = logged
+        llm.generate(PROMPTS, greedy(32))
+    assert proposals[0] == proposals[1]

@@ -13,6 +13,7 @@ from minerva.loader import ModelSource
 from minerva.runner import model_loading
 from minerva.runner.cuda_graphs import CudaGraphRunner
 from minerva.runner.input_batch import HostInputs
+from minerva.runner.verify_graphs import VerifyGraphRunner
 
 
 def uses_draft_model(config: EngineConfig) -> bool:
@@ -103,6 +104,47 @@ def decode_graph_of(graphs: CudaGraphRunner | None):
             query_start_loc=np.arange(n + 1, dtype=np.int32),
             logits_indices=np.arange(n, dtype=np.int64),
             num_decodes=n,
+            sampling_states=[],
+            sampling_rows=[],
+            pending_indices=[],
+            pending_sources=[],
+        )
+        return graphs.run(host, bucket)
+
+    return replay
+
+
+CATCH_UP_TOKENS = 2
+"""Query tokens per row of the draft's catch-up graphs. After a verify step the draft has not
+yet run the corrected or bonus token, nor, where every draft was accepted, the last draft it
+proposed (never fed back): one or two tokens per request."""
+
+
+def catch_up_graph_of(graphs: VerifyGraphRunner | None):
+    """The draft proposer's hook into the draft's catch-up graphs (rows of up to
+    CATCH_UP_TOKENS tokens, padded like a verify step's): (ids, positions, slots, tables,
+    seq_lens, query starts) -> the logits after each row's last token, or None where the step
+    does not fit a graph (it runs eagerly). None off CUDA."""
+    if graphs is None:
+        return None
+
+    def replay(ids, positions, slots, tables, seq_lens, starts):
+        n = len(seq_lens)
+        bucket = next((b for b in graphs.buckets if b >= n), None)
+        counts = np.diff(starts)
+        if bucket is None or int(counts.max()) > graphs.q:
+            return None
+        if len(tables[0]) > graphs.static["block_tables"].shape[1]:
+            return None
+        host = HostInputs(
+            input_ids=np.array(ids, dtype=np.int64),
+            positions=np.array(positions, dtype=np.int64),
+            slot_mapping=np.array(slots, dtype=np.int64),
+            block_tables=np.array(tables, dtype=np.int32),
+            seq_lens=np.array(seq_lens, dtype=np.int32),
+            query_start_loc=np.array(starts, dtype=np.int32),
+            logits_indices=np.array(starts[1:], dtype=np.int64) - 1,
+            num_decodes=0,
             sampling_states=[],
             sampling_rows=[],
             pending_indices=[],

@@ -282,6 +282,15 @@ class Worker:
             self.draft_config, progress=progress, num_kv_blocks=self.num_kv_blocks
         )
         draft = self.draft_worker
+        catch_up = None
+        if draft.runner.graphs is not None:  # CUDA graphs on: the catch-up passes too
+            catch_up = VerifyGraphRunner(
+                draft.model, draft.kv_caches, self.config.cache.block_size,
+                draft_model.CATCH_UP_TOKENS, self.config.scheduler.max_num_seqs,
+                self.max_model_len, self.platform.device, pool=draft.runner.graphs.pool,
+            )  # fmt: skip
+            catch_up.capture()
+        self.draft_catch_up = catch_up
         self.draft_proposer = DraftModelProposer(
             draft.model,
             draft.kv_caches,
@@ -289,6 +298,7 @@ class Worker:
             self.platform.device,
             self.model_config.vocab_size,
             decode_graph=draft_model.decode_graph_of(draft.runner.graphs),
+            catch_up_graph=draft_model.catch_up_graph_of(catch_up),
         )
         self.num_lookahead_tokens = self.config.speculative.num_speculative_tokens
 

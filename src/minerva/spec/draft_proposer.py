@@ -26,6 +26,13 @@ DecodeGraph = Callable[
 """(input_ids, positions, slots, block tables, seq_lens) of a one-token-per-row draft step ->
 its logits from a captured CUDA graph, or None where no graph fits (the step runs eagerly)."""
 
+CatchUpGraph = Callable[
+    [list[int], list[int], list[int], list[list[int]], list[int], list[int]],
+    "torch.Tensor | None",
+]
+"""The same with query starts, for rows of one or two tokens (a catch-up pass after a verify
+step): the logits after each row's last token, or None (eager)."""
+
 
 @dataclass
 class _DraftState:
@@ -53,10 +60,14 @@ class DraftModelProposer:
         device: torch.device,
         vocab_size: int,
         decode_graph: DecodeGraph | None = None,
+        catch_up_graph: CatchUpGraph | None = None,
     ) -> None:
         """vocab_size: the target's; the draft's argmax never picks an id past it.
-        decode_graph: replays the draft's decode graphs for its one-token steps (CUDA)."""
+        decode_graph: replays the draft's decode graphs for its one-token steps (CUDA);
+        catch_up_graph: its graphs of rows of up to two tokens, for the first pass after a
+        verify step (an eager pass there cost as much as the rest of the step)."""
         self.decode_graph = decode_graph
+        self.catch_up_graph = catch_up_graph
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -131,6 +142,8 @@ class DraftModelProposer:
         logits = None
         if num_decodes == len(rows) and self.decode_graph is not None:
             logits = self.decode_graph(ids, positions, slots, padded, seq_lens)
+        elif self.catch_up_graph is not None and max(len(r.token_ids) for r in rows) <= 2:
+            logits = self.catch_up_graph(ids, positions, slots, padded, seq_lens, starts)
         if logits is None:
             logits = self._eager(ids, positions, slots, padded, seq_lens, starts, num_decodes)
         picked = logits[:, : self.vocab_size].argmax(dim=-1).tolist()
