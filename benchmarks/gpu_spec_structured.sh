@@ -4,7 +4,7 @@
 #   step combo:      the new kernels' tests, structured, the spec ceiling (one call)
 #   step first:      tests/gpu, structured at the 7B shape, the spec ceiling (one call)
 #   step second:     int8 / int4 7B, spec n-gram + 64 concurrent, producer-quantized x
-#   step final:      changed paths' tests, spec ceiling / n-gram / 64 / trained pair, structured
+#   step final:      changed paths' tests, spec ceiling / n-gram / 64, structured, int4 sweep
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
@@ -46,22 +46,20 @@ second)  # a random 7B at int8 / int4 (#13), #17 n-gram and 64 concurrent, produ
         | cut -c1-900
     timeout 100 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6 ;;
-final)  # the changed paths' tests, then #17 (ceiling, n-gram / 64, trained pair), #18 at 7B
-    timeout -s INT 120 python3 -m pytest -q -p no:cacheprovider -rf \
-        tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py \
-        tests/gpu/test_cuda_engine.py 2>&1 | tail -8 | tee "$OUT/gpu_tests_final.txt"
-    timeout 150 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
+final)  # the changed paths' tests, #17 (ceiling, n-gram / 64), #18 at 7B, the int4 sweep
+    timeout -s INT 90 python3 -m pytest -q -p no:cacheprovider -rf \
+        tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py 2>&1 | tail -8 \
+        | tee "$OUT/gpu_tests_final.txt"
+    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
         | grep -E "speedup|rounds|tok_s|acceptance" | head -20
-    timeout 150 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
+    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
         | grep -E "speedup|tok_s" | head -20
-    (cd benchmarks && timeout 100 python3 structured_decoding.py --device cuda --shape mistral-7b \
+    (cd benchmarks && timeout 90 python3 structured_decoding.py --device cuda --shape mistral-7b \
         --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
         | grep -v Warn | tail -4)
-    [ -d build/demo_target ] && timeout 100 python3 benchmarks/spec_bench.py --device cuda \
-        --parts pair --target-folder build/demo_target --ks 4 --k 4 --tokens 128 --repeats 2 \
-        --pair-prompts 6 --output "$OUT" 2>&1 | grep -v '^ \|^[{}]' | tail -14 ;;
+    timeout 130 python3 benchmarks/int4_sweep.py --budget-s 110 --output "$OUT" 2>&1 | tail -14 ;;
 tests)
     timeout 330 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 \
         | tee "$OUT/gpu_tests.txt" ;;

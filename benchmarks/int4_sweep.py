@@ -65,7 +65,9 @@ def main() -> None:
             triton_int4.gemv_config = default_gemv if cfg is None else (lambda n, k, c=cfg: c)
             try:
                 out = triton_int4.gemv(x, codes, scale, offset)
-                ms = triton.testing.do_bench(lambda: triton_int4.gemv(x, codes, scale, offset))
+                ms = triton.testing.do_bench(
+                    lambda a=(x, codes, scale, offset): triton_int4.gemv(*a)
+                )
             except Exception as e:  # a config that does not compile or fit: recorded
                 rows.append({"config": cfg, "error": f"{type(e).__name__}: {e}"[:300]})
                 continue
@@ -82,7 +84,9 @@ def main() -> None:
                 triton_int4.gemm_config = default_gemm if cfg is None else (lambda m, c=cfg: c)
                 try:
                     out = triton_int4.gemm(xm, codes, scale, offset)
-                    ms = triton.testing.do_bench(lambda: triton_int4.gemm(xm, codes, scale, offset))
+                    ms = triton.testing.do_bench(
+                        lambda a=(xm, codes, scale, offset): triton_int4.gemm(*a)
+                    )
                 except Exception as e:
                     rows.append({"config": cfg, "error": f"{type(e).__name__}: {e}"[:300]})
                     continue
