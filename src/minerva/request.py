@@ -81,11 +81,11 @@ class TokenSequence:
 
 
 def needs_host_tokens(params: SamplingParams) -> bool:
-    """True when a request's next input needs its previous sampled token on the host, so its
-    next step cannot be queued before the previous one is read (penalties count the output
-    tokens on the host; a grammar matcher or token healing reads each token before the next
-    mask; n-gram proposals will need them too)."""
-    return params.has_penalties or params.structured is not None or params.token_healing
+    """True when a request's next step cannot be queued before its previous sampled token is
+    on the host (penalties count the output tokens on the host when the step is launched; token
+    healing's matcher is kept off that path). A grammar does not need it: the runner queues
+    the step's forward and samples it once the previous token has advanced the matcher."""
+    return params.has_penalties or params.token_healing
 
 
 @dataclass(eq=False)

@@ -206,7 +206,8 @@ def test_draft_model_speculation_on_rank_zero(llama_path, tmp_path):
 
 def test_structured_outputs_and_token_healing_match_one_device(tmp_path):
     """The grammar matchers live on rank 0; its bitmask reaches every rank, so sampled JSON
-    (seeded, not greedy: a rank without the mask would sample another token) is the same."""
+    (seeded, not greedy: a rank without the mask would sample another token) is the same, with
+    async scheduling too."""
     path = build_tiny_text_model(tmp_path / "text", seed=2)
     json = SamplingParams(max_tokens=12, temperature=1.0, seed=7, n=2,
                           structured=StructuredOutputs(json_object=True))  # fmt: skip
@@ -223,6 +224,9 @@ def test_structured_outputs_and_token_healing_match_one_device(tmp_path):
     one = outputs()
     assert one[0] != one[1] and one[0].startswith("{")  # sampled, and constrained
     assert outputs(tensor_parallel_size=2) == one
+    # async: every rank queues a step's forward first and samples it once rank 0 has read the
+    # step before (ParallelWorker.sample), the bitmask broadcast then
+    assert outputs(tensor_parallel_size=2, async_scheduling="on") == one
 
 
 def test_in_situ_quantization_matches_one_device(llama_path):

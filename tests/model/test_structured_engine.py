@@ -39,7 +39,8 @@ def llm(request):
 
 
 def _json(seed: int, **kw) -> SamplingParams:
-    return SamplingParams(temperature=1.0, seed=seed, max_tokens=80, structured=JSON, **kw)
+    kw = {"max_tokens": 80, **kw}
+    return SamplingParams(temperature=1.0, seed=seed, structured=JSON, **kw)
 
 
 def test_grammar_rows_keep_the_seeded_tokens_in_any_batch(llm):
@@ -146,3 +147,129 @@ def test_masks_filled_early_on_their_thread_give_the_same_tokens(monkeypatch, ll
     early = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
     assert early == after
     assert threads and all(name.startswith("minerva-masks") for name in threads)
+
+
+# -- grammar rows under async scheduling: the next forward is queued before the step is read --
+REGEX = StructuredOutputs(regex=r"\d{3}-\d{2}")
+CHOICE = StructuredOutputs(choice=["yes", "no", "maybe so"])
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The same engine without and with async scheduling (the CPU's async path is the GPU's)."""
+    return _llm(async_scheduling="off", block_size=4), _llm(async_scheduling="on", block_size=4)
+
+
+def _outputs(llm: LLM, prompts, params) -> list[tuple]:
+    return [
+        (o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason)
+        for o in llm.generate(prompts, params)
+    ]
+
+
+def _mixed_batch() -> tuple[list[str], list[SamplingParams]]:
+    """Grammar rows (seeded at temperature 1, greedy, ending by the grammar, by max_tokens
+    and by a stop string) among free rows (seeded, greedy)."""
+    rows = [
+        (PROMPT, _json(1)),
+        ("Once upon a time", SamplingParams(temperature=1.0, seed=9, max_tokens=30)),
+        ("Code:", SamplingParams(temperature=1.0, seed=4, max_tokens=20, structured=REGEX)),
+        (PROMPT, _json(2, max_tokens=7)),
+        ("Hello", SamplingParams(temperature=0, max_tokens=25)),
+        ("Answer:", SamplingParams(temperature=0, structured=CHOICE)),
+        (PROMPT, SamplingParams(temperature=0, max_tokens=80, structured=JSON)),
+        (PROMPT, _json(3, stop=['"kind"'])),
+        (PROMPT, _json(5)),
+    ]
+    return [p for p, _ in rows], [sp for _, sp in rows]
+
+
+def test_async_grammar_rows_give_the_tokens_of_sync_ones(pair):
+    sync, async_ = pair
+    prompts, params = _mixed_batch()
+    want = _outputs(sync, prompts, params)
+    got = _outputs(async_, prompts, params)
+    assert got == want
+    reasons = [r for _, _, r in want]
+    assert reasons[3] == "length" and reasons[7] == "stop" and '"kind"' not in want[7][1]
+    assert want[2][2] == "stop" and len(want[2][1]) == 6  # the regex ended the request
+    assert want[5][1] in ("yes", "no", "maybe so")
+    for i in (0, 6, 8):
+        assert reasons[i] == "stop" and set(json.loads(want[i][1])) == {"id", "kind", "tags"}
+
+
+def test_grammar_steps_are_launched_before_the_previous_one_is_read(pair):
+    """Every row has a grammar: the next step's forward is still queued before the previous
+    step is read, and its sampling after; a row whose grammar ended while the next step was in
+    flight drops that step's token (the outputs equal the synchronous engine's)."""
+    sync, async_ = pair
+    engine = async_.engine
+    events = []  # ("launch" | "sample" | "read", step id)
+    dropped = []  # tokens of rows that had ended by the time their step was read
+    launch, sample, finish = engine.worker.launch, engine.worker.sample, engine._finish
+    update = engine.scheduler.update
+
+    def logged_launch(out):
+        events.append(("launch", out.step_id))
+        return launch(out)
+
+    def logged_sample(step):
+        events.append(("sample", step.out.step_id))
+        return sample(step)
+
+    def logged_finish(launched):
+        events.append(("read", launched.out.step_id))
+        return finish(launched)
+
+    def logged_update(out, sampled):
+        requests = engine.scheduler._in_flight.get(out.step_id, ())
+        dropped.extend(t for r, t in zip(requests, sampled) if r.is_finished and t)
+        return update(out, sampled)
+
+    engine.worker.launch, engine.worker.sample = logged_launch, logged_sample
+    engine._finish, engine.scheduler.update = logged_finish, logged_update
+    prompts = [PROMPT, "Code:", PROMPT, "Answer:"]
+    params = [
+        _json(1),
+        SamplingParams(temperature=1.0, seed=4, max_tokens=20, structured=REGEX),
+        _json(2),
+        SamplingParams(temperature=0, structured=CHOICE),
+    ]
+    try:
+        got = _outputs(async_, prompts, params)
+    finally:
+        del engine.worker.launch, engine.worker.sample, engine._finish, engine.scheduler.update
+    assert got == _outputs(sync, prompts, params)
+    at = {(kind, step): i for i, (kind, step) in enumerate(events)}
+    launches = [step for kind, step in events if kind == "launch"]
+    overlapped = [(a, b) for a, b in zip(launches, launches[1:]) if at["launch", b] < at["read", a]]
+    assert len(overlapped) > len(launches) // 2
+    for a, b in overlapped:  # b's masks follow a's tokens: sampled once a is read
+        assert at["read", a] < at["sample", b]
+    assert dropped  # a request ended while its next step was in flight
+    assert engine.worker.runner._waiting is None  # no sampling left behind
+
+
+def test_aborting_a_grammar_request_mid_stream_under_async(pair):
+    sync, async_ = pair
+    prompts = [PROMPT, "Once upon a time", PROMPT]
+    params = [_json(1), SamplingParams(temperature=1.0, seed=9, max_tokens=30), _json(2)]
+    want = _outputs(sync, prompts, params)
+    engine = async_.engine
+    ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    tokens: dict[str, list[int]] = {i: [] for i in ids}
+    finished: dict[str, str] = {}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens[out.request_id] = out.outputs[0].token_ids
+            if out.finished:
+                finished[out.request_id] = out.outputs[0].finish_reason
+        steps += 1
+        if steps == 6:
+            engine.abort_request(ids[0])
+    assert finished[ids[0]] == "abort"
+    assert 0 < len(tokens[ids[0]]) < len(want[0][0])
+    assert tokens[ids[0]] == want[0][0][: len(tokens[ids[0]])]
+    assert [tokens[ids[1]], tokens[ids[2]]] == [want[1][0], want[2][0]]
+    assert engine.worker.runner._waiting is None  # no sampling left behind

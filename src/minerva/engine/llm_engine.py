@@ -1,7 +1,9 @@
 """LLMEngine: the synchronous engine. add_request() queues; step() = schedule -> run -> update.
 
 With async scheduling (on CUDA) a step queues its GPU work and then reads the *previous* step's
-tokens, so the host's scheduling, input building and output processing overlap the GPU.
+tokens, so the host's scheduling, input building and output processing overlap the GPU. A step
+with grammar rows does too: its forward is queued first, and its sampling (which needs masks from
+the matchers advanced by the previous step's tokens) once the previous step has been read.
 """
 
 from __future__ import annotations
@@ -225,10 +227,13 @@ class LLMEngine:
 
         Async scheduling: queue this step, then read the previous one's tokens while the GPU
         runs. While a request needs its previous token on the host (`Request.needs_host_tokens`:
-        penalties, grammars) the step reads it first, so that request keeps one token per step.
-        So does a step that speculates (proposals start from every request's last token) and
-        the step after a verify step (how many drafts were accepted is known only then); a
-        step the governor keeps plain stays asynchronous."""
+        penalties, token healing) the step reads it first, so that request keeps one token per
+        step. So does a step that speculates (proposals start from every request's last token)
+        and the step after a verify step (how many drafts were accepted is known only then); a
+        step the governor keeps plain stays asynchronous. Grammar rows stay asynchronous: the
+        worker queues this step's forward, the previous step is read (its tokens advance the
+        matchers), then `worker.sample` queues this step's sampling with the masks they give;
+        a row whose request ended meanwhile samples a token that the update drops."""
         speculator = self.speculator
         speculate = False
         if speculator is not None:
@@ -249,6 +254,8 @@ class LLMEngine:
         launched = None if scheduled.is_empty else self.worker.launch(scheduled)
         if self._inflight is not None:
             self._finish(self._inflight)
+        if launched is not None:
+            self.worker.sample(launched)  # where its grammar masks waited for those tokens
         self._inflight = launched
         if launched is not None and not self.async_scheduling:
             self._finish(launched)

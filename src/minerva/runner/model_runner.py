@@ -6,6 +6,12 @@ and appends the tokens it samples to it. The only host sync of a step is reading
 `wait`. `launch` queues a step and returns at once, so the engine can queue step N+1 before it
 reads step N's tokens; tokens the host has not read yet go into the next step's inputs straight
 from the device.
+
+A grammar row's mask depends on the token before it, but only the sampling at the end of a step
+needs the mask, not its forward. So when step N+1 has a grammar row whose previous token step N
+has not handed to the host yet, `launch` queues only N+1's forward and keeps its logits; `wait`
+of step N advances the matchers (and on CUDA starts N+1's masks on the mask thread), and
+`sample` (the engine calls it once it has read N) queues N+1's sampling behind its forward.
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ class LaunchedStep:
     done: torch.cuda.Event | None = None  # recorded after the copies to the host
     pooled: tuple[list[str], torch.Tensor] | None = None  # finished pooling ids, [n, hidden]
     masks: Future[np.ndarray | None] | None = None  # grammar masks being filled (TokenMasks)
+    logits: torch.Tensor | None = None  # kept while its sampling waits (`sampled` False)
+    sampled: bool = True
+    """False while its sampling waits for grammar masks that need the previous step's tokens
+    (ModelRunner.sample queues it once that step has been read)."""
+    after: LaunchedStep | None = None  # the step whose tokens a waiting sampling needs read
+    read: bool = False  # `wait` has handed its tokens to the host
 
 
 class ModelRunner:
@@ -77,6 +89,8 @@ class ModelRunner:
         self._range: list[int] = []
         vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
         self.masks = TokenMasks(device, vocab_size)  # grammar masks (runner/token_masks.py)
+        self._latest: LaunchedStep | None = None  # the last step launched
+        self._waiting: LaunchedStep | None = None  # a launched step whose sampling waits
 
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
         """Run one step and wait for its sampled tokens."""
@@ -84,12 +98,16 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput) -> LaunchedStep:
-        """Queue one step's forward and sampling on the device; returns before it finishes."""
+        """Queue one step's forward and sampling on the device; returns before it finishes.
+        Its sampling waits (`sample`) where a grammar row's previous token is still unread."""
+        if self._waiting is not None:  # its sampled ids are this step's pending inputs
+            self.sample(self._waiting)
         self.input_batch.update(out)
         host = self.input_batch.prepare(out)
         pending = self._pending_inputs(host)
         step = LaunchedStep(out, host)
-        if self.input_batch.num_matchers:
+        behind = self.input_batch.num_matchers and _matchers_behind(host)
+        if self.input_batch.num_matchers and not behind:
             step.masks = self.masks.start(host)
         if host.pooling is None:
             logits = self._forward(host, pending)
@@ -98,8 +116,26 @@ class ModelRunner:
         if self.captured_logits is not None:
             self.captured_logits.append(logits.detach().cpu().clone())
         if host.sampling_states:
-            self._sample(logits, step)
+            if behind:  # the masks need the previous step's tokens: sample once it is read
+                step.logits, step.sampled, step.after = logits, False, self._latest
+                self._waiting = step
+            else:
+                self._sample(logits, step)
+        self._latest = step
         return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep) -> None:
+        """Queue the sampling of a step launched before its grammar rows' previous tokens were
+        read (a no-op for any other step): its masks now follow the matchers `wait` advanced."""
+        if step.sampled:
+            return
+        if step.after is not None and not step.after.read:
+            raise RuntimeError("a step's grammar masks need the previous step read first")
+        logits, step.logits, step.sampled, step.after = step.logits, None, True, None
+        if self._waiting is step:
+            self._waiting = None
+        self._sample(logits, step)
 
     def _forward(self, host: HostInputs, pending) -> torch.Tensor:
         """Logits [num_sampling, vocab] of a step: a captured graph where one fits, else eager."""
@@ -310,6 +346,8 @@ class ModelRunner:
     def wait(self, step: LaunchedStep) -> RunnerOutput:
         """Block until `step`'s sampled ids reach the host (the step's one sync); the runner's
         copy of each request that sampled gets its token."""
+        if not step.sampled:
+            self.sample(step)
         out = step.out
         num_seqs = len(out.request_ids)
         logprobs: list[list[Logprobs] | None] = [None] * num_seqs
@@ -333,6 +371,10 @@ class ModelRunner:
                 torch.cuda.current_stream().synchronize()  # nothing sampled: no event recorded
             ids, vectors = step.pooled
             result.pooled = dict(zip(ids, vectors.tolist()))
+        step.read = True
+        waiting = self._waiting
+        if waiting is not None and waiting.after is step:  # its matchers are up to date now
+            waiting.masks = self.masks.start(waiting.host)
         return result
 
     @staticmethod
@@ -355,6 +397,16 @@ class ModelRunner:
         if step.logprobs is not None:
             _read_logprobs(step, logprobs)
         return sampled
+
+
+def _matchers_behind(host: HostInputs) -> bool:
+    """Whether a grammar row of this step feeds a token the previous step sampled and the host
+    has not read yet (its matcher has not seen it). A sampling row whose computed count reaches
+    its known tokens computes a pending token, its only input this step."""
+    return any(
+        s.matcher is not None and s.num_computed_tokens >= s.num_tokens
+        for s in host.sampling_states
+    )
 
 
 def _accepted(

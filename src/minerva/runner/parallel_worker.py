@@ -92,7 +92,7 @@ class _Rank:
 
 class ParallelWorker:
     """Rank 0's Worker plus ranks 1..N-1 in their own processes, supervised: the engine calls
-    launch / wait / score / prompt_logprobs as on a Worker; every other attribute is rank 0's."""
+    launch / sample / wait / score / prompt_logprobs as on a Worker; every other attribute is rank 0's."""
 
     def __init__(self, config: EngineConfig, progress: bool = True) -> None:
         self.config = config
@@ -137,6 +137,12 @@ class ParallelWorker:
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
         self._send(("launch", without_matchers(scheduled)))
         return self._guard(self.worker.launch, scheduled)
+
+    def sample(self, step: LaunchedStep) -> None:
+        if step.sampled:  # every rank decides alike (a mirrored matcher counts as a grammar)
+            return
+        self._send(("sample", None))
+        self._guard(self.worker.sample, step)
 
     def wait(self, step: LaunchedStep) -> RunnerOutput:
         self._send(("wait", None))

@@ -58,6 +58,8 @@ def _serve(worker, conn: Connection) -> None:
         kind, payload = pickle.loads(conn.recv_bytes())
         if kind == "launch":
             launched.append(worker.launch(payload))
+        elif kind == "sample":  # the latest launch, once the step before it was read
+            worker.sample(launched[-1])
         elif kind == "wait":
             worker.wait(launched.popleft())
         elif kind == "score":

@@ -1,12 +1,14 @@
 """A step's grammar token masks, for the runner: the matcher of each logits row, their bitmask
 filled on the host (structured/bitmask.py, llguidance) and moved to the device.
 
-On CUDA (`early`) the fill starts on a thread of its own as soon as the step's inputs are known,
-before the forward is launched, so it overlaps the host's launch as well as the device's work
+On CUDA (`early`) the fill starts on a thread of its own as soon as the matchers have seen every
+token before the step: at `launch`, before the forward is queued, when they have; else (a grammar
+row's previous token was still on the device at launch) at the end of `wait` for the step before,
+which advances them. It then overlaps the device's forward and the engine's output processing
 (llguidance releases the GIL). The matchers are not touched elsewhere until `bitmask` has the
-result: a request with a grammar has its previous step read before the next one is launched
-(Request.needs_host_tokens), and the runner's `launch` takes the masks before it returns. On
-the CPU the forward already takes every core, and an early fill would only compete with it.
+result: the runner's sampling of the step takes it, and the runner reads no other step's tokens
+before that sampling is queued. On the CPU the forward already takes every core, and an early
+fill would only compete with it.
 """
 
 from __future__ import annotations

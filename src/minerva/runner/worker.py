@@ -2,6 +2,7 @@
 
     worker = Worker(config)                  # platform, model, weights, KV cache, graphs, warm-up
     step = worker.launch(scheduler_output)   # queue a step; returns at once
+    worker.sample(step)                      # (after reading the step before: grammar masks)
     result = worker.wait(step)               # RunnerOutput (the step's one host sync)
 
 The engine sees only that step contract and the facts below (tokenizer, max_model_len,
@@ -150,6 +151,11 @@ class Worker:
     def launch(self, scheduled: SchedulerOutput) -> LaunchedStep:
         """Queue one step's forward and sampling on the device; returns before it finishes."""
         return self.runner.launch(scheduled)
+
+    def sample(self, step: LaunchedStep) -> None:
+        """Queue `step`'s sampling if it waited for the previous step's tokens to be read (its
+        grammar masks need them); a no-op otherwise."""
+        self.runner.sample(step)
 
     def wait(self, step: LaunchedStep) -> RunnerOutput:
         """Block until `step`'s sampled tokens reach the host."""
