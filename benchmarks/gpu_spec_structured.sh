@@ -48,7 +48,8 @@ second)  # a random 7B at int8 / int4 (#13), #17 n-gram and 64 concurrent, produ
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6 ;;
 final)  # the changed paths' tests, #17 (ceiling, n-gram / 64), #18 at 7B, the int4 sweep
     timeout -s INT 90 python3 -m pytest -q -p no:cacheprovider -rf \
-        tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py 2>&1 | tail -8 \
+        tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py \
+        tests/gpu/test_structured_cuda.py 2>&1 | tail -8 \
         | tee "$OUT/gpu_tests_final.txt"
     timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
