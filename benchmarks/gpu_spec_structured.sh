@@ -46,20 +46,19 @@ second)  # a random 7B at int8 / int4 (#13), #17 n-gram and 64 concurrent, produ
         | cut -c1-900
     timeout 100 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6 ;;
-final)  # the changed paths' tests, #17 (ceiling, n-gram / 64), #18 at 7B, the int4 sweep
+final)  # the changed paths' tests, #18 at 7B, #17 (n-gram / 64, ceiling), the int4 sweep
     timeout -s INT 90 python3 -m pytest -q -p no:cacheprovider -rf \
         tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py \
-        tests/gpu/test_structured_cuda.py 2>&1 | tail -8 \
-        | tee "$OUT/gpu_tests_final.txt"
-    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
-        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
-        | grep -E "speedup|rounds|tok_s|acceptance" | head -20
-    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
-        --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
-        | grep -E "speedup|tok_s" | head -20
+        tests/gpu/test_structured_cuda.py 2>&1 | tail -8 | tee "$OUT/gpu_tests_final.txt"
     (cd benchmarks && timeout 90 python3 structured_decoding.py --device cuda --shape mistral-7b \
         --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
         | grep -v Warn | tail -4)
+    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
+        --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
+        | grep -E "speedup|tok_s" | head -20
+    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
+        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
+        | grep -E "speedup|rounds|tok_s|acceptance" | head -20
     timeout 130 python3 benchmarks/int4_sweep.py --budget-s 110 --output "$OUT" 2>&1 | tail -14 ;;
 tests)
     timeout 330 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 \
