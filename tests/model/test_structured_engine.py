@@ -62,11 +62,12 @@ def test_grammar_rows_keep_the_seeded_tokens_in_any_batch(llm):
     ]
 
 
-def test_a_preempted_grammar_request_resumes_its_matcher():
+@pytest.mark.parametrize("mode", ["off", "on"], ids=["sync", "async"])
+def test_a_preempted_grammar_request_resumes_its_matcher(mode):
     reference = _llm(block_size=4)
     expected = [reference.generate([PROMPT], _json(s))[0].outputs[0].text for s in range(4)]
     # Four requests need more than 25 blocks of 4 tokens: some get preempted and resumed.
-    tight = _llm(block_size=4, num_kv_blocks=26, max_model_len=96)
+    tight = _llm(block_size=4, num_kv_blocks=26, max_model_len=96, async_scheduling=mode)
     outs = tight.generate([PROMPT] * 4, [_json(s) for s in range(4)])
     assert tight.engine.scheduler.num_preemptions > 0
     assert [o.outputs[0].text for o in outs] == expected
