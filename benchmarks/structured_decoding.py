@@ -4,7 +4,7 @@ requests (rounds interleaved, medians), the host's share of it (token masks + bi
 the compile time of a 50-property schema on the demo (4096) and a 32k vocabulary.
 
     PYTHONPATH=src python3 benchmarks/structured_decoding.py [--batches 1 64 256] [--tokens 16]
-        [--device cpu|cuda]
+        [--device cpu|cuda] [--async-scheduling auto|on|off]
 
 Writes benchmarks/results/structured_decoding_<device>.json and prints a table.
 """
@@ -147,6 +147,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--shape", default=None, help="a benchmarks/shapes.py shape (random weights)")
     ap.add_argument("--output", default=None)
+    ap.add_argument(
+        "--async-scheduling", default="auto", choices=["auto", "on", "off"],
+        help="the engine's async_scheduling (auto: on for CUDA, off on the CPU)",
+    )  # fmt: skip
     args = ap.parse_args()
     name = args.device + (f"_{args.shape}" if args.shape else "")
     args.output = args.output or f"benchmarks/results/structured_decoding_{name}.json"
@@ -160,6 +164,7 @@ def main() -> None:
         dtype=dtype,
         max_num_seqs=max(args.batches),
         max_num_batched_tokens=8192,
+        async_scheduling=args.async_scheduling,
         progress=False,
         **extra,
     )

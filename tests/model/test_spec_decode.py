@@ -226,3 +226,29 @@ def test_grammar_requests_beside_speculated_ones_keep_their_tokens(plain, spec4)
     got = spec4.generate(PROMPTS[:4], params)
     assert [o.token_ids for o in got] == want
     assert got[0].outputs[0].text[3] == "-"
+
+
+def test_grammar_rows_of_an_async_speculating_engine_keep_their_tokens(model_dir, plain):
+    """Async scheduling with a governor that keeps most steps plain: grammar rows are launched
+    before the step in flight is read (their sampling after it) on the plain steps, beside rows
+    that verify drafts on the others, and keep the tokens of plain decoding."""
+    from minerva.sampling_params import StructuredOutputs
+
+    llm = make_llm(model_dir, 4, async_scheduling="on")
+    llm.engine.speculator.governor = Alternate()
+    deferred = []
+    sample = llm.engine.worker.sample
+
+    def counted(step):
+        deferred.append(not step.sampled)
+        return sample(step)
+
+    llm.engine.worker.sample = counted
+    regex = SamplingParams(
+        max_tokens=20, temperature=0.8, seed=4, structured=StructuredOutputs(regex=r"\d{3}-\d{2}")
+    )
+    params = [regex, greedy(30), regex, greedy(30)]
+    want = [plain.generate(p, sp)[0].token_ids for p, sp in zip(PROMPTS, params)]
+    got = llm.generate(PROMPTS[:4], params)
+    assert [o.token_ids for o in got] == want
+    assert any(deferred) and llm.engine.stats().spec_decode.num_draft_tokens > 0

@@ -62,11 +62,12 @@ def test_grammar_rows_keep_the_seeded_tokens_in_any_batch(llm):
     ]
 
 
-def test_a_preempted_grammar_request_resumes_its_matcher():
+@pytest.mark.parametrize("mode", ["off", "on"], ids=["sync", "async"])
+def test_a_preempted_grammar_request_resumes_its_matcher(mode):
     reference = _llm(block_size=4)
     expected = [reference.generate([PROMPT], _json(s))[0].outputs[0].text for s in range(4)]
     # Four requests need more than 25 blocks of 4 tokens: some get preempted and resumed.
-    tight = _llm(block_size=4, num_kv_blocks=26, max_model_len=96)
+    tight = _llm(block_size=4, num_kv_blocks=26, max_model_len=96, async_scheduling=mode)
     outs = tight.generate([PROMPT] * 4, [_json(s) for s in range(4)])
     assert tight.engine.scheduler.num_preemptions > 0
     assert [o.outputs[0].text for o in outs] == expected
@@ -273,3 +274,26 @@ def test_aborting_a_grammar_request_mid_stream_under_async(pair):
     assert tokens[ids[0]] == want[0][0][: len(tokens[ids[0]])]
     assert [tokens[ids[1]], tokens[ids[2]]] == [want[1][0], want[2][0]]
     assert engine.worker.runner._waiting is None  # no sampling left behind
+
+
+def test_a_waiting_sampling_is_refused_before_the_step_before_is_read(pair):
+    """The runner samples a grammar step launched over an unread step only once that step is
+    read (its masks would follow stale matchers otherwise); in that order the tokens hold."""
+    sync, async_ = pair
+    want = _outputs(sync, [PROMPT], [_json(1)])[0][0]
+    engine = async_.engine
+    rid = engine.add_request(PROMPT, _json(1))
+    outputs = engine.step() + engine.step()  # the prefill, then a decode step left in flight
+    inflight = engine._inflight
+    launched = engine.worker.launch(engine.scheduler.schedule())
+    assert inflight is not None and not launched.sampled  # its row's last token is unread
+    with pytest.raises(RuntimeError, match="previous step read first"):
+        engine.worker.sample(launched)
+    engine._finish(inflight)
+    engine.worker.sample(launched)
+    engine._inflight = launched
+    while engine.has_unfinished_requests():
+        outputs += engine.step()
+    outputs += engine.output_processor.collect()
+    final = [o for o in outputs if o.request_id == rid][-1]
+    assert final.finished and final.outputs[0].token_ids == want
