@@ -266,3 +266,21 @@ def test_the_step_embeds_token_ids_as_the_embedding_layer(tmp_path):
     assert step.run(None, *args, ids=torch.tensor([0, vocab])) is None
     assert step.run(None, *args, ids=torch.tensor([-1, 0])) is None
     assert step.run(None, *args) is None  # neither embeddings nor ids
+
+
+def test_verify_steps_run_in_the_step_as_a_row_per_token(tmp_path, step_rows):
+    """N-gram speculation: a verify step's tokens go through the step as one decode row each
+    (its row's table, its own length), with logits bitwise those of the layered path."""
+    build(tmp_path, "llama", 5, **DENSE, num_key_value_heads=1, head_dim=40)
+    spec = dict(speculative_method="ngram", num_speculative_tokens=4, speculative_adaptive=False)
+    llm = _llm(tmp_path, **spec)
+    repetitive = [[7, 8, 9, 10, 11] * 6, [40, 41, 42] * 8]
+    step_rows.clear()
+    on_tokens, on_logits = _run(llm, repetitive, True)
+    assert max(step_rows) > len(repetitive)  # a step of more tokens than sequences: verify
+    assert llm.engine.stats().spec_decode.num_accepted_tokens > 0
+    off_tokens, off_logits = _run(llm, repetitive, False)
+    assert on_tokens == off_tokens
+    assert len(on_logits) == len(off_logits)
+    for i, (a, b) in enumerate(zip(on_logits, off_logits)):
+        assert torch.equal(a, b), f"step {i}: max diff {(a - b).abs().max().item()}"

@@ -143,7 +143,7 @@ def paged_attention(
     if meta.block_tables.dtype != torch.int32 or meta.seq_lens.dtype != torch.int32:
         return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
     if meta.verify_rows and nd < meta.num_seqs and meta.max_query_len <= SHORT_QUERY:
-        out = _decode(q, kv_cache, _per_token_rows(meta), scale, sliding_window)
+        out = _decode(q, kv_cache, per_token_rows(meta), scale, sliding_window)
         if out is not None:
             return out
     if nd == 0:
@@ -172,7 +172,7 @@ SHORT_QUERY = 16
 row (the verify rows' attention then costs what the decode rows' does)."""
 
 
-def _per_token_rows(meta: AttentionMetadata) -> AttentionMetadata:
+def per_token_rows(meta: AttentionMetadata) -> AttentionMetadata:
     """The step as one decode row per query token: token t of a row whose context ends at
     seq_len sees the first seq_len - (tokens after t) keys, through the row's block table.
     Built once per step (every layer reuses it)."""

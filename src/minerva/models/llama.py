@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from minerva.attention import AttentionMetadata
+from minerva.attention import AttentionMetadata, cpu_backend
 from minerva.errors import ModelLoadError
 from minerva.models import llama_cpu_step, pipeline
 from minerva.models.embedding import Embedding, VocabParallelEmbedding
@@ -359,9 +359,13 @@ class LlamaForCausalLM(nn.Module):
         whole-step kernel: (logits, None), or (None, the embeddings if it computed them) where
         it does not apply (the layered path runs, reusing them)."""
         n = input_ids.shape[0]
-        if meta.num_decodes != n or meta.num_seqs != n or logits_indices.shape[0] != n:
+        if logits_indices.shape[0] != n:
             return None, None
-        if meta.verify_rows:
+        if meta.verify_rows:  # each query token a decode row: its row's table, its own length
+            if meta.max_query_len > cpu_backend.SHORT_QUERY or not _in_order(logits_indices):
+                return None, None
+            meta = cpu_backend.per_token_rows(meta)
+        elif meta.num_decodes != n or meta.num_seqs != n:
             return None, None
         if self._cpu_step is False:
             self._cpu_step = llama_cpu_step.build(self)
@@ -490,3 +494,10 @@ def _copy_into(param: nn.Parameter, tensor) -> None:
             f"has shape {tuple(tensor.shape)}, but config.json implies {tuple(param.shape)}"
         )
     param.data.copy_(tensor)
+
+
+def _in_order(logits_indices: torch.Tensor) -> bool:
+    """Whether a step samples after every one of its tokens, in order (a verify step whose rows
+    all verify or decode: the whole-step kernel's logits are then its logits rows)."""
+    n = logits_indices.shape[0]
+    return bool(n == 0 or (logits_indices[0] == 0 and logits_indices[-1] == n - 1))
