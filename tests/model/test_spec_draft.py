@@ -103,3 +103,40 @@ def test_a_draft_with_another_tokenizer_is_refused(pair, tmp_path):
         make_llm(target, tmp_path / "missing", 4)
     with pytest.raises(ConfigError, match="needs a draft_model"):
         LLM(model=str(target), device="cpu", num_speculative_tokens=2, progress=False)
+
+
+def test_catch_up_passes_run_in_the_cpu_step_as_the_layered_path_would(pair):
+    """The draft's pass after a verify step (one or two tokens a request) runs like a verify
+    step: on the CPU through the whole-step kernel, a decode row per token, proposing what the
+    layered path proposes."""
+    from minerva.ops import cpu_linear
+    from minerva.ops.cpu_decode_step import DecodeStep
+
+    if not cpu_linear.load():
+        pytest.skip("no CPU kernels here")
+    target, _ = pair
+    proposals = []
+    for on in (True, False):
+        llm = make_llm(target, target, 4)  # draft = target: every draft accepted, two-token rows
+        proposer = llm.engine.worker.draft_proposer
+        proposer.model.use_cpu_step = on
+        proposals.append([])
+        rows = []
+
+        def logged(reqs, ks, seen=proposals[-1], propose=proposer.propose):
+            seen.append(propose(reqs, ks))
+            return seen[-1]
+
+        def counted(step, x, *args, ids=None, run=DecodeStep.run, rows=rows, draft=proposer):
+            out = run(step, x, *args, ids=ids)
+            if out is not None and step is draft.model._cpu_step:
+                rows.append((ids if x is None else x).shape[0])
+            return out
+
+        proposer.propose = logged
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(DecodeStep, "run", counted)
+            llm.generate(PROMPTS[:2], greedy(24))
+        if on:  # a pass of more rows than requests: two-token catch-up rows, one row a token
+            assert max(rows) > 2
+    assert proposals[0] == proposals[1]

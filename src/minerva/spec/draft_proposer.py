@@ -142,18 +142,25 @@ class DraftModelProposer:
         logits = None
         if num_decodes == len(rows) and self.decode_graph is not None:
             logits = self.decode_graph(ids, positions, slots, padded, seq_lens)
-        elif self.catch_up_graph is not None and max(len(r.token_ids) for r in rows) <= 2:
+        catch_up = max(len(r.token_ids) for r in rows) <= 2
+        if logits is None and catch_up and self.catch_up_graph is not None:
             logits = self.catch_up_graph(ids, positions, slots, padded, seq_lens, starts)
         if logits is None:
-            logits = self._eager(ids, positions, slots, padded, seq_lens, starts, num_decodes)
+            logits = self._eager(
+                ids, positions, slots, padded, seq_lens, starts, num_decodes, catch_up
+            )
         picked = logits[:, : self.vocab_size].argmax(dim=-1).tolist()
         out = [0] * len(rows)
         for k, i in enumerate(order):
             out[i] = picked[k]
         return out
 
-    def _eager(self, ids, positions, slots, padded, seq_lens, starts, num_decodes) -> torch.Tensor:
-        """One eager draft forward; logits after each row's last input [num_rows, vocab]."""
+    def _eager(
+        self, ids, positions, slots, padded, seq_lens, starts, num_decodes, catch_up=False
+    ) -> torch.Tensor:
+        """One eager draft forward; logits after each row's last input [num_rows, vocab]. A
+        catch-up pass (rows of one or two tokens) runs as a verify step does, logits after
+        every token: the CPU's whole-step kernel then takes it (a decode row per token)."""
         move = self._move
         meta = AttentionMetadata(
             slot_mapping=move(slots, torch.int64),
@@ -164,11 +171,14 @@ class DraftModelProposer:
             max_query_len=max(b - a for a, b in zip(starts, starts[1:])),
             seq_lens_cpu=seq_lens,
             query_start_loc_cpu=starts,
+            verify_rows=catch_up,
         )
         last = move([s - 1 for s in starts[1:]], torch.int64)
-        return self.model(
-            move(ids, torch.int64), move(positions, torch.int64), self.kv_caches, meta, last
-        )  # [num_rows, draft vocab]
+        wanted = move(list(range(starts[-1])), torch.int64) if catch_up else last
+        logits = self.model(
+            move(ids, torch.int64), move(positions, torch.int64), self.kv_caches, meta, wanted
+        )  # [len(wanted), draft vocab]
+        return logits[last] if catch_up else logits
 
     def _move(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return copy_to_device(torch.tensor(values, dtype=dtype), self.device)
