@@ -12,7 +12,6 @@
 #   step llama: finish the build (incremental), llama.cpp's measurements on the same files
 #   step session5: every GPU test, decode with the producer-quantized x vs a quantize launch, fp8
 #   step own: the int8 / int4 weight and fp8 KV tests, Minerva on a random 7B at int8 and int4
-#   step session7: every GPU test, then Minerva on a random 7B at int8 and int4 (64 concurrent)
 set -u
 step=${1:?step 1 or 2}
 OUT=${OUT:-benchmarks/results}
@@ -154,19 +153,6 @@ if [ "$step" = session5 ]; then  # every GPU test; producer-quantized x; fp8 x i
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6
     timeout 170 python3 benchmarks/fp8_prefill.py --folder /tmp/qbench/mistral-7b-bf16 \
         --output "$OUT" 2>&1 | grep -v Warn | tail -4
-    exit 0
-fi
-if [ "$step" = session7 ]; then  # every GPU test; then a random 7B at int8 and int4
-    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-    python3 benchmarks/gpu_quant_bench.py --parts files --models mistral-7b:int8 \
-        mistral-7b:Q4_K_M --output "$OUT" > /tmp/files.log 2>&1 &
-    timeout 300 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -12 \
-        | tee "$OUT/tests_gpu.txt"
-    wait
-    tail -2 /tmp/files.log
-    timeout 230 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
-        --models mistral-7b:int8 mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -4 \
-        | cut -c1-900
     exit 0
 fi
 if [ "$step" = llama ]; then

@@ -85,6 +85,25 @@ def draft_kv_bytes_per_block(source: ModelSource, block_size: int, itemsize: int
     return 2 * hf.num_hidden_layers * block_size * hf.num_key_value_heads * hf.head_dim * itemsize
 
 
+def _draft_inputs(ids, positions, slots, tables, seq_lens, starts, num_decodes) -> HostInputs:
+    """A draft pass as a graph runner's HostInputs: logits after each row's last token, nothing
+    pending on the device, no sampling state (the proposer takes the argmax itself)."""
+    return HostInputs(
+        input_ids=np.array(ids, dtype=np.int64),
+        positions=np.array(positions, dtype=np.int64),
+        slot_mapping=np.array(slots, dtype=np.int64),
+        block_tables=np.array(tables, dtype=np.int32),
+        seq_lens=np.array(seq_lens, dtype=np.int32),
+        query_start_loc=np.array(starts, dtype=np.int32),
+        logits_indices=np.array(starts[1:], dtype=np.int64) - 1,
+        num_decodes=num_decodes,
+        sampling_states=[],
+        sampling_rows=[],
+        pending_indices=[],
+        pending_sources=[],
+    )
+
+
 def decode_graph_of(graphs: CudaGraphRunner | None):
     """The draft proposer's hook into the draft worker's decode graphs (None off CUDA)."""
     if graphs is None:
@@ -95,21 +114,8 @@ def decode_graph_of(graphs: CudaGraphRunner | None):
         bucket = graphs.bucket_for(n)
         if bucket is None or len(tables[0]) > graphs.static["block_tables"].shape[1]:
             return None
-        host = HostInputs(
-            input_ids=np.array(ids, dtype=np.int64),
-            positions=np.array(positions, dtype=np.int64),
-            slot_mapping=np.array(slots, dtype=np.int64),
-            block_tables=np.array(tables, dtype=np.int32),
-            seq_lens=np.array(seq_lens, dtype=np.int32),
-            query_start_loc=np.arange(n + 1, dtype=np.int32),
-            logits_indices=np.arange(n, dtype=np.int64),
-            num_decodes=n,
-            sampling_states=[],
-            sampling_rows=[],
-            pending_indices=[],
-            pending_sources=[],
-        )
-        return graphs.run(host, bucket)
+        starts = list(range(n + 1))
+        return graphs.run(_draft_inputs(ids, positions, slots, tables, seq_lens, starts, n), bucket)
 
     return replay
 
@@ -131,25 +137,11 @@ def catch_up_graph_of(graphs: VerifyGraphRunner | None):
     def replay(ids, positions, slots, tables, seq_lens, starts):
         n = len(seq_lens)
         bucket = next((b for b in graphs.buckets if b >= n), None)
-        counts = np.diff(starts)
-        if bucket is None or int(counts.max()) > graphs.q:
+        if bucket is None or int(np.diff(starts).max()) > graphs.q:
             return None
         if len(tables[0]) > graphs.static["block_tables"].shape[1]:
             return None
-        host = HostInputs(
-            input_ids=np.array(ids, dtype=np.int64),
-            positions=np.array(positions, dtype=np.int64),
-            slot_mapping=np.array(slots, dtype=np.int64),
-            block_tables=np.array(tables, dtype=np.int32),
-            seq_lens=np.array(seq_lens, dtype=np.int32),
-            query_start_loc=np.array(starts, dtype=np.int32),
-            logits_indices=np.array(starts[1:], dtype=np.int64) - 1,
-            num_decodes=0,
-            sampling_states=[],
-            sampling_rows=[],
-            pending_indices=[],
-            pending_sources=[],
-        )
+        host = _draft_inputs(ids, positions, slots, tables, seq_lens, starts, 0)
         return graphs.run(host, bucket)
 
     return replay
