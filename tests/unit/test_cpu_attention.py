@@ -63,6 +63,9 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
     ([40, 9, 70], [5, 3, 9], 8, 2, 64, None),  # verify rows only: one C decode row per token
     ([40, 33], [5, 5], 4, 2, 32, 6),  # verify rows under a sliding window
     ([20, 60], [1, 17], 4, 2, 32, None),  # a query past SHORT_QUERY: the torch reference
+    # pairs of query heads per KV head: V chunks of 4 vectors, then the 16 dimensions past them
+    ([45, 8, 161], [1, 1, 1], 4, 2, 80, None),
+    ([37, 70], [1, 1], 6, 2, 20, None),  # a head_dim past whole vectors: the scalar tail
 ]
 
 
