@@ -1,4 +1,5 @@
-// Paged attention for decode rows on the CPU, and the KV-cache write, in one C call each.
+// Paged attention for decode rows on the CPU, and the KV-cache write, in one C call each: for
+// a cache in the model's dtype, and for a float32 model over a bf16 or fp16 cache.
 //
 // The torch reference (torch_paged.py) spends ~10 small ops per layer on a decode step (gather,
 // two batched matmuls, scale, mask, softmax, casts): 100-200 us on a CPU that streams a whole
@@ -53,21 +54,8 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
     for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + off);
 }
 
-#define DEFINE_ATTENTION(T, SUFFIX, IS_F32)                                                        \
-    INLINE float dot_##SUFFIX(const float *q, const T *k, int64_t dim) {                          \
-        vec a = vzero(), b = vzero();                                                             \
-        int64_t d = 0;                                                                            \
-        for (; d + 2 * VL <= dim; d += 2 * VL) {                                                  \
-            a = vfma(load_f32(q + d), load_##SUFFIX(k + d), a);                                   \
-            b = vfma(load_f32(q + d + VL), load_##SUFFIX(k + d + VL), b);                         \
-        }                                                                                         \
-        for (; d + VL <= dim; d += VL) a = vfma(load_f32(q + d), load_##SUFFIX(k + d), a);        \
-        float s = vsum(vadd(a, b));                                                               \
-        for (; d < dim; d++) s += q[d] * f32_of_##SUFFIX(k[d]);                                   \
-        return s;                                                                                 \
-    }                                                                                             \
-                                                                                                  \
-    INLINE void axpy_##SUFFIX(float *acc, float w, const T *v, int64_t dim) { /* acc += w v */    \
+#define DEFINE_ATTENTION(QT, QS, T, SUFFIX, NAME, IS_F32, SAME)                                   \
+    INLINE void axpy_##NAME(float *acc, float w, const T *v, int64_t dim) { /* acc += w v */    \
         vec wv = vset1(w);                                                                        \
         int64_t d = 0;                                                                            \
         for (; d + VL <= dim; d += VL)                                                            \
@@ -77,7 +65,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
                                                                                                   \
     /* acc[0:8 VL] (zeros) = sum over positions [start, len) of w[p - start] * V[p][0:8 VL]: */ \
     /* eight accumulators in registers instead of a load and a store of acc per position.    */ \
-    INLINE void wsum8_##SUFFIX(float *acc, const float *w, const T *v0, int64_t token_stride,     \
+    INLINE void wsum8_##NAME(float *acc, const float *w, const T *v0, int64_t token_stride,     \
                                int64_t block_size, const int32_t *block_table, int64_t start,     \
                                int64_t len) {                                                     \
         vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                               \
@@ -106,7 +94,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
                                                                                                   \
     /* acc[h * dim + d] += the weighted sums of V[p][d] for dimensions d in [d0, dim) of   */  \
     /* `heads` query heads (weights w + h * n): the dimensions past the register chunks.     */  \
-    INLINE void rest_##SUFFIX(float *acc, int64_t heads, int64_t dim, int64_t d0, const float *w, \
+    INLINE void rest_##NAME(float *acc, int64_t heads, int64_t dim, int64_t d0, const float *w, \
                               int64_t n, const T *v0, int64_t token_stride, int64_t block_size,   \
                               const int32_t *block_table, int64_t start, int64_t len) {           \
         for (int64_t p = start; p < len;) {                                                       \
@@ -116,7 +104,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
                          ((int64_t)block_table[blk] * block_size + p % block_size) * token_stride; \
             for (; p < stop; p++, v += token_stride)                                              \
                 for (int64_t h = 0; h < heads; h++)                                               \
-                    axpy_##SUFFIX(acc + h * dim + d0, w[h * n + p - start], v, dim - d0);         \
+                    axpy_##NAME(acc + h * dim + d0, w[h * n + p - start], v, dim - d0);         \
         }                                                                                         \
     }                                                                                             \
                                                                                                   \
@@ -125,7 +113,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
     /* at a time, each K row's vectors against the query's with one accumulator a position  */  \
     /* (eight independent chains; the eight rows' loads in flight together), the eight sums */  \
     /* finished at once (vsum8).                                                            */  \
-    INLINE void scores_##SUFFIX(const float *qf, int64_t group, const T *kv,                      \
+    INLINE void scores_##NAME(const float *qf, int64_t group, const T *kv,                      \
                                 int64_t token_stride, int64_t block_size,                         \
                                 const int32_t *block_table, int64_t start, int64_t len,           \
                                 int64_t dim, float scale, float *scores) {                        \
@@ -163,7 +151,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
                 vsum8(a, s);                                                                      \
                 for (int j = 0; j < cnt; j++) {                                                   \
                     for (int64_t d = dv; d < dim; d++) s[j] += qg[d] * f32_of_##SUFFIX(k[j][d]);  \
-                    if (!IS_F32) s[j] = f32_of_##SUFFIX(f32_to_##SUFFIX(s[j])); /* matmul output */ \
+                    if (!IS_F32) s[j] = f32_of_##QS(f32_to_##QS(s[j])); /* matmul output */ \
                     scores[g * n + p - start + j] = s[j] * scale;                                 \
                 }                                                                                 \
             }                                                                                     \
@@ -173,7 +161,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
     /* acc[0:4 VL] and acc[dim:dim + 4 VL] (zeros) = the weighted sums of V[p][0:4 VL] with  */  \
     /* two query heads' weights w and w + n (positions [start, len)): each V row is loaded   */  \
     /* once for both heads of a pair, eight accumulators in registers.                       */  \
-    INLINE void wsum4x2_##SUFFIX(float *acc, int64_t dim, const float *w, int64_t n,              \
+    INLINE void wsum4x2_##NAME(float *acc, int64_t dim, const float *w, int64_t n,              \
                                  const T *v0, int64_t token_stride, int64_t block_size,           \
                                  const int32_t *block_table, int64_t start, int64_t len) {        \
         vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();                               \
@@ -207,53 +195,53 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
     /* `plane` further). The V rows are read once per pair of query heads (wsum4x2) or per  */   \
     /* head (wsum8, a lone head); dimensions past their chunks through axpy.                */   \
     /* scores: group * (len - start) floats; qf, acc: group * dim floats.                   */   \
-    INLINE void group_##SUFFIX(const T *q, int64_t group, const T *kv, int64_t plane,             \
+    INLINE void group_##NAME(const QT *q, int64_t group, const T *kv, int64_t plane,             \
                                int64_t token_stride, int64_t block_size,                          \
                                const int32_t *block_table, int64_t start, int64_t len,            \
                                int64_t dim, float scale, float *scores, float *qf, float *acc,    \
-                               T *out) {                                                          \
+                               QT *out) {                                                          \
         int64_t n = len - start;                                                                  \
-        for (int64_t g = 0; g < group * dim; g++) qf[g] = f32_of_##SUFFIX(q[g]), acc[g] = 0.0f;   \
-        scores_##SUFFIX(qf, group, kv, token_stride, block_size, block_table, start, len, dim,    \
+        for (int64_t g = 0; g < group * dim; g++) qf[g] = f32_of_##QS(q[g]), acc[g] = 0.0f;   \
+        scores_##NAME(qf, group, kv, token_stride, block_size, block_table, start, len, dim,    \
                         scale, scores);                                                           \
         for (int64_t g = 0; g < group; g++) {                                                     \
             float *sc = scores + g * n;                                                           \
             softmax(sc, n);                                                                       \
             if (!IS_F32) /* probabilities in the model dtype, as torch's .to(q.dtype) */          \
-                for (int64_t j = 0; j < n; j++) sc[j] = f32_of_##SUFFIX(f32_to_##SUFFIX(sc[j]));  \
+                for (int64_t j = 0; j < n; j++) sc[j] = f32_of_##QS(f32_to_##QS(sc[j]));  \
         }                                                                                         \
         int64_t g = 0;                                                                            \
         for (; g + 2 <= group; g += 2) { /* pairs of heads, chunks of 4 vectors */                \
             int64_t d0 = 0;                                                                       \
             for (; d0 + 4 * VL <= dim; d0 += 4 * VL)                                              \
-                wsum4x2_##SUFFIX(acc + g * dim + d0, dim, scores + g * n, n, kv + plane + d0,     \
+                wsum4x2_##NAME(acc + g * dim + d0, dim, scores + g * n, n, kv + plane + d0,     \
                                  token_stride, block_size, block_table, start, len);              \
             if (d0 < dim)                                                                         \
-                rest_##SUFFIX(acc + g * dim, 2, dim, d0, scores + g * n, n, kv + plane,           \
+                rest_##NAME(acc + g * dim, 2, dim, d0, scores + g * n, n, kv + plane,           \
                               token_stride, block_size, block_table, start, len);                 \
         }                                                                                         \
         if (g < group) { /* a lone head: whole chunks of 8 vectors */                             \
             int64_t d0 = 0;                                                                       \
             for (; d0 + 8 * VL <= dim; d0 += 8 * VL)                                              \
-                wsum8_##SUFFIX(acc + g * dim + d0, scores + g * n, kv + plane + d0,               \
+                wsum8_##NAME(acc + g * dim + d0, scores + g * n, kv + plane + d0,               \
                                token_stride, block_size, block_table, start, len);                \
             if (d0 < dim)                                                                         \
-                rest_##SUFFIX(acc + g * dim, 1, dim, d0, scores + g * n, n, kv + plane,           \
+                rest_##NAME(acc + g * dim, 1, dim, d0, scores + g * n, n, kv + plane,           \
                               token_stride, block_size, block_table, start, len);                 \
         }                                                                                         \
-        for (int64_t i = 0; i < group * dim; i++) out[i] = f32_to_##SUFFIX(acc[i]);               \
+        for (int64_t i = 0; i < group * dim; i++) out[i] = f32_to_##QS(acc[i]);               \
     }                                                                                             \
                                                                                                   \
     /* Unit u: decode row u / (heads / per) and its query heads h .. h + per - 1.           */   \
-    INLINE void unit_##SUFFIX(int64_t u, const T *q, int64_t q_row, const T *kv_cache,            \
+    INLINE void unit_##NAME(int64_t u, const QT *q, int64_t q_row, const T *kv_cache,            \
                               int64_t plane, int64_t kv_heads, int64_t block_size,                \
                               const int32_t *block_tables, int64_t bt_stride,                     \
                               const int32_t *seq_lens, int64_t heads, int64_t group, int64_t per, \
-                              int64_t window, int64_t dim, float scale, float *buf, T *out) {     \
+                              int64_t window, int64_t dim, float scale, float *buf, QT *out) {     \
         int64_t i = u / (heads / per), h = u % (heads / per) * per; /* first q head */           \
         int64_t len = seq_lens[i];                                                                \
         int64_t start = window > 0 && len > window ? len - window : 0;                            \
-        group_##SUFFIX(q + i * q_row + h * dim, per, kv_cache + h / group * dim, plane,           \
+        group_##NAME(q + i * q_row + h * dim, per, kv_cache + h / group * dim, plane,           \
                        kv_heads * dim, block_size, block_tables + i * bt_stride, start, len, dim, \
                        scale, buf + 2 * per * dim, buf, buf + per * dim,                          \
                        out + (i * heads + h) * dim);                                              \
@@ -262,11 +250,11 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
     /* q [rows, heads, dim] (rows q_row apart, heads dim apart); kv_cache [2, blocks,        */   \
     /* block_size, kv_heads, dim]; block_tables [rows, bt_stride] and seq_lens [rows] int32; */   \
     /* window 0 = full attention; out [rows, heads, dim] contiguous.                         */   \
-    int minerva_decode_attention_##SUFFIX(                                                        \
-        const T *q, int64_t q_row, const T *kv_cache, int64_t num_blocks, int64_t block_size,     \
+    int minerva_decode_attention_##NAME(                                                        \
+        const QT *q, int64_t q_row, const T *kv_cache, int64_t num_blocks, int64_t block_size,     \
         int64_t kv_heads, int64_t dim, const int32_t *block_tables, int64_t bt_stride,            \
         const int32_t *seq_lens, int64_t rows, int64_t heads, float scale, int64_t window,        \
-        T *out, int threads) {                                                                    \
+        QT *out, int threads) {                                                                    \
         if (rows < 0 || dim < 1 || kv_heads < 1 || heads % kv_heads || threads == 0) return -1;   \
         int64_t longest = 1, work = 0;                                                            \
         for (int64_t i = 0; i < rows; i++) {                                                      \
@@ -292,7 +280,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
             float *buf = thread_scratch(per * (longest + 2 * dim));                               \
             if (!buf) return -1;                                                                  \
             for (int64_t u = units * t / team; u < units * (t + 1) / team; u++)                   \
-                unit_##SUFFIX(u, q, q_row, kv_cache, plane, kv_heads, block_size, block_tables,   \
+                unit_##NAME(u, q, q_row, kv_cache, plane, kv_heads, block_size, block_tables,   \
                               bt_stride, seq_lens, heads, group, per, window, dim, scale, buf,    \
                               out);                                                               \
             return 0;                                                                             \
@@ -304,7 +292,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
             }                                                                                     \
             _Pragma("omp for schedule(static)") for (int64_t u = 0; u < units; u++) {             \
                 if (buf)                                                                          \
-                    unit_##SUFFIX(u, q, q_row, kv_cache, plane, kv_heads, block_size,             \
+                    unit_##NAME(u, q, q_row, kv_cache, plane, kv_heads, block_size,             \
                                   block_tables, bt_stride, seq_lens, heads, group, per, window,   \
                                   dim, scale, buf, out);                                          \
             }                                                                                     \
@@ -312,16 +300,24 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
         return failed ? -1 : 0;                                                                   \
     }                                                                                             \
                                                                                                   \
-    /* kv_cache[0 / 1, slot] = k / v rows ([rows, width], rows k_row / v_row apart). */          \
-    int minerva_write_kv_##SUFFIX(const T *k, int64_t k_row, const T *v, int64_t v_row,           \
-                                  T *kv_cache, int64_t num_slots, int64_t width,                  \
-                                  const int64_t *slots, int64_t rows) {                           \
+    /* kv_cache[0 / 1, slot] = k / v rows ([rows, width], rows k_row / v_row apart), in    */  \
+    /* the cache's dtype (rounded to nearest even, as torch's .to()).                        */  \
+    int minerva_write_kv_##NAME(const QT *k, int64_t k_row, const QT *v, int64_t v_row,           \
+                                T *kv_cache, int64_t num_slots, int64_t width,                    \
+                                const int64_t *slots, int64_t rows) {                             \
         for (int64_t i = 0; i < rows; i++)                                                        \
             if (slots[i] < 0 || slots[i] >= num_slots) return -1;                                 \
         for (int64_t i = 0; i < rows; i++) {                                                      \
-            memcpy(kv_cache + slots[i] * width, k + i * k_row, (size_t)width * sizeof(T));        \
-            memcpy(kv_cache + (num_slots + slots[i]) * width, v + i * v_row,                      \
-                   (size_t)width * sizeof(T));                                                    \
+            T *kd = kv_cache + slots[i] * width, *vd = kv_cache + (num_slots + slots[i]) * width; \
+            if (SAME) {                                                                           \
+                memcpy(kd, k + i * k_row, (size_t)width * sizeof(T));                             \
+                memcpy(vd, v + i * v_row, (size_t)width * sizeof(T));                             \
+                continue;                                                                         \
+            }                                                                                     \
+            for (int64_t j = 0; j < width; j++) {                                                 \
+                kd[j] = f32_to_##SUFFIX(f32_of_##QS(k[i * k_row + j]));                           \
+                vd[j] = f32_to_##SUFFIX(f32_of_##QS(v[i * v_row + j]));                           \
+            }                                                                                     \
         }                                                                                         \
         return 0;                                                                                 \
     }
@@ -332,10 +328,15 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
 #define THREAD_NUM(t) ((void)0)
 #endif
 
-DEFINE_ATTENTION(float, f32, 1)
-DEFINE_ATTENTION(uint16_t, bf16, 0)
+// (q / out type, its suffix, KV cache type, its suffix, name, q in float32, same types)
+DEFINE_ATTENTION(float, f32, float, f32, f32, 1, 1)
+DEFINE_ATTENTION(uint16_t, bf16, uint16_t, bf16, bf16, 0, 1)
+// a float32 model over a 16-bit cache: the reference widens K and V to float32 (no roundings
+// of scores or probabilities), the cache holds each new row rounded to its dtype
+DEFINE_ATTENTION(float, f32, uint16_t, bf16, f32_bf16, 1, 0)
 #if HAVE_F16
-DEFINE_ATTENTION(uint16_t, f16, 0)
+DEFINE_ATTENTION(uint16_t, f16, uint16_t, f16, f16, 0, 1)
+DEFINE_ATTENTION(float, f32, uint16_t, f16, f32_f16, 1, 0)
 #endif
 
 int minerva_attention_has_f16(void) { return HAVE_F16; }
