@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--num-prompts", type=int, default=16)
     p.add_argument("--output", required=True)
     args = p.parse_args()
-    out = Path(args.output)
+    out = Path(args.output).resolve()  # the runs start in each variant's root
     out.mkdir(parents=True, exist_ok=True)
     variants = [parse_variant(v) for v in args.variant]
     runs = []
