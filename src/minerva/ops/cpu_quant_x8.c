@@ -41,7 +41,7 @@
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 #define DYNAMIC_ROWS 16         // from this many rows of x, tiles are scheduled dynamically
-#define ROWS_OUTER_BYTES (256 << 10)  // W up to this size: blocks of rows of x outer (rows_outer)
+#define ROWS_OUTER_BYTES (384 << 10)  // W up to this size: blocks of rows of x outer (rows_outer)
 #define ROW_BLOCK 32            // rows of x per task then
 
 enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
