@@ -7,7 +7,8 @@ engine, all on one F16 GGUF file, for the server-overhead figure.
     PYTHONPATH=src python3 benchmarks/backends_compare.py [--model demo] [--threads 2]
         [--backends minerva,llamacpp,transformers] [--parts offline,serve]
         (offline = latency,throughput,consistency; each may be named alone)
-        [--quantization q8_0] [--serve-mlx] [--serve-mistralrs]
+        [--quantization q8_0] [--backend-arg minerva.kv_cache_dtype=float16]
+        [--serve-mlx] [--serve-mistralrs]
         [--output benchmarks/results/backends_cpu_demo]
 
 Writes each command's folder (results.json, report.md, CSV, PNG charts) under --output and a
@@ -227,14 +228,24 @@ def main_() -> None:
         default=None,
         help="offline part at these bits in every engine (q8_0, q4_k_m, ...); default: none",
     )
+    p.add_argument(
+        "--backend-arg",
+        action="append",
+        default=[],
+        metavar="BACKEND.KEY=VALUE",
+        help="passed on to the offline part's engines (repeatable), e.g. "
+        "minerva.kv_cache_dtype=float16",
+    )
     p.add_argument("--serve-prompts", type=int, default=16)
     p.add_argument("--output", default="benchmarks/results/backends_cpu_demo")
     args = p.parse_args()
+    command = "PYTHONPATH=src python3 benchmarks/backends_compare.py " + " ".join(sys.argv[1:])
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     backends, quant_opts = quantized_engines(args.backends, args.quantization)
     engines = ["--model", args.model, "--backend", backends, "--device", "cpu",
-               "--num-threads", str(args.threads), *quant_opts]  # fmt: skip
+               "--num-threads", str(args.threads), *quant_opts,
+               *(x for arg in args.backend_arg for x in ("--backend-arg", arg))]  # fmt: skip
     parts = set(args.parts.split(","))
     run = {k: bool(parts & {"offline", k}) for k in ("latency", "throughput", "consistency")}
     lengths = ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
@@ -262,8 +273,7 @@ def main_() -> None:
     summary = {
         "benchmark": "backends_compare",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": "PYTHONPATH=src python3 benchmarks/backends_compare.py "
-        + " ".join(sys.argv[1:]),
+        "command": command,  # (bench() rewrites sys.argv for each command's report)
         "note": "a shared 2-core VM, loaded by other jobs while it ran: CPU figures are "
         "indicative only; compare ratios within one part of one run",
         "threads": {"offline": args.threads, "serve": args.serve_threads or args.threads},

@@ -210,8 +210,19 @@ def test_no_step_for_gguf_weights_in_a_bf16_model(tmp_path, step_rows):
     assert llm.engine.worker.model._cpu_step is None
 
 
+@pytest.mark.parametrize("kv", ["float16", "bfloat16"])
+def test_a_16_bit_cache_under_a_float32_model_steps_as_layered(tmp_path, step_rows, kv):
+    """GGUF weights (float32 rows) over a 16-bit KV cache: the step and the layered path call
+    the same float32-over-16-bit attention kernels, so the logits are bitwise equal."""
+    if not cpu_quant_x8.supports(GGMLType.Q4_K, 8, 256):
+        pytest.skip("no x8 layout on this CPU")
+    llm = _llm(_gguf(tmp_path, q4_k_m), kv_cache_dtype=kv)
+    assert llm.engine.worker.kv_caches[0].dtype == getattr(torch, kv)
+    assert_step_equals_layered(llm, step_rows)
+
+
 def test_an_fp8_kv_cache_falls_back(tmp_path, step_rows):
-    """The step reads a float32 cache; with fp8 the decode steps run layered."""
+    """The step reads a float32 or 16-bit cache; with fp8 the decode steps run layered."""
     build_tiny_model(tmp_path, "llama", seed=7)
     llm = _llm(tmp_path, kv_cache_dtype="fp8")
     tokens, _ = _run(llm, PROMPTS, True)

@@ -63,6 +63,9 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
     ([40, 9, 70], [5, 3, 9], 8, 2, 64, None),  # verify rows only: one C decode row per token
     ([40, 33], [5, 5], 4, 2, 32, 6),  # verify rows under a sliding window
     ([20, 60], [1, 17], 4, 2, 32, None),  # a query past SHORT_QUERY: the torch reference
+    # pairs of query heads per KV head: V chunks of 4 vectors, then the 16 dimensions past them
+    ([45, 8, 161], [1, 1, 1], 4, 2, 80, None),
+    ([37, 70], [1, 1], 6, 2, 20, None),  # a head_dim past whole vectors: the scalar tail
 ]
 
 
@@ -90,11 +93,40 @@ def test_matches_the_torch_reference(backend, dtype, case, verify_rows):
     torch.testing.assert_close(ours, ref, rtol=rtol, atol=atol)
 
 
-def test_kv_cache_of_another_dtype_uses_the_reference(backend):
+@pytest.mark.parametrize("verify_rows", [False, True], ids=["plain", "verify_rows"])
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_a_float32_model_over_a_16_bit_cache_matches_the_reference(
+    backend, kv_dtype, case, verify_rows
+):
+    # the kernels widen K and V to float32 as the reference does (.to(q.dtype)): float32's
+    # tolerance; the KV write rounds each new row as torch's .to(kv_dtype), bit for bit
+    assert None not in backend.entries(torch.float32, kv_dtype)  # the C path, not the fallback
+    seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
+    gen = torch.Generator().manual_seed(100 + case)
+    block_size, num_blocks = 16, 64
+    meta = _step(seq_lens, query_lens, block_size, num_blocks, gen)
+    meta.verify_rows = verify_rows
+    tokens = sum(query_lens)
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(kv_dtype)
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen)
+    q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
+    ref_cache = cache.clone()
+    with torch.inference_mode():
+        backend.write_kv(cache, k, v, meta.slot_mapping)
+        torch_paged.write_kv(ref_cache, k, v, meta.slot_mapping)
+        assert torch.equal(cache, ref_cache)
+        ours = backend.paged_attention(q, cache, meta, dim**-0.5, window)
+        ref = torch_paged.paged_attention(q, cache, meta, dim**-0.5, window)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_pair_without_kernels_uses_the_reference(backend):
     gen = torch.Generator().manual_seed(9)
     meta = _step([20], [1], 16, 8, gen)
-    cache = torch.randn(2, 8, 16, 2, 32, generator=gen).bfloat16()
-    q = torch.randn(1, 4, 32, generator=gen)  # fp32 model, bf16 cache
+    cache = torch.randn(2, 8, 16, 2, 32, generator=gen)  # bf16 model, fp32 cache: no kernel
+    q = torch.randn(1, 4, 32, generator=gen).bfloat16()
+    assert backend.entries(torch.bfloat16, torch.float32) == (None, None)
     with torch.inference_mode():
         out = backend.paged_attention(q, cache, meta, 0.2, None)
         ref = torch_paged.paged_attention(q, cache, meta, 0.2, None)

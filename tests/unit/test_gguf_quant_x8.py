@@ -46,7 +46,8 @@ def test_repack_then_unpack_gives_the_file_bytes_back(x8, ggml_type):
     assert torch.equal(x8.unpack(packed, ggml_type, 512), data)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 13, 17])  # 17: tiles scheduled dynamically
+# 17: tiles scheduled dynamically; 270: blocks of rows of x against the whole (small) weight
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 9, 13, 17, 270])
 @pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
 def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     x, data, wd = case(ggml_type, m, n=40, k=768, seed=m)
@@ -59,7 +60,8 @@ def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     assert bool((err <= 1e-5 * scale + 1e-30).all()), float((err - 1e-5 * scale).max())
 
 
-@pytest.mark.parametrize("m", [3, 20])  # 20 rows: the tiles go to the threads dynamically
+# 20 rows: the tiles go to the threads dynamically; 300: blocks of rows of x do
+@pytest.mark.parametrize("m", [3, 20, 300])
 def test_x8_threads_do_not_change_the_result(x8, m):
     x, data, _ = case(GGMLType.Q6_K, m, n=304, k=1024)
     packed = x8.repack(data, GGMLType.Q6_K, 1024)
@@ -118,3 +120,16 @@ def test_x8_row_blocks_equal_one_row_at_a_time(x8, ggml_type):
     together = x8.matmul(x, packed, ggml_type, 48)
     apart = torch.cat([x8.matmul(x[i : i + 1], packed, ggml_type, 48) for i in range(11)])
     assert torch.equal(together, apart)
+
+
+@pytest.mark.parametrize("ggml_type", X8_TYPES, ids=lambda t: t.name)
+def test_x8_blocks_of_rows_equal_the_tiles_of_the_weight(x8, ggml_type):
+    # 300 rows against a small weight: tasks of rows of x, each against every group (the
+    # rows-outer order); 100 rows at a time: below its row count, the tiles of W (the twin)
+    x, data, _ = case(ggml_type, 300, n=64, k=512, seed=7)
+    packed = x8.repack(data, ggml_type, 512)
+    whole = x8.matmul(x, packed, ggml_type, 64)
+    by_tiles = torch.cat(
+        [x8.matmul(x[i : i + 100], packed, ggml_type, 64) for i in range(0, 300, 100)]
+    )
+    assert torch.equal(whole, by_tiles)

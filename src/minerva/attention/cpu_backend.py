@@ -1,7 +1,8 @@
 """Attention on the CPU: decode rows and the KV write through C (cpu_decode.c), prefill chunks
 through the torch reference. torch_paged.py is the slow twin and the fallback for whatever the
-kernel does not take (a KV cache dtype other than the model's, autograd, odd strides).
-An fp8 KV cache runs on the torch path: the C kernel reads only the model's dtype."""
+kernel does not take (autograd, odd strides, a cache dtype it lacks). The kernels read a cache
+in the model's dtype, or a bf16 / fp16 cache under a float32 model (half the bytes a decode
+step streams); an fp8 KV cache runs on the torch path."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
-_attend: dict[torch.dtype, object] = {}
-_write: dict[torch.dtype, object] = {}
+_PAIRS = {  # (model dtype, KV cache dtype): the kernels' suffix
+    **{(d, d): suffix for d, suffix in _SUFFIX.items()},
+    (torch.float32, torch.bfloat16): "f32_bf16",
+    (torch.float32, torch.float16): "f32_f16",
+}
+_attend: dict[tuple[torch.dtype, torch.dtype], object] = {}
+_write: dict[tuple[torch.dtype, torch.dtype], object] = {}
 _fallbacks_logged: set[tuple[torch.dtype, torch.dtype]] = set()
 logger = logging.getLogger(__name__)
 
@@ -28,33 +34,34 @@ def load() -> bool:
     lib = native.load(SOURCE)
     if lib is not None and not _attend:
         p, i64 = ctypes.c_void_p, ctypes.c_int64
-        for dtype, suffix in _SUFFIX.items():
-            if suffix == "f16" and not lib.minerva_attention_has_f16():
+        for pair, suffix in _PAIRS.items():
+            if suffix.endswith("f16") and not lib.minerva_attention_has_f16():
                 continue
             attend = getattr(lib, f"minerva_decode_attention_{suffix}")
             attend.argtypes = [p, i64, p] + [i64] * 4 + [p, i64, p, i64, i64]
             attend.argtypes += [ctypes.c_float, i64, p, ctypes.c_int]
             write = getattr(lib, f"minerva_write_kv_{suffix}")
             write.argtypes = [p, i64, p, i64, p, i64, i64, p, i64]
-            _attend[dtype], _write[dtype] = attend, write
+            _attend[pair], _write[pair] = attend, write
     return lib is not None
 
 
-def entries(dtype: torch.dtype) -> tuple:
-    """(decode attention, KV write) C functions of `dtype` (cpu_decode_step.c calls them)."""
-    return _attend.get(dtype), _write.get(dtype)
+def entries(dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> tuple:
+    """(decode attention, KV write) C functions of a `dtype` model over a `kv_dtype` cache
+    (default: the model's dtype); cpu_decode_step.c calls them. None where there is none."""
+    pair = (dtype, kv_dtype or dtype)
+    return _attend.get(pair), _write.get(pair)
 
 
 def write_kv(
     kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """torch_paged.write_kv in one C call (rows of k / v may be any distance apart)."""
-    fn = _write.get(kv_cache.dtype)
+    fn = _write.get((k.dtype, kv_cache.dtype))
     rows, kv_heads, dim = k.shape
     if (
         fn is None
-        or k.dtype != kv_cache.dtype
-        or v.dtype != kv_cache.dtype
+        or v.dtype != k.dtype
         or k.stride()[1:] != (dim, 1)
         or v.stride()[1:] != (dim, 1)
         or not kv_cache.is_contiguous()
@@ -80,12 +87,12 @@ def write_kv(
 
 
 def _log_dtype_fallback(q_dtype: torch.dtype, kv_dtype: torch.dtype) -> None:
-    """Say once per dtype pair why decode attention runs in torch, not C."""
+    """Say once per dtype pair without a kernel why decode attention runs in torch, not C."""
     if q_dtype != kv_dtype and (q_dtype, kv_dtype) not in _fallbacks_logged:
         _fallbacks_logged.add((q_dtype, kv_dtype))
         logger.info(
             "CPU decode attention runs in torch for a %s KV cache under a %s model: "
-            "the C kernel reads only the model's dtype",
+            "the C kernels read the model's dtype, or bf16 / fp16 under float32",
             str(kv_dtype).removeprefix("torch."),
             str(q_dtype).removeprefix("torch."),
         )
@@ -93,12 +100,11 @@ def _log_dtype_fallback(q_dtype: torch.dtype, kv_dtype: torch.dtype) -> None:
 
 def _decode(q, kv_cache, meta: AttentionMetadata, scale, window) -> torch.Tensor | None:
     """Attention of the decode rows q [n, H, D] in C, or None where the kernel does not apply."""
-    fn = _attend.get(q.dtype)
+    fn = _attend.get((q.dtype, kv_cache.dtype))
     n, heads, dim = q.shape
     tables = meta.block_tables
     if (
         fn is None
-        or kv_cache.dtype != q.dtype
         or q.stride()[1:] != (dim, 1)
         or not kv_cache.is_contiguous()
         or tables.stride(1) != 1
@@ -210,9 +216,10 @@ class CPUAttention:
     paged_attention = staticmethod(paged_attention)
 
     @staticmethod
-    def step_kernels(dtype: torch.dtype) -> tuple | None:
-        """(attend, write_kv) C functions for a whole-step kernel (ops/cpu_decode_step.py)."""
-        return entries(dtype) if load() else None
+    def step_kernels(dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> tuple | None:
+        """(attend, write_kv) C functions for a whole-step kernel (ops/cpu_decode_step.py) of a
+        `dtype` model over a `kv_dtype` cache (default: the model's dtype)."""
+        return entries(dtype, kv_dtype) if load() else None
 
     def plan_decode_graph(self, meta, num_kv_heads: int, max_seq_len: int) -> None:
         """Not graph-safe: nothing to plan."""

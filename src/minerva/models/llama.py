@@ -368,7 +368,7 @@ class LlamaForCausalLM(nn.Module):
         elif meta.num_decodes != n or meta.num_seqs != n:
             return None, None
         if self._cpu_step is False:
-            self._cpu_step = llama_cpu_step.build(self)
+            self._cpu_step = llama_cpu_step.build(self, kv_caches[0].dtype)
         if self._cpu_step is None:
             return None, None
         step, args = self._cpu_step, (meta.slot_mapping, meta.block_tables, meta.seq_lens)

@@ -18,13 +18,15 @@ from minerva.ops import cpu_decode_step as step
 from minerva.ops.cpu_decode_step import DecodeStep, LayerPlan, LinearPlan, ModelPlan
 
 
-def build(model) -> DecodeStep | None:
-    """The step of `model` (a LlamaForCausalLM), or None where it does not apply."""
+def build(model, kv_dtype: torch.dtype | None = None) -> DecodeStep | None:
+    """The step of `model` (a LlamaForCausalLM) over a KV cache of `kv_dtype` (default: the
+    model's dtype), or None where it does not apply."""
     options, dtype = model.options, model.dtype
+    kv_dtype = kv_dtype or dtype
     if options.kernels.name != "cpu" or dtype not in step.DTYPES or model.cos is None:
         return None
     step_kernels = getattr(options.attention, "step_kernels", None)
-    attention = step_kernels(dtype) if step_kernels is not None else None
+    attention = step_kernels(dtype, kv_dtype) if step_kernels is not None else None
     kernels = step.kernels(attention, dtype) if attention is not None else None
     if kernels is None:
         return None
@@ -76,7 +78,7 @@ def build(model) -> DecodeStep | None:
         cos=cos, sin=sin, k=kernels, embed=embed_ptr, embed_rows=embed.weight.shape[0],
         embed_type=embed_type, embed_row_bytes=embed_row_bytes, team=1,
     )  # fmt: skip
-    return DecodeStep(plan, plans, keep, dtype)
+    return DecodeStep(plan, plans, keep, dtype, kv_dtype)
 
 
 def _linear(dst: LinearPlan, layer, kernels, dtype: torch.dtype, keep: list) -> bool:

@@ -1,6 +1,7 @@
 // A whole decode step of a Llama-family model on the CPU in one call: M decode rows (one new
-// token each), activations and KV cache in the model's dtype (float32, or bf16 / fp16 with
-// dense weights: the GGUF kernels take float32 rows).
+// token each), activations in the model's dtype (float32, or bf16 / fp16 with dense weights:
+// the GGUF kernels take float32 rows), the KV cache in it too or, under float32, in bf16 / fp16
+// (the attention kernels passed in read and write it; the step never touches its elements).
 //
 // The layered forward (models/llama.py) runs ~12 kernels per layer, each behind a Python call,
 // a torch allocation and a ctypes call; on a 30-layer 135M-parameter model that glue costs
@@ -395,7 +396,7 @@ static int layers(const step_model *m, const step_buffers *b, const step_inputs 
 
 // x [M, hidden]: the rows' embeddings, or NULL: the step gathers rows `ids` [M] int64 of
 // m->embed (F.embedding, a copy; GGUF blocks dequantized); kv [layers]: each layer's cache
-// [2, num_blocks, block_size, kv_heads, head_dim] (all in the model dtype); positions, slots
+// [2, num_blocks, block_size, kv_heads, head_dim] (the attention kernels' dtype); positions, slots
 // [M] int64; block_tables [M, bt_stride] and seq_lens [M] int32 (after this step's token);
 // logits [M, vocab] float32; work: minerva_step_work_bytes. 0 on success; nonzero if an
 // argument is out of range or a kernel failed (the caller then runs the layered path, which

@@ -147,6 +147,7 @@ class DecodeStep:
     layers: ctypes.Array = field(repr=False)
     keep: list[torch.Tensor] = field(repr=False)
     dtype: torch.dtype
+    kv_dtype: torch.dtype | None = None  # the KV cache's (None: the model's dtype)
     _work: torch.Tensor | None = field(default=None, repr=False)
     _work_rows: int = field(default=0, repr=False)  # the most rows _work holds
     _kv: tuple[int, ...] = field(default=(), repr=False)
@@ -219,7 +220,9 @@ class DecodeStep:
             first = kv_caches[0]
             shape = (2, first.shape[1], first.shape[2], self.plan.kv_heads, self.plan.head_dim)
             if len(kv_caches) != self.plan.layers or any(
-                c.dtype != self.dtype or tuple(c.shape) != shape or not c.is_contiguous()
+                c.dtype != (self.kv_dtype or self.dtype)
+                or tuple(c.shape) != shape
+                or not c.is_contiguous()
                 for c in kv_caches
             ):
                 return None

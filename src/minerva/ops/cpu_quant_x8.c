@@ -41,6 +41,8 @@
 #define TILE_BYTES (256 << 10)  // W bytes per tile
 #define PARALLEL_MIN (1 << 16)  // below this many weight values, one thread
 #define DYNAMIC_ROWS 16         // from this many rows of x, tiles are scheduled dynamically
+#define ROWS_OUTER_BYTES (384 << 10)  // W up to this size: blocks of rows of x outer (rows_outer)
+#define ROW_BLOCK 32            // rows of x per task then
 
 enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
@@ -898,7 +900,7 @@ static void x8_share(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t
 // threads as they free up, so a thread slowed by another process on its core (a shared machine)
 // delays the product by one tile, not by its whole static share. Every group is still computed
 // by one thread with the same arithmetic: the result does not depend on the schedule. Called by
-// every thread of the parallel region (an orphaned worksharing loop).
+// every thread of the parallel region (an orphaned worksharing loop), with x already quantized.
 static void tiles_dynamic(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t nb,
                           const act_row *a, float *y, int64_t ldy, int64_t M, int64_t G,
                           int64_t tile, int nt) {
@@ -913,6 +915,29 @@ static void tiles_dynamic(groups_fn groups, const uint8_t *W, int64_t gbytes, in
     }
 }
 
+// A weight that fits a core's L2 cache whole (rows_outer), against many rows of x, goes the other
+// way round: each task quantizes ROW_BLOCK rows of x and takes them against every group, so x is
+// read once, its quantized rows stay in L1 while the groups stream from L2, and each row of y is
+// written whole, in order, by one task (by tiles of W, each row of y took one short store per
+// tile: with a wide y, every row in its own page, a TLB miss and a partial line each time). The
+// same arithmetic per group as the tiles': the same bits.
+static int rows_outer(int64_t G, int64_t gbytes, int64_t M, int nt) {
+    return G * gbytes <= ROWS_OUTER_BYTES && M >= 4 * nt * ROW_BLOCK;  // 4 tasks a thread
+}
+
+static void row_blocks_dynamic(groups_fn groups, const uint8_t *W, int64_t gbytes, int64_t nb,
+                               const float *x, int64_t K, int ktype, const act_row *a, float *y,
+                               int64_t ldy, int64_t M, int64_t G) {
+    const int64_t blocks = (M + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t i = 0; i < blocks; i++) {
+        const int64_t m0 = i * ROW_BLOCK, m1 = m0 + ROW_BLOCK < M ? m0 + ROW_BLOCK : M;
+        for (int64_t m = m0; m < m1; m++) quantize_act(x + m * K, K, a + m, ktype);
+        for (int64_t m = m0; m < m1; m += MAX_ROWS)
+            groups(W, gbytes, nb, a + m, y + m * ldy, ldy, 0, G, m1 - m < MAX_ROWS ? m1 - m : MAX_ROWS);
+    }
+}
+
 // y [M, N] (rows ldy >= N floats apart) = x [M, K] @ W^T for W [N, K] in the x8 layout of
 // `type`; 0 on success, -1 on bad arguments or no memory (the caller then takes its torch path).
 // With ldy > N, one group of a fused layer's output rows writes straight into its columns.
@@ -920,7 +945,8 @@ static void tiles_dynamic(groups_fn groups, const uint8_t *W, int64_t gbytes, in
 // (cpu_decode_step.c): every thread of it calls with the same arguments, quantizes x into its
 // own scratch, computes its static share of the output rows (x8_share) and returns without a
 // barrier; the values equal the threads > 0 call's bit for bit (whose tiles go to the threads
-// dynamically from DYNAMIC_ROWS rows on: each group is still one thread's same arithmetic).
+// dynamically from DYNAMIC_ROWS rows on, or blocks of rows of x against a small W, rows_outer:
+// each group is still one thread's same arithmetic).
 int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, int64_t ldy,
                         int64_t M, int64_t N, int64_t K, int threads) {
     int block, bytes;
@@ -952,17 +978,21 @@ int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, in
     } else {
 #pragma omp parallel num_threads(threads) if (N * K * M >= PARALLEL_MIN)
         {
-#pragma omp for schedule(static)
-            for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
             int t = 0, nt = 1;
 #ifdef _OPENMP
             t = omp_get_thread_num();
             nt = omp_get_num_threads();
 #endif
-            if (M >= DYNAMIC_ROWS)
-                tiles_dynamic(groups, W, gbytes, nb, a, y, ldy, M, G, tile, nt);
-            else
-                x8_share(groups, W, gbytes, nb, a, y, ldy, M, G, tile, t, nt);
+            if (rows_outer(G, gbytes, M, nt)) {
+                row_blocks_dynamic(groups, W, gbytes, nb, x, K, ktype, a, y, ldy, M, G);
+            } else {
+#pragma omp for schedule(static)
+                for (int64_t m = 0; m < M; m++) quantize_act(x + m * K, K, a + m, ktype);
+                if (M >= DYNAMIC_ROWS)
+                    tiles_dynamic(groups, W, gbytes, nb, a, y, ldy, M, G, tile, nt);
+                else
+                    x8_share(groups, W, gbytes, nb, a, y, ldy, M, G, tile, t, nt);
+            }
         }
     }
     if (a != rows) free(a);
