@@ -73,14 +73,22 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_matches_the_torch_reference(backend, dtype, case, verify_rows):
+    ours, ref = _against_reference(backend, case, verify_rows, dtype, dtype, seed=case)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(ours, ref, rtol=rtol, atol=atol)
+
+
+def _against_reference(backend, case, verify_rows, q_dtype, kv_dtype, seed):
+    """(the backend's attention, the torch reference's) over one random step of CASES[case],
+    after checking that both KV writes leave the same cache bits."""
     seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
-    gen = torch.Generator().manual_seed(case)
+    gen = torch.Generator().manual_seed(seed)
     block_size, num_blocks = 16, 64
     meta = _step(seq_lens, query_lens, block_size, num_blocks, gen)
     meta.verify_rows = verify_rows  # short rows as one C decode row per token
     tokens = sum(query_lens)
-    cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen).to(dtype)
+    cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(kv_dtype)
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen).to(q_dtype)
     q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
     ref_cache = cache.clone()
     with torch.inference_mode():
@@ -89,8 +97,7 @@ def test_matches_the_torch_reference(backend, dtype, case, verify_rows):
         assert torch.equal(cache, ref_cache)
         ours = backend.paged_attention(q, cache, meta, dim**-0.5, window)
         ref = torch_paged.paged_attention(q, cache, meta, dim**-0.5, window)
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(ours, ref, rtol=rtol, atol=atol)
+    return ours, ref
 
 
 @pytest.mark.parametrize("verify_rows", [False, True], ids=["plain", "verify_rows"])
@@ -102,22 +109,9 @@ def test_a_float32_model_over_a_16_bit_cache_matches_the_reference(
     # the kernels widen K and V to float32 as the reference does (.to(q.dtype)): float32's
     # tolerance; the KV write rounds each new row as torch's .to(kv_dtype), bit for bit
     assert None not in backend.entries(torch.float32, kv_dtype)  # the C path, not the fallback
-    seq_lens, query_lens, heads, kv_heads, dim, window = CASES[case]
-    gen = torch.Generator().manual_seed(100 + case)
-    block_size, num_blocks = 16, 64
-    meta = _step(seq_lens, query_lens, block_size, num_blocks, gen)
-    meta.verify_rows = verify_rows
-    tokens = sum(query_lens)
-    cache = torch.randn(2, num_blocks, block_size, kv_heads, dim, generator=gen).to(kv_dtype)
-    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim, generator=gen)
-    q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
-    ref_cache = cache.clone()
-    with torch.inference_mode():
-        backend.write_kv(cache, k, v, meta.slot_mapping)
-        torch_paged.write_kv(ref_cache, k, v, meta.slot_mapping)
-        assert torch.equal(cache, ref_cache)
-        ours = backend.paged_attention(q, cache, meta, dim**-0.5, window)
-        ref = torch_paged.paged_attention(q, cache, meta, dim**-0.5, window)
+    ours, ref = _against_reference(
+        backend, case, verify_rows, torch.float32, kv_dtype, seed=100 + case
+    )
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
