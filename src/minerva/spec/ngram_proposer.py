@@ -47,8 +47,14 @@ class NgramIndex:
 
     def __init__(self, ngram_min: int, ngram_max: int) -> None:
         self.ngram_min, self.ngram_max = ngram_min, ngram_max
-        self._starts: list[dict[tuple[int, ...], list[int]]] = [{} for _ in range(ngram_max + 1)]
-        self._seen: list[int] = []  # the tokens indexed so far (a copy: the request's grows)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._starts: list[dict[tuple[int, ...], list[int]]] = [
+            {} for _ in range(self.ngram_max + 1)
+        ]
+        self._num = 0  # tokens indexed so far (every n-gram ending before position _num)
+        self._last: int | None = None  # the last of them, to tell a sequence that was replaced
 
     def lookup(self, token_ids: list[int], k: int) -> list[int]:
         num = len(token_ids)
@@ -68,14 +74,16 @@ class NgramIndex:
         """Index every n-gram that ends before the last token (the suffix looked up may only
         match an earlier occurrence). Rebuilds where the sequence is not an extension of the
         one indexed (checked at its last token: a request's tokens only grow)."""
-        seen, end = self._seen, len(token_ids) - 1
-        if len(seen) > end or (seen and token_ids[len(seen) - 1] != seen[-1]):
-            self.__init__(self.ngram_min, self.ngram_max)
-            seen = self._seen
-        for j in range(len(seen), end):  # the n-grams ending at position j
-            seen.append(token_ids[j])
+        end = len(token_ids) - 1
+        if self._num > end or (self._num and token_ids[self._num - 1] != self._last):
+            self._reset()
+        for j in range(self._num, end):  # the n-grams ending at position j
             for n in range(self.ngram_min, min(self.ngram_max, j + 1) + 1):
-                self._starts[n].setdefault(tuple(seen[j - n + 1 :]), []).append(j - n + 1)
+                self._starts[n].setdefault(tuple(token_ids[j - n + 1 : j + 1]), []).append(
+                    j - n + 1
+                )
+        if end > self._num:
+            self._num, self._last = end, token_ids[end - 1]
 
 
 def lookup_slow(token_ids: list[int], ngram_min: int, ngram_max: int, k: int) -> list[int]:
