@@ -120,17 +120,11 @@ def decode_graph_of(graphs: CudaGraphRunner | None):
     return replay
 
 
-CATCH_UP_TOKENS = 2
-"""Query tokens per row of the draft's catch-up graphs. After a verify step the draft has not
-yet run the corrected or bonus token, nor, where every draft was accepted, the last draft it
-proposed (never fed back): one or two tokens per request."""
-
-
 def catch_up_graph_of(graphs: VerifyGraphRunner | None):
     """The draft proposer's hook into the draft's catch-up graphs (rows of up to
-    CATCH_UP_TOKENS tokens, padded like a verify step's): (ids, positions, slots, tables,
-    seq_lens, query starts) -> the logits after each row's last token, or None where the step
-    does not fit a graph (it runs eagerly). None off CUDA."""
+    draft_proposer.CATCH_UP_TOKENS tokens, padded like a verify step's): (ids, positions,
+    slots, tables, seq_lens, query starts) -> the logits after each row's last token, or None
+    where the step does not fit a graph (it runs eagerly). None off CUDA."""
     if graphs is None:
         return None
 

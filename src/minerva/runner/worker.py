@@ -47,6 +47,7 @@ from minerva.runner.model_runner import LaunchedStep, ModelRunner
 from minerva.runner.prefill_graphs import PrefillGraphRunner
 from minerva.runner.verify_graphs import VerifyGraphRunner
 from minerva.spec import DraftModelProposer
+from minerva.spec.draft_proposer import CATCH_UP_TOKENS
 from minerva.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ class Worker:
         if draft.runner.graphs is not None:  # CUDA graphs on: the catch-up passes too
             catch_up = VerifyGraphRunner(
                 draft.model, draft.kv_caches, self.config.cache.block_size,
-                draft_model.CATCH_UP_TOKENS, self.config.scheduler.max_num_seqs,
+                CATCH_UP_TOKENS, self.config.scheduler.max_num_seqs,
                 self.max_model_len, self.platform.device, pool=draft.runner.graphs.pool,
             )  # fmt: skip
             catch_up.capture()

@@ -26,12 +26,17 @@ DecodeGraph = Callable[
 """(input_ids, positions, slots, block tables, seq_lens) of a one-token-per-row draft step ->
 its logits from a captured CUDA graph, or None where no graph fits (the step runs eagerly)."""
 
+CATCH_UP_TOKENS = 2
+"""Most tokens per row of a catch-up pass. After a verify step the draft has not yet run the
+corrected or bonus token, nor, where every draft was accepted, the last draft it proposed
+(never fed back): one or two tokens per request."""
+
 CatchUpGraph = Callable[
     [list[int], list[int], list[int], list[list[int]], list[int], list[int]],
     "torch.Tensor | None",
 ]
-"""The same with query starts, for rows of one or two tokens (a catch-up pass after a verify
-step): the logits after each row's last token, or None (eager)."""
+"""The same with query starts, for rows of up to CATCH_UP_TOKENS tokens (a catch-up pass):
+the logits after each row's last token, or None (eager)."""
 
 
 @dataclass
@@ -142,8 +147,9 @@ class DraftModelProposer:
         logits = None
         if num_decodes == len(rows) and self.decode_graph is not None:
             logits = self.decode_graph(ids, positions, slots, padded, seq_lens)
-        catch_up = max(len(r.token_ids) for r in rows) <= 2
-        if logits is None and catch_up and self.catch_up_graph is not None:
+        longest = max(len(r.token_ids) for r in rows)
+        catch_up = num_decodes < len(rows) and longest <= CATCH_UP_TOKENS  # else decode / prefill
+        if catch_up and self.catch_up_graph is not None:
             logits = self.catch_up_graph(ids, positions, slots, padded, seq_lens, starts)
         if logits is None:
             logits = self._eager(
