@@ -53,12 +53,16 @@ class LaunchedStep:
     done: torch.cuda.Event | None = None  # recorded after the copies to the host
     pooled: tuple[list[str], torch.Tensor] | None = None  # finished pooling ids, [n, hidden]
     masks: Future[np.ndarray | None] | None = None  # grammar masks being filled (TokenMasks)
-    logits: torch.Tensor | None = None  # kept while its sampling waits (`sampled` False)
-    sampled: bool = True
-    """False while its sampling waits for grammar masks that need the previous step's tokens
-    (ModelRunner.sample queues it once that step has been read)."""
+    logits: torch.Tensor | None = None
+    """Kept while its sampling waits for grammar masks that need the previous step's tokens
+    (ModelRunner.sample queues it once that step has been read); None once it is queued."""
     after: LaunchedStep | None = None  # the step whose tokens a waiting sampling needs read
     read: bool = False  # `wait` has handed its tokens to the host
+
+    @property
+    def sampled(self) -> bool:
+        """Whether its sampling is queued (False while it waits: `logits` kept)."""
+        return self.logits is None
 
 
 class ModelRunner:
@@ -117,7 +121,7 @@ class ModelRunner:
             self.captured_logits.append(logits.detach().cpu().clone())
         if host.sampling_states:
             if behind:  # the masks need the previous step's tokens: sample once it is read
-                step.logits, step.sampled, step.after = logits, False, self._latest
+                step.logits, step.after = logits, self._latest
                 self._waiting = step
             else:
                 self._sample(logits, step)
@@ -132,7 +136,7 @@ class ModelRunner:
             return
         if step.after is not None and not step.after.read:
             raise RuntimeError("a step's grammar masks need the previous step read first")
-        logits, step.logits, step.sampled, step.after = step.logits, None, True, None
+        logits, step.logits, step.after = step.logits, None, None
         if self._waiting is step:
             self._waiting = None
         self._sample(logits, step)
