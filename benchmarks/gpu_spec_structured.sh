@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # GPU figures of speculative decoding (#17) and structured output (#18), and the GPU tests, on one
 # lent GPU machine. Needs the llguidance and gguf wheels in .whl (carry .whl); OUT gets the results.
-#   step combo:      the new kernels' tests, structured, the spec ceiling (one call)
 #   step first:      tests/gpu, structured at the 7B shape, the spec ceiling (one call)
 #   step second:     int8 / int4 7B, spec n-gram + 64 concurrent, producer-quantized x
 #   step final:      changed paths' tests, spec ceiling / n-gram / 64, structured, int4 sweep
@@ -9,25 +8,13 @@
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
 set -u
-step=${1:?step: first, second, final, combo, tests, structured or spec}
+step=${1:?step: first, second, final, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1  # absolute: the structured step runs in benchmarks/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 case "$step" in
-combo)  # the new kernels' tests, then structured and the spec ceiling, each time-boxed
-    timeout 100 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_fp8.py \
-        tests/gpu/test_quant_kernels.py -k "fp8 or quant_out or quantizes_its_output or int8" \
-        2>&1 | tail -6 | tee "$OUT/gpu_tests_new_kernels.txt"
-    cd benchmarks || exit 1
-    timeout 120 python3 structured_decoding.py --device cuda \
-        --output "$OUT/structured_decoding_cuda.json" 2>&1 | grep -v Warn | tail -5
-    timeout 150 python3 structured_decoding.py --device cuda --shape mistral-7b \
-        --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 | grep -v Warn | tail -5
-    cd .. || exit 1
-    timeout 200 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
-        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 | tail -30 ;;
 first)  # every GPU test (cut by SIGINT so pytest still prints its summary), #18 at 7B, #17 ceiling
     timeout -s INT 250 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
         | tee "$OUT/gpu_tests.txt"
