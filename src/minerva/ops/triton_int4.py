@@ -6,7 +6,9 @@ in its high nibble, so the two halves of a group multiply two contiguous runs of
 scale * code + offset (scale and offset float16, one pair per group), so a group's product is
 scale * dot(codes, x) + offset * sum(x): the codes (0..15) enter the dot as they are.
 - `gemv`: one token, the bf16 GEMV's structure (ops/triton_gemv.py) with its fused input and
-  epilogue: RMSNorm applied while loading x, SiLU * mul on x, residual added to the output;
+  epilogue: RMSNorm applied while loading x, SiLU * mul on x, residual added to the output; the
+  values are widened as ops/triton_quant.py's qgemv widens GGUF codes (scale * code + offset,
+  elementwise into one accumulator);
 - `gemm`: several tokens, each group's codes widened to x's dtype (exact) and multiplied on the
   tensor cores (tl.dot), the group's scale and offset applied to the float32 partial.
 Imports triton: load only on CUDA (tests run it on the CPU through TRITON_INTERPRET=1).
@@ -20,6 +22,7 @@ import triton.language as tl
 
 from minerva.ops import pdl as _pdl
 from minerva.ops.triton_gemv import load_x, norm_rstd, store_rows
+from minerva.ops.triton_quant import _codes_f32
 
 GROUP = 128
 HALF = tl.constexpr(64)  # values per nibble half of a group
@@ -46,25 +49,25 @@ def _gemv_kernel(
         rstd = norm_rstd(part_in_ptr, num_part_in, K, eps, BLOCK_P)
     w_rows = w_ptr + rows.to(tl.int64)[:, None, None] * stride_wn
     s_rows = rows.to(tl.int64)[:, None] * stride_sn
-    acc = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    # one elementwise accumulator, summed once at the end: a reduction per group (the dot of
+    # each group, then its scale) costs shuffles in every iteration of a weight stream
+    acc = tl.zeros([BLOCK_N, BLOCK_G, HALF], tl.float32)
+    zero_rows = tl.zeros([BLOCK_N], tl.int32)
     num_groups = K // (2 * HALF)
     for g0 in range(0, num_groups, BLOCK_G):
         gi = g0 + g  # [BLOCK_G] group indices
         g_ok = gi < num_groups
-        kl = gi[:, None] * (2 * HALF) + i[None, :]  # [BLOCK_G, 64]: the low nibbles' K
         b = tl.load(w_rows + (gi[:, None] * HALF + i[None, :])[None],
                     mask=row_ok[:, None, None] & g_ok[None, :, None], other=0)  # fmt: skip
+        # x in the weight tile's own layout (the same element for every row), as qgemv
+        kl = gi[None, :, None] * (2 * HALF) + i[None, None, :] + zero_rows[:, None, None]
         x_lo = load_x(x_ptr, kl, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
         x_hi = load_x(x_ptr, kl + HALF, K, rstd, norm_w_ptr, NORM_IN, GATED_IN)
-        lo = (b & 15).to(tl.float32)
-        hi = (b >> 4).to(tl.float32)
-        dot = tl.sum(lo * x_lo[None], axis=2) + tl.sum(hi * x_hi[None], axis=2)  # [BN, BG]
-        sx = tl.sum(x_lo, axis=1) + tl.sum(x_hi, axis=1)  # [BG]
         m2 = row_ok[:, None] & g_ok[None, :]
-        s = tl.load(s_ptr + s_rows + gi[None, :], mask=m2, other=0.0).to(tl.float32)
-        o = tl.load(o_ptr + s_rows + gi[None, :], mask=m2, other=0.0).to(tl.float32)
-        acc += s * dot + o * sx[None, :]
-    y = tl.sum(acc, axis=1)
+        s = tl.load(s_ptr + s_rows + gi[None, :], mask=m2, other=0.0).to(tl.float32)[:, :, None]
+        o = tl.load(o_ptr + s_rows + gi[None, :], mask=m2, other=0.0).to(tl.float32)[:, :, None]
+        acc += (_codes_f32(b & 15, 0.0) * s + o) * x_lo + (_codes_f32(b >> 4, 0.0) * s + o) * x_hi
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)
     store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
 
 
