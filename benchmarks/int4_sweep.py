@@ -3,7 +3,8 @@ layers: each config's output checked against dequantize + matmul, then timed.
 
     PYTHONPATH=src python benchmarks/int4_sweep.py --output DIR [--budget-s 150]
 
-Prints the fastest configs per shape and part and writes int4_sweep_<gpu>.json: every config's
+The one-token GEMV in both variants: x quantized to 8 bits with dp4a products (its quantize
+launch timed with it) and the float kernel. Prints the fastest configs per shape and part and writes int4_sweep_<gpu>.json: every config's
 time, achieved bandwidth (GEMV) or TFLOP/s (GEMM) and its error. The GEMV's bytes are the codes,
 scales and offsets it reads (x is negligible).
 """
@@ -24,6 +25,12 @@ from minerva.quant.int4 import dequantize_rows, quantize_rows
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 GEMV_CONFIGS = list(itertools.product((4, 8, 16), (2, 4, 8), (4, 8), (2, 4)))
+DP4A_CONFIGS = list(itertools.product((1, 2, 4, 8), (8, 16, 32), (1, 2, 4), (2, 3)))
+# the one-token kernels: (name, int8_x, the config function's name in ops/triton_int4, configs)
+GEMV_VARIANTS = (
+    ("dp4a", True, "gemv_dp4a_config", DP4A_CONFIGS),
+    ("float", False, "gemv_config", GEMV_CONFIGS),
+)
 GEMM_CONFIGS = {
     64: list(itertools.product((16, 32, 64), (64, 128), (4, 8), (3, 4))),
     512: list(itertools.product((64, 128), (64, 128, 256), (4, 8), (2, 3))),
@@ -52,28 +59,32 @@ def main() -> None:
     slug = next((s for s in ("h100", "h200") if s in gpu.lower()), "gpu")
     out_path = args.output / f"int4_sweep_{slug}.json"
     args.output.mkdir(parents=True, exist_ok=True)
-    default_gemv, default_gemm = triton_int4.gemv_config, triton_int4.gemm_config
+    default_gemm = triton_int4.gemm_config
     for name, (n, k) in SHAPES.items():
         codes, scale, offset, w = weights(n, k, gen)
         nbytes = codes.numel() + 2 * (scale.numel() + offset.numel())
         x = torch.randn(1, k, generator=gen, device="cuda").bfloat16()
         ref = x.float() @ w.T
-        rows = results["gemv"][name] = []
-        for cfg in [None, *GEMV_CONFIGS]:
-            if time.perf_counter() - start > args.budget_s * 0.6:
-                break
-            triton_int4.gemv_config = default_gemv if cfg is None else (lambda n, k, c=cfg: c)
-            try:
-                out = triton_int4.gemv(x, codes, scale, offset)
-                ms = triton.testing.do_bench(
-                    lambda a=(x, codes, scale, offset): triton_int4.gemv(*a)
-                )
-            except Exception as e:  # a config that does not compile or fit: recorded
-                rows.append({"config": cfg, "error": f"{type(e).__name__}: {e}"[:300]})
-                continue
-            rows.append({"config": cfg or "default", "ms": ms, "gb_s": nbytes / ms / 1e6,
-                         "rel_error": error(out, ref)})  # fmt: skip
-        triton_int4.gemv_config = default_gemv
+        for variant, int8_x, config_fn, configs in GEMV_VARIANTS:
+            # each (shape, variant) gets its slice of the GEMV budget, the default first
+            until = time.perf_counter() + args.budget_s * 0.6 / len(SHAPES) / len(GEMV_VARIANTS)
+            default = getattr(triton_int4, config_fn)
+            rows = results["gemv"][f"{name}_{variant}"] = []
+            for cfg in [None, *configs]:
+                if time.perf_counter() > until:
+                    break
+                setattr(triton_int4, config_fn, default if cfg is None else (lambda n, k, c=cfg: c))
+                try:
+                    out = triton_int4.gemv(x, codes, scale, offset, int8_x=int8_x)
+                    ms = triton.testing.do_bench(
+                        lambda a=(x, codes, scale, offset), q=int8_x: triton_int4.gemv(*a, int8_x=q)
+                    )
+                except Exception as e:  # a config that does not compile or fit: recorded
+                    rows.append({"config": cfg, "error": f"{type(e).__name__}: {e}"[:300]})
+                    continue
+                rows.append({"config": cfg or "default", "ms": ms, "gb_s": nbytes / ms / 1e6,
+                             "rel_error": error(out, ref)})  # fmt: skip
+            setattr(triton_int4, config_fn, default)
         for m, configs in GEMM_CONFIGS.items():
             xm = torch.randn(m, k, generator=gen, device="cuda").bfloat16()
             refm = xm.float() @ w.T

@@ -5,10 +5,14 @@ A row's group g of 128 values is 64 bytes: byte i holds code i in its low nibble
 in its high nibble, so the two halves of a group multiply two contiguous runs of x. A value is
 scale * code + offset (scale and offset float16, one pair per group), so a group's product is
 scale * dot(codes, x) + offset * sum(x): the codes (0..15) enter the dot as they are.
-- `gemv`: one token, the bf16 GEMV's structure (ops/triton_gemv.py) with its fused input and
-  epilogue: RMSNorm applied while loading x, SiLU * mul on x, residual added to the output; the
-  values are widened as ops/triton_quant.py's qgemv widens GGUF codes (scale * code + offset,
-  elementwise into one accumulator);
+- `gemv`: one token, with the batch-1 path's fusions (RMSNorm and SiLU * mul applied to x,
+  residual added to the output). By default x is quantized to 8 bits per block of 32 first
+  (ops/triton_qgemv_int8.quantize_x, which applies the norm or SiLU * mul) and the codes meet it in
+  `dp4a` integer dot products, as the GGUF GEMV does: a group's product is then
+  scale * sum_b dx_b * dot(codes_b, xq_b) + offset * sum(x), about one instruction per value
+  where widening each code to a float takes five, which made the float kernel compute-bound.
+  `int8_x=False` runs the float kernel (x in bf16, the bf16 GEMV's structure of
+  ops/triton_gemv.py with its fused input and epilogue), the dp4a kernel's twin;
 - `gemm`: several tokens, each group's codes widened to x's dtype (exact) and multiplied on the
   tensor cores (tl.dot), the group's scale and offset applied to the float32 partial.
 Imports triton: load only on CUDA (tests run it on the CPU through TRITON_INTERPRET=1).
@@ -22,6 +26,7 @@ import triton.language as tl
 
 from minerva.ops import pdl as _pdl
 from minerva.ops.triton_gemv import load_x, norm_rstd, store_rows
+from minerva.ops.triton_qgemv_int8 import LOW4, QuantX, _dp4a, quantize_x
 from minerva.ops.triton_quant import _codes_f32
 
 GROUP = 128
@@ -69,6 +74,63 @@ def _gemv_kernel(
         acc += (_codes_f32(b & 15, 0.0) * s + o) * x_lo + (_codes_f32(b >> 4, 0.0) * s + o) * x_hi
     y = tl.sum(tl.sum(acc, axis=2), axis=1)
     store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
+
+
+@triton.jit
+def _gemv_dp4a_kernel(
+    xq32_ptr, dx_ptr, sx_ptr, w32_ptr, s_ptr, o_ptr, b_ptr, out_ptr, N, K, stride_w32,
+    stride_sn, res_ptr, part_out_ptr, HAS_BIAS: tl.constexpr, RES_OUT: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, USE_PDL: tl.constexpr,
+):  # fmt: skip
+    """x quantized by quantize_x (int8 codes read as 32-bit words, a scale dx per 32 values,
+    dx * sum(codes) per 16). A group's 64 bytes are 16 words: word 8h + j holds (low nibbles)
+    values 32h + 4j .. + 3 and (high nibbles) 64 + 32h + 4j .. + 3, x's words 32g + 8h + j and
+    32g + 16 + 8h + j; four x blocks of 32 per group, two per nibble half."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    g = tl.arange(0, BLOCK_G)
+    h = tl.arange(0, 2)
+    j = tl.arange(0, 8)
+    zero4 = tl.zeros([BLOCK_N, 1, 1, 1], tl.int32)
+    w_rows = w32_ptr + rows.to(tl.int64)[:, None, None, None] * stride_w32
+    s_rows = rows.to(tl.int64)[:, None] * stride_sn
+    if USE_PDL:  # see ops/pdl.py
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    acc = tl.zeros([BLOCK_N, BLOCK_G], tl.float32)
+    num_groups = K // (2 * HALF)
+    for g0 in range(0, num_groups, BLOCK_G):
+        gi = g0 + g
+        g_ok = gi < num_groups
+        word = gi[:, None, None] * 16 + h[None, :, None] * 8 + j[None, None, :]  # [BG, 2, 8]
+        w = tl.load(w_rows + word[None], mask=row_ok[:, None, None, None] & g_ok[None, :, None, None],
+                    other=0)  # fmt: skip
+        xi = gi[:, None, None] * 32 + h[None, :, None] * 8 + j[None, None, :]
+        x_ok = g_ok[None, :, None, None]
+        x_lo = tl.load(xq32_ptr + xi[None] + zero4, mask=x_ok, other=0)
+        x_hi = tl.load(xq32_ptr + xi[None] + 16 + zero4, mask=x_ok, other=0)
+        i_lo = tl.sum(_dp4a(w & LOW4, x_lo), axis=3).to(tl.float32)  # [BN, BG, 2]
+        i_hi = tl.sum(_dp4a((w >> 4) & LOW4, x_hi), axis=3).to(tl.float32)
+        blk = gi[:, None] * 4 + h[None, :]  # [BG, 2]: x blocks of the low halves
+        d_lo = tl.load(dx_ptr + blk, mask=g_ok[:, None], other=0.0)
+        d_hi = tl.load(dx_ptr + blk + 2, mask=g_ok[:, None], other=0.0)
+        dot = tl.sum(i_lo * d_lo[None] + i_hi * d_hi[None], axis=2)  # [BN, BG]
+        e = tl.arange(0, 8)
+        sx = tl.sum(tl.load(sx_ptr + gi[:, None] * 8 + e[None, :], mask=g_ok[:, None], other=0.0),
+                    axis=1)  # fmt: skip
+        m2 = row_ok[:, None] & g_ok[None, :]
+        s = tl.load(s_ptr + s_rows + gi[None, :], mask=m2, other=0.0).to(tl.float32)
+        o = tl.load(o_ptr + s_rows + gi[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc += s * dot + o * sx[None, :]
+    y = tl.sum(acc, axis=1)
+    store_rows(y, pid, rows, row_ok, b_ptr, out_ptr, res_ptr, part_out_ptr, HAS_BIAS, RES_OUT)
+
+
+def gemv_dp4a_config(n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_G, num_warps, num_stages): the GGUF Q4_K dp4a GEMV's tuned shape
+    (2 rows x 2048 values per slice, 2 warps); benchmarks/int4_sweep.py sweeps it."""
+    return 2, 16, 2, 2
 
 
 def gemv_config(n: int, k: int) -> tuple[int, int, int, int]:
@@ -146,25 +208,62 @@ def gemm(
     return y
 
 
-def gemv(x, codes, scale, offset, bias=None, pdl=False) -> torch.Tensor:
+INT8_X = True
+"""One token quantizes x to 8 bits and runs the dp4a kernel (False: the float kernel)."""
+
+
+def gemv(x, codes, scale, offset, bias=None, pdl=False, int8_x=None) -> torch.Tensor:
     """x [1, K] @ W.T (+ bias) -> [1, N] in x's dtype (W as in `gemm`), float32 accumulation."""
+    if INT8_X if int8_x is None else int8_x:
+        return _launch_dp4a(quantize_x(x, codes.shape[1] * 2, pdl=pdl), codes, scale, offset,
+                            bias, x.dtype, pdl=pdl)  # fmt: skip
     return _launch(x, codes, scale, offset, bias, pdl=pdl)
 
 
-def gemv_add_residual(x, codes, scale, offset, bias, residual, gated=False, pdl=False):
+def gemv_add_residual(x, codes, scale, offset, bias, residual, gated=False, pdl=False,
+                      int8_x=None):  # fmt: skip
     """(residual + x @ W.T (+ bias), per-program partial sums of its squares), as
     ops/triton_gemv.gemv_add_residual; gated: x is [gate | up], the input silu(gate) * up."""
-    block_n = gemv_config(*codes.shape)[0]
-    partials = torch.empty(triton.cdiv(codes.shape[0], block_n), dtype=torch.float32,
-                           device=x.device)  # fmt: skip
-    out = _launch(x, codes, scale, offset, bias, residual=residual, partials_out=partials,
-                  gated=gated, pdl=pdl)  # fmt: skip
+    n, k = codes.shape[0], codes.shape[1] * 2
+    dp4a = INT8_X if int8_x is None else int8_x
+    block_n = (gemv_dp4a_config if dp4a else gemv_config)(n, k)[0]
+    partials = torch.empty(triton.cdiv(n, block_n), dtype=torch.float32, device=x.device)
+    if dp4a:
+        xq = quantize_x(x, k, gated=gated, pdl=pdl)
+        out = _launch_dp4a(xq, codes, scale, offset, bias, x.dtype, residual=residual,
+                           partials_out=partials, pdl=pdl)  # fmt: skip
+    else:
+        out = _launch(x, codes, scale, offset, bias, residual=residual, partials_out=partials,
+                      gated=gated, pdl=pdl)  # fmt: skip
     return out, partials
 
 
-def gemv_rms_norm(h, partials, norm_weight, eps, codes, scale, offset, bias=None, pdl=False):
+def gemv_rms_norm(h, partials, norm_weight, eps, codes, scale, offset, bias=None, pdl=False,
+                  int8_x=None):  # fmt: skip
     """RMSNorm(h) * norm_weight @ W.T (+ bias), as ops/triton_gemv.gemv_rms_norm."""
-    return _launch(h, codes, scale, offset, bias, norm=(partials, norm_weight, eps), pdl=pdl)
+    norm = (partials, norm_weight, eps)
+    if INT8_X if int8_x is None else int8_x:
+        xq = quantize_x(h, codes.shape[1] * 2, norm=norm, pdl=pdl)
+        return _launch_dp4a(xq, codes, scale, offset, bias, h.dtype, pdl=pdl)
+    return _launch(h, codes, scale, offset, bias, norm=norm, pdl=pdl)
+
+
+def _launch_dp4a(xq: QuantX, codes, scale, offset, bias, dtype, residual=None,
+                 partials_out=None, pdl=False):  # fmt: skip
+    xcodes, dx, sx = xq
+    n, k = codes.shape[0], codes.shape[1] * 2
+    out = torch.empty(1, n, dtype=dtype, device=codes.device)
+    block_n, block_g, num_warps, num_stages = gemv_dp4a_config(n, k)
+    _gemv_dp4a_kernel[(triton.cdiv(n, block_n),)](
+        xcodes.view(torch.int32), dx, sx, codes.view(torch.int32), scale, offset,
+        bias if bias is not None else scale, out, n, k, codes.stride(0) // 4, scale.stride(0),
+        residual.contiguous() if residual is not None else out,
+        partials_out if partials_out is not None else out,
+        HAS_BIAS=bias is not None, RES_OUT=residual is not None, BLOCK_N=block_n,
+        BLOCK_G=block_g, USE_PDL=pdl, num_warps=num_warps, num_stages=num_stages,
+        **_pdl.launch_kwargs(pdl),
+    )  # fmt: skip
+    return out
 
 
 def _launch(x, codes, scale, offset, bias, residual=None, partials_out=None, norm=None,
