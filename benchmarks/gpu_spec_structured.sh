@@ -34,9 +34,9 @@ second)  # a random 7B at int8 / int4 (#13), #17 n-gram and 64 concurrent, produ
     timeout 100 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6 ;;
 final)  # the changed paths' tests, #18 at 7B, #17 (n-gram / 64, ceiling), the int4 sweep
-    timeout -s INT 90 python3 -m pytest -q -p no:cacheprovider -rf \
+    timeout -s INT 120 python3 -m pytest -q -p no:cacheprovider -rf \
         tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py \
-        tests/gpu/test_structured_cuda.py 2>&1 | tail -8 | tee "$OUT/gpu_tests_final.txt"
+        tests/gpu/test_structured_cuda.py tests/gpu/test_int4.py 2>&1 | tail -8 | tee "$OUT/gpu_tests_final.txt"
     (cd benchmarks && timeout 90 python3 structured_decoding.py --device cuda --shape mistral-7b \
         --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
         | grep -v Warn | tail -4)

@@ -1,6 +1,8 @@
 """4-bit weights in groups of 128 values along each row, asymmetric (`--quantization int4`,
 also `w4a16`): a quarter of bf16's bytes plus a float16 scale and offset per group (4.25 bits
-per weight), quantized while a float checkpoint loads. Weight-only: activations stay in bf16.
+per weight), quantized while a float checkpoint loads. Weight-only for several tokens
+(activations stay in bf16); one token quantizes x to 8 bits per block of 32 on the way into its
+GEMV, as the GGUF path and llama.cpp do (ops/triton_int4.py says why).
 
 Each group maps a range [lo, hi] onto the codes 0..15: scale = (hi - lo) / 15, offset = lo,
 code = round((w - offset) / scale) against the float16-rounded pair, values outside the range
