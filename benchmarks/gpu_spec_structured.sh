@@ -46,7 +46,7 @@ final)  # the changed paths' tests, #18 at 7B, #17 (n-gram / 64, ceiling), the i
     timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
         | grep -E "speedup|rounds|tok_s|acceptance" | head -20
-    timeout 130 python3 benchmarks/int4_sweep.py --budget-s 110 --output "$OUT" 2>&1 | tail -14 ;;
+    timeout 115 python3 benchmarks/int4_sweep.py --budget-s 95 --output "$OUT" 2>&1 | tail -14 ;;
 tests)
     timeout 330 python3 -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tail -15 \
         | tee "$OUT/gpu_tests.txt" ;;
