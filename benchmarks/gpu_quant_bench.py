@@ -276,9 +276,19 @@ def main() -> None:
         default=None,
         help="rows up to which x is quantized to int8 for the tensor cores (quant/gguf_matmul.py)",
     )
+    ap.add_argument(
+        "--int4-float-x",
+        action="store_true",
+        help="int4's one-token GEMV on bf16 x (the float kernel) instead of 8-bit x and dp4a",
+    )
     ap.add_argument("--tag", default="", help="suffix of the result key (a variant's name)")
     args = ap.parse_args()
     from minerva.quant import gguf_matmul
+
+    if args.int4_float_x:
+        from minerva.ops import triton_int4
+
+        triton_int4.INT8_X = False
 
     if args.dequant_rows is not None:
         gguf_matmul.PREFILL_DEQUANT_ROWS = args.dequant_rows
