@@ -71,3 +71,19 @@ def test_the_proposer_forgets_finished_requests():
     assert prop.propose([a], [2]) == [[2, 3]]
     prop.forget(["a"])
     assert prop._indexes == {}
+
+
+def test_the_proposer_reads_a_growing_request_like_the_search_of_its_whole_text():
+    """The proposer reads the request's prompt and output in slices (no copy of the whole
+    text per step): the same proposals as the scan of prompt + output, step after step."""
+    rng = random.Random(2)
+    for _ in range(40):
+        lo = rng.randrange(1, 4)
+        hi = rng.randrange(lo, 6)
+        prop = NgramProposer(lo, hi)
+        req = Request("r", [rng.randrange(4) for _ in range(rng.randrange(1, 6))], SamplingParams())
+        for _ in range(25):
+            k = rng.randrange(1, 9)
+            want = lookup_slow(req.prompt_token_ids + req.output_token_ids, lo, hi, k)
+            assert prop.propose([req], [k]) == [want]
+            req.output_token_ids.extend(rng.randrange(4) for _ in range(rng.randrange(1, 4)))

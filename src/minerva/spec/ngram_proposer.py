@@ -5,8 +5,33 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from minerva.request import Request
+
+
+class Tokens(Protocol):
+    """A request's tokens as the index reads them: a count and slices (a Request is one; its
+    prompt and output are two lists, which ``all_token_ids`` would copy into one every step)."""
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    def token_slice(self, start: int, end: int) -> list[int]: ...
+
+
+class TokenList:
+    """A plain list of tokens as ``Tokens``."""
+
+    def __init__(self, token_ids: Sequence[int]) -> None:
+        self.token_ids = token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def token_slice(self, start: int, end: int) -> list[int]:
+        return list(self.token_ids[start:end])
 
 
 class NgramProposer:
@@ -31,7 +56,7 @@ class NgramProposer:
             index = self._indexes.get(req.request_id)
             if index is None:
                 index = self._indexes[req.request_id] = NgramIndex(self.ngram_min, self.ngram_max)
-            out.append(index.lookup(req.all_token_ids, k))
+            out.append(index.lookup(req, k))
         return out
 
     def forget(self, request_ids: Iterable[str]) -> None:
@@ -56,34 +81,44 @@ class NgramIndex:
         self._num = 0  # tokens indexed so far (every n-gram ending before position _num)
         self._last: int | None = None  # the last of them, to tell a sequence that was replaced
 
-    def lookup(self, token_ids: list[int], k: int) -> list[int]:
-        num = len(token_ids)
+    def lookup(self, tokens: Tokens | Sequence[int], k: int) -> list[int]:
+        if not hasattr(tokens, "token_slice"):
+            tokens = TokenList(tokens)
+        num = tokens.num_tokens
         if num < self.ngram_min + 1:
             return []
-        self._extend(token_ids)
-        for n in range(min(self.ngram_max, num - 1), self.ngram_min - 1, -1):
-            hits = self._starts[n].get(tuple(token_ids[num - n :]))
+        self._extend(tokens)
+        longest = min(self.ngram_max, num - 1)
+        tail = tokens.token_slice(num - longest, num)
+        for n in range(longest, self.ngram_min - 1, -1):
+            hits = self._starts[n].get(tuple(tail[longest - n :]))
             if hits:
                 # The latest start followed by k tokens, else the earliest (hits ascend).
                 i = bisect_right(hits, num - n - k) - 1
                 start = (hits[i] if i >= 0 else hits[0]) + n
-                return token_ids[start : start + k]
+                return tokens.token_slice(start, min(start + k, num))
         return []
 
-    def _extend(self, token_ids: list[int]) -> None:
+    def _extend(self, tokens: Tokens) -> None:
         """Index every n-gram that ends before the last token (the suffix looked up may only
         match an earlier occurrence). Rebuilds where the sequence is not an extension of the
         one indexed (checked at its last token: a request's tokens only grow)."""
-        end = len(token_ids) - 1
-        if self._num > end or (self._num and token_ids[self._num - 1] != self._last):
+        end = tokens.num_tokens - 1
+        if self._num > end or (
+            self._num and tokens.token_slice(self._num - 1, self._num)[0] != self._last
+        ):
             self._reset()
+        if end <= self._num:
+            return
+        # the new tokens and the ngram_max - 1 before them: every new n-gram lies in there
+        base = max(0, self._num - self.ngram_max + 1)
+        window = tokens.token_slice(base, end)
         for j in range(self._num, end):  # the n-grams ending at position j
             for n in range(self.ngram_min, min(self.ngram_max, j + 1) + 1):
-                self._starts[n].setdefault(tuple(token_ids[j - n + 1 : j + 1]), []).append(
-                    j - n + 1
-                )
-        if end > self._num:
-            self._num, self._last = end, token_ids[end - 1]
+                self._starts[n].setdefault(
+                    tuple(window[j - n + 1 - base : j + 1 - base]), []
+                ).append(j - n + 1)
+        self._num, self._last = end, window[-1]
 
 
 def lookup_slow(token_ids: list[int], ngram_min: int, ngram_max: int, k: int) -> list[int]:
