@@ -206,13 +206,14 @@ def test_drain_finishes_short_requests_and_aborts_long_ones(model_dir):
 
 
 def _parked_in_wait(thread: threading.Thread) -> bool:
-    """The thread's innermost Python frame is Condition.wait, called from the engine loop."""
+    """The thread's innermost Python frame is Condition.wait, called by the engine loop itself
+    (a wait inside a step, e.g. for a step's output, is not the idle park)."""
     frame = sys._current_frames().get(thread.ident)
     names = []
     while frame is not None:
         names.append(frame.f_code.co_name)
         frame = frame.f_back
-    return bool(names) and names[0] == "wait" and "_run" in names
+    return names[:2] == ["wait", "_run"]
 
 
 def test_idle_engine_thread_sleeps(model_dir):
