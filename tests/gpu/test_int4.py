@@ -95,6 +95,18 @@ def test_gemm_is_the_product_with_the_decoded_weight(m, n, k):
     assert rel(yb, x.float() @ deq.T + bias.float()) < 4e-3
 
 
+@pytest.mark.parametrize("n, k", [(37, 384), (16, 128), (5, 1152)])
+def test_dequantize_is_the_twin_weight_in_the_low_dtype(n, k):
+    from minerva.ops import triton_int4
+
+    packed, scale, offset, deq = _weight(n, k)
+    w = triton_int4.dequantize(packed, scale, offset, LOW)
+    assert w.shape == (n, k) and w.dtype == LOW
+    # the decoded value rounded once to the low dtype (a fused multiply-add on the GPU may
+    # round the float32 value differently from torch's multiply then add: one ulp)
+    torch.testing.assert_close(w.float(), deq, rtol=2**-7, atol=1e-6)
+
+
 @pytest.mark.skipif(not CUDA, reason="the engine on a CUDA GPU")
 def test_int4_engine_on_the_gpu_agrees_with_the_cpu_twin():
     runs, llm = demo_greedy_runs("int4", device="cuda", dtype="bfloat16")

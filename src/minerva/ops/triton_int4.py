@@ -14,7 +14,9 @@ scale * dot(codes, x) + offset * sum(x): the codes (0..15) enter the dot as they
   `int8_x=False` runs the float kernel (x in bf16, the bf16 GEMV's structure of
   ops/triton_gemv.py with its fused input and epilogue), the dp4a kernel's twin;
 - `gemm`: several tokens, each group's codes widened to x's dtype (exact) and multiplied on the
-  tensor cores (tl.dot), the group's scale and offset applied to the float32 partial.
+  tensor cores (tl.dot), the group's scale and offset applied to the float32 partial;
+- `dequantize`: the weight in x's dtype, for many tokens (prefill), where decoding it once into
+  a scratch buffer and running cuBLAS beats decoding every tile in the GEMM.
 Imports triton: load only on CUDA (tests run it on the CPU through TRITON_INTERPRET=1).
 """
 
@@ -172,6 +174,40 @@ def _gemm_kernel(
         acc += tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out = y_ptr + rm.to(tl.int64)[:, None] * stride_ym + rn[None, :]
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _dequant_kernel(w_ptr, s_ptr, o_ptr, out_ptr, N, K, stride_wn, stride_sn, stride_on,
+                    BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    gi = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    i = tl.arange(0, HALF)
+    m2 = (rows < N)[:, None] & (gi < K // (2 * HALF))[None, :]
+    m3 = m2[:, :, None]
+    r64 = rows.to(tl.int64)
+    b = tl.load(w_ptr + r64[:, None, None] * stride_wn + (gi[:, None] * HALF + i[None, :])[None],
+                mask=m3, other=0)  # fmt: skip
+    s = tl.load(s_ptr + r64[:, None] * stride_sn + gi[None, :], mask=m2, other=0.0)
+    o = tl.load(o_ptr + r64[:, None] * stride_sn + gi[None, :], mask=m2, other=0.0)
+    s = s.to(tl.float32)[:, :, None]
+    o = o.to(tl.float32)[:, :, None]
+    dst = out_ptr + r64[:, None, None] * stride_on + (gi[:, None] * (2 * HALF) + i[None, :])[None]
+    ty = out_ptr.dtype.element_ty
+    tl.store(dst, (_codes_f32(b & 15, 0.0) * s + o).to(ty), mask=m3)
+    tl.store(dst + HALF, (_codes_f32(b >> 4, 0.0) * s + o).to(ty), mask=m3)
+
+
+def dequantize(codes, scale, offset, dtype: torch.dtype) -> torch.Tensor:
+    """W [N, K] in dtype (scale * code + offset rounded once, as quant/int4.dequantize_rows)."""
+    n, k = codes.shape[0], codes.shape[1] * 2
+    out = torch.empty(n, k, dtype=dtype, device=codes.device)
+    block_n, block_g = 16, 4
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k // GROUP, block_g))
+    _dequant_kernel[grid](
+        codes, scale, offset, out, n, k, codes.stride(0), scale.stride(0), out.stride(0),
+        BLOCK_N=block_n, BLOCK_G=block_g, num_warps=4,
+    )  # fmt: skip
+    return out
 
 
 def gemm_config(m: int) -> tuple[int, int, int, int]:

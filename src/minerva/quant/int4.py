@@ -35,6 +35,12 @@ from minerva.quant.base import (
 from minerva.quant.int8 import Int8LinearMethod
 
 GROUP = 128
+# Rows of x above which a CUDA product decodes the weight into a bf16 scratch buffer and runs
+# cuBLAS instead of the fused GEMM, which reads the 4-bit codes but decodes them again for
+# every tile of rows: the GGUF path's rule (quant/gguf_matmul.py), whose fused GEMM measured
+# slower than the scratch beyond 16 rows on the narrower weights; an H100 / H200 run of
+# benchmarks/gpu_quant_bench.py at int4 tells whether it holds here.
+DEQUANT_ROWS = 16
 CLIP_STEPS = 16
 CLIP_MIN = 0.7
 
@@ -140,6 +146,10 @@ class Int4LinearMethod(LinearMethod):
 
             if x2.shape[0] == 1:
                 y = triton_int4.gemv(x2, w, s, o, b, pdl=self.kernels.pdl)
+            elif x2.shape[0] > DEQUANT_ROWS:
+                y = x2 @ triton_int4.dequantize(w, s, o, x2.dtype).T
+                if b is not None:
+                    y = y + b
             else:
                 y = triton_int4.gemm(x2, w, s, o, b)
         else:  # the twin
