@@ -4,9 +4,9 @@
 #   step first:      tests/gpu, structured at the 7B shape, the spec ceiling (one call)
 #   step second:     int8 / int4 7B, spec n-gram + 64 concurrent, producer-quantized x
 #   step final:      changed paths' tests, spec ceiling / n-gram / 64, structured, int4 sweep
-#   step combined:   tests/gpu, structured at 7B, spec n-gram + 64, int4 sweep (one call)
-#   step rest:       spec ceiling, TinyLlama prefill before/after (BEFORE_SRC=<old checkout>/src),
-#                    int4 7B end to end, dp4a and float x
+#   step combined:   tests/gpu, structured at 7B, spec n-gram + 64, TinyLlama prefill before /
+#                    after (BEFORE_SRC=<old checkout>/src) (one call)
+#   step rest:       spec ceiling, int4 sweep, int4 7B end to end, dp4a and float x
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
@@ -17,6 +17,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD PYTHONUNBUFFERED=1  # absolute: the structured step runs in benchmarks/
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+prefill_abba() {  # #11: TinyLlama 512-token prefill, BEFORE_SRC (an older checkout's src) vs this
+    for side in before after after before; do
+        src=$([ $side = before ] && echo "${BEFORE_SRC:?}" || echo "$PWD/src")
+        PYTHONPATH=/tmp/site:$src:$PWD/benchmarks timeout 34 python3 benchmarks/prefill_profile.py \
+            --shape tinyllama-1.1b --label $side --output "$OUT" 2>&1 | grep -v Warn | tail -9
+    done
+}
 case "$step" in
 first)  # every GPU test (cut by SIGINT so pytest still prints its summary), #18 at 7B, #17 ceiling
     timeout -s INT 250 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
@@ -50,25 +57,21 @@ final)  # the changed paths' tests, #18 at 7B, #17 (n-gram / 64, ceiling), the i
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
         | grep -E "speedup|rounds|tok_s|acceptance" | head -20
     timeout 115 python3 benchmarks/int4_sweep.py --budget-s 95 --output "$OUT" 2>&1 | tail -14 ;;
-combined)  # one call when few are lent: every GPU test, #18 at 7B, #17 n-gram / 64, int4 sweep
-    timeout -s INT 300 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
+combined)  # one call when few are lent: GPU tests, #18 at 7B, #17 n-gram / 64, #11 TinyLlama prefill
+    timeout -s INT 230 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
         | tee "$OUT/gpu_tests.txt"
-    (cd benchmarks && timeout 90 python3 structured_decoding.py --device cuda --shape mistral-7b \
+    (cd benchmarks && timeout 85 python3 structured_decoding.py --device cuda --shape mistral-7b \
         --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
         | grep -v Warn | tail -4)
-    timeout 115 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
+    timeout 110 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
         | grep -E "speedup|tok_s" | head -20
-    timeout 70 python3 benchmarks/int4_sweep.py --budget-s 50 --output "$OUT" 2>&1 | tail -14 ;;
-rest)  # the second call: #17 ceiling, #11 TinyLlama prefill ABBA (BEFORE_SRC), int4 7B end to end
+    prefill_abba ;;
+rest)  # the second call: #17 ceiling, int4 sweep, int4 7B end to end (dp4a and float x)
     timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
         | grep -E "speedup|rounds|tok_s|acceptance" | head -20
-    for side in before after after before; do
-        src=$([ $side = before ] && echo "${BEFORE_SRC:?}" || echo "$PWD/src")
-        PYTHONPATH=/tmp/site:$src:$PWD/benchmarks timeout 70 python3 benchmarks/prefill_profile.py \
-            --shape tinyllama-1.1b --label $side --output "$OUT" 2>&1 | grep -v Warn | tail -9
-    done
+    timeout 70 python3 benchmarks/int4_sweep.py --budget-s 50 --output "$OUT" 2>&1 | tail -14
     timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
         --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
     timeout 100 python3 benchmarks/gpu_quant_bench.py --parts minerva --concurrency 64 \
