@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 prefill_abba() {  # #11: TinyLlama 512-token prefill, BEFORE_SRC (an older checkout's src) vs this
     for side in before after after before; do
         src=$([ $side = before ] && echo "${BEFORE_SRC:?}" || echo "$PWD/src")
-        PYTHONPATH=/tmp/site:$src:$PWD/benchmarks timeout 34 python3 benchmarks/prefill_profile.py \
+        PYTHONPATH=/tmp/site:$src:$PWD/benchmarks timeout 40 python3 benchmarks/prefill_profile.py \
             --shape tinyllama-1.1b --label $side --output "$OUT" 2>&1 | grep -v Warn | tail -9
     done
 }
@@ -58,7 +58,7 @@ final)  # the changed paths' tests, #18 at 7B, #17 (n-gram / 64, ceiling), the i
         | grep -E "speedup|rounds|tok_s|acceptance" | head -20
     timeout 115 python3 benchmarks/int4_sweep.py --budget-s 95 --output "$OUT" 2>&1 | tail -14 ;;
 combined)  # one call when few are lent: GPU tests, #18 at 7B, #17 n-gram / 64, #11 TinyLlama prefill
-    timeout -s INT 230 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
+    timeout -s INT 220 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
         | tee "$OUT/gpu_tests.txt"
     (cd benchmarks && timeout 85 python3 structured_decoding.py --device cuda --shape mistral-7b \
         --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
