@@ -39,14 +39,16 @@ def main() -> None:
               max_num_batched_tokens=4096, progress=False)  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)  # the CPU: a dry run of the script
 
     def ttft() -> float:
         # a fresh prompt each time: a repeated one would be served from the prefix cache
         prompt = torch.randint(3, 32000, (args.length,), generator=gen).tolist()
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         llm.generate([prompt], params)
-        torch.cuda.synchronize()
+        sync()
         return time.perf_counter() - t0
 
     for _ in range(3):
@@ -68,7 +70,7 @@ def main() -> None:
         "label": args.label,
         "shape": args.shape,
         "length": args.length,
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if cuda else None,
         "commit": _commit(),
         "ttft_ms": [t * 1e3 for t in times],
         "ttft_ms_median": statistics.median(times) * 1e3,
