@@ -5,13 +5,21 @@ runs near the FMA peak. Each tile of weight rows, sized to stay in cache, is con
 once per product and multiplied by all the input rows; the weights stay 16-bit in memory. Sums
 run in fp32 and each output is rounded once. cpu_linear.linear sends products of GEMM_MIN_ROWS
 rows or more here; the measurements are in benchmarks/results/cpu_gemm.json.
+
+Each tile's product comes out [tile rows, input rows]; cpu_gemm.c rounds it into its columns of
+the result (torch's copy of that transposed view, the slow twin and the fallback where the C
+code cannot be built, takes several times as long).
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
+from pathlib import Path
 
 import torch
+
+from minerva.ops import native
 
 TILE_BYTES = 4 << 20
 """fp32 bytes of one converted weight tile: measured best among 1-8 MiB (cpu_gemm.json)."""
@@ -20,6 +28,37 @@ PASS_ROWS = 512
 TILE_ALIGN = 16
 
 _local = threading.local()  # per thread: one fp32 scratch tensor, grown on demand
+
+SOURCE = Path(__file__).with_name("cpu_gemm.c")
+_SUFFIX = {torch.bfloat16: "bf16", torch.float16: "f16"}
+_store: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
+
+
+def load() -> bool:
+    """Build (once per cache key) and bind cpu_gemm.c; False, logged once, when it cannot be
+    (the products then round their output through torch)."""
+    lib = native.load(SOURCE)
+    if lib is not None and not _store:
+        for dtype, suffix in _SUFFIX.items():
+            if suffix == "f16" and not lib.minerva_gemm_has_f16():
+                continue
+            fn = getattr(lib, f"minerva_gemm_store_{suffix}")
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+            fn.argtypes += [ctypes.c_int64, ctypes.c_int]
+            fn.restype = ctypes.c_int
+            _store[dtype] = fn
+    return lib is not None
+
+
+def store(out: torch.Tensor, y: torch.Tensor) -> None:
+    """y[:, :] = out.t() rounded to y's dtype: out [n, m] fp32 contiguous, y [m, n] with
+    contiguous rows (a column slice of the result); through cpu_gemm.c where it is loaded."""
+    fn = _store.get(y.dtype)
+    n, m = out.shape
+    if fn is None or y.stride(1) != 1 or fn(
+        out.data_ptr(), n, m, y.data_ptr(), y.stride(0), torch.get_num_threads()
+    ):
+        y.copy_(out.t())
 
 
 def _scratch(numel: int) -> torch.Tensor:
@@ -57,5 +96,5 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
                 torch.mm(wf, xt, out=out)
             else:
                 torch.addmm(bias_f[n0:n1], wf, xt, out=out)
-            y[p0:p1, n0:n1].copy_(out.t())  # transposed and rounded while in cache
+            store(out, y[p0:p1, n0:n1])  # transposed and rounded while in cache
     return y

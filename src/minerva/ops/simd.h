@@ -13,6 +13,32 @@
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
 
+// Eight floats rounded to bf16 (as f32_to_bf16 below: to nearest even, NaNs kept quiet) or to
+// fp16, on any AVX2 CPU (the AVX2 branch's stores, and 8 x 8 blocks in cpu_gemm.c).
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define HAVE_X8 1
+INLINE __m256i bf16_bits8(__m256 v) {
+    // each lane's bf16 in the top half of its 32 bits, the bottom half zero
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
+    __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    r = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(quiet), nan));
+    return _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u));
+}
+INLINE __m128i bf16x8(__m256 v) {
+    __m256i r = _mm256_srli_epi32(bf16_bits8(v), 16);  // < 2^16: the unsigned pack is exact
+    __m256i packed = _mm256_packus_epi32(r, r);  // per 128-bit half: [r0-3 r0-3 | r4-7 r4-7]
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+INLINE __m128i f16x8(__m256 v) {
+    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define SIMD_PATH "avx512"
@@ -94,26 +120,9 @@ INLINE vec load_bf16(const uint16_t *p) {
 INLINE vec load_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
-INLINE __m256i bf16_bits(vec v) {  // f32_to_bf16 of each lane, in the top half of its 32 bits
-    __m256i u = _mm256_castps_si256(v);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-    __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
-    __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-    r = _mm256_castps_si256(
-        _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(quiet), nan));
-    return _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u));
-}
-INLINE vec vround_bf16(vec v) { return _mm256_castsi256_ps(bf16_bits(v)); }
-INLINE void store_bf16(uint16_t *p, vec v) {
-    __m256i r = _mm256_srli_epi32(bf16_bits(v), 16);  // < 2^16: the unsigned pack is exact
-    __m256i packed = _mm256_packus_epi32(r, r);  // per 128-bit half: [r0-3 r0-3 | r4-7 r4-7]
-    packed = _mm256_permute4x64_epi64(packed, 0x08);
-    _mm_storeu_si128((__m128i *)p, _mm256_castsi256_si128(packed));
-}
-INLINE void store_f16(uint16_t *p, vec v) {
-    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-}
+INLINE vec vround_bf16(vec v) { return _mm256_castsi256_ps(bf16_bits8(v)); }
+INLINE void store_bf16(uint16_t *p, vec v) { _mm_storeu_si128((__m128i *)p, bf16x8(v)); }
+INLINE void store_f16(uint16_t *p, vec v) { _mm_storeu_si128((__m128i *)p, f16x8(v)); }
 INLINE vec vround_f16(vec v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 #else  // plain C: small fixed-size arrays the compiler maps onto its vector registers
