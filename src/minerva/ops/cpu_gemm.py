@@ -55,8 +55,10 @@ def store(out: torch.Tensor, y: torch.Tensor) -> None:
     contiguous rows (a column slice of the result); through cpu_gemm.c where it is loaded."""
     fn = _store.get(y.dtype)
     n, m = out.shape
-    if fn is None or y.stride(1) != 1 or fn(
-        out.data_ptr(), n, m, y.data_ptr(), y.stride(0), torch.get_num_threads()
+    if (
+        fn is None
+        or y.stride(1) != 1
+        or fn(out.data_ptr(), n, m, y.data_ptr(), y.stride(0), torch.get_num_threads())
     ):
         y.copy_(out.t())
 
