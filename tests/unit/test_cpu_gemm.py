@@ -59,8 +59,26 @@ def test_c_store_rounds_as_the_torch_copy(gemm_store, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
-def test_products_equal_with_and_without_the_c_store(gemm_store, dtype, monkeypatch):
-    """The tiled GEMM gives the same bits whether its output step runs in C or in torch."""
+def test_c_widening_is_the_torch_copy(gemm_store, dtype):
+    """cpu_gemm.c's widening to fp32 against torch's copy, bit for bit (NaNs stay NaNs), for
+    sizes around its vector length and its per-thread chunk."""
+    if dtype not in gemm_store._widen:
+        pytest.skip("no fp16 conversions in this build")
+    g = torch.Generator().manual_seed(5)
+    for numel in [1, 7, 8, 9, 100, (1 << 16) + 3, 3 << 16]:
+        src = torch.randn(numel, generator=g) * 100
+        _special_values(src, g)
+        src = src.to(dtype)
+        ours = torch.empty(numel)
+        gemm_store.widen(src, ours)
+        nan = src.isnan()
+        assert torch.equal(ours.isnan(), nan), numel
+        assert torch.equal(ours[~nan], src.float()[~nan]), numel
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_products_equal_with_and_without_the_c_conversions(gemm_store, dtype, monkeypatch):
+    """The tiled GEMM gives the same bits whether its conversions run in C or in torch."""
     monkeypatch.setattr(cpu_gemm, "TILE_BYTES", 4 * 24 * 40)  # several tiles and passes
     monkeypatch.setattr(cpu_gemm, "PASS_ROWS", 19)
     g = torch.Generator().manual_seed(4)
@@ -70,6 +88,7 @@ def test_products_equal_with_and_without_the_c_store(gemm_store, dtype, monkeypa
     with torch.inference_mode():
         fast = cpu_gemm.linear(x, w, b)
         monkeypatch.setattr(cpu_gemm, "_store", {})
+        monkeypatch.setattr(cpu_gemm, "_widen", {})
         slow = cpu_gemm.linear(x, w, b)
     assert torch.equal(fast, slow)
     _check(fast, x, w, b)

@@ -1,10 +1,13 @@
-// The last step of cpu_gemm.py's tiled products: a GEMM tile's fp32 output, [weight rows,
-// input rows], rounded to bf16 / fp16 into its columns of the [input rows, N] result.
+// The conversions around cpu_gemm.py's fp32 GEMM of bf16 / fp16 operands: inputs and weight
+// tiles to fp32 before it, and its fp32 output, [weight rows, input rows], rounded into its
+// columns of the [input rows, N] result after it.
 //
 // torch's copy of a transposed fp32 view into a bf16 tensor goes element by element (5-10x the
 // time of a contiguous copy). Here whole 8 x 8 blocks are loaded, transposed in registers and
 // rounded with simd.h's eight-lane conversions (which round as f32_to_bf16 / f32_to_f16); the
-// edges run the scalar conversions. Built and loaded by minerva.ops.native (cpu_gemm.py).
+// edges run the scalar conversions. The widening copies are exact; in C they skip torch's
+// per-call costs (tens of microseconds at these sizes). Built and loaded by minerva.ops.native
+// (cpu_gemm.py).
 
 #include <stdint.h>
 #ifdef _OPENMP
@@ -74,6 +77,28 @@ DEFINE_STORE(bf16, 0)
 #if HAVE_F16
 DEFINE_STORE(f16, 0)
 #endif
+#endif
+
+// dst[i] = src[i] as fp32, i < count (exact).
+#define DEFINE_LOAD(SUFFIX)                                                                     \
+    int minerva_gemm_load_##SUFFIX(const uint16_t *src, float *dst, int64_t count, int threads) { \
+        if (count < 0 || threads < 1) return -1;                                               \
+        int64_t chunks = (count + LOAD_CHUNK - 1) / LOAD_CHUNK;                                \
+        _Pragma("omp parallel for num_threads(threads) if (chunks > 1)")                       \
+        for (int64_t c = 0; c < chunks; c++) {                                                 \
+            int64_t i = c * LOAD_CHUNK, end = i + LOAD_CHUNK < count ? i + LOAD_CHUNK : count; \
+            for (; i + VL <= end; i += VL) store_f32(dst + i, load_##SUFFIX(src + i));         \
+            for (; i < end; i++) dst[i] = f32_of_##SUFFIX(src[i]);                             \
+        }                                                                                      \
+        return 0;                                                                              \
+    }
+
+// Elements one thread widens at a time: below this, no fork (a fork costs microseconds, and
+// 64K elements take about as long on one core).
+#define LOAD_CHUNK (1 << 16)
+DEFINE_LOAD(bf16)
+#if HAVE_F16
+DEFINE_LOAD(f16)
 #endif
 
 int minerva_gemm_has_f16(void) { return HAVE_F16; }

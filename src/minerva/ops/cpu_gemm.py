@@ -6,9 +6,10 @@ once per product and multiplied by all the input rows; the weights stay 16-bit i
 run in fp32 and each output is rounded once. cpu_linear.linear sends products of GEMM_MIN_ROWS
 rows or more here; the measurements are in benchmarks/results/cpu_gemm.json.
 
-Each tile's product comes out [tile rows, input rows]; cpu_gemm.c rounds it into its columns of
-the result (torch's copy of that transposed view, the slow twin and the fallback where the C
-code cannot be built, takes several times as long).
+cpu_gemm.c widens the inputs and each weight tile to fp32 and rounds each tile's product, which
+comes out [tile rows, input rows], into its columns of the result. torch's copies (the slow
+twins, and the fallback where the C code cannot be built) cost tens of microseconds a call at
+prefill sizes, and the transposed one several times a contiguous copy.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _local = threading.local()  # per thread: one fp32 scratch tensor, grown on dema
 SOURCE = Path(__file__).with_name("cpu_gemm.c")
 _SUFFIX = {torch.bfloat16: "bf16", torch.float16: "f16"}
 _store: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
+_widen: dict[torch.dtype, object] = {}
 
 
 def load() -> bool:
@@ -42,12 +44,22 @@ def load() -> bool:
         for dtype, suffix in _SUFFIX.items():
             if suffix == "f16" and not lib.minerva_gemm_has_f16():
                 continue
+            p, i64 = ctypes.c_void_p, ctypes.c_int64
             fn = getattr(lib, f"minerva_gemm_store_{suffix}")
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-            fn.argtypes += [ctypes.c_int64, ctypes.c_int]
-            fn.restype = ctypes.c_int
+            fn.argtypes, fn.restype = [p, i64, i64, p, i64, ctypes.c_int], ctypes.c_int
             _store[dtype] = fn
+            fn = getattr(lib, f"minerva_gemm_load_{suffix}")
+            fn.argtypes, fn.restype = [p, p, i64, ctypes.c_int], ctypes.c_int
+            _widen[dtype] = fn
     return lib is not None
+
+
+def widen(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst = src in fp32 (exact): both contiguous, of one shape; through cpu_gemm.c where it is
+    loaded."""
+    fn = _widen.get(src.dtype)
+    if fn is None or fn(src.data_ptr(), dst.data_ptr(), src.numel(), torch.get_num_threads()):
+        dst.copy_(src)
 
 
 def store(out: torch.Tensor, y: torch.Tensor) -> None:
@@ -82,17 +94,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     (m, k), n = x.shape, weight.shape[0]
     tile = tile_rows(n, k)
     passes = min(m, PASS_ROWS)
-    buf = _scratch(tile * k + tile * passes)
-    wf_buf, out_buf = buf[: tile * k], buf[tile * k :]
+    buf = _scratch(tile * k + passes * k + tile * passes)
+    wf_buf, xf_buf, out_buf = buf[: tile * k], buf[tile * k :][: passes * k], buf[-tile * passes :]
     bias_f = None if bias is None else bias.float().unsqueeze(1)  # [N, 1]
     y = torch.empty(m, n, dtype=x.dtype)
     for p0 in range(0, m, PASS_ROWS):
         p1 = min(m, p0 + PASS_ROWS)
-        xt = x[p0:p1].float().t()  # [K, rows]
+        xf = xf_buf[: (p1 - p0) * k].view(p1 - p0, k)
+        widen(x[p0:p1], xf)
+        xt = xf.t()  # [K, rows]
         for n0 in range(0, n, tile):
             n1 = min(n, n0 + tile)
             wf = wf_buf[: (n1 - n0) * k].view(n1 - n0, k)
-            wf.copy_(weight[n0:n1])  # [tile, K] fp32, in cache
+            widen(weight[n0:n1], wf)  # [tile, K] fp32, in cache
             out = out_buf[: (n1 - n0) * (p1 - p0)].view(n1 - n0, p1 - p0)  # [tile, rows]
             if bias_f is None:
                 torch.mm(wf, xt, out=out)
