@@ -95,22 +95,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     tile = tile_rows(n, k)
     passes = min(m, PASS_ROWS)
     buf = _scratch(tile * k + passes * k + tile * passes)
-    wf_buf, xf_buf, out_buf = buf[: tile * k], buf[tile * k :][: passes * k], buf[-tile * passes :]
+    wf_buf, xf_buf, out_buf = buf.split_with_sizes([tile * k, passes * k, tile * passes])
     bias_f = None if bias is None else bias.float().unsqueeze(1)  # [N, 1]
     y = torch.empty(m, n, dtype=x.dtype)
+    whole = tile == n and passes == m  # one tile, one pass (small models): no operand slices
     for p0 in range(0, m, PASS_ROWS):
         p1 = min(m, p0 + PASS_ROWS)
         xf = xf_buf[: (p1 - p0) * k].view(p1 - p0, k)
-        widen(x[p0:p1], xf)
+        widen(x if whole else x[p0:p1], xf)
         xt = xf.t()  # [K, rows]
         for n0 in range(0, n, tile):
             n1 = min(n, n0 + tile)
             wf = wf_buf[: (n1 - n0) * k].view(n1 - n0, k)
-            widen(weight[n0:n1], wf)  # [tile, K] fp32, in cache
+            widen(weight if whole else weight[n0:n1], wf)  # [tile, K] fp32, in cache
             out = out_buf[: (n1 - n0) * (p1 - p0)].view(n1 - n0, p1 - p0)  # [tile, rows]
             if bias_f is None:
                 torch.mm(wf, xt, out=out)
             else:
-                torch.addmm(bias_f[n0:n1], wf, xt, out=out)
-            store(out, y[p0:p1, n0:n1])  # transposed and rounded while in cache
+                torch.addmm(bias_f if whole else bias_f[n0:n1], wf, xt, out=out)
+            store(out, y if whole else y[p0:p1, n0:n1])  # transposed and rounded while in cache
     return y
