@@ -149,3 +149,18 @@ def test_prefill_chunks_take_the_c_kernel(backend, dtype, kv_dtype, monkeypatch)
         ours, ref = _against_reference(backend, case, False, dtype, kv_dtype or dtype, seed=case)
         torch.testing.assert_close(ours, ref, rtol=rtol, atol=atol)
     assert len(taken) == 5 and all(taken)
+
+
+def test_contexts_past_max_context_take_the_reference(backend, monkeypatch):
+    """A chunk that sees more than MAX_CONTEXT positions runs torch_paged._prefill (the
+    flash kernel's blocking wins at long lengths): the reference's bits."""
+    monkeypatch.setattr(cpu_prefill, "MAX_CONTEXT", 100)
+    ours, ref = _against_reference(
+        backend, PREFILL_CASES[0], False, torch.bfloat16, torch.bfloat16, 3
+    )
+    assert torch.equal(ours, ref)  # 130 positions > 100
+    monkeypatch.setattr(cpu_prefill, "MAX_CONTEXT", 130)
+    ours, ref = _against_reference(
+        backend, PREFILL_CASES[0], False, torch.bfloat16, torch.bfloat16, 3
+    )
+    assert not torch.equal(ours, ref)  # the kernel's roundings, within the tolerance above

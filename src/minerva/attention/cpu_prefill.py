@@ -21,6 +21,11 @@ _PAIRS = {  # (model dtype, KV cache dtype): the kernel's suffix
 }
 _attend: dict[tuple[torch.dtype, torch.dtype], object] = {}
 
+MAX_CONTEXT = 256
+"""The longest context (seq_len) a chunk may see to take the kernel: its cost grows with the
+square of the length without the flash kernel's blocking, which catches up around here and
+wins at longer lengths (benchmarks/cpu_prefill_attention.py, results/cpu_prefill_attention.json)."""
+
 
 def load() -> bool:
     """Build (once per cache key) and bind the kernels; False, logged once, when impossible."""
@@ -46,14 +51,17 @@ def attend(
     scale: float,
     window: int | None,
     out: torch.Tensor,
+    force: bool = False,
 ) -> bool:
     """out = torch_paged._prefill(q, kv_cache, block_table, seq_len, scale, window) for one
     chunk q [Q, H, D] (the last Q of seq_len positions) into out [Q, H, D] (contiguous); False,
-    with out untouched, where the kernel does not apply."""
+    with out untouched, where the kernel does not apply. `force`: past MAX_CONTEXT too
+    (benchmarks)."""
     fn = _attend.get((q.dtype, kv_cache.dtype))
     tokens, heads, dim = q.shape
     if (
         fn is None
+        or (seq_len > MAX_CONTEXT and not force)
         or q.stride()[1:] != (dim, 1)
         or not out.is_contiguous()
         or out.dtype != q.dtype
