@@ -1,4 +1,5 @@
-"""attention.cpu_backend (C decode attention and KV write) against the torch reference."""
+"""attention.cpu_backend (C decode and prefill attention, KV write) against the torch
+reference."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from minerva.attention import AttentionMetadata, cpu_backend, torch_paged
+from minerva.attention import AttentionMetadata, cpu_backend, cpu_prefill, torch_paged
 from minerva.platform import native_kernel_arch
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -66,7 +67,13 @@ CASES = [  # (seq_lens, query_lens, heads, kv_heads, head_dim, window)
     # pairs of query heads per KV head: V chunks of 4 vectors, then the 16 dimensions past them
     ([45, 8, 161], [1, 1, 1], 4, 2, 80, None),
     ([37, 70], [1, 1], 6, 2, 20, None),  # a head_dim past whole vectors: the scalar tail
+    # prefill chunks in C (cpu_prefill.c): a whole prompt; chunks after a cached prefix under a
+    # sliding window, beside decode rows; a head_dim past whole vectors
+    ([130], [130], 4, 2, 64, None),
+    ([200, 90, 71], [1, 70, 50], 8, 2, 64, 33),
+    ([45, 60], [45, 20], 6, 3, 20, None),
 ]
+PREFILL_CASES = [len(CASES) - 3, len(CASES) - 2, len(CASES) - 1]
 
 
 @pytest.mark.parametrize("verify_rows", [False, True], ids=["plain", "verify_rows"])
@@ -125,3 +132,35 @@ def test_a_cache_pair_without_kernels_uses_the_reference(backend):
         out = backend.paged_attention(q, cache, meta, 0.2, None)
         ref = torch_paged.paged_attention(q, cache, meta, 0.2, None)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("kv_dtype", [None, torch.bfloat16], ids=["same", "f32_over_bf16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_prefill_chunks_take_the_c_kernel(backend, dtype, kv_dtype, monkeypatch):
+    """Every prefill chunk of the PREFILL_CASES runs cpu_prefill.c (not the torch reference it
+    is compared with)."""
+    if kv_dtype is not None and dtype != torch.float32:
+        pytest.skip("a 16-bit cache under a float32 model only")
+    taken: list[bool] = []
+    real = cpu_prefill.attend
+    monkeypatch.setattr(cpu_prefill, "attend", lambda *a: taken.append(real(*a)) or taken[-1])
+    rtol, atol = TOL[dtype]
+    for case in PREFILL_CASES:
+        ours, ref = _against_reference(backend, case, False, dtype, kv_dtype or dtype, seed=case)
+        torch.testing.assert_close(ours, ref, rtol=rtol, atol=atol)
+    assert len(taken) == 5 and all(taken)
+
+
+def test_contexts_past_max_context_take_the_reference(backend, monkeypatch):
+    """A chunk that sees more than MAX_CONTEXT positions runs torch_paged._prefill (the
+    flash kernel's blocking wins at long lengths): the reference's bits."""
+    monkeypatch.setattr(cpu_prefill, "MAX_CONTEXT", 100)
+    ours, ref = _against_reference(
+        backend, PREFILL_CASES[0], False, torch.bfloat16, torch.bfloat16, 3
+    )
+    assert torch.equal(ours, ref)  # 130 positions > 100
+    monkeypatch.setattr(cpu_prefill, "MAX_CONTEXT", 130)
+    ours, ref = _against_reference(
+        backend, PREFILL_CASES[0], False, torch.bfloat16, torch.bfloat16, 3
+    )
+    assert not torch.equal(ours, ref)  # the kernel's roundings, within the tolerance above

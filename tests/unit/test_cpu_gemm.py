@@ -3,6 +3,7 @@ float64, and cpu_linear's choice between it, the GEMV kernel and F.linear."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import pytest
@@ -10,10 +11,87 @@ import torch
 import torch.nn.functional as F
 
 from minerva.ops import cpu_gemm, cpu_linear
+from minerva.platform import native_kernel_arch
 
 DTYPES = [torch.bfloat16, torch.float16]
 IDS = ["bf16", "f16"]
 OUT_EPS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}  # one rounding of the output
+
+
+@pytest.fixture(scope="module")
+def gemm_store():
+    """cpu_gemm with its C output step (cpu_gemm.c) loaded; a failure where it should build."""
+    if not cpu_gemm.load():
+        if native_kernel_arch() and shutil.which("cc"):
+            pytest.fail("cpu_gemm.c should build here")
+        pytest.skip("no CPU kernels here")
+    return cpu_gemm
+
+
+def _special_values(out: torch.Tensor, g: torch.Generator) -> None:
+    """Ties, NaN, infinities, overflow on rounding, subnormals among normal values."""
+    flat = out.view(-1)
+    specials = [float("nan"), float("inf"), -float("inf"), 3.4e38, -0.0, 1e-40, 65519.0, 1e-7]
+    specials += [1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11]  # ties
+    picks = torch.randint(0, flat.numel(), (min(flat.numel(), 3 * len(specials)),), generator=g)
+    for i, p in enumerate(picks.tolist()):
+        flat[p] = specials[i % len(specials)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_c_store_rounds_as_the_torch_copy(gemm_store, dtype):
+    """cpu_gemm.c's transposed rounding against its slow twin, y.copy_(out.t()), bit for bit
+    (a NaN stays a NaN; its payload bits are the scalar conversion's, not torch's): whole 8 x 8
+    blocks and edges, into a column slice of a wider result."""
+    if dtype not in gemm_store._store:
+        pytest.skip("no fp16 conversions in this build")
+    g = torch.Generator().manual_seed(3)
+    for n, m in [(1, 1), (8, 8), (13, 21), (64, 128), (300, 37), (9, 300)]:
+        out = torch.randn(n, m, generator=g) * 100
+        _special_values(out, g)
+        ours = torch.zeros(m, n + 11, dtype=dtype)
+        twin = ours.clone()
+        gemm_store.store(out, ours[:, 5 : 5 + n])
+        twin[:, 5 : 5 + n].copy_(out.t())
+        nan = twin.isnan()
+        assert torch.equal(ours.isnan(), nan), (n, m)
+        assert torch.equal(ours.view(torch.int16)[~nan], twin.view(torch.int16)[~nan]), (n, m)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_c_widening_is_the_torch_copy(gemm_store, dtype):
+    """cpu_gemm.c's widening to fp32 against torch's copy, bit for bit (NaNs stay NaNs), for
+    sizes around its vector length and its per-thread chunk."""
+    if dtype not in gemm_store._widen:
+        pytest.skip("no fp16 conversions in this build")
+    g = torch.Generator().manual_seed(5)
+    for numel in [1, 7, 8, 9, 100, (1 << 16) + 3, 3 << 16]:
+        src = torch.randn(numel, generator=g) * 100
+        _special_values(src, g)
+        src = src.to(dtype)
+        ours = torch.empty(numel)
+        gemm_store.widen(src, ours)
+        nan = src.isnan()
+        assert torch.equal(ours.isnan(), nan), numel
+        assert torch.equal(ours[~nan], src.float()[~nan]), numel
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_products_equal_with_and_without_the_c_conversions(gemm_store, dtype, monkeypatch):
+    """The tiled GEMM gives the same bits whether its conversions run in C or in torch."""
+    monkeypatch.setattr(cpu_gemm, "TILE_BYTES", 4 * 24 * 40)  # several tiles and passes
+    monkeypatch.setattr(cpu_gemm, "PASS_ROWS", 19)
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(203, 40, generator=g).to(dtype)
+    b = torch.randn(203, generator=g).to(dtype)
+    x = torch.randn(45, 40, generator=g).to(dtype)
+    with torch.inference_mode():
+        fast = cpu_gemm.linear(x, w, b)
+        monkeypatch.setattr(cpu_gemm, "_store", {})
+        monkeypatch.setattr(cpu_gemm, "_widen", {})
+        slow = cpu_gemm.linear(x, w, b)
+    assert torch.equal(fast, slow)
+    _check(fast, x, w, b)
 
 
 def _check(y: torch.Tensor, x, w, b) -> None:

@@ -159,7 +159,9 @@ def test_cpu_backend_over_fp8_matches_its_c_kernel_over_the_dequantized_values(
         ref = cpu_kernels.paged_attention(q, twin, meta, dim**-0.5, window)  # C decode rows
     if meta.num_decodes:
         assert "runs in torch for a float8_e4m3fn KV cache" in caplog.text
-    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2}[q_dtype]
+    # prefill rows: torch's attention over the fp8 cache, cpu_prefill.c's over the twin (fp32
+    # sums in another order, scores of values scaled by 3)
+    tol = {torch.float32: 5e-5, torch.bfloat16: 2e-2}[q_dtype]
     torch.testing.assert_close(ours, ref, rtol=tol, atol=tol)
 
 

@@ -1,6 +1,6 @@
 """Attention on the CPU: decode rows and the KV write through C (cpu_decode.c), prefill chunks
-through the torch reference. torch_paged.py is the slow twin and the fallback for whatever the
-kernel does not take (autograd, odd strides, a cache dtype it lacks). The kernels read a cache
+through C too (cpu_prefill.py). torch_paged.py is the slow twin and the fallback for whatever the
+kernels do not take (autograd, odd strides, a cache dtype it lacks). The kernels read a cache
 in the model's dtype, or a bf16 / fp16 cache under a float32 model (half the bytes a decode
 step streams); an fp8 KV cache runs on the torch path."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from minerva.attention import torch_paged
+from minerva.attention import cpu_prefill, torch_paged
 from minerva.attention.metadata import AttentionMetadata
 from minerva.ops import native
 
@@ -43,6 +43,7 @@ def load() -> bool:
             write = getattr(lib, f"minerva_write_kv_{suffix}")
             write.argtypes = [p, i64, p, i64, p, i64, i64, p, i64]
             _attend[pair], _write[pair] = attend, write
+        cpu_prefill.load()  # without it, prefill chunks run the torch reference
     return lib is not None
 
 
@@ -152,24 +153,23 @@ def paged_attention(
         out = _decode(q, kv_cache, per_token_rows(meta), scale, sliding_window)
         if out is not None:
             return out
-    if nd == 0:
-        return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
     if nd == meta.num_seqs:  # a pure decode step: no prefill rows to fill in
         out = _decode(q, kv_cache, meta, scale, sliding_window)
         if out is not None:
             return out
         return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
-    decoded = _decode(q[:nd], kv_cache, meta, scale, sliding_window)
-    if decoded is None:
-        return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
     out = torch.empty_like(q)
-    out[:nd] = decoded
+    if nd:
+        decoded = _decode(q[:nd], kv_cache, meta, scale, sliding_window)
+        if decoded is None:
+            return torch_paged.paged_attention(q, kv_cache, meta, scale, sliding_window)
+        out[:nd] = decoded
     starts = meta.query_start_loc_cpu
-    for i in range(nd, meta.num_seqs):
+    for i in range(nd, meta.num_seqs):  # each prefill chunk in C, else the torch reference
         s, e = starts[i], starts[i + 1]
-        out[s:e] = torch_paged._prefill(
-            q[s:e], kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window
-        )
+        args = (kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i], scale, sliding_window)
+        if not cpu_prefill.attend(q[s:e], *args, out[s:e]):
+            out[s:e] = torch_paged._prefill(q[s:e], *args)
     return out
 
 
@@ -206,7 +206,7 @@ def per_token_rows(meta: AttentionMetadata) -> AttentionMetadata:
 
 
 class CPUAttention:
-    """Decode attention and the KV write in C on the CPU (torch reference for prefill)."""
+    """Decode and prefill attention and the KV write in C on the CPU."""
 
     name = "cpu"
     graph_safe = False

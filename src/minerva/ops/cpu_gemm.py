@@ -5,13 +5,22 @@ runs near the FMA peak. Each tile of weight rows, sized to stay in cache, is con
 once per product and multiplied by all the input rows; the weights stay 16-bit in memory. Sums
 run in fp32 and each output is rounded once. cpu_linear.linear sends products of GEMM_MIN_ROWS
 rows or more here; the measurements are in benchmarks/results/cpu_gemm.json.
+
+cpu_gemm.c widens the inputs and each weight tile to fp32 and rounds each tile's product, which
+comes out [tile rows, input rows], into its columns of the result. torch's copies (the slow
+twins, and the fallback where the C code cannot be built) cost tens of microseconds a call at
+prefill sizes, and the transposed one several times a contiguous copy.
 """
 
 from __future__ import annotations
 
+import ctypes
 import threading
+from pathlib import Path
 
 import torch
+
+from minerva.ops import native
 
 TILE_BYTES = 4 << 20
 """fp32 bytes of one converted weight tile: measured best among 1-8 MiB (cpu_gemm.json)."""
@@ -20,6 +29,50 @@ PASS_ROWS = 512
 TILE_ALIGN = 16
 
 _local = threading.local()  # per thread: one fp32 scratch tensor, grown on demand
+
+SOURCE = Path(__file__).with_name("cpu_gemm.c")
+_SUFFIX = {torch.bfloat16: "bf16", torch.float16: "f16"}
+_store: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
+_widen: dict[torch.dtype, object] = {}
+
+
+def load() -> bool:
+    """Build (once per cache key) and bind cpu_gemm.c; False, logged once, when it cannot be
+    (the products then round their output through torch)."""
+    lib = native.load(SOURCE)
+    if lib is not None and not _store:
+        for dtype, suffix in _SUFFIX.items():
+            if suffix == "f16" and not lib.minerva_gemm_has_f16():
+                continue
+            p, i64 = ctypes.c_void_p, ctypes.c_int64
+            fn = getattr(lib, f"minerva_gemm_store_{suffix}")
+            fn.argtypes, fn.restype = [p, i64, i64, p, i64, ctypes.c_int], ctypes.c_int
+            _store[dtype] = fn
+            fn = getattr(lib, f"minerva_gemm_load_{suffix}")
+            fn.argtypes, fn.restype = [p, p, i64, ctypes.c_int], ctypes.c_int
+            _widen[dtype] = fn
+    return lib is not None
+
+
+def widen(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst = src in fp32 (exact): both contiguous, of one shape; through cpu_gemm.c where it is
+    loaded."""
+    fn = _widen.get(src.dtype)
+    if fn is None or fn(src.data_ptr(), dst.data_ptr(), src.numel(), torch.get_num_threads()):
+        dst.copy_(src)
+
+
+def store(out: torch.Tensor, y: torch.Tensor) -> None:
+    """y[:, :] = out.t() rounded to y's dtype: out [n, m] fp32 contiguous, y [m, n] with
+    contiguous rows (a column slice of the result); through cpu_gemm.c where it is loaded."""
+    fn = _store.get(y.dtype)
+    n, m = out.shape
+    if (
+        fn is None
+        or y.stride(1) != 1
+        or fn(out.data_ptr(), n, m, y.data_ptr(), y.stride(0), torch.get_num_threads())
+    ):
+        y.copy_(out.t())
 
 
 def _scratch(numel: int) -> torch.Tensor:
@@ -41,21 +94,24 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     (m, k), n = x.shape, weight.shape[0]
     tile = tile_rows(n, k)
     passes = min(m, PASS_ROWS)
-    buf = _scratch(tile * k + tile * passes)
-    wf_buf, out_buf = buf[: tile * k], buf[tile * k :]
+    buf = _scratch(tile * k + passes * k + tile * passes)
+    wf_buf, xf_buf, out_buf = buf.split_with_sizes([tile * k, passes * k, tile * passes])
     bias_f = None if bias is None else bias.float().unsqueeze(1)  # [N, 1]
     y = torch.empty(m, n, dtype=x.dtype)
+    whole = tile == n and passes == m  # one tile, one pass (small models): no operand slices
     for p0 in range(0, m, PASS_ROWS):
         p1 = min(m, p0 + PASS_ROWS)
-        xt = x[p0:p1].float().t()  # [K, rows]
+        xf = xf_buf[: (p1 - p0) * k].view(p1 - p0, k)
+        widen(x if whole else x[p0:p1], xf)
+        xt = xf.t()  # [K, rows]
         for n0 in range(0, n, tile):
             n1 = min(n, n0 + tile)
             wf = wf_buf[: (n1 - n0) * k].view(n1 - n0, k)
-            wf.copy_(weight[n0:n1])  # [tile, K] fp32, in cache
+            widen(weight if whole else weight[n0:n1], wf)  # [tile, K] fp32, in cache
             out = out_buf[: (n1 - n0) * (p1 - p0)].view(n1 - n0, p1 - p0)  # [tile, rows]
             if bias_f is None:
                 torch.mm(wf, xt, out=out)
             else:
-                torch.addmm(bias_f[n0:n1], wf, xt, out=out)
-            y[p0:p1, n0:n1].copy_(out.t())  # transposed and rounded while in cache
+                torch.addmm(bias_f if whole else bias_f[n0:n1], wf, xt, out=out)
+            store(out, y if whole else y[p0:p1, n0:n1])  # transposed and rounded while in cache
     return y

@@ -5,8 +5,8 @@
 // of them. These do the same arithmetic in one pass with the same roundings as the torch path
 // in layers.py / rope.py (which follows transformers): in bf16/fp16 the residual sum is rounded
 // before it is normalised, the normalised value before the weight multiplies it, and x * cos
-// before the rotated half is added. The sum of squares runs on
-// simd.h vectors.
+// before the rotated half is added. Whole vectors of simd.h (whose 16-bit stores round as the
+// scalar conversions do); the tails one element at a time.
 // Built and loaded by minerva.ops.native (see ops/cpu_ops.py).
 
 #include <stdint.h>
@@ -20,7 +20,9 @@
 // Work below this many elements runs on the calling thread (a fork costs microseconds).
 #define PARALLEL_MIN (1 << 15)
 
-// IS_F32: fp32 keeps every intermediate in fp32 (no rounding steps to emulate).
+// IS_F32: fp32 keeps every intermediate in fp32 (no rounding steps to emulate). Whole vectors
+// go through simd.h (vround_T rounds a lane as f32_to_T does); the tails run the same steps
+// one element at a time.
 #define DEFINE_GLUE(T, SUFFIX, IS_F32)                                                           \
     /* out = w * norm(x + res); res_out = x + res. res / res_out may be NULL (no residual). */   \
     int minerva_add_rms_norm_##SUFFIX(const T *x, const T *res, const T *w, T *out, T *res_out,  \
@@ -34,10 +36,10 @@
             if (res) {                                                                          \
                 const T *rr = res + i * cols;                                                   \
                 T *ro = res_out + i * cols;                                                     \
-                for (; j < cols; j++) {                                                         \
-                    T s = f32_to_##SUFFIX(f32_of_##SUFFIX(xr[j]) + f32_of_##SUFFIX(rr[j]));    \
-                    ro[j] = s;                                                                  \
-                }                                                                               \
+                for (j = 0; j + VL <= cols; j += VL)                                            \
+                    store_##SUFFIX(ro + j, vadd(load_##SUFFIX(xr + j), load_##SUFFIX(rr + j))); \
+                for (; j < cols; j++)                                                           \
+                    ro[j] = f32_to_##SUFFIX(f32_of_##SUFFIX(xr[j]) + f32_of_##SUFFIX(rr[j]));  \
                 xr = ro; /* normalise the new residual stream */                                \
             }                                                                                   \
             vec squares = vzero();                                                              \
@@ -48,7 +50,12 @@
             float sum = vsum(squares);                                                          \
             for (; j < cols; j++) sum += f32_of_##SUFFIX(xr[j]) * f32_of_##SUFFIX(xr[j]);      \
             float inv = 1.0f / sqrtf(sum / (float)cols + eps);                                  \
-            for (j = 0; j < cols; j++) {                                                        \
+            vec vinv = vset1(inv);                                                              \
+            for (j = 0; j + VL <= cols; j += VL) {                                              \
+                vec h = vround_##SUFFIX(vmul(load_##SUFFIX(xr + j), vinv));                     \
+                store_##SUFFIX(o + j, vmul(load_##SUFFIX(w + j), h));                           \
+            }                                                                                   \
+            for (; j < cols; j++) {                                                             \
                 float h = f32_of_##SUFFIX(xr[j]) * inv;                                         \
                 if (!IS_F32) h = f32_of_##SUFFIX(f32_to_##SUFFIX(h));                           \
                 o[j] = f32_to_##SUFFIX(f32_of_##SUFFIX(w[j]) * h);                              \
@@ -64,17 +71,25 @@
                               int threads) {                                                    \
         if (tokens < 0 || heads < 1 || dim < 2 || dim % 2 || threads < 1) return -1;           \
         int64_t half = dim / 2;                                                                 \
+        int64_t whole = half % VL ? 0 : half; /* the vector loop needs whole halves */          \
         _Pragma("omp parallel for num_threads(threads) if (tokens * heads * dim >= PARALLEL_MIN)") \
         for (int64_t t = 0; t < tokens; t++) {                                                  \
             const T *c = cos + t * dim, *s = sin + t * dim;                                     \
             for (int64_t h = 0; h < heads; h++) {                                               \
                 const T *xv = x + t * x_row + h * x_head;                                       \
                 T *o = out + (t * heads + h) * dim;                                             \
-                for (int64_t d = 0; d < dim; d++) {                                             \
+                for (int64_t d = 0; d < whole; d += VL) {                                       \
+                    vec lo = load_##SUFFIX(xv + d), hi = load_##SUFFIX(xv + d + half);          \
+                    vec a = vround_##SUFFIX(vmul(lo, load_##SUFFIX(c + d)));                    \
+                    vec b = vround_##SUFFIX(vmul(hi, load_##SUFFIX(c + d + half)));             \
+                    store_##SUFFIX(o + d, vfma(hi, load_##SUFFIX(s + d), a));                     \
+                    store_##SUFFIX(o + d + half, vfma(lo, load_##SUFFIX(s + d + half), b));       \
+                }                                                                               \
+                for (int64_t d = whole ? dim : 0; d < dim; d++) {                               \
                     float a = f32_of_##SUFFIX(xv[d]) * f32_of_##SUFFIX(c[d]);                   \
                     if (!IS_F32) a = f32_of_##SUFFIX(f32_to_##SUFFIX(a));                       \
                     float r = f32_of_##SUFFIX(xv[d < half ? d + half : d - half]);              \
-                    o[d] = f32_to_##SUFFIX(a + r * f32_of_##SUFFIX(s[d]));                      \
+                    o[d] = f32_to_##SUFFIX(fmaf(r, f32_of_##SUFFIX(s[d]), a)); /* as vfma */    \
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
@@ -91,19 +106,18 @@
             const T *g = gate_up + t * 2 * inter, *u = g + inter;                               \
             T *o = out + t * inter;                                                             \
             float s[VL];                                                                        \
-            for (int64_t i = 0; i < inter; i += VL) {                                           \
-                int64_t n = inter - i < VL ? inter - i : VL;                                    \
-                if (IS_F32 && n == VL) { /* whole vectors, no roundings to emulate */           \
-                    vec a = vsilu(load_f32((const float *)g + i));                              \
-                    store_f32((float *)o + i, vmul(a, load_f32((const float *)u + i)));         \
-                    continue;                                                                   \
-                }                                                                               \
-                for (int64_t l = 0; l < VL; l++) s[l] = l < n ? f32_of_##SUFFIX(g[i + l]) : 0.0f; \
-                store_f32(s, vsilu(load_f32(s)));                                               \
-                for (int64_t l = 0; l < n; l++) {                                               \
-                    float a = IS_F32 ? s[l] : f32_of_##SUFFIX(f32_to_##SUFFIX(s[l]));           \
-                    o[i + l] = f32_to_##SUFFIX(a * f32_of_##SUFFIX(u[i + l]));                  \
-                }                                                                               \
+            int64_t i = 0;                                                                      \
+            for (; i + VL <= inter; i += VL) {                                                  \
+                vec a = vround_##SUFFIX(vsilu(load_##SUFFIX(g + i)));                           \
+                store_##SUFFIX(o + i, vmul(a, load_##SUFFIX(u + i)));                           \
+            }                                                                                   \
+            if (i == inter) continue;                                                           \
+            int64_t n = inter - i; /* the tail: one partial vector */                           \
+            for (int64_t l = 0; l < VL; l++) s[l] = l < n ? f32_of_##SUFFIX(g[i + l]) : 0.0f;   \
+            store_f32(s, vsilu(load_f32(s)));                                                   \
+            for (int64_t l = 0; l < n; l++) {                                                   \
+                float a = IS_F32 ? s[l] : f32_of_##SUFFIX(f32_to_##SUFFIX(s[l]));               \
+                o[i + l] = f32_to_##SUFFIX(a * f32_of_##SUFFIX(u[i + l]));                      \
             }                                                                                   \
         }                                                                                       \
         return 0;                                                                               \

@@ -39,6 +39,7 @@ def load() -> bool:
     lib = native.load(SOURCE)
     if lib is not None and not _kernels:
         bind(lib)
+        cpu_gemm.load()  # its output step in C; without it the products round through torch
     return lib is not None
 
 

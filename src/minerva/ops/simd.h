@@ -13,6 +13,32 @@
 #define INLINE static inline __attribute__((always_inline))
 #define UNROLL _Pragma("GCC unroll 8")
 
+// Eight floats rounded to bf16 (as f32_to_bf16 below: to nearest even, NaNs kept quiet) or to
+// fp16, on any AVX2 CPU (the AVX2 branch's stores, and 8 x 8 blocks in cpu_gemm.c).
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define HAVE_X8 1
+INLINE __m256i bf16_bits8(__m256 v) {
+    // each lane's bf16 in the top half of its 32 bits, the bottom half zero
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
+    __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    r = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(quiet), nan));
+    return _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u));
+}
+INLINE __m128i bf16x8(__m256 v) {
+    __m256i r = _mm256_srli_epi32(bf16_bits8(v), 16);  // < 2^16: the unsigned pack is exact
+    __m256i packed = _mm256_packus_epi32(r, r);  // per 128-bit half: [r0-3 r0-3 | r4-7 r4-7]
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+}
+INLINE __m128i f16x8(__m256 v) {
+    return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT);
+}
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define SIMD_PATH "avx512"
@@ -42,6 +68,22 @@ INLINE vec load_bf16(const uint16_t *p) {  // bf16 is the top half of an fp32
 INLINE vec load_f16(const uint16_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
+INLINE __m512i bf16_bits(vec v) {  // f32_to_bf16 of each lane, in the top half of its 32 bits
+    __m512i u = _mm512_castps_si512(v);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x400000));
+    return _mm512_and_si512(r, _mm512_set1_epi32((int)0xffff0000u));
+}
+INLINE vec vround_bf16(vec v) { return _mm512_castsi512_ps(bf16_bits(v)); }
+INLINE void store_bf16(uint16_t *p, vec v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_bits(v), 16)));
+}
+INLINE void store_f16(uint16_t *p, vec v) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+INLINE vec vround_f16(vec v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -78,9 +120,14 @@ INLINE vec load_bf16(const uint16_t *p) {
 INLINE vec load_f16(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
+INLINE vec vround_bf16(vec v) { return _mm256_castsi256_ps(bf16_bits8(v)); }
+INLINE void store_bf16(uint16_t *p, vec v) { _mm_storeu_si128((__m128i *)p, bf16x8(v)); }
+INLINE void store_f16(uint16_t *p, vec v) { _mm_storeu_si128((__m128i *)p, f16x8(v)); }
+INLINE vec vround_f16(vec v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
 
 #else  // plain C: small fixed-size arrays the compiler maps onto its vector registers
 #define SIMD_PATH "generic"
+#define SIMD_GENERIC 1
 #define VL 8
 #if defined(__FLT16_MAX__) || defined(__ARM_FP16_FORMAT_IEEE)
 #define HAVE_F16 1
@@ -219,6 +266,23 @@ INLINE uint16_t f32_to_f16(float f) {
     uint16_t h;
     memcpy(&h, &v, 2);
     return h;
+}
+#endif
+#endif
+
+// ---- vector stores into 16-bit types, and round trips through them (x86 above; here the
+// lanes go through the scalar conversions). vround_T(v): v rounded to T's precision, in fp32.
+
+INLINE vec vround_f32(vec v) { return v; }
+#ifdef SIMD_GENERIC
+INLINE vec vround_bf16(vec a) { LANEWISE(f32_of_bf16(f32_to_bf16(a.v[i]))); }
+INLINE void store_bf16(uint16_t *p, vec v) {
+    for (int i = 0; i < VL; i++) p[i] = f32_to_bf16(v.v[i]);
+}
+#if HAVE_F16
+INLINE vec vround_f16(vec a) { LANEWISE(f32_of_f16(f32_to_f16(a.v[i]))); }
+INLINE void store_f16(uint16_t *p, vec v) {
+    for (int i = 0; i < VL; i++) p[i] = f32_to_f16(v.v[i]);
 }
 #endif
 #endif
