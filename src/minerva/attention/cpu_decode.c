@@ -15,36 +15,11 @@
 #endif
 
 #include "simd.h"
+#include "softmax_row.h"
 
 // Work below this many multiply-adds runs on the calling thread (a fork costs microseconds).
 #define PARALLEL_MIN (1 << 14)
 
-// x[0:n] = softmax(x[0:n]) in place, in fp32.
-static void softmax(float *x, int64_t n) {
-    vec topv = vset1(-INFINITY);
-    int64_t j = 0;
-    for (; j + VL <= n; j += VL) topv = vmax(topv, load_f32(x + j));
-    float top = -INFINITY, lanes[VL];
-    store_f32(lanes, topv);
-    for (int l = 0; l < VL; l++) top = lanes[l] > top ? lanes[l] : top;
-    for (; j < n; j++) top = x[j] > top ? x[j] : top;
-    vec minus_top = vset1(-top), sum = vzero();
-    for (j = 0; j + VL <= n; j += VL) {
-        vec e = vexp_neg(vadd(load_f32(x + j), minus_top));
-        store_f32(x + j, e);
-        sum = vadd(sum, e);
-    }
-    float total = vsum(sum);
-    if (j < n) {  // the tail through one padded vector
-        float tail[VL];
-        for (int l = 0; l < VL; l++) tail[l] = j + l < n ? x[j + l] - top : 0.0f;
-        store_f32(tail, vexp_neg(load_f32(tail)));
-        for (int l = 0; j < n; j++, l++) x[j] = tail[l], total += tail[l];
-    }
-    vec inv = vset1(1.0f / total);
-    for (j = 0; j + VL <= n; j += VL) store_f32(x + j, vmul(load_f32(x + j), inv));
-    for (; j < n; j++) x[j] *= 1.0f / total;
-}
 
 // K and V rows read this many positions ahead are prefetched
 #define AHEAD 16
@@ -206,7 +181,7 @@ INLINE void prefetch_row(const void *p, int64_t bytes) {
                         scale, scores);                                                           \
         for (int64_t g = 0; g < group; g++) {                                                     \
             float *sc = scores + g * n;                                                           \
-            softmax(sc, n);                                                                       \
+            softmax_row(sc, n);                                                                   \
             if (!IS_F32) /* probabilities in the model dtype, as torch's .to(q.dtype) */          \
                 for (int64_t j = 0; j < n; j++) sc[j] = f32_of_##QS(f32_to_##QS(sc[j]));  \
         }                                                                                         \
