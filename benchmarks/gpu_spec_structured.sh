@@ -3,7 +3,6 @@
 # lent GPU machine. Needs the llguidance and gguf wheels in .whl (carry .whl); OUT gets the results.
 #   step first:      tests/gpu, structured at the 7B shape, the spec ceiling (one call)
 #   step second:     int8 / int4 7B, spec n-gram + 64 concurrent, producer-quantized x
-#   step final:      changed paths' tests, spec ceiling / n-gram / 64, structured, int4 sweep
 #   step combined:   tests/gpu, structured at 7B, spec n-gram + 64, TinyLlama prefill before /
 #                    after (BEFORE_SRC=<old checkout>/src) (one call)
 #   step rest:       spec ceiling, int4 sweep, int4 7B end to end, dp4a and float x
@@ -11,7 +10,7 @@
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
 set -u
-step=${1:?step: first, second, final, combined, rest, tests, structured or spec}
+step=${1:?step: first, second, combined, rest, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -43,20 +42,6 @@ second)  # a random 7B at int8 / int4 (#13), #17 n-gram and 64 concurrent, produ
         | cut -c1-900
     timeout 100 python3 benchmarks/decode_variants.py --gguf /tmp/qbench/mistral-7b-Q4_K_M.gguf \
         --variants unfused-quant fused-quant --output "$OUT" 2>&1 | grep -v Warn | tail -6 ;;
-final)  # the changed paths' tests, #18 at 7B, #17 (n-gram / 64, ceiling), the int4 sweep
-    timeout -s INT 120 python3 -m pytest -q -p no:cacheprovider -rf \
-        tests/gpu/test_spec_decode_cuda.py tests/gpu/test_kv_cache_fp8.py \
-        tests/gpu/test_structured_cuda.py tests/gpu/test_int4.py 2>&1 | tail -8 | tee "$OUT/gpu_tests_final.txt"
-    (cd benchmarks && timeout 90 python3 structured_decoding.py --device cuda --shape mistral-7b \
-        --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
-        | grep -v Warn | tail -4)
-    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
-        --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
-        | grep -E "speedup|tok_s" | head -20
-    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
-        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
-        | grep -E "speedup|rounds|tok_s|acceptance" | head -20
-    timeout 115 python3 benchmarks/int4_sweep.py --budget-s 95 --output "$OUT" 2>&1 | tail -14 ;;
 combined)  # one call when few are lent: GPU tests, #18 at 7B, #17 n-gram / 64, #11 TinyLlama prefill
     timeout -s INT 220 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
         | tee "$OUT/gpu_tests.txt"
