@@ -83,6 +83,11 @@ class LinearMethod:
         """x [T, in_features] -> [T, out_features] in x's dtype."""
         raise NotImplementedError
 
+    def apply_silu_mul(self, layer: nn.Module, x: torch.Tensor, silu_and_mul) -> torch.Tensor:
+        """silu_and_mul(apply(layer, x)) for a gate_up layer (GatedMLP); a method whose kernel
+        can apply SiLU * mul to its own output overrides it."""
+        return silu_and_mul(self.apply(layer, x))
+
     def weight_bytes(self, layer: nn.Module) -> int:
         """Bytes the layer's weights take on the device (what streams through per token)."""
         return sum(p.numel() * p.element_size() for p in layer.parameters(recurse=False))
