@@ -8,7 +8,7 @@ engine, all on one F16 GGUF file, for the server-overhead figure.
         [--backends minerva,llamacpp,transformers] [--parts offline,serve]
         (offline = latency,throughput,consistency; each may be named alone)
         [--quantization q8_0] [--backend-arg minerva.kv_cache_dtype=float16]
-        [--serve-mlx] [--serve-mistralrs]
+        [--serve-mlx] [--serve-mistralrs] [--dtype bfloat16]
         [--output benchmarks/results/backends_cpu_demo]
 
 Writes each command's folder (results.json, report.md, CSV, PNG charts) under --output and a
@@ -237,6 +237,13 @@ def main_() -> None:
         "minerva.kv_cache_dtype=float16",
     )
     p.add_argument("--serve-prompts", type=int, default=16)
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="latency and throughput in this dtype in every engine (e.g. bfloat16: Minerva's "
+        "16-bit path beside llama.cpp's F16 file); auto: each engine's default (Minerva's CPU "
+        "default is float32)",
+    )
     p.add_argument("--output", default="benchmarks/results/backends_cpu_demo")
     args = p.parse_args()
     command = "PYTHONPATH=src python3 benchmarks/backends_compare.py " + " ".join(sys.argv[1:])
@@ -249,6 +256,8 @@ def main_() -> None:
     parts = set(args.parts.split(","))
     run = {k: bool(parts & {"offline", k}) for k in ("latency", "throughput", "consistency")}
     lengths = ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
+    if args.dtype != "auto":
+        lengths += ["--dtype", args.dtype]
     latency = bench(
         "latency", out, *engines, *lengths, "--repeats", str(args.repeats), run=run["latency"]
     )

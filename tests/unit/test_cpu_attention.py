@@ -3,12 +3,14 @@ reference."""
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 
 import pytest
 import torch
 
 from minerva.attention import AttentionMetadata, cpu_backend, cpu_prefill, torch_paged
+from minerva.ops import native
 from minerva.platform import native_kernel_arch
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -164,3 +166,28 @@ def test_contexts_past_max_context_take_the_reference(backend, monkeypatch):
         backend, PREFILL_CASES[0], False, torch.bfloat16, torch.bfloat16, 3
     )
     assert not torch.equal(ours, ref)  # the kernel's roundings, within the tolerance above
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_query_heads_in_pairs_give_the_bits_of_one_head_at_a_time(backend, dtype):
+    """cpu_prefill.c takes the query heads of a KV head two at a time (K and V loaded once for
+    the pair); its twin, one head at a time (minerva_prefill_pairs = 0), gives the same bits:
+    groups of 2, 3 (a pair and a single head) and 4, head_dims past whole vectors (20, 48)."""
+    lib = native.load(cpu_prefill.SOURCE)
+    pairs = ctypes.c_int.in_dll(lib, "minerva_prefill_pairs")
+    cases = [([130], [130], 4, 2, 64), ([60, 45], [20, 45], 6, 2, 48), ([77], [77], 8, 2, 20)]
+    for seq_lens, query_lens, heads, kv_heads, dim in cases:
+        gen = torch.Generator().manual_seed(11)
+        meta = _step(seq_lens, query_lens, 16, 64, gen)
+        cache = torch.randn(2, 64, 16, kv_heads, dim, generator=gen).to(dtype)
+        q = torch.randn(sum(query_lens), heads, dim, generator=gen).to(dtype)
+        outs = []
+        try:
+            for flag in (1, 0):
+                pairs.value = flag
+                with torch.inference_mode():
+                    outs.append(backend.paged_attention(q, cache, meta, dim**-0.5, None))
+        finally:
+            pairs.value = 1
+        diff = (outs[0] != outs[1]).nonzero()[:4].tolist()
+        assert torch.equal(outs[0], outs[1]), (heads, kv_heads, dim, diff)

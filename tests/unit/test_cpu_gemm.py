@@ -10,8 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minerva.ops import cpu_gemm, cpu_linear
+from minerva.models.layers import GatedMLP
+from minerva.ops import cpu_gemm, cpu_linear, cpu_ops
+from minerva.ops.kernels import cpu_kernels, torch_kernels
 from minerva.platform import native_kernel_arch
+from minerva.quant.base import UniformQuantConfig
+from minerva.quant.dense import DenseLinearMethod
 
 DTYPES = [torch.bfloat16, torch.float16]
 IDS = ["bf16", "f16"]
@@ -209,3 +213,111 @@ def test_threads_each_keep_their_own_scratch():
         t.join()
     for i in range(2):
         assert all(torch.equal(r, expected[i]) for r in results[i])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_one_tile_products_equal_the_tiled_loop(gemm_store, dtype, bias):
+    """The one-tile, one-pass path (scratch views kept per shape) against its slow twin, the
+    tile-and-pass loop, bit for bit; shapes repeat so that kept views are reused."""
+    if dtype not in gemm_store._store:
+        pytest.skip("no fp16 conversions in this build")
+    g = torch.Generator().manual_seed(6)
+    shapes = [(128, 512, 256), (33, 10, 8), (45, 203, 40), (128, 512, 256), (512, 18, 30)]
+    for m, n, k in shapes:
+        w = torch.randn(n, k, generator=g).to(dtype)
+        b = torch.randn(n, generator=g).to(dtype) if bias else None
+        x = torch.randn(m, k, generator=g).to(dtype)
+        with torch.inference_mode():
+            assert cpu_gemm._whole(x, w, b, gated=False) is not None, (m, n, k)
+            fast, slow = cpu_gemm.linear(x, w, b), cpu_gemm._tiled(x, w, b)
+        assert torch.equal(fast, slow), (m, n, k)
+        _check(fast, x, w, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+def test_c_store_with_silu_mul_is_store_then_silu_mul(gemm_store, dtype):
+    """cpu_gemm.c's rounding with SiLU * mul fused against its twin, the transposed rounding
+    into [m, 2I] followed by cpu_glue.c's SiLU * mul, bit for bit (NaNs stay NaNs): whole 8 x 8
+    blocks and edges, intermediate sizes with a partial vector, large and special values."""
+    if dtype not in gemm_store._store_silu_mul:
+        pytest.skip("no fp16 conversions in this build")
+    assert cpu_ops.load()
+    g = torch.Generator().manual_seed(7)
+    for inter, m in [(1, 1), (8, 8), (13, 21), (64, 128), (150, 37), (4, 300)]:
+        out = torch.randn(2 * inter, m, generator=g) * 8
+        _special_values(out, g)
+        ours = torch.empty(m, inter, dtype=dtype)
+        rc = gemm_store._store_silu_mul[dtype](
+            out.data_ptr(), inter, m, ours.data_ptr(), torch.get_num_threads()
+        )
+        assert rc == 0
+        gate_up = torch.empty(m, 2 * inter, dtype=dtype)
+        gemm_store.store(out, gate_up)
+        with torch.inference_mode():
+            twin = cpu_ops.silu_and_mul(gate_up)
+        nan = twin.isnan()
+        assert torch.equal(ours.isnan(), nan), (inter, m)
+        assert torch.equal(ours.view(torch.int16)[~nan], twin.view(torch.int16)[~nan]), (inter, m)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=IDS)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_gate_up_product_with_silu_mul_equals_the_two_steps(cpu_linear_kernel, dtype, bias):
+    """cpu_linear.linear_silu_mul (fused where the product is one tile) against the product
+    followed by SiLU * mul, bit for bit, and against float64 within the roundings."""
+    if dtype not in cpu_gemm._store_silu_mul:
+        pytest.skip("no fp16 conversions in this build")
+    g = torch.Generator().manual_seed(8)
+    for m, inter, k in [(128, 512, 256), (33, 5, 24), (70, 100, 64)]:
+        w = torch.randn(2 * inter, k, generator=g).to(dtype) / 4
+        b = torch.randn(2 * inter, generator=g).to(dtype) if bias else None
+        x = torch.randn(m, k, generator=g).to(dtype)
+        with torch.inference_mode():
+            assert cpu_gemm.linear_silu_mul(x, w, b) is not None
+            fused = cpu_linear_kernel.linear_silu_mul(x, w, b)
+            twin = cpu_ops.silu_and_mul(cpu_gemm._tiled(x, w, b))
+        assert torch.equal(fused, twin), (m, inter, k)
+        ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+        ref = F.silu(ref[:, :inter]) * ref[:, inter:]
+        torch.testing.assert_close(fused.double(), ref, rtol=0.05, atol=0.05)
+
+
+def test_gate_up_products_of_several_tiles_run_the_two_steps(cpu_linear_kernel, monkeypatch):
+    """Where the product takes several tiles (gate and up rows in different tiles), no fusion:
+    linear_silu_mul is the product (its tiles) followed by SiLU * mul."""
+    monkeypatch.setattr(cpu_gemm, "TILE_BYTES", 4 * 16 * 40)  # 16-row tiles at K=40
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(64, 40, generator=g).bfloat16()
+    x = torch.randn(40, 40, generator=g).bfloat16()
+    with torch.inference_mode():
+        assert cpu_gemm.linear_silu_mul(x, w, None) is None
+        ours = cpu_linear_kernel.linear_silu_mul(x, w)
+        twin = cpu_ops.silu_and_mul(cpu_gemm._tiled(x, w, None))
+    assert torch.equal(ours, twin)
+
+
+def test_gated_mlp_takes_the_fused_product_on_the_cpu_kernel_set(cpu_linear_kernel, monkeypatch):
+    """GatedMLP with the CPU kernel set calls the fused gate_up product and computes what the
+    torch kernel set does (within bf16 roundings)."""
+    kernels = cpu_kernels()
+    assert kernels is not None and kernels.linear_silu_mul is cpu_linear.linear_silu_mul
+    calls = []
+    real = cpu_gemm.linear_silu_mul
+    monkeypatch.setattr(cpu_gemm, "linear_silu_mul", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(10)
+    mlps = []
+    for ks in [kernels, torch_kernels()]:
+        quant = UniformQuantConfig(DenseLinearMethod(ks))
+        mlp = GatedMLP(64, 96, False, torch.bfloat16, ks, quant, "mlp")
+        mlps.append(mlp)
+    with torch.no_grad():
+        for p in mlps[0].parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / 8)
+        for p, q in zip(mlps[1].parameters(), mlps[0].parameters()):
+            p.copy_(q)
+    x = torch.randn(40, 64, generator=g).bfloat16()
+    with torch.inference_mode():
+        ours, ref = mlps[0](x), mlps[1](x)
+    assert calls == [1]
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=0.02, atol=0.02)

@@ -26,6 +26,14 @@
 #define TOKEN_BLOCK 16
 
 
+// sum + q[d] * k[d] over d0 <= d < dim, one at a time: the dimensions past whole vectors. One
+// compiled copy (noinline) for scores_row and scores_row2, so that the two round alike.
+static __attribute__((noinline)) float dot_tail(const float *q, const float *k, int64_t d0,
+                                                int64_t dim, float sum) {
+    for (int64_t d = d0; d < dim; d++) sum += q[d] * k[d];
+    return sum;
+}
+
 // s[p] = (q . k[p]) * scale for p < n; k rows dim apart (fp32). Eight positions at a time:
 // one accumulator each, the query's vectors loaded once for the eight.
 static void scores_row(const float *q, const float *k, int64_t n, int64_t dim, float scale,
@@ -44,9 +52,19 @@ static void scores_row(const float *q, const float *k, int64_t n, int64_t dim, f
         float sums[8];
         vsum8(a, sums);
         for (int j = 0; j < cnt; j++) {
-            for (int64_t d = dv; d < dim; d++) sums[j] += q[d] * kr[j][d];
-            s[p + j] = sums[j] * scale;
+            s[p + j] = dot_tail(q, kr[j], dv, dim, sums[j]) * scale;
         }
+    }
+}
+
+// acc[d] = sum over p < n of w[p] * v[p][d] for d0 <= d < dim, one dimension at a time. One
+// compiled copy (noinline) for wsum_row and wsum_row2, so that the two sum these the same way.
+static __attribute__((noinline)) void wsum_tail(float *acc, const float *w, const float *v,
+                                                int64_t n, int64_t dim, int64_t d0) {
+    for (int64_t d = d0; d < dim; d++) {
+        float a = 0.0f;
+        for (int64_t p = 0; p < n; p++) a += w[p] * v[p * dim + d];
+        acc[d] = a;
     }
 }
 
@@ -65,12 +83,64 @@ static void wsum_row(float *acc, const float *w, const float *v, int64_t n, int6
         store_f32(acc + d0, a0), store_f32(acc + d0 + VL, a1);
         store_f32(acc + d0 + 2 * VL, a2), store_f32(acc + d0 + 3 * VL, a3);
     }
-    for (int64_t d = d0; d < dim; d++) {
-        float a = 0.0f;
-        for (int64_t p = 0; p < n; p++) a += w[p] * v[p * dim + d];
-        acc[d] = a;
+    wsum_tail(acc, w, v, n, dim, d0);
+}
+
+// scores_row for two query heads that share the K rows (a GQA group): four positions at a
+// time for both, so that each K vector is loaded once for the two. Each score's sum runs in the
+// same order as scores_row's (vsum8 reduces every vector by the same tree), so the scores are
+// the same bits.
+static void scores_row2(const float *q0, const float *q1, const float *k, int64_t n,
+                        int64_t dim, float scale, float *s0, float *s1) {
+    const int64_t dv = dim / VL * VL;
+    for (int64_t p = 0; p < n; p += 4) {
+        const int cnt = n - p < 4 ? (int)(n - p) : 4;
+        const float *kr[4];
+        for (int j = 0; j < 4; j++) kr[j] = k + (p + (j < cnt ? j : 0)) * dim;
+        vec a[8];
+        for (int j = 0; j < 8; j++) a[j] = vzero();
+        for (int64_t d = 0; d < dv; d += VL) {
+            const vec qa = load_f32(q0 + d), qb = load_f32(q1 + d);
+            UNROLL for (int j = 0; j < 4; j++) {
+                const vec kv = load_f32(kr[j] + d);
+                a[j] = vfma(qa, kv, a[j]);
+                a[4 + j] = vfma(qb, kv, a[4 + j]);
+            }
+        }
+        float sums[8];
+        vsum8(a, sums);
+        for (int j = 0; j < cnt; j++) {
+            s0[p + j] = dot_tail(q0, kr[j], dv, dim, sums[j]) * scale;
+            s1[p + j] = dot_tail(q1, kr[j], dv, dim, sums[4 + j]) * scale;
+        }
     }
 }
+
+// wsum_row for two weight rows over the same V rows: each V vector loaded once for the two;
+// every lane sums in wsum_row's order (the same bits).
+static void wsum_row2(float *acc0, float *acc1, const float *w0, const float *w1,
+                      const float *v, int64_t n, int64_t dim) {
+    const int64_t whole = dim / (4 * VL) * (4 * VL); /* wsum_row's vector part */
+    int64_t d0 = 0;
+    for (; d0 < whole; d0 += 2 * VL) {
+        vec a0 = vzero(), a1 = vzero(), b0 = vzero(), b1 = vzero();
+        const float *vr = v + d0;
+        for (int64_t p = 0; p < n; p++, vr += dim) {
+            const vec x = load_f32(vr), y = load_f32(vr + VL);
+            const vec s = vset1(w0[p]), t = vset1(w1[p]);
+            a0 = vfma(s, x, a0), a1 = vfma(s, y, a1);
+            b0 = vfma(t, x, b0), b1 = vfma(t, y, b1);
+        }
+        store_f32(acc0 + d0, a0), store_f32(acc0 + d0 + VL, a1);
+        store_f32(acc1 + d0, b0), store_f32(acc1 + d0 + VL, b1);
+    }
+    wsum_tail(acc0, w0, v, n, dim, d0);
+    wsum_tail(acc1, w1, v, n, dim, d0);
+}
+
+// Whether units take query heads two at a time (scores_row2 / wsum_row2) where their group
+// has an even number of heads; 0 runs every head alone (the twin the tests compare with).
+int minerva_prefill_pairs = 1;
 
 #define DEFINE_PREFILL(QT, QS, T, SUFFIX, NAME, IS_F32)                                          \
     /* Unit u: KV head g and query tokens [t0, t1), the heaviest (last) blocks first.       */  \
@@ -102,7 +172,37 @@ static void wsum_row(float *acc, const float *w, const float *v, int64_t n, int6
             int64_t first = window > 0 && pos + 1 > window ? pos + 1 - window : 0;             \
             int64_t m = pos + 1 - first;                                                       \
             const float *kt = kf + (first - lo) * dim, *vt = vf + (first - lo) * dim;          \
-            for (int64_t h = g * group; h < (g + 1) * group; h++) {                            \
+            int64_t h = g * group;                                                             \
+            for (; minerva_prefill_pairs && h + 2 <= (g + 1) * group; h += 2) {                \
+                float *qb = s + n + dim, *sb = qb + dim, *accb = sb + n; /* past acc */     \
+                const QT *qr = q + t * q_row + h * dim;                                        \
+                for (int64_t d = 0; d < dim; d++) {                                            \
+                    qf[d] = f32_of_##QS(qr[d]);                                                \
+                    qb[d] = f32_of_##QS(qr[dim + d]);                                          \
+                }                                                                              \
+                scores_row2(qf, qb, kt, m, dim, scale, s, sb);                                 \
+                softmax_row(s, m);                                                             \
+                softmax_row(sb, m);                                                            \
+                if (!IS_F32) {                                                                 \
+                    int64_t j = 0;                                                             \
+                    for (; j + VL <= m; j += VL) {                                             \
+                        store_f32(s + j, vround_##QS(load_f32(s + j)));                        \
+                        store_f32(sb + j, vround_##QS(load_f32(sb + j)));                      \
+                    }                                                                          \
+                    for (; j < m; j++) {                                                       \
+                        s[j] = f32_of_##QS(f32_to_##QS(s[j]));                                 \
+                        sb[j] = f32_of_##QS(f32_to_##QS(sb[j]));                               \
+                    }                                                                          \
+                }                                                                              \
+                float *acc = s + n;                                                            \
+                wsum_row2(acc, accb, s, sb, vt, m, dim);                                       \
+                QT *o = out + (t * heads + h) * dim;                                           \
+                for (int64_t d = 0; d < dim; d++) {                                            \
+                    o[d] = f32_to_##QS(acc[d]);                                                \
+                    o[dim + d] = f32_to_##QS(accb[d]);                                         \
+                }                                                                              \
+            }                                                                                  \
+            for (; h < (g + 1) * group; h++) {                                                 \
                 const QT *qr = q + t * q_row + h * dim;                                        \
                 for (int64_t d = 0; d < dim; d++) qf[d] = f32_of_##QS(qr[d]);                  \
                 scores_row(qf, kt, m, dim, scale, s);                                          \
@@ -139,7 +239,8 @@ static void wsum_row(float *acc, const float *w, const float *v, int64_t n, int6
         int64_t span = TOKEN_BLOCK + (window > 0 && window < seq_len ? window : seq_len);      \
         int failed = 0;                                                                        \
         _Pragma("omp parallel num_threads(threads) if (work >= PARALLEL_MIN)") {               \
-            float *buf = thread_scratch(2 * span * dim + dim + 2 * span + dim);                \
+            /* K, V; then q, scores, acc of a head, and of the second head of a pair */       \
+            float *buf = thread_scratch(2 * span * dim + 2 * (dim + 2 * span + dim));            \
             if (!buf) {                                                                        \
                 _Pragma("omp atomic write") failed = 1;                                        \
             }                                                                                  \

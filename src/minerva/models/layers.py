@@ -74,6 +74,6 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up, down = self.gate_up_proj, self.down_proj
-        h = self.silu_and_mul(gate_up.method.apply(gate_up, x))
+        h = gate_up.method.apply_silu_mul(gate_up, x, self.silu_and_mul)
         out = down.method.apply(down, h)
         return out if self.all_reduce is None else self.all_reduce(out)

@@ -10,11 +10,13 @@
 // (cpu_gemm.py).
 
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "simd.h"
+#include "silu_mul_row.h"
 
 // Work below this many elements runs on the calling thread (a fork costs microseconds).
 #define PARALLEL_MIN (1 << 15)
@@ -76,6 +78,67 @@ DEFINE_STORE(f16, 1)
 DEFINE_STORE(bf16, 0)
 #if HAVE_F16
 DEFINE_STORE(f16, 0)
+#endif
+#endif
+
+// The gate_up product's output with SiLU * mul applied: src [2 * inter, m] fp32 (gate rows, then
+// up rows), dst [m, inter] = silu(gate) * up. Bit for bit minerva_gemm_store_T into an
+// [m, 2 * inter] tensor followed by cpu_glue.c's minerva_silu_mul_T: each block of 8 input rows
+// is rounded into a per-thread [8, 2 * inter] scratch (in cache) and silu_mul_row.h's row runs
+// on it, so the 16-bit gate_up result never makes a round trip through memory.
+#define DEFINE_STORE_SILU_MUL(SUFFIX, X8)                                                       \
+    int minerva_gemm_store_silu_mul_##SUFFIX(const float *src, int64_t inter, int64_t m,        \
+                                             uint16_t *dst, int threads) {                      \
+        if (inter < 1 || m < 0 || threads < 1) return -1;                                      \
+        int64_t n = 2 * inter, jblocks = (m + 7) / 8;                                          \
+        int failed = 0;                                                                        \
+        _Pragma("omp parallel num_threads(threads) if (n * m >= PARALLEL_MIN)")                \
+        {                                                                                      \
+            uint16_t *tmp = malloc((size_t)(8 * n) * sizeof(uint16_t));                        \
+            if (!tmp) {                                                                        \
+                _Pragma("omp atomic write") failed = 1;                                        \
+            }                                                                                  \
+            _Pragma("omp for")                                                                 \
+            for (int64_t jb = 0; jb < jblocks; jb++) {                                         \
+                if (!tmp) continue;                                                            \
+                int64_t j0 = jb * 8, cols = m - j0 < 8 ? m - j0 : 8;                           \
+                int64_t i0 = 0;                                                                \
+                if (X8 && cols == 8) {                                                         \
+                    for (; i0 + 8 <= n; i0 += 8) STORE_TMP8(SUFFIX);                           \
+                }                                                                              \
+                for (; i0 < n; i0++)                                                           \
+                    for (int64_t c = 0; c < cols; c++)                                         \
+                        tmp[c * n + i0] = f32_to_##SUFFIX(src[i0 * m + j0 + c]);               \
+                for (int64_t c = 0; c < cols; c++)                                             \
+                    silu_mul_row_##SUFFIX(tmp + c * n, tmp + c * n + inter,                    \
+                                          dst + (j0 + c) * inter, inter);                      \
+            }                                                                                  \
+            free(tmp);                                                                         \
+        }                                                                                      \
+        return failed ? -1 : 0;                                                                \
+    }
+
+#ifdef HAVE_X8
+// rows i0..i0+7, input rows j0..j0+7 of src -> tmp[c * n + i0 .. + 7], rounded
+#define STORE_TMP8(SUFFIX)                                                                     \
+    do {                                                                                       \
+        __m256 r[8];                                                                           \
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + (i0 + k) * m + j0);          \
+        transpose8(r);                                                                         \
+        for (int c = 0; c < 8; c++)                                                            \
+            _mm_storeu_si128((__m128i *)(tmp + c * n + i0), SUFFIX##x8(r[c]));                 \
+    } while (0)
+DEFINE_SILU_MUL_ROW(uint16_t, bf16, 0)
+DEFINE_SILU_MUL_ROW(uint16_t, f16, 0)
+DEFINE_STORE_SILU_MUL(bf16, 1)
+DEFINE_STORE_SILU_MUL(f16, 1)
+#else
+#define STORE_TMP8(SUFFIX) (void)0
+DEFINE_SILU_MUL_ROW(uint16_t, bf16, 0)
+DEFINE_STORE_SILU_MUL(bf16, 0)
+#if HAVE_F16
+DEFINE_SILU_MUL_ROW(uint16_t, f16, 0)
+DEFINE_STORE_SILU_MUL(f16, 0)
 #endif
 #endif
 

@@ -34,6 +34,7 @@ SOURCE = Path(__file__).with_name("cpu_gemm.c")
 _SUFFIX = {torch.bfloat16: "bf16", torch.float16: "f16"}
 _store: dict[torch.dtype, object] = {}  # dtype -> ctypes function; empty until load()
 _widen: dict[torch.dtype, object] = {}
+_store_silu_mul: dict[torch.dtype, object] = {}
 
 
 def load() -> bool:
@@ -51,6 +52,9 @@ def load() -> bool:
             fn = getattr(lib, f"minerva_gemm_load_{suffix}")
             fn.argtypes, fn.restype = [p, p, i64, ctypes.c_int], ctypes.c_int
             _widen[dtype] = fn
+            fn = getattr(lib, f"minerva_gemm_store_silu_mul_{suffix}")
+            fn.argtypes, fn.restype = [p, i64, i64, p, ctypes.c_int], ctypes.c_int
+            _store_silu_mul[dtype] = fn
     return lib is not None
 
 
@@ -80,6 +84,7 @@ def _scratch(numel: int) -> torch.Tensor:
     if buf is None or buf.numel() < numel:
         with torch.inference_mode(False):  # a normal tensor: writable in and out of the mode
             buf = _local.buf = torch.empty(numel, dtype=torch.float32)
+        _local.plans = {}  # their views point into the old buffer
     return buf[:numel]
 
 
@@ -91,6 +96,76 @@ def tile_rows(n: int, k: int) -> int:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [M, K] @ weight[N, K].T + bias [N] -> [M, N] in x's dtype; inputs contiguous, on CPU."""
+    y = _whole(x, weight, bias, gated=False)
+    return _tiled(x, weight, bias) if y is None else y
+
+
+def linear_silu_mul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor | None:
+    """silu(gate) * up of the product x @ weight.T + bias = (gate | up) [M, 2I] -> [M, I], bit
+    for bit cpu_ops.silu_and_mul(linear(...)) without the 16-bit [M, 2I] result in memory; None
+    where it does not apply (the product takes more than one tile or pass, no C conversions)."""
+    return _whole(x, weight, bias, gated=True)
+
+
+# Products of one weight tile and one pass of input rows (every product of a small model's
+# prefill) skip the slicing loop: their fp32 scratch views are kept per shape ("plans", per
+# thread, dropped when the scratch grows), and the conversions are called directly. Python
+# and torch's per-call costs were ~15% of a 128-token prefill of the 8-layer demo model.
+_MAX_PLANS = 64
+
+
+def _plan(m: int, n: int, k: int) -> tuple:
+    """(wf [n, k], xt [k, m], out [n, m], and the three data pointers wf, xf, out): the same
+    views of the scratch, at the same offsets, as _tiled's for one tile and one pass (so MKL
+    sees the same alignment and gives the same bits)."""
+    plans = getattr(_local, "plans", None)
+    plan = None if plans is None else plans.get((m, n, k))
+    if plan is None:
+        buf = _scratch(n * k + m * k + n * m)
+        wf, xf, out = buf.split_with_sizes([n * k, m * k, n * m])
+        wf, xf, out = wf.view(n, k), xf.view(m, k), out.view(n, m)
+        plan = (wf, xf.t(), out, wf.data_ptr(), xf.data_ptr(), out.data_ptr())
+        if len(_local.plans) >= _MAX_PLANS:  # prompt lengths vary: keep the recent ones
+            _local.plans.clear()
+        _local.plans[(m, n, k)] = plan
+    return plan
+
+
+def _whole(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gated: bool
+) -> torch.Tensor | None:
+    """The one-tile, one-pass product (gated: with SiLU * mul), or None where it does not apply
+    or a conversion fails."""
+    (m, k), n = x.shape, weight.shape[0]
+    widen_fn = _widen.get(x.dtype)
+    store_fn = (_store_silu_mul if gated else _store).get(x.dtype)
+    if widen_fn is None or store_fn is None or m > PASS_ROWS or tile_rows(n, k) != n:
+        return None
+    if gated and n % 2:
+        return None
+    wf, xt, out, wf_ptr, xf_ptr, out_ptr = _plan(m, n, k)
+    threads = torch.get_num_threads()
+    if widen_fn(x.data_ptr(), xf_ptr, m * k, threads):
+        return None
+    if widen_fn(weight.data_ptr(), wf_ptr, n * k, threads):
+        return None
+    if bias is None:
+        torch.mm(wf, xt, out=out)
+    else:
+        torch.addmm(bias.float().unsqueeze(1), wf, xt, out=out)
+    if gated:
+        y = torch.empty(m, n // 2, dtype=x.dtype)
+        rc = store_fn(out_ptr, n // 2, m, y.data_ptr(), threads)
+    else:
+        y = torch.empty(m, n, dtype=x.dtype)
+        rc = store_fn(out_ptr, n, m, y.data_ptr(), n, threads)
+    return None if rc else y
+
+
+def _tiled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The general product, tile by tile and pass by pass (the slow twin of _whole)."""
     (m, k), n = x.shape, weight.shape[0]
     tile = tile_rows(n, k)
     passes = min(m, PASS_ROWS)

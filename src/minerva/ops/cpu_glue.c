@@ -16,6 +16,7 @@
 #endif
 
 #include "simd.h"
+#include "silu_mul_row.h"
 
 // Work below this many elements runs on the calling thread (a fork costs microseconds).
 #define PARALLEL_MIN (1 << 15)
@@ -103,29 +104,18 @@
         if (tokens < 0 || inter < 1 || threads < 1) return -1;                                  \
         _Pragma("omp parallel for num_threads(threads) if (tokens * inter >= PARALLEL_MIN)")    \
         for (int64_t t = 0; t < tokens; t++) {                                                  \
-            const T *g = gate_up + t * 2 * inter, *u = g + inter;                               \
-            T *o = out + t * inter;                                                             \
-            float s[VL];                                                                        \
-            int64_t i = 0;                                                                      \
-            for (; i + VL <= inter; i += VL) {                                                  \
-                vec a = vround_##SUFFIX(vsilu(load_##SUFFIX(g + i)));                           \
-                store_##SUFFIX(o + i, vmul(a, load_##SUFFIX(u + i)));                           \
-            }                                                                                   \
-            if (i == inter) continue;                                                           \
-            int64_t n = inter - i; /* the tail: one partial vector */                           \
-            for (int64_t l = 0; l < VL; l++) s[l] = l < n ? f32_of_##SUFFIX(g[i + l]) : 0.0f;   \
-            store_f32(s, vsilu(load_f32(s)));                                                   \
-            for (int64_t l = 0; l < n; l++) {                                                   \
-                float a = IS_F32 ? s[l] : f32_of_##SUFFIX(f32_to_##SUFFIX(s[l]));               \
-                o[i + l] = f32_to_##SUFFIX(a * f32_of_##SUFFIX(u[i + l]));                      \
-            }                                                                                   \
+            const T *g = gate_up + t * 2 * inter;                                               \
+            silu_mul_row_##SUFFIX(g, g + inter, out + t * inter, inter);                        \
         }                                                                                       \
         return 0;                                                                               \
     }
 
+DEFINE_SILU_MUL_ROW(float, f32, 1)
+DEFINE_SILU_MUL_ROW(uint16_t, bf16, 0)
 DEFINE_GLUE(float, f32, 1)
 DEFINE_GLUE(uint16_t, bf16, 0)
 #if HAVE_F16
+DEFINE_SILU_MUL_ROW(uint16_t, f16, 0)
 DEFINE_GLUE(uint16_t, f16, 0)
 #endif
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minerva.ops import cpu_gemm, native
+from minerva.ops import cpu_gemm, cpu_ops, native
 
 SOURCE = Path(__file__).with_name("cpu_gemv.c")
 _SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -99,6 +99,31 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ):
         return F.linear(x, weight, bias)  # the kernel could not get scratch memory
     return y
+
+
+def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """cpu_ops.silu_and_mul(linear(x, weight, bias)) for a gate_up weight [2I, K]: products
+    that take cpu_gemm's one-tile GEMM apply SiLU * mul while rounding its output (the same
+    bits); the rest run the two steps."""
+    if (
+        x.dtype in GEMM_MIN_ROWS
+        and x.dim() == 2
+        and x.shape[0] >= GEMM_MIN_ROWS[x.dtype]
+        and x.dtype in _kernels
+        and x.is_cpu
+        and weight.dtype == x.dtype
+        and weight.dim() == 2
+        and weight.shape[1] == x.shape[1]
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and (bias is None or bias.dtype == x.dtype and bias.is_contiguous())
+        and (bias is None or bias.shape == (weight.shape[0],))
+        and not torch.is_grad_enabled()
+    ):
+        y = cpu_gemm.linear_silu_mul(x, weight, bias)
+        if y is not None:
+            return y
+    return cpu_ops.silu_and_mul(linear(x, weight, bias))
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):

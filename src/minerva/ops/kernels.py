@@ -34,6 +34,9 @@ class KernelSet:
     """Batch 1: (h, partials, norm_weight, eps, weight, bias) -> RMSNorm(h) @ weight.T + bias."""
     gemv_add_residual: Callable | None = None
     """Batch 1: (x, weight, bias, residual, gated) -> (residual + linear, partials)."""
+    linear_silu_mul: Callable | None = None
+    """(x, gate_up weight, bias) -> silu_and_mul(linear(x, weight, bias)) in one pass over the
+    product's output, where the kernel set has it (the CPU's)."""
     fuse_rope_write_kv: bool = False
     """RoPE and the KV-cache write in one kernel (the attention backend's rope_write_kv)."""
     pdl: bool = False
@@ -58,7 +61,12 @@ def cpu_kernels() -> KernelSet | None:
     if not (cpu_linear.load() and cpu_ops.load()):
         return None
     return KernelSet(
-        "cpu", cpu_linear.linear, cpu_ops.add_rms_norm, cpu_ops.silu_and_mul, cpu_ops.apply_rope
+        "cpu",
+        cpu_linear.linear,
+        cpu_ops.add_rms_norm,
+        cpu_ops.silu_and_mul,
+        cpu_ops.apply_rope,
+        linear_silu_mul=cpu_linear.linear_silu_mul,
     )
 
 

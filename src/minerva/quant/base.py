@@ -12,6 +12,9 @@ thing layer by layer with torch, so a method without fused kernels still works o
 `partials` is a float32 tensor of any length whose sum is the residual stream's sum of squares;
 every producer and consumer keeps that contract, so methods can be mixed across layers.
 
+`apply_silu_mul` (the gate_up layer in GatedMLP.forward) is silu_and_mul(apply(...)) by default;
+the dense method on the CPU applies SiLU * mul while rounding its product (ops/cpu_gemm.py).
+
 `step_groups` describes the weights to the CPU's whole-step decode kernel
 (ops/cpu_decode_step.py): a method whose `apply` runs one of the C kernels that step can call
 says which, so the step computes exactly what `apply` does; None keeps the layered path.
@@ -82,6 +85,11 @@ class LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """x [T, in_features] -> [T, out_features] in x's dtype."""
         raise NotImplementedError
+
+    def apply_silu_mul(self, layer: nn.Module, x: torch.Tensor, silu_and_mul) -> torch.Tensor:
+        """silu_and_mul(apply(layer, x)) for a gate_up layer (GatedMLP); a method whose kernel
+        can apply SiLU * mul to its own output overrides it."""
+        return silu_and_mul(self.apply(layer, x))
 
     def weight_bytes(self, layer: nn.Module) -> int:
         """Bytes the layer's weights take on the device (what streams through per token)."""

@@ -21,6 +21,7 @@ class DenseLinearMethod(LinearMethod):
         self.linear = kernels.linear
         self.gemv_rms_norm = kernels.gemv_rms_norm
         self.gemv_add_residual = kernels.gemv_add_residual
+        self.linear_silu_mul = kernels.linear_silu_mul
 
     def create_weights(
         self,
@@ -41,6 +42,11 @@ class DenseLinearMethod(LinearMethod):
 
     def apply(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x, layer.weight, layer.bias)
+
+    def apply_silu_mul(self, layer: nn.Module, x: torch.Tensor, silu_and_mul) -> torch.Tensor:
+        if self.linear_silu_mul is None:
+            return super().apply_silu_mul(layer, x, silu_and_mul)
+        return self.linear_silu_mul(x, layer.weight, layer.bias)
 
     def step_groups(self, layer: nn.Module):
         """One group when apply is the CPU kernel set's linear (the C GEMV of its dtype)."""
