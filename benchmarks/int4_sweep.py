@@ -4,9 +4,10 @@ layers: each config's output checked against dequantize + matmul, then timed.
     PYTHONPATH=src python benchmarks/int4_sweep.py --output DIR [--budget-s 150]
 
 The one-token GEMV in both variants: x quantized to 8 bits with dp4a products (its quantize
-launch timed with it) and the float kernel. Prints the fastest configs per shape and part and writes int4_sweep_<gpu>.json: every config's
-time, achieved bandwidth (GEMV) or TFLOP/s (GEMM) and its error. The GEMV's bytes are the codes,
-scales and offsets it reads (x is negligible).
+launch timed with it) and the float kernel; the several-token GEMM's configs beside the scratch
+path (dequantize + cuBLAS, quant/int4.DEQUANT_ROWS). Prints the fastest configs per shape and
+part and writes int4_sweep_<gpu>.json: every config's time, achieved bandwidth (GEMV) or
+TFLOP/s (GEMM) and its error. The GEMV's bytes are the codes, scales and offsets it reads (x is negligible).
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ def main() -> None:
             xm = torch.randn(m, k, generator=gen, device="cuda").bfloat16()
             refm = xm.float() @ w.T
             rows = results["gemm"][f"{name}_m{m}"] = []
+
+            # the scratch path of quant/int4.py (DEQUANT_ROWS): decode once, then cuBLAS
+            def scratch(a=(xm, codes, scale, offset)):
+                return a[0] @ triton_int4.dequantize(*a[1:], a[0].dtype).T
+
+            out = scratch()
+            ms = triton.testing.do_bench(scratch)
+            rows.append({"config": "dequantize+cublas", "ms": ms,
+                         "tflop_s": 2 * m * n * k / ms / 1e9, "rel_error": error(out, refm)})  # fmt: skip
             for cfg in [None, *configs]:
                 if time.perf_counter() - start > args.budget_s:
                     break
