@@ -7,7 +7,8 @@ The one-token GEMV in both variants: x quantized to 8 bits with dp4a products (i
 launch timed with it) and the float kernel; the several-token GEMM's configs beside the scratch
 path (dequantize + cuBLAS, quant/int4.DEQUANT_ROWS). Prints the fastest configs per shape and
 part and writes int4_sweep_<gpu>.json: every config's time, achieved bandwidth (GEMV) or
-TFLOP/s (GEMM) and its error. The GEMV's bytes are the codes, scales and offsets it reads (x is negligible).
+TFLOP/s (GEMM) and its error. The GEMV's bytes are the codes, scales and offsets it reads (x
+is negligible).
 """
 
 from __future__ import annotations
