@@ -64,37 +64,46 @@ def entry(dtype: torch.dtype):
     return _kernels.get(dtype)
 
 
+def _takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """The C kernels take x [M, K] @ weight[N, K].T + bias as the tensors are."""
+    return (
+        x.dtype in _kernels
+        and x.is_cpu
+        and x.dim() == 2
+        and weight.dtype == x.dtype
+        and 0 < x.shape[0] <= _max_rows[x.dtype]
+        and x.is_contiguous()
+        and weight.is_contiguous()
+        and not torch.is_grad_enabled()
+        and weight.dim() == 2
+        and weight.shape[1] == x.shape[1]
+        and (
+            bias is None
+            or bias.dtype == x.dtype
+            and bias.is_contiguous()
+            and bias.shape == (weight.shape[0],)
+        )
+    )
+
+
+def _gemm_rows(x: torch.Tensor) -> bool:
+    """A product of this many rows takes cpu_gemm's GEMM rather than the GEMV kernel."""
+    return x.shape[0] >= GEMM_MIN_ROWS.get(x.dtype, x.shape[0] + 1)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """F.linear(x, weight, bias), through the C kernel where it applies."""
-    fn = _kernels.get(x.dtype)
-    if (
-        fn is None
-        or not x.is_cpu
-        or x.dim() != 2
-        or weight.dtype != x.dtype
-        or not 0 < x.shape[0] <= _max_rows[x.dtype]
-        or not x.is_contiguous()
-        or not weight.is_contiguous()
-        or torch.is_grad_enabled()
-    ):
-        if fn is not None and x.dim() > 2 and x.is_cpu:  # flatten the leading dims
+    if not _takes(x, weight, bias):  # torch raises its usual errors (shapes) in F.linear
+        if x.dtype in _kernels and x.dim() > 2 and x.is_cpu:  # flatten the leading dims
             out = linear(x.reshape(-1, x.shape[-1]), weight, bias)
             return out.view(*x.shape[:-1], out.shape[-1])
         return F.linear(x, weight, bias)
-    m, k = x.shape
-    n, wk = weight.shape
-    if wk != k:
-        return F.linear(x, weight, bias)  # torch raises its usual shape error
-    if bias is None:
-        bias_ptr = None
-    elif bias.dtype == x.dtype and bias.is_contiguous() and bias.shape == (n,):
-        bias_ptr = bias.data_ptr()
-    else:
-        return F.linear(x, weight, bias)
-    if m >= GEMM_MIN_ROWS.get(x.dtype, m + 1):
+    if _gemm_rows(x):
         return cpu_gemm.linear(x, weight, bias)
+    (m, k), n = x.shape, weight.shape[0]
     y = torch.empty(m, n, dtype=x.dtype)
-    if fn(
+    bias_ptr = None if bias is None else bias.data_ptr()
+    if _kernels[x.dtype](
         weight.data_ptr(), x.data_ptr(), bias_ptr, y.data_ptr(), m, n, k, torch.get_num_threads()
     ):
         return F.linear(x, weight, bias)  # the kernel could not get scratch memory
@@ -105,21 +114,7 @@ def linear_silu_mul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """cpu_ops.silu_and_mul(linear(x, weight, bias)) for a gate_up weight [2I, K]: products
     that take cpu_gemm's one-tile GEMM apply SiLU * mul while rounding its output (the same
     bits); the rest run the two steps."""
-    if (
-        x.dtype in GEMM_MIN_ROWS
-        and x.dim() == 2
-        and x.shape[0] >= GEMM_MIN_ROWS[x.dtype]
-        and x.dtype in _kernels
-        and x.is_cpu
-        and weight.dtype == x.dtype
-        and weight.dim() == 2
-        and weight.shape[1] == x.shape[1]
-        and x.is_contiguous()
-        and weight.is_contiguous()
-        and (bias is None or bias.dtype == x.dtype and bias.is_contiguous())
-        and (bias is None or bias.shape == (weight.shape[0],))
-        and not torch.is_grad_enabled()
-    ):
+    if _takes(x, weight, bias) and _gemm_rows(x):
         y = cpu_gemm.linear_silu_mul(x, weight, bias)
         if y is not None:
             return y
