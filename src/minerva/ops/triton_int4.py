@@ -250,10 +250,7 @@ INT8_X = True
 
 def gemv(x, codes, scale, offset, bias=None, pdl=False, int8_x=None) -> torch.Tensor:
     """x [1, K] @ W.T (+ bias) -> [1, N] in x's dtype (W as in `gemm`), float32 accumulation."""
-    if INT8_X if int8_x is None else int8_x:
-        return _launch_dp4a(quantize_x(x, codes.shape[1] * 2, pdl=pdl), codes, scale, offset,
-                            bias, x.dtype, pdl=pdl)  # fmt: skip
-    return _launch(x, codes, scale, offset, bias, pdl=pdl)
+    return _one_token(x, codes, scale, offset, bias, pdl=pdl, int8_x=int8_x)
 
 
 def gemv_add_residual(x, codes, scale, offset, bias, residual, gated=False, pdl=False,
@@ -261,27 +258,34 @@ def gemv_add_residual(x, codes, scale, offset, bias, residual, gated=False, pdl=
     """(residual + x @ W.T (+ bias), per-program partial sums of its squares), as
     ops/triton_gemv.gemv_add_residual; gated: x is [gate | up], the input silu(gate) * up."""
     n, k = codes.shape[0], codes.shape[1] * 2
-    dp4a = INT8_X if int8_x is None else int8_x
-    block_n = (gemv_dp4a_config if dp4a else gemv_config)(n, k)[0]
+    block_n = (gemv_dp4a_config if _int8_x(int8_x) else gemv_config)(n, k)[0]
     partials = torch.empty(triton.cdiv(n, block_n), dtype=torch.float32, device=x.device)
-    if dp4a:
-        xq = quantize_x(x, k, gated=gated, pdl=pdl)
-        out = _launch_dp4a(xq, codes, scale, offset, bias, x.dtype, residual=residual,
-                           partials_out=partials, pdl=pdl)  # fmt: skip
-    else:
-        out = _launch(x, codes, scale, offset, bias, residual=residual, partials_out=partials,
-                      gated=gated, pdl=pdl)  # fmt: skip
+    out = _one_token(x, codes, scale, offset, bias, residual=residual, partials_out=partials,
+                     gated=gated, pdl=pdl, int8_x=int8_x)  # fmt: skip
     return out, partials
 
 
 def gemv_rms_norm(h, partials, norm_weight, eps, codes, scale, offset, bias=None, pdl=False,
                   int8_x=None):  # fmt: skip
     """RMSNorm(h) * norm_weight @ W.T (+ bias), as ops/triton_gemv.gemv_rms_norm."""
-    norm = (partials, norm_weight, eps)
-    if INT8_X if int8_x is None else int8_x:
-        xq = quantize_x(h, codes.shape[1] * 2, norm=norm, pdl=pdl)
-        return _launch_dp4a(xq, codes, scale, offset, bias, h.dtype, pdl=pdl)
-    return _launch(h, codes, scale, offset, bias, norm=norm, pdl=pdl)
+    return _one_token(h, codes, scale, offset, bias, norm=(partials, norm_weight, eps), pdl=pdl,
+                      int8_x=int8_x)  # fmt: skip
+
+
+def _int8_x(int8_x: bool | None) -> bool:
+    return INT8_X if int8_x is None else int8_x
+
+
+def _one_token(x, codes, scale, offset, bias, residual=None, partials_out=None, norm=None,
+               gated=False, pdl=False, int8_x=None):  # fmt: skip
+    """The one-token product with its fusions: x's 8-bit form (the norm or SiLU * mul applied
+    while quantizing) through the dp4a kernel, or the float kernel that applies them itself."""
+    if not _int8_x(int8_x):
+        return _launch(x, codes, scale, offset, bias, residual=residual,
+                       partials_out=partials_out, norm=norm, gated=gated, pdl=pdl)  # fmt: skip
+    xq = quantize_x(x, codes.shape[1] * 2, norm=norm, gated=gated, pdl=pdl)
+    return _launch_dp4a(xq, codes, scale, offset, bias, x.dtype, residual=residual,
+                        partials_out=partials_out, pdl=pdl)  # fmt: skip
 
 
 def _launch_dp4a(xq: QuantX, codes, scale, offset, bias, dtype, residual=None,

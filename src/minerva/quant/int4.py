@@ -21,6 +21,7 @@ decodes the weight and multiplies (correct, slow): on the CPU q4_k_m is the 4-bi
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minerva.errors import ConfigError, ModelLoadError
@@ -147,9 +148,7 @@ class Int4LinearMethod(LinearMethod):
             if x2.shape[0] == 1:
                 y = triton_int4.gemv(x2, w, s, o, b, pdl=self.kernels.pdl)
             elif x2.shape[0] > DEQUANT_ROWS:
-                y = x2 @ triton_int4.dequantize(w, s, o, x2.dtype).T
-                if b is not None:
-                    y = y + b
+                y = F.linear(x2, triton_int4.dequantize(w, s, o, x2.dtype), b)
             else:
                 y = triton_int4.gemm(x2, w, s, o, b)
         else:  # the twin
