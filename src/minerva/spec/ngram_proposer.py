@@ -19,6 +19,8 @@ class Tokens(Protocol):
 
     def token_slice(self, start: int, end: int) -> list[int]: ...
 
+    def token_at(self, index: int) -> int: ...
+
 
 class TokenList:
     """A plain list of tokens as ``Tokens``."""
@@ -32,6 +34,9 @@ class TokenList:
 
     def token_slice(self, start: int, end: int) -> list[int]:
         return list(self.token_ids[start:end])
+
+    def token_at(self, index: int) -> int:
+        return self.token_ids[index]
 
 
 class NgramProposer:
@@ -104,9 +109,7 @@ class NgramIndex:
         match an earlier occurrence). Rebuilds where the sequence is not an extension of the
         one indexed (checked at its last token: a request's tokens only grow)."""
         end = tokens.num_tokens - 1
-        if self._num > end or (
-            self._num and tokens.token_slice(self._num - 1, self._num)[0] != self._last
-        ):
+        if self._num > end or (self._num and tokens.token_at(self._num - 1) != self._last):
             self._reset()
         if end <= self._num:
             return
