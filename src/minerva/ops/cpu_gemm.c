@@ -40,6 +40,18 @@ INLINE void transpose8(__m256 r[8]) {
         r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
     }
 }
+
+// DST[c * LDD + k] = SRC[k * LDS + c] rounded, for one 8 x 8 block (k, c < 8)
+#define ROUND8X8(SUFFIX, SRC, LDS, DST, LDD)                                                   \
+    do {                                                                                       \
+        __m256 r[8];                                                                           \
+        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps((SRC) + k * (LDS));                 \
+        transpose8(r);                                                                         \
+        for (int c = 0; c < 8; c++)                                                            \
+            _mm_storeu_si128((__m128i *)((DST) + c * (LDD)), SUFFIX##x8(r[c]));                \
+    } while (0)
+#else
+#define ROUND8X8(SUFFIX, SRC, LDS, DST, LDD) (void)0
 #endif
 
 // dst[j * ld + i] = src[i * m + j] rounded, for i < n (weight rows), j < m (input rows).
@@ -53,7 +65,8 @@ INLINE void transpose8(__m256 r[8]) {
             int64_t i0 = b * 8, rows = n - i0 < 8 ? n - i0 : 8;                               \
             int64_t j = 0;                                                                     \
             if (X8 && rows == 8) {                                                             \
-                for (; j + 8 <= m; j += 8) STORE_BLOCK8(SUFFIX);                               \
+                for (; j + 8 <= m; j += 8)                                                     \
+                    ROUND8X8(SUFFIX, src + i0 * m + j, m, dst + j * ld + i0, ld);              \
             }                                                                                  \
             for (; j < m; j++)                                                                 \
                 for (int64_t i = i0; i < i0 + rows; i++)                                       \
@@ -63,18 +76,9 @@ INLINE void transpose8(__m256 r[8]) {
     }
 
 #ifdef HAVE_X8
-#define STORE_BLOCK8(SUFFIX)                                                                   \
-    do {                                                                                       \
-        __m256 r[8];                                                                           \
-        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + (i0 + k) * m + j);           \
-        transpose8(r);                                                                         \
-        for (int c = 0; c < 8; c++)                                                            \
-            _mm_storeu_si128((__m128i *)(dst + (j + c) * ld + i0), SUFFIX##x8(r[c]));          \
-    } while (0)
 DEFINE_STORE(bf16, 1)
 DEFINE_STORE(f16, 1)
 #else
-#define STORE_BLOCK8(SUFFIX) (void)0
 DEFINE_STORE(bf16, 0)
 #if HAVE_F16
 DEFINE_STORE(f16, 0)
@@ -104,7 +108,8 @@ DEFINE_STORE(f16, 0)
                 int64_t j0 = jb * 8, cols = m - j0 < 8 ? m - j0 : 8;                           \
                 int64_t i0 = 0;                                                                \
                 if (X8 && cols == 8) {                                                         \
-                    for (; i0 + 8 <= n; i0 += 8) STORE_TMP8(SUFFIX);                           \
+                    for (; i0 + 8 <= n; i0 += 8)                                               \
+                        ROUND8X8(SUFFIX, src + i0 * m + j0, m, tmp + i0, n);                   \
                 }                                                                              \
                 for (; i0 < n; i0++)                                                           \
                     for (int64_t c = 0; c < cols; c++)                                         \
@@ -119,21 +124,11 @@ DEFINE_STORE(f16, 0)
     }
 
 #ifdef HAVE_X8
-// rows i0..i0+7, input rows j0..j0+7 of src -> tmp[c * n + i0 .. + 7], rounded
-#define STORE_TMP8(SUFFIX)                                                                     \
-    do {                                                                                       \
-        __m256 r[8];                                                                           \
-        for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + (i0 + k) * m + j0);          \
-        transpose8(r);                                                                         \
-        for (int c = 0; c < 8; c++)                                                            \
-            _mm_storeu_si128((__m128i *)(tmp + c * n + i0), SUFFIX##x8(r[c]));                 \
-    } while (0)
 DEFINE_SILU_MUL_ROW(uint16_t, bf16, 0)
 DEFINE_SILU_MUL_ROW(uint16_t, f16, 0)
 DEFINE_STORE_SILU_MUL(bf16, 1)
 DEFINE_STORE_SILU_MUL(f16, 1)
 #else
-#define STORE_TMP8(SUFFIX) (void)0
 DEFINE_SILU_MUL_ROW(uint16_t, bf16, 0)
 DEFINE_STORE_SILU_MUL(bf16, 0)
 #if HAVE_F16
