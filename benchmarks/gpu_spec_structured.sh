@@ -6,11 +6,14 @@
 #   step combined:   tests/gpu, structured at 7B, spec n-gram + 64, TinyLlama prefill before /
 #                    after (BEFORE_SRC=<old checkout>/src) (one call)
 #   step rest:       spec ceiling, int4 sweep, int4 7B end to end, dp4a and float x
+#   step priority:   int4 tests, int4 7B end to end, structured at 7B, spec n-gram + 64, TinyLlama
+#                    prefill before / after (one call, when few machines are lent)
+#   step later:      tests/gpu, spec ceiling, int4 with float x (the call after priority)
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
 set -u
-step=${1:?step: first, second, combined, rest, tests, structured or spec}
+step=${1:?step: first, second, combined, priority, later, rest, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -52,6 +55,26 @@ combined)  # one call when few are lent: GPU tests, #18 at 7B, #17 n-gram / 64, 
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
         | grep -E "speedup|tok_s" | head -20
     prefill_abba ;;
+priority)
+    timeout 60 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py 2>&1 | tail -6
+    timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
+        --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
+    (cd benchmarks && timeout 85 python3 structured_decoding.py --device cuda --shape mistral-7b \
+        --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
+        | grep -v Warn | tail -4)
+    timeout 110 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
+        --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
+        | grep -E "speedup|tok_s" | head -20
+    prefill_abba ;;
+later)
+    timeout -s INT 300 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
+        | tee "$OUT/gpu_tests.txt"
+    timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
+        --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
+        | grep -E "speedup|rounds|tok_s|acceptance" | head -20
+    timeout 150 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
+        --int4-float-x --tag -floatx --models mistral-7b:int4 --output "$OUT" 2>&1 \
+        | grep -v Warn | tail -3 | cut -c1-1500 ;;
 rest)  # the second call: #17 ceiling, int4 sweep, int4 7B end to end (dp4a and float x)
     timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \
         --draft-shape tinyllama-1.1b --k 4 --parts ceiling --output "$OUT" 2>&1 \
