@@ -56,7 +56,8 @@ combined)  # one call when few are lent: GPU tests, #18 at 7B, #17 n-gram / 64, 
         | grep -E "speedup|tok_s" | head -20
     prefill_abba ;;
 priority)
-    timeout 60 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py 2>&1 | tail -6
+    timeout 90 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py \
+        tests/gpu/test_cuda_engine.py::test_qwen3_graphs_match_transformers 2>&1 | tail -6
     timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
         --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
     (cd benchmarks && timeout 85 python3 structured_decoding.py --device cuda --shape mistral-7b \

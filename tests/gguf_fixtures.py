@@ -15,6 +15,8 @@ _LAYER_PARTS = {
     "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
     "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
@@ -51,12 +53,12 @@ def write_gguf(
     extra_tensors: dict[str, np.ndarray] | None = None,
     split_max_tensors: int = 0,
 ) -> Path:
-    """GGUF of ``model`` (a transformers Llama / Mistral / Qwen2) at ``path``. 2-D weights are
+    """GGUF of ``model`` (a transformers Llama / Mistral / Qwen2 / Qwen3) at ``path``. 2-D weights are
     stored as ``quant_type`` (e.g. "Q8_0") when given, else as ``float_type``; 1-D as F32."""
     import gguf
 
     cfg = model.config
-    arch = "qwen2" if cfg.model_type == "qwen2" else "llama"
+    arch = cfg.model_type if cfg.model_type in ("qwen2", "qwen3") else "llama"
     writer = gguf.GGUFWriter(path, arch, split_max_tensors=split_max_tensors)
     _write_metadata(writer, cfg, arch, float_type, quant_type)
     if chat_template is not None:
@@ -99,6 +101,9 @@ def _write_metadata(writer, cfg, arch: str, float_type: str, quant_type: str | N
     if arch == "llama":
         writer.add_vocab_size(cfg.vocab_size)
         writer.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
+    if arch == "qwen3":  # head_dim is its own (convert_hf_to_gguf writes the key lengths)
+        writer.add_key_length(cfg.head_dim)
+        writer.add_value_length(cfg.head_dim)
     if cfg.model_type == "mistral" and cfg.sliding_window:
         writer.add_sliding_window(cfg.sliding_window)
     if rope.get("rope_type") == "linear":

@@ -1,4 +1,4 @@
-"""Tiny random Llama / Mistral / Qwen2 checkpoints built with transformers, for tests."""
+"""Tiny random Llama / Mistral / Qwen2 / Qwen3 checkpoints built with transformers, for tests."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def make_config(arch: str, **overrides):
         return transformers.MistralConfig(**kwargs)
     if arch == "qwen2":
         return transformers.Qwen2Config(**kwargs)
+    if arch == "qwen3":
+        kwargs.setdefault("head_dim", 16)  # Qwen3Config's default is 128, not hidden / heads
+        return transformers.Qwen3Config(**kwargs)
     raise ValueError(arch)
 
 
@@ -49,8 +52,13 @@ def build_tiny_model(
         "llama": transformers.LlamaForCausalLM,
         "mistral": transformers.MistralForCausalLM,
         "qwen2": transformers.Qwen2ForCausalLM,
+        "qwen3": transformers.Qwen3ForCausalLM,
     }[arch]
     model = cls(config).to(dtype).eval()
+    if arch == "qwen3":  # q_norm / k_norm start at ones: random weights, so a test sees them
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.data.uniform_(0.5, 1.5)
     model.save_pretrained(path)
     return model
 
@@ -76,7 +84,7 @@ def hf_greedy(
     return ids[len(prompt) :], logits_per_step
 
 
-def build_tiny_text_model(path: Path, seed: int = 0, arch: str = "llama") -> Path:
+def build_tiny_text_model(path: Path, seed: int = 0, arch: str = "llama", **overrides) -> Path:
     """A tiny random model with a real byte-level BPE tokenizer (vocab 500) and chat template."""
     from minerva.tokenizer import Tokenizer
     from tests.tokenizer_fixtures import build_byte_level
@@ -84,6 +92,11 @@ def build_tiny_text_model(path: Path, seed: int = 0, arch: str = "llama") -> Pat
     build_byte_level(path, vocab_size=500)
     tok = Tokenizer.from_folder(path)
     build_tiny_model(
-        path, arch, seed=seed, vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id
+        path,
+        arch,
+        seed=seed,
+        vocab_size=tok.vocab_size,
+        eos_token_id=tok.eos_token_id,
+        **overrides,
     )
     return path

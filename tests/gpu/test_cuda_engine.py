@@ -186,3 +186,20 @@ def test_one_sequence_prefill_graphs_equal_transformers(tiny):
         assert out.token_ids == hf_greedy(hf, prompt, 6)[0]
         assert prefill.num_replays > before
     assert llm.engine.kv_cache_manager.prefix_cache_hits > 0
+
+
+def test_qwen3_graphs_match_transformers(tmp_path):
+    """Qwen3's per-head q / k norms through the CUDA path: the batch-1 step with the glue in
+    the GEMVs (graph-replayed) and batched steps, against transformers."""
+    hf = build_tiny_model(tmp_path, "qwen3", seed=4, head_dim=32, attention_bias=True)
+    llm = LLM(model=str(tmp_path), device="cuda", dtype="float32", max_num_seqs=8, progress=False)
+    assert llm.engine.worker.model.one_token and llm.engine.worker.runner.graphs is not None
+    prompts = _prompts(4, 23)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    tokens, logits = _run_capturing(llm, prompts[:1], params)
+    ref_tokens, ref_logits = hf_greedy(hf, prompts[0], 6)
+    assert tokens[0] == ref_tokens and len(logits) == 6
+    for step, (ours, ref) in enumerate(zip(logits, ref_logits)):
+        torch.testing.assert_close(ours[0], ref, atol=1e-3, rtol=0, msg=f"step {step}")
+    tokens, _ = _run_capturing(llm, prompts, params)
+    assert tokens == [hf_greedy(hf, p, 6)[0] for p in prompts]

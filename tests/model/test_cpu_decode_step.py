@@ -99,6 +99,7 @@ DENSE = dict(vocab_size=1001, hidden_size=200, intermediate_size=425, num_attent
         ("llama", dict(attention_bias=True, mlp_bias=True, num_key_value_heads=1, head_dim=32)),
         ("mistral", dict(sliding_window=7, num_key_value_heads=5, head_dim=40)),
         ("qwen2", dict(num_key_value_heads=1, head_dim=40, tie_word_embeddings=True)),
+        ("qwen3", dict(num_key_value_heads=1, head_dim=40, attention_bias=True)),
     ],
 )
 def test_dense_step_equals_layered(tmp_path, step_rows, arch, extra, dtype):

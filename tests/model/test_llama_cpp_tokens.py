@@ -73,3 +73,34 @@ def test_first_greedy_tokens_equal_llama_cpp(gguf_files, kind):
     params = SamplingParams(max_tokens=NUM_TOKENS, temperature=0.0, ignore_eos=True)
     out = llm.generate([prompt_ids], params)[0]
     assert out.token_ids == expected
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
+def test_tiny_model_logits_equal_llama_cpp(tmp_path, arch):
+    """A tiny random model of each GGUF architecture, written by Minerva's exporter as F32: every
+    decode step's logits equal llama.cpp's on the same file (Qwen3: its per-head q / k norms
+    and an explicit head_dim that is not hidden / heads, as in the released models)."""
+    from tests.tiny_models import build_tiny_text_model
+
+    folder = tmp_path / "hf"
+    shape = dict(head_dim=32, num_attention_heads=4, num_key_value_heads=2)
+    build_tiny_text_model(folder, seed=5, arch=arch, **(shape if arch == "qwen3" else {}))
+    config = load_model_config(folder)
+    tensors = iter_checkpoint_tensors(folder, torch.device("cpu"), torch.float32, progress=False)
+    path = write_gguf(config, tensors, tmp_path / "m.gguf", float_plan(GGMLType.F32),
+                      tokenizer_dir=folder, file_type="f32")  # fmt: skip
+    llm = LLM(model=str(path), device="cpu", dtype="float32", max_model_len=128, progress=False)
+    prompt = [7, 99, 250, 31, 400, 12, 5]
+    runner = llm.engine.worker.runner
+    runner.captured_logits = []
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    ours = llm.generate([prompt], params)[0].token_ids
+    f32 = llama_cpp.GGML_TYPE_F32  # its KV cache in float32 too (the default is F16)
+    ref = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, logits_all=True,
+                          type_k=f32, type_v=f32, verbose=False)  # fmt: skip
+    ref.eval(prompt + ours[:-1])
+    theirs = torch.from_numpy(ref.scores[len(prompt) - 1 : len(prompt) + 11].copy())
+    assert len(runner.captured_logits) == 12
+    for step, row in enumerate(runner.captured_logits):
+        torch.testing.assert_close(row[0], theirs[step], atol=1e-4, rtol=0, msg=f"step {step}")
+    assert ours == [int(i) for i in theirs.argmax(-1)]

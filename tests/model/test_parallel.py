@@ -25,6 +25,7 @@ ARCHS = {
     ),  # fmt: skip
     "mistral": ("mistral", dict(sliding_window=8)),  # prompts longer than the window
     "qwen2": ("qwen2", {}),  # bias in qkv only
+    "qwen3": ("qwen3", {}),  # per-head q / k norms: each rank norms its own heads
 }
 PROMPTS = [list(range(3, 23)), [40, 41, 42, 43, 44]]
 OPTIONS = dict(device="cpu", dtype="float32", block_size=4, num_threads=1, progress=False)

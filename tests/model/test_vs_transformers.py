@@ -51,6 +51,11 @@ ARCHS = {
     "mistral_window": ("mistral", dict(sliding_window=8)),
     "qwen2": ("qwen2", dict(tie_word_embeddings=True)),
     "qwen2_window": ("qwen2", dict(use_sliding_window=True, sliding_window=8, max_window_layers=1)),
+    "qwen3": ("qwen3", dict(tie_word_embeddings=True)),
+    "qwen3_bias_window": (
+        "qwen3",
+        dict(attention_bias=True, use_sliding_window=True, sliding_window=8, max_window_layers=1),
+    ),
     "gqa_head_dim": ("llama", dict(num_attention_heads=8, num_key_value_heads=2, head_dim=32)),
 }
 

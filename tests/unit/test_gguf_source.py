@@ -33,7 +33,7 @@ def config_fields(source) -> dict:
     return {k: v for k, v in vars(source.config).items() if k not in ("raw", "dtype")}
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 def test_config_and_weights_equal_the_hf_folder(tmp_path, arch):
     hf, gg, _ = both(tmp_path, arch)
     assert config_fields(gg) == config_fields(hf)
@@ -222,7 +222,7 @@ def test_digest_is_the_files_sha256(tmp_path):
     assert gg.num_bytes == gg.path.stat().st_size
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3"])
 def test_same_greedy_tokens_as_the_hf_folder(tmp_path, arch):
     from minerva import LLM, SamplingParams
 
@@ -236,7 +236,7 @@ def test_same_greedy_tokens_as_the_hf_folder(tmp_path, arch):
     assert outs[0] == outs[1] and len(outs[0]) == 8
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen3"])
 def test_round_trip_through_our_exporter(tmp_path, arch):
     """loader/gguf_export writes, open_model reads: the config and weights come back."""
     from minerva.loader.gguf_export import float_plan

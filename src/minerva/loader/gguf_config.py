@@ -14,7 +14,11 @@ from typing import Any
 from minerva.errors import ModelLoadError
 from minerva.loader.hf_config import GenerationDefaults, HFModelConfig
 
-GGUF_ARCHITECTURES: dict[str, str] = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+GGUF_ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
 """GGUF ``general.architecture`` -> the HF architecture it loads as."""
 _DENSE_FILE_TYPES = {0: "float32", 1: "float16", 32: "bfloat16"}
 # llama.cpp's quantized file types (general.file_type, gguf.LlamaFileType without MOSTLY_): read
@@ -37,7 +41,7 @@ def gguf_architecture(metadata: dict[str, Any], path: Path) -> str:
         found = f"architecture {arch!r}" if arch else "no general.architecture key"
         raise ModelLoadError(
             f"{path} has {found}; Minerva loads GGUF architectures "
-            f"{', '.join(GGUF_ARCHITECTURES)} (Llama, Mistral, Qwen2): use a model of one of "
+            f"{', '.join(GGUF_ARCHITECTURES)} (Llama, Mistral, Qwen2, Qwen3): use a model of one of "
             "these families"
         )
     return arch
@@ -63,7 +67,7 @@ def gguf_model_config(
     window = meta.integer("attention.sliding_window", 0) if arch == "llama" else 0
     model_type = "mistral" if window else arch
     has_q_bias = "blk.0.attn_q.bias" in tensor_names
-    attention_bias = has_q_bias and arch == "llama"
+    attention_bias = has_q_bias and arch in ("llama", "qwen3")
     theta = meta.number("rope.freq_base", 10000.0)
     if not 1.0 < theta <= _MAX_ROPE_BASE:
         raise meta.bad(f"{arch}.rope.freq_base", theta, f"a number in (1, {_MAX_ROPE_BASE:g}]")
@@ -86,8 +90,10 @@ def gguf_model_config(
         tie_word_embeddings="output.weight" not in tensor_names,
         attention_bias=attention_bias,
         qkv_bias=arch == "qwen2" or attention_bias,
-        o_proj_bias=attention_bias,
+        o_proj_bias=attention_bias
+        and (arch == "llama" or "blk.0.attn_output.bias" in tensor_names),
         mlp_bias=arch == "llama" and "blk.0.ffn_gate.bias" in tensor_names,
+        qk_norm=arch == "qwen3",
         sliding_window=window or None,
         layer_types=["sliding_attention" if window else "full_attention"] * num_layers,
         dtype=_DENSE_FILE_TYPES.get(metadata.get("general.file_type")),

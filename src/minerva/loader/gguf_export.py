@@ -24,7 +24,7 @@ from minerva.quant.gguf_types import FLOAT_TYPES, GGMLType, QuantizedTensor
 logger = logging.getLogger(__name__)
 
 # HF model_type -> llama.cpp architecture (Mistral checkpoints convert as "llama").
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 # The loader's GGUF -> HF name tables, inverted.
 _GLOBAL_NAMES = {hf: gguf_name for gguf_name, hf in GLOBAL_NAMES.items()}
@@ -158,7 +158,7 @@ def _write_model_metadata(writer, config, arch: str, name: str, file_type: str |
             writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
     elif kind is not None and kind != "default":
         logger.warning("rope scaling %r is not written to GGUF: llama.cpp has no such key", kind)
-    if config.sliding_window is not None and config.model_type != "qwen2":
+    if config.sliding_window is not None and config.model_type == "mistral":
         writer.add_sliding_window(config.sliding_window)
     file_type_id = None if file_type is None else llama_file_type(file_type)
     if file_type_id is not None:

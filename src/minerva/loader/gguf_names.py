@@ -2,7 +2,7 @@
 
 convert_hf_to_gguf permutes the rows of q_proj / k_proj (weight and bias) for arch ``llama``
 (Llama and Mistral) so that ggml's interleaved RoPE matches HF's rotate-half; Qwen2 is stored
-unpermuted (llama.cpp runs it with NEOX RoPE). ``unpermute_rows`` undoes it.
+unpermuted, as is Qwen3 (llama.cpp runs both with NEOX RoPE). ``unpermute_rows`` undoes it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ LAYER_NAMES = {
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",  # Qwen3: each head's q and k RMS-normed before RoPE
+    "attn_k_norm": "self_attn.k_norm",
     "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
@@ -50,7 +52,7 @@ def hf_tensor_name(name: str, num_layers: int, path: Path) -> str | None:
         layer, part, kind = match.groups()
         return f"model.layers.{int(layer)}.{LAYER_NAMES[part]}.{kind}"
     raise ModelLoadError(
-        f"{path} holds tensor {name!r}, which is not part of a Llama / Mistral / Qwen2 model "
+        f"{path} holds tensor {name!r}, which is not part of a Llama / Mistral / Qwen2 / Qwen3 model "
         f"with {num_layers} layers; the file is corrupt or of another architecture"
     )
 
@@ -113,6 +115,11 @@ def expected_shapes(cfg: HFModelConfig) -> dict[str, tuple[int, ...]]:
         }
     if cfg.o_proj_bias:
         layer["self_attn.o_proj.bias"] = (hidden,)
+    if cfg.qk_norm:
+        layer |= {
+            "self_attn.q_norm.weight": (cfg.head_dim,),
+            "self_attn.k_norm.weight": (cfg.head_dim,),
+        }
     if cfg.mlp_bias:
         layer |= {
             f"mlp.{p}_proj.bias": (n,)

@@ -26,6 +26,7 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
 }
 """Architecture name (as in ``config.json``'s ``architectures``) → HF ``model_type``."""
 
@@ -34,7 +35,14 @@ _ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": {"max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "sliding_window": None},
     "mistral": {"max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-6, "sliding_window": 4096},
     "qwen2": {"max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "sliding_window": 4096},
+    "qwen3": {
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "sliding_window": 4096,
+        "head_dim": 128,  # Qwen3Config's, not hidden_size / heads
+    },
 }
+_QWEN = ("qwen2", "qwen3")  # sliding window only with use_sliding_window, from max_window_layers
 _REQUIRED_KEYS = (
     "vocab_size",
     "hidden_size",
@@ -70,6 +78,9 @@ class HFModelConfig:
     o_proj_bias: bool = False
     """o_proj has a bias (Llama: attention_bias; Qwen2 and Mistral: never)."""
     mlp_bias: bool = False
+    qk_norm: bool = False
+    """Each head's q and k go through an RMSNorm (weights ``self_attn.q_norm`` / ``k_norm``,
+    [head_dim]) before RoPE (Qwen3)."""
     sliding_window: int | None = None
     """Attention window in tokens, None when every layer attends to the full context."""
     layer_types: list[str] = field(default_factory=list)
@@ -166,7 +177,7 @@ def _parse_config(cfg: dict[str, Any], path: Path) -> HFModelConfig:
             f"{path}: num_attention_heads={num_heads} is not a multiple of "
             f"num_key_value_heads={num_kv_heads}"
         )
-    head_dim = cfg.get("head_dim")
+    head_dim = cfg.get("head_dim") or defaults.get("head_dim")
     if not head_dim:
         if int(cfg["hidden_size"]) % num_heads:
             raise ModelLoadError(
@@ -197,8 +208,9 @@ def _parse_config(cfg: dict[str, Any], path: Path) -> HFModelConfig:
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention_bias=attention_bias,
         qkv_bias=qkv_bias,
-        o_proj_bias=attention_bias if model_type == "llama" else False,
+        o_proj_bias=attention_bias if model_type in ("llama", "qwen3") else False,
         mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
+        qk_norm=model_type == "qwen3",
         sliding_window=sliding_window,
         layer_types=layer_types,
         dtype=cfg.get("dtype") or cfg.get("torch_dtype"),
@@ -250,11 +262,11 @@ def _parse_sliding_window(
     window = cfg.get("sliding_window", defaults["sliding_window"])
     if model_type == "llama":
         window = None
-    if model_type == "qwen2" and not cfg.get("use_sliding_window", False):
+    if model_type in _QWEN and not cfg.get("use_sliding_window", False):
         window = None
     layer_types = cfg.get("layer_types")
     if not layer_types or len(layer_types) != num_layers:
-        first_sliding = int(cfg.get("max_window_layers", 28)) if model_type == "qwen2" else 0
+        first_sliding = int(cfg.get("max_window_layers", 28)) if model_type in _QWEN else 0
         layer_types = [
             "sliding_attention" if window is not None and i >= first_sliding else "full_attention"
             for i in range(num_layers)

@@ -1,4 +1,5 @@
-"""The Llama family: LlamaForCausalLM, MistralForCausalLM (sliding window), Qwen2ForCausalLM (qkv bias).
+"""The Llama family: LlamaForCausalLM, MistralForCausalLM (sliding window), Qwen2ForCausalLM (qkv
+bias), Qwen3ForCausalLM (an RMSNorm on each head's q and k before RoPE).
 
 Parameter names follow Hugging Face, except that q/k/v and gate/up are fused into one matmul
 each (`qkv_proj`, `gate_up_proj`); `load_weights` copies the checkpoint's pieces into place.
@@ -85,6 +86,12 @@ class Attention(nn.Module):
             dtype,
             parallel=parallel,
         )
+        # Qwen3: per-head RMSNorms of q and k (weights [head_dim], the same on every rank)
+        self.q_norm = self.k_norm = None
+        if getattr(config, "qk_norm", False):
+            eps, kernels = config.rms_norm_eps, options.kernels
+            self.q_norm = RMSNorm(self.head_dim, eps, dtype, kernels)
+            self.k_norm = RMSNorm(self.head_dim, eps, dtype, kernels)
         # the sum of the ranks' partial outputs; None at world size 1 (nothing to add)
         self.all_reduce = parallel.all_reduce if parallel.is_parallel else None
 
@@ -113,6 +120,8 @@ class Attention(nn.Module):
         """Projected qkv [T, q + 2 kv] -> RoPE, K/V into the cache, attention: [T, q_size]."""
         num_tokens = qkv.shape[0]
         heads, kv_heads = self.num_heads, self.num_kv_heads
+        if self.q_norm is not None:
+            qkv = self.norm_heads(qkv)
         if self.rope_write_kv is not None:  # one kernel for RoPE and the KV write
             q = self.rope_write_kv(qkv, cos, sin, kv_cache, meta.slot_mapping, heads, kv_heads)
         else:
@@ -122,6 +131,17 @@ class Attention(nn.Module):
             self.backend.write_kv(kv_cache, k, qkv[:, heads + kv_heads :], meta.slot_mapping)
         out = self.backend.paged_attention(q, kv_cache, meta, self.scale, self.window)
         return out.view(num_tokens, self.q_size)
+
+    def norm_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """qkv [T, q + 2 kv] with each head of q and of k RMS-normed (q_norm / k_norm), v as is:
+        a new tensor, laid out as qkv (the fused RoPE + KV-write kernel reads it unchanged)."""
+        t, d = qkv.shape[0], self.head_dim
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        q, k, v = qkv.view(t, heads + 2 * kv_heads, d).split([heads, kv_heads, kv_heads], 1)
+        # contiguous rows: what the C and Triton norm kernels take (else torch's, other sums)
+        q = self.q_norm(q.reshape(t * heads, d).contiguous()).view(t, heads, d)
+        k = self.k_norm(k.reshape(t * kv_heads, d).contiguous()).view(t, kv_heads, d)
+        return torch.cat([q, k, v], 1).view(t, self.q_size + 2 * self.kv_size)
 
 
 class DecoderLayer(nn.Module):
@@ -187,7 +207,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """One model class for Llama, Mistral and Qwen2 checkpoints."""
+    """One model class for Llama, Mistral, Qwen2 and Qwen3 checkpoints."""
 
     _stacked = {  # checkpoint piece -> (fused layer, shard id)
         "q_proj": ("qkv_proj", "q"),

@@ -51,6 +51,13 @@ def build(model, kv_dtype: torch.dtype | None = None) -> DecodeStep | None:
         if plan.in_norm is None or plan.post_norm is None:
             return None
         plan.window = attn.window or 0
+        if attn.q_norm is not None:  # Qwen3: each q / k head normed before RoPE
+            qk_norms = (attn.q_norm, attn.k_norm)
+            if any(n.eps != eps for n in qk_norms):
+                return None
+            plan.q_norm, plan.k_norm = (_ptr(n.weight, dtype, keep) for n in qk_norms)
+            if plan.q_norm is None or plan.k_norm is None:
+                return None
     c, first = model.config, layers[0].self_attn
     head = LinearPlan()
     if not _linear(head, model.lm_head, kernels, dtype, keep):

@@ -80,6 +80,7 @@ typedef struct {
     step_linear qkv, o, gate_up, down;
     const void *in_norm, *post_norm;
     int64_t window;  // sliding window, 0 = full attention
+    const void *q_norm, *k_norm;  // [head_dim] RMSNorm weights of each q / k head, or NULL
 } step_layer;
 
 enum { D_F32 = 0, D_BF16 = 1, D_F16 = 2 };
@@ -275,12 +276,18 @@ typedef struct {  // the step's inputs the layers read
     const int32_t *block_tables, *seq_lens;
 } step_inputs;
 
-// RoPE of every row's q and k heads at its position, then k and v into the cache
-static int rope_and_write(const step_model *m, const step_buffers *b, const step_inputs *in,
-                          void *kv, int threads) {
+// Each row's q and k heads RMS-normed in place where the layer has q_norm / k_norm (Qwen3),
+// RoPE of them at the row's position, then k and v into the cache
+static int rope_and_write(const step_model *m, const step_layer *L, const step_buffers *b,
+                          const step_inputs *in, void *kv, int threads) {
     const int64_t H = m->heads, KV = m->kv_heads, D = m->head_dim;
     const int64_t qkv_w = (H + 2 * KV) * D, qk_w = (H + KV) * D;
     int rc = 0;
+    for (int64_t r = 0; r < in->M && L->q_norm && !rc; r++) {
+        char *q = AT(b->qkv, m, r * qkv_w), *k = AT(b->qkv, m, r * qkv_w + H * D);
+        rc = m->k.norm(q, NULL, L->q_norm, q, NULL, H, D, m->eps, threads);
+        if (!rc) rc = m->k.norm(k, NULL, L->k_norm, k, NULL, KV, D, m->eps, threads);
+    }
     for (int64_t r = 0; r < in->M && !rc; r++)
         rc = m->k.rope(AT(b->qkv, m, r * qkv_w), AT(m->cos, m, in->positions[r] * D),
                        AT(m->sin, m, in->positions[r] * D), AT(b->qk, m, r * qk_w), 1, H + KV, D,
@@ -373,7 +380,7 @@ static int layers(const step_model *m, const step_buffers *b, const step_inputs 
         const step_layer *L = &m->layer[i];
         if (i > 0) NORM(L->in_norm);
         SPLIT(linear(m, &L->qkv, xn, b->qkv, b->tmp, M, split));
-        ONE(rope_and_write(m, b, in, in->kv[i], glue));
+        ONE(rope_and_write(m, L, b, in, in->kv[i], glue));
         SPLIT(m->k.attend(b->qk, qk_w, in->kv[i], in->num_blocks, in->block_size, KV, D,
                           in->block_tables, in->bt_stride, in->seq_lens, M, H, m->scale,
                           L->window, b->att, split));

@@ -52,6 +52,8 @@ class LayerPlan(ctypes.Structure):
         ("in_norm", p),
         ("post_norm", p),
         ("window", i64),
+        ("q_norm", p),
+        ("k_norm", p),
     ]
 
 
