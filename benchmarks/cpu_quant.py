@@ -53,8 +53,9 @@ def build_f16(shape: str, path: Path) -> None:
 
     cfg = hf_config(shape)
     torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    with torch.device("cpu"):  # the shape's family (Llama unless shapes.py names another)
+        hf_class = getattr(transformers, cfg["architectures"][0])
+        model = hf_class(transformers.AutoConfig.for_model(**cfg))
     config = _parse_config(cfg, path)
     tensors = ((k, v) for k, v in model.state_dict().items())
     write_gguf(

@@ -6,9 +6,10 @@
 #   step combined:   tests/gpu, structured at 7B, spec n-gram + 64, TinyLlama prefill before /
 #                    after (BEFORE_SRC=<old checkout>/src) (one call)
 #   step rest:       spec ceiling, int4 sweep, int4 7B end to end, dp4a and float x
-#   step priority:   int4 tests, int4 7B end to end, structured at 7B, spec n-gram + 64, TinyLlama
-#                    prefill before / after (one call, when few machines are lent)
-#   step later:      tests/gpu, spec ceiling, int4 with float x (the call after priority)
+#   step priority:   int4 and Qwen3 tests, int4 7B end to end, structured at 7B, spec n-gram + 64
+#                    (one call of ~460 s, when few machines are lent)
+#   step later:      TinyLlama prefill before / after (BEFORE_SRC), tests/gpu, spec ceiling, int4
+#                    with float x (the call after priority)
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
@@ -65,9 +66,9 @@ priority)
         | grep -v Warn | tail -4)
     timeout 110 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
-        | grep -E "speedup|tok_s" | head -20
-    prefill_abba ;;
+        | grep -E "speedup|tok_s" | head -20 ;;
 later)
+    prefill_abba
     timeout -s INT 300 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
         | tee "$OUT/gpu_tests.txt"
     timeout 120 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b \

@@ -30,9 +30,23 @@ SHAPES = {
         vocab_size=32000,
         tie_word_embeddings=False,
     ),
+    # Qwen/Qwen3-0.6B's config.json: head_dim 128 (not hidden / heads), q / k norms, tied
+    "qwen3-0.6b": dict(
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
 }
 
-_FAMILY = {"mistral-7b": ("MistralForCausalLM", "mistral", 32768)}
+_FAMILY = {
+    "mistral-7b": ("MistralForCausalLM", "mistral", 32768),
+    "qwen3-0.6b": ("Qwen3ForCausalLM", "qwen3", 40960),
+}
 
 
 def hf_config(shape: str, **extra) -> dict:
