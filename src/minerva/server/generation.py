@@ -97,11 +97,19 @@ async def encode_chat(
     messages: list[dict],
     add_generation_prompt: bool = True,
     tools: list[dict] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
 ):
-    """Prompt ids of a conversation rendered with the model's chat template."""
+    """Prompt ids of a conversation rendered with the model's chat template; ``template_kwargs``
+    become template variables (``chat_template_kwargs``, Ollama's ``think``)."""
     if not backend.has_tokenizer:
         raise RequestError(
             "this model has no tokenizer, so chat is not available", param="messages"
+        )
+    if template_kwargs:
+        return await asyncio.to_thread(
+            lambda: backend.apply_chat_template(
+                messages, add_generation_prompt, tools, **template_kwargs
+            )
         )
     if tools is None:  # backends without tool support keep the two-argument call
         return await asyncio.to_thread(backend.apply_chat_template, messages, add_generation_prompt)
