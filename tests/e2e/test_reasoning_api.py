@@ -21,6 +21,7 @@ from tests.e2e.tiny_server_model import build_server_model
 HEAD = (
     "{{ bos_token }}{% for message in messages %}"
     "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% if message.reasoning_content %}<think>{{ message.reasoning_content }}</think>{% endif %}"
     "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
@@ -85,6 +86,7 @@ def _streamed(client, model: str, text: str, **extra) -> tuple[str, str, list]:
             delta = choice.delta.model_dump(exclude_none=True)
             deltas.append(delta)
             reasoning.append(delta.get("reasoning_content", ""))
+            assert delta.get("reasoning") == delta.get("reasoning_content")
             content.append(delta.get("content", ""))
     return "".join(reasoning), "".join(content), deltas
 
@@ -94,6 +96,7 @@ def test_openai_message_splits_reasoning_from_content(client):
     message = resp.choices[0].message
     assert resp.choices[0].finish_reason == "stop"
     assert (message.reasoning_content, message.content) == (THOUGHT, ANSWER)
+    assert message.reasoning == THOUGHT  # vLLM's newer name for the same field
     assert split_reasoning(QWEN3_OUTPUT, False) == (THOUGHT, ANSWER)  # the reference agrees
 
 
@@ -123,18 +126,19 @@ def test_cut_off_while_thinking_is_all_reasoning(client):
     assert message.content == ""
 
 
-def _reference_prompt_tokens(server_log_dir_model: Path, **kwargs) -> int:
+def _reference_prompt_tokens(folder: Path, messages=MESSAGES, **kwargs) -> int:
+    """Prompt length of ``messages``: the template rendered by jinja2, encoded by tokenizers."""
     import jinja2
     from tokenizers import Tokenizer
 
-    config = json.loads((server_log_dir_model / "tokenizer_config.json").read_text())
+    config = json.loads((folder / "tokenizer_config.json").read_text())
     text = (
         jinja2.Environment()
         .from_string(config["chat_template"])
-        .render(messages=MESSAGES, add_generation_prompt=True, bos_token="<|begin_of_text|>",
+        .render(messages=messages, add_generation_prompt=True, bos_token="<|begin_of_text|>",
                 **kwargs)
     )  # fmt: skip
-    tok = Tokenizer.from_file(str(server_log_dir_model / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     return len(tok.encode(text, add_special_tokens=False).ids)
 
 
@@ -154,6 +158,25 @@ def test_chat_template_kwargs_reach_the_template(client, server):
         ANSWER,
         None,
     )
+
+
+HISTORY = [
+    *MESSAGES,
+    {"role": "assistant", "content": ANSWER},
+    {"role": "user", "content": "And three plus three?"},
+]
+
+
+def test_reasoning_sent_back_in_history_reaches_the_template(client, server):
+    folder = _model_folder(server, "qwen3ish")
+    for field in ("reasoning_content", "reasoning"):
+        history = [*HISTORY]
+        history[1] = {**history[1], field: THOUGHT}
+        resp = client.chat.completions.create(model="qwen3ish", messages=history, max_tokens=1)
+        with_thought = [*HISTORY]
+        with_thought[1] = {**HISTORY[1], "reasoning_content": THOUGHT}
+        assert resp.usage.prompt_tokens == _reference_prompt_tokens(folder, with_thought)
+        assert resp.usage.prompt_tokens > _reference_prompt_tokens(folder, HISTORY)
 
 
 def test_chat_template_kwargs_may_not_override_the_request(server):
@@ -196,9 +219,7 @@ def test_tool_calls_are_read_from_the_answer_only(client):
     )  # fmt: skip
     message = resp.choices[0].message
     assert message.reasoning_content == THOUGHT
-    assert [(c.function.name, c.function.arguments) for c in message.tool_calls] == [
-        ("add", "{}")
-    ]
+    assert [(c.function.name, c.function.arguments) for c in message.tool_calls] == [("add", "{}")]
     assert resp.choices[0].finish_reason == "tool_calls"
 
 
@@ -255,6 +276,16 @@ def test_ollama_think_false_switches_thinking_off_in_the_template(ollama_client,
     assert on.prompt_eval_count == _reference_prompt_tokens(folder, enable_thinking=True)
     assert off.prompt_eval_count == _reference_prompt_tokens(folder, enable_thinking=False)
     assert off.message.thinking is None  # JSON output: no block, all content
+
+
+def test_ollama_thinking_in_history_reaches_the_template(ollama_client, server):
+    history = [*HISTORY]
+    history[1] = {**history[1], "thinking": THOUGHT}
+    resp = ollama_client.chat(model="qwen3ish", messages=history, options={"num_predict": 1})
+    with_thought = [*HISTORY]
+    with_thought[1] = {**HISTORY[1], "reasoning_content": THOUGHT}
+    folder = _model_folder(server, "qwen3ish")
+    assert resp.prompt_eval_count == _reference_prompt_tokens(folder, with_thought)
 
 
 def test_ollama_think_on_a_model_without_thinking_is_refused(ollama_client, server):

@@ -198,6 +198,8 @@ class Message(BaseModel):
             message["tool_calls"] = [_template_call(c) for c in self.tool_calls]
         if self.tool_name is not None:
             message["name"] = self.tool_name
+        if self.thinking:  # an earlier answer's thinking: the chat template decides its use
+            message["thinking"] = self.thinking
         return message
 
 

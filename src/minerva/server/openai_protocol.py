@@ -235,6 +235,8 @@ class ChatMessage(_Strict):
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None  # an earlier answer's reasoning, as this server sent it
+    reasoning: str | None = None
 
     def plain(self) -> dict[str, Any]:
         """The message as chat templates expect it: role and string content; tool calls with
@@ -260,6 +262,9 @@ class ChatMessage(_Strict):
             ]
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
+        reasoning = self.reasoning_content if self.reasoning_content is not None else self.reasoning
+        if reasoning is not None:  # the chat template decides whether to show it again
+            message["reasoning_content"] = reasoning
         return message
 
 

@@ -155,6 +155,12 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(await until_disconnect(request, run()))
 
 
+def _reasoning_fields(reasoning: str | None) -> dict:
+    """The reasoning under both names clients read: ``reasoning_content`` (DeepSeek's API,
+    llama.cpp, vLLM up to 0.10) and ``reasoning`` (vLLM from 0.11, OpenRouter)."""
+    return {"reasoning_content": reasoning, "reasoning": reasoning}
+
+
 def _decode_special(backend: Backend):
     return lambda ids: backend.decode(ids, skip_special_tokens=False)
 
@@ -170,7 +176,7 @@ def _chat_choice(
     else:  # tool calls are read from the answer only, never from the reasoning
         reasoning, content = split_reasoning(c.text, in_reasoning)
         message, finish_reason = chat_message(content, c.finish_reason, plan)
-        message["reasoning_content"] = reasoning or None
+        message.update(_reasoning_fields(reasoning or None))
     return {
         "index": c.index,
         "message": message,
@@ -221,7 +227,7 @@ async def _chat_events(
                 if reasoning:  # the delta's logprobs go with its last chunk
                     yield chunk(
                         c.index,
-                        {"reasoning_content": reasoning},
+                        _reasoning_fields(reasoning),
                         logprobs=None if text else lp,
                     )
                 if text or (lp and not reasoning):
@@ -231,7 +237,7 @@ async def _chat_events(
                     if thinking:  # what the reasoning parser still held
                         reasoning, text = split(c.index, "", final=True)
                         if reasoning:
-                            yield chunk(c.index, {"reasoning_content": reasoning})
+                            yield chunk(c.index, _reasoning_fields(reasoning))
                         if text:
                             yield chunk(c.index, {"content": text})
                     if tools:
