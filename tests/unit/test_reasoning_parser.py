@@ -11,7 +11,7 @@ import pytest
 from minerva.server.reasoning import (
     ReasoningStream,
     normalize_parser_name,
-    prompt_opens_thinking,
+    prompt_block,
     resolve_parser,
     split_reasoning,
     starts_in_reasoning,
@@ -130,22 +130,27 @@ def test_parser_names_take_vllm_and_dash_spellings():
     assert normalize_parser_name("qwen3") == "qwen3"
 
 
-def test_the_prompt_decides_where_qwen3_output_starts():
-    assert prompt_opens_thinking("<|im_start|>assistant\n<think>\n")
-    assert not prompt_opens_thinking("<|im_start|>assistant\n")
-    assert not prompt_opens_thinking("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+def test_the_prompt_decides_where_the_output_starts():
+    assert prompt_block("<|im_start|>assistant\n<think>\n") == "open"
+    assert prompt_block("<|im_start|>assistant\n") is None
+    assert prompt_block("<|im_start|>assistant\n<think>\n\n</think>\n\n") == "closed"
 
-    tails = {(1, 2): "assistant\n<think>\n", (1, 3): "assistant\n"}
+    tails = {
+        (1, 2): "assistant\n<think>\n",  # QwQ, Qwen3-Thinking, updated R1
+        (1, 3): "assistant\n",  # Qwen3 (the model opens it), the first R1 template
+        (1, 4): "<｜Assistant｜></think>",  # DeepSeek-V3.1 without thinking, Qwen3 switched off
+    }
     seen = []
 
     def decode(ids):
         seen.append(ids)
         return tails[tuple(ids)]
 
-    assert starts_in_reasoning("qwen3", [1, 2], decode)
-    assert not starts_in_reasoning("qwen3", [1, 3], decode)
-    assert starts_in_reasoning("deepseek_r1", [1, 3], decode)  # R1: always, prompt unread
-    assert seen == [[1, 2], [1, 3]]
+    qwen3 = [starts_in_reasoning("qwen3", [1, k], decode) for k in (2, 3, 4)]
+    r1 = [starts_in_reasoning("deepseek_r1", [1, k], decode) for k in (2, 3, 4)]
+    assert qwen3 == [True, False, False]
+    assert r1 == [True, True, False]  # R1 thinks unless the prompt closed the block
+    assert seen == [[1, 2], [1, 3], [1, 4]] * 2
     long_prompt = list(range(100))
     starts_in_reasoning("qwen3", long_prompt, lambda ids: seen.append(ids) or "")
     assert seen[-1] == long_prompt[-16:]  # only the tail is decoded

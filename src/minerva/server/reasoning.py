@@ -9,9 +9,11 @@ Two parsers, named as vLLM names them (``--reasoning-parser``):
   ``enable_thinking=false`` Qwen3's template closes the block in the prompt
   (``<think>\\n\\n</think>``), so everything is content. A ``<think>`` later in an answer is
   part of the answer.
-- ``deepseek_r1``: the output starts inside the reasoning whatever the prompt says (R1's
-  distills may or may not write the opening tag; a leading one is dropped); everything up to
-  ``</think>`` is reasoning, and an output without ``</think>`` is all reasoning.
+- ``deepseek_r1``: the output starts inside the reasoning (R1's distills may or may not write
+  the opening tag; a leading one is dropped) unless the prompt ends with a closed block
+  (DeepSeek-V3.1's non-thinking mode ends it with ``</think>``, Qwen3's with
+  ``<think>\n\n</think>``); everything up to ``</think>`` is reasoning, and an output
+  without ``</think>`` is all reasoning.
 
 ``auto`` (the default) reads the chat template: a template that never mentions ``<think>`` or
 ``</think>`` gets no parser, so a model without thinking is served exactly as before; one
@@ -57,9 +59,13 @@ def resolve_parser(setting: str, chat_template: str | None) -> str | None:
     return "deepseek_r1" if _DEEPSEEK_MARK in chat_template else "qwen3"
 
 
-def prompt_opens_thinking(prompt_tail: str) -> bool:
-    """True when the prompt ends inside an open think block (``...<think>\\n``)."""
-    return prompt_tail.rstrip().endswith(OPEN)
+def prompt_block(prompt_tail: str) -> str | None:
+    """How the prompt ends: "open" inside a think block (``...<think>\\n``), "closed" right
+    after one (``...</think>\\n\\n``), None with neither."""
+    tail = prompt_tail.rstrip()
+    if tail.endswith(OPEN):
+        return "open"
+    return "closed" if tail.endswith(CLOSE) else None
 
 
 def starts_in_reasoning(
@@ -67,9 +73,10 @@ def starts_in_reasoning(
 ) -> bool:
     """Whether the output of ``prompt_ids`` begins inside the reasoning; ``decode`` turns ids
     into text with special tokens kept (only the prompt's last tokens are decoded)."""
+    block = prompt_block(decode(list(prompt_ids[-_PROMPT_TAIL_TOKENS:])))
     if parser == "deepseek_r1":
-        return True
-    return prompt_opens_thinking(decode(list(prompt_ids[-_PROMPT_TAIL_TOKENS:])))
+        return block != "closed"
+    return block == "open"
 
 
 def split_reasoning(text: str, in_reasoning: bool) -> tuple[str, str]:
