@@ -27,6 +27,7 @@ from minerva.server.generation import (
     merge_streams,
     model_defaults,
     read_json_object,
+    reasoning_start,
     until_disconnect,
 )
 from minerva.server.keep_alive import parse_keep_alive
@@ -44,7 +45,6 @@ from minerva.server.reasoning import (
     ReasoningStream,
     resolve_parser,
     split_reasoning,
-    starts_in_reasoning,
 )
 from minerva.server.state import get_state
 from minerva.server.tool_calls import (
@@ -266,8 +266,7 @@ async def _run(
         check_token_ids(ids, backend.vocab_size, "context")
         params = body.to_sampling_params(model_defaults(backend), len(ids), backend.max_model_len)
         if parser is not None:
-            decode = lambda tail: backend.decode(tail, skip_special_tokens=False)  # noqa: E731
-            thinking.append(starts_in_reasoning(parser, ids, decode))
+            thinking.append(reasoning_start(backend, parser, ids))
         (stream,) = await add_prompts(backend, [ids], [ids], params, request_id, arrival)
         return stream
 

@@ -28,6 +28,7 @@ from minerva.server.generation import (
     merge_streams,
     model_defaults,
     read_json_object,
+    reasoning_start,
     sse,
     until_disconnect,
 )
@@ -42,7 +43,6 @@ from minerva.server.reasoning import (
     ReasoningStream,
     resolve_parser,
     split_reasoning,
-    starts_in_reasoning,
 )
 from minerva.server.state import ServerState, get_state
 from minerva.server.tool_calls import (
@@ -129,7 +129,7 @@ async def chat_completions(request: Request) -> Response:
                 backend, messages, body.add_generation_prompt, template_tools, template_kwargs
             )
         if parser is not None:
-            thinking.append(starts_in_reasoning(parser, ids, _decode_special(backend)))
+            thinking.append(reasoning_start(backend, parser, ids))
         return await add_prompts(backend, [ids], [ids], params, request_id, arrival)
 
     if body.stream:
@@ -159,10 +159,6 @@ def _reasoning_fields(reasoning: str | None) -> dict:
     """The reasoning under both names clients read: ``reasoning_content`` (DeepSeek's API,
     llama.cpp, vLLM up to 0.10) and ``reasoning`` (vLLM from 0.11, OpenRouter)."""
     return {"reasoning_content": reasoning, "reasoning": reasoning}
-
-
-def _decode_special(backend: Backend):
-    return lambda ids: backend.decode(ids, skip_special_tokens=False)
 
 
 def _chat_choice(
