@@ -16,7 +16,7 @@ import pytest
 
 from minerva.server.reasoning import split_reasoning
 from tests.e2e.conftest import start_server
-from tests.e2e.tiny_server_model import build_server_model
+from tests.e2e.tiny_server_model import MODEL_NAME, build_server_model
 
 HEAD = (
     "{{ bos_token }}{% for message in messages %}"
@@ -315,3 +315,23 @@ def test_plain_http_non_ollama_clients_see_no_thinking_key(server):
                   "options": {"num_predict": 2}},
         )  # fmt: skip
     assert "thinking" not in r.json()["message"]
+
+
+def test_parser_chosen_on_the_command_line(model_dir, tmp_path):
+    """``--reasoning-parser deepseek_r1`` on a model whose template knows no thinking: its
+    output starts inside the reasoning (R1 distills need not write <think>)."""
+    srv = start_server(model_dir, tmp_path / "r1.log", "--reasoning-parser", "deepseek_r1")
+    try:
+        client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="none", max_retries=0)
+        output = f"{THOUGHT}</think>{ANSWER}"
+        resp = client.chat.completions.create(
+            model=MODEL_NAME, messages=MESSAGES, temperature=0, max_tokens=64,
+            extra_body=_forced(output),
+        )  # fmt: skip
+        message = resp.choices[0].message
+        assert (message.reasoning_content, message.content) == (THOUGHT, ANSWER)
+        assert split_reasoning(output, True) == (THOUGHT, ANSWER)
+        show = ollama.Client(host=srv.url).show(MODEL_NAME)
+        assert "thinking" in show.capabilities
+    finally:
+        srv.stop()
