@@ -12,7 +12,7 @@ Two parsers, named as vLLM names them (``--reasoning-parser``):
 - ``deepseek_r1``: the output starts inside the reasoning (R1's distills may or may not write
   the opening tag; a leading one is dropped) unless the prompt ends with a closed block
   (DeepSeek-V3.1's non-thinking mode ends it with ``</think>``, Qwen3's with
-  ``<think>\n\n</think>``); everything up to ``</think>`` is reasoning, and an output
+  ``<think>\\n\\n</think>``); everything up to ``</think>`` is reasoning, and an output
   without ``</think>`` is all reasoning.
 
 ``auto`` (the default) reads the chat template: a template that never mentions ``<think>`` or
@@ -22,9 +22,9 @@ written in DeepSeek's chat tokens (``<｜Assistant｜>``) gets ``deepseek_r1``; 
 model open it. The template, not the vocabulary, decides: it is what makes a model think, and
 non-thinking models of thinking families (Qwen3-Instruct-2507) have the tokens too.
 
-Whitespace: the reasoning is stripped at both ends and the content loses the blanks right after
-``</think>`` (the model's ``\\n\\n`` separator), as Ollama does. An output with no think block
-is returned unchanged.
+Whitespace: both parts lose their leading blanks (after ``<think>``, and the model's ``\\n\\n``
+after ``</think>``), as Ollama's parser does; the reasoning loses its trailing blanks too. An
+output with no think block is returned unchanged.
 
 ``split_reasoning`` is the whole-text reference; ``ReasoningStream`` splits the same text given
 piece by piece (any token boundaries, tags cut anywhere) and its pieces always join to exactly
