@@ -40,7 +40,7 @@ NON_CONFIG_ENV_VARS = {CONFIG_ENV_VAR, "MINERVA_API_KEY", "MINERVA_HOST", "MINER
 NON_CONFIG_ENV_VARS |= {"MINERVA_MAX_PROMPT_BYTES", "MINERVA_WRITE_TIMEOUT", "MINERVA_HEADER_TIMEOUT", "MINERVA_BODY_TIMEOUT", "MINERVA_FAULT_INJECT"}  # fmt: skip
 """MINERVA_* variables that are not engine config fields: the server's settings (a test keeps
 this in step with server/config.py, which this layer may not import) and the rest."""
-NON_CONFIG_ENV_VARS |= {"MINERVA_API_KEY_FILE", "MINERVA_ALLOWED_HOSTS"}  # server settings too
+NON_CONFIG_ENV_VARS |= {"MINERVA_API_KEY_FILE", "MINERVA_ALLOWED_HOSTS", "MINERVA_REASONING_PARSER"}  # fmt: skip
 DEFAULT_CONFIG_FILE = "minerva.toml"
 
 

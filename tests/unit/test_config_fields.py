@@ -86,6 +86,7 @@ SERVER_ALLOWED = {
     "body_timeout": ">= 0",
     "keep_alive": "a duration such as 5m, 300, 0 or -1",
     "model_load_timeout": "a positive number",
+    "reasoning_parser": "one of auto, none, qwen3, deepseek_r1",
 }
 # A value each constrained field refuses, as text (env / CLI) and typed (TOML / kwargs).
 BAD = {

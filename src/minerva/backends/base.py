@@ -225,9 +225,11 @@ class Backend(Protocol):
         messages: list[dict],
         add_generation_prompt: bool = True,
         tools: list[dict] | None = None,
+        **template_kwargs: Any,
     ) -> list[int]:
         """Prompt ids of a conversation rendered with the model's chat template (``tools``:
-        OpenAI function tools, for templates that render them)."""
+        OpenAI function tools, for templates that render them; ``template_kwargs``: more
+        template variables, e.g. ``enable_thinking=False``)."""
 
     def default_sampling_params(self, **overrides: Any) -> SamplingParams:
         """SamplingParams with the model's generation defaults, then ``overrides``, applied."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from minerva.backends.base import ModelInfo
 from minerva.errors import RequestError
@@ -73,9 +74,10 @@ class ModelFacts:
         messages: list[dict],
         add_generation_prompt: bool = True,
         tools: list[dict] | None = None,
+        **template_kwargs: Any,
     ) -> list[int]:
         tokenizer = self._need_tokenizer("so chat is not available", "messages")
-        return tokenizer.encode_chat(messages, add_generation_prompt, tools)
+        return tokenizer.encode_chat(messages, add_generation_prompt, tools, **template_kwargs)
 
     def _need_tokenizer(self, fix: str, param: str):
         if self._tokenizer is None:

@@ -21,6 +21,7 @@ from minerva.config_aliases import SEED_SECTIONS, aliases_of
 from minerva.config_fields import Field, Schema, config_error, specs_of
 from minerva.errors import RequestError
 from minerva.server.keep_alive import parse_keep_alive
+from minerva.server.reasoning import REASONING_PARSERS, normalize_parser_name
 
 _HEADER = "Invalid server config"
 
@@ -128,6 +129,13 @@ class ServerConfig:
     model_load_timeout: float = Field(
         300.0, "Seconds a request waits for its --models-dir model to load before a 503.",
         gt=0, metavar="SECONDS",
+    )  # fmt: skip
+    reasoning_parser: str = Field(
+        "auto", "How a reasoning model's <think> block is split from its answer (OpenAI "
+        "reasoning_content, Ollama thinking): auto (from the chat template; none for models "
+        "that do not think), none (all text is content, as before), qwen3 or deepseek_r1 "
+        "(vLLM's names).",
+        choices=REASONING_PARSERS, normalize=normalize_parser_name, metavar="PARSER",
     )  # fmt: skip
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
 from minerva.server.json_body import parse_json_object
+from minerva.server.reasoning import starts_in_reasoning
 from minerva.server.state import ServerState
 
 T = TypeVar("T")
@@ -97,17 +98,34 @@ async def encode_chat(
     messages: list[dict],
     add_generation_prompt: bool = True,
     tools: list[dict] | None = None,
+    template_kwargs: dict[str, Any] | None = None,
 ):
-    """Prompt ids of a conversation rendered with the model's chat template."""
+    """Prompt ids of a conversation rendered with the model's chat template; ``template_kwargs``
+    become template variables (``chat_template_kwargs``, Ollama's ``think``)."""
     if not backend.has_tokenizer:
         raise RequestError(
             "this model has no tokenizer, so chat is not available", param="messages"
+        )
+    if template_kwargs:
+        return await asyncio.to_thread(
+            lambda: backend.apply_chat_template(
+                messages, add_generation_prompt, tools, **template_kwargs
+            )
         )
     if tools is None:  # backends without tool support keep the two-argument call
         return await asyncio.to_thread(backend.apply_chat_template, messages, add_generation_prompt)
     return await asyncio.to_thread(
         backend.apply_chat_template, messages, add_generation_prompt, tools
     )
+
+
+def reasoning_start(backend: Backend, parser: str | None, prompt_ids: list[int]) -> bool | None:
+    """Whether the output of ``prompt_ids`` starts inside the think block (None: the model has
+    no reasoning parser, its output is all content). Reads the prompt's last tokens."""
+    if parser is None:
+        return None
+    decode = lambda tail: backend.decode(tail, skip_special_tokens=False)  # noqa: E731
+    return starts_in_reasoning(parser, prompt_ids, decode)
 
 
 async def add_prompts(

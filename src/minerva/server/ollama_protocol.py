@@ -1,7 +1,7 @@
 """Ollama request models (/api/generate, /api/chat) and their ``options`` -> SamplingParams.
 
-Like Ollama, unknown top-level fields are ignored; features we lack (images, templates,
-thinking) get a 400 naming them; ``format`` and chat ``tools`` are honoured. ``num_ctx`` is a hard limit: a prompt over it is an
+Like Ollama, unknown top-level fields are ignored; features we lack (images, templates) get a
+400 naming them; ``format``, chat ``tools`` and ``think`` are honoured. ``num_ctx`` is a hard limit: a prompt over it is an
 error, never a silent truncation. No torch.
 """
 
@@ -15,6 +15,8 @@ from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams, StructuredOutputs
 from minerva.server.openai_protocol import sampling_params
 from minerva.server.structured_formats import from_ollama_format
+
+THINK_LEVELS = ("high", "medium", "low")
 
 OLLAMA_API_VERSION = "0.12.0"
 """The Ollama release whose API these routes follow (what /api/version reports)."""
@@ -83,14 +85,30 @@ class _Request(BaseModel):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
     def check_supported(self) -> None:
-        unsupported = {
-            "think": (self.think not in (None, False), "thinking"),
-        }
-        for name, (used, what) in unsupported.items():
-            if used:
-                raise RequestError(f"{name!r} ({what}) is not supported by this server", param=name)
+        self.thinks()  # a 400 for a think value Ollama refuses too
         if self.options is not None:
             self.options.check_supported()
+
+    def thinks(self) -> bool | None:
+        """``think`` as on or off (None: not given). Ollama's levels high / medium / low are
+        for gpt-oss; on other models Ollama reads them as on, and so does this server."""
+        if self.think is None or isinstance(self.think, bool):
+            return self.think
+        if self.think in THINK_LEVELS:
+            return True
+        raise RequestError(
+            f"think must be true, false or one of {', '.join(THINK_LEVELS)}, got {self.think!r}",
+            param="think",
+        )
+
+    def template_kwargs(self, parser: str | None) -> dict[str, Any]:
+        """The chat template variables ``think`` sets: ``enable_thinking`` (Qwen3's switch,
+        which Ollama sets too); a 400 for think on a model that does not think (``parser``:
+        the model's reasoning parser, None without one)."""
+        thinks = self.thinks()
+        if thinks and parser is None:
+            raise RequestError(f"{self.model!r} does not support thinking", param="think")
+        return {} if thinks is None or parser is None else {"enable_thinking": thinks}
 
     def to_sampling_params(
         self,
@@ -180,6 +198,8 @@ class Message(BaseModel):
             message["tool_calls"] = [_template_call(c) for c in self.tool_calls]
         if self.tool_name is not None:
             message["name"] = self.tool_name
+        if self.thinking:  # an earlier answer's thinking: the chat template decides its use
+            message["thinking"] = self.thinking
         return message
 
 

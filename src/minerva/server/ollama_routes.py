@@ -27,6 +27,7 @@ from minerva.server.generation import (
     merge_streams,
     model_defaults,
     read_json_object,
+    reasoning_start,
     until_disconnect,
 )
 from minerva.server.keep_alive import parse_keep_alive
@@ -40,6 +41,11 @@ from minerva.server.model_listing import (
 from minerva.server.ollama_protocol import OLLAMA_API_VERSION, ChatRequest, GenerateRequest
 from minerva.server.openai_protocol import check_token_ids
 from minerva.server.openai_responses import token_text
+from minerva.server.reasoning import (
+    ReasoningStream,
+    resolve_parser,
+    split_reasoning,
+)
 from minerva.server.state import get_state
 from minerva.server.tool_calls import (
     ToolCallStream,
@@ -155,10 +161,16 @@ async def show(request: Request) -> JSONResponse:
                 f"{family}.attention.head_count_kv": info.num_kv_heads,
                 f"{family}.vocab_size": info.vocab_size,
             },
-            "capabilities": ["completion"],
+            "capabilities": _capabilities(state, backend),
             "modified_at": _stamp(listed.modified_at),
         }
     )
+
+
+def _capabilities(state, backend: Backend) -> list[str]:
+    """Ollama's capability names: "thinking" for a model whose reasoning this server splits."""
+    thinks = resolve_parser(state.config.reasoning_parser, backend.chat_template) is not None
+    return ["completion", "thinking"] if thinks else ["completion"]
 
 
 # -- generation ------------------------------------------------------------------------------
@@ -172,21 +184,27 @@ async def generate(request: Request) -> Response:
         return JSONResponse(await _load_only(request, state, body, "response"))
     check_prompt_bytes(state, "prompt", body.prompt, body.system, body.suffix)
     backend = await state.backend_for(request, body.model, body.keep_alive)
+    parser = resolve_parser(state.config.reasoning_parser, backend.chat_template)
+    templated = not (body.suffix or body.raw or not backend.has_tokenizer)
+    templated = templated and backend.chat_template is not None
+    # Raw and fill-in-the-middle prompts are the caller's own: their output is left whole.
+    template_kwargs = body.template_kwargs(parser) if templated else {}
+    parser = parser if templated else None
 
     async def encode() -> list[int]:
         prompt = body.prompt or ""
         if body.suffix:  # fill-in-the-middle: the model's FIM template, no chat template
             (text,) = await asyncio.to_thread(fim_prompts, backend, [prompt], body.suffix)
             ids = (await encode_prompts(backend, [text]))[0]
-        elif body.raw or not backend.has_tokenizer or backend.chat_template is None:
+        elif not templated:
             ids = (await encode_prompts(backend, [prompt]))[0]
         else:
             messages = [{"role": "system", "content": body.system}] if body.system else []
             messages.append({"role": "user", "content": prompt})
-            ids = await encode_chat(backend, messages)
+            ids = await encode_chat(backend, messages, True, None, template_kwargs)
         return list(body.context or []) + ids
 
-    return await _run(request, state, backend, body, encode, arrival, chat=False)
+    return await _run(request, state, backend, body, encode, arrival, False, parser=parser)
 
 
 @router.post("/api/chat")
@@ -203,11 +221,13 @@ async def chat(request: Request) -> Response:
     messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
     template_tools = plan.template_tools(template) if plan is not None else None
     check_prompt_bytes(state, "messages", messages, template_tools)
+    parser = resolve_parser(state.config.reasoning_parser, template)
+    template_kwargs = body.template_kwargs(parser)
 
     async def encode() -> list[int]:
-        return await encode_chat(backend, messages, True, template_tools)
+        return await encode_chat(backend, messages, True, template_tools, template_kwargs)
 
-    return await _run(request, state, backend, body, encode, arrival, chat=True, plan=plan)
+    return await _run(request, state, backend, body, encode, arrival, True, plan, parser)
 
 
 async def _load_only(request, state, body, key: str) -> dict:
@@ -226,45 +246,66 @@ async def _load_only(request, state, body, key: str) -> dict:
 
 
 async def _run(
-    request, state, backend, body, encode, arrival: float, chat: bool, plan: ToolPlan | None = None
+    request,
+    state,
+    backend,
+    body,
+    encode,
+    arrival: float,
+    chat: bool,
+    plan: ToolPlan | None = None,
+    parser: str | None = None,
 ) -> Response:
+    """``parser``: the model's reasoning parser (None: the output is all content)."""
     request_id = f"ollama-{uuid.uuid4().hex}"
+    thinking: list[bool] = []  # whether the output starts inside the reasoning
 
     async def start() -> OutputStream:
         with admission(state, backend, 1):
             ids = await encode()
         check_token_ids(ids, backend.vocab_size, "context")
         params = body.to_sampling_params(model_defaults(backend), len(ids), backend.max_model_len)
+        if parser is not None:
+            thinking.append(reasoning_start(backend, parser, ids))
         (stream,) = await add_prompts(backend, [ids], [ids], params, request_id, arrival)
         return stream
 
     if body.stream:
         stream = await until_disconnect(request, start())
-        lines = _ndjson(backend, stream, body.model, arrival, chat, plan)
+        reasoner = ReasoningStream(thinking[0]) if thinking else None
+        lines = _ndjson(backend, stream, body.model, arrival, chat, plan, reasoner)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     async def run() -> dict:
         (out,) = await collect([await start()])
         c = out.outputs[0]
         logprobs = _logprobs(backend, c.logprobs) if c.logprobs is not None else None
-        parsed = plan.parse(c.text) if plan is not None else None
+        reasoning, text = split_reasoning(c.text, thinking[0]) if thinking else ("", c.text)
+        parsed = plan.parse(text) if plan is not None else None  # calls: in the answer only
         if parsed is not None and parsed.tool_calls:
-            final = _chunk(body.model, chat, parsed.content or "", logprobs)
+            final = _chunk(body.model, chat, parsed.content or "", logprobs, reasoning)
             final["message"]["tool_calls"] = ollama_tool_calls(parsed.tool_calls)
         else:
-            final = _chunk(body.model, chat, c.text, logprobs)
+            final = _chunk(body.model, chat, text, logprobs, reasoning)
         final.update(_final_fields(out, arrival, chat))
         return final
 
     return JSONResponse(await until_disconnect(request, run()))
 
 
-def _chunk(model: str, chat: bool, text: str, logprobs: list | None = None) -> dict:
+def _chunk(
+    model: str, chat: bool, text: str, logprobs: list | None = None, thinking: str = ""
+) -> dict:
+    """One line of the answer; ``thinking`` (the reasoning) only when there is some."""
     chunk = {"model": model, "created_at": _now()}
     if chat:
         chunk["message"] = {"role": "assistant", "content": text}
+        if thinking:
+            chunk["message"]["thinking"] = thinking
     else:
         chunk["response"] = text
+        if thinking:
+            chunk["thinking"] = thinking
     chunk["done"] = False
     if logprobs:
         chunk["logprobs"] = logprobs
@@ -313,15 +354,24 @@ async def _ndjson(
     arrival: float,
     chat: bool,
     plan: ToolPlan | None = None,
+    reasoner: ReasoningStream | None = None,
 ) -> AsyncIterator[str]:
     tools = ToolCallStream(plan) if plan is not None else None
+
+    def line(text: str, logprobs: list | None = None, thinking: str = "") -> str:
+        return json.dumps(_chunk(model, chat, text, logprobs, thinking)) + "\n"
+
     try:
         async for _, out in merge_streams([stream]):
             c = out.outputs[0]
             new = c.logprobs[-len(c.delta_token_ids) :] if c.logprobs and c.delta_token_ids else []
-            text = tools.feed(c.delta_text) if tools is not None else c.delta_text
-            if text or (new and tools is None):
-                yield json.dumps(_chunk(model, chat, text, _logprobs(backend, new))) + "\n"
+            thinking, text = reasoner.feed(c.delta_text) if reasoner else ("", c.delta_text)
+            if out.finished and reasoner is not None:  # what the parser still held
+                more_thinking, rest = reasoner.finish()
+                thinking, text = thinking + more_thinking, text + rest
+            text = tools.feed(text) if tools is not None else text
+            if text or thinking or (new and tools is None):
+                yield line(text, _logprobs(backend, new), thinking)
             if out.finished and tools is not None:
                 rest, _ = tools.finish()
                 parsed = plan.parse(tools.held) if not tools.is_content and tools.held else None

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams, StructuredOutputs
-from minerva.server.structured_formats import from_response_format
+from minerva.server.structured_formats import from_response_format, from_structured_outputs
 from minerva.server.tool_calls import arguments_object
 
 MAX_N = 32
@@ -123,10 +123,18 @@ class _SamplingRequest(_Strict):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     token_healing: bool = False
+    structured_outputs: Any = None
 
     def structured_output(self) -> StructuredOutputs | None:
-        """The constraint ``response_format`` asks for (None: free text)."""
-        return from_response_format(self.response_format)
+        """The constraint ``response_format`` or ``structured_outputs`` asks for (None: free
+        text)."""
+        extension = from_structured_outputs(self.structured_outputs)
+        if extension is not None and self.response_format is not None:
+            raise RequestError(
+                "give response_format or structured_outputs, not both",
+                param="structured_outputs",
+            )
+        return extension or from_response_format(self.response_format)
 
     def base_sampling_kwargs(self, vocab_size: int) -> dict[str, Any]:
         """The SamplingParams fields set by this request (None values left to the defaults)."""
@@ -227,6 +235,8 @@ class ChatMessage(_Strict):
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    reasoning_content: str | None = None  # an earlier answer's reasoning, as this server sent it
+    reasoning: str | None = None
 
     def plain(self) -> dict[str, Any]:
         """The message as chat templates expect it: role and string content; tool calls with
@@ -252,7 +262,13 @@ class ChatMessage(_Strict):
             ]
         if self.tool_call_id is not None:
             message["tool_call_id"] = self.tool_call_id
+        reasoning = self.reasoning_content if self.reasoning_content is not None else self.reasoning
+        if reasoning is not None:  # the chat template decides whether to show it again
+            message["reasoning_content"] = reasoning
         return message
+
+
+_RESERVED_TEMPLATE_VARIABLES = {"messages", "tools", "add_generation_prompt", "chat_template"}
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -261,6 +277,20 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """``chat_template_kwargs`` (vLLM's extension) as extra chat template variables, e.g.
+        {"enable_thinking": false}; the names the server itself sets are refused."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        reserved = sorted(kwargs.keys() & _RESERVED_TEMPLATE_VARIABLES)
+        if reserved:
+            raise RequestError(
+                f"chat_template_kwargs may not set {', '.join(reserved)}: use the request's "
+                "own fields",
+                param="chat_template_kwargs",
+            )
+        return kwargs
 
     def to_sampling_params(
         self,

@@ -28,6 +28,7 @@ from minerva.server.generation import (
     merge_streams,
     model_defaults,
     read_json_object,
+    reasoning_start,
     sse,
     until_disconnect,
 )
@@ -37,6 +38,11 @@ from minerva.server.openai_protocol import (
     CompletionRequest,
     check_content_parts,
     check_unsupported,
+)
+from minerva.server.reasoning import (
+    ReasoningStream,
+    resolve_parser,
+    split_reasoning,
 )
 from minerva.server.state import ServerState, get_state
 from minerva.server.tool_calls import (
@@ -111,22 +117,31 @@ async def chat_completions(request: Request) -> Response:
     params = body.to_sampling_params(model_defaults(backend), vocab_size, structured)
     messages = with_tool_prompt([m.plain() for m in body.messages], plan, template)
     template_tools = plan.template_tools(template) if plan is not None else None
+    template_kwargs = body.template_kwargs()
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    check_prompt_bytes(state, "messages", messages, template_tools)
+    check_prompt_bytes(state, "messages", messages, template_tools, template_kwargs)
+    parser = resolve_parser(state.config.reasoning_parser, template)
+    thinking: list[bool] = []  # whether the output starts inside the reasoning (a parser's)
 
     async def start() -> list[OutputStream]:
         with admission(state, backend, body.n):
-            ids = await encode_chat(backend, messages, body.add_generation_prompt, template_tools)
+            ids = await encode_chat(
+                backend, messages, body.add_generation_prompt, template_tools, template_kwargs
+            )
+        if parser is not None:
+            thinking.append(reasoning_start(backend, parser, ids))
         return await add_prompts(backend, [ids], [ids], params, request_id, arrival)
 
     if body.stream:
         streams = await until_disconnect(request, start())
-        events = _chat_events(backend, streams[0], body, request_id, model_name, plan)
+        in_reasoning = thinking[0] if thinking else None
+        events = _chat_events(backend, streams[0], body, request_id, model_name, plan, in_reasoning)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def run() -> dict:
         (out,) = await collect(await start())
-        choices = [_chat_choice(backend, c, plan) for c in out.outputs]
+        in_reasoning = thinking[0] if thinking else None
+        choices = [_chat_choice(backend, c, plan, in_reasoning) for c in out.outputs]
         n_out = sum(len(c.token_ids) for c in out.outputs)
         return {
             "id": request_id,
@@ -140,9 +155,24 @@ async def chat_completions(request: Request) -> Response:
     return JSONResponse(await until_disconnect(request, run()))
 
 
-def _chat_choice(backend: Backend, c: CompletionOutput, plan: ToolPlan | None) -> dict:
+def _reasoning_fields(reasoning: str | None) -> dict:
+    """The reasoning under both names clients read: ``reasoning_content`` (DeepSeek's API,
+    llama.cpp, vLLM up to 0.10) and ``reasoning`` (vLLM from 0.11, OpenRouter)."""
+    return {"reasoning_content": reasoning, "reasoning": reasoning}
+
+
+def _chat_choice(
+    backend: Backend, c: CompletionOutput, plan: ToolPlan | None, in_reasoning: bool | None
+) -> dict:
+    """``in_reasoning``: None for a model without thinking (the text is all content), else
+    whether its output starts inside the think block."""
     logprobs = R.chat_logprobs(backend, c.logprobs) if c.logprobs is not None else None
-    message, finish_reason = chat_message(c.text, c.finish_reason, plan)
+    if in_reasoning is None:
+        message, finish_reason = chat_message(c.text, c.finish_reason, plan)
+    else:  # tool calls are read from the answer only, never from the reasoning
+        reasoning, content = split_reasoning(c.text, in_reasoning)
+        message, finish_reason = chat_message(content, c.finish_reason, plan)
+        message.update(_reasoning_fields(reasoning or None))
     return {
         "index": c.index,
         "message": message,
@@ -158,6 +188,7 @@ async def _chat_events(
     request_id: str,
     model: str,
     plan: ToolPlan | None = None,
+    in_reasoning: bool | None = None,
 ) -> AsyncIterator[str]:
     created, with_usage = int(time.time()), body.include_usage
 
@@ -166,6 +197,17 @@ async def _chat_events(
         return sse(payload | ({"usage": None} if with_usage else {}))
 
     tools = {i: ToolCallStream(plan) for i in range(body.n)} if plan is not None else {}
+    thinking = (
+        {} if in_reasoning is None else {i: ReasoningStream(in_reasoning) for i in range(body.n)}
+    )
+
+    def split(index: int, text: str, final: bool = False) -> tuple[str, str]:
+        """(reasoning, content) of a delta: the content through the tool-call stream."""
+        reasoning = ""
+        if thinking:
+            reasoning, text = thinking[index].finish() if final else thinking[index].feed(text)
+        return reasoning, tools[index].feed(text) if tools else text
+
     num_out, num_prompt, num_cached = 0, 0, 0
     try:
         for i in range(body.n):
@@ -176,12 +218,24 @@ async def _chat_events(
             for c in out.outputs:
                 num_out += len(c.delta_token_ids)
                 logprobs = _delta_logprobs(c)
-                text = tools[c.index].feed(c.delta_text) if tools else c.delta_text
-                if text or (logprobs and not tools):
-                    lp = R.chat_logprobs(backend, logprobs) if logprobs and not tools else None
+                lp = R.chat_logprobs(backend, logprobs) if logprobs and not tools else None
+                reasoning, text = split(c.index, c.delta_text)
+                if reasoning:  # the delta's logprobs go with its last chunk
+                    yield chunk(
+                        c.index,
+                        _reasoning_fields(reasoning),
+                        logprobs=None if text else lp,
+                    )
+                if text or (lp and not reasoning):
                     yield chunk(c.index, {"content": text}, logprobs=lp)
                 if c.finish_reason is not None:
                     finish_reason = c.finish_reason
+                    if thinking:  # what the reasoning parser still held
+                        reasoning, text = split(c.index, "", final=True)
+                        if reasoning:
+                            yield chunk(c.index, _reasoning_fields(reasoning))
+                        if text:
+                            yield chunk(c.index, {"content": text})
                     if tools:
                         rest, calls = tools[c.index].finish()
                         if rest:

@@ -1,5 +1,5 @@
-"""OpenAI ``response_format`` and Ollama ``format`` -> StructuredOutputs, with a 400 naming
-what is wrong. No torch."""
+"""OpenAI ``response_format``, vLLM's ``structured_outputs`` extension and Ollama ``format`` ->
+StructuredOutputs, with a 400 naming what is wrong. No torch."""
 
 from __future__ import annotations
 
@@ -48,6 +48,43 @@ def from_response_format(value: Any) -> StructuredOutputs | None:
     schema = spec.get("schema", {"type": "object"})
     strict = spec.get("strict") is True
     return StructuredOutputs(json_schema=schema_with_strictness(schema, strict, param))
+
+
+_STRUCTURED_KEYS = {
+    "json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "grammar",
+    "json_object": "json_object",
+}  # fmt: skip
+
+
+def from_structured_outputs(value: Any) -> StructuredOutputs | None:
+    """vLLM's ``structured_outputs`` extension: exactly one of json (a schema), regex, choice
+    (a list of strings), grammar (Lark or GBNF) or json_object (true)."""
+    param = "structured_outputs"
+    if value is None:
+        return None
+    given = {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else {}
+    if not isinstance(value, dict) or len(given) != 1 or next(iter(given)) not in _STRUCTURED_KEYS:
+        raise _bad(
+            "structured_outputs must be an object with exactly one of "
+            f"{', '.join(_STRUCTURED_KEYS)}",
+            param,
+        )
+    ((key, spec),) = given.items()
+    if key == "json":
+        if isinstance(spec, str):
+            return StructuredOutputs(json_schema=spec)
+        return StructuredOutputs(json_schema=schema_with_strictness(spec, True, param))
+    if key == "json_object":
+        if spec is not True:
+            raise _bad("structured_outputs.json_object must be true", param)
+        return StructuredOutputs(json_object=True)
+    if key == "choice":
+        if not isinstance(spec, list) or not spec or not all(isinstance(c, str) for c in spec):
+            raise _bad("structured_outputs.choice must be a non-empty list of strings", param)
+        return StructuredOutputs(choice=spec)
+    if not isinstance(spec, str) or not spec:
+        raise _bad(f"structured_outputs.{key} must be a non-empty string", param)
+    return StructuredOutputs(**{_STRUCTURED_KEYS[key]: spec})
 
 
 def from_ollama_format(value: Any) -> StructuredOutputs | None:
