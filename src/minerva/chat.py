@@ -1,7 +1,10 @@
 """`minerva chat`: an interactive conversation that survives its own length.
 
 When the history no longer fits the context, the oldest turns are dropped (the system prompt
-stays) with a notice; Ctrl-C stops the current reply, Ctrl-D or /exit ends the chat.
+stays) with a notice; Ctrl-C stops the current reply, Ctrl-D or /exit ends the chat. A reasoning
+model's thinking (server/reasoning.py, the parser chosen from its chat template) is shown between
+"Thinking..." and "...done thinking." (dimmed in a terminal), as Ollama's CLI shows it, and kept
+in the history as the message's ``reasoning_content``, which the template decides whether to use.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
+
+from minerva.server.reasoning import ReasoningStream, resolve_parser, starts_in_reasoning
 
 HELP = """Commands:
   /help    this text
@@ -59,8 +64,11 @@ class ChatSession:
         read: Callable[[str], str] = input,
         out: TextIO | None = None,
         err: TextIO | None = None,
+        reasoning_parser: str = "auto",
     ) -> None:
         self.runner, self.make_params = runner, make_params
+        backend = runner.backend
+        self.parser = resolve_parser(reasoning_parser, getattr(backend, "chat_template", None))
         self.system, self.verbose, self.read = system, verbose, read
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.messages: list[dict[str, str]] = self._fresh()
@@ -146,33 +154,47 @@ class ChatSession:
         prompt, max_tokens = fitted
         if max_tokens != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_tokens)
-        reply, stats = self._stream(prompt, params)
-        self.messages.append({"role": "assistant", "content": reply})
+        reply, thinking, stats = self._stream(prompt, params)
+        message = {"role": "assistant", "content": reply}
+        if thinking:
+            message["reasoning_content"] = thinking
+        self.messages.append(message)
         if self.verbose:
             print(stats.line(), file=self.err)
         return reply
 
-    def _stream(self, prompt: list[int], params: Any) -> tuple[str, ReplyStats]:
-        reply, n, start, first, reason = "", 0, time.perf_counter(), None, None
+    def _stream(self, prompt: list[int], params: Any) -> tuple[str, str, ReplyStats]:
+        """Stream one reply to `out`: (answer, thinking, stats)."""
+        n, start, first, reason = 0, time.perf_counter(), None, None
+        shown = _Shown(self.out, self._reasoning_stream(prompt))
         deltas = _first_completion(self.runner.stream(prompt, params))
         try:
             for delta in deltas:
                 if first is None and delta.delta_token_ids:
                     first = time.perf_counter()
                 n += len(delta.delta_token_ids)
-                reply += delta.delta_text
-                self.out.write(delta.delta_text)
-                self.out.flush()
+                shown.feed(delta.delta_text)
                 reason = delta.finish_reason or reason
         except KeyboardInterrupt:  # stop this reply only; closing the stream aborts it
             deltas.close()
             reason = "stopped"
+            shown.finish()
             self.out.write("\n")
             self._notice("reply stopped")
         else:
+            shown.finish()
             self.out.write("\n")
         self.out.flush()
-        return reply, ReplyStats(n, start, first, time.perf_counter(), reason)
+        stats = ReplyStats(n, start, first, time.perf_counter(), reason)
+        return shown.answer, shown.thinking, stats
+
+    def _reasoning_stream(self, prompt: list[int]) -> ReasoningStream | None:
+        """The splitter of this reply's thinking, or None for a model that does not think."""
+        if self.parser is None:
+            return None
+        backend = self.runner.backend
+        decode = lambda ids: backend.decode(ids, skip_special_tokens=False)  # noqa: E731
+        return ReasoningStream(starts_in_reasoning(self.parser, prompt, decode))
 
     def fit(self, max_tokens: int | None) -> tuple[list[int], int | None] | None:
         """The prompt ids of the conversation, dropping the oldest turns until prompt plus
@@ -212,6 +234,42 @@ class ChatSession:
             return False
         del self.messages[start : users[1]]
         return True
+
+
+class _Shown:
+    """Writes a reply as it streams: its thinking between "Thinking..." and "...done
+    thinking." (dimmed in a terminal), then the answer; keeps both texts."""
+
+    def __init__(self, out: TextIO, split: ReasoningStream | None) -> None:
+        self.out, self.split = out, split
+        self.answer = self.thinking = ""
+        tty = getattr(out, "isatty", lambda: False)()
+        self.dim, self.plain = ("\x1b[2m", "\x1b[0m") if tty else ("", "")
+
+    def feed(self, text: str) -> None:
+        if self.split is None:
+            self._write("", text)
+        else:
+            self._write(*self.split.feed(text))
+
+    def finish(self) -> None:
+        if self.split is not None:
+            self._write(*self.split.finish())
+        if self.thinking and not self.answer:  # stopped while thinking: close the block
+            self.out.write(f"{self.plain}\n...done thinking.")
+
+    def _write(self, thinking: str, answer: str) -> None:
+        if thinking:
+            if not self.thinking:
+                self.out.write(f"{self.dim}Thinking...\n")
+            self.thinking += thinking
+            self.out.write(thinking)
+        if answer:
+            if self.thinking and not self.answer:
+                self.out.write(f"\n...done thinking.{self.plain}\n\n")
+            self.answer += answer
+            self.out.write(answer)
+        self.out.flush()
 
 
 def _first_completion(outputs: Iterator[Any]) -> Iterator[Any]:

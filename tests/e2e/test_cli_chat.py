@@ -230,3 +230,46 @@ def test_ctrl_c_is_heard_where_the_process_started_with_sigint_ignored(runner):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_reasoning_models_thinking_is_shown_apart_and_kept_apart(runner):
+    """A reply forced (regex) to be a think block then an answer, as a Qwen3 writes it: the
+    thinking is printed between the markers, the answer after, and the history holds them
+    apart; a stream stopped by max_tokens inside the block still closes it."""
+    import dataclasses
+
+    from minerva.sampling_params import StructuredOutputs
+
+    args = build_parser().parse_args(["chat", "--max-tokens", "64", "--temperature", "0"])
+    forced = StructuredOutputs(regex="<think>\nfirst a plan\n</think>\n\nthe answer")
+
+    def make_params(max_tokens=64):
+        params = _sampling_params(runner.backend, args)
+        return dataclasses.replace(params, structured=forced, max_tokens=max_tokens)
+
+    out = io.StringIO()
+    lines = iter(["hello"])
+    chat = ChatSession(runner, make_params, read=lambda _: next(lines), out=out,
+                       err=io.StringIO(), reasoning_parser="qwen3")  # fmt: skip
+    with pytest.raises(StopIteration):
+        chat._run()
+    assert out.getvalue().endswith(
+        "Thinking...\nfirst a plan\n...done thinking.\n\nthe answer\n"
+    )  # no escape codes: not a terminal
+    assert chat.messages[-1] == {
+        "role": "assistant",
+        "content": "the answer",
+        "reasoning_content": "first a plan",
+    }
+    out = io.StringIO()
+    for cut in range(1, 40):  # the shortest reply that stops inside the thinking
+        out = io.StringIO()
+        chat = ChatSession(runner, lambda n=cut: make_params(max_tokens=n), out=out,
+                           err=io.StringIO(), reasoning_parser="qwen3")  # fmt: skip
+        reply = chat.reply("hi")  # a cut "<thi" is plain text: no block was opened
+        if chat.messages[-1].get("reasoning_content"):
+            break
+    assert reply == ""
+    thought = chat.messages[-1]["reasoning_content"]
+    assert "first a plan".startswith(thought) and thought != "first a plan"
+    assert out.getvalue() == f"Thinking...\n{thought}\n...done thinking.\n"
