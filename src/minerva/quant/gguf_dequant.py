@@ -17,7 +17,7 @@ from minerva.quant.gguf_types import BLOCK_GEOMETRY, IQ4_CODEBOOK, GGMLType, Qua
 
 QK_K = 256
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # 2-bit fields of a byte
-_IQ4_VALUES = torch.tensor(IQ4_CODEBOOK, dtype=torch.float32)
+_IQ4_VALUES = {torch.device("cpu"): torch.tensor(IQ4_CODEBOOK, dtype=torch.float32)}
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -153,8 +153,13 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
 
 
 def _iq4_values(idx: torch.Tensor) -> torch.Tensor:
-    """4-bit indices (uint8, any shape) -> their codebook values as float32."""
-    return _IQ4_VALUES.to(idx.device)[idx.long()]
+    """4-bit indices (uint8, any shape) -> their codebook values as float32. The codebook is
+    copied to a device once (the first call, a warm-up), so no later call copies from the host:
+    the twin may run inside a CUDA graph capture."""
+    book = _IQ4_VALUES.get(idx.device)
+    if book is None:
+        book = _IQ4_VALUES[idx.device] = _IQ4_VALUES[torch.device("cpu")].to(idx.device)
+    return book[idx.long()]
 
 
 def _iq4_nl(b: torch.Tensor) -> torch.Tensor:
