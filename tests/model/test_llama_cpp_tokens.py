@@ -15,6 +15,7 @@ from minerva.demo import demo_model_path
 from minerva.loader.checkpoint import iter_checkpoint_tensors
 from minerva.loader.gguf_export import float_plan, write_gguf
 from minerva.loader.hf_config import load_model_config
+from minerva.quant.gguf_quantize import quantize_array
 from minerva.quant.gguf_types import GGMLType
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -110,3 +111,22 @@ def test_iq4_files_follow_llama_cpp_step_by_step(gguf_files, kind):
     if parted is not None:
         top2 = np.sort(ref[parted])[-2:]
         assert top2[1] - top2[0] < NEAR_TIE, f"parted at step {parted} without a near tie"
+
+
+@pytest.mark.parametrize("kind", list(IQ4_FTYPES))
+def test_iq4_quantizer_writes_llama_cpps_bytes(gguf_files, kind):
+    """Every IQ4 tensor of llama.cpp's file, quantized by Minerva from the same F16 values:
+    the same bytes (the same scale search, index choices and packing)."""
+    gguf = pytest.importorskip("gguf")
+    source = {t.name: t for t in gguf.GGUFReader(gguf_files["f16"]).tensors}
+    ggml_type = GGMLType.IQ4_NL if kind == "iq4_nl" else GGMLType.IQ4_XS
+    checked = 0
+    for t in gguf.GGUFReader(gguf_files[kind]).tensors:
+        if int(t.tensor_type) != ggml_type:
+            continue
+        values = np.array(source[t.name].data, dtype=np.float32)
+        values = values.reshape(-1, values.shape[-1])
+        ours = quantize_array(values, ggml_type)
+        assert np.array_equal(ours, np.array(t.data).reshape(ours.shape)), t.name
+        checked += 1
+    assert checked >= 50  # the layers' weights (the embedding and one ffn_down are K types)
