@@ -14,7 +14,7 @@ pytest.importorskip("minerva.quant.base")  # the LinearMethod protocol (seams is
 
 from minerva.errors import ModelLoadError  # noqa: E402
 from minerva.models.linear import Linear, QKVLinear  # noqa: E402
-from minerva.ops import cpu_decode_step, cpu_quant  # noqa: E402
+from minerva.ops import cpu_decode_step, cpu_quant, cpu_quant_x8  # noqa: E402
 from minerva.quant import gguf_matmul  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig, checkpoint_name  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize  # noqa: E402
@@ -160,7 +160,8 @@ def random_iq_blocks(rows: int, cols: int, ggml_type: GGMLType, seed: int) -> Qu
 
 @pytest.mark.parametrize("rows", [1, 3, 40])
 def test_iq4_pieces_match_the_dequantized_layer_and_feed_the_decode_step(rows):
-    """IQ4_XS q / k and an IQ4_NL v (two groups), through the C kernel on the file layout."""
+    """IQ4_XS q / k and an IQ4_NL v (two groups): interleaved (x8) where the CPU has it, the
+    file layout's kernel otherwise; either way what the dequantized layer computes."""
     layer = QKVLinear(256, 32, 4, 2, False, GGUFLinearMethod(), torch.float32)
     q, k = (
         random_iq_blocks(128, 256, GGMLType.IQ4_XS, 1),
@@ -170,9 +171,10 @@ def test_iq4_pieces_match_the_dequantized_layer_and_feed_the_decode_step(rows):
     for shard, piece in zip("qkv", (q, k, v), strict=True):
         layer.weight_loader(layer.weight, piece, shard)
     layer.method.process_after_loading(layer)
+    layout = "x8" if cpu_quant_x8.supports(GGMLType.IQ4_XS, 8, 256) else "file"
     assert [(g[1], g[3]) for g in layer.gguf_groups] == [
-        (GGMLType.IQ4_XS, "file"),
-        (GGMLType.IQ4_NL, "file"),
+        (GGMLType.IQ4_XS, layout),
+        (GGMLType.IQ4_NL, layout),
     ]
     x = torch.randn(rows, 256)
     w = dense_twin(q, k, v).double()
@@ -180,8 +182,8 @@ def test_iq4_pieces_match_the_dequantized_layer_and_feed_the_decode_step(rows):
     scale = x.double().abs() @ w.abs().T
     assert bool(((y.double() - x.double() @ w.T).abs() <= 1e-2 * scale + 1e-4).all())
     if cpu_quant.load():  # the decode step takes the groups as they are
-        kinds = [g[0] for g in layer.method.step_groups(layer)]
-        assert kinds == [cpu_decode_step.FILE, cpu_decode_step.FILE]
+        kind = cpu_decode_step.X8 if layout == "x8" else cpu_decode_step.FILE
+        assert [g[0] for g in layer.method.step_groups(layer)] == [kind, kind]
 
 
 def test_iq4_on_cuda_keeps_the_file_layout_for_the_torch_twin():
