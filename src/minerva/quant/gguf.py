@@ -8,9 +8,8 @@ keeps attn_v in Q6_K): consecutive pieces of one type are concatenated into one 
 kernel where it exists and wins, else the torch twin: dequantize a tile of rows, matmul, next
 tile. On the CPU, groups of the types with an interleaved layout (ops/cpu_quant_x8.c: Q4_0, Q5_0,
 Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) are rewritten into it once, after loading, and the
-file's pages are
-let go. On CUDA with the Triton kernel set, Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are rewritten into planes
-(quant/gguf_planes.py) and run by ops/triton_quant.py, whose one-token kernel also takes the
+file's pages are let go. On CUDA with the Triton kernel set, Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are
+rewritten into planes (quant/gguf_planes.py) and run by ops/triton_quant.py, whose one-token kernel also takes the
 batch-1 path's fused norm and residual hooks; the other types (IQ4_NL, IQ4_XS, Q2_K ...) keep the
 file layout there and run the torch twin (logged once per type).
 """
