@@ -54,10 +54,6 @@
 enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 enum { T_IQ4_NL = 20, T_IQ4_XS = 23 };
 
-// IQ4_NL / IQ4_XS: the int8 value each 4-bit index stands for (the format's codebook)
-static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                      1,    13,   25,  38,  53,  69,  89,  113};
-
 // block (values, file bytes) of the types with an x8 layout; 0 otherwise
 static int x8_geometry(int type, int *block, int *bytes) {
     switch (type) {
@@ -576,86 +572,6 @@ INLINE void dot8_q5_1(const uint8_t *g, const act_row *a, const int M, int64_t n
     dot8_q5(g, a, M, nb, acc, 1);
 }
 
-// the codebook in both 128-bit lanes (byte shuffles look 16 indices up at once)
-INLINE __m256i iq4_book(void) {
-    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
-}
-
-// 32 bytes of index pairs -> the codebook values of the low and of the high nibbles
-INLINE void iq4_lookup(const __m256i book, const __m256i w, __m256i *lo, __m256i *hi) {
-    const __m256i low4 = _mm256_set1_epi8(15);
-    *lo = _mm256_shuffle_epi8(book, _mm256_and_si256(w, low4));
-    *hi = _mm256_shuffle_epi8(book, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
-}
-
-// IQ4_NL (Q4_0's layout): signed values |v| <= 127, the sign trick of Q8_0; each maddubs pair
-// (2 * 127 * 127) fills an int16, so every one goes to int32 at once
-INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
-    const __m256i ones = _mm256_set1_epi16(1), book = iq4_book();
-    for (int64_t b = 0; b < nb; b++, g += 144) {
-        prefetch_block(g, 144);
-        __m256i isum[MAX_ROWS];
-        UNROLL for (int m = 0; m < M; m++) isum[m] = _mm256_setzero_si256();
-        UNROLL for (int L = 0; L < 4; L++) {
-            __m256i lo, hi;
-            iq4_lookup(book, _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * L)), &lo, &hi);
-            const __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
-            UNROLL for (int m = 0; m < M; m++) {
-                const int8_t *aq = a[m].q + b * QK + 8 * L;
-                const __m256i p0 = _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(aq), lo));
-                const __m256i p1 = _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(aq + 4), hi));
-                isum[m] = _mm256_add_epi32(isum[m], _mm256_add_epi32(_mm256_madd_epi16(p0, ones),
-                                                                     _mm256_madd_epi16(p1, ones)));
-            }
-        }
-        const __m256 d = d8(g);
-        UNROLL for (int m = 0; m < M; m++)
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
-    }
-}
-
-// IQ4_XS: IQ4_NL's products per subblock of 32, each times its signed 6-bit scale (madd against
-// the scales of the 8 rows), and one fp16 scale per row and super-block
-INLINE void dot8_iq4_xs(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
-    const __m256i low4 = _mm256_set1_epi8(15), two = _mm256_set1_epi8(3);
-    const __m256i bias = _mm256_set1_epi8(32), book = iq4_book();
-    const __m256i shifts = _mm256_setr_epi64x(0, 2, 4, 6);
-    for (int64_t i = 0; i < nb; i++, g += 1088) {
-        prefetch_block(g, 1088);
-        // scale(s, r) - 32 as int8 at byte 8 (s % 4) + r of sc[s / 4]
-        const __m256i lo = _mm256_loadu_si256((const __m256i *)(g + 16));
-        int64_t h[2];
-        memcpy(h, g + 48, 16);
-        __m256i sc[2];
-        UNROLL for (int k = 0; k < 2; k++) {
-            const __m256i top = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(h[k]), shifts), two);
-            const __m256i low = _mm256_and_si256(k ? _mm256_srli_epi16(lo, 4) : lo, low4);
-            sc[k] = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(top, 4)), bias);
-        }
-        __m256i sumi[MAX_ROWS];
-        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
-        UNROLL for (int s = 0; s < 8; s++) {
-            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
-            const __m256i scale = dup8_s((s & 1) ? _mm_srli_si128(half, 8) : half);
-            UNROLL for (int L = 0; L < 4; L++) {
-                __m256i vl, vh;
-                iq4_lookup(book, _mm256_loadu_si256((const __m256i *)(g + 64 + 128 * s + 32 * L)), &vl, &vh);
-                const __m256i ul = _mm256_sign_epi8(vl, vl), uh = _mm256_sign_epi8(vh, vh);
-                UNROLL for (int m = 0; m < M; m++) {
-                    const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
-                    const __m256i p0 = _mm256_maddubs_epi16(ul, _mm256_sign_epi8(bcast4(aq), vl));
-                    const __m256i p1 = _mm256_maddubs_epi16(uh, _mm256_sign_epi8(bcast4(aq + 4), vh));
-                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p0, scale),
-                                                                         _mm256_madd_epi16(p1, scale)));
-                }
-            }
-        }
-        const __m256 d = d8(g);
-        UNROLL for (int m = 0; m < M; m++)
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[i])), acc[m]);
-    }
-}
-
 // Q4_K, and Q5_K (`five`: Q4_K's layout plus a plane of fifth bits, bit k of a byte for group
 // k of the subblock; 1408-byte groups)
 INLINE void dot8_k45(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
@@ -975,6 +891,104 @@ INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int6
     }
 }
 
+// IQ4_NL / IQ4_XS: the int8 value each 4-bit index stands for (the format's codebook)
+static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+// the codebook in both 128-bit lanes (byte shuffles look 16 indices up at once)
+INLINE __m256i iq4_book(void) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
+}
+
+// 32 bytes of index pairs -> the codebook values of the low and of the high nibbles
+INLINE void iq4_lookup(const __m256i book, const __m256i w, __m256i *lo, __m256i *hi) {
+    const __m256i low4 = _mm256_set1_epi8(15);
+    *lo = _mm256_shuffle_epi8(book, _mm256_and_si256(w, low4));
+    *hi = _mm256_shuffle_epi8(book, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+}
+
+// IQ4_NL (Q4_0's layout): signed values |v| <= 127, the sign trick of Q8_0; each maddubs pair
+// (2 * 127 * 127) fills an int16, so every one goes to int32 at once
+INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i ones = _mm256_set1_epi16(1), book = iq4_book();
+    for (int64_t b = 0; b < nb; b++, g += 144) {
+        prefetch_block(g, 144);
+        __m256i isum[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) isum[m] = _mm256_setzero_si256();
+        UNROLL for (int L = 0; L < 4; L++) {
+            __m256i lo, hi;
+            iq4_lookup(book, _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * L)), &lo, &hi);
+            const __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + b * QK + 8 * L;
+                const __m256i p0 = _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(aq), lo));
+                const __m256i p1 = _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(aq + 4), hi));
+                isum[m] = _mm256_add_epi32(isum[m], _mm256_add_epi32(_mm256_madd_epi16(p0, ones),
+                                                                     _mm256_madd_epi16(p1, ones)));
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+    }
+}
+
+// IQ4_XS: IQ4_NL's products per subblock of 32, each times its signed 6-bit scale (madd against
+// the scales of the 8 rows), and one fp16 scale per row and super-block. pin (2-4 rows of x):
+// the running sums kept in order as the _rows kernels above keep them (the same sums, the same
+// bits; unpinned, 4 and 128 rows of x ran 1.2-1.4x slower on TinyLlama's shapes,
+// benchmarks/results/cpu_quant_x8_kernels_iq4_xs_pin.json)
+INLINE void dot8_iq4_xs_pin(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                               const int pin) {
+    const __m256i low4 = _mm256_set1_epi8(15), two = _mm256_set1_epi8(3);
+    const __m256i bias = _mm256_set1_epi8(32), book = iq4_book();
+    const __m256i shifts = _mm256_setr_epi64x(0, 2, 4, 6);
+    for (int64_t i = 0; i < nb; i++, g += 1088) {
+        prefetch_block(g, 1088);
+        // scale(s, r) - 32 as int8 at byte 8 (s % 4) + r of sc[s / 4]
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(g + 16));
+        int64_t h[2];
+        memcpy(h, g + 48, 16);
+        __m256i sc[2];
+        UNROLL for (int k = 0; k < 2; k++) {
+            const __m256i top = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(h[k]), shifts), two);
+            const __m256i low = _mm256_and_si256(k ? _mm256_srli_epi16(lo, 4) : lo, low4);
+            sc[k] = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(top, 4)), bias);
+        }
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
+            const __m256i scale = dup8_s((s & 1) ? _mm_srli_si128(half, 8) : half);
+            UNROLL for (int L = 0; L < 4; L++) {
+                __m256i vl, vh;
+                iq4_lookup(book, _mm256_loadu_si256((const __m256i *)(g + 64 + 128 * s + 32 * L)), &vl, &vh);
+                const __m256i ul = _mm256_sign_epi8(vl, vl), uh = _mm256_sign_epi8(vh, vh);
+                UNROLL for (int m = 0; m < M; m++) {
+                    const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
+                    const __m256i a0 = pin ? bcast4_pinned(aq) : bcast4(aq);
+                    const __m256i a1 = pin ? bcast4_pinned(aq + 4) : bcast4(aq + 4);
+                    const __m256i p0 = _mm256_maddubs_epi16(ul, _mm256_sign_epi8(a0, vl));
+                    const __m256i p1 = _mm256_maddubs_epi16(uh, _mm256_sign_epi8(a1, vh));
+                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p0, scale),
+                                                                         _mm256_madd_epi16(p1, scale)));
+                    if (pin) KEEP(sumi[m]);
+                }
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[i])), acc[m]);
+    }
+}
+
+INLINE void dot8_iq4_xs(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_iq4_xs_pin(g, a, M, nb, acc, 0);
+}
+INLINE void dot8_iq4_xs_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_iq4_xs_pin(g, a, M, nb, acc, 1);
+}
+
 // ROWS: the kernel for 2 or more rows of x (NAME itself where the type has no _rows form); CAP:
 // the most rows it takes at once (8 where decoding a subblock's codes is worth sharing among 8
 // rows, 4 where the kernel's sums for more rows would not fit the registers)
@@ -1015,7 +1029,7 @@ DEFINE_GROUPS(q4_k, q4_k_rows, 8)
 DEFINE_GROUPS(q5_k, q5_k_rows, 8)
 DEFINE_GROUPS(q6_k, q6_k_rows, 8)
 DEFINE_GROUPS(iq4_nl, iq4_nl, 4)
-DEFINE_GROUPS(iq4_xs, iq4_xs, 4)
+DEFINE_GROUPS(iq4_xs, iq4_xs_rows, 4)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
