@@ -908,8 +908,11 @@ INLINE void iq4_lookup(const __m256i book, const __m256i w, __m256i *lo, __m256i
 }
 
 // IQ4_NL (Q4_0's layout): signed values |v| <= 127, the sign trick of Q8_0; each maddubs pair
-// (2 * 127 * 127) fills an int16, so every one goes to int32 at once
-INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+// (2 * 127 * 127) fills an int16, so every one goes to int32 at once. pin (2-4 rows of x): the
+// running sums kept in order (KEEP), 1.05-1.15x at 128 rows but 0.88-0.98x at 1 row, so 1 row
+// leaves them to the compiler (benchmarks/results/cpu_quant_x8_kernels_iq4_nl_pin.json)
+INLINE void dot8_iq4_nl_pin(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                            const int pin) {
     const __m256i ones = _mm256_set1_epi16(1), book = iq4_book();
     for (int64_t b = 0; b < nb; b++, g += 144) {
         prefetch_block(g, 144);
@@ -921,10 +924,13 @@ INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t
             const __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
             UNROLL for (int m = 0; m < M; m++) {
                 const int8_t *aq = a[m].q + b * QK + 8 * L;
-                const __m256i p0 = _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(bcast4(aq), lo));
-                const __m256i p1 = _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(bcast4(aq + 4), hi));
+                const __m256i a0 = pin ? bcast4_pinned(aq) : bcast4(aq);
+                const __m256i a1 = pin ? bcast4_pinned(aq + 4) : bcast4(aq + 4);
+                const __m256i p0 = _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(a0, lo));
+                const __m256i p1 = _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(a1, hi));
                 isum[m] = _mm256_add_epi32(isum[m], _mm256_add_epi32(_mm256_madd_epi16(p0, ones),
                                                                      _mm256_madd_epi16(p1, ones)));
+                if (pin) KEEP(isum[m]);
             }
         }
         const __m256 d = d8(g);
@@ -933,13 +939,19 @@ INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t
     }
 }
 
+INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_iq4_nl_pin(g, a, M, nb, acc, 0);
+}
+INLINE void dot8_iq4_nl_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_iq4_nl_pin(g, a, M, nb, acc, 1);
+}
+
 // IQ4_XS: IQ4_NL's products per subblock of 32, each times its signed 6-bit scale (madd against
-// the scales of the 8 rows), and one fp16 scale per row and super-block. pin (2-4 rows of x):
-// the running sums kept in order as the _rows kernels above keep them (the same sums, the same
-// bits; unpinned, 4 and 128 rows of x ran 1.2-1.4x slower on TinyLlama's shapes,
-// benchmarks/results/cpu_quant_x8_kernels_iq4_xs_pin.json)
-INLINE void dot8_iq4_xs_pin(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
-                               const int pin) {
+// the scales of the 8 rows), and one fp16 scale per row and super-block. The running sums are
+// kept in order as the _rows kernels above keep them (KEEP): left to the compiler, 1 row of x ran
+// 1.1-1.2x slower and 4 or 128 rows 1.2-1.4x on TinyLlama's shapes
+// (benchmarks/results/cpu_quant_x8_kernels_iq4_xs_pin*.json)
+INLINE void dot8_iq4_xs(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
     const __m256i low4 = _mm256_set1_epi8(15), two = _mm256_set1_epi8(3);
     const __m256i bias = _mm256_set1_epi8(32), book = iq4_book();
     const __m256i shifts = _mm256_setr_epi64x(0, 2, 4, 6);
@@ -966,13 +978,12 @@ INLINE void dot8_iq4_xs_pin(const uint8_t *g, const act_row *a, const int M, int
                 const __m256i ul = _mm256_sign_epi8(vl, vl), uh = _mm256_sign_epi8(vh, vh);
                 UNROLL for (int m = 0; m < M; m++) {
                     const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
-                    const __m256i a0 = pin ? bcast4_pinned(aq) : bcast4(aq);
-                    const __m256i a1 = pin ? bcast4_pinned(aq + 4) : bcast4(aq + 4);
+                    const __m256i a0 = bcast4_pinned(aq), a1 = bcast4_pinned(aq + 4);
                     const __m256i p0 = _mm256_maddubs_epi16(ul, _mm256_sign_epi8(a0, vl));
                     const __m256i p1 = _mm256_maddubs_epi16(uh, _mm256_sign_epi8(a1, vh));
                     sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p0, scale),
                                                                          _mm256_madd_epi16(p1, scale)));
-                    if (pin) KEEP(sumi[m]);
+                    KEEP(sumi[m]);
                 }
             }
         }
@@ -982,12 +993,6 @@ INLINE void dot8_iq4_xs_pin(const uint8_t *g, const act_row *a, const int M, int
     }
 }
 
-INLINE void dot8_iq4_xs(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
-    dot8_iq4_xs_pin(g, a, M, nb, acc, 0);
-}
-INLINE void dot8_iq4_xs_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
-    dot8_iq4_xs_pin(g, a, M, nb, acc, 1);
-}
 
 // ROWS: the kernel for 2 or more rows of x (NAME itself where the type has no _rows form); CAP:
 // the most rows it takes at once (8 where decoding a subblock's codes is worth sharing among 8
@@ -1028,8 +1033,8 @@ DEFINE_GROUPS(q5_1, q5_1, 4)
 DEFINE_GROUPS(q4_k, q4_k_rows, 8)
 DEFINE_GROUPS(q5_k, q5_k_rows, 8)
 DEFINE_GROUPS(q6_k, q6_k_rows, 8)
-DEFINE_GROUPS(iq4_nl, iq4_nl, 4)
-DEFINE_GROUPS(iq4_xs, iq4_xs_rows, 4)
+DEFINE_GROUPS(iq4_nl, iq4_nl_rows, 4)
+DEFINE_GROUPS(iq4_xs, iq4_xs, 4)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
