@@ -38,6 +38,7 @@ from shapes import SHAPES, hf_config
 HERE = Path(__file__).resolve().parent
 F16 = "F16"  # the converted file itself
 QUANT_FTYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_K_S": 14}
+QUANT_FTYPES |= {"IQ4_NL": 25, "IQ4_XS": 30}  # the non-linear 4-bit codebook types
 
 
 # -- model files ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""GGUF block matmuls on the CPU: the C kernel (ops/cpu_quant.c) vs its torch twin (dequantize
-+ matmul) vs dense fp32 / bf16 torch, per GGML type, on a TinyLlama-sized matrix.
+"""GGUF block matmuls on the CPU: the C kernel (ops/cpu_quant.c) vs the interleaved-layout kernel
+(ops/cpu_quant_x8.c, "x8", for the types that have it) vs its torch twin (dequantize + matmul)
+vs dense fp32 / bf16 torch, per GGML type, on a TinyLlama-sized matrix.
 
     PYTHONPATH=src python3 benchmarks/cpu_quant_kernels.py [--types q4_k q8_0 ...]
         [--rows 1 4 16 128] [--threads 1 2] [--rounds 5] [--n 2048] [--k 5632]
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from record import write_results
 
-from minerva.ops import cpu_quant
+from minerva.ops import cpu_quant, cpu_quant_x8
 from minerva.quant.gguf_matmul import dequant_matmul
 from minerva.quant.gguf_quantize import quantize_array
 from minerva.quant.gguf_types import GGMLType
@@ -33,6 +34,7 @@ from minerva.quant.gguf_types import GGMLType
 TINYLLAMA_LINEAR_WEIGHTS = 1.034e9  # 22 x (qkv + o + gate_up + down) + lm_head
 COPY_BYTES = 96 << 20
 ALL_TYPES = ["q8_0", "q4_0", "q4_k", "q5_k", "q6_k", "q2_k", "q3_k", "q4_1", "q5_0", "q5_1", "q8_1"]
+ALL_TYPES += ["iq4_nl", "iq4_xs"]
 
 
 def copies_of(t: torch.Tensor) -> list[torch.Tensor]:
@@ -55,6 +57,9 @@ def methods_for(ggml_type: GGMLType, n: int, dense: dict) -> dict:
     out = {}
     if cpu_quant.has_kernel(ggml_type):
         out["kernel"] = (lambda x, w: cpu_quant.matmul(x, w, ggml_type, n), qcopies, blocks.numel())
+    if cpu_quant_x8.supports(ggml_type, n, w32.shape[1]):
+        x8 = [cpu_quant_x8.repack(c, ggml_type, w32.shape[1]) for c in qcopies]
+        out["x8"] = (lambda x, w: cpu_quant_x8.matmul(x, w, ggml_type, n), x8, blocks.numel())
     out["twin"] = (lambda x, w: dequant_matmul(x, w, ggml_type), qcopies, blocks.numel())
     out["dense_fp32"] = (lambda x, w: F.linear(x, w), dense["fp32"], w32.numel() * 4)
     out["dense_bf16"] = (lambda x, w: F.linear(x.bfloat16(), w), dense["bf16"], w32.numel() * 2)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 QUANTIZATIONS: tuple[str, ...] = (
     "q8_0", "q8_1", "q4_0", "q4_1", "q5_0", "q5_1",
-    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m", "fp8", "int8", "int4",
+    "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "q4_k_m", "q5_k_m", "iq4_nl", "iq4_xs",
+    "fp8", "int8", "int4",
 )  # fmt: skip
-"""In-situ quantization types (plain GGML types), llama.cpp mixes (q4_k_m, q5_k_m), fp8 (e4m3
-weights with a scale per row, quant/fp8.py), int8 (int8 weights with a scale per row,
-quant/int8.py) and int4 (4-bit groups of 128 with a scale and offset each, quant/int4.py)."""
+"""In-situ quantization types (plain GGML types, iq4_nl / iq4_xs the non-linear 4-bit ones),
+llama.cpp mixes (q4_k_m, q5_k_m), fp8 (e4m3 weights with a scale per row, quant/fp8.py), int8
+(int8 weights with a scale per row, quant/int8.py) and int4 (4-bit groups of 128 with a scale and
+offset each, quant/int4.py)."""
 
 OWN_FORMATS: tuple[str, ...] = ("fp8", "int8", "int4")
 """In-situ formats that are no GGUF type (Minerva's own engine only, kernels for CUDA)."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minerva.quant.gguf_dequant import dequantize, dequantize_tensor
-from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor
+from minerva.quant.gguf_types import BLOCK_GEOMETRY, IQ4_CODEBOOK, GGMLType, QuantizedTensor
 
 gguf = pytest.importorskip("gguf")
 
@@ -24,6 +24,8 @@ FP16_FIELDS = {
     GGMLType.Q4_K: [0, 2],
     GGMLType.Q5_K: [0, 2],
     GGMLType.Q6_K: [208],
+    GGMLType.IQ4_NL: [0],
+    GGMLType.IQ4_XS: [0],
 }
 EDGE_F16 = np.array([0.0, -0.0, 65504.0, -65504.0, 6.1e-5, 6e-8, -6e-8, 1.0, -1.0], np.float16)
 
@@ -88,3 +90,24 @@ def test_dequantize_tensor_takes_read_only_numpy_blocks():
     out = dequantize_tensor(QuantizedTensor(data, GGMLType.Q4_K, (3, 512)))
     assert out.shape == (3, 512) and out.dtype == torch.float32
     assert torch.equal(out, dequantize(torch.from_numpy(data.copy()), GGMLType.Q4_K))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9])
+@pytest.mark.parametrize("ggml_type", [GGMLType.IQ4_NL, GGMLType.IQ4_XS], ids=lambda t: t.name)
+def test_iq4_types_equal_gguf_reference_for_any_row_count(ggml_type, rows):
+    """The non-linear codebook types, over odd row counts and several blocks a row."""
+    block, size = BLOCK_GEOMETRY[ggml_type]
+    for blocks in (1, 3):
+        data = random_blocks(ggml_type, rows=rows, blocks=blocks, seed=rows * 10 + blocks)
+        ours = dequantize(torch.from_numpy(data), ggml_type).numpy()
+        ref = reference(data, ggml_type)
+        assert ours.shape == (rows, blocks * block)
+        np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+def test_iq4_nl_indices_pick_codebook_values():
+    """A block of d = 1 whose 32 indices run 0..15 twice decodes to the codebook twice."""
+    qs = np.array([j | (j << 4) for j in range(16)], np.uint8)
+    block = np.concatenate([np.array([1.0], np.float16).view(np.uint8), qs])[None]
+    out = dequantize(torch.from_numpy(block), GGMLType.IQ4_NL)[0].tolist()
+    assert out == list(IQ4_CODEBOOK) * 2

@@ -14,11 +14,15 @@ from minerva.platform import native_kernel_arch
 from minerva.quant import gguf_matmul as gguf_method
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_quantize import quantize_array, quantize_tensor
-from minerva.quant.gguf_types import GGMLType
+from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType
 
 KERNEL_TYPES = [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
 KERNEL_TYPES += [GGMLType.Q8_1, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1]
 KERNEL_TYPES += [GGMLType.Q2_K, GGMLType.Q3_K]
+# no quantizer of ours writes these: their weights are random blocks (random indices and
+# sub-block scales, finite fp16 scales)
+IQ_TYPES = [GGMLType.IQ4_NL, GGMLType.IQ4_XS]
+KERNEL_TYPES += IQ_TYPES
 F32 = np.float32
 
 
@@ -53,6 +57,14 @@ def simulate_q8_k(x: np.ndarray) -> np.ndarray:
     return (q * d).reshape(x.shape)
 
 
+def random_iq_blocks(ggml_type: GGMLType, n: int, k: int, rng) -> np.ndarray:
+    block, size = BLOCK_GEOMETRY[ggml_type]
+    data = rng.integers(0, 256, size=(n * k // block, size), dtype=np.uint8)
+    d = (rng.standard_normal(n * k // block) * 0.01).astype(np.float16)
+    data[:, :2] = d.view(np.uint8).reshape(-1, 2)
+    return data.reshape(n, -1)
+
+
 def case(ggml_type: GGMLType, m: int, n: int = 37, k: int = 768, seed: int = 0):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n, k)).astype(F32)
@@ -60,7 +72,10 @@ def case(ggml_type: GGMLType, m: int, n: int = 37, k: int = 768, seed: int = 0):
     x[0, :256] = 0.0  # an all-zero activation block
     if m > 1:
         x[1, 5] = 500.0  # an outlier that sets its block's scale
-    data = torch.from_numpy(quantize_array(w, ggml_type))
+    if ggml_type in IQ_TYPES:
+        data = torch.from_numpy(random_iq_blocks(ggml_type, n, k, rng))
+    else:
+        data = torch.from_numpy(quantize_array(w, ggml_type))
     return torch.from_numpy(x.astype(F32)), data, dequantize(data, ggml_type).double()
 
 
@@ -70,7 +85,7 @@ def test_kernel_equals_float64_simulation_and_twin(kernel, ggml_type, m):
     x, data, wd = case(ggml_type, m, seed=m)
     y = kernel.matmul(x, data, ggml_type, wd.shape[0])
     assert y is not None and y.dtype == torch.float32 and y.shape == (m, wd.shape[0])
-    sim = simulate_q8_k if ggml_type.name.endswith("_K") else simulate_q8_0
+    sim = simulate_q8_k if BLOCK_GEOMETRY[ggml_type][0] == 256 else simulate_q8_0
     xs = torch.from_numpy(sim(x.numpy()))
     scale = xs.abs() @ wd.abs().T
     # exact integer block sums; only the fp32 scaling and accumulation over blocks round

@@ -14,11 +14,12 @@ pytest.importorskip("minerva.quant.base")  # the LinearMethod protocol (seams is
 
 from minerva.errors import ModelLoadError  # noqa: E402
 from minerva.models.linear import Linear, QKVLinear  # noqa: E402
+from minerva.ops import cpu_decode_step, cpu_quant, cpu_quant_x8  # noqa: E402
 from minerva.quant import gguf_matmul  # noqa: E402
 from minerva.quant.gguf import GGUFLinearMethod, GGUFQuantConfig, checkpoint_name  # noqa: E402
 from minerva.quant.gguf_dequant import dequantize  # noqa: E402
 from minerva.quant.gguf_quantize import quantize_tensor  # noqa: E402
-from minerva.quant.gguf_types import GGMLType, QuantizedTensor  # noqa: E402
+from minerva.quant.gguf_types import GGMLType, QuantizedTensor, row_bytes  # noqa: E402
 
 
 def blocks(rows: int, cols: int, ggml_type: GGMLType, seed: int = 0) -> QuantizedTensor:
@@ -143,3 +144,58 @@ def test_a_model_quantized_in_situ_matches_the_dense_model_of_its_dequantized_we
     monkeypatch.undo()
     ours, _ = _decode_one(gguf_model, hf)
     assert (ours - ref).abs().max() <= 0.08 * ref.abs().max()
+
+
+def random_iq_blocks(rows: int, cols: int, ggml_type: GGMLType, seed: int) -> QuantizedTensor:
+    """Random indices and sub-block scales with small finite fp16 scales (no quantizer of ours
+    writes IQ4_NL / IQ4_XS)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(rows, row_bytes(ggml_type, cols)), dtype=np.uint8)
+    size = 18 if ggml_type == GGMLType.IQ4_NL else 136
+    view = data.reshape(-1, size)
+    scales = (rng.standard_normal(len(view)) * 0.01).astype(np.float16)
+    view[:, :2] = scales.view(np.uint8).reshape(-1, 2)
+    return QuantizedTensor(torch.from_numpy(data), ggml_type, (rows, cols))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 40])
+def test_iq4_pieces_match_the_dequantized_layer_and_feed_the_decode_step(rows):
+    """IQ4_XS q / k and an IQ4_NL v (two groups): interleaved (x8) where the CPU has it, the
+    file layout's kernel otherwise; either way what the dequantized layer computes."""
+    layer = QKVLinear(256, 32, 4, 2, False, GGUFLinearMethod(), torch.float32)
+    q, k = (
+        random_iq_blocks(128, 256, GGMLType.IQ4_XS, 1),
+        random_iq_blocks(64, 256, GGMLType.IQ4_XS, 2),
+    )
+    v = random_iq_blocks(64, 256, GGMLType.IQ4_NL, 3)
+    for shard, piece in zip("qkv", (q, k, v), strict=True):
+        layer.weight_loader(layer.weight, piece, shard)
+    layer.method.process_after_loading(layer)
+    layout = "x8" if cpu_quant_x8.supports(GGMLType.IQ4_XS, 8, 256) else "file"
+    assert [(g[1], g[3]) for g in layer.gguf_groups] == [
+        (GGMLType.IQ4_XS, layout),
+        (GGMLType.IQ4_NL, layout),
+    ]
+    x = torch.randn(rows, 256)
+    w = dense_twin(q, k, v).double()
+    y = layer(x)
+    scale = x.double().abs() @ w.abs().T
+    assert bool(((y.double() - x.double() @ w.T).abs() <= 1e-2 * scale + 1e-4).all())
+    if cpu_quant.load():  # the decode step takes the groups as they are
+        kind = cpu_decode_step.X8 if layout == "x8" else cpu_decode_step.FILE
+        assert [g[0] for g in layer.method.step_groups(layer)] == [kind, kind]
+
+
+def test_iq4_on_cuda_keeps_the_file_layout_for_the_torch_twin():
+    """No Triton kernel for the codebook types: a CUDA device with the Triton kernel set keeps
+    the file's blocks (the dequantize + matmul twin runs them), Q4_K still takes the planes."""
+
+    class TritonKernels:
+        name, pdl = "triton", False
+
+    method = GGUFLinearMethod(TritonKernels())
+    cuda = torch.device("cuda")
+    for ggml_type in (GGMLType.IQ4_NL, GGMLType.IQ4_XS):
+        piece = random_iq_blocks(8, 256, ggml_type, 0)
+        assert method._layout(cuda, ggml_type, [piece], 256) == "file"
+    assert method._layout(cuda, GGMLType.Q4_K, [blocks(8, 256, GGMLType.Q4_K)], 256) == "planes"

@@ -14,7 +14,7 @@ from minerva.platform import native_kernel_arch
 from minerva.quant.gguf import GGUFLinearMethod
 from minerva.quant.gguf_dequant import dequantize
 from minerva.quant.gguf_quantize import quantize_tensor
-from minerva.quant.gguf_types import GGMLType
+from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType
 from tests.unit.test_gguf_quant_kernels import case, simulate_q8_0, simulate_q8_k
 
 X8_TYPES = [
@@ -25,6 +25,8 @@ X8_TYPES = [
     GGMLType.Q4_K,
     GGMLType.Q5_K,
     GGMLType.Q6_K,
+    GGMLType.IQ4_NL,
+    GGMLType.IQ4_XS,
 ]
 
 
@@ -53,7 +55,7 @@ def test_x8_kernel_equals_float64_simulation(x8, ggml_type, m):
     x, data, wd = case(ggml_type, m, n=40, k=768, seed=m)
     y = x8.matmul(x, x8.repack(data, ggml_type, 768), ggml_type, 40)
     assert y is not None and y.shape == (m, 40)
-    sim = simulate_q8_k if ggml_type.name.endswith("_K") else simulate_q8_0
+    sim = simulate_q8_k if BLOCK_GEOMETRY[ggml_type][0] == 256 else simulate_q8_0
     xs = torch.from_numpy(sim(x.numpy()))
     scale = xs.abs() @ wd.abs().T
     err = (y.double() - xs @ wd.T).abs()

@@ -77,6 +77,33 @@ def test_q4_k_m_follows_llama_cpp_mix_rules(tmp_path):
         assert err < (0.03 if want == q.Q6_K else 0.12), (t.name, err)
 
 
+@pytest.mark.parametrize("name, ftype", [("iq4_xs", 30), ("iq4_nl", 25)])
+def test_iq4_files_hold_iq4_blocks_that_gguf_py_and_llama_cpp_read(tmp_path, name, ftype):
+    """Every weight in the IQ4 type (the tied embedding in Q6_K), decoding by gguf-py's
+    reference close to the float weights; llama.cpp opens the file and evaluates a token."""
+    path = tmp_path / f"demo-{name}.gguf"
+    assert main(["quantize", str(demo_model_path()), str(path), "--type", name]) == 0
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.file_type"].parts[-1][0] == ftype  # LLAMA_FTYPE_MOSTLY_IQ4_*
+    ref = _reference_tensors()
+    q = gguf.GGMLQuantizationType
+    for t in reader.tensors:
+        if ref[t.name].ndim == 1:
+            continue
+        want = q.Q6_K if t.name == "token_embd.weight" else q[name.upper()]
+        assert t.tensor_type == want, t.name
+        deq = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(ref[t.name].shape)
+        err = np.linalg.norm(deq - ref[t.name]) / np.linalg.norm(ref[t.name])
+        assert err < (0.03 if want == q.Q6_K else 0.12), (t.name, err)
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+    llm.eval(llm.tokenize(b"Hello", add_bos=True))
+    logits = np.ctypeslib.as_array(
+        llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)
+    )
+    assert np.isfinite(logits).all()
+
+
 def test_bad_type_and_bad_output_are_clear_errors(tmp_path, capsys):
     out = tmp_path / "x.gguf"
     assert main(["quantize", str(demo_model_path()), str(out), "--type", "q9_9"]) == 1

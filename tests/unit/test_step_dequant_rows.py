@@ -14,6 +14,7 @@ from minerva.quant.gguf_quantize import quantize_tensor
 from minerva.quant.gguf_types import GGMLType, row_bytes
 
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K]
+IQ_TYPES = [GGMLType.IQ4_NL, GGMLType.IQ4_XS]  # no quantizer of ours: arbitrary bytes only
 COLS = 512
 
 
@@ -38,12 +39,13 @@ def test_quantized_rows_equal_the_torch_dequantization(ggml_type):
     )
 
 
-@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("ggml_type", TYPES + IQ_TYPES, ids=lambda t: t.name)
 def test_arbitrary_bytes_equal_the_torch_dequantization(ggml_type):
     g = torch.Generator().manual_seed(2)
     rows = torch.randint(0, 256, (64, row_bytes(ggml_type, COLS)), dtype=torch.uint8, generator=g)
     want = dequantize(rows, ggml_type)
     got = cpu_decode_step.dequantize_rows(rows, ggml_type, COLS)
+    assert cpu_decode_step.embeds_blocks(ggml_type)
     finite = torch.isfinite(want)
     assert not finite.all()  # some blocks' fp16 scales are inf / NaN
     assert got is not None and torch.equal(got[finite], want[finite])

@@ -1,7 +1,8 @@
 // GGUF block matmuls for CPU: y[m, n] = dot(W[n, :], x[m, :]) with W kept in its GGUF blocks.
 //
-// W is [N, row_bytes] in the blocks of any of the 11 quantized types (Q8_0, Q8_1, Q4_0, Q4_1,
-// Q5_0, Q5_1, Q2_K .. Q6_K), x float32 [M, K], y float32 [M, N]. As in llama.cpp, each row of
+// W is [N, row_bytes] in the blocks of any of the 13 quantized types (Q8_0, Q8_1, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q2_K .. Q6_K, IQ4_NL, IQ4_XS), x float32 [M, K], y float32 [M, N]. As in
+// llama.cpp, each row of
 // x is first quantized to 8-bit blocks (Q8_0-style blocks of 32 with an fp16-rounded scale for
 // the 32-value types; Q8_K super-blocks of 256 with an fp32 scale
 // and sums of 16 codes for the K types) so that every block product is an integer dot product
@@ -25,6 +26,17 @@
 
 enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9 };
 enum { T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_IQ4_NL = 20, T_IQ4_XS = 23 };
+
+// IQ4_NL / IQ4_XS: the int8 value each 4-bit index stands for (the format's codebook)
+static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+// IQ4_XS: the signed 6-bit scale of sub-block j (4 low bits in scales_l, 2 high in scales_h)
+INLINE int iq4xs_scale(const uint8_t *blk, const int j) {
+    const int high = ((blk[2] | blk[3] << 8) >> (2 * j)) & 3;
+    return (((blk[4 + j / 2] >> (4 * (j & 1))) & 15) | high << 4) - 32;
+}
 
 // ---- scale decoding shared by both builds -----------------------------------------------
 
@@ -83,9 +95,11 @@ INLINE __m256i high_bits_x16(const uint8_t *qh) {
 INLINE __m256i legacy_codes(const uint8_t *blk, const int T) {
     if (T == T_Q8_0 || T == T_Q8_1)
         return _mm256_loadu_si256((const __m256i *)(blk + (T == T_Q8_0 ? 2 : 4)));
-    const int off = T == T_Q4_0 ? 2 : T == T_Q4_1 ? 4 : T == T_Q5_0 ? 6 : 8;
+    const int off = T == T_Q4_0 || T == T_IQ4_NL ? 2 : T == T_Q4_1 ? 4 : T == T_Q5_0 ? 6 : 8;
     const __m128i t = _mm_loadu_si128((const __m128i *)(blk + off));
     __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F));
+    if (T == T_IQ4_NL)  // the codebook's values, looked up 16 at a time per lane
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES)), q);
     if (T == T_Q5_0 || T == T_Q5_1) q = _mm256_or_si256(q, high_bits_x16(blk + off - 4));
     if (T == T_Q4_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
     if (T == T_Q5_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
@@ -309,6 +323,44 @@ INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb
     UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
 }
 
+// IQ4_XS: 8 sub-blocks of 32 codebook values (signed, |v| <= 127: the sign trick as for Q8_0),
+// each with its own signed scale; two sub-blocks per 32-byte load of indices
+INLINE void dot_iq4_xs(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    __m256 acc[MAX_ROWS];
+    UNROLL for (int m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i book = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * 136;
+        __builtin_prefetch(blk + 1024);
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int c = 0; c < 4; c++) {  // sub-blocks 2c, 2c + 1
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(blk + 8 + 32 * c));
+            const __m256i lo = _mm256_shuffle_epi8(book, _mm256_and_si256(q, low4));
+            const __m256i hi = _mm256_shuffle_epi8(book, _mm256_and_si256(_mm256_srli_epi16(q, 4), low4));
+            // lo: values 0-15 of both sub-blocks, hi: values 16-31 -> one sub-block per vector
+            const __m256i v0 = _mm256_permute2x128_si256(lo, hi, 0x20);
+            const __m256i v1 = _mm256_permute2x128_si256(lo, hi, 0x31);
+            const __m256i s0 = _mm256_set1_epi16((short)iq4xs_scale(blk, 2 * c));
+            const __m256i s1 = _mm256_set1_epi16((short)iq4xs_scale(blk, 2 * c + 1));
+            const __m256i u0 = _mm256_sign_epi8(v0, v0), u1 = _mm256_sign_epi8(v1, v1);
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + i * QK_K + 64 * c;
+                const __m256i a0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)aq), v0);
+                const __m256i a1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(aq + 32)), v1);
+                // pairs of products <= 2 * 127 * 127 stay within int16
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(u0, a0), s0);
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, a1), s1);
+                sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(p0, p1));
+            }
+        }
+        const float d = f16_at(blk);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(d * a[m].d[i]), _mm256_cvtepi32_ps(sumi[m]), acc[m]);
+    }
+    UNROLL for (int m = 0; m < M; m++) out[m] = hsum_f32(acc[m]);
+}
 
 #else  // plain C: the same integer sums, element by element
 
@@ -327,6 +379,8 @@ INLINE void dot_legacy(const uint8_t *w, const act_row *a, const int M, int64_t 
         const uint8_t *blk = w + ib * bytes;
         if (T == T_Q8_0 || T == T_Q8_1) {
             memcpy(q, blk + (T == T_Q8_0 ? 2 : 4), QK);
+        } else if (T == T_IQ4_NL) {
+            for (int j = 0; j < 16; j++) q[j] = IQ4_VALUES[blk[2 + j] & 15], q[j + 16] = IQ4_VALUES[blk[2 + j] >> 4];
         } else {
             const int off = T == T_Q4_0 ? 2 : T == T_Q4_1 ? 4 : T == T_Q5_0 ? 6 : 8;
             const int five = T == T_Q5_0 || T == T_Q5_1;
@@ -444,6 +498,26 @@ INLINE void dot_q6_k(const uint8_t *w, const act_row *a, const int M, int64_t nb
     }
     for (int m = 0; m < M; m++) out[m] = acc[m];
 }
+
+INLINE void dot_iq4_xs(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
+    float acc[MAX_ROWS] = {0};
+    int8_t q[QK_K];
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = w + i * 136, *qs = blk + 8;
+        for (int j = 0; j < 8; j++)
+            for (int l = 0; l < 16; l++) {
+                q[32 * j + l] = IQ4_VALUES[qs[16 * j + l] & 15];
+                q[32 * j + 16 + l] = IQ4_VALUES[qs[16 * j + l] >> 4];
+            }
+        const float d = f16_at(blk);
+        for (int m = 0; m < M; m++) {
+            int s = 0;
+            for (int j = 0; j < 8; j++) s += iq4xs_scale(blk, j) * dot32(q + 32 * j, a[m].q + i * QK_K + 32 * j, 32);
+            acc[m] += d * a[m].d[i] * (float)s;
+        }
+    }
+    for (int m = 0; m < M; m++) out[m] = acc[m];
+}
 #endif
 
 #define LEGACY(NAME, T, BYTES)                                                                   \
@@ -456,6 +530,7 @@ LEGACY(q4_0, T_Q4_0, 18)
 LEGACY(q4_1, T_Q4_1, 20)
 LEGACY(q5_0, T_Q5_0, 22)
 LEGACY(q5_1, T_Q5_1, 24)
+LEGACY(iq4_nl, T_IQ4_NL, 18)
 
 INLINE void dot_q2_k(const uint8_t *w, const act_row *a, const int M, int64_t nb, float *out) {
     dot_k23(w, a, M, nb, out, 0);
@@ -503,6 +578,8 @@ DEFINE_ROWS(q3_k)
 DEFINE_ROWS(q4_k)
 DEFINE_ROWS(q5_k)
 DEFINE_ROWS(q6_k)
+DEFINE_ROWS(iq4_nl)
+DEFINE_ROWS(iq4_xs)
 
 typedef void (*rows_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                         int64_t, int64_t, int64_t);
@@ -520,6 +597,8 @@ static int geometry(int type, rows_fn *fn, int *block, int *bytes) {
     case T_Q4_K: *fn = rows_q4_k, *block = QK_K, *bytes = 144; return 0;
     case T_Q5_K: *fn = rows_q5_k, *block = QK_K, *bytes = 176; return 0;
     case T_Q6_K: *fn = rows_q6_k, *block = QK_K, *bytes = 210; return 0;
+    case T_IQ4_NL: *fn = rows_iq4_nl, *block = QK, *bytes = 18; return 0;
+    case T_IQ4_XS: *fn = rows_iq4_xs, *block = QK_K, *bytes = 136; return 0;
     default: return -1;
     }
 }

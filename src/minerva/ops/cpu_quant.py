@@ -16,10 +16,11 @@ import torch
 from minerva.ops import native
 
 SOURCE = Path(__file__).with_name("cpu_quant.c")
-# GGML type id -> (values, bytes) per block: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K .. Q6_K
-# (the file format's; quant/gguf_types.py holds the same table, a layer above this one)
+# GGML type id -> (values, bytes) per block: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K .. Q6_K,
+# IQ4_NL, IQ4_XS (the file format's; quant/gguf_types.py holds the same table, a layer above)
 GEOMETRY = {2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36)}
 GEOMETRY |= {10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210)}
+GEOMETRY |= {20: (32, 18), 23: (256, 136)}
 KERNEL_TYPES = frozenset(GEOMETRY)
 
 _fn: list = []  # [ctypes function] once bound

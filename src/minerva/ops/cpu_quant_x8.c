@@ -7,7 +7,8 @@
 // sums, no per-row scale shuffles), and each block's scales apply to 8 rows at once. A block
 // group takes exactly the bytes of its 8 file blocks, so memory use does not change. (llama.cpp's
 // CPU "repack" buffers rest on the same idea; this layout is our own.) Types: Q4_0, Q5_0, Q5_1,
-// Q8_0, Q4_K, Q5_K, Q6_K, with AVX2; elsewhere minerva_x8_supports says no and the file layout is kept.
+// Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, with AVX2; elsewhere minerva_x8_supports says no and the
+// file layout is kept.
 // minerva_x8_unpack restores the file bytes exactly (the dequantize-then-matmul twin reads them).
 //
 // Layouts, per group of 8 rows and block index b (offsets in bytes; c(r, i) is code i of row
@@ -26,6 +27,12 @@
 //   Q6_K (1680 B): d[8] | scales int8: byte 16 + 8s + r | low 4 bits: byte 144 + 64s + 32L + 4r + t
 //     = c(r, 16s + 8L + t) & 15 | (c(r, 16s + 8L + 4 + t) & 15) << 4 | top 2 bits: byte
 //     1168 + 32s + 4r + t = sum over k of (c(r, 16s + 4k + t) >> 4) << 2k
+//   IQ4_NL (144 B): Q4_0's bytes (a block is d and 16 bytes of nibbles, as Q4_0's); the nibbles
+//     are indices into the codebook, looked up with a byte shuffle
+//   IQ4_XS (1088 B): d[8] | 32 B: byte 16 + 8j + r = low 4 bits of scale(j, r) | of scale(4 + j, r)
+//     << 4 | 16 B: byte 48 + 8k + r, bits 2u, 2u + 1 = the top 2 bits of scale(4k + u, r) (scales
+//     6 bits, stored + 32) | 1024 B: byte 64 + 128s + 32L + 4r + t = c(r, 32s + 8L + t) |
+//     c(r, 32s + 8L + 4 + t) << 4
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -45,6 +52,7 @@
 #define ROW_BLOCK 32            // rows of x per task then
 
 enum { T_Q4_0 = 2, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
+enum { T_IQ4_NL = 20, T_IQ4_XS = 23 };
 
 // block (values, file bytes) of the types with an x8 layout; 0 otherwise
 static int x8_geometry(int type, int *block, int *bytes) {
@@ -56,6 +64,8 @@ static int x8_geometry(int type, int *block, int *bytes) {
     case T_Q4_K: *block = QK_K, *bytes = 144; return 1;
     case T_Q5_K: *block = QK_K, *bytes = 176; return 1;
     case T_Q6_K: *block = QK_K, *bytes = 210; return 1;
+    case T_IQ4_NL: *block = QK, *bytes = 18; return 1;
+    case T_IQ4_XS: *block = QK_K, *bytes = 136; return 1;
     default: return 0;
     }
 }
@@ -100,6 +110,13 @@ static void decode_block(int type, const uint8_t *blk, block_codes *o) {
                     o->c[64 * q + 32 + l] |= (uint8_t)(((qh[l] >> (2 * q + 1)) & 1) << 4);
                 }
             }
+    } else if (type == T_IQ4_XS) {  // d, scales_h, scales_l [4], qs [128]
+        const int high = blk[2] | blk[3] << 8;
+        for (int j = 0; j < 8; j++) {
+            o->sc[j] = (uint8_t)(((blk[4 + j / 2] >> (4 * (j & 1))) & 15) | ((high >> (2 * j)) & 3) << 4);
+            for (int l = 0; l < 16; l++)
+                o->c[32 * j + l] = blk[8 + 16 * j + l] & 15, o->c[32 * j + 16 + l] = blk[8 + 16 * j + l] >> 4;
+        }
     } else {  // Q6_K: ql [128], qh [64], scales [16]
         const uint8_t *ql = blk, *qh = blk + 128;
         memcpy(o->sc, blk + 192, 16);
@@ -144,6 +161,16 @@ static void encode_block(int type, const block_codes *o, uint8_t *blk) {
                 qs[32 * q + l] = (uint8_t)((lo & 15) | ((hi & 15) << 4));
                 if (five) qh[l] |= (uint8_t)(((lo >> 4) << (2 * q)) | ((hi >> 4) << (2 * q + 1)));
             }
+    } else if (type == T_IQ4_XS) {
+        int high = 0;
+        memset(blk + 4, 0, 4);
+        for (int j = 0; j < 8; j++) {
+            high |= (o->sc[j] >> 4) << (2 * j);
+            blk[4 + j / 2] |= (uint8_t)((o->sc[j] & 15) << (4 * (j & 1)));
+            for (int l = 0; l < 16; l++)
+                blk[8 + 16 * j + l] = (uint8_t)(o->c[32 * j + l] | (o->c[32 * j + 16 + l] << 4));
+        }
+        blk[2] = (uint8_t)high, blk[3] = (uint8_t)(high >> 8);
     } else {
         uint8_t *ql = blk, *qh = blk + 128;
         memcpy(blk + 192, o->sc, 16);
@@ -196,6 +223,16 @@ static void x8_unpack_block(int type, const uint8_t *g, block_codes b[8]) {
                     for (int t = 0; t < 4; t++)
                         for (int k = 0; k < 8; k++)
                             c[32 * s + 4 * k + t] |= (uint8_t)(((g[1152 + 32 * s + 4 * r + t] >> k) & 1) << 4);
+            }
+        } else if (type == T_IQ4_XS) {
+            for (int s = 0; s < 8; s++) {
+                const int lo = (g[16 + 8 * (s % 4) + r] >> (s < 4 ? 0 : 4)) & 15;
+                b[r].sc[s] = (uint8_t)(lo | ((g[48 + 8 * (s / 4) + r] >> (2 * (s % 4))) & 3) << 4);
+                for (int L = 0; L < 4; L++)
+                    for (int t = 0; t < 4; t++) {
+                        const uint8_t p = g[64 + 128 * s + 32 * L + 4 * r + t];
+                        c[32 * s + 8 * L + t] = p & 15, c[32 * s + 8 * L + 4 + t] = p >> 4;
+                    }
             }
         } else {  // Q6_K
             for (int s = 0; s < 16; s++) {
@@ -302,6 +339,20 @@ static void x8_pack_block(int type, const uint8_t *const blk[8], uint8_t *restri
                     }
 #endif
             }
+        } else if (type == T_IQ4_XS) {  // through the codes (load time only)
+            block_codes b;
+            decode_block(type, f, &b);
+            for (int j = 0; j < 4; j++) g[16 + 8 * j + r] = (uint8_t)((b.sc[j] & 15) | (b.sc[j + 4] & 15) << 4);
+            for (int k = 0; k < 2; k++) {
+                uint8_t v = 0;
+                for (int u = 0; u < 4; u++) v |= (uint8_t)((b.sc[4 * k + u] >> 4) << (2 * u));
+                g[48 + 8 * k + r] = v;
+            }
+            for (int s = 0; s < 8; s++)
+                for (int L = 0; L < 4; L++)
+                    for (int t = 0; t < 4; t++)
+                        g[64 + 128 * s + 32 * L + 4 * r + t] =
+                            (uint8_t)(b.c[32 * s + 8 * L + t] | b.c[32 * s + 8 * L + 4 + t] << 4);
         } else {  // Q6_K: code 128h + 32k + l has its low bits in ql[64h + 32(k & 1) + l]
             // (nibble k >> 1) and its top bits in qh[32h + l] (bits 2k, 2k + 1)
             for (int r2 = 0; r2 < 16; r2++) g[16 + 8 * r2 + r] = f[192 + r2];
@@ -357,6 +408,7 @@ static int x8_convert(int type, const uint8_t *src, uint8_t *dst, int64_t N, int
     if (!x8_geometry(type, &block, &bytes) || N % 8 || K % block || N < 1 || K < 1 || threads < 1)
         return -1;
     const int64_t nb = K / block, rb = nb * bytes, gb = 8 * bytes;
+    if (type == T_IQ4_NL) type = T_Q4_0;  // the same bytes, the same rewrite
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t gi = 0; gi < N / 8; gi++) {
         block_codes b[8];
@@ -839,6 +891,109 @@ INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int6
     }
 }
 
+// IQ4_NL / IQ4_XS: the int8 value each 4-bit index stands for (the format's codebook)
+static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                      1,    13,   25,  38,  53,  69,  89,  113};
+
+// the codebook in both 128-bit lanes (byte shuffles look 16 indices up at once)
+INLINE __m256i iq4_book(void) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
+}
+
+// 32 bytes of index pairs -> the codebook values of the low and of the high nibbles
+INLINE void iq4_lookup(const __m256i book, const __m256i w, __m256i *lo, __m256i *hi) {
+    const __m256i low4 = _mm256_set1_epi8(15);
+    *lo = _mm256_shuffle_epi8(book, _mm256_and_si256(w, low4));
+    *hi = _mm256_shuffle_epi8(book, _mm256_and_si256(_mm256_srli_epi16(w, 4), low4));
+}
+
+// IQ4_NL (Q4_0's layout): signed values |v| <= 127, the sign trick of Q8_0; each maddubs pair
+// (2 * 127 * 127) fills an int16, so every one goes to int32 at once. pin (2-4 rows of x): the
+// running sums kept in order (KEEP), 1.05-1.15x at 128 rows but 0.88-0.98x at 1 row, so 1 row
+// leaves them to the compiler (benchmarks/results/cpu_quant_x8_kernels_iq4_nl_pin.json)
+INLINE void dot8_iq4_nl_pin(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc,
+                            const int pin) {
+    const __m256i ones = _mm256_set1_epi16(1), book = iq4_book();
+    for (int64_t b = 0; b < nb; b++, g += 144) {
+        prefetch_block(g, 144);
+        __m256i isum[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) isum[m] = _mm256_setzero_si256();
+        UNROLL for (int L = 0; L < 4; L++) {
+            __m256i lo, hi;
+            iq4_lookup(book, _mm256_loadu_si256((const __m256i *)(g + 16 + 32 * L)), &lo, &hi);
+            const __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);
+            UNROLL for (int m = 0; m < M; m++) {
+                const int8_t *aq = a[m].q + b * QK + 8 * L;
+                const __m256i a0 = pin ? bcast4_pinned(aq) : bcast4(aq);
+                const __m256i a1 = pin ? bcast4_pinned(aq + 4) : bcast4(aq + 4);
+                const __m256i p0 = _mm256_maddubs_epi16(ulo, _mm256_sign_epi8(a0, lo));
+                const __m256i p1 = _mm256_maddubs_epi16(uhi, _mm256_sign_epi8(a1, hi));
+                isum[m] = _mm256_add_epi32(isum[m], _mm256_add_epi32(_mm256_madd_epi16(p0, ones),
+                                                                     _mm256_madd_epi16(p1, ones)));
+                if (pin) KEEP(isum[m]);
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[b])), acc[m]);
+    }
+}
+
+INLINE void dot8_iq4_nl(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_iq4_nl_pin(g, a, M, nb, acc, 0);
+}
+INLINE void dot8_iq4_nl_rows(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    dot8_iq4_nl_pin(g, a, M, nb, acc, 1);
+}
+
+// IQ4_XS: IQ4_NL's products per subblock of 32, each times its signed 6-bit scale (madd against
+// the scales of the 8 rows), and one fp16 scale per row and super-block. The running sums are
+// kept in order as the _rows kernels above keep them (KEEP): left to the compiler, 1 row of x ran
+// 1.1-1.2x slower and 4 or 128 rows 1.2-1.4x on TinyLlama's shapes
+// (benchmarks/results/cpu_quant_x8_kernels_iq4_xs_pin*.json)
+INLINE void dot8_iq4_xs(const uint8_t *g, const act_row *a, const int M, int64_t nb, __m256 *acc) {
+    const __m256i low4 = _mm256_set1_epi8(15), two = _mm256_set1_epi8(3);
+    const __m256i bias = _mm256_set1_epi8(32), book = iq4_book();
+    const __m256i shifts = _mm256_setr_epi64x(0, 2, 4, 6);
+    for (int64_t i = 0; i < nb; i++, g += 1088) {
+        prefetch_block(g, 1088);
+        // scale(s, r) - 32 as int8 at byte 8 (s % 4) + r of sc[s / 4]
+        const __m256i lo = _mm256_loadu_si256((const __m256i *)(g + 16));
+        int64_t h[2];
+        memcpy(h, g + 48, 16);
+        __m256i sc[2];
+        UNROLL for (int k = 0; k < 2; k++) {
+            const __m256i top = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(h[k]), shifts), two);
+            const __m256i low = _mm256_and_si256(k ? _mm256_srli_epi16(lo, 4) : lo, low4);
+            sc[k] = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(top, 4)), bias);
+        }
+        __m256i sumi[MAX_ROWS];
+        UNROLL for (int m = 0; m < M; m++) sumi[m] = _mm256_setzero_si256();
+        UNROLL for (int s = 0; s < 8; s++) {
+            const __m128i half = (s & 2) ? _mm256_extracti128_si256(sc[s >> 2], 1) : _mm256_castsi256_si128(sc[s >> 2]);
+            const __m256i scale = dup8_s((s & 1) ? _mm_srli_si128(half, 8) : half);
+            UNROLL for (int L = 0; L < 4; L++) {
+                __m256i vl, vh;
+                iq4_lookup(book, _mm256_loadu_si256((const __m256i *)(g + 64 + 128 * s + 32 * L)), &vl, &vh);
+                const __m256i ul = _mm256_sign_epi8(vl, vl), uh = _mm256_sign_epi8(vh, vh);
+                UNROLL for (int m = 0; m < M; m++) {
+                    const int8_t *aq = a[m].q + i * QK_K + 32 * s + 8 * L;
+                    const __m256i a0 = bcast4_pinned(aq), a1 = bcast4_pinned(aq + 4);
+                    const __m256i p0 = _mm256_maddubs_epi16(ul, _mm256_sign_epi8(a0, vl));
+                    const __m256i p1 = _mm256_maddubs_epi16(uh, _mm256_sign_epi8(a1, vh));
+                    sumi[m] = _mm256_add_epi32(sumi[m], _mm256_add_epi32(_mm256_madd_epi16(p0, scale),
+                                                                         _mm256_madd_epi16(p1, scale)));
+                    KEEP(sumi[m]);
+                }
+            }
+        }
+        const __m256 d = d8(g);
+        UNROLL for (int m = 0; m < M; m++)
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[m]), _mm256_mul_ps(d, _mm256_set1_ps(a[m].d[i])), acc[m]);
+    }
+}
+
+
 // ROWS: the kernel for 2 or more rows of x (NAME itself where the type has no _rows form); CAP:
 // the most rows it takes at once (8 where decoding a subblock's codes is worth sharing among 8
 // rows, 4 where the kernel's sums for more rows would not fit the registers)
@@ -878,6 +1033,8 @@ DEFINE_GROUPS(q5_1, q5_1, 4)
 DEFINE_GROUPS(q4_k, q4_k_rows, 8)
 DEFINE_GROUPS(q5_k, q5_k_rows, 8)
 DEFINE_GROUPS(q6_k, q6_k_rows, 8)
+DEFINE_GROUPS(iq4_nl, iq4_nl_rows, 4)
+DEFINE_GROUPS(iq4_xs, iq4_xs, 4)
 
 typedef void (*groups_fn)(const uint8_t *, int64_t, int64_t, const act_row *, float *, int64_t,
                           int64_t, int64_t, int64_t);
@@ -956,6 +1113,7 @@ int minerva_x8_qgemm_ld(int type, const uint8_t *W, const float *x, float *y, in
     const groups_fn groups = type == T_Q8_0 ? groups_q8_0 : type == T_Q4_0 ? groups_q4_0
                            : type == T_Q5_0 ? groups_q5_0 : type == T_Q5_1 ? groups_q5_1
                            : type == T_Q4_K ? groups_q4_k : type == T_Q5_K ? groups_q5_k
+                           : type == T_IQ4_NL ? groups_iq4_nl : type == T_IQ4_XS ? groups_iq4_xs
                            : groups_q6_k;
     const int ktype = block == QK_K;
     const int64_t nb = K / block, gbytes = 8 * nb * bytes, G = N / 8;

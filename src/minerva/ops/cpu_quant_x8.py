@@ -19,9 +19,9 @@ SOURCE = Path(__file__).with_name("cpu_quant_x8.c")
 LAYOUT_VERSION = 1
 """Bump whenever `repack`'s output changes: the on-disk weight cache (quant/x8_cache.py) keys
 its files on it, so files of an older layout are rebuilt, never read."""
-# Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K
+# Q4_0, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS
 GEOMETRY = {2: (32, 18), 6: (32, 22), 7: (32, 24), 8: (32, 34)}
-GEOMETRY |= {12: (256, 144), 13: (256, 176), 14: (256, 210)}
+GEOMETRY |= {12: (256, 144), 13: (256, 176), 14: (256, 210), 20: (32, 18), 23: (256, 136)}
 
 _lib: list = []  # [the library] once bound
 

@@ -6,7 +6,8 @@
 // The decode step (cpu_decode_step.c) gathers a quantized token embedding's rows with it: the
 // layered path's Embedding.forward dequantizes the same rows in torch, some 20 small ops per
 // call, which cost more than a whole decode step of the demo model at Q4_K_M.
-// Types: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K (dequant_row_supports); the others stay in torch.
+// Types: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS (dequant_row_supports); the others
+// stay in torch.
 
 #ifndef MINERVA_DEQUANT_ROW_H
 #define MINERVA_DEQUANT_ROW_H
@@ -15,6 +16,11 @@
 #include <string.h>
 
 enum { DQ_Q4_0 = 2, DQ_Q4_1 = 3, DQ_Q8_0 = 8, DQ_Q4_K = 12, DQ_Q5_K = 13, DQ_Q6_K = 14 };
+enum { DQ_IQ4_NL = 20, DQ_IQ4_XS = 23 };
+
+// the value each 4-bit index of IQ4_NL / IQ4_XS stands for (gguf_types.IQ4_CODEBOOK)
+static const int8_t DQ_IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                         1,    13,   25,  38,  53,  69,  89,  113};
 
 // (values, bytes) of one block of a supported type; 0 otherwise
 static int dequant_row_geometry(int type, int64_t *block, int64_t *bytes) {
@@ -25,6 +31,8 @@ static int dequant_row_geometry(int type, int64_t *block, int64_t *bytes) {
     case DQ_Q4_K: *block = 256, *bytes = 144; return 1;
     case DQ_Q5_K: *block = 256, *bytes = 176; return 1;
     case DQ_Q6_K: *block = 256, *bytes = 210; return 1;
+    case DQ_IQ4_NL: *block = 32, *bytes = 18; return 1;
+    case DQ_IQ4_XS: *block = 256, *bytes = 136; return 1;
     default: return 0;
     }
 }
@@ -113,6 +121,28 @@ __attribute__((optimize("fp-contract=off"))) static int dequant_row(int type, co
                 const int hi = (qh[32 * h + r % 32] >> (2 * (r / 32))) & 3;
                 const float dl = d * (float)sc[v / 16];
                 out[v] = dl * (float)((int8_t)(lo | hi << 4) - 32);
+            }
+            break;
+        }
+        case DQ_IQ4_NL: {  // d * value: low nibbles are values 0-15, high ones 16-31
+            const float d = dq_f16(row);
+            for (int l = 0; l < 16; l++) {
+                out[l] = d * (float)DQ_IQ4_VALUES[row[2 + l] & 15];
+                out[l + 16] = d * (float)DQ_IQ4_VALUES[row[2 + l] >> 4];
+            }
+            break;
+        }
+        case DQ_IQ4_XS: {  // (d * (scale - 32)) * value per sub-block of 32
+            const float d = dq_f16(row);
+            const int high = row[2] | row[3] << 8;
+            for (int j = 0; j < 8; j++) {
+                const int ls = ((row[4 + j / 2] >> (4 * (j & 1))) & 15) | ((high >> (2 * j)) & 3) << 4;
+                const float dl = d * (float)(ls - 32);
+                const uint8_t *qs = row + 8 + 16 * j;
+                for (int l = 0; l < 16; l++) {
+                    out[32 * j + l] = dl * (float)DQ_IQ4_VALUES[qs[l] & 15];
+                    out[32 * j + 16 + l] = dl * (float)DQ_IQ4_VALUES[qs[l] >> 4];
+                }
             }
             break;
         }

@@ -7,14 +7,16 @@ keeps attn_v in Q6_K): consecutive pieces of one type are concatenated into one 
 (in-situ quantization) to the type `target_type(layer, shard_id)` chooses. `apply` runs the C
 kernel where it exists and wins, else the torch twin: dequantize a tile of rows, matmul, next
 tile. On the CPU, groups of the types with an interleaved layout (ops/cpu_quant_x8.c: Q4_0, Q5_0,
-Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) are rewritten into it once, after loading, and the file's pages are
-let go. On CUDA with the Triton kernel set, Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are rewritten into planes
-(quant/gguf_planes.py) and run by ops/triton_quant.py, whose one-token kernel also takes the
-batch-1 path's fused norm and residual hooks.
+Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS) are rewritten into it once, after loading, and the
+file's pages are let go. On CUDA with the Triton kernel set, Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are
+rewritten into planes (quant/gguf_planes.py) and run by ops/triton_quant.py, whose one-token kernel also takes the
+batch-1 path's fused norm and residual hooks; the other types (IQ4_NL, IQ4_XS, Q2_K ...) keep the
+file layout there and run the torch twin (logged once per type).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
@@ -46,6 +48,9 @@ INT8_ACTIVATIONS = True
 """One-token products on CUDA quantize x to 8 bits (llama.cpp's way, ops/triton_qgemv_int8.py);
 off, the float kernel decodes the weights (ALU-bound on an H100: half the decode speed, see
 benchmarks/results/decode_variants_mistral-7b-Q4_K_M_h100.json)."""
+
+logger = logging.getLogger(__name__)
+_twin_logged: set[GGMLType] = set()  # types whose CUDA fallback was logged
 
 ShardTypes = Callable[[nn.Module, "str | int | None"], GGMLType]
 
@@ -231,6 +236,13 @@ class GGUFLinearMethod(LinearMethod):
                 return "x8"
         elif self._triton and gguf_planes.supports(ggml_type, cols):
             return "planes"
+        elif device.type == "cuda" and ggml_type not in _twin_logged:
+            _twin_logged.add(ggml_type)
+            logger.info(
+                "%s weights have no Triton kernel: they run as dequantize + matmul in torch "
+                "(correct, slower than Q4_K / Q6_K / Q8_0 on a GPU)",
+                ggml_type.name,
+            )
         return "file"
 
     @property

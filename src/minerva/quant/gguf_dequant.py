@@ -13,10 +13,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor
+from minerva.quant.gguf_types import BLOCK_GEOMETRY, IQ4_CODEBOOK, GGMLType, QuantizedTensor
 
 QK_K = 256
 _SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)  # 2-bit fields of a byte
+_IQ4_VALUES = {torch.device("cpu"): torch.tensor(IQ4_CODEBOOK, dtype=torch.float32)}
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -151,6 +152,38 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
     return (dl * q).reshape(n, QK_K)
 
 
+def _iq4_values(idx: torch.Tensor) -> torch.Tensor:
+    """4-bit indices (uint8, any shape) -> their codebook values as float32. The codebook is
+    copied to a device once (the first call, a warm-up), so no later call copies from the host:
+    the twin may run inside a CUDA graph capture."""
+    book = _IQ4_VALUES.get(idx.device)
+    if book is None:
+        book = _IQ4_VALUES[idx.device] = _IQ4_VALUES[torch.device("cpu")].to(idx.device)
+    return book[idx.long()]
+
+
+def _iq4_nl(b: torch.Tensor) -> torch.Tensor:
+    return _f16(b[:, :2]) * _iq4_values(_nibbles(b[:, 2:]).reshape(b.shape[0], 32))
+
+
+def _iq4_xs(b: torch.Tensor) -> torch.Tensor:
+    """d, scales_h (uint16: 2 high bits per sub-block), scales_l (4 low bits per sub-block),
+    then 8 sub-blocks of 16 bytes (low nibbles values 0-15, high nibbles 16-31)."""
+    n = b.shape[0]
+    low = _nibbles(b[:, 4:8].reshape(n, 4, 1)).reshape(n, 8)  # sub-block 2j, 2j + 1 of byte j
+    shifts = torch.arange(0, 16, 2, dtype=torch.int32, device=b.device).view(1, 8)
+    high = (_f16_bits(b[:, 2:4]) >> shifts) & 3
+    scales = (low.to(torch.int32) | (high << 4)) - 32
+    dl = (_f16(b[:, :2]) * scales.float()).view(n, 8, 1)
+    q = _iq4_values(_nibbles(b[:, 8:].reshape(n, 8, 16)).reshape(n, 8, 32))
+    return (dl * q).reshape(n, QK_K)
+
+
+def _f16_bits(b: torch.Tensor) -> torch.Tensor:
+    """Two little-endian bytes per row [n, 2] -> their uint16 value as int32 [n, 1]."""
+    return b[:, :1].to(torch.int32) | (b[:, 1:2].to(torch.int32) << 8)
+
+
 BLOCK_DECODERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
     GGMLType.Q4_0: _q4_0,
     GGMLType.Q4_1: _q4_1,
@@ -163,6 +196,8 @@ BLOCK_DECODERS: dict[GGMLType, Callable[[torch.Tensor], torch.Tensor]] = {
     GGMLType.Q4_K: _q4_k,
     GGMLType.Q5_K: _q5_k,
     GGMLType.Q6_K: _q6_k,
+    GGMLType.IQ4_NL: _iq4_nl,
+    GGMLType.IQ4_XS: _iq4_xs,
 }
 
 

@@ -9,8 +9,11 @@ architectures, without an importance matrix:
 - a K type on rows that are not whole 256-value blocks falls back as llama.cpp does
   (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K / Q3_K -> Q5_0 where llama.cpp would take
   IQ4_NL, which Minerva does not implement).
-Plain names (q2_k, q3_k, q8_0 ...) are uniform apart from the output rule; llama.cpp's Q2_K /
-Q3_K_M presets also widen attn_v / ffn_down, which this does not reproduce.
+- iq4_xs on rows that are not whole 256-value blocks falls back to iq4_nl, as llama.cpp does.
+Plain names (q2_k, q3_k, q8_0, iq4_nl, iq4_xs ...) are uniform apart from the output rule;
+llama.cpp's Q2_K / Q3_K_M presets also widen attn_v / ffn_down, and its IQ4_NL / IQ4_XS presets
+take Q5_K for attn_v (at 4 or more query heads per KV head) and for ffn_down of the first eighth
+of the layers, which this does not reproduce.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ PLAIN = {
     "q4_k": GGMLType.Q4_K,
     "q5_k": GGMLType.Q5_K,
     "q6_k": GGMLType.Q6_K,
+    "iq4_nl": GGMLType.IQ4_NL,
+    "iq4_xs": GGMLType.IQ4_XS,
 }
 K_FALLBACK = {
     GGMLType.Q2_K: GGMLType.Q5_0,
@@ -41,6 +46,7 @@ K_FALLBACK = {
     GGMLType.Q4_K: GGMLType.Q5_0,
     GGMLType.Q5_K: GGMLType.Q5_1,
     GGMLType.Q6_K: GGMLType.Q8_0,
+    GGMLType.IQ4_XS: GGMLType.IQ4_NL,
 }
 WIDE_TYPES = FLOAT_TYPES | {GGMLType.Q8_0, GGMLType.Q8_1}
 

@@ -4,7 +4,7 @@ The 32-element types (Q8_0, Q8_1, Q4_0, Q4_1, Q5_0, Q5_1) follow llama.cpp's
 `quantize_row_*_ref` with the same float32 operations as the `gguf` package's numpy quantizer,
 so the bytes are equal to `gguf.quants.quantize` (tests/unit/test_gguf_quant_quantize.py). The
 K types run in C (ops/cpu_quantize.c) with the numpy searches of gguf_quantize_k.py as their
-twin and fallback. The numpy code is vectorised over blocks, in chunks of rows so the
+twin and fallback; IQ4_NL / IQ4_XS search their scales in numpy (gguf_quantize_iq4.py). The numpy code is vectorised over blocks, in chunks of rows so the
 temporaries of a big matrix stay small.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from minerva.ops import cpu_quantize
+from minerva.quant.gguf_quantize_iq4 import quantize_iq4_nl, quantize_iq4_xs
 from minerva.quant.gguf_quantize_k import K_QUANTIZERS
 from minerva.quant.gguf_types import BLOCK_GEOMETRY, GGMLType, QuantizedTensor, row_bytes
 
@@ -114,6 +115,8 @@ BLOCK_QUANTIZERS: dict[GGMLType, Callable[[np.ndarray], np.ndarray]] = {
     GGMLType.Q5_0: _q5_0,
     GGMLType.Q5_1: _q5_1,
     **K_QUANTIZERS,
+    GGMLType.IQ4_NL: quantize_iq4_nl,
+    GGMLType.IQ4_XS: quantize_iq4_xs,
 }
 QUANTIZABLE = frozenset(BLOCK_QUANTIZERS) | {GGMLType.F32, GGMLType.F16, GGMLType.BF16}
 

@@ -28,6 +28,8 @@ class GGMLType(enum.IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ4_NL = 20
+    IQ4_XS = 23
     BF16 = 30
 
 
@@ -48,7 +50,13 @@ BLOCK_GEOMETRY: dict[GGMLType, tuple[int, int]] = {
     GGMLType.Q5_K: (256, 176),
     GGMLType.Q6_K: (256, 210),
     GGMLType.Q8_K: (256, 292),
+    GGMLType.IQ4_NL: (32, 18),  # fp16 d, 16 bytes of 4-bit indices into IQ4_CODEBOOK
+    GGMLType.IQ4_XS: (256, 136),  # fp16 d, 8 six-bit sub-block scales (2 + 4 bytes), 128 B
 }
+
+IQ4_CODEBOOK = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+"""The 16 values a 4-bit index of IQ4_NL / IQ4_XS stands for (ggml's kvalues_iq4nl): denser
+near zero, where most weights are, than the evenly spaced codes of Q4_0."""
 
 FLOAT_TYPES = frozenset({GGMLType.F32, GGMLType.F16, GGMLType.BF16})
 """Types that are plain floating-point arrays (loaded as dense weights)."""
