@@ -8,13 +8,14 @@
 #   step rest:       spec ceiling, int4 sweep, int4 7B end to end, dp4a and float x
 #   step priority:   int4 and Qwen3 tests, int4 7B end to end, structured at 7B, spec n-gram + 64
 #                    (one call of ~460 s, when few machines are lent)
+#   step minimal:    priority without spec (~350 s)
 #   step later:      TinyLlama prefill before / after (BEFORE_SRC), tests/gpu, spec ceiling, int4
 #                    with float x (the call after priority)
 #   step tests:      tests/gpu, the summary line into $OUT/gpu_tests.txt
 #   step structured: constrained vs free decode steps at 1/64/256 (demo model, 7B-shaped body)
 #   step spec:       spec_bench ceiling (7B target, TinyLlama-shaped draft), n-gram, 64 concurrent
 set -u
-step=${1:?step: first, second, combined, priority, later, rest, tests, structured or spec}
+step=${1:?step: first, second, combined, priority, minimal, later, rest, tests, structured or spec}
 OUT=${OUT:-benchmarks/results}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
@@ -67,6 +68,14 @@ priority)
     timeout 110 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
         | grep -E "speedup|tok_s" | head -20 ;;
+minimal)  # what ~400 s of device time allows: int4 and Qwen3 tests, int4 7B, structured at 7B
+    timeout 80 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py \
+        tests/gpu/test_cuda_engine.py::test_qwen3_graphs_match_transformers 2>&1 | tail -6
+    timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
+        --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
+    (cd benchmarks && timeout 80 python3 structured_decoding.py --device cuda --shape mistral-7b \
+        --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
+        | grep -v Warn | tail -4) ;;
 later)
     prefill_abba
     timeout -s INT 300 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
