@@ -41,7 +41,7 @@ ALLOWED = {
     "kv_cache_dtype": "one of auto, float32, float16, bfloat16, float8_e4m3fn, float8_e5m2",
     "load_format": "one of auto, dummy",
     "quantization": "one of q8_0, q8_1, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, "
-    "q4_k_m, q5_k_m, fp8, int8, int4",
+    "q4_k_m, q5_k_m, iq4_nl, iq4_xs, fp8, int8, int4",
     "attention_backend": "one of auto, triton, torch",
     "async_scheduling": "one of auto, on, off",
     "device": "auto, cpu, cuda, cuda:N or mps",
