@@ -28,6 +28,15 @@ prefill_abba() {  # #11: TinyLlama 512-token prefill, BEFORE_SRC (an older check
             --shape tinyllama-1.1b --label $side --output "$OUT" 2>&1 | grep -v Warn | tail -9
     done
 }
+minimal_parts() {  # what ~400 s of device time allows: int4 and Qwen3 tests, int4 7B, #18 at 7B
+    timeout 80 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py \
+        tests/gpu/test_cuda_engine.py::test_qwen3_graphs_match_transformers 2>&1 | tail -6
+    timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
+        --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
+    (cd benchmarks && timeout 80 python3 structured_decoding.py --device cuda --shape mistral-7b \
+        --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
+        | grep -v Warn | tail -4)
+}
 case "$step" in
 first)  # every GPU test (cut by SIGINT so pytest still prints its summary), #18 at 7B, #17 ceiling
     timeout -s INT 250 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
@@ -57,25 +66,12 @@ combined)  # one call when few are lent: GPU tests, #18 at 7B, #17 n-gram / 64, 
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
         | grep -E "speedup|tok_s" | head -20
     prefill_abba ;;
-priority)
-    timeout 90 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py \
-        tests/gpu/test_cuda_engine.py::test_qwen3_graphs_match_transformers 2>&1 | tail -6
-    timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
-        --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
-    (cd benchmarks && timeout 85 python3 structured_decoding.py --device cuda --shape mistral-7b \
-        --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
-        | grep -v Warn | tail -4)
+priority)  # minimal, then spec n-gram + 64 concurrent
+    minimal_parts
     timeout 110 python3 benchmarks/spec_bench.py --device cuda --shape mistral-7b --k 4 \
         --concurrency 64 --parts ngram concurrency --output "$OUT" 2>&1 \
         | grep -E "speedup|tok_s" | head -20 ;;
-minimal)  # what ~400 s of device time allows: int4 and Qwen3 tests, int4 7B, structured at 7B
-    timeout 80 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu/test_int4.py \
-        tests/gpu/test_cuda_engine.py::test_qwen3_graphs_match_transformers 2>&1 | tail -6
-    timeout 170 python3 benchmarks/gpu_quant_bench.py --parts files minerva --concurrency 64 \
-        --models mistral-7b:int4 --output "$OUT" 2>&1 | grep -v Warn | tail -3 | cut -c1-1500
-    (cd benchmarks && timeout 80 python3 structured_decoding.py --device cuda --shape mistral-7b \
-        --batches 1 64 256 --output "$OUT/structured_decoding_cuda_mistral-7b.json" 2>&1 \
-        | grep -v Warn | tail -4) ;;
+minimal) minimal_parts ;;
 later)
     prefill_abba
     timeout -s INT 300 python3 -m pytest -q -p no:cacheprovider -rf tests/gpu 2>&1 | tail -14 \
