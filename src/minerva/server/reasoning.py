@@ -127,23 +127,15 @@ class ReasoningStream:
                 content.append(self.buf)
                 self.buf = ""
                 break
-            if self.state == "start?":
+            if self.state in ("start?", "open?"):  # does the output open with <think>?
                 lead = self.buf.lstrip()
                 if lead.startswith(OPEN):
                     self.state, self.buf = "reasoning", lead[len(OPEN) :]
                     continue
                 if OPEN.startswith(lead):  # blanks, or a tag cut short: wait
                     break
-                self.state = "content"  # no think block: the text as it came
-                continue
-            if self.state == "open?":
-                lead = self.buf.lstrip()
-                if lead.startswith(OPEN):
-                    self.state, self.buf = "reasoning", lead[len(OPEN) :]
-                    continue
-                if OPEN.startswith(lead):
-                    break
-                self.state = "reasoning"
+                # no tag: from "start?" the answer as it came, from "open?" the reasoning
+                self.state = "content" if self.state == "start?" else "reasoning"
                 continue
             if self.state == "reasoning":
                 end = self.buf.find(CLOSE)
