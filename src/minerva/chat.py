@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from minerva.server.reasoning import ReasoningStream, resolve_parser, starts_in_reasoning
+from minerva.server.reasoning import ReasoningStream, reasoning_start, resolve_parser
 
 HELP = """Commands:
   /help    this text
@@ -67,8 +67,7 @@ class ChatSession:
         reasoning_parser: str = "auto",
     ) -> None:
         self.runner, self.make_params = runner, make_params
-        backend = runner.backend
-        self.parser = resolve_parser(reasoning_parser, getattr(backend, "chat_template", None))
+        self.parser = resolve_parser(reasoning_parser, runner.backend.chat_template)
         self.system, self.verbose, self.read = system, verbose, read
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.messages: list[dict[str, str]] = self._fresh()
@@ -166,7 +165,9 @@ class ChatSession:
     def _stream(self, prompt: list[int], params: Any) -> tuple[str, str, ReplyStats]:
         """Stream one reply to `out`: (answer, thinking, stats)."""
         n, start, first, reason = 0, time.perf_counter(), None, None
-        shown = _Shown(self.out, self._reasoning_stream(prompt))
+        in_reasoning = reasoning_start(self.runner.backend, self.parser, prompt)
+        split = None if in_reasoning is None else ReasoningStream(in_reasoning)
+        shown = _Shown(self.out, split)
         deltas = _first_completion(self.runner.stream(prompt, params))
         try:
             for delta in deltas:
@@ -187,14 +188,6 @@ class ChatSession:
         self.out.flush()
         stats = ReplyStats(n, start, first, time.perf_counter(), reason)
         return shown.answer, shown.thinking, stats
-
-    def _reasoning_stream(self, prompt: list[int]) -> ReasoningStream | None:
-        """The splitter of this reply's thinking, or None for a model that does not think."""
-        if self.parser is None:
-            return None
-        backend = self.runner.backend
-        decode = lambda ids: backend.decode(ids, skip_special_tokens=False)  # noqa: E731
-        return ReasoningStream(starts_in_reasoning(self.parser, prompt, decode))
 
     def fit(self, max_tokens: int | None) -> tuple[list[int], int | None] | None:
         """The prompt ids of the conversation, dropping the oldest turns until prompt plus

@@ -15,7 +15,6 @@ from minerva.backends.base import Backend, OutputStream, RequestOutput
 from minerva.errors import RequestError
 from minerva.sampling_params import SamplingParams
 from minerva.server.json_body import parse_json_object
-from minerva.server.reasoning import starts_in_reasoning
 from minerva.server.state import ServerState
 
 T = TypeVar("T")
@@ -117,15 +116,6 @@ async def encode_chat(
     return await asyncio.to_thread(
         backend.apply_chat_template, messages, add_generation_prompt, tools
     )
-
-
-def reasoning_start(backend: Backend, parser: str | None, prompt_ids: list[int]) -> bool | None:
-    """Whether the output of ``prompt_ids`` starts inside the think block (None: the model has
-    no reasoning parser, its output is all content). Reads the prompt's last tokens."""
-    if parser is None:
-        return None
-    decode = lambda tail: backend.decode(tail, skip_special_tokens=False)  # noqa: E731
-    return starts_in_reasoning(parser, prompt_ids, decode)
 
 
 async def add_prompts(

@@ -27,7 +27,6 @@ from minerva.server.generation import (
     merge_streams,
     model_defaults,
     read_json_object,
-    reasoning_start,
     until_disconnect,
 )
 from minerva.server.keep_alive import parse_keep_alive
@@ -43,6 +42,7 @@ from minerva.server.openai_protocol import check_token_ids
 from minerva.server.openai_responses import token_text
 from minerva.server.reasoning import (
     ReasoningStream,
+    reasoning_start,
     resolve_parser,
     split_reasoning,
 )

@@ -28,7 +28,6 @@ from minerva.server.generation import (
     merge_streams,
     model_defaults,
     read_json_object,
-    reasoning_start,
     sse,
     until_disconnect,
 )
@@ -41,6 +40,7 @@ from minerva.server.openai_protocol import (
 )
 from minerva.server.reasoning import (
     ReasoningStream,
+    reasoning_start,
     resolve_parser,
     split_reasoning,
 )

@@ -34,6 +34,10 @@ piece by piece (any token boundaries, tags cut anywhere) and its pieces always j
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from minerva.backends.base import Backend
 
 OPEN, CLOSE = "<think>", "</think>"
 REASONING_PARSERS = ("auto", "none", "qwen3", "deepseek_r1")
@@ -77,6 +81,15 @@ def starts_in_reasoning(
     if parser == "deepseek_r1":
         return block != "closed"
     return block == "open"
+
+
+def reasoning_start(backend: Backend, parser: str | None, prompt_ids: list[int]) -> bool | None:
+    """Whether the output of ``prompt_ids`` starts inside the think block (None: the model has
+    no reasoning parser, its output is all content). Reads the prompt's last tokens."""
+    if parser is None:
+        return None
+    decode = lambda tail: backend.decode(tail, skip_special_tokens=False)  # noqa: E731
+    return starts_in_reasoning(parser, prompt_ids, decode)
 
 
 def split_reasoning(text: str, in_reasoning: bool) -> tuple[str, str]:
