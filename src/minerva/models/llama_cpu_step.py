@@ -36,8 +36,10 @@ def build(model, kv_dtype: torch.dtype | None = None) -> DecodeStep | None:
     plans = (LayerPlan * len(layers))()
     for plan, layer in zip(plans, layers):
         attn, mlp = layer.self_attn, layer.mlp
-        norms = (layer.input_layernorm, layer.post_attention_layernorm)
-        if any(n.eps != eps for n in norms):
+        norms = {"in_norm": layer.input_layernorm, "post_norm": layer.post_attention_layernorm}
+        if attn.q_norm is not None:  # Qwen3: each q / k head normed before RoPE
+            norms |= {"q_norm": attn.q_norm, "k_norm": attn.k_norm}
+        if any(n.eps != eps for n in norms.values()):
             return None
         linears = [
             (plan.qkv, attn.qkv_proj),
@@ -47,17 +49,12 @@ def build(model, kv_dtype: torch.dtype | None = None) -> DecodeStep | None:
         ]
         if not all(_linear(dst, src, kernels, dtype, keep) for dst, src in linears):
             return None
-        plan.in_norm, plan.post_norm = (_ptr(n.weight, dtype, keep) for n in norms)
-        if plan.in_norm is None or plan.post_norm is None:
-            return None
+        for field, norm in norms.items():  # absent q / k norms stay NULL
+            ptr = _ptr(norm.weight, dtype, keep)
+            if ptr is None:
+                return None
+            setattr(plan, field, ptr)
         plan.window = attn.window or 0
-        if attn.q_norm is not None:  # Qwen3: each q / k head normed before RoPE
-            qk_norms = (attn.q_norm, attn.k_norm)
-            if any(n.eps != eps for n in qk_norms):
-                return None
-            plan.q_norm, plan.k_norm = (_ptr(n.weight, dtype, keep) for n in qk_norms)
-            if plan.q_norm is None or plan.k_norm is None:
-                return None
     c, first = model.config, layers[0].self_attn
     head = LinearPlan()
     if not _linear(head, model.lm_head, kernels, dtype, keep):

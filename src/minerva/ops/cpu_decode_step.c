@@ -283,15 +283,17 @@ static int rope_and_write(const step_model *m, const step_layer *L, const step_b
     const int64_t H = m->heads, KV = m->kv_heads, D = m->head_dim;
     const int64_t qkv_w = (H + 2 * KV) * D, qk_w = (H + KV) * D;
     int rc = 0;
-    for (int64_t r = 0; r < in->M && L->q_norm && !rc; r++) {
+    for (int64_t r = 0; r < in->M && !rc; r++) {
         char *q = AT(b->qkv, m, r * qkv_w), *k = AT(b->qkv, m, r * qkv_w + H * D);
-        rc = m->k.norm(q, NULL, L->q_norm, q, NULL, H, D, m->eps, threads);
-        if (!rc) rc = m->k.norm(k, NULL, L->k_norm, k, NULL, KV, D, m->eps, threads);
+        if (L->q_norm) {
+            rc = m->k.norm(q, NULL, L->q_norm, q, NULL, H, D, m->eps, threads);
+            if (!rc) rc = m->k.norm(k, NULL, L->k_norm, k, NULL, KV, D, m->eps, threads);
+        }
+        if (!rc)
+            rc = m->k.rope(q, AT(m->cos, m, in->positions[r] * D),
+                           AT(m->sin, m, in->positions[r] * D), AT(b->qk, m, r * qk_w), 1,
+                           H + KV, D, qkv_w, D, threads);
     }
-    for (int64_t r = 0; r < in->M && !rc; r++)
-        rc = m->k.rope(AT(b->qkv, m, r * qkv_w), AT(m->cos, m, in->positions[r] * D),
-                       AT(m->sin, m, in->positions[r] * D), AT(b->qk, m, r * qk_w), 1, H + KV, D,
-                       qkv_w, D, threads);
     if (!rc)
         rc = m->k.write_kv(AT(b->qk, m, H * D), qk_w, AT(b->qkv, m, qk_w), qkv_w, kv,
                            in->num_blocks * in->block_size, KV * D, in->slots, in->M);
