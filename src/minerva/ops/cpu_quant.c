@@ -19,6 +19,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // simd.h's plain-C branch uses F16C conversions without including it
 #endif
+#include "iq4.h"
 #include "quant_act.h"
 #define MAX_ROWS 4              // rows of x per pass over a tile of W
 #define TILE_BYTES (256 << 10)  // W bytes per tile
@@ -28,15 +29,8 @@ enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9 };
 enum { T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 enum { T_IQ4_NL = 20, T_IQ4_XS = 23 };
 
-// IQ4_NL / IQ4_XS: the int8 value each 4-bit index stands for (the format's codebook)
-static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                      1,    13,   25,  38,  53,  69,  89,  113};
-
-// IQ4_XS: the signed 6-bit scale of sub-block j (4 low bits in scales_l, 2 high in scales_h)
-INLINE int iq4xs_scale(const uint8_t *blk, const int j) {
-    const int high = ((blk[2] | blk[3] << 8) >> (2 * j)) & 3;
-    return (((blk[4 + j / 2] >> (4 * (j & 1))) & 15) | high << 4) - 32;
-}
+// IQ4_XS: the signed scale of sub-block j (iq4.h has the codebook and the stored bits)
+INLINE int iq4xs_scale(const uint8_t *blk, const int j) { return iq4xs_scale_bits(blk, j) - 32; }
 
 // ---- scale decoding shared by both builds -----------------------------------------------
 

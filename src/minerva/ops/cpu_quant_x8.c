@@ -42,6 +42,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+#include "iq4.h"
 #include "quant_act.h"
 
 #define MAX_ROWS 8              // rows of x per pass over a tile of W (kernels take 4 or 8)
@@ -111,9 +112,8 @@ static void decode_block(int type, const uint8_t *blk, block_codes *o) {
                 }
             }
     } else if (type == T_IQ4_XS) {  // d, scales_h, scales_l [4], qs [128]
-        const int high = blk[2] | blk[3] << 8;
         for (int j = 0; j < 8; j++) {
-            o->sc[j] = (uint8_t)(((blk[4 + j / 2] >> (4 * (j & 1))) & 15) | ((high >> (2 * j)) & 3) << 4);
+            o->sc[j] = (uint8_t)iq4xs_scale_bits(blk, j);
             for (int l = 0; l < 16; l++)
                 o->c[32 * j + l] = blk[8 + 16 * j + l] & 15, o->c[32 * j + 16 + l] = blk[8 + 16 * j + l] >> 4;
         }
@@ -891,11 +891,7 @@ INLINE void dot8_q6_k_rows(const uint8_t *g, const act_row *a, const int M, int6
     }
 }
 
-// IQ4_NL / IQ4_XS: the int8 value each 4-bit index stands for (the format's codebook)
-static const int8_t IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                      1,    13,   25,  38,  53,  69,  89,  113};
-
-// the codebook in both 128-bit lanes (byte shuffles look 16 indices up at once)
+// IQ4_NL / IQ4_XS: the codebook (iq4.h) in both 128-bit lanes (byte shuffles look 16 indices up at once)
 INLINE __m256i iq4_book(void) {
     return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IQ4_VALUES));
 }

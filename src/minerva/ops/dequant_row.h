@@ -15,12 +15,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "iq4.h"
+
 enum { DQ_Q4_0 = 2, DQ_Q4_1 = 3, DQ_Q8_0 = 8, DQ_Q4_K = 12, DQ_Q5_K = 13, DQ_Q6_K = 14 };
 enum { DQ_IQ4_NL = 20, DQ_IQ4_XS = 23 };
-
-// the value each 4-bit index of IQ4_NL / IQ4_XS stands for (gguf_types.IQ4_CODEBOOK)
-static const int8_t DQ_IQ4_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                                         1,    13,   25,  38,  53,  69,  89,  113};
 
 // (values, bytes) of one block of a supported type; 0 otherwise
 static int dequant_row_geometry(int type, int64_t *block, int64_t *bytes) {
@@ -127,21 +125,19 @@ __attribute__((optimize("fp-contract=off"))) static int dequant_row(int type, co
         case DQ_IQ4_NL: {  // d * value: low nibbles are values 0-15, high ones 16-31
             const float d = dq_f16(row);
             for (int l = 0; l < 16; l++) {
-                out[l] = d * (float)DQ_IQ4_VALUES[row[2 + l] & 15];
-                out[l + 16] = d * (float)DQ_IQ4_VALUES[row[2 + l] >> 4];
+                out[l] = d * (float)IQ4_VALUES[row[2 + l] & 15];
+                out[l + 16] = d * (float)IQ4_VALUES[row[2 + l] >> 4];
             }
             break;
         }
         case DQ_IQ4_XS: {  // (d * (scale - 32)) * value per sub-block of 32
             const float d = dq_f16(row);
-            const int high = row[2] | row[3] << 8;
             for (int j = 0; j < 8; j++) {
-                const int ls = ((row[4 + j / 2] >> (4 * (j & 1))) & 15) | ((high >> (2 * j)) & 3) << 4;
-                const float dl = d * (float)(ls - 32);
+                const float dl = d * (float)(iq4xs_scale_bits(row, j) - 32);
                 const uint8_t *qs = row + 8 + 16 * j;
                 for (int l = 0; l < 16; l++) {
-                    out[32 * j + l] = dl * (float)DQ_IQ4_VALUES[qs[l] & 15];
-                    out[32 * j + 16 + l] = dl * (float)DQ_IQ4_VALUES[qs[l] >> 4];
+                    out[32 * j + l] = dl * (float)IQ4_VALUES[qs[l] & 15];
+                    out[32 * j + 16 + l] = dl * (float)IQ4_VALUES[qs[l] >> 4];
                 }
             }
             break;

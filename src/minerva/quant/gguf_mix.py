@@ -7,8 +7,8 @@ architectures, without an importance matrix:
 - q4_k_m / q5_k_m: `attn_v` and `ffn_down` of layer i get Q6_K when use_more_bits(i, n):
   i < n/8, or i >= 7n/8, or (i - n/8) % 3 == 2; every other weight gets Q4_K / Q5_K;
 - a K type on rows that are not whole 256-value blocks falls back as llama.cpp does
-  (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K / Q3_K -> Q5_0 where llama.cpp would take
-  IQ4_NL, which Minerva does not implement).
+  (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K / Q3_K -> Q5_0 where llama.cpp takes IQ4_NL,
+  which Minerva has since implemented but not made this fallback).
 - iq4_xs on rows that are not whole 256-value blocks falls back to iq4_nl, as llama.cpp does.
 Plain names (q2_k, q3_k, q8_0, iq4_nl, iq4_xs ...) are uniform apart from the output rule;
 llama.cpp's Q2_K / Q3_K_M presets also widen attn_v / ffn_down, and its IQ4_NL / IQ4_XS presets
